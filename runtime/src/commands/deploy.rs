@@ -1,0 +1,102 @@
+//! `thaw deploy`: upload a wasm file, or every function of a manifest.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::client::AdminClient;
+use crate::commands::Target;
+use crate::manifest::Manifest;
+use crate::spec::{FunctionSpec, LimitsSpec};
+
+/// `thaw deploy` flags.
+#[derive(clap::Args, Debug)]
+pub struct DeployArgs {
+    /// A .wasm file (a wasi:http component or a WASI preview1 command), or a thaw.toml manifest
+    pub path: PathBuf,
+    /// Function name [default: the wasm file's stem]; not used with a manifest
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Route prefix the function serves [default: /<name>]
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Environment variable for the function, KEY=VALUE; repeatable
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Request timeout in ms [default: the host's, 10000]
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Linear memory limit in MiB [default: the host's, 128]
+    #[arg(long, value_name = "MIB")]
+    pub memory_mib: Option<u64>,
+    /// Largest request body in KiB [default: the host's, 16384]
+    #[arg(long, value_name = "KIB")]
+    pub max_request_body_kib: Option<u64>,
+    /// Largest CGI response body in KiB [default: the host's, 65536]
+    #[arg(long, value_name = "KIB")]
+    pub max_response_body_kib: Option<u64>,
+    /// With a manifest: run its build commands first
+    #[arg(long)]
+    pub build: bool,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Deploys and prints what the host answered.
+pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
+    let client = AdminClient::new(&args.target.admin);
+    if args.path.extension().is_some_and(|e| e == "toml") {
+        let manifest = Manifest::load(&args.path)?;
+        if args.build {
+            manifest.build()?;
+        }
+        for function in &manifest.functions {
+            let path = manifest.wasm_path(function);
+            let wasm = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let deployed = client.deploy(&function.name, &function.spec(), wasm.into()).await?;
+            print_deployed(&deployed);
+        }
+        return Ok(());
+    }
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('.', "-").to_lowercase())
+            .context("cannot derive a name from the file; pass --name")?,
+    };
+    let spec = FunctionSpec {
+        route: args.route.clone(),
+        env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+        limits: LimitsSpec {
+            timeout_ms: args.timeout_ms,
+            memory_mib: args.memory_mib,
+            max_request_body_kib: args.max_request_body_kib,
+            max_response_body_kib: args.max_response_body_kib,
+        },
+    };
+    let wasm = std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
+    let deployed = client.deploy(&name, &spec, wasm.into()).await?;
+    print_deployed(&deployed);
+    Ok(())
+}
+
+fn print_deployed(f: &serde_json::Value) {
+    println!(
+        "deployed {} ({}, generation {}) at {}",
+        f["name"].as_str().unwrap_or("?"),
+        f["kind"].as_str().unwrap_or("?"),
+        f["generation"],
+        f["route"].as_str().unwrap_or("?"),
+    );
+}

@@ -1,0 +1,21 @@
+//! `thaw remove`: undeploy a function.
+
+use crate::client::AdminClient;
+use crate::commands::Target;
+
+/// `thaw remove` flags.
+#[derive(clap::Args, Debug)]
+pub struct RemoveArgs {
+    /// Name of the function
+    pub name: String,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Removes the function; requests already running on it finish.
+pub async fn execute(args: RemoveArgs) -> anyhow::Result<()> {
+    AdminClient::new(&args.target.admin).remove(&args.name).await?;
+    println!("removed {}", args.name);
+    Ok(())
+}

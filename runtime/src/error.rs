@@ -1,0 +1,122 @@
+//! Errors that cross the HTTP boundary, and the status each one gets.
+//!
+//! Callers branch on these (the admin API on [`DeployError`], the data plane on
+//! [`InvokeError`]); orchestration code elsewhere uses `anyhow` with context. The client sees a
+//! short, fixed message; the log gets the detail.
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{ResponseBody, full};
+
+/// Why a request to a function did not get the function's own response.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// No route matches the path.
+    #[error("no function serves this path")]
+    NotFound,
+    /// The request body is over the function's limit.
+    #[error("request body over the limit of {0} bytes")]
+    BodyTooLarge(u64),
+    /// Every instance slot is busy and none freed up within the queue timeout.
+    #[error("all instance slots are busy")]
+    Overloaded,
+    /// The function ran past its timeout.
+    #[error("function timed out")]
+    Timeout,
+    /// The guest trapped (panic, `unreachable`, memory limit, stack overflow, ...).
+    #[error("function trapped: {0}")]
+    Trap(String),
+    /// A CGI module exited with a non-zero status.
+    #[error("function exited with status {0}")]
+    Exit(i32),
+    /// The guest's response is malformed (CGI output), or it never sent one.
+    #[error("bad response from function: {0}")]
+    BadResponse(String),
+    /// The request cannot be handed to the guest.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Something failed in thaw itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl InvokeError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InvokeError::NotFound => StatusCode::NOT_FOUND,
+            InvokeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            InvokeError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::Trap(_) | InvokeError::Exit(_) | InvokeError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            InvokeError::BadResponse(_) => StatusCode::BAD_GATEWAY,
+            InvokeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The fixed body the client gets: the class of failure, not its detail (which may
+    /// mention host paths or guest internals; it goes to the log).
+    fn public_message(&self) -> &'static str {
+        match self {
+            InvokeError::NotFound => "no function serves this path\n",
+            InvokeError::BodyTooLarge(_) => "request body too large\n",
+            InvokeError::Overloaded => "all instances are busy, retry shortly\n",
+            InvokeError::Timeout => "function timed out\n",
+            InvokeError::Trap(_) => "function failed (trap)\n",
+            InvokeError::Exit(_) => "function failed (non-zero exit)\n",
+            InvokeError::BadResponse(_) => "function sent a malformed response\n",
+            InvokeError::BadRequest(_) => "bad request\n",
+            InvokeError::Internal(_) => "internal error\n",
+        }
+    }
+
+    /// The response for this error.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let mut response = Response::new(full(self.public_message()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, InvokeError::Overloaded) {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Why a deploy was refused. Every variant leaves the previous version serving.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The request is wrong (bad name, spec, or not wasm at all).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The wasm does not compile or link: the message says why (invalid bytes, an import thaw
+    /// does not offer, no wasi:http export).
+    #[error("{0}")]
+    InvalidModule(String),
+    /// Another function has the route.
+    #[error(transparent)]
+    RouteTaken(#[from] crate::registry::RouteTaken),
+    /// The upload is over the admin API's limit.
+    #[error("upload over the limit of {0} bytes")]
+    TooLarge(u64),
+    /// thaw could not persist or load it.
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+impl DeployError {
+    /// The status the admin client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            DeployError::BadRequest(_) | DeployError::InvalidModule(_) => StatusCode::BAD_REQUEST,
+            DeployError::RouteTaken(_) => StatusCode::CONFLICT,
+            DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Per-request store data: one struct per kind of function, one field per capability.
+//!
+//! A store lives for exactly one request (isolation by default: no state survives between
+//! requests), so these structs are built on the request path and must stay cheap: no
+//! filesystem preopens, no sockets, environment variables copied from a list prepared at load
+//! time. Building a WASI context, an HTTP context and a resource table costs about 1 µs.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::guest_log::GuestLog;
+use crate::spec::Limits;
+
+/// Store data for a `wasi:http` component.
+pub struct ProxyHost {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+}
+
+impl ProxyHost {
+    /// The store data for one request to the function `name`.
+    pub fn new(name: &Arc<str>, env: &[(String, String)], limits: &Limits) -> Self {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.envs(env)
+            .args(&[&**name])
+            // Guest output is the function's log, not the host's stdout: each line goes to
+            // `tracing` tagged with the function's name.
+            .stdout(GuestLog::new(name.clone(), "stdout"))
+            .stderr(GuestLog::new(name.clone(), "stderr"));
+        Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: store_limits(limits),
+        }
+    }
+}
+
+impl WasiView for ProxyHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ProxyHost {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+/// Store data for a WASI preview1 module run CGI-style.
+pub struct CgiHost {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) limits: StoreLimits,
+}
+
+impl CgiHost {
+    /// Store data around an already configured WASI context.
+    pub fn new(wasi: WasiP1Ctx, limits: &Limits) -> Self {
+        Self {
+            wasi,
+            limits: store_limits(limits),
+        }
+    }
+}
+
+fn store_limits(limits: &Limits) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(limits.memory_bytes as usize)
+        // A failed `memory.grow` becomes a trap with a clear message instead of a -1 that the
+        // guest's allocator turns into an abort somewhere else.
+        .trap_on_grow_failure(true)
+        .build()
+}

@@ -1,0 +1,294 @@
+//! One request to one function: admission, store, instantiate, call, response.
+//!
+//! This is the request path. Everything it uses was prepared at load time (the `ProxyPre` or
+//! `InstancePre`, the resolved limits, the environment list, the deadline in epoch ticks); it
+//! compiles nothing and links nothing. Per request it builds a store and its WASI contexts
+//! (about 1 µs), takes an instance from the pool, and calls the guest.
+//!
+//! Every guest failure is contained here and costs exactly this request: a trap, a timeout
+//! or a memory limit becomes an [`InvokeError`] and a status code, and the store, with all
+//! the guest's memory, is dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Request, Response};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::{InstancePre, Store, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::body::{LimitedBody, ResponseBody, full};
+use crate::cgi::{self, CgiRequest};
+use crate::error::InvokeError;
+use crate::function::{Code, Function};
+use crate::guest_log::GuestLog;
+use crate::host::{CgiHost, ProxyHost};
+use crate::platform::Platform;
+
+/// Where a request came from and arrived on (CGI passes both to the guest).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// The client.
+    pub remote: SocketAddr,
+    /// The listener's address.
+    pub local: SocketAddr,
+}
+
+/// Serves `req` with `function`. Never fails: errors become responses (and log lines).
+pub async fn invoke(
+    platform: &Platform,
+    function: Arc<Function>,
+    req: Request<Incoming>,
+    peer: Peer,
+) -> Response<ResponseBody> {
+    function.stats.requests.fetch_add(1, Ordering::Relaxed);
+    match try_invoke(platform, &function, req, peer).await {
+        Ok(response) => response,
+        Err(error) => {
+            function.stats.failures.fetch_add(1, Ordering::Relaxed);
+            match &error {
+                InvokeError::Trap(_) | InvokeError::Exit(_) | InvokeError::Internal(_) => {
+                    tracing::warn!(function = %function.name, status = error.status().as_u16(), "{error}")
+                }
+                _ => tracing::info!(function = %function.name, status = error.status().as_u16(), "{error}"),
+            }
+            error.into_response()
+        }
+    }
+}
+
+async fn try_invoke(
+    platform: &Platform,
+    function: &Arc<Function>,
+    req: Request<Incoming>,
+    peer: Peer,
+) -> Result<Response<ResponseBody>, InvokeError> {
+    let limit = function.limits.max_request_body_bytes;
+    if let Some(len) = content_length(&req)
+        && len > limit
+    {
+        return Err(InvokeError::BodyTooLarge(limit));
+    }
+    let permit = tokio::time::timeout(
+        platform.queue_timeout(),
+        platform.admission().clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| InvokeError::Overloaded)?
+    .map_err(|_| InvokeError::Internal("admission semaphore closed".into()))?;
+    let engine = platform.engine().engine();
+    match &function.code {
+        Code::Proxy(pre) => call_proxy(engine, function, pre, req, permit).await,
+        Code::Cgi(pre) => call_cgi(engine, function, pre, req, peer, permit).await,
+    }
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A `wasi:http` component: the request goes to `incoming-handler.handle`, the response comes
+/// back through the `response-outparam` while the guest may still be writing the body.
+async fn call_proxy(
+    engine: &wasmtime::Engine,
+    function: &Arc<Function>,
+    pre: &ProxyPre<ProxyHost>,
+    req: Request<Incoming>,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response<ResponseBody>, InvokeError> {
+    let (mut parts, body) = req.into_parts();
+    // wasi:http needs an authority; HTTP/1.0 clients may send no Host header.
+    if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
+        parts
+            .headers
+            .insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let limit = function.limits.max_request_body_bytes;
+    let body = LimitedBody::new(body, limit, exceeded.clone());
+    let req = Request::from_parts(parts, body);
+
+    let mut store = Store::new(
+        engine,
+        ProxyHost::new(&function.name, &function.env, &function.limits),
+    );
+    store.limiter(|host| &mut host.limits);
+    store.set_epoch_deadline(function.deadline_ticks);
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let http = store.data_mut();
+    let req = http
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .map_err(|e| InvokeError::BadRequest(format!("{e:#}")))?;
+    let out = http
+        .http()
+        .new_response_outparam(sender)
+        .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+
+    // The call runs in its own task: after the guest sets the response it may keep writing
+    // the body, which the client reads while the task runs. The task owns the store and the
+    // slot permit; both are released when the guest is done or stopped.
+    let pre = pre.clone();
+    let timeout = function.limits.timeout;
+    let name = function.name.clone();
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        let call = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        };
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(InvokeError::Timeout),
+        };
+        if let Err(e) = &result {
+            tracing::debug!(function = %name, "guest call ended: {e}");
+        }
+        result
+    });
+
+    let response = match receiver.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => Err(InvokeError::BadResponse(format!(
+            "the function answered with an error: {code:?}"
+        ))),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(InvokeError::BadResponse(
+                "the function returned without setting a response".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(InvokeError::Internal(format!("guest task failed: {join}"))),
+        },
+    };
+    if exceeded.load(Ordering::Acquire) {
+        return Err(InvokeError::BodyTooLarge(limit));
+    }
+    response
+}
+
+/// A WASI preview1 command run CGI-style: metadata in the environment, the buffered body on
+/// stdin, stdout parsed as a CGI response once `_start` returns.
+async fn call_cgi(
+    engine: &wasmtime::Engine,
+    function: &Arc<Function>,
+    pre: &InstancePre<CgiHost>,
+    req: Request<Incoming>,
+    peer: Peer,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response<ResponseBody>, InvokeError> {
+    let limit = function.limits.max_request_body_bytes;
+    let (parts, body) = req.into_parts();
+    let body = http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                InvokeError::BodyTooLarge(limit)
+            } else {
+                InvokeError::BadRequest(format!("reading the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+
+    let path = parts.uri.path();
+    let path_info = if function.route == "/" {
+        path
+    } else {
+        path.get(function.route.len()..).unwrap_or("")
+    };
+    let mut env = Vec::with_capacity(16 + parts.headers.len() + function.env.len());
+    cgi::request_env(
+        &CgiRequest {
+            method: &parts.method,
+            script_name: if function.route == "/" { "" } else { &function.route },
+            path_info,
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            content_length: Some(body.len() as u64),
+            remote_addr: peer.remote,
+            server_addr: peer.local,
+        },
+        &mut env,
+    );
+    // The function's own variables, except where they would shadow a CGI meta-variable.
+    for (key, value) in &function.env {
+        if !env.iter().any(|(k, _)| k == key) {
+            env.push((key.clone(), value.clone()));
+        }
+    }
+
+    let stdout_capacity = function.limits.max_response_body_bytes as usize + cgi::MAX_HEADER_BYTES;
+    let stdout = MemoryOutputPipe::new(stdout_capacity);
+    let wasi = WasiCtxBuilder::new()
+        .envs(&env)
+        .args(&[&*function.name])
+        .stdin(MemoryInputPipe::new(body))
+        .stdout(stdout.clone())
+        .stderr(GuestLog::new(function.name.clone(), "stderr"))
+        .build_p1();
+    let mut store = Store::new(engine, CgiHost::new(wasi, &function.limits));
+    store.limiter(|host| &mut host.limits);
+    store.set_epoch_deadline(function.deadline_ticks);
+
+    let call = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call_async(&mut store, ()).await
+    };
+    let result = tokio::time::timeout(function.limits.timeout, call).await;
+    drop(store);
+    drop(permit);
+    match result {
+        Err(_) => return Err(InvokeError::Timeout),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(wasmtime_wasi::I32Exit(0)) => {}
+            Some(wasmtime_wasi::I32Exit(code)) => return Err(InvokeError::Exit(*code)),
+            // wasmtime-wasi's memory pipe fails the guest's write with this message when the
+            // capacity (our response limit) is reached; there is no typed error to match.
+            None if format!("{e:?}").contains("write beyond capacity") => {
+                return Err(InvokeError::BadResponse(format!(
+                    "the response is over the limit of {} bytes",
+                    function.limits.max_response_body_bytes
+                )));
+            }
+            None => return Err(classify(e)),
+        },
+    }
+
+    let output = stdout
+        .try_into_inner()
+        .map(bytes::BytesMut::freeze)
+        .unwrap_or_default();
+    let parsed = cgi::parse_response(output).map_err(|e| InvokeError::BadResponse(e.to_string()))?;
+    let mut response = Response::new(full(parsed.body));
+    *response.status_mut() = parsed.status;
+    *response.headers_mut() = parsed.headers;
+    Ok(response)
+}
+
+/// Sorts a guest failure: an epoch interrupt is a timeout, everything else a trap with its
+/// message (which names the trap code and, with `addr2line`, the guest's frames).
+fn classify(error: wasmtime::Error) -> InvokeError {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => InvokeError::Timeout,
+        _ => InvokeError::Trap(format!("{error:?}")),
+    }
+}

@@ -1,0 +1,36 @@
+//! thaw: a self-hosted serverless runtime for WebAssembly functions.
+//!
+//! The host loads functions (standard `wasi:http` components, or WASI preview1 modules run
+//! CGI-style), compiles them once into a content-addressed artifact cache, and serves HTTP
+//! requests to them, one fresh instance per request, from a pooling allocator.
+//!
+//! The layout follows the life of a function:
+//! - [`spec`] and [`manifest`]: what the user asks for;
+//! - [`engine`]: the one wasmtime configuration, linkers and epoch ticker;
+//! - [`artifact`]: compile once, load from disk afterwards; [`datadir`]: atomic persistence;
+//! - [`function`] and [`registry`]: a loaded function and the name/route tables;
+//! - [`platform`]: deploy, remove, start-up loading;
+//! - [`invoke`], [`host`], [`cgi`], [`body`]: the request path;
+//! - [`server`] and [`admin`]: the listeners; [`client`] and [`commands`]: the CLI.
+
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod artifact;
+pub mod body;
+pub mod cgi;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod datadir;
+pub mod engine;
+pub mod error;
+pub mod function;
+pub mod guest_log;
+pub mod host;
+pub mod invoke;
+pub mod manifest;
+pub mod platform;
+pub mod registry;
+pub mod server;
+pub mod spec;

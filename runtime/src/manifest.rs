@@ -1,0 +1,155 @@
+//! `thaw.toml`: a list of functions to deploy together.
+//!
+//! ```toml
+//! [[function]]
+//! name = "hello"
+//! wasm = "target/wasm32-wasip2/release/hello.wasm"  # relative to this file
+//! build = "cargo build --release --target wasm32-wasip2"  # optional, run by `thaw build`
+//! route = "/hello"                                  # optional, default /<name>
+//! env = { GREETING = "hi" }                         # optional
+//! limits = { timeout_ms = 2000, memory_mib = 64 }   # optional, see FunctionSpec
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::spec::{FunctionSpec, LimitsSpec};
+
+/// A parsed manifest and the directory its paths are relative to.
+#[derive(Debug)]
+pub struct Manifest {
+    /// The functions, in file order.
+    pub functions: Vec<ManifestFunction>,
+    /// The manifest's directory.
+    pub base: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    #[serde(rename = "function", default)]
+    functions: Vec<ManifestFunction>,
+}
+
+/// One `[[function]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFunction {
+    /// The function's name.
+    pub name: String,
+    /// Path to the wasm, relative to the manifest.
+    pub wasm: PathBuf,
+    /// Shell command that produces the wasm, run in the manifest's directory.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// Route prefix.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+impl ManifestFunction {
+    /// The deploy spec.
+    pub fn spec(&self) -> FunctionSpec {
+        FunctionSpec {
+            route: self.route.clone(),
+            env: self.env.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads and checks a manifest (names unique, specs valid up to host limits).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading manifest {}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("in manifest {}", path.display()))
+    }
+
+    /// Parses manifest text; `base` is the directory relative paths start from.
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
+        let file: ManifestFile = toml::from_str(text)?;
+        let mut seen = std::collections::HashSet::new();
+        for f in &file.functions {
+            anyhow::ensure!(seen.insert(&f.name), "function {:?} is listed twice", f.name);
+            f.spec().validate(&f.name, u64::MAX)?;
+        }
+        Ok(Self {
+            functions: file.functions,
+            base: base.to_path_buf(),
+        })
+    }
+
+    /// The absolute wasm path of a function.
+    pub fn wasm_path(&self, function: &ManifestFunction) -> PathBuf {
+        self.base.join(&function.wasm)
+    }
+
+    /// Runs each distinct build command once, in order.
+    pub fn build(&self) -> anyhow::Result<()> {
+        let mut done = std::collections::HashSet::new();
+        for command in self.functions.iter().filter_map(|f| f.build.as_deref()) {
+            if !done.insert(command) {
+                continue;
+            }
+            eprintln!("thaw: building: {command}");
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .current_dir(&self.base)
+                .status()
+                .with_context(|| format!("running build command `{command}`"))?;
+            anyhow::ensure!(status.success(), "build command `{command}` failed with {status}");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_functions_with_defaults() {
+        let m = Manifest::parse(
+            r#"
+            [[function]]
+            name = "a"
+            wasm = "a.wasm"
+            [[function]]
+            name = "b"
+            wasm = "b.wasm"
+            route = "/api/b"
+            env = { K = "V" }
+            limits = { timeout_ms = 5 }
+            "#,
+            Path::new("/m"),
+        )
+        .unwrap();
+        assert_eq!(m.functions.len(), 2);
+        assert_eq!(m.wasm_path(&m.functions[0]), Path::new("/m/a.wasm"));
+        let spec = m.functions[1].spec();
+        assert_eq!(spec.route.as_deref(), Some("/api/b"));
+        assert_eq!(spec.limits.timeout_ms, Some(5));
+    }
+
+    #[test]
+    fn rejects_duplicates_bad_routes_and_typos() {
+        let dup = "[[function]]\nname='a'\nwasm='x'\n[[function]]\nname='a'\nwasm='y'\n";
+        assert!(Manifest::parse(dup, Path::new(".")).is_err());
+        let bad_route = "[[function]]\nname='a'\nwasm='x'\nroute='nope'\n";
+        assert!(Manifest::parse(bad_route, Path::new(".")).is_err());
+        let typo = "[[function]]\nname='a'\nwasm='x'\nrout='/a'\n";
+        assert!(Manifest::parse(typo, Path::new(".")).is_err());
+    }
+}

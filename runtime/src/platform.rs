@@ -1,0 +1,263 @@
+//! The platform: engine, artifact cache, registry and data directory, and the two operations
+//! that change them (deploy and remove). The servers in [`crate::server`] and
+//! [`crate::admin`] are thin layers over this type, and tests and benchmarks drive it directly.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::artifact::{ArtifactCache, Compiled, CompileError, Kind, Origin, detect_kind, sha256_hex};
+use crate::datadir::{DataDir, remove_durable};
+use crate::engine::{EngineOptions, ThawEngine};
+use crate::error::DeployError;
+use crate::function::{Function, FunctionRecord};
+use crate::registry::Registry;
+use crate::spec::{FunctionSpec, LimitDefaults};
+
+/// Everything the platform needs to start.
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    /// Where deployed functions live.
+    pub data_dir: std::path::PathBuf,
+    /// Engine and pool settings.
+    pub engine: EngineOptions,
+    /// Limits for functions that do not set their own.
+    pub defaults: LimitDefaults,
+    /// How long a request may wait for a free instance slot before it gets 503.
+    pub queue_timeout: Duration,
+}
+
+/// The running platform.
+pub struct Platform {
+    engine: Arc<ThawEngine>,
+    cache: Arc<ArtifactCache>,
+    registry: Registry,
+    data: DataDir,
+    defaults: LimitDefaults,
+    /// Admission control: one permit per instance slot. A request holds a permit from before
+    /// instantiation until its store is dropped, so the pool is never asked for more instances
+    /// than it has; excess requests queue here (bounded by `queue_timeout`) instead of failing
+    /// inside wasmtime.
+    admission: Arc<Semaphore>,
+    queue_timeout: Duration,
+    /// Serialises deploys and removals: route checks, persistence and the registry swap
+    /// happen as one step. Compilation runs outside it.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl Platform {
+    /// Opens the data directory, builds the engine and loads every deployed function.
+    /// Artifacts are loaded, not compiled; missing or damaged ones are rebuilt (and logged).
+    /// A record that cannot be loaded is logged and skipped: the rest still serve.
+    pub fn open(config: PlatformConfig) -> anyhow::Result<Self> {
+        let data = DataDir::open(&config.data_dir)?;
+        let engine = Arc::new(ThawEngine::new(config.engine.clone())?);
+        let cache = Arc::new(ArtifactCache::new(data.clone(), engine.clone())?);
+        let platform = Self {
+            admission: Arc::new(Semaphore::new(engine.options().instance_slots as usize)),
+            engine,
+            cache,
+            registry: Registry::new(),
+            data,
+            defaults: config.defaults,
+            queue_timeout: config.queue_timeout,
+            write_lock: tokio::sync::Mutex::new(()),
+        };
+        platform.load_all()?;
+        Ok(platform)
+    }
+
+    fn load_all(&self) -> anyhow::Result<()> {
+        let dir = self.data.functions_dir();
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            match self.load_one(&path) {
+                Ok(function) => {
+                    tracing::info!(
+                        function = %function.name,
+                        route = %function.route,
+                        kind = %function.record.kind,
+                        from = ?function.origin,
+                        "loaded"
+                    );
+                    if let Err(e) = self.registry.insert(Arc::new(function)) {
+                        tracing::error!(path = %path.display(), "skipping function: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn load_one(&self, path: &std::path::Path) -> anyhow::Result<Function> {
+        let text = std::fs::read(path)?;
+        let record: FunctionRecord = serde_json::from_slice(&text).context("parsing the record")?;
+        anyhow::ensure!(
+            path.file_stem().is_some_and(|s| s == record.name.as_str()),
+            "the record's name {:?} does not match its file name",
+            record.name
+        );
+        let (compiled, origin) = self.cache.load(record.kind, &record.digest)?;
+        Function::link(&self.engine, record, compiled, origin, &self.defaults)
+            .map_err(anyhow::Error::from)
+    }
+
+    /// Deploys `wasm` as function `name`, replacing any previous version atomically.
+    /// Returns the new function and whether it replaced one. On any error nothing changes.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        spec: FunctionSpec,
+        wasm: Bytes,
+    ) -> Result<(Arc<Function>, bool), DeployError> {
+        spec.validate(name, self.engine.options().max_memory_bytes)
+            .map_err(|e| DeployError::BadRequest(e.to_string()))?;
+        let kind = detect_kind(&wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
+        self.registry.check_route(name, &spec.route_or_default(name))?;
+
+        let digest = sha256_hex(&wasm);
+        let (compiled, origin) = self.compile(kind, &digest, wasm.clone()).await?;
+        let record = FunctionRecord {
+            name: name.to_owned(),
+            digest: digest.clone(),
+            kind,
+            wasm_bytes: wasm.len() as u64,
+            spec,
+            generation: 0,
+            deployed_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let mut function = Function::link(&self.engine, record, compiled, origin, &self.defaults)
+            .map_err(|e| DeployError::InvalidModule(e.to_string()))?;
+
+        let _guard = self.write_lock.lock().await;
+        self.registry.check_route(name, &function.route)?;
+        let previous = self.registry.get(name);
+        function.record.generation = previous.as_ref().map_or(1, |p| p.record.generation + 1);
+        // The wasm first, the record last: the record is the commit point (see datadir).
+        let wasm_path = self.data.wasm(&digest);
+        if !wasm_path.exists() {
+            self.data
+                .write_atomic(&wasm_path, &wasm)
+                .map_err(DeployError::Internal)?;
+        }
+        let json = serde_json::to_vec_pretty(&function.record)
+            .map_err(|e| DeployError::Internal(e.into()))?;
+        self.data
+            .write_atomic(&self.data.function_record(name), &json)
+            .map_err(DeployError::Internal)?;
+        let function = Arc::new(function);
+        self.registry.insert(function.clone())?;
+        tracing::info!(
+            function = name,
+            route = %function.route,
+            kind = %kind,
+            digest = %&digest[..12],
+            generation = function.record.generation,
+            "deployed"
+        );
+        Ok((function, previous.is_some()))
+    }
+
+    /// Loads the artifact if this exact wasm was compiled before, otherwise compiles it, on a
+    /// blocking thread (Cranelift takes tens of milliseconds and would stall the reactor).
+    async fn compile(
+        &self,
+        kind: Kind,
+        digest: &str,
+        wasm: Bytes,
+    ) -> Result<(Compiled, Origin), DeployError> {
+        let cache = self.cache.clone();
+        let digest = digest.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Ok((compiled, Origin::Artifact)) = cache.load_existing(kind, &digest) {
+                return Ok((compiled, Origin::Artifact));
+            }
+            cache
+                .compile_and_store(kind, &digest, &wasm)
+                .map(|c| (c, Origin::Compiled))
+        })
+        .await
+        .map_err(|e| DeployError::Internal(anyhow::anyhow!("compile task failed: {e}")))?
+        .map_err(|e| match e {
+            CompileError::Invalid(msg) => DeployError::InvalidModule(msg),
+            CompileError::Host(e) => DeployError::Internal(e),
+        })
+    }
+
+    /// Removes function `name`; returns whether it existed. Requests already running on it
+    /// finish. Its wasm and artifact stay in the data directory (content-addressed, possibly
+    /// shared with another function).
+    pub async fn remove(&self, name: &str) -> anyhow::Result<bool> {
+        let _guard = self.write_lock.lock().await;
+        if self.registry.get(name).is_none() {
+            return Ok(false);
+        }
+        remove_durable(&self.data.function_record(name))?;
+        self.registry.remove(name);
+        tracing::info!(function = name, "removed");
+        Ok(true)
+    }
+
+    /// The registry of deployed functions.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &ThawEngine {
+        &self.engine
+    }
+
+    /// The artifact cache.
+    pub fn cache(&self) -> &ArtifactCache {
+        &self.cache
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// Admission control in front of instantiation.
+    pub fn admission(&self) -> &Arc<Semaphore> {
+        &self.admission
+    }
+
+    /// How long a request waits for a slot.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+    }
+
+    /// A JSON summary of the host for `GET /v1/status`.
+    pub fn status(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.cache.stats();
+        let allocator = self.engine.allocator();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "allocator": allocator.to_string(),
+            "allocator_reason": match allocator {
+                crate::engine::Allocator::OnDemand(reason) => Some(reason.as_str()),
+                crate::engine::Allocator::Pooling => None,
+            },
+            "instance_slots": self.engine.options().instance_slots,
+            "slots_in_use": self.engine.options().instance_slots as usize - self.admission.available_permits(),
+            "functions": self.registry.len(),
+            "compilations": stats.compilations.load(Relaxed),
+            "artifact_loads": stats.artifact_loads.load(Relaxed),
+            "artifact_rebuilds": stats.rebuilds.load(Relaxed),
+            "data_dir": self.data.root(),
+        })
+    }
+}

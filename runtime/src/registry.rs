@@ -1,0 +1,160 @@
+//! Name → function, and path → function.
+//!
+//! The registry is a `DashMap` from name to `Arc<Function>` for the admin side, and a route
+//! table for the data plane. The route table is an immutable map from route prefix to
+//! `Arc<Function>`, replaced as a whole (`ArcSwap`) on every deploy or removal: a request
+//! does one atomic load and a few hash lookups, never takes a lock, and keeps the `Arc` it
+//! found for as long as it runs. That is what makes a redeploy atomic: requests that already
+//! hold the old `Arc` finish on the old code, the next load sees the new one.
+//!
+//! Routing is by longest matching prefix on segment boundaries: `/api/users` serves
+//! `/api/users` and `/api/users/42` but not `/api/usersx`; `/` serves everything no longer
+//! route claims. Finding the longest match looks up the path's own prefixes from longest to
+//! shortest, so the cost grows with the number of segments in the path, not the number of
+//! functions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+
+use crate::function::Function;
+
+/// Route prefix → function, immutable once built.
+type RouteTable = HashMap<String, Arc<Function>>;
+
+/// The deployed functions.
+#[derive(Default)]
+pub struct Registry {
+    by_name: DashMap<String, Arc<Function>>,
+    routes: ArcSwap<RouteTable>,
+    /// Serialises writers so two route-table rebuilds cannot interleave.
+    write: std::sync::Mutex<()>,
+}
+
+/// Why a function cannot take its route.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("route {route} is already served by function {owner}")]
+pub struct RouteTaken {
+    /// The contested route.
+    pub route: String,
+    /// The function that has it.
+    pub owner: String,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks that `function` could be inserted without taking another function's route.
+    pub fn check_route(&self, name: &str, route: &str) -> Result<(), RouteTaken> {
+        match self.routes.load().get(route) {
+            Some(owner) if &*owner.name != name => Err(RouteTaken {
+                route: route.to_owned(),
+                owner: owner.name.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Inserts or replaces a function; returns the version it replaced.
+    pub fn insert(&self, function: Arc<Function>) -> Result<Option<Arc<Function>>, RouteTaken> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_route(&function.name, &function.route)?;
+        let old = self.by_name.insert(function.name.to_string(), function);
+        self.rebuild_routes();
+        Ok(old)
+    }
+
+    /// Removes a function; returns it if it existed.
+    pub fn remove(&self, name: &str) -> Option<Arc<Function>> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.by_name.remove(name).map(|(_, f)| f);
+        if old.is_some() {
+            self.rebuild_routes();
+        }
+        old
+    }
+
+    fn rebuild_routes(&self) {
+        let table: RouteTable = self
+            .by_name
+            .iter()
+            .map(|entry| (entry.route.clone(), entry.value().clone()))
+            .collect();
+        self.routes.store(Arc::new(table));
+    }
+
+    /// The function called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Function>> {
+        self.by_name.get(name).map(|f| f.clone())
+    }
+
+    /// Every function, sorted by name.
+    pub fn all(&self) -> Vec<Arc<Function>> {
+        let mut all: Vec<_> = self.by_name.iter().map(|f| f.value().clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Number of functions.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when nothing is deployed.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The function whose route is the longest prefix of `path` (on a segment boundary).
+    pub fn route(&self, path: &str) -> Option<Arc<Function>> {
+        let table = self.routes.load();
+        longest_prefix(path, |prefix| table.get(prefix).cloned())
+    }
+}
+
+/// Tries `path`, then each shorter prefix ending before a '/', then "/".
+fn longest_prefix<T>(path: &str, mut lookup: impl FnMut(&str) -> Option<T>) -> Option<T> {
+    let mut candidate = path.strip_suffix('/').unwrap_or(path);
+    while !candidate.is_empty() {
+        if let Some(found) = lookup(candidate) {
+            return Some(found);
+        }
+        candidate = &candidate[..candidate.rfind('/').unwrap_or(0)];
+    }
+    lookup("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route<'a>(routes: &[&'a str], path: &str) -> Option<&'a str> {
+        longest_prefix(path, |p| routes.iter().find(|r| **r == p).copied())
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries() {
+        let routes = ["/api", "/api/users", "/hello"];
+        assert_eq!(route(&routes, "/api/users/42"), Some("/api/users"));
+        assert_eq!(route(&routes, "/api/users"), Some("/api/users"));
+        assert_eq!(route(&routes, "/api/usersx"), Some("/api"));
+        assert_eq!(route(&routes, "/api/"), Some("/api"));
+        assert_eq!(route(&routes, "/hello"), Some("/hello"));
+        assert_eq!(route(&routes, "/hellox"), None);
+        assert_eq!(route(&routes, "/"), None);
+        assert_eq!(route(&routes, ""), None);
+    }
+
+    #[test]
+    fn root_route_catches_the_rest() {
+        let routes = ["/", "/hello"];
+        assert_eq!(route(&routes, "/anything/else"), Some("/"));
+        assert_eq!(route(&routes, "/hello/x"), Some("/hello"));
+        assert_eq!(route(&routes, "/"), Some("/"));
+    }
+}

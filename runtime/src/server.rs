@@ -1,0 +1,126 @@
+//! The HTTP listeners: the data plane (functions) and the admin API, with graceful shutdown.
+//!
+//! Both are plain hyper 1 HTTP/1.1 servers on tokio, one task per connection. Shutdown stops
+//! accepting, lets every in-flight request finish (up to a drain timeout), then returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::ResponseBody;
+use crate::error::InvokeError;
+use crate::invoke::{Peer, invoke};
+use crate::platform::Platform;
+
+/// How long a client may take to send a request's headers before the connection is closed
+/// (a first guard against slow clients holding connections).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A signal every listener watches; `true` means "stop accepting and drain".
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal and the sender that triggers it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Serves the data plane on `listener` until `shutdown` fires, then drains.
+pub async fn serve_functions(
+    listener: TcpListener,
+    platform: Arc<Platform>,
+    shutdown: Shutdown,
+    drain_timeout: Duration,
+) -> anyhow::Result<()> {
+    serve(listener, shutdown, drain_timeout, move |req, peer| {
+        let platform = platform.clone();
+        async move {
+            let Some(function) = platform.registry().route(req.uri().path()) else {
+                return InvokeError::NotFound.into_response();
+            };
+            invoke(&platform, function, req, peer).await
+        }
+    })
+    .await
+}
+
+/// Accept loop shared by both listeners.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+    drain_timeout: Duration,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let local = listener.local_addr()?;
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed on {local}: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.wait() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let peer = Peer { remote, local };
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let response = handler(req, peer);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                // Clients that drop connections mid-request are routine (load generators do it
+                // at the end of every run), so this is debug, not warn.
+                tracing::debug!(%remote, "connection ended: {e}");
+            }
+        });
+    }
+    tracing::info!(%local, "draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain_timeout) => {
+            tracing::warn!(%local, "drain timeout reached; closing remaining connections");
+        }
+    }
+    Ok(())
+}
+
+/// Binds a listener, with the address in the error.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))
+}

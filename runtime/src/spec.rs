@@ -1,0 +1,289 @@
+//! What a user says about a function: its route, environment and limits.
+//!
+//! A [`FunctionSpec`] arrives with a deploy (as JSON over the admin API, or as a `[[function]]`
+//! table in a `thaw.toml` manifest) and is validated here, before anything is compiled. Limits
+//! left out fall back to the host's defaults ([`LimitDefaults`]) when the function is loaded, so
+//! changing a default applies to every function that did not choose its own.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default request timeout: long enough for real work, short enough that a stuck guest does not
+/// hold a slot for long.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default linear memory per instance.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// Default maximum request body.
+pub const DEFAULT_MAX_REQUEST_BODY_KIB: u64 = 16 * 1024;
+/// Default maximum response body of a CGI module (its whole stdout is buffered).
+pub const DEFAULT_MAX_RESPONSE_BODY_KIB: u64 = 64 * 1024;
+/// Longest timeout a spec may ask for.
+pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// A function's deploy-time description, without the code.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// Path prefix the function serves; `/<name>` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Environment variables the function sees (and nothing else of the host's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Per-function limits; unset fields use the host's defaults.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// Limits as written by the user; `None` means "the host default".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Wall-clock time for one request, in milliseconds (CPU-bound guests are interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Linear memory per instance, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Largest accepted request body, in KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_kib: Option<u64>,
+    /// Largest response body of a CGI module, in KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_body_kib: Option<u64>,
+}
+
+/// The host-wide defaults for [`LimitsSpec`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitDefaults {
+    /// See [`LimitsSpec::timeout_ms`].
+    pub timeout_ms: u64,
+    /// See [`LimitsSpec::memory_mib`].
+    pub memory_mib: u64,
+    /// See [`LimitsSpec::max_request_body_kib`].
+    pub max_request_body_kib: u64,
+    /// See [`LimitsSpec::max_response_body_kib`].
+    pub max_response_body_kib: u64,
+}
+
+impl Default for LimitDefaults {
+    fn default() -> Self {
+        Self {
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            max_request_body_kib: DEFAULT_MAX_REQUEST_BODY_KIB,
+            max_response_body_kib: DEFAULT_MAX_RESPONSE_BODY_KIB,
+        }
+    }
+}
+
+/// Limits resolved against the defaults, in the units the request path uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Wall-clock budget of one request.
+    #[serde(serialize_with = "as_millis")]
+    pub timeout: Duration,
+    /// Linear memory per instance, bytes.
+    pub memory_bytes: u64,
+    /// Largest request body, bytes.
+    pub max_request_body_bytes: u64,
+    /// Largest CGI response body, bytes.
+    pub max_response_body_bytes: u64,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+impl LimitsSpec {
+    /// These limits with every unset field taken from `defaults`.
+    pub fn resolve(&self, defaults: &LimitDefaults) -> Limits {
+        Limits {
+            timeout: Duration::from_millis(self.timeout_ms.unwrap_or(defaults.timeout_ms)),
+            memory_bytes: self.memory_mib.unwrap_or(defaults.memory_mib) << 20,
+            max_request_body_bytes: self
+                .max_request_body_kib
+                .unwrap_or(defaults.max_request_body_kib)
+                << 10,
+            max_response_body_bytes: self
+                .max_response_body_kib
+                .unwrap_or(defaults.max_response_body_kib)
+                << 10,
+        }
+    }
+}
+
+/// Why a spec or a name was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The function name is not usable.
+    #[error(
+        "invalid function name {0:?}: use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+    )]
+    Name(String),
+    /// The route is not a clean absolute path.
+    #[error("invalid route {0:?}: {1}")]
+    Route(String, &'static str),
+    /// An environment variable cannot be passed to WASI.
+    #[error("invalid environment variable {0:?}: {1}")]
+    Env(String, &'static str),
+    /// A limit is out of range.
+    #[error("limit {0} = {1} is out of range: {2}")]
+    Limit(&'static str, u64, String),
+}
+
+/// Checks a function name.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Name(name.to_owned()))
+    }
+}
+
+/// Checks a route: absolute, no query or fragment, no empty, `.` or `..` segments, no
+/// trailing slash (except the root route `/`).
+pub fn validate_route(route: &str) -> Result<(), SpecError> {
+    let err = |why| Err(SpecError::Route(route.to_owned(), why));
+    if !route.starts_with('/') {
+        return err("must start with '/'");
+    }
+    if route.len() > 1024 {
+        return err("longer than 1024 bytes");
+    }
+    if route.contains(['?', '#', '%', ' ']) || route.chars().any(char::is_control) {
+        return err("must not contain '?', '#', '%', spaces or control characters");
+    }
+    if route == "/" {
+        return Ok(());
+    }
+    if route.ends_with('/') {
+        return err("must not end with '/'");
+    }
+    if route[1..]
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return err("must not contain empty, '.' or '..' segments");
+    }
+    Ok(())
+}
+
+impl FunctionSpec {
+    /// The route the function serves.
+    pub fn route_or_default(&self, name: &str) -> String {
+        self.route.clone().unwrap_or_else(|| format!("/{name}"))
+    }
+
+    /// Checks everything that can be checked without the code; `max_memory_bytes` is the
+    /// host's ceiling for any function's memory.
+    pub fn validate(&self, name: &str, max_memory_bytes: u64) -> Result<(), SpecError> {
+        validate_name(name)?;
+        validate_route(&self.route_or_default(name))?;
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(SpecError::Env(key.clone(), "names must be non-empty without '=' or NUL"));
+            }
+        }
+        if let Some((key, _)) = self.env.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(SpecError::Env(key.clone(), "values must not contain NUL"));
+        }
+        let l = &self.limits;
+        if let Some(t) = l.timeout_ms
+            && !(1..=MAX_TIMEOUT_MS).contains(&t)
+        {
+            return Err(SpecError::Limit("timeout_ms", t, format!("must be 1..={MAX_TIMEOUT_MS}")));
+        }
+        if let Some(m) = l.memory_mib {
+            let max = max_memory_bytes >> 20;
+            if !(1..=max).contains(&m) {
+                return Err(SpecError::Limit(
+                    "memory_mib",
+                    m,
+                    format!("must be 1..={max} (the host's --max-memory-mib)"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("max_request_body_kib", l.max_request_body_kib),
+            ("max_response_body_kib", l.max_response_body_kib),
+        ] {
+            if let Some(v) = value
+                && !(1..=(4 << 20)).contains(&v)
+            {
+                return Err(SpecError::Limit(field, v, "must be 1..=4194304 (4 GiB)".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["hello", "a", "json-echo", "v2_api", "0day"] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", "Hello", "-x", "_x", "a/b", "a.b", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn routes() {
+        for ok in ["/", "/hello", "/api/v1/users", "/a-b_c"] {
+            validate_route(ok).unwrap();
+        }
+        for bad in ["", "hello", "/hello/", "//x", "/a//b", "/a/../b", "/a?b", "/a b", "/%2e"] {
+            assert!(validate_route(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_resolve_to_defaults() {
+        let spec = LimitsSpec {
+            timeout_ms: Some(250),
+            ..Default::default()
+        };
+        let limits = spec.resolve(&LimitDefaults::default());
+        assert_eq!(limits.timeout, Duration::from_millis(250));
+        assert_eq!(limits.memory_bytes, DEFAULT_MEMORY_MIB << 20);
+    }
+
+    #[test]
+    fn memory_above_host_ceiling_is_refused() {
+        let spec = FunctionSpec {
+            limits: LimitsSpec {
+                memory_mib: Some(512),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(matches!(
+            spec.validate("f", 256 << 20),
+            Err(SpecError::Limit("memory_mib", 512, _))
+        ));
+        spec.validate("f", 1 << 30).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<FunctionSpec>(r#"{"rout": "/x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}
