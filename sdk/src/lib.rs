@@ -1,1 +1,377 @@
+//! Write [thaw](https://github.com/thaw-rs/thaw) functions in Rust.
+//!
+//! A function is a plain Rust function from a [`Request`] to anything that implements
+//! [`IntoResponse`], marked with [`#[handler]`](handler). Built for `wasm32-wasip2`, it becomes
+//! a standard `wasi:http` proxy component: thaw runs it, and so do `wasmtime serve` and Spin.
+//!
+//! ```no_run
+//! use thaw_sdk::{Request, handler};
+//!
+//! #[handler]
+//! fn hello(req: Request) -> String {
+//!     let name = thaw_sdk::query(&req, "name").unwrap_or_else(|| "world".into());
+//!     format!("Hello, {name}!\n")
+//! }
+//! ```
+//!
+//! JSON in, JSON out, and errors that become responses:
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//! use thaw_sdk::{Error, Json, Request, handler};
+//!
+//! #[derive(Deserialize)]
+//! struct Order { quantity: u32 }
+//! #[derive(Serialize)]
+//! struct Answer { doubled: u32 }
+//!
+//! #[handler]
+//! fn double(req: Request) -> Result<Json<Answer>, Error> {
+//!     let order: Order = thaw_sdk::json(&req)?; // a 400 with serde's message if malformed
+//!     if order.quantity == 0 {
+//!         return Err(Error::bad_request("quantity must be positive"));
+//!     }
+//!     Ok(Json(Answer { doubled: order.quantity * 2 }))
+//! }
+//! ```
+//!
+//! The crate needs a `cdylib` crate type and the `wasm32-wasip2` target:
+//! `cargo build --release --target wasm32-wasip2` produces `target/wasm32-wasip2/release/<name>.wasm`.
+//!
+//! # What happens per request
+//! The SDK reads the whole request body into memory, calls the handler, then writes the
+//! response (streamed to the host in chunks). Headers the host forbids in responses are
+//! dropped by `wasi:http` itself. A panic in the handler traps the instance: the host answers
+//! 500 and the next request gets a fresh instance. For streaming bodies of unbounded size,
+//! use the `wasi` crate directly (see thaw's `functions/echo`).
 
+#![deny(missing_docs)]
+
+use std::io::{Read as _, Write as _};
+
+pub use http;
+pub use http::{HeaderMap, HeaderValue, Method, StatusCode};
+pub use thaw_sdk_macro::handler;
+
+/// The request a handler receives: the body is already read.
+pub type Request = http::Request<Vec<u8>>;
+
+/// The response a handler may build by hand (see [`IntoResponse`] for shortcuts).
+pub type Response = http::Response<Vec<u8>>;
+
+/// Parses the request body as JSON. A malformed body is a 400 [`Error`] with serde's message.
+pub fn json<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Error> {
+    serde_json::from_slice(req.body()).map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The request body as UTF-8 text. Invalid UTF-8 is a 400 [`Error`].
+pub fn text(req: &Request) -> Result<&str, Error> {
+    std::str::from_utf8(req.body()).map_err(|_| Error::bad_request("the body is not UTF-8"))
+}
+
+/// The first value of query parameter `key`, percent-decoded.
+pub fn query(req: &Request, key: &str) -> Option<String> {
+    query_pairs(req).find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Every query parameter, percent-decoded, in order.
+pub fn query_pairs(req: &Request) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+/// An environment variable from the function's spec (a function sees nothing else).
+pub fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// An error that becomes a response: its status and its message as a plain-text body.
+///
+/// Any `std::error::Error` converts into a 500 with its message, so `?` works on I/O, parse
+/// and serde errors; use [`Error::bad_request`] or [`Error::new`] for the client's mistakes.
+#[derive(Debug)]
+pub struct Error {
+    status: StatusCode,
+    message: String,
+}
+
+impl Error {
+    /// An error with this status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A 404 Not Found.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message the client gets.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for Error {
+    fn from(error: E) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+}
+
+/// A value serialized as a JSON response (`Content-Type: application/json`).
+#[derive(Debug, Clone)]
+pub struct Json<T>(pub T);
+
+/// Anything a handler may return.
+pub trait IntoResponse {
+    /// The response.
+    fn into_response(self) -> Response;
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+impl IntoResponse for Response {
+    fn into_response(self) -> Response {
+        self
+    }
+}
+
+impl IntoResponse for http::Response<String> {
+    fn into_response(self) -> Response {
+        self.map(String::into_bytes)
+    }
+}
+
+impl IntoResponse for String {
+    fn into_response(self) -> Response {
+        with_type(StatusCode::OK, "text/plain; charset=utf-8", self.into_bytes())
+    }
+}
+
+impl IntoResponse for &'static str {
+    fn into_response(self) -> Response {
+        self.to_owned().into_response()
+    }
+}
+
+impl IntoResponse for Vec<u8> {
+    fn into_response(self) -> Response {
+        with_type(StatusCode::OK, "application/octet-stream", self)
+    }
+}
+
+impl IntoResponse for StatusCode {
+    fn into_response(self) -> Response {
+        let mut response = http::Response::new(Vec::new());
+        *response.status_mut() = self;
+        response
+    }
+}
+
+impl<T: IntoResponse> IntoResponse for (StatusCode, T) {
+    fn into_response(self) -> Response {
+        let mut response = self.1.into_response();
+        *response.status_mut() = self.0;
+        response
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => with_type(StatusCode::OK, "application/json", body),
+            Err(e) => Error::from(e).into_response(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut body = self.message.into_bytes();
+        body.push(b'\n');
+        with_type(self.status, "text/plain; charset=utf-8", body)
+    }
+}
+
+impl<T: IntoResponse, E: IntoResponse> IntoResponse for Result<T, E> {
+    fn into_response(self) -> Response {
+        match self {
+            Ok(ok) => ok.into_response(),
+            Err(err) => err.into_response(),
+        }
+    }
+}
+
+/// Used by the code `#[handler]` generates; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wasi;
+
+    use super::*;
+    use wasi::http::types::{
+        Fields, IncomingBody, IncomingRequest, Method as WasiMethod, OutgoingBody,
+        OutgoingResponse, ResponseOutparam, Scheme,
+    };
+
+    /// Reads the request, calls the handler, writes the response.
+    pub fn serve<R: IntoResponse>(
+        incoming: IncomingRequest,
+        out: ResponseOutparam,
+        handler: fn(Request) -> R,
+    ) {
+        let response = match read_request(incoming) {
+            Ok(request) => handler(request).into_response(),
+            Err(error) => error.into_response(),
+        };
+        write_response(response, out);
+    }
+
+    fn read_request(incoming: IncomingRequest) -> Result<Request, Error> {
+        let method = match incoming.method() {
+            WasiMethod::Get => Method::GET,
+            WasiMethod::Head => Method::HEAD,
+            WasiMethod::Post => Method::POST,
+            WasiMethod::Put => Method::PUT,
+            WasiMethod::Delete => Method::DELETE,
+            WasiMethod::Connect => Method::CONNECT,
+            WasiMethod::Options => Method::OPTIONS,
+            WasiMethod::Trace => Method::TRACE,
+            WasiMethod::Patch => Method::PATCH,
+            WasiMethod::Other(other) => Method::from_bytes(other.as_bytes())
+                .map_err(|_| Error::bad_request("invalid method"))?,
+        };
+        let scheme = match incoming.scheme() {
+            Some(Scheme::Https) => "https",
+            _ => "http",
+        };
+        let authority = incoming.authority().unwrap_or_else(|| "localhost".into());
+        let path = incoming.path_with_query().unwrap_or_else(|| "/".into());
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(format!("{scheme}://{authority}{path}"));
+        for (name, value) in incoming.headers().entries() {
+            builder = builder.header(name, value);
+        }
+        let body = incoming
+            .consume()
+            .map_err(|()| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "request body already taken"))?;
+        let mut bytes = Vec::new();
+        {
+            let mut stream = body
+                .stream()
+                .map_err(|()| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "request body stream unavailable"))?;
+            stream
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::bad_request(format!("reading the request body: {e}")))?;
+        }
+        let _trailers = IncomingBody::finish(body);
+        builder
+            .body(bytes)
+            .map_err(|e| Error::bad_request(format!("invalid request: {e}")))
+    }
+
+    fn write_response(response: Response, out: ResponseOutparam) {
+        let (parts, body) = response.into_parts();
+        let entries: Vec<(String, Vec<u8>)> = parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect();
+        let headers = match Fields::from_list(&entries) {
+            Ok(headers) => headers,
+            Err(e) => {
+                let error = Error::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the handler set a header wasi:http refuses: {e:?}"),
+                );
+                return write_response(error.into_response(), out);
+            }
+        };
+        let outgoing = OutgoingResponse::new(headers);
+        let _ = outgoing.set_status_code(parts.status.as_u16());
+        let Ok(outgoing_body) = outgoing.body() else {
+            return;
+        };
+        ResponseOutparam::set(out, Ok(outgoing));
+        {
+            let Ok(mut stream) = outgoing_body.write() else {
+                return;
+            };
+            // `write_all` on the wasi stream honours the host's back-pressure (check-write).
+            if stream.write_all(&body).is_err() || stream.blocking_flush().is_err() {
+                return;
+            }
+        }
+        let _ = OutgoingBody::finish(outgoing_body, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, body: &str) -> Request {
+        http::Request::builder().uri(uri).body(body.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn query_is_decoded() {
+        let req = request("http://h/p?name=J%C3%BCrgen&x=1&name=second", "");
+        assert_eq!(query(&req, "name").as_deref(), Some("Jürgen"));
+        assert_eq!(query(&req, "missing"), None);
+        assert_eq!(query_pairs(&req).count(), 3);
+    }
+
+    #[test]
+    fn json_errors_are_400() {
+        #[derive(serde::Deserialize, Debug)]
+        struct T {
+            #[allow(dead_code)]
+            a: u32,
+        }
+        let err = json::<T>(&request("/", "{")).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        json::<T>(&request("/", r#"{"a": 1}"#)).unwrap();
+    }
+
+    #[test]
+    fn into_response_shortcuts() {
+        let r = (StatusCode::CREATED, "made").into_response();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(r.body(), b"made");
+        let r = Json(serde_json::json!({"a": 1})).into_response();
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let r: Result<String, Error> = Err(Error::bad_request("nope"));
+        let r = r.into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.body(), b"nope\n");
+        let io = std::io::Error::other("disk on fire");
+        assert_eq!(Error::from(io).status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,1 +1,17 @@
+//! Paths of the example functions, built to wasm by this crate's build script.
+//!
+//! Tests and benchmarks use these so that everything runs the same bytes users deploy.
+//!
+//! # Adding a function
+//! 1. `cargo new --lib functions/<name>` (or `--bin` for a wasip1 CGI command), set
+//!    `crate-type = ["cdylib"]` for a component, and add it to `members` in
+//!    `functions/Cargo.toml`.
+//! 2. Add it to `BUILDS` and to the `rerun-if-changed` list in `build.rs`.
+//! 3. If it is an example users should see, add it to `functions/thaw.toml` too.
 
+include!(concat!(env!("OUT_DIR"), "/paths.rs"));
+
+/// Reads one of the paths above.
+pub fn read(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}

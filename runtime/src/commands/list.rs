@@ -28,9 +28,9 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
             f["name"].as_str().unwrap_or("?"),
             f["kind"].as_str().unwrap_or("?"),
             f["route"].as_str().unwrap_or("?"),
-            f["generation"],
-            f["requests"],
-            f["failures"],
+            f["generation"].as_u64().unwrap_or(0),
+            f["requests"].as_u64().unwrap_or(0),
+            f["failures"].as_u64().unwrap_or(0),
         );
     }
     Ok(())

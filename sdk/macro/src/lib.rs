@@ -1,1 +1,62 @@
+//! The `#[thaw_sdk::handler]` attribute. Use it through `thaw-sdk`, which documents it.
 
+use proc_macro::TokenStream;
+use quote::quote;
+use syn::spanned::Spanned as _;
+use syn::{FnArg, ItemFn, parse_macro_input};
+
+/// Exports a function `fn(Request) -> impl IntoResponse` as the component's
+/// `wasi:http/incoming-handler`. See `thaw_sdk` for the full documentation.
+#[proc_macro_attribute]
+pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = proc_macro2::TokenStream::from(attr);
+        return syn::Error::new(attr.span(), "#[thaw_sdk::handler] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    if let Err(error) = check_signature(&function) {
+        return error.to_compile_error().into();
+    }
+    let name = &function.sig.ident;
+    quote! {
+        #function
+
+        const _: () = {
+            struct __ThawHandler;
+            impl ::thaw_sdk::__private::wasi::exports::http::incoming_handler::Guest for __ThawHandler {
+                fn handle(
+                    request: ::thaw_sdk::__private::wasi::http::types::IncomingRequest,
+                    response_out: ::thaw_sdk::__private::wasi::http::types::ResponseOutparam,
+                ) {
+                    ::thaw_sdk::__private::serve(request, response_out, #name);
+                }
+            }
+            ::thaw_sdk::__private::wasi::http::proxy::export!(
+                __ThawHandler with_types_in ::thaw_sdk::__private::wasi
+            );
+        };
+    }
+    .into()
+}
+
+fn check_signature(function: &ItemFn) -> syn::Result<()> {
+    let sig = &function.sig;
+    if let Some(token) = &sig.asyncness {
+        return Err(syn::Error::new(
+            token.span(),
+            "a thaw handler is a plain `fn`, not `async fn`: the request is read before it is called",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(sig.generics.span(), "a thaw handler cannot be generic"));
+    }
+    if sig.inputs.len() != 1 || matches!(sig.inputs.first(), Some(FnArg::Receiver(_))) {
+        return Err(syn::Error::new(
+            sig.inputs.span(),
+            "a thaw handler takes exactly one argument: `fn handle(req: thaw_sdk::Request) -> impl thaw_sdk::IntoResponse`",
+        ));
+    }
+    Ok(())
+}
