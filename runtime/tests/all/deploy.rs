@@ -1,0 +1,188 @@
+//! The admin API's life cycle and its refusals.
+
+use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
+use thaw_test_functions as wasm;
+
+use crate::support::{TestServer, client, deploy_raw, route};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_list_get_invoke_redeploy_remove() {
+    let server = TestServer::start();
+    let admin = server.admin();
+    assert!(admin.list().await.unwrap().is_empty());
+
+    let spec = FunctionSpec {
+        env: [("GREETING".to_string(), "Hi".to_string())].into(),
+        ..Default::default()
+    };
+    let created = client()
+        .put(format!("{}/v1/functions/hello", server.admin_url))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("spec", serde_json::to_string(&spec).unwrap())
+                .part("wasm", reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(created["generation"], 1);
+    assert_eq!(created["kind"], "component");
+    assert_eq!(created["route"], "/hello");
+
+    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Hi, world!\n");
+
+    let listed = admin.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["name"], "hello");
+    let got = admin.get("hello").await.unwrap();
+    assert_eq!(got["spec"]["env"]["GREETING"], "Hi");
+    assert_eq!(got["requests"], 1);
+
+    // Redeploy: same name, new spec: 200, generation 2, new behaviour.
+    let spec = FunctionSpec {
+        env: [("GREETING".to_string(), "Howdy".to_string())].into(),
+        ..Default::default()
+    };
+    let replaced = client()
+        .put(format!("{}/v1/functions/hello", server.admin_url))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("spec", serde_json::to_string(&spec).unwrap())
+                .part("wasm", reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replaced.status(), 200);
+    assert_eq!(replaced.json::<serde_json::Value>().await.unwrap()["generation"], 2);
+    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Howdy, world!\n");
+
+    // Remove: 204, then the route is gone, the name is gone, a second remove is 404.
+    let removed = client()
+        .delete(format!("{}/v1/functions/hello", server.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    assert_eq!(server.get("/hello").await.status(), 404);
+    assert!(admin.get("hello").await.is_err());
+    let again = client()
+        .delete(format!("{}/v1/functions/hello", server.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+
+    let status = admin.status().await.unwrap();
+    assert_eq!(status["functions"], 0);
+    assert_eq!(status["allocator"], "pooling");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_modules_are_refused_and_the_old_version_keeps_serving() {
+    let server = TestServer::start();
+    server.deploy("hello", wasm::HELLO, Default::default()).await;
+
+    let (status, body) = deploy_raw(&server, "hello", b"definitely not wasm".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("not a WebAssembly binary"), "{body}");
+
+    let mut truncated = wasm::read(wasm::HELLO);
+    truncated.truncate(truncated.len() / 2);
+    let (status, body) = deploy_raw(&server, "hello", truncated).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid WebAssembly"), "{body}");
+
+    let unknown_import = wat::parse_str(
+        r#"(component (import "example:missing/thing@1.0.0" (instance (export "f" (func)))))"#,
+    )
+    .unwrap();
+    let (status, body) = deploy_raw(&server, "hello", unknown_import).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("example:missing/thing"), "the import is named: {body}");
+
+    let no_handler = wat::parse_str("(component)").unwrap();
+    let (status, body) = deploy_raw(&server, "hello", no_handler).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("incoming-handler"), "{body}");
+
+    let reactor = wat::parse_str(r#"(module (func (export "not_start")))"#).unwrap();
+    let (status, body) = deploy_raw(&server, "hello", reactor).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("_start"), "{body}");
+
+    let unknown_core_import =
+        wat::parse_str(r#"(module (import "env" "launch_missiles" (func)) (func (export "_start")))"#).unwrap();
+    let (status, body) = deploy_raw(&server, "hello", unknown_core_import).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("launch_missiles"), "{body}");
+
+    // Through all of that, the first version kept serving and kept its generation.
+    let r = server.get("/hello").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
+    assert_eq!(server.admin().get("hello").await.unwrap()["generation"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_specs_and_routes() {
+    let server = TestServer::start();
+    server.deploy("hello", wasm::HELLO, Default::default()).await;
+
+    // A bad name, a bad route, an out-of-range limit, an unknown spec field: 400s.
+    let (status, body) = deploy_raw(&server, "Bad.Name", wasm::read(wasm::HELLO)).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid function name"), "{body}");
+    for (spec, reason) in [
+        (r#"{"route": "no-slash"}"#, "must start with '/'"),
+        (r#"{"limits": {"memory_mib": 999999}}"#, "memory_mib"),
+        (r#"{"limits": {"timeout_ms": 0}}"#, "timeout_ms"),
+        (r#"{"rout": "/x"}"#, "unknown field"),
+    ] {
+        let r = client()
+            .put(format!("{}/v1/functions/other", server.admin_url))
+            .multipart(
+                reqwest::multipart::Form::new()
+                    .text("spec", spec)
+                    .part("wasm", reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO))),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{spec}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(reason), "{spec}: {text}");
+    }
+
+    // Taking another function's route is a conflict.
+    let err = server
+        .admin()
+        .deploy("thief", &route("/hello"), wasm::read(wasm::ECHO).into())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("409"), "{err:#}");
+
+    // Unknown paths are 404; prefixes match on segment boundaries only.
+    assert_eq!(server.get("/nope").await.status(), 404);
+    assert_eq!(server.get("/hellothere").await.status(), 404);
+    assert_eq!(server.get("/hello/there").await.status(), 200);
+    assert_eq!(server.admin().list().await.unwrap().len(), 1);
+
+    // A custom route, and a catch-all root route that longer routes still win over.
+    server.deploy("root", wasm::ECHO, route("/")).await;
+    let r = server.get("/anything/else").await;
+    assert_eq!(r.headers()["x-echo-path"], "/anything/else");
+    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Hello, world!\n");
+
+    let limits = FunctionSpec {
+        limits: LimitsSpec {
+            timeout_ms: Some(100),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let deployed = server.deploy("limited", wasm::HELLO, limits).await;
+    assert_eq!(deployed["limits"]["timeout"], 100);
+}

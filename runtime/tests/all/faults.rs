@@ -1,0 +1,182 @@
+//! A guest's failure costs that one request: traps, timeouts, memory bombs, oversized bodies,
+//! malformed CGI output, a full pool. After each, the host still serves.
+
+use std::time::Duration;
+
+use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
+use thaw_test_functions as wasm;
+
+use crate::support::{TestServer, client, deploy_raw};
+
+fn limits(timeout_ms: u64, memory_mib: u64) -> FunctionSpec {
+    FunctionSpec {
+        limits: LimitsSpec {
+            timeout_ms: Some(timeout_ms),
+            memory_mib: Some(memory_mib),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traps_timeouts_and_memory_bombs_cost_one_request() {
+    let server = TestServer::start();
+    server.deploy("faults", wasm::FAULTS, limits(300, 16)).await;
+    server.deploy("hello", wasm::HELLO, Default::default()).await;
+
+    // Panic: 500, and the very next request to the same function succeeds.
+    assert_eq!(server.get("/faults/panic").await.status(), 500);
+    assert_eq!(server.get("/faults/ok").await.status(), 200);
+
+    // Endless loop: 504 after the 300 ms timeout, while other functions keep answering.
+    let looping = tokio::spawn({
+        let url = format!("{}/faults/loop", server.url);
+        async move { client().get(url).send().await.unwrap().status() }
+    });
+    for _ in 0..5 {
+        assert_eq!(server.get("/hello").await.status(), 200);
+    }
+    assert_eq!(looping.await.unwrap(), 504);
+    assert_eq!(server.get("/faults/ok").await.status(), 200);
+
+    // Memory bomb against a 16 MiB limit: 500.
+    assert_eq!(server.get("/faults/oom").await.status(), 500);
+    // Unbounded recursion: 500.
+    assert_eq!(server.get("/faults/recurse").await.status(), 500);
+    assert_eq!(server.get("/faults/ok").await.status(), 200);
+
+    let log = server.log();
+    assert!(log.contains("function trapped"), "traps are logged with their reason");
+    let faults = server.admin().get("faults").await.unwrap();
+    assert_eq!(faults["failures"], 4);
+    assert_eq!(server.admin().status().await.unwrap()["slots_in_use"], 0, "no leaked slots");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_over_the_limit_are_413() {
+    let server = TestServer::start();
+    let spec = |route: &str| FunctionSpec {
+        route: Some(route.into()),
+        limits: LimitsSpec {
+            max_request_body_kib: Some(64),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    server.deploy("hello", wasm::HELLO, spec("/hello")).await;
+    server.deploy("echo", wasm::ECHO, spec("/echo")).await;
+    server.deploy("wc", wasm::WORDCOUNT, spec("/wc")).await;
+    let chunked = || {
+        let chunks = (0..16).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 16 * 1024]));
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+    };
+
+    for path in ["/hello", "/echo", "/wc"] {
+        // Declared length over the limit: refused before any instance exists.
+        let r = client()
+            .post(format!("{}{path}", server.url))
+            .body(vec![b'x'; 65 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{path} with content-length");
+
+        // At the limit: fine.
+        let r = client()
+            .post(format!("{}{path}", server.url))
+            .body(vec![b'z'; 64 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} at the limit");
+    }
+
+    // Chunked, no declared length, cut off while the guest reads: 413 for a function that
+    // reads its body before answering (the SDK does; CGI always does).
+    for path in ["/hello", "/wc"] {
+        let r = client()
+            .post(format!("{}{path}", server.url))
+            .body(chunked())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{path} chunked");
+    }
+    // A streaming function that answered before reading (echo) cannot be given a 413 any
+    // more: its response is cut off instead, so the client never sees a complete success.
+    let outcome = match client().post(format!("{}/echo", server.url)).body(chunked()).send().await {
+        Err(_) => None,
+        Ok(r) => Some((r.status(), r.bytes().await.map(|b| b.len()))),
+    };
+    match outcome {
+        None | Some((_, Err(_))) => {}
+        Some((status, Ok(len))) => {
+            assert!(status == 413 || len < 256 * 1024, "echo completed {status} with {len} bytes")
+        }
+    }
+    assert_eq!(server.get("/hello").await.status(), 200);
+}
+
+/// A preview1 command that prints `output` on stdout.
+fn cgi_printing(output: &str) -> Vec<u8> {
+    let escaped: String = output.bytes().map(|b| format!("\\{b:02x}")).collect();
+    wat::parse_str(format!(
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 0) "\10\00\00\00\{len:02x}\00\00\00")
+            (data (i32.const 16) "{escaped}")
+            (func (export "_start")
+                (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        len = output.len()
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_cgi_output_is_502() {
+    let server = TestServer::start();
+    let (status, _) = deploy_raw(&server, "good", cgi_printing("Content-Type: text/plain\n\nfine")).await;
+    assert_eq!(status, 201);
+    assert_eq!(server.get("/good").await.text().await.unwrap(), "fine");
+
+    for (i, output) in ["no header section at all", "Status: 9000\n\n", "Bad Header Name: x\n\nbody", ""]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("bad{i}");
+        let (status, body) = deploy_raw(&server, &name, cgi_printing(output)).await;
+        assert_eq!(status, 201, "{body}");
+        let r = server.get(&format!("/{name}")).await;
+        assert_eq!(r.status(), 502, "{output:?}");
+    }
+    assert!(server.log().contains("bad response from function"), "the reason is logged");
+    assert_eq!(server.get("/good").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_pool_queues_then_answers_503() {
+    let server = TestServer::start_with(&["--instance-slots", "1", "--queue-timeout-ms", "100"]);
+    server.deploy("faults", wasm::FAULTS, limits(3000, 16)).await;
+    server.deploy("hello", wasm::HELLO, Default::default()).await;
+
+    let busy = tokio::spawn({
+        let url = format!("{}/faults/loop", server.url);
+        async move { client().get(url).send().await.unwrap().status() }
+    });
+    // Wait (bounded) until the loop holds the only slot.
+    let admin = server.admin();
+    for _ in 0..200 {
+        if admin.status().await.unwrap()["slots_in_use"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = server.get("/hello").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+
+    assert_eq!(busy.await.unwrap(), 504);
+    assert_eq!(server.get("/hello").await.status(), 200, "the slot came back");
+}

@@ -1,0 +1,16 @@
+//! Integration tests: a real `thaw serve` process on 127.0.0.1:0, real wasm built from
+//! `functions/` (see `thaw-test-functions`), a real HTTP client.
+//!
+//! One binary with modules, as wasmtime organises its tests: it links once and the modules
+//! share the helpers in `support`.
+
+mod cli;
+mod compat;
+mod deploy;
+mod faults;
+mod functions;
+mod redeploy;
+mod restart;
+mod shutdown;
+mod streaming;
+mod support;

@@ -1,0 +1,81 @@
+//! Persistence: after `kill -9` every function serves again from its artifact, without
+//! compiling; a damaged or missing artifact is detected and rebuilt.
+
+use thaw_test_functions as wasm;
+
+use crate::support::{TestServer, route};
+
+fn artifact_dir(server: &TestServer) -> std::path::PathBuf {
+    let engines: Vec<_> = std::fs::read_dir(server.data_dir.join("artifacts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(engines.len(), 1, "one engine configuration: {engines:?}");
+    engines[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_after_kill_serves_everything_without_compiling() {
+    let mut server = TestServer::start();
+    let hello = server.deploy("hello", wasm::HELLO, Default::default()).await;
+    server.deploy("echo", wasm::ECHO, Default::default()).await;
+    server.deploy("wc", wasm::WORDCOUNT, route("/cgi/wc")).await;
+    assert_eq!(server.admin().status().await.unwrap()["compilations"], 3);
+
+    server.kill_and_restart(1);
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["functions"], 3);
+    assert_eq!(status["compilations"], 0, "a restart compiles nothing");
+    assert_eq!(status["artifact_loads"], 3);
+    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Hello, world!\n");
+    assert_eq!(server.get("/echo?status=201").await.status(), 201);
+    assert_eq!(server.get("/cgi/wc").await.status(), 200);
+    assert_eq!(server.admin().get("hello").await.unwrap()["loaded_from"], "artifact");
+
+    // Corrupt hello's artifact in the middle of its code, delete echo's: both are rebuilt
+    // from the stored wasm, the log says why, and everything serves.
+    let digest = hello["digest"].as_str().unwrap();
+    let dir = artifact_dir(&server);
+    let hello_artifact = dir.join(format!("{digest}.cwasm"));
+    let mut bytes = std::fs::read(&hello_artifact).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&hello_artifact, bytes).unwrap();
+    let echo_digest = server.admin().get("echo").await.unwrap()["digest"].as_str().unwrap().to_owned();
+    std::fs::remove_file(dir.join(format!("{echo_digest}.cwasm"))).unwrap();
+    // A temp file as an interrupted write would leave it.
+    std::fs::write(server.data_dir.join("tmp/999.0.tmp"), b"torn").unwrap();
+
+    server.kill_and_restart(2);
+    let log = server.log();
+    assert!(log.contains("is corrupt"), "corruption is reported:\n{log}");
+    assert!(log.contains("is missing"), "a missing artifact is reported:\n{log}");
+    assert!(log.contains("rebuilding it from the stored wasm"), "{log}");
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["artifact_rebuilds"], 2);
+    assert_eq!(status["compilations"], 2);
+    assert_eq!(status["artifact_loads"], 1);
+    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Hello, world!\n");
+    assert_eq!(server.get("/echo?status=202").await.status(), 202);
+    assert!(!server.data_dir.join("tmp/999.0.tmp").exists(), "temp files are cleaned up");
+
+    // And the rebuilt artifacts are good: the next restart compiles nothing again.
+    server.kill_and_restart(3);
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["compilations"], 0);
+    assert_eq!(status["artifact_loads"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_record_is_skipped_and_the_rest_serve() {
+    let mut server = TestServer::start();
+    server.deploy("hello", wasm::HELLO, Default::default()).await;
+    server.deploy("echo", wasm::ECHO, Default::default()).await;
+    std::fs::write(server.data_dir.join("functions/echo.json"), b"{ torn").unwrap();
+    server.kill_and_restart(1);
+    assert!(server.log().contains("skipping damaged function record"));
+    assert_eq!(server.get("/hello").await.status(), 200);
+    assert_eq!(server.get("/echo").await.status(), 404);
+}

@@ -1,0 +1,174 @@
+//! A test host: the real `thaw` binary, started on free ports with its own data directory.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use thaw_runtime::client::AdminClient;
+use thaw_runtime::spec::FunctionSpec;
+
+/// A running `thaw serve`.
+pub struct TestServer {
+    child: Option<Child>,
+    /// Function traffic, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// Admin API.
+    pub admin_url: String,
+    /// The data directory (kept across restarts by [`TestServer::restart`]).
+    pub data_dir: PathBuf,
+    /// Where the server's log (stderr) goes.
+    pub log_path: PathBuf,
+    extra_args: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server with a fresh data directory.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with a fresh data directory and extra `serve` flags.
+    pub fn start_with(args: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut server = Self::spawn(&data_dir, args.iter().map(|s| s.to_string()).collect(), 0);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    fn spawn(data_dir: &Path, extra_args: Vec<String>, generation: usize) -> Self {
+        let log_path = data_dir.with_file_name(format!("server-{generation}.log"));
+        std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&extra_args)
+            // A small pool keeps the address-space reservation of many parallel test servers
+            // modest; tests that need more pass `--instance-slots`, which wins over the env.
+            .env("THAW_INSTANCE_SLOTS", "32")
+            .env("THAW_LOG", "info,thaw_runtime=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting thaw serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("thaw: functions on ") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "thaw serve did not start; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        // "thaw: functions on http://A, admin on http://B"
+        let rest = line.trim_start_matches("thaw: functions on ");
+        let (url, admin) = rest.split_once(", admin on ").expect("ready line");
+        Self {
+            child: Some(child),
+            url: url.to_owned(),
+            admin_url: admin.to_owned(),
+            data_dir: data_dir.to_path_buf(),
+            log_path,
+            extra_args,
+            _tmp: None,
+        }
+    }
+
+    /// SIGKILLs the server (no drain, no cleanup) and starts a new one on the same data
+    /// directory and flags.
+    pub fn kill_and_restart(&mut self, generation: usize) {
+        self.kill9();
+        let mut next = Self::spawn(&self.data_dir, self.extra_args.clone(), generation);
+        next._tmp = self._tmp.take();
+        *self = next;
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns the child to wait on.
+    pub fn terminate(&mut self) -> Child {
+        let child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The admin client.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(&self.admin_url)
+    }
+
+    /// Deploys a wasm file with a spec; panics with the server's reason on failure.
+    pub async fn deploy(&self, name: &str, wasm_path: &str, spec: FunctionSpec) -> serde_json::Value {
+        self.admin()
+            .deploy(name, &spec, thaw_test_functions::read(wasm_path).into())
+            .await
+            .unwrap_or_else(|e| panic!("deploying {name}: {e:#}"))
+    }
+
+    /// `GET url + path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        client().get(format!("{}{path}", self.url)).send().await.expect("GET")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A shared HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A spec with only a route.
+pub fn route(route: &str) -> FunctionSpec {
+    FunctionSpec {
+        route: Some(route.into()),
+        ..Default::default()
+    }
+}
+
+/// Raw deploy of arbitrary bytes (garbage, truncated modules); returns status and body.
+pub async fn deploy_raw(server: &TestServer, name: &str, bytes: Vec<u8>) -> (u16, String) {
+    let response = client()
+        .put(format!("{}/v1/functions/{name}", server.admin_url))
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
