@@ -10,7 +10,10 @@ use std::process::Command;
 
 /// (target, packages) — one cargo invocation each.
 const BUILDS: &[(&str, &[&str])] = &[
-    ("wasm32-wasip2", &["hello", "orders", "markdown", "echo", "faults"]),
+    (
+        "wasm32-wasip2",
+        &["hello", "orders", "markdown", "echo", "faults"],
+    ),
     ("wasm32-wasip1", &["wordcount"]),
 ];
 
@@ -21,13 +24,24 @@ fn main() {
     let target_dir = root.join("target").join("guests");
 
     for dir in ["hello", "orders", "markdown", "echo", "wordcount", "faults"] {
-        println!("cargo:rerun-if-changed={}", functions.join(dir).join("src").display());
-        println!("cargo:rerun-if-changed={}", functions.join(dir).join("Cargo.toml").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            functions.join(dir).join("src").display()
+        );
+        println!(
+            "cargo:rerun-if-changed={}",
+            functions.join(dir).join("Cargo.toml").display()
+        );
     }
     for path in ["Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", functions.join(path).display());
     }
-    for path in ["sdk/src", "sdk/Cargo.toml", "sdk/macro/src", "sdk/macro/Cargo.toml"] {
+    for path in [
+        "sdk/src",
+        "sdk/Cargo.toml",
+        "sdk/macro/src",
+        "sdk/macro/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 

@@ -28,24 +28,40 @@ use crate::platform::Platform;
 use crate::spec::FunctionSpec;
 
 /// Handles one admin request.
-pub async fn handle(platform: Arc<Platform>, req: Request<Incoming>, max_upload: u64) -> Response<ResponseBody> {
+pub async fn handle(
+    platform: Arc<Platform>,
+    req: Request<Incoming>,
+    max_upload: u64,
+) -> Response<ResponseBody> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &platform.status()),
         (Method::GET, ["v1", "functions"]) => {
-            let all: Vec<_> = platform.registry().all().iter().map(|f| f.describe()).collect();
+            let all: Vec<_> = platform
+                .registry()
+                .all()
+                .iter()
+                .map(|f| f.describe())
+                .collect();
             json(StatusCode::OK, &serde_json::Value::Array(all))
         }
         (Method::GET, ["v1", "functions", name]) => match platform.registry().get(name) {
             Some(f) => json(StatusCode::OK, &f.describe()),
-            None => error(StatusCode::NOT_FOUND, &format!("no function named {name:?}")),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no function named {name:?}"),
+            ),
         },
         (Method::PUT, ["v1", "functions", name]) => {
             let name = name.to_string();
             match deploy(&platform, &name, req, max_upload).await {
                 Ok((function, replaced)) => {
-                    let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
+                    let status = if replaced {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::CREATED
+                    };
                     json(status, &function.describe())
                 }
                 Err(e) => {
@@ -56,7 +72,10 @@ pub async fn handle(platform: Arc<Platform>, req: Request<Incoming>, max_upload:
         }
         (Method::DELETE, ["v1", "functions", name]) => match platform.remove(name).await {
             Ok(true) => empty(StatusCode::NO_CONTENT),
-            Ok(false) => error(StatusCode::NOT_FOUND, &format!("no function named {name:?}")),
+            Ok(false) => error(
+                StatusCode::NOT_FOUND,
+                &format!("no function named {name:?}"),
+            ),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
         },
         (_, ["v1", "status"] | ["v1", "functions"] | ["v1", "functions", _]) => {
@@ -98,7 +117,10 @@ async fn deploy(
     platform.deploy(name, spec, wasm).await
 }
 
-async fn read_multipart(content_type: &str, body: Bytes) -> Result<(FunctionSpec, Bytes), DeployError> {
+async fn read_multipart(
+    content_type: &str,
+    body: Bytes,
+) -> Result<(FunctionSpec, Bytes), DeployError> {
     let bad = |e: multer::Error| DeployError::BadRequest(format!("malformed multipart body: {e}"));
     let boundary = multer::parse_boundary(content_type).map_err(bad)?;
     let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
@@ -108,9 +130,10 @@ async fn read_multipart(content_type: &str, body: Bytes) -> Result<(FunctionSpec
         match field.name() {
             Some("spec") => {
                 let bytes = field.bytes().await.map_err(bad)?;
-                spec = Some(serde_json::from_slice(&bytes).map_err(|e| {
-                    DeployError::BadRequest(format!("invalid spec: {e}"))
-                })?);
+                spec = Some(
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| DeployError::BadRequest(format!("invalid spec: {e}")))?,
+                );
             }
             Some("wasm") => wasm = Some(field.bytes().await.map_err(bad)?),
             other => {
@@ -120,7 +143,8 @@ async fn read_multipart(content_type: &str, body: Bytes) -> Result<(FunctionSpec
             }
         }
     }
-    let wasm = wasm.ok_or_else(|| DeployError::BadRequest("the multipart body has no `wasm` field".into()))?;
+    let wasm = wasm
+        .ok_or_else(|| DeployError::BadRequest("the multipart body has no `wasm` field".into()))?;
     Ok((spec.unwrap_or_default(), wasm))
 }
 

@@ -56,9 +56,9 @@ pub fn detect_kind(bytes: &[u8]) -> Result<Kind, &'static str> {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(Kind::Cgi),
         Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(Kind::Component),
         Some([0, b'a', b's', b'm', ..]) => Err("unsupported WebAssembly version or layer"),
-        Some([0x7f, b'E', b'L', b'F', ..]) => {
-            Err("this is a native (precompiled) artifact; thaw only accepts WebAssembly and compiles it itself")
-        }
+        Some([0x7f, b'E', b'L', b'F', ..]) => Err(
+            "this is a native (precompiled) artifact; thaw only accepts WebAssembly and compiles it itself",
+        ),
         _ => Err("not a WebAssembly binary (missing the \\0asm header)"),
     }
 }
@@ -143,7 +143,8 @@ impl ArtifactCache {
         let engine = self.engine.engine();
         let compiled = match kind {
             Kind::Component => Compiled::Component(
-                Component::new(engine, wasm).map_err(|e| CompileError::Invalid(format!("{e:?}")))?,
+                Component::new(engine, wasm)
+                    .map_err(|e| CompileError::Invalid(format!("{e:?}")))?,
             ),
             Kind::Cgi => Compiled::Module(
                 Module::new(engine, wasm).map_err(|e| CompileError::Invalid(format!("{e:?}")))?,
@@ -177,7 +178,10 @@ impl ArtifactCache {
             }
             Err(reason) => reason,
         };
-        tracing::warn!(digest, "artifact {reason:#}; rebuilding it from the stored wasm");
+        tracing::warn!(
+            digest,
+            "artifact {reason:#}; rebuilding it from the stored wasm"
+        );
         self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
         let wasm_path = self.data.wasm(digest);
         let wasm = std::fs::read(&wasm_path)
@@ -218,7 +222,9 @@ impl ArtifactCache {
         // and its digest was verified just above.
         let compiled = unsafe {
             match kind {
-                Kind::Component => Component::deserialize_file(engine, &path).map(Compiled::Component),
+                Kind::Component => {
+                    Component::deserialize_file(engine, &path).map(Compiled::Component)
+                }
                 Kind::Cgi => Module::deserialize_file(engine, &path).map(Compiled::Module),
             }
         };
@@ -246,7 +252,11 @@ mod tests {
         assert_eq!(detect_kind(b"\0asm\x01\0\0\0rest"), Ok(Kind::Cgi));
         assert_eq!(detect_kind(b"\0asm\x0d\0\x01\0rest"), Ok(Kind::Component));
         assert!(detect_kind(b"\0asm\x02\0\0\0").is_err());
-        assert!(detect_kind(b"\x7fELF\x02\x01\x01\0").unwrap_err().contains("native"));
+        assert!(
+            detect_kind(b"\x7fELF\x02\x01\x01\0")
+                .unwrap_err()
+                .contains("native")
+        );
         assert!(detect_kind(b"hello world").is_err());
         assert!(detect_kind(b"\0as").is_err());
     }

@@ -49,7 +49,9 @@ pub enum CgiError {
     #[error("invalid Status field {0:?}")]
     BadStatus(String),
     /// The header section has no fields.
-    #[error("the header section is empty: CGI needs at least one of Content-Type, Location or Status")]
+    #[error(
+        "the header section is empty: CGI needs at least one of Content-Type, Location or Status"
+    )]
     NoFields,
 }
 
@@ -165,7 +167,10 @@ pub struct CgiRequest<'a> {
 pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) {
     let mut push = |k: &str, v: &str| env.push((k.to_owned(), v.to_owned()));
     push("GATEWAY_INTERFACE", "CGI/1.1");
-    push("SERVER_SOFTWARE", concat!("thaw/", env!("CARGO_PKG_VERSION")));
+    push(
+        "SERVER_SOFTWARE",
+        concat!("thaw/", env!("CARGO_PKG_VERSION")),
+    );
     push("SERVER_PROTOCOL", "HTTP/1.1");
     push("SERVER_NAME", &req.server_addr.ip().to_string());
     push("SERVER_PORT", &req.server_addr.port().to_string());
@@ -217,7 +222,8 @@ mod tests {
 
     #[test]
     fn status_headers_and_body() {
-        let r = parse(b"Status: 201 Created\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nhello").unwrap();
+        let r = parse(b"Status: 201 Created\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nhello")
+            .unwrap();
         assert_eq!(r.status, StatusCode::CREATED);
         assert_eq!(r.headers["content-type"], "text/plain");
         assert_eq!(r.headers["x-a"], "1");
@@ -244,13 +250,28 @@ mod tests {
     fn malformed_output_is_rejected() {
         assert_eq!(parse(b"").unwrap_err(), CgiError::Empty);
         assert_eq!(parse(b"hello world").unwrap_err(), CgiError::NoHeaderEnd);
-        assert_eq!(parse(b"just text\n\nbody").unwrap_err(), CgiError::NotAField(1));
+        assert_eq!(
+            parse(b"just text\n\nbody").unwrap_err(),
+            CgiError::NotAField(1)
+        );
         assert_eq!(parse(b"Bad Name: x\n\n").unwrap_err(), CgiError::BadName(1));
         assert_eq!(parse(b"X: a\x01b\n\n").unwrap_err(), CgiError::BadValue(1));
-        assert!(matches!(parse(b"Status: 99\n\n"), Err(CgiError::BadStatus(_))));
-        assert!(matches!(parse(b"Status: 600 Nope\n\n"), Err(CgiError::BadStatus(_))));
-        assert!(matches!(parse(b"Status: 2000\n\n"), Err(CgiError::BadStatus(_))));
-        assert!(matches!(parse(b"Status: \n\n"), Err(CgiError::BadStatus(_))));
+        assert!(matches!(
+            parse(b"Status: 99\n\n"),
+            Err(CgiError::BadStatus(_))
+        ));
+        assert!(matches!(
+            parse(b"Status: 600 Nope\n\n"),
+            Err(CgiError::BadStatus(_))
+        ));
+        assert!(matches!(
+            parse(b"Status: 2000\n\n"),
+            Err(CgiError::BadStatus(_))
+        ));
+        assert!(matches!(
+            parse(b"Status: \n\n"),
+            Err(CgiError::BadStatus(_))
+        ));
         assert_eq!(parse(b"\n\nbody").unwrap_err(), CgiError::NotAField(1));
         let endless = vec![b'x'; MAX_HEADER_BYTES + 10];
         assert_eq!(parse(&endless).unwrap_err(), CgiError::NoHeaderEnd);
@@ -295,7 +316,11 @@ mod tests {
             },
             &mut env,
         );
-        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("REQUEST_METHOD"), Some("POST"));
         assert_eq!(get("SCRIPT_NAME"), Some("/cgi"));
         assert_eq!(get("PATH_INFO"), Some("/x/y"));

@@ -21,10 +21,12 @@ impl AdminClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the thaw admin API at {} (is `thaw serve` running?)", self.base))?;
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the thaw admin API at {} (is `thaw serve` running?)",
+                self.base
+            )
+        })?;
         let status = response.status();
         let text = response.text().await?;
         let value: serde_json::Value = if text.trim().is_empty() {
@@ -44,7 +46,12 @@ impl AdminClient {
     }
 
     /// Deploys `wasm` as `name` with `spec`.
-    pub async fn deploy(&self, name: &str, spec: &FunctionSpec, wasm: Bytes) -> anyhow::Result<serde_json::Value> {
+    pub async fn deploy(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        wasm: Bytes,
+    ) -> anyhow::Result<serde_json::Value> {
         let form = reqwest::multipart::Form::new()
             .part(
                 "spec",
@@ -55,14 +62,20 @@ impl AdminClient {
                 "wasm",
                 reqwest::multipart::Part::stream(wasm).mime_str("application/wasm")?,
             );
-        self.send(self.http.put(format!("{}/v1/functions/{name}", self.base)).multipart(form))
-            .await
-            .with_context(|| format!("deploying {name}"))
+        self.send(
+            self.http
+                .put(format!("{}/v1/functions/{name}", self.base))
+                .multipart(form),
+        )
+        .await
+        .with_context(|| format!("deploying {name}"))
     }
 
     /// Every function.
     pub async fn list(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let value = self.send(self.http.get(format!("{}/v1/functions", self.base))).await?;
+        let value = self
+            .send(self.http.get(format!("{}/v1/functions", self.base)))
+            .await?;
         Ok(value.as_array().cloned().unwrap_or_default())
     }
 
@@ -75,14 +88,18 @@ impl AdminClient {
 
     /// Removes a function.
     pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
-        self.send(self.http.delete(format!("{}/v1/functions/{name}", self.base)))
-            .await
-            .with_context(|| format!("removing {name}"))?;
+        self.send(
+            self.http
+                .delete(format!("{}/v1/functions/{name}", self.base)),
+        )
+        .await
+        .with_context(|| format!("removing {name}"))?;
         Ok(())
     }
 
     /// The host's status.
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        self.send(self.http.get(format!("{}/v1/status", self.base))).await
+        self.send(self.http.get(format!("{}/v1/status", self.base)))
+            .await
     }
 }

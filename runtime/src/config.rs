@@ -157,7 +157,10 @@ impl ServeArgs {
             "the default memory limit ({} MiB) is above --max-memory-mib ({max_memory_mib} MiB)",
             defaults.memory_mib
         );
-        anyhow::ensure!(defaults.timeout_ms > 0, "the default timeout must be positive");
+        anyhow::ensure!(
+            defaults.timeout_ms > 0,
+            "the default timeout must be positive"
+        );
         let instance_slots = self
             .instance_slots
             .or(file.instance_slots)
@@ -237,7 +240,10 @@ mod tests {
         assert_eq!(config.platform.engine.instance_slots, 7);
         assert_eq!(config.platform.queue_timeout, Duration::from_millis(9));
         assert_eq!(config.platform.defaults.timeout_ms, 42);
-        assert_eq!(config.platform.defaults.memory_mib, crate::spec::DEFAULT_MEMORY_MIB);
+        assert_eq!(
+            config.platform.defaults.memory_mib,
+            crate::spec::DEFAULT_MEMORY_MIB
+        );
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
     }
 

@@ -89,10 +89,16 @@ pub struct ThawEngine {
 impl ThawEngine {
     /// Builds the engine, preferring the pooling allocator, and starts the epoch ticker.
     pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
-        anyhow::ensure!(options.instance_slots > 0, "instance slots must be at least 1");
+        anyhow::ensure!(
+            options.instance_slots > 0,
+            "instance slots must be at least 1"
+        );
         let (engine, allocator) = if options.on_demand {
             let engine = Engine::new(&base_config())?;
-            (engine, Allocator::OnDemand("disabled by configuration".into()))
+            (
+                engine,
+                Allocator::OnDemand("disabled by configuration".into()),
+            )
         } else {
             match pooling_engine(&options) {
                 Ok(engine) => (engine, Allocator::Pooling),
@@ -171,7 +177,9 @@ impl ThawEngine {
             }
         }
         let mut hasher = Sha(sha2::Sha256::new());
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         hex::encode(&hasher.0.finalize()[..16])
     }
 

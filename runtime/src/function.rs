@@ -46,10 +46,14 @@ pub enum LinkError {
     #[error("{0}")]
     Imports(String),
     /// The component is not a `wasi:http` proxy.
-    #[error("the component does not export wasi:http/incoming-handler (is it built for the wasi:http proxy world?): {0}")]
+    #[error(
+        "the component does not export wasi:http/incoming-handler (is it built for the wasi:http proxy world?): {0}"
+    )]
     NotAProxy(String),
     /// The module is not a WASI command.
-    #[error("a preview1 module must be a WASI command exporting `_start` (a `bin` built for wasm32-wasip1)")]
+    #[error(
+        "a preview1 module must be a WASI command exporting `_start` (a `bin` built for wasm32-wasip1)"
+    )]
     NotACommand,
 }
 
@@ -118,7 +122,12 @@ impl Function {
         Ok(Self {
             name: record.name.as_str().into(),
             route: record.spec.route_or_default(&record.name),
-            env: record.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: record
+                .spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             deadline_ticks: ThawEngine::ticks_for(limits.timeout),
             limits,
             code,

@@ -21,7 +21,8 @@ pub struct ProxyHost {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    /// The store's resource limiter (install it with `Store::limiter`).
+    pub limits: StoreLimits,
 }
 
 impl ProxyHost {
@@ -65,7 +66,8 @@ impl WasiHttpView for ProxyHost {
 /// Store data for a WASI preview1 module run CGI-style.
 pub struct CgiHost {
     pub(crate) wasi: WasiP1Ctx,
-    pub(crate) limits: StoreLimits,
+    /// The store's resource limiter (install it with `Store::limiter`).
+    pub limits: StoreLimits,
 }
 
 impl CgiHost {

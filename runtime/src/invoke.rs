@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::{InstancePre, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -41,11 +40,33 @@ pub struct Peer {
     pub local: SocketAddr,
 }
 
+/// What a request body must be: hyper's `Incoming` on the server, anything with the same shape
+/// in benchmarks and embedders.
+pub trait RequestBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<wasmtime_wasi_http::Error> + Into<BoxError>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<
+            Data = bytes::Bytes,
+            Error: Into<wasmtime_wasi_http::Error> + Into<BoxError>,
+        > + Send
+        + Unpin
+        + 'static
+{
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Serves `req` with `function`. Never fails: errors become responses (and log lines).
-pub async fn invoke(
+pub async fn invoke<B: RequestBody>(
     platform: &Platform,
     function: Arc<Function>,
-    req: Request<Incoming>,
+    req: Request<B>,
     peer: Peer,
 ) -> Response<ResponseBody> {
     function.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -57,17 +78,19 @@ pub async fn invoke(
                 InvokeError::Trap(_) | InvokeError::Exit(_) | InvokeError::Internal(_) => {
                     tracing::warn!(function = %function.name, status = error.status().as_u16(), "{error}")
                 }
-                _ => tracing::info!(function = %function.name, status = error.status().as_u16(), "{error}"),
+                _ => {
+                    tracing::info!(function = %function.name, status = error.status().as_u16(), "{error}")
+                }
             }
             error.into_response()
         }
     }
 }
 
-async fn try_invoke(
+async fn try_invoke<B: RequestBody>(
     platform: &Platform,
     function: &Arc<Function>,
-    req: Request<Incoming>,
+    req: Request<B>,
     peer: Peer,
 ) -> Result<Response<ResponseBody>, InvokeError> {
     let limit = function.limits.max_request_body_bytes;
@@ -101,19 +124,20 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 
 /// A `wasi:http` component: the request goes to `incoming-handler.handle`, the response comes
 /// back through the `response-outparam` while the guest may still be writing the body.
-async fn call_proxy(
+async fn call_proxy<B: RequestBody>(
     engine: &wasmtime::Engine,
     function: &Arc<Function>,
     pre: &ProxyPre<ProxyHost>,
-    req: Request<Incoming>,
+    req: Request<B>,
     permit: OwnedSemaphorePermit,
 ) -> Result<Response<ResponseBody>, InvokeError> {
     let (mut parts, body) = req.into_parts();
     // wasi:http needs an authority; HTTP/1.0 clients may send no Host header.
     if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
-        parts
-            .headers
-            .insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+        parts.headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("localhost"),
+        );
     }
     let exceeded = Arc::new(AtomicBool::new(false));
     let limit = function.limits.max_request_body_bytes;
@@ -185,11 +209,11 @@ async fn call_proxy(
 
 /// A WASI preview1 command run CGI-style: metadata in the environment, the buffered body on
 /// stdin, stdout parsed as a CGI response once `_start` returns.
-async fn call_cgi(
+async fn call_cgi<B: RequestBody>(
     engine: &wasmtime::Engine,
     function: &Arc<Function>,
     pre: &InstancePre<CgiHost>,
-    req: Request<Incoming>,
+    req: Request<B>,
     peer: Peer,
     permit: OwnedSemaphorePermit,
 ) -> Result<Response<ResponseBody>, InvokeError> {
@@ -217,7 +241,11 @@ async fn call_cgi(
     cgi::request_env(
         &CgiRequest {
             method: &parts.method,
-            script_name: if function.route == "/" { "" } else { &function.route },
+            script_name: if function.route == "/" {
+                ""
+            } else {
+                &function.route
+            },
             path_info,
             query: parts.uri.query().unwrap_or(""),
             headers: &parts.headers,
@@ -277,7 +305,8 @@ async fn call_cgi(
         .try_into_inner()
         .map(bytes::BytesMut::freeze)
         .unwrap_or_default();
-    let parsed = cgi::parse_response(output).map_err(|e| InvokeError::BadResponse(e.to_string()))?;
+    let parsed =
+        cgi::parse_response(output).map_err(|e| InvokeError::BadResponse(e.to_string()))?;
     let mut response = Response::new(full(parsed.body));
     *response.status_mut() = parsed.status;
     *response.headers_mut() = parsed.headers;

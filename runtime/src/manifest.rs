@@ -81,7 +81,11 @@ impl Manifest {
         let file: ManifestFile = toml::from_str(text)?;
         let mut seen = std::collections::HashSet::new();
         for f in &file.functions {
-            anyhow::ensure!(seen.insert(&f.name), "function {:?} is listed twice", f.name);
+            anyhow::ensure!(
+                seen.insert(&f.name),
+                "function {:?} is listed twice",
+                f.name
+            );
             f.spec().validate(&f.name, u64::MAX)?;
         }
         Ok(Self {
@@ -109,7 +113,10 @@ impl Manifest {
                 .current_dir(&self.base)
                 .status()
                 .with_context(|| format!("running build command `{command}`"))?;
-            anyhow::ensure!(status.success(), "build command `{command}` failed with {status}");
+            anyhow::ensure!(
+                status.success(),
+                "build command `{command}` failed with {status}"
+            );
         }
         Ok(())
     }

@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use crate::artifact::{ArtifactCache, Compiled, CompileError, Kind, Origin, detect_kind, sha256_hex};
+use crate::artifact::{
+    ArtifactCache, CompileError, Compiled, Kind, Origin, detect_kind, sha256_hex,
+};
 use crate::datadir::{DataDir, remove_durable};
 use crate::engine::{EngineOptions, ThawEngine};
 use crate::error::DeployError;
@@ -92,7 +94,9 @@ impl Platform {
                         tracing::error!(path = %path.display(), "skipping function: {e}");
                     }
                 }
-                Err(e) => tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}"),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}")
+                }
             }
         }
         Ok(())
@@ -122,7 +126,8 @@ impl Platform {
         spec.validate(name, self.engine.options().max_memory_bytes)
             .map_err(|e| DeployError::BadRequest(e.to_string()))?;
         let kind = detect_kind(&wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
-        self.registry.check_route(name, &spec.route_or_default(name))?;
+        self.registry
+            .check_route(name, &spec.route_or_default(name))?;
 
         let digest = sha256_hex(&wasm);
         let (compiled, origin) = self.compile(kind, &digest, wasm.clone()).await?;
@@ -190,7 +195,9 @@ impl Platform {
         .await
         .map_err(|e| DeployError::Internal(anyhow::anyhow!("compile task failed: {e}")))?
         .map_err(|e| match e {
-            CompileError::Invalid(msg) => DeployError::InvalidModule(format!("invalid WebAssembly: {msg}")),
+            CompileError::Invalid(msg) => {
+                DeployError::InvalidModule(format!("invalid WebAssembly: {msg}"))
+            }
             CompileError::Host(e) => DeployError::Internal(e),
         })
     }

@@ -194,7 +194,10 @@ impl FunctionSpec {
         validate_route(&self.route_or_default(name))?;
         for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
-                return Err(SpecError::Env(key.clone(), "names must be non-empty without '=' or NUL"));
+                return Err(SpecError::Env(
+                    key.clone(),
+                    "names must be non-empty without '=' or NUL",
+                ));
             }
         }
         if let Some((key, _)) = self.env.iter().find(|(_, v)| v.contains('\0')) {
@@ -204,7 +207,11 @@ impl FunctionSpec {
         if let Some(t) = l.timeout_ms
             && !(1..=MAX_TIMEOUT_MS).contains(&t)
         {
-            return Err(SpecError::Limit("timeout_ms", t, format!("must be 1..={MAX_TIMEOUT_MS}")));
+            return Err(SpecError::Limit(
+                "timeout_ms",
+                t,
+                format!("must be 1..={MAX_TIMEOUT_MS}"),
+            ));
         }
         if let Some(m) = l.memory_mib {
             let max = max_memory_bytes >> 20;
@@ -223,7 +230,11 @@ impl FunctionSpec {
             if let Some(v) = value
                 && !(1..=(4 << 20)).contains(&v)
             {
-                return Err(SpecError::Limit(field, v, "must be 1..=4194304 (4 GiB)".into()));
+                return Err(SpecError::Limit(
+                    field,
+                    v,
+                    "must be 1..=4194304 (4 GiB)".into(),
+                ));
             }
         }
         Ok(())
@@ -249,7 +260,9 @@ mod tests {
         for ok in ["/", "/hello", "/api/v1/users", "/a-b_c"] {
             validate_route(ok).unwrap();
         }
-        for bad in ["", "hello", "/hello/", "//x", "/a//b", "/a/../b", "/a?b", "/a b", "/%2e"] {
+        for bad in [
+            "", "hello", "/hello/", "//x", "/a//b", "/a/../b", "/a?b", "/a b", "/%2e",
+        ] {
             assert!(validate_route(bad).is_err(), "{bad:?}");
         }
     }

@@ -61,7 +61,8 @@ pub type Response = http::Response<Vec<u8>>;
 
 /// Parses the request body as JSON. A malformed body is a 400 [`Error`] with serde's message.
 pub fn json<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Error> {
-    serde_json::from_slice(req.body()).map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(req.body())
+        .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// The request body as UTF-8 text. Invalid UTF-8 is a 400 [`Error`].
@@ -150,9 +151,10 @@ pub trait IntoResponse {
 fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
     let mut response = http::Response::new(body);
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -170,7 +172,11 @@ impl IntoResponse for http::Response<String> {
 
 impl IntoResponse for String {
     fn into_response(self) -> Response {
-        with_type(StatusCode::OK, "text/plain; charset=utf-8", self.into_bytes())
+        with_type(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            self.into_bytes(),
+        )
     }
 }
 
@@ -278,14 +284,20 @@ pub mod __private {
         for (name, value) in incoming.headers().entries() {
             builder = builder.header(name, value);
         }
-        let body = incoming
-            .consume()
-            .map_err(|()| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "request body already taken"))?;
+        let body = incoming.consume().map_err(|()| {
+            Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "request body already taken",
+            )
+        })?;
         let mut bytes = Vec::new();
         {
-            let mut stream = body
-                .stream()
-                .map_err(|()| Error::new(StatusCode::INTERNAL_SERVER_ERROR, "request body stream unavailable"))?;
+            let mut stream = body.stream().map_err(|()| {
+                Error::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "request body stream unavailable",
+                )
+            })?;
             stream
                 .read_to_end(&mut bytes)
                 .map_err(|e| Error::bad_request(format!("reading the request body: {e}")))?;
@@ -337,7 +349,10 @@ mod tests {
     use super::*;
 
     fn request(uri: &str, body: &str) -> Request {
-        http::Request::builder().uri(uri).body(body.as_bytes().to_vec()).unwrap()
+        http::Request::builder()
+            .uri(uri)
+            .body(body.as_bytes().to_vec())
+            .unwrap()
     }
 
     #[test]

@@ -7,7 +7,8 @@ use thaw_sdk::{Error, Request, Response, handler};
 #[handler]
 fn render(req: Request) -> Result<Response, Error> {
     let markdown = thaw_sdk::text(&req)?;
-    let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
+    let options =
+        Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
     let mut out = String::with_capacity(markdown.len() * 3 / 2);
     html::push_html(&mut out, Parser::new_ext(markdown, options));
     Ok(thaw_sdk::http::Response::builder()

@@ -42,7 +42,10 @@ struct Line {
 #[handler]
 fn price(req: Request) -> Result<Json<Priced>, Error> {
     if req.method() != Method::POST {
-        return Err(Error::new(StatusCode::METHOD_NOT_ALLOWED, "POST an order as JSON"));
+        return Err(Error::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST an order as JSON",
+        ));
     }
     let order: Order = thaw_sdk::json(&req)?;
     validate(&order)?;
@@ -68,7 +71,9 @@ fn price(req: Request) -> Result<Json<Priced>, Error> {
 
 fn validate(order: &Order) -> Result<(), Error> {
     if order.currency.len() != 3 || !order.currency.chars().all(|c| c.is_ascii_alphabetic()) {
-        return Err(Error::bad_request("currency must be a three-letter ISO 4217 code"));
+        return Err(Error::bad_request(
+            "currency must be a three-letter ISO 4217 code",
+        ));
     }
     if order.items.is_empty() {
         return Err(Error::bad_request("an order needs at least one item"));
@@ -81,7 +86,9 @@ fn validate(order: &Order) -> Result<(), Error> {
             return Err(Error::bad_request(format!("items[{i}].sku is empty")));
         }
         if item.quantity == 0 {
-            return Err(Error::bad_request(format!("items[{i}].quantity must be positive")));
+            return Err(Error::bad_request(format!(
+                "items[{i}].quantity must be positive"
+            )));
         }
         // Keep every product of price and quantity far from u64 overflow.
         if item.unit_price_cents > 1_000_000_000_00 || item.quantity > 1_000_000 {

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 
 fn main() {
     let mut body = Vec::new();
-    std::io::stdin().read_to_end(&mut body).expect("reading stdin");
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .expect("reading stdin");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let json = var("QUERY_STRING").split('&').any(|kv| kv == "format=json");
 

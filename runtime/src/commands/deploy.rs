@@ -60,8 +60,11 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         }
         for function in &manifest.functions {
             let path = manifest.wasm_path(function);
-            let wasm = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let deployed = client.deploy(&function.name, &function.spec(), wasm.into()).await?;
+            let wasm =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let deployed = client
+                .deploy(&function.name, &function.spec(), wasm.into())
+                .await?;
             print_deployed(&deployed);
         }
         return Ok(());
@@ -85,7 +88,8 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             max_response_body_kib: args.max_response_body_kib,
         },
     };
-    let wasm = std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
+    let wasm =
+        std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
     let deployed = client.deploy(&name, &spec, wasm.into()).await?;
     print_deployed(&deployed);
     Ok(())

@@ -32,7 +32,12 @@ pub struct InvokeArgs {
     #[arg(long, short = 'i')]
     pub include: bool,
     /// Function traffic address of the host
-    #[arg(long, env = "THAW_URL", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    #[arg(
+        long,
+        env = "THAW_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
     pub url: String,
     #[allow(missing_docs)] // flattened: its own fields carry the help text
     #[command(flatten)]
@@ -43,7 +48,9 @@ pub struct InvokeArgs {
 /// answer is printed and then reported as an error (non-zero exit).
 pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
     let function = AdminClient::new(&args.target.admin).get(&args.name).await?;
-    let route = function["route"].as_str().context("the host sent no route")?;
+    let route = function["route"]
+        .as_str()
+        .context("the host sent no route")?;
     let route = if route == "/" { "" } else { route };
     let path = if args.path.is_empty() || args.path.starts_with(['/', '?']) {
         args.path.clone()
@@ -54,11 +61,15 @@ pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
 
     let body = match (&args.data, &args.data_file) {
         (Some(data), _) => Some(data.clone().into_bytes()),
-        (None, Some(file)) => Some(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?),
+        (None, Some(file)) => {
+            Some(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?)
+        }
         (None, None) => None,
     };
     let method = match &args.method {
-        Some(m) => reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).context("invalid method")?,
+        Some(m) => {
+            reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).context("invalid method")?
+        }
         None if body.is_some() => reqwest::Method::POST,
         None => reqwest::Method::GET,
     };
@@ -72,7 +83,10 @@ pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
     if let Some(body) = body {
         request = request.body(body);
     }
-    let response = request.send().await.with_context(|| format!("requesting {url}"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("requesting {url}"))?;
     let status = response.status();
     let mut out = std::io::stdout().lock();
     if args.include {
@@ -85,6 +99,9 @@ pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
     let bytes = response.bytes().await?;
     out.write_all(&bytes)?;
     out.flush()?;
-    anyhow::ensure!(!status.is_client_error() && !status.is_server_error(), "the function answered {status}");
+    anyhow::ensure!(
+        !status.is_client_error() && !status.is_server_error(),
+        "the function answered {status}"
+    );
     Ok(())
 }

@@ -21,7 +21,10 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&functions)?);
         return Ok(());
     }
-    println!("{:<24} {:<10} {:<28} {:>4} {:>10} {:>9}", "NAME", "KIND", "ROUTE", "GEN", "REQUESTS", "FAILURES");
+    println!(
+        "{:<24} {:<10} {:<28} {:>4} {:>10} {:>9}",
+        "NAME", "KIND", "ROUTE", "GEN", "REQUESTS", "FAILURES"
+    );
     for f in &functions {
         println!(
             "{:<24} {:<10} {:<28} {:>4} {:>10} {:>9}",

@@ -11,6 +11,11 @@ pub mod serve;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
     /// Admin API of the host
-    #[arg(long, env = "THAW_ADMIN_URL", default_value = "http://127.0.0.1:8081", value_name = "URL")]
+    #[arg(
+        long,
+        env = "THAW_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081",
+        value_name = "URL"
+    )]
     pub admin: String,
 }

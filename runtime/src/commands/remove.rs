@@ -15,7 +15,9 @@ pub struct RemoveArgs {
 
 /// Removes the function; requests already running on it finish.
 pub async fn execute(args: RemoveArgs) -> anyhow::Result<()> {
-    AdminClient::new(&args.target.admin).remove(&args.name).await?;
+    AdminClient::new(&args.target.admin)
+        .remove(&args.name)
+        .await?;
     println!("removed {}", args.name);
     Ok(())
 }

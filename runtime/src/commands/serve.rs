@@ -47,8 +47,9 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     for manifest in &manifests {
         for function in &manifest.functions {
             let path = manifest.wasm_path(function);
-            let wasm = std::fs::read(&path)
-                .with_context(|| format!("reading {} for function {}", path.display(), function.name))?;
+            let wasm = std::fs::read(&path).with_context(|| {
+                format!("reading {} for function {}", path.display(), function.name)
+            })?;
             let spec = function.spec();
             if let Some(existing) = platform.registry().get(&function.name)
                 && existing.record.digest == crate::artifact::sha256_hex(&wasm)

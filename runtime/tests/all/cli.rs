@@ -31,15 +31,32 @@ async fn cli_round_trip() {
     let server = TestServer::start();
     let out = stdout(&thaw(
         &server,
-        &["deploy", wasm::HELLO, "--name", "greeter", "--route", "/greet", "-e", "GREETING=Hey", "--timeout-ms", "2000"],
+        &[
+            "deploy",
+            wasm::HELLO,
+            "--name",
+            "greeter",
+            "--route",
+            "/greet",
+            "-e",
+            "GREETING=Hey",
+            "--timeout-ms",
+            "2000",
+        ],
     ));
-    assert!(out.contains("deployed greeter (component, generation 1) at /greet"), "{out}");
+    assert!(
+        out.contains("deployed greeter (component, generation 1) at /greet"),
+        "{out}"
+    );
 
     let out = stdout(&thaw(&server, &["invoke", "greeter", "?name=cli"]));
     assert_eq!(out, "Hey, cli!\n");
     let out = stdout(&thaw(&server, &["invoke", "greeter", "-i"]));
     assert!(out.starts_with("HTTP/1.1 200 OK\n"), "{out}");
-    assert!(out.contains("content-type: text/plain; charset=utf-8"), "{out}");
+    assert!(
+        out.contains("content-type: text/plain; charset=utf-8"),
+        "{out}"
+    );
 
     // A manifest with two functions, paths relative to the manifest.
     let dir = tempfile::tempdir().unwrap();
@@ -53,14 +70,28 @@ async fn cli_round_trip() {
     )
     .unwrap();
     let out = stdout(&thaw(&server, &["deploy", manifest.to_str().unwrap()]));
-    assert!(out.contains("deployed echo (component") && out.contains("deployed wc (cgi"), "{out}");
-    let out = stdout(&thaw(&server, &["invoke", "wc", "-d", "a b c", "?format=json"]));
+    assert!(
+        out.contains("deployed echo (component") && out.contains("deployed wc (cgi"),
+        "{out}"
+    );
+    let out = stdout(&thaw(
+        &server,
+        &["invoke", "wc", "-d", "a b c", "?format=json"],
+    ));
     assert_eq!(out, "{\"lines\":1,\"words\":3,\"bytes\":5}\n");
 
     let out = stdout(&thaw(&server, &["list"]));
     assert_eq!(out.lines().count(), 4, "{out}");
-    assert!(out.lines().any(|l| l.starts_with("greeter") && l.contains("/greet")), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("wc") && l.contains("cgi")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("greeter") && l.contains("/greet")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("wc") && l.contains("cgi")),
+        "{out}"
+    );
 
     let out = stdout(&thaw(&server, &["remove", "greeter"]));
     assert_eq!(out, "removed greeter\n");
@@ -72,9 +103,16 @@ async fn cli_round_trip() {
     assert_eq!(failed.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("error: deploying garbage"), "{stderr}");
-    assert!(stderr.contains("caused by: 400 Bad Request: not a WebAssembly binary"), "{stderr}");
+    assert!(
+        stderr.contains("caused by: 400 Bad Request: not a WebAssembly binary"),
+        "{stderr}"
+    );
     let failed = thaw(&server, &["invoke", "greeter"]);
-    assert_eq!(failed.status.code(), Some(1), "invoking a removed function fails");
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "invoking a removed function fails"
+    );
 }
 
 #[test]
@@ -91,12 +129,18 @@ fn help_documents_units_and_defaults() {
         "--default-memory-mib <MIB>",
         "[env: THAW_DATA_DIR=]",
     ] {
-        assert!(help.contains(expected), "`thaw serve --help` lacks {expected:?}:\n{help}");
+        assert!(
+            help.contains(expected),
+            "`thaw serve --help` lacks {expected:?}:\n{help}"
+        );
     }
     let output = Command::new(env!("CARGO_BIN_EXE_thaw"))
         .args(["deploy", "--help"])
         .output()
         .unwrap();
     let help = String::from_utf8(output.stdout).unwrap();
-    assert!(help.contains("--timeout-ms <MS>") && help.contains("--memory-mib <MIB>"), "{help}");
+    assert!(
+        help.contains("--timeout-ms <MS>") && help.contains("--memory-mib <MIB>"),
+        "{help}"
+    );
 }

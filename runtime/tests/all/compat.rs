@@ -70,16 +70,33 @@ async fn plain_wasi_component_matches_wasmtime_serve() {
 
     let http = client();
     let requests: Vec<(reqwest::Method, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
-        (reqwest::Method::GET, "/hello?status=200", vec![("x-one", "1")], vec![]),
-        (reqwest::Method::POST, "/items?status=201", vec![("content-type", "application/json"), ("x-req", "abc")], b"{\"a\":1}".to_vec()),
-        (reqwest::Method::PUT, "/deep/path/x?status=418", vec![("x-teapot", "yes")], vec![7u8; 100_000]),
+        (
+            reqwest::Method::GET,
+            "/hello?status=200",
+            vec![("x-one", "1")],
+            vec![],
+        ),
+        (
+            reqwest::Method::POST,
+            "/items?status=201",
+            vec![("content-type", "application/json"), ("x-req", "abc")],
+            b"{\"a\":1}".to_vec(),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/deep/path/x?status=418",
+            vec![("x-teapot", "yes")],
+            vec![7u8; 100_000],
+        ),
         (reqwest::Method::DELETE, "/thing?status=404", vec![], vec![]),
         (reqwest::Method::GET, "/stream?bytes=300000", vec![], vec![]),
     ];
     for (method, path, headers, body) in requests {
         let mut answers = Vec::new();
         for base in [format!("http://{addr}"), server.url.clone()] {
-            let mut request = http.request(method.clone(), format!("{base}{path}")).body(body.clone());
+            let mut request = http
+                .request(method.clone(), format!("{base}{path}"))
+                .body(body.clone());
             for (k, v) in &headers {
                 request = request.header(*k, *v);
             }
@@ -89,7 +106,12 @@ async fn plain_wasi_component_matches_wasmtime_serve() {
                 .headers()
                 .iter()
                 // Hop-by-hop and per-server headers differ by design.
-                .filter(|(k, _)| !matches!(k.as_str(), "date" | "transfer-encoding" | "content-length" | "connection"))
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "date" | "transfer-encoding" | "content-length" | "connection"
+                    )
+                })
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
                 .collect();
             kept.sort();

@@ -20,7 +20,10 @@ async fn deploy_list_get_invoke_redeploy_remove() {
         .multipart(
             reqwest::multipart::Form::new()
                 .text("spec", serde_json::to_string(&spec).unwrap())
-                .part("wasm", reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO))),
+                .part(
+                    "wasm",
+                    reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO)),
+                ),
         )
         .send()
         .await
@@ -31,7 +34,10 @@ async fn deploy_list_get_invoke_redeploy_remove() {
     assert_eq!(created["kind"], "component");
     assert_eq!(created["route"], "/hello");
 
-    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Hi, world!\n");
+    assert_eq!(
+        server.get("/hello").await.text().await.unwrap(),
+        "Hi, world!\n"
+    );
 
     let listed = admin.list().await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -50,14 +56,23 @@ async fn deploy_list_get_invoke_redeploy_remove() {
         .multipart(
             reqwest::multipart::Form::new()
                 .text("spec", serde_json::to_string(&spec).unwrap())
-                .part("wasm", reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO))),
+                .part(
+                    "wasm",
+                    reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO)),
+                ),
         )
         .send()
         .await
         .unwrap();
     assert_eq!(replaced.status(), 200);
-    assert_eq!(replaced.json::<serde_json::Value>().await.unwrap()["generation"], 2);
-    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Howdy, world!\n");
+    assert_eq!(
+        replaced.json::<serde_json::Value>().await.unwrap()["generation"],
+        2
+    );
+    assert_eq!(
+        server.get("/hello").await.text().await.unwrap(),
+        "Howdy, world!\n"
+    );
 
     // Remove: 204, then the route is gone, the name is gone, a second remove is 404.
     let removed = client()
@@ -83,7 +98,9 @@ async fn deploy_list_get_invoke_redeploy_remove() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_modules_are_refused_and_the_old_version_keeps_serving() {
     let server = TestServer::start();
-    server.deploy("hello", wasm::HELLO, Default::default()).await;
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
 
     let (status, body) = deploy_raw(&server, "hello", b"definitely not wasm".to_vec()).await;
     assert_eq!(status, 400);
@@ -101,7 +118,10 @@ async fn bad_modules_are_refused_and_the_old_version_keeps_serving() {
     .unwrap();
     let (status, body) = deploy_raw(&server, "hello", unknown_import).await;
     assert_eq!(status, 400);
-    assert!(body.contains("example:missing/thing"), "the import is named: {body}");
+    assert!(
+        body.contains("example:missing/thing"),
+        "the import is named: {body}"
+    );
 
     let no_handler = wat::parse_str("(component)").unwrap();
     let (status, body) = deploy_raw(&server, "hello", no_handler).await;
@@ -113,8 +133,10 @@ async fn bad_modules_are_refused_and_the_old_version_keeps_serving() {
     assert_eq!(status, 400);
     assert!(body.contains("_start"), "{body}");
 
-    let unknown_core_import =
-        wat::parse_str(r#"(module (import "env" "launch_missiles" (func)) (func (export "_start")))"#).unwrap();
+    let unknown_core_import = wat::parse_str(
+        r#"(module (import "env" "launch_missiles" (func)) (func (export "_start")))"#,
+    )
+    .unwrap();
     let (status, body) = deploy_raw(&server, "hello", unknown_core_import).await;
     assert_eq!(status, 400);
     assert!(body.contains("launch_missiles"), "{body}");
@@ -129,7 +151,9 @@ async fn bad_modules_are_refused_and_the_old_version_keeps_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_specs_and_routes() {
     let server = TestServer::start();
-    server.deploy("hello", wasm::HELLO, Default::default()).await;
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
 
     // A bad name, a bad route, an out-of-range limit, an unknown spec field: 400s.
     let (status, body) = deploy_raw(&server, "Bad.Name", wasm::read(wasm::HELLO)).await;
@@ -143,11 +167,10 @@ async fn bad_specs_and_routes() {
     ] {
         let r = client()
             .put(format!("{}/v1/functions/other", server.admin_url))
-            .multipart(
-                reqwest::multipart::Form::new()
-                    .text("spec", spec)
-                    .part("wasm", reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO))),
-            )
+            .multipart(reqwest::multipart::Form::new().text("spec", spec).part(
+                "wasm",
+                reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO)),
+            ))
             .send()
             .await
             .unwrap();
@@ -174,7 +197,10 @@ async fn bad_specs_and_routes() {
     server.deploy("root", wasm::ECHO, route("/")).await;
     let r = server.get("/anything/else").await;
     assert_eq!(r.headers()["x-echo-path"], "/anything/else");
-    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Hello, world!\n");
+    assert_eq!(
+        server.get("/hello").await.text().await.unwrap(),
+        "Hello, world!\n"
+    );
 
     let limits = FunctionSpec {
         limits: LimitsSpec {

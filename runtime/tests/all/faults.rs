@@ -23,7 +23,9 @@ fn limits(timeout_ms: u64, memory_mib: u64) -> FunctionSpec {
 async fn traps_timeouts_and_memory_bombs_cost_one_request() {
     let server = TestServer::start();
     server.deploy("faults", wasm::FAULTS, limits(300, 16)).await;
-    server.deploy("hello", wasm::HELLO, Default::default()).await;
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
 
     // Panic: 500, and the very next request to the same function succeeds.
     assert_eq!(server.get("/faults/panic").await.status(), 500);
@@ -47,10 +49,17 @@ async fn traps_timeouts_and_memory_bombs_cost_one_request() {
     assert_eq!(server.get("/faults/ok").await.status(), 200);
 
     let log = server.log();
-    assert!(log.contains("function trapped"), "traps are logged with their reason");
+    assert!(
+        log.contains("function trapped"),
+        "traps are logged with their reason"
+    );
     let faults = server.admin().get("faults").await.unwrap();
     assert_eq!(faults["failures"], 4);
-    assert_eq!(server.admin().status().await.unwrap()["slots_in_use"], 0, "no leaked slots");
+    assert_eq!(
+        server.admin().status().await.unwrap()["slots_in_use"],
+        0,
+        "no leaked slots"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -105,14 +114,22 @@ async fn request_bodies_over_the_limit_are_413() {
     }
     // A streaming function that answered before reading (echo) cannot be given a 413 any
     // more: its response is cut off instead, so the client never sees a complete success.
-    let outcome = match client().post(format!("{}/echo", server.url)).body(chunked()).send().await {
+    let outcome = match client()
+        .post(format!("{}/echo", server.url))
+        .body(chunked())
+        .send()
+        .await
+    {
         Err(_) => None,
         Ok(r) => Some((r.status(), r.bytes().await.map(|b| b.len()))),
     };
     match outcome {
         None | Some((_, Err(_))) => {}
         Some((status, Ok(len))) => {
-            assert!(status == 413 || len < 256 * 1024, "echo completed {status} with {len} bytes")
+            assert!(
+                status == 413 || len < 256 * 1024,
+                "echo completed {status} with {len} bytes"
+            )
         }
     }
     assert_eq!(server.get("/hello").await.status(), 200);
@@ -137,13 +154,23 @@ fn cgi_printing(output: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_cgi_output_is_502() {
     let server = TestServer::start();
-    let (status, _) = deploy_raw(&server, "good", cgi_printing("Content-Type: text/plain\n\nfine")).await;
+    let (status, _) = deploy_raw(
+        &server,
+        "good",
+        cgi_printing("Content-Type: text/plain\n\nfine"),
+    )
+    .await;
     assert_eq!(status, 201);
     assert_eq!(server.get("/good").await.text().await.unwrap(), "fine");
 
-    for (i, output) in ["no header section at all", "Status: 9000\n\n", "Bad Header Name: x\n\nbody", ""]
-        .into_iter()
-        .enumerate()
+    for (i, output) in [
+        "no header section at all",
+        "Status: 9000\n\n",
+        "Bad Header Name: x\n\nbody",
+        "",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let name = format!("bad{i}");
         let (status, body) = deploy_raw(&server, &name, cgi_printing(output)).await;
@@ -151,15 +178,22 @@ async fn malformed_cgi_output_is_502() {
         let r = server.get(&format!("/{name}")).await;
         assert_eq!(r.status(), 502, "{output:?}");
     }
-    assert!(server.log().contains("bad response from function"), "the reason is logged");
+    assert!(
+        server.log().contains("bad response from function"),
+        "the reason is logged"
+    );
     assert_eq!(server.get("/good").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_pool_queues_then_answers_503() {
     let server = TestServer::start_with(&["--instance-slots", "1", "--queue-timeout-ms", "100"]);
-    server.deploy("faults", wasm::FAULTS, limits(3000, 16)).await;
-    server.deploy("hello", wasm::HELLO, Default::default()).await;
+    server
+        .deploy("faults", wasm::FAULTS, limits(3000, 16))
+        .await;
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
 
     let busy = tokio::spawn({
         let url = format!("{}/faults/loop", server.url);
@@ -178,5 +212,9 @@ async fn a_full_pool_queues_then_answers_503() {
     assert_eq!(r.headers()["retry-after"], "1");
 
     assert_eq!(busy.await.unwrap(), 504);
-    assert_eq!(server.get("/hello").await.status(), 200, "the slot came back");
+    assert_eq!(
+        server.get("/hello").await.status(),
+        200,
+        "the slot came back"
+    );
 }

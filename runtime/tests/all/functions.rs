@@ -7,11 +7,19 @@ use crate::support::{TestServer, client, route};
 #[tokio::test(flavor = "multi_thread")]
 async fn every_example_function_answers() {
     let server = TestServer::start();
-    server.deploy("hello", wasm::HELLO, Default::default()).await;
-    server.deploy("orders", wasm::ORDERS, route("/api/orders")).await;
-    server.deploy("markdown", wasm::MARKDOWN, Default::default()).await;
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    server
+        .deploy("orders", wasm::ORDERS, route("/api/orders"))
+        .await;
+    server
+        .deploy("markdown", wasm::MARKDOWN, Default::default())
+        .await;
     server.deploy("echo", wasm::ECHO, Default::default()).await;
-    server.deploy("wordcount", wasm::WORDCOUNT, route("/cgi/wc")).await;
+    server
+        .deploy("wordcount", wasm::WORDCOUNT, route("/cgi/wc"))
+        .await;
     let http = client();
 
     // hello (SDK): query and env.
@@ -36,10 +44,21 @@ async fn every_example_function_answers() {
     for (body, reason) in [
         ("{not json", "invalid JSON"),
         (r#"{"currency":"eur","items":[]}"#, "at least one item"),
-        (r#"{"currency":"euro","items":[{"sku":"A","unit_price_cents":1,"quantity":1}]}"#, "ISO 4217"),
-        (r#"{"currency":"eur","items":[{"sku":"A","unit_price_cents":1,"quantity":0}]}"#, "quantity must be positive"),
+        (
+            r#"{"currency":"euro","items":[{"sku":"A","unit_price_cents":1,"quantity":1}]}"#,
+            "ISO 4217",
+        ),
+        (
+            r#"{"currency":"eur","items":[{"sku":"A","unit_price_cents":1,"quantity":0}]}"#,
+            "quantity must be positive",
+        ),
     ] {
-        let r = http.post(format!("{}/api/orders", server.url)).body(body).send().await.unwrap();
+        let r = http
+            .post(format!("{}/api/orders", server.url))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{body}");
         let text = r.text().await.unwrap();
         assert!(text.contains(reason), "{body} -> {text}");
@@ -87,7 +106,15 @@ async fn every_example_function_answers() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-word-count"], "4");
     let text = r.text().await.unwrap();
-    for line in ["lines 2", "words 4", "bytes 19", "method POST", "script /cgi/wc", "path /extra/path", "query x=1"] {
+    for line in [
+        "lines 2",
+        "words 4",
+        "bytes 19",
+        "method POST",
+        "script /cgi/wc",
+        "path /extra/path",
+        "query x=1",
+    ] {
         assert!(text.contains(line), "missing {line:?} in {text}");
     }
     let r = http

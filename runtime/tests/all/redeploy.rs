@@ -21,13 +21,25 @@ async fn redeploy_under_load_drops_nothing() {
         clients.push(tokio::spawn(async move {
             let http = client();
             while !stop.load(Ordering::Relaxed) {
-                let r = http.get(&url).send().await.expect("request failed during redeploy");
+                let r = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .expect("request failed during redeploy");
                 assert_eq!(r.status(), 200, "a request failed during redeploy");
                 if r.headers().contains_key("x-echo-method") {
-                    assert_eq!(r.text().await.unwrap(), "", "echo answers GET with an empty body");
+                    assert_eq!(
+                        r.text().await.unwrap(),
+                        "",
+                        "echo answers GET with an empty body"
+                    );
                     echo.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    assert_eq!(r.text().await.unwrap(), "Hello, world!\n", "neither version");
+                    assert_eq!(
+                        r.text().await.unwrap(),
+                        "Hello, world!\n",
+                        "neither version"
+                    );
                     hello.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -44,6 +56,9 @@ async fn redeploy_under_load_drops_nothing() {
         c.await.expect("a client saw a failure");
     }
     let (hello, echo) = (hello.load(Ordering::Relaxed), echo.load(Ordering::Relaxed));
-    assert!(hello > 0 && echo > 0, "both versions answered: hello {hello}, echo {echo}");
+    assert!(
+        hello > 0 && echo > 0,
+        "both versions answered: hello {hello}, echo {echo}"
+    );
     assert_eq!(server.admin().get("swap").await.unwrap()["generation"], 7);
 }

@@ -17,7 +17,9 @@ fn artifact_dir(server: &TestServer) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_after_kill_serves_everything_without_compiling() {
     let mut server = TestServer::start();
-    let hello = server.deploy("hello", wasm::HELLO, Default::default()).await;
+    let hello = server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
     server.deploy("echo", wasm::ECHO, Default::default()).await;
     server.deploy("wc", wasm::WORDCOUNT, route("/cgi/wc")).await;
     assert_eq!(server.admin().status().await.unwrap()["compilations"], 3);
@@ -27,10 +29,16 @@ async fn restart_after_kill_serves_everything_without_compiling() {
     assert_eq!(status["functions"], 3);
     assert_eq!(status["compilations"], 0, "a restart compiles nothing");
     assert_eq!(status["artifact_loads"], 3);
-    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Hello, world!\n");
+    assert_eq!(
+        server.get("/hello").await.text().await.unwrap(),
+        "Hello, world!\n"
+    );
     assert_eq!(server.get("/echo?status=201").await.status(), 201);
     assert_eq!(server.get("/cgi/wc").await.status(), 200);
-    assert_eq!(server.admin().get("hello").await.unwrap()["loaded_from"], "artifact");
+    assert_eq!(
+        server.admin().get("hello").await.unwrap()["loaded_from"],
+        "artifact"
+    );
 
     // Corrupt hello's artifact in the middle of its code, delete echo's: both are rebuilt
     // from the stored wasm, the log says why, and everything serves.
@@ -43,7 +51,10 @@ async fn restart_after_kill_serves_everything_without_compiling() {
         *b ^= 0xff;
     }
     std::fs::write(&hello_artifact, bytes).unwrap();
-    let echo_digest = server.admin().get("echo").await.unwrap()["digest"].as_str().unwrap().to_owned();
+    let echo_digest = server.admin().get("echo").await.unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     std::fs::remove_file(dir.join(format!("{echo_digest}.cwasm"))).unwrap();
     // A temp file as an interrupted write would leave it.
     std::fs::write(server.data_dir.join("tmp/999.0.tmp"), b"torn").unwrap();
@@ -51,15 +62,24 @@ async fn restart_after_kill_serves_everything_without_compiling() {
     server.kill_and_restart(2);
     let log = server.log();
     assert!(log.contains("is corrupt"), "corruption is reported:\n{log}");
-    assert!(log.contains("is missing"), "a missing artifact is reported:\n{log}");
+    assert!(
+        log.contains("is missing"),
+        "a missing artifact is reported:\n{log}"
+    );
     assert!(log.contains("rebuilding it from the stored wasm"), "{log}");
     let status = server.admin().status().await.unwrap();
     assert_eq!(status["artifact_rebuilds"], 2);
     assert_eq!(status["compilations"], 2);
     assert_eq!(status["artifact_loads"], 1);
-    assert_eq!(server.get("/hello").await.text().await.unwrap(), "Hello, world!\n");
+    assert_eq!(
+        server.get("/hello").await.text().await.unwrap(),
+        "Hello, world!\n"
+    );
     assert_eq!(server.get("/echo?status=202").await.status(), 202);
-    assert!(!server.data_dir.join("tmp/999.0.tmp").exists(), "temp files are cleaned up");
+    assert!(
+        !server.data_dir.join("tmp/999.0.tmp").exists(),
+        "temp files are cleaned up"
+    );
 
     // And the rebuilt artifacts are good: the next restart compiles nothing again.
     server.kill_and_restart(3);
@@ -71,7 +91,9 @@ async fn restart_after_kill_serves_everything_without_compiling() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_record_is_skipped_and_the_rest_serve() {
     let mut server = TestServer::start();
-    server.deploy("hello", wasm::HELLO, Default::default()).await;
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
     server.deploy("echo", wasm::ECHO, Default::default()).await;
     std::fs::write(server.data_dir.join("functions/echo.json"), b"{ torn").unwrap();
     server.kill_and_restart(1);

@@ -37,7 +37,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let expected: String = (0..10).map(|i| format!("chunk{i};")).collect();
     assert_eq!(body, expected);
 
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(exit.success(), "thaw exits 0 after draining: {exit:?}");
     assert!(server.log().contains("draining in-flight requests"));
 }

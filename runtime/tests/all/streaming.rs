@@ -18,7 +18,11 @@ async fn ten_mib_response_streams_through() {
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         for byte in chunk.unwrap() {
-            assert_eq!(byte, b'a' + ((seen % (64 * 1024)) % 26) as u8, "byte {seen}");
+            assert_eq!(
+                byte,
+                b'a' + ((seen % (64 * 1024)) % 26) as u8,
+                "byte {seen}"
+            );
             seen += 1;
         }
     }
@@ -39,7 +43,11 @@ async fn five_mib_request_body_arrives_whole() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), body, "component: echoed byte for byte");
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        body,
+        "component: echoed byte for byte"
+    );
 
     let text: String = "word ".repeat(1024 * 1024);
     let r = client()

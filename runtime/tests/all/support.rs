@@ -43,7 +43,13 @@ impl TestServer {
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log = std::fs::File::create(&log_path).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_thaw"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(&extra_args)
@@ -126,7 +132,12 @@ impl TestServer {
     }
 
     /// Deploys a wasm file with a spec; panics with the server's reason on failure.
-    pub async fn deploy(&self, name: &str, wasm_path: &str, spec: FunctionSpec) -> serde_json::Value {
+    pub async fn deploy(
+        &self,
+        name: &str,
+        wasm_path: &str,
+        spec: FunctionSpec,
+    ) -> serde_json::Value {
         self.admin()
             .deploy(name, &spec, thaw_test_functions::read(wasm_path).into())
             .await
@@ -135,7 +146,11 @@ impl TestServer {
 
     /// `GET url + path`.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        client().get(format!("{}{path}", self.url)).send().await.expect("GET")
+        client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET")
     }
 }
 

@@ -50,7 +50,10 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
         ));
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(sig.generics.span(), "a thaw handler cannot be generic"));
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "a thaw handler cannot be generic",
+        ));
     }
     if sig.inputs.len() != 1 || matches!(sig.inputs.first(), Some(FnArg::Receiver(_))) {
         return Err(syn::Error::new(
