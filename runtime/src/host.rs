@@ -11,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::guest_log::GuestLog;
 use crate::spec::Limits;
@@ -21,6 +21,7 @@ pub struct ProxyHost {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
+    hooks: DenyOutbound,
     /// The store's resource limiter (install it with `Store::limiter`).
     pub limits: StoreLimits,
 }
@@ -39,8 +40,34 @@ impl ProxyHost {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+            hooks: DenyOutbound,
             limits: store_limits(limits),
         }
+    }
+}
+
+/// Outbound HTTP is denied: `wasi:http/outgoing-handler` is linked (components built for the
+/// proxy world import it, and must link), but every request a guest sends fails inside the
+/// guest with `HTTP-request-denied`. A per-function allow-list is future work; until then no
+/// function can reach the network, which is the safe default for other people's code.
+struct DenyOutbound;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        tracing::info!(target: "guest", uri = %request.uri(), "outbound HTTP request denied");
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
@@ -58,7 +85,7 @@ impl WasiHttpView for ProxyHost {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - `/faults/loop`: an endless loop (stopped by the timeout)
 //! - `/faults/oom`: allocates until the memory limit
 //! - `/faults/recurse`: unbounded recursion (stack overflow)
+//! - `/faults/outbound`: tries an outbound HTTP request and reports what happened
 
 use thaw_sdk::{Request, handler};
 
@@ -27,6 +28,7 @@ fn fault(req: Request) -> String {
             }
         }
         "recurse" => format!("{}\n", recurse(std::hint::black_box(1))),
+        "outbound" => outbound(),
         _ => "ok\n".into(),
     }
 }
@@ -40,4 +42,24 @@ fn recurse(n: u64) -> u64 {
     pad[std::hint::black_box(0)] = recurse(n + 1);
     std::hint::black_box(&pad);
     pad[1]
+}
+
+fn outbound() -> String {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some("127.0.0.1:9"));
+    let _ = request.set_path_with_query(Some("/"));
+    match outgoing_handler::handle(request, None) {
+        Err(code) => format!("outbound refused: {code:?}\n"),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => format!("outbound answered {}\n", response.status()),
+                Some(Ok(Err(code))) => format!("outbound failed: {code:?}\n"),
+                other => format!("outbound: {other:?}\n"),
+            }
+        }
+    }
 }
