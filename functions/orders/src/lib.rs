@@ -90,8 +90,9 @@ fn validate(order: &Order) -> Result<(), Error> {
                 "items[{i}].quantity must be positive"
             )));
         }
-        // Keep every product of price and quantity far from u64 overflow.
-        if item.unit_price_cents > 1_000_000_000_00 || item.quantity > 1_000_000 {
+        // A billion currency units a piece, a million pieces: every product stays far from
+        // u64 overflow (1e11 * 1e6 = 1e17 < 1.8e19).
+        if item.unit_price_cents > 100_000_000_000 || item.quantity > 1_000_000 {
             return Err(Error::bad_request(format!("items[{i}] is too large")));
         }
     }

@@ -69,7 +69,9 @@ async fn plain_wasi_component_matches_wasmtime_serve() {
     server.deploy("echo", wasm::ECHO, route("/")).await;
 
     let http = client();
-    let requests: Vec<(reqwest::Method, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    /// Method, path, headers, body.
+    type Case<'a> = (reqwest::Method, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+    let requests: Vec<Case> = vec![
         (
             reqwest::Method::GET,
             "/hello?status=200",
