@@ -217,6 +217,8 @@ fn pooling_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
 
     // Probe: each memory slot reserves `memory_reservation` plus a guard. Refuse early, with
     // a readable reason, if an address-space rlimit would make the reservation fail.
+    // wasmtime's defaults on 64-bit hosts: a 4 GiB reservation per linear memory (so
+    // Cranelift can elide bounds checks) plus a 32 MiB guard region.
     let per_memory: u64 = (4u64 << 30) + (32u64 << 20);
     let needed = per_memory.saturating_mul(u64::from(slots.saturating_mul(MEMORIES_PER_SLOT)));
     if let Some(limit) = address_space_limit()

@@ -212,3 +212,29 @@ async fn bad_specs_and_routes() {
     let deployed = server.deploy("limited", wasm::HELLO, limits).await;
     assert_eq!(deployed["limits"]["timeout"], 100);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_address_space_for_the_pool_thaw_falls_back_to_on_demand() {
+    // 24 GiB: plenty for a few on-demand instances, far too little for 32 pooled slots.
+    let server = TestServer::start_with_address_space_limit(24 << 30);
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["allocator"], "on-demand");
+    assert!(
+        status["allocator_reason"]
+            .as_str()
+            .unwrap()
+            .contains("RLIMIT_AS"),
+        "{status}"
+    );
+    assert!(
+        server.log().contains("instance allocator: on-demand"),
+        "said at start-up"
+    );
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    assert_eq!(
+        server.get("/hello").await.text().await.unwrap(),
+        "Hello, world!\n"
+    );
+}

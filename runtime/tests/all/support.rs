@@ -38,11 +38,47 @@ impl TestServer {
         server
     }
 
+    /// A server whose address space is limited to `bytes` (`ulimit -v`), too small for the
+    /// instance pool.
+    pub fn start_with_address_space_limit(bytes: u64) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut server = Self::spawn_limited(&data_dir, Vec::new(), 0, Some(bytes));
+        server._tmp = Some(tmp);
+        server
+    }
+
     fn spawn(data_dir: &Path, extra_args: Vec<String>, generation: usize) -> Self {
+        Self::spawn_limited(data_dir, extra_args, generation, None)
+    }
+
+    fn spawn_limited(
+        data_dir: &Path,
+        extra_args: Vec<String>,
+        generation: usize,
+        address_space: Option<u64>,
+    ) -> Self {
         let log_path = data_dir.with_file_name(format!("server-{generation}.log"));
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_thaw"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_thaw"));
+        if let Some(bytes) = address_space {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
