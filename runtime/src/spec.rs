@@ -37,21 +37,27 @@ pub struct FunctionSpec {
     pub limits: LimitsSpec,
 }
 
-/// Limits as written by the user; `None` means "the host default".
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Limits as written by the user; `None` means "the host default". Also the limit flags of
+/// `thaw deploy`, so the doc comments are the `--help` text.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
-    /// Wall-clock time for one request, in milliseconds (CPU-bound guests are interrupted).
+    /// Wall-clock time for one request, in ms; CPU-bound guests are interrupted
+    /// [default: the host's, 10000]
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "MS")]
     pub timeout_ms: Option<u64>,
-    /// Linear memory per instance, in MiB.
+    /// Linear memory per instance, in MiB [default: the host's, 128]
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "MIB")]
     pub memory_mib: Option<u64>,
-    /// Largest accepted request body, in KiB.
+    /// Largest accepted request body, in KiB [default: the host's, 16384]
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "KIB")]
     pub max_request_body_kib: Option<u64>,
-    /// Largest response body of a CGI module, in KiB.
+    /// Largest response body of a CGI module, in KiB [default: the host's, 65536]
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "KIB")]
     pub max_response_body_kib: Option<u64>,
 }
 

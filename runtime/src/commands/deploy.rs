@@ -24,18 +24,9 @@ pub struct DeployArgs {
     /// Environment variable for the function, KEY=VALUE; repeatable
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Request timeout in ms [default: the host's, 10000]
-    #[arg(long, value_name = "MS")]
-    pub timeout_ms: Option<u64>,
-    /// Linear memory limit in MiB [default: the host's, 128]
-    #[arg(long, value_name = "MIB")]
-    pub memory_mib: Option<u64>,
-    /// Largest request body in KiB [default: the host's, 16384]
-    #[arg(long, value_name = "KIB")]
-    pub max_request_body_kib: Option<u64>,
-    /// Largest CGI response body in KiB [default: the host's, 65536]
-    #[arg(long, value_name = "KIB")]
-    pub max_response_body_kib: Option<u64>,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub limits: LimitsSpec,
     /// With a manifest: run its build commands first
     #[arg(long)]
     pub build: bool,
@@ -81,12 +72,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
     let spec = FunctionSpec {
         route: args.route.clone(),
         env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
-        limits: LimitsSpec {
-            timeout_ms: args.timeout_ms,
-            memory_mib: args.memory_mib,
-            max_request_body_kib: args.max_request_body_kib,
-            max_response_body_kib: args.max_response_body_kib,
-        },
+        limits: args.limits.clone(),
     };
     let wasm =
         std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;

@@ -3,7 +3,7 @@
 use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 
-use crate::support::{TestServer, client, deploy_raw, route};
+use crate::support::{TestServer, client, deploy_multipart, deploy_raw, route};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_list_get_invoke_redeploy_remove() {
@@ -15,19 +15,13 @@ async fn deploy_list_get_invoke_redeploy_remove() {
         env: [("GREETING".to_string(), "Hi".to_string())].into(),
         ..Default::default()
     };
-    let created = client()
-        .put(format!("{}/v1/functions/hello", server.admin_url))
-        .multipart(
-            reqwest::multipart::Form::new()
-                .text("spec", serde_json::to_string(&spec).unwrap())
-                .part(
-                    "wasm",
-                    reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO)),
-                ),
-        )
-        .send()
-        .await
-        .unwrap();
+    let created = deploy_multipart(
+        &server,
+        "hello",
+        &serde_json::to_string(&spec).unwrap(),
+        wasm::HELLO,
+    )
+    .await;
     assert_eq!(created.status(), 201);
     let created: serde_json::Value = created.json().await.unwrap();
     assert_eq!(created["generation"], 1);
@@ -51,19 +45,13 @@ async fn deploy_list_get_invoke_redeploy_remove() {
         env: [("GREETING".to_string(), "Howdy".to_string())].into(),
         ..Default::default()
     };
-    let replaced = client()
-        .put(format!("{}/v1/functions/hello", server.admin_url))
-        .multipart(
-            reqwest::multipart::Form::new()
-                .text("spec", serde_json::to_string(&spec).unwrap())
-                .part(
-                    "wasm",
-                    reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO)),
-                ),
-        )
-        .send()
-        .await
-        .unwrap();
+    let replaced = deploy_multipart(
+        &server,
+        "hello",
+        &serde_json::to_string(&spec).unwrap(),
+        wasm::HELLO,
+    )
+    .await;
     assert_eq!(replaced.status(), 200);
     assert_eq!(
         replaced.json::<serde_json::Value>().await.unwrap()["generation"],
@@ -165,15 +153,7 @@ async fn bad_specs_and_routes() {
         (r#"{"limits": {"timeout_ms": 0}}"#, "timeout_ms"),
         (r#"{"rout": "/x"}"#, "unknown field"),
     ] {
-        let r = client()
-            .put(format!("{}/v1/functions/other", server.admin_url))
-            .multipart(reqwest::multipart::Form::new().text("spec", spec).part(
-                "wasm",
-                reqwest::multipart::Part::bytes(wasm::read(wasm::HELLO)),
-            ))
-            .send()
-            .await
-            .unwrap();
+        let r = deploy_multipart(&server, "other", spec, wasm::HELLO).await;
         assert_eq!(r.status(), 400, "{spec}");
         let text = r.text().await.unwrap();
         assert!(text.contains(reason), "{spec}: {text}");

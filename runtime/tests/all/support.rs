@@ -223,3 +223,25 @@ pub async fn deploy_raw(server: &TestServer, name: &str, bytes: Vec<u8>) -> (u16
         .unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
+
+/// Raw multipart deploy with a spec given as JSON text; returns the response as is.
+pub async fn deploy_multipart(
+    server: &TestServer,
+    name: &str,
+    spec_json: &str,
+    wasm_path: &str,
+) -> reqwest::Response {
+    client()
+        .put(format!("{}/v1/functions/{name}", server.admin_url))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("spec", spec_json.to_owned())
+                .part(
+                    "wasm",
+                    reqwest::multipart::Part::bytes(thaw_test_functions::read(wasm_path)),
+                ),
+        )
+        .send()
+        .await
+        .unwrap()
+}
