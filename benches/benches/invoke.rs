@@ -10,6 +10,9 @@
 //! Both platforms run side by side in one process and one run, so their ratio is meaningful
 //! even on a noisy machine; the absolute numbers are not.
 //!
+//! A third group runs `echo` (written against the plain `wasi` crate, no SDK) the same way;
+//! it touches a 64 KiB buffer per request, which shows what fresh guest memory costs.
+//!
 //! Run: `cargo bench -p thaw-benches --bench invoke` (add `-- --quick` for a short run).
 
 use std::sync::Arc;
@@ -26,11 +29,12 @@ use thaw_runtime::spec::LimitDefaults;
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 
+/// A platform with `hello` (SDK) and `echo` (plain `wasi` crate) deployed.
 fn platform(
     on_demand: bool,
     dir: &std::path::Path,
     rt: &tokio::runtime::Runtime,
-) -> (Arc<Platform>, Arc<Function>) {
+) -> (Arc<Platform>, Arc<Function>, Arc<Function>) {
     let platform = Platform::open(PlatformConfig {
         data_dir: dir.to_path_buf(),
         engine: EngineOptions {
@@ -42,22 +46,30 @@ fn platform(
         queue_timeout: std::time::Duration::from_secs(1),
     })
     .expect("opening the platform");
-    let wasm = thaw_test_functions::read(thaw_test_functions::HELLO);
-    let (function, _) = rt
-        .block_on(platform.deploy("hello", Default::default(), wasm.into()))
-        .expect("deploying hello");
-    (Arc::new(platform), function)
+    let mut deploy = |name: &str, path: &str| {
+        let wasm = thaw_test_functions::read(path);
+        rt.block_on(platform.deploy(name, Default::default(), wasm.into()))
+            .expect("deploying")
+            .0
+    };
+    let hello = deploy("hello", thaw_test_functions::HELLO);
+    let echo = deploy("echo", thaw_test_functions::ECHO);
+    (Arc::new(platform), hello, echo)
 }
 
-fn request() -> http::Request<Body> {
+fn request(uri: &'static str) -> http::Request<Body> {
     http::Request::builder()
-        .uri("http://localhost/hello?name=bench")
+        .uri(uri)
         .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
         .unwrap()
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // A current-thread runtime: the guest task, the response channel and the body stream
+    // all run on the benchmark's thread, so the numbers are the request path's own cost
+    // rather than the latency of waking other threads (criterion's thread is not a tokio
+    // worker, so with a multi-threaded runtime every hand-off would be a cross-thread wake).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
@@ -72,10 +84,11 @@ fn benches(c: &mut Criterion) {
     ];
 
     let mut group = c.benchmark_group("invoke-hello");
-    for (name, (platform, function)) in &setups {
+    for (name, (platform, hello, _)) in &setups {
         group.bench_function(*name, |b| {
             b.to_async(&rt).iter(|| async {
-                let response = invoke(platform, function.clone(), request(), peer).await;
+                let request = request("http://localhost/hello?name=bench");
+                let response = invoke(platform, hello.clone(), request, peer).await;
                 assert_eq!(response.status(), 200);
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 assert_eq!(&body[..], b"Hello, bench!\n");
@@ -84,8 +97,31 @@ fn benches(c: &mut Criterion) {
     }
     group.finish();
 
+    // The same through a component written against the plain `wasi` crate. It is not a
+    // cheaper baseline: echo allocates a 64 KiB copy buffer per request, and touching fresh
+    // pages of a new instance's memory (page faults on the copy-on-write image) is one of the
+    // larger costs of a request, which this row makes visible.
+    let mut group = c.benchmark_group("invoke-echo");
+    for (name, (platform, _, echo)) in &setups {
+        group.bench_function(*name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let response = invoke(
+                    platform,
+                    echo.clone(),
+                    request("http://localhost/echo"),
+                    peer,
+                )
+                .await;
+                assert_eq!(response.status(), 200);
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert!(body.is_empty());
+            })
+        });
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("instantiate-hello");
-    for (name, (platform, function)) in &setups {
+    for (name, (platform, function, _)) in &setups {
         let Code::Proxy(pre) = &function.code else {
             unreachable!("hello is a component")
         };
