@@ -46,7 +46,7 @@ fn platform(
         queue_timeout: std::time::Duration::from_secs(1),
     })
     .expect("opening the platform");
-    let mut deploy = |name: &str, path: &str| {
+    let deploy = |name: &str, path: &str| {
         let wasm = thaw_test_functions::read(path);
         rt.block_on(platform.deploy(name, Default::default(), wasm.into()))
             .expect("deploying")

@@ -157,9 +157,18 @@ async fn call_proxy<B: RequestBody>(
         .http()
         .new_incoming_request(Scheme::Http, req)
         .map_err(|e| InvokeError::BadRequest(format!("{e:#}")))?;
+    // Remember whether the guest answered: a failure after that (while it streams the body)
+    // reaches the client only as a cut-off body, so the task must log it itself.
+    let responded = Arc::new(AtomicBool::new(false));
     let out = http
         .http()
-        .new_response_outparam(sender)
+        .new_response_outparam_from_callback({
+            let responded = responded.clone();
+            move |result| {
+                responded.store(true, Ordering::Release);
+                let _ = sender.send(result);
+            }
+        })
         .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
 
     // The call runs in its own task: after the guest sets the response it may keep writing
@@ -182,8 +191,10 @@ async fn call_proxy<B: RequestBody>(
             Ok(Err(e)) => Err(classify(e)),
             Err(_) => Err(InvokeError::Timeout),
         };
-        if let Err(e) = &result {
-            tracing::debug!(function = %name, "guest call ended: {e}");
+        if let Err(e) = &result
+            && responded.load(Ordering::Acquire)
+        {
+            tracing::warn!(function = %name, "failed after sending its response head: {e}");
         }
         result
     });
