@@ -117,7 +117,7 @@ async fn request_bodies_over_the_limit_are_413() {
             Ok(r) => assert_eq!(r.status(), 413, "{path} chunked"),
             Err(e) => {
                 assert!(e.is_request(), "{path} chunked: {e:?}");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 let after = server.log().matches("status=413").count();
                 assert_eq!(after, before + 1, "{path} chunked: the server answered 413");
             }
