@@ -24,7 +24,8 @@ use thaw_runtime::engine::EngineOptions;
 use thaw_runtime::function::{Code, Function};
 use thaw_runtime::host::ProxyHost;
 use thaw_runtime::invoke::{Peer, invoke};
-use thaw_runtime::platform::{Platform, PlatformConfig};
+use thaw_runtime::platform::{LoadMode, Platform, PlatformConfig};
+use thaw_runtime::pool::PoolOptions;
 use thaw_runtime::spec::LimitDefaults;
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
@@ -44,6 +45,14 @@ fn platform(
         },
         defaults: LimitDefaults::default(),
         queue_timeout: std::time::Duration::from_secs(1),
+        load: LoadMode::Eager,
+        // No warm pool: every iteration measures a fresh instance.
+        pool: PoolOptions {
+            max_per_function: 0,
+            reserve_slots: 0,
+            idle_timeout: std::time::Duration::from_secs(60),
+        },
+        server_timing: false,
     })
     .expect("opening the platform");
     let deploy = |name: &str, path: &str| {
@@ -122,7 +131,7 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("instantiate-hello");
     for (name, (platform, function, _)) in &setups {
-        let Code::Proxy(pre) = &function.code else {
+        let Some(Code::Proxy(pre)) = function.code() else {
             unreachable!("hello is a component")
         };
         group.bench_function(*name, |b| {

@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::engine::EngineOptions;
-use crate::platform::PlatformConfig;
+use crate::platform::{LoadMode, PlatformConfig};
+use crate::pool::PoolOptions;
 use crate::spec::LimitDefaults;
 
 /// Default data-plane address.
@@ -28,6 +29,11 @@ pub const DEFAULT_MAX_MEMORY_MIB: u64 = 1024;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 1000;
 /// Default time in-flight requests get to finish at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+/// Default most warm instances per function: enough to absorb a small burst without
+/// instantiating, few enough that a thousand functions do not fill the pool with idle ones.
+pub const DEFAULT_WARM_MAX: usize = 4;
+/// Default idle time after which a function's warm pool drains to zero.
+pub const DEFAULT_WARM_IDLE_SECS: u64 = 30;
 /// Default largest upload on the admin API.
 pub const DEFAULT_MAX_UPLOAD_MIB: u64 = 256;
 
@@ -76,6 +82,21 @@ pub struct ServeArgs {
     /// Largest request body for functions that set none, in KiB [default: 16384]
     #[arg(long, env = "THAW_DEFAULT_MAX_REQUEST_BODY_KIB", value_name = "KIB")]
     pub default_max_request_body_kib: Option<u64>,
+    /// When functions found in the data directory are loaded: on first request (lazy), in
+    /// the background after start-up, or before serving (eager) [default: background]
+    #[arg(long, env = "THAW_LOAD", value_name = "MODE")]
+    pub load: Option<LoadMode>,
+    /// Most pre-instantiated (warm) instances per function; 0 turns warm pools off
+    /// [default: 4]
+    #[arg(long, env = "THAW_WARM_MAX", value_name = "N")]
+    pub warm_max: Option<usize>,
+    /// A function idle this long drops its warm instances (scale to zero), in seconds
+    /// [default: 30]
+    #[arg(long, env = "THAW_WARM_IDLE_SECS", value_name = "SECS")]
+    pub warm_idle_secs: Option<u64>,
+    /// Leave out the Server-Timing header on function responses
+    #[arg(long, env = "THAW_NO_SERVER_TIMING")]
+    pub no_server_timing: bool,
     /// Deploy the functions of this manifest (thaw.toml) at start-up; repeatable
     #[arg(long, value_name = "MANIFEST")]
     pub deploy: Vec<PathBuf>,
@@ -97,6 +118,10 @@ struct FileConfig {
     queue_timeout_ms: Option<u64>,
     drain_timeout_secs: Option<u64>,
     max_upload_mib: Option<u64>,
+    load: Option<LoadMode>,
+    warm_max: Option<usize>,
+    warm_idle_secs: Option<u64>,
+    server_timing: Option<bool>,
     /// Default limits, as in a function's `limits` table.
     #[serde(default)]
     limits: Option<LimitDefaults>,
@@ -184,6 +209,19 @@ impl ServeArgs {
                         || file.on_demand_allocation.unwrap_or(false),
                 },
                 defaults,
+                load: self.load.or(file.load).unwrap_or(LoadMode::Background),
+                pool: PoolOptions {
+                    max_per_function: self.warm_max.or(file.warm_max).unwrap_or(DEFAULT_WARM_MAX),
+                    // Warm instances never take the last quarter of the slots: cold requests
+                    // for other functions always find room.
+                    reserve_slots: (instance_slots as usize).div_ceil(4),
+                    idle_timeout: Duration::from_secs(
+                        self.warm_idle_secs
+                            .or(file.warm_idle_secs)
+                            .unwrap_or(DEFAULT_WARM_IDLE_SECS),
+                    ),
+                },
+                server_timing: !self.no_server_timing && file.server_timing.unwrap_or(true),
                 queue_timeout: Duration::from_millis(
                     self.queue_timeout_ms
                         .or(file.queue_timeout_ms)

@@ -10,7 +10,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::artifact::{Compiled, Kind, Origin};
 use crate::engine::ThawEngine;
 use crate::host::{CgiHost, ProxyHost};
-use crate::spec::{FunctionSpec, LimitDefaults, Limits};
+use crate::pool::WarmPool;
+use crate::spec::{FunctionSpec, LimitDefaults, Limits, Reuse, ReuseSpec};
+use crate::timing::StartStats;
 
 /// What the data directory keeps about a function (`functions/<name>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,8 +68,21 @@ pub struct FunctionStats {
     pub failures: AtomicU64,
 }
 
-/// A function ready to serve: shared as `Arc<Function>` by the registry and the requests
-/// running on it, so a redeploy never pulls code out from under a request.
+/// Loaded code: linked and ready to instantiate.
+pub struct Loaded {
+    /// The pre-instantiated code.
+    pub code: Code,
+    /// Whether it came from an artifact or a compilation.
+    pub origin: Origin,
+}
+
+/// A deployed function, shared as `Arc<Function>` by the registry and the requests running on
+/// it, so a redeploy never pulls code out from under a request.
+///
+/// Its code is loaded lazily: a host with thousands of functions registers them all from
+/// their records in milliseconds and deserializes each artifact when it is first needed (or
+/// in the background after start-up). The `OnceCell` makes sure a function is never loaded
+/// twice concurrently: requests that arrive during a load wait for it.
 pub struct Function {
     /// The name, shared with every store's log stream.
     pub name: Arc<str>,
@@ -77,28 +92,61 @@ pub struct Function {
     pub route: String,
     /// Limits resolved against the host defaults.
     pub limits: Limits,
+    /// Opt-in instance reuse.
+    pub reuse: Option<Reuse>,
     /// Environment variables, in the form WASI takes them.
     pub env: Vec<(String, String)>,
     /// Epoch ticks for the timeout.
     pub deadline_ticks: u64,
-    /// The linked code.
-    pub code: Code,
-    /// Where the code came from when this version was loaded.
-    pub origin: Origin,
-    /// Counters.
+    loaded: tokio::sync::OnceCell<Loaded>,
+    /// Warm instances (components only).
+    pub pool: WarmPool,
+    /// Request counters.
     pub stats: FunctionStats,
+    /// How requests got their instances, and how long that and the handler took.
+    pub starts: StartStats,
 }
 
 impl Function {
-    /// Links compiled code against thaw's WASI and resolves the spec. Done once per load.
-    pub fn link(
-        engine: &ThawEngine,
+    /// A function known from its record, code not loaded yet.
+    pub fn unloaded(record: FunctionRecord, defaults: &LimitDefaults) -> Self {
+        let limits = record.spec.limits.resolve(defaults);
+        Self {
+            name: record.name.as_str().into(),
+            route: record.spec.route_or_default(&record.name),
+            env: record
+                .spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            deadline_ticks: ThawEngine::ticks_for(limits.timeout),
+            reuse: record.spec.reuse.as_ref().map(ReuseSpec::resolve),
+            limits,
+            loaded: tokio::sync::OnceCell::new(),
+            pool: WarmPool::default(),
+            record,
+            stats: FunctionStats::default(),
+            starts: StartStats::default(),
+        }
+    }
+
+    /// A function with its code already loaded (a deploy compiles and links eagerly, so that
+    /// a bad module is refused before it replaces anything).
+    pub fn loaded_with(
         record: FunctionRecord,
-        compiled: Compiled,
-        origin: Origin,
         defaults: &LimitDefaults,
-    ) -> Result<Self, LinkError> {
-        let code = match compiled {
+        code: Code,
+        origin: Origin,
+    ) -> Self {
+        let function = Self::unloaded(record, defaults);
+        function.set_loaded(Loaded { code, origin });
+        function
+    }
+
+    /// Links compiled code against thaw's WASI. Done once per load.
+    pub fn link(engine: &ThawEngine, compiled: Compiled) -> Result<Code, LinkError> {
+        Ok(match compiled {
             Compiled::Component(component) => {
                 let pre = engine
                     .proxy_linker()
@@ -117,29 +165,45 @@ impl Function {
                         .map_err(|e| LinkError::Imports(format!("{e:#}")))?,
                 )
             }
-        };
-        let limits = record.spec.limits.resolve(defaults);
-        Ok(Self {
-            name: record.name.as_str().into(),
-            route: record.spec.route_or_default(&record.name),
-            env: record
-                .spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            deadline_ticks: ThawEngine::ticks_for(limits.timeout),
-            limits,
-            code,
-            origin,
-            record,
-            stats: FunctionStats::default(),
         })
+    }
+
+    /// Sets the generation (a deploy learns it under the write lock, after linking).
+    pub fn set_generation(&mut self, generation: u64) {
+        self.record.generation = generation;
+    }
+
+    /// Stores loaded code unless some is there already.
+    pub fn set_loaded(&self, loaded: Loaded) {
+        let _ = self.loaded.set(loaded);
+    }
+
+    /// The loaded code, if loaded.
+    pub fn code(&self) -> Option<&Code> {
+        self.loaded.get().map(|l| &l.code)
+    }
+
+    /// The loaded state, if loaded.
+    pub fn loaded(&self) -> Option<&Loaded> {
+        self.loaded.get()
+    }
+
+    /// Loads the code with `load` unless it is loaded; concurrent callers share one load.
+    /// Returns the code and whether this call waited for a load.
+    pub async fn load_once<F, Fut>(&self, load: F) -> anyhow::Result<(&Loaded, bool)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<Loaded>>,
+    {
+        if let Some(loaded) = self.loaded.get() {
+            return Ok((loaded, false));
+        }
+        Ok((self.loaded.get_or_try_init(load).await?, true))
     }
 
     /// A JSON view for the admin API and `thaw list`.
     pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut value = serde_json::json!({
             "name": &*self.name,
             "route": self.route,
             "kind": self.record.kind,
@@ -149,9 +213,16 @@ impl Function {
             "deployed_at_ms": self.record.deployed_at_ms,
             "spec": self.record.spec,
             "limits": self.limits,
-            "loaded_from": self.origin,
+            "loaded_from": self.loaded.get().map(|l| l.origin),
+            "warm_instances": self.pool.len(),
             "requests": self.stats.requests.load(Ordering::Relaxed),
             "failures": self.stats.failures.load(Ordering::Relaxed),
-        })
+        });
+        if let (Some(map), serde_json::Value::Object(starts)) =
+            (value.as_object_mut(), self.starts.describe())
+        {
+            map.extend(starts);
+        }
+        value
     }
 }

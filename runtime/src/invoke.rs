@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
@@ -30,6 +31,8 @@ use crate::function::{Code, Function};
 use crate::guest_log::GuestLog;
 use crate::host::{CgiHost, ProxyHost};
 use crate::platform::Platform;
+use crate::pool::{WarmInstance, WarmPool, new_store};
+use crate::timing::{StartKind, server_timing};
 
 /// Where a request came from and arrived on (CGI passes both to the guest).
 #[derive(Clone, Copy, Debug)]
@@ -64,7 +67,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves `req` with `function`. Never fails: errors become responses (and log lines).
 pub async fn invoke<B: RequestBody>(
-    platform: &Platform,
+    platform: &Arc<Platform>,
     function: Arc<Function>,
     req: Request<B>,
     peer: Peer,
@@ -87,8 +90,43 @@ pub async fn invoke<B: RequestBody>(
     }
 }
 
+/// The phases of one request's start, for `Server-Timing` and the per-function statistics.
+struct Start {
+    kind: StartKind,
+    /// Time spent loading the function's code, if this request waited for that.
+    load: Option<Duration>,
+    /// Time spent instantiating (zero for a pool hit).
+    instantiate: Duration,
+    /// From admission to a ready instance.
+    total: Duration,
+}
+
+impl Start {
+    fn record(
+        &self,
+        platform: &Platform,
+        function: &Function,
+        handler: Duration,
+        headers: &mut http::HeaderMap,
+    ) {
+        function.starts.record(self.kind, self.total, handler);
+        if platform.server_timing()
+            && let Ok(value) = http::HeaderValue::try_from(server_timing(
+                self.kind,
+                self.load,
+                self.instantiate,
+                handler,
+            ))
+        {
+            headers.insert(SERVER_TIMING, value);
+        }
+    }
+}
+
+const SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
+
 async fn try_invoke<B: RequestBody>(
-    platform: &Platform,
+    platform: &Arc<Platform>,
     function: &Arc<Function>,
     req: Request<B>,
     peer: Peer,
@@ -99,18 +137,25 @@ async fn try_invoke<B: RequestBody>(
     {
         return Err(InvokeError::BodyTooLarge(limit));
     }
-    let permit = tokio::time::timeout(
+    let admitted = Instant::now();
+    let (loaded, load) = platform
+        .ensure_loaded(function)
+        .await
+        .map_err(|e| InvokeError::Internal(format!("the function cannot be loaded: {e:#}")))?;
+    match &loaded.code {
+        Code::Proxy(pre) => call_proxy(platform, function, pre, req, load, admitted).await,
+        Code::Cgi(pre) => call_cgi(platform, function, pre, req, peer, load, admitted).await,
+    }
+}
+
+async fn admit(platform: &Platform) -> Result<OwnedSemaphorePermit, InvokeError> {
+    tokio::time::timeout(
         platform.queue_timeout(),
         platform.admission().clone().acquire_owned(),
     )
     .await
     .map_err(|_| InvokeError::Overloaded)?
-    .map_err(|_| InvokeError::Internal("admission semaphore closed".into()))?;
-    let engine = platform.engine().engine();
-    match &function.code {
-        Code::Proxy(pre) => call_proxy(engine, function, pre, req, permit).await,
-        Code::Cgi(pre) => call_cgi(engine, function, pre, req, peer, permit).await,
-    }
+    .map_err(|_| InvokeError::Internal("admission semaphore closed".into()))
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
@@ -125,12 +170,52 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 /// A `wasi:http` component: the request goes to `incoming-handler.handle`, the response comes
 /// back through the `response-outparam` while the guest may still be writing the body.
 async fn call_proxy<B: RequestBody>(
-    engine: &wasmtime::Engine,
+    platform: &Arc<Platform>,
     function: &Arc<Function>,
     pre: &ProxyPre<ProxyHost>,
     req: Request<B>,
-    permit: OwnedSemaphorePermit,
+    load: Option<(StartKind, Duration)>,
+    admitted: Instant,
 ) -> Result<Response<ResponseBody>, InvokeError> {
+    let engine = platform.engine().engine();
+    let in_flight = function.pool.begin_request();
+    WarmPool::ensure_refill(
+        function,
+        engine,
+        platform.admission(),
+        platform.pool_options(),
+    );
+
+    // A warm instance if one waits, else a slot and a fresh instance.
+    let (mut instance, kind, instantiate) = match function.pool.take() {
+        Some(mut warm) => {
+            warm.uses += 1;
+            (warm, StartKind::PoolHit, Duration::ZERO)
+        }
+        None => {
+            let permit = admit(platform).await?;
+            let started = Instant::now();
+            let mut store = new_store(function, engine);
+            arm_deadline(&mut store, function.deadline_ticks);
+            let proxy = pre.instantiate_async(&mut store).await.map_err(classify)?;
+            let warm = WarmInstance {
+                store,
+                proxy,
+                permit,
+                uses: 1,
+                idle_since: Instant::now(),
+            };
+            (warm, StartKind::Fresh, started.elapsed())
+        }
+    };
+    let start = Start {
+        kind: load.map_or(kind, |(kind, _)| kind),
+        load: load.map(|(_, d)| d),
+        instantiate,
+        total: admitted.elapsed(),
+    };
+    arm_deadline(&mut instance.store, function.deadline_ticks);
+
     let (mut parts, body) = req.into_parts();
     // wasi:http needs an authority; HTTP/1.0 clients may send no Host header.
     if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
@@ -144,15 +229,8 @@ async fn call_proxy<B: RequestBody>(
     let body = LimitedBody::new(body, limit, exceeded.clone());
     let req = Request::from_parts(parts, body);
 
-    let mut store = Store::new(
-        engine,
-        ProxyHost::new(&function.name, &function.env, &function.limits),
-    );
-    store.limiter(|host| &mut host.limits);
-    arm_deadline(&mut store, function.deadline_ticks);
-
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let http = store.data_mut();
+    let http = instance.store.data_mut();
     let req = http
         .http()
         .new_incoming_request(Scheme::Http, req)
@@ -172,29 +250,37 @@ async fn call_proxy<B: RequestBody>(
         .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
 
     // The call runs in its own task: after the guest sets the response it may keep writing
-    // the body, which the client reads while the task runs. The task owns the store and the
-    // slot permit; both are released when the guest is done or stopped.
-    let pre = pre.clone();
+    // the body, which the client reads while the task runs. The task owns the instance and
+    // its slot; both are released (or, with reuse, returned to the pool) when the guest is
+    // done or stopped.
     let timeout = function.limits.timeout;
-    let name = function.name.clone();
+    let task_function = function.clone();
+    let call_started = Instant::now();
     let task = tokio::spawn(async move {
-        let _permit = permit;
-        let call = async {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
+        let function = task_function;
+        let call =
+            instance
+                .proxy
                 .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
-        };
+                .call_handle(&mut instance.store, req, out);
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(classify(e)),
             Err(_) => Err(InvokeError::Timeout),
         };
-        if let Err(e) = &result
-            && responded.load(Ordering::Acquire)
-        {
-            tracing::warn!(function = %name, "failed after sending its response head: {e}");
+        match &result {
+            Err(e) if responded.load(Ordering::Acquire) => {
+                tracing::warn!(function = %function.name, "failed after sending its response head: {e}");
+            }
+            Err(_) => {}
+            // Only an instance that ended cleanly may serve again, and only if asked to.
+            Ok(()) => {
+                if let Some(reuse) = &function.reuse
+                    && instance.uses < reuse.max_requests
+                {
+                    function.pool.put_back(instance);
+                }
+            }
         }
         result
     });
@@ -212,22 +298,32 @@ async fn call_proxy<B: RequestBody>(
             Err(join) => Err(InvokeError::Internal(format!("guest task failed: {join}"))),
         },
     };
+    drop(in_flight);
     if exceeded.load(Ordering::Acquire) {
         return Err(InvokeError::BodyTooLarge(limit));
     }
-    response
+    let mut response = response?;
+    start.record(
+        platform,
+        function,
+        call_started.elapsed(),
+        response.headers_mut(),
+    );
+    Ok(response)
 }
 
 /// A WASI preview1 command run CGI-style: metadata in the environment, the buffered body on
 /// stdin, stdout parsed as a CGI response once `_start` returns.
 async fn call_cgi<B: RequestBody>(
-    engine: &wasmtime::Engine,
+    platform: &Platform,
     function: &Arc<Function>,
     pre: &InstancePre<CgiHost>,
     req: Request<B>,
     peer: Peer,
-    permit: OwnedSemaphorePermit,
+    load: Option<(StartKind, Duration)>,
+    admitted: Instant,
 ) -> Result<Response<ResponseBody>, InvokeError> {
+    let engine = platform.engine().engine();
     let limit = function.limits.max_request_body_bytes;
     let (parts, body) = req.into_parts();
     let body = http_body_util::Limited::new(body, limit as usize)
@@ -282,16 +378,24 @@ async fn call_cgi<B: RequestBody>(
         .stdout(stdout.clone())
         .stderr(GuestLog::new(function.name.clone(), "stderr"))
         .build_p1();
+    let permit = admit(platform).await?;
     let mut store = Store::new(engine, CgiHost::new(wasi, &function.limits));
     store.limiter(|host| &mut host.limits);
     arm_deadline(&mut store, function.deadline_ticks);
 
+    let mut timings = (Duration::ZERO, Duration::ZERO, Instant::now());
     let call = async {
+        let instantiating = Instant::now();
         let instance = pre.instantiate_async(&mut store).await?;
+        timings.0 = instantiating.elapsed();
+        timings.1 = admitted.elapsed();
+        timings.2 = Instant::now();
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
     };
     let result = tokio::time::timeout(function.limits.timeout, call).await;
+    let (instantiate, total, call_started) = timings;
+    let handler = call_started.elapsed();
     drop(store);
     drop(permit);
     match result {
@@ -321,6 +425,13 @@ async fn call_cgi<B: RequestBody>(
     let mut response = Response::new(full(parsed.body));
     *response.status_mut() = parsed.status;
     *response.headers_mut() = parsed.headers;
+    let start = Start {
+        kind: load.map_or(StartKind::Fresh, |(kind, _)| kind),
+        load: load.map(|(_, d)| d),
+        instantiate,
+        total,
+    };
+    start.record(platform, function, handler, response.headers_mut());
     Ok(response)
 }
 
@@ -331,7 +442,7 @@ async fn call_cgi<B: RequestBody>(
 /// tokio worker thread until its deadline, and on a 2-core host that stalls every other
 /// request (including the admin API) queued behind it on that worker. With a yield every
 /// tick (10 ms) a CPU-bound guest shares the worker like any other task.
-fn arm_deadline<T: 'static>(store: &mut Store<T>, ticks: u64) {
+pub(crate) fn arm_deadline<T: 'static>(store: &mut Store<T>, ticks: u64) {
     let mut remaining = ticks;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {

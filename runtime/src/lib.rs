@@ -10,7 +10,7 @@
 //! - [`artifact`]: compile once, load from disk afterwards; [`datadir`]: atomic persistence;
 //! - [`function`] and [`registry`]: a loaded function and the name/route tables;
 //! - [`platform`]: deploy, remove, start-up loading;
-//! - [`invoke`], [`host`], [`cgi`], [`body`]: the request path;
+//! - [`invoke`], [`pool`], [`host`], [`cgi`], [`body`], [`timing`]: the request path;
 //! - [`server`] and [`admin`]: the listeners; [`client`] and [`commands`]: the CLI.
 
 #![deny(missing_docs)]
@@ -31,6 +31,8 @@ pub mod host;
 pub mod invoke;
 pub mod manifest;
 pub mod platform;
+pub mod pool;
 pub mod registry;
 pub mod server;
 pub mod spec;
+pub mod timing;

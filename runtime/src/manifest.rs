@@ -8,6 +8,7 @@
 //! route = "/hello"                                  # optional, default /<name>
 //! env = { GREETING = "hi" }                         # optional
 //! limits = { timeout_ms = 2000, memory_mib = 64 }   # optional, see FunctionSpec
+//! reuse = { max_requests = 100 }                    # optional, see crate::pool
 //! ```
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::spec::{FunctionSpec, LimitsSpec};
+use crate::spec::{FunctionSpec, LimitsSpec, ReuseSpec};
 
 /// A parsed manifest and the directory its paths are relative to.
 #[derive(Debug)]
@@ -54,6 +55,9 @@ pub struct ManifestFunction {
     /// Limits.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Opt-in instance reuse.
+    #[serde(default)]
+    pub reuse: Option<ReuseSpec>,
 }
 
 impl ManifestFunction {
@@ -63,6 +67,7 @@ impl ManifestFunction {
             route: self.route.clone(),
             env: self.env.clone(),
             limits: self.limits.clone(),
+            reuse: self.reuse.clone(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! [`crate::admin`] are thin layers over this type, and tests and benchmarks drive it directly.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -15,9 +15,11 @@ use crate::artifact::{
 use crate::datadir::{DataDir, remove_durable};
 use crate::engine::{EngineOptions, ThawEngine};
 use crate::error::DeployError;
-use crate::function::{Function, FunctionRecord};
+use crate::function::{Function, FunctionRecord, Loaded};
+use crate::pool::PoolOptions;
 use crate::registry::Registry;
 use crate::spec::{FunctionSpec, LimitDefaults};
+use crate::timing::StartKind;
 
 /// Everything the platform needs to start.
 #[derive(Clone, Debug)]
@@ -30,6 +32,26 @@ pub struct PlatformConfig {
     pub defaults: LimitDefaults,
     /// How long a request may wait for a free instance slot before it gets 503.
     pub queue_timeout: Duration,
+    /// When deployed functions are loaded at start-up.
+    pub load: LoadMode,
+    /// Warm pool settings.
+    pub pool: PoolOptions,
+    /// Add a `Server-Timing` header to every function response.
+    pub server_timing: bool,
+}
+
+/// When the functions found in the data directory are loaded (their artifacts deserialized and
+/// linked). Registering them (routes, specs) always happens at start-up and is fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadMode {
+    /// On the first request to each function.
+    Lazy,
+    /// In the background after start-up, one at a time; a request that comes first loads
+    /// its function itself.
+    Background,
+    /// Before serving (start-up takes as long as loading everything).
+    Eager,
 }
 
 /// The running platform.
@@ -45,6 +67,9 @@ pub struct Platform {
     /// inside wasmtime.
     admission: Arc<Semaphore>,
     queue_timeout: Duration,
+    pool: PoolOptions,
+    server_timing: bool,
+    load_mode: LoadMode,
     /// Serialises deploys and removals: route checks, persistence and the registry swap
     /// happen as one step. Compilation runs outside it.
     write_lock: tokio::sync::Mutex<()>,
@@ -66,13 +91,24 @@ impl Platform {
             data,
             defaults: config.defaults,
             queue_timeout: config.queue_timeout,
+            pool: config.pool,
+            server_timing: config.server_timing,
+            load_mode: config.load,
             write_lock: tokio::sync::Mutex::new(()),
         };
-        platform.load_all()?;
+        platform.register_all()?;
+        if platform.load_mode == LoadMode::Eager {
+            for function in platform.registry.all() {
+                if let Err(e) = platform.load_blocking(&function) {
+                    tracing::error!(function = %function.name, "cannot load: {e:#}");
+                }
+            }
+        }
         Ok(platform)
     }
 
-    fn load_all(&self) -> anyhow::Result<()> {
+    /// Registers every function record of the data directory, without loading code.
+    fn register_all(&self) -> anyhow::Result<()> {
         let dir = self.data.functions_dir();
         let mut paths: Vec<_> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
@@ -81,38 +117,94 @@ impl Platform {
             .collect();
         paths.sort();
         for path in paths {
-            match self.load_one(&path) {
-                Ok(function) => {
-                    tracing::info!(
-                        function = %function.name,
-                        route = %function.route,
-                        kind = %function.record.kind,
-                        from = ?function.origin,
-                        "loaded"
-                    );
-                    if let Err(e) = self.registry.insert(Arc::new(function)) {
-                        tracing::error!(path = %path.display(), "skipping function: {e}");
-                    }
-                }
+            let record = match read_record(&path) {
+                Ok(record) => record,
                 Err(e) => {
-                    tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}")
+                    tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}");
+                    continue;
                 }
+            };
+            let function = Function::unloaded(record, &self.defaults);
+            if let Err(e) = self.registry.insert(Arc::new(function)) {
+                tracing::error!(path = %path.display(), "skipping function: {e}");
             }
         }
         Ok(())
     }
 
-    fn load_one(&self, path: &std::path::Path) -> anyhow::Result<Function> {
-        let text = std::fs::read(path)?;
-        let record: FunctionRecord = serde_json::from_slice(&text).context("parsing the record")?;
-        anyhow::ensure!(
-            path.file_stem().is_some_and(|s| s == record.name.as_str()),
-            "the record's name {:?} does not match its file name",
-            record.name
-        );
+    /// Loads a registered function's code: its artifact, or a rebuild from the stored wasm.
+    /// Blocking (file reads, possibly a compile).
+    fn load_code(&self, function: &Function) -> anyhow::Result<Loaded> {
+        let record = &function.record;
         let (compiled, origin) = self.cache.load(record.kind, &record.digest)?;
-        Function::link(&self.engine, record, compiled, origin, &self.defaults)
-            .map_err(anyhow::Error::from)
+        let code = Function::link(&self.engine, compiled)?;
+        tracing::info!(function = %function.name, from = ?origin, "loaded");
+        Ok(Loaded { code, origin })
+    }
+
+    fn load_blocking(&self, function: &Function) -> anyhow::Result<()> {
+        if function.loaded().is_none() {
+            let loaded = self.load_code(function)?;
+            // A concurrent load may have won; either result is the same code.
+            function.set_loaded(loaded);
+        }
+        Ok(())
+    }
+
+    /// The function's code, loading it if needed. Returns how this request's start should be
+    /// classified when it had to wait for a load (from disk, or a compile when the artifact
+    /// had to be rebuilt) and how long that took.
+    pub async fn ensure_loaded<'f>(
+        self: &Arc<Self>,
+        function: &'f Arc<Function>,
+    ) -> anyhow::Result<(&'f Loaded, Option<(StartKind, Duration)>)> {
+        if let Some(loaded) = function.loaded() {
+            return Ok((loaded, None));
+        }
+        let started = Instant::now();
+        let (loaded, waited) = function
+            .load_once(|| {
+                let platform = self.clone();
+                let function = function.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || platform.load_code(&function))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("load task failed: {e}"))?
+                }
+            })
+            .await?;
+        let kind = match loaded.origin {
+            Origin::Artifact => StartKind::Disk,
+            Origin::Compiled => StartKind::Compile,
+        };
+        Ok((loaded, waited.then(|| (kind, started.elapsed()))))
+    }
+
+    /// Loads every registered function in the background, one at a time, if the load mode
+    /// asks for it.
+    pub fn spawn_background_loading(self: &Arc<Self>) {
+        if self.load_mode != LoadMode::Background {
+            return;
+        }
+        let platform = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut loaded = 0usize;
+            for function in platform.registry.all() {
+                if function.loaded().is_some() {
+                    continue;
+                }
+                match platform.ensure_loaded(&function).await {
+                    Ok(_) => loaded += 1,
+                    Err(e) => tracing::error!(function = %function.name, "cannot load: {e:#}"),
+                }
+            }
+            tracing::info!(
+                loaded,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "background loading done"
+            );
+        });
     }
 
     /// Deploys `wasm` as function `name`, replacing any previous version atomically.
@@ -142,13 +234,15 @@ impl Platform {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        let mut function = Function::link(&self.engine, record, compiled, origin, &self.defaults)
+        let code = Function::link(&self.engine, compiled)
             .map_err(|e| DeployError::InvalidModule(e.to_string()))?;
+        let mut function = Function::loaded_with(record, &self.defaults, code, origin);
 
         let _guard = self.write_lock.lock().await;
         self.registry.check_route(name, &function.route)?;
         let previous = self.registry.get(name);
-        function.record.generation = previous.as_ref().map_or(1, |p| p.record.generation + 1);
+        let generation = previous.as_ref().map_or(1, |p| p.record.generation + 1);
+        function.set_generation(generation);
         // The wasm first, the record last: the record is the commit point (see datadir).
         let wasm_path = self.data.wasm(&digest);
         if !wasm_path.exists() {
@@ -246,11 +340,25 @@ impl Platform {
         self.queue_timeout
     }
 
+    /// Warm pool settings.
+    pub fn pool_options(&self) -> &PoolOptions {
+        &self.pool
+    }
+
+    /// Whether responses carry `Server-Timing`.
+    pub fn server_timing(&self) -> bool {
+        self.server_timing
+    }
+
     /// A JSON summary of the host for `GET /v1/status`.
     pub fn status(&self) -> serde_json::Value {
         use std::sync::atomic::Ordering::Relaxed;
         let stats = self.cache.stats();
         let allocator = self.engine.allocator();
+        let functions = self.registry.all();
+        let warm: usize = functions.iter().map(|f| f.pool.len()).sum();
+        let in_use =
+            self.engine.options().instance_slots as usize - self.admission.available_permits();
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "allocator": allocator.to_string(),
@@ -259,12 +367,26 @@ impl Platform {
                 crate::engine::Allocator::Pooling => None,
             },
             "instance_slots": self.engine.options().instance_slots,
-            "slots_in_use": self.engine.options().instance_slots as usize - self.admission.available_permits(),
-            "functions": self.registry.len(),
+            "slots_in_use": in_use,
+            "slots_running": in_use.saturating_sub(warm),
+            "warm_instances": warm,
+            "functions": functions.len(),
+            "functions_loaded": functions.iter().filter(|f| f.loaded().is_some()).count(),
             "compilations": stats.compilations.load(Relaxed),
             "artifact_loads": stats.artifact_loads.load(Relaxed),
             "artifact_rebuilds": stats.rebuilds.load(Relaxed),
             "data_dir": self.data.root(),
         })
     }
+}
+
+fn read_record(path: &std::path::Path) -> anyhow::Result<FunctionRecord> {
+    let text = std::fs::read(path)?;
+    let record: FunctionRecord = serde_json::from_slice(&text).context("parsing the record")?;
+    anyhow::ensure!(
+        path.file_stem().is_some_and(|s| s == record.name.as_str()),
+        "the record's name {:?} does not match its file name",
+        record.name
+    );
+    Ok(record)
 }

@@ -35,6 +35,44 @@ pub struct FunctionSpec {
     /// Per-function limits; unset fields use the host's defaults.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Opt-in instance reuse (see [`crate::pool`]); absent means one instance per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<ReuseSpec>,
+}
+
+/// Instance reuse for a trusted function: an instance serves up to `max_requests` requests
+/// and keeps its memory between them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReuseSpec {
+    /// Requests one instance serves before it is retired.
+    pub max_requests: u32,
+    /// An idle reused instance is dropped after this long, in ms [default: 60000].
+    #[serde(default = "default_reuse_idle_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_reuse_idle_ms() -> u64 {
+    60_000
+}
+
+/// Reuse resolved for the request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests per instance.
+    pub max_requests: u32,
+    /// Idle lifetime of a reused instance.
+    pub idle_timeout: Duration,
+}
+
+impl ReuseSpec {
+    /// The request path's form.
+    pub fn resolve(&self) -> Reuse {
+        Reuse {
+            max_requests: self.max_requests,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
 }
 
 /// Limits as written by the user; `None` means "the host default". Also the limit flags of
@@ -208,6 +246,22 @@ impl FunctionSpec {
         }
         if let Some((key, _)) = self.env.iter().find(|(_, v)| v.contains('\0')) {
             return Err(SpecError::Env(key.clone(), "values must not contain NUL"));
+        }
+        if let Some(reuse) = &self.reuse {
+            if !(1..=1_000_000).contains(&reuse.max_requests) {
+                return Err(SpecError::Limit(
+                    "reuse.max_requests",
+                    u64::from(reuse.max_requests),
+                    "must be 1..=1000000".into(),
+                ));
+            }
+            if !(1..=24 * 3600 * 1000).contains(&reuse.idle_timeout_ms) {
+                return Err(SpecError::Limit(
+                    "reuse.idle_timeout_ms",
+                    reuse.idle_timeout_ms,
+                    "must be 1..=86400000 (a day)".into(),
+                ));
+            }
         }
         let l = &self.limits;
         if let Some(t) = l.timeout_ms

@@ -27,6 +27,10 @@ pub struct DeployArgs {
     #[allow(missing_docs)] // flattened: its own fields carry the help text
     #[command(flatten)]
     pub limits: LimitsSpec,
+    /// Let one instance serve up to N requests, keeping its memory between them (trusted
+    /// functions only) [default: off, one instance per request]
+    #[arg(long, value_name = "N")]
+    pub reuse_max_requests: Option<u32>,
     /// With a manifest: run its build commands first
     #[arg(long)]
     pub build: bool,
@@ -73,6 +77,12 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         route: args.route.clone(),
         env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         limits: args.limits.clone(),
+        reuse: args
+            .reuse_max_requests
+            .map(|max_requests| crate::spec::ReuseSpec {
+                max_requests,
+                idle_timeout_ms: 60_000,
+            }),
     };
     let wasm =
         std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;

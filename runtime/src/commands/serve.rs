@@ -76,6 +76,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
     println!("thaw: functions on http://{data_addr}, admin on http://{admin_addr}");
 
+    platform.spawn_background_loading();
     let (stop, shutdown) = Shutdown::new();
     let max_upload = config.max_upload_bytes;
     let admin_platform = platform.clone();

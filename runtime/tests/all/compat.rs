@@ -107,11 +107,15 @@ async fn plain_wasi_component_matches_wasmtime_serve() {
             let mut kept: Vec<(String, String)> = r
                 .headers()
                 .iter()
-                // Hop-by-hop and per-server headers differ by design.
+                // Hop-by-hop and per-server headers differ by design (thaw adds Server-Timing).
                 .filter(|(k, _)| {
                     !matches!(
                         k.as_str(),
-                        "date" | "transfer-encoding" | "content-length" | "connection"
+                        "date"
+                            | "transfer-encoding"
+                            | "content-length"
+                            | "connection"
+                            | "server-timing"
                     )
                 })
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))

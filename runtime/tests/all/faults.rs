@@ -56,7 +56,7 @@ async fn traps_timeouts_and_memory_bombs_cost_one_request() {
     let faults = server.admin().get("faults").await.unwrap();
     assert_eq!(faults["failures"], 4);
     assert_eq!(
-        server.admin().status().await.unwrap()["slots_in_use"],
+        server.admin().status().await.unwrap()["slots_running"],
         0,
         "no leaked slots"
     );
@@ -213,7 +213,7 @@ async fn a_full_pool_queues_then_answers_503() {
     // Wait (bounded) until the loop holds the only slot.
     let admin = server.admin();
     for _ in 0..200 {
-        if admin.status().await.unwrap()["slots_in_use"] == 1 {
+        if admin.status().await.unwrap()["slots_running"] == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
