@@ -12,7 +12,7 @@ use std::process::Command;
 const BUILDS: &[(&str, &[&str])] = &[
     (
         "wasm32-wasip2",
-        &["hello", "orders", "markdown", "echo", "faults"],
+        &["hello", "orders", "markdown", "echo", "faults", "counter"],
     ),
     ("wasm32-wasip1", &["wordcount"]),
 ];
@@ -23,7 +23,15 @@ fn main() {
     let root = functions.parent().unwrap().to_path_buf();
     let target_dir = root.join("target").join("guests");
 
-    for dir in ["hello", "orders", "markdown", "echo", "wordcount", "faults"] {
+    for dir in [
+        "hello",
+        "orders",
+        "markdown",
+        "echo",
+        "wordcount",
+        "faults",
+        "counter",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             functions.join(dir).join("src").display()

@@ -20,6 +20,63 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed_unsync()
 }
 
+/// What a call's task and its request and response bodies tell each other, in one allocation.
+#[derive(Debug, Default)]
+pub struct CallState {
+    /// The request body went past its limit (set by [`LimitedBody`]).
+    pub body_exceeded: AtomicBool,
+    /// The guest has sent its response head.
+    pub responded: AtomicBool,
+    /// The guest failed (trap, timeout) after the call started.
+    pub failed: AtomicBool,
+}
+
+/// A guest's response body that does not end cleanly if the guest failed.
+///
+/// When a guest traps while writing its body, wasmtime-wasi-http ends the body stream as if
+/// it were complete, and the client would take a truncated response for a whole one. The call
+/// task marks the failure before it drops the store (which is what ends the stream), so at the
+/// end of the stream this wrapper knows, and turns the end into an error: hyper then aborts the
+/// connection instead of sending the final chunk.
+pub struct GuestBody {
+    inner: ResponseBody,
+    state: Arc<CallState>,
+}
+
+impl GuestBody {
+    /// Wraps a guest's response body.
+    pub fn new(inner: ResponseBody, state: Arc<CallState>) -> Self {
+        Self { inner, state }
+    }
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) if self.state.failed.swap(false, Ordering::AcqRel) => {
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the function failed while writing its response".into(),
+                )))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body that stops at `limit` bytes.
 ///
 /// A request with a `Content-Length` over the limit is refused before any instance exists;
@@ -30,17 +87,17 @@ pub struct LimitedBody<B> {
     inner: B,
     remaining: u64,
     limit: u64,
-    exceeded: Arc<AtomicBool>,
+    state: Arc<CallState>,
 }
 
 impl<B> LimitedBody<B> {
-    /// Wraps `inner`; `exceeded` is set when the body goes past `limit`.
-    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    /// Wraps `inner`; `state.body_exceeded` is set when the body goes past `limit`.
+    pub fn new(inner: B, limit: u64, state: Arc<CallState>) -> Self {
         Self {
             inner,
             remaining: limit,
             limit,
-            exceeded,
+            state,
         }
     }
 }
@@ -63,7 +120,7 @@ where
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.exceeded.store(true, Ordering::Release);
+                        this.state.body_exceeded.store(true, Ordering::Release);
                         return Poll::Ready(Some(Err(
                             wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.limit)),
                         )));

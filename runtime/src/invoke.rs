@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -24,7 +24,7 @@ use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::body::{LimitedBody, ResponseBody, full};
+use crate::body::{CallState, GuestBody, LimitedBody, ResponseBody, full};
 use crate::cgi::{self, CgiRequest};
 use crate::error::InvokeError;
 use crate::function::{Code, Function};
@@ -224,9 +224,9 @@ async fn call_proxy<B: RequestBody>(
             http::HeaderValue::from_static("localhost"),
         );
     }
-    let exceeded = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(CallState::default());
     let limit = function.limits.max_request_body_bytes;
-    let body = LimitedBody::new(body, limit, exceeded.clone());
+    let body = LimitedBody::new(body, limit, state.clone());
     let req = Request::from_parts(parts, body);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -237,13 +237,12 @@ async fn call_proxy<B: RequestBody>(
         .map_err(|e| InvokeError::BadRequest(format!("{e:#}")))?;
     // Remember whether the guest answered: a failure after that (while it streams the body)
     // reaches the client only as a cut-off body, so the task must log it itself.
-    let responded = Arc::new(AtomicBool::new(false));
     let out = http
         .http()
         .new_response_outparam_from_callback({
-            let responded = responded.clone();
+            let state = state.clone();
             move |result| {
-                responded.store(true, Ordering::Release);
+                state.responded.store(true, Ordering::Release);
                 let _ = sender.send(result);
             }
         })
@@ -255,6 +254,7 @@ async fn call_proxy<B: RequestBody>(
     // done or stopped.
     let timeout = function.limits.timeout;
     let task_function = function.clone();
+    let task_state = state.clone();
     let call_started = Instant::now();
     let task = tokio::spawn(async move {
         let function = task_function;
@@ -269,7 +269,9 @@ async fn call_proxy<B: RequestBody>(
             Err(_) => Err(InvokeError::Timeout),
         };
         match &result {
-            Err(e) if responded.load(Ordering::Acquire) => {
+            Err(e) if task_state.responded.load(Ordering::Acquire) => {
+                // Before the store (and with it the body stream) is dropped: see GuestBody.
+                task_state.failed.store(true, Ordering::Release);
                 tracing::warn!(function = %function.name, "failed after sending its response head: {e}");
             }
             Err(_) => {}
@@ -286,7 +288,10 @@ async fn call_proxy<B: RequestBody>(
     });
 
     let response = match receiver.await {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => {
+            let state = state.clone();
+            Ok(response.map(|body| GuestBody::new(body, state).boxed_unsync()))
+        }
         Ok(Err(code)) => Err(InvokeError::BadResponse(format!(
             "the function answered with an error: {code:?}"
         ))),
@@ -299,7 +304,7 @@ async fn call_proxy<B: RequestBody>(
         },
     };
     drop(in_flight);
-    if exceeded.load(Ordering::Acquire) {
+    if state.body_exceeded.load(Ordering::Acquire) {
         return Err(InvokeError::BodyTooLarge(limit));
     }
     let mut response = response?;

@@ -5,6 +5,7 @@
 //! share the helpers in `support`.
 
 mod cli;
+mod coldstart;
 mod compat;
 mod deploy;
 mod faults;
