@@ -12,7 +12,16 @@ use std::process::Command;
 const BUILDS: &[(&str, &[&str])] = &[
     (
         "wasm32-wasip2",
-        &["hello", "orders", "markdown", "echo", "faults", "counter"],
+        &[
+            "hello",
+            "orders",
+            "markdown",
+            "echo",
+            "faults",
+            "counter",
+            "primes",
+            "impure-init",
+        ],
     ),
     ("wasm32-wasip1", &["wordcount"]),
 ];
@@ -31,6 +40,8 @@ fn main() {
         "wordcount",
         "faults",
         "counter",
+        "primes",
+        "impure-init",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -84,11 +95,12 @@ fn main() {
         }
         let out = target_dir.join(target).join("release");
         for package in *packages {
-            let wasm = out.join(format!("{package}.wasm"));
+            // Cargo names a cdylib's file with underscores for dashes.
+            let wasm = out.join(format!("{}.wasm", package.replace('-', "_")));
             assert!(wasm.exists(), "{} was not built", wasm.display());
             paths.push_str(&format!(
                 "/// `functions/{package}` built for {target}.\npub const {}: &str = {:?};\n",
-                package.to_uppercase(),
+                package.to_uppercase().replace('-', "_"),
                 wasm.display().to_string()
             ));
         }

@@ -25,12 +25,23 @@ pub struct FunctionRecord {
     pub kind: Kind,
     /// Size of the wasm in bytes.
     pub wasm_bytes: u64,
+    /// sha256 of the code actually compiled, when it differs from the upload (a
+    /// pre-initialisation snapshot); names its stored wasm and its artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_digest: Option<String>,
     /// What the user asked for.
     pub spec: FunctionSpec,
     /// 1 for the first deploy of this name, +1 for every redeploy.
     pub generation: u64,
     /// Unix time of the deploy, milliseconds.
     pub deployed_at_ms: u64,
+}
+
+impl FunctionRecord {
+    /// The digest of the code that is compiled and cached.
+    pub fn code_digest(&self) -> &str {
+        self.code_digest.as_deref().unwrap_or(&self.digest)
+    }
 }
 
 /// The pre-instantiated form of a function's code: everything but the store.
@@ -209,6 +220,7 @@ impl Function {
             "kind": self.record.kind,
             "digest": self.record.digest,
             "wasm_bytes": self.record.wasm_bytes,
+            "snapshot": self.record.code_digest.is_some(),
             "generation": self.record.generation,
             "deployed_at_ms": self.record.deployed_at_ms,
             "spec": self.record.spec,

@@ -34,5 +34,6 @@ pub mod platform;
 pub mod pool;
 pub mod registry;
 pub mod server;
+pub mod snapshot;
 pub mod spec;
 pub mod timing;

@@ -58,6 +58,9 @@ pub struct ManifestFunction {
     /// Opt-in instance reuse.
     #[serde(default)]
     pub reuse: Option<ReuseSpec>,
+    /// Pre-initialisation on (default) or off.
+    #[serde(default)]
+    pub snapshot: Option<bool>,
 }
 
 impl ManifestFunction {
@@ -68,6 +71,7 @@ impl ManifestFunction {
             env: self.env.clone(),
             limits: self.limits.clone(),
             reuse: self.reuse.clone(),
+            snapshot: self.snapshot,
         }
     }
 }

@@ -18,8 +18,13 @@ use crate::error::DeployError;
 use crate::function::{Function, FunctionRecord, Loaded};
 use crate::pool::PoolOptions;
 use crate::registry::Registry;
+use crate::snapshot;
 use crate::spec::{FunctionSpec, LimitDefaults};
 use crate::timing::StartKind;
+
+/// Time a function's init function may run at deploy: generous, because it replaces start-up
+/// work that would otherwise run per request, but bounded, because a deploy must end.
+const INIT_BUDGET: Duration = Duration::from_secs(60);
 
 /// Everything the platform needs to start.
 #[derive(Clone, Debug)]
@@ -136,7 +141,7 @@ impl Platform {
     /// Blocking (file reads, possibly a compile).
     fn load_code(&self, function: &Function) -> anyhow::Result<Loaded> {
         let record = &function.record;
-        let (compiled, origin) = self.cache.load(record.kind, &record.digest)?;
+        let (compiled, origin) = self.cache.load(record.kind, record.code_digest())?;
         let code = Function::link(&self.engine, compiled)?;
         tracing::info!(function = %function.name, from = ?origin, "loaded");
         Ok(Loaded { code, origin })
@@ -222,10 +227,23 @@ impl Platform {
             .check_route(name, &spec.route_or_default(name))?;
 
         let digest = sha256_hex(&wasm);
-        let (compiled, origin) = self.compile(kind, &digest, wasm.clone()).await?;
+        let snapshot = if kind == Kind::Component
+            && spec.snapshot != Some(false)
+            && snapshot::exports_init(&wasm)
+        {
+            Some(self.snapshot(&spec, wasm.clone()).await?)
+        } else {
+            None
+        };
+        let (code_wasm, code_digest) = match &snapshot {
+            Some(snapshot) => (snapshot.clone(), sha256_hex(snapshot)),
+            None => (wasm.clone(), digest.clone()),
+        };
+        let (compiled, origin) = self.compile(kind, &code_digest, code_wasm.clone()).await?;
         let record = FunctionRecord {
             name: name.to_owned(),
             digest: digest.clone(),
+            code_digest: snapshot.is_some().then(|| code_digest.clone()),
             kind,
             wasm_bytes: wasm.len() as u64,
             spec,
@@ -244,11 +262,14 @@ impl Platform {
         let generation = previous.as_ref().map_or(1, |p| p.record.generation + 1);
         function.set_generation(generation);
         // The wasm first, the record last: the record is the commit point (see datadir).
-        let wasm_path = self.data.wasm(&digest);
-        if !wasm_path.exists() {
-            self.data
-                .write_atomic(&wasm_path, &wasm)
-                .map_err(DeployError::Internal)?;
+        // The upload, and the snapshot (what an artifact rebuild compiles) if there is one.
+        for (digest, bytes) in [(&digest, &wasm), (&code_digest, &code_wasm)] {
+            let path = self.data.wasm(digest);
+            if !path.exists() {
+                self.data
+                    .write_atomic(&path, bytes)
+                    .map_err(DeployError::Internal)?;
+            }
         }
         let json = serde_json::to_vec_pretty(&function.record)
             .map_err(|e| DeployError::Internal(e.into()))?;
@@ -266,6 +287,32 @@ impl Platform {
             "deployed"
         );
         Ok((function, previous.is_some()))
+    }
+
+    /// Pre-initialises a component (see [`crate::snapshot`]) on a blocking thread: Wizer
+    /// compiles an instrumented copy of the component, which takes as long as a deploy's
+    /// compile and must not stall the reactor.
+    async fn snapshot(&self, spec: &FunctionSpec, wasm: Bytes) -> Result<Bytes, DeployError> {
+        let limits = spec.limits.resolve(&self.defaults);
+        let engine = self.engine.engine().clone();
+        let started = Instant::now();
+        let snapshot = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(snapshot::snapshot(
+                &engine,
+                &wasm,
+                INIT_BUDGET,
+                limits.memory_bytes,
+            ))
+        })
+        .await
+        .map_err(|e| DeployError::Internal(anyhow::anyhow!("snapshot task failed: {e}")))?
+        .map_err(|e| DeployError::InvalidModule(format!("{e:#}")))?;
+        tracing::info!(
+            bytes = snapshot.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pre-initialised snapshot taken"
+        );
+        Ok(snapshot.into())
     }
 
     /// Loads the artifact if this exact wasm was compiled before, otherwise compiles it, on a

@@ -38,6 +38,10 @@ pub struct FunctionSpec {
     /// Opt-in instance reuse (see [`crate::pool`]); absent means one instance per request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse: Option<ReuseSpec>,
+    /// Pre-initialise a component that exports `wizer-initialize` (see [`crate::snapshot`]);
+    /// `false` turns it off. Absent means on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<bool>,
 }
 
 /// Instance reuse for a trusted function: an instance serves up to `max_requests` requests

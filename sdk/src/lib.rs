@@ -38,6 +38,36 @@
 //! The crate needs a `cdylib` crate type and the `wasm32-wasip2` target:
 //! `cargo build --release --target wasm32-wasip2` produces `target/wasm32-wasip2/release/<name>.wasm`.
 //!
+//! # Expensive start-up, done once at deploy
+//! Work a function does before it can answer (building a table, parsing embedded data) can
+//! run at deploy time instead of per request: put it in a function marked [`#[init]`](init).
+//! thaw runs it once when the function is deployed and snapshots the instance's memory
+//! (Wizer); every request then starts from the snapshot, with the work already done. Keep
+//! the result in a `static` that the handler reads, and initialise it lazily there too, so the
+//! function also works on hosts that do not snapshot:
+//!
+//! ```no_run
+//! use std::sync::OnceLock;
+//! use thaw_sdk::{Request, handler, init};
+//!
+//! static SQUARES: OnceLock<Vec<u64>> = OnceLock::new();
+//! fn squares() -> Vec<u64> { (0..1_000_000).map(|i| i * i).collect() }
+//!
+//! #[init]
+//! fn warm_up() {
+//!     SQUARES.get_or_init(squares);
+//! }
+//!
+//! #[handler]
+//! fn handle(_req: Request) -> String {
+//!     format!("{}\n", SQUARES.get_or_init(squares)[999])
+//! }
+//! ```
+//!
+//! The init function may not call the host (no clocks, random numbers, environment
+//! variables or I/O: none of that can be captured in a snapshot, and a `HashMap`'s random
+//! seed counts); a deploy whose init does is refused with the name of the call.
+//!
 //! # What happens per request
 //! The SDK reads the whole request body into memory, calls the handler, then writes the
 //! response (streamed to the host in chunks). Headers the host forbids in responses are
@@ -51,7 +81,7 @@ use std::io::{Read as _, Write as _};
 
 pub use http;
 pub use http::{HeaderMap, HeaderValue, Method, StatusCode};
-pub use thaw_sdk_macro::handler;
+pub use thaw_sdk_macro::{handler, init};
 
 /// The request a handler receives: the body is already read.
 pub type Request = http::Request<Vec<u8>>;
@@ -232,6 +262,17 @@ impl<T: IntoResponse, E: IntoResponse> IntoResponse for Result<T, E> {
             Err(err) => err.into_response(),
         }
     }
+}
+
+/// Used by the code `#[init]` generates: the `wizer-initialize` export. Not a stable API.
+#[doc(hidden)]
+pub mod __init {
+    wit_bindgen::generate!({
+        inline: "package thaw:init; world init { export wizer-initialize: func(); }",
+        pub_export_macro: true,
+        export_macro_name: "export_init",
+        default_bindings_module: "::thaw_sdk::__init",
+    });
 }
 
 /// Used by the code `#[handler]` generates; not a stable API.

@@ -31,6 +31,9 @@ pub struct DeployArgs {
     /// functions only) [default: off, one instance per request]
     #[arg(long, value_name = "N")]
     pub reuse_max_requests: Option<u32>,
+    /// Do not pre-initialise the function even if it exports an init function
+    #[arg(long)]
+    pub no_snapshot: bool,
     /// With a manifest: run its build commands first
     #[arg(long)]
     pub build: bool,
@@ -77,6 +80,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         route: args.route.clone(),
         env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         limits: args.limits.clone(),
+        snapshot: args.no_snapshot.then_some(false),
         reuse: args
             .reuse_max_requests
             .map(|max_requests| crate::spec::ReuseSpec {

@@ -205,3 +205,104 @@ async fn reuse_is_off_by_default_and_on_when_asked() {
             .contains("failed after sending its response head")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_run_init_once_at_deploy() {
+    let mut server = TestServer::start();
+    let snapshotted = server
+        .deploy("primes", wasm::PRIMES, Default::default())
+        .await;
+    assert_eq!(snapshotted["snapshot"], true);
+    let without = FunctionSpec {
+        route: Some("/raw".into()),
+        snapshot: Some(false),
+        ..Default::default()
+    };
+    let raw = server.deploy("raw", wasm::PRIMES, without).await;
+    assert_eq!(raw["snapshot"], false);
+
+    // Same answers; only the function without a snapshot builds its table per request.
+    let check = |server: &TestServer| {
+        let (fast, slow) = (
+            format!("{}/primes", server.url),
+            format!("{}/raw", server.url),
+        );
+        async move {
+            for query in [
+                "?n=0",
+                "?n=2",
+                "?n=97",
+                "?n=100",
+                "?n=7919",
+                "?n=9999991",
+                "?n=x",
+                "",
+            ] {
+                let a = client().get(format!("{fast}{query}")).send().await.unwrap();
+                let b = client().get(format!("{slow}{query}")).send().await.unwrap();
+                assert_eq!(a.status(), b.status(), "{query}");
+                if a.status() == 200 {
+                    assert_eq!(
+                        a.headers()["x-initialized-here"],
+                        "false",
+                        "{query}: snapshot in effect"
+                    );
+                    assert_eq!(
+                        b.headers()["x-initialized-here"],
+                        "true",
+                        "{query}: no snapshot"
+                    );
+                }
+                assert_eq!(a.text().await.unwrap(), b.text().await.unwrap(), "{query}");
+            }
+        }
+    };
+    check(&server).await;
+    let r = server.get("/primes?n=9999991").await;
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\"n\":9999991,\"prime\":true,\"primes_up_to_n\":664579}\n"
+    );
+
+    // An artifact rebuild after a restart compiles the stored snapshot, not the upload.
+    for engine in std::fs::read_dir(server.data_dir.join("artifacts")).unwrap() {
+        for artifact in std::fs::read_dir(engine.unwrap().path()).unwrap() {
+            std::fs::remove_file(artifact.unwrap().path()).unwrap();
+        }
+    }
+    server.kill_and_restart(1);
+    check(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_that_calls_the_host_is_refused() {
+    let server = TestServer::start();
+    let err = server
+        .admin()
+        .deploy(
+            "impure",
+            &FunctionSpec::default(),
+            wasm::read(wasm::IMPURE_INIT).into(),
+        )
+        .await
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("400"), "{message}");
+    assert!(
+        message.contains("wasi:clocks/wall-clock"),
+        "names the host call: {message}"
+    );
+    assert_eq!(
+        server.get("/impure").await.status(),
+        404,
+        "nothing was deployed"
+    );
+
+    // Without a snapshot the same function deploys and runs its init per request.
+    let spec = FunctionSpec {
+        snapshot: Some(false),
+        ..Default::default()
+    };
+    server.deploy("impure", wasm::IMPURE_INIT, spec).await;
+    assert_eq!(server.get("/impure").await.status(), 200);
+}

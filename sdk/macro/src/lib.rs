@@ -63,3 +63,44 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
     }
     Ok(())
 }
+
+/// Exports a `fn()` as the component's `wizer-initialize` function: thaw runs it once at
+/// deploy and snapshots the result. See `thaw_sdk` for the full documentation.
+#[proc_macro_attribute]
+pub fn init(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = proc_macro2::TokenStream::from(attr);
+        return syn::Error::new(attr.span(), "#[thaw_sdk::init] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    let sig = &function.sig;
+    if sig.asyncness.is_some()
+        || !sig.inputs.is_empty()
+        || !matches!(sig.output, syn::ReturnType::Default)
+        || !sig.generics.params.is_empty()
+    {
+        return syn::Error::new(
+            sig.span(),
+            "a thaw init function is `fn name()`: no arguments, no return value, not async",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let name = &sig.ident;
+    quote! {
+        #function
+
+        const _: () = {
+            struct __ThawInit;
+            impl ::thaw_sdk::__init::Guest for __ThawInit {
+                fn wizer_initialize() {
+                    #name();
+                }
+            }
+            ::thaw_sdk::__init::export_init!(__ThawInit with_types_in ::thaw_sdk::__init);
+        };
+    }
+    .into()
+}
