@@ -1,153 +1,264 @@
-//! The request path in-process: one request to the `hello` example, from `Request` to the last
-//! byte of the response body, with the pooling allocator and with on-demand allocation.
+//! The request path in-process: one request, from `Request` to the last byte of the
+//! response body, for each way a request can get its instance, and the per-request cost of
+//! an expensive start with and without a pre-initialisation snapshot.
 //!
-//! What one iteration includes: admission (a semaphore permit), a store with fresh WASI and
-//! HTTP contexts, instantiation from the pre-linked `ProxyPre`, the guest's handler, and
-//! collecting the streamed response body. It excludes HTTP parsing and the socket (the
-//! cold-start suite measures those end to end). A second group measures instantiation alone
-//! (store + `instantiate_async` + drop), the part the allocator choice changes.
+//! Rows (all on the `hello` example unless named):
+//! - `invoke-hello/{fresh-pooling, fresh-on-demand}`: a new instance per request, from the
+//!   pooling allocator or with on-demand allocation;
+//! - `invoke-hello/pool-hit`: a pre-instantiated instance from the warm pool;
+//! - `invoke-hello/disk`: the first request to a function whose artifact is on disk but not
+//!   loaded (deserialize with mmap, link, instantiate, call);
+//! - `invoke-hello/compile`: the first request when the artifact is missing (Cranelift);
+//! - `invoke-hello-busy/*`: fresh and pool-hit while a thread spins on the other core;
+//! - `instantiate-hello/*`: store, instantiate and drop alone, per allocator;
+//! - `invoke-primes/{snapshot, no-snapshot}`: `functions/primes`, whose start-up sieves ten
+//!   million numbers, on a fresh instance per request (and `no-snapshot-winch`: the same with
+//!   code from Winch, the fast tier, to show how much slower baseline-compiled code runs).
 //!
-//! Both platforms run side by side in one process and one run, so their ratio is meaningful
-//! even on a noisy machine; the absolute numbers are not.
-//!
-//! A third group runs `echo` (written against the plain `wasi` crate, no SDK) the same way;
-//! it touches a 64 KiB buffer per request, which shows what fresh guest memory costs.
+//! Each group runs its rows side by side in one process, so ratios hold on a noisy machine
+//! even where absolute numbers drift. A current-thread runtime keeps cross-thread wake-ups
+//! (criterion's thread is not a tokio worker) out of the numbers; loads use the blocking
+//! pool, as in the server.
 //!
 //! Run: `cargo bench -p thaw-benches --bench invoke` (add `-- --quick` for a short run).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt as _, Empty};
-use thaw_runtime::engine::EngineOptions;
+use thaw_benches::{BenchPlatform, BusyCore, Setup};
 use thaw_runtime::function::{Code, Function};
-use thaw_runtime::host::ProxyHost;
 use thaw_runtime::invoke::{Peer, invoke};
-use thaw_runtime::platform::{LoadMode, Platform, PlatformConfig};
-use thaw_runtime::pool::PoolOptions;
-use thaw_runtime::spec::LimitDefaults;
+use thaw_runtime::platform::Platform;
+use thaw_runtime::pool::warm_up;
+use thaw_runtime::spec::{FunctionSpec, LimitDefaults};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 
-/// A platform with `hello` (SDK) and `echo` (plain `wasi` crate) deployed.
-fn platform(
-    on_demand: bool,
-    dir: &std::path::Path,
-    rt: &tokio::runtime::Runtime,
-) -> (Arc<Platform>, Arc<Function>, Arc<Function>) {
-    let platform = Platform::open(PlatformConfig {
-        data_dir: dir.to_path_buf(),
-        engine: EngineOptions {
-            instance_slots: 64,
-            max_memory_bytes: 256 << 20,
-            on_demand,
-        },
-        defaults: LimitDefaults::default(),
-        queue_timeout: std::time::Duration::from_secs(1),
-        load: LoadMode::Eager,
-        // No warm pool: every iteration measures a fresh instance.
-        pool: PoolOptions {
-            max_per_function: 0,
-            reserve_slots: 0,
-            idle_timeout: std::time::Duration::from_secs(60),
-        },
-        server_timing: false,
-    })
-    .expect("opening the platform");
-    let deploy = |name: &str, path: &str| {
-        let wasm = thaw_test_functions::read(path);
-        rt.block_on(platform.deploy(name, Default::default(), wasm.into()))
-            .expect("deploying")
-            .0
-    };
-    let hello = deploy("hello", thaw_test_functions::HELLO);
-    let echo = deploy("echo", thaw_test_functions::ECHO);
-    (Arc::new(platform), hello, echo)
-}
+const PEER: fn() -> Peer = || Peer {
+    remote: "127.0.0.1:1".parse().unwrap(),
+    local: "127.0.0.1:2".parse().unwrap(),
+};
 
-fn request(uri: &'static str) -> http::Request<Body> {
+fn request(uri: &str) -> http::Request<Body> {
     http::Request::builder()
         .uri(uri)
         .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
         .unwrap()
 }
 
+/// One request; checks the status and, if Server-Timing is on, the start kind.
+async fn call(platform: &Arc<Platform>, function: &Arc<Function>, uri: &str, kind: Option<&str>) {
+    let response = invoke(platform, function.clone(), request(uri), PEER()).await;
+    assert_eq!(response.status(), 200);
+    if let Some(kind) = kind {
+        let timing = response.headers()["server-timing"].to_str().unwrap();
+        assert!(
+            timing.starts_with(&format!("start;desc=\"{kind}\"")),
+            "{timing}"
+        );
+    }
+    response.into_body().collect().await.unwrap();
+}
+
 fn benches(c: &mut Criterion) {
-    // A current-thread runtime: the guest task, the response channel and the body stream
-    // all run on the benchmark's thread, so the numbers are the request path's own cost
-    // rather than the latency of waking other threads (criterion's thread is not a tokio
-    // worker, so with a multi-threaded runtime every hand-off would be a cross-thread wake).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let peer = Peer {
-        remote: "127.0.0.1:1".parse().unwrap(),
-        local: "127.0.0.1:2".parse().unwrap(),
+    let pooling = BenchPlatform::new(Setup {
+        on_demand: false,
+        warm: 0,
+        server_timing: true,
+        fast_deploy: false,
+    });
+    let on_demand = BenchPlatform::new(Setup {
+        on_demand: true,
+        warm: 0,
+        server_timing: true,
+        fast_deploy: false,
+    });
+    let warm = BenchPlatform::new(Setup {
+        on_demand: false,
+        warm: 1,
+        server_timing: true,
+        fast_deploy: false,
+    });
+    let hello = thaw_test_functions::HELLO;
+    let pooled = pooling.deploy(&rt, "hello", hello, Default::default());
+    let unpooled = on_demand.deploy(&rt, "hello", hello, Default::default());
+    let warmed = warm.deploy(&rt, "hello", hello, Default::default());
+    let uri = "http://localhost/hello?name=bench";
+
+    let fresh = |b: &mut criterion::Bencher, (p, f): (&BenchPlatform, &Arc<Function>)| {
+        b.to_async(&rt)
+            .iter(|| call(&p.platform, f, uri, Some("fresh")))
     };
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let setups = [
-        ("pooling", platform(false, dirs[0].path(), &rt)),
-        ("on-demand", platform(true, dirs[1].path(), &rt)),
-    ];
+    let pool_hit = |b: &mut criterion::Bencher| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (platform, function) = (&warm.platform, &warmed);
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    while function.pool.is_empty() {
+                        warm_up(function, platform.admission(), 1).await;
+                    }
+                    let start = Instant::now();
+                    call(platform, function, uri, Some("pool-hit")).await;
+                    total += start.elapsed();
+                }
+                total
+            }
+        })
+    };
 
     let mut group = c.benchmark_group("invoke-hello");
-    for (name, (platform, hello, _)) in &setups {
-        group.bench_function(*name, |b| {
-            b.to_async(&rt).iter(|| async {
-                let request = request("http://localhost/hello?name=bench");
-                let response = invoke(platform, hello.clone(), request, peer).await;
-                assert_eq!(response.status(), 200);
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(&body[..], b"Hello, bench!\n");
-            })
-        });
-    }
+    group.bench_function("fresh-pooling", |b| fresh(b, (&pooling, &pooled)));
+    group.bench_function("fresh-on-demand", |b| fresh(b, (&on_demand, &unpooled)));
+    group.bench_function("pool-hit", pool_hit);
+    group.bench_function("disk", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (platform, record) = (&pooling.platform, pooled.record.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let unloaded = Arc::new(Function::unloaded(
+                        record.clone(),
+                        &LimitDefaults::default(),
+                    ));
+                    let start = Instant::now();
+                    call(platform, &unloaded, uri, Some("disk")).await;
+                    total += start.elapsed();
+                }
+                total
+            }
+        })
+    });
+    group.sample_size(10);
+    group.bench_function("compile", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (platform, record) = (&pooling.platform, pooled.record.clone());
+            let artifact = platform
+                .data_dir()
+                .artifacts(&platform.engine().compatibility_key())
+                .join(format!("{}.cwasm", record.code_digest()));
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    std::fs::remove_file(&artifact).unwrap();
+                    let unloaded = Arc::new(Function::unloaded(
+                        record.clone(),
+                        &LimitDefaults::default(),
+                    ));
+                    let start = Instant::now();
+                    call(platform, &unloaded, uri, Some("compile")).await;
+                    total += start.elapsed();
+                }
+                total
+            }
+        })
+    });
     group.finish();
 
-    // The same through a component written against the plain `wasi` crate. It is not a
-    // cheaper baseline: echo allocates a 64 KiB copy buffer per request, and touching fresh
-    // pages of a new instance's memory (page faults on the copy-on-write image) is one of the
-    // larger costs of a request, which this row makes visible.
-    let mut group = c.benchmark_group("invoke-echo");
-    for (name, (platform, _, echo)) in &setups {
-        group.bench_function(*name, |b| {
-            b.to_async(&rt).iter(|| async {
-                let response = invoke(
-                    platform,
-                    echo.clone(),
-                    request("http://localhost/echo"),
-                    peer,
-                )
-                .await;
-                assert_eq!(response.status(), 200);
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                assert!(body.is_empty());
-            })
-        });
-    }
+    let busy = BusyCore::start();
+    let mut group = c.benchmark_group("invoke-hello-busy");
+    group.bench_function("fresh-pooling", |b| fresh(b, (&pooling, &pooled)));
+    group.bench_function("pool-hit", pool_hit);
     group.finish();
+    drop(busy);
 
     let mut group = c.benchmark_group("instantiate-hello");
-    for (name, (platform, function, _)) in &setups {
-        let Some(Code::Proxy(pre)) = function.code() else {
+    for (name, p, f) in [
+        ("pooling", &pooling, &pooled),
+        ("on-demand", &on_demand, &unpooled),
+    ] {
+        let Some(Code::Proxy(pre)) = f.code() else {
             unreachable!("hello is a component")
         };
-        group.bench_function(*name, |b| {
+        group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
-                let mut store = wasmtime::Store::new(
-                    platform.engine().engine(),
-                    ProxyHost::new(&function.name, &function.env, &function.limits),
-                );
-                store.limiter(|host| &mut host.limits);
+                let mut store = thaw_runtime::pool::new_store(f, pre.engine());
                 store.set_epoch_deadline(u64::MAX / 2);
                 let _proxy = pre.instantiate_async(&mut store).await.unwrap();
                 // Dropping the store returns the instance's slot to the pool: part of the cost.
                 drop(store);
+                let _ = p;
             })
         });
     }
+    group.finish();
+
+    let primes = pooling.deploy(
+        &rt,
+        "primes",
+        thaw_test_functions::PRIMES,
+        Default::default(),
+    );
+    let raw = pooling.deploy(
+        &rt,
+        "raw",
+        thaw_test_functions::PRIMES,
+        FunctionSpec {
+            route: Some("/raw".into()),
+            snapshot: Some(false),
+            ..Default::default()
+        },
+    );
+    // The same code compiled by Winch (the fast tier of --fast-deploy): how much slower it runs.
+    let fast = BenchPlatform::new(Setup {
+        on_demand: false,
+        warm: 0,
+        server_timing: true,
+        fast_deploy: true,
+    });
+    let raw_winch = fast.deploy(
+        &rt,
+        "raw",
+        thaw_test_functions::PRIMES,
+        FunctionSpec {
+            route: Some("/raw".into()),
+            snapshot: Some(false),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        raw_winch.loaded().unwrap().origin,
+        thaw_runtime::artifact::Origin::FastTier
+    );
+    let mut group = c.benchmark_group("invoke-primes");
+    group.bench_function("snapshot", |b| {
+        b.to_async(&rt).iter(|| {
+            call(
+                &pooling.platform,
+                &primes,
+                "http://localhost/primes?n=9999991",
+                Some("fresh"),
+            )
+        })
+    });
+    group.sample_size(20);
+    group.bench_function("no-snapshot", |b| {
+        b.to_async(&rt).iter(|| {
+            call(
+                &pooling.platform,
+                &raw,
+                "http://localhost/raw?n=9999991",
+                Some("fresh"),
+            )
+        })
+    });
+    group.bench_function("no-snapshot-winch", |b| {
+        b.to_async(&rt).iter(|| {
+            call(
+                &fast.platform,
+                &raw_winch,
+                "http://localhost/raw?n=9999991",
+                Some("fresh"),
+            )
+        })
+    });
     group.finish();
 }
 

@@ -1,3 +1,116 @@
 //! thaw's benchmarks. The criterion benchmarks live in `benches/benches/`; each file opens
 //! with what it measures and how to run it. Results and the machine they ran on are in the
-//! top-level README.
+//! top-level README. This library holds what they share: a platform in a temporary data
+//! directory with the example functions deployed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thaw_runtime::engine::EngineOptions;
+use thaw_runtime::platform::{LoadMode, Platform, PlatformConfig};
+use thaw_runtime::pool::PoolOptions;
+use thaw_runtime::spec::{FunctionSpec, LimitDefaults};
+
+/// A platform for benchmarks, with its data directory (removed on drop).
+pub struct BenchPlatform {
+    /// The platform.
+    pub platform: Arc<Platform>,
+    _dir: tempfile::TempDir,
+}
+
+/// How a benchmark platform is set up.
+#[derive(Clone, Copy)]
+pub struct Setup {
+    /// On-demand instead of pooling allocation.
+    pub on_demand: bool,
+    /// Warm instances per function (0: no warm pool, every request instantiates).
+    pub warm: usize,
+    /// Server-Timing on (to check which start kind a request got).
+    pub server_timing: bool,
+    /// `--fast-deploy`: deploys answer with Winch code first.
+    pub fast_deploy: bool,
+}
+
+impl BenchPlatform {
+    /// A fresh platform.
+    pub fn new(setup: Setup) -> Self {
+        Self::open(setup, tempfile::tempdir().expect("tempdir"), LoadMode::Lazy)
+    }
+
+    /// A platform on an existing data directory.
+    pub fn open(setup: Setup, dir: tempfile::TempDir, load: LoadMode) -> Self {
+        let platform = Platform::open(PlatformConfig {
+            data_dir: dir.path().to_path_buf(),
+            engine: EngineOptions {
+                instance_slots: 64,
+                max_memory_bytes: 256 << 20,
+                on_demand: setup.on_demand,
+            },
+            defaults: LimitDefaults::default(),
+            queue_timeout: Duration::from_secs(1),
+            load,
+            pool: PoolOptions {
+                max_per_function: setup.warm,
+                reserve_slots: 0,
+                idle_timeout: Duration::from_secs(600),
+            },
+            server_timing: setup.server_timing,
+            fast_deploy: setup.fast_deploy,
+        })
+        .expect("opening the platform");
+        Self {
+            platform: Arc::new(platform),
+            _dir: dir,
+        }
+    }
+
+    /// Closes the platform and hands back its data directory.
+    pub fn into_dir(self) -> tempfile::TempDir {
+        self._dir
+    }
+
+    /// Deploys a function from `functions/` (blocking on `rt`).
+    pub fn deploy(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        path: &str,
+        spec: FunctionSpec,
+    ) -> Arc<thaw_runtime::function::Function> {
+        let wasm = thaw_test_functions::read(path);
+        rt.block_on(self.platform.deploy(name, spec, wasm.into()))
+            .unwrap_or_else(|e| panic!("deploying {name}: {e}"))
+            .0
+    }
+}
+
+/// Keeps the other core busy while alive (a spinning thread), for "with the second core
+/// busy" rows: the noise a shared host has.
+pub struct BusyCore(
+    Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl BusyCore {
+    /// Starts spinning.
+    pub fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        });
+        Self(stop, Some(handle))
+    }
+}
+
+impl Drop for BusyCore {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(handle) = self.1.take() {
+            let _ = handle.join();
+        }
+    }
+}

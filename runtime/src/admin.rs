@@ -86,7 +86,7 @@ pub async fn handle(
 }
 
 async fn deploy(
-    platform: &Platform,
+    platform: &Arc<Platform>,
     name: &str,
     req: Request<Incoming>,
     max_upload: u64,

@@ -85,6 +85,9 @@ pub enum Origin {
     Artifact,
     /// Compiled now (deploy, or an artifact that was missing, stale or corrupt).
     Compiled,
+    /// Compiled by the fast tier (Winch) at deploy, not persisted; replaced by Cranelift's
+    /// code in the background (`--fast-deploy`).
+    FastTier,
 }
 
 /// Counters of the cache's work since start-up.
@@ -140,16 +143,7 @@ impl ArtifactCache {
         digest: &str,
         wasm: &[u8],
     ) -> Result<Compiled, CompileError> {
-        let engine = self.engine.engine();
-        let compiled = match kind {
-            Kind::Component => Compiled::Component(
-                Component::new(engine, wasm)
-                    .map_err(|e| CompileError::Invalid(format!("{e:?}")))?,
-            ),
-            Kind::Cgi => Compiled::Module(
-                Module::new(engine, wasm).map_err(|e| CompileError::Invalid(format!("{e:?}")))?,
-            ),
-        };
+        let compiled = compile(self.engine.engine(), kind, wasm)?;
         self.stats.compilations.fetch_add(1, Ordering::Relaxed);
         let bytes = match &compiled {
             Compiled::Component(c) => c.serialize(),
@@ -230,6 +224,19 @@ impl ArtifactCache {
         };
         compiled.map_err(|e| anyhow::anyhow!("is incompatible with this engine: {e}"))
     }
+}
+
+/// Compiles `wasm` with `engine`, without storing anything.
+pub fn compile(
+    engine: &wasmtime::Engine,
+    kind: Kind,
+    wasm: &[u8],
+) -> Result<Compiled, CompileError> {
+    let invalid = |e: wasmtime::Error| CompileError::Invalid(format!("{e:?}"));
+    Ok(match kind {
+        Kind::Component => Compiled::Component(Component::new(engine, wasm).map_err(invalid)?),
+        Kind::Cgi => Compiled::Module(Module::new(engine, wasm).map_err(invalid)?),
+    })
 }
 
 /// Why compiling failed.

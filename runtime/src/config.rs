@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// [default: 30]
     #[arg(long, env = "THAW_WARM_IDLE_SECS", value_name = "SECS")]
     pub warm_idle_secs: Option<u64>,
+    /// Answer deploys with code from Winch, the baseline compiler (compiles several times
+    /// faster, runs slower), and switch to Cranelift's code when it is ready in the background
+    #[arg(long, env = "THAW_FAST_DEPLOY")]
+    pub fast_deploy: bool,
     /// Leave out the Server-Timing header on function responses
     #[arg(long, env = "THAW_NO_SERVER_TIMING")]
     pub no_server_timing: bool,
@@ -122,6 +126,7 @@ struct FileConfig {
     warm_max: Option<usize>,
     warm_idle_secs: Option<u64>,
     server_timing: Option<bool>,
+    fast_deploy: Option<bool>,
     /// Default limits, as in a function's `limits` table.
     #[serde(default)]
     limits: Option<LimitDefaults>,
@@ -222,6 +227,7 @@ impl ServeArgs {
                     ),
                 },
                 server_timing: !self.no_server_timing && file.server_timing.unwrap_or(true),
+                fast_deploy: self.fast_deploy || file.fast_deploy.unwrap_or(false),
                 queue_timeout: Duration::from_millis(
                     self.queue_timeout_ms
                         .or(file.queue_timeout_ms)

@@ -22,13 +22,15 @@
 //!   alone cannot preempt a guest that never yields.
 //!
 //! # What thaw leaves off
-//! Wasm GC, threads and the compilation cache of the wasmtime CLI (thaw has its own
-//! content-addressed artifact cache, see [`crate::artifact`]), fuel (issue: limits), Winch.
+//! The compilation cache of the wasmtime CLI (thaw has its own content-addressed artifact
+//! cache, see [`crate::artifact`]) and fuel. Winch, the baseline compiler, is only the
+//! optional fast tier of `--fast-deploy` ([`ThawEngine::new_fast_tier`]); everything that is
+//! persisted and served for long is Cranelift's code.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use crate::host::{CgiHost, ProxyHost};
 
@@ -57,6 +59,17 @@ pub struct EngineOptions {
     pub max_memory_bytes: u64,
     /// Force on-demand allocation (no pool), e.g. for hosts with a small address space.
     pub on_demand: bool,
+}
+
+impl EngineOptions {
+    /// The fast tier's engine options: on-demand allocation (its instances live only until
+    /// the Cranelift code replaces them, so they get no pool of their own), the same limits.
+    pub fn fast_tier(&self) -> Self {
+        Self {
+            on_demand: true,
+            ..self.clone()
+        }
+    }
 }
 
 /// Which instance allocator the engine ended up with.
@@ -89,10 +102,26 @@ pub struct ThawEngine {
 impl ThawEngine {
     /// Builds the engine, preferring the pooling allocator, and starts the epoch ticker.
     pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
+        Self::build(options, Strategy::Cranelift)
+    }
+
+    /// The fast tier: Winch, the baseline compiler, which compiles in a fraction of
+    /// Cranelift's time and runs slower. Used by `--fast-deploy` until Cranelift's code is
+    /// ready.
+    pub fn new_fast_tier(options: &EngineOptions) -> anyhow::Result<Self> {
+        Self::build(options.fast_tier(), Strategy::Winch)
+    }
+
+    fn build(options: EngineOptions, strategy: Strategy) -> anyhow::Result<Self> {
         anyhow::ensure!(
             options.instance_slots > 0,
             "instance slots must be at least 1"
         );
+        let base_config = || {
+            let mut config = base_config();
+            config.strategy(strategy);
+            config
+        };
         let (engine, allocator) = if options.on_demand {
             let engine = Engine::new(&base_config())?;
             (
@@ -100,7 +129,7 @@ impl ThawEngine {
                 Allocator::OnDemand("disabled by configuration".into()),
             )
         } else {
-            match pooling_engine(&options) {
+            match pooling_engine(&options, base_config()) {
                 Ok(engine) => (engine, Allocator::Pooling),
                 Err(reason) => {
                     let engine = Engine::new(&base_config())?;
@@ -200,7 +229,7 @@ fn base_config() -> Config {
     config
 }
 
-fn pooling_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
+fn pooling_engine(options: &EngineOptions, mut config: Config) -> anyhow::Result<Engine> {
     let slots = options.instance_slots;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
@@ -232,7 +261,6 @@ fn pooling_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
         );
     }
 
-    let mut config = base_config();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
         .map_err(anyhow::Error::from)

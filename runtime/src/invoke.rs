@@ -177,14 +177,10 @@ async fn call_proxy<B: RequestBody>(
     load: Option<(StartKind, Duration)>,
     admitted: Instant,
 ) -> Result<Response<ResponseBody>, InvokeError> {
-    let engine = platform.engine().engine();
+    // The code's own engine: Cranelift's, or the fast tier's right after a fast deploy.
+    let engine = pre.engine();
     let in_flight = function.pool.begin_request();
-    WarmPool::ensure_refill(
-        function,
-        engine,
-        platform.admission(),
-        platform.pool_options(),
-    );
+    WarmPool::ensure_refill(function, platform.admission(), platform.pool_options());
 
     // A warm instance if one waits, else a slot and a fresh instance.
     let (mut instance, kind, instantiate) = match function.pool.take() {
@@ -328,7 +324,7 @@ async fn call_cgi<B: RequestBody>(
     load: Option<(StartKind, Duration)>,
     admitted: Instant,
 ) -> Result<Response<ResponseBody>, InvokeError> {
-    let engine = platform.engine().engine();
+    let engine = pre.module().engine();
     let limit = function.limits.max_request_body_bytes;
     let (parts, body) = req.into_parts();
     let body = http_body_util::Limited::new(body, limit as usize)

@@ -3,6 +3,7 @@
 //! [`crate::admin`] are thin layers over this type, and tests and benchmarks drive it directly.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -43,6 +44,9 @@ pub struct PlatformConfig {
     pub pool: PoolOptions,
     /// Add a `Server-Timing` header to every function response.
     pub server_timing: bool,
+    /// Answer deploys with code from the fast tier (Winch) and swap in Cranelift's code in
+    /// the background.
+    pub fast_deploy: bool,
 }
 
 /// When the functions found in the data directory are loaded (their artifacts deserialized and
@@ -62,6 +66,10 @@ pub enum LoadMode {
 /// The running platform.
 pub struct Platform {
     engine: Arc<ThawEngine>,
+    /// The fast tier's engine, with `--fast-deploy`.
+    fast: Option<Arc<ThawEngine>>,
+    /// Fast-tier functions whose Cranelift code is still being compiled.
+    tier_ups_pending: AtomicUsize,
     cache: Arc<ArtifactCache>,
     registry: Registry,
     data: DataDir,
@@ -88,7 +96,14 @@ impl Platform {
         let data = DataDir::open(&config.data_dir)?;
         let engine = Arc::new(ThawEngine::new(config.engine.clone())?);
         let cache = Arc::new(ArtifactCache::new(data.clone(), engine.clone())?);
+        let fast = if config.fast_deploy {
+            Some(Arc::new(ThawEngine::new_fast_tier(&config.engine)?))
+        } else {
+            None
+        };
         let platform = Self {
+            fast,
+            tier_ups_pending: AtomicUsize::new(0),
             admission: Arc::new(Semaphore::new(engine.options().instance_slots as usize)),
             engine,
             cache,
@@ -180,7 +195,7 @@ impl Platform {
             .await?;
         let kind = match loaded.origin {
             Origin::Artifact => StartKind::Disk,
-            Origin::Compiled => StartKind::Compile,
+            Origin::Compiled | Origin::FastTier => StartKind::Compile,
         };
         Ok((loaded, waited.then(|| (kind, started.elapsed()))))
     }
@@ -188,11 +203,16 @@ impl Platform {
     /// Loads every registered function in the background, one at a time, if the load mode
     /// asks for it.
     pub fn spawn_background_loading(self: &Arc<Self>) {
+        self.spawn_background_loading_on(&tokio::runtime::Handle::current());
+    }
+
+    /// [`Platform::spawn_background_loading`] on a given runtime.
+    pub fn spawn_background_loading_on(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         if self.load_mode != LoadMode::Background {
             return;
         }
         let platform = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let started = Instant::now();
             let mut loaded = 0usize;
             for function in platform.registry.all() {
@@ -215,7 +235,7 @@ impl Platform {
     /// Deploys `wasm` as function `name`, replacing any previous version atomically.
     /// Returns the new function and whether it replaced one. On any error nothing changes.
     pub async fn deploy(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         spec: FunctionSpec,
         wasm: Bytes,
@@ -239,7 +259,9 @@ impl Platform {
             Some(snapshot) => (snapshot.clone(), sha256_hex(snapshot)),
             None => (wasm.clone(), digest.clone()),
         };
-        let (compiled, origin) = self.compile(kind, &code_digest, code_wasm.clone()).await?;
+        let (compiled, origin) = self
+            .compile(kind, &code_digest, code_wasm.clone(), self.fast.is_some())
+            .await?;
         let record = FunctionRecord {
             name: name.to_owned(),
             digest: digest.clone(),
@@ -252,7 +274,11 @@ impl Platform {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        let code = Function::link(&self.engine, compiled)
+        let engine = match (&self.fast, origin) {
+            (Some(fast), Origin::FastTier) => fast,
+            _ => &self.engine,
+        };
+        let code = Function::link(engine, compiled)
             .map_err(|e| DeployError::InvalidModule(e.to_string()))?;
         let mut function = Function::loaded_with(record, &self.defaults, code, origin);
 
@@ -278,6 +304,10 @@ impl Platform {
             .map_err(DeployError::Internal)?;
         let function = Arc::new(function);
         self.registry.insert(function.clone())?;
+        if origin == Origin::FastTier {
+            self.tier_ups_pending.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(self.clone().tier_up(function.clone(), code_wasm));
+        }
         tracing::info!(
             function = name,
             route = %function.route,
@@ -317,17 +347,29 @@ impl Platform {
 
     /// Loads the artifact if this exact wasm was compiled before, otherwise compiles it, on a
     /// blocking thread (Cranelift takes tens of milliseconds and would stall the reactor).
+    /// With `fast`, code that is not cached yet is compiled by the fast tier instead (and
+    /// not stored).
     async fn compile(
         &self,
         kind: Kind,
         digest: &str,
         wasm: Bytes,
+        fast: bool,
     ) -> Result<(Compiled, Origin), DeployError> {
         let cache = self.cache.clone();
         let digest = digest.to_owned();
+        let fast_engine = self
+            .fast
+            .as_ref()
+            .filter(|_| fast)
+            .map(|f| f.engine().clone());
         tokio::task::spawn_blocking(move || {
             if let Ok((compiled, Origin::Artifact)) = cache.load_existing(kind, &digest) {
                 return Ok((compiled, Origin::Artifact));
+            }
+            if let Some(engine) = fast_engine {
+                return crate::artifact::compile(&engine, kind, &wasm)
+                    .map(|c| (c, Origin::FastTier));
             }
             cache
                 .compile_and_store(kind, &digest, &wasm)
@@ -341,6 +383,48 @@ impl Platform {
             }
             CompileError::Host(e) => DeployError::Internal(e),
         })
+    }
+
+    /// Compiles a fast-tier function with Cranelift, stores the artifact, and swaps the
+    /// function to the new code, unless it was redeployed or removed in the meantime. If the
+    /// compile fails the function keeps running on the fast tier (and the next restart tries
+    /// again, as for any missing artifact).
+    async fn tier_up(self: Arc<Self>, fast: Arc<Function>, wasm: Bytes) {
+        let record = &fast.record;
+        let started = Instant::now();
+        let result = async {
+            let (compiled, origin) = self
+                .compile(record.kind, record.code_digest(), wasm, false)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let code = Function::link(&self.engine, compiled)?;
+            let _guard = self.write_lock.lock().await;
+            match self.registry.get(&fast.name) {
+                Some(current) if Arc::ptr_eq(&current, &fast) => {
+                    let upgraded =
+                        Function::loaded_with(record.clone(), &self.defaults, code, origin);
+                    self.registry.insert(Arc::new(upgraded))?;
+                    Ok(true)
+                }
+                _ => Ok::<_, anyhow::Error>(false),
+            }
+        }
+        .await;
+        match result {
+            Ok(true) => tracing::info!(
+                function = %fast.name,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "tier-up: now serving Cranelift code"
+            ),
+            Ok(false) => {
+                tracing::debug!(function = %fast.name, "tier-up skipped: replaced meanwhile")
+            }
+            Err(e) => tracing::error!(
+                function = %fast.name,
+                "tier-up failed; the function stays on the fast tier: {e:#}"
+            ),
+        }
+        self.tier_ups_pending.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Removes function `name`; returns whether it existed. Requests already running on it
@@ -422,6 +506,8 @@ impl Platform {
             "compilations": stats.compilations.load(Relaxed),
             "artifact_loads": stats.artifact_loads.load(Relaxed),
             "artifact_rebuilds": stats.rebuilds.load(Relaxed),
+            "fast_deploy": self.fast.is_some(),
+            "tier_ups_pending": self.tier_ups_pending.load(Relaxed),
             "data_dir": self.data.root(),
         })
     }

@@ -157,7 +157,6 @@ impl WarmPool {
     /// Starts the refill task of `function` unless it runs already.
     pub fn ensure_refill(
         function: &Arc<Function>,
-        engine: &wasmtime::Engine,
         admission: &Arc<Semaphore>,
         options: &PoolOptions,
     ) {
@@ -168,21 +167,33 @@ impl WarmPool {
         }
         tokio::spawn(refill(
             Arc::downgrade(function),
-            engine.clone(),
             admission.clone(),
             options.clone(),
         ));
     }
 }
 
+/// Instantiates up to `count` instances of `function` into its pool now, taking free slots
+/// only (no waiting). Returns how many were added. The refill task does this on its own; this
+/// is for callers that know demand is coming (and for benchmarks of the pool-hit path).
+pub async fn warm_up(function: &Function, admission: &Arc<Semaphore>, count: usize) -> usize {
+    let mut added = 0;
+    while added < count {
+        let Ok(permit) = admission.clone().try_acquire_owned() else {
+            break;
+        };
+        match instantiate(function, permit).await {
+            Ok(Some(instance)) => function.pool.ready().push(instance),
+            _ => break,
+        }
+        added += 1;
+    }
+    added
+}
+
 /// Keeps one function's pool at its target size until the function is dropped (removed or
 /// replaced by a redeploy, when its last request is done).
-async fn refill(
-    function: Weak<Function>,
-    engine: wasmtime::Engine,
-    admission: Arc<Semaphore>,
-    options: PoolOptions,
-) {
+async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: PoolOptions) {
     loop {
         let Some(f) = function.upgrade() else { return };
         let pool = &f.pool;
@@ -217,7 +228,7 @@ async fn refill(
             let Ok(permit) = admission.clone().try_acquire_owned() else {
                 break;
             };
-            match instantiate(&f, &engine, permit).await {
+            match instantiate(&f, permit).await {
                 Ok(Some(instance)) => pool.ready().push(instance),
                 Ok(None) => return, // not a component: nothing to pool
                 Err(e) => {
@@ -241,13 +252,12 @@ async fn refill(
 /// A fresh warm instance of `function`, or `None` if its code is not a loaded component.
 async fn instantiate(
     function: &Function,
-    engine: &wasmtime::Engine,
     permit: OwnedSemaphorePermit,
 ) -> wasmtime::Result<Option<WarmInstance>> {
     let Some(Code::Proxy(pre)) = function.code() else {
         return Ok(None);
     };
-    let mut store = new_store(function, engine);
+    let mut store = new_store(function, pre.engine());
     // Instantiation of a component may run guest start functions: give it the function's
     // budget, re-armed for the request that takes the instance.
     crate::invoke::arm_deadline(&mut store, function.deadline_ticks);

@@ -306,3 +306,45 @@ async fn init_that_calls_the_host_is_refused() {
     server.deploy("impure", wasm::IMPURE_INIT, spec).await;
     assert_eq!(server.get("/impure").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_deploy_answers_from_winch_then_tiers_up_to_cranelift() {
+    let mut server = TestServer::start_with(&["--fast-deploy"]);
+    let deployed = server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    assert_eq!(deployed["loaded_from"], "fast_tier");
+    let r = server.get("/hello").await;
+    assert_eq!(
+        r.text().await.unwrap(),
+        "Hello, world!\n",
+        "the fast tier serves"
+    );
+
+    // Cranelift's code replaces it in the background; requests keep succeeding meanwhile.
+    for _ in 0..300 {
+        assert_eq!(server.get("/hello").await.status(), 200);
+        if server.admin().get("hello").await.unwrap()["loaded_from"] == "compiled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        server.admin().get("hello").await.unwrap()["loaded_from"],
+        "compiled"
+    );
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["tier_ups_pending"], 0);
+    assert_eq!(
+        status["compilations"], 1,
+        "one Cranelift compile, persisted"
+    );
+    assert!(server.log().contains("tier-up: now serving Cranelift code"));
+
+    // The persisted artifact is Cranelift's: a restart compiles nothing.
+    server.kill_and_restart(1);
+    assert_eq!(server.get("/hello").await.status(), 200);
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["compilations"], 0);
+    assert_eq!(status["artifact_loads"], 1);
+}
