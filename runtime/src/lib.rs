@@ -9,7 +9,7 @@
 //! - [`engine`]: the one wasmtime configuration, linkers and epoch ticker;
 //! - [`artifact`]: compile once, load from disk afterwards; [`datadir`]: atomic persistence;
 //! - [`function`] and [`registry`]: a loaded function and the name/route tables;
-//! - [`platform`]: deploy, remove, start-up loading;
+//! - [`platform`]: deploy (with [`snapshot`]s and the fast tier), remove, start-up loading;
 //! - [`invoke`], [`pool`], [`host`], [`cgi`], [`body`], [`timing`]: the request path;
 //! - [`server`] and [`admin`]: the listeners; [`client`] and [`commands`]: the CLI.
 

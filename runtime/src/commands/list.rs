@@ -1,4 +1,4 @@
-//! `thaw list`: the deployed functions.
+//! `thaw list`: the deployed functions, with how their requests started.
 
 use crate::client::AdminClient;
 use crate::commands::Target;
@@ -14,7 +14,9 @@ pub struct ListArgs {
     pub target: Target,
 }
 
-/// Prints one line per function.
+/// Prints one line per function: its route and kind, requests and failures, how requests got
+/// their instances (pool hit / fresh / from disk / compiled) and the p50/p99 of start and
+/// handler time in microseconds.
 pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
     let functions = AdminClient::new(&args.target.admin).list().await?;
     if args.json {
@@ -22,18 +24,43 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<10} {:<28} {:>4} {:>10} {:>9}",
-        "NAME", "KIND", "ROUTE", "GEN", "REQUESTS", "FAILURES"
+        "{:<20} {:<9} {:<20} {:>3} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
+        "NAME",
+        "KIND",
+        "ROUTE",
+        "GEN",
+        "REQUESTS",
+        "FAILED",
+        "WARM",
+        "HIT/FRESH/DISK/COMPILE",
+        "START µs 50/99",
+        "HANDLER µs 50/99"
     );
+    let n = |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
     for f in &functions {
+        let starts = &f["starts"];
         println!(
-            "{:<24} {:<10} {:<28} {:>4} {:>10} {:>9}",
+            "{:<20} {:<9} {:<20} {:>3} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
             f["name"].as_str().unwrap_or("?"),
             f["kind"].as_str().unwrap_or("?"),
             f["route"].as_str().unwrap_or("?"),
-            f["generation"].as_u64().unwrap_or(0),
-            f["requests"].as_u64().unwrap_or(0),
-            f["failures"].as_u64().unwrap_or(0),
+            n(&f["generation"]),
+            n(&f["requests"]),
+            n(&f["failures"]),
+            n(&f["warm_instances"]),
+            format!(
+                "{}/{}/{}/{}",
+                n(&starts["pool-hit"]),
+                n(&starts["fresh"]),
+                n(&starts["disk"]),
+                n(&starts["compile"])
+            ),
+            format!("{}/{}", n(&f["start_us"]["p50"]), n(&f["start_us"]["p99"])),
+            format!(
+                "{}/{}",
+                n(&f["handler_us"]["p50"]),
+                n(&f["handler_us"]["p99"])
+            ),
         );
     }
     Ok(())
