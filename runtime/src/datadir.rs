@@ -5,7 +5,7 @@
 //!   functions/<name>.json          one record per deployed function (the commit point)
 //!   wasm/<sha256>.wasm              the uploaded bytes, content-addressed
 //!   artifacts/<engine-key>/<sha256>.cwasm         compiled code, see crate::artifact
-//!   artifacts/<engine-key>/<sha256>.cwasm.sha256  digest of the .cwasm, checked on load
+//!   artifacts/<engine-key>/<sha256>.cwasm.xxh3    checksum of the .cwasm, checked on load
 //!   tmp/                            temp files; emptied at start-up
 //! ```
 //!

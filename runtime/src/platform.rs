@@ -136,18 +136,17 @@ impl Platform {
             .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
             .collect();
         paths.sort();
+        let mut functions = Vec::with_capacity(paths.len());
         for path in paths {
-            let record = match read_record(&path) {
-                Ok(record) => record,
+            match read_record(&path) {
+                Ok(record) => functions.push(Arc::new(Function::unloaded(record, &self.defaults))),
                 Err(e) => {
-                    tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}");
-                    continue;
+                    tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}")
                 }
-            };
-            let function = Function::unloaded(record, &self.defaults);
-            if let Err(e) = self.registry.insert(Arc::new(function)) {
-                tracing::error!(path = %path.display(), "skipping function: {e}");
             }
+        }
+        for (function, taken) in self.registry.insert_all(functions) {
+            tracing::error!(function = %function.name, "skipping function: {taken}");
         }
         Ok(())
     }

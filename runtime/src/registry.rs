@@ -69,6 +69,31 @@ impl Registry {
         Ok(old)
     }
 
+    /// Inserts many functions at once (start-up), building the route table once instead of
+    /// once per function. Functions whose route is taken (by an earlier one) are returned.
+    pub fn insert_all(&self, functions: Vec<Arc<Function>>) -> Vec<(Arc<Function>, RouteTaken)> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes: RouteTable = (**self.routes.load()).clone();
+        let mut refused = Vec::new();
+        for function in functions {
+            match routes.get(&function.route) {
+                Some(owner) if owner.name != function.name => {
+                    let taken = RouteTaken {
+                        route: function.route.clone(),
+                        owner: owner.name.to_string(),
+                    };
+                    refused.push((function, taken));
+                }
+                _ => {
+                    routes.insert(function.route.clone(), function.clone());
+                    self.by_name.insert(function.name.to_string(), function);
+                }
+            }
+        }
+        self.routes.store(Arc::new(routes));
+        refused
+    }
+
     /// Removes a function; returns it if it existed.
     pub fn remove(&self, name: &str) -> Option<Arc<Function>> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
