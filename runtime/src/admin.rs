@@ -12,8 +12,8 @@
 //! optional `spec` part (JSON, see [`FunctionSpec`]), or the raw wasm with any other content
 //! type (the default spec). Errors are `{"error": "..."}` with the reason.
 //!
-//! The admin listener binds to 127.0.0.1 by default; authentication is the job of the
-//! multi-tenant issue and not done yet (see the README's limits).
+//! Every request needs `Authorization: Bearer <token>` (see [`crate::auth`]); without it the
+//! answer is 401 and nothing changes. The listener binds to 127.0.0.1 by default.
 
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
+use crate::auth::AdminToken;
 use crate::body::{ResponseBody, full};
 use crate::error::DeployError;
 use crate::platform::Platform;
@@ -32,7 +33,21 @@ pub async fn handle(
     platform: Arc<Platform>,
     req: Request<Incoming>,
     max_upload: u64,
+    token: AdminToken,
 ) -> Response<ResponseBody> {
+    let authorization = req.headers().get(http::header::AUTHORIZATION);
+    if !token.accepts(authorization.map(|v| v.as_bytes())) {
+        tracing::info!(method = %req.method(), path = %req.uri().path(), "admin request refused: missing or wrong token");
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token (Authorization: Bearer <token>)",
+        );
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {

@@ -8,19 +8,25 @@ use crate::spec::FunctionSpec;
 /// Talks to one host's admin API.
 pub struct AdminClient {
     base: String,
+    token: Option<String>,
     http: reqwest::Client,
 }
 
 impl AdminClient {
-    /// A client for the admin API at `base` (e.g. `http://127.0.0.1:8081`).
-    pub fn new(base: &str) -> Self {
+    /// A client for the admin API at `base` (e.g. `http://127.0.0.1:8081`), sending `token`.
+    pub fn new(base: &str, token: Option<String>) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
+            token,
             http: reqwest::Client::new(),
         }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.with_context(|| {
             format!(
                 "cannot reach the thaw admin API at {} (is `thaw serve` running?)",

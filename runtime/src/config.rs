@@ -43,10 +43,19 @@ pub struct ServeArgs {
     /// Address for function traffic [default: 127.0.0.1:8080; port 0 picks a free port]
     #[arg(long, env = "THAW_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Address for the admin API [default: 127.0.0.1:8081]. It has no authentication yet:
-    /// keep it on loopback
+    /// Address for the admin API [default: 127.0.0.1:8081]; every request needs the admin
+    /// token
     #[arg(long, env = "THAW_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires [default: the data directory's admin.token,
+    /// created with owner-only permissions on first start]
+    #[arg(
+        long,
+        env = "THAW_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Directory holding deployed functions, wasm and compiled artifacts
     /// [default: $XDG_DATA_HOME/thaw or ~/.local/share/thaw]
     #[arg(long, env = "THAW_DATA_DIR", value_name = "DIR")]
@@ -149,6 +158,8 @@ pub struct ServeConfig {
     pub deploy: Vec<PathBuf>,
     /// Build them first.
     pub build: bool,
+    /// The admin token, if configured rather than read from the data directory.
+    pub admin_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -246,6 +257,7 @@ impl ServeArgs {
                 << 20,
             deploy: self.deploy.clone(),
             build: self.build,
+            admin_token: self.admin_token.clone(),
         })
     }
 }

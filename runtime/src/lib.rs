@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod artifact;
+pub mod auth;
 pub mod body;
 pub mod cgi;
 pub mod client;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::client::AdminClient;
 use crate::commands::Target;
 use crate::manifest::Manifest;
 use crate::spec::{FunctionSpec, LimitsSpec};
@@ -50,7 +49,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 /// Deploys and prints what the host answered.
 pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
-    let client = AdminClient::new(&args.target.admin);
+    let client = args.target.client()?;
     if args.path.extension().is_some_and(|e| e == "toml") {
         let manifest = Manifest::load(&args.path)?;
         if args.build {

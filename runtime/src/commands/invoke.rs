@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::client::AdminClient;
 use crate::commands::Target;
 
 /// `thaw invoke` flags.
@@ -47,7 +46,7 @@ pub struct InvokeArgs {
 /// Looks up the function's route, sends the request, prints the response. A 4xx or 5xx
 /// answer is printed and then reported as an error (non-zero exit).
 pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
-    let function = AdminClient::new(&args.target.admin).get(&args.name).await?;
+    let function = args.target.client()?.get(&args.name).await?;
     let route = function["route"]
         .as_str()
         .context("the host sent no route")?;

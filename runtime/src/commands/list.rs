@@ -1,6 +1,5 @@
 //! `thaw list`: the deployed functions, with how their requests started.
 
-use crate::client::AdminClient;
 use crate::commands::Target;
 
 /// `thaw list` flags.
@@ -18,7 +17,7 @@ pub struct ListArgs {
 /// their instances (pool hit / fresh / from disk / compiled) and the p50/p99 of start and
 /// handler time in microseconds.
 pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
-    let functions = AdminClient::new(&args.target.admin).list().await?;
+    let functions = args.target.client()?.list().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&functions)?);
         return Ok(());

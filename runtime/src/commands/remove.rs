@@ -1,6 +1,5 @@
 //! `thaw remove`: undeploy a function.
 
-use crate::client::AdminClient;
 use crate::commands::Target;
 
 /// `thaw remove` flags.
@@ -15,9 +14,7 @@ pub struct RemoveArgs {
 
 /// Removes the function; requests already running on it finish.
 pub async fn execute(args: RemoveArgs) -> anyhow::Result<()> {
-    AdminClient::new(&args.target.admin)
-        .remove(&args.name)
-        .await?;
+    args.target.client()?.remove(&args.name).await?;
     println!("removed {}", args.name);
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::auth::AdminToken;
 use crate::config::ServeArgs;
 use crate::manifest::Manifest;
 use crate::platform::Platform;
@@ -64,13 +65,25 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    let (token, created) =
+        AdminToken::load_or_create(platform.data_dir().root(), config.admin_token.as_deref())?;
+    if let Some(path) = created {
+        // Printed once, when created; afterwards it lives only in the owner-only file.
+        eprintln!(
+            "thaw: new admin token {} (saved to {}, readable by this user only)",
+            token.expose(),
+            path.display()
+        );
+    }
+
     let data = server::bind(config.listen).await?;
     let admin = server::bind(config.admin_listen).await?;
     let data_addr = data.local_addr()?;
     let admin_addr = admin.local_addr()?;
     if !config.admin_listen.ip().is_loopback() {
         tracing::warn!(
-            "the admin API listens on {admin_addr}, beyond loopback, and has no authentication yet"
+            "the admin API listens on {admin_addr}, beyond loopback: its token is all that guards \
+             it, and it travels in clear text (no TLS); put a TLS proxy in front"
         );
     }
     // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
@@ -84,7 +97,9 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         admin,
         shutdown.clone(),
         config.drain_timeout,
-        move |req, _peer| crate::admin::handle(admin_platform.clone(), req, max_upload),
+        move |req, _peer| {
+            crate::admin::handle(admin_platform.clone(), req, max_upload, token.clone())
+        },
     ));
     let data_task = tokio::spawn(server::serve_functions(
         data,

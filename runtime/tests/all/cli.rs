@@ -11,6 +11,9 @@ fn thaw(server: &TestServer, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_thaw"))
         .args(args)
         .env("THAW_ADMIN_URL", &server.admin_url)
+        // Beside the server: the CLI finds the admin token in the data directory.
+        .env("THAW_DATA_DIR", &server.data_dir)
+        .env_remove("THAW_ADMIN_TOKEN")
         .env("THAW_URL", &server.url)
         .env("NO_COLOR", "1")
         .output()

@@ -3,7 +3,7 @@
 use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 
-use crate::support::{TestServer, client, deploy_multipart, deploy_raw, route};
+use crate::support::{TestServer, deploy_multipart, deploy_raw, route};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_list_get_invoke_redeploy_remove() {
@@ -63,16 +63,16 @@ async fn deploy_list_get_invoke_redeploy_remove() {
     );
 
     // Remove: 204, then the route is gone, the name is gone, a second remove is 404.
-    let removed = client()
-        .delete(format!("{}/v1/functions/hello", server.admin_url))
+    let removed = server
+        .admin_request(reqwest::Method::DELETE, "/v1/functions/hello")
         .send()
         .await
         .unwrap();
     assert_eq!(removed.status(), 204);
     assert_eq!(server.get("/hello").await.status(), 404);
     assert!(admin.get("hello").await.is_err());
-    let again = client()
-        .delete(format!("{}/v1/functions/hello", server.admin_url))
+    let again = server
+        .admin_request(reqwest::Method::DELETE, "/v1/functions/hello")
         .send()
         .await
         .unwrap();

@@ -162,9 +162,23 @@ impl TestServer {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// The admin client.
+    /// The admin token the server created in its data directory.
+    pub fn token(&self) -> String {
+        thaw_runtime::auth::read_token(&self.data_dir.join(thaw_runtime::auth::TOKEN_FILE))
+            .unwrap()
+            .expect("the server wrote its admin token")
+    }
+
+    /// The admin client, with the server's token.
     pub fn admin(&self) -> AdminClient {
-        AdminClient::new(&self.admin_url)
+        AdminClient::new(&self.admin_url, Some(self.token()))
+    }
+
+    /// A raw admin request with the server's token.
+    pub fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client()
+            .request(method, format!("{}{path}", self.admin_url))
+            .bearer_auth(self.token())
     }
 
     /// Deploys a wasm file with a spec; panics with the server's reason on failure.
@@ -214,8 +228,8 @@ pub fn route(route: &str) -> FunctionSpec {
 
 /// Raw deploy of arbitrary bytes (garbage, truncated modules); returns status and body.
 pub async fn deploy_raw(server: &TestServer, name: &str, bytes: Vec<u8>) -> (u16, String) {
-    let response = client()
-        .put(format!("{}/v1/functions/{name}", server.admin_url))
+    let response = server
+        .admin_request(reqwest::Method::PUT, &format!("/v1/functions/{name}"))
         .header("content-type", "application/wasm")
         .body(bytes)
         .send()
@@ -231,8 +245,8 @@ pub async fn deploy_multipart(
     spec_json: &str,
     wasm_path: &str,
 ) -> reqwest::Response {
-    client()
-        .put(format!("{}/v1/functions/{name}", server.admin_url))
+    server
+        .admin_request(reqwest::Method::PUT, &format!("/v1/functions/{name}"))
         .multipart(
             reqwest::multipart::Form::new()
                 .text("spec", spec_json.to_owned())
