@@ -10,8 +10,8 @@
 //!   all-async, so the CGI linker is async too (one calling convention on the request path).
 //! - **Pooling allocator with copy-on-write memory images**: instantiation becomes a few
 //!   `madvise`/`mmap` calls into pre-reserved slots instead of fresh mappings, and each call's
-//!   fiber stack comes from the pool rather than a new `mmap` (measured on this machine class:
-//!   6.5 µs vs 17 µs to instantiate a small component). The pool is sized from one number, the
+//!   fiber stack comes from the pool rather than a new `mmap` (`benches/benches/invoke.rs`,
+//!   `instantiate-hello`: 16.6 µs vs 34.8 µs on our 2-core machine). The pool is sized from one number, the
 //!   instance slots; see [`EngineOptions::instance_slots`].
 //! - **Address-space probe and fallback**: the pool reserves its virtual address space when the
 //!   engine is created (terabytes of it, none resident). Under `ulimit -v` or in a small address

@@ -3,7 +3,7 @@
 //! A store lives for exactly one request (isolation by default: no state survives between
 //! requests), so these structs are built on the request path and must stay cheap: no
 //! filesystem preopens, no sockets, environment variables copied from a list prepared at load
-//! time. Building a WASI context, an HTTP context and a resource table costs about 1 µs.
+//! time. Building a WASI context, an HTTP context and a resource table is a few allocations.
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! This is the request path. Everything it uses was prepared at load time (the `ProxyPre` or
 //! `InstancePre`, the resolved limits, the environment list, the deadline in epoch ticks); it
 //! compiles nothing and links nothing. Per request it builds a store and its WASI contexts
-//! (about 1 µs), takes an instance from the pool, and calls the guest.
+//! (a few allocations), takes an instance from the pool, and calls the guest.
 //!
 //! Every guest failure is contained here and costs exactly this request: a trap, a timeout
 //! or a memory limit becomes an [`InvokeError`] and a status code, and the store, with all

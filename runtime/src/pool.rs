@@ -30,8 +30,8 @@
 //!
 //! # What it deliberately does not do
 //! CGI modules are not pooled: their stdin and stdout are per-request pipes fixed at
-//! instantiation, and a preview1 module instantiates in about a microsecond from the pool
-//! anyway.
+//! instantiation, and a preview1 module, with no component glue, is cheap to instantiate from
+//! the pool allocator anyway.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
