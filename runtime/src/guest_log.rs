@@ -2,7 +2,7 @@
 //!
 //! A `wasi:http` function's standard output is not its response, so thaw forwards it, line by
 //! line, to `tracing` under the `guest` target with the function's name. Lines are capped at
-//! [`MAX_LINE`] bytes and the sink never fails a write: a chatty guest must not trap because of
+//! 4 KiB (`MAX_LINE`) and the sink never fails a write: a chatty guest must not trap because of
 //! its logging.
 
 use std::io;

@@ -17,7 +17,7 @@ pub struct DeployArgs {
     /// Function name [default: the wasm file's stem]; not used with a manifest
     #[arg(long)]
     pub name: Option<String>,
-    /// Route prefix the function serves [default: /<name>]
+    /// Route prefix the function serves [default: /NAME]
     #[arg(long)]
     pub route: Option<String>,
     /// Environment variable for the function, KEY=VALUE; repeatable
