@@ -185,16 +185,12 @@ fn benches(c: &mut Criterion) {
         thaw_test_functions::PRIMES,
         Default::default(),
     );
-    let raw = pooling.deploy(
-        &rt,
-        "raw",
-        thaw_test_functions::PRIMES,
-        FunctionSpec {
-            route: Some("/raw".into()),
-            snapshot: Some(false),
-            ..Default::default()
-        },
-    );
+    let no_snapshot = FunctionSpec {
+        route: Some("/raw".into()),
+        snapshot: Some(false),
+        ..Default::default()
+    };
+    let raw = pooling.deploy(&rt, "raw", thaw_test_functions::PRIMES, no_snapshot.clone());
     // The same code compiled by Winch (the fast tier of --fast-deploy): how much slower it runs.
     let fast = BenchPlatform::new(Setup {
         on_demand: false,
@@ -202,16 +198,7 @@ fn benches(c: &mut Criterion) {
         server_timing: true,
         fast_deploy: true,
     });
-    let raw_winch = fast.deploy(
-        &rt,
-        "raw",
-        thaw_test_functions::PRIMES,
-        FunctionSpec {
-            route: Some("/raw".into()),
-            snapshot: Some(false),
-            ..Default::default()
-        },
-    );
+    let raw_winch = fast.deploy(&rt, "raw", thaw_test_functions::PRIMES, no_snapshot.clone());
     assert_eq!(
         raw_winch.loaded().unwrap().origin,
         thaw_runtime::artifact::Origin::FastTier

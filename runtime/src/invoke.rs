@@ -186,12 +186,15 @@ async fn call_proxy<B: RequestBody>(
     let (mut instance, kind, instantiate) = match function.pool.take() {
         Some(mut warm) => {
             warm.uses += 1;
+            // Its budget was spent (or partly spent) on instantiation or earlier requests.
+            arm_deadline(&mut warm.store, function.deadline_ticks);
             (warm, StartKind::PoolHit, Duration::ZERO)
         }
         None => {
             let permit = admit(platform).await?;
             let started = Instant::now();
             let mut store = new_store(function, engine);
+            // One budget for instantiation (which may run guest start functions) and the call.
             arm_deadline(&mut store, function.deadline_ticks);
             let proxy = pre.instantiate_async(&mut store).await.map_err(classify)?;
             let warm = WarmInstance {
@@ -210,7 +213,6 @@ async fn call_proxy<B: RequestBody>(
         instantiate,
         total: admitted.elapsed(),
     };
-    arm_deadline(&mut instance.store, function.deadline_ticks);
 
     let (mut parts, body) = req.into_parts();
     // wasi:http needs an authority; HTTP/1.0 clients may send no Host header.

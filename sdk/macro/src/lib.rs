@@ -9,11 +9,8 @@ use syn::{FnArg, ItemFn, parse_macro_input};
 /// `wasi:http/incoming-handler`. See `thaw_sdk` for the full documentation.
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new(attr.span(), "#[thaw_sdk::handler] takes no arguments")
-            .to_compile_error()
-            .into();
+    if let Err(error) = no_arguments(attr, "#[thaw_sdk::handler]") {
+        return error.to_compile_error().into();
     }
     let function = parse_macro_input!(item as ItemFn);
     if let Err(error) = check_signature(&function) {
@@ -68,11 +65,8 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
 /// deploy and snapshots the result. See `thaw_sdk` for the full documentation.
 #[proc_macro_attribute]
 pub fn init(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new(attr.span(), "#[thaw_sdk::init] takes no arguments")
-            .to_compile_error()
-            .into();
+    if let Err(error) = no_arguments(attr, "#[thaw_sdk::init]") {
+        return error.to_compile_error().into();
     }
     let function = parse_macro_input!(item as ItemFn);
     let sig = &function.sig;
@@ -103,4 +97,15 @@ pub fn init(attr: TokenStream, item: TokenStream) -> TokenStream {
         };
     }
     .into()
+}
+
+fn no_arguments(attr: TokenStream, name: &str) -> syn::Result<()> {
+    if attr.is_empty() {
+        return Ok(());
+    }
+    let attr = proc_macro2::TokenStream::from(attr);
+    Err(syn::Error::new(
+        attr.span(),
+        format!("{name} takes no arguments"),
+    ))
 }
