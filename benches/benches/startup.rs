@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use thaw_benches::{BenchPlatform, Setup};
 use thaw_runtime::platform::{LoadMode, Platform};
-use thaw_runtime::server::{Shutdown, serve_functions};
+use thaw_runtime::server::{ListenerOptions, Shutdown, serve_functions};
 use thaw_runtime::spec::FunctionSpec;
 
 const FUNCTIONS: usize = 1000;
@@ -49,12 +49,12 @@ fn serve(
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, shutdown) = Shutdown::new();
-    rt.spawn(serve_functions(
-        listener,
-        platform,
-        shutdown,
-        Duration::from_secs(1),
-    ));
+    let options = ListenerOptions {
+        drain_timeout: Duration::from_secs(1),
+        header_read_timeout: Duration::from_secs(10),
+        slow_clients: platform.slow_clients().clone(),
+    };
+    rt.spawn(serve_functions(listener, platform, shutdown, options));
     (addr, stop)
 }
 

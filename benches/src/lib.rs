@@ -45,6 +45,7 @@ impl BenchPlatform {
                 instance_slots: 64,
                 max_memory_bytes: 256 << 20,
                 on_demand: setup.on_demand,
+                fuel_metering: false,
             },
             defaults: LimitDefaults::default(),
             queue_timeout: Duration::from_secs(1),

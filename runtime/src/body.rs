@@ -29,24 +29,39 @@ pub struct CallState {
     pub responded: AtomicBool,
     /// The guest failed (trap, timeout) after the call started.
     pub failed: AtomicBool,
+    /// The response went past its limit (set by [`GuestBody`]).
+    pub response_exceeded: AtomicBool,
+    /// Tells the call's task to stop the guest (its response went past the limit).
+    pub stop: tokio::sync::Notify,
 }
 
-/// A guest's response body that does not end cleanly if the guest failed.
+/// A guest's response body that does not end cleanly if the guest failed, and that stops
+/// the guest when it goes past the response limit.
 ///
 /// When a guest traps while writing its body, wasmtime-wasi-http ends the body stream as if
 /// it were complete, and the client would take a truncated response for a whole one. The call
 /// task marks the failure before it drops the store (which is what ends the stream), so at the
 /// end of the stream this wrapper knows, and turns the end into an error: hyper then aborts the
 /// connection instead of sending the final chunk.
+///
+/// It also counts the bytes: past `limit` it asks the call's task to stop the guest
+/// (`CallState::stop`) and ends the stream with an error, which cuts the connection.
 pub struct GuestBody {
     inner: ResponseBody,
     state: Arc<CallState>,
+    remaining: u64,
+    limit: u64,
 }
 
 impl GuestBody {
-    /// Wraps a guest's response body.
-    pub fn new(inner: ResponseBody, state: Arc<CallState>) -> Self {
-        Self { inner, state }
+    /// Wraps a guest's response body, allowing at most `limit` bytes.
+    pub fn new(inner: ResponseBody, state: Arc<CallState>, limit: u64) -> Self {
+        Self {
+            inner,
+            state,
+            remaining: limit,
+            limit,
+        }
     }
 }
 
@@ -58,8 +73,25 @@ impl Body for GuestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(None) if self.state.failed.swap(false, Ordering::AcqRel) => {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.remaining {
+                    this.remaining = 0;
+                    this.state.response_exceeded.store(true, Ordering::Release);
+                    this.state.stop.notify_one();
+                    return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                        format!(
+                            "the function's response went past its limit of {} bytes",
+                            this.limit
+                        ),
+                    )))));
+                }
+                this.remaining -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) if this.state.failed.swap(false, Ordering::AcqRel) => {
                 Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
                     "the function failed while writing its response".into(),
                 )))))

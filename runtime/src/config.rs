@@ -34,6 +34,8 @@ pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_WARM_MAX: usize = 4;
 /// Default idle time after which a function's warm pool drains to zero.
 pub const DEFAULT_WARM_IDLE_SECS: u64 = 30;
+/// Default time a client gets to send its request headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default largest upload on the admin API.
 pub const DEFAULT_MAX_UPLOAD_MIB: u64 = 256;
 
@@ -110,6 +112,14 @@ pub struct ServeArgs {
     /// Leave out the Server-Timing header on function responses
     #[arg(long, env = "THAW_NO_SERVER_TIMING")]
     pub no_server_timing: bool,
+    /// Count CPU fuel in every guest, so functions can set a `fuel` limit (costs some speed
+    /// in CPU-bound guests; changes the compiled code, so artifacts are rebuilt once)
+    #[arg(long, env = "THAW_FUEL_METERING")]
+    pub fuel_metering: bool,
+    /// How long a client may take to send a request's headers before its connection is
+    /// closed (slow-client protection), in ms [default: 10000]
+    #[arg(long, env = "THAW_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+    pub header_read_timeout_ms: Option<u64>,
     /// Deploy the functions of this manifest (thaw.toml) at start-up; repeatable
     #[arg(long, value_name = "MANIFEST")]
     pub deploy: Vec<PathBuf>,
@@ -136,6 +146,8 @@ struct FileConfig {
     warm_idle_secs: Option<u64>,
     server_timing: Option<bool>,
     fast_deploy: Option<bool>,
+    fuel_metering: Option<bool>,
+    header_read_timeout_ms: Option<u64>,
     /// Default limits, as in a function's `limits` table.
     #[serde(default)]
     limits: Option<LimitDefaults>,
@@ -152,6 +164,8 @@ pub struct ServeConfig {
     pub platform: PlatformConfig,
     /// Drain time at shutdown.
     pub drain_timeout: Duration,
+    /// Time a client gets to send its request headers.
+    pub header_read_timeout: Duration,
     /// Largest admin upload, bytes.
     pub max_upload_bytes: u64,
     /// Manifests to deploy at start-up.
@@ -189,6 +203,11 @@ impl ServeArgs {
         if let Some(v) = self.default_max_request_body_kib {
             defaults.max_request_body_kib = v;
         }
+        anyhow::ensure!(
+            defaults.fuel.is_none() || self.fuel_metering || file.fuel_metering == Some(true),
+            "a default fuel limit needs fuel metering (--fuel-metering)"
+        );
+        defaults.fuel_metering = self.fuel_metering || file.fuel_metering == Some(true);
         let max_memory_mib = self
             .max_memory_mib
             .or(file.max_memory_mib)
@@ -223,6 +242,7 @@ impl ServeArgs {
                     max_memory_bytes: max_memory_mib << 20,
                     on_demand: self.on_demand_allocation
                         || file.on_demand_allocation.unwrap_or(false),
+                    fuel_metering: self.fuel_metering || file.fuel_metering.unwrap_or(false),
                 },
                 defaults,
                 load: self.load.or(file.load).unwrap_or(LoadMode::Background),
@@ -245,6 +265,12 @@ impl ServeArgs {
                         .unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),
             },
+            header_read_timeout: Duration::from_millis(
+                self.header_read_timeout_ms
+                    .or(file.header_read_timeout_ms)
+                    .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS)
+                    .max(1),
+            ),
             drain_timeout: Duration::from_secs(
                 self.drain_timeout_secs
                     .or(file.drain_timeout_secs)

@@ -59,6 +59,9 @@ pub struct EngineOptions {
     pub max_memory_bytes: u64,
     /// Force on-demand allocation (no pool), e.g. for hosts with a small address space.
     pub on_demand: bool,
+    /// Count fuel in guests, so that functions may set a fuel limit. Off by default: the
+    /// counting costs every guest some speed, and only hosts that sell CPU budgets need it.
+    pub fuel_metering: bool,
 }
 
 impl EngineOptions {
@@ -120,6 +123,7 @@ impl ThawEngine {
         let base_config = || {
             let mut config = base_config();
             config.strategy(strategy);
+            config.consume_fuel(options.fuel_metering);
             config
         };
         let (engine, allocator) = if options.on_demand {

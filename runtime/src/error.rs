@@ -7,6 +7,7 @@
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{ResponseBody, full};
+use crate::limits::Limit;
 
 /// Why a request to a function did not get the function's own response.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,21 @@ pub enum InvokeError {
     /// Every instance slot is busy and none freed up within the queue timeout.
     #[error("all instance slots are busy")]
     Overloaded,
+    /// The function's concurrency limit is reached (the reason says how).
+    #[error("the function's concurrency limit is reached: {0}")]
+    ConcurrencyLimit(&'static str),
+    /// The request's header section is over the function's limits.
+    #[error("request headers over the limit: {0}")]
+    HeadersTooLarge(String),
+    /// The guest used up its CPU fuel.
+    #[error("function ran out of CPU fuel")]
+    OutOfFuel,
+    /// The guest tried to grow its memory past the limit.
+    #[error("function hit its memory limit: {0}")]
+    MemoryLimit(String),
+    /// The guest's response body went past the limit.
+    #[error("response body over the limit of {0} bytes; the function was stopped")]
+    ResponseTooLarge(u64),
     /// The function ran past its timeout.
     #[error("function timed out")]
     Timeout,
@@ -46,12 +62,18 @@ impl InvokeError {
         match self {
             InvokeError::NotFound => StatusCode::NOT_FOUND,
             InvokeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            InvokeError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            InvokeError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            InvokeError::Trap(_) | InvokeError::Exit(_) | InvokeError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
+            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            InvokeError::BadResponse(_) => StatusCode::BAD_GATEWAY,
+            InvokeError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            InvokeError::Timeout | InvokeError::OutOfFuel => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::Trap(_)
+            | InvokeError::MemoryLimit(_)
+            | InvokeError::Exit(_)
+            | InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::BadResponse(_) | InvokeError::ResponseTooLarge(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             InvokeError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -62,14 +84,34 @@ impl InvokeError {
         match self {
             InvokeError::NotFound => "no function serves this path\n",
             InvokeError::BodyTooLarge(_) => "request body too large\n",
-            InvokeError::Overloaded => "all instances are busy, retry shortly\n",
+            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
+                "all instances are busy, retry shortly\n"
+            }
+            InvokeError::HeadersTooLarge(_) => "request headers too large\n",
             InvokeError::Timeout => "function timed out\n",
+            InvokeError::OutOfFuel => "function ran out of CPU time\n",
             InvokeError::Trap(_) => "function failed (trap)\n",
+            InvokeError::MemoryLimit(_) => "function failed (memory limit)\n",
+            InvokeError::ResponseTooLarge(_) => "function response too large\n",
             InvokeError::Exit(_) => "function failed (non-zero exit)\n",
             InvokeError::BadResponse(_) => "function sent a malformed response\n",
             InvokeError::BadRequest(_) => "bad request\n",
             InvokeError::Internal(_) => "internal error\n",
         }
+    }
+
+    /// The limit this error is a hit of, if it is one.
+    pub fn limit(&self) -> Option<Limit> {
+        Some(match self {
+            InvokeError::Timeout => Limit::Timeout,
+            InvokeError::OutOfFuel => Limit::Fuel,
+            InvokeError::MemoryLimit(_) => Limit::Memory,
+            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => Limit::Concurrency,
+            InvokeError::BodyTooLarge(_) => Limit::RequestBody,
+            InvokeError::HeadersTooLarge(_) => Limit::Headers,
+            InvokeError::ResponseTooLarge(_) => Limit::ResponseBody,
+            _ => return None,
+        })
     }
 
     /// The response for this error.
@@ -81,7 +123,10 @@ impl InvokeError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, InvokeError::Overloaded) {
+        if matches!(
+            self,
+            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_)
+        ) {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -10,6 +10,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::artifact::{Compiled, Kind, Origin};
 use crate::engine::ThawEngine;
 use crate::host::{CgiHost, ProxyHost};
+use crate::limits::{ConcurrencyGate, LimitHits};
+use crate::outbound::AllowList;
 use crate::pool::WarmPool;
 use crate::spec::{FunctionSpec, LimitDefaults, Limits, Reuse, ReuseSpec};
 use crate::timing::StartStats;
@@ -70,13 +72,16 @@ pub enum LinkError {
     NotACommand,
 }
 
-/// Request counters of one function (since it was loaded).
-#[derive(Debug, Default, Serialize)]
+/// Request counters of one function (since it was loaded). Shared with the function's
+/// stores (the outbound hook counts its own limit hits), hence its own `Arc`.
+#[derive(Debug, Default)]
 pub struct FunctionStats {
     /// Requests that reached the function.
     pub requests: AtomicU64,
     /// Requests answered with an error produced by thaw (trap, timeout, limit, bad output).
     pub failures: AtomicU64,
+    /// Limit hits, by limit.
+    pub limit_hits: LimitHits,
 }
 
 /// Loaded code: linked and ready to instantiate.
@@ -113,7 +118,11 @@ pub struct Function {
     /// Warm instances (components only).
     pub pool: WarmPool,
     /// Request counters.
-    pub stats: FunctionStats,
+    pub stats: Arc<FunctionStats>,
+    /// The concurrency limit, if the function has one.
+    pub gate: Option<ConcurrencyGate>,
+    /// Parsed outbound allow-list.
+    pub outbound: Arc<AllowList>,
     /// How requests got their instances, and how long that and the handler took.
     pub starts: StartStats,
 }
@@ -133,11 +142,16 @@ impl Function {
                 .collect(),
             deadline_ticks: ThawEngine::ticks_for(limits.timeout),
             reuse: record.spec.reuse.as_ref().map(ReuseSpec::resolve),
+            gate: ConcurrencyGate::new(&limits),
+            // Validated at deploy; a record edited by hand to something invalid denies all.
+            outbound: Arc::new(
+                AllowList::parse(&record.spec.allowed_outbound_hosts).unwrap_or_default(),
+            ),
             limits,
             loaded: tokio::sync::OnceCell::new(),
             pool: WarmPool::default(),
             record,
-            stats: FunctionStats::default(),
+            stats: Arc::default(),
             starts: StartStats::default(),
         }
     }
@@ -229,6 +243,9 @@ impl Function {
             "warm_instances": self.pool.len(),
             "requests": self.stats.requests.load(Ordering::Relaxed),
             "failures": self.stats.failures.load(Ordering::Relaxed),
+            "limit_hits": self.stats.limit_hits.describe(),
+            "running": self.gate.as_ref().zip(self.limits.max_concurrency).map(|(g, max)| g.running(max)),
+            "queued": self.gate.as_ref().map(ConcurrencyGate::waiting),
         });
         if let (Some(map), serde_json::Value::Object(starts)) =
             (value.as_object_mut(), self.starts.describe())

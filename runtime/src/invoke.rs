@@ -29,9 +29,10 @@ use crate::cgi::{self, CgiRequest};
 use crate::error::InvokeError;
 use crate::function::{Code, Function};
 use crate::guest_log::GuestLog;
-use crate::host::{CgiHost, ProxyHost};
+use crate::host::{CgiHost, ProxyHost, grant_dirs};
 use crate::platform::Platform;
 use crate::pool::{WarmInstance, WarmPool, new_store};
+use crate::spec::Limits;
 use crate::timing::{StartKind, server_timing};
 
 /// Where a request came from and arrived on (CGI passes both to the guest).
@@ -77,6 +78,11 @@ pub async fn invoke<B: RequestBody>(
         Ok(response) => response,
         Err(error) => {
             function.stats.failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(limit) = error.limit() {
+                function.stats.limit_hits.count(limit);
+                tracing::info!(function = %function.name, limit = limit.name(), status = error.status().as_u16(), "limit hit: {error}");
+                return error.into_response();
+            }
             match &error {
                 InvokeError::Trap(_) | InvokeError::Exit(_) | InvokeError::Internal(_) => {
                     tracing::warn!(function = %function.name, status = error.status().as_u16(), "{error}")
@@ -131,20 +137,30 @@ async fn try_invoke<B: RequestBody>(
     req: Request<B>,
     peer: Peer,
 ) -> Result<Response<ResponseBody>, InvokeError> {
+    crate::limits::check_headers(req.headers(), &function.limits)?;
     let limit = function.limits.max_request_body_bytes;
-    if let Some(len) = content_length(&req)
+    if let Some(len) = content_length(req.headers())
         && len > limit
     {
         return Err(InvokeError::BodyTooLarge(limit));
     }
+    // The function's own concurrency limit, before it competes for a host slot.
+    let place = match &function.gate {
+        Some(gate) => Some(gate.enter(platform.queue_timeout()).await?),
+        None => None,
+    };
     let admitted = Instant::now();
     let (loaded, load) = platform
         .ensure_loaded(function)
         .await
         .map_err(|e| InvokeError::Internal(format!("the function cannot be loaded: {e:#}")))?;
     match &loaded.code {
-        Code::Proxy(pre) => call_proxy(platform, function, pre, req, load, admitted).await,
-        Code::Cgi(pre) => call_cgi(platform, function, pre, req, peer, load, admitted).await,
+        Code::Proxy(pre) => call_proxy(platform, function, pre, req, place, load, admitted).await,
+        Code::Cgi(pre) => {
+            let result = call_cgi(platform, function, pre, req, peer, load, admitted).await;
+            drop(place);
+            result
+        }
     }
 }
 
@@ -158,8 +174,8 @@ async fn admit(platform: &Platform) -> Result<OwnedSemaphorePermit, InvokeError>
     .map_err(|_| InvokeError::Internal("admission semaphore closed".into()))
 }
 
-fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(http::header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
@@ -174,6 +190,7 @@ async fn call_proxy<B: RequestBody>(
     function: &Arc<Function>,
     pre: &ProxyPre<ProxyHost>,
     req: Request<B>,
+    place: Option<OwnedSemaphorePermit>,
     load: Option<(StartKind, Duration)>,
     admitted: Instant,
 ) -> Result<Response<ResponseBody>, InvokeError> {
@@ -186,8 +203,10 @@ async fn call_proxy<B: RequestBody>(
     let (mut instance, kind, instantiate) = match function.pool.take() {
         Some(mut warm) => {
             warm.uses += 1;
-            // Its budget was spent (or partly spent) on instantiation or earlier requests.
+            // Its budgets were spent (or partly spent) on instantiation or earlier requests.
             arm_deadline(&mut warm.store, function.deadline_ticks);
+            arm_fuel(&mut warm.store, &function.limits);
+            warm.store.data_mut().begin_request();
             (warm, StartKind::PoolHit, Duration::ZERO)
         }
         None => {
@@ -251,26 +270,52 @@ async fn call_proxy<B: RequestBody>(
     // its slot; both are released (or, with reuse, returned to the pool) when the guest is
     // done or stopped.
     let timeout = function.limits.timeout;
+    let response_limit = function.limits.max_response_body_bytes;
     let task_function = function.clone();
     let task_state = state.clone();
     let call_started = Instant::now();
     let task = tokio::spawn(async move {
         let function = task_function;
+        // The function's concurrency place is held for as long as the guest runs.
+        let _place = place;
         let call =
             instance
                 .proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut instance.store, req, out);
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(e)),
-            Err(_) => Err(InvokeError::Timeout),
+        let result = tokio::select! {
+            biased;
+            // The response body went past its limit (see GuestBody): stop the guest now
+            // rather than let it write until its timeout.
+            () = task_state.stop.notified() => Err(InvokeError::ResponseTooLarge(response_limit)),
+            result = tokio::time::timeout(timeout, call) => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(classify(e)),
+                Err(_) => Err(InvokeError::Timeout),
+            },
+        };
+        // The cut body may also have ended the guest's writes before the stop arrived.
+        let result = match result {
+            Ok(()) if task_state.response_exceeded.load(Ordering::Acquire) => {
+                Err(InvokeError::ResponseTooLarge(response_limit))
+            }
+            other => other,
         };
         match &result {
             Err(e) if task_state.responded.load(Ordering::Acquire) => {
                 // Before the store (and with it the body stream) is dropped: see GuestBody.
                 task_state.failed.store(true, Ordering::Release);
-                tracing::warn!(function = %function.name, "failed after sending its response head: {e}");
+                match e.limit() {
+                    // The client already has its status; the limit hit is counted here.
+                    Some(limit) => function.stats.limit_hits.hit(
+                        &function.name,
+                        limit,
+                        &format_args!("after sending its response head: {e}"),
+                    ),
+                    None => {
+                        tracing::warn!(function = %function.name, "failed after sending its response head: {e}")
+                    }
+                }
             }
             Err(_) => {}
             // Only an instance that ended cleanly may serve again, and only if asked to.
@@ -287,8 +332,14 @@ async fn call_proxy<B: RequestBody>(
 
     let response = match receiver.await {
         Ok(Ok(response)) => {
-            let state = state.clone();
-            Ok(response.map(|body| GuestBody::new(body, state).boxed_unsync()))
+            if content_length(response.headers()).is_some_and(|len| len > response_limit) {
+                // Announced too large: refuse before anything is sent, and stop the guest.
+                state.stop.notify_one();
+                Err(InvokeError::ResponseTooLarge(response_limit))
+            } else {
+                let state = state.clone();
+                Ok(response.map(|body| GuestBody::new(body, state, response_limit).boxed_unsync()))
+            }
         }
         Ok(Err(code)) => Err(InvokeError::BadResponse(format!(
             "the function answered with an error: {code:?}"
@@ -374,17 +425,19 @@ async fn call_cgi<B: RequestBody>(
 
     let stdout_capacity = function.limits.max_response_body_bytes as usize + cgi::MAX_HEADER_BYTES;
     let stdout = MemoryOutputPipe::new(stdout_capacity);
-    let wasi = WasiCtxBuilder::new()
-        .envs(&env)
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.envs(&env)
         .args(&[&*function.name])
         .stdin(MemoryInputPipe::new(body))
         .stdout(stdout.clone())
-        .stderr(GuestLog::new(function.name.clone(), "stderr"))
-        .build_p1();
+        .stderr(GuestLog::new(function.name.clone(), "stderr"));
+    grant_dirs(&mut wasi, function);
+    let wasi = wasi.build_p1();
     let permit = admit(platform).await?;
     let mut store = Store::new(engine, CgiHost::new(wasi, &function.limits));
     store.limiter(|host| &mut host.limits);
     arm_deadline(&mut store, function.deadline_ticks);
+    arm_fuel(&mut store, &function.limits);
 
     let mut timings = (Duration::ZERO, Duration::ZERO, Instant::now());
     let call = async {
@@ -410,10 +463,9 @@ async fn call_cgi<B: RequestBody>(
             // wasmtime-wasi's memory pipe fails the guest's write with this message when the
             // capacity (our response limit) is reached; there is no typed error to match.
             None if format!("{e:?}").contains("write beyond capacity") => {
-                return Err(InvokeError::BadResponse(format!(
-                    "the response is over the limit of {} bytes",
-                    function.limits.max_response_body_bytes
-                )));
+                return Err(InvokeError::ResponseTooLarge(
+                    function.limits.max_response_body_bytes,
+                ));
             }
             None => return Err(classify(e)),
         },
@@ -457,11 +509,30 @@ pub(crate) fn arm_deadline<T: 'static>(store: &mut Store<T>, ticks: u64) {
     });
 }
 
-/// Sorts a guest failure: an epoch interrupt is a timeout, everything else a trap with its
-/// message (which names the trap code and, with `addr2line`, the guest's frames).
+/// Gives a store its CPU fuel for one request, on a host that meters fuel.
+pub(crate) fn arm_fuel<T: 'static>(store: &mut Store<T>, limits: &Limits) {
+    if let Some(fuel) = limits.fuel {
+        // Fails only on an engine without fuel metering, which `limits.fuel` rules out.
+        let _ = store.set_fuel(fuel);
+    }
+}
+
+/// Sorts a guest failure: an epoch interrupt is a timeout, running out of fuel or memory a
+/// limit hit, everything else a trap with its message (which names the trap code and, with
+/// `addr2line`, the guest's frames).
 fn classify(error: wasmtime::Error) -> InvokeError {
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => InvokeError::Timeout,
-        _ => InvokeError::Trap(format!("{error:?}")),
+        Some(Trap::OutOfFuel) => InvokeError::OutOfFuel,
+        _ => {
+            let detail = format!("{error:?}");
+            // wasmtime's `StoreLimits` with `trap_on_grow_failure` (see crate::host) fails a
+            // `memory.grow` past the limit with this message; there is no typed error.
+            if detail.contains("forcing trap when growing memory") {
+                InvokeError::MemoryLimit(detail)
+            } else {
+                InvokeError::Trap(detail)
+            }
+        }
     }
 }

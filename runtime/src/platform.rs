@@ -86,6 +86,8 @@ pub struct Platform {
     /// Serialises deploys and removals: route checks, persistence and the registry swap
     /// happen as one step. Compilation runs outside it.
     write_lock: tokio::sync::Mutex<()>,
+    /// Connections closed for sending their headers too slowly (counted by the listeners).
+    slow_clients: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Platform {
@@ -104,6 +106,7 @@ impl Platform {
         let platform = Self {
             fast,
             tier_ups_pending: AtomicUsize::new(0),
+            slow_clients: Default::default(),
             admission: Arc::new(Semaphore::new(engine.options().instance_slots as usize)),
             engine,
             cache,
@@ -241,6 +244,8 @@ impl Platform {
     ) -> Result<(Arc<Function>, bool), DeployError> {
         spec.validate(name, self.engine.options().max_memory_bytes)
             .map_err(|e| DeployError::BadRequest(e.to_string()))?;
+        self.check_host_support(&spec)
+            .map_err(DeployError::BadRequest)?;
         let kind = detect_kind(&wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
         self.registry
             .check_route(name, &spec.route_or_default(name))?;
@@ -475,6 +480,31 @@ impl Platform {
         &self.pool
     }
 
+    /// What only this host can check about a spec: that it meters fuel if a fuel limit is
+    /// asked for, and that granted directories exist.
+    fn check_host_support(&self, spec: &FunctionSpec) -> Result<(), String> {
+        if spec.limits.fuel.is_some() && !self.engine.options().fuel_metering {
+            return Err(
+                "limit fuel needs a host started with --fuel-metering; this one does not count fuel"
+                    .into(),
+            );
+        }
+        for dir in &spec.dirs {
+            if !dir.host.is_dir() {
+                return Err(format!(
+                    "granted directory {} does not exist on the host (or is not a directory)",
+                    dir.host.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listeners' count of connections closed for slow headers.
+    pub fn slow_clients(&self) -> &Arc<std::sync::atomic::AtomicU64> {
+        &self.slow_clients
+    }
+
     /// Whether responses carry `Server-Timing`.
     pub fn server_timing(&self) -> bool {
         self.server_timing
@@ -507,6 +537,8 @@ impl Platform {
             "artifact_rebuilds": stats.rebuilds.load(Relaxed),
             "fast_deploy": self.fast.is_some(),
             "tier_ups_pending": self.tier_ups_pending.load(Relaxed),
+            "fuel_metering": self.engine.options().fuel_metering,
+            "slow_clients_closed": self.slow_clients.load(Relaxed),
             "data_dir": self.data.root(),
         })
     }

@@ -273,10 +273,9 @@ async fn instantiate(
 
 /// A store for one instance of `function`, limiter installed.
 pub fn new_store(function: &Function, engine: &wasmtime::Engine) -> Store<ProxyHost> {
-    let mut store = Store::new(
-        engine,
-        ProxyHost::new(&function.name, &function.env, &function.limits),
-    );
+    let mut store = Store::new(engine, ProxyHost::new(function));
     store.limiter(|host| &mut host.limits);
+    // Instantiation runs guest code too; on a fuel-metering host it needs a budget.
+    crate::invoke::arm_fuel(&mut store, &function.limits);
     store
 }

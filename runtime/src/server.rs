@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -22,9 +23,22 @@ use crate::error::InvokeError;
 use crate::invoke::{Peer, invoke};
 use crate::platform::Platform;
 
-/// How long a client may take to send a request's headers before the connection is closed
-/// (a first guard against slow clients holding connections).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How a listener treats its connections.
+#[derive(Clone, Debug)]
+pub struct ListenerOptions {
+    /// Time in-flight requests get at shutdown.
+    pub drain_timeout: Duration,
+    /// Time a client gets to send a request's headers (from the connection's start, or from
+    /// the previous response on a kept-alive connection) before the connection is closed.
+    ///
+    /// This is the slowloris guard. No instance exists before the headers are complete (the
+    /// route is not even known), so a slow client costs a socket and a small buffer until
+    /// this fires, never an instance slot. A slow *body* is bounded by the function's own
+    /// timeout, which runs while the guest waits for it.
+    pub header_read_timeout: Duration,
+    /// Connections closed by `header_read_timeout`, for the status API.
+    pub slow_clients: Arc<AtomicU64>,
+}
 
 /// A signal every listener watches; `true` means "stop accepting and drain".
 #[derive(Clone)]
@@ -47,9 +61,9 @@ pub async fn serve_functions(
     listener: TcpListener,
     platform: Arc<Platform>,
     shutdown: Shutdown,
-    drain_timeout: Duration,
+    options: ListenerOptions,
 ) -> anyhow::Result<()> {
-    serve(listener, shutdown, drain_timeout, move |req, peer| {
+    serve(listener, shutdown, options, move |req, peer| {
         let platform = platform.clone();
         async move {
             let Some(function) = platform.registry().route(req.uri().path()) else {
@@ -65,7 +79,7 @@ pub async fn serve_functions(
 pub async fn serve<H, F>(
     listener: TcpListener,
     mut shutdown: Shutdown,
-    drain_timeout: Duration,
+    options: ListenerOptions,
     handler: H,
 ) -> anyhow::Result<()>
 where
@@ -96,12 +110,18 @@ where
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(options.header_read_timeout)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
+        let slow_clients = options.slow_clients.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    slow_clients.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%remote, "closed a connection that sent its headers too slowly");
+                    return;
+                }
                 // Clients that drop connections mid-request are routine (load generators do it
                 // at the end of every run), so this is debug, not warn.
                 tracing::debug!(%remote, "connection ended: {e}");
@@ -111,7 +131,7 @@ where
     tracing::info!(%local, "draining in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain_timeout) => {
+        () = tokio::time::sleep(options.drain_timeout) => {
             tracing::warn!(%local, "drain timeout reached; closing remaining connections");
         }
     }

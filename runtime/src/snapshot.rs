@@ -75,6 +75,8 @@ pub async fn snapshot(
     let mut store: Store<StoreLimits> = Store::new(engine, limits);
     store.limiter(|limits| limits);
     store.set_epoch_deadline(ThawEngine::ticks_for(budget));
+    // On a fuel-metering engine the init function needs fuel; its bound is the deadline.
+    let _ = store.set_fuel(u64::MAX);
     let mut wizer = wasmtime_wizer::Wizer::new();
     // Keep the init export: Wizer 48's component rewrite otherwise removes it from the core
     // module while the component still exports it, and the result does not validate. Calling

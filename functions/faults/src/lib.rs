@@ -1,18 +1,45 @@
 //! A function that misbehaves on purpose, for thaw's fault tests: each path is one way a
-//! guest can fail. Deploy it only to test a host.
+//! guest can fail or reach for what it was not given. Deploy it only to test a host.
 //!
 //! - `/faults/ok`: 200, proof the function itself works
 //! - `/faults/panic`: a Rust panic (a trap)
-//! - `/faults/loop`: an endless loop (stopped by the timeout)
+//! - `/faults/loop`: an endless loop (stopped by the timeout, or by fuel)
 //! - `/faults/oom`: allocates until the memory limit
 //! - `/faults/recurse`: unbounded recursion (stack overflow)
-//! - `/faults/outbound`: tries an outbound HTTP request and reports what happened
+//! - `/faults/endless`: sends a 200 head, then writes a body that never ends
+//! - `/faults/big?kib=N`: answers N KiB in one body
+//! - `/faults/outbound?to=URL&n=N`: sends N (default 1) GET requests to URL and reports,
+//!   one line each, what happened
+//! - `/faults/read?path=P`: reads the file P (only inside a granted directory can it work)
+//! - `/faults/write?path=P`: creates the file P
+//! - `/faults/sleep?ms=N`: waits N ms (holds its instance; for concurrency limits)
+//!
+//! Every path but `endless` goes through the SDK's handler; `endless` needs the raw
+//! `wasi:http` stream, so this crate exports the handler itself and delegates.
 
-use thaw_sdk::{Request, handler};
+use std::io::Write as _;
 
-#[handler]
-fn fault(req: Request) -> String {
-    match req.uri().path().rsplit('/').next().unwrap_or("") {
+use thaw_sdk::{Request, query};
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+wasi::http::proxy::export!(Faults);
+
+struct Faults;
+
+impl wasi::exports::http::incoming_handler::Guest for Faults {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        if path.split('?').next().is_some_and(|p| p.ends_with("/endless")) {
+            return endless(out);
+        }
+        thaw_sdk::__private::serve(request, out, fault);
+    }
+}
+
+fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
+    Ok(match req.uri().path().rsplit('/').next().unwrap_or("") {
         "panic" => panic!("this function panics on purpose"),
         "loop" => {
             let mut x: u64 = 0;
@@ -28,9 +55,43 @@ fn fault(req: Request) -> String {
             }
         }
         "recurse" => format!("{}\n", recurse(std::hint::black_box(1))),
-        "outbound" => outbound(),
+        "big" => {
+            let kib: usize = number(&req, "kib")?.unwrap_or(1);
+            "x".repeat(kib << 10)
+        }
+        "outbound" => {
+            let to = query(&req, "to").ok_or_else(|| thaw_sdk::Error::bad_request("need ?to"))?;
+            let n = number(&req, "n")?.unwrap_or(1);
+            (0..n).map(|_| outbound(&to) + "\n").collect()
+        }
+        "read" => match std::fs::read_to_string(path(&req)?) {
+            Ok(text) => text,
+            Err(e) => format!("read failed: {e}\n"),
+        },
+        "write" => match std::fs::write(path(&req)?, "written by faults\n") {
+            Ok(()) => "written\n".into(),
+            Err(e) => format!("write failed: {e}\n"),
+        },
+        "sleep" => {
+            let ms: u64 = number(&req, "ms")?.unwrap_or(100);
+            wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+            "slept\n".into()
+        }
         _ => "ok\n".into(),
-    }
+    })
+}
+
+fn number<T: std::str::FromStr>(req: &Request, key: &str) -> Result<Option<T>, thaw_sdk::Error> {
+    query(req, key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| thaw_sdk::Error::bad_request(format!("?{key} must be a number")))
+        })
+        .transpose()
+}
+
+fn path(req: &Request) -> Result<String, thaw_sdk::Error> {
+    query(req, "path").ok_or_else(|| thaw_sdk::Error::bad_request("need ?path"))
 }
 
 fn recurse(n: u64) -> u64 {
@@ -44,21 +105,43 @@ fn recurse(n: u64) -> u64 {
     pad[1]
 }
 
-fn outbound() -> String {
+fn endless(out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body");
+    ResponseOutparam::set(out, Ok(response));
+    let mut stream = body.write().expect("stream");
+    let chunk = [b'z'; 64 << 10];
+    // Until the host stops this instance (or the client goes away).
+    while stream.write_all(&chunk).is_ok() {}
+    drop(stream);
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// One outbound GET; the result as one line.
+fn outbound(url: &str) -> String {
     use wasi::http::outgoing_handler;
-    use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+    use wasi::http::types::{OutgoingRequest, Scheme};
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some((_, rest)) => (Scheme::Http, rest),
+        None => (Scheme::Http, url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
     let request = OutgoingRequest::new(Fields::new());
-    let _ = request.set_scheme(Some(&Scheme::Http));
-    let _ = request.set_authority(Some("127.0.0.1:9"));
-    let _ = request.set_path_with_query(Some("/"));
+    let _ = request.set_scheme(Some(&scheme));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
     match outgoing_handler::handle(request, None) {
-        Err(code) => format!("outbound refused: {code:?}\n"),
+        Err(code) => format!("outbound refused: {code:?}"),
         Ok(future) => {
             future.subscribe().block();
             match future.get() {
-                Some(Ok(Ok(response))) => format!("outbound answered {}\n", response.status()),
-                Some(Ok(Err(code))) => format!("outbound failed: {code:?}\n"),
-                other => format!("outbound: {other:?}\n"),
+                Some(Ok(Ok(response))) => format!("outbound answered {}", response.status()),
+                Some(Ok(Err(code))) => format!("outbound failed: {code:?}"),
+                other => format!("outbound: {other:?}"),
             }
         }
     }

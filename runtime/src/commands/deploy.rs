@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::commands::Target;
 use crate::manifest::Manifest;
-use crate::spec::{FunctionSpec, LimitsSpec};
+use crate::spec::{DirGrant, FunctionSpec, LimitsSpec};
 
 /// `thaw deploy` flags.
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,14 @@ pub struct DeployArgs {
     /// functions only) [default: off, one instance per request]
     #[arg(long, value_name = "N")]
     pub reuse_max_requests: Option<u32>,
+    /// Allow outbound HTTP to hosts matching scheme://host[:port] (wildcards: `*`, `*.domain`,
+    /// port `*`); repeatable [default: no outbound traffic]
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    pub allow_outbound: Vec<String>,
+    /// Grant a host directory, HOST_DIR:GUEST_DIR, read-only (append `:rw` for read-write);
+    /// repeatable [default: no filesystem]
+    #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", value_parser = parse_dir)]
+    pub dirs: Vec<DirGrant>,
     /// Do not pre-initialise the function even if it exports an init function
     #[arg(long)]
     pub no_snapshot: bool,
@@ -39,6 +47,22 @@ pub struct DeployArgs {
     #[allow(missing_docs)] // flattened: its own fields carry the help text
     #[command(flatten)]
     pub target: Target,
+}
+
+fn parse_dir(s: &str) -> Result<DirGrant, String> {
+    let (rest, writable) = match s.strip_suffix(":rw") {
+        Some(rest) => (rest, true),
+        None => (s.strip_suffix(":ro").unwrap_or(s), false),
+    };
+    let (host, guest) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("expected HOST_DIR:GUEST_DIR[:rw], got {s:?}"))?;
+    let host = std::fs::canonicalize(host).map_err(|e| format!("{host}: {e}"))?;
+    Ok(DirGrant {
+        host,
+        guest: guest.to_owned(),
+        writable,
+    })
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -80,6 +104,8 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         limits: args.limits.clone(),
         snapshot: args.no_snapshot.then_some(false),
+        allowed_outbound_hosts: args.allow_outbound.clone(),
+        dirs: args.dirs.clone(),
         reuse: args
             .reuse_max_requests
             .map(|max_requests| crate::spec::ReuseSpec {

@@ -8,7 +8,7 @@ use crate::auth::AdminToken;
 use crate::config::ServeArgs;
 use crate::manifest::Manifest;
 use crate::platform::Platform;
-use crate::server::{self, Shutdown};
+use crate::server::{self, ListenerOptions, Shutdown};
 
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests.
 pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
@@ -93,10 +93,15 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     let (stop, shutdown) = Shutdown::new();
     let max_upload = config.max_upload_bytes;
     let admin_platform = platform.clone();
+    let listener_options = ListenerOptions {
+        drain_timeout: config.drain_timeout,
+        header_read_timeout: config.header_read_timeout,
+        slow_clients: platform.slow_clients().clone(),
+    };
     let admin_task = tokio::spawn(server::serve(
         admin,
         shutdown.clone(),
-        config.drain_timeout,
+        listener_options.clone(),
         move |req, _peer| {
             crate::admin::handle(admin_platform.clone(), req, max_upload, token.clone())
         },
@@ -105,7 +110,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         data,
         platform,
         shutdown,
-        config.drain_timeout,
+        listener_options,
     ));
 
     wait_for_signal().await?;

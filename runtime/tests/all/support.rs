@@ -141,6 +141,35 @@ impl TestServer {
         *self = next;
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Polls the admin view of function `name` (or the host's status, for `None`) until
+    /// `done` holds; bounded at 20 s, then panics naming `what`.
+    pub async fn wait_for(
+        &self,
+        name: Option<&str>,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let admin = self.admin();
+        let mut last = serde_json::Value::Null;
+        for _ in 0..400 {
+            last = match name {
+                Some(name) => admin.get(name).await,
+                None => admin.status().await,
+            }
+            .expect("admin API");
+            if done(&last) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}; last seen: {last}");
+    }
+
     /// SIGKILL.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

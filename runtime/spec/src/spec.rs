@@ -17,8 +17,18 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 /// Default maximum request body.
 pub const DEFAULT_MAX_REQUEST_BODY_KIB: u64 = 16 * 1024;
-/// Default maximum response body of a CGI module (its whole stdout is buffered).
+/// Default maximum response body (a CGI module's whole stdout is buffered).
 pub const DEFAULT_MAX_RESPONSE_BODY_KIB: u64 = 64 * 1024;
+/// Default bound of a function's wait queue (when it has a concurrency limit).
+pub const DEFAULT_MAX_QUEUE: u32 = 128;
+/// Default request header section limit: what browsers and proxies send fits many times.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+/// Default header field count limit.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// Default outbound requests per invocation.
+pub const DEFAULT_MAX_OUTBOUND_REQUESTS: u32 = 16;
+/// Default outbound request timeout.
+pub const DEFAULT_OUTBOUND_TIMEOUT_MS: u64 = 10_000;
 /// Longest timeout a spec may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
@@ -35,13 +45,35 @@ pub struct FunctionSpec {
     /// Per-function limits; unset fields use the host's defaults.
     #[serde(default)]
     pub limits: LimitsSpec,
-    /// Opt-in instance reuse (see [`crate::pool`]); absent means one instance per request.
+    /// Opt-in instance reuse (see thaw-runtime's `pool` module); absent means one instance
+    /// per request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse: Option<ReuseSpec>,
-    /// Pre-initialise a component that exports `wizer-initialize` (see [`crate::snapshot`]);
+    /// Pre-initialise a component that exports `wizer-initialize` (see thaw-runtime's
+    /// `snapshot` module);
     /// `false` turns it off. Absent means on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<bool>,
+    /// Hosts the function may send HTTP requests to, as `scheme://host[:port]` patterns (see
+    /// [`crate::outbound`]); empty (the default) denies all outbound traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Host directories the function may read (or, when `writable`, write); none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<DirGrant>,
+}
+
+/// A host directory made visible to a function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Absolute path on the host.
+    pub host: std::path::PathBuf,
+    /// Absolute path the guest sees it at.
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it [default: false].
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// Instance reuse for a trusted function: an instance serves up to `max_requests` requests
@@ -97,10 +129,44 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[arg(long, value_name = "KIB")]
     pub max_request_body_kib: Option<u64>,
-    /// Largest response body of a CGI module, in KiB [default: the host's, 65536]
+    /// Largest response body, in KiB; a guest that writes more is stopped [default: the
+    /// host's, 65536]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[arg(long, value_name = "KIB")]
     pub max_response_body_kib: Option<u64>,
+    /// CPU fuel for one request (about one unit per wasm instruction); needs a host started
+    /// with --fuel-metering [default: the host's, unlimited]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "UNITS")]
+    pub fuel: Option<u64>,
+    /// Requests of this function running at once [default: the host's, unlimited: only the
+    /// instance slots bound it]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for one of those places; more are refused with 503 at once
+    /// [default: the host's, 128]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
+    pub max_queue: Option<u32>,
+    /// Largest request header section (names, values, separators), in bytes [default: the
+    /// host's, 16384]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_bytes: Option<u64>,
+    /// Most request header fields [default: the host's, 100]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<u32>,
+    /// Outbound HTTP requests one invocation may send [default: the host's, 16]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
+    pub max_outbound_requests: Option<u32>,
+    /// Timeout of each outbound request (connect, first byte, between bytes), in ms
+    /// [default: the host's, 10000]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "MS")]
+    pub outbound_timeout_ms: Option<u64>,
 }
 
 /// The host-wide defaults for [`LimitsSpec`].
@@ -115,6 +181,24 @@ pub struct LimitDefaults {
     pub max_request_body_kib: u64,
     /// See [`LimitsSpec::max_response_body_kib`].
     pub max_response_body_kib: u64,
+    /// See [`LimitsSpec::fuel`]; `None` is unlimited.
+    pub fuel: Option<u64>,
+    /// See [`LimitsSpec::max_concurrency`]; `None` is unlimited.
+    pub max_concurrency: Option<u32>,
+    /// See [`LimitsSpec::max_queue`].
+    pub max_queue: u32,
+    /// See [`LimitsSpec::max_header_bytes`].
+    pub max_header_bytes: u64,
+    /// See [`LimitsSpec::max_headers`].
+    pub max_headers: u32,
+    /// See [`LimitsSpec::max_outbound_requests`].
+    pub max_outbound_requests: u32,
+    /// See [`LimitsSpec::outbound_timeout_ms`].
+    pub outbound_timeout_ms: u64,
+    /// Whether the host counts fuel at all (`--fuel-metering`); set by the host, not a key
+    /// of the config file's `[limits]`.
+    #[serde(skip)]
+    pub fuel_metering: bool,
 }
 
 impl Default for LimitDefaults {
@@ -124,6 +208,14 @@ impl Default for LimitDefaults {
             memory_mib: DEFAULT_MEMORY_MIB,
             max_request_body_kib: DEFAULT_MAX_REQUEST_BODY_KIB,
             max_response_body_kib: DEFAULT_MAX_RESPONSE_BODY_KIB,
+            fuel: None,
+            max_concurrency: None,
+            max_queue: DEFAULT_MAX_QUEUE,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_outbound_requests: DEFAULT_MAX_OUTBOUND_REQUESTS,
+            outbound_timeout_ms: DEFAULT_OUTBOUND_TIMEOUT_MS,
+            fuel_metering: false,
         }
     }
 }
@@ -138,8 +230,24 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Largest request body, bytes.
     pub max_request_body_bytes: u64,
-    /// Largest CGI response body, bytes.
+    /// Largest response body, bytes.
     pub max_response_body_bytes: u64,
+    /// CPU fuel each request starts with, on a host that meters fuel (`u64::MAX` when the
+    /// function sets no limit); `None` on a host that does not.
+    pub fuel: Option<u64>,
+    /// Requests running at once; `None` is unlimited.
+    pub max_concurrency: Option<u32>,
+    /// Requests waiting for a place when `max_concurrency` is reached.
+    pub max_queue: u32,
+    /// Largest request header section, bytes.
+    pub max_header_bytes: u64,
+    /// Most request header fields.
+    pub max_headers: u32,
+    /// Outbound requests per invocation.
+    pub max_outbound_requests: u32,
+    /// Timeout of each outbound request.
+    #[serde(serialize_with = "as_millis")]
+    pub outbound_timeout: Duration,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -160,6 +268,20 @@ impl LimitsSpec {
                 .max_response_body_kib
                 .unwrap_or(defaults.max_response_body_kib)
                 << 10,
+            fuel: defaults
+                .fuel_metering
+                .then(|| self.fuel.or(defaults.fuel).unwrap_or(u64::MAX)),
+            max_concurrency: self.max_concurrency.or(defaults.max_concurrency),
+            max_queue: self.max_queue.unwrap_or(defaults.max_queue),
+            max_header_bytes: self.max_header_bytes.unwrap_or(defaults.max_header_bytes),
+            max_headers: self.max_headers.unwrap_or(defaults.max_headers),
+            max_outbound_requests: self
+                .max_outbound_requests
+                .unwrap_or(defaults.max_outbound_requests),
+            outbound_timeout: Duration::from_millis(
+                self.outbound_timeout_ms
+                    .unwrap_or(defaults.outbound_timeout_ms),
+            ),
         }
     }
 }
@@ -181,6 +303,12 @@ pub enum SpecError {
     /// A limit is out of range.
     #[error("limit {0} = {1} is out of range: {2}")]
     Limit(&'static str, u64, String),
+    /// An outbound allow-list entry does not parse.
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::PatternError),
+    /// A directory grant is not usable.
+    #[error("invalid directory grant {0:?}: {1}")]
+    Dir(String, &'static str),
 }
 
 /// Checks a function name.
@@ -299,6 +427,49 @@ impl FunctionSpec {
                     v,
                     "must be 1..=4194304 (4 GiB)".into(),
                 ));
+            }
+        }
+        for (field, value, max) in [
+            ("fuel", l.fuel, u64::MAX),
+            ("max_concurrency", l.max_concurrency.map(u64::from), 1 << 20),
+            // hyper, in front of every function, reads at most ~400 KiB of headers and 100
+            // fields (its stack-allocated parse); a function can only lower those.
+            ("max_header_bytes", l.max_header_bytes, 256 << 10),
+            ("max_headers", l.max_headers.map(u64::from), 100),
+            ("outbound_timeout_ms", l.outbound_timeout_ms, MAX_TIMEOUT_MS),
+        ] {
+            if let Some(v) = value
+                && !(1..=max).contains(&v)
+            {
+                return Err(SpecError::Limit(field, v, format!("must be 1..={max}")));
+            }
+        }
+        for (field, value) in [
+            ("max_queue", l.max_queue),
+            ("max_outbound_requests", l.max_outbound_requests),
+        ] {
+            if let Some(v) = value
+                && v > 1 << 20
+            {
+                return Err(SpecError::Limit(
+                    field,
+                    u64::from(v),
+                    "must be 0..=1048576".into(),
+                ));
+            }
+        }
+        crate::outbound::AllowList::parse(&self.allowed_outbound_hosts)?;
+        let mut guests = std::collections::HashSet::new();
+        for dir in &self.dirs {
+            let host = dir.host.display().to_string();
+            if !dir.host.is_absolute() {
+                return Err(SpecError::Dir(host, "the host path must be absolute"));
+            }
+            if !dir.guest.starts_with('/') || dir.guest.contains('\0') {
+                return Err(SpecError::Dir(host, "the guest path must be absolute"));
+            }
+            if !guests.insert(dir.guest.as_str()) {
+                return Err(SpecError::Dir(host, "two grants share a guest path"));
             }
         }
         Ok(())

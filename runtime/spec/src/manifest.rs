@@ -8,7 +8,9 @@
 //! route = "/hello"                                  # optional, default /<name>
 //! env = { GREETING = "hi" }                         # optional
 //! limits = { timeout_ms = 2000, memory_mib = 64 }   # optional, see FunctionSpec
-//! reuse = { max_requests = 100 }                    # optional, see crate::pool
+//! reuse = { max_requests = 100 }                    # optional, see thaw-runtime's pool
+//! allowed_outbound_hosts = ["https://api.example.com"]  # optional, see crate::outbound
+//! dirs = [{ host = "/srv/static", guest = "/static" }]  # optional, read-only unless writable
 //! ```
 
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::spec::{FunctionSpec, LimitsSpec, ReuseSpec};
+use crate::spec::{DirGrant, FunctionSpec, LimitsSpec, ReuseSpec};
 
 /// A parsed manifest and the directory its paths are relative to.
 #[derive(Debug)]
@@ -61,6 +63,12 @@ pub struct ManifestFunction {
     /// Pre-initialisation on (default) or off.
     #[serde(default)]
     pub snapshot: Option<bool>,
+    /// Outbound allow-list.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Granted host directories.
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
 }
 
 impl ManifestFunction {
@@ -72,6 +80,8 @@ impl ManifestFunction {
             limits: self.limits.clone(),
             reuse: self.reuse.clone(),
             snapshot: self.snapshot,
+            allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            dirs: self.dirs.clone(),
         }
     }
 }

@@ -1,0 +1,19 @@
+//! What reaches thaw as bytes from people it does not fully trust, and how it is parsed.
+//!
+//! - [`spec`]: a function's deploy-time description (JSON over the admin API);
+//! - [`manifest`]: `thaw.toml`, many specs plus where their wasm is;
+//! - [`cgi`]: the response a preview1 module prints on stdout;
+//! - [`route`]: which route prefix serves a request path;
+//! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list.
+//!
+//! This crate is apart from `thaw-runtime` for one reason: it does not link wasmtime, so the
+//! fuzz targets in `fuzz/` (which instrument everything they link) build in seconds. The
+//! runtime re-exports these modules under their own names (`thaw_runtime::spec`, ...).
+
+#![deny(missing_docs)]
+
+pub mod cgi;
+pub mod manifest;
+pub mod outbound;
+pub mod route;
+pub mod spec;
