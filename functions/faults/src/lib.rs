@@ -31,7 +31,11 @@ struct Faults;
 impl wasi::exports::http::incoming_handler::Guest for Faults {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
-        if path.split('?').next().is_some_and(|p| p.ends_with("/endless")) {
+        if path
+            .split('?')
+            .next()
+            .is_some_and(|p| p.ends_with("/endless"))
+        {
             return endless(out);
         }
         thaw_sdk::__private::serve(request, out, fault);

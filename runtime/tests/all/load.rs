@@ -126,7 +126,9 @@ async fn load_with_mixed_faults() {
     server
         .deploy("faults", wasm::FAULTS, faults("/faults", 10_000))
         .await;
-    server.deploy("spin", wasm::FAULTS, faults("/spin", 50)).await;
+    server
+        .deploy("spin", wasm::FAULTS, faults("/spin", 50))
+        .await;
     let tiny = FunctionSpec {
         route: Some("/tiny".into()),
         limits: LimitsSpec {
