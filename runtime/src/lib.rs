@@ -22,6 +22,7 @@ pub use thaw_spec::{cgi, manifest, outbound, spec};
 pub mod admin;
 pub mod artifact;
 pub mod auth;
+pub mod bench;
 pub mod body;
 pub mod client;
 pub mod commands;

@@ -25,6 +25,9 @@ enum Command {
     Invoke(commands::invoke::InvokeArgs),
     /// Run the build commands of a thaw.toml manifest
     Build(commands::build::BuildArgs),
+    /// Measure cold starts against wasmtime serve, processes and containers (see
+    /// scripts/setup-bench for the baselines)
+    Bench(thaw_runtime::bench::BenchArgs),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
                     Command::Remove(args) => commands::remove::execute(args).await,
                     Command::Invoke(args) => commands::invoke::execute(args).await,
                     Command::Build(args) => commands::build::execute(args),
+                    Command::Bench(args) => thaw_runtime::bench::execute(args).await,
                 }
             })
         });

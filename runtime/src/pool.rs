@@ -11,7 +11,8 @@
 //! # Sizing, and scale to zero
 //! The target size follows the function's recent concurrency: every [`SIZING_INTERVAL`] the
 //! refill task reads the peak number of requests in flight since the last look and keeps that
-//! many instances ready (at least one while the function is active, at most
+//! many instances ready (a request that takes an instance wakes the task at once, so the
+//! instance is replaced right away, not at the next look) (at least one while the function is active, at most
 //! [`PoolOptions::max_per_function`]). Warm instances hold real slots of the pooling
 //! allocator, so they may only take slots while more than [`PoolOptions::reserve_slots`] are
 //! free: a burst for another function still finds fresh capacity. A function that sees no
@@ -128,9 +129,13 @@ impl WarmPool {
         InFlight(self)
     }
 
-    /// A warm instance, if one is waiting.
+    /// A warm instance, if one is waiting; taking one wakes the refill task to replace it.
     pub fn take(&self) -> Option<WarmInstance> {
-        self.ready().pop()
+        let taken = self.ready().pop();
+        if taken.is_some() {
+            self.wake.notify_one();
+        }
+        taken
     }
 
     /// Returns a reused instance to the pool (see the module docs on reuse).
@@ -194,6 +199,8 @@ pub async fn warm_up(function: &Function, admission: &Arc<Semaphore>, count: usi
 /// Keeps one function's pool at its target size until the function is dropped (removed or
 /// replaced by a redeploy, when its last request is done).
 async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: PoolOptions) {
+    let mut target = 1;
+    let mut sized = Instant::now();
     loop {
         let Some(f) = function.upgrade() else { return };
         let pool = &f.pool;
@@ -216,11 +223,16 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
         if let Some(idle) = reuse_idle {
             pool.ready().retain(|w| w.idle_since.elapsed() < idle);
         }
-        let in_flight = pool.in_flight.load(Ordering::Relaxed);
-        let target = pool
-            .peak
-            .swap(in_flight, Ordering::Relaxed)
-            .clamp(1, options.max_per_function);
+        // The target follows the peak concurrency of the last interval; in between, a wake-up
+        // (a request took an instance) only tops the pool up to the current target.
+        if sized.elapsed() >= SIZING_INTERVAL {
+            let in_flight = pool.in_flight.load(Ordering::Relaxed);
+            target = pool
+                .peak
+                .swap(in_flight, Ordering::Relaxed)
+                .clamp(1, options.max_per_function);
+            sized = Instant::now();
+        }
         while pool.len() < target {
             if admission.available_permits() <= options.reserve_slots {
                 break;
@@ -244,8 +256,13 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
             ready.drain(keep..).collect()
         };
         drop(surplus);
+        // Until the next sizing, or until a request takes an instance.
+        let wake = pool.wake.clone();
         drop(f);
-        tokio::time::sleep(SIZING_INTERVAL).await;
+        tokio::select! {
+            () = tokio::time::sleep(SIZING_INTERVAL) => {}
+            () = wake.notified() => {}
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! share the helpers in `support`.
 
 mod auth;
+mod bench;
 mod cli;
 mod coldstart;
 mod compat;

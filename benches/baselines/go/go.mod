@@ -1,0 +1,3 @@
+module thaw.dev/baselines/hello
+
+go 1.21
