@@ -30,7 +30,7 @@ pub struct DeployArgs {
     /// functions only) [default: off, one instance per request]
     #[arg(long, value_name = "N")]
     pub reuse_max_requests: Option<u32>,
-    /// Allow outbound HTTP to hosts matching scheme://host[:port] (wildcards: `*`, `*.domain`,
+    /// Allow outbound HTTP to hosts matching `scheme://host[:port]` (wildcards: `*`, `*.domain`,
     /// port `*`); repeatable [default: no outbound traffic]
     #[arg(long = "allow-outbound", value_name = "PATTERN")]
     pub allow_outbound: Vec<String>,
