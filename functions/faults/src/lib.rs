@@ -13,6 +13,8 @@
 //! - `/faults/read?path=P`: reads the file P (only inside a granted directory can it work)
 //! - `/faults/write?path=P`: creates the file P
 //! - `/faults/sleep?ms=N`: waits N ms (holds its instance; for concurrency limits)
+//! - `/faults/socket?port=N`: tries a raw `wasi:sockets` TCP connection to 127.0.0.1:N and a
+//!   name lookup, and reports what happened
 //!
 //! Every path but `endless` goes through the SDK's handler; `endless` needs the raw
 //! `wasi:http` stream, so this crate exports the handler itself and delegates.
@@ -76,6 +78,10 @@ fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
             Ok(()) => "written\n".into(),
             Err(e) => format!("write failed: {e}\n"),
         },
+        "socket" => {
+            let port = number(&req, "port")?.unwrap_or(80);
+            format!("{}\n{}\n", tcp_connect(port), lookup("localhost"))
+        }
         "sleep" => {
             let ms: u64 = number(&req, "ms")?.unwrap_or(100);
             wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
@@ -146,6 +152,43 @@ fn outbound(url: &str) -> String {
                 Some(Ok(Ok(response))) => format!("outbound answered {}", response.status()),
                 Some(Ok(Err(code))) => format!("outbound failed: {code:?}"),
                 other => format!("outbound: {other:?}"),
+            }
+        }
+    }
+}
+
+/// A raw TCP connection through `wasi:sockets`, bypassing `wasi:http`.
+fn tcp_connect(port: u16) -> String {
+    use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    let network = wasi::sockets::instance_network::instance_network();
+    let socket = match wasi::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
+        Ok(socket) => socket,
+        Err(code) => return format!("socket refused: {}", code.name()),
+    };
+    let address = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port,
+        address: (127, 0, 0, 1),
+    });
+    if let Err(code) = socket.start_connect(&network, address) {
+        return format!("connect refused: {}", code.name());
+    }
+    socket.subscribe().block();
+    match socket.finish_connect() {
+        Ok(_) => "connected".into(),
+        Err(code) => format!("connect failed: {}", code.name()),
+    }
+}
+
+/// A name lookup through `wasi:sockets`.
+fn lookup(name: &str) -> String {
+    let network = wasi::sockets::instance_network::instance_network();
+    match wasi::sockets::ip_name_lookup::resolve_addresses(&network, name) {
+        Err(code) => format!("lookup refused: {}", code.name()),
+        Ok(stream) => {
+            stream.subscribe().block();
+            match stream.resolve_next_address() {
+                Ok(address) => format!("lookup answered: {address:?}"),
+                Err(code) => format!("lookup failed: {}", code.name()),
             }
         }
     }

@@ -291,6 +291,24 @@ async fn outbound_http_only_to_allowed_hosts() {
     // A function without an allow-list reaches nothing.
     let out = text(format!("/nonet/outbound?to=http://127.0.0.1:{allowed}/")).await;
     assert!(out.contains("HttpRequestDenied"), "{out}");
+    // No way around wasi:http: raw sockets and name lookups are refused, even for a
+    // function whose allow-list names the address.
+    for function in ["net", "nonet"] {
+        let out = text(format!("/{function}/socket?port={allowed}")).await;
+        let lines: Vec<_> = out.lines().collect();
+        assert!(
+            lines[0].ends_with("refused: access-denied"),
+            "{function}: {out}"
+        );
+        assert!(
+            lines[1].starts_with("lookup refused") || lines[1].starts_with("lookup failed"),
+            "{function}: {out}"
+        );
+        assert!(
+            !out.contains("connected") && !out.contains("answered"),
+            "{out}"
+        );
+    }
     // An allowed host that never answers: the outbound timeout ends it, the guest goes on.
     let out = text(format!("/net/outbound?to=http://localhost:{silent}/")).await;
     assert!(
