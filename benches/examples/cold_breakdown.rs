@@ -1,0 +1,107 @@
+//! Where a cold start from disk spends its time, phase by phase, in-process.
+//!
+//! `cargo run --release -p thaw-benches --example cold_breakdown`
+//!
+//! It compiles `hello` once and writes the artifact to a new file per round (so each round
+//! loads its own mapping, as a host loading many functions does), then times what thaw does on the first request to a function on
+//! disk: read the artifact to check its checksum, `Component::deserialize_file` (mmap, code
+//! registration), `instantiate_pre` (type-checking the imports against the linker),
+//! `ProxyPre::new`, the first instantiation (which builds the module's copy-on-write memory
+//! image) and, for comparison, a second one. Prints the median of each phase.
+
+use std::time::{Duration, Instant};
+
+use thaw_runtime::artifact::Kind;
+use thaw_runtime::engine::{EngineOptions, ThawEngine};
+use thaw_runtime::function::{Function, FunctionRecord};
+use thaw_runtime::host::ProxyHost;
+use wasmtime::component::Component;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+const ROUNDS: usize = 30;
+
+fn main() {
+    let engine = ThawEngine::new(EngineOptions {
+        instance_slots: 64,
+        max_memory_bytes: 256 << 20,
+        on_demand: false,
+        fuel_metering: false,
+    })
+    .expect("engine");
+    let wasm = std::fs::read(thaw_test_functions::HELLO).expect("hello.wasm");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let record = FunctionRecord {
+        name: "hello".into(),
+        digest: String::new(),
+        kind: Kind::Component,
+        wasm_bytes: wasm.len() as u64,
+        code_digest: None,
+        spec: Default::default(),
+        generation: 1,
+        deployed_at_ms: 0,
+    };
+    let function = Function::unloaded(record, &Default::default());
+
+    let mut phases: Vec<(&str, Vec<Duration>)> = Vec::new();
+    let mut time =
+        |name: &'static str, elapsed: Duration| match phases.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, samples)) => samples.push(elapsed),
+            None => phases.push((name, vec![elapsed])),
+        };
+    let artifact = Component::new(engine.engine(), &wasm)
+        .and_then(|c| c.serialize())
+        .expect("compile");
+    let mut artifact_bytes = 0;
+    for round in 0..ROUNDS {
+        let path = dir.path().join(format!("{round}.cwasm"));
+        std::fs::write(&path, &artifact).expect("write");
+
+        let start = Instant::now();
+        let bytes = std::fs::read(&path).expect("read");
+        time("read (for the checksum)", start.elapsed());
+        artifact_bytes = bytes.len();
+        drop(bytes);
+
+        let start = Instant::now();
+        // SAFETY: the file was serialized just above by this engine.
+        let component =
+            unsafe { Component::deserialize_file(engine.engine(), &path) }.expect("deserialize");
+        time("deserialize_file", start.elapsed());
+
+        let start = Instant::now();
+        let pre = engine
+            .proxy_linker()
+            .instantiate_pre(&component)
+            .expect("link");
+        time("instantiate_pre", start.elapsed());
+
+        let start = Instant::now();
+        let pre = ProxyPre::new(pre).expect("proxy");
+        time("ProxyPre::new", start.elapsed());
+
+        runtime.block_on(async {
+            for name in ["first instantiation", "second instantiation"] {
+                let mut store = wasmtime::Store::new(engine.engine(), ProxyHost::new(&function));
+                store.set_epoch_deadline(1_000_000);
+                let start = Instant::now();
+                pre.instantiate_async(&mut store)
+                    .await
+                    .expect("instantiate");
+                time(name, start.elapsed());
+            }
+        });
+    }
+    println!(
+        "hello: {} KB wasm, {} KB artifact, {ROUNDS} rounds",
+        wasm.len() >> 10,
+        artifact_bytes >> 10
+    );
+    for (name, mut samples) in phases {
+        samples.sort();
+        println!(
+            "{name:>24}: median {:>7.1} µs",
+            samples[samples.len() / 2].as_secs_f64() * 1e6
+        );
+    }
+}
