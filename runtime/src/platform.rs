@@ -112,7 +112,12 @@ impl Platform {
             cache,
             registry: Registry::new(),
             data,
-            defaults: config.defaults,
+            // Whether stores get fuel follows the engine, whatever the caller's defaults say:
+            // a metering engine with stores that start at zero fuel would trap every call.
+            defaults: LimitDefaults {
+                fuel_metering: config.engine.fuel_metering,
+                ..config.defaults
+            },
             queue_timeout: config.queue_timeout,
             pool: config.pool,
             server_timing: config.server_timing,
