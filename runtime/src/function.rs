@@ -244,7 +244,7 @@ impl Function {
             "requests": self.stats.requests.load(Ordering::Relaxed),
             "failures": self.stats.failures.load(Ordering::Relaxed),
             "limit_hits": self.stats.limit_hits.describe(),
-            "running": self.gate.as_ref().zip(self.limits.max_concurrency).map(|(g, max)| g.running(max)),
+            "running": self.gate.as_ref().map(ConcurrencyGate::running),
             "queued": self.gate.as_ref().map(ConcurrencyGate::waiting),
         });
         if let (Some(map), serde_json::Value::Object(starts)) =

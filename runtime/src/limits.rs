@@ -132,6 +132,7 @@ impl LimitHits {
 #[derive(Debug)]
 pub struct ConcurrencyGate {
     places: Arc<Semaphore>,
+    max: u32,
     waiting: AtomicU32,
     max_queue: u32,
 }
@@ -141,6 +142,7 @@ impl ConcurrencyGate {
     pub fn new(limits: &Limits) -> Option<Self> {
         limits.max_concurrency.map(|n| Self {
             places: Arc::new(Semaphore::new(n as usize)),
+            max: n,
             waiting: AtomicU32::new(0),
             max_queue: limits.max_queue,
         })
@@ -171,8 +173,9 @@ impl ConcurrencyGate {
     }
 
     /// Requests running now.
-    pub fn running(&self, max: u32) -> u32 {
-        max.saturating_sub(self.places.available_permits() as u32)
+    pub fn running(&self) -> u32 {
+        self.max
+            .saturating_sub(self.places.available_permits() as u32)
     }
 
     /// Requests waiting now.
