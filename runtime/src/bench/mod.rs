@@ -64,8 +64,9 @@ pub struct BenchArgs {
     /// Seconds of each throughput run
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub throughput_secs: u64,
-    /// Only setups whose name contains one of these (comma-separated)
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    /// Only setups whose name contains this (`throughput` for the throughput runs);
+    /// repeatable
+    #[arg(long, value_name = "TEXT")]
     pub only: Vec<String>,
     /// A quick check that the suite works: thaw's setups only, 3 samples each, no
     /// throughput
@@ -139,6 +140,10 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
     let mut measured = Vec::new();
     let mut skipped = Vec::new();
     let mut record = |name: &str, start: &str, result: anyhow::Result<Vec<Sample>>| match result {
+        Ok(samples) if samples.is_empty() => skipped.push(Skipped {
+            name: name.to_owned(),
+            reason: "0 samples asked for".into(),
+        }),
         Ok(samples) => {
             let mut kinds = BTreeMap::new();
             for s in &samples {
@@ -224,7 +229,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         m.ratio_to_thaw_cold = cold.map(|c| m.summary.median_us / c);
     }
 
-    let throughput_runs = if args.smoke {
+    let throughput_runs = if args.smoke || !wanted("throughput") {
         Vec::new()
     } else {
         run_throughput(
