@@ -203,11 +203,11 @@ impl ServeArgs {
         if let Some(v) = self.default_max_request_body_kib {
             defaults.max_request_body_kib = v;
         }
+        let fuel_metering = self.fuel_metering || file.fuel_metering.unwrap_or(false);
         anyhow::ensure!(
-            defaults.fuel.is_none() || self.fuel_metering || file.fuel_metering == Some(true),
+            defaults.fuel.is_none() || fuel_metering,
             "a default fuel limit needs fuel metering (--fuel-metering)"
         );
-        defaults.fuel_metering = self.fuel_metering || file.fuel_metering == Some(true);
         let max_memory_mib = self
             .max_memory_mib
             .or(file.max_memory_mib)
@@ -242,7 +242,7 @@ impl ServeArgs {
                     max_memory_bytes: max_memory_mib << 20,
                     on_demand: self.on_demand_allocation
                         || file.on_demand_allocation.unwrap_or(false),
-                    fuel_metering: self.fuel_metering || file.fuel_metering.unwrap_or(false),
+                    fuel_metering,
                 },
                 defaults,
                 load: self.load.or(file.load).unwrap_or(LoadMode::Background),

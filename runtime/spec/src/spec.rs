@@ -195,8 +195,8 @@ pub struct LimitDefaults {
     pub max_outbound_requests: u32,
     /// See [`LimitsSpec::outbound_timeout_ms`].
     pub outbound_timeout_ms: u64,
-    /// Whether the host counts fuel at all (`--fuel-metering`); set by the host, not a key
-    /// of the config file's `[limits]`.
+    /// Whether the host counts fuel at all (`--fuel-metering`); the platform sets it from its
+    /// engine, it is not a key of the config file's `[limits]`.
     #[serde(skip)]
     pub fuel_metering: bool,
 }
