@@ -53,6 +53,8 @@ fn serve(
         drain_timeout: Duration::from_secs(1),
         header_read_timeout: Duration::from_secs(10),
         slow_clients: platform.slow_clients().clone(),
+        send_timeout: Duration::from_secs(30),
+        stalled_readers: platform.stalled_readers().clone(),
     };
     rt.spawn(serve_functions(listener, platform, shutdown, options));
     (addr, stop)

@@ -8,41 +8,37 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (target, packages) — one cargo invocation each.
-const BUILDS: &[(&str, &[&str])] = &[
-    (
-        "wasm32-wasip2",
-        &[
-            "hello",
-            "orders",
-            "markdown",
-            "echo",
-            "faults",
-            "counter",
-            "primes",
-            "impure-init",
-        ],
-    ),
-    ("wasm32-wasip1", &["wordcount"]),
-];
+/// The target a guest builds for unless its `[package.metadata.thaw] target` says otherwise.
+const DEFAULT_TARGET: &str = "wasm32-wasip2";
 
-fn main() {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let functions = manifest_dir.parent().unwrap().to_path_buf();
-    let root = functions.parent().unwrap().to_path_buf();
-    let target_dir = root.join("target").join("guests");
-
-    for dir in [
-        "hello",
-        "orders",
-        "markdown",
-        "echo",
-        "wordcount",
-        "faults",
-        "counter",
-        "primes",
-        "impure-init",
-    ] {
+/// The guests, from `functions/Cargo.toml`'s `members`, grouped by target (one cargo
+/// invocation per target). The members list is the one place a guest is registered.
+fn guests(functions: &Path) -> Vec<(String, Vec<String>)> {
+    let read = |path: PathBuf| -> toml::Table {
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        text.parse()
+            .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    };
+    let workspace = read(functions.join("Cargo.toml"));
+    let members = workspace["workspace"]["members"]
+        .as_array()
+        .expect("functions/Cargo.toml lists workspace.members");
+    let mut builds: Vec<(String, Vec<String>)> = Vec::new();
+    for member in members {
+        let dir = member.as_str().expect("members are strings");
+        let manifest = read(functions.join(dir).join("Cargo.toml"));
+        let package = manifest["package"]["name"]
+            .as_str()
+            .expect("package.name")
+            .to_owned();
+        let target = manifest["package"]
+            .get("metadata")
+            .and_then(|m| m.get("thaw"))
+            .and_then(|t| t.get("target"))
+            .and_then(|t| t.as_str())
+            .unwrap_or(DEFAULT_TARGET)
+            .to_owned();
         println!(
             "cargo:rerun-if-changed={}",
             functions.join(dir).join("src").display()
@@ -51,7 +47,21 @@ fn main() {
             "cargo:rerun-if-changed={}",
             functions.join(dir).join("Cargo.toml").display()
         );
+        match builds.iter_mut().find(|(t, _)| *t == target) {
+            Some((_, packages)) => packages.push(package),
+            None => builds.push((target, vec![package])),
+        }
     }
+    builds
+}
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let functions = manifest_dir.parent().unwrap().to_path_buf();
+    let root = functions.parent().unwrap().to_path_buf();
+    let target_dir = root.join("target").join("guests");
+
+    let builds = guests(&functions);
     for path in ["Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", functions.join(path).display());
     }
@@ -66,12 +76,12 @@ fn main() {
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut paths = String::new();
-    for (target, packages) in BUILDS {
+    for (target, packages) in &builds {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&functions)
             .args(["build", "--release", "--target", target, "--target-dir"])
             .arg(&target_dir);
-        for package in *packages {
+        for package in packages {
             cmd.args(["-p", package]);
         }
         // Settings meant for the host build must not leak into the guest build: clippy's
@@ -94,9 +104,14 @@ fn main() {
             );
         }
         let out = target_dir.join(target).join("release");
-        for package in *packages {
-            // Cargo names a cdylib's file with underscores for dashes.
-            let wasm = out.join(format!("{}.wasm", package.replace('-', "_")));
+        for package in packages {
+            // Cargo names a cdylib's file with underscores for dashes, a bin's as the package.
+            let cdylib = out.join(format!("{}.wasm", package.replace('-', "_")));
+            let wasm = if cdylib.exists() {
+                cdylib
+            } else {
+                out.join(format!("{package}.wasm"))
+            };
             assert!(wasm.exists(), "{} was not built", wasm.display());
             paths.push_str(&format!(
                 "/// `functions/{package}` built for {target}.\npub const {}: &str = {:?};\n",

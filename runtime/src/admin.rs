@@ -117,7 +117,7 @@ async fn deploy(
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                DeployError::TooLarge(max_upload)
+                DeployError::TooLarge(format!("upload over the limit of {max_upload} bytes"))
             } else {
                 DeployError::BadRequest(format!("reading the upload: {e}"))
             }
@@ -132,6 +132,12 @@ async fn deploy(
     platform.deploy(name, spec, wasm).await
 }
 
+/// Largest `spec` part of a deploy. A spec is settings, a few kilobytes even with many
+/// variables and grants; a bound keeps a hostile or broken client from making the host parse,
+/// store and serve back hundreds of megabytes of JSON (the wasm part has its own, larger
+/// bound, `--max-upload-mib`).
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
 async fn read_multipart(
     content_type: &str,
     body: Bytes,
@@ -141,10 +147,18 @@ async fn read_multipart(
     let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let (mut spec, mut wasm) = (None, None);
-    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         match field.name() {
             Some("spec") => {
-                let bytes = field.bytes().await.map_err(bad)?;
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    if bytes.len() + chunk.len() > MAX_SPEC_BYTES {
+                        return Err(DeployError::TooLarge(format!(
+                            "the spec part is over the limit of {MAX_SPEC_BYTES} bytes"
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
                 spec = Some(
                     serde_json::from_slice(&bytes)
                         .map_err(|e| DeployError::BadRequest(format!("invalid spec: {e}")))?,

@@ -122,13 +122,23 @@ impl ArtifactCache {
     /// The cache for `engine` under `data`.
     pub fn new(data: DataDir, engine: Arc<ThawEngine>) -> anyhow::Result<Self> {
         let dir = data.artifacts(&engine.compatibility_key());
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::datadir::create_private_dir(&dir)?;
         Ok(Self {
             data,
             engine,
             dir,
             stats: CacheStats::default(),
         })
+    }
+
+    /// Removes this engine's artifacts whose digest `keep` does not hold. Artifacts of other
+    /// engine configurations (another wasmtime version, fuel metering switched) are left
+    /// alone: switching back would otherwise recompile everything.
+    pub fn remove_unreferenced(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> anyhow::Result<crate::datadir::Collected> {
+        crate::datadir::remove_unreferenced(&self.dir, keep)
     }
 
     /// The cache's counters.

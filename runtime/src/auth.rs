@@ -6,6 +6,11 @@
 //! and owner-only permissions (0600) and announces once. The CLI finds the same file when it
 //! runs beside the server (same user, same data directory), so local use needs no setup.
 //! Tokens are compared in constant time.
+//!
+//! The file is written whole or not at all (a temp file, fsync, then a hard link to the final
+//! name, which fails rather than replace a token another start wrote), and a token shorter
+//! than [`MIN_TOKEN_LEN`], from the file or the flag, stops the start-up: an empty file left
+//! by a full disk must not become a token that locks everyone out, or one anybody can guess.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -16,6 +21,9 @@ use subtle::ConstantTimeEq as _;
 
 /// The token file's name in the data directory.
 pub const TOKEN_FILE: &str = "admin.token";
+
+/// Shortest token accepted (the generated ones are 64 hex characters).
+pub const MIN_TOKEN_LEN: usize = 16;
 
 /// The admin API's secret.
 #[derive(Clone)]
@@ -36,29 +44,45 @@ impl AdminToken {
     ) -> anyhow::Result<(Self, Option<PathBuf>)> {
         if let Some(token) = configured {
             anyhow::ensure!(
-                token.len() >= 16,
-                "the admin token must be at least 16 characters"
+                token.len() >= MIN_TOKEN_LEN,
+                "the admin token must be at least {MIN_TOKEN_LEN} characters"
             );
             return Ok((Self(token.to_owned()), None));
         }
         let path = data_dir.join(TOKEN_FILE);
         if let Some(token) = read_token(&path)? {
+            anyhow::ensure!(
+                token.len() >= MIN_TOKEN_LEN,
+                "the admin token file {} holds {} characters, fewer than {MIN_TOKEN_LEN}: it is \
+                 damaged (a first start that could not finish writing it?). Delete it to have a \
+                 new token generated, or set --admin-token / THAW_ADMIN_TOKEN",
+                path.display(),
+                token.len()
+            );
             return Ok((Self(token), None));
         }
         let mut bytes = [0u8; 32];
         getrandom::getrandom(&mut bytes)
             .map_err(|e| anyhow::anyhow!("drawing a random admin token: {e}"))?;
         let token = hex::encode(bytes);
-        std::fs::create_dir_all(data_dir)?;
-        // create_new: two hosts starting on one fresh directory cannot both write it.
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        file.write_all(token.as_bytes())?;
-        file.sync_all()?;
+        crate::datadir::create_private_dir(data_dir)?;
+        let tmp = data_dir.join(format!("{TOKEN_FILE}.{}.tmp", std::process::id()));
+        let written = (|| -> anyhow::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(token.as_bytes())?;
+            file.sync_all()?;
+            // A link, not a rename: it fails if a token appeared meanwhile, never replacing it.
+            std::fs::hard_link(&tmp, &path)?;
+            std::fs::File::open(data_dir)?.sync_all()?;
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        written.with_context(|| format!("creating {}", path.display()))?;
         Ok((Self(token), Some(path)))
     }
 
@@ -112,6 +136,22 @@ mod tests {
         );
         assert!(!token.accepts(Some(b"Bearer wrong")));
         assert!(!token.accepts(Some(format!("{good}x").as_bytes())));
+    }
+
+    #[test]
+    fn an_empty_or_short_token_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        for content in ["", "\n", "short"] {
+            std::fs::write(&path, content).unwrap();
+            let error = AdminToken::load_or_create(dir.path(), None).unwrap_err();
+            assert!(error.to_string().contains("Delete it"), "{error}");
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                content,
+                "left as it was"
+            );
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub const DEFAULT_WARM_MAX: usize = 4;
 pub const DEFAULT_WARM_IDLE_SECS: u64 = 30;
 /// Default time a client gets to send its request headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default time a client may leave response bytes unread: nginx's `send_timeout` is 60 s;
+/// half that, because a function's buffered response is memory the host holds meanwhile.
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
 /// Default largest upload on the admin API.
 pub const DEFAULT_MAX_UPLOAD_MIB: u64 = 256;
 
@@ -120,6 +123,11 @@ pub struct ServeArgs {
     /// closed (slow-client protection), in ms [default: 10000]
     #[arg(long, env = "THAW_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
     pub header_read_timeout_ms: Option<u64>,
+    /// How long a client may leave response bytes unread (no progress at all while some wait
+    /// to be sent) before its connection is closed (nginx's `send_timeout`), in ms
+    /// [default: 30000]
+    #[arg(long, env = "THAW_SEND_TIMEOUT_MS", value_name = "MS")]
+    pub send_timeout_ms: Option<u64>,
     /// Deploy the functions of this manifest (thaw.toml) at start-up; repeatable
     #[arg(long, value_name = "MANIFEST")]
     pub deploy: Vec<PathBuf>,
@@ -148,6 +156,7 @@ struct FileConfig {
     fast_deploy: Option<bool>,
     fuel_metering: Option<bool>,
     header_read_timeout_ms: Option<u64>,
+    send_timeout_ms: Option<u64>,
     /// Default limits, as in a function's `limits` table.
     #[serde(default)]
     limits: Option<LimitDefaults>,
@@ -166,6 +175,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Time a client gets to send its request headers.
     pub header_read_timeout: Duration,
+    /// Time a client may leave a response unread before its connection is closed.
+    pub send_timeout: Duration,
     /// Largest admin upload, bytes.
     pub max_upload_bytes: u64,
     /// Manifests to deploy at start-up.
@@ -269,6 +280,12 @@ impl ServeArgs {
                 self.header_read_timeout_ms
                     .or(file.header_read_timeout_ms)
                     .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS)
+                    .max(1),
+            ),
+            send_timeout: Duration::from_millis(
+                self.send_timeout_ms
+                    .or(file.send_timeout_ms)
+                    .unwrap_or(DEFAULT_SEND_TIMEOUT_MS)
                     .max(1),
             ),
             drain_timeout: Duration::from_secs(

@@ -7,7 +7,20 @@
 //!   artifacts/<engine-key>/<sha256>.cwasm         compiled code, see crate::artifact
 //!   artifacts/<engine-key>/<sha256>.cwasm.xxh3    checksum of the .cwasm, checked on load
 //!   tmp/                            temp files; emptied at start-up
+//!   lock                            held (flock) by the one host using the directory
 //! ```
+//!
+//! # Owner only
+//! Records hold a function's `env`, where users put API keys, so the directory and everything
+//! in it are the owner's alone: directories are created 0700 and files 0600, including on
+//! every atomic rewrite (the temp file is created 0600 and renamed). An existing root that is
+//! more open is not changed behind the operator's back, but warned about at start-up.
+//!
+//! # One host per directory
+//! Two hosts on one directory would delete each other's temp files and race on records, so
+//! [`DataDir::open`] takes an exclusive `flock` on `lock` (released by the kernel when the
+//! process dies, so a `kill -9` leaves no stale lock) and refuses to open a directory another
+//! process holds, naming its pid.
 //!
 //! Every file is written with [`write_atomic`]: a temp file in `tmp/` (same filesystem), fsync,
 //! rename over the target, fsync of the directory. A reader (or a restart after `kill -9`)
@@ -15,8 +28,11 @@
 //! function record last, so a crash in between leaves the previous record in charge.
 
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read as _, Seek as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
@@ -25,15 +41,41 @@ use anyhow::Context as _;
 #[derive(Clone, Debug)]
 pub struct DataDir {
     root: PathBuf,
+    /// The open `lock` file; the `flock` lasts as long as any clone of this.
+    _lock: Arc<fs::File>,
+}
+
+/// Creates `path` and its missing parents with mode 0700.
+pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 impl DataDir {
-    /// Opens (creating if needed) a data directory and clears temp files left by a crash.
+    /// Opens (creating if needed) a data directory, takes its lock, and clears temp files
+    /// left by a crash. Fails if another process holds the lock.
     pub fn open(root: impl Into<PathBuf>) -> anyhow::Result<Self> {
-        let dir = Self { root: root.into() };
+        let root = root.into();
+        create_private_dir(&root)?;
+        let mode = fs::metadata(&root)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "the data directory {} is open to other users (mode {mode:o}) and holds function \
+                 secrets; run `chmod 700 {}`",
+                root.display(),
+                root.display()
+            );
+        }
+        let lock = lock(&root)?;
+        let dir = Self {
+            root,
+            _lock: Arc::new(lock),
+        };
         for sub in ["functions", "wasm", "artifacts", "tmp"] {
-            let path = dir.root.join(sub);
-            fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+            create_private_dir(&dir.root.join(sub))?;
         }
         for entry in fs::read_dir(dir.tmp())? {
             let path = entry?.path();
@@ -62,6 +104,11 @@ impl DataDir {
         self.root.join("functions")
     }
 
+    /// Directory of stored wasm.
+    pub fn wasm_dir(&self) -> PathBuf {
+        self.root.join("wasm")
+    }
+
     /// The stored original wasm with this sha256.
     pub fn wasm(&self, digest: &str) -> PathBuf {
         self.root.join("wasm").join(format!("{digest}.wasm"))
@@ -78,7 +125,42 @@ impl DataDir {
     }
 }
 
-/// Temp file in `tmp_dir`, fsync, rename to `path`, fsync of `path`'s directory.
+/// Takes the directory's exclusive lock, or says who holds it.
+fn lock(root: &Path) -> anyhow::Result<fs::File> {
+    let path = root.join("lock");
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            anyhow::bail!(
+                "the data directory {} is in use by another thaw (pid {}); stop it, or give this \
+                 one another --data-dir",
+                root.display(),
+                if holder.is_empty() { "unknown" } else { holder }
+            );
+        }
+        return Err(error).with_context(|| format!("locking {}", path.display()));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Temp file in `tmp_dir` (created 0600), fsync, rename to `path`, fsync of `path`'s
+/// directory.
 pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let tmp = tmp_dir.join(format!(
@@ -88,8 +170,12 @@ pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result
     ));
     let result = (|| -> anyhow::Result<()> {
         let parent = path.parent().context("target has no parent directory")?;
-        fs::create_dir_all(parent)?;
-        let mut file = fs::File::create(&tmp)?;
+        create_private_dir(parent)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -101,6 +187,55 @@ pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result
         let _ = fs::remove_file(&tmp);
     }
     result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// What a garbage collection removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Files removed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Collected {
+    fn add_assign(&mut self, other: Self) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Removes the content-addressed files of `dir` (`<sha256 hex>.<anything>`) whose digest
+/// `keep` does not hold. Files not named that way are left alone.
+pub fn remove_unreferenced(
+    dir: &Path,
+    keep: &std::collections::HashSet<String>,
+) -> anyhow::Result<Collected> {
+    let mut collected = Collected::default();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(collected),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(digest) = name
+            .to_str()
+            .and_then(|n| n.split_once('.'))
+            .map(|(d, _)| d)
+        else {
+            continue;
+        };
+        let content_addressed = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+        if !content_addressed || keep.contains(digest) {
+            continue;
+        }
+        let bytes = entry.metadata().map_or(0, |m| m.len());
+        remove_durable(&entry.path())?;
+        collected += Collected { files: 1, bytes };
+    }
+    Ok(collected)
 }
 
 /// Removes `path` and syncs its directory; a missing file is not an error.
@@ -129,6 +264,27 @@ mod tests {
         data.write_atomic(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn owner_only_and_one_host_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let data = DataDir::open(&root).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("functions")), 0o700);
+        let record = data.function_record("f");
+        data.write_atomic(&record, b"{}").unwrap();
+        assert_eq!(mode(&record), 0o600);
+
+        let second = DataDir::open(&root).unwrap_err().to_string();
+        assert!(
+            second.contains(&format!("pid {}", std::process::id())),
+            "{second}"
+        );
+        drop(data);
+        DataDir::open(&root).expect("the lock goes with the last handle");
     }
 
     #[test]

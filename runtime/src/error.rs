@@ -18,6 +18,12 @@ pub enum InvokeError {
     /// The request body is over the function's limit.
     #[error("request body over the limit of {0} bytes")]
     BodyTooLarge(u64),
+    /// The request body arrived too slowly (see [`crate::body::read_bounded`]).
+    #[error("request body too slow: {received} bytes before the deadline")]
+    BodyTooSlow {
+        /// Bytes received by then.
+        received: u64,
+    },
     /// Every instance slot is busy and none freed up within the queue timeout.
     #[error("all instance slots are busy")]
     Overloaded,
@@ -45,6 +51,10 @@ pub enum InvokeError {
     /// A CGI module exited with a non-zero status.
     #[error("function exited with status {0}")]
     Exit(i32),
+    /// The guest answered its `response-outparam` with an error code (a `wasi:http` guest's
+    /// way of saying "I failed"); `wasmtime serve` answers 500 for it, and so does thaw.
+    #[error("the function answered with an error: {0}")]
+    GuestError(String),
     /// The guest's response is malformed (CGI output), or it never sent one.
     #[error("bad response from function: {0}")]
     BadResponse(String),
@@ -62,12 +72,14 @@ impl InvokeError {
         match self {
             InvokeError::NotFound => StatusCode::NOT_FOUND,
             InvokeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            InvokeError::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             InvokeError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             InvokeError::Timeout | InvokeError::OutOfFuel => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::Trap(_)
+            | InvokeError::GuestError(_)
             | InvokeError::MemoryLimit(_)
             | InvokeError::Exit(_)
             | InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,6 +96,7 @@ impl InvokeError {
         match self {
             InvokeError::NotFound => "no function serves this path\n",
             InvokeError::BodyTooLarge(_) => "request body too large\n",
+            InvokeError::BodyTooSlow { .. } => "request body too slow\n",
             InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
                 "all instances are busy, retry shortly\n"
             }
@@ -91,6 +104,7 @@ impl InvokeError {
             InvokeError::Timeout => "function timed out\n",
             InvokeError::OutOfFuel => "function ran out of CPU time\n",
             InvokeError::Trap(_) => "function failed (trap)\n",
+            InvokeError::GuestError(_) => "function failed (error code)\n",
             InvokeError::MemoryLimit(_) => "function failed (memory limit)\n",
             InvokeError::ResponseTooLarge(_) => "function response too large\n",
             InvokeError::Exit(_) => "function failed (non-zero exit)\n",
@@ -100,7 +114,8 @@ impl InvokeError {
         }
     }
 
-    /// The limit this error is a hit of, if it is one.
+    /// The limit this error is a hit of, if it is one. Exhaustive on purpose: a new variant
+    /// must say whether it is a limit, or it is not counted.
     pub fn limit(&self) -> Option<Limit> {
         Some(match self {
             InvokeError::Timeout => Limit::Timeout,
@@ -108,9 +123,16 @@ impl InvokeError {
             InvokeError::MemoryLimit(_) => Limit::Memory,
             InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => Limit::Concurrency,
             InvokeError::BodyTooLarge(_) => Limit::RequestBody,
+            InvokeError::BodyTooSlow { .. } => Limit::SlowRequestBody,
             InvokeError::HeadersTooLarge(_) => Limit::Headers,
             InvokeError::ResponseTooLarge(_) => Limit::ResponseBody,
-            _ => return None,
+            InvokeError::NotFound
+            | InvokeError::Trap(_)
+            | InvokeError::GuestError(_)
+            | InvokeError::Exit(_)
+            | InvokeError::BadResponse(_)
+            | InvokeError::BadRequest(_)
+            | InvokeError::Internal(_) => return None,
         })
     }
 
@@ -146,9 +168,13 @@ pub enum DeployError {
     /// Another function has the route.
     #[error(transparent)]
     RouteTaken(#[from] crate::registry::RouteTaken),
-    /// The upload is over the admin API's limit.
-    #[error("upload over the limit of {0} bytes")]
-    TooLarge(u64),
+    /// The upload (or its spec part) is over the admin API's limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The host has no room for the deploy's work now (every instance slot is busy while a
+    /// pre-initialisation needs one); the deployer may retry.
+    #[error("{0}")]
+    Busy(String),
     /// thaw could not persist or load it.
     #[error("{0:#}")]
     Internal(anyhow::Error),
@@ -161,6 +187,7 @@ impl DeployError {
             DeployError::BadRequest(_) | DeployError::InvalidModule(_) => StatusCode::BAD_REQUEST,
             DeployError::RouteTaken(_) => StatusCode::CONFLICT,
             DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            DeployError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

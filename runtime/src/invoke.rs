@@ -19,13 +19,15 @@ use http_body_util::BodyExt as _;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::{InstancePre, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::body::{CallState, GuestBody, LimitedBody, ResponseBody, full};
+use crate::artifact::Kind;
+use crate::body::{CallState, GuestBody, LimitedBody, ReadBodyError, ResponseBody, full};
 use crate::cgi::{self, CgiRequest};
+use crate::cgi_output::{CgiStdout, StdoutOverLimit};
 use crate::error::InvokeError;
 use crate::function::{Code, Function};
 use crate::guest_log::GuestLog;
@@ -144,6 +146,23 @@ async fn try_invoke<B: RequestBody>(
     {
         return Err(InvokeError::BodyTooLarge(limit));
     }
+    // A CGI module gets its body whole, on stdin: read it before anything is taken, so a
+    // client that stalls holds its connection, never a concurrency place or an instance slot.
+    let (parts, body) = req.into_parts();
+    let cgi_body = if function.record.kind == Kind::Cgi {
+        let body = crate::body::read_bounded(body, limit, function.limits.timeout)
+            .await
+            .map_err(|e| match e {
+                ReadBodyError::TooLarge(limit) => InvokeError::BodyTooLarge(limit),
+                ReadBodyError::TooSlow { received } => InvokeError::BodyTooSlow { received },
+                ReadBodyError::Failed(e) => {
+                    InvokeError::BadRequest(format!("reading the request body: {e}"))
+                }
+            })?;
+        Err(body)
+    } else {
+        Ok(body)
+    };
     // The function's own concurrency limit, before it competes for a host slot.
     let place = match &function.gate {
         Some(gate) => Some(gate.enter(platform.queue_timeout()).await?),
@@ -154,13 +173,19 @@ async fn try_invoke<B: RequestBody>(
         .ensure_loaded(function)
         .await
         .map_err(|e| InvokeError::Internal(format!("the function cannot be loaded: {e:#}")))?;
-    match &loaded.code {
-        Code::Proxy(pre) => call_proxy(platform, function, pre, req, place, load, admitted).await,
-        Code::Cgi(pre) => {
-            let result = call_cgi(platform, function, pre, req, peer, load, admitted).await;
+    match (&loaded.code, cgi_body) {
+        (Code::Proxy(pre), Ok(body)) => {
+            let req = Request::from_parts(parts, body);
+            call_proxy(platform, function, pre, req, place, load, admitted).await
+        }
+        (Code::Cgi(pre), Err(body)) => {
+            let result = call_cgi(platform, function, pre, parts, body, peer, load, admitted).await;
             drop(place);
             result
         }
+        _ => Err(InvokeError::Internal(
+            "the function's code is not of its recorded kind".into(),
+        )),
     }
 }
 
@@ -271,6 +296,7 @@ async fn call_proxy<B: RequestBody>(
     // done or stopped.
     let timeout = function.limits.timeout;
     let response_limit = function.limits.max_response_body_bytes;
+    let request_limit = limit;
     let task_function = function.clone();
     let task_state = state.clone();
     let call_started = Instant::now();
@@ -294,19 +320,24 @@ async fn call_proxy<B: RequestBody>(
                 Err(_) => Err(InvokeError::Timeout),
             },
         };
-        // The cut body may also have ended the guest's writes before the stop arrived.
-        let result = match result {
-            Ok(()) if task_state.response_exceeded.load(Ordering::Acquire) => {
-                Err(InvokeError::ResponseTooLarge(response_limit))
-            }
-            other => other,
+        // The cut body may also have ended the guest's writes before the stop arrived; and a
+        // request body past its limit is that limit's hit, whatever the guest made of the
+        // error it got (a trap, or an answer that must not look complete).
+        let result = if task_state.body_exceeded.load(Ordering::Acquire) {
+            Err(InvokeError::BodyTooLarge(request_limit))
+        } else if result.is_ok() && task_state.response_exceeded.load(Ordering::Acquire) {
+            Err(InvokeError::ResponseTooLarge(response_limit))
+        } else {
+            result
         };
         match &result {
             Err(e) if task_state.responded.load(Ordering::Acquire) => {
                 // Before the store (and with it the body stream) is dropped: see GuestBody.
                 task_state.failed.store(true, Ordering::Release);
                 match e.limit() {
-                    // The client already has its status; the limit hit is counted here.
+                    // The client already has its status; the limit hit is counted here,
+                    // unless the request path already answered with it (see below).
+                    Some(_) if task_state.limit_reported.swap(true, Ordering::AcqRel) => {}
                     Some(limit) => function.stats.limit_hits.hit(
                         &function.name,
                         limit,
@@ -341,9 +372,7 @@ async fn call_proxy<B: RequestBody>(
                 Ok(response.map(|body| GuestBody::new(body, state, response_limit).boxed_unsync()))
             }
         }
-        Ok(Err(code)) => Err(InvokeError::BadResponse(format!(
-            "the function answered with an error: {code:?}"
-        ))),
+        Ok(Err(code)) => Err(InvokeError::GuestError(format!("{code:?}"))),
         Err(_) => match task.await {
             Ok(Ok(())) => Err(InvokeError::BadResponse(
                 "the function returned without setting a response".into(),
@@ -354,6 +383,12 @@ async fn call_proxy<B: RequestBody>(
     };
     drop(in_flight);
     if state.body_exceeded.load(Ordering::Acquire) {
+        // The guest read past the limit before its response reached us: answer 413 instead.
+        // Its task may count the same hit if the guest fails afterwards; one of the two does.
+        if state.limit_reported.swap(true, Ordering::AcqRel) {
+            function.stats.failures.fetch_add(1, Ordering::Relaxed);
+            return Ok(InvokeError::BodyTooLarge(limit).into_response());
+        }
         return Err(InvokeError::BodyTooLarge(limit));
     }
     let mut response = response?;
@@ -368,30 +403,18 @@ async fn call_proxy<B: RequestBody>(
 
 /// A WASI preview1 command run CGI-style: metadata in the environment, the buffered body on
 /// stdin, stdout parsed as a CGI response once `_start` returns.
-async fn call_cgi<B: RequestBody>(
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the list.
+async fn call_cgi(
     platform: &Platform,
     function: &Arc<Function>,
     pre: &InstancePre<CgiHost>,
-    req: Request<B>,
+    parts: http::request::Parts,
+    body: bytes::Bytes,
     peer: Peer,
     load: Option<(StartKind, Duration)>,
     admitted: Instant,
 ) -> Result<Response<ResponseBody>, InvokeError> {
     let engine = pre.module().engine();
-    let limit = function.limits.max_request_body_bytes;
-    let (parts, body) = req.into_parts();
-    let body = http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                InvokeError::BodyTooLarge(limit)
-            } else {
-                InvokeError::BadRequest(format!("reading the request body: {e}"))
-            }
-        })?
-        .to_bytes();
-
     let path = parts.uri.path();
     let path_info = if function.route == "/" {
         path
@@ -399,7 +422,7 @@ async fn call_cgi<B: RequestBody>(
         path.get(function.route.len()..).unwrap_or("")
     };
     let mut env = Vec::with_capacity(16 + parts.headers.len() + function.env.len());
-    cgi::request_env(
+    let underscored = cgi::request_env(
         &CgiRequest {
             method: &parts.method,
             script_name: if function.route == "/" {
@@ -416,6 +439,9 @@ async fn call_cgi<B: RequestBody>(
         },
         &mut env,
     );
+    if underscored > 0 {
+        tracing::debug!(function = %function.name, underscored, "dropped request headers with '_' in their names (CGI would merge them with their '-' twins)");
+    }
     // The function's own variables, except where they would shadow a CGI meta-variable.
     for (key, value) in &function.env {
         if !env.iter().any(|(k, _)| k == key) {
@@ -423,8 +449,10 @@ async fn call_cgi<B: RequestBody>(
         }
     }
 
-    let stdout_capacity = function.limits.max_response_body_bytes as usize + cgi::MAX_HEADER_BYTES;
-    let stdout = MemoryOutputPipe::new(stdout_capacity);
+    let response_limit = function.limits.max_response_body_bytes;
+    // The body's limit plus room for the header section; the body alone is checked after
+    // parsing. A write past this traps the guest at once (see crate::cgi_output).
+    let stdout = CgiStdout::new(response_limit as usize + cgi::MAX_HEADER_BYTES);
     let mut wasi = WasiCtxBuilder::new();
     wasi.envs(&env)
         .args(&[&*function.name])
@@ -460,23 +488,18 @@ async fn call_cgi<B: RequestBody>(
         Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
             Some(wasmtime_wasi::I32Exit(0)) => {}
             Some(wasmtime_wasi::I32Exit(code)) => return Err(InvokeError::Exit(*code)),
-            // wasmtime-wasi's memory pipe fails the guest's write with this message when the
-            // capacity (our response limit) is reached; there is no typed error to match.
-            None if format!("{e:?}").contains("write beyond capacity") => {
-                return Err(InvokeError::ResponseTooLarge(
-                    function.limits.max_response_body_bytes,
-                ));
+            None if e.downcast_ref::<StdoutOverLimit>().is_some() => {
+                return Err(InvokeError::ResponseTooLarge(response_limit));
             }
             None => return Err(classify(e)),
         },
     }
 
-    let output = stdout
-        .try_into_inner()
-        .map(bytes::BytesMut::freeze)
-        .unwrap_or_default();
-    let parsed =
-        cgi::parse_response(output).map_err(|e| InvokeError::BadResponse(e.to_string()))?;
+    let parsed = cgi::parse_response(stdout.into_bytes())
+        .map_err(|e| InvokeError::BadResponse(e.to_string()))?;
+    if parsed.body.len() as u64 > response_limit {
+        return Err(InvokeError::ResponseTooLarge(response_limit));
+    }
     let mut response = Response::new(full(parsed.body));
     *response.status_mut() = parsed.status;
     *response.headers_mut() = parsed.headers;

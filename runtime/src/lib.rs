@@ -24,6 +24,7 @@ pub mod artifact;
 pub mod auth;
 pub mod bench;
 pub mod body;
+pub mod cgi_output;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -7,15 +7,17 @@
 //! | limit | enforced | the client gets |
 //! |---|---|---|
 //! | header bytes and count | before routing allocates anything for the guest | 431 |
-//! | request body | `Content-Length` before admission; a chunked body while the guest reads it | 413 |
+//! | request body | `Content-Length` before admission; a chunked body while the guest reads it | 413 (or a cut connection once the guest has answered) |
+//! | request body time (CGI) | read whole before admission, within the timeout and at a minimum rate ([`crate::body::read_bounded`]) | 408 |
 //! | concurrency | a per-function semaphore before admission, with a bounded wait queue | 503 + `Retry-After` |
 //! | instance slots | the host-wide admission semaphore in front of the pooling allocator | 503 + `Retry-After` |
 //! | memory | the store's limiter: a `memory.grow` past it traps | 500 |
 //! | wall-clock timeout | epoch deadlines (the guest yields every tick, traps at the deadline) | 504 |
 //! | CPU fuel | wasmtime fuel, only on hosts started with `--fuel-metering` | 504 |
-//! | response body | counted as hyper sends it; past the limit the guest is stopped | 502, or a cut connection once streaming |
+//! | response body | counted as hyper sends it (CGI: as the module writes stdout, [`crate::cgi_output`]); past the limit the guest is stopped | 502, or a cut connection once streaming |
 //! | outbound hosts and requests | the `wasi:http` outgoing handler hook ([`crate::host`]) | an error inside the guest |
 //! | slow headers | hyper's header read timeout, before any instance exists | closed connection |
+//! | unread responses | the listener's send timeout ([`crate::server::SendTimeout`]) | closed connection |
 //!
 //! Every hit is logged with the function's name and the limit's name, and counted per
 //! function ([`LimitHits`], in `thaw list` and the admin API).
@@ -56,6 +58,8 @@ pub enum Limit {
     Concurrency,
     /// Request body size.
     RequestBody,
+    /// A buffered request body that arrived too slowly (CGI).
+    SlowRequestBody,
     /// Request header size or count.
     Headers,
     /// Response body size.
@@ -68,12 +72,13 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, in reporting order.
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 10] = [
         Limit::Timeout,
         Limit::Fuel,
         Limit::Memory,
         Limit::Concurrency,
         Limit::RequestBody,
+        Limit::SlowRequestBody,
         Limit::Headers,
         Limit::ResponseBody,
         Limit::OutboundHost,
@@ -88,6 +93,7 @@ impl Limit {
             Limit::Memory => "memory",
             Limit::Concurrency => "concurrency",
             Limit::RequestBody => "request_body",
+            Limit::SlowRequestBody => "slow_request_body",
             Limit::Headers => "headers",
             Limit::ResponseBody => "response_body",
             Limit::OutboundHost => "outbound_host",

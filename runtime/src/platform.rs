@@ -2,6 +2,7 @@
 //! that change them (deploy and remove). The servers in [`crate::server`] and
 //! [`crate::admin`] are thin layers over this type, and tests and benchmarks drive it directly.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -88,6 +89,40 @@ pub struct Platform {
     write_lock: tokio::sync::Mutex<()>,
     /// Connections closed for sending their headers too slowly (counted by the listeners).
     slow_clients: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections closed because their client stopped reading (counted by the listeners).
+    stalled_readers: Arc<std::sync::atomic::AtomicU64>,
+    /// Digests that deploys in progress will refer to: garbage collection keeps them. Held
+    /// for the whole of a collection, so a deploy that starts meanwhile waits for it to end
+    /// before it looks for (or writes) its files.
+    in_progress: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// A deploy's claim on digests it will refer to (see `Platform::in_progress`).
+struct Claim<'p> {
+    platform: &'p Platform,
+    digests: Vec<String>,
+}
+
+impl Claim<'_> {
+    fn add(&mut self, digest: &str) {
+        let mut claims = self.platform.claims();
+        *claims.entry(digest.to_owned()).or_default() += 1;
+        self.digests.push(digest.to_owned());
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut claims = self.platform.claims();
+        for digest in &self.digests {
+            if let Some(count) = claims.get_mut(digest) {
+                *count -= 1;
+                if *count == 0 {
+                    claims.remove(digest);
+                }
+            }
+        }
+    }
 }
 
 impl Platform {
@@ -107,6 +142,8 @@ impl Platform {
             fast,
             tier_ups_pending: AtomicUsize::new(0),
             slow_clients: Default::default(),
+            stalled_readers: Default::default(),
+            in_progress: Default::default(),
             admission: Arc::new(Semaphore::new(engine.options().instance_slots as usize)),
             engine,
             cache,
@@ -124,7 +161,14 @@ impl Platform {
             load_mode: config.load,
             write_lock: tokio::sync::Mutex::new(()),
         };
-        platform.register_all()?;
+        match platform.register_all()? {
+            // Only when every record could be read: a damaged one's files cannot be told
+            // from garbage.
+            Some(referenced) => platform.collect_garbage(referenced),
+            None => tracing::warn!(
+                "not collecting unreferenced files at start-up: a function record is damaged"
+            ),
+        }
         if platform.load_mode == LoadMode::Eager {
             for function in platform.registry.all() {
                 if let Err(e) = platform.load_blocking(&function) {
@@ -135,8 +179,9 @@ impl Platform {
         Ok(platform)
     }
 
-    /// Registers every function record of the data directory, without loading code.
-    fn register_all(&self) -> anyhow::Result<()> {
+    /// Registers every function record of the data directory, without loading code. Returns
+    /// the digests the records refer to, or `None` if a record could not be read.
+    fn register_all(&self) -> anyhow::Result<Option<HashSet<String>>> {
         let dir = self.data.functions_dir();
         let mut paths: Vec<_> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
@@ -145,10 +190,18 @@ impl Platform {
             .collect();
         paths.sort();
         let mut functions = Vec::with_capacity(paths.len());
+        let mut referenced = Some(HashSet::new());
         for path in paths {
             match read_record(&path) {
-                Ok(record) => functions.push(Arc::new(Function::unloaded(record, &self.defaults))),
+                Ok(record) => {
+                    if let Some(digests) = &mut referenced {
+                        digests.insert(record.digest.clone());
+                        digests.insert(record.code_digest().to_owned());
+                    }
+                    functions.push(Arc::new(Function::unloaded(record, &self.defaults)))
+                }
                 Err(e) => {
+                    referenced = None;
                     tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}")
                 }
             }
@@ -156,7 +209,45 @@ impl Platform {
         for (function, taken) in self.registry.insert_all(functions) {
             tracing::error!(function = %function.name, "skipping function: {taken}");
         }
-        Ok(())
+        Ok(referenced)
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.in_progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes stored wasm and artifacts that neither `referenced` nor a deploy in progress
+    /// refers to: the previous version after a redeploy, a removed function's code, an upload
+    /// interrupted by a crash. Callers hold the write lock (or run before serving), so no
+    /// record changes meanwhile; deploys in progress are kept by their claims. Failures are
+    /// logged, never fatal: garbage costs disk, not correctness.
+    fn collect_garbage(&self, mut referenced: HashSet<String>) {
+        let claims = self.claims();
+        referenced.extend(claims.keys().cloned());
+        let result = crate::datadir::remove_unreferenced(&self.data.wasm_dir(), &referenced)
+            .and_then(|mut collected| {
+                collected += self.cache.remove_unreferenced(&referenced)?;
+                Ok(collected)
+            });
+        drop(claims);
+        match result {
+            Ok(collected) if collected.files > 0 => tracing::info!(
+                files = collected.files,
+                bytes = collected.bytes,
+                "removed code no function refers to"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("collecting unreferenced files failed: {e:#}"),
+        }
+    }
+
+    /// The digests the registered functions refer to.
+    fn referenced(&self) -> HashSet<String> {
+        self.registry
+            .all()
+            .iter()
+            .flat_map(|f| [f.record.digest.clone(), f.record.code_digest().to_owned()])
+            .collect()
     }
 
     /// Loads a registered function's code: its artifact, or a rebuild from the stored wasm.
@@ -256,6 +347,11 @@ impl Platform {
             .check_route(name, &spec.route_or_default(name))?;
 
         let digest = sha256_hex(&wasm);
+        let mut claim = Claim {
+            platform: self,
+            digests: Vec::new(),
+        };
+        claim.add(&digest);
         let snapshot = if kind == Kind::Component
             && spec.snapshot != Some(false)
             && snapshot::exports_init(&wasm)
@@ -268,6 +364,7 @@ impl Platform {
             Some(snapshot) => (snapshot.clone(), sha256_hex(snapshot)),
             None => (wasm.clone(), digest.clone()),
         };
+        claim.add(&code_digest);
         let (compiled, origin) = self
             .compile(kind, &code_digest, code_wasm.clone(), self.fast.is_some())
             .await?;
@@ -283,6 +380,7 @@ impl Platform {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
+        check_initial_memory(&compiled, &record.spec.limits.resolve(&self.defaults))?;
         let engine = match (&self.fast, origin) {
             (Some(fast), Origin::FastTier) => fast,
             _ => &self.engine,
@@ -313,6 +411,9 @@ impl Platform {
             .map_err(DeployError::Internal)?;
         let function = Arc::new(function);
         self.registry.insert(function.clone())?;
+        if previous.is_some() {
+            self.collect_garbage(self.referenced());
+        }
         if origin == Origin::FastTier {
             self.tier_ups_pending.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(self.clone().tier_up(function.clone(), code_wasm));
@@ -334,6 +435,22 @@ impl Platform {
     async fn snapshot(&self, spec: &FunctionSpec, wasm: Bytes) -> Result<Bytes, DeployError> {
         let limits = spec.limits.resolve(&self.defaults);
         let engine = self.engine.engine().clone();
+        // The init function runs in an instance like any other: it takes a slot through
+        // admission, or the pooling allocator would refuse an admitted request (or this
+        // deploy) for want of one.
+        let permit = tokio::time::timeout(
+            self.queue_timeout,
+            self.admission.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            DeployError::Busy(format!(
+                "every instance slot stayed busy for {} ms; pre-initialising the function needs \
+                 one: retry when the host is less loaded, or raise --instance-slots",
+                self.queue_timeout.as_millis()
+            ))
+        })?
+        .map_err(|_| DeployError::Internal(anyhow::anyhow!("admission semaphore closed")))?;
         let started = Instant::now();
         let snapshot = tokio::task::spawn_blocking(move || {
             tokio::runtime::Handle::current().block_on(snapshot::snapshot(
@@ -346,6 +463,7 @@ impl Platform {
         .await
         .map_err(|e| DeployError::Internal(anyhow::anyhow!("snapshot task failed: {e}")))?
         .map_err(|e| DeployError::InvalidModule(format!("{e:#}")))?;
+        drop(permit);
         tracing::info!(
             bytes = snapshot.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -437,8 +555,8 @@ impl Platform {
     }
 
     /// Removes function `name`; returns whether it existed. Requests already running on it
-    /// finish. Its wasm and artifact stay in the data directory (content-addressed, possibly
-    /// shared with another function).
+    /// finish (their code is mapped; removing the files does not touch it). Its wasm and
+    /// artifact are removed unless another function shares them.
     pub async fn remove(&self, name: &str) -> anyhow::Result<bool> {
         let _guard = self.write_lock.lock().await;
         if self.registry.get(name).is_none() {
@@ -446,6 +564,7 @@ impl Platform {
         }
         remove_durable(&self.data.function_record(name))?;
         self.registry.remove(name);
+        self.collect_garbage(self.referenced());
         tracing::info!(function = name, "removed");
         Ok(true)
     }
@@ -510,6 +629,11 @@ impl Platform {
         &self.slow_clients
     }
 
+    /// The listeners' count of connections closed because their client stopped reading.
+    pub fn stalled_readers(&self) -> &Arc<std::sync::atomic::AtomicU64> {
+        &self.stalled_readers
+    }
+
     /// Whether responses carry `Server-Timing`.
     pub fn server_timing(&self) -> bool {
         self.server_timing
@@ -544,9 +668,37 @@ impl Platform {
             "tier_ups_pending": self.tier_ups_pending.load(Relaxed),
             "fuel_metering": self.engine.options().fuel_metering,
             "slow_clients_closed": self.slow_clients.load(Relaxed),
+            "stalled_readers_closed": self.stalled_readers.load(Relaxed),
             "data_dir": self.data.root(),
         })
     }
+}
+
+/// Refuses code whose initial linear memory is already over the function's memory limit:
+/// every instantiation would fail, so every request would be a 500.
+fn check_initial_memory(
+    compiled: &Compiled,
+    limits: &crate::spec::Limits,
+) -> Result<(), DeployError> {
+    let required = match compiled {
+        Compiled::Component(c) => c.resources_required(),
+        Compiled::Module(m) => Some(m.resources_required()),
+    };
+    // Pages of 64 KiB: thaw's engine does not enable custom page sizes.
+    let Some(pages) = required.and_then(|r| r.max_initial_memory_size) else {
+        return Ok(());
+    };
+    let bytes = pages.saturating_mul(64 * 1024);
+    if bytes > limits.memory_bytes {
+        return Err(DeployError::BadRequest(format!(
+            "the module's initial memory is {} MiB ({pages} pages of 64 KiB), more than the \
+             function's memory limit of {} MiB (memory_mib): raise the limit or shrink the \
+             module's memory",
+            bytes.div_ceil(1 << 20),
+            limits.memory_bytes >> 20
+        )));
+    }
+    Ok(())
 }
 
 fn read_record(path: &std::path::Path) -> anyhow::Result<FunctionRecord> {

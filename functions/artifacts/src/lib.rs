@@ -6,7 +6,9 @@
 //! 1. `cargo new --lib functions/<name>` (or `--bin` for a wasip1 CGI command), set
 //!    `crate-type = ["cdylib"]` for a component, and add it to `members` in
 //!    `functions/Cargo.toml`.
-//! 2. Add it to `BUILDS` and to the `rerun-if-changed` list in `build.rs`.
+//! 2. A `wasm32-wasip1` guest (a CGI command) says so in its `Cargo.toml`:
+//!    `[package.metadata.thaw] target = "wasm32-wasip1"`; the default is `wasm32-wasip2`.
+//!    Nothing else lists guests: `build.rs` and `scripts/test` read the members list.
 //! 3. If it is an example users should see, add it to `functions/thaw.toml` too.
 
 include!(concat!(env!("OUT_DIR"), "/paths.rs"));

@@ -7,6 +7,7 @@
 //! - `/faults/oom`: allocates until the memory limit
 //! - `/faults/recurse`: unbounded recursion (stack overflow)
 //! - `/faults/endless`: sends a 200 head, then writes a body that never ends
+//! - `/faults/error-code`: answers its response-outparam with an error code, no response
 //! - `/faults/big?kib=N`: answers N KiB in one body
 //! - `/faults/outbound?to=URL&n=N`: sends N (default 1) GET requests to URL and reports,
 //!   one line each, what happened
@@ -16,8 +17,8 @@
 //! - `/faults/socket?port=N`: tries a raw `wasi:sockets` TCP connection to 127.0.0.1:N and a
 //!   name lookup, and reports what happened
 //!
-//! Every path but `endless` goes through the SDK's handler; `endless` needs the raw
-//! `wasi:http` stream, so this crate exports the handler itself and delegates.
+//! Every path but `endless` and `error-code` goes through the SDK's handler; those two need
+//! the raw `wasi:http` types, so this crate exports the handler itself and delegates.
 
 use std::io::Write as _;
 
@@ -39,6 +40,16 @@ impl wasi::exports::http::incoming_handler::Guest for Faults {
             .is_some_and(|p| p.ends_with("/endless"))
         {
             return endless(out);
+        }
+        if path
+            .split('?')
+            .next()
+            .is_some_and(|p| p.ends_with("/error-code"))
+        {
+            // wstd's `Responder::fail`: the guest answers with an error instead of a response.
+            let code =
+                wasi::http::types::ErrorCode::InternalError(Some("failed on purpose".into()));
+            return ResponseOutparam::set(out, Err(code));
         }
         thaw_sdk::__private::serve(request, out, fault);
     }

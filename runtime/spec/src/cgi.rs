@@ -8,6 +8,24 @@
 //! The parser reads bytes the guest controls. It never panics, bounds the header section, and
 //! rejects anything that is not a well-formed CGI response with a [`CgiError`] that says what
 //! is wrong; the data plane answers those with 502.
+//!
+//! # The host frames the response, never the guest
+//! A guest's header fields are copied into the response hyper writes, so a field that controls
+//! the connection would let one tenant speak HTTP on the host's behalf: a guest printing
+//! `Content-Length: 0` before a body that is itself a whole HTTP response makes a pipelining
+//! client (or a proxy in front of thaw) read that injected response as the answer to its next
+//! request, which may be to another function. So:
+//! - hop-by-hop fields (RFC 9110 §7.6.1: `Connection` and every field it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) are
+//!   dropped: they describe a connection the guest does not own;
+//! - `Content-Length` is dropped after a check: hyper frames the body by its real length. A
+//!   value that contradicts a non-empty body is an attempt at splitting, or a bug, and is
+//!   refused ([`CgiError::ContentLength`]); with an empty body (a `HEAD` answer) it is
+//!   dropped;
+//! - `Transfer-Encoding` together with `Content-Length` is refused ([`CgiError::Framing`]), as
+//!   RFC 9112 §6.3 treats it in a request: the sender is confused or hostile;
+//! - `Status:` must be a final status, 200..=599: 1xx would make hyper send an interim or
+//!   protocol-switching response the host never agreed to.
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -45,9 +63,20 @@ pub enum CgiError {
     /// A header value has bytes HTTP does not allow.
     #[error("header line {0} has an invalid field value")]
     BadValue(usize),
-    /// `Status:` is not a three-digit code in 100..=599.
+    /// `Status:` is not a three-digit final status code, 200..=599.
     #[error("invalid Status field {0:?}")]
     BadStatus(String),
+    /// `Content-Length` is not a number, or contradicts the body that follows.
+    #[error("Content-Length {declared:?} contradicts the body of {actual} bytes")]
+    ContentLength {
+        /// The field's value as printed.
+        declared: String,
+        /// The body's real length.
+        actual: usize,
+    },
+    /// Framing fields that cannot both hold (`Transfer-Encoding` with `Content-Length`).
+    #[error("{0}")]
+    Framing(&'static str),
     /// The header section has no fields.
     #[error(
         "the header section is empty: CGI needs at least one of Content-Type, Location or Status"
@@ -86,6 +115,7 @@ pub fn parse_response(mut out: Bytes) -> Result<CgiResponse, CgiError> {
     if status.is_none() && headers.is_empty() {
         return Err(CgiError::NoFields);
     }
+    take_framing(&mut headers, body.len())?;
     let status = status.unwrap_or(if headers.contains_key(http::header::LOCATION) {
         StatusCode::FOUND
     } else {
@@ -96,6 +126,58 @@ pub fn parse_response(mut out: Bytes) -> Result<CgiResponse, CgiError> {
         headers,
         body,
     })
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1, plus the obsolete `Proxy-Connection` and
+/// `Keep-Alive`, which clients still honour): they describe the connection, which is the
+/// host's.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
+
+/// Checks and removes the fields that frame the message or belong to the connection (see
+/// the module docs): after this, hyper alone decides how the body is delimited.
+fn take_framing(headers: &mut HeaderMap, body_len: usize) -> Result<(), CgiError> {
+    use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+    let chunked = headers.contains_key(TRANSFER_ENCODING);
+    if chunked && headers.contains_key(CONTENT_LENGTH) {
+        return Err(CgiError::Framing(
+            "both Transfer-Encoding and Content-Length: the body's framing is ambiguous",
+        ));
+    }
+    headers.remove(TRANSFER_ENCODING);
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let declared = value.as_bytes();
+        let matches = std::str::from_utf8(declared)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n == body_len);
+        // An empty body with a length is a HEAD answer (or a 204/304): nothing to inject.
+        if !matches && body_len != 0 {
+            return Err(CgiError::ContentLength {
+                declared: String::from_utf8_lossy(declared).into_owned(),
+                actual: body_len,
+            });
+        }
+    }
+    headers.remove(CONTENT_LENGTH);
+    // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    Ok(())
 }
 
 /// Finds the blank line: returns the length of the header section (without its final line
@@ -133,7 +215,8 @@ fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
         return Err(bad());
     }
     let code = StatusCode::from_bytes(code).map_err(|_| bad())?;
-    if !(100..=599).contains(&code.as_u16()) {
+    // Final statuses only: 1xx are interim or protocol switches (see the module docs).
+    if !(200..=599).contains(&code.as_u16()) {
         return Err(bad());
     }
     Ok(code)
@@ -163,8 +246,13 @@ pub struct CgiRequest<'a> {
 ///
 /// Every request header becomes `HTTP_<NAME>` except `Content-Type` and `Content-Length`
 /// (they have their own variables), `Authorization` (§4.1.18: servers should not pass it) and
-/// `Proxy` (the "httpoxy" hole: `HTTP_PROXY` would be read as a proxy setting).
-pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) {
+/// `Proxy` (the "httpoxy" hole: `HTTP_PROXY` would be read as a proxy setting), and every
+/// header whose name contains `_`. CGI turns `-` into `_`, so `X_Forwarded_User` and
+/// `X-Forwarded-User` would both become `HTTP_X_FORWARDED_USER`: a client could add to (or,
+/// first in line, decide) a variable that a proxy in front of thaw set, the spoofing nginx and
+/// Apache prevent the same way. Returns how many headers were dropped for that reason.
+pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) -> usize {
+    let mut underscored = 0;
     let mut push = |k: &str, v: &str| env.push((k.to_owned(), v.to_owned()));
     push("GATEWAY_INTERFACE", "CGI/1.1");
     push(
@@ -195,6 +283,10 @@ pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) {
         if name.as_str() == "proxy" {
             continue;
         }
+        if name.as_str().contains('_') {
+            underscored += 1;
+            continue;
+        }
         let Ok(value) = value.to_str() else { continue };
         let mut key = String::with_capacity(5 + name.as_str().len());
         key.push_str("HTTP_");
@@ -210,6 +302,7 @@ pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) {
             env.push((key, value.to_owned()));
         }
     }
+    underscored
 }
 
 #[cfg(test)]
@@ -256,6 +349,12 @@ mod tests {
         );
         assert_eq!(parse(b"Bad Name: x\n\n").unwrap_err(), CgiError::BadName(1));
         assert_eq!(parse(b"X: a\x01b\n\n").unwrap_err(), CgiError::BadValue(1));
+        for interim in [
+            &b"Status: 100 Continue\n\n"[..],
+            b"Status: 101 Switching\nUpgrade: h2c\n\n",
+        ] {
+            assert!(matches!(parse(interim), Err(CgiError::BadStatus(_))));
+        }
         assert!(matches!(
             parse(b"Status: 99\n\n"),
             Err(CgiError::BadStatus(_))
@@ -275,6 +374,43 @@ mod tests {
         assert_eq!(parse(b"\n\nbody").unwrap_err(), CgiError::NotAField(1));
         let endless = vec![b'x'; MAX_HEADER_BYTES + 10];
         assert_eq!(parse(&endless).unwrap_err(), CgiError::NoHeaderEnd);
+    }
+
+    #[test]
+    fn the_host_frames_the_response() {
+        // Response splitting: a short Content-Length before a body holding a second response.
+        let split =
+            parse(b"Content-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx");
+        assert!(
+            matches!(split, Err(CgiError::ContentLength { actual: 39, .. })),
+            "{split:?}"
+        );
+        assert!(matches!(
+            parse(b"Content-Length: 5\n\nab"),
+            Err(CgiError::ContentLength { .. })
+        ));
+        assert!(matches!(
+            parse(b"Content-Length: nope\n\nab"),
+            Err(CgiError::ContentLength { .. })
+        ));
+        assert!(matches!(
+            parse(b"Transfer-Encoding: chunked\nContent-Length: 2\n\nab"),
+            Err(CgiError::Framing(_))
+        ));
+        // A matching length, and a length before an empty body (HEAD), are dropped.
+        let r = parse(b"Content-Type: text/plain\nContent-Length: 2\n\nab").unwrap();
+        assert!(!r.headers.contains_key("content-length"));
+        let r = parse(b"Content-Type: text/plain\nContent-Length: 9\n\n").unwrap();
+        assert!(!r.headers.contains_key("content-length"));
+        // Hop-by-hop fields, and those Connection names, are dropped; the rest kept.
+        let r = parse(
+            b"Content-Type: text/plain\nConnection: close, X-Secret\nKeep-Alive: 5\nUpgrade: ws\n\
+              Transfer-Encoding: chunked\nTE: trailers\nTrailer: X-T\nProxy-Connection: k\n\
+              X-Secret: s\nX-Kept: yes\n\nok",
+        )
+        .unwrap();
+        let names: Vec<_> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-kept"]);
     }
 
     #[test]
@@ -302,8 +438,10 @@ mod tests {
         headers.insert("proxy", "http://evil".parse().unwrap());
         headers.append("accept", "a".parse().unwrap());
         headers.append("accept", "b".parse().unwrap());
+        headers.insert("x-forwarded-user", "alice".parse().unwrap());
+        headers.insert("x_forwarded_user", "admin".parse().unwrap());
         let mut env = Vec::new();
-        request_env(
+        let dropped = request_env(
             &CgiRequest {
                 method: &Method::POST,
                 script_name: "/cgi",
@@ -332,5 +470,7 @@ mod tests {
         assert_eq!(get("HTTP_AUTHORIZATION"), None);
         assert_eq!(get("HTTP_PROXY"), None);
         assert_eq!(get("HTTP_CONTENT_TYPE"), None);
+        assert_eq!(get("HTTP_X_FORWARDED_USER"), Some("alice"));
+        assert_eq!(dropped, 1);
     }
 }

@@ -31,6 +31,17 @@ pub const DEFAULT_MAX_OUTBOUND_REQUESTS: u32 = 16;
 pub const DEFAULT_OUTBOUND_TIMEOUT_MS: u64 = 10_000;
 /// Longest timeout a spec may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+/// Most environment variables a function may have. The list is copied into every
+/// instance's WASI context, per request, and shown by the admin API: it must stay small.
+/// (AWS Lambda allows 4 KiB in all; a few hundred variables is already a configuration
+/// store, which is what files and, later, `wasi:config` are for.)
+pub const MAX_ENV_VARS: usize = 256;
+/// Most bytes of environment (names and values) a function may have; see [`MAX_ENV_VARS`].
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+/// Most entries in `allowed_outbound_hosts`: each outbound request checks them in turn.
+pub const MAX_OUTBOUND_PATTERNS: usize = 256;
+/// Most directory grants: each is a preopen (an `open` call) per request.
+pub const MAX_DIRS: usize = 64;
 
 /// A function's deploy-time description, without the code.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +317,16 @@ pub enum SpecError {
     /// An outbound allow-list entry does not parse.
     #[error(transparent)]
     Outbound(#[from] crate::outbound::PatternError),
+    /// A list in the spec is longer than the host allows.
+    #[error("{what}: {count} is over the limit of {max}")]
+    TooMany {
+        /// What was counted.
+        what: &'static str,
+        /// How many (or how many bytes) the spec has.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
     /// A directory grant is not usable.
     #[error("invalid directory grant {0:?}: {1}")]
     Dir(String, &'static str),
@@ -368,6 +389,21 @@ impl FunctionSpec {
     pub fn validate(&self, name: &str, max_memory_bytes: u64) -> Result<(), SpecError> {
         validate_name(name)?;
         validate_route(&self.route_or_default(name))?;
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        for (what, count, max) in [
+            ("environment variables", self.env.len(), MAX_ENV_VARS),
+            ("environment bytes", env_bytes, MAX_ENV_BYTES),
+            (
+                "allowed_outbound_hosts entries",
+                self.allowed_outbound_hosts.len(),
+                MAX_OUTBOUND_PATTERNS,
+            ),
+            ("directory grants", self.dirs.len(), MAX_DIRS),
+        ] {
+            if count > max {
+                return Err(SpecError::TooMany { what, count, max });
+            }
+        }
         for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
                 return Err(SpecError::Env(

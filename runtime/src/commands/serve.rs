@@ -97,6 +97,8 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         drain_timeout: config.drain_timeout,
         header_read_timeout: config.header_read_timeout,
         slow_clients: platform.slow_clients().clone(),
+        send_timeout: config.send_timeout,
+        stalled_readers: platform.stalled_readers().clone(),
     };
     let admin_task = tokio::spawn(server::serve(
         admin,

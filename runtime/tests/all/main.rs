@@ -13,6 +13,7 @@ mod crash;
 mod deploy;
 mod faults;
 mod functions;
+mod hostile;
 mod limits;
 mod load;
 mod redeploy;
