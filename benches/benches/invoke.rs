@@ -29,10 +29,10 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt as _, Empty};
 use thaw_benches::{BenchPlatform, BusyCore, Setup};
+use thaw_runtime::control::Platform;
+use thaw_runtime::function::pool::warm_up;
 use thaw_runtime::function::{Code, Function};
 use thaw_runtime::invoke::{Peer, invoke};
-use thaw_runtime::platform::Platform;
-use thaw_runtime::pool::warm_up;
 use thaw_runtime::spec::{FunctionSpec, LimitDefaults};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
@@ -51,7 +51,13 @@ fn request(uri: &str) -> http::Request<Body> {
 
 /// One request; checks the status and, if Server-Timing is on, the start kind.
 async fn call(platform: &Arc<Platform>, function: &Arc<Function>, uri: &str, kind: Option<&str>) {
-    let response = invoke(platform, function.clone(), request(uri), PEER()).await;
+    let response = invoke(
+        platform.invoke_context(),
+        function.clone(),
+        request(uri),
+        PEER(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     if let Some(kind) = kind {
         let timing = response.headers()["server-timing"].to_str().unwrap();
@@ -107,7 +113,7 @@ fn benches(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     while function.pool.is_empty() {
-                        warm_up(function, platform.admission(), 1).await;
+                        warm_up(function, &platform.invoke_context().admission, 1).await;
                     }
                     let start = Instant::now();
                     call(platform, function, uri, Some("pool-hit")).await;
@@ -172,7 +178,7 @@ fn benches(c: &mut Criterion) {
         };
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
-                let mut store = thaw_runtime::pool::new_store(f, pre.engine());
+                let mut store = thaw_runtime::guest::proxy_store(pre.engine(), &f.guest());
                 store.set_epoch_deadline(u64::MAX / 2);
                 let _proxy = pre.instantiate_async(&mut store).await.unwrap();
                 // Dropping the store returns the instance's slot to the pool: part of the cost.
@@ -205,7 +211,7 @@ fn benches(c: &mut Criterion) {
     let raw_winch = fast.deploy(&rt, "raw", thaw_test_functions::PRIMES, no_snapshot.clone());
     assert_eq!(
         raw_winch.loaded().unwrap().origin,
-        thaw_runtime::artifact::Origin::FastTier
+        thaw_runtime::engine::artifact::Origin::FastTier
     );
     let mut group = c.benchmark_group("invoke-primes");
     group.bench_function("snapshot", |b| {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thaw_benches::{BenchPlatform, Setup};
-use thaw_runtime::platform::{LoadMode, Platform};
-use thaw_runtime::server::{ListenerOptions, Shutdown, serve_functions};
+use thaw_runtime::control::{LoadMode, Platform};
+use thaw_runtime::http::server::{ListenerOptions, Shutdown, serve_functions};
 use thaw_runtime::spec::FunctionSpec;
 
 const FUNCTIONS: usize = 1000;
@@ -184,7 +184,7 @@ fn main() {
             assert_eq!(get(addr, &format!("/{function}")), 200);
             samples.push(started.elapsed());
             // Untimed: let the background tier-up finish so it does not slow the next sample.
-            while platform.platform.status()["tier_ups_pending"] != 0 {
+            while platform.platform.status().tier_ups_pending != 0 {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }

@@ -11,10 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use thaw_runtime::artifact::Kind;
+use thaw_runtime::engine::artifact::Kind;
 use thaw_runtime::engine::{EngineOptions, ThawEngine};
 use thaw_runtime::function::{Function, FunctionRecord};
-use thaw_runtime::host::ProxyHost;
+use thaw_runtime::guest::Linkers;
+use thaw_runtime::guest::host::ProxyHost;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -42,6 +43,7 @@ fn main() {
         deployed_at_ms: 0,
     };
     let function = Function::unloaded(record, &Default::default());
+    let linkers = Linkers::new(engine.engine()).expect("linkers");
 
     let mut phases: Vec<(&str, Vec<Duration>)> = Vec::new();
     let mut time =
@@ -70,10 +72,7 @@ fn main() {
         time("deserialize_file", start.elapsed());
 
         let start = Instant::now();
-        let pre = engine
-            .proxy_linker()
-            .instantiate_pre(&component)
-            .expect("link");
+        let pre = linkers.proxy.instantiate_pre(&component).expect("link");
         time("instantiate_pre", start.elapsed());
 
         let start = Instant::now();
@@ -82,7 +81,8 @@ fn main() {
 
         runtime.block_on(async {
             for name in ["first instantiation", "second instantiation"] {
-                let mut store = wasmtime::Store::new(engine.engine(), ProxyHost::new(&function));
+                let mut store =
+                    wasmtime::Store::new(engine.engine(), ProxyHost::new(&function.guest()));
                 store.set_epoch_deadline(1_000_000);
                 let start = Instant::now();
                 pre.instantiate_async(&mut store)

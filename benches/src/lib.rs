@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use thaw_runtime::control::{LoadMode, Platform, PlatformConfig};
 use thaw_runtime::engine::EngineOptions;
-use thaw_runtime::platform::{LoadMode, Platform, PlatformConfig};
-use thaw_runtime::pool::PoolOptions;
+use thaw_runtime::function::pool::PoolOptions;
 use thaw_runtime::spec::{FunctionSpec, LimitDefaults};
 
 /// A platform for benchmarks, with its data directory (removed on drop).

@@ -13,7 +13,7 @@ const DEFAULT_TARGET: &str = "wasm32-wasip2";
 
 /// The guests, from `functions/Cargo.toml`'s `members`, grouped by target (one cargo
 /// invocation per target). The members list is the one place a guest is registered.
-fn guests(functions: &Path) -> Vec<(String, Vec<String>)> {
+fn guests(functions: &Path) -> Vec<(String, Vec<(String, bool)>)> {
     let read = |path: PathBuf| -> toml::Table {
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -24,7 +24,7 @@ fn guests(functions: &Path) -> Vec<(String, Vec<String>)> {
     let members = workspace["workspace"]["members"]
         .as_array()
         .expect("functions/Cargo.toml lists workspace.members");
-    let mut builds: Vec<(String, Vec<String>)> = Vec::new();
+    let mut builds: Vec<(String, Vec<(String, bool)>)> = Vec::new();
     for member in members {
         let dir = member.as_str().expect("members are strings");
         let manifest = read(functions.join(dir).join("Cargo.toml"));
@@ -39,6 +39,8 @@ fn guests(functions: &Path) -> Vec<(String, Vec<String>)> {
             .and_then(|t| t.as_str())
             .unwrap_or(DEFAULT_TARGET)
             .to_owned();
+        // A command (`[[bin]]`) keeps its name's dashes; a cdylib's file has underscores.
+        let package = (package, manifest.contains_key("bin"));
         println!(
             "cargo:rerun-if-changed={}",
             functions.join(dir).join("src").display()
@@ -81,7 +83,7 @@ fn main() {
         cmd.current_dir(&functions)
             .args(["build", "--release", "--target", target, "--target-dir"])
             .arg(&target_dir);
-        for package in packages {
+        for (package, _) in packages {
             cmd.args(["-p", package]);
         }
         // Settings meant for the host build must not leak into the guest build: clippy's
@@ -104,13 +106,11 @@ fn main() {
             );
         }
         let out = target_dir.join(target).join("release");
-        for package in packages {
-            // Cargo names a cdylib's file with underscores for dashes, a bin's as the package.
-            let cdylib = out.join(format!("{}.wasm", package.replace('-', "_")));
-            let wasm = if cdylib.exists() {
-                cdylib
-            } else {
+        for (package, command) in packages {
+            let wasm = if *command {
                 out.join(format!("{package}.wasm"))
+            } else {
+                out.join(format!("{}.wasm", package.replace('-', "_")))
             };
             assert!(wasm.exists(), "{} was not built", wasm.display());
             paths.push_str(&format!(

@@ -4,7 +4,7 @@
 //! <data-dir>/
 //!   functions/<name>.json          one record per deployed function (the commit point)
 //!   wasm/<sha256>.wasm              the uploaded bytes, content-addressed
-//!   artifacts/<engine-key>/<sha256>.cwasm         compiled code, see crate::artifact
+//!   artifacts/<engine-key>/<sha256>.cwasm         compiled code, see the engine's artifact cache
 //!   artifacts/<engine-key>/<sha256>.cwasm.xxh3    checksum of the .cwasm, checked on load
 //!   tmp/                            temp files; emptied at start-up
 //!   lock                            held (flock) by the one host using the directory
@@ -13,8 +13,10 @@
 //! # Owner only
 //! Records hold a function's `env`, where users put API keys, so the directory and everything
 //! in it are the owner's alone: directories are created 0700 and files 0600, including on
-//! every atomic rewrite (the temp file is created 0600 and renamed). An existing root that is
-//! more open is not changed behind the operator's back, but warned about at start-up.
+//! every atomic rewrite (the temp file is created 0600 and renamed). Records written by an
+//! older thaw, which created them 0644, are tightened at start-up; an existing root that is
+//! more open is not changed behind the operator's back (it may be a mount point with its
+//! own rules), but warned about.
 //!
 //! # One host per directory
 //! Two hosts on one directory would delete each other's temp files and race on records, so
@@ -75,7 +77,16 @@ impl DataDir {
             _lock: Arc::new(lock),
         };
         for sub in ["functions", "wasm", "artifacts", "tmp"] {
-            create_private_dir(&dir.root.join(sub))?;
+            let path = dir.root.join(sub);
+            create_private_dir(&path)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
+        }
+        for entry in fs::read_dir(dir.functions_dir())? {
+            let path = entry?.path();
+            if path.is_file() {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("making {} owner-only", path.display()))?;
+            }
         }
         for entry in fs::read_dir(dir.tmp())? {
             let path = entry?.path();
@@ -189,7 +200,7 @@ pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result
     result.with_context(|| format!("writing {}", path.display()))
 }
 
-/// What a garbage collection removed.
+/// What a garbage collection removed (see `control::garbage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
     /// Files removed.
@@ -203,39 +214,6 @@ impl std::ops::AddAssign for Collected {
         self.files += other.files;
         self.bytes += other.bytes;
     }
-}
-
-/// Removes the content-addressed files of `dir` (`<sha256 hex>.<anything>`) whose digest
-/// `keep` does not hold. Files not named that way are left alone.
-pub fn remove_unreferenced(
-    dir: &Path,
-    keep: &std::collections::HashSet<String>,
-) -> anyhow::Result<Collected> {
-    let mut collected = Collected::default();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(collected),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(digest) = name
-            .to_str()
-            .and_then(|n| n.split_once('.'))
-            .map(|(d, _)| d)
-        else {
-            continue;
-        };
-        let content_addressed = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
-        if !content_addressed || keep.contains(digest) {
-            continue;
-        }
-        let bytes = entry.metadata().map_or(0, |m| m.len());
-        remove_durable(&entry.path())?;
-        collected += Collected { files: 1, bytes };
-    }
-    Ok(collected)
 }
 
 /// Removes `path` and syncs its directory; a missing file is not an error.

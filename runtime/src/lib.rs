@@ -4,41 +4,35 @@
 //! CGI-style), compiles them once into a content-addressed artifact cache, and serves HTTP
 //! requests to them, one fresh instance per request, from a pooling allocator.
 //!
-//! The layout follows the life of a function:
-//! - [`spec`] and [`manifest`]: what the user asks for;
-//! - [`engine`]: the one wasmtime configuration, linkers and epoch ticker;
-//! - [`artifact`]: compile once, load from disk afterwards; [`datadir`]: atomic persistence;
-//! - [`function`] and [`registry`]: a loaded function and the name/route tables;
-//! - [`platform`]: deploy (with [`snapshot`]s and the fast tier), remove, start-up loading;
-//! - [`invoke`], [`pool`], [`host`], [`cgi`], [`body`], [`timing`]: the request path;
-//! - [`server`] and [`admin`]: the listeners; [`client`] and [`commands`]: the CLI.
+//! The library is in layers; each depends only on those above it in this list, and a script
+//! (`scripts/check-layers`, run by the test suite) fails on an import cycle among them:
+//! - [`datadir`]: the data directory, written atomically, locked, owner-only;
+//! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
+//!   pre-initialisation snapshots;
+//! - [`guest`]: a guest's store and host state, built from a plain config; linkers; the
+//!   resource limiter; guest output;
+//! - [`function`]: a deployed function (record, code, warm pool, limits, start statistics)
+//!   and the loader;
+//! - [`invoke`]: the request path, behind a narrow [`invoke::InvokeContext`]; one executor
+//!   per kind of function;
+//! - [`control`]: the platform, registry, deploy, tier-up, removal, garbage collection;
+//! - [`http`]: the data-plane and admin listeners, admin authentication.
+//!
+//! The parsers of untrusted bytes and the admin API's wire types live in `thaw-spec` (no
+//! wasmtime there, so fuzzing is cheap) and keep their paths here: [`spec`], [`manifest`],
+//! [`cgi`], [`outbound`], [`api`]. The CLI (`thaw-cli`) and the cold-start suite
+//! (`thaw-bench`) are crates of their own.
 
 #![deny(missing_docs)]
 
 // The parsers of untrusted bytes live in thaw-spec (no wasmtime there, so fuzzing is cheap);
 // they keep their paths here.
-pub use thaw_spec::{cgi, manifest, outbound, spec};
+pub use thaw_spec::{api, cgi, manifest, outbound, spec};
 
-pub mod admin;
-pub mod artifact;
-pub mod auth;
-pub mod bench;
-pub mod body;
-pub mod cgi_output;
-pub mod client;
-pub mod commands;
-pub mod config;
+pub mod control;
 pub mod datadir;
 pub mod engine;
-pub mod error;
 pub mod function;
-pub mod guest_log;
-pub mod host;
+pub mod guest;
+pub mod http;
 pub mod invoke;
-pub mod limits;
-pub mod platform;
-pub mod pool;
-pub mod registry;
-pub mod server;
-pub mod snapshot;
-pub mod timing;

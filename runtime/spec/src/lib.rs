@@ -4,7 +4,8 @@
 //! - [`manifest`]: `thaw.toml`, many specs plus where their wasm is;
 //! - [`cgi`]: the response a preview1 module prints on stdout;
 //! - [`route`]: which route prefix serves a request path;
-//! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list.
+//! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list;
+//! - [`api`]: the admin API's wire types, shared by server, CLI and tests.
 //!
 //! This crate is apart from `thaw-runtime` for one reason: it does not link wasmtime, so the
 //! fuzz targets in `fuzz/` (which instrument everything they link) build in seconds. The
@@ -12,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod cgi;
 pub mod manifest;
 pub mod outbound;

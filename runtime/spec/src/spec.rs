@@ -124,59 +124,60 @@ impl ReuseSpec {
 
 /// Limits as written by the user; `None` means "the host default". Also the limit flags of
 /// `thaw deploy`, so the doc comments are the `--help` text.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     /// Wall-clock time for one request, in ms; CPU-bound guests are interrupted
     /// [default: the host's, 10000]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "MS")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MS"))]
     pub timeout_ms: Option<u64>,
     /// Linear memory per instance, in MiB [default: the host's, 128]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "MIB")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MIB"))]
     pub memory_mib: Option<u64>,
     /// Largest accepted request body, in KiB [default: the host's, 16384]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "KIB")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "KIB"))]
     pub max_request_body_kib: Option<u64>,
     /// Largest response body, in KiB; a guest that writes more is stopped [default: the
     /// host's, 65536]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "KIB")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "KIB"))]
     pub max_response_body_kib: Option<u64>,
     /// CPU fuel for one request (about one unit per wasm instruction); needs a host started
     /// with --fuel-metering [default: the host's, unlimited]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "UNITS")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "UNITS"))]
     pub fuel: Option<u64>,
     /// Requests of this function running at once [default: the host's, unlimited: only the
     /// instance slots bound it]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "N")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_concurrency: Option<u32>,
     /// Requests that may wait for one of those places; more are refused with 503 at once
     /// [default: the host's, 128]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "N")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_queue: Option<u32>,
     /// Largest request header section (names, values, separators), in bytes [default: the
     /// host's, 16384]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "BYTES")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "BYTES"))]
     pub max_header_bytes: Option<u64>,
     /// Most request header fields [default: the host's, 100]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "N")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_headers: Option<u32>,
     /// Outbound HTTP requests one invocation may send [default: the host's, 16]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "N")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_outbound_requests: Option<u32>,
     /// Timeout of each outbound request (connect, first byte, between bytes), in ms
     /// [default: the host's, 10000]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "MS")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MS"))]
     pub outbound_timeout_ms: Option<u64>,
 }
 
@@ -232,10 +233,10 @@ impl Default for LimitDefaults {
 }
 
 /// Limits resolved against the defaults, in the units the request path uses.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Wall-clock budget of one request.
-    #[serde(serialize_with = "as_millis")]
+    #[serde(serialize_with = "as_millis", deserialize_with = "from_millis")]
     pub timeout: Duration,
     /// Linear memory per instance, bytes.
     pub memory_bytes: u64,
@@ -257,12 +258,16 @@ pub struct Limits {
     /// Outbound requests per invocation.
     pub max_outbound_requests: u32,
     /// Timeout of each outbound request.
-    #[serde(serialize_with = "as_millis")]
+    #[serde(serialize_with = "as_millis", deserialize_with = "from_millis")]
     pub outbound_timeout: Duration,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
+}
+
+fn from_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
 }
 
 impl LimitsSpec {
@@ -509,6 +514,40 @@ impl FunctionSpec {
             }
         }
         Ok(())
+    }
+}
+
+/// The two kinds of function thaw runs, told apart by the binary's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A component exporting `wasi:http/incoming-handler`.
+    Component,
+    /// A WASI preview1 command module, run CGI-style.
+    Cgi,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Component => "component",
+            Kind::Cgi => "cgi",
+        })
+    }
+}
+
+/// Tells a component from a core module by the 8-byte preamble: `\0asm`, then the version
+/// (`1 0` for core modules) and layer (`0 0` core, `1 0` component). This is all
+/// `wasmparser::Parser::is_component` looks at too; validation proper is the compiler's job.
+pub fn detect_kind(bytes: &[u8]) -> Result<Kind, &'static str> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(Kind::Cgi),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(Kind::Component),
+        Some([0, b'a', b's', b'm', ..]) => Err("unsupported WebAssembly version or layer"),
+        Some([0x7f, b'E', b'L', b'F', ..]) => Err(
+            "this is a native (precompiled) artifact; thaw only accepts WebAssembly and compiles it itself",
+        ),
+        _ => Err("not a WebAssembly binary (missing the \\0asm header)"),
     }
 }
 

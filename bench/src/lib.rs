@@ -1,0 +1,730 @@
+//! `thaw bench`: the cold-start suite, a crate of its own so that its progress bars and charts
+//! are no dependency of the runtime library; the CLI calls [`execute`]. The same "hello over HTTP" through every setup this
+//! machine has, measured the same way, side by side, in one run.
+//!
+//! # What is measured
+//! For each setup, the time from its "start" to the first byte of a `200` over 127.0.0.1, on
+//! a fresh TCP connection every time ([`probe`]):
+//!
+//! | setup | "start" is |
+//! |---|---|
+//! | thaw, cold from disk | the request; the host runs, the function is deployed, its artifact is on disk and not loaded (`--load lazy`, a fresh host per batch) |
+//! | thaw, after deploy | the upload of wasm thaw has never seen (a new digest: compiled, not cached) |
+//! | thaw, warm | the request, with a warm instance waiting (a pool hit) |
+//! | `wasmtime serve` | process start, the same component, compiled at start or precompiled |
+//! | process | fork/exec of a static Go server, a static Rust one, Node, Python, Java |
+//! | container | `crun` (with and without cgroups) and `runc` starting the Go server from a minimal OCI bundle |
+//!
+//! Then steady state ([`throughput`]): requests per second and latency of thaw, `wasmtime
+//! serve` and a plain hyper server at 1, 32 and 128 connections, with `wrk`.
+//!
+//! # Honesty rules the code keeps
+//! - A setup runs only where its tools are present; otherwise it is listed as skipped, with
+//!   the reason. Nothing is estimated.
+//! - Every baseline process starts in its own process group, and the group is killed after
+//!   each sample; before each sample the port must be free, so a server that outlived its
+//!   sample (a container its runtime did not take down) cannot answer the next one.
+//! - thaw's samples record the start kind its `Server-Timing` header reported, so a "warm"
+//!   number that was not a pool hit would show.
+//!
+//! The results folder holds the table (`table.md`), every sample (`samples.csv`), a summary
+//! (`summary.json`, with the machine), a chart (`chart.svg`) and `machine.json`.
+
+pub mod probe;
+pub mod report;
+pub mod setups;
+pub mod throughput;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use report::{Measured, Skipped, Summary};
+use setups::{Container, Env, ProcessSetup, Sample, ThawHost, at, which, with_nonce};
+
+/// `thaw bench` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Where the results folder (`<date>-<host>`) is created
+    #[arg(long, default_value = "bench-results", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Samples per process, container and `wasmtime serve` setup
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub samples: usize,
+    /// Samples of thaw's cold-from-disk and warm setups (cheap, so more)
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub thaw_samples: usize,
+    /// Samples of thaw's after-deploy setups (each compiles new code)
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub deploy_samples: usize,
+    /// Seconds of each throughput run
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub throughput_secs: u64,
+    /// Only setups whose name contains this (`throughput` for the throughput runs);
+    /// repeatable
+    #[arg(long, value_name = "TEXT")]
+    pub only: Vec<String>,
+    /// A quick check that the suite works: thaw's setups only, 3 samples each, no
+    /// throughput
+    #[arg(long)]
+    pub smoke: bool,
+    /// The hello component [default: target/guests/wasm32-wasip2/release/hello.wasm beside
+    /// this binary's target directory]
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<PathBuf>,
+    /// The baselines built by scripts/setup-bench [default: target/baselines]
+    #[arg(long, value_name = "DIR")]
+    pub baselines: Option<PathBuf>,
+    /// The wasmtime CLI [default: $THAW_WASMTIME, target/tools/pip/wasmtime_cli/wasmtime,
+    /// or wasmtime on $PATH]
+    #[arg(long, value_name = "FILE")]
+    pub wasmtime: Option<PathBuf>,
+}
+
+/// Runs the suite.
+pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
+    let thaw = std::env::current_exe().context("finding the thaw binary")?;
+    // .../target/<profile>/thaw → .../target
+    let target_dir = thaw
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let env = Env {
+        wasm: args
+            .wasm
+            .clone()
+            .unwrap_or_else(|| target_dir.join("guests/wasm32-wasip2/release/hello.wasm")),
+        baselines: args
+            .baselines
+            .clone()
+            .unwrap_or_else(|| target_dir.join("baselines")),
+        wasmtime: args
+            .wasmtime
+            .clone()
+            .or_else(|| std::env::var_os("THAW_WASMTIME").map(PathBuf::from))
+            .or_else(|| {
+                let pip = target_dir.join("tools/pip/wasmtime_cli/wasmtime");
+                pip.is_file().then_some(pip)
+            })
+            .or_else(|| which("wasmtime")),
+        thaw,
+        scratch: scratch.path().to_owned(),
+    };
+    anyhow::ensure!(
+        env.wasm.is_file(),
+        "no hello component at {} (build it with `cargo build -p thaw-test-functions`, or pass --wasm)",
+        env.wasm.display()
+    );
+    let (samples, thaw_samples, deploy_samples) = if args.smoke {
+        (3, 3, 3)
+    } else {
+        (args.samples, args.thaw_samples, args.deploy_samples)
+    };
+    let wanted = |name: &str| {
+        (!args.smoke || name.starts_with("thaw"))
+            && (args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str())))
+    };
+
+    let mut measured = Vec::new();
+    let mut skipped = Vec::new();
+    let mut record = |name: &str, start: &str, result: anyhow::Result<Vec<Sample>>| match result {
+        Ok(samples) if samples.is_empty() => skipped.push(Skipped {
+            name: name.to_owned(),
+            reason: "0 samples asked for".into(),
+        }),
+        Ok(samples) => {
+            let mut kinds = BTreeMap::new();
+            for s in &samples {
+                if let Some(kind) = &s.start_kind {
+                    *kinds.entry(kind.clone()).or_insert(0) += 1;
+                }
+            }
+            let samples: Vec<Duration> = samples.iter().map(|s| s.elapsed).collect();
+            measured.push(Measured {
+                name: name.to_owned(),
+                start: start.to_owned(),
+                summary: Summary::of(&samples),
+                ratio_to_thaw_cold: None,
+                start_kinds: kinds,
+                samples,
+            });
+        }
+        Err(e) => skipped.push(Skipped {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        }),
+    };
+
+    // thaw's own setups.
+    let wasm = std::fs::read(&env.wasm)?;
+    for (name, start) in [
+        (
+            "thaw, cold from disk",
+            "the request (artifact on disk, not loaded)",
+        ),
+        ("thaw, after deploy", "the upload of new wasm"),
+        (
+            "thaw, after deploy (--fast-deploy)",
+            "the upload of new wasm",
+        ),
+        ("thaw, warm (pool hit)", "the request"),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let bar = progress(
+            name,
+            match name {
+                "thaw, cold from disk" | "thaw, warm (pool hit)" => thaw_samples,
+                _ => deploy_samples,
+            },
+        );
+        let result = match name {
+            "thaw, cold from disk" => thaw_cold(&env, &wasm, thaw_samples, &bar).await,
+            "thaw, after deploy" => thaw_deploy(&env, &wasm, deploy_samples, false, &bar).await,
+            "thaw, warm (pool hit)" => thaw_warm(&env, &wasm, thaw_samples, &bar).await,
+            _ => thaw_deploy(&env, &wasm, deploy_samples, true, &bar).await,
+        };
+        bar.finish_and_clear();
+        record(name, start, result);
+    }
+
+    // Everything started per sample.
+    for (name, start, setup) in process_setups(&env) {
+        if !wanted(&name) {
+            continue;
+        }
+        let result = setup.and_then(|setup| {
+            let bar = progress(&name, samples);
+            let result = (0..samples)
+                .map(|_| {
+                    let sample = setup.sample();
+                    bar.inc(1);
+                    sample
+                })
+                .collect::<anyhow::Result<Vec<_>>>();
+            bar.finish_and_clear();
+            result
+        });
+        record(&name, start, result);
+    }
+
+    let cold = measured
+        .iter()
+        .find(|m| m.name == "thaw, cold from disk")
+        .map(|m| m.summary.median_us);
+    for m in &mut measured {
+        m.ratio_to_thaw_cold = cold.map(|c| m.summary.median_us / c);
+    }
+
+    let throughput_runs = if args.smoke || !wanted("throughput") {
+        Vec::new()
+    } else {
+        run_throughput(
+            &env,
+            &wasm,
+            Duration::from_secs(args.throughput_secs),
+            &mut skipped,
+        )
+        .await
+    };
+
+    // The report.
+    let tools = tool_versions(&env);
+    let machine = report::machine(&tools);
+    let dir = report::results_dir(&args.out, &report::hostname())?;
+    let mut table = report::table(&measured, &skipped);
+    if !throughput_runs.is_empty() {
+        table.push('\n');
+        table.push_str(&report::throughput_table(&throughput_runs));
+    }
+    std::fs::write(dir.join("table.md"), &table)?;
+    std::fs::write(dir.join("samples.csv"), report::csv(&measured))?;
+    std::fs::write(
+        dir.join("machine.json"),
+        serde_json::to_vec_pretty(&machine)?,
+    )?;
+    let summary = serde_json::json!({
+        "date": report::today(),
+        "machine": machine,
+        "setups": measured,
+        "skipped": skipped,
+        "throughput": throughput_runs,
+    });
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    if !measured.is_empty() {
+        report::svg(&measured, &dir.join("chart.svg"))?;
+    }
+    println!("{table}");
+    println!(
+        "machine: {} ({} cores, {} GiB), {}",
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["memory_gib"],
+        machine["kernel"].as_str().unwrap_or("?")
+    );
+    println!("results: {}", dir.display());
+    Ok(())
+}
+
+fn progress(name: &str, len: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>38} {bar:30} {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(name.to_owned());
+    bar
+}
+
+/// Cold from disk: the function deployed under many names (one artifact), a fresh host with
+/// `--load lazy` per batch, each name's first request timed.
+async fn thaw_cold(
+    env: &Env,
+    wasm: &[u8],
+    n: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<Sample>> {
+    let batch = n.clamp(1, 50);
+    let data = env.scratch.join("cold");
+    let mut host = ThawHost::start(&env.thaw, &data, &["--load", "lazy"])?;
+    for i in 0..batch {
+        let name = format!("cold-{i}");
+        host.admin
+            .deploy(&name, &at(&name), wasm.to_vec().into())
+            .await?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    while samples.len() < n {
+        host.restart()?;
+        for i in 0..batch.min(n - samples.len()) {
+            samples.push(host.get(&format!("/cold-{i}"))?);
+            bar.inc(1);
+        }
+    }
+    Ok(samples)
+}
+
+/// After deploy: upload never-seen wasm (a nonce section changes its digest), then the first
+/// request; timed from the start of the upload.
+async fn thaw_deploy(
+    env: &Env,
+    wasm: &[u8],
+    n: usize,
+    fast: bool,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<Sample>> {
+    let data = env
+        .scratch
+        .join(if fast { "deploy-fast" } else { "deploy" });
+    let args: &[&str] = if fast { &["--fast-deploy"] } else { &[] };
+    let host = ThawHost::start(&env.thaw, &data, args)?;
+    let spec = at("fresh");
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let bytes = with_nonce(wasm, &format!("{}-{i}", std::process::id()));
+        let start = std::time::Instant::now();
+        host.admin.deploy("fresh", &spec, bytes.into()).await?;
+        let seen = probe::first_byte(host.addr, "/fresh", start, start + Duration::from_secs(30))?;
+        samples.push(seen.into());
+        bar.inc(1);
+        if fast {
+            // Let the background Cranelift compile finish: it would slow the next sample.
+            for _ in 0..600 {
+                if host.admin.status().await?.tier_ups_pending == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Ok(samples)
+}
+
+/// Warm: requests to a deployed, loaded function with a warm instance waiting.
+async fn thaw_warm(
+    env: &Env,
+    wasm: &[u8],
+    n: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<Sample>> {
+    let host = ThawHost::start(&env.thaw, &env.scratch.join("warm"), &[])?;
+    host.admin
+        .deploy("hello", &at("hello"), wasm.to_vec().into())
+        .await?;
+    for _ in 0..20 {
+        host.get("/hello")?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        // Give the refill task its moment: each request should find an instance waiting.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        samples.push(host.get("/hello")?);
+        bar.inc(1);
+    }
+    Ok(samples)
+}
+
+type Planned = (String, &'static str, anyhow::Result<ProcessSetup>);
+
+/// The per-sample process setups, each with its command or the reason it cannot run here.
+fn process_setups(env: &Env) -> Vec<Planned> {
+    let mut out: Vec<Planned> = Vec::new();
+    let need = |path: PathBuf, what: &str| -> anyhow::Result<PathBuf> {
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(anyhow::anyhow!(
+                "{what} not found at {} (run scripts/setup-bench)",
+                path.display()
+            ))
+        }
+    };
+    let tool = |name: &str| {
+        which(name)
+            .ok_or_else(|| anyhow::anyhow!("{name} is not installed (run scripts/setup-bench)"))
+    };
+    let simple = |program: anyhow::Result<PathBuf>, args: Vec<String>| {
+        program.map(|program| ProcessSetup {
+            program,
+            args,
+            path: "/hello",
+            container: None,
+        })
+    };
+
+    // The peer: wasmtime serve, compiling at start and precompiled.
+    let wasmtime = env.wasmtime.clone().ok_or_else(|| {
+        anyhow::anyhow!("the wasmtime CLI is not installed (run scripts/setup-bench)")
+    });
+    let wasm = env.wasm.display().to_string();
+    out.push((
+        "wasmtime serve (compiles at start)".into(),
+        "process start (compiles the component, no cache)",
+        simple(
+            wasmtime
+                .as_ref()
+                .cloned()
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            // No compilation cache: every start compiles, as a first deploy would.
+            [
+                "serve",
+                "-Ccache=n",
+                "-Scli",
+                "--addr",
+                "127.0.0.1:{port}",
+                &wasm,
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+    ));
+    let precompiled = env.scratch.join("hello.cwasm");
+    out.push((
+        "wasmtime serve (precompiled)".into(),
+        "process start (--allow-precompiled)",
+        wasmtime.and_then(|wasmtime| {
+            let status = Command::new(&wasmtime)
+                .args(["compile", &wasm, "-o"])
+                .arg(&precompiled)
+                .status()?;
+            anyhow::ensure!(status.success(), "wasmtime compile failed");
+            simple(
+                Ok(wasmtime),
+                [
+                    "serve",
+                    "-Scli",
+                    "--allow-precompiled",
+                    "--addr",
+                    "127.0.0.1:{port}",
+                    &precompiled.display().to_string(),
+                ]
+                .map(String::from)
+                .to_vec(),
+            )
+        }),
+    ));
+
+    // Processes.
+    let b = &env.baselines;
+    out.push((
+        "process: Go (static)".into(),
+        "fork/exec",
+        simple(need(b.join("hello-go"), "the Go baseline"), vec![]),
+    ));
+    out.push((
+        "process: Rust (static)".into(),
+        "fork/exec",
+        simple(need(b.join("hello-rust"), "the Rust baseline"), vec![]),
+    ));
+    out.push((
+        "process: Node.js".into(),
+        "fork/exec",
+        need(b.join("hello.js"), "hello.js")
+            .and_then(|js| simple(tool("node"), vec![js.display().to_string()])),
+    ));
+    out.push((
+        "process: Python".into(),
+        "fork/exec",
+        need(b.join("hello.py"), "hello.py").and_then(|py| {
+            // Not `python3` from $PATH: a pyenv shim there adds ~80 ms of its own.
+            simple(
+                need(PathBuf::from("/usr/bin/python3"), "/usr/bin/python3"),
+                vec![py.display().to_string()],
+            )
+        }),
+    ));
+    out.push((
+        "process: Java".into(),
+        "fork/exec",
+        need(b.join("java/Hello.class"), "the compiled Java class").and_then(|_| {
+            simple(
+                tool("java"),
+                vec![
+                    "-cp".into(),
+                    b.join("java").display().to_string(),
+                    "Hello".into(),
+                ],
+            )
+        }),
+    ));
+
+    // Containers.
+    for (name, runtime, cgroups) in [
+        ("container: crun, no cgroups", "crun", false),
+        ("container: crun, cgroups", "crun", true),
+        ("container: runc, cgroups", "runc", true),
+    ] {
+        out.push((
+            name.into(),
+            "runtime start (crun/runc run)",
+            container_setup(env, runtime, cgroups, name),
+        ));
+    }
+    out
+}
+
+/// A container setup: the Go server alone in a read-only root filesystem, the host's
+/// network (no network namespace), started by `crun run` or `runc run`.
+fn container_setup(
+    env: &Env,
+    runtime: &str,
+    cgroups: bool,
+    name: &str,
+) -> anyhow::Result<ProcessSetup> {
+    // SAFETY: geteuid has no preconditions.
+    anyhow::ensure!(unsafe { libc::geteuid() } == 0, "containers need root here");
+    let runtime_path = which(runtime)
+        .ok_or_else(|| anyhow::anyhow!("{runtime} is not installed (run scripts/setup-bench)"))?;
+    let oci = env.baselines.join("oci");
+    let template = std::fs::read(oci.join("config.json")).with_context(|| {
+        format!(
+            "no OCI bundle at {} (run scripts/setup-bench)",
+            oci.display()
+        )
+    })?;
+    let mut template: serde_json::Value = serde_json::from_slice(&template)?;
+    template["root"]["path"] = oci.join("rootfs").display().to_string().into();
+    if cgroups {
+        let parent = setups::own_cgroup().context("cannot tell this process's cgroup")?;
+        template["linux"]["cgroupsPath"] = format!("{parent}/thaw-bench").into();
+    } else if let Some(linux) = template["linux"].as_object_mut() {
+        linux.remove("cgroupsPath");
+    }
+    let bundle = env.scratch.join(name.replace([' ', ',', ':'], "-"));
+    std::fs::create_dir_all(&bundle)?;
+    let id = format!("thaw-bench-{}-{runtime}-{cgroups}", std::process::id());
+    let bundle_arg = bundle.display().to_string();
+    let (program, args) = if runtime == "crun" {
+        // crun 1.8 refuses cgroup v1/v2 hybrid hosts; in a private mount namespace without
+        // the v2 mount it runs. Without cgroups it is told not to manage any.
+        let manager = if cgroups {
+            ""
+        } else {
+            "--cgroup-manager=disabled "
+        };
+        (
+            which("unshare").context("unshare is not installed")?,
+            vec![
+                "-m".into(),
+                "--propagation".into(),
+                "private".into(),
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "umount /sys/fs/cgroup/unified 2>/dev/null; exec {} {manager}run --bundle {bundle_arg} {id}",
+                    runtime_path.display()
+                ),
+            ],
+        )
+    } else {
+        (
+            runtime_path.clone(),
+            vec!["run".into(), "--bundle".into(), bundle_arg, id.clone()],
+        )
+    };
+    Ok(ProcessSetup {
+        program,
+        args,
+        path: "/hello",
+        container: Some(Container {
+            runtime: runtime_path,
+            id,
+            config: bundle.join("config.json"),
+            template,
+        }),
+    })
+}
+
+/// A server under load: what keeps it running (dropped, and killed, at the end), and its URL.
+struct LoadTarget {
+    _host: Option<ThawHost>,
+    _group: Option<probe::Group>,
+    url: String,
+}
+
+/// Throughput of thaw, wasmtime serve and plain hyper at 1, 32 and 128 connections.
+async fn run_throughput(
+    env: &Env,
+    wasm: &[u8],
+    duration: Duration,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<report::Throughput> {
+    let Some(wrk) = which("wrk") else {
+        skipped.push(Skipped {
+            name: "throughput".into(),
+            reason: "wrk is not installed (run scripts/setup-bench)".into(),
+        });
+        return Vec::new();
+    };
+    let mut runs = Vec::new();
+    let mut servers: Vec<(&str, anyhow::Result<LoadTarget>)> = Vec::new();
+    // thaw.
+    let thaw = async {
+        let host = ThawHost::start(&env.thaw, &env.scratch.join("throughput"), &[])?;
+        host.admin
+            .deploy("hello", &at("hello"), wasm.to_vec().into())
+            .await?;
+        let url = format!("http://{}/hello", host.addr);
+        Ok(LoadTarget {
+            _host: Some(host),
+            _group: None,
+            url,
+        })
+    }
+    .await;
+    servers.push(("thaw", thaw));
+    // wasmtime serve and plain hyper: a process each.
+    let spawn = |program: &Path, args: Vec<String>| -> anyhow::Result<LoadTarget> {
+        let port = probe::free_port()?;
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let group = probe::Group::spawn(Command::new(program).args(&args))?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let start = std::time::Instant::now();
+        probe::first_byte(addr, "/hello", start, start + Duration::from_secs(60))?;
+        Ok(LoadTarget {
+            _host: None,
+            _group: Some(group),
+            url: format!("http://{addr}/hello"),
+        })
+    };
+    servers.push((
+        "wasmtime serve",
+        match &env.wasmtime {
+            Some(w) => spawn(
+                w,
+                [
+                    "serve",
+                    "-Scli",
+                    "--addr",
+                    "127.0.0.1:{port}",
+                    &env.wasm.display().to_string(),
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            None => Err(anyhow::anyhow!("the wasmtime CLI is not installed")),
+        },
+    ));
+    // Built by scripts/setup-bench beside the thaw binary (the bench crate's own binary).
+    let plain = env.thaw.with_file_name("thaw-plain-hello");
+    servers.push((
+        "plain hyper (no wasm)",
+        if plain.is_file() {
+            spawn(&plain, vec!["127.0.0.1:{port}".into()])
+        } else {
+            Err(anyhow::anyhow!(
+                "{} is missing: scripts/setup-bench builds it",
+                plain.display()
+            ))
+        },
+    ));
+    for (server, started) in servers {
+        let target = match started {
+            Ok(s) => s,
+            Err(e) => {
+                skipped.push(Skipped {
+                    name: format!("throughput: {server}"),
+                    reason: format!("{e:#}"),
+                });
+                continue;
+            }
+        };
+        // Warm up (code paged in, pools sized), not recorded.
+        let url = &target.url;
+        let _ = throughput::wrk(&wrk, server, url, 32, Duration::from_secs(1));
+        for connections in [1, 32, 128] {
+            let bar = progress(&format!("throughput: {server}, {connections} conn"), 1);
+            match throughput::wrk(&wrk, server, url, connections, duration) {
+                Ok(run) => runs.push(run),
+                Err(e) => skipped.push(Skipped {
+                    name: format!("throughput: {server}, {connections} connections"),
+                    reason: format!("{e:#}"),
+                }),
+            }
+            bar.finish_and_clear();
+        }
+    }
+    runs
+}
+
+fn tool_versions(env: &Env) -> Vec<(&'static str, Option<String>)> {
+    let v = |name: &str, args: &[&str]| which(name).and_then(|p| report::version_of(&p, args));
+    let go = env
+        .baselines
+        .parent()
+        .map(|t| t.join("tools/go/go/bin/go"))
+        .filter(|p| p.is_file());
+    vec![
+        ("thaw", Some(env!("CARGO_PKG_VERSION").to_owned())),
+        (
+            "wasmtime",
+            env.wasmtime
+                .as_ref()
+                .and_then(|w| report::version_of(w, &["--version"])),
+        ),
+        ("go", go.and_then(|g| report::version_of(&g, &["version"]))),
+        ("node", v("node", &["--version"])),
+        (
+            "python3",
+            report::version_of(Path::new("/usr/bin/python3"), &["--version"]),
+        ),
+        ("java", v("java", &["-version"])),
+        ("crun", v("crun", &["--version"])),
+        ("runc", v("runc", &["--version"])),
+        ("wrk", v("wrk", &["-v"])),
+    ]
+}

@@ -1,0 +1,128 @@
+//! `thaw deploy`: upload a wasm file, or every function of a manifest.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::commands::Target;
+use thaw_runtime::manifest::Manifest;
+use thaw_runtime::spec::{DirGrant, FunctionSpec, LimitsSpec};
+
+/// `thaw deploy` flags.
+#[derive(clap::Args, Debug)]
+pub struct DeployArgs {
+    /// A .wasm file (a wasi:http component or a WASI preview1 command), or a thaw.toml manifest
+    pub path: PathBuf,
+    /// Function name [default: the wasm file's stem]; not used with a manifest
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Route prefix the function serves [default: /NAME]
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Environment variable for the function, KEY=VALUE; repeatable
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub limits: LimitsSpec,
+    /// Let one instance serve up to N requests, keeping its memory between them (trusted
+    /// functions only) [default: off, one instance per request]
+    #[arg(long, value_name = "N")]
+    pub reuse_max_requests: Option<u32>,
+    /// Allow outbound HTTP to hosts matching `scheme://host[:port]` (wildcards: `*`, `*.domain`,
+    /// port `*`); repeatable [default: no outbound traffic]
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    pub allow_outbound: Vec<String>,
+    /// Grant a host directory, HOST_DIR:GUEST_DIR, read-only (append `:rw` for read-write);
+    /// repeatable [default: no filesystem]
+    #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", value_parser = parse_dir)]
+    pub dirs: Vec<DirGrant>,
+    /// Do not pre-initialise the function even if it exports an init function
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// With a manifest: run its build commands first
+    #[arg(long)]
+    pub build: bool,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn parse_dir(s: &str) -> Result<DirGrant, String> {
+    let (rest, writable) = match s.strip_suffix(":rw") {
+        Some(rest) => (rest, true),
+        None => (s.strip_suffix(":ro").unwrap_or(s), false),
+    };
+    let (host, guest) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("expected HOST_DIR:GUEST_DIR[:rw], got {s:?}"))?;
+    let host = std::fs::canonicalize(host).map_err(|e| format!("{host}: {e}"))?;
+    Ok(DirGrant {
+        host,
+        guest: guest.to_owned(),
+        writable,
+    })
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Deploys and prints what the host answered.
+pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
+    let client = args.target.client()?;
+    if args.path.extension().is_some_and(|e| e == "toml") {
+        let manifest = Manifest::load(&args.path)?;
+        if args.build {
+            manifest.build()?;
+        }
+        for function in &manifest.functions {
+            let path = manifest.wasm_path(function);
+            let wasm =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let deployed = client
+                .deploy(&function.name, &function.spec(), wasm.into())
+                .await?;
+            print_deployed(&deployed);
+        }
+        return Ok(());
+    }
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('.', "-").to_lowercase())
+            .context("cannot derive a name from the file; pass --name")?,
+    };
+    let spec = FunctionSpec {
+        route: args.route.clone(),
+        env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+        limits: args.limits.clone(),
+        snapshot: args.no_snapshot.then_some(false),
+        allowed_outbound_hosts: args.allow_outbound.clone(),
+        dirs: args.dirs.clone(),
+        reuse: args
+            .reuse_max_requests
+            .map(|max_requests| thaw_runtime::spec::ReuseSpec {
+                max_requests,
+                idle_timeout_ms: 60_000,
+            }),
+    };
+    let wasm =
+        std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
+    let deployed = client.deploy(&name, &spec, wasm.into()).await?;
+    print_deployed(&deployed);
+    Ok(())
+}
+
+fn print_deployed(f: &thaw_runtime::api::FunctionInfo) {
+    println!(
+        "deployed {} ({}, generation {}) at {}",
+        f.name, f.kind, f.generation, f.route,
+    );
+}

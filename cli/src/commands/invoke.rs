@@ -1,0 +1,104 @@
+//! `thaw invoke`: send one request to a function and print the response.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::commands::Target;
+
+/// `thaw invoke` flags.
+#[derive(clap::Args, Debug)]
+pub struct InvokeArgs {
+    /// Name of the function
+    pub name: String,
+    /// Path below the function's route, e.g. /items/3?full=1
+    #[arg(default_value = "")]
+    pub path: String,
+    /// HTTP method [default: GET, or POST with a body]
+    #[arg(long, short = 'X')]
+    pub method: Option<String>,
+    /// Request header, "Name: value"; repeatable
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Request body
+    #[arg(long, short = 'd', conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Request body from a file
+    #[arg(long, value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
+    /// Print the status line and headers too
+    #[arg(long, short = 'i')]
+    pub include: bool,
+    /// Function traffic address of the host
+    #[arg(
+        long,
+        env = "THAW_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    pub url: String,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Looks up the function's route, sends the request, prints the response. A 4xx or 5xx
+/// answer is printed and then reported as an error (non-zero exit).
+pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
+    let function = args.target.client()?.get(&args.name).await?;
+    let route = function.route.as_str();
+    let route = if route == "/" { "" } else { route };
+    let path = if args.path.is_empty() || args.path.starts_with(['/', '?']) {
+        args.path.clone()
+    } else {
+        format!("/{}", args.path)
+    };
+    let url = format!("{}{route}{path}", args.url.trim_end_matches('/'));
+
+    let body = match (&args.data, &args.data_file) {
+        (Some(data), _) => Some(data.clone().into_bytes()),
+        (None, Some(file)) => {
+            Some(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?)
+        }
+        (None, None) => None,
+    };
+    let method = match &args.method {
+        Some(m) => {
+            reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).context("invalid method")?
+        }
+        None if body.is_some() => reqwest::Method::POST,
+        None => reqwest::Method::GET,
+    };
+    let mut request = reqwest::Client::new().request(method, &url);
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("header {header:?} is not `Name: value`"))?;
+        request = request.header(name.trim(), value.trim());
+    }
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("requesting {url}"))?;
+    let status = response.status();
+    let mut out = std::io::stdout().lock();
+    if args.include {
+        writeln!(out, "{:?} {status}", response.version())?;
+        for (name, value) in response.headers() {
+            writeln!(out, "{name}: {}", value.to_str().unwrap_or("<binary>"))?;
+        }
+        writeln!(out)?;
+    }
+    let bytes = response.bytes().await?;
+    out.write_all(&bytes)?;
+    out.flush()?;
+    anyhow::ensure!(
+        !status.is_client_error() && !status.is_server_error(),
+        "the function answered {status}"
+    );
+    Ok(())
+}

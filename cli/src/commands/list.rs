@@ -1,0 +1,62 @@
+//! `thaw list`: the deployed functions, with how their requests started.
+
+use crate::commands::Target;
+
+/// `thaw list` flags.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Print the full JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Prints one line per function: its route and kind, requests and failures, how requests got
+/// their instances (pool hit / fresh / from disk / compiled) and the p50/p99 of start and
+/// handler time in microseconds.
+pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
+    let functions = args.target.client()?.list().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&functions)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<9} {:<20} {:>3} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
+        "NAME",
+        "KIND",
+        "ROUTE",
+        "GEN",
+        "REQUESTS",
+        "FAILED",
+        "WARM",
+        "HIT/FRESH/DISK/COMPILE",
+        "START µs 50/99",
+        "HANDLER µs 50/99"
+    );
+    let n = |v: Option<u64>| v.map_or("-".to_owned(), |n| n.to_string());
+    for f in &functions {
+        let start = |kind: &str| n(f.starts.get(kind).copied());
+        println!(
+            "{:<20} {:<9} {:<20} {:>3} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
+            f.name,
+            f.kind.to_string(),
+            f.route,
+            f.generation,
+            f.requests,
+            f.failures,
+            f.warm_instances,
+            format!(
+                "{}/{}/{}/{}",
+                start("pool-hit"),
+                start("fresh"),
+                start("disk"),
+                start("compile")
+            ),
+            format!("{}/{}", n(f.start_us.p50), n(f.start_us.p99)),
+            format!("{}/{}", n(f.handler_us.p50), n(f.handler_us.p99)),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `thaw serve`: run the host.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use thaw_runtime::api::ReadyLine;
+use thaw_runtime::control::Platform;
+use thaw_runtime::engine::Allocator;
+use thaw_runtime::engine::artifact::sha256_hex;
+use thaw_runtime::http::auth::AdminToken;
+use thaw_runtime::http::server::{self, ListenerOptions, Shutdown};
+use thaw_runtime::manifest::Manifest;
+
+use crate::config::ServeArgs;
+
+/// Runs until SIGINT or SIGTERM, then drains in-flight requests.
+pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    // Manifests are read (and built) before anything else, so a typo fails fast.
+    let manifests = config
+        .deploy
+        .iter()
+        .map(|path| Manifest::load(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if config.build {
+        for manifest in &manifests {
+            manifest.build()?;
+        }
+    }
+
+    let platform_config = config.platform.clone();
+    let platform = tokio::task::spawn_blocking(move || Platform::open(platform_config))
+        .await
+        .context("start-up task failed")??;
+    let platform = Arc::new(platform);
+    match platform.engine().allocator() {
+        Allocator::Pooling => tracing::info!(
+            slots = platform.engine().options().instance_slots,
+            "instance allocator: pooling with copy-on-write memory images"
+        ),
+        Allocator::OnDemand(reason) => {
+            tracing::warn!("instance allocator: on-demand ({reason})")
+        }
+    }
+    tracing::info!(
+        data_dir = %platform.data_dir().root().display(),
+        functions = platform.registry().len(),
+        "data directory loaded"
+    );
+
+    for manifest in &manifests {
+        for function in &manifest.functions {
+            let path = manifest.wasm_path(function);
+            let wasm = std::fs::read(&path).with_context(|| {
+                format!("reading {} for function {}", path.display(), function.name)
+            })?;
+            let spec = function.spec();
+            if let Some(existing) = platform.registry().get(&function.name)
+                && existing.record.digest == sha256_hex(&wasm)
+                && existing.record.spec == spec
+            {
+                continue;
+            }
+            platform
+                .deploy(&function.name, spec, wasm.into())
+                .await
+                .with_context(|| format!("deploying {} from {}", function.name, path.display()))?;
+        }
+    }
+
+    let (token, created) =
+        AdminToken::load_or_create(platform.data_dir().root(), config.admin_token.as_deref())?;
+    if let Some(path) = created {
+        // Printed once, when created; afterwards it lives only in the owner-only file.
+        eprintln!(
+            "thaw: new admin token {} (saved to {}, readable by this user only)",
+            token.expose(),
+            path.display()
+        );
+    }
+
+    let data = server::bind(config.listen).await?;
+    let admin = server::bind(config.admin_listen).await?;
+    let data_addr = data.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    if !config.admin_listen.ip().is_loopback() {
+        tracing::warn!(
+            "the admin API listens on {admin_addr}, beyond loopback: its token is all that guards \
+             it, and it travels in clear text (no TLS); put a TLS proxy in front"
+        );
+    }
+    // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
+    let ready = ReadyLine {
+        functions: data_addr,
+        admin: admin_addr,
+    };
+    println!("{ready}");
+
+    platform.spawn_background_loading();
+    let (stop, shutdown) = Shutdown::new();
+    let max_upload = config.max_upload_bytes;
+    let admin_platform = platform.clone();
+    let listener_options = ListenerOptions {
+        drain_timeout: config.drain_timeout,
+        header_read_timeout: config.header_read_timeout,
+        slow_clients: platform.slow_clients().clone(),
+        send_timeout: config.send_timeout,
+        stalled_readers: platform.stalled_readers().clone(),
+    };
+    let admin_task = tokio::spawn(server::serve(
+        admin,
+        shutdown.clone(),
+        listener_options.clone(),
+        move |req, _peer| {
+            thaw_runtime::http::admin::handle(
+                admin_platform.clone(),
+                req,
+                max_upload,
+                token.clone(),
+            )
+        },
+    ));
+    let data_task = tokio::spawn(server::serve_functions(
+        data,
+        platform,
+        shutdown,
+        listener_options,
+    ));
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    data_task.await??;
+    admin_task.await??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! Host configuration: flags, environment variables and a TOML file, resolved once into
+//! [`ServeConfig`] before anything binds a socket.
+//!
+//! Every setting is declared once, in [`HostSettings`]: its doc comment is the `--help` text,
+//! its `#[arg]` the flag and environment variable, its field name the config file's key.
+//! Precedence, highest first: command-line flag, environment variable (clap reads both), the
+//! config file (`--config` / `THAW_CONFIG`), the defaults below. The merge is generic (the
+//! flags' settings laid over the file's, key by key), so a setting cannot be forgotten in it,
+//! and a boolean set in the file can be turned off by a flag (`--fast-deploy=false`); a
+//! boolean flag given alone means `true`.
+//! Function limit defaults are the file's `[limits]` table, or `--default-limit KEY=VALUE`
+//! with the same keys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use thaw_runtime::control::{LoadMode, PlatformConfig};
+use thaw_runtime::engine::EngineOptions;
+use thaw_runtime::function::pool::PoolOptions;
+use thaw_runtime::spec::LimitDefaults;
+
+/// Default data-plane address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin address: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
+/// Default instance slots: 256 concurrent instances. Each slot reserves (not commits) about
+/// 8 GiB of address space for its memories, 2 TiB in all, of the 128 TiB a 64-bit process has.
+pub const DEFAULT_INSTANCE_SLOTS: u32 = 256;
+/// Default ceiling on any function's memory.
+pub const DEFAULT_MAX_MEMORY_MIB: u64 = 1024;
+/// Default time a request may wait for a free slot.
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 1000;
+/// Default time in-flight requests get to finish at shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+/// Default most warm instances per function: enough to absorb a small burst without
+/// instantiating, few enough that a thousand functions do not fill the pool with idle ones.
+pub const DEFAULT_WARM_MAX: usize = 4;
+/// Default idle time after which a function's warm pool drains to zero.
+pub const DEFAULT_WARM_IDLE_SECS: u64 = 30;
+/// Default time a client gets to send its request headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default time a client may leave response bytes unread: nginx's `send_timeout` is 60 s;
+/// half that, because a function's buffered response is memory the host holds meanwhile.
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
+/// Default largest upload on the admin API.
+pub const DEFAULT_MAX_UPLOAD_MIB: u64 = 256;
+
+/// `thaw serve` flags: the settings, and what only the command line says.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (flags and env vars override it)
+    #[arg(long, env = "THAW_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub settings: HostSettings,
+    /// Function limit defaults, `KEY=VALUE` with the keys of a function's `limits` (e.g.
+    /// `timeout_ms=5000`); repeatable; the config file's `[limits]` table
+    #[arg(
+        long = "default-limit",
+        env = "THAW_DEFAULT_LIMITS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub default_limits: Vec<String>,
+    /// Request timeout for functions that set none, in ms [default: 10000]; short for
+    /// `--default-limit timeout_ms=MS`
+    #[arg(long, env = "THAW_DEFAULT_TIMEOUT_MS", value_name = "MS")]
+    pub default_timeout_ms: Option<u64>,
+    /// Linear memory for functions that set none, in MiB [default: 128]; short for
+    /// `--default-limit memory_mib=MIB`
+    #[arg(long, env = "THAW_DEFAULT_MEMORY_MIB", value_name = "MIB")]
+    pub default_memory_mib: Option<u64>,
+    /// Largest request body for functions that set none, in KiB [default: 16384]; short for
+    /// `--default-limit max_request_body_kib=KIB`
+    #[arg(long, env = "THAW_DEFAULT_MAX_REQUEST_BODY_KIB", value_name = "KIB")]
+    pub default_max_request_body_kib: Option<u64>,
+    /// Deploy the functions of this manifest (thaw.toml) at start-up; repeatable
+    #[arg(long, value_name = "MANIFEST")]
+    pub deploy: Vec<PathBuf>,
+    /// Run the manifests' build commands before deploying them
+    #[arg(long, requires = "deploy")]
+    pub build: bool,
+}
+
+/// Every host setting, as flag, environment variable and config file key. `None` is "not
+/// given here"; [`ServeArgs::resolve`] applies the defaults.
+#[derive(clap::Args, Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSettings {
+    /// Address for function traffic [default: 127.0.0.1:8080; port 0 picks a free port]
+    #[arg(long, env = "THAW_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address for the admin API [default: 127.0.0.1:8081]; every request needs the admin
+    /// token
+    #[arg(long, env = "THAW_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires [default: the data directory's admin.token,
+    /// created with owner-only permissions on first start]
+    #[arg(
+        long,
+        env = "THAW_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Directory holding deployed functions, wasm and compiled artifacts
+    /// [default: $XDG_DATA_HOME/thaw or ~/.local/share/thaw]
+    #[arg(long, env = "THAW_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Instances that may run at once across all functions; sizes the pooling allocator
+    /// [default: 256]
+    #[arg(long, env = "THAW_INSTANCE_SLOTS", value_name = "N")]
+    pub instance_slots: Option<u32>,
+    /// Ceiling for any function's linear memory, in MiB [default: 1024]
+    #[arg(long, env = "THAW_MAX_MEMORY_MIB", value_name = "MIB")]
+    pub max_memory_mib: Option<u64>,
+    /// Use on-demand instance allocation instead of the pool (slower; for small address
+    /// spaces) [default: false]
+    #[arg(long, env = "THAW_ON_DEMAND_ALLOCATION", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub on_demand_allocation: Option<bool>,
+    /// How long a request waits for a free instance slot before a 503, in ms [default: 1000]
+    #[arg(long, env = "THAW_QUEUE_TIMEOUT_MS", value_name = "MS")]
+    pub queue_timeout_ms: Option<u64>,
+    /// How long in-flight requests get to finish on SIGINT/SIGTERM, in seconds [default: 30]
+    #[arg(long, env = "THAW_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Largest wasm upload the admin API accepts, in MiB [default: 256]
+    #[arg(long, env = "THAW_MAX_UPLOAD_MIB", value_name = "MIB")]
+    pub max_upload_mib: Option<u64>,
+    /// When functions found in the data directory are loaded: on first request (lazy), in
+    /// the background after start-up, or before serving (eager) [default: background]
+    #[arg(long, env = "THAW_LOAD", value_name = "MODE")]
+    pub load: Option<LoadMode>,
+    /// Most pre-instantiated (warm) instances per function; 0 turns warm pools off
+    /// [default: 4]
+    #[arg(long, env = "THAW_WARM_MAX", value_name = "N")]
+    pub warm_max: Option<usize>,
+    /// A function idle this long drops its warm instances (scale to zero), in seconds
+    /// [default: 30]
+    #[arg(long, env = "THAW_WARM_IDLE_SECS", value_name = "SECS")]
+    pub warm_idle_secs: Option<u64>,
+    /// Answer deploys with code from Winch, the baseline compiler (compiles several times
+    /// faster, runs slower), and switch to Cranelift's code when it is ready in the
+    /// background [default: false]
+    #[arg(long, env = "THAW_FAST_DEPLOY", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub fast_deploy: Option<bool>,
+    /// Add a Server-Timing header (how the instance was obtained, and what it cost) to
+    /// function responses [default: true]
+    #[arg(long, env = "THAW_SERVER_TIMING", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub server_timing: Option<bool>,
+    /// Count CPU fuel in every guest, so functions can set a `fuel` limit (costs some speed
+    /// in CPU-bound guests; changes the compiled code, so artifacts are rebuilt once)
+    /// [default: false]
+    #[arg(long, env = "THAW_FUEL_METERING", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub fuel_metering: Option<bool>,
+    /// How long a client may take to send a request's headers before its connection is
+    /// closed (slow-client protection), in ms [default: 10000]
+    #[arg(long, env = "THAW_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// How long a client may leave response bytes unread (no progress at all while some wait
+    /// to be sent) before its connection is closed (nginx's `send_timeout`), in ms
+    /// [default: 30000]
+    #[arg(long, env = "THAW_SEND_TIMEOUT_MS", value_name = "MS")]
+    pub send_timeout_ms: Option<u64>,
+    /// Function limit defaults (the file's `[limits]` table; on the command line,
+    /// `--default-limit`).
+    #[arg(skip)]
+    pub limits: Option<toml::Table>,
+}
+
+/// Everything `thaw serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data-plane address.
+    pub listen: SocketAddr,
+    /// Admin address.
+    pub admin_listen: SocketAddr,
+    /// The platform's settings.
+    pub platform: PlatformConfig,
+    /// Drain time at shutdown.
+    pub drain_timeout: Duration,
+    /// Time a client gets to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Time a client may leave a response unread before its connection is closed.
+    pub send_timeout: Duration,
+    /// Largest admin upload, bytes.
+    pub max_upload_bytes: u64,
+    /// Manifests to deploy at start-up.
+    pub deploy: Vec<PathBuf>,
+    /// Build them first.
+    pub build: bool,
+    /// The admin token, if configured rather than read from the data directory.
+    pub admin_token: Option<String>,
+}
+
+/// Lays `over` on `base` key by key (tables recursively); `null`s in `over` are "not given".
+fn overlay(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => overlay(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The settings from the file, with the flags' (and environment's) laid over them.
+    pub fn settings(&self) -> anyhow::Result<HostSettings> {
+        let mut merged = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                // Parsed as settings first, for errors that name the file and the key.
+                let file: HostSettings = toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?;
+                toml::Table::try_from(file)?
+            }
+            None => toml::Table::new(),
+        };
+        // Options that are `None` are not serialised: only what the command line set.
+        let mut flags = toml::Table::try_from(&self.settings)?;
+        // The three most common defaults have flags of their own (they came first); they
+        // are shorthands for `--default-limit` and go through the same table.
+        let shorthands = [
+            ("timeout_ms", self.default_timeout_ms),
+            ("memory_mib", self.default_memory_mib),
+            ("max_request_body_kib", self.default_max_request_body_kib),
+        ];
+        let given: Vec<String> = shorthands
+            .iter()
+            .filter_map(|(key, value)| value.map(|v| format!("{key}={v}")))
+            .chain(self.default_limits.iter().cloned())
+            .collect();
+        if !given.is_empty() {
+            let mut limits = toml::Table::new();
+            for pair in &given {
+                let (key, value) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--default-limit {pair:?} is not KEY=VALUE"))?;
+                let value: toml::Value = value
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .with_context(|| format!("--default-limit {key}: {value:?} is not a number"))?;
+                limits.insert(key.trim().to_owned(), value);
+            }
+            flags.insert("limits".into(), toml::Value::Table(limits));
+        }
+        overlay(&mut merged, flags);
+        Ok(merged.try_into()?)
+    }
+
+    /// Merges flags, environment, file and defaults, and validates the result.
+    pub fn resolve(&self) -> anyhow::Result<ServeConfig> {
+        let s = self.settings()?;
+        let data_dir = s.data_dir.unwrap_or_else(default_data_dir);
+        let defaults: LimitDefaults = match s.limits {
+            Some(table) => table.try_into().context("the function limit defaults")?,
+            None => LimitDefaults::default(),
+        };
+        let fuel_metering = s.fuel_metering.unwrap_or(false);
+        anyhow::ensure!(
+            defaults.fuel.is_none() || fuel_metering,
+            "a default fuel limit needs fuel metering (--fuel-metering)"
+        );
+        let max_memory_mib = s.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB);
+        anyhow::ensure!(
+            defaults.memory_mib <= max_memory_mib,
+            "the default memory limit ({} MiB) is above --max-memory-mib ({max_memory_mib} MiB)",
+            defaults.memory_mib
+        );
+        anyhow::ensure!(
+            defaults.timeout_ms > 0,
+            "the default timeout must be positive"
+        );
+        let instance_slots = s.instance_slots.unwrap_or(DEFAULT_INSTANCE_SLOTS);
+        anyhow::ensure!(instance_slots > 0, "--instance-slots must be at least 1");
+        let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default).max(1));
+        Ok(ServeConfig {
+            listen: s
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            admin_listen: s
+                .admin_listen
+                .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
+            platform: PlatformConfig {
+                data_dir,
+                engine: EngineOptions {
+                    instance_slots,
+                    max_memory_bytes: max_memory_mib << 20,
+                    on_demand: s.on_demand_allocation.unwrap_or(false),
+                    fuel_metering,
+                },
+                defaults,
+                load: s.load.unwrap_or(LoadMode::Background),
+                pool: PoolOptions {
+                    max_per_function: s.warm_max.unwrap_or(DEFAULT_WARM_MAX),
+                    // Warm instances never take the last quarter of the slots: cold requests
+                    // for other functions always find room.
+                    reserve_slots: (instance_slots as usize).div_ceil(4),
+                    idle_timeout: Duration::from_secs(
+                        s.warm_idle_secs.unwrap_or(DEFAULT_WARM_IDLE_SECS),
+                    ),
+                },
+                server_timing: s.server_timing.unwrap_or(true),
+                fast_deploy: s.fast_deploy.unwrap_or(false),
+                queue_timeout: Duration::from_millis(
+                    s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
+                ),
+            },
+            header_read_timeout: ms(s.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS),
+            send_timeout: ms(s.send_timeout_ms, DEFAULT_SEND_TIMEOUT_MS),
+            drain_timeout: Duration::from_secs(
+                s.drain_timeout_secs.unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS),
+            ),
+            max_upload_bytes: s.max_upload_mib.unwrap_or(DEFAULT_MAX_UPLOAD_MIB) << 20,
+            deploy: self.deploy.clone(),
+            build: self.build,
+            admin_token: s.admin_token,
+        })
+    }
+}
+
+/// `$XDG_DATA_HOME/thaw`, else `~/.local/share/thaw`, else `./.thaw`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("thaw");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&home).join(".local/share/thaw");
+    }
+    PathBuf::from(".thaw")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("thaw").chain(args.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("thaw.toml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.display().to_string();
+        (dir, path)
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let (_dir, path) = file(
+            "instance_slots = 7\nqueue_timeout_ms = 5\ndata_dir = \"/tmp/x\"\n[limits]\ntimeout_ms = 42\n",
+        );
+        let config = parse(&["--config", &path, "--queue-timeout-ms", "9"])
+            .resolve()
+            .unwrap();
+        assert_eq!(config.platform.engine.instance_slots, 7);
+        assert_eq!(config.platform.queue_timeout, Duration::from_millis(9));
+        assert_eq!(config.platform.defaults.timeout_ms, 42);
+        assert_eq!(
+            config.platform.defaults.memory_mib,
+            thaw_runtime::spec::DEFAULT_MEMORY_MIB
+        );
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+    }
+
+    #[test]
+    fn a_flag_overrides_the_file_both_ways() {
+        let (_dir, path) = file("fast_deploy = true\nserver_timing = false\n");
+        let from_file = parse(&["--config", &path]).resolve().unwrap();
+        assert!(from_file.platform.fast_deploy);
+        assert!(!from_file.platform.server_timing);
+        let flipped = parse(&["--config", &path, "--fast-deploy=false", "--server-timing"])
+            .resolve()
+            .unwrap();
+        assert!(!flipped.platform.fast_deploy);
+        assert!(flipped.platform.server_timing);
+    }
+
+    #[test]
+    fn default_limits_from_the_file_and_the_flag() {
+        let (_dir, path) = file("[limits]\ntimeout_ms = 42\nmemory_mib = 64\n");
+        let config = parse(&["--config", &path, "--default-limit", "memory_mib=32"])
+            .resolve()
+            .unwrap();
+        assert_eq!(config.platform.defaults.timeout_ms, 42);
+        assert_eq!(config.platform.defaults.memory_mib, 32);
+        let bad = parse(&["--default-limit", "memry_mib=32"])
+            .resolve()
+            .unwrap_err();
+        assert!(format!("{bad:#}").contains("unknown field"), "{bad:#}");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_errors() {
+        let (_dir, path) = file("instance_slot = 7\n");
+        let err = format!("{:#}", parse(&["--config", &path]).resolve().unwrap_err());
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

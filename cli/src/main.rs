@@ -1,0 +1,68 @@
+//! The `thaw` binary: parse flags, run a subcommand, print the error chain, pick an exit code.
+
+use clap::{Parser, Subcommand};
+use thaw_cli::commands;
+
+/// thaw: a self-hosted serverless runtime for WebAssembly functions.
+#[derive(Parser, Debug)]
+#[command(name = "thaw", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host: serve deployed functions and the admin API
+    Serve(thaw_cli::config::ServeArgs),
+    /// Deploy a function (a .wasm file) or every function of a thaw.toml manifest
+    Deploy(commands::deploy::DeployArgs),
+    /// List deployed functions
+    List(commands::list::ListArgs),
+    /// Remove a function
+    Remove(commands::remove::RemoveArgs),
+    /// Send a request to a function and print the response
+    Invoke(commands::invoke::InvokeArgs),
+    /// Run the build commands of a thaw.toml manifest
+    Build(commands::build::BuildArgs),
+    /// Measure cold starts against wasmtime serve, processes and containers (see
+    /// scripts/setup-bench for the baselines)
+    Bench(thaw_bench::BenchArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Colour only for a terminal: logs redirected to files stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match cli.command {
+                    Command::Serve(args) => commands::serve::execute(args).await,
+                    Command::Deploy(args) => commands::deploy::execute(args).await,
+                    Command::List(args) => commands::list::execute(args).await,
+                    Command::Remove(args) => commands::remove::execute(args).await,
+                    Command::Invoke(args) => commands::invoke::execute(args).await,
+                    Command::Build(args) => commands::build::execute(args),
+                    Command::Bench(args) => thaw_bench::execute(args).await,
+                }
+            })
+        });
+    if let Err(error) = result {
+        eprintln!("error: {error}");
+        for cause in error.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}

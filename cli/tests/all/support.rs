@@ -1,0 +1,332 @@
+//! A test host: the real `thaw` binary, started on free ports with its own data directory.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use thaw_client::AdminClient;
+use thaw_runtime::api::ReadyLine;
+use thaw_runtime::spec::FunctionSpec;
+
+/// A running `thaw serve`.
+pub struct TestServer {
+    child: Option<Child>,
+    /// Function traffic, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// Admin API.
+    pub admin_url: String,
+    /// The data directory (kept across restarts by [`TestServer::restart`]).
+    pub data_dir: PathBuf,
+    /// Where the server's log (stderr) goes.
+    pub log_path: PathBuf,
+    extra_args: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server with a fresh data directory.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with a fresh data directory and extra `serve` flags.
+    pub fn start_with(args: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut server = Self::spawn(&data_dir, args.iter().map(|s| s.to_string()).collect(), 0);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// A server whose address space is limited to `bytes` (`ulimit -v`), too small for the
+    /// instance pool.
+    pub fn start_with_address_space_limit(bytes: u64) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut server = Self::spawn_limited(&data_dir, Vec::new(), 0, Some(bytes));
+        server._tmp = Some(tmp);
+        server
+    }
+
+    fn spawn(data_dir: &Path, extra_args: Vec<String>, generation: usize) -> Self {
+        Self::spawn_limited(data_dir, extra_args, generation, None)
+    }
+
+    fn spawn_limited(
+        data_dir: &Path,
+        extra_args: Vec<String>,
+        generation: usize,
+        address_space: Option<u64>,
+    ) -> Self {
+        let log_path = data_dir.with_file_name(format!("server-{generation}.log"));
+        std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_thaw"));
+        if let Some(bytes) = address_space {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&extra_args)
+            // A small pool keeps the address-space reservation of many parallel test servers
+            // modest; tests that need more pass `--instance-slots`, which wins over the env.
+            .env("THAW_INSTANCE_SLOTS", "32")
+            .env("THAW_LOG", "info,thaw_runtime=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting thaw serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(ready) = ReadyLine::parse(&line) {
+                    let _ = tx.send(ready);
+                }
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(ready) => ready,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "thaw serve did not start; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        Self {
+            child: Some(child),
+            url: format!("http://{}", ready.functions),
+            admin_url: format!("http://{}", ready.admin),
+            data_dir: data_dir.to_path_buf(),
+            log_path,
+            extra_args,
+            _tmp: None,
+        }
+    }
+
+    /// SIGKILLs the server (no drain, no cleanup) and starts a new one on the same data
+    /// directory and flags.
+    pub fn kill_and_restart(&mut self, generation: usize) {
+        self.kill9();
+        let mut next = Self::spawn(&self.data_dir, self.extra_args.clone(), generation);
+        next._tmp = self._tmp.take();
+        *self = next;
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Polls the admin view of function `name` (or the host's status, for `None`) until
+    /// `done` holds; bounded at 20 s, then panics naming `what`.
+    pub async fn wait_for(
+        &self,
+        name: Option<&str>,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let admin = self.admin();
+        let mut last = serde_json::Value::Null;
+        for _ in 0..400 {
+            last = match name {
+                Some(name) => admin.get(name).await,
+                None => admin.status().await,
+            }
+            .expect("admin API");
+            if done(&last) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}; last seen: {last}");
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns the child to wait on.
+    pub fn terminate(&mut self) -> Child {
+        let child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The admin token the server created in its data directory.
+    pub fn token(&self) -> String {
+        use thaw_runtime::http::auth::{TOKEN_FILE, read_token};
+        read_token(&self.data_dir.join(TOKEN_FILE))
+            .unwrap()
+            .expect("the server wrote its admin token")
+    }
+
+    /// The admin client, with the server's token.
+    pub fn admin(&self) -> Admin {
+        Admin(AdminClient::new(&self.admin_url, Some(self.token())))
+    }
+
+    /// A raw admin request with the server's token.
+    pub fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client()
+            .request(method, format!("{}{path}", self.admin_url))
+            .bearer_auth(self.token())
+    }
+
+    /// Deploys a wasm file with a spec; panics with the server's reason on failure.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        wasm_path: &str,
+        spec: FunctionSpec,
+    ) -> serde_json::Value {
+        self.admin()
+            .deploy(name, &spec, thaw_test_functions::read(wasm_path).into())
+            .await
+            .unwrap_or_else(|e| panic!("deploying {name}: {e:#}"))
+    }
+
+    /// `GET url + path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET")
+    }
+}
+
+/// The admin client as the tests use it: the shared client and wire types
+/// (`thaw_client::AdminClient`, `thaw_runtime::api`), so every answer is decoded into the
+/// types the server encodes, then handed to the test as JSON for terse assertions.
+pub struct Admin(AdminClient);
+
+impl Admin {
+    /// `GET /v1/functions/{name}`.
+    pub async fn get(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(self.0.get(name).await?)?)
+    }
+
+    /// `GET /v1/functions`.
+    pub async fn list(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let all = self.0.list().await?;
+        Ok(all
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(self.0.status().await?)?)
+    }
+
+    /// `DELETE /v1/functions/{name}`.
+    pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
+        self.0.remove(name).await
+    }
+
+    /// `PUT /v1/functions/{name}`.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        wasm: bytes::Bytes,
+    ) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(
+            self.0.deploy(name, spec, wasm).await?,
+        )?)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A shared HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A spec with only a route.
+pub fn route(route: &str) -> FunctionSpec {
+    FunctionSpec {
+        route: Some(route.into()),
+        ..Default::default()
+    }
+}
+
+/// Raw deploy of arbitrary bytes (garbage, truncated modules); returns status and body.
+pub async fn deploy_raw(server: &TestServer, name: &str, bytes: Vec<u8>) -> (u16, String) {
+    let response = server
+        .admin_request(reqwest::Method::PUT, &format!("/v1/functions/{name}"))
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Raw multipart deploy with a spec given as JSON text; returns the response as is.
+pub async fn deploy_multipart(
+    server: &TestServer,
+    name: &str,
+    spec_json: &str,
+    wasm_path: &str,
+) -> reqwest::Response {
+    server
+        .admin_request(reqwest::Method::PUT, &format!("/v1/functions/{name}"))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("spec", spec_json.to_owned())
+                .part(
+                    "wasm",
+                    reqwest::multipart::Part::bytes(thaw_test_functions::read(wasm_path)),
+                ),
+        )
+        .send()
+        .await
+        .unwrap()
+}

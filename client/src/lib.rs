@@ -1,0 +1,118 @@
+//! A client for thaw's admin API, used by the CLI, the cold-start suite and the tests.
+//!
+//! It speaks the wire types of [`thaw_spec::api`], the same ones the server serialises, so a
+//! change on one side that the other does not follow fails to compile (or, across versions,
+//! fails with a clear decoding error) instead of reading `null`.
+
+#![deny(missing_docs)]
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use thaw_spec::api::{ErrorBody, FunctionInfo, HostStatus};
+use thaw_spec::spec::FunctionSpec;
+
+/// Talks to one host's admin API.
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for the admin API at `base` (e.g. `http://127.0.0.1:8081`), sending `token`.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request; a non-2xx answer becomes an error with the server's reason.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Bytes> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the thaw admin API at {} (is `thaw serve` running?)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            anyhow::bail!("{status}: {message}");
+        }
+        Ok(body)
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let body = self.send(request).await?;
+        serde_json::from_slice(&body).context("decoding the admin API's answer")
+    }
+
+    /// Deploys `wasm` as `name` with `spec`.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        wasm: Bytes,
+    ) -> anyhow::Result<FunctionInfo> {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "spec",
+                reqwest::multipart::Part::text(serde_json::to_string(spec)?)
+                    .mime_str("application/json")?,
+            )
+            .part(
+                "wasm",
+                reqwest::multipart::Part::stream(wasm).mime_str("application/wasm")?,
+            );
+        self.send_json(
+            self.http
+                .put(format!("{}/v1/functions/{name}", self.base))
+                .multipart(form),
+        )
+        .await
+        .with_context(|| format!("deploying {name}"))
+    }
+
+    /// Every function.
+    pub async fn list(&self) -> anyhow::Result<Vec<FunctionInfo>> {
+        self.send_json(self.http.get(format!("{}/v1/functions", self.base)))
+            .await
+    }
+
+    /// One function.
+    pub async fn get(&self, name: &str) -> anyhow::Result<FunctionInfo> {
+        self.send_json(self.http.get(format!("{}/v1/functions/{name}", self.base)))
+            .await
+            .with_context(|| format!("looking up {name}"))
+    }
+
+    /// Removes a function.
+    pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .delete(format!("{}/v1/functions/{name}", self.base)),
+        )
+        .await
+        .with_context(|| format!("removing {name}"))?;
+        Ok(())
+    }
+
+    /// The host's status.
+    pub async fn status(&self) -> anyhow::Result<HostStatus> {
+        self.send_json(self.http.get(format!("{}/v1/status", self.base)))
+            .await
+    }
+}

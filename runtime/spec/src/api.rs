@@ -1,0 +1,174 @@
+//! The admin API's wire types, shared by the server, the CLI and the tests, and the one line
+//! `thaw serve` prints when it is ready.
+//!
+//! The server builds these from its live state and serialises them; the client deserialises
+//! the same types, so a field renamed on one side is a compile error on the other, not a
+//! silent `null`. Counters keyed by a name (limit hits, start kinds) are maps, so a new limit
+//! or start kind needs no change here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{FunctionSpec, Kind, Limits};
+
+/// `GET /v1/functions/{name}`, an element of `GET /v1/functions`, and the answer to a deploy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    /// The function's name.
+    pub name: String,
+    /// The route prefix it serves.
+    pub route: String,
+    /// Component or CGI module.
+    pub kind: Kind,
+    /// sha256 of the uploaded wasm, hex.
+    pub digest: String,
+    /// Size of the uploaded wasm.
+    pub wasm_bytes: u64,
+    /// Whether it runs from a pre-initialisation snapshot.
+    pub snapshot: bool,
+    /// 1 for the first deploy of this name, +1 for every redeploy.
+    pub generation: u64,
+    /// Unix time of the deploy, milliseconds.
+    pub deployed_at_ms: u64,
+    /// What was asked for.
+    pub spec: FunctionSpec,
+    /// The limits in force (the spec's, else the host's defaults).
+    pub limits: Limits,
+    /// Where its code came from (`artifact`, `compiled`, `fast_tier`); `None` if not loaded.
+    pub loaded_from: Option<String>,
+    /// Warm instances waiting.
+    pub warm_instances: usize,
+    /// Requests that reached it.
+    pub requests: u64,
+    /// Requests answered with an error produced by thaw.
+    pub failures: u64,
+    /// Limit hits, by limit name (`timeout`, `memory`, ...).
+    pub limit_hits: BTreeMap<String, u64>,
+    /// Requests running now, with a concurrency limit.
+    pub running: Option<u32>,
+    /// Requests queued now, with a concurrency limit.
+    pub queued: Option<u32>,
+    /// Requests by how they got their instance (`pool-hit`, `fresh`, `disk`, `compile`).
+    pub starts: BTreeMap<String, u64>,
+    /// Time from admission to a ready instance, microseconds.
+    pub start_us: Percentiles,
+    /// Time in the guest's handler, microseconds.
+    pub handler_us: Percentiles,
+}
+
+/// Two percentiles of a latency histogram; `None` before any sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<u64>,
+    /// 99th percentile.
+    pub p99: Option<u64>,
+}
+
+/// `GET /v1/status`: the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// thaw's version.
+    pub version: String,
+    /// `pooling` or `on-demand`.
+    pub allocator: String,
+    /// Why the allocator is on-demand, if it is.
+    pub allocator_reason: Option<String>,
+    /// Instances that may run at once.
+    pub instance_slots: u32,
+    /// Slots taken (running or warm).
+    pub slots_in_use: usize,
+    /// Slots running a request.
+    pub slots_running: usize,
+    /// Warm instances, all functions.
+    pub warm_instances: usize,
+    /// Functions deployed.
+    pub functions: usize,
+    /// Of them, with code loaded.
+    pub functions_loaded: usize,
+    /// Cranelift compilations since start-up.
+    pub compilations: u64,
+    /// Artifacts loaded from disk since start-up.
+    pub artifact_loads: u64,
+    /// Artifacts found missing or damaged and rebuilt.
+    pub artifact_rebuilds: u64,
+    /// Whether deploys are answered with the fast tier first.
+    pub fast_deploy: bool,
+    /// Fast-tier functions still waiting for Cranelift's code.
+    pub tier_ups_pending: usize,
+    /// Whether guests are fuel-metered.
+    pub fuel_metering: bool,
+    /// Connections closed for sending their headers too slowly.
+    pub slow_clients_closed: u64,
+    /// Connections closed because their client stopped reading.
+    pub stalled_readers_closed: u64,
+    /// The data directory.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// The body of every admin API error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+/// The line `thaw serve` prints on stdout once both listeners are bound; scripts and tests
+/// that bind port 0 read the addresses from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadyLine {
+    /// Where functions are served.
+    pub functions: SocketAddr,
+    /// Where the admin API listens.
+    pub admin: SocketAddr,
+}
+
+impl ReadyLine {
+    const PREFIX: &'static str = "thaw: functions on http://";
+    const MIDDLE: &'static str = ", admin on http://";
+
+    /// The line's addresses, if `line` is the ready line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim_end().strip_prefix(Self::PREFIX)?;
+        let (functions, admin) = rest.split_once(Self::MIDDLE)?;
+        Some(Self {
+            functions: functions.parse().ok()?,
+            admin: admin.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for ReadyLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{}{}{}",
+            Self::PREFIX,
+            self.functions,
+            Self::MIDDLE,
+            self.admin
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_line_round_trips() {
+        let line = ReadyLine {
+            functions: "127.0.0.1:8080".parse().unwrap(),
+            admin: "[::1]:8081".parse().unwrap(),
+        };
+        let text = line.to_string();
+        assert_eq!(
+            text,
+            "thaw: functions on http://127.0.0.1:8080, admin on http://[::1]:8081"
+        );
+        assert_eq!(ReadyLine::parse(&text), Some(line));
+        assert_eq!(ReadyLine::parse("thaw: something else"), None);
+    }
+}

@@ -1,0 +1,41 @@
+//! Why a deploy was refused.
+
+use http::StatusCode;
+
+/// Why a deploy was refused. Every variant leaves the previous version serving.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The request is wrong (bad name, spec, or not wasm at all).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The wasm does not compile or link: the message says why (invalid bytes, an import thaw
+    /// does not offer, no wasi:http export).
+    #[error("{0}")]
+    InvalidModule(String),
+    /// Another function has the route.
+    #[error(transparent)]
+    RouteTaken(#[from] super::registry::RouteTaken),
+    /// The upload (or its spec part) is over the admin API's limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The host has no room for the deploy's work now (every instance slot is busy while a
+    /// pre-initialisation needs one); the deployer may retry.
+    #[error("{0}")]
+    Busy(String),
+    /// thaw could not persist or load it.
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+impl DeployError {
+    /// The status the admin client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            DeployError::BadRequest(_) | DeployError::InvalidModule(_) => StatusCode::BAD_REQUEST,
+            DeployError::RouteTaken(_) => StatusCode::CONFLICT,
+            DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            DeployError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}

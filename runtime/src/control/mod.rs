@@ -1,0 +1,309 @@
+//! The control plane: what is deployed and how it changes. [`Platform`] composes the engine,
+//! the artifact cache, the [`registry`], the data directory and the request path's
+//! [`InvokeContext`]; [`deploy`] changes what is served (deploy, tier-up, removal, garbage
+//! collection). The listeners in [`crate::http`] are thin layers over this type, and tests
+//! and benchmarks drive it directly.
+
+pub mod deploy;
+pub mod error;
+pub mod garbage;
+pub mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+
+use crate::api::HostStatus;
+use crate::datadir::DataDir;
+use crate::engine::artifact::ArtifactCache;
+use crate::engine::{Allocator, EngineOptions, ThawEngine};
+use crate::function::pool::PoolOptions;
+use crate::function::{Function, FunctionRecord, Linking, Loader};
+use crate::invoke::InvokeContext;
+use crate::spec::LimitDefaults;
+pub use error::DeployError;
+use registry::Registry;
+
+/// Everything the platform needs to start.
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    /// Where deployed functions live.
+    pub data_dir: std::path::PathBuf,
+    /// Engine and pool settings.
+    pub engine: EngineOptions,
+    /// Limits for functions that do not set their own.
+    pub defaults: LimitDefaults,
+    /// How long a request may wait for a free instance slot before it gets 503.
+    pub queue_timeout: Duration,
+    /// When deployed functions are loaded at start-up.
+    pub load: LoadMode,
+    /// Warm pool settings.
+    pub pool: PoolOptions,
+    /// Add a `Server-Timing` header to every function response.
+    pub server_timing: bool,
+    /// Answer deploys with code from the fast tier (Winch) and swap in Cranelift's code in
+    /// the background.
+    pub fast_deploy: bool,
+}
+
+/// When the functions found in the data directory are loaded (their artifacts deserialized and
+/// linked). Registering them (routes, specs) always happens at start-up and is fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadMode {
+    /// On the first request to each function.
+    Lazy,
+    /// In the background after start-up, one at a time; a request that comes first loads
+    /// its function itself.
+    Background,
+    /// Before serving (start-up takes as long as loading everything).
+    Eager,
+}
+
+impl std::str::FromStr for LoadMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "lazy" => Ok(Self::Lazy),
+            "background" => Ok(Self::Background),
+            "eager" => Ok(Self::Eager),
+            other => Err(format!("{other:?} is not lazy, background or eager")),
+        }
+    }
+}
+
+/// The running platform.
+pub struct Platform {
+    /// Loads code with the main (Cranelift) engine; owns the artifact cache.
+    loader: Arc<Loader>,
+    /// The fast tier's engine and linkers, with `--fast-deploy`.
+    fast: Option<Linking>,
+    /// Fast-tier functions whose Cranelift code is still being compiled.
+    tier_ups_pending: AtomicUsize,
+    registry: Registry,
+    data: DataDir,
+    defaults: LimitDefaults,
+    /// What the request path takes: admission, queue timeout, pool options, the loader.
+    invoke: InvokeContext,
+    load_mode: LoadMode,
+    /// Serialises deploys and removals: route checks, persistence and the registry swap
+    /// happen as one step. Compilation runs outside it.
+    write_lock: tokio::sync::Mutex<()>,
+    /// Connections closed for sending their headers too slowly (counted by the listeners).
+    slow_clients: Arc<AtomicU64>,
+    /// Connections closed because their client stopped reading (counted by the listeners).
+    stalled_readers: Arc<AtomicU64>,
+    /// Garbage collection of code, with the claims of deploys in progress.
+    garbage: garbage::Collector,
+}
+
+impl Platform {
+    /// Opens the data directory, builds the engine and registers every deployed function
+    /// (loading their code now only with [`LoadMode::Eager`]). Missing or damaged artifacts
+    /// are rebuilt when loaded (and logged). A record that cannot be read is logged and
+    /// skipped: the rest still serve.
+    pub fn open(config: PlatformConfig) -> anyhow::Result<Self> {
+        let data = DataDir::open(&config.data_dir)?;
+        let engine = Arc::new(ThawEngine::new(config.engine.clone())?);
+        let cache = Arc::new(ArtifactCache::new(data.clone(), engine.clone())?);
+        let loader = Arc::new(Loader::new(Linking::new(engine.clone())?, cache));
+        let garbage = garbage::Collector {
+            records: data.functions_dir(),
+            wasm: data.wasm_dir(),
+            artifacts: data.artifacts(&engine.compatibility_key()),
+            claims: Default::default(),
+            retired: Default::default(),
+        };
+        let fast = if config.fast_deploy {
+            Some(Linking::new(Arc::new(ThawEngine::new_fast_tier(
+                &config.engine,
+            )?))?)
+        } else {
+            None
+        };
+        let platform = Self {
+            fast,
+            tier_ups_pending: AtomicUsize::new(0),
+            slow_clients: Default::default(),
+            stalled_readers: Default::default(),
+            garbage,
+            invoke: InvokeContext {
+                admission: Arc::new(Semaphore::new(engine.options().instance_slots as usize)),
+                queue_timeout: config.queue_timeout,
+                pool: config.pool,
+                server_timing: config.server_timing,
+                loader: Some(loader.clone()),
+            },
+            loader,
+            registry: Registry::new(),
+            data,
+            // Whether stores get fuel follows the engine, whatever the caller's defaults say:
+            // a metering engine with stores that start at zero fuel would trap every call.
+            defaults: LimitDefaults {
+                fuel_metering: config.engine.fuel_metering,
+                ..config.defaults
+            },
+            load_mode: config.load,
+            write_lock: tokio::sync::Mutex::new(()),
+        };
+        platform.register_all()?;
+        // Before serving: what a crash interrupted, and what earlier runs left behind.
+        garbage::report(platform.garbage.run());
+        if platform.load_mode == LoadMode::Eager {
+            for function in platform.registry.all() {
+                if let Err(e) = platform.load_blocking(&function) {
+                    tracing::error!(function = %function.name, "cannot load: {e:#}");
+                }
+            }
+        }
+        Ok(platform)
+    }
+
+    /// Registers every function record of the data directory, without loading code.
+    fn register_all(&self) -> anyhow::Result<()> {
+        let dir = self.data.functions_dir();
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
+            .collect();
+        paths.sort();
+        let mut functions = Vec::with_capacity(paths.len());
+        for path in paths {
+            match read_record(&path) {
+                Ok(record) => functions.push(Arc::new(Function::unloaded(record, &self.defaults))),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}")
+                }
+            }
+        }
+        for (function, taken) in self.registry.insert_all(functions) {
+            tracing::error!(function = %function.name, "skipping function: {taken}");
+        }
+        Ok(())
+    }
+
+    fn load_blocking(&self, function: &Function) -> anyhow::Result<()> {
+        if function.loaded().is_none() {
+            let loaded = self.loader.load(function)?;
+            // A concurrent load may have won; either result is the same code.
+            function.set_loaded(loaded);
+        }
+        Ok(())
+    }
+
+    /// Loads every registered function in the background, one at a time, if the load mode
+    /// asks for it.
+    pub fn spawn_background_loading(self: &Arc<Self>) {
+        self.spawn_background_loading_on(&tokio::runtime::Handle::current());
+    }
+
+    /// [`Platform::spawn_background_loading`] on a given runtime.
+    pub fn spawn_background_loading_on(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        if self.load_mode != LoadMode::Background {
+            return;
+        }
+        let platform = self.clone();
+        runtime.spawn(async move {
+            let started = Instant::now();
+            let mut loaded = 0usize;
+            for function in platform.registry.all() {
+                if function.loaded().is_some() {
+                    continue;
+                }
+                match platform.loader.ensure_loaded(&function).await {
+                    Ok(_) => loaded += 1,
+                    Err(e) => tracing::error!(function = %function.name, "cannot load: {e:#}"),
+                }
+            }
+            tracing::info!(
+                loaded,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "background loading done"
+            );
+        });
+    }
+
+    /// The registry of deployed functions.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &ThawEngine {
+        self.loader.linking().engine()
+    }
+
+    /// The artifact cache.
+    pub fn cache(&self) -> &ArtifactCache {
+        self.loader.cache()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// What the request path needs ([`crate::invoke::invoke`] takes it).
+    pub fn invoke_context(&self) -> &InvokeContext {
+        &self.invoke
+    }
+
+    /// The listeners' count of connections closed for slow headers.
+    pub fn slow_clients(&self) -> &Arc<AtomicU64> {
+        &self.slow_clients
+    }
+
+    /// The listeners' count of connections closed because their client stopped reading.
+    pub fn stalled_readers(&self) -> &Arc<AtomicU64> {
+        &self.stalled_readers
+    }
+
+    /// The host's summary for `GET /v1/status`.
+    pub fn status(&self) -> HostStatus {
+        let engine = self.engine();
+        let stats = self.cache().stats();
+        let functions = self.registry.all();
+        let warm: usize = functions.iter().map(|f| f.pool.len()).sum();
+        let slots = engine.options().instance_slots;
+        let in_use = slots as usize - self.invoke.admission.available_permits();
+        HostStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            allocator: engine.allocator().to_string(),
+            allocator_reason: match engine.allocator() {
+                Allocator::OnDemand(reason) => Some(reason.clone()),
+                Allocator::Pooling => None,
+            },
+            instance_slots: slots,
+            slots_in_use: in_use,
+            slots_running: in_use.saturating_sub(warm),
+            warm_instances: warm,
+            functions: functions.len(),
+            functions_loaded: functions.iter().filter(|f| f.loaded().is_some()).count(),
+            compilations: stats.compilations.load(Ordering::Relaxed),
+            artifact_loads: stats.artifact_loads.load(Ordering::Relaxed),
+            artifact_rebuilds: stats.rebuilds.load(Ordering::Relaxed),
+            fast_deploy: self.fast.is_some(),
+            tier_ups_pending: self.tier_ups_pending.load(Ordering::Relaxed),
+            fuel_metering: engine.options().fuel_metering,
+            slow_clients_closed: self.slow_clients.load(Ordering::Relaxed),
+            stalled_readers_closed: self.stalled_readers.load(Ordering::Relaxed),
+            data_dir: self.data.root().to_owned(),
+        }
+    }
+}
+
+fn read_record(path: &std::path::Path) -> anyhow::Result<FunctionRecord> {
+    let text = std::fs::read(path)?;
+    let record: FunctionRecord = serde_json::from_slice(&text).context("parsing the record")?;
+    anyhow::ensure!(
+        path.file_stem().is_some_and(|s| s == record.name.as_str()),
+        "the record's name {:?} does not match its file name",
+        record.name
+    );
+    Ok(record)
+}

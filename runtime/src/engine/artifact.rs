@@ -1,0 +1,258 @@
+//! The content-addressed cache of compiled code.
+//!
+//! Compiling with Cranelift costs orders of magnitude more than loading a serialized artifact
+//! with `deserialize_file` (an `mmap`; `benches/benches/compile.rs` measures both, the README
+//! has the numbers). So thaw compiles once, at deploy, and every later start (a restart, a new
+//! node pointed at the same data directory) loads the artifact.
+//!
+//! Artifacts are keyed by the sha256 of the wasm **and** the engine's compatibility key
+//! ([`ThawEngine::compatibility_key`]): an upgrade of wasmtime or a change of engine settings
+//! gets a fresh directory instead of a refused (or worse, misread) artifact.
+//!
+//! # Trust
+//! `deserialize_file` is `unsafe` because an artifact is native code. thaw only ever
+//! deserializes files it wrote itself into its own data directory, never uploaded bytes (the
+//! deploy path rejects anything that is not a wasm binary). Each artifact has a checksum
+//! sidecar written with it; a file that does not match (bit rot, a torn copy, someone's
+//! editor) is treated like a missing one and rebuilt from the stored wasm, and the log says
+//! why. The checksum is XXH3-128, not sha256: it guards against accidents in a directory thaw
+//! trusts, not against an attacker who can write there (who could replace the sidecar too),
+//! and it is several times cheaper than sha256, which was a large part of the first request to a
+//! function loaded from disk.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use wasmtime::Module;
+use wasmtime::component::Component;
+
+use crate::datadir::DataDir;
+use crate::engine::ThawEngine;
+
+pub use crate::spec::{Kind, detect_kind};
+
+/// The sha256 of some bytes, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The artifact checksum (see the module docs), hex.
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+}
+
+/// Compiled code of either kind.
+#[derive(Clone)]
+pub enum Compiled {
+    /// A compiled component.
+    Component(Component),
+    /// A compiled core module.
+    Module(Module),
+}
+
+/// Where a loaded function's code came from (shown in logs and counted in [`CacheStats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Deserialized from an artifact on disk.
+    Artifact,
+    /// Compiled now (deploy, or an artifact that was missing, stale or corrupt).
+    Compiled,
+    /// Compiled by the fast tier (Winch) at deploy, not persisted; replaced by Cranelift's
+    /// code in the background (`--fast-deploy`).
+    FastTier,
+}
+
+impl Origin {
+    /// The name in logs and in the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Artifact => "artifact",
+            Origin::Compiled => "compiled",
+            Origin::FastTier => "fast_tier",
+        }
+    }
+}
+
+/// Counters of the cache's work since start-up.
+#[derive(Debug, Default, Serialize)]
+pub struct CacheStats {
+    /// Cranelift compilations.
+    pub compilations: AtomicU64,
+    /// Artifacts deserialized from disk.
+    pub artifact_loads: AtomicU64,
+    /// Artifacts found missing, incompatible or corrupt and rebuilt.
+    pub rebuilds: AtomicU64,
+}
+
+/// The artifact cache of one data directory and one engine.
+pub struct ArtifactCache {
+    data: DataDir,
+    engine: Arc<ThawEngine>,
+    dir: PathBuf,
+    stats: CacheStats,
+}
+
+impl ArtifactCache {
+    /// The cache for `engine` under `data`.
+    pub fn new(data: DataDir, engine: Arc<ThawEngine>) -> anyhow::Result<Self> {
+        let dir = data.artifacts(&engine.compatibility_key());
+        crate::datadir::create_private_dir(&dir)?;
+        Ok(Self {
+            data,
+            engine,
+            dir,
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// The cache's counters.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    fn artifact_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.cwasm"))
+    }
+
+    fn sidecar_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.cwasm.xxh3"))
+    }
+
+    /// Compiles `wasm` with Cranelift and stores the artifact. CPU-heavy: call it from a
+    /// blocking thread. Compile errors are the user's (invalid wasm) and are returned as is.
+    pub fn compile_and_store(
+        &self,
+        kind: Kind,
+        digest: &str,
+        wasm: &[u8],
+    ) -> Result<Compiled, CompileError> {
+        let compiled = compile(self.engine.engine(), kind, wasm)?;
+        self.stats.compilations.fetch_add(1, Ordering::Relaxed);
+        let bytes = match &compiled {
+            Compiled::Component(c) => c.serialize(),
+            Compiled::Module(m) => m.serialize(),
+        }
+        .map_err(|e| CompileError::Host(anyhow::Error::from(e).context("serializing")))?;
+        // Artifact first, digest second: if we crash in between, the digest does not match
+        // and the next load rebuilds.
+        self.data
+            .write_atomic(&self.artifact_path(digest), &bytes)
+            .and_then(|()| {
+                self.data
+                    .write_atomic(&self.sidecar_path(digest), checksum(&bytes).as_bytes())
+            })
+            .map_err(CompileError::Host)?;
+        Ok(compiled)
+    }
+
+    /// Loads the artifact for `digest`, rebuilding it from the stored wasm when it is missing,
+    /// corrupt or made by an incompatible engine.
+    pub fn load(&self, kind: Kind, digest: &str) -> anyhow::Result<(Compiled, Origin)> {
+        let reason = match self.try_load(kind, digest) {
+            Ok(compiled) => {
+                self.stats.artifact_loads.fetch_add(1, Ordering::Relaxed);
+                return Ok((compiled, Origin::Artifact));
+            }
+            Err(reason) => reason,
+        };
+        tracing::warn!(
+            digest,
+            "artifact {reason:#}; rebuilding it from the stored wasm"
+        );
+        self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        let wasm_path = self.data.wasm(digest);
+        let wasm = std::fs::read(&wasm_path)
+            .with_context(|| format!("reading the stored wasm {}", wasm_path.display()))?;
+        anyhow::ensure!(
+            sha256_hex(&wasm) == digest,
+            "the stored wasm {} does not match its digest",
+            wasm_path.display()
+        );
+        let compiled = self
+            .compile_and_store(kind, digest, &wasm)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((compiled, Origin::Compiled))
+    }
+
+    /// Loads the artifact for `digest` if a valid one exists; never compiles.
+    pub fn load_existing(&self, kind: Kind, digest: &str) -> anyhow::Result<(Compiled, Origin)> {
+        let compiled = self.try_load(kind, digest)?;
+        self.stats.artifact_loads.fetch_add(1, Ordering::Relaxed);
+        Ok((compiled, Origin::Artifact))
+    }
+
+    fn try_load(&self, kind: Kind, digest: &str) -> anyhow::Result<Compiled> {
+        let path = self.artifact_path(digest);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("is missing"),
+            Err(e) => return Err(e).context("cannot be read"),
+        };
+        let expected = std::fs::read_to_string(self.sidecar_path(digest)).unwrap_or_default();
+        anyhow::ensure!(
+            checksum(&bytes) == expected.trim(),
+            "is corrupt (its checksum does not match the one written with it)"
+        );
+        drop(bytes);
+        let engine = self.engine.engine();
+        // SAFETY: the file is an artifact this cache serialized itself (see the module docs)
+        // and its digest was verified just above.
+        let compiled = unsafe {
+            match kind {
+                Kind::Component => {
+                    Component::deserialize_file(engine, &path).map(Compiled::Component)
+                }
+                Kind::Cgi => Module::deserialize_file(engine, &path).map(Compiled::Module),
+            }
+        };
+        compiled.map_err(|e| anyhow::anyhow!("is incompatible with this engine: {e}"))
+    }
+}
+
+/// Compiles `wasm` with `engine`, without storing anything.
+pub fn compile(
+    engine: &wasmtime::Engine,
+    kind: Kind,
+    wasm: &[u8],
+) -> Result<Compiled, CompileError> {
+    let invalid = |e: wasmtime::Error| CompileError::Invalid(format!("{e:?}"));
+    Ok(match kind {
+        Kind::Component => Compiled::Component(Component::new(engine, wasm).map_err(invalid)?),
+        Kind::Cgi => Compiled::Module(Module::new(engine, wasm).map_err(invalid)?),
+    })
+}
+
+/// Why compiling failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The wasm is invalid; the message is the validator's.
+    #[error("invalid WebAssembly: {0}")]
+    Invalid(String),
+    /// The host could not store the result.
+    #[error(transparent)]
+    Host(anyhow::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_from_preamble() {
+        assert_eq!(detect_kind(b"\0asm\x01\0\0\0rest"), Ok(Kind::Cgi));
+        assert_eq!(detect_kind(b"\0asm\x0d\0\x01\0rest"), Ok(Kind::Component));
+        assert!(detect_kind(b"\0asm\x02\0\0\0").is_err());
+        assert!(
+            detect_kind(b"\x7fELF\x02\x01\x01\0")
+                .unwrap_err()
+                .contains("native")
+        );
+        assert!(detect_kind(b"hello world").is_err());
+        assert!(detect_kind(b"\0as").is_err());
+    }
+}

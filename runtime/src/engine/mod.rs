@@ -1,0 +1,272 @@
+//! The one place thaw configures wasmtime.
+//!
+//! Everything else in the host goes through [`ThawEngine`]: it owns the [`Engine`] and the
+//! epoch ticker thread. The linkers, which are about what a guest is offered, live with the
+//! guest's host state ([`crate::guest::Linkers`]), built once per engine.
+//!
+//! Submodules: [`artifact`] (compile once, load from disk afterwards) and [`snapshot`]
+//! (pre-initialisation at deploy), both pure functions of an engine and bytes.
+//!
+//! # What thaw turns on, and why
+//! - **Component model + async**: `wasi:http` is async in wasmtime-wasi-http; a linker must be
+//!   all-async, so the CGI linker is async too (one calling convention on the request path).
+//! - **Pooling allocator with copy-on-write memory images**: instantiation becomes a few
+//!   `madvise`/`mmap` calls into pre-reserved slots instead of fresh mappings, and each call's
+//!   fiber stack comes from the pool rather than a new `mmap` (measured in
+//!   `benches/benches/invoke.rs`, `instantiate-hello`; the README has the numbers). The pool
+//!   is sized from one number, the instance slots; see [`EngineOptions::instance_slots`].
+//! - **Address-space probe and fallback**: the pool reserves its virtual address space when the
+//!   engine is created (terabytes of it, none resident). Under `ulimit -v` or in a small address
+//!   space that fails, so thaw checks `RLIMIT_AS` first, then tries, and falls back to on-demand
+//!   allocation with a logged reason instead of refusing to start.
+//! - **Epoch interruption** with one ticker thread (holding only a weak reference to the engine)
+//!   is how a CPU-bound guest is stopped: each store gets a deadline in ticks. A tokio timeout
+//!   alone cannot preempt a guest that never yields.
+//!
+//! - **Fuel**, only with `--fuel-metering` ([`EngineOptions::fuel_metering`]): it changes the
+//!   compiled code (a check on every loop back-edge and call), so it is off by default.
+//!
+//! # What thaw leaves off
+//! The compilation cache of the wasmtime CLI (thaw has its own content-addressed artifact
+//! cache, see [`artifact`]). Winch, the baseline compiler, is only the optional fast tier of
+//! `--fast-deploy` ([`ThawEngine::new_fast_tier`]); everything that is persisted and served
+//! for long is Cranelift's code.
+
+pub mod artifact;
+pub mod snapshot;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
+
+/// How often the epoch ticker advances the engine's epoch. Timeouts are rounded up to it.
+/// 10 ms keeps the ticker's own cost invisible (100 wake-ups a second) while a timeout of a
+/// few seconds is accurate to 1%.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Core instances a component may use, per slot. A Rust `wasm32-wasip2` component holds its
+/// own module plus the WASI adapter and a few shim modules (4 to 6 core instances); 8 leaves
+/// room for components from other toolchains without letting one slot take over the pool.
+const CORE_INSTANCES_PER_SLOT: u32 = 8;
+/// Linear memories per slot: the main module's and, for adapted components, the adapter's.
+const MEMORIES_PER_SLOT: u32 = 2;
+/// Tables per slot: components carry a few shim tables beside the main one.
+const TABLES_PER_SLOT: u32 = 8;
+
+/// Engine options, read from flags, environment and the config file by the CLI.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Instances that may exist at the same time across all functions. Sizes the pooling
+    /// allocator and the admission semaphore in front of it.
+    pub instance_slots: u32,
+    /// Upper bound for any function's linear memory, in bytes. A function's own limit must be
+    /// at most this.
+    pub max_memory_bytes: u64,
+    /// Force on-demand allocation (no pool), e.g. for hosts with a small address space.
+    pub on_demand: bool,
+    /// Count fuel in guests, so that functions may set a fuel limit. Off by default: the
+    /// counting costs every guest some speed, and only hosts that sell CPU budgets need it.
+    pub fuel_metering: bool,
+}
+
+impl EngineOptions {
+    /// The fast tier's engine options: on-demand allocation (its instances live only until
+    /// the Cranelift code replaces them, so they get no pool of their own), the same limits.
+    pub fn fast_tier(&self) -> Self {
+        Self {
+            on_demand: true,
+            ..self.clone()
+        }
+    }
+}
+
+/// Which instance allocator the engine ended up with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allocator {
+    /// Pre-reserved slots with copy-on-write memory images.
+    Pooling,
+    /// Fresh mappings per instance; the string says why the pool is not in use.
+    OnDemand(String),
+}
+
+impl std::fmt::Display for Allocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allocator::Pooling => f.write_str("pooling"),
+            Allocator::OnDemand(_) => f.write_str("on-demand"),
+        }
+    }
+}
+
+/// The wasmtime engine with thaw's configuration, its linkers and its epoch ticker.
+pub struct ThawEngine {
+    engine: Engine,
+    allocator: Allocator,
+    options: EngineOptions,
+}
+
+impl ThawEngine {
+    /// Builds the engine, preferring the pooling allocator, and starts the epoch ticker.
+    pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
+        Self::build(options, Strategy::Cranelift)
+    }
+
+    /// The fast tier: Winch, the baseline compiler, which compiles in a fraction of
+    /// Cranelift's time and runs slower. Used by `--fast-deploy` until Cranelift's code is
+    /// ready.
+    pub fn new_fast_tier(options: &EngineOptions) -> anyhow::Result<Self> {
+        Self::build(options.fast_tier(), Strategy::Winch)
+    }
+
+    fn build(options: EngineOptions, strategy: Strategy) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            options.instance_slots > 0,
+            "instance slots must be at least 1"
+        );
+        let base_config = || {
+            let mut config = base_config();
+            config.strategy(strategy);
+            config.consume_fuel(options.fuel_metering);
+            config
+        };
+        let (engine, allocator) = if options.on_demand {
+            let engine = Engine::new(&base_config())?;
+            (
+                engine,
+                Allocator::OnDemand("disabled by configuration".into()),
+            )
+        } else {
+            match pooling_engine(&options, base_config()) {
+                Ok(engine) => (engine, Allocator::Pooling),
+                Err(reason) => {
+                    let engine = Engine::new(&base_config())?;
+                    (engine, Allocator::OnDemand(format!("{reason:#}")))
+                }
+            }
+        };
+
+        spawn_epoch_ticker(engine.weak());
+        Ok(Self {
+            engine,
+            allocator,
+            options,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The allocator in use, with the reason when it is not the pool.
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+
+    /// The options the engine was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// A stable digest of everything that makes a serialized artifact loadable by this engine
+    /// (wasmtime version, target, compiler flags, memory layout). Part of the artifact cache key.
+    pub fn compatibility_key(&self) -> String {
+        use sha2::Digest as _;
+        use std::hash::Hash as _;
+        struct Sha(sha2::Sha256);
+        impl std::hash::Hasher for Sha {
+            fn finish(&self) -> u64 {
+                unreachable!("only `write` is used")
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+        }
+        let mut hasher = Sha(sha2::Sha256::new());
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        hex::encode(&hasher.0.finalize()[..16])
+    }
+
+    /// Epoch ticks for a timeout, rounded up, plus one because the deadline counts from the
+    /// current (already partly elapsed) tick.
+    pub fn ticks_for(timeout: Duration) -> u64 {
+        (timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).saturating_add(1)
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // Copy-on-write images of each module's initial memory: instantiating maps the image
+    // instead of copying data segments, which matters most for large pre-initialised heaps.
+    config.memory_init_cow(true);
+    config
+}
+
+fn pooling_engine(options: &EngineOptions, mut config: Config) -> anyhow::Result<Engine> {
+    let slots = options.instance_slots;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+        .total_memories(slots.saturating_mul(MEMORIES_PER_SLOT))
+        .total_tables(slots.saturating_mul(TABLES_PER_SLOT))
+        .total_stacks(slots)
+        .max_memory_size(options.max_memory_bytes as usize)
+        // Keep the first pages of a freed slot resident: the next instance in that slot
+        // usually touches them again (stack, statics), and zeroing with memset is cheaper
+        // than a fresh page fault for small amounts.
+        .linear_memory_keep_resident(64 << 10)
+        .table_keep_resident(16 << 10);
+
+    // Probe: each memory slot reserves `memory_reservation` plus a guard. Refuse early, with
+    // a readable reason, if an address-space rlimit would make the reservation fail.
+    // wasmtime's defaults on 64-bit hosts: a 4 GiB reservation per linear memory (so
+    // Cranelift can elide bounds checks) plus a 32 MiB guard region.
+    let per_memory: u64 = (4u64 << 30) + (32u64 << 20);
+    let needed = per_memory.saturating_mul(u64::from(slots.saturating_mul(MEMORIES_PER_SLOT)));
+    if let Some(limit) = address_space_limit()
+        && needed > limit
+    {
+        anyhow::bail!(
+            "the pool needs {} GiB of address space but RLIMIT_AS allows {} GiB; lower \
+             --instance-slots or raise `ulimit -v`",
+            needed >> 30,
+            limit >> 30
+        );
+    }
+
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("reserving the instance pool")
+}
+
+/// The soft `RLIMIT_AS`, or `None` when the address space is unlimited.
+fn address_space_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` only writes into the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// One thread for the whole process advances the epoch every [`EPOCH_TICK`]. It holds a weak
+/// reference so that dropping the last engine ends it.
+fn spawn_epoch_ticker(engine: wasmtime::EngineWeak) {
+    std::thread::Builder::new()
+        .name("thaw-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

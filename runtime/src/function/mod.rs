@@ -1,0 +1,373 @@
+//! A deployed function: its record on disk and its loaded, linked, ready-to-instantiate form,
+//! with what belongs to it at run time: its warm pool ([`pool`]), its concurrency gate and
+//! limit documentation ([`limits`]), and its start statistics ([`timing`]).
+//!
+//! This layer knows nothing of the data directory, the registry or HTTP: a [`Function`] is
+//! built from a record and code, and [`Loader`] turns a record into code through the
+//! artifact cache. The request path ([`crate::invoke`]) and the control plane
+//! ([`crate::control`]) both sit above it.
+
+pub mod limits;
+pub mod pool;
+pub mod timing;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::InstancePre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::api::FunctionInfo;
+use crate::engine::ThawEngine;
+use crate::engine::artifact::{ArtifactCache, Compiled, Kind, Origin};
+use crate::guest::host::{CgiHost, ProxyHost};
+use crate::guest::limit::LimitHits;
+use crate::guest::{GuestConfig, Linkers};
+use crate::outbound::AllowList;
+use crate::spec::{FunctionSpec, LimitDefaults, Limits, Reuse, ReuseSpec};
+use limits::ConcurrencyGate;
+use pool::WarmPool;
+use timing::{StartKind, StartStats};
+
+/// What the data directory keeps about a function (`functions/<name>.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// The function's name.
+    pub name: String,
+    /// sha256 of the wasm, hex; names the stored wasm and the artifact.
+    pub digest: String,
+    /// Component or CGI module.
+    pub kind: Kind,
+    /// Size of the wasm in bytes.
+    pub wasm_bytes: u64,
+    /// sha256 of the code actually compiled, when it differs from the upload (a
+    /// pre-initialisation snapshot); names its stored wasm and its artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_digest: Option<String>,
+    /// What the user asked for.
+    pub spec: FunctionSpec,
+    /// 1 for the first deploy of this name, +1 for every redeploy.
+    pub generation: u64,
+    /// Unix time of the deploy, milliseconds.
+    pub deployed_at_ms: u64,
+}
+
+impl FunctionRecord {
+    /// The digest of the code that is compiled and cached.
+    pub fn code_digest(&self) -> &str {
+        self.code_digest.as_deref().unwrap_or(&self.digest)
+    }
+}
+
+/// The pre-instantiated form of a function's code: everything but the store.
+///
+/// A function's code passes three stages, each its own two-way type on purpose: [`Kind`]
+/// says what the bytes are (decided from their header, persisted in the record, no wasmtime
+/// needed), [`Compiled`] is what the artifact cache holds (a `Component` or a `Module`,
+/// engine-specific), and `Code` is that linked against thaw's WASI (a `ProxyPre` or an
+/// `InstancePre`, typed on each kind's host state). Folding them together would make the
+/// record depend on wasmtime, or the cache on the linkers.
+pub enum Code {
+    /// A `wasi:http` component, type-checked against the proxy world.
+    Proxy(ProxyPre<ProxyHost>),
+    /// A WASI preview1 command, run CGI-style.
+    Cgi(InstancePre<CgiHost>),
+}
+
+/// Why a compiled function could not be linked.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// An import thaw does not provide (the message names it).
+    #[error("{0}")]
+    Imports(String),
+    /// The component is not a `wasi:http` proxy.
+    #[error(
+        "the component does not export wasi:http/incoming-handler (is it built for the wasi:http proxy world?): {0}"
+    )]
+    NotAProxy(String),
+    /// The module is not a WASI command.
+    #[error(
+        "a preview1 module must be a WASI command exporting `_start` (a `bin` built for wasm32-wasip1)"
+    )]
+    NotACommand,
+}
+
+/// Request counters of one function (since it was loaded).
+#[derive(Debug, Default)]
+pub struct FunctionStats {
+    /// Requests that reached the function.
+    pub requests: AtomicU64,
+    /// Requests answered with an error produced by thaw (trap, timeout, limit, bad output).
+    pub failures: AtomicU64,
+    /// Limit hits, by limit; shared with the function's stores (the outbound hook counts its
+    /// own), hence its own `Arc`.
+    pub limit_hits: Arc<LimitHits>,
+}
+
+/// Loaded code: linked and ready to instantiate.
+pub struct Loaded {
+    /// The pre-instantiated code.
+    pub code: Code,
+    /// Whether it came from an artifact or a compilation.
+    pub origin: Origin,
+}
+
+/// A deployed function, shared as `Arc<Function>` by the registry and the requests running on
+/// it, so a redeploy never pulls code out from under a request.
+///
+/// Its code is loaded lazily: a host with thousands of functions registers them all from
+/// their records in milliseconds and deserializes each artifact when it is first needed (or
+/// in the background after start-up). The `OnceCell` makes sure a function is never loaded
+/// twice concurrently: requests that arrive during a load wait for it.
+pub struct Function {
+    /// The name, shared with every store's log stream.
+    pub name: Arc<str>,
+    /// The persisted record.
+    pub record: FunctionRecord,
+    /// The route prefix.
+    pub route: String,
+    /// Limits resolved against the host defaults.
+    pub limits: Limits,
+    /// Opt-in instance reuse.
+    pub reuse: Option<Reuse>,
+    /// Environment variables, in the form WASI takes them.
+    pub env: Vec<(String, String)>,
+    /// Epoch ticks for the timeout.
+    pub deadline_ticks: u64,
+    loaded: tokio::sync::OnceCell<Loaded>,
+    /// Warm instances (components only).
+    pub pool: WarmPool,
+    /// Request counters.
+    pub stats: FunctionStats,
+    /// The concurrency limit, if the function has one.
+    pub gate: Option<ConcurrencyGate>,
+    /// Parsed outbound allow-list.
+    pub outbound: Arc<AllowList>,
+    /// How requests got their instances, and how long that and the handler took.
+    pub starts: StartStats,
+}
+
+impl Function {
+    /// A function known from its record, code not loaded yet.
+    pub fn unloaded(record: FunctionRecord, defaults: &LimitDefaults) -> Self {
+        let limits = record.spec.limits.resolve(defaults);
+        Self {
+            name: record.name.as_str().into(),
+            route: record.spec.route_or_default(&record.name),
+            env: record
+                .spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            deadline_ticks: ThawEngine::ticks_for(limits.timeout),
+            reuse: record.spec.reuse.as_ref().map(ReuseSpec::resolve),
+            gate: ConcurrencyGate::new(&limits),
+            // Validated at deploy; a record edited by hand to something invalid denies all.
+            outbound: Arc::new(
+                AllowList::parse(&record.spec.allowed_outbound_hosts).unwrap_or_default(),
+            ),
+            limits,
+            loaded: tokio::sync::OnceCell::new(),
+            pool: WarmPool::default(),
+            record,
+            stats: FunctionStats::default(),
+            starts: StartStats::default(),
+        }
+    }
+
+    /// A function with its code already loaded (a deploy compiles and links eagerly, so that
+    /// a bad module is refused before it replaces anything).
+    pub fn loaded_with(
+        record: FunctionRecord,
+        defaults: &LimitDefaults,
+        code: Code,
+        origin: Origin,
+    ) -> Self {
+        let function = Self::unloaded(record, defaults);
+        function.set_loaded(Loaded { code, origin });
+        function
+    }
+
+    /// What a store for this function is built from.
+    pub fn guest(&self) -> GuestConfig<'_> {
+        GuestConfig {
+            name: &self.name,
+            env: &self.env,
+            dirs: &self.record.spec.dirs,
+            outbound: &self.outbound,
+            limits: &self.limits,
+            deadline_ticks: self.deadline_ticks,
+            hits: &self.stats.limit_hits,
+        }
+    }
+
+    /// Sets the generation (a deploy learns it under the write lock, after linking).
+    pub fn set_generation(&mut self, generation: u64) {
+        self.record.generation = generation;
+    }
+
+    /// Stores loaded code unless some is there already.
+    pub fn set_loaded(&self, loaded: Loaded) {
+        let _ = self.loaded.set(loaded);
+    }
+
+    /// The loaded code, if loaded.
+    pub fn code(&self) -> Option<&Code> {
+        self.loaded.get().map(|l| &l.code)
+    }
+
+    /// The loaded state, if loaded.
+    pub fn loaded(&self) -> Option<&Loaded> {
+        self.loaded.get()
+    }
+
+    /// Loads the code with `load` unless it is loaded; concurrent callers share one load.
+    /// Returns the code and whether this call waited for a load.
+    pub async fn load_once<F, Fut>(&self, load: F) -> anyhow::Result<(&Loaded, bool)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<Loaded>>,
+    {
+        if let Some(loaded) = self.loaded.get() {
+            return Ok((loaded, false));
+        }
+        Ok((self.loaded.get_or_try_init(load).await?, true))
+    }
+
+    /// The admin API's view of this function.
+    pub fn info(&self) -> FunctionInfo {
+        let (start_us, handler_us) = self.starts.percentiles();
+        FunctionInfo {
+            name: self.name.to_string(),
+            route: self.route.clone(),
+            kind: self.record.kind,
+            digest: self.record.digest.clone(),
+            wasm_bytes: self.record.wasm_bytes,
+            snapshot: self.record.code_digest.is_some(),
+            generation: self.record.generation,
+            deployed_at_ms: self.record.deployed_at_ms,
+            spec: self.record.spec.clone(),
+            limits: self.limits.clone(),
+            loaded_from: self.loaded.get().map(|l| l.origin.as_str().to_owned()),
+            warm_instances: self.pool.len(),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            failures: self.stats.failures.load(Ordering::Relaxed),
+            limit_hits: self.stats.limit_hits.by_name(),
+            running: self.gate.as_ref().map(ConcurrencyGate::running),
+            queued: self.gate.as_ref().map(ConcurrencyGate::waiting),
+            starts: self.starts.by_kind(),
+            start_us,
+            handler_us,
+        }
+    }
+}
+
+/// An engine and the linkers built for it: what turns compiled code into [`Code`].
+pub struct Linking {
+    engine: Arc<ThawEngine>,
+    linkers: Linkers,
+}
+
+impl Linking {
+    /// Builds the linkers for `engine`.
+    pub fn new(engine: Arc<ThawEngine>) -> anyhow::Result<Self> {
+        let linkers = Linkers::new(engine.engine())?;
+        Ok(Self { engine, linkers })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<ThawEngine> {
+        &self.engine
+    }
+
+    /// Links compiled code against thaw's WASI. Done once per load, never per request.
+    pub fn link(&self, compiled: Compiled) -> Result<Code, LinkError> {
+        Ok(match compiled {
+            Compiled::Component(component) => {
+                let pre = self
+                    .linkers
+                    .proxy
+                    .instantiate_pre(&component)
+                    .map_err(|e| LinkError::Imports(format!("{e:#}")))?;
+                Code::Proxy(ProxyPre::new(pre).map_err(|e| LinkError::NotAProxy(format!("{e:#}")))?)
+            }
+            Compiled::Module(module) => {
+                if module.get_export("_start").is_none() {
+                    return Err(LinkError::NotACommand);
+                }
+                Code::Cgi(
+                    self.linkers
+                        .cgi
+                        .instantiate_pre(&module)
+                        .map_err(|e| LinkError::Imports(format!("{e:#}")))?,
+                )
+            }
+        })
+    }
+}
+
+/// Loads functions' code: the artifact from the cache (or a rebuild from the stored wasm),
+/// linked. Shared by the request path (a first request loads its function) and start-up.
+pub struct Loader {
+    linking: Linking,
+    cache: Arc<ArtifactCache>,
+}
+
+impl Loader {
+    /// A loader over `cache`, linking with `linking`'s engine (the cache's engine).
+    pub fn new(linking: Linking, cache: Arc<ArtifactCache>) -> Self {
+        Self { linking, cache }
+    }
+
+    /// The linking this loader uses.
+    pub fn linking(&self) -> &Linking {
+        &self.linking
+    }
+
+    /// The artifact cache.
+    pub fn cache(&self) -> &Arc<ArtifactCache> {
+        &self.cache
+    }
+
+    /// Loads a function's code. Blocking (file reads, possibly a compile).
+    pub fn load(&self, function: &Function) -> anyhow::Result<Loaded> {
+        let record = &function.record;
+        let (compiled, origin) = self.cache.load(record.kind, record.code_digest())?;
+        let code = self.linking.link(compiled)?;
+        tracing::info!(function = %function.name, from = ?origin, "loaded");
+        Ok(Loaded { code, origin })
+    }
+
+    /// The function's code, loading it on a blocking thread if needed (concurrent callers
+    /// share one load). Returns, when this call had to wait for a load, how the request's
+    /// start is classified (from disk, or a compile when the artifact had to be rebuilt) and
+    /// how long the wait took.
+    pub async fn ensure_loaded<'f>(
+        self: &Arc<Self>,
+        function: &'f Arc<Function>,
+    ) -> anyhow::Result<(&'f Loaded, Option<(StartKind, Duration)>)> {
+        if let Some(loaded) = function.loaded() {
+            return Ok((loaded, None));
+        }
+        let started = Instant::now();
+        let (loaded, waited) = function
+            .load_once(|| {
+                let loader = self.clone();
+                let function = function.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || loader.load(&function))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("load task failed: {e}"))?
+                }
+            })
+            .await?;
+        let kind = match loaded.origin {
+            Origin::Artifact => StartKind::Disk,
+            Origin::Compiled | Origin::FastTier => StartKind::Compile,
+        };
+        Ok((loaded, waited.then(|| (kind, started.elapsed()))))
+    }
+}

@@ -1,0 +1,182 @@
+//! Per-request store data: one struct per kind of function, one field per capability.
+//!
+//! A store lives for exactly one request (isolation by default: no state survives between
+//! requests), so these structs are built on the request path and must stay cheap: no
+//! sockets, environment variables copied from a list prepared at load time, the outbound
+//! allow-list shared from the function. Building a WASI context, an HTTP context and a
+//! resource table is a few allocations.
+//!
+//! No ambient authority: a guest sees the environment variables of its spec and nothing of
+//! the host's, no directory unless the spec grants one, and no network but `wasi:http`
+//! requests its allow-list permits. `wasi:sockets` is linked (the standard WASI imports must
+//! link) but a `WasiCtx` built without `inherit_network` or a socket address check refuses
+//! every address and name lookup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::GuestConfig;
+use super::limit::{Limit, LimitHits};
+use super::limiter::GuestLimiter;
+use super::log::GuestLog;
+use crate::outbound::AllowList;
+use crate::spec::Limits;
+
+/// Store data for a `wasi:http` component.
+pub struct ProxyHost {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundPolicy,
+    /// The store's resource limiter (install it with `Store::limiter`).
+    pub limiter: GuestLimiter,
+}
+
+impl ProxyHost {
+    /// The store data for one instance of the guest `config` describes.
+    pub fn new(config: &GuestConfig<'_>) -> Self {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.envs(config.env)
+            .args(&[&**config.name])
+            // Guest output is the function's log, not the host's stdout: each line goes to
+            // `tracing` tagged with the function's name.
+            .stdout(GuestLog::new(config.name.clone(), "stdout"))
+            .stderr(GuestLog::new(config.name.clone(), "stderr"));
+        super::grant_dirs(&mut wasi, config);
+        Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: OutboundPolicy {
+                function: config.name.clone(),
+                allow: config.outbound.clone(),
+                remaining: config.limits.max_outbound_requests,
+                max: config.limits.max_outbound_requests,
+                timeout: config.limits.outbound_timeout,
+                hits: config.hits.clone(),
+            },
+            limiter: GuestLimiter::new(config.limits),
+        }
+    }
+
+    /// Resets what is counted per invocation, for an instance that serves another request.
+    pub fn begin_request(&mut self) {
+        self.outbound.remaining = self.outbound.max;
+    }
+}
+
+/// Outbound HTTP under the function's allow-list.
+///
+/// `wasi:http/outgoing-handler` is always linked (components built for the proxy world
+/// import it, and must link), but a request only leaves if its scheme, host and port match
+/// the function's `allowed_outbound_hosts` (empty by default: nothing leaves) and the
+/// invocation has not used up its `max_outbound_requests`. Anything else fails inside the
+/// guest with `HTTP-request-denied`, and is logged and counted as a limit hit. Allowed
+/// requests get the function's outbound timeout for connecting, the first byte and every
+/// byte after, whatever longer timeouts the guest asked for.
+struct OutboundPolicy {
+    function: Arc<str>,
+    allow: Arc<AllowList>,
+    remaining: u32,
+    max: u32,
+    timeout: Duration,
+    hits: Arc<LimitHits>,
+}
+
+type SendRequestFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendRequestFuture {
+        let denied = if !self.allow.allows(request.uri()) {
+            Some((
+                Limit::OutboundHost,
+                "not in the function's allowed_outbound_hosts",
+            ))
+        } else if self.remaining == 0 {
+            Some((
+                Limit::OutboundRequests,
+                "the invocation used up its max_outbound_requests",
+            ))
+        } else {
+            None
+        };
+        if let Some((limit, why)) = denied {
+            self.hits.hit(
+                &self.function,
+                limit,
+                &format_args!("outbound request to {} denied: {why}", request.uri()),
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        self.remaining -= 1;
+        let cap =
+            |asked: Option<Duration>| Some(asked.map_or(self.timeout, |t| t.min(self.timeout)));
+        let options = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: cap(options.connect_timeout),
+            first_byte_timeout: cap(options.first_byte_timeout),
+            between_bytes_timeout: cap(options.between_bytes_timeout),
+        };
+        Box::new(async move {
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(http_body_util::BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+impl WasiView for ProxyHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ProxyHost {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Store data for a WASI preview1 module run CGI-style.
+pub struct CgiHost {
+    pub(crate) wasi: WasiP1Ctx,
+    /// The store's resource limiter (install it with `Store::limiter`).
+    pub limiter: GuestLimiter,
+}
+
+impl CgiHost {
+    /// Store data around an already configured WASI context.
+    pub fn new(wasi: WasiP1Ctx, limits: &Limits) -> Self {
+        Self {
+            wasi,
+            limiter: GuestLimiter::new(limits),
+        }
+    }
+}

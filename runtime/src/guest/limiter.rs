@@ -1,0 +1,90 @@
+//! The store's resource limiter: a guest's memory, bounded, with a typed error past it.
+//!
+//! wasmtime's `StoreLimits` with `trap_on_grow_failure` does the same job but fails with an
+//! untyped message ("forcing trap when growing memory to N bytes"), which a host can only
+//! recognise by its text, and the next wasmtime release may reword it. This limiter fails a
+//! `memory.grow` past the function's `memory_mib` with [`MemoryLimitHit`], which the request
+//! path finds with `downcast_ref`, whatever wasmtime wraps around it.
+//!
+//! Failing the grow with an error, rather than returning `false` (a `-1` from
+//! `memory.grow`), makes it a trap with a clear cause: a guest's allocator would otherwise
+//! turn the `-1` into an abort somewhere else, reported as an unrelated trap.
+
+use wasmtime::ResourceLimiter;
+
+use crate::spec::Limits;
+
+/// A guest asked for more linear memory than its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("growing memory to {desired} bytes, over the limit of {limit} bytes")]
+pub struct MemoryLimitHit {
+    /// The size the guest asked for, in bytes.
+    pub desired: usize,
+    /// The function's memory limit, in bytes.
+    pub limit: usize,
+}
+
+/// The limiter of one store.
+#[derive(Debug)]
+pub struct GuestLimiter {
+    memory_bytes: usize,
+}
+
+impl GuestLimiter {
+    /// A limiter for `limits`.
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            return Err(MemoryLimitHit {
+                desired,
+                limit: self.memory_bytes,
+            }
+            .into());
+        }
+        // Past the memory's own declared maximum: wasm semantics, `memory.grow` returns -1.
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables are bounded by the pooling allocator's per-slot tables; within that, only
+        // the table's own maximum applies.
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grow_past_the_limit_is_a_typed_error() {
+        let limits = crate::spec::LimitsSpec {
+            memory_mib: Some(1),
+            ..Default::default()
+        }
+        .resolve(&crate::spec::LimitDefaults::default());
+        let mut limiter = GuestLimiter::new(&limits);
+        assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(!limiter.memory_growing(0, 1 << 19, Some(1 << 18)).unwrap());
+        let error = limiter.memory_growing(0, (1 << 20) + 1, None).unwrap_err();
+        let hit = error.downcast_ref::<MemoryLimitHit>().expect("typed");
+        assert_eq!(hit.limit, 1 << 20);
+    }
+}

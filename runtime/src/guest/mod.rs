@@ -1,0 +1,166 @@
+//! What a guest gets: its store, its host state, and the linkers that offer it WASI.
+//!
+//! This layer sits right above the engine. It builds a store for one instance from a plain
+//! [`GuestConfig`] (name, environment, grants, outbound allow-list, limits, hit counters),
+//! never from the object that also deploys or routes, so the request path and the warm pool
+//! take only what a guest needs, and a test can build a store without a function registry.
+//!
+//! - [`host`]: the store data per kind (`wasi:http` component, CGI module) and the outbound
+//!   policy of `wasi:http`;
+//! - [`limiter`]: the resource limiter, which fails a `memory.grow` past the limit with a
+//!   typed error ([`limiter::MemoryLimitHit`]) the request path classifies by type;
+//! - [`limit`]: the names of limits and their per-function counters;
+//! - [`log`] and [`stdout`]: where a guest's output goes (log lines; a CGI module's response).
+//!
+//! One store per request (or per warm instance): a store is cheap to build (a few
+//! allocations: the WASI and HTTP contexts and a resource table), and dropping it frees every
+//! byte the guest had.
+
+pub mod host;
+pub mod limit;
+pub mod limiter;
+pub mod log;
+pub mod stdout;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+
+use crate::outbound::AllowList;
+use crate::spec::{DirGrant, Limits};
+use host::{CgiHost, ProxyHost};
+use limit::LimitHits;
+use log::GuestLog;
+use stdout::CgiStdout;
+
+/// Everything a guest's store is built from, borrowed from whoever owns it (a deployed
+/// function, a test, a benchmark).
+#[derive(Clone, Copy)]
+pub struct GuestConfig<'a> {
+    /// The function's name: the guest's `argv[0]` and its log lines' tag.
+    pub name: &'a Arc<str>,
+    /// Environment variables, as WASI takes them.
+    pub env: &'a [(String, String)],
+    /// Granted host directories.
+    pub dirs: &'a [DirGrant],
+    /// Where outbound `wasi:http` requests may go.
+    pub outbound: &'a Arc<AllowList>,
+    /// The resolved limits.
+    pub limits: &'a Limits,
+    /// Epoch ticks for the timeout ([`crate::engine::ThawEngine::ticks_for`]).
+    pub deadline_ticks: u64,
+    /// Where the guest's own limit hits (outbound) are counted.
+    pub hits: &'a Arc<LimitHits>,
+}
+
+/// A store for one `wasi:http` instance: limiter installed, fuel given (on a metering
+/// engine), deadline armed for instantiation (which may run guest code).
+pub fn proxy_store(engine: &Engine, config: &GuestConfig<'_>) -> Store<ProxyHost> {
+    let mut store = Store::new(engine, ProxyHost::new(config));
+    store.limiter(|host| &mut host.limiter);
+    arm_fuel(&mut store, config.limits);
+    arm_deadline(&mut store, config.deadline_ticks);
+    store
+}
+
+/// A store for one run of a CGI module: the request's meta-variables (`env`, already
+/// including the function's own), its body on stdin, and `stdout` collecting the response.
+pub fn cgi_store(
+    engine: &Engine,
+    config: &GuestConfig<'_>,
+    env: &[(String, String)],
+    stdin: Bytes,
+    stdout: CgiStdout,
+) -> Store<CgiHost> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.envs(env)
+        .args(&[&**config.name])
+        .stdin(MemoryInputPipe::new(stdin))
+        .stdout(stdout)
+        .stderr(GuestLog::new(config.name.clone(), "stderr"));
+    grant_dirs(&mut wasi, config);
+    let mut store = Store::new(engine, CgiHost::new(wasi.build_p1(), config.limits));
+    store.limiter(|host| &mut host.limiter);
+    arm_fuel(&mut store, config.limits);
+    arm_deadline(&mut store, config.deadline_ticks);
+    store
+}
+
+/// Preopens the granted directories (read-only unless the grant says writable).
+///
+/// This opens each directory per store, a syscall per grant on the request path; only
+/// functions with grants pay it, and a grant is the exception. A directory that vanished
+/// since the deploy is logged and left out: the guest sees no such directory.
+fn grant_dirs(wasi: &mut WasiCtxBuilder, config: &GuestConfig<'_>) {
+    for dir in config.dirs {
+        let perms = if dir.writable {
+            wasmtime_wasi::FsPerms::ReadWrite
+        } else {
+            wasmtime_wasi::FsPerms::ReadOnly
+        };
+        if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
+            tracing::warn!(function = %config.name, host = %dir.host.display(), "granted directory cannot be opened: {e:#}");
+        }
+    }
+}
+
+/// Makes a running guest yield to the executor at every epoch tick and traps it once
+/// `ticks` have passed.
+///
+/// Yielding matters as much as the trap: a guest spinning in a loop would otherwise hold a
+/// tokio worker thread until its deadline, and on a small host that stalls every other
+/// request (including the admin API) queued behind it on that worker. With a yield every
+/// tick a CPU-bound guest shares the worker like any other task.
+pub fn arm_deadline<T: 'static>(store: &mut Store<T>, ticks: u64) {
+    let mut remaining = ticks;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if remaining == 0 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        remaining -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
+}
+
+/// Gives a store its CPU fuel for one request, on a host that meters fuel.
+pub fn arm_fuel<T: 'static>(store: &mut Store<T>, limits: &Limits) {
+    if let Some(fuel) = limits.fuel {
+        // Fails only on an engine without fuel metering, which `limits.fuel` rules out.
+        let _ = store.set_fuel(fuel);
+    }
+}
+
+/// The two linkers, built once per engine: one for `wasi:http` components, one for WASI
+/// preview1 (CGI) modules.
+pub struct Linkers {
+    /// For components: the interfaces `wasmtime serve -Scli` offers.
+    pub proxy: wasmtime::component::Linker<ProxyHost>,
+    /// For preview1 command modules.
+    pub cgi: wasmtime::Linker<CgiHost>,
+}
+
+impl Linkers {
+    /// Builds both linkers for `engine`.
+    pub fn new(engine: &Engine) -> anyhow::Result<Self> {
+        let mut proxy = wasmtime::component::Linker::new(engine);
+        // The same interfaces `wasmtime serve -Scli` offers: all of WASI p2 (cli, clocks,
+        // filesystem, random, io, sockets) plus wasi:http. What a guest may actually reach
+        // through them is decided per store by its `WasiCtx` (no preopens, no sockets).
+        wasmtime_wasi::p2::add_to_linker_async(&mut proxy)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI p2")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut proxy)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
+        let mut cgi = wasmtime::Linker::new(engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut cgi, |host: &mut CgiHost| &mut host.wasi)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI p1")?;
+        Ok(Self { proxy, cgi })
+    }
+}

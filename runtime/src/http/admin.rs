@@ -1,0 +1,200 @@
+//! The admin API: deploy, list, get, remove, status. JSON in and out.
+//!
+//! | method and path             | does                                  | answers |
+//! |-----------------------------|---------------------------------------|---------|
+//! | `GET /v1/status`            | host summary (allocator, counters)    | 200 |
+//! | `GET /v1/functions`         | every function                        | 200 |
+//! | `GET /v1/functions/{name}`  | one function                          | 200, 404 |
+//! | `PUT /v1/functions/{name}`  | deploy or redeploy                    | 201 new, 200 replaced, 400, 409, 413 |
+//! | `DELETE /v1/functions/{name}` | remove                              | 204, 404 |
+//!
+//! A deploy body is either `multipart/form-data` with a `wasm` part (the binary) and an
+//! optional `spec` part (JSON, see [`FunctionSpec`]), or the raw wasm with any other content
+//! type (the default spec). Errors are `{"error": "..."}` with the reason.
+//!
+//! Every request needs `Authorization: Bearer <token>` (see [`super::auth`]); without it the
+//! answer is 401 and nothing changes. The listener binds to 127.0.0.1 by default.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+
+use super::auth::AdminToken;
+use crate::api::{ErrorBody, FunctionInfo};
+use crate::control::{DeployError, Platform};
+use crate::function::Function;
+use crate::invoke::body::{ResponseBody, full};
+use crate::spec::FunctionSpec;
+
+/// Handles one admin request.
+pub async fn handle(
+    platform: Arc<Platform>,
+    req: Request<Incoming>,
+    max_upload: u64,
+    token: AdminToken,
+) -> Response<ResponseBody> {
+    let authorization = req.headers().get(http::header::AUTHORIZATION);
+    if !token.accepts(authorization.map(|v| v.as_bytes())) {
+        tracing::info!(method = %req.method(), path = %req.uri().path(), "admin request refused: missing or wrong token");
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token (Authorization: Bearer <token>)",
+        );
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &platform.status()),
+        (Method::GET, ["v1", "functions"]) => {
+            let all: Vec<FunctionInfo> =
+                platform.registry().all().iter().map(|f| f.info()).collect();
+            json(StatusCode::OK, &all)
+        }
+        (Method::GET, ["v1", "functions", name]) => match platform.registry().get(name) {
+            Some(f) => json(StatusCode::OK, &f.info()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no function named {name:?}"),
+            ),
+        },
+        (Method::PUT, ["v1", "functions", name]) => {
+            let name = name.to_string();
+            match deploy(&platform, &name, req, max_upload).await {
+                Ok((function, replaced)) => {
+                    let status = if replaced {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::CREATED
+                    };
+                    json(status, &function.info())
+                }
+                Err(e) => {
+                    tracing::info!(function = %name, "deploy refused: {e}");
+                    error(e.status(), &e.to_string())
+                }
+            }
+        }
+        (Method::DELETE, ["v1", "functions", name]) => match platform.remove(name).await {
+            Ok(true) => empty(StatusCode::NO_CONTENT),
+            Ok(false) => error(
+                StatusCode::NOT_FOUND,
+                &format!("no function named {name:?}"),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+        },
+        (_, ["v1", "status"] | ["v1", "functions"] | ["v1", "functions", _]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such admin route"),
+    }
+}
+
+async fn deploy(
+    platform: &Arc<Platform>,
+    name: &str,
+    req: Request<Incoming>,
+    max_upload: u64,
+) -> Result<(Arc<Function>, bool), DeployError> {
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = http_body_util::Limited::new(req.into_body(), max_upload as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                DeployError::TooLarge(format!("upload over the limit of {max_upload} bytes"))
+            } else {
+                DeployError::BadRequest(format!("reading the upload: {e}"))
+            }
+        })?
+        .to_bytes();
+
+    let (spec, wasm) = if content_type.starts_with("multipart/form-data") {
+        read_multipart(&content_type, body).await?
+    } else {
+        (FunctionSpec::default(), body)
+    };
+    platform.deploy(name, spec, wasm).await
+}
+
+/// Largest `spec` part of a deploy. A spec is settings, a few kilobytes even with many
+/// variables and grants; a bound keeps a hostile or broken client from making the host parse,
+/// store and serve back hundreds of megabytes of JSON (the wasm part has its own, larger
+/// bound, `--max-upload-mib`).
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+async fn read_multipart(
+    content_type: &str,
+    body: Bytes,
+) -> Result<(FunctionSpec, Bytes), DeployError> {
+    let bad = |e: multer::Error| DeployError::BadRequest(format!("malformed multipart body: {e}"));
+    let boundary = multer::parse_boundary(content_type).map_err(bad)?;
+    let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let (mut spec, mut wasm) = (None, None);
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        match field.name() {
+            Some("spec") => {
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    if bytes.len() + chunk.len() > MAX_SPEC_BYTES {
+                        return Err(DeployError::TooLarge(format!(
+                            "the spec part is over the limit of {MAX_SPEC_BYTES} bytes"
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                spec = Some(
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| DeployError::BadRequest(format!("invalid spec: {e}")))?,
+                );
+            }
+            Some("wasm") => wasm = Some(field.bytes().await.map_err(bad)?),
+            other => {
+                return Err(DeployError::BadRequest(format!(
+                    "unexpected multipart field {other:?}; expected `wasm` and optionally `spec`"
+                )));
+            }
+        }
+    }
+    let wasm = wasm
+        .ok_or_else(|| DeployError::BadRequest("the multipart body has no `wasm` field".into()))?;
+    Ok((spec.unwrap_or_default(), wasm))
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .expect("static response parts are valid")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    json(
+        status,
+        &ErrorBody {
+            error: message.to_owned(),
+        },
+    )
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,271 @@
+//! The HTTP listeners: the data plane (functions) and the admin API, with graceful shutdown.
+//!
+//! Both are plain hyper 1 HTTP/1.1 servers on tokio, one task per connection. Shutdown stops
+//! accepting, lets every in-flight request finish (up to a drain timeout), then returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::control::Platform;
+use crate::invoke::body::ResponseBody;
+use crate::invoke::{InvokeError, Peer, invoke};
+
+/// How a listener treats its connections.
+#[derive(Clone, Debug)]
+pub struct ListenerOptions {
+    /// Time in-flight requests get at shutdown.
+    pub drain_timeout: Duration,
+    /// Time a client gets to send a request's headers (from the connection's start, or from
+    /// the previous response on a kept-alive connection) before the connection is closed.
+    ///
+    /// This is the slowloris guard. No instance exists before the headers are complete (the
+    /// route is not even known), so a slow client costs a socket and a small buffer until
+    /// this fires, never an instance slot. A slow *body* is bounded by the function's own
+    /// timeout: a component's runs while the guest waits for it; a CGI module's body is read
+    /// before anything is taken, with a minimum rate ([`crate::invoke::body::read_bounded`]).
+    pub header_read_timeout: Duration,
+    /// Connections closed by `header_read_timeout`, for the status API.
+    pub slow_clients: Arc<AtomicU64>,
+    /// Time a client may accept no response bytes at all while some wait to be sent, before
+    /// its connection is closed (see [`SendTimeout`]).
+    pub send_timeout: Duration,
+    /// Connections closed by `send_timeout`, for the status API.
+    pub stalled_readers: Arc<AtomicU64>,
+}
+
+/// A signal every listener watches; `true` means "stop accepting and drain".
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal and the sender that triggers it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Serves the data plane on `listener` until `shutdown` fires, then drains.
+pub async fn serve_functions(
+    listener: TcpListener,
+    platform: Arc<Platform>,
+    shutdown: Shutdown,
+    options: ListenerOptions,
+) -> anyhow::Result<()> {
+    serve(listener, shutdown, options, move |req, peer| {
+        let platform = platform.clone();
+        async move {
+            let Some(function) = platform.registry().route(req.uri().path()) else {
+                return InvokeError::NotFound.into_response();
+            };
+            invoke(platform.invoke_context(), function, req, peer).await
+        }
+    })
+    .await
+}
+
+/// Accept loop shared by both listeners.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+    options: ListenerOptions,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let local = listener.local_addr()?;
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed on {local}: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.wait() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let peer = Peer { remote, local };
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let response = handler(req, peer);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .keep_alive(true)
+            .serve_connection(
+                TokioIo::new(SendTimeout::new(
+                    stream,
+                    options.send_timeout,
+                    options.stalled_readers.clone(),
+                    remote,
+                )),
+                service,
+            );
+        let conn = graceful.watch(conn);
+        let slow_clients = options.slow_clients.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    slow_clients.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%remote, "closed a connection that sent its headers too slowly");
+                    return;
+                }
+                // Clients that drop connections mid-request are routine (load generators do it
+                // at the end of every run), so this is debug, not warn.
+                tracing::debug!(%remote, "connection ended: {e}");
+            }
+        });
+    }
+    tracing::info!(%local, "draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(options.drain_timeout) => {
+            tracing::warn!(%local, "drain timeout reached; closing remaining connections");
+        }
+    }
+    Ok(())
+}
+
+/// A connection whose writes fail once the client has accepted nothing for a while.
+///
+/// hyper has no write timeout: a response it cannot send waits for the client for as long as
+/// the connection lives, and with it whatever the response holds (a CGI module's buffered
+/// output, a `wasi:http` guest blocked on a full body pipe and its instance slot). This wrapper
+/// arms a timer when a write would block and fails the write with `TimedOut` if the socket has
+/// taken no byte when it fires; any progress disarms it. It bounds a stall, not a rate: a
+/// client that reads a little now and then keeps its connection, as with nginx's
+/// `send_timeout`.
+pub struct SendTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    closed: Arc<AtomicU64>,
+    remote: SocketAddr,
+}
+
+impl<S> SendTimeout<S> {
+    /// Wraps `inner`; `closed` counts the connections this closes.
+    pub fn new(inner: S, timeout: Duration, closed: Arc<AtomicU64>, remote: SocketAddr) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+            closed,
+            remote,
+        }
+    }
+
+    /// After a write returned `Pending`: arms the timer if needed and reports whether it fired.
+    fn poll_stall(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                self.closed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(remote = %self.remote, "closed a connection whose client stopped reading its response");
+                std::task::Poll::Ready(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client accepted no response bytes within the send timeout",
+                ))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn on_write<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        result: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        match result {
+            std::task::Poll::Pending => self.poll_stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SendTimeout<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SendTimeout<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.on_write(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.on_write(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.on_write(cx, result)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Binds a listener, with the address in the error.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))
+}

@@ -1,0 +1,119 @@
+//! The CGI executor: a WASI preview1 command run as RFC 3875 describes, the request's
+//! metadata in the environment, the buffered body on stdin, stdout parsed as a CGI response
+//! once `_start` returns ([`crate::cgi`] parses; this runs).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Response;
+use wasmtime::InstancePre;
+
+use super::body::{ResponseBody, full};
+use super::error::{InvokeError, classify};
+use super::{InvokeContext, Peer, Start, admit};
+use crate::cgi::{self, CgiRequest};
+use crate::function::Function;
+use crate::function::timing::StartKind;
+use crate::guest::cgi_store;
+use crate::guest::host::CgiHost;
+use crate::guest::stdout::{CgiStdout, StdoutOverLimit};
+
+/// A WASI preview1 command run CGI-style: metadata in the environment, the buffered body on
+/// stdin, stdout parsed as a CGI response once `_start` returns.
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the list.
+pub(super) async fn call(
+    cx: &InvokeContext,
+    function: &Arc<Function>,
+    pre: &InstancePre<CgiHost>,
+    parts: http::request::Parts,
+    body: bytes::Bytes,
+    peer: Peer,
+    load: Option<(StartKind, Duration)>,
+    admitted: Instant,
+) -> Result<Response<ResponseBody>, InvokeError> {
+    let engine = pre.module().engine();
+    let path = parts.uri.path();
+    let path_info = if function.route == "/" {
+        path
+    } else {
+        path.get(function.route.len()..).unwrap_or("")
+    };
+    let mut env = Vec::with_capacity(16 + parts.headers.len() + function.env.len());
+    let underscored = cgi::request_env(
+        &CgiRequest {
+            method: &parts.method,
+            script_name: if function.route == "/" {
+                ""
+            } else {
+                &function.route
+            },
+            path_info,
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            content_length: Some(body.len() as u64),
+            remote_addr: peer.remote,
+            server_addr: peer.local,
+        },
+        &mut env,
+    );
+    if underscored > 0 {
+        tracing::debug!(function = %function.name, underscored, "dropped request headers with '_' in their names (CGI would merge them with their '-' twins)");
+    }
+    // The function's own variables, except where they would shadow a CGI meta-variable.
+    for (key, value) in &function.env {
+        if !env.iter().any(|(k, _)| k == key) {
+            env.push((key.clone(), value.clone()));
+        }
+    }
+
+    let response_limit = function.limits.max_response_body_bytes;
+    // The body's limit plus room for the header section; the body alone is checked after
+    // parsing. A write past this traps the guest at once (see crate::guest::stdout).
+    let stdout = CgiStdout::new(response_limit as usize + cgi::MAX_HEADER_BYTES);
+    let permit = admit(cx).await?;
+    let mut store = cgi_store(engine, &function.guest(), &env, body, stdout.clone());
+
+    let mut start = Start {
+        kind: load.map_or(StartKind::Fresh, |(kind, _)| kind),
+        load: load.map(|(_, d)| d),
+        instantiate: Duration::ZERO,
+        total: Duration::ZERO,
+    };
+    let mut call_started = None;
+    let call = async {
+        let instantiating = Instant::now();
+        let instance = pre.instantiate_async(&mut store).await?;
+        start.instantiate = instantiating.elapsed();
+        start.total = admitted.elapsed();
+        call_started = Some(Instant::now());
+        let entry = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        entry.call_async(&mut store, ()).await
+    };
+    let result = tokio::time::timeout(function.limits.timeout, call).await;
+    let handler = call_started.map_or(Duration::ZERO, |t| t.elapsed());
+    drop(store);
+    drop(permit);
+    match result {
+        Err(_) => return Err(InvokeError::Timeout),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(wasmtime_wasi::I32Exit(0)) => {}
+            Some(wasmtime_wasi::I32Exit(code)) => return Err(InvokeError::Exit(*code)),
+            None if e.downcast_ref::<StdoutOverLimit>().is_some() => {
+                return Err(InvokeError::ResponseTooLarge(response_limit));
+            }
+            None => return Err(classify(e)),
+        },
+    }
+
+    let parsed = cgi::parse_response(stdout.into_bytes())
+        .map_err(|e| InvokeError::BadResponse(e.to_string()))?;
+    if parsed.body.len() as u64 > response_limit {
+        return Err(InvokeError::ResponseTooLarge(response_limit));
+    }
+    let mut response = Response::new(full(parsed.body));
+    *response.status_mut() = parsed.status;
+    *response.headers_mut() = parsed.headers;
+    start.record(cx, function, handler, response.headers_mut());
+    Ok(response)
+}

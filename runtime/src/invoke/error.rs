@@ -1,0 +1,195 @@
+//! Errors that cross the HTTP boundary, and the status each one gets.
+//!
+//! Callers branch on these (the admin API on [`DeployError`], the data plane on
+//! [`InvokeError`]); orchestration code elsewhere uses `anyhow` with context. The client sees a
+//! short, fixed message; the log gets the detail.
+
+use http::{HeaderValue, Response, StatusCode};
+use wasmtime::Trap;
+
+use super::body::{ResponseBody, full};
+use crate::guest::limit::Limit;
+use crate::guest::limiter::MemoryLimitHit;
+
+/// Why a request to a function did not get the function's own response.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// No route matches the path.
+    #[error("no function serves this path")]
+    NotFound,
+    /// The request body is over the function's limit.
+    #[error("request body over the limit of {0} bytes")]
+    BodyTooLarge(u64),
+    /// The request body arrived too slowly (see [`crate::body::read_bounded`]).
+    #[error("request body too slow: {received} bytes before the deadline")]
+    BodyTooSlow {
+        /// Bytes received by then.
+        received: u64,
+    },
+    /// Every instance slot is busy and none freed up within the queue timeout.
+    #[error("all instance slots are busy")]
+    Overloaded,
+    /// The function's concurrency limit is reached (the reason says how).
+    #[error("the function's concurrency limit is reached: {0}")]
+    ConcurrencyLimit(&'static str),
+    /// The request's header section is over the function's limits.
+    #[error("request headers over the limit: {0}")]
+    HeadersTooLarge(String),
+    /// The guest used up its CPU fuel.
+    #[error("function ran out of CPU fuel")]
+    OutOfFuel,
+    /// The guest tried to grow its memory past the limit.
+    #[error("function hit its memory limit: {0}")]
+    MemoryLimit(String),
+    /// The guest's response body went past the limit.
+    #[error("response body over the limit of {0} bytes; the function was stopped")]
+    ResponseTooLarge(u64),
+    /// The function ran past its timeout.
+    #[error("function timed out")]
+    Timeout,
+    /// The guest trapped (panic, `unreachable`, memory limit, stack overflow, ...).
+    #[error("function trapped: {0}")]
+    Trap(String),
+    /// A CGI module exited with a non-zero status.
+    #[error("function exited with status {0}")]
+    Exit(i32),
+    /// The guest answered its `response-outparam` with an error code (a `wasi:http` guest's
+    /// way of saying "I failed"); `wasmtime serve` answers 500 for it, and so does thaw.
+    #[error("the function answered with an error: {0}")]
+    GuestError(String),
+    /// The guest's response is malformed (CGI output), or it never sent one.
+    #[error("bad response from function: {0}")]
+    BadResponse(String),
+    /// The request cannot be handed to the guest.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Something failed in thaw itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl InvokeError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InvokeError::NotFound => StatusCode::NOT_FOUND,
+            InvokeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            InvokeError::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
+            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            InvokeError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            InvokeError::Timeout | InvokeError::OutOfFuel => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::Trap(_)
+            | InvokeError::GuestError(_)
+            | InvokeError::MemoryLimit(_)
+            | InvokeError::Exit(_)
+            | InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::BadResponse(_) | InvokeError::ResponseTooLarge(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            InvokeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The fixed body the client gets: the class of failure, not its detail (which may
+    /// mention host paths or guest internals; it goes to the log).
+    fn public_message(&self) -> &'static str {
+        match self {
+            InvokeError::NotFound => "no function serves this path\n",
+            InvokeError::BodyTooLarge(_) => "request body too large\n",
+            InvokeError::BodyTooSlow { .. } => "request body too slow\n",
+            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
+                "all instances are busy, retry shortly\n"
+            }
+            InvokeError::HeadersTooLarge(_) => "request headers too large\n",
+            InvokeError::Timeout => "function timed out\n",
+            InvokeError::OutOfFuel => "function ran out of CPU time\n",
+            InvokeError::Trap(_) => "function failed (trap)\n",
+            InvokeError::GuestError(_) => "function failed (error code)\n",
+            InvokeError::MemoryLimit(_) => "function failed (memory limit)\n",
+            InvokeError::ResponseTooLarge(_) => "function response too large\n",
+            InvokeError::Exit(_) => "function failed (non-zero exit)\n",
+            InvokeError::BadResponse(_) => "function sent a malformed response\n",
+            InvokeError::BadRequest(_) => "bad request\n",
+            InvokeError::Internal(_) => "internal error\n",
+        }
+    }
+
+    /// The limit this error is a hit of, if it is one. Exhaustive on purpose: a new variant
+    /// must say whether it is a limit, or it is not counted.
+    pub fn limit(&self) -> Option<Limit> {
+        Some(match self {
+            InvokeError::Timeout => Limit::Timeout,
+            InvokeError::OutOfFuel => Limit::Fuel,
+            InvokeError::MemoryLimit(_) => Limit::Memory,
+            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => Limit::Concurrency,
+            InvokeError::BodyTooLarge(_) => Limit::RequestBody,
+            InvokeError::BodyTooSlow { .. } => Limit::SlowRequestBody,
+            InvokeError::HeadersTooLarge(_) => Limit::Headers,
+            InvokeError::ResponseTooLarge(_) => Limit::ResponseBody,
+            InvokeError::NotFound
+            | InvokeError::Trap(_)
+            | InvokeError::GuestError(_)
+            | InvokeError::Exit(_)
+            | InvokeError::BadResponse(_)
+            | InvokeError::BadRequest(_)
+            | InvokeError::Internal(_) => return None,
+        })
+    }
+
+    /// The response for this error.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let mut response = Response::new(full(self.public_message()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(
+            self,
+            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_)
+        ) {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Sorts a guest failure by type, never by message: an epoch interrupt is a timeout, running
+/// out of fuel or memory ([`MemoryLimitHit`], from thaw's own limiter) a limit hit,
+/// everything else a trap with its message (which names the trap code and, with `addr2line`,
+/// the guest's frames).
+pub fn classify(error: wasmtime::Error) -> InvokeError {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => InvokeError::Timeout,
+        Some(Trap::OutOfFuel) => InvokeError::OutOfFuel,
+        _ if error.downcast_ref::<MemoryLimitHit>().is_some() => {
+            InvokeError::MemoryLimit(format!("{error:?}"))
+        }
+        _ => InvokeError::Trap(format!("{error:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_failures_are_classified_by_type() {
+        let timeout = wasmtime::Error::from(Trap::Interrupt);
+        assert!(matches!(classify(timeout), InvokeError::Timeout));
+        let fuel = wasmtime::Error::from(Trap::OutOfFuel);
+        assert!(matches!(classify(fuel), InvokeError::OutOfFuel));
+        // Whatever context wasmtime adds on the way out, the type is still found.
+        let memory = wasmtime::Error::from(MemoryLimitHit {
+            desired: 2 << 20,
+            limit: 1 << 20,
+        })
+        .context("error while executing at wasm backtrace");
+        assert!(matches!(classify(memory), InvokeError::MemoryLimit(_)));
+        let trap = wasmtime::Error::from(Trap::UnreachableCodeReached);
+        assert!(matches!(classify(trap), InvokeError::Trap(_)));
+    }
+}

@@ -1,0 +1,257 @@
+//! One request to one function: admission, store, instantiate, call, response.
+//!
+//! This is the request path. It takes an [`InvokeContext`] (the few host-wide things a
+//! request needs: admission, the queue timeout, pool settings, `Server-Timing`, the loader),
+//! never the object that also deploys, so it can be driven in-process by tests and benchmarks
+//! with no data directory, registry or listener. One executor per kind of function:
+//! [`proxy`] (`wasi:http` components) and [`cgi`] (WASI preview1 modules).
+//!
+//! Everything it uses was prepared at load time (the `ProxyPre` or `InstancePre`, the
+//! resolved limits, the environment list, the deadline in epoch ticks); it compiles and links
+//! nothing, except that the first request to a function that is not loaded yet loads it
+//! (deserialize and link, once, shared by every request that arrives meanwhile; counted as a
+//! `disk` or `compile` start). Per request it builds a store and its WASI contexts (a few
+//! allocations), takes an instance from the pool, and calls the guest.
+//!
+//! Every guest failure is contained here and costs exactly this request: a trap, a timeout
+//! or a memory limit becomes an [`InvokeError`] (classified by type, [`error::classify`]) and
+//! a status code, and the store, with all the guest's memory, is dropped.
+
+pub mod body;
+pub mod cgi;
+pub mod error;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::function::pool::PoolOptions;
+use crate::function::timing::{StartKind, server_timing};
+use crate::function::{Code, Function, Loader};
+use crate::spec::{Kind, Limits};
+use body::{ReadBodyError, ResponseBody};
+pub use error::InvokeError;
+
+/// The host-wide things a request needs, and nothing else.
+pub struct InvokeContext {
+    /// Admission control: one permit per instance slot. A request holds a permit from before
+    /// instantiation until its store is dropped, so the pool is never asked for more
+    /// instances than it has; excess requests queue here (bounded by `queue_timeout`) instead
+    /// of failing inside wasmtime.
+    pub admission: Arc<Semaphore>,
+    /// How long a request waits for a slot or a concurrency place before a 503.
+    pub queue_timeout: Duration,
+    /// Warm pool settings.
+    pub pool: PoolOptions,
+    /// Add a `Server-Timing` header to every function response.
+    pub server_timing: bool,
+    /// Loads a function's code on its first request; `None` where functions are built
+    /// loaded (tests and embedders without a data directory).
+    pub loader: Option<Arc<Loader>>,
+}
+
+/// Where a request came from and arrived on (CGI passes both to the guest).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// The client.
+    pub remote: SocketAddr,
+    /// The listener's address.
+    pub local: SocketAddr,
+}
+
+/// What a request body must be: hyper's `Incoming` on the server, anything with the same shape
+/// in benchmarks and embedders.
+pub trait RequestBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<wasmtime_wasi_http::Error> + Into<BoxError>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<
+            Data = bytes::Bytes,
+            Error: Into<wasmtime_wasi_http::Error> + Into<BoxError>,
+        > + Send
+        + Unpin
+        + 'static
+{
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves `req` with `function`. Never fails: errors become responses (and log lines).
+pub async fn invoke<B: RequestBody>(
+    cx: &InvokeContext,
+    function: Arc<Function>,
+    req: Request<B>,
+    peer: Peer,
+) -> Response<ResponseBody> {
+    function.stats.requests.fetch_add(1, Ordering::Relaxed);
+    match try_invoke(cx, &function, req, peer).await {
+        Ok(response) => response,
+        Err(error) => {
+            function.stats.failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(limit) = error.limit() {
+                function.stats.limit_hits.count(limit);
+                tracing::info!(function = %function.name, limit = limit.name(), status = error.status().as_u16(), "limit hit: {error}");
+                return error.into_response();
+            }
+            match &error {
+                InvokeError::Trap(_) | InvokeError::Exit(_) | InvokeError::Internal(_) => {
+                    tracing::warn!(function = %function.name, status = error.status().as_u16(), "{error}")
+                }
+                _ => {
+                    tracing::info!(function = %function.name, status = error.status().as_u16(), "{error}")
+                }
+            }
+            error.into_response()
+        }
+    }
+}
+
+/// The phases of one request's start, for `Server-Timing` and the per-function statistics.
+struct Start {
+    kind: StartKind,
+    /// Time spent loading the function's code, if this request waited for that.
+    load: Option<Duration>,
+    /// Time spent instantiating (zero for a pool hit).
+    instantiate: Duration,
+    /// From admission to a ready instance.
+    total: Duration,
+}
+
+impl Start {
+    fn record(
+        &self,
+        cx: &InvokeContext,
+        function: &Function,
+        handler: Duration,
+        headers: &mut http::HeaderMap,
+    ) {
+        function.starts.record(self.kind, self.total, handler);
+        if cx.server_timing
+            && let Ok(value) = http::HeaderValue::try_from(server_timing(
+                self.kind,
+                self.load,
+                self.instantiate,
+                handler,
+            ))
+        {
+            headers.insert(SERVER_TIMING, value);
+        }
+    }
+}
+
+const SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
+
+async fn try_invoke<B: RequestBody>(
+    cx: &InvokeContext,
+    function: &Arc<Function>,
+    req: Request<B>,
+    peer: Peer,
+) -> Result<Response<ResponseBody>, InvokeError> {
+    check_headers(req.headers(), &function.limits)?;
+    let limit = function.limits.max_request_body_bytes;
+    if let Some(len) = content_length(req.headers())
+        && len > limit
+    {
+        return Err(InvokeError::BodyTooLarge(limit));
+    }
+    // A CGI module gets its body whole, on stdin: read it before anything is taken, so a
+    // client that stalls holds its connection, never a concurrency place or an instance slot.
+    let (parts, body) = req.into_parts();
+    let cgi_body = if function.record.kind == Kind::Cgi {
+        let body = body::read_bounded(body, limit, function.limits.timeout)
+            .await
+            .map_err(|e| match e {
+                ReadBodyError::TooLarge(limit) => InvokeError::BodyTooLarge(limit),
+                ReadBodyError::TooSlow { received } => InvokeError::BodyTooSlow { received },
+                ReadBodyError::Failed(e) => {
+                    InvokeError::BadRequest(format!("reading the request body: {e}"))
+                }
+            })?;
+        Err(body)
+    } else {
+        Ok(body)
+    };
+    // The function's own concurrency limit, before it competes for a host slot.
+    let place = match &function.gate {
+        Some(gate) => Some(
+            gate.enter(cx.queue_timeout)
+                .await
+                .map_err(|refused| InvokeError::ConcurrencyLimit(refused.0))?,
+        ),
+        None => None,
+    };
+    let admitted = Instant::now();
+    let (loaded, load) = match &cx.loader {
+        Some(loader) => loader
+            .ensure_loaded(function)
+            .await
+            .map_err(|e| InvokeError::Internal(format!("the function cannot be loaded: {e:#}")))?,
+        None => match function.loaded() {
+            Some(loaded) => (loaded, None),
+            None => return Err(InvokeError::Internal("the function is not loaded".into())),
+        },
+    };
+    match (&loaded.code, cgi_body) {
+        (Code::Proxy(pre), Ok(body)) => {
+            let req = Request::from_parts(parts, body);
+            proxy::call(cx, function, pre, req, place, load, admitted).await
+        }
+        (Code::Cgi(pre), Err(body)) => {
+            let result = cgi::call(cx, function, pre, parts, body, peer, load, admitted).await;
+            drop(place);
+            result
+        }
+        _ => Err(InvokeError::Internal(
+            "the function's code is not of its recorded kind".into(),
+        )),
+    }
+}
+
+async fn admit(cx: &InvokeContext) -> Result<OwnedSemaphorePermit, InvokeError> {
+    tokio::time::timeout(cx.queue_timeout, cx.admission.clone().acquire_owned())
+        .await
+        .map_err(|_| InvokeError::Overloaded)?
+        .map_err(|_| InvokeError::Internal("admission semaphore closed".into()))
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Checks a request's header section against the function's limits: the field count and
+/// the bytes as they were on the wire (`name: value\r\n` each).
+fn check_headers(headers: &http::HeaderMap, limits: &Limits) -> Result<(), InvokeError> {
+    if headers.len() > limits.max_headers as usize {
+        return Err(InvokeError::HeadersTooLarge(format!(
+            "{} header fields, the limit is {}",
+            headers.len(),
+            limits.max_headers
+        )));
+    }
+    let bytes: u64 = headers
+        .iter()
+        .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Err(InvokeError::HeadersTooLarge(format!(
+            "{bytes} bytes of headers, the limit is {}",
+            limits.max_header_bytes
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! The `wasi:http` executor: a component's `incoming-handler.handle`, with the response
+//! streamed back while the guest may still be writing it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use http_body_util::BodyExt as _;
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use super::body::{CallState, GuestBody, LimitedBody, ResponseBody};
+use super::error::{InvokeError, classify};
+use super::{InvokeContext, RequestBody, Start, admit, content_length};
+use crate::function::Function;
+use crate::function::pool::{WarmInstance, WarmPool};
+use crate::function::timing::StartKind;
+use crate::guest::host::ProxyHost;
+use crate::guest::{arm_deadline, arm_fuel, proxy_store};
+
+/// A `wasi:http` component: the request goes to `incoming-handler.handle`, the response comes
+/// back through the `response-outparam` while the guest may still be writing the body.
+pub(super) async fn call<B: RequestBody>(
+    cx: &InvokeContext,
+    function: &Arc<Function>,
+    pre: &ProxyPre<ProxyHost>,
+    req: Request<B>,
+    place: Option<OwnedSemaphorePermit>,
+    load: Option<(StartKind, Duration)>,
+    admitted: Instant,
+) -> Result<Response<ResponseBody>, InvokeError> {
+    let in_flight = function.pool.begin_request();
+    WarmPool::ensure_refill(function, &cx.admission, &cx.pool);
+    let (mut instance, kind, instantiate) = acquire(cx, function, pre).await?;
+    let start = Start {
+        kind: load.map_or(kind, |(kind, _)| kind),
+        load: load.map(|(_, d)| d),
+        instantiate,
+        total: admitted.elapsed(),
+    };
+
+    let (mut parts, body) = req.into_parts();
+    // wasi:http needs an authority; HTTP/1.0 clients may send no Host header.
+    if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
+        parts.headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("localhost"),
+        );
+    }
+    let state = Arc::new(CallState::default());
+    let limit = function.limits.max_request_body_bytes;
+    let body = LimitedBody::new(body, limit, state.clone());
+    let req = Request::from_parts(parts, body);
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let http = instance.store.data_mut();
+    let req = http
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .map_err(|e| InvokeError::BadRequest(format!("{e:#}")))?;
+    // Remember whether the guest answered: a failure after that (while it streams the body)
+    // reaches the client only as a cut-off body, so the task must log it itself.
+    let out = http
+        .http()
+        .new_response_outparam_from_callback({
+            let state = state.clone();
+            move |result| {
+                state.responded.store(true, Ordering::Release);
+                let _ = sender.send(result);
+            }
+        })
+        .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+
+    let response_limit = function.limits.max_response_body_bytes;
+    let call_started = Instant::now();
+    let task = tokio::spawn(run(
+        function.clone(),
+        instance,
+        req,
+        out,
+        state.clone(),
+        place,
+    ));
+
+    let response = match receiver.await {
+        Ok(Ok(response)) => {
+            if content_length(response.headers()).is_some_and(|len| len > response_limit) {
+                // Announced too large: refuse before anything is sent, and stop the guest.
+                return refuse(
+                    &state,
+                    function,
+                    InvokeError::ResponseTooLarge(response_limit),
+                );
+            } else {
+                let state = state.clone();
+                Ok(response.map(|body| GuestBody::new(body, state, response_limit).boxed_unsync()))
+            }
+        }
+        Ok(Err(code)) => Err(InvokeError::GuestError(format!("{code:?}"))),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(InvokeError::BadResponse(
+                "the function returned without setting a response".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(InvokeError::Internal(format!("guest task failed: {join}"))),
+        },
+    };
+    drop(in_flight);
+    if state.body_exceeded.load(Ordering::Acquire) {
+        // The guest read past the limit before its response reached us: answer 413 instead.
+        return refuse(&state, function, InvokeError::BodyTooLarge(limit));
+    }
+    let mut response = response?;
+    start.record(cx, function, call_started.elapsed(), response.headers_mut());
+    Ok(response)
+}
+
+/// A warm instance if one waits, else a slot (through admission) and a fresh instance.
+/// Returns it with how it was obtained and what instantiation took.
+async fn acquire(
+    cx: &InvokeContext,
+    function: &Function,
+    pre: &ProxyPre<ProxyHost>,
+) -> Result<(WarmInstance, StartKind, Duration), InvokeError> {
+    // The code's own engine: Cranelift's, or the fast tier's right after a fast deploy.
+    let engine = pre.engine();
+    Ok(match function.pool.take() {
+        Some(mut warm) => {
+            warm.uses += 1;
+            // Its budgets were spent (or partly spent) on instantiation or earlier requests.
+            arm_deadline(&mut warm.store, function.deadline_ticks);
+            arm_fuel(&mut warm.store, &function.limits);
+            warm.store.data_mut().begin_request();
+            (warm, StartKind::PoolHit, Duration::ZERO)
+        }
+        None => {
+            let permit = admit(cx).await?;
+            let started = Instant::now();
+            // One budget for instantiation (which may run guest start functions) and the call.
+            let mut store = proxy_store(engine, &function.guest());
+            let proxy = pre.instantiate_async(&mut store).await.map_err(classify)?;
+            let warm = WarmInstance {
+                store,
+                proxy,
+                permit,
+                uses: 1,
+                idle_since: Instant::now(),
+            };
+            (warm, StartKind::Fresh, started.elapsed())
+        }
+    })
+}
+
+/// The guest's side of a call, in its own task: after the guest sets the response it may
+/// keep writing the body, which the client reads while this runs. The task owns the instance
+/// and its slot; both are released (or, with reuse, returned to the pool) when the guest is
+/// done or stopped.
+async fn run(
+    function: Arc<Function>,
+    mut instance: WarmInstance,
+    req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
+    out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+    state: Arc<CallState>,
+    place: Option<OwnedSemaphorePermit>,
+) -> Result<(), InvokeError> {
+    // The function's concurrency place is held for as long as the guest runs.
+    let _place = place;
+    let timeout = function.limits.timeout;
+    let response_limit = function.limits.max_response_body_bytes;
+    let call =
+        instance
+            .proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut instance.store, req, out);
+    let result = tokio::select! {
+        biased;
+        // The response body went past its limit (see GuestBody): stop the guest now
+        // rather than let it write until its timeout.
+        () = state.stop.notified() => Err(InvokeError::ResponseTooLarge(response_limit)),
+        result = tokio::time::timeout(timeout, call) => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(InvokeError::Timeout),
+        },
+    };
+    // The cut body may also have ended the guest's writes before the stop arrived; and a
+    // request body past its limit is that limit's hit, whatever the guest made of the
+    // error it got (a trap, or an answer that must not look complete).
+    let result = if state.body_exceeded.load(Ordering::Acquire) {
+        Err(InvokeError::BodyTooLarge(
+            function.limits.max_request_body_bytes,
+        ))
+    } else if result.is_ok() && state.response_exceeded.load(Ordering::Acquire) {
+        Err(InvokeError::ResponseTooLarge(response_limit))
+    } else {
+        result
+    };
+    match &result {
+        Err(e) if state.responded.load(Ordering::Acquire) => {
+            // Before the store (and with it the body stream) is dropped: see GuestBody.
+            state.failed.store(true, Ordering::Release);
+            match e.limit() {
+                // The client already has its status; the limit hit is counted here,
+                // unless the request path already answered with it (see below).
+                Some(_) if state.limit_reported.swap(true, Ordering::AcqRel) => {}
+                Some(limit) => function.stats.limit_hits.hit(
+                    &function.name,
+                    limit,
+                    &format_args!("after sending its response head: {e}"),
+                ),
+                None => {
+                    tracing::warn!(function = %function.name, "failed after sending its response head: {e}")
+                }
+            }
+        }
+        Err(_) => {}
+        // Only an instance that ended cleanly may serve again, and only if asked to.
+        Ok(()) => {
+            if let Some(reuse) = &function.reuse
+                && instance.uses < reuse.max_requests
+            {
+                function.pool.put_back(instance);
+            }
+        }
+    }
+    result
+}
+
+/// Answers a limit hit the request path saw after the guest set its response (which is then
+/// never sent), and stops the guest. The call's task sees the same hit when the guest ends;
+/// whichever of the two claims `limit_reported` first counts and logs it, so it is counted
+/// once.
+fn refuse(
+    state: &CallState,
+    function: &Function,
+    error: InvokeError,
+) -> Result<Response<ResponseBody>, InvokeError> {
+    state.stop.notify_one();
+    if state.limit_reported.swap(true, Ordering::AcqRel) {
+        // Already counted by the task: answer without counting again.
+        function.stats.failures.fetch_add(1, Ordering::Relaxed);
+        return Ok(error.into_response());
+    }
+    Err(error)
+}
