@@ -25,6 +25,8 @@ enum Command {
     Invoke(commands::invoke::InvokeArgs),
     /// Run the build commands of a thaw.toml manifest
     Build(commands::build::BuildArgs),
+    /// Create a function project (rust, js, python, go) that builds and deploys as it is
+    New(commands::new::NewArgs),
     /// Measure cold starts against wasmtime serve, processes and containers (see
     /// scripts/setup-bench for the baselines)
     Bench(thaw_bench::BenchArgs),
@@ -54,6 +56,7 @@ fn main() {
                     Command::Remove(args) => commands::remove::execute(args).await,
                     Command::Invoke(args) => commands::invoke::execute(args).await,
                     Command::Build(args) => commands::build::execute(args),
+                    Command::New(args) => commands::new::execute(args),
                     Command::Bench(args) => thaw_bench::execute(args).await,
                 }
             })

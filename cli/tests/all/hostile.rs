@@ -498,6 +498,30 @@ async fn a_module_whose_memory_is_over_its_limit_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_component_cannot_switch_protocols() {
+    let server = TestServer::start();
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    server
+        .deploy("faults", wasm::FAULTS, Default::default())
+        .await;
+    let exchange = raw_exchange(
+        &server,
+        b"GET /faults/switch HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(exchange.starts_with("HTTP/1.1 502"), "{exchange}");
+    assert!(
+        !exchange.to_ascii_lowercase().contains("upgrade:"),
+        "{exchange}"
+    );
+    assert!(exchange.contains("Hello, world!"), "{exchange}");
+    assert!(server.log().contains("is not a final status"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_guest_error_code_is_500_as_with_wasmtime_serve() {
     let server = TestServer::start();
     server

@@ -21,3 +21,4 @@ mod restart;
 mod shutdown;
 mod streaming;
 mod support;
+mod templates;

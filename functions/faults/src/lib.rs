@@ -8,6 +8,7 @@
 //! - `/faults/recurse`: unbounded recursion (stack overflow)
 //! - `/faults/endless`: sends a 200 head, then writes a body that never ends
 //! - `/faults/error-code`: answers its response-outparam with an error code, no response
+//! - `/faults/switch`: answers `101 Switching Protocols` with `Upgrade: websocket`
 //! - `/faults/big?kib=N`: answers N KiB in one body
 //! - `/faults/outbound?to=URL&n=N`: sends N (default 1) GET requests to URL and reports,
 //!   one line each, what happened
@@ -17,7 +18,7 @@
 //! - `/faults/socket?port=N`: tries a raw `wasi:sockets` TCP connection to 127.0.0.1:N and a
 //!   name lookup, and reports what happened
 //!
-//! Every path but `endless` and `error-code` goes through the SDK's handler; those two need
+//! Every path but `endless`, `switch` and `error-code` goes through the SDK's handler; those two need
 //! the raw `wasi:http` types, so this crate exports the handler itself and delegates.
 
 use std::io::Write as _;

@@ -91,8 +91,12 @@ impl Manifest {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading manifest {}", path.display()))?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
-            .with_context(|| format!("in manifest {}", path.display()))
+        // `thaw.toml` has the parent "", which no process can be started in: use ".".
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::parse(&text, base).with_context(|| format!("in manifest {}", path.display()))
     }
 
     /// Parses manifest text; `base` is the directory relative paths start from.

@@ -87,6 +87,19 @@ pub(super) async fn call<B: RequestBody>(
 
     let response = match receiver.await {
         Ok(Ok(response)) => {
+            if response.status().is_informational() {
+                // A 1xx as the final answer would make hyper switch protocols (101) or send an
+                // interim response on a connection the host owns: a guest only gets 200..=599,
+                // as CGI modules do.
+                return refuse(
+                    &state,
+                    function,
+                    InvokeError::BadResponse(format!(
+                        "status {} is not a final status (200..=599)",
+                        response.status().as_u16()
+                    )),
+                );
+            }
             if content_length(response.headers()).is_some_and(|len| len > response_limit) {
                 // Announced too large: refuse before anything is sent, and stop the guest.
                 return refuse(
@@ -229,10 +242,10 @@ async fn run(
     result
 }
 
-/// Answers a limit hit the request path saw after the guest set its response (which is then
-/// never sent), and stops the guest. The call's task sees the same hit when the guest ends;
-/// whichever of the two claims `limit_reported` first counts and logs it, so it is counted
-/// once.
+/// Answers an error the request path saw after the guest set its response (which is then
+/// never sent: a limit hit, or a status the host does not send), and stops the guest. The
+/// call's task sees the stop as a failure when the guest ends; whichever of the two claims
+/// `limit_reported` first counts and logs it, so it is counted once.
 fn refuse(
     state: &CallState,
     function: &Function,
