@@ -8,7 +8,7 @@
 //! - `/faults/recurse`: unbounded recursion (stack overflow)
 //! - `/faults/endless`: sends a 200 head, then writes a body that never ends
 //! - `/faults/error-code`: answers its response-outparam with an error code, no response
-//! - `/faults/switch`: answers `101 Switching Protocols` with `Upgrade: websocket`
+//! - `/faults/switch`: answers `101 Switching Protocols`
 //! - `/faults/big?kib=N`: answers N KiB in one body
 //! - `/faults/outbound?to=URL&n=N`: sends N (default 1) GET requests to URL and reports,
 //!   one line each, what happened
@@ -41,6 +41,17 @@ impl wasi::exports::http::incoming_handler::Guest for Faults {
             .is_some_and(|p| p.ends_with("/endless"))
         {
             return endless(out);
+        }
+        if path
+            .split('?')
+            .next()
+            .is_some_and(|p| p.ends_with("/switch"))
+        {
+            // A 101: a protocol switch on a connection the host owns. (wasmtime-wasi-http
+            // already refuses an `Upgrade` field, so the status is all a guest can send.)
+            let response = OutgoingResponse::new(Fields::new());
+            let _ = response.set_status_code(101);
+            return ResponseOutparam::set(out, Ok(response));
         }
         if path
             .split('?')
