@@ -25,6 +25,7 @@ fn main() {
     let engine = ThawEngine::new(EngineOptions {
         instance_slots: 64,
         max_memory_bytes: 256 << 20,
+        keep_resident_bytes: 64 << 10,
         on_demand: false,
         fuel_metering: false,
     })

@@ -42,6 +42,7 @@ impl BenchPlatform {
         let platform = Platform::open(PlatformConfig {
             data_dir: dir.path().to_path_buf(),
             engine: EngineOptions {
+                keep_resident_bytes: 64 << 10,
                 instance_slots: 64,
                 max_memory_bytes: 256 << 20,
                 on_demand: setup.on_demand,

@@ -45,6 +45,10 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default time a client may leave response bytes unread: nginx's `send_timeout` is 60 s;
 /// half that, because a function's buffered response is memory the host holds meanwhile.
 pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
+/// Default memory kept resident per pooled memory slot between instances, in KiB: what an
+/// instance's stack and statics usually touch again. More helps large-heap guests (the README
+/// has measurements) at the cost of resident memory per slot used.
+pub const DEFAULT_KEEP_RESIDENT_KIB: u64 = 64;
 /// Default largest upload on the admin API.
 pub const DEFAULT_MAX_UPLOAD_MIB: u64 = 256;
 
@@ -122,6 +126,12 @@ pub struct HostSettings {
     /// spaces) [default: false]
     #[arg(long, env = "THAW_ON_DEMAND_ALLOCATION", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
     pub on_demand_allocation: Option<bool>,
+    /// Memory kept resident per pooled memory slot between instances, in KiB (reset with
+    /// memset, only the pages dirtied where the kernel has PAGEMAP_SCAN): larger is faster
+    /// for JavaScript and Python guests, and keeps up to this much resident per slot used
+    /// [default: 64]
+    #[arg(long, env = "THAW_KEEP_RESIDENT_KIB", value_name = "KIB")]
+    pub keep_resident_kib: Option<u64>,
     /// How long a request waits for a free instance slot before a 503, in ms [default: 1000]
     #[arg(long, env = "THAW_QUEUE_TIMEOUT_MS", value_name = "MS")]
     pub queue_timeout_ms: Option<u64>,
@@ -294,6 +304,8 @@ impl ServeArgs {
                     instance_slots,
                     max_memory_bytes: max_memory_mib << 20,
                     on_demand: s.on_demand_allocation.unwrap_or(false),
+                    keep_resident_bytes: s.keep_resident_kib.unwrap_or(DEFAULT_KEEP_RESIDENT_KIB)
+                        << 10,
                     fuel_metering,
                 },
                 defaults,

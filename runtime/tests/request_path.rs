@@ -32,6 +32,7 @@ impl Host {
         let engine = ThawEngine::new(EngineOptions {
             instance_slots: 8,
             max_memory_bytes: 64 << 20,
+            keep_resident_bytes: 64 << 10,
             on_demand: false,
             fuel_metering,
         })
