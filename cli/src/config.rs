@@ -267,7 +267,18 @@ impl ServeArgs {
 
     /// Merges flags, environment, file and defaults, and validates the result.
     pub fn resolve(&self) -> anyhow::Result<ServeConfig> {
+        // Renamed, not to be ignored silently: a host that turned Server-Timing off keeps it off.
+        anyhow::ensure!(
+            std::env::var_os("THAW_NO_SERVER_TIMING").is_none(),
+            "THAW_NO_SERVER_TIMING is no longer read: set THAW_SERVER_TIMING=false (or pass \
+             --server-timing=false) instead"
+        );
         let s = self.settings()?;
+        let bytes = |value: u64, shift: u32, what: &str| {
+            value
+                .checked_mul(1 << shift)
+                .with_context(|| format!("{what} = {value} is too large"))
+        };
         let data_dir = s.data_dir.unwrap_or_else(default_data_dir);
         let defaults: LimitDefaults = match s.limits {
             Some(table) => table.try_into().context("the function limit defaults")?,
@@ -302,10 +313,13 @@ impl ServeArgs {
                 data_dir,
                 engine: EngineOptions {
                     instance_slots,
-                    max_memory_bytes: max_memory_mib << 20,
+                    max_memory_bytes: bytes(max_memory_mib, 20, "max_memory_mib")?,
                     on_demand: s.on_demand_allocation.unwrap_or(false),
-                    keep_resident_bytes: s.keep_resident_kib.unwrap_or(DEFAULT_KEEP_RESIDENT_KIB)
-                        << 10,
+                    keep_resident_bytes: bytes(
+                        s.keep_resident_kib.unwrap_or(DEFAULT_KEEP_RESIDENT_KIB),
+                        10,
+                        "keep_resident_kib",
+                    )?,
                     fuel_metering,
                 },
                 defaults,
@@ -330,7 +344,11 @@ impl ServeArgs {
             drain_timeout: Duration::from_secs(
                 s.drain_timeout_secs.unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS),
             ),
-            max_upload_bytes: s.max_upload_mib.unwrap_or(DEFAULT_MAX_UPLOAD_MIB) << 20,
+            max_upload_bytes: bytes(
+                s.max_upload_mib.unwrap_or(DEFAULT_MAX_UPLOAD_MIB),
+                20,
+                "max_upload_mib",
+            )?,
             deploy: self.deploy.clone(),
             build: self.build,
             admin_token: s.admin_token,

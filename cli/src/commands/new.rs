@@ -114,6 +114,10 @@ pub fn execute(args: NewArgs) -> anyhow::Result<()> {
 /// empty: nothing is ever overwritten.
 pub fn create(template: &Template, name: &str, dir: &Path) -> anyhow::Result<()> {
     thaw_runtime::spec::validate_name(name)?;
+    // Cargo's package names must start with a letter; thaw's function names may not.
+    if template.name == "rust" && !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        anyhow::bail!("a Rust package name must start with a letter: {name:?}");
+    }
     if dir.exists() && dir.read_dir()?.next().is_some() {
         anyhow::bail!("{} exists and is not empty", dir.display());
     }

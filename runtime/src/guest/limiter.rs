@@ -46,15 +46,23 @@ impl ResourceLimiter for GuestLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            return Err(MemoryLimitHit {
-                desired,
-                limit: self.memory_bytes,
-            }
-            .into());
+        // Past the function's limit, or past the memory's own declared maximum (as
+        // wasmtime's `StoreLimits` with `trap_on_grow_failure` did, a trap either way).
+        let limit = maximum.map_or(self.memory_bytes, |max| max.min(self.memory_bytes));
+        if desired > limit {
+            return Err(MemoryLimitHit { desired, limit }.into());
         }
-        // Past the memory's own declared maximum: wasm semantics, `memory.grow` returns -1.
-        Ok(maximum.is_none_or(|max| desired <= max))
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The host could not provide memory it allowed (an mmap failure): a trap with the
+        // cause, not a -1 the guest's allocator turns into an unrelated abort.
+        Err(error.context("growing linear memory failed"))
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error.context("growing a table failed"))
     }
 
     fn table_growing(
@@ -63,9 +71,12 @@ impl ResourceLimiter for GuestLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables are bounded by the pooling allocator's per-slot tables; within that, only
-        // the table's own maximum applies.
-        Ok(maximum.is_none_or(|max| desired <= max))
+        // Tables are bounded by the pooling allocator's per-slot tables; within that, the
+        // table's own maximum. Past it: a trap, as with `trap_on_grow_failure`.
+        if maximum.is_some_and(|max| desired > max) {
+            wasmtime::bail!("growing a table to {desired} elements, past its maximum");
+        }
+        Ok(true)
     }
 }
 
@@ -82,7 +93,14 @@ mod tests {
         .resolve(&crate::spec::LimitDefaults::default());
         let mut limiter = GuestLimiter::new(&limits);
         assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
-        assert!(!limiter.memory_growing(0, 1 << 19, Some(1 << 18)).unwrap());
+        // Past the memory's own maximum: the same typed error, with that maximum.
+        let own = limiter
+            .memory_growing(0, 1 << 19, Some(1 << 18))
+            .unwrap_err();
+        assert_eq!(
+            own.downcast_ref::<MemoryLimitHit>().expect("typed").limit,
+            1 << 18
+        );
         let error = limiter.memory_growing(0, (1 << 20) + 1, None).unwrap_err();
         let hit = error.downcast_ref::<MemoryLimitHit>().expect("typed");
         assert_eq!(hit.limit, 1 << 20);

@@ -70,8 +70,10 @@ pub(super) async fn call(
     // The body's limit plus room for the header section; the body alone is checked after
     // parsing. A write past this traps the guest at once (see crate::guest::stdout).
     let stdout = CgiStdout::new(response_limit as usize + cgi::MAX_HEADER_BYTES);
-    let permit = admit(cx).await?;
+    // The store (WASI context, preopens) is built before a slot is taken, so the slot is
+    // held only while an instance exists.
     let mut store = cgi_store(engine, &function.guest(), &env, body, stdout.clone());
+    let permit = admit(cx).await?;
 
     let mut start = Start {
         kind: load.map_or(StartKind::Fresh, |(kind, _)| kind),

@@ -87,7 +87,7 @@ pub(super) async fn call<B: RequestBody>(
 
     let response = match receiver.await {
         Ok(Ok(response)) => {
-            if response.status().is_informational() {
+            if !(200..=599).contains(&response.status().as_u16()) {
                 // A 1xx as the final answer would make hyper switch protocols (101) or send an
                 // interim response on a connection the host owns: a guest only gets 200..=599,
                 // as CGI modules do.
@@ -251,8 +251,11 @@ fn refuse(
     function: &Function,
     error: InvokeError,
 ) -> Result<Response<ResponseBody>, InvokeError> {
+    // Claimed before the guest is told to stop, so the task's view of the stop (a response
+    // limit) is never the one that gets counted for what the request path saw.
+    let counted_by_task = state.limit_reported.swap(true, Ordering::AcqRel);
     state.stop.notify_one();
-    if state.limit_reported.swap(true, Ordering::AcqRel) {
+    if counted_by_task {
         // Already counted by the task: answer without counting again.
         function.stats.failures.fetch_add(1, Ordering::Relaxed);
         return Ok(error.into_response());
