@@ -1,8 +1,8 @@
 //! Where a cold start from disk spends its time, phase by phase, in-process.
 //!
-//! `cargo run --release -p thaw-benches --example cold_breakdown`
+//! `cargo run --release -p thaw-benches --example cold_breakdown [COMPONENT.wasm [ROUNDS]]`
 //!
-//! It compiles `hello` once and writes the artifact to a new file per round (so each round
+//! It compiles `hello` (or the component given) once and writes the artifact to a new file per round (so each round
 //! loads its own mapping, as a host loading many functions does), then times what thaw does on the first request to a function on
 //! disk: read the artifact to check its checksum, `Component::deserialize_file` (mmap, code
 //! registration), `instantiate_pre` (type-checking the imports against the linker),
@@ -30,7 +30,12 @@ fn main() {
         fuel_metering: false,
     })
     .expect("engine");
-    let wasm = std::fs::read(thaw_test_functions::HELLO).expect("hello.wasm");
+    let mut args = std::env::args().skip(1);
+    let path = args
+        .next()
+        .unwrap_or_else(|| thaw_test_functions::HELLO.to_owned());
+    let rounds: usize = args.next().map_or(ROUNDS, |n| n.parse().expect("ROUNDS"));
+    let wasm = std::fs::read(&path).expect("the component");
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let record = FunctionRecord {
@@ -56,7 +61,7 @@ fn main() {
         .and_then(|c| c.serialize())
         .expect("compile");
     let mut artifact_bytes = 0;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let path = dir.path().join(format!("{round}.cwasm"));
         std::fs::write(&path, &artifact).expect("write");
 
@@ -94,7 +99,7 @@ fn main() {
         });
     }
     println!(
-        "hello: {} KB wasm, {} KB artifact, {ROUNDS} rounds",
+        "{path}: {} KB wasm, {} KB artifact, {rounds} rounds",
         wasm.len() >> 10,
         artifact_bytes >> 10
     );
