@@ -11,25 +11,13 @@ use thaw_test_functions as wasm;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::{TestServer, client, deploy_multipart, route};
+use crate::support::{TestServer, assert_healthy, client, deploy_multipart, hits, route};
 
 fn with_limits(route_path: &str, limits: LimitsSpec) -> FunctionSpec {
     FunctionSpec {
         limits,
         ..route(route_path)
     }
-}
-
-fn hits(function: &serde_json::Value, limit: &str) -> u64 {
-    function["limit_hits"][limit]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no limit_hits.{limit} in {function}"))
-}
-
-async fn assert_healthy(server: &TestServer) {
-    let r = server.get("/hello").await;
-    assert_eq!(r.status(), 200, "the host still serves a healthy function");
-    assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
 }
 
 fn addr(server: &TestServer) -> String {

@@ -7,25 +7,13 @@ use thaw_runtime::spec::{DirGrant, FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{TestServer, client};
+use crate::support::{TestServer, assert_healthy, client, hits};
 
 fn with_limits(limits: LimitsSpec) -> FunctionSpec {
     FunctionSpec {
         limits,
         ..Default::default()
     }
-}
-
-fn hits(function: &serde_json::Value, limit: &str) -> u64 {
-    function["limit_hits"][limit]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no limit_hits.{limit} in {function}"))
-}
-
-async fn assert_healthy(server: &TestServer) {
-    let r = server.get("/hello").await;
-    assert_eq!(r.status(), 200, "the host still serves a healthy function");
-    assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]

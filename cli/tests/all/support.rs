@@ -330,3 +330,17 @@ pub async fn deploy_multipart(
         .await
         .unwrap()
 }
+
+/// How often `function` (an admin view) hit `limit`.
+pub fn hits(function: &serde_json::Value, limit: &str) -> u64 {
+    function["limit_hits"][limit]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no limit_hits.{limit} in {function}"))
+}
+
+/// The host still answers `/hello` (deployed by the test) with its exact body.
+pub async fn assert_healthy(server: &TestServer) {
+    let r = server.get("/hello").await;
+    assert_eq!(r.status(), 200, "the host still serves a healthy function");
+    assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
+}
