@@ -97,7 +97,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     };
     println!("{ready}");
 
-    platform.spawn_background_loading();
+    platform.spawn_background_work();
     let (stop, shutdown) = Shutdown::new();
     let max_upload = config.max_upload_bytes;
     let admin_platform = platform.clone();

@@ -107,3 +107,42 @@ async fn a_damaged_record_is_skipped_and_the_rest_serve() {
     assert_eq!(server.get("/hello").await.status(), 200);
     assert_eq!(server.get("/echo").await.status(), 404);
 }
+
+/// After a restart the scrub checks each artifact once, in the background; a load after it
+/// reads no whole file (no further check). An artifact rewritten after the scrub has a new
+/// stamp, so its load checks it again, finds the damage and rebuilds: it is never run.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_start_up_scrub_checks_once_and_a_later_rewrite_is_still_caught() {
+    let mut server = TestServer::start_with(&["--load", "lazy"]);
+    let hello = server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    server.deploy("echo", wasm::ECHO, Default::default()).await;
+    server.kill_and_restart(1);
+    let status = server
+        .wait_for(None, "the scrub", |s| s["artifacts_unchecked"] == 0)
+        .await;
+    assert_eq!(status["artifact_checks"], 2, "one check per artifact");
+    assert_eq!(status["functions_loaded"], 0, "lazy: nothing loaded yet");
+    assert_eq!(server.get("/echo").await.status(), 200);
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["artifact_loads"], 1);
+    assert_eq!(status["artifact_checks"], 2, "the load did not check again");
+
+    // Damage hello's artifact now, after the scrub: same length, other bytes.
+    let dir = artifact_dir(&server);
+    let path = dir.join(format!("{}.cwasm", hello["digest"].as_str().unwrap()));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(
+        server.get("/hello").await.text().await.unwrap(),
+        "Hello, world!\n"
+    );
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["artifact_checks"], 3);
+    assert_eq!(status["artifact_rebuilds"], 1);
+    assert_eq!(status["compilations"], 1);
+    assert!(server.log().contains("is corrupt"), "{}", server.log());
+}

@@ -94,6 +94,14 @@ pub struct HostStatus {
     pub artifact_loads: u64,
     /// Artifacts found missing or damaged and rebuilt.
     pub artifact_rebuilds: u64,
+    /// Artifact checksum checks since start-up (deploys hash as they write and are not
+    /// counted).
+    #[serde(default)]
+    pub artifact_checks: u64,
+    /// Artifacts the start-up scrub has still to check: until it is 0, a function's first
+    /// load may check its artifact itself.
+    #[serde(default)]
+    pub artifacts_unchecked: usize,
     /// Whether deploys are answered with the fast tier first.
     pub fast_deploy: bool,
     /// Fast-tier functions still waiting for Cranelift's code.

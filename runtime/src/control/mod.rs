@@ -196,19 +196,45 @@ impl Platform {
         Ok(())
     }
 
-    /// Loads every registered function in the background, one at a time, if the load mode
-    /// asks for it.
-    pub fn spawn_background_loading(self: &Arc<Self>) {
-        self.spawn_background_loading_on(&tokio::runtime::Handle::current());
+    /// Starts the work that follows start-up in the background: the scrub of every deployed
+    /// function's artifact (see [`crate::engine::artifact`]: after it, a load from disk does
+    /// not read the whole file), then, if the load mode asks for it, loading every function,
+    /// one at a time. A request that comes first loads its function itself.
+    pub fn spawn_background_work(self: &Arc<Self>) {
+        self.spawn_background_work_on(&tokio::runtime::Handle::current());
     }
 
-    /// [`Platform::spawn_background_loading`] on a given runtime.
-    pub fn spawn_background_loading_on(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        if self.load_mode != LoadMode::Background {
-            return;
-        }
+    /// [`Platform::spawn_background_work`] on a given runtime.
+    pub fn spawn_background_work_on(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let mut digests: Vec<String> = self
+            .registry
+            .all()
+            .iter()
+            .map(|f| f.record.code_digest().to_owned())
+            .collect();
+        digests.sort();
+        digests.dedup();
+        let count = digests.len();
+        // Counted before the task runs, so that a status read right after start-up says
+        // the scrub is still to come.
+        self.cache().stats().unchecked.store(count, Ordering::Relaxed);
         let platform = self.clone();
         runtime.spawn(async move {
+            let started = Instant::now();
+            let scrubbing = platform.clone();
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || scrubbing.cache().scrub(&digests)).await
+            {
+                tracing::error!("the artifact scrub failed: {e}");
+            }
+            tracing::info!(
+                artifacts = count,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "artifact checksums checked"
+            );
+            if platform.load_mode != LoadMode::Background {
+                return;
+            }
             let started = Instant::now();
             let mut loaded = 0usize;
             for function in platform.registry.all() {
@@ -287,6 +313,8 @@ impl Platform {
             compilations: stats.compilations.load(Ordering::Relaxed),
             artifact_loads: stats.artifact_loads.load(Ordering::Relaxed),
             artifact_rebuilds: stats.rebuilds.load(Ordering::Relaxed),
+            artifact_checks: stats.checks.load(Ordering::Relaxed),
+            artifacts_unchecked: stats.unchecked.load(Ordering::Relaxed),
             fast_deploy: self.fast.is_some(),
             tier_ups_pending: self.tier_ups_pending.load(Ordering::Relaxed),
             fuel_metering: engine.options().fuel_metering,

@@ -17,12 +17,32 @@
 //! editor) is treated like a missing one and rebuilt from the stored wasm, and the log says
 //! why. The checksum is XXH3-128, not sha256: it guards against accidents in a directory thaw
 //! trusts, not against an attacker who can write there (who could replace the sidecar too),
-//! and it is several times cheaper than sha256, which was a large part of the first request to a
-//! function loaded from disk.
+//! and it is several times cheaper than sha256.
+//!
+//! # When the checksum is checked
+//! Not on the request path when it can be helped: hashing a 36 MB JavaScript artifact was 85-90%
+//! of a cold start from disk, and reading the whole file undoes what `deserialize_file`'s `mmap`
+//! saves. Each artifact is checked once per process and the result remembered with the file's
+//! identity ([`FileStamp`]: device, inode, size, modification and change times):
+//! - at deploy, from the bytes just written;
+//! - at start-up, by a background scrub ([`ArtifactCache::scrub`]) over every deployed
+//!   function's artifact, one at a time, streaming the file through a small buffer;
+//! - by the load itself when it comes first (a request in the first moments after a start):
+//!   that request pays for the check, so a damaged artifact is still never run.
+//!
+//! A load then costs one `stat` and the map lookup. A file replaced or rewritten since it was
+//! checked has another inode or times and is checked again. What this does not catch is a
+//! file whose bytes change under the same inode without its times changing (bit rot after the
+//! check, in a running process); that is the filesystem's to detect, as it is for every
+//! executable on the machine.
 
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -43,6 +63,51 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The artifact checksum (see the module docs), hex.
 fn checksum(bytes: &[u8]) -> String {
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+}
+
+/// The checksum of an artifact file as the scrub computes it (public for the cold-start
+/// breakdown, which times it).
+pub fn file_checksum(path: &Path) -> std::io::Result<String> {
+    checksum_of(&mut std::fs::File::open(path)?)
+}
+
+/// The checksum of a file, streamed through a small buffer: no allocation the size of the
+/// file, and the same value as [`checksum`] of its bytes.
+fn checksum_of(file: &mut std::fs::File) -> std::io::Result<String> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(format!("{:032x}", hasher.digest128()))
+}
+
+/// A file's identity and version as far as its metadata tells: any rewrite or replacement
+/// (even one that restores the modification time) changes the inode or the change time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// Compiled code of either kind.
@@ -87,6 +152,10 @@ pub struct CacheStats {
     pub artifact_loads: AtomicU64,
     /// Artifacts found missing, incompatible or corrupt and rebuilt.
     pub rebuilds: AtomicU64,
+    /// Checksum checks done (deploys excluded: their bytes are hashed as they are written).
+    pub checks: AtomicU64,
+    /// Artifacts the start-up scrub has still to check.
+    pub unchecked: AtomicUsize,
 }
 
 /// The artifact cache of one data directory and one engine.
@@ -95,6 +164,8 @@ pub struct ArtifactCache {
     engine: Arc<ThawEngine>,
     dir: PathBuf,
     stats: CacheStats,
+    /// Artifacts whose checksum matched in this process, with the file's stamp then.
+    checked: DashMap<String, FileStamp>,
 }
 
 impl ArtifactCache {
@@ -107,6 +178,7 @@ impl ArtifactCache {
             engine,
             dir,
             stats: CacheStats::default(),
+            checked: DashMap::new(),
         })
     }
 
@@ -140,13 +212,18 @@ impl ArtifactCache {
         .map_err(|e| CompileError::Host(anyhow::Error::from(e).context("serializing")))?;
         // Artifact first, digest second: if we crash in between, the digest does not match
         // and the next load rebuilds.
+        let path = self.artifact_path(digest);
         self.data
-            .write_atomic(&self.artifact_path(digest), &bytes)
+            .write_atomic(&path, &bytes)
             .and_then(|()| {
                 self.data
                     .write_atomic(&self.sidecar_path(digest), checksum(&bytes).as_bytes())
             })
             .map_err(CompileError::Host)?;
+        // The bytes were hashed as written; remember the file as checked.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            self.checked.insert(digest.to_owned(), FileStamp::of(&meta));
+        }
         Ok(compiled)
     }
 
@@ -186,22 +263,62 @@ impl ArtifactCache {
         Ok((compiled, Origin::Artifact))
     }
 
-    fn try_load(&self, kind: Kind, digest: &str) -> anyhow::Result<Compiled> {
+    /// Checks the artifact of `digest` against its checksum unless this process already did
+    /// and the file is unchanged since (see the module docs). Blocking.
+    pub fn check(&self, digest: &str) -> anyhow::Result<()> {
         let path = self.artifact_path(digest);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let stamp = match std::fs::metadata(&path) {
+            Ok(meta) => FileStamp::of(&meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("is missing"),
             Err(e) => return Err(e).context("cannot be read"),
         };
+        if self.checked.get(digest).is_some_and(|seen| *seen == stamp) {
+            return Ok(());
+        }
+        self.check_file(digest, &path)
+    }
+
+    fn check_file(&self, digest: &str, path: &Path) -> anyhow::Result<()> {
+        let mut file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("is missing"),
+            Err(e) => return Err(e).context("cannot be read"),
+        };
+        // The stamp of the file that is hashed, not of whatever is at the path later.
+        let stamp = FileStamp::of(&file.metadata().context("cannot be read")?);
         let expected = std::fs::read_to_string(self.sidecar_path(digest)).unwrap_or_default();
+        let actual = checksum_of(&mut file).context("cannot be read")?;
+        self.stats.checks.fetch_add(1, Ordering::Relaxed);
         anyhow::ensure!(
-            checksum(&bytes) == expected.trim(),
+            actual == expected.trim(),
             "is corrupt (its checksum does not match the one written with it)"
         );
-        drop(bytes);
+        self.checked.insert(digest.to_owned(), stamp);
+        Ok(())
+    }
+
+    /// Checks the artifacts of `digests` one at a time (the start-up scrub), skipping those
+    /// already checked. A damaged one is logged here and rebuilt when its function is loaded.
+    /// Blocking: run it on a thread of its own. Counts [`CacheStats::unchecked`] down (the
+    /// caller sets it when it schedules the scrub).
+    pub fn scrub(&self, digests: &[String]) {
+        for digest in digests {
+            if let Err(reason) = self.check(digest) {
+                tracing::warn!(
+                    digest = %digest,
+                    "artifact {reason:#}; it is rebuilt when its function is loaded"
+                );
+            }
+            self.stats.unchecked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn try_load(&self, kind: Kind, digest: &str) -> anyhow::Result<Compiled> {
+        self.check(digest)?;
+        let path = self.artifact_path(digest);
         let engine = self.engine.engine();
         // SAFETY: the file is an artifact this cache serialized itself (see the module docs)
-        // and its digest was verified just above.
+        // and its checksum was checked just above (or earlier, with the same stamp).
         let compiled = unsafe {
             match kind {
                 Kind::Component => {
@@ -241,6 +358,15 @@ pub enum CompileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_checksum_is_the_checksum_of_the_bytes() {
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 5) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &bytes).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        assert_eq!(checksum_of(&mut file).unwrap(), checksum(&bytes));
+    }
 
     #[test]
     fn kinds_from_preamble() {
