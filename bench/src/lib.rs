@@ -13,7 +13,16 @@
 //! | thaw, warm | the request, with a warm instance waiting (a pool hit) |
 //! | `wasmtime serve` | process start, the same component, compiled at start or precompiled |
 //! | process | fork/exec of a static Go server, a static Rust one, Node, Python, Java |
-//! | container | `crun` (with and without cgroups) and `runc` starting the Go server from a minimal OCI bundle |
+//! | container | `crun` (with and without cgroups) and `runc` starting the Go server from a minimal OCI bundle; `crun` starting Node and Python |
+//!
+//! Per language (the rows named `JS: …`, `Python: …`, `Go: …`): thaw serving the `thaw new`
+//! template's component cold from disk, beside a hello server process of the same language,
+//! the same in a container, and for JS and Python `wasmtime serve` on the same component,
+//! precompiled, at its defaults and with the pooling settings that are its best for
+//! throughput. A row's "×" column is its median over thaw's cold start in the same language.
+//! The thaw rows wait for the host's start-up scrub of artifact checksums (a few ms per
+//! artifact, in the background) before the first request: they measure a host that has been
+//! up a moment, not one racing its own start.
 //!
 //! Then steady state ([`throughput`]): requests per second and latency of thaw, `wasmtime
 //! serve` and a plain hyper server at 1, 32 and 128 connections, with `wrk`.
@@ -80,6 +89,10 @@ pub struct BenchArgs {
     /// The baselines built by scripts/setup-bench [default: target/baselines]
     #[arg(long, value_name = "DIR")]
     pub baselines: Option<PathBuf>,
+    /// The `thaw new` templates' components for the per-language rows (`js.wasm`,
+    /// `python.wasm`, `go.wasm`, built by scripts/setup-bench) [default: target/baselines/lang]
+    #[arg(long, value_name = "DIR")]
+    pub languages: Option<PathBuf>,
     /// The wasmtime CLI [default: $THAW_WASMTIME, target/tools/pip/wasmtime_cli/wasmtime,
     /// or wasmtime on $PATH]
     #[arg(long, value_name = "FILE")]
@@ -114,6 +127,10 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
                 pip.is_file().then_some(pip)
             })
             .or_else(|| which("wasmtime")),
+        languages: args
+            .languages
+            .clone()
+            .unwrap_or_else(|| target_dir.join("baselines/lang")),
         thaw,
         scratch: scratch.path().to_owned(),
     };
@@ -187,13 +204,47 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
             },
         );
         let result = match name {
-            "thaw, cold from disk" => thaw_cold(&env, &wasm, thaw_samples, &bar).await,
+            "thaw, cold from disk" => {
+                thaw_cold(&env, &wasm, "cold", thaw_samples, false, &bar).await
+            }
             "thaw, after deploy" => thaw_deploy(&env, &wasm, deploy_samples, false, &bar).await,
             "thaw, warm (pool hit)" => thaw_warm(&env, &wasm, thaw_samples, &bar).await,
             _ => thaw_deploy(&env, &wasm, deploy_samples, true, &bar).await,
         };
         bar.finish_and_clear();
         record(name, start, result);
+    }
+
+    // thaw per language: the templates' components, cold from disk.
+    for (language, file) in LANGUAGES {
+        for (setup, loaded, start) in [
+            (
+                "thaw, cold from disk",
+                false,
+                "the request (artifact on disk, not loaded)",
+            ),
+            (
+                "thaw, first request after start",
+                true,
+                "the request (code loaded at start, no instance yet)",
+            ),
+        ] {
+            let name = format!("{language}: {setup}");
+            if !wanted(&name) {
+                continue;
+            }
+            let result = match language_wasm(&env, file).and_then(|p| Ok(std::fs::read(p)?)) {
+                Ok(wasm) => {
+                    let bar = progress(&name, thaw_samples);
+                    let scratch = format!("{file}-{loaded}");
+                    let result = thaw_cold(&env, &wasm, &scratch, thaw_samples, loaded, &bar).await;
+                    bar.finish_and_clear();
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            record(&name, start, result);
+        }
     }
 
     // Everything started per sample.
@@ -216,12 +267,21 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         record(&name, start, result);
     }
 
-    let cold = measured
+    // Each row over thaw's cold start in its language (`JS: …`), or over hello's.
+    let cold: BTreeMap<String, f64> = measured
         .iter()
-        .find(|m| m.name == "thaw, cold from disk")
-        .map(|m| m.summary.median_us);
+        .filter_map(|m| {
+            let language = m.name.strip_suffix("thaw, cold from disk")?;
+            Some((language.to_owned(), m.summary.median_us))
+        })
+        .collect();
     for m in &mut measured {
-        m.ratio_to_thaw_cold = cold.map(|c| m.summary.median_us / c);
+        let language = LANGUAGES
+            .iter()
+            .map(|(l, _)| format!("{l}: "))
+            .find(|prefix| m.name.starts_with(prefix.as_str()))
+            .unwrap_or_default();
+        m.ratio_to_thaw_cold = cold.get(&language).map(|c| m.summary.median_us / c);
     }
 
     let throughput_runs = if args.smoke || !wanted("throughput") {
@@ -277,6 +337,29 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The per-language rows' prefixes and their components in [`Env::languages`].
+const LANGUAGES: [(&str, &str); 3] = [
+    ("JS", "js.wasm"),
+    ("Python", "python.wasm"),
+    ("Go", "go.wasm"),
+];
+
+/// `wasmtime serve`'s settings that made it fastest under load here (WASMTIME-48-NOTES):
+/// the pooling allocator, PAGEMAP_SCAN, 64 MiB kept resident per slot.
+const WASMTIME_BEST: &str =
+    "pooling-allocator=y,pooling-pagemap-scan=y,pooling-memory-keep-resident=67108864";
+
+/// A template's component, or why it is not there.
+fn language_wasm(env: &Env, file: &str) -> anyhow::Result<PathBuf> {
+    let path = env.languages.join(file);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is not built (run scripts/setup-bench)",
+        path.display()
+    );
+    Ok(path)
+}
+
 fn progress(name: &str, len: usize) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
@@ -289,15 +372,26 @@ fn progress(name: &str, len: usize) -> ProgressBar {
 
 /// Cold from disk: the function deployed under many names (one artifact), a fresh host with
 /// `--load lazy` per batch, each name's first request timed.
+///
+/// With `loaded_at_start`, the host runs with its default `--load background` and each
+/// batch waits until every function's code is loaded: the first request then starts a
+/// first instance of code already in memory, as after a restart a moment ago.
 async fn thaw_cold(
     env: &Env,
     wasm: &[u8],
+    scratch: &str,
     n: usize,
+    loaded_at_start: bool,
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<Sample>> {
     let batch = n.clamp(1, 50);
-    let data = env.scratch.join("cold");
-    let mut host = ThawHost::start(&env.thaw, &data, &["--load", "lazy"])?;
+    let data = env.scratch.join(scratch);
+    let load: &[&str] = if loaded_at_start {
+        &[]
+    } else {
+        &["--load", "lazy"]
+    };
+    let mut host = ThawHost::start(&env.thaw, &data, load)?;
     for i in 0..batch {
         let name = format!("cold-{i}");
         host.admin
@@ -307,6 +401,10 @@ async fn thaw_cold(
     let mut samples = Vec::with_capacity(n);
     while samples.len() < n {
         host.restart()?;
+        host.wait_for_scrub().await?;
+        if loaded_at_start {
+            host.wait_for_loading(batch).await?;
+        }
         for i in 0..batch.min(n - samples.len()) {
             samples.push(host.get(&format!("/cold-{i}"))?);
             bar.inc(1);
@@ -455,10 +553,54 @@ fn process_setups(env: &Env) -> Vec<Planned> {
         }),
     ));
 
+    // The peer on the templates' JS and Python components: precompiled, at its defaults and
+    // at its best settings for throughput (the pooling allocator reserves its slots at start,
+    // which may cost a cold start something; both are shown).
+    for (language, file) in &LANGUAGES[..2] {
+        let compiled = language_wasm(env, file).and_then(|wasm| {
+            let wasmtime = env.wasmtime.clone().ok_or_else(|| {
+                anyhow::anyhow!("the wasmtime CLI is not installed (run scripts/setup-bench)")
+            })?;
+            let cwasm = env.scratch.join(format!("{file}.cwasm"));
+            let status = Command::new(&wasmtime)
+                .args(["compile", "-o"])
+                .arg(&cwasm)
+                .arg(&wasm)
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "wasmtime compile {} failed",
+                wasm.display()
+            );
+            Ok((wasmtime, cwasm.display().to_string()))
+        });
+        for (variant, options) in [("", None), (", pooling + pagemap", Some(WASMTIME_BEST))] {
+            let setup = match &compiled {
+                Ok((wasmtime, cwasm)) => {
+                    let mut args: Vec<String> = vec!["serve".into(), "-Scli".into()];
+                    if let Some(options) = options {
+                        args.extend(["-O".into(), options.into()]);
+                    }
+                    args.extend(
+                        ["--allow-precompiled", "--addr", "127.0.0.1:{port}", cwasm]
+                            .map(String::from),
+                    );
+                    simple(Ok(wasmtime.clone()), args)
+                }
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
+            };
+            out.push((
+                format!("{language}: wasmtime serve (precompiled{variant})"),
+                "process start (--allow-precompiled)",
+                setup,
+            ));
+        }
+    }
+
     // Processes.
     let b = &env.baselines;
     out.push((
-        "process: Go (static)".into(),
+        "Go: process (static)".into(),
         "fork/exec",
         simple(need(b.join("hello-go"), "the Go baseline"), vec![]),
     ));
@@ -468,13 +610,13 @@ fn process_setups(env: &Env) -> Vec<Planned> {
         simple(need(b.join("hello-rust"), "the Rust baseline"), vec![]),
     ));
     out.push((
-        "process: Node.js".into(),
+        "JS: process: Node.js".into(),
         "fork/exec",
         need(b.join("hello.js"), "hello.js")
             .and_then(|js| simple(tool("node"), vec![js.display().to_string()])),
     ));
     out.push((
-        "process: Python".into(),
+        "Python: process: python3".into(),
         "fork/exec",
         need(b.join("hello.py"), "hello.py").and_then(|py| {
             // Not `python3` from $PATH: a pyenv shim there adds ~80 ms of its own.
@@ -501,26 +643,46 @@ fn process_setups(env: &Env) -> Vec<Planned> {
 
     // Containers.
     for (name, runtime, cgroups) in [
-        ("container: crun, no cgroups", "crun", false),
-        ("container: crun, cgroups", "crun", true),
-        ("container: runc, cgroups", "runc", true),
+        ("Go: container: crun, no cgroups", "crun", false),
+        ("Go: container: crun, cgroups", "crun", true),
+        ("Go: container: runc, cgroups", "runc", true),
     ] {
         out.push((
             name.into(),
             "runtime start (crun/runc run)",
-            container_setup(env, runtime, cgroups, name),
+            container_setup(env, runtime, cgroups, name, None),
+        ));
+    }
+    for (name, args) in [
+        (
+            "JS: container: crun, Node.js",
+            ["/usr/bin/node", "/app/hello.js"],
+        ),
+        (
+            "Python: container: crun, python3",
+            ["/usr/bin/python3", "/app/hello.py"],
+        ),
+    ] {
+        out.push((
+            name.into(),
+            "runtime start (crun run)",
+            container_setup(env, "crun", true, name, Some(&args)),
         ));
     }
     out
 }
 
 /// A container setup: the Go server alone in a read-only root filesystem, the host's
-/// network (no network namespace), started by `crun run` or `runc run`.
+/// network (no network namespace), started by `crun run` or `runc run`. With `interpreter`
+/// (a program and its script), the root is an empty one with the host's `/usr` bound in
+/// read-only and the baselines' scripts at `/app`: Node and Python as a distribution's
+/// image would hold them, without a registry to pull one from.
 fn container_setup(
     env: &Env,
     runtime: &str,
     cgroups: bool,
     name: &str,
+    interpreter: Option<&[&str]>,
 ) -> anyhow::Result<ProcessSetup> {
     // SAFETY: geteuid has no preconditions.
     anyhow::ensure!(unsafe { libc::geteuid() } == 0, "containers need root here");
@@ -535,6 +697,29 @@ fn container_setup(
     })?;
     let mut template: serde_json::Value = serde_json::from_slice(&template)?;
     template["root"]["path"] = oci.join("rootfs").display().to_string().into();
+    if let Some(args) = interpreter {
+        let root = env.baselines.join("oci-interpreters/rootfs");
+        anyhow::ensure!(
+            root.is_dir(),
+            "no root filesystem at {} (run scripts/setup-bench)",
+            root.display()
+        );
+        template["root"]["path"] = root.display().to_string().into();
+        template["process"]["args"] = serde_json::json!(args);
+        let bind = |source: &Path, destination: &str| {
+            serde_json::json!({
+                "destination": destination,
+                "type": "bind",
+                "source": source,
+                "options": ["rbind", "ro"],
+            })
+        };
+        let mounts = template["mounts"]
+            .as_array_mut()
+            .context("the OCI template has no mounts")?;
+        mounts.push(bind(Path::new("/usr"), "/usr"));
+        mounts.push(bind(&env.baselines, "/app"));
+    }
     if cgroups {
         let parent = setups::own_cgroup().context("cannot tell this process's cgroup")?;
         template["linux"]["cgroupsPath"] = format!("{parent}/thaw-bench").into();

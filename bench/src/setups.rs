@@ -27,6 +27,8 @@ pub struct Env {
     pub wasm: PathBuf,
     /// `target/baselines`, built by `scripts/setup-bench`.
     pub baselines: PathBuf,
+    /// The `thaw new` templates' components (`js.wasm`, `python.wasm`, `go.wasm`).
+    pub languages: PathBuf,
     /// The wasmtime CLI, if found.
     pub wasmtime: Option<PathBuf>,
     /// Scratch space for this run.
@@ -136,6 +138,28 @@ impl ThawHost {
         self.addr = addr;
         self.admin = admin;
         Ok(())
+    }
+
+    /// Waits until the host's start-up scrub has checked every artifact (bounded at 60 s).
+    pub async fn wait_for_scrub(&self) -> anyhow::Result<()> {
+        for _ in 0..6000 {
+            if self.admin.status().await?.artifacts_unchecked == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::bail!("the artifact scrub did not finish within 60 s")
+    }
+
+    /// Waits until `functions` functions have their code loaded (bounded at 120 s).
+    pub async fn wait_for_loading(&self, functions: usize) -> anyhow::Result<()> {
+        for _ in 0..12_000 {
+            if self.admin.status().await?.functions_loaded >= functions {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::bail!("{functions} functions were not loaded within 120 s")
     }
 
     /// A timed `GET path` on a fresh connection.

@@ -217,7 +217,10 @@ impl Platform {
         let count = digests.len();
         // Counted before the task runs, so that a status read right after start-up says
         // the scrub is still to come.
-        self.cache().stats().unchecked.store(count, Ordering::Relaxed);
+        self.cache()
+            .stats()
+            .unchecked
+            .store(count, Ordering::Relaxed);
         let platform = self.clone();
         runtime.spawn(async move {
             let started = Instant::now();
