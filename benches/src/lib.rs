@@ -58,6 +58,7 @@ impl BenchPlatform {
             },
             server_timing: setup.server_timing,
             fast_deploy: setup.fast_deploy,
+            compile_cache: false,
         })
         .expect("opening the platform");
         Self {

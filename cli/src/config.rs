@@ -158,6 +158,11 @@ pub struct HostSettings {
     /// background [default: false]
     #[arg(long, env = "THAW_FAST_DEPLOY", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
     pub fast_deploy: Option<bool>,
+    /// Keep Cranelift's incremental compilation cache in the data directory
+    /// (compile-cache.redb): a function that shares most of its code with one compiled
+    /// before (the same JS or Python runtime) compiles mostly from it [default: true]
+    #[arg(long, env = "THAW_COMPILE_CACHE", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub compile_cache: Option<bool>,
     /// Add a Server-Timing header (how the instance was obtained, and what it cost) to
     /// function responses [default: true]
     #[arg(long, env = "THAW_SERVER_TIMING", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
@@ -335,6 +340,7 @@ impl ServeArgs {
                 },
                 server_timing: s.server_timing.unwrap_or(true),
                 fast_deploy: s.fast_deploy.unwrap_or(false),
+                compile_cache: s.compile_cache.unwrap_or(true),
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),

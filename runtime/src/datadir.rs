@@ -56,6 +56,12 @@ pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
+/// Makes the file at `path` readable and writable by its owner only.
+pub fn make_private_file(path: &Path) -> anyhow::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} owner-only", path.display()))
+}
+
 impl DataDir {
     /// Opens (creating if needed) a data directory, takes its lock, and clears temp files
     /// left by a crash. Fails if another process holds the lock.
@@ -123,6 +129,11 @@ impl DataDir {
     /// The stored original wasm with this sha256.
     pub fn wasm(&self, digest: &str) -> PathBuf {
         self.root.join("wasm").join(format!("{digest}.wasm"))
+    }
+
+    /// Cranelift's incremental compilation cache (see `engine::compile_cache`).
+    pub fn compile_cache(&self) -> PathBuf {
+        self.root.join("compile-cache.redb")
     }
 
     /// The directory of artifacts for one engine configuration.

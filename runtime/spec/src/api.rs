@@ -102,6 +102,13 @@ pub struct HostStatus {
     /// load may check its artifact itself.
     #[serde(default)]
     pub artifacts_unchecked: usize,
+    /// Functions whose compiled code came from the incremental compilation cache since
+    /// start-up (`None` without the cache).
+    #[serde(default)]
+    pub compile_cache_hits: Option<u64>,
+    /// Functions compiled for want of a cache entry since start-up.
+    #[serde(default)]
+    pub compile_cache_misses: Option<u64>,
     /// Whether deploys are answered with the fast tier first.
     pub fast_deploy: bool,
     /// Fast-tier functions still waiting for Cranelift's code.

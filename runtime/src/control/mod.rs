@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use crate::api::HostStatus;
 use crate::datadir::DataDir;
 use crate::engine::artifact::ArtifactCache;
+use crate::engine::compile_cache::CompileCache;
 use crate::engine::{Allocator, EngineOptions, ThawEngine};
 use crate::function::pool::PoolOptions;
 use crate::function::{Function, FunctionRecord, Linking, Loader};
@@ -47,6 +48,9 @@ pub struct PlatformConfig {
     /// Answer deploys with code from the fast tier (Winch) and swap in Cranelift's code in
     /// the background.
     pub fast_deploy: bool,
+    /// Keep Cranelift's incremental compilation cache in the data directory (see
+    /// [`crate::engine::compile_cache`]).
+    pub compile_cache: bool,
 }
 
 /// When the functions found in the data directory are loaded (their artifacts deserialized and
@@ -108,7 +112,21 @@ impl Platform {
     /// skipped: the rest still serve.
     pub fn open(config: PlatformConfig) -> anyhow::Result<Self> {
         let data = DataDir::open(&config.data_dir)?;
-        let engine = Arc::new(ThawEngine::new(config.engine.clone())?);
+        let compile_cache = if config.compile_cache {
+            match CompileCache::open(&data.compile_cache()) {
+                Ok(cache) => Some(Arc::new(cache)),
+                Err(e) => {
+                    tracing::warn!("compiling without the incremental cache: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let engine = Arc::new(match compile_cache {
+            Some(cache) => ThawEngine::with_compile_cache(config.engine.clone(), cache)?,
+            None => ThawEngine::new(config.engine.clone())?,
+        });
         let cache = Arc::new(ArtifactCache::new(data.clone(), engine.clone())?);
         let loader = Arc::new(Loader::new(Linking::new(engine.clone())?, cache));
         let garbage = garbage::Collector {
@@ -318,6 +336,12 @@ impl Platform {
             artifact_rebuilds: stats.rebuilds.load(Ordering::Relaxed),
             artifact_checks: stats.checks.load(Ordering::Relaxed),
             artifacts_unchecked: stats.unchecked.load(Ordering::Relaxed),
+            compile_cache_hits: engine
+                .compile_cache()
+                .map(|c| c.stats().hits.load(Ordering::Relaxed)),
+            compile_cache_misses: engine
+                .compile_cache()
+                .map(|c| c.stats().misses.load(Ordering::Relaxed)),
             fast_deploy: self.fast.is_some(),
             tier_ups_pending: self.tier_ups_pending.load(Ordering::Relaxed),
             fuel_metering: engine.options().fuel_metering,

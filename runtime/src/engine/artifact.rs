@@ -203,7 +203,11 @@ impl ArtifactCache {
         digest: &str,
         wasm: &[u8],
     ) -> Result<Compiled, CompileError> {
-        let compiled = compile(self.engine.engine(), kind, wasm)?;
+        let compiled = compile(self.engine.engine(), kind, wasm);
+        if let Some(cache) = self.engine.compile_cache() {
+            cache.flush();
+        }
+        let compiled = compiled?;
         self.stats.compilations.fetch_add(1, Ordering::Relaxed);
         let bytes = match &compiled {
             Compiled::Component(c) => c.serialize(),

@@ -26,6 +26,9 @@
 //! - **Fuel**, only with `--fuel-metering` ([`EngineOptions::fuel_metering`]): it changes the
 //!   compiled code (a check on every loop back-edge and call), so it is off by default.
 //!
+//! - **Cranelift's incremental compilation cache** ([`compile_cache`]), when the caller gives
+//!   one: a second function built on the same language runtime compiles mostly from it.
+//!
 //! # What thaw leaves off
 //! The compilation cache of the wasmtime CLI (thaw has its own content-addressed artifact
 //! cache, see [`artifact`]). Winch, the baseline compiler, is only the optional fast tier of
@@ -33,8 +36,10 @@
 //! for long is Cranelift's code.
 
 pub mod artifact;
+pub mod compile_cache;
 pub mod snapshot;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -108,43 +113,59 @@ pub struct ThawEngine {
     engine: Engine,
     allocator: Allocator,
     options: EngineOptions,
+    compile_cache: Option<Arc<compile_cache::CompileCache>>,
 }
 
 impl ThawEngine {
     /// Builds the engine, preferring the pooling allocator, and starts the epoch ticker.
     pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
-        Self::build(options, Strategy::Cranelift)
+        Self::build(options, Strategy::Cranelift, None)
+    }
+
+    /// [`ThawEngine::new`] with Cranelift's incremental compilation cache in `cache`.
+    pub fn with_compile_cache(
+        options: EngineOptions,
+        cache: Arc<compile_cache::CompileCache>,
+    ) -> anyhow::Result<Self> {
+        Self::build(options, Strategy::Cranelift, Some(cache))
     }
 
     /// The fast tier: Winch, the baseline compiler, which compiles in a fraction of
     /// Cranelift's time and runs slower. Used by `--fast-deploy` until Cranelift's code is
     /// ready.
     pub fn new_fast_tier(options: &EngineOptions) -> anyhow::Result<Self> {
-        Self::build(options.fast_tier(), Strategy::Winch)
+        Self::build(options.fast_tier(), Strategy::Winch, None)
     }
 
-    fn build(options: EngineOptions, strategy: Strategy) -> anyhow::Result<Self> {
+    fn build(
+        options: EngineOptions,
+        strategy: Strategy,
+        compile_cache: Option<Arc<compile_cache::CompileCache>>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             options.instance_slots > 0,
             "instance slots must be at least 1"
         );
-        let base_config = || {
+        let base_config = || -> anyhow::Result<Config> {
             let mut config = base_config();
             config.strategy(strategy);
             config.consume_fuel(options.fuel_metering);
-            config
+            if let Some(cache) = &compile_cache {
+                config.enable_incremental_compilation(cache.clone())?;
+            }
+            Ok(config)
         };
         let (engine, allocator) = if options.on_demand {
-            let engine = Engine::new(&base_config())?;
+            let engine = Engine::new(&base_config()?)?;
             (
                 engine,
                 Allocator::OnDemand("disabled by configuration".into()),
             )
         } else {
-            match pooling_engine(&options, base_config()) {
+            match pooling_engine(&options, base_config()?) {
                 Ok(engine) => (engine, Allocator::Pooling),
                 Err(reason) => {
-                    let engine = Engine::new(&base_config())?;
+                    let engine = Engine::new(&base_config()?)?;
                     (engine, Allocator::OnDemand(format!("{reason:#}")))
                 }
             }
@@ -155,7 +176,13 @@ impl ThawEngine {
             engine,
             allocator,
             options,
+            compile_cache,
         })
+    }
+
+    /// The incremental compilation cache, if this engine has one.
+    pub fn compile_cache(&self) -> Option<&compile_cache::CompileCache> {
+        self.compile_cache.as_deref()
     }
 
     /// The wasmtime engine.
