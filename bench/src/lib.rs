@@ -447,7 +447,13 @@ async fn thaw_deploy(
     let data = env
         .scratch
         .join(if fast { "deploy-fast" } else { "deploy" });
-    let args: &[&str] = if fast { &["--fast-deploy"] } else { &[] };
+    // Without the incremental compilation cache: every sample is a cold compile, as the
+    // first function of its kind is (the per-language rows measure the cache).
+    let args: &[&str] = if fast {
+        &["--fast-deploy", "--compile-cache=false"]
+    } else {
+        &["--compile-cache=false"]
+    };
     let host = ThawHost::start(&env.thaw, &data, args)?;
     let spec = at("fresh");
     let mut samples = Vec::with_capacity(n);
@@ -828,7 +834,8 @@ struct LoadTarget {
     url: String,
 }
 
-/// Throughput of thaw, wasmtime serve and plain hyper at 1, 32 and 128 connections.
+/// Throughput of thaw, wasmtime serve and plain hyper at 1, 32 and 128 connections; of thaw
+/// and wasmtime serve on the JS and Python templates at 32.
 async fn run_throughput(
     env: &Env,
     wasm: &[u8],
@@ -907,7 +914,83 @@ async fn run_throughput(
             ))
         },
     ));
-    for (server, started) in servers {
+    // JS and Python at 32 connections: thaw at its default and with 8 MiB kept resident per
+    // slot, and `wasmtime serve` at its best settings, on the templates' components.
+    let mut language_servers: Vec<(String, anyhow::Result<LoadTarget>)> = Vec::new();
+    for (language, file) in &LANGUAGES[..2] {
+        let Ok(path) = language_wasm(env, file) else {
+            continue;
+        };
+        for (variant, args) in [
+            ("", &[][..]),
+            (
+                ", keep-resident 8 MiB",
+                &["--keep-resident-kib", "8192"][..],
+            ),
+        ] {
+            let started = async {
+                let wasm = std::fs::read(&path)?;
+                let data = env.scratch.join(format!("throughput-{file}{}", args.len()));
+                let host = ThawHost::start(&env.thaw, &data, args)?;
+                host.admin.deploy("f", &at("f"), wasm.into()).await?;
+                let url = format!("http://{}/f", host.addr);
+                Ok(LoadTarget {
+                    _host: Some(host),
+                    _group: None,
+                    url,
+                })
+            }
+            .await;
+            language_servers.push((format!("{language}: thaw{variant}"), started));
+        }
+        let peer = match &env.wasmtime {
+            Some(w) => {
+                let cwasm = env.scratch.join(format!("{file}.throughput.cwasm"));
+                match Command::new(w)
+                    .args(["compile", "-o"])
+                    .arg(&cwasm)
+                    .arg(&path)
+                    .status()
+                {
+                    Ok(status) if status.success() => spawn(
+                        w,
+                        [
+                            "serve",
+                            "-Scli",
+                            "-O",
+                            WASMTIME_BEST,
+                            "--allow-precompiled",
+                            "--addr",
+                            "127.0.0.1:{port}",
+                            &cwasm.display().to_string(),
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                    ),
+                    _ => Err(anyhow::anyhow!(
+                        "wasmtime compile {} failed",
+                        path.display()
+                    )),
+                }
+            }
+            None => Err(anyhow::anyhow!("the wasmtime CLI is not installed")),
+        };
+        language_servers.push((
+            format!("{language}: wasmtime serve (pooling + pagemap)"),
+            peer,
+        ));
+    }
+
+    let servers = servers
+        .into_iter()
+        .map(|(name, started)| (name.to_owned(), started, &[1u32, 32, 128][..]))
+        .chain(
+            language_servers
+                .into_iter()
+                .map(|(name, started)| (name, started, &[32u32][..])),
+        );
+    for (server, started, connections) in servers {
+        let server = server.as_str();
         let target = match started {
             Ok(s) => s,
             Err(e) => {
@@ -920,8 +1003,8 @@ async fn run_throughput(
         };
         // Warm up (code paged in, pools sized), not recorded.
         let url = &target.url;
-        let _ = throughput::wrk(&wrk, server, url, 32, Duration::from_secs(1));
-        for connections in [1, 32, 128] {
+        let _ = throughput::wrk(&wrk, server, url, 32, Duration::from_secs(2));
+        for &connections in connections {
             let bar = progress(&format!("throughput: {server}, {connections} conn"), 1);
             match throughput::wrk(&wrk, server, url, connections, duration) {
                 Ok(run) => runs.push(run),

@@ -102,6 +102,10 @@ pub struct HostSettings {
     /// token
     #[arg(long, env = "THAW_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Also serve `GET /metrics` (Prometheus) on this address, without authentication
+    /// [default: only on the admin listener, with the admin token]
+    #[arg(long, env = "THAW_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Bearer token the admin API requires [default: the data directory's admin.token,
     /// created with owner-only permissions on first start]
     #[arg(
@@ -194,6 +198,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Admin address.
     pub admin_listen: SocketAddr,
+    /// Unauthenticated metrics address, if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// The platform's settings.
     pub platform: PlatformConfig,
     /// Drain time at shutdown.
@@ -314,6 +320,7 @@ impl ServeArgs {
             admin_listen: s
                 .admin_listen
                 .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
+            metrics_listen: s.metrics_listen,
             platform: PlatformConfig {
                 data_dir,
                 engine: EngineOptions {

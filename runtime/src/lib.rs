@@ -6,6 +6,7 @@
 //!
 //! The library is in layers; each depends only on those above it in this list, and a script
 //! (`scripts/check-layers`, run by the test suite) fails on an import cycle among them:
+//! - [`histogram`]: a lock-free latency histogram (no dependencies);
 //! - [`datadir`]: the data directory, written atomically, locked, owner-only;
 //! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
 //!   pre-initialisation snapshots;
@@ -16,6 +17,7 @@
 //! - [`invoke`]: the request path, behind a narrow [`invoke::InvokeContext`]; one executor
 //!   per kind of function;
 //! - [`control`]: the platform, registry, deploy, tier-up, removal, garbage collection;
+//! - [`metrics`]: the Prometheus exposition of the platform's counters, read at scrape time;
 //! - [`http`]: the data-plane and admin listeners, admin authentication.
 //!
 //! The parsers of untrusted bytes and the admin API's wire types live in `thaw-spec` (no
@@ -34,5 +36,7 @@ pub mod datadir;
 pub mod engine;
 pub mod function;
 pub mod guest;
+pub mod histogram;
 pub mod http;
 pub mod invoke;
+pub mod metrics;

@@ -50,6 +50,7 @@ impl Host {
                 },
                 server_timing: true,
                 loader: None,
+                queue_waits: Default::default(),
             },
             defaults: LimitDefaults {
                 fuel_metering,

@@ -90,10 +90,16 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
              it, and it travels in clear text (no TLS); put a TLS proxy in front"
         );
     }
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(server::bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|m| m.local_addr()).transpose()?;
     // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
     let ready = ReadyLine {
         functions: data_addr,
         admin: admin_addr,
+        metrics: metrics_addr,
     };
     println!("{ready}");
 
@@ -121,6 +127,18 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
             )
         },
     ));
+    // `/metrics` alone, without the token (`--metrics-listen`).
+    let metrics_task = metrics.map(|listener| {
+        let metrics_platform = platform.clone();
+        tokio::spawn(server::serve(
+            listener,
+            shutdown.clone(),
+            listener_options.clone(),
+            move |req, _peer| {
+                thaw_runtime::http::admin::handle_metrics_only(metrics_platform.clone(), req)
+            },
+        ))
+    });
     let data_task = tokio::spawn(server::serve_functions(
         data,
         platform,
@@ -133,6 +151,9 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop.send(true);
     data_task.await??;
     admin_task.await??;
+    if let Some(task) = metrics_task {
+        task.await??;
+    }
     tracing::info!("stopped");
     Ok(())
 }

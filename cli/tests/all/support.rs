@@ -16,6 +16,8 @@ pub struct TestServer {
     pub url: String,
     /// Admin API.
     pub admin_url: String,
+    /// `GET /metrics` without authentication, with `--metrics-listen`.
+    pub metrics_url: Option<String>,
     /// The data directory (kept across restarts by [`TestServer::restart`]).
     pub data_dir: PathBuf,
     /// Where the server's log (stderr) goes.
@@ -123,6 +125,7 @@ impl TestServer {
             child: Some(child),
             url: format!("http://{}", ready.functions),
             admin_url: format!("http://{}", ready.admin),
+            metrics_url: ready.metrics.map(|addr| format!("http://{addr}/metrics")),
             data_dir: data_dir.to_path_buf(),
             log_path,
             extra_args,

@@ -138,19 +138,27 @@ pub struct ReadyLine {
     pub functions: SocketAddr,
     /// Where the admin API listens.
     pub admin: SocketAddr,
+    /// Where `/metrics` is served without authentication (`--metrics-listen`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ReadyLine {
     const PREFIX: &'static str = "thaw: functions on http://";
     const MIDDLE: &'static str = ", admin on http://";
+    const METRICS: &'static str = ", metrics on http://";
 
     /// The line's addresses, if `line` is the ready line.
     pub fn parse(line: &str) -> Option<Self> {
         let rest = line.trim_end().strip_prefix(Self::PREFIX)?;
-        let (functions, admin) = rest.split_once(Self::MIDDLE)?;
+        let (functions, rest) = rest.split_once(Self::MIDDLE)?;
+        let (admin, metrics) = match rest.split_once(Self::METRICS) {
+            Some((admin, metrics)) => (admin, Some(metrics.parse().ok()?)),
+            None => (rest, None),
+        };
         Some(Self {
             functions: functions.parse().ok()?,
             admin: admin.parse().ok()?,
+            metrics,
         })
     }
 }
@@ -164,7 +172,11 @@ impl std::fmt::Display for ReadyLine {
             self.functions,
             Self::MIDDLE,
             self.admin
-        )
+        )?;
+        match self.metrics {
+            Some(metrics) => write!(f, "{}{metrics}", Self::METRICS),
+            None => Ok(()),
+        }
     }
 }
 
@@ -177,6 +189,7 @@ mod tests {
         let line = ReadyLine {
             functions: "127.0.0.1:8080".parse().unwrap(),
             admin: "[::1]:8081".parse().unwrap(),
+            metrics: None,
         };
         let text = line.to_string();
         assert_eq!(
@@ -184,6 +197,16 @@ mod tests {
             "thaw: functions on http://127.0.0.1:8080, admin on http://[::1]:8081"
         );
         assert_eq!(ReadyLine::parse(&text), Some(line));
+        let with_metrics = ReadyLine {
+            metrics: Some("127.0.0.1:9090".parse().unwrap()),
+            ..line
+        };
+        let text = with_metrics.to_string();
+        assert!(
+            text.ends_with(", metrics on http://127.0.0.1:9090"),
+            "{text}"
+        );
+        assert_eq!(ReadyLine::parse(&text), Some(with_metrics));
         assert_eq!(ReadyLine::parse("thaw: something else"), None);
     }
 }

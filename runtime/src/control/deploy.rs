@@ -54,6 +54,18 @@ impl Platform {
         spec: FunctionSpec,
         wasm: Bytes,
     ) -> Result<(Arc<Function>, bool), DeployError> {
+        let result = self.deploy_counted(name, spec, wasm).await;
+        let outcome = usize::from(result.is_err());
+        self.deploys[outcome].fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn deploy_counted(
+        self: &Arc<Self>,
+        name: &str,
+        spec: FunctionSpec,
+        wasm: Bytes,
+    ) -> Result<(Arc<Function>, bool), DeployError> {
         spec.validate(name, self.engine().options().max_memory_bytes)
             .map_err(|e| DeployError::BadRequest(e.to_string()))?;
         self.check_host_support(&spec)

@@ -103,6 +103,8 @@ pub struct Platform {
     stalled_readers: Arc<AtomicU64>,
     /// Garbage collection of code, with the claims of deploys in progress.
     garbage: garbage::Collector,
+    /// Deploys that succeeded (`[0]`) and were refused (`[1]`).
+    deploys: [AtomicU64; 2],
 }
 
 impl Platform {
@@ -155,6 +157,7 @@ impl Platform {
                 pool: config.pool,
                 server_timing: config.server_timing,
                 loader: Some(loader.clone()),
+                queue_waits: Default::default(),
             },
             loader,
             registry: Registry::new(),
@@ -167,6 +170,7 @@ impl Platform {
             },
             load_mode: config.load,
             write_lock: tokio::sync::Mutex::new(()),
+            deploys: Default::default(),
         };
         platform.register_all()?;
         // Before serving: what a crash interrupted, and what earlier runs left behind.
@@ -298,6 +302,14 @@ impl Platform {
     /// What the request path needs ([`crate::invoke::invoke`] takes it).
     pub fn invoke_context(&self) -> &InvokeContext {
         &self.invoke
+    }
+
+    /// Deploys since start-up: (succeeded, refused).
+    pub fn deploys(&self) -> (u64, u64) {
+        (
+            self.deploys[0].load(Ordering::Relaxed),
+            self.deploys[1].load(Ordering::Relaxed),
+        )
     }
 
     /// The listeners' count of connections closed for slow headers.

@@ -52,6 +52,7 @@ use wasmtime::component::Component;
 
 use crate::datadir::DataDir;
 use crate::engine::ThawEngine;
+use crate::histogram::Histogram;
 
 pub use crate::spec::{Kind, detect_kind};
 
@@ -156,6 +157,9 @@ pub struct CacheStats {
     pub checks: AtomicU64,
     /// Artifacts the start-up scrub has still to check.
     pub unchecked: AtomicUsize,
+    /// How long each Cranelift compile (with serialisation and the artifact's write) took.
+    #[serde(skip)]
+    pub compile_time: Histogram,
 }
 
 /// The artifact cache of one data directory and one engine.
@@ -203,6 +207,7 @@ impl ArtifactCache {
         digest: &str,
         wasm: &[u8],
     ) -> Result<Compiled, CompileError> {
+        let started = std::time::Instant::now();
         let compiled = compile(self.engine.engine(), kind, wasm);
         if let Some(cache) = self.engine.compile_cache() {
             cache.flush();
@@ -224,6 +229,7 @@ impl ArtifactCache {
                     .write_atomic(&self.sidecar_path(digest), checksum(&bytes).as_bytes())
             })
             .map_err(CompileError::Host)?;
+        self.stats.compile_time.record(started.elapsed());
         // The bytes were hashed as written; remember the file as checked.
         if let Ok(meta) = std::fs::metadata(&path) {
             self.checked.insert(digest.to_owned(), FileStamp::of(&meta));

@@ -29,7 +29,7 @@ use crate::outbound::AllowList;
 use crate::spec::{FunctionSpec, LimitDefaults, Limits, Reuse, ReuseSpec};
 use limits::ConcurrencyGate;
 use pool::WarmPool;
-use timing::{StartKind, StartStats};
+use timing::{Histogram, StartKind, StartStats};
 
 /// What the data directory keeps about a function (`functions/<name>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +104,22 @@ pub struct FunctionStats {
     /// Limit hits, by limit; shared with the function's stores (the outbound hook counts its
     /// own), hence its own `Arc`.
     pub limit_hits: Arc<LimitHits>,
+    /// Responses by status class: `responses[0]` counts 1xx, ..., `responses[4]` 5xx.
+    pub responses: [AtomicU64; 5],
+    /// From the request's arrival at the function to its response head.
+    pub duration: Histogram,
+    /// Outbound requests the guest sent (allowed ones; denied ones are limit hits). Shared
+    /// with the stores' outbound hook.
+    pub outbound_requests: Arc<AtomicU64>,
+}
+
+impl FunctionStats {
+    /// Counts a response with `status`, `elapsed` after the request arrived.
+    pub fn record_response(&self, status: http::StatusCode, elapsed: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.duration.record(elapsed);
+    }
 }
 
 /// Loaded code: linked and ready to instantiate.
@@ -201,6 +217,7 @@ impl Function {
             limits: &self.limits,
             deadline_ticks: self.deadline_ticks,
             hits: &self.stats.limit_hits,
+            outbound_sent: &self.stats.outbound_requests,
         }
     }
 

@@ -149,6 +149,11 @@ impl WarmPool {
         self.ready().len()
     }
 
+    /// Requests of this function running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// True when no instance is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -59,6 +59,7 @@ impl ProxyHost {
                 max: config.limits.max_outbound_requests,
                 timeout: config.limits.outbound_timeout,
                 hits: config.hits.clone(),
+                sent: config.outbound_sent.clone(),
             },
             limiter: GuestLimiter::new(config.limits),
         }
@@ -86,6 +87,7 @@ struct OutboundPolicy {
     max: u32,
     timeout: Duration,
     hits: Arc<LimitHits>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type SendRequestFuture = Box<
@@ -126,6 +128,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         self.remaining -= 1;
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cap =
             |asked: Option<Duration>| Some(asked.map_or(self.timeout, |t| t.min(self.timeout)));
         let options = options.unwrap_or_default();

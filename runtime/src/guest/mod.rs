@@ -55,6 +55,8 @@ pub struct GuestConfig<'a> {
     pub deadline_ticks: u64,
     /// Where the guest's own limit hits (outbound) are counted.
     pub hits: &'a Arc<LimitHits>,
+    /// Where the outbound requests the guest sends are counted.
+    pub outbound_sent: &'a Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A store for one `wasi:http` instance: limiter installed, fuel given (on a metering

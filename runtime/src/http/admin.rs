@@ -7,6 +7,7 @@
 //! | `GET /v1/functions/{name}`  | one function                          | 200, 404 |
 //! | `PUT /v1/functions/{name}`  | deploy or redeploy                    | 201 new, 200 replaced, 400, 409, 413 |
 //! | `DELETE /v1/functions/{name}` | remove                              | 204, 404 |
+//! | `GET /metrics`              | Prometheus metrics ([`crate::metrics`]) | 200 |
 //!
 //! A deploy body is either `multipart/form-data` with a `wasm` part (the binary) and an
 //! optional `spec` part (JSON, see [`FunctionSpec`]), or the raw wasm with any other content
@@ -53,6 +54,7 @@ pub async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &platform.status()),
+        (Method::GET, ["metrics"]) => metrics(&platform, &req),
         (Method::GET, ["v1", "functions"]) => {
             let all: Vec<FunctionInfo> =
                 platform.registry().all().iter().map(|f| f.info()).collect();
@@ -95,6 +97,41 @@ pub async fn handle(
         }
         _ => error(StatusCode::NOT_FOUND, "no such admin route"),
     }
+}
+
+/// The `--metrics-listen` listener: `GET /metrics` without a token (for a Prometheus that
+/// cannot send one), and nothing else (404). The metrics say what runs and how much, not
+/// what it holds: no spec, environment or code.
+pub async fn handle_metrics_only(
+    platform: Arc<Platform>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        metrics(&platform, &req)
+    } else {
+        error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
+    }
+}
+
+/// The Prometheus exposition, for the admin listener and `--metrics-listen`: OpenMetrics
+/// when the scraper asks for it (Prometheus does), the classic text format otherwise.
+pub fn metrics(platform: &Arc<Platform>, req: &Request<Incoming>) -> Response<ResponseBody> {
+    let openmetrics = crate::metrics::wants_openmetrics(
+        req.headers()
+            .get(http::header::ACCEPT)
+            .map(|v| v.as_bytes()),
+    );
+    let body = crate::metrics::render(platform, openmetrics);
+    let mut response = Response::new(full(Bytes::from(body)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(if openmetrics {
+            crate::metrics::OPENMETRICS
+        } else {
+            crate::metrics::TEXT
+        }),
+    );
+    response
 }
 
 async fn deploy(

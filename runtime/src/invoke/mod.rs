@@ -24,7 +24,7 @@ pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -53,6 +53,8 @@ pub struct InvokeContext {
     /// Loads a function's code on its first request; `None` where functions are built
     /// loaded (tests and embedders without a data directory).
     pub loader: Option<Arc<Loader>>,
+    /// Requests that found every slot taken and waited (counted, for `/metrics`).
+    pub queue_waits: Arc<AtomicU64>,
 }
 
 /// Where a request came from and arrived on (CGI passes both to the guest).
@@ -93,8 +95,22 @@ pub async fn invoke<B: RequestBody>(
     req: Request<B>,
     peer: Peer,
 ) -> Response<ResponseBody> {
+    let arrived = Instant::now();
     function.stats.requests.fetch_add(1, Ordering::Relaxed);
-    match try_invoke(cx, &function, req, peer).await {
+    let response = respond(cx, &function, req, peer).await;
+    function
+        .stats
+        .record_response(response.status(), arrived.elapsed());
+    response
+}
+
+async fn respond<B: RequestBody>(
+    cx: &InvokeContext,
+    function: &Arc<Function>,
+    req: Request<B>,
+    peer: Peer,
+) -> Response<ResponseBody> {
+    match try_invoke(cx, function, req, peer).await {
         Ok(response) => response,
         Err(error) => {
             function.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -218,6 +234,10 @@ async fn try_invoke<B: RequestBody>(
 }
 
 async fn admit(cx: &InvokeContext) -> Result<OwnedSemaphorePermit, InvokeError> {
+    if let Ok(permit) = cx.admission.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    cx.queue_waits.fetch_add(1, Ordering::Relaxed);
     tokio::time::timeout(cx.queue_timeout, cx.admission.clone().acquire_owned())
         .await
         .map_err(|_| InvokeError::Overloaded)?

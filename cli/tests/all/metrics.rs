@@ -1,0 +1,249 @@
+//! `/metrics` scraped by a real Prometheus (Debian's `prometheus` package, started here on a
+//! free loopback port): the counts it stores are the requests that were sent, through both
+//! ways of scraping (the admin listener with the token from a `credentials_file`, and
+//! `--metrics-listen` without one), and `promtool check metrics` finds nothing to complain
+//! about in the exposition.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use thaw_test_functions as wasm;
+
+use crate::support::{TestServer, client};
+
+/// Prometheus's binaries, or `None` (the test is skipped, unless the CI asks for it).
+fn prometheus() -> Option<(PathBuf, PathBuf)> {
+    let found = ["prometheus", "promtool"].map(|name| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    match found {
+        [Some(server), Some(tool)] => Some((server, tool)),
+        _ => {
+            assert!(
+                std::env::var_os("THAW_REQUIRE_SERVICES").is_none(),
+                "prometheus/promtool are missing; scripts/test installs them (Debian's prometheus)"
+            );
+            eprintln!("skipped: prometheus is not installed");
+            None
+        }
+    }
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn host_port(url: &str) -> &str {
+    url.trim_start_matches("http://").split('/').next().unwrap()
+}
+
+/// One PromQL instant query's single value, or `None` while there is no result.
+async fn query(prometheus: &str, promql: &str) -> Option<f64> {
+    let answer: serde_json::Value = client()
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", promql)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    answer["data"]["result"][0]["value"][1]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// Polls `promql` until it equals `expected` (Prometheus scrapes every second); panics with
+/// the last value after 30 s.
+async fn eventually(prometheus: &str, promql: &str, expected: f64) {
+    let mut last = None;
+    for _ in 0..150 {
+        last = query(prometheus, promql).await;
+        if last == Some(expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{promql}: expected {expected}, last seen {last:?}");
+}
+
+fn start_prometheus(binary: &Path, dir: &Path, server: &TestServer) -> (Killed, String) {
+    let token_file = server.data_dir.join("admin.token");
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: thaw-admin
+    authorization:
+      type: Bearer
+      credentials_file: {token}
+    static_configs:
+      - targets: ["{admin}"]
+  - job_name: thaw-metrics-listener
+    static_configs:
+      - targets: ["{metrics}"]
+"#,
+        token = token_file.display(),
+        admin = host_port(&server.admin_url),
+        metrics = host_port(server.metrics_url.as_deref().unwrap()),
+    );
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Command::new(binary)
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting prometheus");
+    (Killed(child), format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_counts_that_were_sent() {
+    let Some((prometheus_bin, promtool)) = prometheus() else {
+        return;
+    };
+    let server = TestServer::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    server.deploy("echo", wasm::ECHO, Default::default()).await;
+    for _ in 0..37 {
+        assert_eq!(server.get("/hello").await.status(), 200);
+    }
+    for _ in 0..23 {
+        assert_eq!(server.get("/echo?status=404").await.status(), 404);
+    }
+
+    // The exposition itself: the token is needed on the admin listener, not on the other.
+    let metrics_url = server.metrics_url.clone().unwrap();
+    let open = client().get(&metrics_url).send().await.unwrap();
+    assert_eq!(open.status(), 200);
+    assert!(
+        open.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = open.text().await.unwrap();
+    let openmetrics = client()
+        .get(&metrics_url)
+        .header("accept", "application/openmetrics-text;version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        openmetrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"));
+    assert!(
+        text.contains(r#"thaw_requests_total{function="hello",version="v1",code="2xx"} 37"#),
+        "{text}"
+    );
+    let admin = format!("{}/metrics", server.admin_url);
+    assert_eq!(client().get(&admin).send().await.unwrap().status(), 401);
+    let with_token = client()
+        .get(&admin)
+        .bearer_auth(server.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    assert_eq!(
+        client()
+            .get(metrics_url.replace("/metrics", "/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "the metrics listener serves nothing else"
+    );
+
+    // promtool's lint of the exposition.
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A real Prometheus, scraping both ways.
+    let dir = tempfile::tempdir().unwrap();
+    let (_prometheus, url) = start_prometheus(&prometheus_bin, dir.path(), &server);
+    for job in ["thaw-admin", "thaw-metrics-listener"] {
+        eventually(&url, &format!(r#"up{{job="{job}"}}"#), 1.0).await;
+        eventually(
+            &url,
+            &format!(r#"sum(thaw_requests_total{{job="{job}",function="hello",code="2xx"}})"#),
+            37.0,
+        )
+        .await;
+        eventually(
+            &url,
+            &format!(r#"sum(thaw_requests_total{{job="{job}",function="echo",code="4xx"}})"#),
+            23.0,
+        )
+        .await;
+        eventually(
+            &url,
+            &format!(r#"sum(thaw_starts_total{{job="{job}",function="hello"}})"#),
+            37.0,
+        )
+        .await;
+        eventually(
+            &url,
+            &format!(r#"sum(thaw_request_duration_seconds_count{{job="{job}",function="echo"}})"#),
+            23.0,
+        )
+        .await;
+    }
+    // More traffic shows up in the next scrapes.
+    for _ in 0..5 {
+        assert_eq!(server.get("/hello").await.status(), 200);
+    }
+    eventually(
+        &url,
+        r#"sum(thaw_requests_total{job="thaw-admin",function="hello"})"#,
+        42.0,
+    )
+    .await;
+}

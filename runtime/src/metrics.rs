@@ -1,0 +1,422 @@
+//! `GET /metrics`: the platform's counters in the Prometheus text format (OpenMetrics), with
+//! the `prometheus-client` crate.
+//!
+//! # Read at scrape time, counted once
+//! The request path already keeps its numbers in atomics (per function: responses by status
+//! class, start kinds, latency histograms, limit hits; per host: slots, queue waits,
+//! compiles). A [`Collector`] reads them when Prometheus scrapes, so exposing metrics adds
+//! nothing to a request: no second set of counters, no label lookup, no lock. The price is
+//! that the histograms have thaw's bucket layout (four per power of two, see
+//! [`crate::histogram`]); they are exposed at every second power of two (4 µs, 16 µs, ...,
+//! about 67 s), thirteen bounds, which is what `histogram_quantile` needs for a latency
+//! spread of seven orders of magnitude.
+//!
+//! # Names and labels
+//! Every name has the `thaw_` prefix; counters end in `_total`, durations are in seconds.
+//! Labels are bounded: `function` and `version` (the function's generation, `v3`), plus a
+//! closed set per metric (`code` is the status class, `kind` the start kind, `limit` the
+//! limit's name). Never a path, a query or a header: a client cannot create series.
+//! A function's counters start with its version: a redeploy starts a new series, which
+//! `rate()` and `increase()` handle as a counter reset.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::control::Platform;
+use crate::function::Function;
+use crate::function::timing::StartKind;
+use crate::guest::limit::Limit;
+use crate::histogram::Histogram;
+
+/// The `Content-Type` of [`render`]'s OpenMetrics output (what Prometheus asks for).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `Content-Type` of the classic text format (what `curl` and `promtool` get).
+pub const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics (Prometheus does; a client that
+/// asks for nothing in particular gets the classic text format, as from Go's client).
+pub fn wants_openmetrics(accept: Option<&[u8]>) -> bool {
+    accept.is_some_and(|a| {
+        String::from_utf8_lossy(a)
+            .to_ascii_lowercase()
+            .contains("application/openmetrics-text")
+    })
+}
+
+/// The status classes, as the `code` label shows them.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The platform's metrics, encoded as OpenMetrics or, with `openmetrics` false, in the
+/// classic text format. Called per scrape (allocates; not the request path).
+pub fn render(platform: &Arc<Platform>, openmetrics: bool) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(PlatformCollector(platform.clone())));
+    let mut out = String::with_capacity(16 << 10);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    if openmetrics {
+        out
+    } else {
+        to_classic_text(&out)
+    }
+}
+
+/// OpenMetrics to the classic text format (0.0.4): the two differ, for what thaw writes, in
+/// a counter family's name (OpenMetrics names the family `x` and its sample `x_total`; the
+/// classic format names both `x_total`), and in the `# UNIT` and `# EOF` lines, which the
+/// classic format does not have. `prometheus-client` writes only OpenMetrics.
+fn to_classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 16);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Debug)]
+struct PlatformCollector(Arc<Platform>);
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform").finish_non_exhaustive()
+    }
+}
+
+/// One function's label values.
+fn labels(function: &Function) -> [(&'static str, String); 2] {
+    [
+        ("function", function.name.to_string()),
+        ("version", format!("v{}", function.record.generation)),
+    ]
+}
+
+/// Writes one metric family: its descriptor, then one sample per label set.
+fn family<S, F>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    kind: MetricType,
+    samples: S,
+    mut write: F,
+) -> std::fmt::Result
+where
+    S: IntoIterator,
+    F: FnMut(&mut MetricEncoder, S::Item) -> std::fmt::Result,
+{
+    let mut metric = encoder.encode_descriptor(name, help, unit, kind)?;
+    for sample in samples {
+        write(&mut metric, sample)?;
+    }
+    Ok(())
+}
+
+fn counter(encoder: &mut MetricEncoder, value: u64) -> std::fmt::Result {
+    encoder.encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+fn gauge(encoder: &mut MetricEncoder, value: i64) -> std::fmt::Result {
+    encoder.encode_gauge(&value)
+}
+
+/// A [`Histogram`] as a Prometheus histogram in seconds, at every second power of two.
+fn histogram(encoder: &mut MetricEncoder, h: &Histogram) -> std::fmt::Result {
+    let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(16);
+    let mut pending = 0;
+    let mut count = 0;
+    for (upper_us, n) in h.buckets() {
+        pending += n;
+        count += n;
+        // Bounds at 4^k µs: the inclusive upper bound of a bucket is a power of two at the
+        // end of each octave; durations are floored to whole µs, so `le` is one µs more.
+        if upper_us.is_power_of_two() && upper_us.trailing_zeros() % 2 == 0 {
+            buckets.push(((upper_us + 1) as f64 / 1e6, pending));
+            pending = 0;
+        }
+    }
+    buckets.push((f64::MAX, pending));
+    encoder.encode_histogram::<NoLabelSet>(h.sum_us() as f64 / 1e6, count, &buckets, None)
+}
+
+impl Collector for PlatformCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let platform = &self.0;
+        let functions = platform.registry().all();
+        let e = &mut encoder;
+
+        family(
+            e,
+            "thaw_requests",
+            "Requests answered, by status class",
+            None,
+            MetricType::Counter,
+            &functions,
+            |m, f| {
+                let base = labels(f);
+                for (class, n) in STATUS_CLASSES.iter().zip(&f.stats.responses) {
+                    let set = [
+                        base[0].clone(),
+                        base[1].clone(),
+                        ("code", (*class).to_owned()),
+                    ];
+                    counter(&mut m.encode_family(&set)?, n.load(Ordering::Relaxed))?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "thaw_request_duration",
+            "From a request's arrival at the function to its response head",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            &functions,
+            |m, f| histogram(&mut m.encode_family(&labels(f))?, &f.stats.duration),
+        )?;
+        family(
+            e,
+            "thaw_starts",
+            "How requests got their instance: pool-hit, fresh, disk (code loaded from disk) or compile",
+            None,
+            MetricType::Counter,
+            &functions,
+            |m, f| {
+                for kind in StartKind::ALL {
+                    let set = start_labels(f, kind);
+                    counter(&mut m.encode_family(&set)?, f.starts.count(kind))?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "thaw_start_duration",
+            "Time from admission to a ready instance, by start kind",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            &functions,
+            |m, f| {
+                for kind in StartKind::ALL {
+                    let set = start_labels(f, kind);
+                    histogram(&mut m.encode_family(&set)?, f.starts.start_of(kind))?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "thaw_limit_hits",
+            "Requests (or guest calls) stopped by a limit, by limit",
+            None,
+            MetricType::Counter,
+            &functions,
+            |m, f| {
+                let base = labels(f);
+                for limit in Limit::ALL {
+                    let set = [
+                        base[0].clone(),
+                        base[1].clone(),
+                        ("limit", limit.name().to_owned()),
+                    ];
+                    counter(&mut m.encode_family(&set)?, f.stats.limit_hits.get(limit))?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "thaw_outbound_requests",
+            "Outbound HTTP requests guests sent (denied ones are limit hits)",
+            None,
+            MetricType::Counter,
+            &functions,
+            |m, f| {
+                counter(
+                    &mut m.encode_family(&labels(f))?,
+                    f.stats.outbound_requests.load(Ordering::Relaxed),
+                )
+            },
+        )?;
+        family(
+            e,
+            "thaw_instances_warm",
+            "Pre-instantiated instances waiting in the function's pool",
+            None,
+            MetricType::Gauge,
+            &functions,
+            |m, f| gauge(&mut m.encode_family(&labels(f))?, f.pool.len() as i64),
+        )?;
+        family(
+            e,
+            "thaw_instances_in_use",
+            "Requests of the function running now",
+            None,
+            MetricType::Gauge,
+            &functions,
+            |m, f| gauge(&mut m.encode_family(&labels(f))?, f.pool.in_flight() as i64),
+        )?;
+
+        // The host.
+        let status = platform.status();
+        let stats = platform.cache().stats();
+        let host_gauges: [(&str, &str, i64); 5] = [
+            (
+                "thaw_instance_slots",
+                "Instances that may exist at once (--instance-slots)",
+                i64::from(status.instance_slots),
+            ),
+            (
+                "thaw_instance_slots_in_use",
+                "Slots taken by running or warm instances",
+                status.slots_in_use as i64,
+            ),
+            (
+                "thaw_functions",
+                "Functions deployed",
+                status.functions as i64,
+            ),
+            (
+                "thaw_functions_loaded",
+                "Functions with their code loaded",
+                status.functions_loaded as i64,
+            ),
+            (
+                "thaw_artifacts_unchecked",
+                "Artifacts the start-up scrub has still to check",
+                status.artifacts_unchecked as i64,
+            ),
+        ];
+        for (name, help, value) in host_gauges {
+            family(e, name, help, None, MetricType::Gauge, [value], |m, v| {
+                gauge(m, v)
+            })?;
+        }
+        let mut host_counters: Vec<(&str, &str, u64)> = vec![
+            (
+                "thaw_queue_waits",
+                "Requests that found every slot taken and waited for one",
+                platform
+                    .invoke_context()
+                    .queue_waits
+                    .load(Ordering::Relaxed),
+            ),
+            (
+                "thaw_compilations",
+                "Cranelift compilations (deploys, tier-ups, rebuilt artifacts)",
+                status.compilations,
+            ),
+            (
+                "thaw_artifact_loads",
+                "Compiled artifacts loaded from disk",
+                status.artifact_loads,
+            ),
+            (
+                "thaw_artifact_rebuilds",
+                "Artifacts found missing or damaged and rebuilt",
+                status.artifact_rebuilds,
+            ),
+            (
+                "thaw_slow_clients_closed",
+                "Connections closed for sending their headers too slowly",
+                status.slow_clients_closed,
+            ),
+            (
+                "thaw_stalled_readers_closed",
+                "Connections closed because their client stopped reading",
+                status.stalled_readers_closed,
+            ),
+        ];
+        if let (Some(hits), Some(misses)) = (status.compile_cache_hits, status.compile_cache_misses)
+        {
+            host_counters.push((
+                "thaw_compile_cache_hits",
+                "Functions whose compiled code came from the incremental compilation cache",
+                hits,
+            ));
+            host_counters.push((
+                "thaw_compile_cache_misses",
+                "Functions compiled for want of an incremental compilation cache entry",
+                misses,
+            ));
+        }
+        for (name, help, value) in host_counters {
+            family(e, name, help, None, MetricType::Counter, [value], |m, v| {
+                counter(m, v)
+            })?;
+        }
+        let (deployed, refused) = platform.deploys();
+        family(
+            e,
+            "thaw_deploys",
+            "Deploys (admin API and manifests given to thaw serve), by result",
+            None,
+            MetricType::Counter,
+            [("ok", deployed), ("refused", refused)],
+            |m, (result, n)| counter(&mut m.encode_family(&[("result", result)])?, n),
+        )?;
+        family(
+            e,
+            "thaw_compile_duration",
+            "Cranelift compiles, with serialisation and the artifact's write",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            [&stats.compile_time],
+            histogram,
+        )?;
+        Ok(())
+    }
+}
+
+fn start_labels(function: &Function, kind: StartKind) -> [(&'static str, String); 3] {
+    let [name, version] = labels(function);
+    [name, version, ("kind", kind.as_str().to_owned())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counter_families_with_their_samples() {
+        let open = "# HELP thaw_requests Requests.\n# TYPE thaw_requests counter\n\
+                    thaw_requests_total{code=\"2xx\"} 3\n# HELP thaw_d Time.\n\
+                    # TYPE thaw_d histogram\n# UNIT thaw_d seconds\nthaw_d_seconds_sum 1.5\n# EOF\n";
+        assert_eq!(
+            to_classic_text(open),
+            "# HELP thaw_requests_total Requests.\n# TYPE thaw_requests_total counter\n\
+             thaw_requests_total{code=\"2xx\"} 3\n# HELP thaw_d Time.\n\
+             # TYPE thaw_d histogram\nthaw_d_seconds_sum 1.5\n"
+        );
+    }
+
+    #[test]
+    fn prometheus_gets_openmetrics_and_curl_the_classic_format() {
+        let prometheus = b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(!wants_openmetrics(Some(b"*/*")));
+        assert!(!wants_openmetrics(None));
+    }
+}
