@@ -9,6 +9,23 @@ use thaw_cli::commands;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How thaw writes its own log (stderr): `text` for people, `json` for log pipelines
+    /// (one object per line, with the event's fields)
+    #[arg(
+        long,
+        global = true,
+        env = "THAW_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -21,6 +38,8 @@ enum Command {
     List(commands::list::ListArgs),
     /// Remove a function
     Remove(commands::remove::RemoveArgs),
+    /// Print what a function wrote to stdout and stderr (-f follows)
+    Logs(commands::logs::LogsArgs),
     /// Send a request to a function and print the response
     Invoke(commands::invoke::InvokeArgs),
     /// Run the build commands of a thaw.toml manifest
@@ -33,16 +52,24 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour only for a terminal: logs redirected to files stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    let json_log = cli.log_format == LogFormat::Json;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match cli.log_format {
+        // Colour only for a terminal: logs redirected to files stay greppable.
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,10 +77,11 @@ fn main() {
         .and_then(|runtime| {
             runtime.block_on(async {
                 match cli.command {
-                    Command::Serve(args) => commands::serve::execute(args).await,
+                    Command::Serve(args) => commands::serve::execute(args, json_log).await,
                     Command::Deploy(args) => commands::deploy::execute(args).await,
                     Command::List(args) => commands::list::execute(args).await,
                     Command::Remove(args) => commands::remove::execute(args).await,
+                    Command::Logs(args) => commands::logs::execute(args).await,
                     Command::Invoke(args) => commands::invoke::execute(args).await,
                     Command::Build(args) => commands::build::execute(args),
                     Command::New(args) => commands::new::execute(args),

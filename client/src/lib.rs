@@ -9,7 +9,7 @@
 use anyhow::Context as _;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use thaw_spec::api::{ErrorBody, FunctionInfo, HostStatus};
+use thaw_spec::api::{ErrorBody, FunctionInfo, HostStatus, LogEntry};
 use thaw_spec::spec::FunctionSpec;
 
 /// Talks to one host's admin API.
@@ -108,6 +108,78 @@ impl AdminClient {
         .await
         .with_context(|| format!("removing {name}"))?;
         Ok(())
+    }
+
+    /// A function's recent output: lines after `after` (a `seq`), written at or after
+    /// `since_ms`, the last `tail` of them; with `follow`, also the lines written while the
+    /// server keeps the response open (it closes it after a while: call again with the last
+    /// `seq` to go on). Calls `each` per line as it arrives; returns the last `seq` seen
+    /// (`after` if none) and how many old lines the host's bounded buffer has dropped.
+    pub async fn logs(
+        &self,
+        name: &str,
+        after: u64,
+        since_ms: u64,
+        tail: Option<usize>,
+        follow: bool,
+        mut each: impl FnMut(LogEntry),
+    ) -> anyhow::Result<(u64, u64)> {
+        let mut query = vec![
+            ("after", after.to_string()),
+            ("since_ms", since_ms.to_string()),
+        ];
+        if let Some(tail) = tail {
+            query.push(("tail", tail.to_string()));
+        }
+        if follow {
+            query.push(("follow", "1".into()));
+        }
+        let request = self
+            .http
+            .get(format!("{}/v1/functions/{name}/logs", self.base))
+            .query(&query);
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let mut response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the thaw admin API at {} (is `thaw serve` running?)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await?;
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            anyhow::bail!("{status}: {message}");
+        }
+        let dropped = response
+            .headers()
+            .get("x-thaw-log-dropped")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        // Resume after what existed when the response began, even if `tail` skipped it.
+        let mut last = response
+            .headers()
+            .get("x-thaw-log-seq")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(after)
+            .max(after);
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let entry: LogEntry =
+                    serde_json::from_slice(&line).context("decoding a log line")?;
+                last = last.max(entry.seq);
+                each(entry);
+            }
+        }
+        Ok((last, dropped))
     }
 
     /// The host's status.

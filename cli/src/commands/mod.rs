@@ -4,6 +4,7 @@ pub mod build;
 pub mod deploy;
 pub mod invoke;
 pub mod list;
+pub mod logs;
 pub mod new;
 pub mod remove;
 pub mod serve;

@@ -15,7 +15,7 @@ use thaw_runtime::manifest::Manifest;
 use crate::config::ServeArgs;
 
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests.
-pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     let config = args.resolve()?;
     // Manifests are read (and built) before anything else, so a typo fails fast.
     let manifests = config
@@ -72,12 +72,18 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     let (token, created) =
         AdminToken::load_or_create(platform.data_dir().root(), config.admin_token.as_deref())?;
     if let Some(path) = created {
-        // Printed once, when created; afterwards it lives only in the owner-only file.
-        eprintln!(
-            "thaw: new admin token {} (saved to {}, readable by this user only)",
-            token.expose(),
-            path.display()
-        );
+        if json_log {
+            // A log pipeline gets one JSON object per line, and not the secret: it is in
+            // the owner-only file.
+            tracing::info!(path = %path.display(), "new admin token saved, readable by this user only");
+        } else {
+            // Printed once, when created; afterwards it lives only in the owner-only file.
+            eprintln!(
+                "thaw: new admin token {} (saved to {}, readable by this user only)",
+                token.expose(),
+                path.display()
+            );
+        }
     }
 
     let data = server::bind(config.listen).await?;

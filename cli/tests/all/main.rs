@@ -16,6 +16,7 @@ mod functions;
 mod hostile;
 mod limits;
 mod load;
+mod logs;
 mod metrics;
 mod redeploy;
 mod restart;

@@ -15,6 +15,8 @@
 //! - `/faults/read?path=P`: reads the file P (only inside a granted directory can it work)
 //! - `/faults/write?path=P`: creates the file P
 //! - `/faults/sleep?ms=N`: waits N ms (holds its instance; for concurrency limits)
+//! - `/faults/log?lines=N&bytes=B&tag=T`: prints N lines (default 1) of B bytes (default 16)
+//!   to stdout, each `T <i> xxx…`, and one `T done` line to stderr
 //! - `/faults/socket?port=N`: tries a raw `wasi:sockets` TCP connection to 127.0.0.1:N and a
 //!   name lookup, and reports what happened
 //!
@@ -104,6 +106,21 @@ fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
         "socket" => {
             let port = number(&req, "port")?.unwrap_or(80);
             format!("{}\n{}\n", tcp_connect(port), lookup("localhost"))
+        }
+        "log" => {
+            let lines: usize = number(&req, "lines")?.unwrap_or(1);
+            let bytes: usize = number(&req, "bytes")?.unwrap_or(16);
+            let tag = query(&req, "tag").unwrap_or_else(|| "log".into());
+            let mut out = std::io::stdout().lock();
+            for i in 0..lines {
+                let head = format!("{tag} {i} ");
+                let pad = "x".repeat(bytes.saturating_sub(head.len()));
+                let _ = writeln!(out, "{head}{pad}");
+            }
+            let _ = out.flush();
+            drop(out);
+            eprintln!("{tag} done");
+            format!("printed {lines}\n")
         }
         "sleep" => {
             let ms: u64 = number(&req, "ms")?.unwrap_or(100);

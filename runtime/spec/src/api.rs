@@ -123,6 +123,24 @@ pub struct HostStatus {
     pub data_dir: std::path::PathBuf,
 }
 
+/// One line a function wrote, as `GET /v1/functions/{name}/logs` streams it (one JSON
+/// object per line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Position in the function's log, from 1; resume with `after=<seq>`.
+    pub seq: u64,
+    /// When it was written, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// The function's version (generation) that wrote it.
+    pub version: u64,
+    /// The request being served (0: none).
+    pub request: u64,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line.
+    pub text: String,
+}
+
 /// The body of every admin API error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -120,6 +120,10 @@ impl Platform {
         let previous = self.registry.get(name);
         let generation = previous.as_ref().map_or(1, |p| p.record.generation + 1);
         function.set_generation(generation);
+        if let Some(previous) = &previous {
+            // One log per name: `thaw logs` follows a function across its versions.
+            function.log = previous.log.clone();
+        }
         // The wasm first, the record last: the record is the commit point (see datadir).
         // The upload, and the snapshot (what an artifact rebuild compiles) if there is one.
         for (digest, bytes) in [(&digest, &wasm), (&code_digest, &code_wasm)] {
@@ -258,8 +262,9 @@ impl Platform {
             let _guard = self.write_lock.lock().await;
             match self.registry.get(&fast.name) {
                 Some(current) if Arc::ptr_eq(&current, &fast) => {
-                    let upgraded =
+                    let mut upgraded =
                         Function::loaded_with(record.clone(), &self.defaults, code, origin);
+                    upgraded.log = current.log.clone();
                     self.registry.insert(Arc::new(upgraded))?;
                     Ok(true)
                 }

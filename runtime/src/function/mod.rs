@@ -24,6 +24,7 @@ use crate::engine::ThawEngine;
 use crate::engine::artifact::{ArtifactCache, Compiled, Kind, Origin};
 use crate::guest::host::{CgiHost, ProxyHost};
 use crate::guest::limit::LimitHits;
+use crate::guest::log::FunctionLog;
 use crate::guest::{GuestConfig, Linkers};
 use crate::outbound::AllowList;
 use crate::spec::{FunctionSpec, LimitDefaults, Limits, Reuse, ReuseSpec};
@@ -163,6 +164,9 @@ pub struct Function {
     pub outbound: Arc<AllowList>,
     /// How requests got their instances, and how long that and the handler took.
     pub starts: StartStats,
+    /// What the guest printed, recent lines; shared with the function's earlier and later
+    /// versions (a redeploy hands it on).
+    pub log: Arc<FunctionLog>,
 }
 
 impl Function {
@@ -191,6 +195,7 @@ impl Function {
             record,
             stats: FunctionStats::default(),
             starts: StartStats::default(),
+            log: Arc::default(),
         }
     }
 
@@ -218,6 +223,8 @@ impl Function {
             deadline_ticks: self.deadline_ticks,
             hits: &self.stats.limit_hits,
             outbound_sent: &self.stats.outbound_requests,
+            log: &self.log,
+            version: self.record.generation,
         }
     }
 

@@ -35,18 +35,30 @@ pub struct ProxyHost {
     outbound: OutboundPolicy,
     /// The store's resource limiter (install it with `Store::limiter`).
     pub limiter: GuestLimiter,
+    /// The request being served, for the guest's log lines.
+    request: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ProxyHost {
     /// The store data for one instance of the guest `config` describes.
     pub fn new(config: &GuestConfig<'_>) -> Self {
+        let request = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let log = |stream| {
+            GuestLog::new(
+                config.name.clone(),
+                stream,
+                config.log.clone(),
+                config.version,
+                request.clone(),
+            )
+        };
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(config.env)
             .args(&[&**config.name])
             // Guest output is the function's log, not the host's stdout: each line goes to
-            // `tracing` tagged with the function's name.
-            .stdout(GuestLog::new(config.name.clone(), "stdout"))
-            .stderr(GuestLog::new(config.name.clone(), "stderr"));
+            // `tracing` and to the function's log buffer.
+            .stdout(log("stdout"))
+            .stderr(log("stderr"));
         super::grant_dirs(&mut wasi, config);
         Self {
             wasi: wasi.build(),
@@ -62,12 +74,16 @@ impl ProxyHost {
                 sent: config.outbound_sent.clone(),
             },
             limiter: GuestLimiter::new(config.limits),
+            request,
         }
     }
 
-    /// Resets what is counted per invocation, for an instance that serves another request.
-    pub fn begin_request(&mut self) {
+    /// Starts serving request `request`: resets what is counted per invocation (for an
+    /// instance that served before) and tags the guest's log lines with it.
+    pub fn begin_request(&mut self, request: u64) {
         self.outbound.remaining = self.outbound.max;
+        self.request
+            .store(request, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

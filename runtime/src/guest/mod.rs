@@ -57,6 +57,10 @@ pub struct GuestConfig<'a> {
     pub hits: &'a Arc<LimitHits>,
     /// Where the outbound requests the guest sends are counted.
     pub outbound_sent: &'a Arc<std::sync::atomic::AtomicU64>,
+    /// The function's log buffer (shared by its versions).
+    pub log: &'a Arc<log::FunctionLog>,
+    /// The function's version, for its log lines.
+    pub version: u64,
 }
 
 /// A store for one `wasi:http` instance: limiter installed, fuel given (on a metering
@@ -70,20 +74,28 @@ pub fn proxy_store(engine: &Engine, config: &GuestConfig<'_>) -> Store<ProxyHost
 }
 
 /// A store for one run of a CGI module: the request's meta-variables (`env`, already
-/// including the function's own), its body on stdin, and `stdout` collecting the response.
+/// including the function's own), its body on stdin, `stdout` collecting the response, and
+/// the request's id for its log lines.
 pub fn cgi_store(
     engine: &Engine,
     config: &GuestConfig<'_>,
     env: &[(String, String)],
     stdin: Bytes,
     stdout: CgiStdout,
+    request: u64,
 ) -> Store<CgiHost> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.envs(env)
         .args(&[&**config.name])
         .stdin(MemoryInputPipe::new(stdin))
         .stdout(stdout)
-        .stderr(GuestLog::new(config.name.clone(), "stderr"));
+        .stderr(GuestLog::new(
+            config.name.clone(),
+            "stderr",
+            config.log.clone(),
+            config.version,
+            Arc::new(std::sync::atomic::AtomicU64::new(request)),
+        ));
     grant_dirs(&mut wasi, config);
     let mut store = Store::new(engine, CgiHost::new(wasi.build_p1(), config.limits));
     store.limiter(|host| &mut host.limiter);

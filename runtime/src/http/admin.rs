@@ -7,6 +7,7 @@
 //! | `GET /v1/functions/{name}`  | one function                          | 200, 404 |
 //! | `PUT /v1/functions/{name}`  | deploy or redeploy                    | 201 new, 200 replaced, 400, 409, 413 |
 //! | `DELETE /v1/functions/{name}` | remove                              | 204, 404 |
+//! | `GET /v1/functions/{name}/logs` | its recent output, NDJSON ([`logs`]) | 200, 400, 404 |
 //! | `GET /metrics`              | Prometheus metrics ([`crate::metrics`]) | 200 |
 //!
 //! A deploy body is either `multipart/form-data` with a `wasm` part (the binary) and an
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::auth::AdminToken;
@@ -84,6 +85,16 @@ pub async fn handle(
                 }
             }
         }
+        (Method::GET, ["v1", "functions", name, "logs"]) => match platform.registry().get(name) {
+            Some(f) => match LogQuery::parse(req.uri().query().unwrap_or("")) {
+                Ok(query) => logs(f, query),
+                Err(e) => error(StatusCode::BAD_REQUEST, &e),
+            },
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no function named {name:?}"),
+            ),
+        },
         (Method::DELETE, ["v1", "functions", name]) => match platform.remove(name).await {
             Ok(true) => empty(StatusCode::NO_CONTENT),
             Ok(false) => error(
@@ -97,6 +108,122 @@ pub async fn handle(
         }
         _ => error(StatusCode::NOT_FOUND, "no such admin route"),
     }
+}
+
+/// What `GET /v1/functions/{name}/logs` was asked for.
+#[derive(Debug, Default)]
+struct LogQuery {
+    /// Only lines after this `seq`.
+    after: u64,
+    /// Only lines written at or after this time (ms since the epoch).
+    since_ms: u64,
+    /// Only the last this many of them.
+    tail: Option<usize>,
+    /// Keep the response open and send lines as they are written.
+    follow: bool,
+}
+
+impl LogQuery {
+    fn parse(query: &str) -> Result<Self, String> {
+        let mut parsed = Self::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{key}={value:?} is not a number"))
+            };
+            match key {
+                "after" => parsed.after = number()?,
+                "since_ms" => parsed.since_ms = number()?,
+                "tail" => parsed.tail = Some(number()? as usize),
+                "follow" => parsed.follow = matches!(value, "" | "1" | "true"),
+                _ => {
+                    return Err(format!(
+                        "unknown parameter {key:?} (after, since_ms, tail, follow)"
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// How long one following response stays open; the client reconnects with `after=` the
+/// last line it got (`thaw logs -f` does). Bounded so that a shutdown's drain never waits
+/// on a follower for longer.
+const FOLLOW_WINDOW: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// A function's recent output as NDJSON ([`crate::api::LogEntry`] per line); with
+/// `follow`, lines written later are sent as they come, for [`FOLLOW_WINDOW`]. The
+/// `x-thaw-log-dropped` header says how many old lines the bounded buffer has evicted, and
+/// `x-thaw-log-seq` the last line's `seq` when the response began (resume after it).
+fn logs(function: Arc<Function>, query: LogQuery) -> Response<ResponseBody> {
+    let log = function.log.clone();
+    let dropped = log.dropped();
+    let deadline = tokio::time::Instant::now() + FOLLOW_WINDOW;
+    let (first, last_seq) = log.read(query.after, query.since_ms, query.tail);
+    // A follower resumes after what exists now, whether `tail` let it print it or not.
+    let state = (
+        log,
+        LogQuery {
+            after: last_seq,
+            ..query
+        },
+        first,
+        true,
+    );
+    let stream = futures::stream::unfold(state, move |(log, query, lines, first)| async move {
+        if !first && !query.follow {
+            return None;
+        }
+        let mut lines = lines;
+        let after = query.after;
+        if !first {
+            loop {
+                // Registered before reading: a line written in between still wakes us.
+                let changed = log.changed();
+                lines = log.read(after, query.since_ms, None).0;
+                if !lines.is_empty() {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    return None;
+                }
+            }
+        }
+        let mut chunk = Vec::with_capacity(lines.len() * 96);
+        for line in &lines {
+            let entry = crate::api::LogEntry {
+                seq: line.seq,
+                time_ms: line.unix_ms,
+                version: line.version,
+                request: line.request,
+                stream: line.stream.to_owned(),
+                text: line.text.to_string(),
+            };
+            if serde_json::to_writer(&mut chunk, &entry).is_ok() {
+                chunk.push(b'\n');
+            }
+        }
+        let after = lines.last().map_or(after, |l| l.seq.max(after));
+        let query = LogQuery { after, ..query };
+        Some((
+            Ok::<_, wasmtime_wasi_http::Error>(hyper::body::Frame::data(Bytes::from(chunk))),
+            (log, query, Vec::new(), false),
+        ))
+    });
+    let mut response = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+        stream,
+    )));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert("x-thaw-log-dropped", http::HeaderValue::from(dropped));
+    headers.insert("x-thaw-log-seq", http::HeaderValue::from(last_seq));
+    response
 }
 
 /// The `--metrics-listen` listener: `GET /metrics` without a token (for a Prometheus that

@@ -72,7 +72,14 @@ pub(super) async fn call(
     let stdout = CgiStdout::new(response_limit as usize + cgi::MAX_HEADER_BYTES);
     // The store (WASI context, preopens) is built before a slot is taken, so the slot is
     // held only while an instance exists.
-    let mut store = cgi_store(engine, &function.guest(), &env, body, stdout.clone());
+    let mut store = cgi_store(
+        engine,
+        &function.guest(),
+        &env,
+        body,
+        stdout.clone(),
+        super::next_request_id(),
+    );
     let permit = admit(cx).await?;
 
     let mut start = Start {

@@ -165,6 +165,14 @@ impl Start {
     }
 }
 
+/// A new request id: unique within this process, from 1 (0 means "no request" in a log
+/// line). A process-wide counter rather than a field of [`InvokeContext`]: ids must not
+/// repeat across the contexts of one process, and one `fetch_add` is all it costs.
+pub fn next_request_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 const SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
 
 async fn try_invoke<B: RequestBody>(

@@ -14,7 +14,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::body::{CallState, GuestBody, LimitedBody, ResponseBody};
 use super::error::{InvokeError, classify};
-use super::{InvokeContext, RequestBody, Start, admit, content_length};
+use super::{InvokeContext, RequestBody, Start, admit, content_length, next_request_id};
 use crate::function::Function;
 use crate::function::pool::{WarmInstance, WarmPool};
 use crate::function::timing::StartKind;
@@ -34,7 +34,7 @@ pub(super) async fn call<B: RequestBody>(
 ) -> Result<Response<ResponseBody>, InvokeError> {
     let in_flight = function.pool.begin_request();
     WarmPool::ensure_refill(function, &cx.admission, &cx.pool);
-    let (mut instance, kind, instantiate) = acquire(cx, function, pre).await?;
+    let (mut instance, kind, instantiate) = acquire(cx, function, pre, next_request_id()).await?;
     let start = Start {
         kind: load.map_or(kind, |(kind, _)| kind),
         load: load.map(|(_, d)| d),
@@ -137,6 +137,7 @@ async fn acquire(
     cx: &InvokeContext,
     function: &Function,
     pre: &ProxyPre<ProxyHost>,
+    request: u64,
 ) -> Result<(WarmInstance, StartKind, Duration), InvokeError> {
     // The code's own engine: Cranelift's, or the fast tier's right after a fast deploy.
     let engine = pre.engine();
@@ -146,7 +147,7 @@ async fn acquire(
             // Its budgets were spent (or partly spent) on instantiation or earlier requests.
             arm_deadline(&mut warm.store, function.deadline_ticks);
             arm_fuel(&mut warm.store, &function.limits);
-            warm.store.data_mut().begin_request();
+            warm.store.data_mut().begin_request(request);
             (warm, StartKind::PoolHit, Duration::ZERO)
         }
         None => {
@@ -154,6 +155,7 @@ async fn acquire(
             let started = Instant::now();
             // One budget for instantiation (which may run guest start functions) and the call.
             let mut store = proxy_store(engine, &function.guest());
+            store.data_mut().begin_request(request);
             let proxy = pre.instantiate_async(&mut store).await.map_err(classify)?;
             let warm = WarmInstance {
                 store,

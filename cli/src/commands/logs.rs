@@ -1,0 +1,127 @@
+//! `thaw logs`: what a function printed (stdout and stderr), from the host's bounded
+//! per-function buffer; `-f` follows it as it is written.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thaw_spec::api::LogEntry;
+
+use crate::commands::Target;
+
+/// `thaw logs` flags.
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// Name of the function
+    pub name: String,
+    /// Keep printing lines as they are written
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines written in this last stretch of time: `30s`, `5m`, `2h`, `1d`
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub since: Option<Duration>,
+    /// Only the last N lines (before following)
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Prints the lines, then, with `--follow`, new ones until interrupted.
+pub async fn execute(args: LogsArgs) -> anyhow::Result<()> {
+    let client = args.target.client()?;
+    let since_ms = args.since.map_or(0, |age| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        now.saturating_sub(age).as_millis() as u64
+    });
+    let print = |entry: LogEntry| println!("{}", format_line(&entry));
+    let (mut last, dropped) = client
+        .logs(&args.name, 0, since_ms, args.tail, false, print)
+        .await?;
+    if dropped > 0 {
+        eprintln!(
+            "thaw: {dropped} older lines of {} were dropped by the host's buffer",
+            args.name
+        );
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
+        // The host closes a following response after a while; go on from the last line.
+        (last, _) = client
+            .logs(&args.name, last, since_ms, None, true, print)
+            .await?;
+    }
+}
+
+/// `2026-11-27T14:53:48.123Z v3 #42 stderr | text`.
+fn format_line(entry: &LogEntry) -> String {
+    format!(
+        "{} v{} #{} {} | {}",
+        rfc3339_ms(entry.time_ms),
+        entry.version,
+        entry.request,
+        entry.stream,
+        entry.text
+    )
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC timestamp (civil-from-days, H. Hinnant).
+fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// `30s`, `5m`, `2h`, `1d` (a number and one unit).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: s, m, h or d"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}: s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_timestamps() {
+        assert_eq!(parse_age("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_age("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_age("5").is_err());
+        assert!(parse_age("m").is_err());
+        assert!(parse_age("5w").is_err());
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_876_428_123), "2026-11-28T14:33:48.123Z");
+    }
+}
