@@ -167,6 +167,10 @@ pub struct HostSettings {
     /// before (the same JS or Python runtime) compiles mostly from it [default: true]
     #[arg(long, env = "THAW_COMPILE_CACHE", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
     pub compile_cache: Option<bool>,
+    /// Export traces (OpenTelemetry, OTLP over HTTP) to the collector at this base URL,
+    /// e.g. http://127.0.0.1:4318 (spans go to <URL>/v1/traces) [default: no traces]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Add a Server-Timing header (how the instance was obtained, and what it cost) to
     /// function responses [default: true]
     #[arg(long, env = "THAW_SERVER_TIMING", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
@@ -348,6 +352,7 @@ impl ServeArgs {
                 server_timing: s.server_timing.unwrap_or(true),
                 fast_deploy: s.fast_deploy.unwrap_or(false),
                 compile_cache: s.compile_cache.unwrap_or(true),
+                otlp_endpoint: s.otlp_endpoint.clone(),
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),

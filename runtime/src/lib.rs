@@ -7,6 +7,7 @@
 //! The library is in layers; each depends only on those above it in this list, and a script
 //! (`scripts/check-layers`, run by the test suite) fails on an import cycle among them:
 //! - [`histogram`]: a lock-free latency histogram (no dependencies);
+//! - [`telemetry`]: traces, W3C trace context in and out, OTLP export (no dependencies);
 //! - [`datadir`]: the data directory, written atomically, locked, owner-only;
 //! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
 //!   pre-initialisation snapshots;
@@ -40,3 +41,4 @@ pub mod histogram;
 pub mod http;
 pub mod invoke;
 pub mod metrics;
+pub mod telemetry;

@@ -51,6 +51,7 @@ impl Host {
                 server_timing: true,
                 loader: None,
                 queue_waits: Default::default(),
+                traces: None,
             },
             defaults: LimitDefaults {
                 fuel_metering,

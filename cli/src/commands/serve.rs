@@ -145,6 +145,7 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
             },
         ))
     });
+    let flush_platform = platform.clone();
     let data_task = tokio::spawn(server::serve_functions(
         data,
         platform,
@@ -160,6 +161,8 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     if let Some(task) = metrics_task {
         task.await??;
     }
+    // Off the reactor: the exporter's last batch is a blocking HTTP request.
+    tokio::task::spawn_blocking(move || flush_platform.flush_traces()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -24,3 +24,4 @@ mod shutdown;
 mod streaming;
 mod support;
 mod templates;
+mod traces;

@@ -25,6 +25,7 @@ use crate::function::pool::PoolOptions;
 use crate::function::{Function, FunctionRecord, Linking, Loader};
 use crate::invoke::InvokeContext;
 use crate::spec::LimitDefaults;
+use crate::telemetry::Tracing;
 pub use error::DeployError;
 use registry::Registry;
 
@@ -51,6 +52,8 @@ pub struct PlatformConfig {
     /// Keep Cranelift's incremental compilation cache in the data directory (see
     /// [`crate::engine::compile_cache`]).
     pub compile_cache: bool,
+    /// Export traces to this OTLP/HTTP collector (its base URL; see [`crate::telemetry`]).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// When the functions found in the data directory are loaded (their artifacts deserialized and
@@ -145,6 +148,14 @@ impl Platform {
         } else {
             None
         };
+        let traces = match &config.otlp_endpoint {
+            Some(endpoint) => {
+                Some(Arc::new(Tracing::otlp(endpoint).with_context(|| {
+                    format!("setting up trace export to {endpoint}")
+                })?))
+            }
+            None => None,
+        };
         let platform = Self {
             fast,
             tier_ups_pending: AtomicUsize::new(0),
@@ -158,6 +169,7 @@ impl Platform {
                 server_timing: config.server_timing,
                 loader: Some(loader.clone()),
                 queue_waits: Default::default(),
+                traces,
             },
             loader,
             registry: Registry::new(),
@@ -302,6 +314,13 @@ impl Platform {
     /// What the request path needs ([`crate::invoke::invoke`] takes it).
     pub fn invoke_context(&self) -> &InvokeContext {
         &self.invoke
+    }
+
+    /// Exports the traces still pending (at shutdown); nothing without trace export.
+    pub fn flush_traces(&self) {
+        if let Some(traces) = &self.invoke.traces {
+            traces.shutdown();
+        }
     }
 
     /// Deploys since start-up: (succeeded, refused).

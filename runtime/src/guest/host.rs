@@ -26,6 +26,7 @@ use super::limiter::GuestLimiter;
 use super::log::GuestLog;
 use crate::outbound::AllowList;
 use crate::spec::Limits;
+use crate::telemetry::OutboundTrace;
 
 /// Store data for a `wasi:http` component.
 pub struct ProxyHost {
@@ -72,6 +73,7 @@ impl ProxyHost {
                 timeout: config.limits.outbound_timeout,
                 hits: config.hits.clone(),
                 sent: config.outbound_sent.clone(),
+                trace: None,
             },
             limiter: GuestLimiter::new(config.limits),
             request,
@@ -79,9 +81,11 @@ impl ProxyHost {
     }
 
     /// Starts serving request `request`: resets what is counted per invocation (for an
-    /// instance that served before) and tags the guest's log lines with it.
-    pub fn begin_request(&mut self, request: u64) {
+    /// instance that served before), tags the guest's log lines with it, and has its
+    /// outbound requests join `trace`.
+    pub fn begin_request(&mut self, request: u64, trace: Option<OutboundTrace>) {
         self.outbound.remaining = self.outbound.max;
+        self.outbound.trace = trace;
         self.request
             .store(request, std::sync::atomic::Ordering::Relaxed);
     }
@@ -104,6 +108,8 @@ struct OutboundPolicy {
     timeout: Duration,
     hits: Arc<LimitHits>,
     sent: Arc<std::sync::atomic::AtomicU64>,
+    /// The request's trace, when traces are exported: outbound requests join it.
+    trace: Option<OutboundTrace>,
 }
 
 type SendRequestFuture = Box<
@@ -118,7 +124,7 @@ type SendRequestFuture = Box<
 impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> SendRequestFuture {
@@ -153,9 +159,23 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
             first_byte_timeout: cap(options.first_byte_timeout),
             between_bytes_timeout: cap(options.between_bytes_timeout),
         };
+        let span = self.trace.as_ref().map(|t| t.start(&mut request));
         Box::new(async move {
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let sent = wasmtime_wasi_http::default_send_request(request, Some(options)).await;
+            if let Some(mut span) = span {
+                use opentelemetry::trace::Span as _;
+                match &sent {
+                    Ok((response, _)) => span.set_attribute(opentelemetry::KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(response.status().as_u16()),
+                    )),
+                    Err(e) => {
+                        span.set_status(opentelemetry::trace::Status::error(format!("{e:?}")))
+                    }
+                }
+                span.end();
+            }
+            let (response, io) = sent?;
             Ok((
                 response.map(http_body_util::BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,

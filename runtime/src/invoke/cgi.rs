@@ -17,6 +17,7 @@ use crate::function::timing::StartKind;
 use crate::guest::cgi_store;
 use crate::guest::host::CgiHost;
 use crate::guest::stdout::{CgiStdout, StdoutOverLimit};
+use crate::telemetry::RequestTrace;
 
 /// A WASI preview1 command run CGI-style: metadata in the environment, the buffered body on
 /// stdin, stdout parsed as a CGI response once `_start` returns.
@@ -30,6 +31,7 @@ pub(super) async fn call(
     peer: Peer,
     load: Option<(StartKind, Duration)>,
     admitted: Instant,
+    trace: Option<&RequestTrace>,
 ) -> Result<Response<ResponseBody>, InvokeError> {
     let engine = pre.module().engine();
     let path = parts.uri.path();
@@ -84,6 +86,7 @@ pub(super) async fn call(
 
     let mut start = Start {
         kind: load.map_or(StartKind::Fresh, |(kind, _)| kind),
+        admitted,
         load: load.map(|(_, d)| d),
         instantiate: Duration::ZERO,
         total: Duration::ZERO,
@@ -123,6 +126,6 @@ pub(super) async fn call(
     let mut response = Response::new(full(parsed.body));
     *response.status_mut() = parsed.status;
     *response.headers_mut() = parsed.headers;
-    start.record(cx, function, handler, response.headers_mut());
+    start.record(cx, function, handler, response.headers_mut(), trace);
     Ok(response)
 }

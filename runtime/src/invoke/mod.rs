@@ -34,6 +34,7 @@ use crate::function::pool::PoolOptions;
 use crate::function::timing::{StartKind, server_timing};
 use crate::function::{Code, Function, Loader};
 use crate::spec::{Kind, Limits};
+use crate::telemetry::{RequestTrace, Tracing};
 use body::{ReadBodyError, ResponseBody};
 pub use error::InvokeError;
 
@@ -55,6 +56,8 @@ pub struct InvokeContext {
     pub loader: Option<Arc<Loader>>,
     /// Requests that found every slot taken and waited (counted, for `/metrics`).
     pub queue_waits: Arc<AtomicU64>,
+    /// Traces, when they are exported (`None`: the request path does nothing for them).
+    pub traces: Option<Arc<Tracing>>,
 }
 
 /// Where a request came from and arrived on (CGI passes both to the guest).
@@ -97,10 +100,21 @@ pub async fn invoke<B: RequestBody>(
 ) -> Response<ResponseBody> {
     let arrived = Instant::now();
     function.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let response = respond(cx, &function, req, peer).await;
+    let trace = cx.traces.as_ref().map(|t| {
+        t.begin(
+            req.headers(),
+            req.method(),
+            &function.name,
+            function.record.generation,
+        )
+    });
+    let response = respond(cx, &function, req, peer, trace.as_ref()).await;
     function
         .stats
         .record_response(response.status(), arrived.elapsed());
+    if let Some(trace) = trace {
+        trace.finish(response.status());
+    }
     response
 }
 
@@ -109,8 +123,9 @@ async fn respond<B: RequestBody>(
     function: &Arc<Function>,
     req: Request<B>,
     peer: Peer,
+    trace: Option<&RequestTrace>,
 ) -> Response<ResponseBody> {
-    match try_invoke(cx, function, req, peer).await {
+    match try_invoke(cx, function, req, peer, trace).await {
         Ok(response) => response,
         Err(error) => {
             function.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -132,9 +147,12 @@ async fn respond<B: RequestBody>(
     }
 }
 
-/// The phases of one request's start, for `Server-Timing` and the per-function statistics.
+/// The phases of one request's start, for `Server-Timing`, the per-function statistics and
+/// the request's trace.
 struct Start {
     kind: StartKind,
+    /// When the request was admitted (had its concurrency place).
+    admitted: Instant,
     /// Time spent loading the function's code, if this request waited for that.
     load: Option<Duration>,
     /// Time spent instantiating (zero for a pool hit).
@@ -150,8 +168,13 @@ impl Start {
         function: &Function,
         handler: Duration,
         headers: &mut http::HeaderMap,
+        trace: Option<&RequestTrace>,
     ) {
         function.starts.record(self.kind, self.total, handler);
+        if let Some(trace) = trace {
+            let ready = self.admitted + self.total;
+            trace.phases(self.admitted, ready, ready + handler, self.kind.as_str());
+        }
         if cx.server_timing
             && let Ok(value) = http::HeaderValue::try_from(server_timing(
                 self.kind,
@@ -180,6 +203,7 @@ async fn try_invoke<B: RequestBody>(
     function: &Arc<Function>,
     req: Request<B>,
     peer: Peer,
+    trace: Option<&RequestTrace>,
 ) -> Result<Response<ResponseBody>, InvokeError> {
     check_headers(req.headers(), &function.limits)?;
     let limit = function.limits.max_request_body_bytes;
@@ -228,10 +252,11 @@ async fn try_invoke<B: RequestBody>(
     match (&loaded.code, cgi_body) {
         (Code::Proxy(pre), Ok(body)) => {
             let req = Request::from_parts(parts, body);
-            proxy::call(cx, function, pre, req, place, load, admitted).await
+            proxy::call(cx, function, pre, req, place, load, admitted, trace).await
         }
         (Code::Cgi(pre), Err(body)) => {
-            let result = cgi::call(cx, function, pre, parts, body, peer, load, admitted).await;
+            let result =
+                cgi::call(cx, function, pre, parts, body, peer, load, admitted, trace).await;
             drop(place);
             result
         }

@@ -20,9 +20,11 @@ use crate::function::pool::{WarmInstance, WarmPool};
 use crate::function::timing::StartKind;
 use crate::guest::host::ProxyHost;
 use crate::guest::{arm_deadline, arm_fuel, proxy_store};
+use crate::telemetry::{OutboundTrace, RequestTrace};
 
 /// A `wasi:http` component: the request goes to `incoming-handler.handle`, the response comes
 /// back through the `response-outparam` while the guest may still be writing the body.
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the list.
 pub(super) async fn call<B: RequestBody>(
     cx: &InvokeContext,
     function: &Arc<Function>,
@@ -31,12 +33,16 @@ pub(super) async fn call<B: RequestBody>(
     place: Option<OwnedSemaphorePermit>,
     load: Option<(StartKind, Duration)>,
     admitted: Instant,
+    trace: Option<&RequestTrace>,
 ) -> Result<Response<ResponseBody>, InvokeError> {
     let in_flight = function.pool.begin_request();
     WarmPool::ensure_refill(function, &cx.admission, &cx.pool);
-    let (mut instance, kind, instantiate) = acquire(cx, function, pre, next_request_id()).await?;
+    let outbound = trace.map(RequestTrace::outbound);
+    let (mut instance, kind, instantiate) =
+        acquire(cx, function, pre, next_request_id(), outbound).await?;
     let start = Start {
         kind: load.map_or(kind, |(kind, _)| kind),
+        admitted,
         load: load.map(|(_, d)| d),
         instantiate,
         total: admitted.elapsed(),
@@ -127,7 +133,13 @@ pub(super) async fn call<B: RequestBody>(
         return refuse(&state, function, InvokeError::BodyTooLarge(limit));
     }
     let mut response = response?;
-    start.record(cx, function, call_started.elapsed(), response.headers_mut());
+    start.record(
+        cx,
+        function,
+        call_started.elapsed(),
+        response.headers_mut(),
+        trace,
+    );
     Ok(response)
 }
 
@@ -138,6 +150,7 @@ async fn acquire(
     function: &Function,
     pre: &ProxyPre<ProxyHost>,
     request: u64,
+    trace: Option<OutboundTrace>,
 ) -> Result<(WarmInstance, StartKind, Duration), InvokeError> {
     // The code's own engine: Cranelift's, or the fast tier's right after a fast deploy.
     let engine = pre.engine();
@@ -147,7 +160,7 @@ async fn acquire(
             // Its budgets were spent (or partly spent) on instantiation or earlier requests.
             arm_deadline(&mut warm.store, function.deadline_ticks);
             arm_fuel(&mut warm.store, &function.limits);
-            warm.store.data_mut().begin_request(request);
+            warm.store.data_mut().begin_request(request, trace);
             (warm, StartKind::PoolHit, Duration::ZERO)
         }
         None => {
@@ -155,7 +168,7 @@ async fn acquire(
             let started = Instant::now();
             // One budget for instantiation (which may run guest start functions) and the call.
             let mut store = proxy_store(engine, &function.guest());
-            store.data_mut().begin_request(request);
+            store.data_mut().begin_request(request, trace);
             let proxy = pre.instantiate_async(&mut store).await.map_err(classify)?;
             let warm = WarmInstance {
                 store,
