@@ -272,7 +272,7 @@ impl Collector for PlatformCollector {
         family(
             e,
             "thaw_instances_in_use",
-            "Requests of the function running now",
+            "Requests of the function running now (components; CGI runs are not counted)",
             None,
             MetricType::Gauge,
             &functions,
