@@ -59,7 +59,7 @@ impl BenchPlatform {
             server_timing: setup.server_timing,
             fast_deploy: setup.fast_deploy,
             compile_cache: false,
-            otlp_endpoint: None,
+            traces: None,
         })
         .expect("opening the platform");
         Self {

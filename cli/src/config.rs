@@ -204,6 +204,8 @@ pub struct ServeConfig {
     pub admin_listen: SocketAddr,
     /// Unauthenticated metrics address, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where traces go (an OTLP/HTTP collector's base URL), if anywhere.
+    pub otlp_endpoint: Option<String>,
     /// The platform's settings.
     pub platform: PlatformConfig,
     /// Drain time at shutdown.
@@ -325,6 +327,7 @@ impl ServeArgs {
                 .admin_listen
                 .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
             metrics_listen: s.metrics_listen,
+            otlp_endpoint: s.otlp_endpoint.clone(),
             platform: PlatformConfig {
                 data_dir,
                 engine: EngineOptions {
@@ -352,7 +355,7 @@ impl ServeArgs {
                 server_timing: s.server_timing.unwrap_or(true),
                 fast_deploy: s.fast_deploy.unwrap_or(false),
                 compile_cache: s.compile_cache.unwrap_or(true),
-                otlp_endpoint: s.otlp_endpoint.clone(),
+                traces: None,
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),

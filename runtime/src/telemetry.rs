@@ -1,5 +1,5 @@
 //! Traces: the W3C trace context of each request, in and out, and spans of what thaw did for
-//! it, exported over OTLP/HTTP with the `opentelemetry` crates.
+//! it, exported (over OTLP/HTTP, by the CLI's exporter) with the `opentelemetry` crates.
 //!
 //! # Shape of a trace
 //! A request is one server span (`thaw.request`, from its arrival at the function to the
@@ -22,7 +22,6 @@ use std::time::{Instant, SystemTime};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
@@ -32,14 +31,16 @@ pub struct Tracing {
     tracer: SdkTracer,
 }
 
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing").finish_non_exhaustive()
+    }
+}
+
 impl Tracing {
-    /// Exports to the OTLP/HTTP collector at `endpoint` (its base URL, as
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` has it: spans go to `<endpoint>/v1/traces`), in batches.
-    pub fn otlp(endpoint: &str) -> anyhow::Result<Self> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-            .build()?;
+    /// Exports with `exporter` (the CLI gives it the OTLP/HTTP one: the library carries no
+    /// HTTP client), in batches on the SDK's own thread.
+    pub fn new(exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static) -> Self {
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(
@@ -49,7 +50,7 @@ impl Tracing {
             )
             .build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "thaw");
-        Ok(Self { provider, tracer })
+        Self { provider, tracer }
     }
 
     /// Starts the server span of a request to `function` (version `version`), under the

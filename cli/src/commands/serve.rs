@@ -29,7 +29,13 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         }
     }
 
-    let platform_config = config.platform.clone();
+    let mut platform_config = config.platform.clone();
+    if let Some(endpoint) = &config.otlp_endpoint {
+        platform_config.traces =
+            Some(Arc::new(otlp_traces(endpoint).with_context(|| {
+                format!("setting up trace export to {endpoint}")
+            })?));
+    }
     let platform = tokio::task::spawn_blocking(move || Platform::open(platform_config))
         .await
         .context("start-up task failed")??;
@@ -176,4 +182,16 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Trace export over OTLP/HTTP (protobuf) to the collector at `endpoint`, a base URL as
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` has it: spans go to `<endpoint>/v1/traces`. The exporter
+/// (and its HTTP client) lives here, in the binary: the library takes any `SpanExporter`.
+fn otlp_traces(endpoint: &str) -> anyhow::Result<thaw_runtime::telemetry::Tracing> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()?;
+    Ok(thaw_runtime::telemetry::Tracing::new(exporter))
 }

@@ -52,8 +52,9 @@ pub struct PlatformConfig {
     /// Keep Cranelift's incremental compilation cache in the data directory (see
     /// [`crate::engine::compile_cache`]).
     pub compile_cache: bool,
-    /// Export traces to this OTLP/HTTP collector (its base URL; see [`crate::telemetry`]).
-    pub otlp_endpoint: Option<String>,
+    /// Export traces (see [`crate::telemetry`]); `None`: the request path does nothing for
+    /// them.
+    pub traces: Option<Arc<Tracing>>,
 }
 
 /// When the functions found in the data directory are loaded (their artifacts deserialized and
@@ -148,14 +149,7 @@ impl Platform {
         } else {
             None
         };
-        let traces = match &config.otlp_endpoint {
-            Some(endpoint) => {
-                Some(Arc::new(Tracing::otlp(endpoint).with_context(|| {
-                    format!("setting up trace export to {endpoint}")
-                })?))
-            }
-            None => None,
-        };
+        let traces = config.traces.clone();
         let platform = Self {
             fast,
             tier_ups_pending: AtomicUsize::new(0),
