@@ -371,6 +371,28 @@ const LANGUAGES: [(&str, &str); 3] = [
 const WASMTIME_BEST: &str =
     "pooling-allocator=y,pooling-pagemap-scan=y,pooling-memory-keep-resident=67108864";
 
+/// The wasmtime CLI and `wasm` precompiled by it into the scratch directory as
+/// `<name>.cwasm`, compiled once per run: the process and throughput setups share it.
+fn wasmtime_precompiled(env: &Env, wasm: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let wasmtime = env.wasmtime.clone().ok_or_else(|| {
+        anyhow::anyhow!("the wasmtime CLI is not installed (run scripts/setup-bench)")
+    })?;
+    let cwasm = env.scratch.join(format!("{name}.cwasm"));
+    if !cwasm.is_file() {
+        let status = Command::new(&wasmtime)
+            .args(["compile", "-o"])
+            .arg(&cwasm)
+            .arg(wasm)
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "wasmtime compile {} failed",
+            wasm.display()
+        );
+    }
+    Ok((wasmtime, cwasm))
+}
+
 /// A template's component, or why it is not there.
 fn language_wasm(env: &Env, file: &str) -> anyhow::Result<PathBuf> {
     let path = env.languages.join(file);
@@ -583,16 +605,11 @@ fn process_setups(env: &Env) -> Vec<Planned> {
             .to_vec(),
         ),
     ));
-    let precompiled = env.scratch.join("hello.cwasm");
     out.push((
         "wasmtime serve (precompiled)".into(),
         "process start (--allow-precompiled)",
-        wasmtime.and_then(|wasmtime| {
-            let status = Command::new(&wasmtime)
-                .args(["compile", &wasm, "-o"])
-                .arg(&precompiled)
-                .status()?;
-            anyhow::ensure!(status.success(), "wasmtime compile failed");
+        wasmtime.and_then(|_| {
+            let (wasmtime, precompiled) = wasmtime_precompiled(env, &env.wasm, "hello")?;
             simple(
                 Ok(wasmtime),
                 [
@@ -613,23 +630,9 @@ fn process_setups(env: &Env) -> Vec<Planned> {
     // at its best settings for throughput (the pooling allocator reserves its slots at start,
     // which may cost a cold start something; both are shown).
     for (language, file) in &LANGUAGES[..2] {
-        let compiled = language_wasm(env, file).and_then(|wasm| {
-            let wasmtime = env.wasmtime.clone().ok_or_else(|| {
-                anyhow::anyhow!("the wasmtime CLI is not installed (run scripts/setup-bench)")
-            })?;
-            let cwasm = env.scratch.join(format!("{file}.cwasm"));
-            let status = Command::new(&wasmtime)
-                .args(["compile", "-o"])
-                .arg(&cwasm)
-                .arg(&wasm)
-                .status()?;
-            anyhow::ensure!(
-                status.success(),
-                "wasmtime compile {} failed",
-                wasm.display()
-            );
-            Ok((wasmtime, cwasm.display().to_string()))
-        });
+        let compiled = language_wasm(env, file)
+            .and_then(|wasm| wasmtime_precompiled(env, &wasm, file))
+            .map(|(wasmtime, cwasm)| (wasmtime, cwasm.display().to_string()));
         for (variant, options) in [("", None), (", pooling + pagemap", Some(WASMTIME_BEST))] {
             let setup = match &compiled {
                 Ok((wasmtime, cwasm)) => {
@@ -943,38 +946,23 @@ async fn run_throughput(
             .await;
             language_servers.push((format!("{language}: thaw{variant}"), started));
         }
-        let peer = match &env.wasmtime {
-            Some(w) => {
-                let cwasm = env.scratch.join(format!("{file}.throughput.cwasm"));
-                match Command::new(w)
-                    .args(["compile", "-o"])
-                    .arg(&cwasm)
-                    .arg(&path)
-                    .status()
-                {
-                    Ok(status) if status.success() => spawn(
-                        w,
-                        [
-                            "serve",
-                            "-Scli",
-                            "-O",
-                            WASMTIME_BEST,
-                            "--allow-precompiled",
-                            "--addr",
-                            "127.0.0.1:{port}",
-                            &cwasm.display().to_string(),
-                        ]
-                        .map(String::from)
-                        .to_vec(),
-                    ),
-                    _ => Err(anyhow::anyhow!(
-                        "wasmtime compile {} failed",
-                        path.display()
-                    )),
-                }
-            }
-            None => Err(anyhow::anyhow!("the wasmtime CLI is not installed")),
-        };
+        let peer = wasmtime_precompiled(env, &path, file).and_then(|(wasmtime, cwasm)| {
+            spawn(
+                &wasmtime,
+                [
+                    "serve",
+                    "-Scli",
+                    "-O",
+                    WASMTIME_BEST,
+                    "--allow-precompiled",
+                    "--addr",
+                    "127.0.0.1:{port}",
+                    &cwasm.display().to_string(),
+                ]
+                .map(String::from)
+                .to_vec(),
+            )
+        });
         language_servers.push((
             format!("{language}: wasmtime serve (pooling + pagemap)"),
             peer,

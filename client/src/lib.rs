@@ -29,8 +29,9 @@ impl AdminClient {
         }
     }
 
-    /// Sends a request; a non-2xx answer becomes an error with the server's reason.
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Bytes> {
+    /// Sends a request with the token; a non-2xx answer becomes an error with the server's
+    /// reason. The body of a 2xx answer is left to the caller (it may stream).
+    async fn respond(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -42,14 +43,19 @@ impl AdminClient {
             )
         })?;
         let status = response.status();
-        let body = response.bytes().await?;
         if !status.is_success() {
+            let body = response.bytes().await?;
             let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             anyhow::bail!("{status}: {message}");
         }
-        Ok(body)
+        Ok(response)
+    }
+
+    /// [`AdminClient::respond`], then the whole body.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Bytes> {
+        Ok(self.respond(request).await?.bytes().await?)
     }
 
     async fn send_json<T: DeserializeOwned>(
@@ -134,28 +140,13 @@ impl AdminClient {
         if follow {
             query.push(("follow", "1".into()));
         }
-        let request = self
-            .http
-            .get(format!("{}/v1/functions/{name}/logs", self.base))
-            .query(&query);
-        let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
-        let mut response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach the thaw admin API at {} (is `thaw serve` running?)",
-                self.base
+        let mut response = self
+            .respond(
+                self.http
+                    .get(format!("{}/v1/functions/{name}/logs", self.base))
+                    .query(&query),
             )
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await?;
-            let message = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            anyhow::bail!("{status}: {message}");
-        }
+            .await?;
         let dropped = response
             .headers()
             .get("x-thaw-log-dropped")

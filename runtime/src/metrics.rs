@@ -99,12 +99,6 @@ fn to_classic_text(openmetrics: &str) -> String {
 #[derive(Debug)]
 struct PlatformCollector(Arc<Platform>);
 
-impl std::fmt::Debug for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Platform").finish_non_exhaustive()
-    }
-}
-
 /// One function's label values.
 fn labels(function: &Function) -> [(&'static str, String); 2] {
     [

@@ -5,19 +5,10 @@ use std::process::{Command, Output};
 
 use thaw_test_functions as wasm;
 
-use crate::support::TestServer;
+use crate::support::{TestServer, thaw_command};
 
 fn thaw(server: &TestServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thaw"))
-        .args(args)
-        .env("THAW_ADMIN_URL", &server.admin_url)
-        // Beside the server: the CLI finds the admin token in the data directory.
-        .env("THAW_DATA_DIR", &server.data_dir)
-        .env_remove("THAW_ADMIN_TOKEN")
-        .env("THAW_URL", &server.url)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("running thaw")
+    thaw_command(server, args).output().expect("running thaw")
 }
 
 fn stdout(output: &Output) -> String {

@@ -3,23 +3,12 @@
 //! floods it.
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use thaw_test_functions as wasm;
 
-use crate::support::TestServer;
-
-fn thaw(server: &TestServer, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_thaw"));
-    command
-        .args(args)
-        .env("THAW_ADMIN_URL", &server.admin_url)
-        .env("THAW_DATA_DIR", &server.data_dir)
-        .env_remove("THAW_ADMIN_TOKEN")
-        .env("NO_COLOR", "1");
-    command
-}
+use crate::support::{TestServer, thaw_command};
 
 fn lines(output: &Output) -> Vec<String> {
     assert!(
@@ -43,7 +32,7 @@ async fn a_functions_output_is_kept_read_followed_and_bounded() {
     assert_eq!(answer.status(), 200);
 
     // Every line, in order, tagged with the version and one request id.
-    let seen = lines(&thaw(&server, &["logs", "faults"]).output().unwrap());
+    let seen = lines(&thaw_command(&server, &["logs", "faults"]).output().unwrap());
     let alpha: Vec<&String> = seen.iter().filter(|l| l.contains("| alpha")).collect();
     assert_eq!(alpha.len(), 4, "{seen:?}");
     assert!(
@@ -58,7 +47,7 @@ async fn a_functions_output_is_kept_read_followed_and_bounded() {
     assert_ne!(request(alpha[0]), "#0");
 
     // Following: a line written after `thaw logs -f` started arrives.
-    let mut follower = thaw(&server, &["logs", "faults", "-f", "--tail", "0"])
+    let mut follower = thaw_command(&server, &["logs", "faults", "-f", "--tail", "0"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -100,7 +89,7 @@ async fn a_functions_output_is_kept_read_followed_and_bounded() {
         )
         .await;
     assert_eq!(server.get("/faults/log?tag=gamma").await.status(), 200);
-    let seen = lines(&thaw(&server, &["logs", "faults"]).output().unwrap());
+    let seen = lines(&thaw_command(&server, &["logs", "faults"]).output().unwrap());
     assert!(seen.iter().any(|l| l.contains("| alpha 0")), "{seen:?}");
     let last = seen.last().unwrap();
     assert!(
@@ -108,7 +97,7 @@ async fn a_functions_output_is_kept_read_followed_and_bounded() {
         "{last}"
     );
     let tail = lines(
-        &thaw(&server, &["logs", "faults", "--tail", "2", "--since", "1h"])
+        &thaw_command(&server, &["logs", "faults", "--tail", "2", "--since", "1h"])
             .output()
             .unwrap(),
     );
@@ -144,7 +133,7 @@ async fn a_functions_output_is_kept_read_followed_and_bounded() {
     );
 
     // Errors: an unknown function, a bad parameter.
-    let missing = thaw(&server, &["logs", "nope"]).output().unwrap();
+    let missing = thaw_command(&server, &["logs", "nope"]).output().unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no function named"));
     let bad = crate::support::client()

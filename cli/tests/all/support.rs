@@ -285,6 +285,20 @@ impl Drop for TestServer {
 }
 
 /// A shared HTTP client.
+/// The `thaw` CLI aimed at `server`, beside it: the admin URL, and the data directory where
+/// it finds the admin token.
+pub fn thaw_command(server: &TestServer, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_thaw"));
+    command
+        .args(args)
+        .env("THAW_ADMIN_URL", &server.admin_url)
+        .env("THAW_DATA_DIR", &server.data_dir)
+        .env_remove("THAW_ADMIN_TOKEN")
+        .env("THAW_URL", &server.url)
+        .env("NO_COLOR", "1");
+    command
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))

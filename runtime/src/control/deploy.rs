@@ -54,13 +54,13 @@ impl Platform {
         spec: FunctionSpec,
         wasm: Bytes,
     ) -> Result<(Arc<Function>, bool), DeployError> {
-        let result = self.deploy_counted(name, spec, wasm).await;
+        let result = self.try_deploy(name, spec, wasm).await;
         let outcome = usize::from(result.is_err());
         self.deploys[outcome].fetch_add(1, Ordering::Relaxed);
         result
     }
 
-    async fn deploy_counted(
+    async fn try_deploy(
         self: &Arc<Self>,
         name: &str,
         spec: FunctionSpec,

@@ -111,6 +111,14 @@ pub struct Platform {
     deploys: [AtomicU64; 2],
 }
 
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("data_dir", &self.data.root())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Platform {
     /// Opens the data directory, builds the engine and registers every deployed function
     /// (loading their code now only with [`LoadMode::Eager`]). Missing or damaged artifacts
