@@ -60,6 +60,7 @@ impl BenchPlatform {
             fast_deploy: setup.fast_deploy,
             compile_cache: false,
             traces: None,
+            keep_versions: thaw_runtime::control::DEFAULT_KEEP_VERSIONS,
         })
         .expect("opening the platform");
         Self {

@@ -167,6 +167,10 @@ pub struct HostSettings {
     /// before (the same JS or Python runtime) compiles mostly from it [default: true]
     #[arg(long, env = "THAW_COMPILE_CACHE", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
     pub compile_cache: Option<bool>,
+    /// Versions kept per function for `thaw rollback` (those in a traffic split are kept
+    /// whatever this says) [default: 10]
+    #[arg(long, env = "THAW_KEEP_VERSIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub keep_versions: Option<u32>,
     /// Export traces (OpenTelemetry, OTLP over HTTP) to the collector at this base URL,
     /// e.g. http://127.0.0.1:4318 (spans go to <URL>/v1/traces) [default: no traces]
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
@@ -356,6 +360,9 @@ impl ServeArgs {
                 fast_deploy: s.fast_deploy.unwrap_or(false),
                 compile_cache: s.compile_cache.unwrap_or(true),
                 traces: None,
+                keep_versions: s
+                    .keep_versions
+                    .map_or(thaw_runtime::control::DEFAULT_KEEP_VERSIONS, |n| n as usize),
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),

@@ -38,6 +38,14 @@ enum Command {
     List(commands::list::ListArgs),
     /// Remove a function
     Remove(commands::remove::RemoveArgs),
+    /// List a function's kept versions and its traffic split
+    Versions(commands::versions::VersionsArgs),
+    /// Serve all of a function's traffic from the previous (or a named) version
+    Rollback(commands::versions::RollbackArgs),
+    /// Split a function's traffic between its versions, e.g. `thaw traffic api v4=80 v5=20`
+    Traffic(commands::versions::TrafficArgs),
+    /// Serve all of a function's traffic from its newest version (ends a canary)
+    Promote(commands::versions::PromoteArgs),
     /// Print what a function wrote to stdout and stderr (-f follows)
     Logs(commands::logs::LogsArgs),
     /// Send a request to a function and print the response
@@ -81,6 +89,10 @@ fn main() {
                     Command::Deploy(args) => commands::deploy::execute(args).await,
                     Command::List(args) => commands::list::execute(args).await,
                     Command::Remove(args) => commands::remove::execute(args).await,
+                    Command::Versions(args) => commands::versions::versions(args).await,
+                    Command::Rollback(args) => commands::versions::rollback(args).await,
+                    Command::Traffic(args) => commands::versions::traffic(args).await,
+                    Command::Promote(args) => commands::versions::promote(args).await,
                     Command::Logs(args) => commands::logs::execute(args).await,
                     Command::Invoke(args) => commands::invoke::execute(args).await,
                     Command::Build(args) => commands::build::execute(args),

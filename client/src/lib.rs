@@ -9,8 +9,11 @@
 use anyhow::Context as _;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use thaw_spec::api::{ErrorBody, FunctionInfo, HostStatus, LogEntry};
+use thaw_spec::api::{
+    ErrorBody, FunctionInfo, HostStatus, LogEntry, RollbackRequest, VersionsInfo,
+};
 use thaw_spec::spec::FunctionSpec;
+use thaw_spec::traffic::TrafficSplit;
 
 /// Talks to one host's admin API.
 pub struct AdminClient {
@@ -66,12 +69,24 @@ impl AdminClient {
         serde_json::from_slice(&body).context("decoding the admin API's answer")
     }
 
-    /// Deploys `wasm` as `name` with `spec`.
+    /// Deploys `wasm` as `name` with `spec`; the new version takes all traffic.
     pub async fn deploy(
         &self,
         name: &str,
         spec: &FunctionSpec,
         wasm: Bytes,
+    ) -> anyhow::Result<FunctionInfo> {
+        self.deploy_canary(name, spec, wasm, None).await
+    }
+
+    /// Deploys `wasm` as `name` with `spec`; with `canary`, the new version takes that
+    /// percent of the traffic beside the versions already serving.
+    pub async fn deploy_canary(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        wasm: Bytes,
+        canary: Option<u8>,
     ) -> anyhow::Result<FunctionInfo> {
         let form = reqwest::multipart::Form::new()
             .part(
@@ -83,13 +98,62 @@ impl AdminClient {
                 "wasm",
                 reqwest::multipart::Part::stream(wasm).mime_str("application/wasm")?,
             );
+        let mut request = self
+            .http
+            .put(format!("{}/v1/functions/{name}", self.base))
+            .multipart(form);
+        if let Some(canary) = canary {
+            request = request.query(&[("canary", canary)]);
+        }
+        self.send_json(request)
+            .await
+            .with_context(|| format!("deploying {name}"))
+    }
+
+    /// A function's kept versions and traffic split.
+    pub async fn versions(&self, name: &str) -> anyhow::Result<VersionsInfo> {
         self.send_json(
             self.http
-                .put(format!("{}/v1/functions/{name}", self.base))
-                .multipart(form),
+                .get(format!("{}/v1/functions/{name}/versions", self.base)),
         )
         .await
-        .with_context(|| format!("deploying {name}"))
+        .with_context(|| format!("listing the versions of {name}"))
+    }
+
+    /// Sets a function's traffic split.
+    pub async fn set_traffic(
+        &self,
+        name: &str,
+        split: &TrafficSplit,
+    ) -> anyhow::Result<VersionsInfo> {
+        self.send_json(
+            self.http
+                .put(format!("{}/v1/functions/{name}/traffic", self.base))
+                .json(split),
+        )
+        .await
+        .with_context(|| format!("setting the traffic of {name} to {split}"))
+    }
+
+    /// Sends all of a function's traffic to `version`, or to the previous version.
+    pub async fn rollback(&self, name: &str, version: Option<u64>) -> anyhow::Result<VersionsInfo> {
+        self.send_json(
+            self.http
+                .post(format!("{}/v1/functions/{name}/rollback", self.base))
+                .json(&RollbackRequest { version }),
+        )
+        .await
+        .with_context(|| format!("rolling back {name}"))
+    }
+
+    /// Sends all of a function's traffic to its newest version.
+    pub async fn promote(&self, name: &str) -> anyhow::Result<VersionsInfo> {
+        self.send_json(
+            self.http
+                .post(format!("{}/v1/functions/{name}/promote", self.base)),
+        )
+        .await
+        .with_context(|| format!("promoting the newest version of {name}"))
     }
 
     /// Every function.

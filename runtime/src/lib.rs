@@ -17,20 +17,21 @@
 //!   and the loader;
 //! - [`invoke`]: the request path, behind a narrow [`invoke::InvokeContext`]; one executor
 //!   per kind of function;
-//! - [`control`]: the platform, registry, deploy, tier-up, removal, garbage collection;
+//! - [`control`]: the platform, registry, versions and traffic splits, deploy, tier-up,
+//!   rollback, removal, garbage collection;
 //! - [`metrics`]: the Prometheus exposition of the platform's counters, read at scrape time;
 //! - [`http`]: the data-plane and admin listeners, admin authentication.
 //!
 //! The parsers of untrusted bytes and the admin API's wire types live in `thaw-spec` (no
 //! wasmtime there, so fuzzing is cheap) and keep their paths here: [`spec`], [`manifest`],
-//! [`cgi`], [`outbound`], [`api`]. The CLI (`thaw-cli`) and the cold-start suite
+//! [`cgi`], [`outbound`], [`traffic`], [`api`]. The CLI (`thaw-cli`) and the cold-start suite
 //! (`thaw-bench`) are crates of their own.
 
 #![deny(missing_docs)]
 
 // The parsers of untrusted bytes live in thaw-spec (no wasmtime there, so fuzzing is cheap);
 // they keep their paths here.
-pub use thaw_spec::{api, cgi, manifest, outbound, spec};
+pub use thaw_spec::{api, cgi, manifest, outbound, spec, traffic};
 
 pub mod control;
 pub mod datadir;

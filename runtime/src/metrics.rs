@@ -158,7 +158,19 @@ fn histogram(encoder: &mut MetricEncoder, h: &Histogram) -> std::fmt::Result {
 impl Collector for PlatformCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let platform = &self.0;
-        let functions = platform.registry().all();
+        let sets = platform.registry().all();
+        // Per version: those a request can reach, and those that served requests since they
+        // were loaded (a version rolled back from keeps its counts until it is unloaded). At
+        // most `--keep-versions` per function, so the label set stays bounded.
+        let functions: Vec<&Arc<Function>> = sets
+            .iter()
+            .flat_map(|set| {
+                set.versions().iter().filter(|f| {
+                    set.traffic().percent(f.record.generation).is_some()
+                        || f.stats.requests.load(Ordering::Relaxed) > 0
+                })
+            })
+            .collect();
         let e = &mut encoder;
 
         family(

@@ -41,6 +41,11 @@ pub struct DeployArgs {
     /// Do not pre-initialise the function even if it exports an init function
     #[arg(long)]
     pub no_snapshot: bool,
+    /// Deploy the new version as a canary taking PERCENT of the traffic beside the versions
+    /// serving now (0: reachable only with the request header x-thaw-version); `thaw promote`
+    /// or `thaw rollback` ends it [default: the new version takes all traffic]
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub canary: Option<u8>,
     /// With a manifest: run its build commands first
     #[arg(long)]
     pub build: bool,
@@ -84,7 +89,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let deployed = client
-                .deploy(&function.name, &function.spec(), wasm.into())
+                .deploy_canary(&function.name, &function.spec(), wasm.into(), args.canary)
                 .await?;
             print_deployed(&deployed);
         }
@@ -115,14 +120,16 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
     };
     let wasm =
         std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
-    let deployed = client.deploy(&name, &spec, wasm.into()).await?;
+    let deployed = client
+        .deploy_canary(&name, &spec, wasm.into(), args.canary)
+        .await?;
     print_deployed(&deployed);
     Ok(())
 }
 
 fn print_deployed(f: &thaw_runtime::api::FunctionInfo) {
     println!(
-        "deployed {} ({}, generation {}) at {}",
-        f.name, f.kind, f.generation, f.route,
+        "deployed {} ({}) at {}, traffic {}",
+        f.name, f.kind, f.route, f.traffic,
     );
 }

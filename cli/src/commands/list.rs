@@ -13,7 +13,7 @@ pub struct ListArgs {
     pub target: Target,
 }
 
-/// Prints one line per function: its route and kind, requests and failures, how requests got
+/// Prints one line per function: its route and kind, the version(s) serving it, requests and failures, how requests got
 /// their instances (pool hit / fresh / from disk / compiled) and the p50/p99 of start and
 /// handler time in microseconds.
 pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
@@ -23,11 +23,11 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<9} {:<20} {:>3} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
+        "{:<20} {:<9} {:<20} {:<13} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
         "NAME",
         "KIND",
         "ROUTE",
-        "GEN",
+        "TRAFFIC",
         "REQUESTS",
         "FAILED",
         "WARM",
@@ -39,11 +39,14 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
     for f in &functions {
         let start = |kind: &str| n(f.starts.get(kind).copied());
         println!(
-            "{:<20} {:<9} {:<20} {:>3} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
+            "{:<20} {:<9} {:<20} {:<13} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
             f.name,
             f.kind.to_string(),
             f.route,
-            f.generation,
+            match f.traffic.shares() {
+                [only] => format!("v{}", only.version),
+                _ => f.traffic.to_string(),
+            },
             f.requests,
             f.failures,
             f.warm_instances,

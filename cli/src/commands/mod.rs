@@ -8,6 +8,7 @@ pub mod logs;
 pub mod new;
 pub mod remove;
 pub mod serve;
+pub mod versions;
 
 /// Where the CLI finds a running host, and its admin token.
 #[derive(clap::Args, Debug, Clone)]

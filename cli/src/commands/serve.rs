@@ -62,9 +62,10 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
                 format!("reading {} for function {}", path.display(), function.name)
             })?;
             let spec = function.spec();
+            // Redeployed only if its newest version differs: a rollback made since is kept.
             if let Some(existing) = platform.registry().get(&function.name)
-                && existing.record.digest == sha256_hex(&wasm)
-                && existing.record.spec == spec
+                && existing.newest().record.digest == sha256_hex(&wasm)
+                && existing.newest().record.spec == spec
             {
                 continue;
             }

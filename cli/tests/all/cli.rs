@@ -39,7 +39,7 @@ async fn cli_round_trip() {
         ],
     ));
     assert!(
-        out.contains("deployed greeter (component, generation 1) at /greet"),
+        out.contains("deployed greeter (component) at /greet, traffic v1=100"),
         "{out}"
     );
 

@@ -544,7 +544,8 @@ fn artifact_files(data_dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn code_no_version_refers_to_is_collected() {
-    let mut server = TestServer::start();
+    // One version kept: a redeploy drops the previous one (versions.rs tests keeping more).
+    let mut server = TestServer::start_with(&["--keep-versions", "1"]);
     let first = server.deploy("f", wasm::HELLO, Default::default()).await;
     let digest = |f: &serde_json::Value| f["digest"].as_str().unwrap().to_owned();
     let hello = digest(&first);

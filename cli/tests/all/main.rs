@@ -25,3 +25,4 @@ mod streaming;
 mod support;
 mod templates;
 mod traces;
+mod versions;

@@ -241,6 +241,11 @@ impl TestServer {
 pub struct Admin(AdminClient);
 
 impl Admin {
+    /// The typed client, for answers a test checks field by field.
+    pub fn typed(&self) -> &AdminClient {
+        &self.0
+    }
+
     /// `GET /v1/functions/{name}`.
     pub async fn get(&self, name: &str) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::to_value(self.0.get(name).await?)?)

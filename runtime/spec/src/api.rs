@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{FunctionSpec, Kind, Limits};
+use crate::traffic::TrafficSplit;
 
 /// `GET /v1/functions/{name}`, an element of `GET /v1/functions`, and the answer to a deploy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,10 +29,15 @@ pub struct FunctionInfo {
     pub wasm_bytes: u64,
     /// Whether it runs from a pre-initialisation snapshot.
     pub snapshot: bool,
-    /// 1 for the first deploy of this name, +1 for every redeploy.
+    /// The version described here (`v3` is 3): 1 for the first deploy of this name, +1 for
+    /// every redeploy. A function with a traffic split is described by its primary version
+    /// (the largest share); `traffic` has the split.
     pub generation: u64,
     /// Unix time of the deploy, milliseconds.
     pub deployed_at_ms: u64,
+    /// How requests are shared between the function's versions.
+    #[serde(default = "no_split")]
+    pub traffic: TrafficSplit,
     /// What was asked for.
     pub spec: FunctionSpec,
     /// The limits in force (the spec's, else the host's defaults).
@@ -56,6 +62,53 @@ pub struct FunctionInfo {
     pub start_us: Percentiles,
     /// Time in the guest's handler, microseconds.
     pub handler_us: Percentiles,
+}
+
+fn no_split() -> TrafficSplit {
+    TrafficSplit::single(1)
+}
+
+/// `GET /v1/functions/{name}/versions`, and the answer to every change of versions or split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionsInfo {
+    /// The function's name.
+    pub name: String,
+    /// The kept versions, oldest first.
+    pub versions: Vec<VersionInfo>,
+    /// How requests are shared between them.
+    pub traffic: TrafficSplit,
+}
+
+/// One kept version of a function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Its number (`v3` is 3).
+    pub version: u64,
+    /// sha256 of its uploaded wasm, hex.
+    pub digest: String,
+    /// Component or CGI module.
+    pub kind: Kind,
+    /// Size of its wasm.
+    pub wasm_bytes: u64,
+    /// Unix time of its deploy, milliseconds.
+    pub deployed_at_ms: u64,
+    /// Its share of requests: `None` if it is not in the split (not reachable), `Some(0)`
+    /// if it is reachable only by pinning it.
+    pub percent: Option<u8>,
+    /// The route it serves when it is the primary version.
+    pub route: String,
+    /// Whether its code is loaded.
+    pub loaded: bool,
+    /// Requests it served since it was loaded (or deployed).
+    pub requests: u64,
+}
+
+/// `POST /v1/functions/{name}/rollback`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// The version to serve all traffic; `None`: the one before the newest that serves.
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 /// Two percentiles of a latency histogram; `None` before any sample.

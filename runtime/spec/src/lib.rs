@@ -5,6 +5,7 @@
 //! - [`cgi`]: the response a preview1 module prints on stdout;
 //! - [`route`]: which route prefix serves a request path;
 //! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list;
+//! - [`traffic`]: a function's traffic split between its versions (`v4=80 v5=20`);
 //! - [`api`]: the admin API's wire types, shared by server, CLI and tests.
 //!
 //! This crate is apart from `thaw-runtime` for one reason: it does not link wasmtime, so the
@@ -19,3 +20,4 @@ pub mod manifest;
 pub mod outbound;
 pub mod route;
 pub mod spec;
+pub mod traffic;

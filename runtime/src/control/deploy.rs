@@ -1,11 +1,12 @@
-//! Deploy, tier-up and removal: the operations that change what is served, and the garbage
-//! collection of code that no longer is.
+//! Deploy, rollback, traffic splits, promotion, tier-up and removal: the operations that
+//! change what is served, and the garbage collection of code that no longer is.
 //!
 //! A deploy validates, pre-initialises (a Wizer snapshot, if the component asks for one),
 //! compiles (or finds the artifact), links and checks the code before anything changes; then,
 //! under the write lock, it persists the wasm and the record (the commit point, see
 //! [`crate::datadir`]) and swaps the registry entry. Any error before the commit leaves the
-//! previous version serving.
+//! previous version serving. A rollback or a split change is a commit of the same versions
+//! with another split (see [`super::versions`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,16 +15,27 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::error::DeployError;
+use super::versions::VersionSet;
 use super::{Platform, garbage};
 use crate::datadir::remove_durable;
 use crate::engine::artifact::{CompileError, Compiled, Kind, Origin, detect_kind, sha256_hex};
 use crate::engine::snapshot;
 use crate::function::{Function, FunctionRecord};
 use crate::spec::FunctionSpec;
+use crate::traffic::TrafficSplit;
 
 /// Time a function's init function may run at deploy: generous, because it replaces start-up
 /// work that would otherwise run per request, but bounded, because a deploy must end.
 const INIT_BUDGET: Duration = Duration::from_secs(60);
+
+/// How a deploy's new version takes traffic.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeployOptions {
+    /// `Some(p)`: the new version takes `p`% beside the versions already serving (which
+    /// share the rest as before; `0` makes it reachable only by pinning it); `None`: all
+    /// traffic at once. A function's first version always takes all.
+    pub canary: Option<u8>,
+}
 
 impl Platform {
     /// What only this host can check about a spec: that it meters fuel if a fuel limit is
@@ -46,15 +58,28 @@ impl Platform {
         Ok(())
     }
 
-    /// Deploys `wasm` as function `name`, replacing any previous version atomically.
-    /// Returns the new function and whether it replaced one. On any error nothing changes.
+    /// Deploys `wasm` as function `name`'s next version, which takes all its traffic at once
+    /// (see [`Platform::deploy_with`] for a canary). Returns the new version and whether the
+    /// function existed. On any error nothing changes.
     pub async fn deploy(
         self: &Arc<Self>,
         name: &str,
         spec: FunctionSpec,
         wasm: Bytes,
     ) -> Result<(Arc<Function>, bool), DeployError> {
-        let result = self.try_deploy(name, spec, wasm).await;
+        self.deploy_with(name, spec, wasm, DeployOptions::default())
+            .await
+    }
+
+    /// [`Platform::deploy`] with options (a canary share).
+    pub async fn deploy_with(
+        self: &Arc<Self>,
+        name: &str,
+        spec: FunctionSpec,
+        wasm: Bytes,
+        options: DeployOptions,
+    ) -> Result<(Arc<Function>, bool), DeployError> {
+        let result = self.try_deploy(name, spec, wasm, options).await;
         let outcome = usize::from(result.is_err());
         self.deploys[outcome].fetch_add(1, Ordering::Relaxed);
         result
@@ -65,7 +90,13 @@ impl Platform {
         name: &str,
         spec: FunctionSpec,
         wasm: Bytes,
+        options: DeployOptions,
     ) -> Result<(Arc<Function>, bool), DeployError> {
+        if options.canary.is_some_and(|p| p > 100) {
+            return Err(DeployError::BadRequest(
+                "a canary share is a percent, 0 to 100".into(),
+            ));
+        }
         spec.validate(name, self.engine().options().max_memory_bytes)
             .map_err(|e| DeployError::BadRequest(e.to_string()))?;
         self.check_host_support(&spec)
@@ -116,14 +147,29 @@ impl Platform {
         let mut function = Function::loaded_with(record, &self.defaults, code, origin);
 
         let _guard = self.write_lock.lock().await;
-        self.registry.check_route(name, &function.route)?;
         let previous = self.registry.get(name);
-        let generation = previous.as_ref().map_or(1, |p| p.record.generation + 1);
-        function.set_generation(generation);
+        let version = previous
+            .as_ref()
+            .map_or(1, |p| p.newest().record.generation + 1);
+        function.set_generation(version);
+        let traffic = match (&previous, options.canary) {
+            (Some(previous), Some(percent)) => previous
+                .traffic()
+                .with_canary(version, percent)
+                .map_err(|e| DeployError::BadRequest(e.to_string()))?,
+            _ => TrafficSplit::single(version),
+        };
         if let Some(previous) = &previous {
             // One log per name: `thaw logs` follows a function across its versions.
-            function.log = previous.log.clone();
+            function.log = previous.primary().log.clone();
         }
+        let function = Arc::new(function);
+        let (set, dropped) = match &previous {
+            Some(previous) => previous.with_version(function.clone(), traffic, self.keep_versions),
+            None => VersionSet::new(vec![function.clone()], traffic).map(|s| (s, Vec::new())),
+        }
+        .map_err(|e| DeployError::Internal(anyhow::anyhow!(e)))?;
+        self.registry.check_route(name, &set.route)?;
         // The wasm first, the record last: the record is the commit point (see datadir).
         // The upload, and the snapshot (what an artifact rebuild compiles) if there is one.
         for (digest, bytes) in [(&digest, &wasm), (&code_digest, &code_wasm)] {
@@ -134,20 +180,9 @@ impl Platform {
                     .map_err(DeployError::Internal)?;
             }
         }
-        let json = serde_json::to_vec_pretty(&function.record)
-            .map_err(|e| DeployError::Internal(e.into()))?;
-        self.data
-            .write_atomic(&self.data.function_record(name), &json)
-            .map_err(DeployError::Internal)?;
-        let function = Arc::new(function);
-        self.registry.insert(function.clone())?;
         let replaced = previous.is_some();
-        if let Some(previous) = previous {
-            self.garbage.retire(&previous);
-            // Our own reference must not count as a request still holding the old code.
-            drop(previous);
-            self.collect_garbage().await;
-        }
+        drop(previous);
+        self.commit(set, dropped).await?;
         if origin == Origin::FastTier {
             self.tier_ups_pending.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(self.clone().tier_up(function.clone(), code_wasm));
@@ -157,10 +192,96 @@ impl Platform {
             route = %function.route,
             kind = %kind,
             digest = %&digest[..12],
-            generation = function.record.generation,
+            version = version,
+            canary = options.canary,
             "deployed"
         );
         Ok((function, replaced))
+    }
+
+    /// Persists `set` as its function's record (the commit point), swaps it into the
+    /// registry, and collects the code of the `dropped` versions once no request holds them.
+    /// The caller holds the write lock.
+    async fn commit(
+        &self,
+        set: VersionSet,
+        dropped: Vec<Arc<Function>>,
+    ) -> Result<Arc<VersionSet>, DeployError> {
+        self.registry.check_route(&set.name, &set.route)?;
+        let json = serde_json::to_vec_pretty(&set.record())
+            .map_err(|e| DeployError::Internal(e.into()))?;
+        self.data
+            .write_atomic(&self.data.function_record(&set.name), &json)
+            .map_err(DeployError::Internal)?;
+        let set = Arc::new(set.unload_unreachable(&self.defaults));
+        self.registry.insert(set.clone())?;
+        if !dropped.is_empty() {
+            for version in &dropped {
+                self.garbage.retire(version);
+            }
+            // Our own references must not count as requests still holding the old code.
+            drop(dropped);
+            self.collect_garbage().await;
+        }
+        Ok(set)
+    }
+
+    /// The versions of function `name`.
+    pub fn versions(&self, name: &str) -> Result<Arc<VersionSet>, DeployError> {
+        self.registry
+            .get(name)
+            .ok_or_else(|| DeployError::NotFound(format!("no function named {name:?}")))
+    }
+
+    /// Serves function `name` by `traffic`. Versions that take a share and whose code is not
+    /// loaded are loaded first (from their artifacts: nothing is compiled unless an artifact
+    /// is missing), so the first request to them does not pay for it and a version that
+    /// cannot load is refused before it gets traffic.
+    pub async fn set_traffic(
+        &self,
+        name: &str,
+        traffic: TrafficSplit,
+    ) -> Result<Arc<VersionSet>, DeployError> {
+        let _guard = self.write_lock.lock().await;
+        let current = self.versions(name)?;
+        let set = current
+            .with_traffic(traffic)
+            .map_err(DeployError::NotFound)?;
+        for share in set.traffic().shares().iter().filter(|s| s.percent > 0) {
+            let version = set.version(share.version).expect("checked by the set");
+            self.loader.ensure_loaded(version).await.map_err(|e| {
+                DeployError::Internal(e.context(format!("loading v{}", share.version)))
+            })?;
+        }
+        let set = self.commit(set, Vec::new()).await?;
+        tracing::info!(function = name, traffic = %set.traffic(), "traffic split changed");
+        Ok(set)
+    }
+
+    /// Serves all of function `name`'s traffic from `version`, or, for `None`, from the
+    /// version before the newest one that takes a share (see [`VersionSet::previous`]).
+    pub async fn rollback(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<VersionSet>, DeployError> {
+        let current = self.versions(name)?;
+        let version = match version {
+            Some(version) => version,
+            None => current.previous().ok_or_else(|| {
+                DeployError::NotFound(format!(
+                    "function {name} has no version older than v{} to roll back to",
+                    current.traffic().newest_serving()
+                ))
+            })?,
+        };
+        self.set_traffic(name, TrafficSplit::single(version)).await
+    }
+
+    /// Serves all of function `name`'s traffic from its newest version.
+    pub async fn promote(&self, name: &str) -> Result<Arc<VersionSet>, DeployError> {
+        let newest = self.versions(name)?.newest().record.generation;
+        self.set_traffic(name, TrafficSplit::single(newest)).await
     }
 
     /// Pre-initialises a component (see [`crate::snapshot`]) on a blocking thread: Wizer
@@ -246,8 +367,8 @@ impl Platform {
         })
     }
 
-    /// Compiles a fast-tier function with Cranelift, stores the artifact, and swaps the
-    /// function to the new code, unless it was redeployed or removed in the meantime. If the
+    /// Compiles a fast-tier version with Cranelift, stores the artifact, and swaps the
+    /// version to the new code, unless it was removed or stopped serving in the meantime. If the
     /// compile fails the function keeps running on the fast tier (and the next restart tries
     /// again, as for any missing artifact).
     async fn tier_up(self: Arc<Self>, fast: Arc<Function>, wasm: Bytes) {
@@ -260,15 +381,19 @@ impl Platform {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let code = self.loader.linking().link(compiled)?;
             let _guard = self.write_lock.lock().await;
-            match self.registry.get(&fast.name) {
-                Some(current) if Arc::ptr_eq(&current, &fast) => {
-                    let mut upgraded =
-                        Function::loaded_with(record.clone(), &self.defaults, code, origin);
-                    upgraded.log = current.log.clone();
-                    self.registry.insert(Arc::new(upgraded))?;
+            let mut upgraded = Function::loaded_with(record.clone(), &self.defaults, code, origin);
+            upgraded.log = fast.log.clone();
+            // The record does not change (same version, same code digest): nothing to persist.
+            match self
+                .registry
+                .get(&fast.name)
+                .and_then(|current| current.with_replaced(&fast, Arc::new(upgraded)))
+            {
+                Some(set) => {
+                    self.registry.insert(Arc::new(set))?;
                     Ok(true)
                 }
-                _ => Ok::<_, anyhow::Error>(false),
+                None => Ok::<_, anyhow::Error>(false),
             }
         }
         .await;
@@ -299,7 +424,9 @@ impl Platform {
         }
         remove_durable(&self.data.function_record(name))?;
         if let Some(removed) = self.registry.remove(name) {
-            self.garbage.retire(&removed);
+            for version in removed.versions() {
+                self.garbage.retire(version);
+            }
         }
         self.collect_garbage().await;
         tracing::info!(function = name, "removed");

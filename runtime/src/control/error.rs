@@ -1,4 +1,4 @@
-//! Why a deploy was refused.
+//! Why a deploy, or a change of a function's versions, was refused.
 
 use http::StatusCode;
 
@@ -12,6 +12,9 @@ pub enum DeployError {
     /// does not offer, no wasi:http export).
     #[error("{0}")]
     InvalidModule(String),
+    /// No such function, or no such version of it.
+    #[error("{0}")]
+    NotFound(String),
     /// Another function has the route.
     #[error(transparent)]
     RouteTaken(#[from] super::registry::RouteTaken),
@@ -32,6 +35,7 @@ impl DeployError {
     pub fn status(&self) -> StatusCode {
         match self {
             DeployError::BadRequest(_) | DeployError::InvalidModule(_) => StatusCode::BAD_REQUEST,
+            DeployError::NotFound(_) => StatusCode::NOT_FOUND,
             DeployError::RouteTaken(_) => StatusCode::CONFLICT,
             DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             DeployError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,

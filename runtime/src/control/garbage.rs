@@ -4,7 +4,7 @@
 //! redeploy or a removal leaves the old version's files behind, and a crash between writing
 //! an upload and its record leaves an orphan. A collection removes every such file whose
 //! digest nothing needs any more, where "needed" is the union of:
-//! - every function record on disk (not only the registered ones: a record skipped at
+//! - every version of every function record on disk (not only the registered ones: a record skipped at
 //!   start-up for a route clash still refers to its code; if any record cannot be read, the
 //!   collection is skipped, because a damaged record's code cannot be told from garbage);
 //! - every retired function still alive: a request that routed to a version just replaced or
@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use anyhow::Context as _;
 
+use super::versions::VersionsRecord;
 use crate::datadir::Collected;
-use crate::function::{Function, FunctionRecord};
+use crate::function::Function;
 
 /// Digests that deploys in progress will refer to, with a count per digest.
 #[derive(Default)]
@@ -128,12 +129,9 @@ impl Collector {
             }
             let record = std::fs::read(&path)
                 .ok()
-                .and_then(|bytes| serde_json::from_slice::<FunctionRecord>(&bytes).ok());
+                .and_then(|bytes| VersionsRecord::from_json(&bytes).ok());
             match record {
-                Some(record) => {
-                    keep.insert(record.code_digest().to_owned());
-                    keep.insert(record.digest);
-                }
+                Some(record) => keep.extend(record.digests().map(str::to_owned)),
                 None => {
                     tracing::warn!(path = %path.display(), "not collecting unreferenced code: a function record cannot be read");
                     return Ok(None);

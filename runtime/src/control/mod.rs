@@ -1,13 +1,15 @@
 //! The control plane: what is deployed and how it changes. [`Platform`] composes the engine,
 //! the artifact cache, the [`registry`], the data directory and the request path's
-//! [`InvokeContext`]; [`deploy`] changes what is served (deploy, tier-up, removal, garbage
-//! collection). The listeners in [`crate::http`] are thin layers over this type, and tests
+//! [`InvokeContext`]; [`deploy`] changes what is served (deploy, rollback, traffic splits,
+//! promotion, tier-up, removal, garbage collection); [`versions`] is what a function is: its
+//! kept versions and the split between them. The listeners in [`crate::http`] are thin layers over this type, and tests
 //! and benchmarks drive it directly.
 
 pub mod deploy;
 pub mod error;
 pub mod garbage;
 pub mod registry;
+pub mod versions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,12 +24,13 @@ use crate::engine::artifact::ArtifactCache;
 use crate::engine::compile_cache::CompileCache;
 use crate::engine::{Allocator, EngineOptions, ThawEngine};
 use crate::function::pool::PoolOptions;
-use crate::function::{Function, FunctionRecord, Linking, Loader};
+use crate::function::{Function, Linking, Loader};
 use crate::invoke::InvokeContext;
 use crate::spec::LimitDefaults;
 use crate::telemetry::Tracing;
 pub use error::DeployError;
 use registry::Registry;
+use versions::{VersionSet, VersionsRecord};
 
 /// Everything the platform needs to start.
 #[derive(Clone, Debug)]
@@ -55,7 +58,13 @@ pub struct PlatformConfig {
     /// Export traces (see [`crate::telemetry`]); `None`: the request path does nothing for
     /// them.
     pub traces: Option<Arc<Tracing>>,
+    /// Versions kept per function (see [`versions`]); versions in the traffic split are
+    /// kept whatever this says.
+    pub keep_versions: usize,
 }
+
+/// [`PlatformConfig::keep_versions`] when nothing says otherwise.
+pub const DEFAULT_KEEP_VERSIONS: usize = 10;
 
 /// When the functions found in the data directory are loaded (their artifacts deserialized and
 /// linked). Registering them (routes, specs) always happens at start-up and is fast.
@@ -109,6 +118,8 @@ pub struct Platform {
     garbage: garbage::Collector,
     /// Deploys that succeeded (`[0]`) and were refused (`[1]`).
     deploys: [AtomicU64; 2],
+    /// Versions kept per function.
+    keep_versions: usize,
 }
 
 impl std::fmt::Debug for Platform {
@@ -185,12 +196,13 @@ impl Platform {
             load_mode: config.load,
             write_lock: tokio::sync::Mutex::new(()),
             deploys: Default::default(),
+            keep_versions: config.keep_versions.clamp(1, versions::MAX_VERSIONS / 2),
         };
         platform.register_all()?;
         // Before serving: what a crash interrupted, and what earlier runs left behind.
         garbage::report(platform.garbage.run());
         if platform.load_mode == LoadMode::Eager {
-            for function in platform.registry.all() {
+            for function in platform.serving() {
                 if let Err(e) = platform.load_blocking(&function) {
                     tracing::error!(function = %function.name, "cannot load: {e:#}");
                 }
@@ -208,19 +220,43 @@ impl Platform {
             .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
             .collect();
         paths.sort();
-        let mut functions = Vec::with_capacity(paths.len());
+        let mut sets = Vec::with_capacity(paths.len());
         for path in paths {
-            match read_record(&path) {
-                Ok(record) => functions.push(Arc::new(Function::unloaded(record, &self.defaults))),
+            match read_record(&path).and_then(|record| self.version_set(record)) {
+                Ok(set) => sets.push(Arc::new(set)),
                 Err(e) => {
                     tracing::error!(path = %path.display(), "skipping damaged function record: {e:#}")
                 }
             }
         }
-        for (function, taken) in self.registry.insert_all(functions) {
-            tracing::error!(function = %function.name, "skipping function: {taken}");
+        for (set, taken) in self.registry.insert_all(sets) {
+            tracing::error!(function = %set.name, "skipping function: {taken}");
         }
         Ok(())
+    }
+
+    /// A function's versions from its record, code not loaded; one log for all of them.
+    fn version_set(&self, record: VersionsRecord) -> anyhow::Result<VersionSet> {
+        let log = Arc::default();
+        let versions = record
+            .versions
+            .into_iter()
+            .map(|version| {
+                let mut function = Function::unloaded(version, &self.defaults);
+                function.log = Arc::clone(&log);
+                Arc::new(function)
+            })
+            .collect();
+        VersionSet::new(versions, record.traffic).map_err(anyhow::Error::msg)
+    }
+
+    /// Every version a request can reach, all functions.
+    fn serving(&self) -> Vec<Arc<Function>> {
+        self.registry
+            .all()
+            .iter()
+            .flat_map(|set| set.reachable().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     fn load_blocking(&self, function: &Function) -> anyhow::Result<()> {
@@ -243,8 +279,7 @@ impl Platform {
     /// [`Platform::spawn_background_work`] on a given runtime.
     pub fn spawn_background_work_on(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         let mut digests: Vec<String> = self
-            .registry
-            .all()
+            .serving()
             .iter()
             .map(|f| f.record.code_digest().to_owned())
             .collect();
@@ -276,7 +311,7 @@ impl Platform {
             }
             let started = Instant::now();
             let mut loaded = 0usize;
-            for function in platform.registry.all() {
+            for function in platform.serving() {
                 if function.loaded().is_some() {
                     continue;
                 }
@@ -347,7 +382,8 @@ impl Platform {
     pub fn status(&self) -> HostStatus {
         let engine = self.engine();
         let stats = self.cache().stats();
-        let functions = self.registry.all();
+        let sets = self.registry.all();
+        let functions: Vec<&Arc<Function>> = sets.iter().flat_map(|s| s.versions()).collect();
         let warm: usize = functions.iter().map(|f| f.pool.len()).sum();
         let slots = engine.options().instance_slots;
         let in_use = slots as usize - self.invoke.admission.available_permits();
@@ -362,8 +398,11 @@ impl Platform {
             slots_in_use: in_use,
             slots_running: in_use.saturating_sub(warm),
             warm_instances: warm,
-            functions: functions.len(),
-            functions_loaded: functions.iter().filter(|f| f.loaded().is_some()).count(),
+            functions: sets.len(),
+            functions_loaded: sets
+                .iter()
+                .filter(|s| s.primary().loaded().is_some())
+                .count(),
             compilations: stats.compilations.load(Ordering::Relaxed),
             artifact_loads: stats.artifact_loads.load(Ordering::Relaxed),
             artifact_rebuilds: stats.rebuilds.load(Ordering::Relaxed),
@@ -385,9 +424,9 @@ impl Platform {
     }
 }
 
-fn read_record(path: &std::path::Path) -> anyhow::Result<FunctionRecord> {
+fn read_record(path: &std::path::Path) -> anyhow::Result<VersionsRecord> {
     let text = std::fs::read(path)?;
-    let record: FunctionRecord = serde_json::from_slice(&text).context("parsing the record")?;
+    let record = VersionsRecord::from_json(&text).context("parsing the record")?;
     anyhow::ensure!(
         path.file_stem().is_some_and(|s| s == record.name.as_str()),
         "the record's name {:?} does not match its file name",

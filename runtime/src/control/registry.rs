@@ -1,11 +1,12 @@
 //! Name → function, and path → function.
 //!
-//! The registry is a `DashMap` from name to `Arc<Function>` for the admin side, and a route
-//! table for the data plane. The route table is an immutable map from route prefix to
-//! `Arc<Function>`, replaced as a whole (`ArcSwap`) on every deploy or removal: a request
-//! does one atomic load and a few hash lookups, never takes a lock, and keeps the `Arc` it
-//! found for as long as it runs. That is what makes a redeploy atomic: requests that already
-//! hold the old `Arc` finish on the old code, the next load sees the new one.
+//! The registry is a `DashMap` from name to `Arc<VersionSet>` (a function's kept versions and
+//! its traffic split, see [`super::versions`]) for the admin side, and a route table for the
+//! data plane. The route table is an immutable map from route prefix to `Arc<VersionSet>`,
+//! replaced as a whole (`ArcSwap`) on every change: a request does one atomic load and a few
+//! hash lookups, never takes a lock, and keeps the `Arc` of the version it was given for as
+//! long as it runs. That is what makes a redeploy, a rollback or a split change atomic:
+//! requests that already hold the old version finish on it, the next load sees the new set.
 //!
 //! Routing is by longest matching prefix on segment boundaries ([`longest_prefix`]).
 
@@ -17,15 +18,15 @@ use dashmap::DashMap;
 
 use thaw_spec::route::longest_prefix;
 
-use crate::function::Function;
+use super::versions::VersionSet;
 
 /// Route prefix → function, immutable once built.
-type RouteTable = HashMap<String, Arc<Function>>;
+type RouteTable = HashMap<String, Arc<VersionSet>>;
 
 /// The deployed functions.
 #[derive(Default)]
 pub struct Registry {
-    by_name: DashMap<String, Arc<Function>>,
+    by_name: DashMap<String, Arc<VersionSet>>,
     routes: ArcSwap<RouteTable>,
     /// Serialises writers so two route-table rebuilds cannot interleave.
     write: std::sync::Mutex<()>,
@@ -47,7 +48,7 @@ impl Registry {
         Self::default()
     }
 
-    /// Checks that `function` could be inserted without taking another function's route.
+    /// Checks that function `name` could serve `route` without taking another's.
     pub fn check_route(&self, name: &str, route: &str) -> Result<(), RouteTaken> {
         match self.routes.load().get(route) {
             Some(owner) if &*owner.name != name => Err(RouteTaken {
@@ -58,33 +59,33 @@ impl Registry {
         }
     }
 
-    /// Inserts or replaces a function; returns the version it replaced.
-    pub fn insert(&self, function: Arc<Function>) -> Result<Option<Arc<Function>>, RouteTaken> {
+    /// Inserts or replaces a function's versions; returns what it replaced.
+    pub fn insert(&self, set: Arc<VersionSet>) -> Result<Option<Arc<VersionSet>>, RouteTaken> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.check_route(&function.name, &function.route)?;
-        let old = self.by_name.insert(function.name.to_string(), function);
+        self.check_route(&set.name, &set.route)?;
+        let old = self.by_name.insert(set.name.to_string(), set);
         self.rebuild_routes();
         Ok(old)
     }
 
     /// Inserts many functions at once (start-up), building the route table once instead of
     /// once per function. Functions whose route is taken (by an earlier one) are returned.
-    pub fn insert_all(&self, functions: Vec<Arc<Function>>) -> Vec<(Arc<Function>, RouteTaken)> {
+    pub fn insert_all(&self, sets: Vec<Arc<VersionSet>>) -> Vec<(Arc<VersionSet>, RouteTaken)> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes: RouteTable = (**self.routes.load()).clone();
         let mut refused = Vec::new();
-        for function in functions {
-            match routes.get(&function.route) {
-                Some(owner) if owner.name != function.name => {
+        for set in sets {
+            match routes.get(&set.route) {
+                Some(owner) if owner.name != set.name => {
                     let taken = RouteTaken {
-                        route: function.route.clone(),
+                        route: set.route.clone(),
                         owner: owner.name.to_string(),
                     };
-                    refused.push((function, taken));
+                    refused.push((set, taken));
                 }
                 _ => {
-                    routes.insert(function.route.clone(), function.clone());
-                    self.by_name.insert(function.name.to_string(), function);
+                    routes.insert(set.route.clone(), set.clone());
+                    self.by_name.insert(set.name.to_string(), set);
                 }
             }
         }
@@ -93,7 +94,7 @@ impl Registry {
     }
 
     /// Removes a function; returns it if it existed.
-    pub fn remove(&self, name: &str) -> Option<Arc<Function>> {
+    pub fn remove(&self, name: &str) -> Option<Arc<VersionSet>> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.by_name.remove(name).map(|(_, f)| f);
         if old.is_some() {
@@ -112,12 +113,12 @@ impl Registry {
     }
 
     /// The function called `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<Function>> {
+    pub fn get(&self, name: &str) -> Option<Arc<VersionSet>> {
         self.by_name.get(name).map(|f| f.clone())
     }
 
     /// Every function, sorted by name.
-    pub fn all(&self) -> Vec<Arc<Function>> {
+    pub fn all(&self) -> Vec<Arc<VersionSet>> {
         let mut all: Vec<_> = self.by_name.iter().map(|f| f.value().clone()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -134,7 +135,7 @@ impl Registry {
     }
 
     /// The function whose route is the longest prefix of `path` (on a segment boundary).
-    pub fn route(&self, path: &str) -> Option<Arc<Function>> {
+    pub fn route(&self, path: &str) -> Option<Arc<VersionSet>> {
         let table = self.routes.load();
         longest_prefix(path, |prefix| table.get(prefix).cloned())
     }

@@ -28,6 +28,7 @@ use crate::guest::log::FunctionLog;
 use crate::guest::{GuestConfig, Linkers};
 use crate::outbound::AllowList;
 use crate::spec::{FunctionSpec, LimitDefaults, Limits, Reuse, ReuseSpec};
+use crate::traffic::TrafficSplit;
 use limits::ConcurrencyGate;
 use pool::WarmPool;
 use timing::{Histogram, StartKind, StartStats};
@@ -167,6 +168,14 @@ pub struct Function {
     /// What the guest printed, recent lines; shared with the function's earlier and later
     /// versions (a redeploy hands it on).
     pub log: Arc<FunctionLog>,
+    /// `v<generation>`, ready for the `x-thaw-version` response header (cloning it is a
+    /// reference count, not an allocation).
+    pub version_header: http::HeaderValue,
+}
+
+/// `v<generation>` as a header value.
+fn version_header(generation: u64) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!("v{generation}")).expect("digits are a valid header")
 }
 
 impl Function {
@@ -192,6 +201,7 @@ impl Function {
             limits,
             loaded: tokio::sync::OnceCell::new(),
             pool: WarmPool::default(),
+            version_header: version_header(record.generation),
             record,
             stats: FunctionStats::default(),
             starts: StartStats::default(),
@@ -231,6 +241,7 @@ impl Function {
     /// Sets the generation (a deploy learns it under the write lock, after linking).
     pub fn set_generation(&mut self, generation: u64) {
         self.record.generation = generation;
+        self.version_header = version_header(generation);
     }
 
     /// Stores loaded code unless some is there already.
@@ -261,8 +272,9 @@ impl Function {
         Ok((self.loaded.get_or_try_init(load).await?, true))
     }
 
-    /// The admin API's view of this function.
-    pub fn info(&self) -> FunctionInfo {
+    /// The admin API's view of this function as the version speaking for it, serving by
+    /// `traffic`.
+    pub fn info(&self, traffic: TrafficSplit) -> FunctionInfo {
         let (start_us, handler_us) = self.starts.percentiles();
         FunctionInfo {
             name: self.name.to_string(),
@@ -273,6 +285,7 @@ impl Function {
             snapshot: self.record.code_digest.is_some(),
             generation: self.record.generation,
             deployed_at_ms: self.record.deployed_at_ms,
+            traffic,
             spec: self.record.spec.clone(),
             limits: self.limits.clone(),
             loaded_from: self.loaded.get().map(|l| l.origin.as_str().to_owned()),

@@ -8,11 +8,17 @@
 //! | `PUT /v1/functions/{name}`  | deploy or redeploy                    | 201 new, 200 replaced, 400, 409, 413 |
 //! | `DELETE /v1/functions/{name}` | remove                              | 204, 404 |
 //! | `GET /v1/functions/{name}/logs` | its recent output, NDJSON ([`logs`]) | 200, 400, 404 |
+//! | `GET /v1/functions/{name}/versions` | its kept versions and split | 200, 404 |
+//! | `PUT /v1/functions/{name}/traffic` | a new split (JSON [`TrafficSplit`]) | 200, 400, 404 |
+//! | `POST /v1/functions/{name}/rollback` | all traffic to `{"version": N}` or the previous one | 200, 404 |
+//! | `POST /v1/functions/{name}/promote` | all traffic to the newest version | 200, 404 |
 //! | `GET /metrics`              | Prometheus metrics ([`crate::metrics`]) | 200 |
 //!
 //! A deploy body is either `multipart/form-data` with a `wasm` part (the binary) and an
 //! optional `spec` part (JSON, see [`FunctionSpec`]), or the raw wasm with any other content
-//! type (the default spec). Errors are `{"error": "..."}` with the reason.
+//! type (the default spec). `?canary=P` makes the new version take P% beside the versions
+//! already serving instead of all traffic. Errors are `{"error": "..."}` with the reason.
+//! The version operations answer with the function's versions ([`VersionsInfo`]).
 //!
 //! Every request needs `Authorization: Bearer <token>` (see [`super::auth`]); without it the
 //! answer is 401 and nothing changes. The listener binds to 127.0.0.1 by default.
@@ -25,11 +31,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::auth::AdminToken;
-use crate::api::{ErrorBody, FunctionInfo};
+use crate::api::{ErrorBody, FunctionInfo, RollbackRequest, VersionsInfo};
+use crate::control::deploy::DeployOptions;
+use crate::control::versions::VersionSet;
 use crate::control::{DeployError, Platform};
 use crate::function::Function;
 use crate::invoke::body::{ResponseBody, full};
 use crate::spec::FunctionSpec;
+use crate::traffic::TrafficSplit;
 
 /// Handles one admin request.
 pub async fn handle(
@@ -57,12 +66,16 @@ pub async fn handle(
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &platform.status()),
         (Method::GET, ["metrics"]) => metrics(&platform, &req),
         (Method::GET, ["v1", "functions"]) => {
-            let all: Vec<FunctionInfo> =
-                platform.registry().all().iter().map(|f| f.info()).collect();
+            let all: Vec<FunctionInfo> = platform
+                .registry()
+                .all()
+                .iter()
+                .map(|set| set.info())
+                .collect();
             json(StatusCode::OK, &all)
         }
         (Method::GET, ["v1", "functions", name]) => match platform.registry().get(name) {
-            Some(f) => json(StatusCode::OK, &f.info()),
+            Some(set) => json(StatusCode::OK, &set.info()),
             None => error(
                 StatusCode::NOT_FOUND,
                 &format!("no function named {name:?}"),
@@ -71,13 +84,17 @@ pub async fn handle(
         (Method::PUT, ["v1", "functions", name]) => {
             let name = name.to_string();
             match deploy(&platform, &name, req, max_upload).await {
-                Ok((function, replaced)) => {
+                Ok((_, replaced)) => {
                     let status = if replaced {
                         StatusCode::OK
                     } else {
                         StatusCode::CREATED
                     };
-                    json(status, &function.info())
+                    match platform.registry().get(&name) {
+                        Some(set) => json(status, &set.info()),
+                        // Removed between the deploy and this line.
+                        None => error(StatusCode::CONFLICT, "removed while being deployed"),
+                    }
                 }
                 Err(e) => {
                     tracing::info!(function = %name, "deploy refused: {e}");
@@ -85,9 +102,31 @@ pub async fn handle(
                 }
             }
         }
+        (Method::GET, ["v1", "functions", name, "versions"]) => {
+            versions(platform.versions(name).map(|set| set.versions_info()))
+        }
+        (Method::PUT, ["v1", "functions", name, "traffic"]) => {
+            let name = name.to_string();
+            let result = match read_json::<TrafficSplit>(req).await {
+                Ok(split) => platform.set_traffic(&name, split).await,
+                Err(e) => Err(e),
+            };
+            versions(result.map(|set| set.versions_info()))
+        }
+        (Method::POST, ["v1", "functions", name, "rollback"]) => {
+            let name = name.to_string();
+            let result = match read_json::<RollbackRequest>(req).await {
+                Ok(rollback) => platform.rollback(&name, rollback.version).await,
+                Err(e) => Err(e),
+            };
+            versions(result.map(|set| set.versions_info()))
+        }
+        (Method::POST, ["v1", "functions", name, "promote"]) => {
+            versions(platform.promote(name).await.map(|set| set.versions_info()))
+        }
         (Method::GET, ["v1", "functions", name, "logs"]) => match platform.registry().get(name) {
-            Some(f) => match LogQuery::parse(req.uri().query().unwrap_or("")) {
-                Ok(query) => logs(f, query),
+            Some(set) => match LogQuery::parse(req.uri().query().unwrap_or("")) {
+                Ok(query) => logs(set, query),
                 Err(e) => error(StatusCode::BAD_REQUEST, &e),
             },
             None => error(
@@ -158,8 +197,8 @@ const FOLLOW_WINDOW: std::time::Duration = std::time::Duration::from_secs(25);
 /// `follow`, lines written later are sent as they come, for [`FOLLOW_WINDOW`]. The
 /// `x-thaw-log-dropped` header says how many old lines the bounded buffer has evicted, and
 /// `x-thaw-log-seq` the last line's `seq` when the response began (resume after it).
-fn logs(function: Arc<Function>, query: LogQuery) -> Response<ResponseBody> {
-    let log = function.log.clone();
+fn logs(set: Arc<VersionSet>, query: LogQuery) -> Response<ResponseBody> {
+    let log = set.primary().log.clone();
     let dropped = log.dropped();
     let deadline = tokio::time::Instant::now() + FOLLOW_WINDOW;
     let (first, last_seq) = log.read(query.after, query.since_ms, query.tail);
@@ -261,12 +300,46 @@ pub fn metrics(platform: &Arc<Platform>, req: &Request<Incoming>) -> Response<Re
     response
 }
 
+/// The answer to a version operation: the function's versions, or why not.
+fn versions(result: Result<VersionsInfo, DeployError>) -> Response<ResponseBody> {
+    match result {
+        Ok(info) => json(StatusCode::OK, &info),
+        Err(e) => {
+            tracing::info!("version change refused: {e}");
+            error(e.status(), &e.to_string())
+        }
+    }
+}
+
+/// Largest JSON body of a version operation (a split lists at most a few versions).
+const MAX_JSON_BYTES: usize = 64 << 10;
+
+/// A small JSON body; an empty body reads as `{}`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, DeployError> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_JSON_BYTES)
+        .collect()
+        .await
+        .map_err(|e| DeployError::BadRequest(format!("reading the body: {e}")))?
+        .to_bytes();
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
+    serde_json::from_slice(body).map_err(|e| DeployError::BadRequest(format!("invalid JSON: {e}")))
+}
+
 async fn deploy(
     platform: &Arc<Platform>,
     name: &str,
     req: Request<Incoming>,
     max_upload: u64,
 ) -> Result<(Arc<Function>, bool), DeployError> {
+    let options = DeployOptions {
+        canary: canary(req.uri().query().unwrap_or(""))?,
+    };
     let content_type = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -290,7 +363,35 @@ async fn deploy(
     } else {
         (FunctionSpec::default(), body)
     };
-    platform.deploy(name, spec, wasm).await
+    platform.deploy_with(name, spec, wasm, options).await
+}
+
+/// The `canary=P` of a deploy's query, if any.
+fn canary(query: &str) -> Result<Option<u8>, DeployError> {
+    let mut canary = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("canary", value)) => {
+                canary = Some(
+                    value
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|p| *p <= 100)
+                        .ok_or_else(|| {
+                            DeployError::BadRequest(format!(
+                                "canary={value:?} is not a percent (0-100)"
+                            ))
+                        })?,
+                )
+            }
+            _ => {
+                return Err(DeployError::BadRequest(format!(
+                    "unknown deploy parameter {pair:?} (canary=PERCENT)"
+                )));
+            }
+        }
+    }
+    Ok(canary)
 }
 
 /// Largest `spec` part of a deploy. A spec is settings, a few kilobytes even with many

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::control::Platform;
+use crate::control::versions::VersionSet;
 use crate::invoke::body::ResponseBody;
 use crate::invoke::{InvokeError, Peer, invoke};
 
@@ -71,13 +72,40 @@ pub async fn serve_functions(
     serve(listener, shutdown, options, move |req, peer| {
         let platform = platform.clone();
         async move {
-            let Some(function) = platform.registry().route(req.uri().path()) else {
+            let Some(set) = platform.registry().route(req.uri().path()) else {
                 return InvokeError::NotFound.into_response();
             };
-            invoke(platform.invoke_context(), function, req, peer).await
+            let function = match req.headers().get(&VERSION) {
+                None => set.pick().clone(),
+                Some(pin) => match pinned(&set, pin) {
+                    Some(function) => function.clone(),
+                    None => return InvokeError::NoSuchVersion.into_response(),
+                },
+            };
+            drop(set);
+            let version = function.version_header.clone();
+            let mut response = invoke(platform.invoke_context(), function, req, peer).await;
+            response.headers_mut().insert(VERSION, version);
+            response
         }
     })
     .await
+}
+
+/// `x-thaw-version`: on a response, the version that served it; on a request, the version
+/// to serve it (`v4` or `4`), if the function's split lists it (see
+/// [`crate::control::versions`]). A guest's own header of that name is replaced.
+pub const VERSION: http::HeaderName = http::HeaderName::from_static("x-thaw-version");
+
+/// The version a request pins, if its function's split lists it.
+fn pinned<'s>(
+    set: &'s VersionSet,
+    pin: &http::HeaderValue,
+) -> Option<&'s Arc<crate::function::Function>> {
+    let version = std::str::from_utf8(pin.as_bytes())
+        .ok()
+        .and_then(|text| crate::traffic::parse_version(text.trim()).ok())?;
+    set.pinned(version)
 }
 
 /// Accept loop shared by both listeners.

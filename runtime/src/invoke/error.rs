@@ -17,6 +17,10 @@ pub enum InvokeError {
     /// No route matches the path.
     #[error("no function serves this path")]
     NotFound,
+    /// The request pins a version (`x-thaw-version`) that its function's split does not
+    /// list, or that is not a version at all.
+    #[error("the pinned version is not one this function serves")]
+    NoSuchVersion,
     /// The request body is over the function's limit.
     #[error("request body over the limit of {0} bytes")]
     BodyTooLarge(u64),
@@ -72,7 +76,7 @@ impl InvokeError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            InvokeError::NotFound => StatusCode::NOT_FOUND,
+            InvokeError::NotFound | InvokeError::NoSuchVersion => StatusCode::NOT_FOUND,
             InvokeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             InvokeError::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
@@ -97,6 +101,7 @@ impl InvokeError {
     fn public_message(&self) -> &'static str {
         match self {
             InvokeError::NotFound => "no function serves this path\n",
+            InvokeError::NoSuchVersion => "this function serves no such version (x-thaw-version)\n",
             InvokeError::BodyTooLarge(_) => "request body too large\n",
             InvokeError::BodyTooSlow { .. } => "request body too slow\n",
             InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
@@ -129,6 +134,7 @@ impl InvokeError {
             InvokeError::HeadersTooLarge(_) => Limit::Headers,
             InvokeError::ResponseTooLarge(_) => Limit::ResponseBody,
             InvokeError::NotFound
+            | InvokeError::NoSuchVersion
             | InvokeError::Trap(_)
             | InvokeError::GuestError(_)
             | InvokeError::Exit(_)
