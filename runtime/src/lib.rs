@@ -20,7 +20,8 @@
 //! - [`control`]: the platform, registry, versions and traffic splits, deploy, tier-up,
 //!   rollback, removal, garbage collection;
 //! - [`metrics`]: the Prometheus exposition of the platform's counters, read at scrape time;
-//! - [`http`]: the data-plane and admin listeners, admin authentication.
+//! - [`history`]: the last minutes of those counters, sampled, for the dashboard;
+//! - [`http`]: the data-plane and admin listeners, admin authentication, the dashboard.
 //!
 //! The parsers of untrusted bytes and the admin API's wire types live in `thaw-spec` (no
 //! wasmtime there, so fuzzing is cheap) and keep their paths here: [`spec`], [`manifest`],
@@ -39,6 +40,7 @@ pub mod engine;
 pub mod function;
 pub mod guest;
 pub mod histogram;
+pub mod history;
 pub mod http;
 pub mod invoke;
 pub mod metrics;

@@ -8,7 +8,9 @@ use thaw_runtime::api::ReadyLine;
 use thaw_runtime::control::Platform;
 use thaw_runtime::engine::Allocator;
 use thaw_runtime::engine::artifact::sha256_hex;
-use thaw_runtime::http::auth::AdminToken;
+use thaw_runtime::history::History;
+use thaw_runtime::http::admin::AdminContext;
+use thaw_runtime::http::auth::{AdminAuth, AdminToken};
 use thaw_runtime::http::server::{self, ListenerOptions, Shutdown};
 use thaw_runtime::manifest::Manifest;
 
@@ -127,18 +129,17 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         send_timeout: config.send_timeout,
         stalled_readers: platform.stalled_readers().clone(),
     };
+    let admin_context = Arc::new(AdminContext {
+        history: History::spawn(admin_platform.clone()),
+        platform: admin_platform,
+        max_upload,
+        auth: AdminAuth::new(token),
+    });
     let admin_task = tokio::spawn(server::serve(
         admin,
         shutdown.clone(),
         listener_options.clone(),
-        move |req, _peer| {
-            thaw_runtime::http::admin::handle(
-                admin_platform.clone(),
-                req,
-                max_upload,
-                token.clone(),
-            )
-        },
+        move |req, _peer| thaw_runtime::http::admin::handle(admin_context.clone(), req),
     ));
     // `/metrics` alone, without the token (`--metrics-listen`).
     let metrics_task = metrics.map(|listener| {

@@ -10,6 +10,7 @@ mod cli;
 mod coldstart;
 mod compat;
 mod crash;
+mod dashboard;
 mod deploy;
 mod faults;
 mod functions;

@@ -5,50 +5,17 @@
 //! about in the exposition.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use thaw_test_functions as wasm;
 
-use crate::support::{TestServer, client};
+use crate::support::{Killed, TestServer, client, free_port, service_binaries};
 
 /// Prometheus's binaries, or `None` (the test is skipped, unless the CI asks for it).
 fn prometheus() -> Option<(PathBuf, PathBuf)> {
-    let found = ["prometheus", "promtool"].map(|name| {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain([PathBuf::from("/usr/bin")])
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    match found {
-        [Some(server), Some(tool)] => Some((server, tool)),
-        _ => {
-            assert!(
-                std::env::var_os("THAW_REQUIRE_SERVICES").is_none(),
-                "prometheus/promtool are missing; scripts/test installs them (Debian's prometheus)"
-            );
-            eprintln!("skipped: prometheus is not installed");
-            None
-        }
-    }
-}
-
-/// A child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [server, tool] = service_binaries(["prometheus", "promtool"], "prometheus")?;
+    Some((server, tool))
 }
 
 fn host_port(url: &str) -> &str {

@@ -366,3 +366,43 @@ pub async fn assert_healthy(server: &TestServer) {
     assert_eq!(r.status(), 200, "the host still serves a healthy function");
     assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
 }
+
+/// The binaries of a service the tests start themselves (from Debian `package`), or `None`:
+/// the test is skipped, unless the CI asks for services (`THAW_REQUIRE_SERVICES`), where a
+/// missing one fails.
+pub fn service_binaries<const N: usize>(names: [&str; N], package: &str) -> Option<[PathBuf; N]> {
+    let found = names.map(|name| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.iter().all(Option::is_some) {
+        return Some(found.map(Option::unwrap));
+    }
+    assert!(
+        std::env::var_os("THAW_REQUIRE_SERVICES").is_none(),
+        "{names:?} missing; scripts/install-services installs them (Debian's {package})"
+    );
+    eprintln!("skipped: {package} is not installed");
+    None
+}
+
+/// A child process killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

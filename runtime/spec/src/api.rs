@@ -101,6 +101,34 @@ pub struct VersionInfo {
     pub loaded: bool,
     /// Requests it served since it was loaded (or deployed).
     pub requests: u64,
+    /// Of them, answered with an error produced by thaw.
+    #[serde(default)]
+    pub failures: u64,
+}
+
+/// `GET /v1/history`: the host's counters sampled at a fixed interval over the last
+/// minutes, oldest first, for the dashboard's charts (rates are differences of samples).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Time between samples, milliseconds.
+    pub interval_ms: u64,
+    /// The samples, oldest first.
+    pub samples: Vec<HistorySample>,
+}
+
+/// Counters since start-up at one moment (totals, not rates).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistorySample {
+    /// When, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Requests per function (all its versions).
+    pub requests: BTreeMap<String, u64>,
+    /// Requests answered with an error produced by thaw, per function.
+    pub failures: BTreeMap<String, u64>,
+    /// Starts by kind (`pool-hit`, `fresh`, `disk`, `compile`), all functions.
+    pub starts: BTreeMap<String, u64>,
+    /// Limit hits by limit, all functions.
+    pub limit_hits: BTreeMap<String, u64>,
 }
 
 /// `POST /v1/functions/{name}/rollback`.

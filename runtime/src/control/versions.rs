@@ -250,6 +250,7 @@ impl VersionSet {
                     route: f.route.clone(),
                     loaded: f.loaded().is_some(),
                     requests: f.stats.requests.load(Ordering::Relaxed),
+                    failures: f.stats.failures.load(Ordering::Relaxed),
                 })
                 .collect(),
             traffic: self.traffic.clone(),

@@ -3,6 +3,7 @@
 //! | method and path             | does                                  | answers |
 //! |-----------------------------|---------------------------------------|---------|
 //! | `GET /v1/status`            | host summary (allocator, counters)    | 200 |
+//! | `GET /v1/history`           | counters over the last minutes ([`History`]) | 200 |
 //! | `GET /v1/functions`         | every function                        | 200 |
 //! | `GET /v1/functions/{name}`  | one function                          | 200, 404 |
 //! | `PUT /v1/functions/{name}`  | deploy or redeploy                    | 201 new, 200 replaced, 400, 409, 413 |
@@ -20,8 +21,9 @@
 //! already serving instead of all traffic. Errors are `{"error": "..."}` with the reason.
 //! The version operations answer with the function's versions ([`VersionsInfo`]).
 //!
-//! Every request needs `Authorization: Bearer <token>` (see [`super::auth`]); without it the
-//! answer is 401 and nothing changes. The listener binds to 127.0.0.1 by default.
+//! Every request needs `Authorization: Bearer <token>`, or the dashboard's session cookie
+//! (see [`super::auth`]); without it the answer is 401 and nothing changes. The dashboard's
+//! own paths (`/ui`, see [`super::ui`]) are served before that check. The listener binds to 127.0.0.1 by default.
 
 use std::sync::Arc;
 
@@ -30,25 +32,35 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::auth::AdminToken;
+use super::auth::AdminAuth;
 use crate::api::{ErrorBody, FunctionInfo, RollbackRequest, VersionsInfo};
 use crate::control::deploy::DeployOptions;
 use crate::control::versions::VersionSet;
 use crate::control::{DeployError, Platform};
 use crate::function::Function;
+use crate::history::History;
 use crate::invoke::body::{ResponseBody, full};
 use crate::spec::FunctionSpec;
 use crate::traffic::TrafficSplit;
 
+/// What the admin listener serves from.
+pub struct AdminContext {
+    /// The platform.
+    pub platform: Arc<Platform>,
+    /// Largest deploy upload, bytes.
+    pub max_upload: u64,
+    /// The token and the dashboard's sessions.
+    pub auth: AdminAuth,
+    /// The counters' recent history, for the dashboard.
+    pub history: Arc<History>,
+}
+
 /// Handles one admin request.
-pub async fn handle(
-    platform: Arc<Platform>,
-    req: Request<Incoming>,
-    max_upload: u64,
-    token: AdminToken,
-) -> Response<ResponseBody> {
-    let authorization = req.headers().get(http::header::AUTHORIZATION);
-    if !token.accepts(authorization.map(|v| v.as_bytes())) {
+pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<ResponseBody> {
+    if super::ui::is_ui(req.uri().path()) {
+        return super::ui::handle(&cx.auth, req).await;
+    }
+    if !cx.auth.allows(req.headers(), req.method()) {
         tracing::info!(method = %req.method(), path = %req.uri().path(), "admin request refused: missing or wrong token");
         let mut response = error(
             StatusCode::UNAUTHORIZED,
@@ -60,11 +72,14 @@ pub async fn handle(
         );
         return response;
     }
+    let platform = &cx.platform;
+    let max_upload = cx.max_upload;
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &platform.status()),
-        (Method::GET, ["metrics"]) => metrics(&platform, &req),
+        (Method::GET, ["v1", "history"]) => json(StatusCode::OK, &cx.history.view(platform)),
+        (Method::GET, ["metrics"]) => metrics(platform, &req),
         (Method::GET, ["v1", "functions"]) => {
             let all: Vec<FunctionInfo> = platform
                 .registry()
@@ -83,7 +98,7 @@ pub async fn handle(
         },
         (Method::PUT, ["v1", "functions", name]) => {
             let name = name.to_string();
-            match deploy(&platform, &name, req, max_upload).await {
+            match deploy(platform, &name, req, max_upload).await {
                 Ok((_, replaced)) => {
                     let status = if replaced {
                         StatusCode::OK

@@ -1,4 +1,4 @@
-//! The admin API's bearer token.
+//! The admin API's bearer token, and the dashboard's sessions.
 //!
 //! Whoever can reach the admin API can run code on the host, so every admin request must carry
 //! `Authorization: Bearer <token>`. The token comes from `--admin-token` / `THAW_ADMIN_TOKEN`,
@@ -7,14 +7,28 @@
 //! runs beside the server (same user, same data directory), so local use needs no setup.
 //! Tokens are compared in constant time.
 //!
+//! # Dashboard sessions
+//! A browser cannot be trusted to keep a bearer token out of history, bookmarks and other
+//! scripts, so the dashboard ([`super::ui`]) trades the token, once, in a login form's POST
+//! body, for a session: 256 random bits in a cookie that is `HttpOnly` (no script reads it),
+//! `SameSite=Strict` (no other site's page sends it) and `Path=/`. The token never appears in
+//! a URL or in the page. Sessions live in memory for [`SESSION_TTL`] (a restart logs
+//! everyone out), at most [`MAX_SESSIONS`] at once. A request authenticated by the cookie
+//! that changes something must also carry the `x-thaw-ui` header, which a cross-origin page
+//! cannot add without a CORS preflight the admin API never grants: a second wall behind
+//! SameSite, for older browsers.
+//!
 //! The file is written whole or not at all (a temp file, fsync, then a hard link to the final
 //! name, which fails rather than replace a token another start wrote), and a token shorter
 //! than [`MIN_TOKEN_LEN`], from the file or the flag, stops the start-up: an empty file left
 //! by a full disk must not become a token that locks everyone out, or one anybody can guess.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use subtle::ConstantTimeEq as _;
@@ -102,6 +116,107 @@ impl AdminToken {
     }
 }
 
+/// The dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "thaw_session";
+
+/// How long a dashboard session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Most dashboard sessions at once; a login beyond it ends the oldest.
+pub const MAX_SESSIONS: usize = 64;
+
+/// The header a cookie-authenticated request must carry to change something.
+pub const UI_HEADER: &str = "x-thaw-ui";
+
+/// Live dashboard sessions: id → expiry.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, Instant>>);
+
+impl Sessions {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new session; its id, for the cookie.
+    pub fn create(&self) -> anyhow::Result<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("no randomness for a session id: {e}"))?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = Instant::now();
+        let mut live = self.live();
+        live.retain(|_, expiry| *expiry > now);
+        if live.len() >= MAX_SESSIONS
+            && let Some(oldest) = live
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(id, _)| id.clone())
+        {
+            live.remove(&oldest);
+        }
+        live.insert(id.clone(), now + SESSION_TTL);
+        Ok(id)
+    }
+
+    /// The session id in a `Cookie` header, if it names a live session.
+    pub fn find(&self, cookies: Option<&[u8]>) -> Option<String> {
+        let id = session_id(cookies?)?;
+        let live = self.live();
+        let expiry = live.get(id)?;
+        (*expiry > Instant::now()).then(|| id.to_owned())
+    }
+
+    /// Ends a session.
+    pub fn end(&self, id: &str) {
+        self.live().remove(id);
+    }
+}
+
+/// The `thaw_session` value in a `Cookie` header.
+fn session_id(cookies: &[u8]) -> Option<&str> {
+    std::str::from_utf8(cookies)
+        .ok()?
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// Who may use the admin API: holders of the token, and dashboard sessions.
+#[derive(Clone)]
+pub struct AdminAuth {
+    /// The token.
+    pub token: AdminToken,
+    /// The dashboard's sessions.
+    pub sessions: Arc<Sessions>,
+}
+
+impl AdminAuth {
+    /// Token-only access, with no session yet.
+    pub fn new(token: AdminToken) -> Self {
+        Self {
+            token,
+            sessions: Arc::default(),
+        }
+    }
+
+    /// Whether a request may use the admin API: it carries the token, or a live session's
+    /// cookie (and, to change something, the [`UI_HEADER`]).
+    pub fn allows(&self, headers: &http::HeaderMap, method: &http::Method) -> bool {
+        if self.token.accepts(
+            headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        ) {
+            return true;
+        }
+        let session = self
+            .sessions
+            .find(headers.get(http::header::COOKIE).map(|v| v.as_bytes()));
+        session.is_some() && (method.is_safe() || headers.contains_key(UI_HEADER))
+    }
+}
+
 /// The token in a token file, if the file exists.
 pub fn read_token(path: &Path) -> anyhow::Result<Option<String>> {
     match std::fs::read_to_string(path) {
@@ -154,6 +269,28 @@ mod tests {
                 "left as it was"
             );
         }
+    }
+
+    #[test]
+    fn sessions_need_their_cookie_and_the_ui_header_to_change_things() {
+        let auth = AdminAuth::new(AdminToken("0123456789abcdef".into()));
+        let id = auth.sessions.create().unwrap();
+        let with = |cookie: &str, ui: bool| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::COOKIE, cookie.parse().unwrap());
+            if ui {
+                headers.insert(UI_HEADER, "1".parse().unwrap());
+            }
+            headers
+        };
+        let good = format!("other=1; {SESSION_COOKIE}={id}");
+        assert!(auth.allows(&with(&good, false), &http::Method::GET));
+        assert!(!auth.allows(&with(&good, false), &http::Method::PUT));
+        assert!(auth.allows(&with(&good, true), &http::Method::PUT));
+        let forged = format!("{SESSION_COOKIE}={}", "0".repeat(64));
+        assert!(!auth.allows(&with(&forged, true), &http::Method::GET));
+        auth.sessions.end(&id);
+        assert!(!auth.allows(&with(&good, true), &http::Method::GET));
     }
 
     #[test]
