@@ -171,6 +171,10 @@ pub struct HostSettings {
     /// whatever this says) [default: 10]
     #[arg(long, env = "THAW_KEEP_VERSIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub keep_versions: Option<u32>,
+    /// Directory of the files `file:NAME` secrets of functions' `config` are read from
+    /// [default: none; only `env:NAME` secrets, from THAW_SECRET_NAME]
+    #[arg(long, env = "THAW_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// Export traces (OpenTelemetry, OTLP over HTTP) to the collector at this base URL,
     /// e.g. http://127.0.0.1:4318 (spans go to <URL>/v1/traces) [default: no traces]
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
@@ -363,6 +367,9 @@ impl ServeArgs {
                 keep_versions: s
                     .keep_versions
                     .map_or(thaw_runtime::control::DEFAULT_KEEP_VERSIONS, |n| n as usize),
+                secrets: thaw_runtime::guest::config::SecretSources {
+                    dir: s.secrets_dir.clone(),
+                },
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),

@@ -1,16 +1,16 @@
 //! The recent history of the host's counters, for the dashboard's charts.
 //!
 //! A task samples the platform's totals (requests and failures per function, starts by kind,
-//! limit hits) every [`INTERVAL`] into a ring of [`SAMPLES`], so the last ten minutes are
-//! there when someone opens the dashboard, not only the minutes since. Rates are the
+//! limit hits) every [`INTERVAL`] into a ring of [`SAMPLES`], so the last minutes are there
+//! when someone opens the dashboard, not only the minutes since. Rates are the
 //! differences of consecutive samples, computed by the reader; a total can go down when a
 //! version is unloaded (rolled back from) or the host restarts, and a reader treats that as
 //! a new start.
 //!
 //! Prometheus keeps history properly and for as long as one likes; this is the dashboard's
 //! short memory, so that a single binary shows something useful without one. A sample costs
-//! a walk of the registry's counters (no locks on the request path), a few maps of small
-//! strings, every two seconds.
+//! a walk of the registry's counters (no locks on the request path) and a few maps of small
+//! strings, once per interval.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use crate::control::Platform;
 /// Time between samples.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
-/// Samples kept: ten minutes.
+/// Samples kept (with [`INTERVAL`], the window the dashboard shows).
 pub const SAMPLES: usize = 300;
 
 /// The ring of samples.
@@ -33,7 +33,7 @@ pub struct History {
 
 impl History {
     /// A history sampled from `platform` every [`INTERVAL`] by a task on the current
-    /// runtime, until the returned `Arc` and the platform's last user are gone.
+    /// runtime, until the returned `Arc` is dropped.
     pub fn spawn(platform: Arc<Platform>) -> Arc<Self> {
         let history = Arc::new(Self::default());
         let weak = Arc::downgrade(&history);

@@ -25,14 +25,14 @@
 //!
 //! The parsers of untrusted bytes and the admin API's wire types live in `thaw-spec` (no
 //! wasmtime there, so fuzzing is cheap) and keep their paths here: [`spec`], [`manifest`],
-//! [`cgi`], [`outbound`], [`traffic`], [`api`]. The CLI (`thaw-cli`) and the cold-start suite
+//! [`cgi`], [`config`], [`outbound`], [`traffic`], [`api`]. The CLI (`thaw-cli`) and the cold-start suite
 //! (`thaw-bench`) are crates of their own.
 
 #![deny(missing_docs)]
 
 // The parsers of untrusted bytes live in thaw-spec (no wasmtime there, so fuzzing is cheap);
 // they keep their paths here.
-pub use thaw_spec::{api, cgi, manifest, outbound, spec, traffic};
+pub use thaw_spec::{api, cgi, config, manifest, outbound, spec, traffic};
 
 pub mod control;
 pub mod datadir;

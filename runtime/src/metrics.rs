@@ -159,9 +159,9 @@ impl Collector for PlatformCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let platform = &self.0;
         let sets = platform.registry().all();
-        // Per version: those a request can reach, and those that served requests since they
-        // were loaded (a version rolled back from keeps its counts until it is unloaded). At
-        // most `--keep-versions` per function, so the label set stays bounded.
+        // Per version: those a request can reach, and those that served requests (a version
+        // rolled back from keeps its series while it is kept). Bounded by the kept versions
+        // and the split's, per function.
         let functions: Vec<&Arc<Function>> = sets
             .iter()
             .flat_map(|set| {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::commands::Target;
+use thaw_runtime::config::{ConfigValue, SecretRef};
 use thaw_runtime::manifest::Manifest;
 use thaw_runtime::spec::{DirGrant, FunctionSpec, LimitsSpec};
 
@@ -23,6 +24,13 @@ pub struct DeployArgs {
     /// Environment variable for the function, KEY=VALUE; repeatable
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// A wasi:config value, KEY=VALUE; repeatable
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub config: Vec<(String, String)>,
+    /// A wasi:config value the host resolves, KEY=env:NAME (the host's THAW_SECRET_NAME) or
+    /// KEY=file:NAME (a file in the host's --secrets-dir); never stored in the spec; repeatable
+    #[arg(long = "secret", value_name = "KEY=PROVIDER:NAME", value_parser = parse_secret)]
+    pub secrets: Vec<(String, SecretRef)>,
     #[allow(missing_docs)] // flattened: its own fields carry the help text
     #[command(flatten)]
     pub limits: LimitsSpec,
@@ -70,6 +78,11 @@ fn parse_dir(s: &str) -> Result<DirGrant, String> {
     })
 }
 
+fn parse_secret(s: &str) -> Result<(String, SecretRef), String> {
+    let (key, secret) = parse_env(s)?;
+    Ok((key, secret.parse()?))
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -111,6 +124,19 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         snapshot: args.no_snapshot.then_some(false),
         allowed_outbound_hosts: args.allow_outbound.clone(),
         dirs: args.dirs.clone(),
+        config: args
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), ConfigValue::Value(v.clone())))
+            .chain(args.secrets.iter().map(|(k, secret)| {
+                (
+                    k.clone(),
+                    ConfigValue::Secret {
+                        secret: secret.clone(),
+                    },
+                )
+            }))
+            .collect(),
         reuse: args
             .reuse_max_requests
             .map(|max_requests| thaw_runtime::spec::ReuseSpec {

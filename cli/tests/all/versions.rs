@@ -182,6 +182,55 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
     server.deploy("api", wasm::HELLO, route("/api")).await;
     assert_eq!(traffic(&server).await, "v3=100");
     assert_eq!(spread(&server, 10, None).await, [("v3".into(), 10)].into());
+
+    // A canary beside a pinnable-only version: rollback goes to the version that served,
+    // not to the one that was only being tried, and the canary lets go of its code.
+    thaw(&server, &["traffic", "api", "v2=0", "v3=100"]);
+    let out = thaw(
+        &server,
+        &[
+            "deploy",
+            wasm::HELLO,
+            "--name",
+            "api",
+            "--route",
+            "/api",
+            "--canary",
+            "20",
+        ],
+    );
+    assert!(out.contains("traffic v2=0 v3=80 v4=20"), "{out}");
+    spread(&server, 20, None).await;
+    let out = thaw(&server, &["rollback", "api"]);
+    assert!(out.starts_with("api: v3=100"), "{out}");
+    let versions = server.admin().typed().versions("api").await.unwrap();
+    let v4 = versions.versions.iter().find(|v| v.version == 4).unwrap();
+    assert!(!v4.loaded, "a version out of the split drops its code");
+    assert!(v4.requests > 0, "and keeps its counts");
+
+    // A canary must keep the route of the versions serving.
+    let moved = thaw_command(
+        &server,
+        &[
+            "deploy",
+            wasm::HELLO,
+            "--name",
+            "api",
+            "--route",
+            "/elsewhere",
+            "--canary",
+            "10",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!moved.status.success());
+    assert!(
+        String::from_utf8_lossy(&moved.stderr).contains("same route"),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    assert_eq!(traffic(&server).await, "v3=100");
 }
 
 #[tokio::test(flavor = "multi_thread")]

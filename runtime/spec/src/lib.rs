@@ -2,6 +2,7 @@
 //!
 //! - [`spec`]: a function's deploy-time description (JSON over the admin API);
 //! - [`manifest`]: `thaw.toml`, many specs plus where their wasm is;
+//! - [`config`]: a function's `wasi:config` values and secret references;
 //! - [`cgi`]: the response a preview1 module prints on stdout;
 //! - [`route`]: which route prefix serves a request path;
 //! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list;
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod cgi;
+pub mod config;
 pub mod manifest;
 pub mod outbound;
 pub mod route;

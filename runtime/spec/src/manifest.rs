@@ -69,6 +69,9 @@ pub struct ManifestFunction {
     /// Granted host directories.
     #[serde(default)]
     pub dirs: Vec<DirGrant>,
+    /// `wasi:config` values and secret references.
+    #[serde(default)]
+    pub config: BTreeMap<String, crate::config::ConfigValue>,
 }
 
 impl ManifestFunction {
@@ -82,6 +85,7 @@ impl ManifestFunction {
             snapshot: self.snapshot,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             dirs: self.dirs.clone(),
+            config: self.config.clone(),
         }
     }
 }

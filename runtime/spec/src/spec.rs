@@ -29,6 +29,12 @@ pub const DEFAULT_MAX_HEADERS: u32 = 100;
 pub const DEFAULT_MAX_OUTBOUND_REQUESTS: u32 = 16;
 /// Default outbound request timeout.
 pub const DEFAULT_OUTBOUND_TIMEOUT_MS: u64 = 10_000;
+/// Default largest value a function may store in its key-value store.
+pub const DEFAULT_KV_MAX_VALUE_KIB: u64 = 1024;
+/// Default most keys in a function's key-value store (all its buckets).
+pub const DEFAULT_KV_MAX_KEYS: u64 = 100_000;
+/// Default most bytes (keys and values) in a function's key-value store.
+pub const DEFAULT_KV_MAX_MIB: u64 = 256;
 /// Longest timeout a spec may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 /// Most environment variables a function may have. The list is copied into every
@@ -72,6 +78,10 @@ pub struct FunctionSpec {
     /// Host directories the function may read (or, when `writable`, write); none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirs: Vec<DirGrant>,
+    /// What `wasi:config/store` answers: values, and references to secrets the host
+    /// resolves (see [`crate::config`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, crate::config::ConfigValue>,
 }
 
 /// A host directory made visible to a function.
@@ -179,6 +189,20 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "MS"))]
     pub outbound_timeout_ms: Option<u64>,
+    /// Largest value the function may store in its key-value store, in KiB [default: the
+    /// host's, 1024]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "KIB"))]
+    pub kv_max_value_kib: Option<u64>,
+    /// Most keys in the function's key-value store, all buckets [default: the host's, 100000]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub kv_max_keys: Option<u64>,
+    /// Most bytes (keys and values) in the function's key-value store, in MiB [default: the
+    /// host's, 256]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MIB"))]
+    pub kv_max_mib: Option<u64>,
 }
 
 /// The host-wide defaults for [`LimitsSpec`].
@@ -207,6 +231,12 @@ pub struct LimitDefaults {
     pub max_outbound_requests: u32,
     /// See [`LimitsSpec::outbound_timeout_ms`].
     pub outbound_timeout_ms: u64,
+    /// See [`LimitsSpec::kv_max_value_kib`].
+    pub kv_max_value_kib: u64,
+    /// See [`LimitsSpec::kv_max_keys`].
+    pub kv_max_keys: u64,
+    /// See [`LimitsSpec::kv_max_mib`].
+    pub kv_max_mib: u64,
     /// Whether the host counts fuel at all (`--fuel-metering`); the platform sets it from its
     /// engine, it is not a key of the config file's `[limits]`.
     #[serde(skip)]
@@ -227,6 +257,9 @@ impl Default for LimitDefaults {
             max_headers: DEFAULT_MAX_HEADERS,
             max_outbound_requests: DEFAULT_MAX_OUTBOUND_REQUESTS,
             outbound_timeout_ms: DEFAULT_OUTBOUND_TIMEOUT_MS,
+            kv_max_value_kib: DEFAULT_KV_MAX_VALUE_KIB,
+            kv_max_keys: DEFAULT_KV_MAX_KEYS,
+            kv_max_mib: DEFAULT_KV_MAX_MIB,
             fuel_metering: false,
         }
     }
@@ -260,6 +293,27 @@ pub struct Limits {
     /// Timeout of each outbound request.
     #[serde(serialize_with = "as_millis", deserialize_with = "from_millis")]
     pub outbound_timeout: Duration,
+    /// Largest key-value value, bytes.
+    #[serde(default = "default_kv_value")]
+    pub kv_max_value_bytes: u64,
+    /// Most key-value keys.
+    #[serde(default = "default_kv_keys")]
+    pub kv_max_keys: u64,
+    /// Most key-value bytes.
+    #[serde(default = "default_kv_bytes")]
+    pub kv_max_bytes: u64,
+}
+
+fn default_kv_value() -> u64 {
+    DEFAULT_KV_MAX_VALUE_KIB << 10
+}
+
+fn default_kv_keys() -> u64 {
+    DEFAULT_KV_MAX_KEYS
+}
+
+fn default_kv_bytes() -> u64 {
+    DEFAULT_KV_MAX_MIB << 20
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -294,6 +348,9 @@ impl LimitsSpec {
             max_outbound_requests: self
                 .max_outbound_requests
                 .unwrap_or(defaults.max_outbound_requests),
+            kv_max_value_bytes: self.kv_max_value_kib.unwrap_or(defaults.kv_max_value_kib) << 10,
+            kv_max_keys: self.kv_max_keys.unwrap_or(defaults.kv_max_keys),
+            kv_max_bytes: self.kv_max_mib.unwrap_or(defaults.kv_max_mib) << 20,
             outbound_timeout: Duration::from_millis(
                 self.outbound_timeout_ms
                     .unwrap_or(defaults.outbound_timeout_ms),
@@ -335,6 +392,9 @@ pub enum SpecError {
     /// A directory grant is not usable.
     #[error("invalid directory grant {0:?}: {1}")]
     Dir(String, &'static str),
+    /// The configuration table is not usable.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Checks a function name.
@@ -420,6 +480,7 @@ impl FunctionSpec {
         if let Some((key, _)) = self.env.iter().find(|(_, v)| v.contains('\0')) {
             return Err(SpecError::Env(key.clone(), "values must not contain NUL"));
         }
+        crate::config::validate(&self.config).map_err(SpecError::Config)?;
         if let Some(reuse) = &self.reuse {
             if !(1..=1_000_000).contains(&reuse.max_requests) {
                 return Err(SpecError::Limit(
@@ -478,6 +539,10 @@ impl FunctionSpec {
             ("max_header_bytes", l.max_header_bytes, 256 << 10),
             ("max_headers", l.max_headers.map(u64::from), 100),
             ("outbound_timeout_ms", l.outbound_timeout_ms, MAX_TIMEOUT_MS),
+            // A value is one allocation on the request path, in the guest and the host.
+            ("kv_max_value_kib", l.kv_max_value_kib, 64 << 10),
+            ("kv_max_keys", l.kv_max_keys, 1 << 32),
+            ("kv_max_mib", l.kv_max_mib, 1 << 20),
         ] {
             if let Some(v) = value
                 && !(1..=max).contains(&v)

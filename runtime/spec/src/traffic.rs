@@ -162,7 +162,13 @@ impl TrafficSplit {
             share.percent += 1;
             left -= 1;
         }
-        let mut shares: Vec<Share> = shares.into_iter().map(|(s, _)| s).collect();
+        // A version that served and rounds down to nothing leaves the split (it is not made
+        // pinnable-only by arithmetic); one that was pinnable-only stays so.
+        let mut shares: Vec<Share> = shares
+            .into_iter()
+            .map(|(s, _)| s)
+            .filter(|s| s.percent > 0 || self.percent(s.version) == Some(0))
+            .collect();
         shares.push(Share { version, percent });
         Self::new(shares)
     }
@@ -254,7 +260,15 @@ mod tests {
             "v1=34 v2=33 v3=33"
         );
         assert_eq!(one.with_canary(5, 0).unwrap().to_string(), "v4=100 v5=0");
-        assert_eq!(one.with_canary(5, 100).unwrap().to_string(), "v4=0 v5=100");
+        // A version whose share rounds away leaves the split; a pinnable-only one stays.
+        assert_eq!(one.with_canary(5, 100).unwrap().to_string(), "v5=100");
+        let small = TrafficSplit::parse_args(&["v1=99", "v2=1"]).unwrap();
+        assert_eq!(small.with_canary(3, 50).unwrap().to_string(), "v1=50 v3=50");
+        let pinnable = TrafficSplit::parse_args(&["v1=100", "v2=0"]).unwrap();
+        assert_eq!(
+            pinnable.with_canary(3, 20).unwrap().to_string(),
+            "v1=80 v2=0 v3=20"
+        );
     }
 
     #[test]

@@ -28,6 +28,16 @@ use crate::traffic::TrafficSplit;
 /// work that would otherwise run per request, but bounded, because a deploy must end.
 const INIT_BUDGET: Duration = Duration::from_secs(60);
 
+/// What a deploy made.
+pub struct Deployed {
+    /// The new version.
+    pub version: Arc<Function>,
+    /// The function's versions and split with it.
+    pub set: Arc<VersionSet>,
+    /// Whether the function existed before.
+    pub replaced: bool,
+}
+
 /// How a deploy's new version takes traffic.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DeployOptions {
@@ -67,8 +77,10 @@ impl Platform {
         spec: FunctionSpec,
         wasm: Bytes,
     ) -> Result<(Arc<Function>, bool), DeployError> {
-        self.deploy_with(name, spec, wasm, DeployOptions::default())
-            .await
+        let deployed = self
+            .deploy_with(name, spec, wasm, DeployOptions::default())
+            .await?;
+        Ok((deployed.version, deployed.replaced))
     }
 
     /// [`Platform::deploy`] with options (a canary share).
@@ -78,7 +90,7 @@ impl Platform {
         spec: FunctionSpec,
         wasm: Bytes,
         options: DeployOptions,
-    ) -> Result<(Arc<Function>, bool), DeployError> {
+    ) -> Result<Deployed, DeployError> {
         let result = self.try_deploy(name, spec, wasm, options).await;
         let outcome = usize::from(result.is_err());
         self.deploys[outcome].fetch_add(1, Ordering::Relaxed);
@@ -91,7 +103,7 @@ impl Platform {
         spec: FunctionSpec,
         wasm: Bytes,
         options: DeployOptions,
-    ) -> Result<(Arc<Function>, bool), DeployError> {
+    ) -> Result<Deployed, DeployError> {
         if options.canary.is_some_and(|p| p > 100) {
             return Err(DeployError::BadRequest(
                 "a canary share is a percent, 0 to 100".into(),
@@ -101,6 +113,12 @@ impl Platform {
             .map_err(|e| DeployError::BadRequest(e.to_string()))?;
         self.check_host_support(&spec)
             .map_err(DeployError::BadRequest)?;
+        // Before any work: a secret the host cannot resolve is the deployer's to fix.
+        let config = Arc::new(
+            self.secrets
+                .resolve(&spec.config)
+                .map_err(DeployError::BadRequest)?,
+        );
         let kind = detect_kind(&wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
         self.registry
             .check_route(name, &spec.route_or_default(name))?;
@@ -145,6 +163,7 @@ impl Platform {
             .link(compiled)
             .map_err(|e| DeployError::InvalidModule(e.to_string()))?;
         let mut function = Function::loaded_with(record, &self.defaults, code, origin);
+        function.config = config;
 
         let _guard = self.write_lock.lock().await;
         let previous = self.registry.get(name);
@@ -168,7 +187,7 @@ impl Platform {
             Some(previous) => previous.with_version(function.clone(), traffic, self.keep_versions),
             None => VersionSet::new(vec![function.clone()], traffic).map(|s| (s, Vec::new())),
         }
-        .map_err(|e| DeployError::Internal(anyhow::anyhow!(e)))?;
+        .map_err(DeployError::from)?;
         self.registry.check_route(name, &set.route)?;
         // The wasm first, the record last: the record is the commit point (see datadir).
         // The upload, and the snapshot (what an artifact rebuild compiles) if there is one.
@@ -182,7 +201,7 @@ impl Platform {
         }
         let replaced = previous.is_some();
         drop(previous);
-        self.commit(set, dropped).await?;
+        let set = self.commit(set, dropped).await?;
         if origin == Origin::FastTier {
             self.tier_ups_pending.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(self.clone().tier_up(function.clone(), code_wasm));
@@ -196,7 +215,11 @@ impl Platform {
             canary = options.canary,
             "deployed"
         );
-        Ok((function, replaced))
+        Ok(Deployed {
+            version: function,
+            set,
+            replaced,
+        })
     }
 
     /// Persists `set` as its function's record (the commit point), swaps it into the
@@ -242,11 +265,48 @@ impl Platform {
         name: &str,
         traffic: TrafficSplit,
     ) -> Result<Arc<VersionSet>, DeployError> {
+        self.change_traffic(name, |_| Ok(traffic)).await
+    }
+
+    /// Serves all of function `name`'s traffic from `version`, or, for `None`, from the
+    /// version it served before the newest change (see [`VersionSet::previous`]).
+    pub async fn rollback(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<VersionSet>, DeployError> {
+        self.change_traffic(name, |current| {
+            let version = match version {
+                Some(version) => version,
+                None => current.previous().ok_or_else(|| {
+                    DeployError::NotFound(format!(
+                        "function {name} has no older version serving or kept to roll back to"
+                    ))
+                })?,
+            };
+            Ok(TrafficSplit::single(version))
+        })
+        .await
+    }
+
+    /// Serves all of function `name`'s traffic from its newest version.
+    pub async fn promote(&self, name: &str) -> Result<Arc<VersionSet>, DeployError> {
+        self.change_traffic(name, |current| {
+            Ok(TrafficSplit::single(current.newest().record.generation))
+        })
+        .await
+    }
+
+    /// A new split for function `name`, chosen by `choose` from the current versions under
+    /// the write lock (so a deploy committed meanwhile is seen, not overwritten).
+    async fn change_traffic(
+        &self,
+        name: &str,
+        choose: impl FnOnce(&VersionSet) -> Result<TrafficSplit, DeployError>,
+    ) -> Result<Arc<VersionSet>, DeployError> {
         let _guard = self.write_lock.lock().await;
         let current = self.versions(name)?;
-        let set = current
-            .with_traffic(traffic)
-            .map_err(DeployError::NotFound)?;
+        let set = current.with_traffic(choose(&current)?)?;
         for share in set.traffic().shares().iter().filter(|s| s.percent > 0) {
             let version = set.version(share.version).expect("checked by the set");
             self.loader.ensure_loaded(version).await.map_err(|e| {
@@ -256,32 +316,6 @@ impl Platform {
         let set = self.commit(set, Vec::new()).await?;
         tracing::info!(function = name, traffic = %set.traffic(), "traffic split changed");
         Ok(set)
-    }
-
-    /// Serves all of function `name`'s traffic from `version`, or, for `None`, from the
-    /// version before the newest one that takes a share (see [`VersionSet::previous`]).
-    pub async fn rollback(
-        &self,
-        name: &str,
-        version: Option<u64>,
-    ) -> Result<Arc<VersionSet>, DeployError> {
-        let current = self.versions(name)?;
-        let version = match version {
-            Some(version) => version,
-            None => current.previous().ok_or_else(|| {
-                DeployError::NotFound(format!(
-                    "function {name} has no version older than v{} to roll back to",
-                    current.traffic().newest_serving()
-                ))
-            })?,
-        };
-        self.set_traffic(name, TrafficSplit::single(version)).await
-    }
-
-    /// Serves all of function `name`'s traffic from its newest version.
-    pub async fn promote(&self, name: &str) -> Result<Arc<VersionSet>, DeployError> {
-        let newest = self.versions(name)?.newest().record.generation;
-        self.set_traffic(name, TrafficSplit::single(newest)).await
     }
 
     /// Pre-initialises a component (see [`crate::snapshot`]) on a blocking thread: Wizer
@@ -381,8 +415,8 @@ impl Platform {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let code = self.loader.linking().link(compiled)?;
             let _guard = self.write_lock.lock().await;
-            let mut upgraded = Function::loaded_with(record.clone(), &self.defaults, code, origin);
-            upgraded.log = fast.log.clone();
+            let upgraded = Function::loaded_with(record.clone(), &self.defaults, code, origin)
+                .with_state_of(&fast);
             // The record does not change (same version, same code digest): nothing to persist.
             match self
                 .registry

@@ -30,6 +30,15 @@ pub enum DeployError {
     Internal(anyhow::Error),
 }
 
+impl From<super::versions::SetError> for DeployError {
+    fn from(e: super::versions::SetError) -> Self {
+        match e {
+            super::versions::SetError::NoSuchVersion(m) => DeployError::NotFound(m),
+            super::versions::SetError::Invalid(m) => DeployError::BadRequest(m),
+        }
+    }
+}
+
 impl DeployError {
     /// The status the admin client gets.
     pub fn status(&self) -> StatusCode {

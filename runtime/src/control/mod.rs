@@ -25,6 +25,7 @@ use crate::engine::compile_cache::CompileCache;
 use crate::engine::{Allocator, EngineOptions, ThawEngine};
 use crate::function::pool::PoolOptions;
 use crate::function::{Function, Linking, Loader};
+use crate::guest::config::SecretSources;
 use crate::invoke::InvokeContext;
 use crate::spec::LimitDefaults;
 use crate::telemetry::Tracing;
@@ -61,6 +62,8 @@ pub struct PlatformConfig {
     /// Versions kept per function (see [`versions`]); versions in the traffic split are
     /// kept whatever this says.
     pub keep_versions: usize,
+    /// Where `wasi:config` secrets come from.
+    pub secrets: SecretSources,
 }
 
 /// [`PlatformConfig::keep_versions`] when nothing says otherwise.
@@ -120,6 +123,8 @@ pub struct Platform {
     deploys: [AtomicU64; 2],
     /// Versions kept per function.
     keep_versions: usize,
+    /// Where `wasi:config` secrets come from.
+    secrets: SecretSources,
 }
 
 impl std::fmt::Debug for Platform {
@@ -197,6 +202,7 @@ impl Platform {
             write_lock: tokio::sync::Mutex::new(()),
             deploys: Default::default(),
             keep_versions: config.keep_versions.clamp(1, versions::MAX_VERSIONS / 2),
+            secrets: config.secrets.clone(),
         };
         platform.register_all()?;
         // Before serving: what a crash interrupted, and what earlier runs left behind.
@@ -244,6 +250,15 @@ impl Platform {
             .map(|version| {
                 let mut function = Function::unloaded(version, &self.defaults);
                 function.log = Arc::clone(&log);
+                match self.secrets.resolve(&function.record.spec.config) {
+                    Ok(config) => function.config = Arc::new(config),
+                    // It resolved at deploy: the operator removed or renamed a secret since.
+                    Err(e) => tracing::error!(
+                        function = %function.name,
+                        version = function.record.generation,
+                        "serving without its secrets: {e}"
+                    ),
+                }
                 Arc::new(function)
             })
             .collect();

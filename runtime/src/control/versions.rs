@@ -17,9 +17,10 @@
 //!
 //! # Picking a version per request
 //! A [`VersionSet`] is immutable and swapped as a whole, like the route table. For a split it
-//! holds a table of 100 slots, each naming a version, interleaved by smooth weighted
-//! round-robin (the sequence nginx uses for upstream weights): request `n` takes slot
-//! `n mod 100`. Every 100 consecutive requests are split exactly as asked, and a canary's
+//! holds a table of one slot per percent, each naming a version, interleaved by smooth
+//! weighted round-robin (the sequence nginx uses for upstream weights): request `n` takes
+//! slot `n` modulo the table's length. Every run of that many consecutive requests is split
+//! exactly as asked, and a canary's
 //! requests are spread across them, not bunched. The cost per request is one relaxed
 //! `fetch_add` on the set's counter, and none with a single serving version. A random pick
 //! would need no shared counter but drifts from the split on small samples; with one atomic
@@ -116,7 +117,7 @@ pub struct VersionSet {
     primary: usize,
     /// The version that takes every request, when one does: no counter needed.
     only: Option<usize>,
-    /// 100 slots of indices in `versions`, interleaved (see the module docs).
+    /// [`SLOTS`] indices in `versions`, interleaved (see the module docs).
     table: Box<[u8]>,
     next: AtomicU64,
 }
@@ -124,25 +125,46 @@ pub struct VersionSet {
 /// Most versions a set may hold (its table stores indices as bytes).
 pub const MAX_VERSIONS: usize = 200;
 
+/// Slots of the pick table: shares are whole percents.
+const SLOTS: usize = 100;
+
+/// Why a set cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    /// The split names a version the function does not keep.
+    #[error("{0}")]
+    NoSuchVersion(String),
+    /// The split cannot be served as asked.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 impl VersionSet {
-    /// A set over `versions` (any order) with `traffic`, which must name only these versions.
-    pub fn new(mut versions: Vec<Arc<Function>>, traffic: TrafficSplit) -> Result<Self, String> {
+    /// A set over `versions` (any order) with `traffic`, which must name only these versions,
+    /// and whose versions that take a share must all have the same route (the route table
+    /// has one route per function: a canary on another route would take its share of the
+    /// old route's requests and leave its own unserved).
+    pub fn new(mut versions: Vec<Arc<Function>>, traffic: TrafficSplit) -> Result<Self, SetError> {
         versions.sort_by_key(|f| f.record.generation);
         versions.dedup_by_key(|f| f.record.generation);
-        let first = versions.first().ok_or("a function needs a version")?;
+        let first = versions
+            .first()
+            .ok_or_else(|| SetError::Invalid("a function needs a version".into()))?;
         if versions.len() > MAX_VERSIONS {
-            return Err(format!("more than {MAX_VERSIONS} versions"));
+            return Err(SetError::Invalid(format!(
+                "more than {MAX_VERSIONS} versions"
+            )));
         }
         let index = |version: u64| {
             versions
                 .iter()
                 .position(|f| f.record.generation == version)
                 .ok_or_else(|| {
-                    format!(
+                    SetError::NoSuchVersion(format!(
                         "function {} has no version v{version} (it keeps {})",
                         first.name,
                         list(&versions)
-                    )
+                    ))
                 })
         };
         let mut weights = Vec::new();
@@ -153,6 +175,19 @@ impl VersionSet {
             }
         }
         let primary = index(traffic.primary())?;
+        if let Some(&(other, _)) = weights
+            .iter()
+            .find(|(i, _)| versions[*i].route != versions[primary].route)
+        {
+            return Err(SetError::Invalid(format!(
+                "v{} serves {} and v{} serves {}: versions that share traffic must have the same \
+                 route (deploy the new route with all traffic, or keep the route for the canary)",
+                versions[primary].record.generation,
+                versions[primary].route,
+                versions[other].record.generation,
+                versions[other].route
+            )));
+        }
         let only = (weights.len() == 1).then(|| weights[0].0);
         Ok(Self {
             name: first.name.clone(),
@@ -172,7 +207,7 @@ impl VersionSet {
             Some(only) => only,
             None => {
                 let n = self.next.fetch_add(1, Ordering::Relaxed);
-                usize::from(self.table[(n % 100) as usize])
+                usize::from(self.table[(n % SLOTS as u64) as usize])
             }
         };
         &self.versions[index]
@@ -265,7 +300,7 @@ impl VersionSet {
         function: Arc<Function>,
         traffic: TrafficSplit,
         keep: usize,
-    ) -> Result<(Self, Vec<Arc<Function>>), String> {
+    ) -> Result<(Self, Vec<Arc<Function>>), SetError> {
         let mut all: Vec<_> = self.versions.iter().cloned().chain([function]).collect();
         let mut kept = Vec::with_capacity(all.len());
         let mut dropped = Vec::new();
@@ -281,7 +316,7 @@ impl VersionSet {
     }
 
     /// The same versions with another split.
-    pub fn with_traffic(&self, traffic: TrafficSplit) -> Result<Self, String> {
+    pub fn with_traffic(&self, traffic: TrafficSplit) -> Result<Self, SetError> {
         Self::new(self.versions.clone(), traffic)
     }
 
@@ -302,19 +337,26 @@ impl VersionSet {
         for version in &mut self.versions {
             let listed = self.traffic.percent(version.record.generation).is_some();
             if !listed && (version.loaded().is_some() || !version.pool.is_empty()) {
-                let mut unloaded = Function::unloaded(version.record.clone(), defaults);
-                unloaded.log = version.log.clone();
-                *version = Arc::new(unloaded);
+                let unloaded = Function::unloaded(version.record.clone(), defaults);
+                *version = Arc::new(unloaded.with_state_of(version));
             }
         }
         self
     }
 
-    /// What `rollback` without a version goes back to: the newest kept version older than
-    /// the newest one that takes a share (a canary's predecessor, or the version before the
-    /// current one).
+    /// What `rollback` without a version goes back to. During a split, the version with the
+    /// largest share other than the newest serving one (a canary's predecessor, not a version
+    /// that was only pinnable); otherwise the newest kept version older than the one serving.
     pub fn previous(&self) -> Option<u64> {
         let newest_serving = self.traffic.newest_serving();
+        let others = self
+            .traffic
+            .shares()
+            .iter()
+            .filter(|s| s.percent > 0 && s.version != newest_serving);
+        if let Some(share) = others.max_by_key(|s| (s.percent, s.version)) {
+            return Some(share.version);
+        }
         self.versions
             .iter()
             .rev()
@@ -332,15 +374,16 @@ fn list(versions: &[Arc<Function>]) -> String {
         .join(", ")
 }
 
-/// 100 slots for weights that add up to 100, by smooth weighted round-robin: each step every
-/// entry gains its weight, the largest current value takes the slot and loses the total.
+/// [`SLOTS`] slots for weights that add up to [`SLOTS`], by smooth weighted round-robin:
+/// each step every entry gains its weight, the largest current value takes the slot and loses
+/// the total.
 fn interleave(weights: &[(usize, i64)]) -> Box<[u8]> {
     let total: i64 = weights.iter().map(|(_, w)| w).sum();
     if weights.is_empty() || total == 0 {
-        return vec![0u8; 100].into();
+        return vec![0u8; SLOTS].into();
     }
     let mut current = vec![0i64; weights.len()];
-    (0..100)
+    (0..SLOTS)
         .map(|_| {
             for (c, (_, w)) in current.iter_mut().zip(weights) {
                 *c += w;

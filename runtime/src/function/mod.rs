@@ -157,20 +157,25 @@ pub struct Function {
     loaded: tokio::sync::OnceCell<Loaded>,
     /// Warm instances (components only).
     pub pool: WarmPool,
-    /// Request counters.
-    pub stats: FunctionStats,
+    /// Request counters; shared by the copies of one version (a tier-up, an unload), so
+    /// they count the version, not one loading of its code.
+    pub stats: Arc<FunctionStats>,
     /// The concurrency limit, if the function has one.
     pub gate: Option<ConcurrencyGate>,
     /// Parsed outbound allow-list.
     pub outbound: Arc<AllowList>,
-    /// How requests got their instances, and how long that and the handler took.
-    pub starts: StartStats,
+    /// How requests got their instances, and how long that and the handler took; shared
+    /// like `stats`.
+    pub starts: Arc<StartStats>,
     /// What the guest printed, recent lines; shared with the function's earlier and later
     /// versions (a redeploy hands it on).
     pub log: Arc<FunctionLog>,
     /// `v<generation>`, ready for the `x-thaw-version` response header (cloning it is a
     /// reference count, not an allocation).
     pub version_header: http::HeaderValue,
+    /// What `wasi:config/store` answers: the spec's plain values until the control plane
+    /// resolves its secrets (see [`crate::guest::config`]).
+    pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
 }
 
 /// `v<generation>` as a header value.
@@ -182,6 +187,17 @@ impl Function {
     /// A function known from its record, code not loaded yet.
     pub fn unloaded(record: FunctionRecord, defaults: &LimitDefaults) -> Self {
         let limits = record.spec.limits.resolve(defaults);
+        let config = Arc::new(
+            record
+                .spec
+                .config
+                .iter()
+                .filter_map(|(key, value)| match value {
+                    crate::config::ConfigValue::Value(value) => Some((key.clone(), value.clone())),
+                    crate::config::ConfigValue::Secret { .. } => None,
+                })
+                .collect(),
+        );
         Self {
             name: record.name.as_str().into(),
             route: record.spec.route_or_default(&record.name),
@@ -203,10 +219,22 @@ impl Function {
             pool: WarmPool::default(),
             version_header: version_header(record.generation),
             record,
-            stats: FunctionStats::default(),
-            starts: StartStats::default(),
+            stats: Arc::default(),
+            starts: Arc::default(),
             log: Arc::default(),
+            config,
         }
+    }
+
+    /// This function with what belongs to the version rather than to its code taken from
+    /// `other` (the same version, loaded differently): its log, its resolved configuration
+    /// and its counters.
+    pub fn with_state_of(mut self, other: &Function) -> Self {
+        self.log = other.log.clone();
+        self.config = other.config.clone();
+        self.stats = other.stats.clone();
+        self.starts = other.starts.clone();
+        self
     }
 
     /// A function with its code already loaded (a deploy compiles and links eagerly, so that
@@ -235,6 +263,7 @@ impl Function {
             outbound_sent: &self.stats.outbound_requests,
             log: &self.log,
             version: self.record.generation,
+            config: &self.config,
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::GuestConfig;
@@ -38,6 +39,8 @@ pub struct ProxyHost {
     pub limiter: GuestLimiter,
     /// The request being served, for the guest's log lines.
     request: Arc<std::sync::atomic::AtomicU64>,
+    /// What `wasi:config/store` answers, shared by every store of the version.
+    config: Arc<WasiConfigVariables>,
 }
 
 impl ProxyHost {
@@ -77,6 +80,7 @@ impl ProxyHost {
             },
             limiter: GuestLimiter::new(config.limits),
             request,
+            config: config.config.clone(),
         }
     }
 
@@ -181,6 +185,13 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
             ))
         })
+    }
+}
+
+impl ProxyHost {
+    /// The guest's `wasi:config/store`.
+    pub fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::new(&self.config)
     }
 }
 

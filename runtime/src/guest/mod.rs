@@ -10,12 +10,14 @@
 //! - [`limiter`]: the resource limiter, which fails a `memory.grow` past the limit with a
 //!   typed error ([`limiter::MemoryLimitHit`]) the request path classifies by type;
 //! - [`limit`]: the names of limits and their per-function counters;
-//! - [`log`] and [`stdout`]: where a guest's output goes (log lines; a CGI module's response).
+//! - [`log`] and [`stdout`]: where a guest's output goes (log lines; a CGI module's response);
+//! - [`config`]: `wasi:config` values, with secrets resolved from the host.
 //!
 //! One store per request (or per warm instance): a store is cheap to build (a few
 //! allocations: the WASI and HTTP contexts and a resource table), and dropping it frees every
 //! byte the guest had.
 
+pub mod config;
 pub mod host;
 pub mod limit;
 pub mod limiter;
@@ -61,6 +63,8 @@ pub struct GuestConfig<'a> {
     pub log: &'a Arc<log::FunctionLog>,
     /// The function's version, for its log lines.
     pub version: u64,
+    /// What `wasi:config/store` answers (see [`config`]).
+    pub config: &'a Arc<wasmtime_wasi_config::WasiConfigVariables>,
 }
 
 /// A store for one `wasi:http` instance: limiter installed, fuel given (on a metering
@@ -162,8 +166,8 @@ impl Linkers {
     /// Builds both linkers for `engine`.
     pub fn new(engine: &Engine) -> anyhow::Result<Self> {
         let mut proxy = wasmtime::component::Linker::new(engine);
-        // The same interfaces `wasmtime serve -Scli` offers: all of WASI p2 (cli, clocks,
-        // filesystem, random, io, sockets) plus wasi:http. What a guest may actually reach
+        // The interfaces `wasmtime serve -Scli -Sconfig` offers: all of WASI p2 (cli, clocks,
+        // filesystem, random, io, sockets) plus wasi:http and wasi:config. What a guest may actually reach
         // through them is decided per store by its `WasiCtx` (no preopens, no sockets).
         wasmtime_wasi::p2::add_to_linker_async(&mut proxy)
             .map_err(anyhow::Error::from)
@@ -171,6 +175,11 @@ impl Linkers {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut proxy)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
+        // What `wasmtime serve -Sconfig` adds. A function without configuration gets an
+        // empty store: every `get` is `none`, as for a key that is not set.
+        wasmtime_wasi_config::add_to_linker(&mut proxy, ProxyHost::config)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:config")?;
         let mut cgi = wasmtime::Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut cgi, |host: &mut CgiHost| &mut host.wasi)
             .map_err(anyhow::Error::from)

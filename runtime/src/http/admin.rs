@@ -34,10 +34,9 @@ use hyper::body::Incoming;
 
 use super::auth::AdminAuth;
 use crate::api::{ErrorBody, FunctionInfo, RollbackRequest, VersionsInfo};
-use crate::control::deploy::DeployOptions;
+use crate::control::deploy::{DeployOptions, Deployed};
 use crate::control::versions::VersionSet;
 use crate::control::{DeployError, Platform};
-use crate::function::Function;
 use crate::history::History;
 use crate::invoke::body::{ResponseBody, full};
 use crate::spec::FunctionSpec;
@@ -99,17 +98,18 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
         (Method::PUT, ["v1", "functions", name]) => {
             let name = name.to_string();
             match deploy(platform, &name, req, max_upload).await {
-                Ok((_, replaced)) => {
-                    let status = if replaced {
+                Ok(deployed) => {
+                    let status = if deployed.replaced {
                         StatusCode::OK
                     } else {
                         StatusCode::CREATED
                     };
-                    match platform.registry().get(&name) {
-                        Some(set) => json(status, &set.info()),
-                        // Removed between the deploy and this line.
-                        None => error(StatusCode::CONFLICT, "removed while being deployed"),
-                    }
+                    // The new version (a canary's, not the primary's), with the split it
+                    // joined.
+                    json(
+                        status,
+                        &deployed.version.info(deployed.set.traffic().clone()),
+                    )
                 }
                 Err(e) => {
                     tracing::info!(function = %name, "deploy refused: {e}");
@@ -351,7 +351,7 @@ async fn deploy(
     name: &str,
     req: Request<Incoming>,
     max_upload: u64,
-) -> Result<(Arc<Function>, bool), DeployError> {
+) -> Result<Deployed, DeployError> {
     let options = DeployOptions {
         canary: canary(req.uri().query().unwrap_or(""))?,
     };

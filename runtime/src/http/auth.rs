@@ -12,7 +12,13 @@
 //! scripts, so the dashboard ([`super::ui`]) trades the token, once, in a login form's POST
 //! body, for a session: 256 random bits in a cookie that is `HttpOnly` (no script reads it),
 //! `SameSite=Strict` (no other site's page sends it) and `Path=/`. The token never appears in
-//! a URL or in the page. Sessions live in memory for [`SESSION_TTL`] (a restart logs
+//! a URL or in the page. Browsers scope cookies by host, not port, so the data plane on the
+//! same host would receive the cookie with every request to a function: it strips it from
+//! requests, and drops a function's attempt to set one ([`strip_session_cookie`]). Pages a
+//! function serves on that host count as the same site: they can make the browser send
+//! requests with the cookie, but not with the `x-thaw-ui` header (a cross-origin custom
+//! header needs a CORS preflight the admin API never grants), and cannot read the answers.
+//! A separate host name for the admin listener is still the cleaner setup. Sessions live in memory for [`SESSION_TTL`] (a restart logs
 //! everyone out), at most [`MAX_SESSIONS`] at once. A request authenticated by the cookie
 //! that changes something must also carry the `x-thaw-ui` header, which a cross-origin page
 //! cannot add without a CORS preflight the admin API never grants: a second wall behind
@@ -158,12 +164,15 @@ impl Sessions {
         Ok(id)
     }
 
-    /// The session id in a `Cookie` header, if it names a live session.
+    /// The session id in a `Cookie` header, if it names a live session. Every
+    /// `thaw_session` the header carries is tried: a cookie of that name planted for a
+    /// narrower path comes first and must not hide the real one.
     pub fn find(&self, cookies: Option<&[u8]>) -> Option<String> {
-        let id = session_id(cookies?)?;
         let live = self.live();
-        let expiry = live.get(id)?;
-        (*expiry > Instant::now()).then(|| id.to_owned())
+        let now = Instant::now();
+        session_ids(cookies?)
+            .find(|id| live.get(*id).is_some_and(|expiry| *expiry > now))
+            .map(str::to_owned)
     }
 
     /// Ends a session.
@@ -172,14 +181,82 @@ impl Sessions {
     }
 }
 
-/// The `thaw_session` value in a `Cookie` header.
-fn session_id(cookies: &[u8]) -> Option<&str> {
+/// The `thaw_session` values in a `Cookie` header.
+fn session_ids(cookies: &[u8]) -> impl Iterator<Item = &str> {
     std::str::from_utf8(cookies)
-        .ok()?
+        .unwrap_or("")
         .split(';')
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .filter(|(name, _)| *name == SESSION_COOKIE)
         .map(|(_, value)| value)
+}
+
+/// Keeps the dashboard's session away from functions: removes `thaw_session` from a data
+/// plane request's `Cookie` headers (browsers send a host's cookies to every port of it, so
+/// a logged-in operator's requests to functions carry it), and drops a function's
+/// `Set-Cookie` of that name from its response (which could shadow or replace the real one).
+/// Costs nothing when no such cookie is present.
+pub fn strip_session_cookie(headers: &mut http::HeaderMap) {
+    let needle = SESSION_COOKIE.as_bytes();
+    let carries = |value: &http::HeaderValue| {
+        value
+            .as_bytes()
+            .windows(needle.len())
+            .any(|window| window == needle)
+    };
+    if !headers.get_all(http::header::COOKIE).iter().any(carries) {
+        return;
+    }
+    let kept: Vec<http::HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let text = std::str::from_utf8(value.as_bytes()).ok()?;
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    pair.split_once('=')
+                        .is_none_or(|(name, _)| name != SESSION_COOKIE)
+                })
+                .collect();
+            (!rest.is_empty())
+                .then(|| http::HeaderValue::from_str(&rest.join("; ")).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(http::header::COOKIE);
+    for value in kept {
+        headers.append(http::header::COOKIE, value);
+    }
+}
+
+/// Drops a function's `Set-Cookie` for `thaw_session` (see [`strip_session_cookie`]).
+pub fn drop_session_set_cookie(headers: &mut http::HeaderMap) {
+    let planted = |value: &http::HeaderValue| {
+        value
+            .as_bytes()
+            .trim_ascii_start()
+            .strip_prefix(SESSION_COOKIE.as_bytes())
+            .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"="))
+    };
+    if !headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .any(planted)
+    {
+        return;
+    }
+    let kept: Vec<http::HeaderValue> = headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter(|v| !planted(v))
+        .cloned()
+        .collect();
+    headers.remove(http::header::SET_COOKIE);
+    for value in kept {
+        headers.append(http::header::SET_COOKIE, value);
+    }
 }
 
 /// Who may use the admin API: holders of the token, and dashboard sessions.
@@ -287,6 +364,19 @@ mod tests {
         assert!(auth.allows(&with(&good, false), &http::Method::GET));
         assert!(!auth.allows(&with(&good, false), &http::Method::PUT));
         assert!(auth.allows(&with(&good, true), &http::Method::PUT));
+        let shadowed = format!("{SESSION_COOKIE}=planted; {SESSION_COOKIE}={id}");
+        assert!(auth.allows(&with(&shadowed, false), &http::Method::GET));
+        let mut request = with(&format!("a=1; {SESSION_COOKIE}={id}; b=2"), false);
+        strip_session_cookie(&mut request);
+        assert_eq!(request[http::header::COOKIE], "a=1; b=2");
+        let mut response = http::HeaderMap::new();
+        response.append(http::header::SET_COOKIE, "x=1".parse().unwrap());
+        response.append(
+            http::header::SET_COOKIE,
+            format!("{SESSION_COOKIE}=evil; Path=/v1").parse().unwrap(),
+        );
+        drop_session_set_cookie(&mut response);
+        assert_eq!(response.get_all(http::header::SET_COOKIE).iter().count(), 1);
         let forged = format!("{SESSION_COOKIE}={}", "0".repeat(64));
         assert!(!auth.allows(&with(&forged, true), &http::Method::GET));
         auth.sessions.end(&id);

@@ -83,8 +83,11 @@ pub async fn serve_functions(
                 },
             };
             drop(set);
+            let mut req = req;
+            super::auth::strip_session_cookie(req.headers_mut());
             let version = function.version_header.clone();
             let mut response = invoke(platform.invoke_context(), function, req, peer).await;
+            super::auth::drop_session_set_cookie(response.headers_mut());
             response.headers_mut().insert(VERSION, version);
             response
         }

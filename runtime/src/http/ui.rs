@@ -10,13 +10,13 @@
 //!
 //! The page holds no data and no secret: everything it shows comes from the admin API
 //! (`/v1/...`, `/metrics`), which the session cookie opens (see [`super::auth`] for the
-//! cookie's flags and the `x-thaw-ui` header changes need). It polls every two seconds:
+//! cookie's flags and the `x-thaw-ui` header changes need). It polls the API:
 //! functions with their versions and split, requests per second and the start-kind mix over
 //! the last minutes (`/v1/history`), the start-latency distribution per kind (the
 //! `thaw_start_duration_seconds` buckets of `/metrics`), limit hits, and the last log lines
 //! of a chosen function; and it can roll back, promote and change a split.
 //!
-//! The charts are drawn as SVG by ~100 lines of the page's own script rather than with a
+//! The charts are drawn as SVG by a few functions of the page's own script rather than with a
 //! charting library: the page must work from the binary alone, and a library vendored into
 //! it would be more code to review than the charts themselves. Every response carries a
 //! strict Content-Security-Policy (scripts and styles from the page's own origin only, no
