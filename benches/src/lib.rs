@@ -61,6 +61,8 @@ impl BenchPlatform {
             compile_cache: false,
             traces: None,
             keep_versions: thaw_runtime::control::DEFAULT_KEEP_VERSIONS,
+            secrets: Default::default(),
+            keyvalue: Default::default(),
         })
         .expect("opening the platform");
         Self {

@@ -171,6 +171,11 @@ pub struct HostSettings {
     /// whatever this says) [default: 10]
     #[arg(long, env = "THAW_KEEP_VERSIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub keep_versions: Option<u32>,
+    /// Keep functions' wasi:keyvalue state on this Redis server (redis://HOST:PORT[/DB]),
+    /// shared by every host pointed at it [default: embedded, keyvalue.redb in the data
+    /// directory]
+    #[arg(long, env = "THAW_KEYVALUE", value_name = "URL")]
+    pub keyvalue: Option<String>,
     /// Directory of the files `file:NAME` secrets of functions' `config` are read from
     /// [default: none; only `env:NAME` secrets, from THAW_SECRET_NAME]
     #[arg(long, env = "THAW_SECRETS_DIR", value_name = "DIR")]
@@ -214,6 +219,8 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Where traces go (an OTLP/HTTP collector's base URL), if anywhere.
     pub otlp_endpoint: Option<String>,
+    /// The Redis server of functions' key-value state, if not the embedded store.
+    pub keyvalue: Option<String>,
     /// The platform's settings.
     pub platform: PlatformConfig,
     /// Drain time at shutdown.
@@ -336,6 +343,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
             metrics_listen: s.metrics_listen,
             otlp_endpoint: s.otlp_endpoint.clone(),
+            keyvalue: s.keyvalue.clone(),
             platform: PlatformConfig {
                 data_dir,
                 engine: EngineOptions {
@@ -370,6 +378,8 @@ impl ServeArgs {
                 secrets: thaw_runtime::guest::config::SecretSources {
                     dir: s.secrets_dir.clone(),
                 },
+                // Connected in `serve` (async) when `keyvalue` names a Redis server.
+                keyvalue: Default::default(),
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),

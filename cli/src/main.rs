@@ -46,6 +46,8 @@ enum Command {
     Traffic(commands::versions::TrafficArgs),
     /// Serve all of a function's traffic from its newest version (ends a canary)
     Promote(commands::versions::PromoteArgs),
+    /// Read or seed a function's key-value store: get|set|delete|list NAME [BUCKET] KEY [VALUE]
+    Kv(commands::kv::KvArgs),
     /// Print what a function wrote to stdout and stderr (-f follows)
     Logs(commands::logs::LogsArgs),
     /// Send a request to a function and print the response
@@ -94,6 +96,7 @@ fn main() {
                     Command::Traffic(args) => commands::versions::traffic(args).await,
                     Command::Promote(args) => commands::versions::promote(args).await,
                     Command::Logs(args) => commands::logs::execute(args).await,
+                    Command::Kv(args) => commands::kv::execute(args).await,
                     Command::Invoke(args) => commands::invoke::execute(args).await,
                     Command::Build(args) => commands::build::execute(args),
                     Command::New(args) => commands::new::execute(args),

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use thaw_spec::api::{
-    ErrorBody, FunctionInfo, HostStatus, LogEntry, RollbackRequest, VersionsInfo,
+    ErrorBody, FunctionInfo, HostStatus, KvKeys, LogEntry, RollbackRequest, VersionsInfo,
 };
 use thaw_spec::spec::FunctionSpec;
 use thaw_spec::traffic::TrafficSplit;
@@ -235,6 +235,83 @@ impl AdminClient {
             }
         }
         Ok((last, dropped))
+    }
+
+    fn kv_url(&self, name: &str) -> String {
+        format!("{}/v1/functions/{name}/kv", self.base)
+    }
+
+    /// A value of function `name`'s key-value store, `None` if the key is not set.
+    pub async fn kv_get(
+        &self,
+        name: &str,
+        bucket: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<Bytes>> {
+        let request = self
+            .http
+            .get(self.kv_url(name))
+            .query(&[("bucket", bucket), ("key", key)]);
+        match self.send(request).await {
+            Ok(value) => Ok(Some(value)),
+            // A missing key is an answer; a missing function stays an error.
+            Err(e) if e.to_string().starts_with("404") && e.to_string().contains("no key") => {
+                Ok(None)
+            }
+            Err(e) => Err(e.context(format!("reading {key:?} of {name}"))),
+        }
+    }
+
+    /// Sets a value in function `name`'s key-value store.
+    pub async fn kv_set(
+        &self,
+        name: &str,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+    ) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .put(self.kv_url(name))
+                .query(&[("bucket", bucket), ("key", key)])
+                .body(value),
+        )
+        .await
+        .with_context(|| format!("setting {key:?} of {name}"))?;
+        Ok(())
+    }
+
+    /// Deletes a key of function `name`'s key-value store.
+    pub async fn kv_delete(&self, name: &str, bucket: &str, key: &str) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .delete(self.kv_url(name))
+                .query(&[("bucket", bucket), ("key", key)]),
+        )
+        .await
+        .with_context(|| format!("deleting {key:?} of {name}"))?;
+        Ok(())
+    }
+
+    /// Every key of a bucket of function `name`'s key-value store (all pages).
+    pub async fn kv_list(&self, name: &str, bucket: &str) -> anyhow::Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut cursor: Option<u64> = None;
+        loop {
+            let mut query = vec![("bucket", bucket.to_owned())];
+            if let Some(cursor) = cursor {
+                query.push(("cursor", cursor.to_string()));
+            }
+            let page: KvKeys = self
+                .send_json(self.http.get(self.kv_url(name)).query(&query))
+                .await
+                .with_context(|| format!("listing the keys of {name}"))?;
+            keys.extend(page.keys);
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(keys),
+            }
+        }
     }
 
     /// The host's status.

@@ -7,6 +7,8 @@
 //!   artifacts/<engine-key>/<sha256>.cwasm         compiled code, see the engine's artifact cache
 //!   artifacts/<engine-key>/<sha256>.cwasm.xxh3    checksum of the .cwasm, checked on load
 //!   tmp/                            temp files; emptied at start-up
+//!   keyvalue.redb                   functions' wasi:keyvalue state (embedded store)
+//!   compile-cache.redb              Cranelift's incremental compilation cache
 //!   lock                            held (flock) by the one host using the directory
 //! ```
 //!
@@ -129,6 +131,11 @@ impl DataDir {
     /// The stored original wasm with this sha256.
     pub fn wasm(&self, digest: &str) -> PathBuf {
         self.root.join("wasm").join(format!("{digest}.wasm"))
+    }
+
+    /// Functions' key-value store (see `keyvalue::embedded`).
+    pub fn keyvalue(&self) -> PathBuf {
+        self.root.join("keyvalue.redb")
     }
 
     /// Cranelift's incremental compilation cache (see `engine::compile_cache`).

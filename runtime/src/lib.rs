@@ -9,6 +9,7 @@
 //! - [`histogram`]: a lock-free latency histogram (no dependencies);
 //! - [`telemetry`]: traces, W3C trace context in and out, OTLP export (no dependencies);
 //! - [`datadir`]: the data directory, written atomically, locked, owner-only;
+//! - [`keyvalue`]: functions' state, embedded (redb) or on Redis, scoped and under quota;
 //! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
 //!   pre-initialisation snapshots;
 //! - [`guest`]: a guest's store and host state, built from a plain config; linkers; the
@@ -43,5 +44,6 @@ pub mod histogram;
 pub mod history;
 pub mod http;
 pub mod invoke;
+pub mod keyvalue;
 pub mod metrics;
 pub mod telemetry;

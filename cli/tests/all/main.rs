@@ -22,6 +22,7 @@ mod metrics;
 mod redeploy;
 mod restart;
 mod shutdown;
+mod state;
 mod streaming;
 mod support;
 mod templates;

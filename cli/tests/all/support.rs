@@ -23,6 +23,7 @@ pub struct TestServer {
     /// Where the server's log (stderr) goes.
     pub log_path: PathBuf,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -41,23 +42,38 @@ impl TestServer {
         server
     }
 
+    /// A server with a fresh data directory, extra `serve` flags and environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args = args.iter().map(|s| s.to_string()).collect();
+        let mut server = Self::spawn_limited(&data_dir, args, env, 0, None);
+        server._tmp = Some(tmp);
+        server
+    }
+
     /// A server whose address space is limited to `bytes` (`ulimit -v`), too small for the
     /// instance pool.
     pub fn start_with_address_space_limit(bytes: u64) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let mut server = Self::spawn_limited(&data_dir, Vec::new(), 0, Some(bytes));
+        let mut server = Self::spawn_limited(&data_dir, Vec::new(), Vec::new(), 0, Some(bytes));
         server._tmp = Some(tmp);
         server
     }
 
     fn spawn(data_dir: &Path, extra_args: Vec<String>, generation: usize) -> Self {
-        Self::spawn_limited(data_dir, extra_args, generation, None)
+        Self::spawn_limited(data_dir, extra_args, Vec::new(), generation, None)
     }
 
     fn spawn_limited(
         data_dir: &Path,
         extra_args: Vec<String>,
+        extra_env: Vec<(String, String)>,
         generation: usize,
         address_space: Option<u64>,
     ) -> Self {
@@ -92,6 +108,7 @@ impl TestServer {
             .arg("--data-dir")
             .arg(data_dir)
             .args(&extra_args)
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             // A small pool keeps the address-space reservation of many parallel test servers
             // modest; tests that need more pass `--instance-slots`, which wins over the env.
             .env("THAW_INSTANCE_SLOTS", "32")
@@ -129,6 +146,7 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             log_path,
             extra_args,
+            extra_env,
             _tmp: None,
         }
     }
@@ -137,7 +155,13 @@ impl TestServer {
     /// directory and flags.
     pub fn kill_and_restart(&mut self, generation: usize) {
         self.kill9();
-        let mut next = Self::spawn(&self.data_dir, self.extra_args.clone(), generation);
+        let mut next = Self::spawn_limited(
+            &self.data_dir,
+            self.extra_args.clone(),
+            self.extra_env.clone(),
+            generation,
+            None,
+        );
         next._tmp = self._tmp.take();
         *self = next;
     }

@@ -131,6 +131,15 @@ pub struct HistorySample {
     pub limit_hits: BTreeMap<String, u64>,
 }
 
+/// `GET /v1/functions/{name}/kv?bucket=B` (no key): a page of a bucket's keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvKeys {
+    /// The keys.
+    pub keys: Vec<String>,
+    /// Where the next page starts (`&cursor=`), `None` at the end.
+    pub cursor: Option<u64>,
+}
+
 /// `POST /v1/functions/{name}/rollback`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollbackRequest {

@@ -164,6 +164,7 @@ impl Platform {
             .map_err(|e| DeployError::InvalidModule(e.to_string()))?;
         let mut function = Function::loaded_with(record, &self.defaults, code, origin);
         function.config = config;
+        function.attach_keyvalue(self.keyvalue.as_ref());
 
         let _guard = self.write_lock.lock().await;
         let previous = self.registry.get(name);
@@ -461,6 +462,15 @@ impl Platform {
             for version in removed.versions() {
                 self.garbage.retire(version);
             }
+        }
+        // Its state goes with it: a later function of the same name starts empty.
+        if let Some(store) = &self.keyvalue
+            && let Err(e) = store.remove_function(name).await
+        {
+            tracing::error!(
+                function = name,
+                "its key-value data could not be removed: {e}"
+            );
         }
         self.collect_garbage().await;
         tracing::info!(function = name, "removed");

@@ -27,6 +27,7 @@ use crate::function::pool::PoolOptions;
 use crate::function::{Function, Linking, Loader};
 use crate::guest::config::SecretSources;
 use crate::invoke::InvokeContext;
+use crate::keyvalue::KeyValue;
 use crate::spec::LimitDefaults;
 use crate::telemetry::Tracing;
 pub use error::DeployError;
@@ -64,6 +65,30 @@ pub struct PlatformConfig {
     pub keep_versions: usize,
     /// Where `wasi:config` secrets come from.
     pub secrets: SecretSources,
+    /// Where `wasi:keyvalue` keeps functions' state.
+    pub keyvalue: KeyValueBackend,
+}
+
+/// Where functions' `wasi:keyvalue` state lives (see [`crate::keyvalue`]).
+#[derive(Clone, Default)]
+pub enum KeyValueBackend {
+    /// `keyvalue.redb` in the data directory.
+    #[default]
+    Embedded,
+    /// A Redis server, connected (connecting is async; opening the platform is not).
+    Redis(crate::keyvalue::redis::RedisStore),
+    /// None: guests' `open` is refused (in-process tests and benchmarks).
+    Off,
+}
+
+impl std::fmt::Debug for KeyValueBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("Embedded"),
+            Self::Redis(store) => write!(f, "Redis({})", store.address()),
+            Self::Off => f.write_str("Off"),
+        }
+    }
 }
 
 /// [`PlatformConfig::keep_versions`] when nothing says otherwise.
@@ -125,6 +150,8 @@ pub struct Platform {
     keep_versions: usize,
     /// Where `wasi:config` secrets come from.
     secrets: SecretSources,
+    /// Functions' state.
+    keyvalue: Option<KeyValue>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -174,6 +201,14 @@ impl Platform {
             None
         };
         let traces = config.traces.clone();
+        let keyvalue = match &config.keyvalue {
+            KeyValueBackend::Embedded => Some(KeyValue::Embedded(Arc::new(
+                crate::keyvalue::embedded::Embedded::open(&data.keyvalue())
+                    .context("opening the key-value store")?,
+            ))),
+            KeyValueBackend::Redis(store) => Some(KeyValue::Redis(store.clone())),
+            KeyValueBackend::Off => None,
+        };
         let platform = Self {
             fast,
             tier_ups_pending: AtomicUsize::new(0),
@@ -203,6 +238,7 @@ impl Platform {
             deploys: Default::default(),
             keep_versions: config.keep_versions.clamp(1, versions::MAX_VERSIONS / 2),
             secrets: config.secrets.clone(),
+            keyvalue,
         };
         platform.register_all()?;
         // Before serving: what a crash interrupted, and what earlier runs left behind.
@@ -250,6 +286,7 @@ impl Platform {
             .map(|version| {
                 let mut function = Function::unloaded(version, &self.defaults);
                 function.log = Arc::clone(&log);
+                function.attach_keyvalue(self.keyvalue.as_ref());
                 match self.secrets.resolve(&function.record.spec.config) {
                     Ok(config) => function.config = Arc::new(config),
                     // It resolved at deploy: the operator removed or renamed a secret since.
@@ -356,6 +393,11 @@ impl Platform {
     /// The artifact cache.
     pub fn cache(&self) -> &ArtifactCache {
         self.loader.cache()
+    }
+
+    /// Functions' key-value store, if the host has one.
+    pub fn keyvalue(&self) -> Option<&KeyValue> {
+        self.keyvalue.as_ref()
     }
 
     /// The data directory.

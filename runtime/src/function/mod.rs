@@ -176,6 +176,8 @@ pub struct Function {
     /// What `wasi:config/store` answers: the spec's plain values until the control plane
     /// resolves its secrets (see [`crate::guest::config`]).
     pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    /// Its `wasi:keyvalue` access, given by the control plane (`None`: no store).
+    pub keyvalue: Option<crate::guest::keyvalue::GuestKeyValue>,
 }
 
 /// `v<generation>` as a header value.
@@ -223,17 +225,29 @@ impl Function {
             starts: Arc::default(),
             log: Arc::default(),
             config,
+            keyvalue: None,
         }
     }
 
+    /// Gives the function its scope in the host's key-value store.
+    pub fn attach_keyvalue(&mut self, store: Option<&crate::keyvalue::KeyValue>) {
+        self.keyvalue = store.map(|store| crate::guest::keyvalue::GuestKeyValue {
+            store: store.clone(),
+            function: self.name.clone(),
+            quota: crate::keyvalue::Quota::of(&self.limits),
+            hits: self.stats.limit_hits.clone(),
+        });
+    }
+
     /// This function with what belongs to the version rather than to its code taken from
-    /// `other` (the same version, loaded differently): its log, its resolved configuration
-    /// and its counters.
+    /// `other` (the same version, loaded differently): its log, its resolved configuration,
+    /// its key-value access and its counters.
     pub fn with_state_of(mut self, other: &Function) -> Self {
         self.log = other.log.clone();
         self.config = other.config.clone();
         self.stats = other.stats.clone();
         self.starts = other.starts.clone();
+        self.keyvalue = other.keyvalue.clone();
         self
     }
 
@@ -264,6 +278,7 @@ impl Function {
             log: &self.log,
             version: self.record.generation,
             config: &self.config,
+            keyvalue: self.keyvalue.as_ref(),
         }
     }
 

@@ -22,6 +22,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::GuestConfig;
+use super::keyvalue::{GuestKeyValue, KvView};
 use super::limit::{Limit, LimitHits};
 use super::limiter::GuestLimiter;
 use super::log::GuestLog;
@@ -41,6 +42,8 @@ pub struct ProxyHost {
     request: Arc<std::sync::atomic::AtomicU64>,
     /// What `wasi:config/store` answers, shared by every store of the version.
     config: Arc<WasiConfigVariables>,
+    /// The function's `wasi:keyvalue` access.
+    keyvalue: Option<GuestKeyValue>,
 }
 
 impl ProxyHost {
@@ -81,6 +84,7 @@ impl ProxyHost {
             limiter: GuestLimiter::new(config.limits),
             request,
             config: config.config.clone(),
+            keyvalue: config.keyvalue.cloned(),
         }
     }
 
@@ -192,6 +196,14 @@ impl ProxyHost {
     /// The guest's `wasi:config/store`.
     pub fn config(&mut self) -> WasiConfig<'_> {
         WasiConfig::new(&self.config)
+    }
+
+    /// The guest's `wasi:keyvalue`.
+    pub fn keyvalue(&mut self) -> KvView<'_> {
+        KvView {
+            table: &mut self.table,
+            access: self.keyvalue.as_ref(),
+        }
     }
 }
 

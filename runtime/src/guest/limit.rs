@@ -29,11 +29,17 @@ pub enum Limit {
     OutboundHost,
     /// More outbound requests than one invocation may send.
     OutboundRequests,
+    /// A key-value value larger than the function may store.
+    KvValueSize,
+    /// More key-value keys than the function may have.
+    KvKeys,
+    /// More key-value bytes than the function may have.
+    KvBytes,
 }
 
 impl Limit {
     /// Every limit, in reporting order.
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 13] = [
         Limit::Timeout,
         Limit::Fuel,
         Limit::Memory,
@@ -44,6 +50,9 @@ impl Limit {
         Limit::ResponseBody,
         Limit::OutboundHost,
         Limit::OutboundRequests,
+        Limit::KvValueSize,
+        Limit::KvKeys,
+        Limit::KvBytes,
     ];
 
     /// The name in logs and in the admin API.
@@ -59,6 +68,9 @@ impl Limit {
             Limit::ResponseBody => "response_body",
             Limit::OutboundHost => "outbound_host",
             Limit::OutboundRequests => "outbound_requests",
+            Limit::KvValueSize => "kv_value_size",
+            Limit::KvKeys => "kv_keys",
+            Limit::KvBytes => "kv_bytes",
         }
     }
 }

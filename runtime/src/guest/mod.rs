@@ -11,7 +11,8 @@
 //!   typed error ([`limiter::MemoryLimitHit`]) the request path classifies by type;
 //! - [`limit`]: the names of limits and their per-function counters;
 //! - [`log`] and [`stdout`]: where a guest's output goes (log lines; a CGI module's response);
-//! - [`config`]: `wasi:config` values, with secrets resolved from the host.
+//! - [`config`]: `wasi:config` values, with secrets resolved from the host;
+//! - [`keyvalue`]: `wasi:keyvalue` over the host's store, scoped to the function.
 //!
 //! One store per request (or per warm instance): a store is cheap to build (a few
 //! allocations: the WASI and HTTP contexts and a resource table), and dropping it frees every
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod host;
+pub mod keyvalue;
 pub mod limit;
 pub mod limiter;
 pub mod log;
@@ -65,6 +67,8 @@ pub struct GuestConfig<'a> {
     pub version: u64,
     /// What `wasi:config/store` answers (see [`config`]).
     pub config: &'a Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    /// The function's `wasi:keyvalue` access; `None`: every `open` is refused.
+    pub keyvalue: Option<&'a keyvalue::GuestKeyValue>,
 }
 
 /// A store for one `wasi:http` instance: limiter installed, fuel given (on a metering
@@ -166,8 +170,9 @@ impl Linkers {
     /// Builds both linkers for `engine`.
     pub fn new(engine: &Engine) -> anyhow::Result<Self> {
         let mut proxy = wasmtime::component::Linker::new(engine);
-        // The interfaces `wasmtime serve -Scli -Sconfig` offers: all of WASI p2 (cli, clocks,
-        // filesystem, random, io, sockets) plus wasi:http and wasi:config. What a guest may actually reach
+        // The interfaces `wasmtime serve -Scli -Sconfig -Skeyvalue` offers: all of WASI p2
+        // (cli, clocks, filesystem, random, io, sockets) plus wasi:http, wasi:config and
+        // wasi:keyvalue. What a guest may actually reach
         // through them is decided per store by its `WasiCtx` (no preopens, no sockets).
         wasmtime_wasi::p2::add_to_linker_async(&mut proxy)
             .map_err(anyhow::Error::from)
@@ -180,6 +185,9 @@ impl Linkers {
         wasmtime_wasi_config::add_to_linker(&mut proxy, ProxyHost::config)
             .map_err(anyhow::Error::from)
             .context("linking wasi:config")?;
+        keyvalue::add_to_linker(&mut proxy, ProxyHost::keyvalue)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:keyvalue")?;
         let mut cgi = wasmtime::Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut cgi, |host: &mut CgiHost| &mut host.wasi)
             .map_err(anyhow::Error::from)

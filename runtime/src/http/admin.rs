@@ -3,6 +3,8 @@
 //! | method and path             | does                                  | answers |
 //! |-----------------------------|---------------------------------------|---------|
 //! | `GET /v1/status`            | host summary (allocator, counters)    | 200 |
+//! | `GET/PUT/DELETE /v1/functions/{name}/kv?bucket=B&key=K` | read, write, delete a function's state | 200/204, 404, 413 |
+//! | `GET /v1/functions/{name}/kv?bucket=B[&cursor=N]` | a page of a bucket's keys ([`KvKeys`]) | 200, 404 |
 //! | `GET /v1/history`           | counters over the last minutes ([`History`]) | 200 |
 //! | `GET /v1/functions`         | every function                        | 200 |
 //! | `GET /v1/functions/{name}`  | one function                          | 200, 404 |
@@ -33,7 +35,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::auth::AdminAuth;
-use crate::api::{ErrorBody, FunctionInfo, RollbackRequest, VersionsInfo};
+use crate::api::{ErrorBody, FunctionInfo, KvKeys, RollbackRequest, VersionsInfo};
 use crate::control::deploy::{DeployOptions, Deployed};
 use crate::control::versions::VersionSet;
 use crate::control::{DeployError, Platform};
@@ -138,6 +140,10 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
         }
         (Method::POST, ["v1", "functions", name, "promote"]) => {
             versions(platform.promote(name).await.map(|set| set.versions_info()))
+        }
+        (method, ["v1", "functions", name, "kv"]) => {
+            let name = name.to_string();
+            keyvalue(platform, &name, method, req).await
         }
         (Method::GET, ["v1", "functions", name, "logs"]) => match platform.registry().get(name) {
             Some(set) => match LogQuery::parse(req.uri().query().unwrap_or("")) {
@@ -313,6 +319,100 @@ pub fn metrics(platform: &Arc<Platform>, req: &Request<Incoming>) -> Response<Re
         }),
     );
     response
+}
+
+/// `/v1/functions/{name}/kv`: operators read and seed a function's state, in the
+/// function's scope and under its quota, as its guest would.
+async fn keyvalue(
+    platform: &Arc<Platform>,
+    name: &str,
+    method: Method,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let Some(set) = platform.registry().get(name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no function named {name:?}"),
+        );
+    };
+    let Some(store) = platform.keyvalue() else {
+        return error(StatusCode::NOT_FOUND, "this host has no key-value store");
+    };
+    let (mut bucket, mut key, mut cursor) = (String::new(), None, None);
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match &*k {
+            "bucket" => bucket = v.into_owned(),
+            "key" => key = Some(v.into_owned()),
+            "cursor" => match v.parse() {
+                Ok(c) => cursor = Some(c),
+                Err(_) => return error(StatusCode::BAD_REQUEST, "cursor is not a number"),
+            },
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown parameter {other:?} (bucket, key, cursor)"),
+                );
+            }
+        }
+    }
+    let quota = crate::keyvalue::Quota::of(&set.primary().limits);
+    let answer = match (method, key) {
+        (Method::GET, None) => store
+            .list(name, &bucket, cursor)
+            .await
+            .map(|(keys, cursor)| json(StatusCode::OK, &KvKeys { keys, cursor })),
+        (Method::GET, Some(key)) => store
+            .get(name, &bucket, &key)
+            .await
+            .map(|value| match value {
+                Some(value) => {
+                    let mut response = Response::new(full(Bytes::from(value)));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/octet-stream"),
+                    );
+                    response
+                }
+                None => error(StatusCode::NOT_FOUND, &format!("no key {key:?}")),
+            }),
+        (Method::PUT, Some(key)) => {
+            let limit = quota.max_value_bytes.min(usize::MAX as u64) as usize;
+            let value = match http_body_util::Limited::new(req.into_body(), limit)
+                .collect()
+                .await
+            {
+                Ok(body) => body.to_bytes().to_vec(),
+                Err(_) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("a value is at most {limit} bytes for this function"),
+                    );
+                }
+            };
+            store
+                .set(name, &bucket, &key, value, quota)
+                .await
+                .map(|()| empty(StatusCode::NO_CONTENT))
+        }
+        (Method::DELETE, Some(key)) => store
+            .delete(name, &bucket, &key)
+            .await
+            .map(|()| empty(StatusCode::NO_CONTENT)),
+        (Method::PUT | Method::DELETE, None) => {
+            return error(StatusCode::BAD_REQUEST, "which key? (?key=...)");
+        }
+        _ => return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+    };
+    answer.unwrap_or_else(|e| {
+        let status = match e {
+            crate::keyvalue::KvError::Limit(..) => StatusCode::PAYLOAD_TOO_LARGE,
+            crate::keyvalue::KvError::NoSuchBucket(_) | crate::keyvalue::KvError::Invalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            crate::keyvalue::KvError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        error(status, &e.to_string())
+    })
 }
 
 /// The answer to a version operation: the function's versions, or why not.

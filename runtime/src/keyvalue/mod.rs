@@ -331,7 +331,17 @@ mod tests {
             Err(KvError::Limit(QuotaHit::ValueSize, _))
         ));
         assert!(matches!(
-            charge(two, "ab", Some(5), 10, &quota),
+            // 19 bytes, 7 of them "ab" and its value; 12 after: 24, over 20.
+            charge(
+                two,
+                "ab",
+                Some(5),
+                10,
+                &Quota {
+                    max_bytes: 20,
+                    ..quota
+                }
+            ),
             Err(KvError::Limit(QuotaHit::Bytes, _))
         ));
         assert!(check_bucket("").is_ok() && check_bucket("a.b-c_1").is_ok());

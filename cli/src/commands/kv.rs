@@ -1,0 +1,83 @@
+//! `thaw kv`: read and seed a function's key-value store (`wasi:keyvalue`), in its scope.
+
+use anyhow::Context as _;
+
+use crate::commands::Target;
+
+/// `thaw kv` flags.
+#[derive(clap::Args, Debug)]
+pub struct KvArgs {
+    /// get, set, delete or list
+    #[arg(value_enum)]
+    pub action: KvAction,
+    /// NAME [BUCKET] KEY [VALUE] (get, delete: NAME [BUCKET] KEY; set: NAME [BUCKET] KEY
+    /// VALUE; list: NAME [BUCKET]); the bucket is the default one ("") when left out
+    #[arg(required = true, num_args = 1..=4, value_name = "ARGS")]
+    pub args: Vec<String>,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// What `thaw kv` does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvAction {
+    /// Print a value (raw bytes) to stdout
+    Get,
+    /// Set a value
+    Set,
+    /// Delete a key
+    Delete,
+    /// Print a bucket's keys, one per line
+    List,
+}
+
+/// Runs one `thaw kv` action.
+pub async fn execute(args: KvArgs) -> anyhow::Result<()> {
+    let client = args.target.client()?;
+    let a: Vec<&str> = args.args.iter().map(String::as_str).collect();
+    let usage = || {
+        anyhow::anyhow!(
+            "usage: thaw kv {} NAME [BUCKET] KEY{}",
+            format!("{:?}", args.action).to_lowercase(),
+            if args.action == KvAction::Set {
+                " VALUE"
+            } else {
+                ""
+            }
+        )
+    };
+    match (args.action, a.as_slice()) {
+        (KvAction::List, [name]) => print_keys(&client.kv_list(name, "").await?),
+        (KvAction::List, [name, bucket]) => print_keys(&client.kv_list(name, bucket).await?),
+        (KvAction::Get, [name, key]) | (KvAction::Get, [name, _, key]) => {
+            let bucket = if a.len() == 3 { a[1] } else { "" };
+            let value = client
+                .kv_get(name, bucket, key)
+                .await?
+                .with_context(|| format!("{name} has no key {key:?} in bucket {bucket:?}"))?;
+            use std::io::Write as _;
+            std::io::stdout().write_all(&value)?;
+        }
+        (KvAction::Set, [name, key, value]) => {
+            client
+                .kv_set(name, "", key, value.as_bytes().to_vec().into())
+                .await?
+        }
+        (KvAction::Set, [name, bucket, key, value]) => {
+            client
+                .kv_set(name, bucket, key, value.as_bytes().to_vec().into())
+                .await?
+        }
+        (KvAction::Delete, [name, key]) => client.kv_delete(name, "", key).await?,
+        (KvAction::Delete, [name, bucket, key]) => client.kv_delete(name, bucket, key).await?,
+        _ => return Err(usage()),
+    }
+    Ok(())
+}
+
+fn print_keys(keys: &[String]) {
+    for key in keys {
+        println!("{key}");
+    }
+}
