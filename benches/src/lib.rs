@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use thaw_runtime::control::{LoadMode, Platform, PlatformConfig};
+use thaw_runtime::control::{KeyValueBackend, LoadMode, Platform, PlatformConfig};
 use thaw_runtime::engine::EngineOptions;
 use thaw_runtime::function::pool::PoolOptions;
 use thaw_runtime::spec::{FunctionSpec, LimitDefaults};
@@ -37,8 +37,27 @@ impl BenchPlatform {
         Self::open(setup, tempfile::tempdir().expect("tempdir"), LoadMode::Lazy)
     }
 
+    /// A fresh platform whose functions keep state in `keyvalue`.
+    pub fn with_keyvalue(setup: Setup, keyvalue: KeyValueBackend) -> Self {
+        Self::open_with(
+            setup,
+            tempfile::tempdir().expect("tempdir"),
+            LoadMode::Lazy,
+            keyvalue,
+        )
+    }
+
     /// A platform on an existing data directory.
     pub fn open(setup: Setup, dir: tempfile::TempDir, load: LoadMode) -> Self {
+        Self::open_with(setup, dir, load, KeyValueBackend::Embedded)
+    }
+
+    fn open_with(
+        setup: Setup,
+        dir: tempfile::TempDir,
+        load: LoadMode,
+        keyvalue: KeyValueBackend,
+    ) -> Self {
         let platform = Platform::open(PlatformConfig {
             data_dir: dir.path().to_path_buf(),
             engine: EngineOptions {
@@ -62,7 +81,7 @@ impl BenchPlatform {
             traces: None,
             keep_versions: thaw_runtime::control::DEFAULT_KEEP_VERSIONS,
             secrets: Default::default(),
-            keyvalue: Default::default(),
+            keyvalue,
         })
         .expect("opening the platform");
         Self {

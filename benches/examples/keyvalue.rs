@@ -1,0 +1,258 @@
+//! `wasi:keyvalue` latency, on the embedded store and on Redis, side by side in one run:
+//! - the store alone, in-process (`set` of a 100-byte value, `get`, `increment`);
+//! - a guest's call over loopback HTTP: `functions/capabilities` behind a real listener, one
+//!   kept-alive connection, `POST /cap/set`, `GET /cap/get` (of the keys just set),
+//!   `GET /cap/count`, and
+//!   `GET /cap/config/missing` (the same request without the store: the HTTP and guest cost
+//!   the store rows include).
+//!
+//! Redis rows need `redis-server` on PATH (started here on a free loopback port, without
+//! persistence: the network and the script are measured, not Redis's disk). Prints medians
+//! with p10 and p90 in microseconds.
+//!
+//! Run: `cargo run --release -p thaw-benches --example keyvalue` (`-- 2000` for more samples).
+
+use std::time::{Duration, Instant};
+
+use thaw_benches::{BenchPlatform, Setup};
+use thaw_runtime::control::KeyValueBackend;
+use thaw_runtime::http::server::{ListenerOptions, Shutdown, serve_functions};
+use thaw_runtime::keyvalue::{KeyValue, Quota};
+use thaw_runtime::spec::FunctionSpec;
+
+struct Row {
+    name: String,
+    samples: Vec<Duration>,
+}
+
+fn summary(rows: &[Row]) {
+    println!("| row | median µs | p10 | p90 | n |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in rows {
+        let mut s = row.samples.clone();
+        s.sort();
+        let at = |q: f64| s[((s.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {} |",
+            row.name,
+            at(0.5),
+            at(0.1),
+            at(0.9),
+            s.len()
+        );
+    }
+}
+
+async fn timed<F, Fut>(n: usize, mut call: F) -> Vec<Duration>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for i in 0..n / 10 {
+        call(i).await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        call(i).await;
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec<Row>) {
+    let bench = BenchPlatform::with_keyvalue(
+        Setup {
+            on_demand: false,
+            warm: 4,
+            server_timing: false,
+            fast_deploy: false,
+        },
+        backend,
+    );
+    let platform = bench.platform.clone();
+    let store: KeyValue = platform.keyvalue().expect("a store").clone();
+    let value = vec![b'v'; 100];
+    let mut row = |name: &str, samples| {
+        rows.push(Row {
+            name: format!("{label}: {name}"),
+            samples,
+        })
+    };
+    row(
+        "store set, in-process",
+        timed(n, |i| {
+            let (store, value) = (store.clone(), value.clone());
+            async move {
+                let key = format!("k{}", i % 100);
+                store
+                    .set("bench", "", &key, value, Quota::UNLIMITED)
+                    .await
+                    .unwrap();
+            }
+        })
+        .await,
+    );
+    row(
+        "store get, in-process",
+        timed(n, |i| {
+            let store = store.clone();
+            async move {
+                let key = format!("k{}", i % 100);
+                assert!(store.get("bench", "", &key).await.unwrap().is_some());
+            }
+        })
+        .await,
+    );
+    row(
+        "store increment, in-process",
+        timed(n, |_| {
+            let store = store.clone();
+            async move {
+                store
+                    .increment("bench", "", "n", 1, Quota::UNLIMITED)
+                    .await
+                    .unwrap();
+            }
+        })
+        .await,
+    );
+
+    // Over HTTP, through the guest.
+    let wasm = thaw_test_functions::read(thaw_test_functions::CAPABILITIES);
+    let spec = FunctionSpec {
+        route: Some("/cap".into()),
+        ..Default::default()
+    };
+    platform.deploy("cap", spec, wasm.into()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, shutdown) = Shutdown::new();
+    let options = ListenerOptions {
+        drain_timeout: Duration::from_secs(1),
+        header_read_timeout: Duration::from_secs(10),
+        slow_clients: platform.slow_clients().clone(),
+        send_timeout: Duration::from_secs(30),
+        stalled_readers: platform.stalled_readers().clone(),
+    };
+    let server = tokio::spawn(serve_functions(
+        listener,
+        platform.clone(),
+        shutdown,
+        options,
+    ));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).send().await.unwrap();
+            let status = r.status();
+            r.bytes().await.unwrap();
+            status
+        }
+    };
+    row(
+        "guest set over HTTP",
+        timed(n, |i| {
+            let (http, value) = (http.clone(), value.clone());
+            let url = format!("{base}/cap/set?key=k{}", i % 100);
+            async move {
+                let r = http.post(url).body(value).send().await.unwrap();
+                assert_eq!(r.status(), 204);
+            }
+        })
+        .await,
+    );
+    row(
+        "guest get over HTTP",
+        timed(n, |i| {
+            let get = get.clone();
+            let url = format!("{base}/cap/get?key=k{}", i % 100);
+            async move {
+                assert_eq!(get(url).await, 200);
+            }
+        })
+        .await,
+    );
+    row(
+        "guest increment over HTTP",
+        timed(n, |_| {
+            let get = get.clone();
+            let url = format!("{base}/cap/count");
+            async move {
+                assert_eq!(get(url).await, 200);
+            }
+        })
+        .await,
+    );
+    row(
+        "guest without the store over HTTP",
+        timed(n, |_| {
+            let get = get.clone();
+            let url = format!("{base}/cap/config/missing");
+            async move {
+                assert_eq!(get(url).await, 404);
+            }
+        })
+        .await,
+    );
+    let _ = stop.send(true);
+    let _ = server.await;
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    rt.block_on(measure("embedded", KeyValueBackend::Embedded, n, &mut rows));
+
+    let redis = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output();
+    if redis.is_ok_and(|o| o.status.success()) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let url = format!("redis://127.0.0.1:{port}");
+        rt.block_on(async {
+            let store = thaw_runtime::keyvalue::redis::RedisStore::connect(&url)
+                .await
+                .unwrap();
+            measure("redis", KeyValueBackend::Redis(store), n, &mut rows).await;
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    } else {
+        eprintln!("no redis-server on PATH: Redis rows skipped");
+    }
+    summary(&rows);
+}
