@@ -169,7 +169,6 @@ async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec
     row(
         "guest get over HTTP",
         timed(n, |i| {
-            let get = get.clone();
             let url = format!("{base}/cap/get?key=k{}", i % 100);
             async move {
                 assert_eq!(get(url).await, 200);
@@ -180,7 +179,6 @@ async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec
     row(
         "guest increment over HTTP",
         timed(n, |_| {
-            let get = get.clone();
             let url = format!("{base}/cap/count");
             async move {
                 assert_eq!(get(url).await, 200);
@@ -191,7 +189,6 @@ async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec
     row(
         "guest without the store over HTTP",
         timed(n, |_| {
-            let get = get.clone();
             let url = format!("{base}/cap/config/missing");
             async move {
                 assert_eq!(get(url).await, 404);

@@ -19,6 +19,8 @@ mod limits;
 mod load;
 mod logs;
 mod metrics;
+mod packaging;
+mod probes;
 mod redeploy;
 mod restart;
 mod shutdown;

@@ -415,12 +415,21 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
+/// Paths the data plane answers itself, before routing (liveness and readiness probes).
+pub const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
 /// Checks a route: absolute, no query or fragment, no empty, `.` or `..` segments, no
 /// trailing slash (except the root route `/`).
 pub fn validate_route(route: &str) -> Result<(), SpecError> {
     let err = |why| Err(SpecError::Route(route.to_owned(), why));
     if !route.starts_with('/') {
         return err("must start with '/'");
+    }
+    if RESERVED_PATHS
+        .iter()
+        .any(|reserved| route == *reserved || route.starts_with(&format!("{reserved}/")))
+    {
+        return err("is reserved for the host's health checks (/healthz, /readyz)");
     }
     if route.len() > 1024 {
         return err("longer than 1024 bytes");

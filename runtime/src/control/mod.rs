@@ -152,6 +152,9 @@ pub struct Platform {
     secrets: SecretSources,
     /// Functions' state.
     keyvalue: Option<KeyValue>,
+    /// Start-up work done: artifacts checked and, with `--load background`, code loaded
+    /// (see [`Platform::ready`]).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Platform {
@@ -239,6 +242,7 @@ impl Platform {
             keep_versions: config.keep_versions.clamp(1, versions::MAX_VERSIONS / 2),
             secrets: config.secrets.clone(),
             keyvalue,
+            started: std::sync::atomic::AtomicBool::new(false),
         };
         platform.register_all()?;
         // Before serving: what a crash interrupted, and what earlier runs left behind.
@@ -359,6 +363,7 @@ impl Platform {
                 "artifact checksums checked"
             );
             if platform.load_mode != LoadMode::Background {
+                platform.started.store(true, Ordering::Release);
                 return;
             }
             let started = Instant::now();
@@ -377,7 +382,21 @@ impl Platform {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "background loading done"
             );
+            platform.started.store(true, Ordering::Release);
         });
+    }
+
+    /// Whether the host is ready for traffic (`GET /readyz`): its registry is loaded (at
+    /// open) and its start-up work is done: every artifact checked, and, with `--load
+    /// background`, every serving version's code loaded. Before that it serves, but a first
+    /// request may pay for a check or a load; a load balancer that waits for readiness
+    /// sends it none of those.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.started.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("start-up work in progress: checking artifacts and loading code")
+        }
     }
 
     /// The registry of deployed functions.

@@ -72,6 +72,11 @@ pub async fn serve_functions(
     serve(listener, shutdown, options, move |req, peer| {
         let platform = platform.clone();
         async move {
+            match req.uri().path() {
+                "/healthz" => return probe(Ok(())),
+                "/readyz" => return probe(platform.ready()),
+                _ => {}
+            }
             let Some(set) = platform.registry().route(req.uri().path()) else {
                 return InvokeError::NotFound.into_response();
             };
@@ -93,6 +98,25 @@ pub async fn serve_functions(
         }
     })
     .await
+}
+
+/// `GET /healthz` (the process serves: always 200) and `GET /readyz` (200 once start-up work
+/// is done, else 503 with the reason): answered before routing, without authentication, and
+/// without touching any function; routes cannot take these paths.
+fn probe(state: Result<(), &'static str>) -> Response<ResponseBody> {
+    let (status, body) = match state {
+        Ok(()) => (http::StatusCode::OK, "ok\n"),
+        Err(reason) => (http::StatusCode::SERVICE_UNAVAILABLE, reason),
+    };
+    let mut response = Response::new(crate::invoke::body::full(bytes::Bytes::from_static(
+        body.as_bytes(),
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// `x-thaw-version`: on a response, the version that served it; on a request, the version
