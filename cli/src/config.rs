@@ -174,7 +174,12 @@ pub struct HostSettings {
     /// Keep functions' wasi:keyvalue state on this Redis server (redis://HOST:PORT[/DB]),
     /// shared by every host pointed at it [default: embedded, keyvalue.redb in the data
     /// directory]
-    #[arg(long, env = "THAW_KEYVALUE", value_name = "URL")]
+    #[arg(
+        long,
+        env = "THAW_KEYVALUE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub keyvalue: Option<String>,
     /// Directory of the files `file:NAME` secrets of functions' `config` are read from
     /// [default: none; only `env:NAME` secrets, from THAW_SECRET_NAME]

@@ -255,7 +255,10 @@ impl AdminClient {
         match self.send(request).await {
             Ok(value) => Ok(Some(value)),
             // A missing key is an answer; a missing function stays an error.
-            Err(e) if e.to_string().starts_with("404") && e.to_string().contains("no key") => {
+            Err(e)
+                if e.to_string().starts_with("404")
+                    && e.to_string().contains(&format!("no key {key:?}")) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e.context(format!("reading {key:?} of {name}"))),

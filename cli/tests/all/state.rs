@@ -33,7 +33,7 @@ async fn set(server: &TestServer, path: &str, value: &[u8]) -> u16 {
 async fn config_values_and_secrets_reach_the_guest_and_nothing_else() {
     let secrets = tempfile::tempdir().unwrap();
     std::fs::write(secrets.path().join("db-password"), "file-secret-value\n").unwrap();
-    let server = TestServer::start_with_env(
+    let mut server = TestServer::start_with_env(
         &["--secrets-dir", secrets.path().to_str().unwrap()],
         &[("THAW_SECRET_API_KEY", "env-secret-value")],
     );
@@ -116,6 +116,20 @@ async fn config_values_and_secrets_reach_the_guest_and_nothing_else() {
         1,
         "refused deploys make no version"
     );
+
+    // A secret gone when the host starts again: the function serves, without that key.
+    std::fs::remove_file(secrets.path().join("db-password")).unwrap();
+    server.kill_and_restart(1);
+    assert_eq!(
+        get(&server, "/cap/config/db_password").await,
+        (404, "none".into())
+    );
+    assert_eq!(
+        get(&server, "/cap/config-hello").await,
+        (200, "world".into())
+    );
+    assert!(server.log().contains("serving without its secrets"));
+    assert!(!server.log().contains("secret-value"));
 }
 
 /// The key-value tests, run on the embedded store and on Redis.
@@ -244,14 +258,13 @@ async fn embedded_state_survives_redeploys_restarts_and_kill_9() {
     state_survives_and_stays_apart(TestServer::start()).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn redis_state_survives_redeploys_restarts_and_kill_9() {
-    let Some([redis]) = service_binaries(["redis-server"], "redis-server") else {
-        return;
-    };
+/// A real `redis-server` on a free loopback port (killed on drop), or `None` when it is not
+/// installed (the test is skipped, unless CI requires the services).
+async fn redis() -> Option<(Killed, String, tempfile::TempDir)> {
+    let [redis] = service_binaries(["redis-server"], "redis-server")?;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let _redis = Killed(
+    let child = Killed(
         std::process::Command::new(redis)
             .args([
                 "--port",
@@ -267,20 +280,39 @@ async fn redis_state_survives_redeploys_restarts_and_kill_9() {
             .spawn()
             .expect("starting redis-server"),
     );
-    let url = format!("redis://127.0.0.1:{port}");
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    Some((child, format!("redis://127.0.0.1:{port}"), dir))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_state_survives_redeploys_restarts_and_kill_9() {
+    let Some((_redis, url, _dir)) = redis().await else {
+        return;
+    };
     let server = TestServer::start_with(&["--keyvalue", &url]);
     state_survives_and_stays_apart(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn quotas_refuse_the_write_count_the_hit_and_spare_the_others() {
-    let server = TestServer::start();
+async fn embedded_quotas_refuse_the_write_count_the_hit_and_spare_the_others() {
+    quotas(TestServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_quotas_refuse_the_write_count_the_hit_and_spare_the_others() {
+    let Some((_redis, url, _dir)) = redis().await else {
+        return;
+    };
+    quotas(TestServer::start_with(&["--keyvalue", &url])).await;
+}
+
+/// Value size, key count and bytes quotas, on one store.
+async fn quotas(server: TestServer) {
     let spec = FunctionSpec {
         route: Some("/small".into()),
         limits: LimitsSpec {
@@ -322,4 +354,36 @@ async fn quotas_refuse_the_write_count_the_hit_and_spare_the_others() {
     assert_eq!(set(&server, "/big/set?key=c", &vec![b'x'; 4096]).await, 204);
     assert_eq!(set(&server, "/big/set?key=d", b"4").await, 204);
     assert_eq!(get(&server, "/big/list").await, (200, "c\nd".into()));
+
+    // Deleting makes room for a new key; a counter created by increment counts as a key.
+    assert_eq!(get(&server, "/small/delete?key=b").await.0, 204);
+    assert_eq!(get(&server, "/small/count").await, (200, "1".into()));
+    assert_eq!(set(&server, "/small/set?key=c", b"3").await, 500);
+    let small = server.admin().get("small").await.unwrap();
+    assert_eq!(small["limit_hits"]["kv_keys"], 2);
+
+    // Bytes: a function at 1 MiB can replace a value with a smaller one, but not add a key,
+    // not even one with an empty value.
+    let spec = FunctionSpec {
+        route: Some("/bytes".into()),
+        limits: LimitsSpec {
+            kv_max_mib: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    server.deploy("bytes", wasm::CAPABILITIES, spec).await;
+    let almost = vec![b'x'; (1 << 20) - 16];
+    assert_eq!(set(&server, "/bytes/set?key=a", &almost).await, 204);
+    assert_eq!(
+        set(&server, "/bytes/set?key=a-much-longer-key", b"").await,
+        500
+    );
+    assert_eq!(set(&server, "/bytes/set?key=a", &almost[..100]).await, 204);
+    assert_eq!(
+        set(&server, "/bytes/set?key=a-much-longer-key", b"").await,
+        204
+    );
+    let bytes = server.admin().get("bytes").await.unwrap();
+    assert_eq!(bytes["limit_hits"]["kv_bytes"], 1);
 }

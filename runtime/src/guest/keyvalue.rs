@@ -79,6 +79,12 @@ impl KvView<'_> {
         }
         match error {
             KvError::NoSuchBucket(_) => store::Error::NoSuchStore,
+            // The host's detail (file paths, addresses) goes to the host's log, not the guest.
+            KvError::Backend(detail) => {
+                let function = self.access.map_or("", |a| &*a.function);
+                tracing::warn!(function, "key-value store failed: {detail}");
+                store::Error::Other("the key-value store is unavailable".into())
+            }
             other => store::Error::Other(other.to_string()),
         }
     }

@@ -31,7 +31,8 @@ fn backend(e: impl std::fmt::Display) -> KvError {
 fn scope(function: &str, bucket: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + function.len() + bucket.len());
     for part in [function, bucket] {
-        // Function names are at most 63 bytes and bucket names 64 (checked before).
+        // Function names and bucket names fit a byte (checked before: see
+        // `spec::validate_name` and `MAX_BUCKET_BYTES`).
         out.push(part.len() as u8);
         out.extend_from_slice(part.as_bytes());
     }
@@ -109,13 +110,24 @@ impl Embedded {
 
     /// See [`super::KeyValue::delete`].
     pub fn delete(&self, function: &str, bucket: &str, key: &str) -> Result<(), KvError> {
+        let encoded = encode(function, bucket, key);
+        // Deleting a key that is not there commits nothing (no fsync).
+        if self.get(function, bucket, key)?.is_none() {
+            return Ok(());
+        }
         self.write(function, |data, (keys, bytes)| {
             let removed = data
-                .remove(encode(function, bucket, key).as_slice())
+                .remove(encoded.as_slice())
                 .map_err(backend)?
                 .map(|v| v.value().len() as u64);
             Ok(match removed {
-                Some(len) => ((keys - 1, bytes - len - key.len() as u64), ()),
+                Some(len) => {
+                    let keys = keys.checked_sub(1).ok_or_else(super::inconsistent)?;
+                    let bytes = bytes
+                        .checked_sub(len + key.len() as u64)
+                        .ok_or_else(super::inconsistent)?;
+                    ((keys, bytes), ())
+                }
                 None => ((keys, bytes), ()),
             })
         })
@@ -162,7 +174,9 @@ impl Embedded {
         })
     }
 
-    /// See [`super::KeyValue::list`]. The cursor is the number of keys already listed.
+    /// See [`super::KeyValue::list`]. The cursor is the number of keys already listed, in key
+    /// order: a guest that deletes the keys of a page before asking for the next one skips
+    /// as many (list first, then delete), and each page skips from the start.
     pub fn list(
         &self,
         function: &str,

@@ -3,7 +3,7 @@
 //!
 //! # Scoping
 //! Every key lives under its function's name and a bucket the guest names (`""`, the
-//! default, or up to 64 of `A-Z a-z 0-9 _ - .`): a function reaches its own buckets and no
+//! default, or up to [`MAX_BUCKET_BYTES`] of `A-Z a-z 0-9 _ - .`): a function reaches its own buckets and no
 //! other function's, whatever identifier it opens. State belongs to the function, not to a
 //! version: a redeploy, a rollback or a canary see the same data; `thaw remove` deletes it.
 //!
@@ -22,6 +22,9 @@
 //! per function, changed in the same transaction (or script) as the data, so the check and
 //! the write cannot race. A change over a quota is refused with [`KvError::Limit`], and
 //! nothing is written.
+//!
+//! Quotas come from the calling version's limits, while the data is the function's: a canary
+//! with other `kv_*` limits enforces its own on the same data.
 //!
 //! Values of `increment` are decimal text, as `wasmtime serve`'s implementation keeps them,
 //! so `get` of a counter reads `b"42"` on either host.
@@ -52,7 +55,7 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// No limits (operators seeding a store through the admin API).
+    /// No limits (benchmarks of the store alone). The admin API uses the function's quota.
     pub const UNLIMITED: Quota = Quota {
         max_value_bytes: u64::MAX,
         max_keys: u64::MAX,
@@ -87,7 +90,7 @@ pub enum KvError {
     #[error("over the function's key-value quota: {0}")]
     Limit(QuotaHit, String),
     /// A bucket name the store refuses.
-    #[error("no such bucket {0:?} (names are up to 64 of A-Z a-z 0-9 _ - .)")]
+    #[error("no such bucket {0:?} (names are up to {MAX_BUCKET_BYTES} of A-Z a-z 0-9 _ - .)")]
     NoSuchBucket(String),
     /// A bad argument (a key too long, a counter that is not a number).
     #[error("{0}")]
@@ -107,9 +110,12 @@ impl std::fmt::Display for QuotaHit {
     }
 }
 
+/// Longest bucket name.
+pub const MAX_BUCKET_BYTES: usize = 64;
+
 /// Checks a bucket name (see the module docs).
 pub fn check_bucket(bucket: &str) -> Result<(), KvError> {
-    let ok = bucket.len() <= 64
+    let ok = bucket.len() <= MAX_BUCKET_BYTES
         && bucket
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
@@ -146,23 +152,35 @@ pub fn charge(
             format!("a value of {new} bytes, over {}", quota.max_value_bytes),
         ));
     }
-    let (keys, bytes) = usage;
+    let (keys, before) = usage;
     let key_bytes = key.len() as u64;
     let keys = if old.is_some() { keys } else { keys + 1 };
-    let bytes = bytes - old.map_or(0, |old| old + key_bytes) + new + key_bytes;
+    let bytes = before
+        .checked_sub(old.map_or(0, |old| old + key_bytes))
+        .ok_or_else(inconsistent)?
+        + new
+        + key_bytes;
     if old.is_none() && keys > quota.max_keys {
         return Err(KvError::Limit(
             QuotaHit::Keys,
             format!("{keys} keys, over {}", quota.max_keys),
         ));
     }
-    if bytes > quota.max_bytes && new > old.unwrap_or(0) {
+    // A change that grows the total past the quota is refused (a new key with an empty value
+    // grows it by its key); one that shrinks or keeps it is allowed even over a quota that
+    // was lowered since, so a function can always make room.
+    if bytes > quota.max_bytes && bytes > before {
         return Err(KvError::Limit(
             QuotaHit::Bytes,
             format!("{bytes} bytes, over {}", quota.max_bytes),
         ));
     }
     Ok((keys, bytes))
+}
+
+/// A usage record that no longer matches the data (it would go below zero).
+pub fn inconsistent() -> KvError {
+    KvError::Backend("the function's key-value usage record is inconsistent".into())
 }
 
 /// The store: one per host, shared by every function (each in its own scope).
@@ -183,6 +201,7 @@ impl KeyValue {
         key: &str,
     ) -> Result<Option<Vec<u8>>, KvError> {
         check_bucket(bucket)?;
+        check_key(key)?;
         match self {
             Self::Embedded(store) => {
                 let (store, f, b, k) = owned(store, function, bucket, key);
@@ -215,6 +234,7 @@ impl KeyValue {
     /// Deletes `key` (nothing if it is not set).
     pub async fn delete(&self, function: &str, bucket: &str, key: &str) -> Result<(), KvError> {
         check_bucket(bucket)?;
+        check_key(key)?;
         match self {
             Self::Embedded(store) => {
                 let (store, f, b, k) = owned(store, function, bucket, key);
@@ -343,6 +363,49 @@ mod tests {
                 }
             ),
             Err(KvError::Limit(QuotaHit::Bytes, _))
+        ));
+        // A new key with an empty value still grows the total by its key.
+        let full = charge(
+            (0, 0),
+            "a",
+            None,
+            9,
+            &Quota {
+                max_bytes: 10,
+                ..quota
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            charge(
+                full,
+                "long-key",
+                None,
+                0,
+                &Quota {
+                    max_bytes: 10,
+                    ..quota
+                }
+            ),
+            Err(KvError::Limit(QuotaHit::Bytes, _))
+        ));
+        // Shrinking is allowed over a lowered quota.
+        assert!(
+            charge(
+                two,
+                "cd",
+                Some(10),
+                1,
+                &Quota {
+                    max_bytes: 5,
+                    ..quota
+                }
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            charge((0, 0), "ab", Some(5), 1, &quota),
+            Err(KvError::Backend(_))
         ));
         assert!(check_bucket("").is_ok() && check_bucket("a.b-c_1").is_ok());
         assert!(check_bucket("a/b").is_err() && check_bucket(&"x".repeat(65)).is_err());

@@ -42,10 +42,11 @@ local keys = tonumber(redis.call('HGET', KEYS[2], 'keys') or '0')
 local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
 local klen = tonumber(ARGV[2])
 local new = string.len(ARGV[1])
+local before = bytes
 if exists then bytes = bytes - old - klen else keys = keys + 1 end
 bytes = bytes + new + klen
 if (not exists) and keys > tonumber(ARGV[3]) then return 1 end
-if bytes > tonumber(ARGV[4]) and new > old then return 2 end
+if bytes > tonumber(ARGV[4]) and bytes > before then return 2 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'keys', keys, 'bytes', bytes)
 return 0
@@ -61,15 +62,23 @@ redis.call('HINCRBY', KEYS[2], 'bytes', -(old + tonumber(ARGV[1])))
 return 1
 ";
 
-/// Increments a decimal counter: `{0, value}`, or `{1, ''}` over the key count. Redis's
-/// INCRBY refuses a value that is not an integer (an error reply).
+/// Increments a decimal counter: `{0, value}`; `{1, ''}` over the key count, `{2, ''}` over
+/// the bytes, `{3, ''}` for a value that is not an unsigned decimal (nothing written). The
+/// result may not pass 2^63 - 1 (Redis's INCRBY; the embedded store goes to 2^64 - 1).
 const INCREMENT: &str = r"
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 local old = 0
-if exists then old = redis.call('STRLEN', KEYS[1]) end
+if exists then
+  local value = redis.call('GET', KEYS[1])
+  if not string.match(value, '^[0-9]+$') then return {3, ''} end
+  old = string.len(value)
+end
+local keys = tonumber(redis.call('HGET', KEYS[2], 'keys') or '0')
+local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
 if not exists then
-  local keys = tonumber(redis.call('HGET', KEYS[2], 'keys') or '0')
   if keys + 1 > tonumber(ARGV[3]) then return {1, ''} end
+  -- A new counter grows the total by its key and at most 20 digits.
+  if bytes + tonumber(ARGV[2]) + 20 > tonumber(ARGV[4]) then return {2, ''} end
 end
 redis.call('INCRBY', KEYS[1], ARGV[1])
 local new = redis.call('STRLEN', KEYS[1])
@@ -83,8 +92,8 @@ return {0, redis.call('GET', KEYS[1])}
 ";
 
 impl RedisStore {
-    /// Connects to `url` (`redis://HOST:PORT[/DB]`, or `rediss://` where the client is built
-    /// with TLS) and checks the connection.
+    /// Connects to `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`; no TLS in this build)
+    /// and checks the connection.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let mut connection = ConnectionManager::new(client).await?;
@@ -192,22 +201,39 @@ impl RedisStore {
             .arg(delta)
             .arg(key.len())
             .arg(quota.max_keys)
+            .arg(quota.max_bytes)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| KvError::Invalid(format!("incrementing {key:?}: {e}")))?;
-        if outcome == 1 {
-            return Err(KvError::Limit(
-                QuotaHit::Keys,
-                format!("more than {} keys", quota.max_keys),
-            ));
+            .map_err(backend)?;
+        match outcome {
+            0 => {}
+            1 => {
+                return Err(KvError::Limit(
+                    QuotaHit::Keys,
+                    format!("more than {} keys", quota.max_keys),
+                ));
+            }
+            2 => {
+                return Err(KvError::Limit(
+                    QuotaHit::Bytes,
+                    format!("more than {} bytes", quota.max_bytes),
+                ));
+            }
+            _ => {
+                return Err(KvError::Invalid(format!(
+                    "the value of {key:?} is not a decimal counter"
+                )));
+            }
         }
         value
             .parse()
-            .map_err(|_| KvError::Invalid(format!("the value of {key:?} is not a counter")))
+            .map_err(|_| KvError::Backend(format!("Redis answered {value:?} for a counter")))
     }
 
     /// See [`super::KeyValue::list`]. The cursor is Redis's SCAN cursor (a key may be listed
-    /// twice if the bucket changes between pages, as SCAN promises no more).
+    /// twice if the bucket changes between pages, as SCAN promises no more). SCAN walks the
+    /// whole keyspace with a pattern, so listing costs in proportion to every key in the
+    /// Redis database, and a page may hold more or fewer keys than asked.
     pub async fn list(
         &self,
         function: &str,
