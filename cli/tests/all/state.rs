@@ -362,6 +362,20 @@ async fn quotas(server: TestServer) {
     let small = server.admin().get("small").await.unwrap();
     assert_eq!(small["limit_hits"]["kv_keys"], 2);
 
+    // A guest holding buckets open without end gets an error, not more host memory; the
+    // next request (a new instance) opens buckets again.
+    assert_eq!(
+        get(&server, "/small/open-many?n=1000").await,
+        (200, "1000".into())
+    );
+    let (status, body) = get(&server, "/small/open-many?n=5000").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("buckets open at once"), "{body}");
+    assert_eq!(
+        get(&server, "/small/open-many?n=10").await,
+        (200, "10".into())
+    );
+
     // Bytes: a function at 1 MiB can replace a value with a smaller one, but not add a key,
     // not even one with an empty value.
     let spec = FunctionSpec {

@@ -5,7 +5,8 @@
 //! - `/kv-hello`: `hello` from the default bucket (wasmtime's `p2_cli_serve_keyvalue`);
 //! - `/count?bucket=B`: increments `visits` and answers the new count;
 //! - `/get?bucket=B&key=K`, `/set?bucket=B&key=K` (the body is the value), `/delete?...`;
-//! - `/list?bucket=B`: the bucket's keys, one per line (all pages).
+//! - `/list?bucket=B`: the bucket's keys, one per line (all pages);
+//! - `/open-many?n=N`: opens N buckets and holds them all.
 //!
 //! A store error is answered with 500 and its name (`no-such-store`, `access-denied`, or
 //! `other: <reason>`), so a test sees what the guest was told.
@@ -85,6 +86,15 @@ fn answer(request: IncomingRequest) -> (u16, Vec<u8>) {
                 let value = body_of(&request);
                 open()?.set(&key, &value)?;
                 (204, Vec::new())
+            }
+            "open-many" => {
+                // Holds `n` buckets open at once (a guest that never drops them).
+                let n: usize = param(query, "n").and_then(|n| n.parse().ok()).unwrap_or(1);
+                let mut held = Vec::with_capacity(n);
+                for _ in 0..n {
+                    held.push(open()?);
+                }
+                (200, held.len().to_string().into_bytes())
             }
             "delete" => {
                 open()?.delete(&key)?;

@@ -44,6 +44,8 @@ pub struct ProxyHost {
     config: Arc<WasiConfigVariables>,
     /// The function's `wasi:keyvalue` access.
     keyvalue: Option<GuestKeyValue>,
+    /// Buckets the guest holds open (see [`crate::guest::keyvalue::MAX_OPEN_BUCKETS`]).
+    open_buckets: usize,
 }
 
 impl ProxyHost {
@@ -85,6 +87,7 @@ impl ProxyHost {
             request,
             config: config.config.clone(),
             keyvalue: config.keyvalue.cloned(),
+            open_buckets: 0,
         }
     }
 
@@ -203,6 +206,7 @@ impl ProxyHost {
         KvView {
             table: &mut self.table,
             access: self.keyvalue.as_ref(),
+            open_buckets: &mut self.open_buckets,
         }
     }
 }

@@ -54,7 +54,14 @@ pub struct KvView<'a> {
     pub table: &'a mut ResourceTable,
     /// The function's access, `None` on a host without a store.
     pub access: Option<&'a GuestKeyValue>,
+    /// Buckets the store's guest holds open.
+    pub open_buckets: &'a mut usize,
 }
+
+/// Most buckets one instance may hold open at once. Each is an entry in the store's
+/// resource table, host memory the guest's memory limit does not count; a guest opening
+/// buckets in a loop without dropping them gets an error instead of growing the host.
+pub const MAX_OPEN_BUCKETS: usize = 1024;
 
 type Answer<T> = wasmtime::Result<Result<T, store::Error>>;
 
@@ -98,7 +105,14 @@ impl store::Host for KvView<'_> {
         if crate::keyvalue::check_bucket(&identifier).is_err() {
             return Ok(Err(store::Error::NoSuchStore));
         }
-        Ok(Ok(self.table.push(Bucket { name: identifier })?))
+        if *self.open_buckets >= MAX_OPEN_BUCKETS {
+            return Ok(Err(store::Error::Other(format!(
+                "more than {MAX_OPEN_BUCKETS} buckets open at once; drop some"
+            ))));
+        }
+        let bucket = self.table.push(Bucket { name: identifier })?;
+        *self.open_buckets += 1;
+        Ok(Ok(bucket))
     }
 }
 
@@ -162,6 +176,7 @@ impl store::HostBucket for KvView<'_> {
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
         self.table.delete(bucket)?;
+        *self.open_buckets = self.open_buckets.saturating_sub(1);
         Ok(())
     }
 }
