@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use thaw_benches::{BenchPlatform, Setup};
 use thaw_runtime::control::{LoadMode, Platform};
-use thaw_runtime::http::server::{ListenerOptions, Shutdown, serve_functions};
 use thaw_runtime::spec::FunctionSpec;
 
 const FUNCTIONS: usize = 1000;
@@ -44,20 +43,7 @@ fn serve(
     rt: &tokio::runtime::Runtime,
     platform: Arc<Platform>,
 ) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, shutdown) = Shutdown::new();
-    let options = ListenerOptions {
-        drain_timeout: Duration::from_secs(1),
-        header_read_timeout: Duration::from_secs(10),
-        slow_clients: platform.slow_clients().clone(),
-        send_timeout: Duration::from_secs(30),
-        stalled_readers: platform.stalled_readers().clone(),
-    };
-    rt.spawn(serve_functions(listener, platform, shutdown, options));
-    (addr, stop)
+    rt.block_on(thaw_benches::serve_on_loopback(platform))
 }
 
 fn report(name: &str, mut samples: Vec<Duration>) {

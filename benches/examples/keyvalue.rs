@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use thaw_benches::{BenchPlatform, Setup};
 use thaw_runtime::control::KeyValueBackend;
-use thaw_runtime::http::server::{ListenerOptions, Shutdown, serve_functions};
 use thaw_runtime::keyvalue::{KeyValue, Quota};
 use thaw_runtime::spec::FunctionSpec;
 
@@ -125,22 +124,8 @@ async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec
         ..Default::default()
     };
     platform.deploy("cap", spec, wasm.into()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, shutdown) = Shutdown::new();
-    let options = ListenerOptions {
-        drain_timeout: Duration::from_secs(1),
-        header_read_timeout: Duration::from_secs(10),
-        slow_clients: platform.slow_clients().clone(),
-        send_timeout: Duration::from_secs(30),
-        stalled_readers: platform.stalled_readers().clone(),
-    };
-    let server = tokio::spawn(serve_functions(
-        listener,
-        platform.clone(),
-        shutdown,
-        options,
-    ));
+    let (addr, stop) = thaw_benches::serve_on_loopback(platform.clone()).await;
+    let base = format!("http://{addr}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()
@@ -197,7 +182,6 @@ async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec
         .await,
     );
     let _ = stop.send(true);
-    let _ = server.await;
 }
 
 fn main() {

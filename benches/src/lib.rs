@@ -110,6 +110,26 @@ impl BenchPlatform {
     }
 }
 
+/// Serves `platform`'s functions on a free loopback port (a task on the current runtime);
+/// the address, and the sender that stops the listener.
+pub async fn serve_on_loopback(
+    platform: Arc<Platform>,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    use thaw_runtime::http::server::{ListenerOptions, Shutdown, serve_functions};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let options = ListenerOptions {
+        drain_timeout: Duration::from_secs(1),
+        header_read_timeout: Duration::from_secs(10),
+        slow_clients: platform.slow_clients().clone(),
+        send_timeout: Duration::from_secs(30),
+        stalled_readers: platform.stalled_readers().clone(),
+    };
+    tokio::spawn(serve_functions(listener, platform, shutdown, options));
+    (addr, stop)
+}
+
 /// Keeps the other core busy while alive (a spinning thread), for "with the second core
 /// busy" rows: the noise a shared host has.
 pub struct BusyCore(

@@ -50,6 +50,11 @@ async fn browser(port: u16, profile: &std::path::Path) -> Client {
     panic!("cannot start a Chromium session: {last:?}");
 }
 
+/// Clicks the element `locator` finds.
+async fn click(page: &Client, locator: Locator<'_>) {
+    page.find(locator).await.unwrap().click().await.unwrap();
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, for at most 30 s.
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -132,12 +137,7 @@ async fn log_in_watch_traffic_and_change_the_split_from_the_dashboard() {
     page.goto(&ui).await.unwrap();
     let token_field = page.wait().for_element(Locator::Id("token")).await.unwrap();
     token_field.send_keys("not-the-token-at-all").await.unwrap();
-    page.find(Locator::Id("login-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, Locator::Id("login-button")).await;
     eventually("the refusal", || async {
         let denied = page.find(Locator::Id("denied")).await.ok()?;
         denied.is_displayed().await.ok()?.then_some(())
@@ -147,12 +147,7 @@ async fn log_in_watch_traffic_and_change_the_split_from_the_dashboard() {
     // The right token: a session cookie, HttpOnly and SameSite=Strict; no token in the URL.
     let token_field = page.find(Locator::Id("token")).await.unwrap();
     token_field.send_keys(&server.token()).await.unwrap();
-    page.find(Locator::Id("login-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, Locator::Id("login-button")).await;
     let split = eventually("the function's row", || shown_split(&page)).await;
     assert_eq!(split, "v1=80 v2=20");
     let url = page.current_url().await.unwrap();
@@ -239,12 +234,11 @@ async fn log_in_watch_traffic_and_change_the_split_from_the_dashboard() {
         text.contains("timeout").then_some(())
     })
     .await;
-    page.find(Locator::Css(r#"#log-function option[value="faults"]"#))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &page,
+        Locator::Css(r#"#log-function option[value="faults"]"#),
+    )
+    .await;
     eventually("the function's log lines", || async {
         let text = page
             .find(Locator::Id("logs"))
@@ -258,22 +252,17 @@ async fn log_in_watch_traffic_and_change_the_split_from_the_dashboard() {
     .await;
 
     // Change the split from the page: it takes effect on the data plane.
-    let row = page
-        .find(Locator::Css(r#"tr[data-function="api"]"#))
-        .await
-        .unwrap();
-    row.find(Locator::Css("input[name=split]"))
+    page.find(Locator::Css(r#"tr[data-function="api"] input[name=split]"#))
         .await
         .unwrap()
         .send_keys("v1=50 v2=50")
         .await
         .unwrap();
-    row.find(Locator::Css("button[data-action=split]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &page,
+        Locator::Css(r#"tr[data-function="api"] button[data-action=split]"#),
+    )
+    .await;
     eventually("the page to show the new split", || async {
         (shown_split(&page).await? == "v1=50 v2=50").then_some(())
     })
@@ -287,16 +276,11 @@ async fn log_in_watch_traffic_and_change_the_split_from_the_dashboard() {
     }
 
     // Roll back from the page: all traffic to v1.
-    let row = page
-        .find(Locator::Css(r#"tr[data-function="api"]"#))
-        .await
-        .unwrap();
-    row.find(Locator::Css("button[data-action=rollback]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &page,
+        Locator::Css(r#"tr[data-function="api"] button[data-action=rollback]"#),
+    )
+    .await;
     eventually("the rollback", || async {
         (shown_split(&page).await? == "v1=100").then_some(())
     })
@@ -304,13 +288,14 @@ async fn log_in_watch_traffic_and_change_the_split_from_the_dashboard() {
     assert_eq!(requests(&server, 20).await, [20, 0]);
 
     // Log out: the session is gone, for the page and for its cookie.
-    page.find(Locator::Css("#logout button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    page.wait().for_element(Locator::Id("token")).await.unwrap();
+    click(&page, Locator::Css("#logout button")).await;
+    // The token field is always in the page, hidden while logged in: wait until it shows
+    // (the logout was answered and the page reloaded), not merely until it exists.
+    eventually("the login form after logout", || async {
+        let field = page.find(Locator::Id("token")).await.ok()?;
+        field.is_displayed().await.ok()?.then_some(())
+    })
+    .await;
     let after = with_cookie(reqwest::Method::GET, "/v1/functions")
         .send()
         .await

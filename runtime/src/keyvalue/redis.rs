@@ -157,17 +157,7 @@ impl RedisStore {
             .invoke_async(&mut connection)
             .await
             .map_err(backend)?;
-        match outcome {
-            0 => Ok(()),
-            1 => Err(KvError::Limit(
-                QuotaHit::Keys,
-                format!("more than {} keys", quota.max_keys),
-            )),
-            _ => Err(KvError::Limit(
-                QuotaHit::Bytes,
-                format!("more than {} bytes", quota.max_bytes),
-            )),
-        }
+        script_outcome(outcome, key, quota)
     }
 
     /// See [`super::KeyValue::delete`].
@@ -205,26 +195,7 @@ impl RedisStore {
             .invoke_async(&mut connection)
             .await
             .map_err(backend)?;
-        match outcome {
-            0 => {}
-            1 => {
-                return Err(KvError::Limit(
-                    QuotaHit::Keys,
-                    format!("more than {} keys", quota.max_keys),
-                ));
-            }
-            2 => {
-                return Err(KvError::Limit(
-                    QuotaHit::Bytes,
-                    format!("more than {} bytes", quota.max_bytes),
-                ));
-            }
-            _ => {
-                return Err(KvError::Invalid(format!(
-                    "the value of {key:?} is not a decimal counter"
-                )));
-            }
-        }
+        script_outcome(outcome, key, quota)?;
         value
             .parse()
             .map_err(|_| KvError::Backend(format!("Redis answered {value:?} for a counter")))
@@ -283,6 +254,25 @@ impl RedisStore {
         }
         let _: u64 = connection.del(usage_key(function)).await.map_err(backend)?;
         Ok(())
+    }
+}
+
+/// What a script's outcome code means: 0 done, 1 over the key count, 2 over the bytes, 3 not
+/// a decimal counter (nothing written for any but 0).
+fn script_outcome(outcome: u8, key: &str, quota: &Quota) -> Result<(), KvError> {
+    match outcome {
+        0 => Ok(()),
+        1 => Err(KvError::Limit(
+            QuotaHit::Keys,
+            format!("more than {} keys", quota.max_keys),
+        )),
+        2 => Err(KvError::Limit(
+            QuotaHit::Bytes,
+            format!("more than {} bytes", quota.max_bytes),
+        )),
+        _ => Err(KvError::Invalid(format!(
+            "the value of {key:?} is not a decimal counter"
+        ))),
     }
 }
 
