@@ -38,6 +38,15 @@ pub struct DeployArgs {
     /// functions only) [default: off, one instance per request]
     #[arg(long, value_name = "N")]
     pub reuse_max_requests: Option<u32>,
+    /// With --reuse-max-requests: requests one WASIp3 instance serves at the same time
+    /// (a WASIp2 instance serves one at a time)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        requires = "reuse_max_requests"
+    )]
+    pub reuse_max_concurrent: u32,
     /// Allow outbound HTTP to hosts matching `scheme://host[:port]` (wildcards: `*`, `*.domain`,
     /// port `*`); repeatable [default: no outbound traffic]
     #[arg(long = "allow-outbound", value_name = "PATTERN")]
@@ -142,6 +151,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             .map(|max_requests| thaw_runtime::spec::ReuseSpec {
                 max_requests,
                 idle_timeout_ms: 60_000,
+                max_concurrent: args.reuse_max_concurrent,
             }),
     };
     let wasm =

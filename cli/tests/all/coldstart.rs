@@ -156,6 +156,7 @@ async fn reuse_is_off_by_default_and_on_when_asked() {
         reuse: Some(ReuseSpec {
             max_requests: 5,
             idle_timeout_ms: 60_000,
+            max_concurrent: 1,
         }),
         ..Default::default()
     };

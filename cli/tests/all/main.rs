@@ -19,6 +19,7 @@ mod limits;
 mod load;
 mod logs;
 mod metrics;
+mod p3;
 mod packaging;
 mod probes;
 mod redeploy;

@@ -107,10 +107,19 @@ pub struct ReuseSpec {
     /// An idle reused instance is dropped after this long, in ms [default: 60000].
     #[serde(default = "default_reuse_idle_ms")]
     pub idle_timeout_ms: u64,
+    /// Requests one instance serves at the same time [default: 16, as `wasmtime serve`].
+    /// Only a WASIp3 (`wasi:http/handler@0.3.0`) component can take more than one: its
+    /// handler is async. A WASIp2 instance serves its requests one after the other.
+    #[serde(default = "default_reuse_concurrent")]
+    pub max_concurrent: u32,
 }
 
 fn default_reuse_idle_ms() -> u64 {
     60_000
+}
+
+fn default_reuse_concurrent() -> u32 {
+    16
 }
 
 /// Reuse resolved for the request path.
@@ -120,6 +129,8 @@ pub struct Reuse {
     pub max_requests: u32,
     /// Idle lifetime of a reused instance.
     pub idle_timeout: Duration,
+    /// Requests one (WASIp3) instance serves at once.
+    pub max_concurrent: u32,
 }
 
 impl ReuseSpec {
@@ -128,6 +139,7 @@ impl ReuseSpec {
         Reuse {
             max_requests: self.max_requests,
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_concurrent: self.max_concurrent,
         }
     }
 }
@@ -503,6 +515,13 @@ impl FunctionSpec {
                     "reuse.idle_timeout_ms",
                     reuse.idle_timeout_ms,
                     "must be 1..=86400000 (a day)".into(),
+                ));
+            }
+            if !(1..=1024).contains(&reuse.max_concurrent) {
+                return Err(SpecError::Limit(
+                    "reuse.max_concurrent",
+                    u64::from(reuse.max_concurrent),
+                    "must be 1..=1024".into(),
                 ));
             }
         }

@@ -231,6 +231,9 @@ impl ThawEngine {
 fn base_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    // WASIp3 components (async exports, streams, futures). It changes nothing for p2
+    // components and core modules, which use none of it.
+    config.wasm_component_model_async(true);
     config.epoch_interruption(true);
     // Copy-on-write images of each module's initial memory: instantiating maps the image
     // instead of copying data segments, which matters most for large pre-initialised heaps.

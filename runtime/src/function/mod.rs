@@ -9,6 +9,7 @@
 
 pub mod limits;
 pub mod pool;
+pub mod service;
 pub mod timing;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use wasmtime::InstancePre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::api::FunctionInfo;
 use crate::engine::ThawEngine;
@@ -74,6 +76,8 @@ impl FunctionRecord {
 pub enum Code {
     /// A `wasi:http` component, type-checked against the proxy world.
     Proxy(ProxyPre<ProxyHost>),
+    /// A WASIp3 `wasi:http` component: exports the async `wasi:http/handler@0.3.0`.
+    Service(ServicePre<ProxyHost>),
     /// A WASI preview1 command, run CGI-style.
     Cgi(InstancePre<CgiHost>),
 }
@@ -86,7 +90,7 @@ pub enum LinkError {
     Imports(String),
     /// The component is not a `wasi:http` proxy.
     #[error(
-        "the component does not export wasi:http/incoming-handler (is it built for the wasi:http proxy world?): {0}"
+        "the component exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3 (is it built for the wasi:http proxy or service world?): {0}"
     )]
     NotAProxy(String),
     /// The module is not a WASI command.
@@ -178,6 +182,17 @@ pub struct Function {
     pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     /// Its `wasi:keyvalue` access, given by the control plane (`None`: no store).
     pub keyvalue: Option<crate::guest::keyvalue::GuestKeyValue>,
+    /// A WASIp3 function's workers, made by its first request (see [`service`]).
+    pub service: std::sync::OnceLock<service::ServiceHandler>,
+    /// Cancelled when this function is dropped (removed, replaced, unloaded, and its last
+    /// request done): its idle WASIp3 workers end then, giving back their instance slots.
+    pub retired: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        self.retired.cancel();
+    }
 }
 
 /// `v<generation>` as a header value.
@@ -226,6 +241,8 @@ impl Function {
             log: Arc::default(),
             config,
             keyvalue: None,
+            service: std::sync::OnceLock::new(),
+            retired: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -373,7 +390,16 @@ impl Linking {
                     .proxy
                     .instantiate_pre(&component)
                     .map_err(|e| LinkError::Imports(format!("{e:#}")))?;
-                Code::Proxy(ProxyPre::new(pre).map_err(|e| LinkError::NotAProxy(format!("{e:#}")))?)
+                // A p2 proxy first (what almost every component is today), then a p3
+                // service; a component that exports both is served as p2.
+                match ProxyPre::new(pre.clone()) {
+                    Ok(proxy) => Code::Proxy(proxy),
+                    Err(p2) => {
+                        Code::Service(ServicePre::new(pre).map_err(|p3| {
+                            LinkError::NotAProxy(format!("p2: {p2:#}; p3: {p3:#}"))
+                        })?)
+                    }
+                }
             }
             Compiled::Module(module) => {
                 if module.get_export("_start").is_none() {

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::Proxy;
+use wasmtime_wasi_http::handler::Proxy;
 
 use super::{Code, Function};
 use crate::guest::host::ProxyHost;
@@ -232,9 +232,15 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
         // (a request took an instance) only tops the pool up to the current target.
         if sized.elapsed() >= SIZING_INTERVAL {
             let in_flight = pool.in_flight.load(Ordering::Relaxed);
+            // A reused WASIp3 instance takes several requests at once: fewer are needed.
+            let per_instance = match (f.code(), &f.reuse) {
+                (Some(Code::Service(_)), Some(reuse)) => reuse.max_concurrent as usize,
+                _ => 1,
+            };
             target = pool
                 .peak
                 .swap(in_flight, Ordering::Relaxed)
+                .div_ceil(per_instance)
                 .clamp(1, options.max_per_function);
             sized = Instant::now();
         }
@@ -276,13 +282,21 @@ async fn instantiate(
     function: &Function,
     permit: OwnedSemaphorePermit,
 ) -> wasmtime::Result<Option<WarmInstance>> {
-    let Some(Code::Proxy(pre)) = function.code() else {
-        return Ok(None);
-    };
     // Instantiation of a component may run guest start functions: the store comes with the
     // function's budget, re-armed for the request that takes the instance.
-    let mut store = crate::guest::proxy_store(pre.engine(), &function.guest());
-    let proxy = pre.instantiate_async(&mut store).await?;
+    let (store, proxy) = match function.code() {
+        Some(Code::Proxy(pre)) => {
+            let mut store = crate::guest::proxy_store(pre.engine(), &function.guest());
+            let proxy = pre.instantiate_async(&mut store).await?;
+            (store, Proxy::P2(proxy))
+        }
+        Some(Code::Service(pre)) => {
+            let mut store = crate::guest::proxy_store(pre.engine(), &function.guest());
+            let proxy = pre.instantiate_async(&mut store).await?;
+            (store, Proxy::P3(proxy))
+        }
+        _ => return Ok(None),
+    };
     Ok(Some(WarmInstance {
         store,
         proxy,

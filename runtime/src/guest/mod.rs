@@ -149,6 +149,27 @@ pub fn arm_deadline<T: 'static>(store: &mut Store<T>, ticks: u64) {
     });
 }
 
+/// Like [`arm_deadline`], for a store whose requests overlap (a WASIp3 instance): the
+/// remaining ticks live in `remaining`, which each request's start sets back to the full
+/// budget, so the store is interrupted once its most recent request has run past its
+/// timeout. A backstop: each request's own timeout is enforced outside the store (see
+/// [`crate::function::service`]); this catches a guest that spins without yielding to it.
+pub fn arm_shared_deadline<T: 'static>(
+    store: &mut Store<T>,
+    remaining: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        let left = remaining.load(Ordering::Relaxed);
+        if left == 0 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        remaining.store(left - 1, Ordering::Relaxed);
+        Ok(UpdateDeadline::Yield(1))
+    });
+}
+
 /// Gives a store its CPU fuel for one request, on a host that meters fuel.
 pub fn arm_fuel<T: 'static>(store: &mut Store<T>, limits: &Limits) {
     if let Some(fuel) = limits.fuel {
@@ -180,6 +201,15 @@ impl Linkers {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut proxy)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
+        // And what `-Sp3` adds: WASIp3's interfaces (wasi:*@0.3.0), for components that
+        // export `wasi:http/handler@0.3.0`. The same store data serves both: a component
+        // imports one version or the other, and a p2 component never touches the p3 ones.
+        wasmtime_wasi::p3::add_to_linker(&mut proxy)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI p3")?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut proxy)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http p3")?;
         // What `wasmtime serve -Sconfig` adds. A function without configuration gets an
         // empty store: every `get` is `none`, as for a key that is not set.
         wasmtime_wasi_config::add_to_linker(&mut proxy, ProxyHost::config)

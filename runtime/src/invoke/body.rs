@@ -99,6 +99,13 @@ impl GuestBody {
     }
 }
 
+impl GuestBody {
+    /// Whether the guest's body went past the limit.
+    pub fn exceeded(&self) -> bool {
+        self.state.response_exceeded.load(Ordering::Acquire)
+    }
+}
+
 impl Body for GuestBody {
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;

@@ -168,6 +168,11 @@ impl InvokeError {
 /// everything else a trap with its message (which names the trap code and, with `addr2line`,
 /// the guest's frames).
 pub fn classify(error: wasmtime::Error) -> InvokeError {
+    classify_ref(&error)
+}
+
+/// [`classify`] for an error shared by several requests (a WASIp3 instance's failure).
+pub fn classify_ref(error: &wasmtime::Error) -> InvokeError {
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => InvokeError::Timeout,
         Some(Trap::OutOfFuel) => InvokeError::OutOfFuel,

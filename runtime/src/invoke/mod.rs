@@ -4,7 +4,8 @@
 //! request needs: admission, the queue timeout, pool settings, `Server-Timing`, the loader),
 //! never the object that also deploys, so it can be driven in-process by tests and benchmarks
 //! with no data directory, registry or listener. One executor per kind of function:
-//! [`proxy`] (`wasi:http` components) and [`cgi`] (WASI preview1 modules).
+//! [`proxy`] (`wasi:http` components), [`service`] (WASIp3 `wasi:http` components) and
+//! [`cgi`] (WASI preview1 modules).
 //!
 //! Everything it uses was prepared at load time (the `ProxyPre` or `InstancePre`, the
 //! resolved limits, the environment list, the deadline in epoch ticks); it compiles and links
@@ -21,6 +22,7 @@ pub mod body;
 pub mod cgi;
 pub mod error;
 pub mod proxy;
+pub mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -253,6 +255,10 @@ async fn try_invoke<B: RequestBody>(
         (Code::Proxy(pre), Ok(body)) => {
             let req = Request::from_parts(parts, body);
             proxy::call(cx, function, pre, req, place, load, admitted, trace).await
+        }
+        (Code::Service(_), Ok(body)) => {
+            let req = Request::from_parts(parts, body);
+            service::call(cx, function, req, place, load, admitted, trace).await
         }
         (Code::Cgi(pre), Err(body)) => {
             let result =

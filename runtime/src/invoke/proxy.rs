@@ -170,6 +170,7 @@ async fn acquire(
             let mut store = proxy_store(engine, &function.guest());
             store.data_mut().begin_request(request, trace);
             let proxy = pre.instantiate_async(&mut store).await.map_err(classify)?;
+            let proxy = wasmtime_wasi_http::handler::Proxy::P2(proxy);
             let warm = WarmInstance {
                 store,
                 proxy,
@@ -198,11 +199,15 @@ async fn run(
     let _place = place;
     let timeout = function.limits.timeout;
     let response_limit = function.limits.max_response_body_bytes;
-    let call =
-        instance
-            .proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut instance.store, req, out);
+    let wasmtime_wasi_http::handler::Proxy::P2(proxy) = &instance.proxy else {
+        // The pool holds instances of the function's own code, and this code is p2.
+        return Err(InvokeError::Internal(
+            "a warm instance is not of its function's kind".into(),
+        ));
+    };
+    let call = proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut instance.store, req, out);
     let result = tokio::select! {
         biased;
         // The response body went past its limit (see GuestBody): stop the guest now
