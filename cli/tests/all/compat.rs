@@ -191,3 +191,37 @@ async fn plain_wasi_component_matches_wasmtime_serve() {
         assert_eq!(reference.2, thaw.2, "{method} {path}: body");
     }
 }
+
+/// A WASIp3 handler, as wasmtime's `p3_cli_serve_hello_world` and `p3_api_proxy` run it:
+/// the same status, headers and body from `wasmtime serve -Sp3` and from thaw.
+#[tokio::test(flavor = "multi_thread")]
+async fn p3_handler_matches_wasmtime_serve() {
+    let Some(cli) = required_wasmtime_cli() else {
+        return;
+    };
+    let (_reference, addr) = reference(&cli, &["-Scli", "-Sp3"], wasm::P3);
+    let server = TestServer::start();
+    server.deploy("p3", wasm::P3, route("/")).await;
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("/", vec![]),
+        ("/hello", vec![]),
+        ("/echo", vec![9u8; 150_000]),
+        ("/big?kib=300", vec![]),
+        ("/nothing-here", vec![]),
+    ];
+    for (path, body) in cases {
+        let mut answers = Vec::new();
+        for base in [format!("http://{addr}"), server.url.clone()] {
+            let r = client()
+                .post(format!("{base}{path}"))
+                .header("x-echo", "p3")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let echoed = r.headers().get("x-echo").cloned();
+            answers.push((r.status(), echoed, r.bytes().await.unwrap()));
+        }
+        assert_eq!(answers[0], answers[1], "{path}: wasmtime serve, then thaw");
+    }
+}

@@ -81,6 +81,10 @@ pub struct WarmPool {
     last_request: AtomicU64,
     refill_started: AtomicBool,
     wake: Arc<Notify>,
+    /// The refill task sleeps until a request comes (scaled to zero): only then does a
+    /// request's start wake it. Otherwise it wakes on its own every [`SIZING_INTERVAL`], and a
+    /// wake-up per request would be a cross-thread task switch per request for nothing.
+    asleep: Arc<AtomicBool>,
     epoch: Instant,
 }
 
@@ -93,6 +97,7 @@ impl Default for WarmPool {
             last_request: AtomicU64::new(0),
             refill_started: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
+            asleep: Arc::new(AtomicBool::new(false)),
             epoch: Instant::now(),
         }
     }
@@ -119,13 +124,19 @@ impl WarmPool {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a request for sizing and wakes the refill task.
+    /// Counts a request for sizing, and wakes the refill task if it sleeps.
     pub fn begin_request(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(now, Ordering::Relaxed);
         self.last_request
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.wake.notify_one();
+        // Pairs with the fence in `refill`: either it sees this request's time, or this
+        // sees it asleep.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::AcqRel) {
+            // `Notify` keeps the permit if the task is not waiting yet: no lost wake-up.
+            self.wake.notify_one();
+        }
         InFlight(self)
     }
 
@@ -219,6 +230,12 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
             // Hold only the notifier while asleep, so a removed function can be dropped; its
             // pool's `Drop` wakes us to notice.
             let wake = pool.wake.clone();
+            pool.asleep.store(true, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            // A request that arrived since the idle check above would not have woken us.
+            if pool.idle_for() < options.idle_timeout && pool.asleep.swap(false, Ordering::AcqRel) {
+                continue;
+            }
             let notified = wake.notified();
             drop(f);
             notified.await;
