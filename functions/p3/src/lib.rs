@@ -9,7 +9,8 @@
 //! - `/sleep?ms=N`: answers after N ms (an async wait: other requests may run meanwhile),
 //!   with how many requests this instance had in flight at most so far;
 //! - `/spin`: loops forever (only the host's timeout ends it);
-//! - `/trap`: panics (a trap).
+//! - `/trap`: panics (a trap);
+//! - `/late-trap`: answers 200, writes 16 KiB of its body, then panics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,6 +62,10 @@ impl wasip3::exports::http::handler::Guest for P3 {
                 }
             }
             "trap" => panic!("the guest trapped on purpose"),
+            "late-trap" => Ok(streamed(200, Fields::new(), |mut tx| async move {
+                tx.write_all(vec![b'l'; 16 * 1024]).await;
+                panic!("the guest trapped after its response head");
+            })),
             "big" => {
                 let kib = param("kib") as usize;
                 Ok(streamed(200, Fields::new(), move |mut tx| async move {

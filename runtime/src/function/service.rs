@@ -15,13 +15,18 @@
 //!   16 at a time; thaw does not make that trade for the user.
 //! - **With `reuse`** (a trusted function's opt-in), a worker accepts up to
 //!   `reuse.max_requests` requests in all and `reuse.max_concurrent` (16 unless set) at once,
-//!   and ends after `reuse.idle_timeout` without one. Requests in one instance share its
-//!   memory and its fate: a trap ends the instance and fails every request in flight in it
-//!   (each gets the classified error: trap, timeout, memory limit), and no other.
+//!   and ends after `reuse.idle_timeout` without one, or as soon as it is idle once its
+//!   function is dropped (replaced or removed, its last request answered). Requests in one
+//!   instance share its memory and its fate: a trap ends the instance and fails every
+//!   request in flight in it (each gets the classified error: trap, timeout, memory limit),
+//!   and no other; a response body it was still writing ends in an error
+//!   ([`InstanceFailure`]), never as if complete.
 //! - **The warm pool** holds pre-instantiated instances as for p2; a new worker takes one
-//!   if one is ready (the request's start is a `pool-hit`), else it takes an instance slot
-//!   through admission, waiting at most the queue timeout (else the request gets 503), and
-//!   instantiates (`fresh`). A request accepted by a worker that already served one also
+//!   if one is ready (the request's start is a `pool-hit`), else a free instance slot (one
+//!   the request path parked for it, or any) and instantiates (`fresh`). With no slot free it
+//!   does not wait: it hands the request back ([`NoSlot`]), and the request path queues it
+//!   for a slot in admission's fair queue while offering it to workers that get room
+//!   (`crate::invoke::service`), up to the queue timeout, then 503. A request accepted by a worker that already served one also
 //!   starts as a `pool-hit`: an instance was ready and nothing was instantiated for it. The
 //!   worker holds its slot until its store is dropped.
 //!
@@ -70,6 +75,17 @@ pub struct ServiceRequest {
     /// Told why, if the instance fails while the request is in flight (a trap ends every
     /// request in the instance; the handler module itself only reports "trapped").
     pub fault: oneshot::Sender<Arc<wasmtime::Error>>,
+    /// Told, before the instance's store is dropped, that the instance failed: the
+    /// request's response body (which may still be streaming) must then end in an error,
+    /// not in what looks like a complete body. Held weakly: it lives as long as that body.
+    pub call: Weak<dyn InstanceFailure>,
+}
+
+/// What a request's response must learn when its instance fails after the head was sent
+/// (implemented by the request path's per-call state).
+pub trait InstanceFailure: Send + Sync {
+    /// The instance failed; called before its store is dropped.
+    fn instance_failed(&self);
 }
 
 /// How a request's instance came to be (see [`ServiceRequest::started`]).
@@ -95,6 +111,22 @@ pub struct NoSlot;
 pub struct ServiceWorkers {
     function: Weak<Function>,
     admission: Arc<Semaphore>,
+    /// Instance slots the request path waited for (in admission's fair queue, beside the
+    /// other functions' requests) after a worker found none: the next new worker takes one.
+    parked: Mutex<Vec<OwnedSemaphorePermit>>,
+}
+
+impl ServiceWorkers {
+    /// Keeps a slot for the next new worker.
+    pub fn park(&self, slot: OwnedSemaphorePermit) {
+        lock(&self.parked).push(slot);
+    }
+
+    /// Gives back a parked slot no worker took (its request went to a worker with room).
+    pub fn unpark_one(&self) {
+        let slot = lock(&self.parked).pop();
+        drop(slot);
+    }
 }
 
 impl Function {
@@ -104,6 +136,7 @@ impl Function {
             ProxyHandler::new(ServiceWorkers {
                 function: Arc::downgrade(self),
                 admission: admission.clone(),
+                parked: Mutex::new(Vec::new()),
             })
         })
     }
@@ -137,11 +170,15 @@ impl HandlerState for ServiceWorkers {
                 Duration::ZERO,
             ),
             None => {
-                let permit = self
-                    .admission
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| NoSlot)?;
+                let parked = lock(&self.parked).pop();
+                let permit = match parked {
+                    Some(permit) => permit,
+                    None => self
+                        .admission
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|_| NoSlot)?,
+                };
                 let started = Instant::now();
                 let mut store = crate::guest::proxy_store(pre.engine(), &function.guest());
                 let proxy = Proxy::P3(pre.instantiate_async(&mut store).await?);
@@ -181,6 +218,7 @@ impl HandlerState for ServiceWorkers {
                 ticks,
                 first: Mutex::new(Some((kind, instantiate))),
                 in_flight: Mutex::new(Vec::new()),
+                calls: Mutex::new(Vec::new()),
                 expired,
                 _permit: permit,
             },
@@ -203,6 +241,8 @@ pub struct Worker {
     first: Mutex<Option<(StartKind, Duration)>>,
     /// Where to tell the requests accepted so far why the instance failed.
     in_flight: Mutex<Vec<oneshot::Sender<Arc<wasmtime::Error>>>>,
+    /// The calls whose responses may still be streaming from this instance.
+    calls: Mutex<Vec<Weak<dyn InstanceFailure>>>,
     /// Set by [`Expiration`] when it ended the worker while requests ran.
     expired: Arc<AtomicBool>,
     _permit: OwnedSemaphorePermit,
@@ -246,10 +286,24 @@ impl handler::WorkerState for Worker {
         // Requests that are answered dropped their receivers: forget them.
         in_flight.retain(|fault| !fault.is_closed());
         in_flight.push(data.fault);
+        drop(in_flight);
+        let mut calls = lock(&self.calls);
+        // And calls whose bodies are done dropped their state.
+        calls.retain(|call| call.strong_count() > 0);
+        calls.push(data.call);
         Box::pin(tokio::time::sleep(self.timeout))
     }
 
     fn drop(&self, store: Store<ProxyHost>, result: wasmtime::Result<()>) {
+        if result.is_err() {
+            // Before the store goes: dropping it ends the bodies it was still writing, and
+            // those must end in an error, not look complete.
+            for call in lock(&self.calls).drain(..) {
+                if let Some(call) = call.upgrade() {
+                    call.instance_failed();
+                }
+            }
+        }
         // The guest's memory goes back before the slot does (the slot's permit is dropped
         // with `self`, after this).
         drop(store);

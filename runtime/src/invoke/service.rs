@@ -20,15 +20,19 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use super::body::{CallState, GuestBody, LimitedBody, ResponseBody};
 use super::error::{InvokeError, classify_ref};
 use super::{InvokeContext, RequestBody, Start, content_length, next_request_id};
-use crate::function::Function;
 use crate::function::pool::WarmPool;
-use crate::function::service::{NoSlot, ServiceRequest, Started};
+use crate::function::service::{InstanceFailure, NoSlot, ServiceRequest, Started};
 use crate::function::timing::StartKind;
+use crate::function::{Function, FunctionStats};
+use crate::guest::limit::Limit;
 use crate::telemetry::RequestTrace;
 
-/// How long a request whose instance failed waits for the worker to say why (it does so
-/// right after dropping the store; the wait only matters if it never does).
-const FAULT_REPORT_WAIT: Duration = Duration::from_secs(1);
+impl InstanceFailure for CallState {
+    fn instance_failed(&self) {
+        // GuestBody turns the end of a body into an error when this is set.
+        self.failed.store(true, Ordering::Release);
+    }
+}
 
 /// Serves `req` with a WASIp3 function.
 pub(super) async fn call<B: RequestBody>(
@@ -58,18 +62,26 @@ pub(super) async fn call<B: RequestBody>(
 
     let (started, mut started_rx) = oneshot::channel();
     let (fault, fault_rx) = oneshot::channel();
+    let call: Arc<dyn InstanceFailure> = state.clone();
     let mut request = ServiceRequest {
         id: next_request_id(),
         trace: trace.map(RequestTrace::outbound),
         started,
         fault,
+        call: Arc::downgrade(&call),
     };
+    drop(call);
     let mut req = Request::from_parts(parts, body);
-    // Offered until a worker takes it: a new worker that finds no free instance slot hands
-    // the request back (see `NoSlot`), and it is offered again after a short wait, when an
-    // existing worker may have room or a slot may be free, up to the queue timeout.
-    let queued = Instant::now();
+    // Offered until a worker takes it. A new worker that finds no free instance slot hands
+    // the request back (see `NoSlot`); the request then takes its place in admission's
+    // queue for a slot (first come, first served, beside every other function's requests)
+    // and, while it waits there, is offered again now and then (1 ms, doubling to 20 ms), to
+    // a worker that got room. A slot that comes is parked for the next new worker and the
+    // request offered again; parked slots no worker took are given back at the end.
+    let deadline = tokio::time::Instant::now() + cx.queue_timeout;
+    let mut waiting = None;
     let mut backoff = Duration::from_millis(1);
+    let mut parked = 0;
     let result = loop {
         let result = workers.handle(request, req).await;
         match result {
@@ -85,18 +97,33 @@ pub(super) async fn call<B: RequestBody>(
             }
             result => break result,
         }
-        if queued.elapsed() >= cx.queue_timeout {
-            break Err(NoSlot.into());
-        }
-        if backoff == Duration::from_millis(1) {
+        if parked == 0 && backoff == Duration::from_millis(1) {
             cx.queue_waits.fetch_add(1, Ordering::Relaxed);
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let slot = waiting.get_or_insert_with(|| {
+            Box::pin(tokio::time::timeout_at(
+                deadline,
+                cx.admission.clone().acquire_owned(),
+            ))
+        });
+        tokio::select! {
+            got = slot => {
+                waiting = None;
+                match got {
+                    Ok(Ok(slot)) => {
+                        workers.state().park(slot);
+                        parked += 1;
+                    }
+                    _ => break Err(NoSlot.into()),
+                }
+            }
+            () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+        }
     };
-    // The function's concurrency place is held until the response head: the instance's own
-    // cap bounds what runs in it after that.
-    drop(place);
+    for _ in 0..parked {
+        // Slots parked for this request that no worker took go back.
+        workers.state().unpark_one();
+    }
     drop(in_flight);
     let response = match result {
         Ok(response) => response,
@@ -131,9 +158,14 @@ pub(super) async fn call<B: RequestBody>(
     };
     let mut response = response.map(|body| {
         ServiceBody {
-            inner: GuestBody::new(body, state, response_limit),
-            function: function.clone(),
-            counted: false,
+            inner: GuestBody::new(body, state.clone(), response_limit),
+            state,
+            stats: function.stats.clone(),
+            name: function.name.clone(),
+            request_limit: limit,
+            response_limit,
+            // The function's concurrency place is held until its body is done, as for p2.
+            _place: place,
         }
         .boxed_unsync()
     });
@@ -147,7 +179,7 @@ pub(super) async fn call<B: RequestBody>(
     Ok(response)
 }
 
-/// The longest wait between two offers of a request no worker could take.
+/// The longest wait between two offers of a request that waits for a slot.
 const MAX_BACKOFF: Duration = Duration::from_millis(20);
 
 /// Whether the handler module gave the request back because no instance slot was free.
@@ -176,22 +208,43 @@ async fn failure(
         return InvokeError::GuestError(format!("{code:?}"));
     }
     if error.downcast_ref::<TrapOrPanicError>().is_some() {
-        // The instance ended under the request: its worker says why once it has dropped it.
-        return match tokio::time::timeout(FAULT_REPORT_WAIT, fault).await {
-            Ok(Ok(cause)) => classify_ref(&cause),
-            _ => InvokeError::Trap("the instance failed".into()),
+        // The instance ended under the request: its worker says why once it has dropped
+        // it. No timeout: the sender lives in the worker, which sends or drops it as it ends.
+        return match fault.await {
+            Ok(cause) => classify_ref(&cause),
+            Err(_) => InvokeError::Trap("the instance failed".into()),
         };
     }
     classify_ref(&error)
 }
 
-/// A WASIp3 response body under the function's limit ([`GuestBody`]), counting the limit's
-/// hit when the guest goes past it. (For p2 the call's task counts it when the guest ends;
-/// here the instance may serve others, so the body does.)
+/// A WASIp3 response body under the function's limit ([`GuestBody`]), which also reports
+/// what went wrong after the head was sent: the body past its limit, the request body past
+/// its limit while the guest was still answering (the response is then cut off, as for
+/// p2), or the instance failing (GuestBody ends the body in an error). For p2 the call's task
+/// does this when the guest ends; a p3 instance may serve others, so the body does it.
 struct ServiceBody {
     inner: GuestBody,
-    function: Arc<Function>,
-    counted: bool,
+    state: Arc<CallState>,
+    stats: Arc<FunctionStats>,
+    name: Arc<str>,
+    request_limit: u64,
+    response_limit: u64,
+    _place: Option<OwnedSemaphorePermit>,
+}
+
+impl ServiceBody {
+    /// Counts a limit hit of this call, once.
+    fn report(&self, limit: Limit, error: InvokeError) {
+        if !self.state.limit_reported.swap(true, Ordering::AcqRel) {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.stats.limit_hits.hit(
+                &self.name,
+                limit,
+                &format_args!("after sending its response head: {error}"),
+            );
+        }
+    }
 }
 
 impl http_body::Body for ServiceBody {
@@ -202,22 +255,26 @@ impl http_body::Body for ServiceBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
         let this = &mut *self;
         let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, std::task::Poll::Ready(Some(Err(_)))) && !this.counted {
-            this.counted = true;
-            if this.inner.exceeded() {
-                let error =
-                    InvokeError::ResponseTooLarge(this.function.limits.max_response_body_bytes);
-                if let Some(limit) = error.limit() {
-                    this.function.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    this.function.stats.limit_hits.hit(
-                        &this.function.name,
-                        limit,
-                        &format_args!("after sending its response head: {error}"),
-                    );
-                }
+        match &frame {
+            Poll::Ready(Some(Err(_))) if this.inner.exceeded() => this.report(
+                Limit::ResponseBody,
+                InvokeError::ResponseTooLarge(this.response_limit),
+            ),
+            Poll::Ready(None) if this.state.body_exceeded.load(Ordering::Acquire) => {
+                // The guest answered, then read past the request body's limit: what it sent
+                // must not look complete.
+                this.report(
+                    Limit::RequestBody,
+                    InvokeError::BodyTooLarge(this.request_limit),
+                );
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                    Some(this.request_limit),
+                ))));
             }
+            _ => {}
         }
         frame
     }
