@@ -3,10 +3,10 @@
 //!
 //! A WASIp3 component exports the async `wasi:http/handler@0.3.0`: one instance can have
 //! several requests in flight, each an async task of the component, interleaved by the
-//! store's event loop. wasmtime-wasi-http's [`handler`](wasmtime_wasi_http::handler) module
-//! runs that loop (it is what `wasmtime serve -Sp3` uses): a *worker* owns one store and
-//! instance, accepts requests from a queue while its [`WorkerState`] says it may, and ends
-//! when its [`WorkerExpiration`] says so. This module is thaw's policy for it.
+//! store's event loop. wasmtime-wasi-http's [`handler`] module runs that loop (it is what
+//! `wasmtime serve -Sp3` uses): a *worker* owns one store and instance, accepts requests
+//! from a queue while its [`handler::WorkerState`] says it may, and ends when its
+//! [`WorkerExpiration`] says so. This module is thaw's policy for it.
 //!
 //! # Isolation, reuse and the warm pool
 //! - **By default, one request per instance**, exactly as for a WASIp2 function: a worker
