@@ -283,6 +283,16 @@ async fn admit(cx: &InvokeContext) -> Result<OwnedSemaphorePermit, InvokeError> 
         .map_err(|_| InvokeError::Internal("admission semaphore closed".into()))
 }
 
+/// wasi:http needs an authority; HTTP/1.0 clients may send no Host header.
+fn ensure_authority(parts: &mut http::request::Parts) {
+    if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
+        parts.headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("localhost"),
+        );
+    }
+}
+
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)?

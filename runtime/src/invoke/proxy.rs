@@ -14,7 +14,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::body::{CallState, GuestBody, LimitedBody, ResponseBody};
 use super::error::{InvokeError, classify};
-use super::{InvokeContext, RequestBody, Start, admit, content_length, next_request_id};
+use super::{
+    InvokeContext, RequestBody, Start, admit, content_length, ensure_authority, next_request_id,
+};
 use crate::function::Function;
 use crate::function::pool::{WarmInstance, WarmPool};
 use crate::function::timing::StartKind;
@@ -49,13 +51,7 @@ pub(super) async fn call<B: RequestBody>(
     };
 
     let (mut parts, body) = req.into_parts();
-    // wasi:http needs an authority; HTTP/1.0 clients may send no Host header.
-    if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
-        parts.headers.insert(
-            http::header::HOST,
-            http::HeaderValue::from_static("localhost"),
-        );
-    }
+    ensure_authority(&mut parts);
     let state = Arc::new(CallState::default());
     let limit = function.limits.max_request_body_bytes;
     let body = LimitedBody::new(body, limit, state.clone());

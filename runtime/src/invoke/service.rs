@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::body::{CallState, GuestBody, LimitedBody, ResponseBody};
 use super::error::{InvokeError, classify_ref};
-use super::{InvokeContext, RequestBody, Start, content_length, next_request_id};
+use super::{InvokeContext, RequestBody, Start, content_length, ensure_authority, next_request_id};
 use crate::function::pool::WarmPool;
 use crate::function::service::{InstanceFailure, NoSlot, ServiceRequest, Started};
 use crate::function::timing::StartKind;
@@ -49,13 +49,7 @@ pub(super) async fn call<B: RequestBody>(
     let workers = function.service_handler(&cx.admission);
 
     let (mut parts, body) = req.into_parts();
-    // wasi:http needs an authority; HTTP/1.0 clients may send no Host header.
-    if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
-        parts.headers.insert(
-            http::header::HOST,
-            http::HeaderValue::from_static("localhost"),
-        );
-    }
+    ensure_authority(&mut parts);
     let state = Arc::new(CallState::default());
     let limit = function.limits.max_request_body_bytes;
     let body = LimitedBody::new(body, limit, state.clone()).boxed_unsync();
