@@ -9,6 +9,9 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# protoc: etcd's client (cluster mode) compiles etcd's gRPC definitions at build time.
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
 # The guest examples are not part of the image; the binary is.
 RUN cargo build --release --locked -p thaw-cli

@@ -207,6 +207,69 @@ pub struct HostSettings {
     /// [default: 30000]
     #[arg(long, env = "THAW_SEND_TIMEOUT_MS", value_name = "MS")]
     pub send_timeout_ms: Option<u64>,
+    /// Join a cluster coordinated by etcd, `etcd=URL[,URL...]` (http:// or https://): the
+    /// registry lives in etcd and every node serves every function [default: a single host
+    /// on its data directory]
+    #[arg(long, env = "THAW_CLUSTER", value_name = "etcd=URLS")]
+    pub cluster: Option<String>,
+    /// The secret cluster nodes present to fetch code from each other, 16 characters or
+    /// more, the same on every node (required with --cluster)
+    #[arg(
+        long,
+        env = "THAW_CLUSTER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub cluster_token: Option<String>,
+    /// This node's name in the cluster [default: the host name and the functions port]
+    #[arg(long, env = "THAW_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// Seconds a node that died stays in the cluster's member list (its etcd lease's TTL)
+    /// [default: 10]
+    #[arg(long, env = "THAW_CLUSTER_TTL_SECS", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub cluster_ttl_secs: Option<u64>,
+    /// Prefix of thaw's keys in etcd (clusters sharing one etcd need distinct ones)
+    /// [default: /thaw/]
+    #[arg(long, env = "THAW_CLUSTER_PREFIX", value_name = "PREFIX")]
+    pub cluster_prefix: Option<String>,
+    /// Host name or address peers reach this node at [default: the listeners' address, or
+    /// the host name when they listen on every address]
+    #[arg(long, env = "THAW_ADVERTISE_HOST", value_name = "HOST")]
+    pub advertise_host: Option<String>,
+    /// Fetch a peer's compiled artifact of a version instead of compiling it (nodes with
+    /// the same engine compatibility key only) [default: true]
+    #[arg(long, env = "THAW_ARTIFACT_SHARING", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub artifact_sharing: Option<bool>,
+    /// etcd user, if etcd has authentication on (the password from --etcd-password)
+    #[arg(long, env = "THAW_ETCD_USER", value_name = "USER")]
+    pub etcd_user: Option<String>,
+    /// etcd password
+    #[arg(
+        long,
+        env = "THAW_ETCD_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+    /// CA certificate (PEM) of etcd's TLS server certificate
+    #[arg(long, env = "THAW_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's TLS client authentication (with --etcd-key)
+    #[arg(
+        long,
+        env = "THAW_ETCD_CERT",
+        value_name = "FILE",
+        requires = "etcd_key"
+    )]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for --etcd-cert
+    #[arg(
+        long,
+        env = "THAW_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
+    pub etcd_key: Option<PathBuf>,
     /// Function limit defaults (the file's `[limits]` table; on the command line,
     /// `--default-limit`).
     #[arg(skip)]
@@ -242,6 +305,11 @@ pub struct ServeConfig {
     pub build: bool,
     /// The admin token, if configured rather than read from the data directory.
     pub admin_token: Option<String>,
+    /// The cluster to join, if any; an empty `node_id` is chosen once the listeners are
+    /// bound (it includes the functions port).
+    pub cluster: Option<thaw_runtime::cluster::ClusterOptions>,
+    /// The host peers reach this node at, if not the listeners' address.
+    pub advertise_host: Option<String>,
 }
 
 /// Lays `over` on `base` key by key (tables recursively); `null`s in `over` are "not given".
@@ -311,6 +379,7 @@ impl ServeArgs {
              --server-timing=false) instead"
         );
         let s = self.settings()?;
+        let cluster = cluster_options(&s)?;
         let bytes = |value: u64, shift: u32, what: &str| {
             value
                 .checked_mul(1 << shift)
@@ -401,9 +470,63 @@ impl ServeArgs {
             )?,
             deploy: self.deploy.clone(),
             build: self.build,
+            cluster,
+            advertise_host: s.advertise_host.clone(),
             admin_token: s.admin_token,
         })
     }
+}
+
+/// The cluster settings, checked, if `--cluster` is given.
+fn cluster_options(
+    s: &HostSettings,
+) -> anyhow::Result<Option<thaw_runtime::cluster::ClusterOptions>> {
+    let Some(cluster) = &s.cluster else {
+        anyhow::ensure!(
+            s.cluster_token.is_none() && s.node_id.is_none(),
+            "--cluster-token and --node-id need --cluster"
+        );
+        return Ok(None);
+    };
+    let urls = cluster
+        .strip_prefix("etcd=")
+        .with_context(|| format!("--cluster {cluster:?}: expected etcd=http://HOST:PORT[,...]"))?;
+    let endpoints: Vec<String> = urls
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    anyhow::ensure!(!endpoints.is_empty(), "--cluster etcd=: no etcd URL");
+    for url in &endpoints {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--cluster: {url:?} is not an http:// or https:// URL"
+        );
+    }
+    let token = s.cluster_token.clone().context(
+        "--cluster needs --cluster-token (or THAW_CLUSTER_TOKEN), the same on every node",
+    )?;
+    anyhow::ensure!(
+        token.len() >= 16,
+        "--cluster-token must be at least 16 characters"
+    );
+    let prefix = s.cluster_prefix.clone().unwrap_or_else(|| "/thaw/".into());
+    anyhow::ensure!(prefix.ends_with('/'), "--cluster-prefix must end with '/'");
+    anyhow::ensure!(
+        s.etcd_user.is_some() == s.etcd_password.is_some(),
+        "--etcd-user and --etcd-password go together"
+    );
+    Ok(Some(thaw_runtime::cluster::ClusterOptions {
+        endpoints,
+        user: s.etcd_user.clone().zip(s.etcd_password.clone()),
+        ca_file: s.etcd_ca.clone(),
+        client_cert: s.etcd_cert.clone().zip(s.etcd_key.clone()),
+        prefix,
+        node_id: s.node_id.clone().unwrap_or_default(),
+        lease_ttl: Duration::from_secs(s.cluster_ttl_secs.unwrap_or(10)),
+        token,
+        share_artifacts: s.artifact_sharing.unwrap_or(true),
+    }))
 }
 
 /// `$XDG_DATA_HOME/thaw`, else `~/.local/share/thaw`, else `./.thaw`.

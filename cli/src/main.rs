@@ -28,6 +28,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once per process and matched at once: boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the host: serve deployed functions and the admin API
@@ -36,6 +38,8 @@ enum Command {
     Deploy(commands::deploy::DeployArgs),
     /// List deployed functions
     List(commands::list::ListArgs),
+    /// Show the cluster this host is in: etcd's state and the member nodes
+    Cluster(commands::cluster::ClusterArgs),
     /// Remove a function
     Remove(commands::remove::RemoveArgs),
     /// List a function's kept versions and its traffic split
@@ -90,6 +94,7 @@ fn main() {
                     Command::Serve(args) => commands::serve::execute(args, json_log).await,
                     Command::Deploy(args) => commands::deploy::execute(args).await,
                     Command::List(args) => commands::list::execute(args).await,
+                    Command::Cluster(args) => commands::cluster::execute(args).await,
                     Command::Remove(args) => commands::remove::execute(args).await,
                     Command::Versions(args) => commands::versions::versions(args).await,
                     Command::Rollback(args) => commands::versions::rollback(args).await,

@@ -88,6 +88,19 @@ impl AdminClient {
         wasm: Bytes,
         canary: Option<u8>,
     ) -> anyhow::Result<FunctionInfo> {
+        self.deploy_waiting(name, spec, wasm, canary, None).await
+    }
+
+    /// [`AdminClient::deploy_canary`] that, in a cluster, answers once `wait` nodes can
+    /// serve the new version (an error if they cannot within the host's wait, 60 s).
+    pub async fn deploy_waiting(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        wasm: Bytes,
+        canary: Option<u8>,
+        wait: Option<usize>,
+    ) -> anyhow::Result<FunctionInfo> {
         let form = reqwest::multipart::Form::new()
             .part(
                 "spec",
@@ -105,9 +118,18 @@ impl AdminClient {
         if let Some(canary) = canary {
             request = request.query(&[("canary", canary)]);
         }
+        if let Some(wait) = wait {
+            request = request.query(&[("wait", wait)]);
+        }
         self.send_json(request)
             .await
             .with_context(|| format!("deploying {name}"))
+    }
+
+    /// This node's view of its cluster (`GET /v1/cluster`).
+    pub async fn cluster(&self) -> anyhow::Result<thaw_spec::api::ClusterStatus> {
+        self.send_json(self.http.get(format!("{}/v1/cluster", self.base)))
+            .await
     }
 
     /// A function's kept versions and traffic split.

@@ -20,6 +20,8 @@
 //!   per kind of function;
 //! - [`control`]: the platform, registry, versions and traffic splits, deploy, tier-up,
 //!   rollback, removal, garbage collection;
+//! - [`cluster`]: several nodes on etcd: the shared registry, membership, readiness, code
+//!   fetched from peers;
 //! - [`metrics`]: the Prometheus exposition of the platform's counters, read at scrape time;
 //! - [`history`]: the last minutes of those counters, sampled, for the dashboard;
 //! - [`http`]: the data-plane and admin listeners, admin authentication, the dashboard.
@@ -35,6 +37,7 @@
 // they keep their paths here.
 pub use thaw_spec::{api, cgi, config, manifest, outbound, spec, traffic};
 
+pub mod cluster;
 pub mod control;
 pub mod datadir;
 pub mod engine;

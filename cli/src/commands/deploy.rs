@@ -63,6 +63,10 @@ pub struct DeployArgs {
     /// or `thaw rollback` ends it [default: the new version takes all traffic]
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
     pub canary: Option<u8>,
+    /// In a cluster: answer once N nodes can serve the new version (its code fetched and
+    /// loaded), or fail after the host's wait (60 s)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub wait: Option<u64>,
     /// With a manifest: run its build commands first
     #[arg(long)]
     pub build: bool,
@@ -111,7 +115,13 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let deployed = client
-                .deploy_canary(&function.name, &function.spec(), wasm.into(), args.canary)
+                .deploy_waiting(
+                    &function.name,
+                    &function.spec(),
+                    wasm.into(),
+                    args.canary,
+                    args.wait.map(|n| n as usize),
+                )
                 .await?;
             print_deployed(&deployed);
         }
@@ -157,7 +167,13 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
     let wasm =
         std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
     let deployed = client
-        .deploy_canary(&name, &spec, wasm.into(), args.canary)
+        .deploy_waiting(
+            &name,
+            &spec,
+            wasm.into(),
+            args.canary,
+            args.wait.map(|n| n as usize),
+        )
         .await?;
     print_deployed(&deployed);
     Ok(())

@@ -1,6 +1,7 @@
 //! One module per subcommand; `main.rs` only parses and dispatches.
 
 pub mod build;
+pub mod cluster;
 pub mod deploy;
 pub mod invoke;
 pub mod kv;

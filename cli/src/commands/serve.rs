@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use thaw_runtime::api::ReadyLine;
+use thaw_runtime::cluster::Cluster;
 use thaw_runtime::control::{KeyValueBackend, Platform};
 use thaw_runtime::engine::Allocator;
 use thaw_runtime::engine::artifact::sha256_hex;
@@ -68,6 +69,40 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         "data directory loaded"
     );
 
+    // Bound before the manifests are deployed: a cluster node registers its addresses, and
+    // in a cluster a manifest's deploy goes through etcd like any other.
+    let data = server::bind(config.listen).await?;
+    let admin = server::bind(config.admin_listen).await?;
+    let data_addr = data.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    if !config.admin_listen.ip().is_loopback() {
+        tracing::warn!(
+            "the admin API listens on {admin_addr}, beyond loopback: its token is all that guards \
+             it, and it travels in clear text (no TLS); put a TLS proxy in front"
+        );
+    }
+    let cluster = match config.cluster.clone() {
+        Some(mut options) => {
+            let host = advertised_host(config.advertise_host.as_deref(), data_addr.ip());
+            if options.node_id.is_empty() {
+                options.node_id = format!("{}-{}", host_name(), data_addr.port());
+            }
+            let cluster = Cluster::join(
+                platform.clone(),
+                options,
+                format!("{host}:{}", data_addr.port()),
+                format!(
+                    "{}:{}",
+                    advertised_host(config.advertise_host.as_deref(), admin_addr.ip()),
+                    admin_addr.port()
+                ),
+            )
+            .await?;
+            Some(cluster)
+        }
+        None => None,
+    };
+
     for manifest in &manifests {
         for function in &manifest.functions {
             let path = manifest.wasm_path(function);
@@ -106,16 +141,6 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         }
     }
 
-    let data = server::bind(config.listen).await?;
-    let admin = server::bind(config.admin_listen).await?;
-    let data_addr = data.local_addr()?;
-    let admin_addr = admin.local_addr()?;
-    if !config.admin_listen.ip().is_loopback() {
-        tracing::warn!(
-            "the admin API listens on {admin_addr}, beyond loopback: its token is all that guards \
-             it, and it travels in clear text (no TLS); put a TLS proxy in front"
-        );
-    }
     let metrics = match config.metrics_listen {
         Some(addr) => Some(server::bind(addr).await?),
         None => None,
@@ -145,6 +170,7 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         platform: admin_platform,
         max_upload,
         auth: AdminAuth::new(token),
+        cluster: cluster.clone(),
     });
     let admin_task = tokio::spawn(server::serve(
         admin,
@@ -174,6 +200,10 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    // Out of the member list and every readiness count first, then drain.
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     let _ = stop.send(true);
     data_task.await??;
     admin_task.await??;
@@ -207,4 +237,24 @@ fn otlp_traces(endpoint: &str) -> anyhow::Result<thaw_runtime::telemetry::Tracin
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
         .build()?;
     Ok(thaw_runtime::telemetry::Tracing::new(exporter))
+}
+
+/// The host name peers reach a listener bound to `ip` at: `--advertise-host`, else the
+/// address itself, unless it is every address (0.0.0.0, ::), then the machine's host name.
+fn advertised_host(advertise: Option<&str>, ip: std::net::IpAddr) -> String {
+    match advertise {
+        Some(host) => host.to_owned(),
+        None if ip.is_unspecified() => host_name(),
+        None if ip.is_ipv6() => format!("[{ip}]"),
+        None => ip.to_string(),
+    }
+}
+
+/// The machine's host name (a pod's name on Kubernetes).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "thaw".to_owned())
 }

@@ -7,6 +7,7 @@
 mod auth;
 mod bench;
 mod cli;
+mod cluster;
 mod coldstart;
 mod compat;
 mod crash;

@@ -53,8 +53,10 @@ async fn dockerfile_and_manifests_use_what_thaw_has() {
         .filter(|l| l.starts_with("CMD") || l.starts_with("ENTRYPOINT"))
         .collect();
 
+    // thaw's own objects; the etcd that follows them has flags of its own.
+    let thaw_objects = manifest.split("  name: thaw-etcd\n").next().unwrap();
     let manifest_flags = flags(
-        &manifest
+        &thaw_objects
             .lines()
             .filter(|l| l.trim_start().starts_with("- --"))
             .collect::<Vec<_>>()
@@ -69,13 +71,24 @@ async fn dockerfile_and_manifests_use_what_thaw_has() {
             "{flag} is not a `thaw serve` flag"
         );
     }
-    for env in ["THAW_ADMIN_TOKEN", "THAW_LOG_FORMAT", "THAW_DATA_DIR"] {
+    for env in [
+        "THAW_ADMIN_TOKEN",
+        "THAW_LOG_FORMAT",
+        "THAW_DATA_DIR",
+        "THAW_CLUSTER_TOKEN",
+        "THAW_NODE_ID",
+        "THAW_ADVERTISE_HOST",
+    ] {
         assert!(
             manifest.contains(env) || dockerfile.contains(env),
             "{env} is not used"
         );
         assert!(
-            help.contains(&format!("env: {env}")),
+            // Unwrapped: clap breaks long help lines anywhere between words.
+            help.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(&format!("env: {env}")),
             "`thaw serve` does not read {env}"
         );
     }
@@ -99,10 +112,19 @@ async fn dockerfile_and_manifests_use_what_thaw_has() {
         .expect("the manifest sets the drain timeout");
     assert!(number_after(&manifest, "terminationGracePeriodSeconds:") > drain);
 
-    // A host starts with the manifest's other flags, and answers its probes.
+    // The cluster's etcd is the manifest's Service.
+    assert!(manifest_flags.contains(&(
+        "--cluster".to_owned(),
+        Some("etcd=http://thaw-etcd:2379".to_owned())
+    )));
+    assert!(manifest.contains("name: thaw-etcd\nspec:\n  selector"));
+    assert!(manifest.contains("containerPort: 2379"));
+
+    // A host starts with the manifest's other flags (not the cluster's: no etcd here; the
+    // cluster tests run nodes against a real one), and answers its probes.
     let kept: Vec<String> = manifest_flags
         .iter()
-        .filter(|(f, _)| !f.ends_with("listen") && f != "--data-dir")
+        .filter(|(f, _)| !f.ends_with("listen") && f != "--data-dir" && !f.starts_with("--cluster"))
         .map(|(f, v)| match v {
             Some(v) => format!("{f}={v}"),
             None => f.clone(),

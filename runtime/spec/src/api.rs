@@ -318,3 +318,42 @@ mod tests {
         assert_eq!(ReadyLine::parse("thaw: something else"), None);
     }
 }
+
+/// A node of a cluster, as it registers itself in etcd under its lease (`GET /v1/cluster`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// The node's name (`--node-id`), unique in the cluster.
+    pub id: String,
+    /// Where it serves functions, `host:port`.
+    pub functions: String,
+    /// Where its admin API (and its peer endpoints) listen, `host:port`.
+    pub admin: String,
+    /// Its instance slots: how many requests it can run at once.
+    pub instance_slots: u32,
+    /// Its engine compatibility key: nodes with the same key can share compiled code.
+    pub engine: String,
+    /// thaw's version.
+    pub version: String,
+}
+
+/// `GET /v1/cluster`: this node and what it knows of the others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// `"ok"`, or why etcd cannot be reached (the node serves what it last knew).
+    pub etcd: String,
+    /// Whether the node has mirrored the registry from etcd since it started.
+    pub synced: bool,
+    /// The members registered now, sorted by name (empty when etcd cannot be reached).
+    pub members: Vec<ClusterMember>,
+}
+
+/// A deploy's answer with `?wait=N`: the version and how many nodes can serve it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyNodes {
+    /// The version deployed.
+    pub version: u64,
+    /// Nodes that reported it ready when the answer was given.
+    pub ready: usize,
+}

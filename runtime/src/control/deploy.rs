@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::coordinator::Coordinator;
 use super::error::DeployError;
-use super::versions::VersionSet;
+use super::versions::{VersionSet, VersionsRecord};
 use super::{Platform, garbage};
 use crate::datadir::remove_durable;
 use crate::engine::artifact::{CompileError, Compiled, Kind, Origin, detect_kind, sha256_hex};
@@ -166,6 +167,23 @@ impl Platform {
         function.config = config;
         function.attach_keyvalue(self.keyvalue.as_ref());
 
+        if let Some(coordinator) = self.coordinator.get().cloned() {
+            // `claim` keeps the code from the collector until this returns.
+            let deployed = self
+                .deploy_shared(
+                    &*coordinator,
+                    function,
+                    options,
+                    [(&digest, &wasm), (&code_digest, &code_wasm)],
+                )
+                .await?;
+            if origin == Origin::FastTier {
+                self.tier_ups_pending.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(self.clone().tier_up(deployed.version.clone(), code_wasm));
+            }
+            return Ok(deployed);
+        }
+
         let _guard = self.write_lock.lock().await;
         let previous = self.registry.get(name);
         let version = previous
@@ -193,12 +211,8 @@ impl Platform {
         // The wasm first, the record last: the record is the commit point (see datadir).
         // The upload, and the snapshot (what an artifact rebuild compiles) if there is one.
         for (digest, bytes) in [(&digest, &wasm), (&code_digest, &code_wasm)] {
-            let path = self.data.wasm(digest);
-            if !path.exists() {
-                self.data
-                    .write_atomic(&path, bytes)
-                    .map_err(DeployError::Internal)?;
-            }
+            self.write_wasm(digest, bytes)
+                .map_err(DeployError::Internal)?;
         }
         let replaced = previous.is_some();
         drop(previous);
@@ -221,6 +235,189 @@ impl Platform {
             set,
             replaced,
         })
+    }
+
+    /// A cluster node's deploy (see [`super::coordinator`]): the code on disk and published
+    /// first, so that a node that sees the record can fetch it; then the record committed to
+    /// the shared store (the commit point); then applied here like any node applies it.
+    async fn deploy_shared(
+        self: &Arc<Self>,
+        coordinator: &dyn Coordinator,
+        mut function: Function,
+        options: DeployOptions,
+        code: [(&String, &Bytes); 2],
+    ) -> Result<Deployed, DeployError> {
+        for (digest, bytes) in code {
+            self.write_wasm(digest, bytes)
+                .map_err(DeployError::Internal)?;
+        }
+        coordinator.publish_code(&function.record).await?;
+        let template = function.record.clone();
+        let keep = self.keep_versions;
+        let mut replaced = false;
+        let mut change = |current: Option<&VersionsRecord>| {
+            replaced = current.is_some();
+            next_record(current, template.clone(), options.canary, keep).map(Some)
+        };
+        let (record, revision) = coordinator.commit(&template.name, &mut change).await?;
+        let record = record.ok_or_else(|| {
+            DeployError::Internal(anyhow::anyhow!("the shared store committed no record"))
+        })?;
+        let version = record.versions.last().map_or(1, |newest| newest.generation);
+        function.set_generation(version);
+        let set = self.apply_record(record, revision, Some(function)).await?;
+        let function = set.version(version).cloned().ok_or_else(|| {
+            DeployError::Internal(anyhow::anyhow!(
+                "v{version} was committed but a newer change replaced it before it was applied"
+            ))
+        })?;
+        tracing::info!(
+            function = %function.name,
+            route = %function.route,
+            version,
+            revision,
+            canary = options.canary,
+            "deployed to the cluster"
+        );
+        Ok(Deployed {
+            version: function,
+            set,
+            replaced,
+        })
+    }
+
+    /// Stores wasm under its digest, unless it is there already. The caller computed the
+    /// digest from these bytes.
+    fn write_wasm(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.data.wasm(digest);
+        if !path.exists() {
+            self.data.write_atomic(&path, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Stores wasm fetched from elsewhere (a cluster peer) under `digest`, after checking
+    /// that its sha256 is that digest: bytes that do not match are refused, and nothing is
+    /// written. Blocking (hashing and an fsync).
+    pub fn store_wasm(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let actual = sha256_hex(bytes);
+        anyhow::ensure!(
+            actual == digest,
+            "the bytes' sha256 is {actual}, not the digest asked for"
+        );
+        self.write_wasm(digest, bytes)
+    }
+
+    /// Whether the wasm of `digest` is on disk here.
+    pub fn has_wasm(&self, digest: &str) -> bool {
+        self.data.wasm(digest).is_file()
+    }
+
+    /// Makes this host serve `record`, the shared store's record of a function at
+    /// `revision` (see [`super::coordinator`]): versions this host has are kept as they are
+    /// (code, warm instances, counters), others are built from their records (their wasm
+    /// must be on disk), and every version the split gives traffic is loaded before the
+    /// swap, so a split moves here only to versions this host can serve. `fresh` is a
+    /// deploy's new version, already compiled. A record older than the one applied already
+    /// changes nothing. Returns what serves now.
+    pub async fn apply_record(
+        &self,
+        record: VersionsRecord,
+        revision: u64,
+        fresh: Option<Function>,
+    ) -> Result<Arc<VersionSet>, DeployError> {
+        let name = record.name.clone();
+        let current = self.registry.get(&name);
+        if self.applied_revision(&name) >= revision {
+            return current.ok_or_else(|| {
+                DeployError::NotFound(format!("{name} was removed by a later change"))
+            });
+        }
+        let log = current
+            .as_ref()
+            .map_or_else(Arc::default, |c| c.primary().log.clone());
+        let mut fresh = fresh.map(|mut f| {
+            f.log = log.clone();
+            f
+        });
+        let versions = record
+            .versions
+            .iter()
+            .map(|wanted| {
+                if let Some(f) = fresh.take_if(|f| f.record == *wanted) {
+                    return Arc::new(f);
+                }
+                match current.as_ref().and_then(|c| c.version(wanted.generation)) {
+                    Some(have) if have.record == *wanted => have.clone(),
+                    _ => self.unloaded_version(wanted.clone(), &log),
+                }
+            })
+            .collect();
+        let set = VersionSet::new(versions, record.traffic)?;
+        self.registry.check_route(&name, &set.route)?;
+        for share in set.traffic().shares().iter().filter(|s| s.percent > 0) {
+            let version = set.version(share.version).expect("checked by the set");
+            self.loader.ensure_loaded(version).await.map_err(|e| {
+                DeployError::Internal(e.context(format!("loading {name} v{}", share.version)))
+            })?;
+        }
+        let _guard = self.write_lock.lock().await;
+        let current = self.registry.get(&name);
+        if self.applied_revision(&name) >= revision {
+            return current.ok_or_else(|| {
+                DeployError::NotFound(format!("{name} was removed by a later change"))
+            });
+        }
+        let dropped = current.map_or_else(Vec::new, |current| {
+            current
+                .versions()
+                .iter()
+                .filter(|have| !set.versions().iter().any(|kept| Arc::ptr_eq(kept, have)))
+                .cloned()
+                .collect()
+        });
+        let set = self.commit(set, dropped).await?;
+        self.set_applied_revision(&name, revision);
+        tracing::info!(function = %name, revision, traffic = %set.traffic(), "applied the cluster's record");
+        Ok(set)
+    }
+
+    /// Removes function `name` here because the shared store removed it at `revision`
+    /// (see [`Platform::apply_record`]). Returns whether it was here.
+    pub async fn apply_removal(&self, name: &str, revision: u64) -> anyhow::Result<bool> {
+        let _guard = self.write_lock.lock().await;
+        if self.applied_revision(name) >= revision {
+            return Ok(false);
+        }
+        self.set_applied_revision(name, revision);
+        self.remove_locked(name).await
+    }
+
+    /// Forgets the applied revisions if any is above `revision`, the shared store's revision
+    /// now: a store whose revisions are behind what was applied is a new or restored one, and
+    /// its records must be applied whatever their revisions. (Otherwise they are kept: they
+    /// still order this full read against a deploy applying concurrently.)
+    pub fn forget_applied_revisions_above(&self, revision: u64) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if applied.values().any(|r| *r > revision) {
+            tracing::warn!(
+                revision,
+                "the shared store's revision is behind what this host applied (a new or restored \
+                 store?): applying its records whatever their revisions"
+            );
+            applied.clear();
+        }
+    }
+
+    fn applied_revision(&self, name: &str) -> u64 {
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        applied.get(name).copied().unwrap_or(0)
+    }
+
+    fn set_applied_revision(&self, name: &str, revision: u64) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = applied.entry(name.to_owned()).or_default();
+        *entry = (*entry).max(revision);
     }
 
     /// Persists `set` as its function's record (the commit point), swaps it into the
@@ -266,7 +463,7 @@ impl Platform {
         name: &str,
         traffic: TrafficSplit,
     ) -> Result<Arc<VersionSet>, DeployError> {
-        self.change_traffic(name, |_| Ok(traffic)).await
+        self.change_traffic(name, |_| Ok(traffic.clone())).await
     }
 
     /// Serves all of function `name`'s traffic from `version`, or, for `None`, from the
@@ -303,8 +500,31 @@ impl Platform {
     async fn change_traffic(
         &self,
         name: &str,
-        choose: impl FnOnce(&VersionSet) -> Result<TrafficSplit, DeployError>,
+        choose: impl Fn(&VersionSet) -> Result<TrafficSplit, DeployError> + Send + Sync,
     ) -> Result<Arc<VersionSet>, DeployError> {
+        if let Some(coordinator) = self.coordinator.get().cloned() {
+            // Chosen from the shared record, which may be ahead of this host's.
+            let defaults = &self.defaults;
+            let mut change = |current: Option<&VersionsRecord>| {
+                let current = current
+                    .ok_or_else(|| DeployError::NotFound(format!("no function named {name:?}")))?;
+                let versions = current
+                    .versions
+                    .iter()
+                    .map(|v| Arc::new(Function::unloaded(v.clone(), defaults)))
+                    .collect();
+                let set = VersionSet::new(versions, current.traffic.clone())?;
+                let set = set.with_traffic(choose(&set)?)?;
+                Ok(Some(set.record()))
+            };
+            let (record, revision) = coordinator.commit(name, &mut change).await?;
+            let record = record.ok_or_else(|| {
+                DeployError::Internal(anyhow::anyhow!("the shared store committed no record"))
+            })?;
+            let set = self.apply_record(record, revision, None).await?;
+            tracing::info!(function = name, traffic = %set.traffic(), "traffic split changed in the cluster");
+            return Ok(set);
+        }
         let _guard = self.write_lock.lock().await;
         let current = self.versions(name)?;
         let set = current.with_traffic(choose(&current)?)?;
@@ -452,8 +672,29 @@ impl Platform {
     /// Removes function `name`; returns whether it existed. Requests already running on it
     /// finish (their code is mapped; removing the files does not touch it). Its wasm and
     /// artifact are removed unless another function shares them.
-    pub async fn remove(&self, name: &str) -> anyhow::Result<bool> {
+    pub async fn remove(&self, name: &str) -> Result<bool, DeployError> {
+        if let Some(coordinator) = self.coordinator.get().cloned() {
+            let mut existed = false;
+            let mut change = |current: Option<&VersionsRecord>| {
+                existed = current.is_some();
+                Ok(None)
+            };
+            let (_, revision) = coordinator.commit(name, &mut change).await?;
+            if existed {
+                self.apply_removal(name, revision)
+                    .await
+                    .map_err(DeployError::Internal)?;
+            }
+            return Ok(existed);
+        }
         let _guard = self.write_lock.lock().await;
+        self.remove_locked(name)
+            .await
+            .map_err(DeployError::Internal)
+    }
+
+    /// [`Platform::remove`] here only; the caller holds the write lock.
+    async fn remove_locked(&self, name: &str) -> anyhow::Result<bool> {
         if self.registry.get(name).is_none() {
             return Ok(false);
         }
@@ -487,6 +728,49 @@ impl Platform {
             .unwrap_or_else(|e| Err(anyhow::anyhow!("the collection task failed: {e}")));
         garbage::report(result);
     }
+}
+
+/// A function's next record: `current` (`None`: a first deploy) with `version` added as the
+/// newest version (its generation is chosen here), taking all traffic or `canary` percent,
+/// and keeping at most `keep` versions: the split's, then the newest of the rest (as
+/// [`VersionSet::with_version`] does for a single host).
+fn next_record(
+    current: Option<&VersionsRecord>,
+    mut version: FunctionRecord,
+    canary: Option<u8>,
+    keep: usize,
+) -> Result<VersionsRecord, DeployError> {
+    let Some(current) = current else {
+        version.generation = 1;
+        return Ok(VersionsRecord {
+            name: version.name.clone(),
+            traffic: TrafficSplit::single(1),
+            versions: vec![version],
+        });
+    };
+    let generation = current.versions.last().map_or(0, |v| v.generation) + 1;
+    version.generation = generation;
+    let traffic = match canary {
+        Some(percent) => current
+            .traffic
+            .with_canary(generation, percent)
+            .map_err(|e| DeployError::BadRequest(e.to_string()))?,
+        None => TrafficSplit::single(generation),
+    };
+    let mut all = current.versions.clone();
+    all.push(version);
+    let mut kept = Vec::with_capacity(all.len());
+    while let Some(v) = all.pop() {
+        if traffic.percent(v.generation).is_some() || kept.len() < keep {
+            kept.push(v);
+        }
+    }
+    kept.reverse();
+    Ok(VersionsRecord {
+        name: current.name.clone(),
+        versions: kept,
+        traffic,
+    })
 }
 
 /// Refuses code whose initial linear memory is already over the function's memory limit:

@@ -25,6 +25,10 @@ pub enum DeployError {
     /// pre-initialisation needs one); the deployer may retry.
     #[error("{0}")]
     Busy(String),
+    /// The cluster's shared registry (etcd) cannot be reached: nothing changed, the deployer
+    /// may retry when it is back.
+    #[error("{0}")]
+    Unavailable(String),
     /// thaw could not persist or load it.
     #[error("{0:#}")]
     Internal(anyhow::Error),
@@ -47,7 +51,7 @@ impl DeployError {
             DeployError::NotFound(_) => StatusCode::NOT_FOUND,
             DeployError::RouteTaken(_) => StatusCode::CONFLICT,
             DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            DeployError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DeployError::Busy(_) | DeployError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

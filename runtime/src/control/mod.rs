@@ -5,14 +5,16 @@
 //! kept versions and the split between them. The listeners in [`crate::http`] are thin layers over this type, and tests
 //! and benchmarks drive it directly.
 
+pub mod coordinator;
 pub mod deploy;
 pub mod error;
 pub mod garbage;
 pub mod registry;
 pub mod versions;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,6 +32,7 @@ use crate::invoke::InvokeContext;
 use crate::keyvalue::KeyValue;
 use crate::spec::LimitDefaults;
 use crate::telemetry::Tracing;
+use coordinator::Coordinator;
 pub use error::DeployError;
 use registry::Registry;
 use versions::{VersionSet, VersionsRecord};
@@ -155,6 +158,11 @@ pub struct Platform {
     /// Start-up work done: artifacts checked and, with `--load background`, code loaded
     /// (see [`Platform::ready`]).
     started: std::sync::atomic::AtomicBool,
+    /// The shared source of truth, when this host is a cluster node (see [`coordinator`]).
+    coordinator: OnceLock<Arc<dyn Coordinator>>,
+    /// Per function, the shared store's revision of the record applied last (see
+    /// [`Platform::apply_record`]); guarded by the write lock in practice.
+    applied: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -243,6 +251,8 @@ impl Platform {
             secrets: config.secrets.clone(),
             keyvalue,
             started: std::sync::atomic::AtomicBool::new(false),
+            coordinator: OnceLock::new(),
+            applied: Default::default(),
         };
         platform.register_all()?;
         // Before serving: what a crash interrupted, and what earlier runs left behind.
@@ -287,23 +297,49 @@ impl Platform {
         let versions = record
             .versions
             .into_iter()
-            .map(|version| {
-                let mut function = Function::unloaded(version, &self.defaults);
-                function.log = Arc::clone(&log);
-                function.attach_keyvalue(self.keyvalue.as_ref());
-                match self.secrets.resolve(&function.record.spec.config) {
-                    Ok(config) => function.config = Arc::new(config),
-                    // It resolved at deploy: the operator removed or renamed a secret since.
-                    Err(e) => tracing::error!(
-                        function = %function.name,
-                        version = function.record.generation,
-                        "serving without its secrets: {e}"
-                    ),
-                }
-                Arc::new(function)
-            })
+            .map(|version| self.unloaded_version(version, &log))
             .collect();
         VersionSet::new(versions, record.traffic).map_err(anyhow::Error::msg)
+    }
+
+    /// One version from its record, code not loaded, writing to `log`.
+    fn unloaded_version(
+        &self,
+        version: crate::function::FunctionRecord,
+        log: &Arc<crate::guest::log::FunctionLog>,
+    ) -> Arc<Function> {
+        let mut function = Function::unloaded(version, &self.defaults);
+        function.log = Arc::clone(log);
+        function.attach_keyvalue(self.keyvalue.as_ref());
+        match self.secrets.resolve(&function.record.spec.config) {
+            Ok(config) => function.config = Arc::new(config),
+            // It resolved at deploy: the operator removed or renamed a secret since.
+            Err(e) => tracing::error!(
+                function = %function.name,
+                version = function.record.generation,
+                "serving without its secrets: {e}"
+            ),
+        }
+        Arc::new(function)
+    }
+
+    /// Makes this host a cluster node: from now on changes commit to `coordinator` first
+    /// (see [`coordinator`]). Once only; a second call is refused.
+    pub fn attach_coordinator(&self, coordinator: Arc<dyn Coordinator>) -> anyhow::Result<()> {
+        self.coordinator
+            .set(coordinator)
+            .map_err(|_| anyhow::anyhow!("the platform already has a coordinator"))
+    }
+
+    /// The shared source of truth, if this host is a cluster node.
+    pub fn coordinator(&self) -> Option<&Arc<dyn Coordinator>> {
+        self.coordinator.get()
+    }
+
+    /// `GET /healthz`: `Err(reason)` when the host serves but is degraded (a cluster node
+    /// that cannot reach the shared registry: it serves what it knows, refuses changes).
+    pub fn health(&self) -> Result<(), String> {
+        self.coordinator.get().map_or(Ok(()), |c| c.health())
     }
 
     /// Every version a request can reach, all functions.
@@ -392,11 +428,10 @@ impl Platform {
     /// request may pay for a check or a load; a load balancer that waits for readiness
     /// sends it none of those.
     pub fn ready(&self) -> Result<(), &'static str> {
-        if self.started.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err("start-up work in progress: checking artifacts and loading code")
+        if !self.started.load(Ordering::Acquire) {
+            return Err("start-up work in progress: checking artifacts and loading code");
         }
+        self.coordinator.get().map_or(Ok(()), |c| c.synced())
     }
 
     /// The registry of deployed functions.

@@ -307,6 +307,31 @@ impl ArtifactCache {
         Ok(())
     }
 
+    /// The bytes of the artifact of `digest`, once its checksum is checked (a damaged
+    /// artifact is never handed out): what a cluster peer fetches instead of compiling (see
+    /// [`crate::cluster`]). Blocking; reads the whole file (never on the request path).
+    pub fn artifact_bytes(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        self.check(digest)?;
+        let path = self.artifact_path(digest);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// Stores an artifact made elsewhere (a cluster peer with the same engine compatibility
+    /// key), with its checksum sidecar, as [`ArtifactCache::compile_and_store`] does. The
+    /// caller has verified the bytes (see [`crate::cluster`]: against the sha256 the
+    /// compiling node published); this engine still refuses them at load if they were made
+    /// by another engine. Blocking.
+    pub fn store_artifact(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.artifact_path(digest);
+        self.data.write_atomic(&path, bytes)?;
+        self.data
+            .write_atomic(&self.sidecar_path(digest), checksum(bytes).as_bytes())?;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            self.checked.insert(digest.to_owned(), FileStamp::of(&meta));
+        }
+        Ok(())
+    }
+
     /// Checks the artifacts of `digests` one at a time (the start-up scrub), skipping those
     /// already checked. A damaged one is logged here and rebuilt when its function is loaded.
     /// Blocking: run it on a thread of its own. Counts [`CacheStats::unchecked`] down (the

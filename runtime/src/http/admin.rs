@@ -16,11 +16,14 @@
 //! | `POST /v1/functions/{name}/rollback` | all traffic to `{"version": N}` or the previous one | 200, 404 |
 //! | `POST /v1/functions/{name}/promote` | all traffic to the newest version | 200, 404 |
 //! | `GET /metrics`              | Prometheus metrics ([`crate::metrics`]) | 200 |
+//! | `GET /v1/cluster`           | this node, etcd's state, the members ([`ClusterStatus`](crate::api::ClusterStatus)) | 200, 404 without a cluster |
+//! | `GET /v1/cluster/wasm/{sha256}`, `GET /v1/cluster/artifacts/{sha256}` | a peer's code (cluster token, not the admin token) | 200, 401, 404 |
 //!
 //! A deploy body is either `multipart/form-data` with a `wasm` part (the binary) and an
 //! optional `spec` part (JSON, see [`FunctionSpec`]), or the raw wasm with any other content
 //! type (the default spec). `?canary=P` makes the new version take P% beside the versions
-//! already serving instead of all traffic. Errors are `{"error": "..."}` with the reason.
+//! already serving instead of all traffic. In a cluster, `?wait=N` answers once N nodes
+//! report the new version ready (or after `wait_s`, default 60, with 504 and the count). Errors are `{"error": "..."}` with the reason.
 //! The version operations answer with the function's versions ([`VersionsInfo`]).
 //!
 //! Every request needs `Authorization: Bearer <token>`, or the dashboard's session cookie
@@ -36,6 +39,8 @@ use hyper::body::Incoming;
 
 use super::auth::AdminAuth;
 use crate::api::{ErrorBody, FunctionInfo, KvKeys, RollbackRequest, VersionsInfo};
+use crate::cluster::peers::Blob;
+use crate::cluster::{Cluster, Readiness};
 use crate::control::deploy::{DeployOptions, Deployed};
 use crate::control::versions::VersionSet;
 use crate::control::{DeployError, Platform};
@@ -54,12 +59,17 @@ pub struct AdminContext {
     pub auth: AdminAuth,
     /// The counters' recent history, for the dashboard.
     pub history: Arc<History>,
+    /// The cluster this node is in, if any.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Handles one admin request.
 pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<ResponseBody> {
     if super::ui::is_ui(req.uri().path()) {
         return super::ui::handle(&cx.auth, req).await;
+    }
+    if let Some(blob) = peer_blob(req.uri().path()) {
+        return peer(cx.cluster.as_deref(), &req, blob).await;
     }
     if !cx.auth.allows(req.headers(), req.method()) {
         tracing::info!(method = %req.method(), path = %req.uri().path(), "admin request refused: missing or wrong token");
@@ -97,15 +107,64 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
                 &format!("no function named {name:?}"),
             ),
         },
+        (Method::GET, ["v1", "cluster"]) => match &cx.cluster {
+            Some(cluster) => json(StatusCode::OK, &cluster.status().await),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "this host is not in a cluster (thaw serve --cluster)",
+            ),
+        },
         (Method::PUT, ["v1", "functions", name]) => {
             let name = name.to_string();
-            match deploy(platform, &name, req, max_upload).await {
+            let query = match DeployQuery::parse(req.uri().query().unwrap_or("")) {
+                Ok(query) => query,
+                Err(e) => return error(e.status(), &e.to_string()),
+            };
+            match deploy(platform, &name, req, max_upload, query.canary).await {
                 Ok(deployed) => {
-                    let status = if deployed.replaced {
+                    let mut status = if deployed.replaced {
                         StatusCode::OK
                     } else {
                         StatusCode::CREATED
                     };
+                    if let Some(nodes) = query.wait {
+                        let Some(cluster) = &cx.cluster else {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "wait=N counts cluster nodes; this host is not in a cluster",
+                            );
+                        };
+                        let version = deployed.version.record.generation;
+                        match cluster
+                            .wait_ready(&name, version, nodes, query.wait_for)
+                            .await
+                        {
+                            Ok(Readiness::Ready(_)) => {}
+                            Ok(Readiness::TimedOut(ready)) => {
+                                return error(
+                                    StatusCode::GATEWAY_TIMEOUT,
+                                    &format!(
+                                        "v{version} is deployed, but only {ready} of {nodes} \
+                                         nodes could serve it within {} s",
+                                        query.wait_for.as_secs()
+                                    ),
+                                );
+                            }
+                            Ok(Readiness::Superseded(ready)) => {
+                                return error(
+                                    StatusCode::CONFLICT,
+                                    &format!(
+                                        "v{version} is deployed, but a newer change took its \
+                                         traffic when {ready} of {nodes} nodes could serve it"
+                                    ),
+                                );
+                            }
+                            Err(e) => {
+                                status = StatusCode::ACCEPTED;
+                                tracing::warn!(function = %name, "deployed, readiness unknown: {e}");
+                            }
+                        }
+                    }
                     // The new version (a canary's, not the primary's), with the split it
                     // joined.
                     json(
@@ -161,7 +220,7 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
                 StatusCode::NOT_FOUND,
                 &format!("no function named {name:?}"),
             ),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+            Err(e) => error(e.status(), &e.to_string()),
         },
         (_, ["v1", "status"] | ["v1", "functions"] | ["v1", "functions", _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -451,10 +510,9 @@ async fn deploy(
     name: &str,
     req: Request<Incoming>,
     max_upload: u64,
+    canary: Option<u8>,
 ) -> Result<Deployed, DeployError> {
-    let options = DeployOptions {
-        canary: canary(req.uri().query().unwrap_or(""))?,
-    };
+    let options = DeployOptions { canary };
     let content_type = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -481,32 +539,126 @@ async fn deploy(
     platform.deploy_with(name, spec, wasm, options).await
 }
 
-/// The `canary=P` of a deploy's query, if any.
-fn canary(query: &str) -> Result<Option<u8>, DeployError> {
-    let mut canary = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("canary", value)) => {
-                canary = Some(
-                    value
-                        .parse::<u8>()
+/// A deploy's query: `canary=P`, `wait=N`, `wait_s=S`.
+struct DeployQuery {
+    canary: Option<u8>,
+    wait: Option<usize>,
+    wait_for: std::time::Duration,
+}
+
+impl DeployQuery {
+    fn parse(query: &str) -> Result<Self, DeployError> {
+        let mut parsed = Self {
+            canary: None,
+            wait: None,
+            wait_for: std::time::Duration::from_secs(60),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("canary", value)) => {
+                    parsed.canary = Some(
+                        value
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|p| *p <= 100)
+                            .ok_or_else(|| {
+                                DeployError::BadRequest(format!(
+                                    "canary={value:?} is not a percent (0-100)"
+                                ))
+                            })?,
+                    )
+                }
+                Some(("wait", value)) => {
+                    parsed.wait = Some(value.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(
+                        || DeployError::BadRequest(format!("wait={value:?} is not a node count")),
+                    )?)
+                }
+                Some(("wait_s", value)) => {
+                    parsed.wait_for = value
+                        .parse::<u64>()
                         .ok()
-                        .filter(|p| *p <= 100)
+                        .filter(|s| (1..=3600).contains(s))
+                        .map(std::time::Duration::from_secs)
                         .ok_or_else(|| {
                             DeployError::BadRequest(format!(
-                                "canary={value:?} is not a percent (0-100)"
+                                "wait_s={value:?} is not 1 to 3600 seconds"
                             ))
-                        })?,
-                )
-            }
-            _ => {
-                return Err(DeployError::BadRequest(format!(
-                    "unknown deploy parameter {pair:?} (canary=PERCENT)"
-                )));
+                        })?
+                }
+                _ => {
+                    return Err(DeployError::BadRequest(format!(
+                        "unknown deploy parameter {pair:?} (canary=PERCENT, wait=NODES, wait_s=SECONDS)"
+                    )));
+                }
             }
         }
+        Ok(parsed)
     }
-    Ok(canary)
+}
+
+/// The blob a peer endpoint path asks for: `/v1/cluster/{wasm|artifacts}/{sha256}`.
+fn peer_blob(path: &str) -> Option<(Blob, &str)> {
+    let rest = path.strip_prefix("/v1/cluster/")?;
+    let (kind, digest) = rest.split_once('/')?;
+    let blob = match kind {
+        "wasm" => Blob::Wasm,
+        "artifacts" => Blob::Artifact,
+        _ => return None,
+    };
+    Some((blob, digest))
+}
+
+/// A peer endpoint: a node's code, for another node of its cluster. Authenticated with the
+/// cluster token only (the admin token would let a peer deploy; this lets it read code).
+async fn peer(
+    cluster: Option<&Cluster>,
+    req: &Request<Incoming>,
+    (blob, digest): (Blob, &str),
+) -> Response<ResponseBody> {
+    let Some(cluster) = cluster else {
+        return error(StatusCode::NOT_FOUND, "this host is not in a cluster");
+    };
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if req.method() != Method::GET || !token.is_some_and(|t| cluster.peer_token_matches(t)) {
+        tracing::info!(path = %req.uri().path(), "peer request refused: missing or wrong cluster token");
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
+    }
+    if digest.len() != 64
+        || !digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return error(StatusCode::BAD_REQUEST, "not a sha256 digest");
+    }
+    let platform = cluster.platform().clone();
+    let digest = digest.to_owned();
+    let read = tokio::task::spawn_blocking(move || match blob {
+        Blob::Wasm => std::fs::read(platform.data_dir().wasm(&digest)).map_err(|e| e.to_string()),
+        // Checked against its checksum first: a damaged artifact is never handed out.
+        Blob::Artifact => platform
+            .cache()
+            .artifact_bytes(&digest)
+            .map_err(|e| format!("{e:#}")),
+    })
+    .await;
+    match read {
+        Ok(Ok(bytes)) => {
+            let mut response = Response::new(full(Bytes::from(bytes)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        Ok(Err(reason)) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no such {}: {reason}", blob.segment()),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 /// Largest `spec` part of a deploy. A spec is settings, a few kilobytes even with many

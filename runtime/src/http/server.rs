@@ -73,7 +73,7 @@ pub async fn serve_functions(
         let platform = platform.clone();
         async move {
             match req.uri().path() {
-                "/healthz" => return probe(Ok(())),
+                "/healthz" => return health(platform.health()),
                 "/readyz" => return probe(platform.ready()),
                 _ => {}
             }
@@ -100,7 +100,18 @@ pub async fn serve_functions(
     .await
 }
 
-/// `GET /healthz` (the process serves: always 200) and `GET /readyz` (200 once start-up work
+/// `GET /healthz`: the process serves, so always 200; the body is `ok`, or why the host is
+/// degraded (a cluster node that cannot reach etcd serves what it knows and refuses
+/// changes: a liveness probe must not restart it for that, so the status stays 200).
+fn health(state: Result<(), String>) -> Response<ResponseBody> {
+    let mut response = probe(Ok(()));
+    if let Err(reason) = state {
+        *response.body_mut() = crate::invoke::body::full(bytes::Bytes::from(reason + "\n"));
+    }
+    response
+}
+
+/// `GET /healthz` (see [`health`]) and `GET /readyz` (200 once start-up work
 /// is done, else 503 with the reason): answered before routing, without authentication, and
 /// without touching any function; routes cannot take these paths.
 fn probe(state: Result<(), &'static str>) -> Response<ResponseBody> {

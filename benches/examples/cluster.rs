@@ -1,0 +1,309 @@
+//! The cluster benchmark: how long a deploy takes to reach every node, and throughput through
+//! HAProxy with three nodes against one. Everything real, on loopback: Debian's etcd and
+//! HAProxy, three release `thaw serve` processes, wrk.
+//!
+//! ```text
+//! cargo build --release -p thaw-cli
+//! cargo run --release -p thaw-benches --example cluster -- [ROUNDS] [JS_WASM] [WRK_SECS]
+//! ```
+//!
+//! Propagation: a deploy through node 1 without `--wait`; from its answer until nodes 2 and
+//! 3 both answer requests with the new version (each polled every 2 ms). Every round deploys
+//! new code (the component with a custom section naming the round: a new digest, the same
+//! compile work), so every round fetches (and without artifact sharing compiles) afresh.
+//! Measured for `hello` and for a JavaScript component (default
+//! `target/baselines/lang/js.wasm`, made by scripts/setup-bench), with and without artifact
+//! sharing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+const CLUSTER_TOKEN: &str = "bench-cluster-token-0123456789";
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn etcd(dir: &Path) -> (Killed, String) {
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "n1", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("n1={peer_url}")])
+        .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting etcd (Debian's etcd-server)");
+    wait_port(client);
+    std::thread::sleep(Duration::from_millis(500));
+    (Killed(child), client_url)
+}
+
+struct Node {
+    _process: Killed,
+    url: String,
+    admin: String,
+}
+
+fn node(thaw: &Path, dir: &Path, etcd: &str, id: &str, sharing: bool) -> Node {
+    let (port, admin) = (free_port(), free_port());
+    let child = Command::new(thaw)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--data-dir")
+        .arg(dir.join(id))
+        .args(["--cluster", &format!("etcd={etcd}"), "--node-id", id])
+        .args(["--artifact-sharing", if sharing { "true" } else { "false" }])
+        .env("THAW_ADMIN_TOKEN", TOKEN)
+        .env("THAW_CLUSTER_TOKEN", CLUSTER_TOKEN)
+        .env("THAW_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting thaw");
+    wait_port(port);
+    wait_port(admin);
+    Node {
+        _process: Killed(child),
+        url: format!("http://127.0.0.1:{port}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+    }
+}
+
+/// `wasm` with a custom section naming `round` appended: other bytes, the same code.
+fn variant(wasm: &[u8], round: usize) -> Vec<u8> {
+    let name = b"thaw-bench";
+    let payload = round.to_le_bytes();
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section id
+    out.push(section.len() as u8); // LEB128 of a length below 128
+    out.extend_from_slice(&section);
+    out
+}
+
+async fn deploy(http: &reqwest::Client, node: &Node, name: &str, wasm: Vec<u8>) -> u64 {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "spec",
+            reqwest::multipart::Part::text(format!(r#"{{"route":"/{name}"}}"#)),
+        )
+        .part("wasm", reqwest::multipart::Part::bytes(wasm));
+    let response = http
+        .put(format!("{}/v1/functions/{name}", node.admin))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    let info: serde_json::Value = response.json().await.unwrap();
+    info["generation"].as_u64().unwrap()
+}
+
+async fn serves(http: &reqwest::Client, node: &Node, name: &str, version: u64) -> bool {
+    let Ok(response) = http.get(format!("{}/{name}", node.url)).send().await else {
+        return false;
+    };
+    let header = response
+        .headers()
+        .get("x-thaw-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let _ = response.bytes().await;
+    header.as_deref() == Some(&format!("v{version}"))
+}
+
+fn summary(mut ms: Vec<f64>) -> String {
+    ms.sort_by(f64::total_cmp);
+    format!(
+        "median {:.0} ms (min {:.0}, max {:.0}, n={})",
+        ms[ms.len() / 2],
+        ms[0],
+        ms[ms.len() - 1],
+        ms.len()
+    )
+}
+
+async fn propagation(thaw: &Path, label: &str, wasm: &[u8], sharing: bool, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, etcd_url) = etcd(dir.path());
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| node(thaw, dir.path(), &etcd_url, id, sharing))
+        .collect();
+    let http = reqwest::Client::new();
+    let (mut deploys, mut spreads) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let started = Instant::now();
+        let version = deploy(&http, &nodes[0], "f", variant(wasm, round)).await;
+        let answered = Instant::now();
+        for n in &nodes[1..] {
+            while !serves(&http, n, "f", version).await {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        deploys.push((answered - started).as_secs_f64() * 1e3);
+        spreads.push(answered.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "| {label} | {} | {} | {} |",
+        if sharing { "on" } else { "off" },
+        summary(deploys),
+        summary(spreads)
+    );
+}
+
+fn haproxy(dir: &Path, backends: &[&Node]) -> (Killed, String) {
+    let port = free_port();
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("  server n{i} {}\n", n.url.trim_start_matches("http://")))
+        .collect();
+    let config = format!(
+        "global\n  maxconn 4096\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
+         backend b\n  balance roundrobin\n{servers}"
+    );
+    let path = dir.join(format!("haproxy-{port}.cfg"));
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting haproxy");
+    wait_port(port);
+    (Killed(child), format!("http://127.0.0.1:{port}/hello"))
+}
+
+fn wrk(url: &str, secs: u64) -> f64 {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{secs}s"), url])
+        .output()
+        .expect("running wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+async fn throughput(thaw: &Path, hello: &[u8], secs: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, etcd_url) = etcd(dir.path());
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| node(thaw, dir.path(), &etcd_url, id, true))
+        .collect();
+    let http = reqwest::Client::new();
+    let version = deploy(&http, &nodes[0], "hello", hello.to_vec()).await;
+    for n in &nodes {
+        while !serves(&http, n, "hello", version).await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (_one, one_url) = haproxy(dir.path(), &[&nodes[0]]);
+    let (_three, three_url) = haproxy(dir.path(), &nodes.iter().collect::<Vec<_>>());
+    let direct = format!("{}/hello", nodes[0].url);
+    // Two rounds in opposite orders, so drift on a shared machine hits both alike.
+    let setups = [
+        ("one node, direct", &direct),
+        ("HAProxy, one node", &one_url),
+        ("HAProxy, three nodes", &three_url),
+    ];
+    let mut results = vec![Vec::new(); setups.len()];
+    for round in 0..2 {
+        let order: Vec<usize> = if round == 0 {
+            vec![0, 1, 2]
+        } else {
+            vec![2, 1, 0]
+        };
+        for i in order {
+            results[i].push(wrk(setups[i].1, secs));
+        }
+    }
+    for ((label, _), rps) in setups.iter().zip(results) {
+        println!("| {label} | {:.0} | {:.0} |", rps[0], rps[1]);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let js = args
+        .get(2)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/baselines/lang/js.wasm"));
+    let secs: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let thaw = std::env::var_os("THAW_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/thaw"));
+    let hello = std::fs::read(thaw_test_functions::HELLO).unwrap();
+    let js = std::fs::read(&js).unwrap_or_else(|e| panic!("{}: {e}", js.display()));
+
+    println!("## Propagation: deploy answered -> all three nodes serve it ({rounds} rounds)\n");
+    println!(
+        "| function | artifact sharing | deploy through node 1 | until nodes 2 and 3 serve it |"
+    );
+    println!("|---|---|---|---|");
+    for sharing in [true, false] {
+        propagation(&thaw, "hello", &hello, sharing, rounds).await;
+    }
+    for sharing in [true, false] {
+        propagation(&thaw, "JS (13 MB)", &js, sharing, rounds.min(5)).await;
+    }
+    println!("\n## Throughput, hello, wrk -t2 -c32 -d{secs}s, requests/s (round 1, round 2)\n");
+    println!("| setup | round 1 | round 2 |\n|---|---|---|");
+    throughput(&thaw, &hello, secs).await;
+}

@@ -1,0 +1,571 @@
+//! A thaw cluster, all of it real and on loopback: Debian's etcd, three `thaw serve` nodes
+//! joined to it, and Debian's HAProxy in front of them (health-checking `/readyz`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use thaw_runtime::api::ClusterStatus;
+use thaw_test_functions as wasm;
+
+use crate::support::{Killed, TestServer, client, free_port, route, service_binaries};
+
+const TOKEN: &str = "cluster-token-for-the-tests";
+
+/// The lease TTL the nodes register with: a dead node leaves the member list within it.
+const TTL_SECS: u64 = 2;
+
+/// A real etcd on free loopback ports, its data kept across restarts.
+struct Etcd {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    process: Option<Killed>,
+}
+
+impl Etcd {
+    fn start() -> Option<Self> {
+        let [binary] = service_binaries(["etcd"], "etcd-server")?;
+        let mut etcd = Self {
+            binary,
+            dir: tempfile::tempdir().unwrap(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            process: None,
+        };
+        etcd.restart();
+        Some(etcd)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts it (again, on the same data and ports) and waits until it answers.
+    fn restart(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.binary)
+            .args(["--name", "n1", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("n1={peer}")])
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("starting etcd");
+        self.process = Some(Killed(child));
+        let health = format!("{client}/health");
+        for _ in 0..200 {
+            if let Ok(body) = blocking_get(&health)
+                && body.contains("true")
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "etcd did not become healthy; log:\n{}",
+            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        );
+    }
+
+    fn stop(&mut self) {
+        self.process = None;
+    }
+}
+
+/// A GET with std only (etcd's health before any runtime exists).
+fn blocking_get(url: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// A node joined to `etcd` as `id`.
+fn node(etcd: &Etcd, id: &str) -> TestServer {
+    TestServer::start_with(&[
+        "--cluster",
+        &format!("etcd={}", etcd.url()),
+        "--cluster-token",
+        TOKEN,
+        "--node-id",
+        id,
+        "--cluster-ttl-secs",
+        &TTL_SECS.to_string(),
+    ])
+}
+
+async fn cluster_status(node: &TestServer) -> ClusterStatus {
+    node.admin()
+        .typed()
+        .cluster()
+        .await
+        .expect("GET /v1/cluster")
+}
+
+/// Polls until `done` holds, at most `bound` (a bound for a hung test, not a speed claim).
+async fn eventually<F, Fut>(what: &str, bound: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < deadline {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The version that serves `path` on `node` (its `x-thaw-version`), if it answers 200.
+async fn serving(node: &TestServer, path: &str) -> Option<String> {
+    let response = client()
+        .get(format!("{}{path}", node.url))
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    Some(
+        response
+            .headers()
+            .get("x-thaw-version")?
+            .to_str()
+            .ok()?
+            .to_owned(),
+    )
+}
+
+async fn wait_ready(node: &TestServer) {
+    eventually("the node to be ready", Duration::from_secs(30), || async {
+        client()
+            .get(format!("{}/readyz", node.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// Deploys hello as `name` at `path` through `node`, answered once `wait` nodes serve it.
+async fn deploy(node: &TestServer, name: &str, path: &str, wait: usize) -> u64 {
+    deploy_with(node, name, path, Some(wait)).await
+}
+
+async fn deploy_with(node: &TestServer, name: &str, path: &str, wait: Option<usize>) -> u64 {
+    let info = node
+        .admin()
+        .typed()
+        .deploy_waiting(
+            name,
+            &route(path),
+            thaw_test_functions::read(wasm::HELLO).into(),
+            None,
+            wait,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("deploying {name} through a node: {e:#}"));
+    info.generation
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() {
+    let Some(etcd) = Etcd::start() else { return };
+    let nodes = [node(&etcd, "n1"), node(&etcd, "n2"), node(&etcd, "n3")];
+    for n in &nodes {
+        wait_ready(n).await;
+    }
+    let members = cluster_status(&nodes[0]).await.members;
+    let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["n1", "n2", "n3"]);
+    assert!(members.iter().all(|m| m.engine == members[0].engine));
+
+    // --wait 3: the answer comes once all three can serve it.
+    assert_eq!(deploy(&nodes[0], "hello", "/hello", 3).await, 1);
+    for n in &nodes {
+        assert_eq!(serving(n, "/hello").await.as_deref(), Some("v1"));
+    }
+    // The same through the CLI, on another node: `thaw deploy --wait 3`.
+    let out = crate::support::thaw_command(
+        &nodes[1],
+        &[
+            "deploy", "--name", "hello", "--route", "/hello", "--wait", "3",
+        ],
+    )
+    .arg(wasm::HELLO)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in &nodes {
+        assert_eq!(serving(n, "/hello").await.as_deref(), Some("v2"));
+    }
+
+    // A split set through node 2 holds on all three: 100 requests per node, 50/50.
+    nodes[1]
+        .admin()
+        .typed()
+        .set_traffic(
+            "hello",
+            &thaw_runtime::traffic::TrafficSplit::parse_args(&["v1=50", "v2=50"]).unwrap(),
+        )
+        .await
+        .expect("a split through node 2");
+    for n in &nodes {
+        eventually(
+            "the split on every node",
+            Duration::from_secs(20),
+            || async {
+                n.admin()
+                    .typed()
+                    .versions("hello")
+                    .await
+                    .is_ok_and(|v| v.traffic.to_string() == "v1=50 v2=50")
+            },
+        )
+        .await;
+        let mut v1 = 0;
+        for _ in 0..100 {
+            if serving(n, "/hello").await.as_deref() == Some("v1") {
+                v1 += 1;
+            }
+        }
+        assert_eq!(v1, 50, "every 100 requests split exactly on {}", n.url);
+    }
+    // The records the nodes persisted agree with etcd's (a restart starts from them).
+    let record =
+        |n: &TestServer| std::fs::read_to_string(n.data_dir.join("functions/hello.json")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&record(&nodes[0])).unwrap();
+    for n in &nodes[1..] {
+        let other: serde_json::Value = serde_json::from_str(&record(n)).unwrap();
+        assert_eq!(first, other);
+    }
+}
+
+/// HAProxy in front of `nodes`, health-checking `/readyz`, retrying a refused connection on
+/// another node.
+fn haproxy(nodes: &[&TestServer], dir: &Path) -> Option<(Killed, String)> {
+    let [binary] = service_binaries(["haproxy"], "haproxy")?;
+    let port = free_port();
+    let servers: String = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "  server n{i} {} check\n",
+                n.url.trim_start_matches("http://")
+            )
+        })
+        .collect();
+    let config = format!(
+        "global\n  maxconn 4096\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  \
+         retries 3\n  option redispatch\n  retry-on conn-failure empty-response\n\
+         frontend functions\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
+         backend nodes\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri /readyz\n  \
+         default-server inter 200ms fall 2 rise 1\n{servers}"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(binary)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
+        .spawn()
+        .expect("starting haproxy");
+    Some((Killed(child), format!("http://127.0.0.1:{port}")))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_costs_only_its_requests_in_flight_and_leaves_the_member_list() {
+    let Some(etcd) = Etcd::start() else { return };
+    let mut nodes = [node(&etcd, "n1"), node(&etcd, "n2"), node(&etcd, "n3")];
+    for n in &nodes {
+        wait_ready(n).await;
+    }
+    deploy(&nodes[0], "hello", "/hello", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_haproxy, lb)) = haproxy(&nodes.iter().collect::<Vec<_>>(), dir.path()) else {
+        return;
+    };
+    eventually("HAProxy to answer", Duration::from_secs(20), || async {
+        serving_url(&format!("{lb}/hello")).await
+    })
+    .await;
+
+    // 32 clients through HAProxy, each one request at a time.
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (ok, failed, stop, url) = (ok.clone(), failed.clone(), stop.clone(), lb.clone());
+            tokio::spawn(async move {
+                let http = client();
+                while !stop.load(Ordering::Relaxed) {
+                    let answered = match http.get(format!("{url}/hello")).send().await {
+                        Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    let counter = if answered { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    eventually(
+        "traffic through HAProxy",
+        Duration::from_secs(20),
+        || async { ok.load(Ordering::Relaxed) > 300 },
+    )
+    .await;
+    nodes[2].kill9();
+    // The member list drops the node when its lease expires.
+    eventually(
+        "the killed node to leave the member list",
+        Duration::from_secs(TTL_SECS * 2 + 10),
+        || async {
+            let members = cluster_status(&nodes[0]).await.members;
+            members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>() == ["n1", "n2"]
+        },
+    )
+    .await;
+    let before = ok.load(Ordering::Relaxed);
+    eventually(
+        "traffic after the kill",
+        Duration::from_secs(20),
+        || async { ok.load(Ordering::Relaxed) > before + 300 },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failed = failed.load(Ordering::Relaxed);
+    // At most one request per client was in flight when the node died.
+    assert!(
+        failed <= 32,
+        "{failed} requests failed; only those in flight on the killed node may (at most 32)"
+    );
+    // A SIGTERM'd node deregisters at once, before draining.
+    let mut child = nodes[1].terminate();
+    eventually(
+        "the stopped node to leave the member list",
+        Duration::from_secs(TTL_SECS + 5),
+        || async { cluster_status(&nodes[0]).await.members.len() == 1 },
+    )
+    .await;
+    assert!(child.wait().unwrap().success());
+}
+
+async fn serving_url(url: &str) -> bool {
+    client()
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_etcd_nodes_serve_and_refuse_changes_then_converge() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let mut nodes = [node(&etcd, "n1"), node(&etcd, "n2"), node(&etcd, "n3")];
+    for n in &nodes {
+        wait_ready(n).await;
+    }
+    deploy(&nodes[0], "hello", "/hello", 3).await;
+
+    etcd.stop();
+    for n in &nodes {
+        assert_eq!(
+            serving(n, "/hello").await.as_deref(),
+            Some("v1"),
+            "served without etcd"
+        );
+    }
+    let refused = nodes[0]
+        .admin()
+        .typed()
+        .deploy(
+            "hello",
+            &route("/hello"),
+            thaw_test_functions::read(wasm::HELLO).into(),
+        )
+        .await
+        .expect_err("a deploy without etcd");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("503") && message.contains("etcd"),
+        "{message}"
+    );
+    for n in &nodes {
+        eventually(
+            "healthz to say degraded",
+            Duration::from_secs(20),
+            || async {
+                let r = client()
+                    .get(format!("{}/healthz", n.url))
+                    .send()
+                    .await
+                    .unwrap();
+                r.status() == 200 && r.text().await.unwrap().starts_with("degraded")
+            },
+        )
+        .await;
+        // Still ready: a load balancer keeps sending it traffic.
+        assert!(serving_url(&format!("{}/readyz", n.url)).await);
+    }
+    // Node 3 is down meanwhile; it comes back on its old data directory.
+    nodes[2].kill9();
+
+    etcd.restart();
+    for n in &nodes[..2] {
+        eventually("healthz ok again", Duration::from_secs(20), || async {
+            let r = client()
+                .get(format!("{}/healthz", n.url))
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap() == "ok\n"
+        })
+        .await;
+    }
+    // A deploy through node 2, and two concurrent deploys of one name through nodes 1 and 2.
+    assert_eq!(deploy(&nodes[1], "hello", "/hello", 2).await, 2);
+    // (Without --wait: the first may lose its traffic to the second before a node loads it.)
+    let (a, b) = tokio::join!(
+        deploy_with(&nodes[0], "hello", "/hello", None),
+        deploy_with(&nodes[1], "hello", "/hello", None)
+    );
+    assert_eq!(
+        [a.min(b), a.max(b)],
+        [3, 4],
+        "the two deploys are ordered, neither lost"
+    );
+    nodes[2].kill_and_restart(1);
+    for n in &nodes {
+        eventually(
+            "every node on the last version",
+            Duration::from_secs(30),
+            || async { serving(n, "/hello").await.as_deref() == Some("v4") },
+        )
+        .await;
+        let versions = n.admin().typed().versions("hello").await.unwrap();
+        let kept: Vec<u64> = versions.versions.iter().map(|v| v.version).collect();
+        assert_eq!(kept, [1, 2, 3, 4], "on {}", n.url);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_blob_from_a_peer_is_refused_and_another_peer_serves() {
+    let Some(etcd) = Etcd::start() else { return };
+    // Peers are tried in name order: a-1 first.
+    let first = node(&etcd, "a-1");
+    let second = node(&etcd, "b-2");
+    wait_ready(&first).await;
+    wait_ready(&second).await;
+    deploy(&first, "hello", "/hello", 2).await;
+    let digest = first
+        .admin()
+        .typed()
+        .versions("hello")
+        .await
+        .unwrap()
+        .versions[0]
+        .digest
+        .clone();
+    // a-1's copies go bad: its wasm is other bytes (served as they are), its artifact no
+    // longer matches its checksum (a-1 itself refuses to hand it out).
+    std::fs::write(
+        first.data_dir.join(format!("wasm/{digest}.wasm")),
+        b"\0asm corrupt",
+    )
+    .unwrap();
+    for artifact in find_files(
+        &first.data_dir.join("artifacts"),
+        &format!("{digest}.cwasm"),
+    ) {
+        let mut bytes = std::fs::read(&artifact).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&artifact, bytes).unwrap();
+    }
+
+    let third = node(&etcd, "c-3");
+    wait_ready(&third).await;
+    eventually(
+        "the new node to serve hello",
+        Duration::from_secs(30),
+        || async { serving(&third, "/hello").await.as_deref() == Some("v1") },
+    )
+    .await;
+    let log = third.log();
+    assert!(
+        log.contains("refused a corrupt blob from a peer"),
+        "the corrupt wasm was refused:\n{log}"
+    );
+    let stored = std::fs::read(third.data_dir.join(format!("wasm/{digest}.wasm"))).unwrap();
+    assert_eq!(stored, thaw_test_functions::read(wasm::HELLO));
+    // And the artifact came from b-2, verified, not compiled here.
+    assert!(!log.contains("compiling instead of fetching"), "{log}");
+
+    // The peer endpoints want the cluster token, not nothing and not the admin token.
+    for token in [None, Some(first.token())] {
+        let mut request = client().get(format!("{}/v1/cluster/wasm/{digest}", second.admin_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401);
+    }
+    let ok = client()
+        .get(format!("{}/v1/cluster/wasm/{digest}", second.admin_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(find_files(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
+}
