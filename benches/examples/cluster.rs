@@ -159,6 +159,19 @@ async fn serves(http: &reqwest::Client, node: &Node, name: &str, version: u64) -
     header.as_deref() == Some(&format!("v{version}"))
 }
 
+/// Until every node has mirrored the registry (`GET /readyz`).
+async fn wait_ready(http: &reqwest::Client, nodes: &[Node]) {
+    for n in nodes {
+        loop {
+            let ready = http.get(format!("{}/readyz", n.url)).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 fn summary(mut ms: Vec<f64>) -> String {
     ms.sort_by(f64::total_cmp);
     format!(
@@ -178,6 +191,7 @@ async fn propagation(thaw: &Path, label: &str, wasm: &[u8], sharing: bool, round
         .map(|id| node(thaw, dir.path(), &etcd_url, id, sharing))
         .collect();
     let http = reqwest::Client::new();
+    wait_ready(&http, &nodes).await;
     let (mut deploys, mut spreads) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let started = Instant::now();
@@ -245,6 +259,7 @@ async fn throughput(thaw: &Path, hello: &[u8], secs: u64) {
         .map(|id| node(thaw, dir.path(), &etcd_url, id, true))
         .collect();
     let http = reqwest::Client::new();
+    wait_ready(&http, &nodes).await;
     let version = deploy(&http, &nodes[0], "hello", hello.to_vec()).await;
     for n in &nodes {
         while !serves(&http, n, "hello", version).await {

@@ -510,6 +510,16 @@ fn cluster_options(
         token.len() >= 16,
         "--cluster-token must be at least 16 characters"
     );
+    if let Some(id) = &s.node_id {
+        anyhow::ensure!(
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+            "--node-id {id:?}: letters, digits, '-', '_' and '.' only (it is part of etcd keys)"
+        );
+    }
     let prefix = s.cluster_prefix.clone().unwrap_or_else(|| "/thaw/".into());
     anyhow::ensure!(prefix.ends_with('/'), "--cluster-prefix must end with '/'");
     anyhow::ensure!(

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 
 use thaw_runtime::api::ReadyLine;
@@ -98,6 +100,18 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
                 ),
             )
             .await?;
+            if admin_addr.ip().is_loopback() && config.advertise_host.is_none() {
+                tracing::warn!(
+                    "the admin listener is on loopback: peers on other machines cannot fetch code \
+                     from this node (set --admin-listen, and --advertise-host if needed)"
+                );
+            }
+            // Manifests are compared with the cluster's registry, not a stale local one.
+            if !manifests.is_empty() && !cluster.wait_synced(Duration::from_secs(60)).await {
+                anyhow::bail!(
+                    "--deploy in a cluster needs etcd's registry, and it was not read within 60 s"
+                );
+            }
             Some(cluster)
         }
         None => None,

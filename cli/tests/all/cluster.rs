@@ -260,6 +260,44 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
         }
         assert_eq!(v1, 50, "every 100 requests split exactly on {}", n.url);
     }
+    // Two functions deployed at once through two nodes on one route: one gets it, the other
+    // a 409, and every node routes it to the same one.
+    let hello = || thaw_test_functions::read(wasm::HELLO).into();
+    let (admin_a, admin_b, shared) = (nodes[0].admin(), nodes[1].admin(), route("/shared"));
+    let (a, b) = tokio::join!(
+        admin_a.typed().deploy("a", &shared, hello()),
+        admin_b.typed().deploy("b", &shared, hello())
+    );
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one takes the route: {a:?} {b:?}"
+    );
+    let refused = format!("{:#}", a.as_ref().err().or(b.as_ref().err()).unwrap());
+    assert!(refused.contains("409"), "{refused}");
+    let owner = if a.is_ok() { "a" } else { "b" };
+    for n in &nodes {
+        eventually(
+            "the route's owner on every node",
+            Duration::from_secs(20),
+            || async {
+                let names: Vec<String> = n
+                    .admin()
+                    .typed()
+                    .list()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|f| f.name)
+                    .collect();
+                names.iter().any(|f| f == owner)
+                    && !names
+                        .iter()
+                        .any(|f| f == if owner == "a" { "b" } else { "a" })
+            },
+        )
+        .await;
+    }
+
     // The records the nodes persisted agree with etcd's (a restart starts from them).
     let record =
         |n: &TestServer| std::fs::read_to_string(n.data_dir.join("functions/hello.json")).unwrap();
@@ -568,4 +606,31 @@ fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_on_a_single_host_is_refused_before_anything_is_deployed() {
+    let server = TestServer::start();
+    let refused = server
+        .admin()
+        .typed()
+        .deploy_waiting(
+            "hello",
+            &route("/hello"),
+            thaw_test_functions::read(wasm::HELLO).into(),
+            None,
+            Some(1),
+        )
+        .await
+        .expect_err("wait=1 without a cluster");
+    assert!(format!("{refused:#}").contains("400"), "{refused:#}");
+    assert!(server.admin().list().await.unwrap().is_empty());
+    // And GET /v1/cluster says there is no cluster.
+    let status = server
+        .admin_request(reqwest::Method::GET, "/v1/cluster")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
 }

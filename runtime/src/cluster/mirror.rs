@@ -1,7 +1,7 @@
 //! The node's two background tasks: mirroring etcd's registry into the platform, and keeping
 //! the node's lease (membership, readiness) alive.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,15 +16,15 @@ use crate::engine::artifact::sha256_hex;
 /// Longest wait between two attempts to reach etcd again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How long a change that could not be applied waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
 /// Why a round of mirroring ended.
 enum Ended {
     /// etcd could not be reached: the node is degraded until it can.
     Etcd(etcd_client::Error),
     /// The watch's history was compacted, or etcd cancelled it: read everything again.
     Resync(String),
-    /// A change could not be applied here (no peer had its code, say): read everything
-    /// again after a pause, which retries it.
-    Apply(anyhow::Error),
 }
 
 impl From<etcd_client::Error> for Ended {
@@ -33,25 +33,31 @@ impl From<etcd_client::Error> for Ended {
     }
 }
 
+/// A change from etcd not applied here yet (its code could not be fetched or loaded, say),
+/// tried again every [`RETRY`] until it applies or a newer change of the function comes.
+enum Pending {
+    Apply(VersionsRecord, u64),
+    Remove(u64),
+}
+
+type PendingChanges = HashMap<String, Pending>;
+
 impl Cluster {
     /// Mirrors etcd's registry until the node leaves: a full read, then a watch from the
-    /// revision of that read; any failure starts over with a full read (see the module docs
-    /// of [`super`]).
+    /// revision of that read; losing etcd, or a compacted history, starts over with a full
+    /// read (see the module docs of [`super`]).
     pub(super) async fn mirror(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let ended = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                ended = self.mirror_round() => ended,
+                ended = self.mirror_round(&mut backoff) => ended,
             };
             match ended {
                 Ended::Etcd(e) => self.mark_down(e.to_string()),
                 Ended::Resync(reason) => {
                     tracing::info!("reading the registry again: {reason}");
                     continue;
-                }
-                Ended::Apply(e) => {
-                    tracing::warn!("a change from etcd could not be applied yet: {e:#}")
                 }
             }
             tokio::select! {
@@ -62,13 +68,16 @@ impl Cluster {
         }
     }
 
-    async fn mirror_round(&self) -> Ended {
-        let revision = match self.resync().await {
-            Ok(revision) => revision,
+    async fn mirror_round(&self, backoff: &mut Duration) -> Ended {
+        let (revision, mut pending) = match self.resync().await {
+            Ok(read) => read,
             Err(ended) => return ended,
         };
+        // Synced once etcd was read, whatever a single function's fate: one version whose
+        // code no peer has must not keep the node out of service for all the others.
         self.mark_up();
         self.synced.store(true, Ordering::Release);
+        *backoff = Duration::from_millis(100);
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision as i64 + 1);
@@ -82,7 +91,18 @@ impl Cluster {
             Err(e) => return Ended::Etcd(e),
         };
         loop {
-            let response = match stream.message().await {
+            let message = if pending.is_empty() {
+                stream.message().await
+            } else {
+                tokio::select! {
+                    message = stream.message() => message,
+                    _ = tokio::time::sleep(RETRY) => {
+                        self.retry(&mut pending).await;
+                        continue;
+                    }
+                }
+            };
+            let response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => return Ended::Resync("the watch ended".into()),
                 Err(e) => return Ended::Etcd(e),
@@ -110,26 +130,48 @@ impl Cluster {
                 else {
                     continue;
                 };
-                let applied = match event.event_type() {
+                // A newer change of the function replaces whatever was pending for it.
+                pending.remove(&name);
+                let change = match event.event_type() {
                     EventType::Put => match VersionsRecord::from_json(kv.value()) {
-                        Ok(record) => self.apply(record, revision).await,
+                        Ok(record) => Pending::Apply(record, revision),
                         Err(e) => {
                             tracing::error!(function = %name, "ignoring a damaged record in etcd: {e:#}");
-                            Ok(())
+                            continue;
                         }
                     },
-                    EventType::Delete => self.remove(&name, revision).await,
+                    EventType::Delete => Pending::Remove(revision),
                 };
-                if let Err(e) = applied {
-                    return Ended::Apply(e);
-                }
+                self.try_change(name, change, &mut pending).await;
             }
         }
     }
 
+    /// Applies `change` of function `name`; if that fails, keeps it in `pending`.
+    async fn try_change(&self, name: String, change: Pending, pending: &mut PendingChanges) {
+        let result = match &change {
+            Pending::Apply(record, revision) => self.apply(record, *revision).await,
+            Pending::Remove(revision) => self.remove(&name, *revision).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(function = %name, "a change from etcd is not applied yet (retried): {e:#}");
+            pending.insert(name, change);
+        }
+    }
+
+    async fn retry(&self, pending: &mut PendingChanges) {
+        for (name, change) in std::mem::take(pending) {
+            self.try_change(name, change, pending).await;
+        }
+    }
+
     /// Reads every record and makes this node serve exactly them: applies what differs,
-    /// removes what etcd no longer has. Returns the revision read at.
-    async fn resync(&self) -> Result<u64, Ended> {
+    /// removes what etcd no longer has. Returns the revision read at, and the changes that
+    /// could not be applied yet.
+    async fn resync(&self) -> Result<(u64, PendingChanges), Ended> {
+        // Taken before the read: a deploy through this node may commit (and apply) a newer
+        // revision while the read runs, which must not look like a store gone backwards.
+        let applied_before = self.platform.max_applied_revision();
         let response = self
             .client
             .clone()
@@ -139,19 +181,25 @@ impl Cluster {
             )
             .await?;
         let revision = response.header().map_or(0, |h| h.revision()) as u64;
-        // What is read now is the whole truth; revisions applied before may be from another
-        // etcd (a restored or new one) whose revisions started again.
-        self.platform.forget_applied_revisions_above(revision);
+        if applied_before > revision {
+            // A new or restored etcd whose revisions started again: what it holds is the
+            // truth, whatever its revisions.
+            tracing::warn!(
+                revision,
+                applied_before,
+                "etcd's revision is behind what this node applied (a new or restored etcd?)"
+            );
+            self.platform.forget_applied_revisions();
+        }
+        let mut pending = PendingChanges::new();
         let mut names = HashSet::new();
-        let mut failed = None;
         for kv in response.kvs() {
             match VersionsRecord::from_json(kv.value()) {
                 Ok(record) => {
                     names.insert(record.name.clone());
-                    if let Err(e) = self.apply(record, kv.mod_revision() as u64).await {
-                        // The others are still applied; this one is retried.
-                        failed = Some(e);
-                    }
+                    let name = record.name.clone();
+                    let change = Pending::Apply(record, kv.mod_revision() as u64);
+                    self.try_change(name, change, &mut pending).await;
                 }
                 Err(e) => tracing::error!(
                     key = %String::from_utf8_lossy(kv.key()),
@@ -160,63 +208,60 @@ impl Cluster {
             }
         }
         for set in self.platform.registry().all() {
-            if !names.contains(&*set.name)
-                && let Err(e) = self.remove(&set.name, revision).await
-            {
-                failed = Some(e);
+            if !names.contains(&*set.name) {
+                let name = set.name.to_string();
+                self.try_change(name, Pending::Remove(revision), &mut pending)
+                    .await;
             }
         }
-        match failed {
-            Some(e) => Err(Ended::Apply(e)),
-            None => Ok(revision),
-        }
+        Ok((revision, pending))
     }
 
     /// Makes this node serve `record`: fetches the code it lacks, applies the record
     /// (which loads every version with traffic first), then reports readiness.
-    async fn apply(&self, record: VersionsRecord, revision: u64) -> anyhow::Result<()> {
+    async fn apply(&self, record: &VersionsRecord, revision: u64) -> anyhow::Result<()> {
         let current = self.platform.registry().get(&record.name);
-        let before: Vec<u64> = current
-            .as_ref()
-            .map(|set| set.versions().iter().map(|v| v.record.generation).collect())
-            .unwrap_or_default();
-        if current.is_none_or(|set| set.record() != record) {
-            self.fetch_code(&record).await?;
+        if current.is_none_or(|set| set.record() != *record) {
+            // The collector must not take the code fetched for the record before the record
+            // is on disk.
+            let _claim = self.platform.claim_code(record.digests());
+            self.fetch(record).await?;
             self.platform
                 .apply_record(record.clone(), revision, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        let gone: Vec<u64> = before
-            .into_iter()
-            .filter(|g| !record.versions.iter().any(|v| v.generation == *g))
-            .collect();
-        self.announce(&record.name, &gone).await?;
+        self.announce(&record.name).await?;
         Ok(())
     }
 
     async fn remove(&self, name: &str, revision: u64) -> anyhow::Result<()> {
-        let before: Vec<u64> = self
-            .platform
-            .registry()
-            .get(name)
-            .map(|set| set.versions().iter().map(|v| v.record.generation).collect())
-            .unwrap_or_default();
         self.platform.apply_removal(name, revision).await?;
-        self.announce(name, &before).await?;
+        self.announce(name).await?;
         Ok(())
     }
 
     /// Fetches from peers the wasm of every kept version and, with artifact sharing, the
-    /// artifacts of the versions that take traffic, whatever this node lacks.
-    async fn fetch_code(&self, record: &VersionsRecord) -> anyhow::Result<()> {
-        let mut digests: Vec<&str> = record.digests().collect();
-        digests.sort_unstable();
-        digests.dedup();
-        let missing: Vec<&str> = digests
-            .into_iter()
-            .filter(|d| !self.platform.has_wasm(d))
-            .collect();
+    /// artifacts of the versions that take traffic, whatever this node lacks. Only the code
+    /// of versions with traffic is required; a kept version's that no peer has is logged
+    /// (a rollback to it is refused until it is back).
+    pub(super) async fn fetch(&self, record: &VersionsRecord) -> anyhow::Result<()> {
+        let mut missing: Vec<(&str, bool)> = Vec::new();
+        for version in &record.versions {
+            let required = record
+                .traffic
+                .percent(version.generation)
+                .is_some_and(|p| p > 0);
+            for digest in [version.digest.as_str(), version.code_digest()] {
+                if self.platform.has_wasm(digest) {
+                    continue;
+                }
+                match missing.iter_mut().find(|(d, _)| *d == digest) {
+                    Some((_, r)) => *r |= required,
+                    None => missing.push((digest, required)),
+                }
+            }
+        }
         if missing.is_empty() && !self.options.share_artifacts {
             return Ok(());
         }
@@ -225,11 +270,16 @@ impl Cluster {
             .into_iter()
             .filter(|m| m.id != self.options.node_id)
             .collect();
-        for digest in missing {
+        for (digest, required) in missing {
             let addrs = peers.iter().map(|p| p.admin.as_str());
-            let bytes = self
-                .fetch_verified(addrs, Blob::Wasm, digest, digest)
-                .await?;
+            let bytes = match self.fetch_verified(addrs, Blob::Wasm, digest, digest).await {
+                Ok(bytes) => bytes,
+                Err(e) if !required => {
+                    tracing::warn!(function = %record.name, "a kept version's code is missing here: {e:#}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let platform = self.platform.clone();
             let digest = digest.to_owned();
             tokio::task::spawn_blocking(move || platform.store_wasm(&digest, &bytes)).await??;

@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ClusterMember, ClusterStatus};
 use crate::control::coordinator::{Change, Coordinator};
+use crate::control::registry::RouteTaken;
 use crate::control::versions::VersionsRecord;
 use crate::control::{DeployError, Platform};
 use crate::engine::artifact::sha256_hex;
@@ -185,9 +186,11 @@ impl Cluster {
             synced: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
-        // Registered before the first mirror: a node that cannot reach etcd at start fails
-        // here, with the reason, instead of serving a registry it never checked.
-        cluster.register().await?;
+        // A node that cannot reach etcd at start serves its data directory's registry (not
+        // ready until it has mirrored etcd's once) and registers when etcd answers.
+        if let Err(e) = cluster.register().await {
+            cluster.mark_down(format!("{e:#}"));
+        }
         platform.attach_coordinator(cluster.clone())?;
         tokio::spawn(cluster.clone().mirror());
         tokio::spawn(cluster.clone().keep_lease());
@@ -212,6 +215,19 @@ impl Cluster {
                 Err(_) => tracing::warn!("leaving the cluster timed out; the lease expires"),
             }
         }
+    }
+
+    /// Waits until the node has mirrored etcd's registry once, at most `timeout`; returns
+    /// whether it has.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.synced.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// This node's name.
@@ -339,40 +355,55 @@ impl Cluster {
             )
             .await?;
         self.lease.store(lease, Ordering::Release);
-        for set in self.platform.registry().all() {
-            self.announce(&set.name, &[]).await?;
+        if self.synced.load(Ordering::Acquire) {
+            // Before the first mirror the local registry may be stale; the mirror announces.
+            for set in self.platform.registry().all() {
+                self.announce(&set.name).await?;
+            }
         }
         Ok(())
     }
 
     /// Publishes which of function `name`'s versions this node can serve (loaded, with a
-    /// share of its traffic), and withdraws the versions in `gone`.
-    async fn announce(&self, name: &str, gone: &[u64]) -> Result<(), etcd_client::Error> {
+    /// share of its traffic), and withdraws its other readiness keys of the function (of
+    /// versions dropped or moved away from, or of the function removed).
+    async fn announce(&self, name: &str) -> Result<(), etcd_client::Error> {
         let lease = self.lease.load(Ordering::Acquire);
         if lease == 0 {
             return Ok(()); // Announced when the lease is back (`register`).
         }
-        let mut ops = Vec::new();
+        let mut ready = Vec::new();
         if let Some(set) = self.platform.registry().get(name) {
             for version in set.versions() {
                 let generation = version.record.generation;
                 let serving = set.traffic().percent(generation).is_some_and(|p| p > 0);
                 if serving && version.loaded().is_some() {
-                    ops.push(TxnOp::put(
-                        self.ready_key(name, generation),
-                        "",
-                        Some(PutOptions::new().with_lease(lease)),
-                    ));
-                } else {
-                    ops.push(TxnOp::delete(self.ready_key(name, generation), None));
+                    ready.push(self.ready_key(name, generation));
                 }
             }
         }
-        for generation in gone {
-            ops.push(TxnOp::delete(self.ready_key(name, *generation), None));
-        }
+        let mut client = self.client.clone();
+        let listed = client
+            .get(
+                self.key(&format!("ready/{name}/")),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        let mine = format!("/{}", self.options.node_id);
+        let mut ops: Vec<TxnOp> = listed
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok())
+            .filter(|key| key.ends_with(&mine) && !ready.iter().any(|r| r == key))
+            .map(|key| TxnOp::delete(key, None))
+            .collect();
+        ops.extend(
+            ready
+                .into_iter()
+                .map(|key| TxnOp::put(key, "", Some(PutOptions::new().with_lease(lease)))),
+        );
         if !ops.is_empty() {
-            self.client.clone().txn(Txn::new().and_then(ops)).await?;
+            client.txn(Txn::new().and_then(ops)).await?;
         }
         Ok(())
     }
@@ -421,6 +452,10 @@ impl Coordinator for Cluster {
         // (the compare on `mod_revision`, 0 for a missing key). Losing a round means another
         // change committed: the next round computes on top of it. Bounded, because a change
         // must end, but far above what concurrent deploys of one name produce.
+        //
+        // Routes are claimed the same way, in the same transaction (`routes<route>` names its
+        // function): two functions deployed at once through two nodes cannot both take one
+        // route, which every node would then refuse to apply.
         for _ in 0..64 {
             let response = client
                 .get(key.clone(), None)
@@ -436,25 +471,53 @@ impl Coordinator for Cluster {
                 None => (None, 0),
             };
             let next = change(current.as_ref())?;
-            let write = match &next {
-                Some(record) => TxnOp::put(
+            let old_route = current.as_ref().and_then(VersionsRecord::route);
+            let new_route = next.as_ref().and_then(VersionsRecord::route);
+            let mut compares = vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )];
+            let mut writes = Vec::new();
+            match &next {
+                Some(record) => writes.push(TxnOp::put(
                     key.clone(),
                     serde_json::to_vec(record).map_err(|e| DeployError::Internal(e.into()))?,
                     None,
-                ),
+                )),
                 None if current.is_none() => {
                     let revision = response.header().map_or(0, |h| h.revision());
                     return Ok((None, revision as u64));
                 }
-                None => TxnOp::delete(key.clone(), None),
-            };
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
+                None => writes.push(TxnOp::delete(key.clone(), None)),
+            }
+            if let Some(route) = &new_route {
+                let route_key = self.key(&format!("routes{route}"));
+                let claimed = client
+                    .get(route_key.clone(), None)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                let (owner, route_revision) = match claimed.kvs().first() {
+                    Some(kv) => (kv.value_str().unwrap_or("").to_owned(), kv.mod_revision()),
+                    None => (String::new(), 0),
+                };
+                if !owner.is_empty() && owner != name {
+                    return Err(DeployError::RouteTaken(RouteTaken {
+                        route: route.clone(),
+                        owner,
+                    }));
+                }
+                compares.push(Compare::mod_revision(
+                    route_key.clone(),
                     CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([write]);
+                    route_revision,
+                ));
+                writes.push(TxnOp::put(route_key, name, None));
+            }
+            if let Some(route) = old_route.filter(|old| Some(old) != new_route.as_ref()) {
+                writes.push(TxnOp::delete(self.key(&format!("routes{route}")), None));
+            }
+            let txn = Txn::new().when(compares).and_then(writes);
             let response = client.txn(txn).await.map_err(|e| self.unavailable(e))?;
             if response.succeeded() {
                 self.mark_up();
@@ -465,6 +528,12 @@ impl Coordinator for Cluster {
         Err(DeployError::Busy(format!(
             "function {name} changed 64 times while this change was computed; retry"
         )))
+    }
+
+    async fn fetch_code(&self, record: &VersionsRecord) -> Result<(), DeployError> {
+        self.fetch(record)
+            .await
+            .map_err(|e| DeployError::Internal(e.context("fetching the code from peers")))
     }
 
     async fn publish_code(&self, version: &FunctionRecord) -> Result<(), DeployError> {

@@ -34,13 +34,21 @@ impl Blob {
 /// Largest blob a peer may send (the largest artifacts thaw makes are tens of MB).
 pub const MAX_BLOB_BYTES: usize = 1 << 30;
 
+/// Time a connection to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Time one fetch may take, connection to last byte.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Fetches `blob` of `digest` from the peer whose admin listener is at `addr`.
 pub async fn fetch(addr: &str, blob: Blob, digest: &str, token: &str) -> anyhow::Result<Bytes> {
     tokio::time::timeout(FETCH_TIMEOUT, async {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
+        // A peer that died within its lease's TTL is still listed: fail fast on it.
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("no connection within {} s", CONNECT_TIMEOUT.as_secs())
+            })??;
         stream.set_nodelay(true)?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

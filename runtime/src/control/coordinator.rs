@@ -36,6 +36,10 @@ pub trait Coordinator: Send + Sync {
         change: &mut Change<'_>,
     ) -> Result<(Option<VersionsRecord>, u64), DeployError>;
 
+    /// Fetches what this host lacks of the code of `record`'s versions (from the other
+    /// nodes), so that [`super::Platform::apply_record`] can load it.
+    async fn fetch_code(&self, record: &VersionsRecord) -> Result<(), DeployError>;
+
     /// Makes a new version's code available to the other nodes before its record is
     /// committed (so that a node that sees the record can fetch what it needs).
     async fn publish_code(&self, version: &FunctionRecord) -> Result<(), DeployError>;

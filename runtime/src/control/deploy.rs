@@ -265,10 +265,18 @@ impl Platform {
         })?;
         let version = record.versions.last().map_or(1, |newest| newest.generation);
         function.set_generation(version);
-        let set = self.apply_record(record, revision, Some(function)).await?;
+        // The record may keep versions this host has not fetched yet (its mirror lags).
+        if let Err(e) = coordinator.fetch_code(&record).await {
+            tracing::warn!(function = %template.name, "{e}");
+        }
+        let set = self
+            .apply_record(record, revision, Some(function))
+            .await
+            .map_err(|e| committed_but(version, e))?;
         let function = set.version(version).cloned().ok_or_else(|| {
-            DeployError::Internal(anyhow::anyhow!(
-                "v{version} was committed but a newer change replaced it before it was applied"
+            DeployError::Superseded(format!(
+                "v{version} is committed, but a newer change replaced it before this node \
+                 applied it; see the function's versions"
             ))
         })?;
         tracing::info!(
@@ -389,24 +397,35 @@ impl Platform {
         if self.applied_revision(name) >= revision {
             return Ok(false);
         }
+        let removed = self.remove_locked(name).await?;
         self.set_applied_revision(name, revision);
-        self.remove_locked(name).await
+        Ok(removed)
     }
 
-    /// Forgets the applied revisions if any is above `revision`, the shared store's revision
-    /// now: a store whose revisions are behind what was applied is a new or restored one, and
-    /// its records must be applied whatever their revisions. (Otherwise they are kept: they
-    /// still order this full read against a deploy applying concurrently.)
-    pub fn forget_applied_revisions_above(&self, revision: u64) {
-        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        if applied.values().any(|r| *r > revision) {
-            tracing::warn!(
-                revision,
-                "the shared store's revision is behind what this host applied (a new or restored \
-                 store?): applying its records whatever their revisions"
-            );
-            applied.clear();
+    /// Keeps the collector away from `digests` while the claim lives (code fetched for a
+    /// record not committed here yet).
+    pub fn claim_code<'a>(&self, digests: impl Iterator<Item = &'a str>) -> garbage::Claim {
+        let mut claim = self.garbage.claims.claim();
+        for digest in digests {
+            claim.add(digest);
         }
+        claim
+    }
+
+    /// The highest shared-store revision applied here (0: none).
+    pub fn max_applied_revision(&self) -> u64 {
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        applied.values().copied().max().unwrap_or(0)
+    }
+
+    /// Forgets which revisions were applied: the next record of every function is applied
+    /// whatever its revision (the shared store is a new or restored one, whose revisions
+    /// started again).
+    pub fn forget_applied_revisions(&self) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     fn applied_revision(&self, name: &str) -> u64 {
@@ -521,6 +540,9 @@ impl Platform {
             let record = record.ok_or_else(|| {
                 DeployError::Internal(anyhow::anyhow!("the shared store committed no record"))
             })?;
+            if let Err(e) = coordinator.fetch_code(&record).await {
+                tracing::warn!(function = name, "{e}");
+            }
             let set = self.apply_record(record, revision, None).await?;
             tracing::info!(function = name, traffic = %set.traffic(), "traffic split changed in the cluster");
             return Ok(set);
@@ -728,6 +750,15 @@ impl Platform {
             .unwrap_or_else(|e| Err(anyhow::anyhow!("the collection task failed: {e}")));
         garbage::report(result);
     }
+}
+
+/// A failure to apply, here, a change already committed to the cluster: said so, so that
+/// the deployer does not deploy again (the other nodes serve it; this one retries).
+fn committed_but(version: u64, e: DeployError) -> DeployError {
+    DeployError::Internal(anyhow::anyhow!(
+        "v{version} is committed to the cluster, but this node could not apply it yet ({e}); \
+         it retries, and the other nodes serve it: do not deploy again"
+    ))
 }
 
 /// A function's next record: `current` (`None`: a first deploy) with `version` added as the

@@ -25,6 +25,10 @@ pub enum DeployError {
     /// pre-initialisation needs one); the deployer may retry.
     #[error("{0}")]
     Busy(String),
+    /// A newer change replaced this one before it could be served (a cluster's concurrent
+    /// deploys): it is committed, and its version kept, but another took its traffic.
+    #[error("{0}")]
+    Superseded(String),
     /// The cluster's shared registry (etcd) cannot be reached: nothing changed, the deployer
     /// may retry when it is back.
     #[error("{0}")]
@@ -49,7 +53,7 @@ impl DeployError {
         match self {
             DeployError::BadRequest(_) | DeployError::InvalidModule(_) => StatusCode::BAD_REQUEST,
             DeployError::NotFound(_) => StatusCode::NOT_FOUND,
-            DeployError::RouteTaken(_) => StatusCode::CONFLICT,
+            DeployError::RouteTaken(_) | DeployError::Superseded(_) => StatusCode::CONFLICT,
             DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             DeployError::Busy(_) | DeployError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

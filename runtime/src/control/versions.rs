@@ -95,6 +95,15 @@ impl VersionsRecord {
         Ok(record)
     }
 
+    /// The route the function serves: its primary version's (see [`VersionSet::route`]).
+    pub fn route(&self) -> Option<String> {
+        let primary = self.traffic.primary();
+        self.versions
+            .iter()
+            .find(|v| v.generation == primary)
+            .map(|v| v.spec.route_or_default(&self.name))
+    }
+
     /// Every digest the record's versions need on disk.
     pub fn digests(&self) -> impl Iterator<Item = &str> {
         self.versions

@@ -120,6 +120,21 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
                 Ok(query) => query,
                 Err(e) => return error(e.status(), &e.to_string()),
             };
+            // Refused before anything is deployed.
+            if query.wait.is_some() {
+                if cx.cluster.is_none() {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "wait=N counts cluster nodes; this host is not in a cluster",
+                    );
+                }
+                if query.canary == Some(0) {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "wait=N counts nodes serving the version, and canary=0 gives it no traffic",
+                    );
+                }
+            }
             match deploy(platform, &name, req, max_upload, query.canary).await {
                 Ok(deployed) => {
                     let mut status = if deployed.replaced {
@@ -127,13 +142,7 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
                     } else {
                         StatusCode::CREATED
                     };
-                    if let Some(nodes) = query.wait {
-                        let Some(cluster) = &cx.cluster else {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                "wait=N counts cluster nodes; this host is not in a cluster",
-                            );
-                        };
+                    if let (Some(nodes), Some(cluster)) = (query.wait, &cx.cluster) {
                         let version = deployed.version.record.generation;
                         match cluster
                             .wait_ready(&name, version, nodes, query.wait_for)
@@ -622,9 +631,15 @@ async fn peer(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    if req.method() != Method::GET || !token.is_some_and(|t| cluster.peer_token_matches(t)) {
+    if !token.is_some_and(|t| cluster.peer_token_matches(t)) {
         tracing::info!(path = %req.uri().path(), "peer request refused: missing or wrong cluster token");
         return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
+    }
+    if req.method() != Method::GET {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "peer endpoints are GET only",
+        );
     }
     if digest.len() != 64
         || !digest
