@@ -27,6 +27,13 @@
 //! code is loaded before the node moves any traffic to it, then the node reports the
 //! version ready.
 //!
+//! Trust: an artifact is native code, run outside the wasm sandbox, and a node accepts one
+//! whose sha256 is published in etcd. So with artifact sharing on, whoever can write thaw's
+//! keys in etcd (or holds a node) can run native code on every node with the same engine
+//! key; without it, they can only deploy wasm, which runs sandboxed. That is the price of
+//! not compiling a 13 MB component once per node; `--artifact-sharing=false` declines it,
+//! and etcd's own authentication and TLS (`--etcd-*`) are what keep other writers out.
+//!
 //! # Faults
 //! etcd unreachable: the node keeps serving what it last mirrored (its data directory holds
 //! it across restarts), refuses changes with 503 and the reason, and `GET /healthz` says
