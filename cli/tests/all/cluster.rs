@@ -204,6 +204,23 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
     let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["n1", "n2", "n3"]);
     assert!(members.iter().all(|m| m.engine == members[0].engine));
+    // `thaw cluster` shows the same.
+    let out = crate::support::thaw_command(&nodes[2], &["cluster"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("node n3, etcd ok, synced"), "{text}");
+    for (id, m) in ["n1", "n2", "n3"].iter().zip(&members) {
+        assert!(
+            text.contains(&format!("{id} ")) && text.contains(&m.functions),
+            "{text}"
+        );
+    }
 
     // --wait 3: the answer comes once all three can serve it.
     assert_eq!(deploy(&nodes[0], "hello", "/hello", 3).await, 1);

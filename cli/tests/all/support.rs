@@ -397,7 +397,7 @@ pub async fn assert_healthy(server: &TestServer) {
 pub fn service_binaries<const N: usize>(names: [&str; N], package: &str) -> Option<[PathBuf; N]> {
     let found = names.map(|name| {
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain([PathBuf::from("/usr/bin")])
+            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
             .map(|dir| dir.join(name))
             .find(|p| p.is_file())
     });

@@ -362,6 +362,13 @@ impl Cluster {
             )
             .await?;
         self.lease.store(lease, Ordering::Release);
+        if self.stop.is_cancelled() {
+            // The node left while this registration ran: it must not stay listed until the
+            // TTL runs out.
+            self.lease.store(0, Ordering::Release);
+            client.lease_revoke(lease).await?;
+            return Ok(());
+        }
         if self.synced.load(Ordering::Acquire) {
             // Before the first mirror the local registry may be stale; the mirror announces.
             for set in self.platform.registry().all() {
