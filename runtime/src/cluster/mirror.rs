@@ -90,14 +90,19 @@ impl Cluster {
             Ok(stream) => stream,
             Err(e) => return Ended::Etcd(e),
         };
+        // One deadline for the retries, not a timer per message: a function that changes more
+        // often than RETRY must not starve another's retry.
+        let mut next_retry = tokio::time::Instant::now() + RETRY;
         loop {
             let message = if pending.is_empty() {
+                next_retry = tokio::time::Instant::now() + RETRY;
                 stream.message().await
             } else {
                 tokio::select! {
                     message = stream.message() => message,
-                    _ = tokio::time::sleep(RETRY) => {
+                    _ = tokio::time::sleep_until(next_retry) => {
                         self.retry(&mut pending).await;
+                        next_retry = tokio::time::Instant::now() + RETRY;
                         continue;
                     }
                 }
@@ -130,8 +135,13 @@ impl Cluster {
                 else {
                     continue;
                 };
-                // A newer change of the function replaces whatever was pending for it.
-                pending.remove(&name);
+                // A newer change of the function replaces whatever was pending for it, but a
+                // removal still pending goes first: a function re-created under the same name
+                // must not keep the old one's state.
+                if let Some(Pending::Remove(removed)) = pending.remove(&name) {
+                    self.try_change(name.clone(), Pending::Remove(removed), &mut pending)
+                        .await;
+                }
                 let change = match event.event_type() {
                     EventType::Put => match VersionsRecord::from_json(kv.value()) {
                         Ok(record) => Pending::Apply(record, revision),
@@ -192,27 +202,33 @@ impl Cluster {
             self.platform.forget_applied_revisions();
         }
         let mut pending = PendingChanges::new();
-        let mut names = HashSet::new();
-        for kv in response.kvs() {
-            match VersionsRecord::from_json(kv.value()) {
-                Ok(record) => {
-                    names.insert(record.name.clone());
-                    let name = record.name.clone();
-                    let change = Pending::Apply(record, kv.mod_revision() as u64);
-                    self.try_change(name, change, &mut pending).await;
+        let records: Vec<(VersionsRecord, u64)> = response
+            .kvs()
+            .iter()
+            .filter_map(|kv| match VersionsRecord::from_json(kv.value()) {
+                Ok(record) => Some((record, kv.mod_revision() as u64)),
+                Err(e) => {
+                    tracing::error!(
+                        key = %String::from_utf8_lossy(kv.key()),
+                        "ignoring a damaged record in etcd: {e:#}"
+                    );
+                    None
                 }
-                Err(e) => tracing::error!(
-                    key = %String::from_utf8_lossy(kv.key()),
-                    "ignoring a damaged record in etcd: {e:#}"
-                ),
-            }
-        }
+            })
+            .collect();
+        let names: HashSet<&str> = records.iter().map(|(r, _)| r.name.as_str()).collect();
+        // Removals first: the routes of functions etcd no longer has are free for the rest.
         for set in self.platform.registry().all() {
             if !names.contains(&*set.name) {
                 let name = set.name.to_string();
                 self.try_change(name, Pending::Remove(revision), &mut pending)
                     .await;
             }
+        }
+        for (record, mod_revision) in records {
+            let name = record.name.clone();
+            self.try_change(name, Pending::Apply(record, mod_revision), &mut pending)
+                .await;
         }
         Ok((revision, pending))
     }
@@ -244,7 +260,8 @@ impl Cluster {
     /// Fetches from peers the wasm of every kept version and, with artifact sharing, the
     /// artifacts of the versions that take traffic, whatever this node lacks. Only the code
     /// of versions with traffic is required; a kept version's that no peer has is logged
-    /// (a rollback to it is refused until it is back).
+    /// (a rollback to it is refused by the node it is asked of, which loads the version
+    /// before committing, until some node has the code again).
     pub(super) async fn fetch(&self, record: &VersionsRecord) -> anyhow::Result<()> {
         let mut missing: Vec<(&str, bool)> = Vec::new();
         for version in &record.versions {

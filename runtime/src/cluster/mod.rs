@@ -315,26 +315,31 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let mut client = self.client.clone();
-            let response = client
-                .get(
-                    prefix.clone(),
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            let ready = usize::try_from(response.count()).unwrap_or(usize::MAX);
-            if ready >= nodes {
-                return Ok(Readiness::Ready(ready));
-            }
             let record = client
                 .get(self.function_key(name), None)
                 .await
                 .map_err(|e| self.unavailable(e))?;
-            let serving = record
+            let record = record
                 .kvs()
                 .first()
-                .and_then(|kv| VersionsRecord::from_json(kv.value()).ok())
-                .is_some_and(|r| r.traffic.percent(version).is_some_and(|p| p > 0));
+                .and_then(|kv| VersionsRecord::from_json(kv.value()).ok());
+            let digest = record
+                .as_ref()
+                .and_then(|r| r.versions.iter().find(|v| v.generation == version))
+                .map(|v| v.digest.clone());
+            let response = client
+                .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let ready = response
+                .kvs()
+                .iter()
+                .filter(|kv| Some(kv.value()) == digest.as_deref().map(str::as_bytes))
+                .count();
+            if ready >= nodes {
+                return Ok(Readiness::Ready(ready));
+            }
+            let serving = record.is_some_and(|r| r.traffic.percent(version).is_some_and(|p| p > 0));
             if !serving {
                 return Ok(Readiness::Superseded(ready));
             }
@@ -392,7 +397,10 @@ impl Cluster {
                 let generation = version.record.generation;
                 let serving = set.traffic().percent(generation).is_some_and(|p| p > 0);
                 if serving && version.loaded().is_some() {
-                    ready.push(self.ready_key(name, generation));
+                    ready.push((
+                        self.ready_key(name, generation),
+                        version.record.digest.clone(),
+                    ));
                 }
             }
         }
@@ -408,14 +416,14 @@ impl Cluster {
             .kvs()
             .iter()
             .filter_map(|kv| kv.key_str().ok())
-            .filter(|key| key.ends_with(&mine) && !ready.iter().any(|r| r == key))
+            .filter(|key| key.ends_with(&mine) && !ready.iter().any(|(r, _)| r == key))
             .map(|key| TxnOp::delete(key, None))
             .collect();
-        ops.extend(
-            ready
-                .into_iter()
-                .map(|key| TxnOp::put(key, "", Some(PutOptions::new().with_lease(lease)))),
-        );
+        // The value is the version's digest: a function removed and deployed again starts
+        // at v1 again, and a lagging node's key of the old v1 must not count for the new.
+        ops.extend(ready.into_iter().map(|(key, digest)| {
+            TxnOp::put(key, digest, Some(PutOptions::new().with_lease(lease)))
+        }));
         if !ops.is_empty() {
             client.txn(Txn::new().and_then(ops)).await?;
         }
@@ -529,7 +537,13 @@ impl Coordinator for Cluster {
                 writes.push(TxnOp::put(route_key, name, None));
             }
             if let Some(route) = old_route.filter(|old| Some(old) != new_route.as_ref()) {
-                writes.push(TxnOp::delete(self.key(&format!("routes{route}")), None));
+                // Only if it still names this function.
+                let route_key = self.key(&format!("routes{route}"));
+                writes.push(TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::value(route_key.clone(), CompareOp::Equal, name)])
+                        .and_then([TxnOp::delete(route_key, None)]),
+                ));
             }
             let txn = Txn::new().when(compares).and_then(writes);
             let response = client.txn(txn).await.map_err(|e| self.unavailable(e))?;

@@ -266,6 +266,7 @@ impl Platform {
         let version = record.versions.last().map_or(1, |newest| newest.generation);
         function.set_generation(version);
         // The record may keep versions this host has not fetched yet (its mirror lags).
+        let _claim = self.claim_code(record.digests());
         if let Err(e) = coordinator.fetch_code(&record).await {
             tracing::warn!(function = %template.name, "{e}");
         }
@@ -522,7 +523,26 @@ impl Platform {
         choose: impl Fn(&VersionSet) -> Result<TrafficSplit, DeployError> + Send + Sync,
     ) -> Result<Arc<VersionSet>, DeployError> {
         if let Some(coordinator) = self.coordinator.get().cloned() {
-            // Chosen from the shared record, which may be ahead of this host's.
+            // Checked here first, as on a single host: the versions the new split gives
+            // traffic must load on this node before the change is committed for all (a
+            // version whose code no node has any more is refused, not committed).
+            let local = self.versions(name)?;
+            let candidate = local.with_traffic(choose(&local)?)?;
+            for share in candidate
+                .traffic()
+                .shares()
+                .iter()
+                .filter(|s| s.percent > 0)
+            {
+                let version = candidate
+                    .version(share.version)
+                    .expect("checked by the set");
+                self.loader.ensure_loaded(version).await.map_err(|e| {
+                    DeployError::Internal(e.context(format!("loading v{}", share.version)))
+                })?;
+            }
+            drop(candidate);
+            // Chosen again from the shared record, which may be ahead of this host's.
             let defaults = &self.defaults;
             let mut change = |current: Option<&VersionsRecord>| {
                 let current = current
@@ -540,10 +560,14 @@ impl Platform {
             let record = record.ok_or_else(|| {
                 DeployError::Internal(anyhow::anyhow!("the shared store committed no record"))
             })?;
+            let _claim = self.claim_code(record.digests());
             if let Err(e) = coordinator.fetch_code(&record).await {
                 tracing::warn!(function = name, "{e}");
             }
-            let set = self.apply_record(record, revision, None).await?;
+            let set = self
+                .apply_record(record, revision, None)
+                .await
+                .map_err(|e| committed_but_change(name, e))?;
             tracing::info!(function = name, traffic = %set.traffic(), "traffic split changed in the cluster");
             return Ok(set);
         }
@@ -705,7 +729,7 @@ impl Platform {
             if existed {
                 self.apply_removal(name, revision)
                     .await
-                    .map_err(DeployError::Internal)?;
+                    .map_err(|e| committed_but_change(name, DeployError::Internal(e)))?;
             }
             return Ok(existed);
         }
@@ -758,6 +782,14 @@ fn committed_but(version: u64, e: DeployError) -> DeployError {
     DeployError::Internal(anyhow::anyhow!(
         "v{version} is committed to the cluster, but this node could not apply it yet ({e}); \
          it retries, and the other nodes serve it: do not deploy again"
+    ))
+}
+
+/// [`committed_but`] for a change of function `name` other than a deploy.
+fn committed_but_change(name: &str, e: DeployError) -> DeployError {
+    DeployError::Internal(anyhow::anyhow!(
+        "the change of {name} is committed to the cluster, but this node could not apply it yet \
+         ({e}); it retries, and the other nodes apply it"
     ))
 }
 
