@@ -364,12 +364,7 @@ impl Platform {
             .collect();
         let set = VersionSet::new(versions, record.traffic)?;
         self.registry.check_route(&name, &set.route)?;
-        for share in set.traffic().shares().iter().filter(|s| s.percent > 0) {
-            let version = set.version(share.version).expect("checked by the set");
-            self.loader.ensure_loaded(version).await.map_err(|e| {
-                DeployError::Internal(e.context(format!("loading {name} v{}", share.version)))
-            })?;
-        }
+        self.load_serving(&set).await?;
         let _guard = self.write_lock.lock().await;
         let current = self.registry.get(&name);
         if self.applied_revision(&name) >= revision {
@@ -389,6 +384,19 @@ impl Platform {
         self.set_applied_revision(&name, revision);
         tracing::info!(function = %name, revision, traffic = %set.traffic(), "applied the cluster's record");
         Ok(set)
+    }
+
+    /// Loads every version `set`'s split gives traffic (from its artifact; a compile only
+    /// if that is missing), so that no request pays for it and a version that cannot load
+    /// is refused before it gets traffic.
+    async fn load_serving(&self, set: &VersionSet) -> Result<(), DeployError> {
+        for share in set.traffic().shares().iter().filter(|s| s.percent > 0) {
+            let version = set.version(share.version).expect("checked by the set");
+            self.loader.ensure_loaded(version).await.map_err(|e| {
+                DeployError::Internal(e.context(format!("loading {} v{}", set.name, share.version)))
+            })?;
+        }
+        Ok(())
     }
 
     /// Removes function `name` here because the shared store removed it at `revision`
@@ -528,19 +536,7 @@ impl Platform {
             // version whose code no node has any more is refused, not committed).
             let local = self.versions(name)?;
             let candidate = local.with_traffic(choose(&local)?)?;
-            for share in candidate
-                .traffic()
-                .shares()
-                .iter()
-                .filter(|s| s.percent > 0)
-            {
-                let version = candidate
-                    .version(share.version)
-                    .expect("checked by the set");
-                self.loader.ensure_loaded(version).await.map_err(|e| {
-                    DeployError::Internal(e.context(format!("loading v{}", share.version)))
-                })?;
-            }
+            self.load_serving(&candidate).await?;
             drop(candidate);
             // Chosen again from the shared record, which may be ahead of this host's.
             let defaults = &self.defaults;
@@ -574,12 +570,7 @@ impl Platform {
         let _guard = self.write_lock.lock().await;
         let current = self.versions(name)?;
         let set = current.with_traffic(choose(&current)?)?;
-        for share in set.traffic().shares().iter().filter(|s| s.percent > 0) {
-            let version = set.version(share.version).expect("checked by the set");
-            self.loader.ensure_loaded(version).await.map_err(|e| {
-                DeployError::Internal(e.context(format!("loading v{}", share.version)))
-            })?;
-        }
+        self.load_serving(&set).await?;
         let set = self.commit(set, Vec::new()).await?;
         tracing::info!(function = name, traffic = %set.traffic(), "traffic split changed");
         Ok(set)
