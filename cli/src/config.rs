@@ -185,6 +185,11 @@ pub struct HostSettings {
     /// [default: none; only `env:NAME` secrets, from THAW_SECRET_NAME]
     #[arg(long, env = "THAW_SECRETS_DIR", value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
+    /// Lines per second each function's output may add to the host's own log (stderr);
+    /// the rest are counted and summed up in one line. 0: none (`thaw logs` still has
+    /// them) [default: 100]
+    #[arg(long, env = "THAW_GUEST_LOG_TO_HOST", value_name = "LINES_PER_SEC")]
+    pub guest_log_to_host: Option<u32>,
     /// Export traces (OpenTelemetry, OTLP over HTTP) to the collector at this base URL,
     /// e.g. http://127.0.0.1:4318 (spans go to <URL>/v1/traces) [default: no traces]
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
@@ -310,6 +315,8 @@ pub struct ServeConfig {
     pub cluster: Option<thaw_runtime::cluster::ClusterOptions>,
     /// The host peers reach this node at, if not the listeners' address.
     pub advertise_host: Option<String>,
+    /// Lines per second per function copied to the host's log.
+    pub guest_log_to_host: u32,
 }
 
 /// Lays `over` on `base` key by key (tables recursively); `null`s in `over` are "not given".
@@ -472,6 +479,9 @@ impl ServeArgs {
             build: self.build,
             cluster,
             advertise_host: s.advertise_host.clone(),
+            guest_log_to_host: s
+                .guest_log_to_host
+                .unwrap_or(thaw_runtime::guest::log::DEFAULT_HOST_COPY_RATE),
             admin_token: s.admin_token,
         })
     }

@@ -101,6 +101,27 @@ impl AdminClient {
         canary: Option<u8>,
         wait: Option<usize>,
     ) -> anyhow::Result<FunctionInfo> {
+        let params = DeployParams {
+            canary,
+            wait,
+            keep_pinned: false,
+        };
+        self.deploy_with(name, spec, wasm, params).await
+    }
+
+    /// Deploys `wasm` as `name` with `spec` and every option of a deploy.
+    pub async fn deploy_with(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        wasm: Bytes,
+        params: DeployParams,
+    ) -> anyhow::Result<FunctionInfo> {
+        let DeployParams {
+            canary,
+            wait,
+            keep_pinned,
+        } = params;
         let form = reqwest::multipart::Form::new()
             .part(
                 "spec",
@@ -117,6 +138,9 @@ impl AdminClient {
             .multipart(form);
         if let Some(canary) = canary {
             request = request.query(&[("canary", canary)]);
+            if keep_pinned {
+                request = request.query(&[("keep_pinned", "true")]);
+            }
         }
         if let Some(wait) = wait {
             request = request.query(&[("wait", wait)]);
@@ -344,4 +368,15 @@ impl AdminClient {
         self.send_json(self.http.get(format!("{}/v1/status", self.base)))
             .await
     }
+}
+
+/// How a deploy's new version takes traffic, and when the deploy answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeployParams {
+    /// Take this percent beside the versions serving, instead of all traffic.
+    pub canary: Option<u8>,
+    /// With a canary: keep versions that were only pinnable (0%) in the split.
+    pub keep_pinned: bool,
+    /// In a cluster: answer once this many nodes serve the new version.
+    pub wait: Option<usize>,
 }

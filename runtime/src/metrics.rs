@@ -11,6 +11,14 @@
 //! about 67 s), thirteen bounds, which is what `histogram_quantile` needs for a latency
 //! spread of seven orders of magnitude.
 //!
+//! # Cached for a second, one rendering at a time
+//! Rendering reads every function's counters; with hundreds of functions that is real work,
+//! and `/metrics` can be open to anyone who reaches `--metrics-listen`. So a rendering is
+//! reused for [`CACHE_FOR`], and scrapes that arrive while one renders wait for it instead of
+//! rendering again ([`Exposition`]); the rendering runs on a blocking thread, off the
+//! workers that serve functions. A scraper sees numbers at most a second old, well inside
+//! any scrape interval.
+//!
 //! # Names and labels
 //! Every name has the `thaw_` prefix; counters end in `_total`, durations are in seconds.
 //! Labels are bounded: `function` and `version` (the function's generation, `v3`), plus a
@@ -37,6 +45,33 @@ use crate::histogram::Histogram;
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The `Content-Type` of the classic text format (what `curl` and `promtool` get).
 pub const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long one rendering is served again.
+pub const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The exposition's cache (see "Cached for a second"): the last rendering of each format.
+#[derive(Default)]
+pub struct Exposition(tokio::sync::Mutex<[Option<(std::time::Instant, bytes::Bytes)>; 2]>);
+
+impl Exposition {
+    /// The exposition, rendered at most [`CACHE_FOR`] ago.
+    pub async fn get(&self, platform: &Arc<Platform>, openmetrics: bool) -> bytes::Bytes {
+        let mut cache = self.0.lock().await;
+        let slot = &mut cache[usize::from(openmetrics)];
+        if let Some((at, body)) = slot
+            && at.elapsed() < CACHE_FOR
+        {
+            return body.clone();
+        }
+        let platform = platform.clone();
+        let body = tokio::task::spawn_blocking(move || render(&platform, openmetrics))
+            .await
+            .map(bytes::Bytes::from)
+            .unwrap_or_default();
+        *slot = Some((std::time::Instant::now(), body.clone()));
+        body
+    }
+}
 
 /// Whether a scraper's `Accept` header asks for OpenMetrics (Prometheus does; a client that
 /// asks for nothing in particular gets the classic text format, as from Go's client).

@@ -63,6 +63,10 @@ pub struct DeployArgs {
     /// or `thaw rollback` ends it [default: the new version takes all traffic]
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
     pub canary: Option<u8>,
+    /// With --canary: keep the versions reachable only by pinning (0%) in the new split; by
+    /// default the canary replaces them
+    #[arg(long, requires = "canary")]
+    pub keep_pinned: bool,
     /// In a cluster: answer once N nodes can serve the new version (its code fetched and
     /// loaded), or fail after the host's wait (60 s)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -115,12 +119,11 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let deployed = client
-                .deploy_waiting(
+                .deploy_with(
                     &function.name,
                     &function.spec(),
                     wasm.into(),
-                    args.canary,
-                    args.wait.map(|n| n as usize),
+                    params(&args),
                 )
                 .await?;
             print_deployed(&deployed);
@@ -167,13 +170,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
     let wasm =
         std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
     let deployed = client
-        .deploy_waiting(
-            &name,
-            &spec,
-            wasm.into(),
-            args.canary,
-            args.wait.map(|n| n as usize),
-        )
+        .deploy_with(&name, &spec, wasm.into(), params(&args))
         .await?;
     print_deployed(&deployed);
     Ok(())
@@ -184,4 +181,13 @@ fn print_deployed(f: &thaw_runtime::api::FunctionInfo) {
         "deployed {} ({}) at {}, traffic {}",
         f.name, f.kind, f.route, f.traffic,
     );
+}
+
+/// The deploy's traffic options, as the client sends them.
+fn params(args: &DeployArgs) -> thaw_client::DeployParams {
+    thaw_client::DeployParams {
+        canary: args.canary,
+        keep_pinned: args.keep_pinned,
+        wait: args.wait.map(|n| n as usize),
+    }
 }

@@ -14,6 +14,11 @@ pub struct KvArgs {
     /// VALUE; list: NAME [BUCKET]); the bucket is the default one ("") when left out
     #[arg(required = true, num_args = 1..=4, value_name = "ARGS")]
     pub args: Vec<String>,
+    /// get: write the value's bytes as they are (into a file, say); by default control
+    /// characters and bytes that are not UTF-8 are shown escaped, so a value a function
+    /// wrote cannot drive the terminal. list: the keys as they are
+    #[arg(long)]
+    pub raw: bool,
     #[allow(missing_docs)] // flattened: its own fields carry the help text
     #[command(flatten)]
     pub target: Target,
@@ -22,7 +27,7 @@ pub struct KvArgs {
 /// What `thaw kv` does.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvAction {
-    /// Print a value (raw bytes) to stdout
+    /// Print a value to stdout (escaped; --raw for its bytes)
     Get,
     /// Set a value
     Set,
@@ -47,9 +52,12 @@ pub async fn execute(args: KvArgs) -> anyhow::Result<()> {
             }
         )
     };
+    let raw = args.raw;
     match (args.action, a.as_slice()) {
-        (KvAction::List, [name]) => print_keys(&client.kv_list(name, "").await?),
-        (KvAction::List, [name, bucket]) => print_keys(&client.kv_list(name, bucket).await?),
+        (KvAction::List, [name]) => print_keys(&client.kv_list(name, "").await?, raw),
+        (KvAction::List, [name, bucket]) => {
+            print_keys(&client.kv_list(name, bucket).await?, raw)
+        }
         (KvAction::Get, [name, key]) | (KvAction::Get, [name, _, key]) => {
             let bucket = if a.len() == 3 { a[1] } else { "" };
             let value = client
@@ -57,7 +65,12 @@ pub async fn execute(args: KvArgs) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("{name} has no key {key:?} in bucket {bucket:?}"))?;
             use std::io::Write as _;
-            std::io::stdout().write_all(&value)?;
+            if raw {
+                std::io::stdout().write_all(&value)?;
+            } else {
+                std::io::stdout()
+                    .write_all(thaw_runtime::guest::log::escape_bytes(&value).as_bytes())?;
+            }
         }
         (KvAction::Set, [name, key, value]) => {
             client
@@ -76,8 +89,12 @@ pub async fn execute(args: KvArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_keys(keys: &[String]) {
+fn print_keys(keys: &[String], raw: bool) {
     for key in keys {
-        println!("{key}");
+        if raw {
+            println!("{key}");
+        } else {
+            println!("{}", thaw_runtime::guest::log::escape_controls(key));
+        }
     }
 }

@@ -21,6 +21,11 @@ pub struct LogsArgs {
     /// Only the last N lines (before following)
     #[arg(long, value_name = "N")]
     pub tail: Option<usize>,
+    /// Print what the function wrote as it is; by default control characters (escape
+    /// sequences, carriage returns) are shown escaped, so a function cannot drive the
+    /// terminal or forge a line
+    #[arg(long)]
+    pub raw: bool,
     #[allow(missing_docs)] // flattened: its own fields carry the help text
     #[command(flatten)]
     pub target: Target,
@@ -35,7 +40,8 @@ pub async fn execute(args: LogsArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         now.saturating_sub(age).as_millis() as u64
     });
-    let print = |entry: LogEntry| println!("{}", format_line(&entry));
+    let raw = args.raw;
+    let print = move |entry: LogEntry| println!("{}", format_line(&entry, raw));
     let (mut last, dropped) = client
         .logs(&args.name, 0, since_ms, args.tail, false, print)
         .await?;
@@ -57,14 +63,18 @@ pub async fn execute(args: LogsArgs) -> anyhow::Result<()> {
 }
 
 /// `2026-11-27T14:53:48.123Z v3 #42 stderr | text`.
-fn format_line(entry: &LogEntry) -> String {
+fn format_line(entry: &LogEntry, raw: bool) -> String {
+    let text = if raw {
+        std::borrow::Cow::Borrowed(entry.text.as_str())
+    } else {
+        thaw_runtime::guest::log::escape_controls(&entry.text)
+    };
     format!(
-        "{} v{} #{} {} | {}",
+        "{} v{} #{} {} | {text}",
         rfc3339_ms(entry.time_ms),
         entry.version,
         entry.request,
         entry.stream,
-        entry.text
     )
 }
 

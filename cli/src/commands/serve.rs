@@ -34,6 +34,7 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         }
     }
 
+    thaw_runtime::guest::log::set_host_copy_rate(config.guest_log_to_host);
     let mut platform_config = config.platform.clone();
     if let Some(endpoint) = &config.otlp_endpoint {
         platform_config.traces =
@@ -185,12 +186,15 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         max_upload,
         auth: AdminAuth::new(token),
         cluster: cluster.clone(),
+        followers: Default::default(),
     });
     let admin_task = tokio::spawn(server::serve(
         admin,
         shutdown.clone(),
         listener_options.clone(),
-        move |req, _peer| thaw_runtime::http::admin::handle(admin_context.clone(), req),
+        move |req, peer| {
+            thaw_runtime::http::admin::handle(admin_context.clone(), req, peer.remote.ip())
+        },
     ));
     // `/metrics` alone, without the token (`--metrics-listen`).
     let metrics_task = metrics.map(|listener| {

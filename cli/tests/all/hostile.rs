@@ -11,27 +11,15 @@ use thaw_test_functions as wasm;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::{TestServer, assert_healthy, client, deploy_multipart, hits, route};
+use crate::support::{
+    TestServer, addr, assert_healthy, client, deploy_multipart, hits, raw_exchange, route,
+};
 
 fn with_limits(route_path: &str, limits: LimitsSpec) -> FunctionSpec {
     FunctionSpec {
         limits,
         ..route(route_path)
     }
-}
-
-fn addr(server: &TestServer) -> String {
-    server.url.trim_start_matches("http://").to_owned()
-}
-
-/// Writes `request` on a fresh connection and reads until the server closes it (bounded).
-async fn raw_exchange(server: &TestServer, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr(server)).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "the server did not close the connection");
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

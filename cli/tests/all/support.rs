@@ -335,6 +335,32 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The data plane's `host:port`.
+pub fn addr(server: &TestServer) -> String {
+    server.url.trim_start_matches("http://").to_owned()
+}
+
+/// Writes `request` on a fresh connection and reads until the server closes it (bounded).
+pub async fn raw_exchange(server: &TestServer, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr(server)).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server did not close the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client whose connections come from `source` (another loopback address, say: a
+/// second client as the server sees it).
+pub fn client_from(source: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .local_address(source)
+        .build()
+        .unwrap()
+}
+
 /// A spec with only a route.
 pub fn route(route: &str) -> FunctionSpec {
     FunctionSpec {

@@ -183,8 +183,9 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
     assert_eq!(traffic(&server).await, "v3=100");
     assert_eq!(spread(&server, 10, None).await, [("v3".into(), 10)].into());
 
-    // A canary beside a pinnable-only version: rollback goes to the version that served,
-    // not to the one that was only being tried, and the canary lets go of its code.
+    // A canary beside a pinnable-only version, kept when asked: rollback goes to the
+    // version that served, not to the one that was only being tried, and the canary lets go
+    // of its code.
     thaw(&server, &["traffic", "api", "v2=0", "v3=100"]);
     let out = thaw(
         &server,
@@ -197,6 +198,7 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
             "/api",
             "--canary",
             "20",
+            "--keep-pinned",
         ],
     );
     assert!(out.contains("traffic v2=0 v3=80 v4=20"), "{out}");

@@ -17,6 +17,12 @@
 //! - `/faults/sleep?ms=N`: waits N ms (holds its instance; for concurrency limits)
 //! - `/faults/log?lines=N&bytes=B&tag=T`: prints N lines (default 1) of B bytes (default 16)
 //!   to stdout, each `T <i> xxx…`, and one `T done` line to stderr
+//! - `/faults/hoard?what=fields|bodies&n=N`: holds host memory it was not given: N (default
+//!   100,000) `fields` resources of a 30 KiB header each, or N outgoing responses whose bodies
+//!   are filled until the host stops buffering; answers only if the host never says no
+//! - `/faults/no-response`: returns without setting its response-outparam
+//! - `/faults/print`: prints one line in five `print!` calls, as wasmtime's `p2_cli_serve`
+//!   test program does, then a control-character line that would forge a host log line
 //! - `/faults/socket?port=N`: tries a raw `wasi:sockets` TCP connection to 127.0.0.1:N and a
 //!   name lookup, and reports what happened
 //!
@@ -54,6 +60,15 @@ impl wasi::exports::http::incoming_handler::Guest for Faults {
             let response = OutgoingResponse::new(Fields::new());
             let _ = response.set_status_code(101);
             return ResponseOutparam::set(out, Ok(response));
+        }
+        if path
+            .split('?')
+            .next()
+            .is_some_and(|p| p.ends_with("/no-response"))
+        {
+            // The outparam is dropped unset: the guest's fault, as a trap would be.
+            drop(out);
+            return;
         }
         if path
             .split('?')
@@ -103,6 +118,14 @@ fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
             Ok(()) => "written\n".into(),
             Err(e) => format!("write failed: {e}\n"),
         },
+        "hoard" => {
+            let n: usize = number(&req, "n")?.unwrap_or(100_000);
+            let held = match query(&req, "what").as_deref() {
+                Some("bodies") => hoard_bodies(n),
+                _ => hoard_fields(n),
+            };
+            format!("held {held} resources\n")
+        }
         "socket" => {
             let port = number(&req, "port")?.unwrap_or(80);
             format!("{}\n{}\n", tcp_connect(port), lookup("localhost"))
@@ -121,6 +144,15 @@ fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
             drop(out);
             eprintln!("{tag} done");
             format!("printed {lines}\n")
+        }
+        "print" => {
+            print!("start a print ");
+            print!("1");
+            print!("2");
+            print!("3");
+            println!("4");
+            println!("\r[thaw] forged \u{1b}[31mred\u{1b}[0m\u{7}");
+            "printed\n".into()
         }
         "sleep" => {
             let ms: u64 = number(&req, "ms")?.unwrap_or(100);
@@ -165,6 +197,47 @@ fn endless(out: ResponseOutparam) {
     while stream.write_all(&chunk).is_ok() {}
     drop(stream);
     let _ = OutgoingBody::finish(body, None);
+}
+
+/// Creates `n` `fields` resources of one 30 KiB header each and keeps them all: host memory
+/// the guest's own linear memory does not hold. Stops at the first refusal.
+fn hoard_fields(n: usize) -> usize {
+    let value = vec![b'v'; 30 << 10];
+    let mut held = Vec::new();
+    for i in 0..n {
+        let fields = Fields::new();
+        if fields.append("x-hoard", &value).is_err() {
+            return i;
+        }
+        held.push(fields);
+    }
+    std::hint::black_box(&held);
+    held.len()
+}
+
+/// Creates `n` outgoing responses and writes into each body until the host buffers no more;
+/// none is ever sent, so every buffered byte stays on the host.
+fn hoard_bodies(n: usize) -> usize {
+    let chunk = vec![b'b'; 1 << 20];
+    let mut held = Vec::new();
+    for i in 0..n {
+        let response = OutgoingResponse::new(Fields::new());
+        let Ok(body) = response.body() else {
+            return i;
+        };
+        let Ok(stream) = body.write() else {
+            return i;
+        };
+        // Fill what the host accepts without waiting: `check-write` says how much.
+        while let Ok(room) = stream.check_write() {
+            if room == 0 || stream.write(&chunk[..(room as usize).min(chunk.len())]).is_err() {
+                break;
+            }
+        }
+        held.push((response, body, stream));
+    }
+    std::hint::black_box(&held);
+    held.len()
 }
 
 /// One outbound GET; the result as one line.

@@ -10,7 +10,11 @@
 //!   with how many requests this instance had in flight at most so far;
 //! - `/spin`: loops forever (only the host's timeout ends it);
 //! - `/trap`: panics (a trap);
-//! - `/late-trap`: answers 200, writes 16 KiB of its body, then panics.
+//! - `/late-trap`: answers 200, writes 16 KiB of its body, then panics;
+//! - `/swarm?n=N`: spawns N tasks that each wait 0 ns in a loop, forever, and never
+//!   answers: the host spends its time switching tasks, not in this guest's code;
+//! - `/hoard?n=N`: creates N (default 100,000) `fields` of one 30 KiB header each and keeps
+//!   them: host memory outside its linear memory; answers only if the host never says no.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,6 +66,36 @@ impl wasip3::exports::http::handler::Guest for P3 {
                 }
             }
             "trap" => panic!("the guest trapped on purpose"),
+            "swarm" => {
+                for _ in 0..param("n") {
+                    wit_bindgen::spawn_local(async {
+                        loop {
+                            wasip3::clocks::monotonic_clock::wait_for(0).await;
+                        }
+                    });
+                }
+                loop {
+                    wasip3::clocks::monotonic_clock::wait_for(1_000_000_000).await;
+                }
+            }
+            "hoard" => {
+                let n = match param("n") {
+                    0 => 100_000,
+                    n => n as usize,
+                };
+                let value = vec![b'v'; 30 << 10];
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    let fields = Fields::new();
+                    if fields.append("x-hoard", &value).is_err() {
+                        break;
+                    }
+                    held.push(fields);
+                }
+                let count = held.len();
+                std::hint::black_box(&held);
+                Ok(text(200, format!("held {count} fields").into_bytes()))
+            }
             "late-trap" => Ok(streamed(200, Fields::new(), |mut tx| async move {
                 tx.write_all(vec![b'l'; 16 * 1024]).await;
                 panic!("the guest trapped after its response head");

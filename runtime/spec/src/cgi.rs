@@ -240,6 +240,10 @@ pub struct CgiRequest<'a> {
     pub remote_addr: std::net::SocketAddr,
     /// The address the request arrived on.
     pub server_addr: std::net::SocketAddr,
+    /// The target's authority when the request was sent in absolute form
+    /// (`GET http://host/path`): RFC 9112 §3.2.2 says it wins over `Host`, so it is
+    /// `HTTP_HOST`, as the `wasi:http` executors take it for the request's authority.
+    pub authority: Option<&'a str>,
 }
 
 /// The RFC 3875 meta-variables for a request, appended to `env`.
@@ -280,7 +284,7 @@ pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) -> usi
         if name == CONTENT_TYPE || name == CONTENT_LENGTH || name == AUTHORIZATION {
             continue;
         }
-        if name.as_str() == "proxy" {
+        if name.as_str() == "proxy" || (name == http::header::HOST && req.authority.is_some()) {
             continue;
         }
         if name.as_str().contains('_') {
@@ -301,6 +305,9 @@ pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) -> usi
         } else {
             env.push((key, value.to_owned()));
         }
+    }
+    if let Some(authority) = req.authority {
+        env.push(("HTTP_HOST".to_owned(), authority.to_owned()));
     }
     underscored
 }
@@ -451,6 +458,7 @@ mod tests {
                 content_length: Some(3),
                 remote_addr: "127.0.0.1:5000".parse().unwrap(),
                 server_addr: "127.0.0.1:8080".parse().unwrap(),
+                authority: None,
             },
             &mut env,
         );
@@ -472,5 +480,29 @@ mod tests {
         assert_eq!(get("HTTP_CONTENT_TYPE"), None);
         assert_eq!(get("HTTP_X_FORWARDED_USER"), Some("alice"));
         assert_eq!(dropped, 1);
+
+        // An absolute-form target's authority wins over Host.
+        headers.insert("host", "from-header".parse().unwrap());
+        let mut env = Vec::new();
+        request_env(
+            &CgiRequest {
+                method: &Method::GET,
+                script_name: "",
+                path_info: "/",
+                query: "",
+                headers: &headers,
+                content_length: None,
+                remote_addr: "127.0.0.1:5000".parse().unwrap(),
+                server_addr: "127.0.0.1:8080".parse().unwrap(),
+                authority: Some("from-target:81"),
+            },
+            &mut env,
+        );
+        let hosts: Vec<&str> = env
+            .iter()
+            .filter(|(k, _)| k == "HTTP_HOST")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(hosts, ["from-target:81"]);
     }
 }

@@ -35,6 +35,16 @@ pub const DEFAULT_KV_MAX_VALUE_KIB: u64 = 1024;
 pub const DEFAULT_KV_MAX_KEYS: u64 = 100_000;
 /// Default most bytes (keys and values) in a function's key-value store.
 pub const DEFAULT_KV_MAX_MIB: u64 = 256;
+/// Default most host resources (WASI and `wasi:http` handles: fields, bodies, streams,
+/// pollables) one instance may hold at once. Each costs the host at most about
+/// [`HOST_RESOURCE_BYTES`], so this bounds the host memory a guest can pin outside its
+/// `memory_mib`: 1,024 × 64 KiB = 64 MiB per instance.
+pub const DEFAULT_MAX_HOST_RESOURCES: u32 = 1024;
+/// The most host memory one host resource of a guest can hold: a `fields` resource is capped
+/// at 32 KiB of content (and its map's overhead), an outgoing body buffers two 64 KiB chunks
+/// over the three resources it takes (response, body, stream). The host enforces the parts;
+/// this is their documented sum per resource.
+pub const HOST_RESOURCE_BYTES: u64 = 64 << 10;
 /// Longest timeout a spec may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 /// Most environment variables a function may have. The list is copied into every
@@ -215,6 +225,12 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "MIB"))]
     pub kv_max_mib: Option<u64>,
+    /// Most host resources (handles to fields, bodies, streams, pollables) one instance may
+    /// hold at once; each costs the host at most 64 KiB, so this bounds the host memory a
+    /// guest pins outside `memory_mib` [default: the host's, 1024]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub max_host_resources: Option<u32>,
 }
 
 /// The host-wide defaults for [`LimitsSpec`].
@@ -249,6 +265,8 @@ pub struct LimitDefaults {
     pub kv_max_keys: u64,
     /// See [`LimitsSpec::kv_max_mib`].
     pub kv_max_mib: u64,
+    /// See [`LimitsSpec::max_host_resources`].
+    pub max_host_resources: u32,
     /// Whether the host counts fuel at all (`--fuel-metering`); the platform sets it from its
     /// engine, it is not a key of the config file's `[limits]`.
     #[serde(skip)]
@@ -272,6 +290,7 @@ impl Default for LimitDefaults {
             kv_max_value_kib: DEFAULT_KV_MAX_VALUE_KIB,
             kv_max_keys: DEFAULT_KV_MAX_KEYS,
             kv_max_mib: DEFAULT_KV_MAX_MIB,
+            max_host_resources: DEFAULT_MAX_HOST_RESOURCES,
             fuel_metering: false,
         }
     }
@@ -314,6 +333,13 @@ pub struct Limits {
     /// Most key-value bytes.
     #[serde(default = "default_kv_bytes")]
     pub kv_max_bytes: u64,
+    /// Most host resources one instance holds at once.
+    #[serde(default = "default_host_resources")]
+    pub max_host_resources: u32,
+}
+
+fn default_host_resources() -> u32 {
+    DEFAULT_MAX_HOST_RESOURCES
 }
 
 fn default_kv_value() -> u64 {
@@ -363,6 +389,9 @@ impl LimitsSpec {
             kv_max_value_bytes: self.kv_max_value_kib.unwrap_or(defaults.kv_max_value_kib) << 10,
             kv_max_keys: self.kv_max_keys.unwrap_or(defaults.kv_max_keys),
             kv_max_bytes: self.kv_max_mib.unwrap_or(defaults.kv_max_mib) << 20,
+            max_host_resources: self
+                .max_host_resources
+                .unwrap_or(defaults.max_host_resources),
             outbound_timeout: Duration::from_millis(
                 self.outbound_timeout_ms
                     .unwrap_or(defaults.outbound_timeout_ms),
@@ -448,6 +477,11 @@ pub fn validate_route(route: &str) -> Result<(), SpecError> {
     }
     if route.contains(['?', '#', '%', ' ']) || route.chars().any(char::is_control) {
         return err("must not contain '?', '#', '%', spaces or control characters");
+    }
+    // A request path is ASCII on the wire (anything else arrives percent-encoded, and '%'
+    // is refused above): a route with other characters could never match.
+    if !route.is_ascii() {
+        return err("must be ASCII (a request path arrives percent-encoded; it could never match)");
     }
     if route == "/" {
         return Ok(());
@@ -571,6 +605,13 @@ impl FunctionSpec {
             ("kv_max_value_kib", l.kv_max_value_kib, 64 << 10),
             ("kv_max_keys", l.kv_max_keys, 1 << 32),
             ("kv_max_mib", l.kv_max_mib, 1 << 20),
+            // A guest needs a few dozen for one request (its stdio, the request, the
+            // response, their bodies and streams, pollables); 65,536 pins at most 4 GiB.
+            (
+                "max_host_resources",
+                l.max_host_resources.map(u64::from),
+                1 << 16,
+            ),
         ] {
             if let Some(v) = value
                 && !(1..=max).contains(&v)
@@ -664,7 +705,7 @@ mod tests {
             validate_route(ok).unwrap();
         }
         for bad in [
-            "", "hello", "/hello/", "//x", "/a//b", "/a/../b", "/a?b", "/a b", "/%2e",
+            "", "hello", "/hello/", "//x", "/a//b", "/a/../b", "/a?b", "/a b", "/%2e", "/café",
         ] {
             assert!(validate_route(bad).is_err(), "{bad:?}");
         }

@@ -129,7 +129,16 @@ impl TrafficSplit {
     /// This split with `version` added at `percent`, the versions already serving sharing
     /// the rest in their proportions (largest remainders get the rounding). Pinnable-only
     /// entries (0%) are kept.
-    pub fn with_canary(&self, version: u64, percent: u8) -> Result<Self, SplitError> {
+    ///
+    /// A version that was reachable only by pinning it (0%) is dropped from the new split,
+    /// unless `keep_pinned`: a canary deploy replaces the last experiment, and a pinned-only
+    /// version that silently survives every later deploy is one nobody remembers to remove.
+    pub fn with_canary(
+        &self,
+        version: u64,
+        percent: u8,
+        keep_pinned: bool,
+    ) -> Result<Self, SplitError> {
         if percent > 100 {
             return Err(SplitError(format!(
                 "a canary share is a percent (0-100), not {percent}"
@@ -163,11 +172,11 @@ impl TrafficSplit {
             left -= 1;
         }
         // A version that served and rounds down to nothing leaves the split (it is not made
-        // pinnable-only by arithmetic); one that was pinnable-only stays so.
+        // pinnable-only by arithmetic); one that was pinnable-only stays so only if asked.
         let mut shares: Vec<Share> = shares
             .into_iter()
             .map(|(s, _)| s)
-            .filter(|s| s.percent > 0 || self.percent(s.version) == Some(0))
+            .filter(|s| s.percent > 0 || (keep_pinned && self.percent(s.version) == Some(0)))
             .collect();
         shares.push(Share { version, percent });
         Self::new(shares)
@@ -246,28 +255,33 @@ mod tests {
     #[test]
     fn a_canary_scales_the_others() {
         let one = TrafficSplit::single(4);
-        assert_eq!(one.with_canary(5, 20).unwrap().to_string(), "v4=80 v5=20");
+        assert_eq!(one.with_canary(5, 20, false).unwrap().to_string(), "v4=80 v5=20");
         let two = TrafficSplit::parse_args(&["v4=80", "v5=20"]).unwrap();
         // 80 * 0.9 = 72, 20 * 0.9 = 18.
         assert_eq!(
-            two.with_canary(6, 10).unwrap().to_string(),
+            two.with_canary(6, 10, false).unwrap().to_string(),
             "v4=72 v5=18 v6=10"
         );
         // 50/50 * 0.67 = 33.5 each: one remainder point, to the older version on a tie.
         let even = TrafficSplit::parse_args(&["v1=50", "v2=50"]).unwrap();
         assert_eq!(
-            even.with_canary(3, 33).unwrap().to_string(),
+            even.with_canary(3, 33, false).unwrap().to_string(),
             "v1=34 v2=33 v3=33"
         );
-        assert_eq!(one.with_canary(5, 0).unwrap().to_string(), "v4=100 v5=0");
-        // A version whose share rounds away leaves the split; a pinnable-only one stays.
-        assert_eq!(one.with_canary(5, 100).unwrap().to_string(), "v5=100");
+        assert_eq!(one.with_canary(5, 0, false).unwrap().to_string(), "v4=100 v5=0");
+        // A version whose share rounds away leaves the split.
+        assert_eq!(one.with_canary(5, 100, false).unwrap().to_string(), "v5=100");
         let small = TrafficSplit::parse_args(&["v1=99", "v2=1"]).unwrap();
-        assert_eq!(small.with_canary(3, 50).unwrap().to_string(), "v1=50 v3=50");
+        assert_eq!(small.with_canary(3, 50, false).unwrap().to_string(), "v1=50 v3=50");
         let pinnable = TrafficSplit::parse_args(&["v1=100", "v2=0"]).unwrap();
         assert_eq!(
-            pinnable.with_canary(3, 20).unwrap().to_string(),
+            pinnable.with_canary(3, 20, true).unwrap().to_string(),
             "v1=80 v2=0 v3=20"
+        );
+        // Unless asked, the next canary drops a version that was only pinnable.
+        assert_eq!(
+            pinnable.with_canary(3, 20, false).unwrap().to_string(),
+            "v1=80 v3=20"
         );
     }
 

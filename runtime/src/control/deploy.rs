@@ -46,6 +46,9 @@ pub struct DeployOptions {
     /// share the rest as before; `0` makes it reachable only by pinning it); `None`: all
     /// traffic at once. A function's first version always takes all.
     pub canary: Option<u8>,
+    /// With a canary: keep versions that were reachable only by pinning (0%) in the new
+    /// split; by default the canary replaces them.
+    pub keep_pinned: bool,
 }
 
 impl Platform {
@@ -117,7 +120,8 @@ impl Platform {
         // Before any work: a secret the host cannot resolve is the deployer's to fix.
         let config = Arc::new(
             self.secrets
-                .resolve(&spec.config)
+                .resolve_off_workers(spec.config.clone())
+                .await
                 .map_err(DeployError::BadRequest)?,
         );
         let kind = detect_kind(&wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
@@ -193,7 +197,7 @@ impl Platform {
         let traffic = match (&previous, options.canary) {
             (Some(previous), Some(percent)) => previous
                 .traffic()
-                .with_canary(version, percent)
+                .with_canary(version, percent, options.keep_pinned)
                 .map_err(|e| DeployError::BadRequest(e.to_string()))?,
             _ => TrafficSplit::single(version),
         };
@@ -257,7 +261,7 @@ impl Platform {
         let mut replaced = false;
         let mut change = |current: Option<&VersionsRecord>| {
             replaced = current.is_some();
-            next_record(current, template.clone(), options.canary, keep).map(Some)
+            next_record(current, template.clone(), options, keep).map(Some)
         };
         let (record, revision) = coordinator.commit(&template.name, &mut change).await?;
         let record = record.ok_or_else(|| {
@@ -791,7 +795,7 @@ fn committed_but_change(name: &str, e: DeployError) -> DeployError {
 fn next_record(
     current: Option<&VersionsRecord>,
     mut version: FunctionRecord,
-    canary: Option<u8>,
+    options: DeployOptions,
     keep: usize,
 ) -> Result<VersionsRecord, DeployError> {
     let Some(current) = current else {
@@ -804,10 +808,10 @@ fn next_record(
     };
     let generation = current.versions.last().map_or(0, |v| v.generation) + 1;
     version.generation = generation;
-    let traffic = match canary {
+    let traffic = match options.canary {
         Some(percent) => current
             .traffic
-            .with_canary(generation, percent)
+            .with_canary(generation, percent, options.keep_pinned)
             .map_err(|e| DeployError::BadRequest(e.to_string()))?,
         None => TrafficSplit::single(generation),
     };

@@ -12,6 +12,7 @@
 //! | concurrency | a per-function semaphore before admission, with a bounded wait queue | 503 + `Retry-After` |
 //! | instance slots | the host-wide admission semaphore in front of the pooling allocator | 503 + `Retry-After` |
 //! | memory | the store's limiter: a `memory.grow` past it traps | 500 |
+//! | host resources | the store's resource table and handle cap ([`crate::guest::host`]): a push past `max_host_resources` traps | 500 |
 //! | wall-clock timeout | epoch deadlines (the guest yields every tick, traps at the deadline) | 504 |
 //! | CPU fuel | wasmtime fuel, only on hosts started with `--fuel-metering` | 504 |
 //! | response body | counted as hyper sends it (CGI: as the module writes stdout, [`crate::cgi_output`]); past the limit the guest is stopped | 502, or a cut connection once streaming |

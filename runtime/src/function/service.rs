@@ -185,9 +185,11 @@ impl HandlerState for ServiceWorkers {
                 (store, proxy, permit, StartKind::Fresh, started.elapsed())
             }
         };
-        let ticks = Arc::new(AtomicU64::new(function.deadline_ticks));
+        let deadline = Arc::new(AtomicU64::new(crate::guest::deadline_after(
+            function.limits.timeout,
+        )));
         let expired = Arc::new(AtomicBool::new(false));
-        crate::guest::arm_shared_deadline(&mut store, ticks.clone());
+        crate::guest::arm_shared_deadline(&mut store, deadline.clone());
         let (max_requests, max_concurrent, idle) = match &function.reuse {
             Some(reuse) => (
                 reuse.max_requests as usize,
@@ -213,9 +215,8 @@ impl HandlerState for ServiceWorkers {
                 max_requests,
                 max_concurrent,
                 timeout,
-                deadline_ticks: function.deadline_ticks,
                 fuel: function.limits.fuel,
-                ticks,
+                deadline,
                 first: Mutex::new(Some((kind, instantiate))),
                 in_flight: Mutex::new(Vec::new()),
                 calls: Mutex::new(Vec::new()),
@@ -233,10 +234,9 @@ pub struct Worker {
     max_requests: usize,
     max_concurrent: usize,
     timeout: Duration,
-    deadline_ticks: u64,
     fuel: Option<u64>,
-    /// The store's epoch budget (see [`crate::guest::arm_shared_deadline`]).
-    ticks: Arc<AtomicU64>,
+    /// When the store is interrupted (see [`crate::guest::arm_shared_deadline`]).
+    deadline: Arc<AtomicU64>,
     /// How the instance was obtained, told to the first request.
     first: Mutex<Option<(StartKind, Duration)>>,
     /// Where to tell the requests accepted so far why the instance failed.
@@ -272,7 +272,8 @@ impl handler::WorkerState for Worker {
             .take()
             .unwrap_or((StartKind::PoolHit, Duration::ZERO));
         store.data_mut().begin_request(data.id, data.trace);
-        self.ticks.store(self.deadline_ticks, Ordering::Relaxed);
+        self.deadline
+            .store(crate::guest::deadline_after(self.timeout), Ordering::Relaxed);
         if let Some(fuel) = self.fuel {
             // Fuel is the store's, not the request's: a request start refills it.
             let _ = store.set_fuel(fuel);

@@ -7,9 +7,17 @@
 //! never written to disk, to a log line or to an admin answer (errors name the reference,
 //! not the value). A changed secret is seen by versions resolved after the change: the next
 //! deploy, or a restart.
+//!
+//! A `file:` secret must be a regular file. It is opened without blocking (a FIFO planted in
+//! the secrets directory would otherwise hang the open until something writes to it) and
+//! checked before it is read. A refusal names the reference (`file:NAME`), not the host's
+//! path. A deploy resolves its secrets on a blocking thread, with
+//! [`RESOLVE_TIMEOUT`], so a slow filesystem stalls that deploy, never the workers that
+//! serve requests.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -23,7 +31,30 @@ pub struct SecretSources {
     pub dir: Option<PathBuf>,
 }
 
+/// How long a deploy waits for its secrets.
+pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl SecretSources {
+    /// [`SecretSources::resolve`] on a blocking thread, within [`RESOLVE_TIMEOUT`].
+    pub async fn resolve_off_workers(
+        &self,
+        config: BTreeMap<String, ConfigValue>,
+    ) -> Result<WasiConfigVariables, String> {
+        if config.is_empty() {
+            return Ok(WasiConfigVariables::new());
+        }
+        let sources = self.clone();
+        let resolving = tokio::task::spawn_blocking(move || sources.resolve(&config));
+        match tokio::time::timeout(RESOLVE_TIMEOUT, resolving).await {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(e)) => Err(format!("resolving secrets failed: {e}")),
+            Err(_) => Err(format!(
+                "resolving secrets took longer than {} s",
+                RESOLVE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
     /// A function's configuration with its secrets resolved, or the first reference that
     /// cannot be (named, with what is missing).
     pub fn resolve(
@@ -55,12 +86,19 @@ impl SecretSources {
                     .as_ref()
                     .ok_or("the host has no secrets directory (thaw serve --secrets-dir DIR)")?;
                 let path = dir.join(name);
-                let file = std::fs::File::open(&path)
-                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+                    .map_err(|e| format!("cannot open it: {}", e.kind()))?;
+                let regular = file.metadata().is_ok_and(|m| m.file_type().is_file());
+                if !regular {
+                    return Err("not a regular file".into());
+                }
                 let mut text = String::new();
                 file.take(MAX_SECRET_BYTES as u64 + 1)
                     .read_to_string(&mut text)
-                    .map_err(|e| format!("cannot read {} as text: {e}", path.display()))?;
+                    .map_err(|e| format!("cannot read it as text: {}", e.kind()))?;
                 // A trailing newline is how editors and `echo` end files, not part of the value.
                 if text.ends_with('\n') {
                     text.pop();
@@ -107,5 +145,29 @@ mod tests {
             e.contains("THAW_SECRET_THAW_TEST_SURELY_UNSET is not set"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a valid, NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let sources = SecretSources {
+            dir: Some(dir.path().to_owned()),
+        };
+        for name in ["fifo", "sub"] {
+            let config: BTreeMap<String, ConfigValue> =
+                serde_json::from_str(&format!(r#"{{"k": {{"secret": "file:{name}"}}}}"#))
+                    .unwrap();
+            // Nothing writes to the FIFO: a blocking open would hang here forever.
+            let Err(e) = sources.resolve(&config) else {
+                panic!("{name} resolved")
+            };
+            assert!(e.contains("not a regular file"), "{e}");
+            assert!(e.contains(&format!("file:{name}")), "{e}");
+        }
     }
 }

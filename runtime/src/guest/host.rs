@@ -6,6 +6,27 @@
 //! allow-list shared from the function. Building a WASI context, an HTTP context and a
 //! resource table is a few allocations.
 //!
+//! # Host memory a guest can hold
+//! A guest's linear memory is bounded by its limiter, but the objects it creates through
+//! WASI live in the host's heap: a `fields` resource, an outgoing body's buffered chunks, a
+//! pollable. wasmtime's defaults allow 128 KiB per `fields`, 1 MiB chunks and a million table
+//! entries, so one instance could pin gigabytes. Here every store gets:
+//! - a [`ResourceTable`] capped at the function's `max_host_resources` (default 1,024), and
+//!   the store's component handles at twice that (the guest's own handles and p3's streams
+//!   and futures count there too; the table's cap, which is typed, is meant to hit first);
+//! - `fields` capped at [`MAX_FIELDS_BYTES`] (32 KiB: four times a typical proxy's whole
+//!   header section; wasmtime's default is 128 KiB);
+//! - outgoing bodies that buffer at most two chunks of [`BODY_CHUNK_BYTES`] (64 KiB, against
+//!   1 MiB) before the guest must wait for the reader.
+//!
+//! So each table entry holds at most about 64 KiB
+//! ([`HOST_RESOURCE_BYTES`](crate::spec::HOST_RESOURCE_BYTES)), and one instance at most
+//! `max_host_resources` × 64 KiB (64 MiB at the default). A push past the cap fails with a
+//! typed [`ResourceTableError::Full`](wasmtime::component::ResourceTableError), a trap the
+//! request path counts as a `host_resources` limit hit. The smaller chunks cost a streaming
+//! guest more wake-ups per megabyte, not throughput worth measuring: hyper writes 16 KiB
+//! frames anyway.
+//!
 //! No ambient authority: a guest sees the environment variables of its spec and nothing of
 //! the host's, no directory unless the spec grants one, and no network but `wasi:http`
 //! requests its allow-list permits. `wasi:sockets` is linked (the standard WASI imports must
@@ -29,6 +50,13 @@ use super::log::GuestLog;
 use crate::outbound::AllowList;
 use crate::spec::Limits;
 use crate::telemetry::OutboundTrace;
+
+/// Largest content of one `fields` resource a guest creates (names, values and wasmtime's
+/// per-entry overhead, as it counts them).
+pub const MAX_FIELDS_BYTES: usize = 32 << 10;
+/// Largest chunk of an outgoing body the host copies out of the guest in one write; a p2
+/// body buffers at most two of them.
+pub const BODY_CHUNK_BYTES: usize = 64 << 10;
 
 /// Store data for a `wasi:http` component.
 pub struct ProxyHost {
@@ -69,10 +97,14 @@ impl ProxyHost {
             .stdout(log("stdout"))
             .stderr(log("stderr"));
         super::grant_dirs(&mut wasi, config);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(config.limits.max_host_resources as usize);
         Self {
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             outbound: OutboundPolicy {
                 function: config.name.clone(),
                 allow: config.outbound.clone(),
@@ -133,6 +165,18 @@ type SendRequestFuture = Box<
 >;
 
 impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
+    fn p3_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,

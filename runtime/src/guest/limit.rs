@@ -35,11 +35,13 @@ pub enum Limit {
     KvKeys,
     /// More key-value bytes than the function may have.
     KvBytes,
+    /// More host resources (fields, bodies, streams, pollables) than one instance may hold.
+    HostResources,
 }
 
 impl Limit {
     /// Every limit, in reporting order.
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::Timeout,
         Limit::Fuel,
         Limit::Memory,
@@ -53,6 +55,7 @@ impl Limit {
         Limit::KvValueSize,
         Limit::KvKeys,
         Limit::KvBytes,
+        Limit::HostResources,
     ];
 
     /// The name in logs and in the admin API.
@@ -71,6 +74,7 @@ impl Limit {
             Limit::KvValueSize => "kv_value_size",
             Limit::KvKeys => "kv_keys",
             Limit::KvBytes => "kv_bytes",
+            Limit::HostResources => "host_resources",
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct GuestConfig<'a> {
 pub fn proxy_store(engine: &Engine, config: &GuestConfig<'_>) -> Store<ProxyHost> {
     let mut store = Store::new(engine, ProxyHost::new(config));
     store.limiter(|host| &mut host.limiter);
+    // See [`host`]'s "Host memory a guest can hold": twice the table's cap, so that the
+    // table's typed error is what a guest hoarding host resources runs into.
+    store.set_max_component_handles(2 * config.limits.max_host_resources as usize);
     arm_fuel(&mut store, config.limits);
     arm_deadline(&mut store, config.deadline_ticks);
     store
@@ -150,24 +153,40 @@ pub fn arm_deadline<T: 'static>(store: &mut Store<T>, ticks: u64) {
 }
 
 /// Like [`arm_deadline`], for a store whose requests overlap (a WASIp3 instance): the
-/// remaining ticks live in `remaining`, which each request's start sets back to the full
-/// budget, so the store is interrupted once its most recent request has run past its
-/// timeout. A backstop: each request's own timeout is enforced outside the store (see
-/// [`crate::function::service`]); this catches a guest that spins without yielding to it.
+/// store is interrupted once the instant in `deadline` ([`deadline_after`]) has passed,
+/// which each request's start moves to its own timeout, so the store runs until its most
+/// recent request has run past its timeout. A backstop: each request's own timeout is
+/// enforced outside the store (see [`crate::function::service`]); this catches a guest that
+/// spins without yielding to it.
+///
+/// The deadline is a clock reading, not a count of ticks: a tick is only counted when it
+/// finds the guest in wasm code, and a p3 guest can spend most of its time in the host
+/// (spawning and switching between tens of thousands of tasks), where a tick count would
+/// fall behind the clock by seconds. The clock is read once per tick.
 pub fn arm_shared_deadline<T: 'static>(
     store: &mut Store<T>,
-    remaining: Arc<std::sync::atomic::AtomicU64>,
+    deadline: Arc<std::sync::atomic::AtomicU64>,
 ) {
     use std::sync::atomic::Ordering;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        let left = remaining.load(Ordering::Relaxed);
-        if left == 0 {
+        if clock_nanos() >= deadline.load(Ordering::Relaxed) {
             return Ok(UpdateDeadline::Interrupt);
         }
-        remaining.store(left - 1, Ordering::Relaxed);
         Ok(UpdateDeadline::Yield(1))
     });
+}
+
+/// The value for [`arm_shared_deadline`]'s `deadline` that passes `timeout` from now.
+pub fn deadline_after(timeout: std::time::Duration) -> u64 {
+    clock_nanos().saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Monotonic nanoseconds since the first call in this process.
+fn clock_nanos() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(std::time::Instant::now);
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Gives a store its CPU fuel for one request, on a host that meters fuel.

@@ -22,7 +22,8 @@
 //! A deploy body is either `multipart/form-data` with a `wasm` part (the binary) and an
 //! optional `spec` part (JSON, see [`FunctionSpec`]), or the raw wasm with any other content
 //! type (the default spec). `?canary=P` makes the new version take P% beside the versions
-//! already serving instead of all traffic. In a cluster, `?wait=N` answers once N nodes
+//! already serving instead of all traffic (versions that were only pinnable, at 0%, leave
+//! the split unless `&keep_pinned=true`). In a cluster, `?wait=N` answers once N nodes
 //! report the new version ready (or after `wait_s`, default 60, with 504 and the count). Errors are `{"error": "..."}` with the reason.
 //! The version operations answer with the function's versions ([`VersionsInfo`]).
 //!
@@ -61,18 +62,78 @@ pub struct AdminContext {
     pub history: Arc<History>,
     /// The cluster this node is in, if any.
     pub cluster: Option<Arc<Cluster>>,
+    /// Log followers per client address.
+    pub followers: ClientFollowers,
 }
 
-/// Handles one admin request.
-pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Log followers one client address may have open at once, across functions; past it, 429.
+/// (Each function also takes at most [`MAX_FOLLOWERS`](crate::guest::log::MAX_FOLLOWERS).)
+pub const MAX_FOLLOWERS_PER_CLIENT: usize = 8;
+
+/// Log followers per client address.
+#[derive(Default)]
+pub struct ClientFollowers(Arc<dashmap::DashMap<std::net::IpAddr, usize>>);
+
+/// A client's place among its followers, given back when dropped.
+struct ClientFollower(Arc<dashmap::DashMap<std::net::IpAddr, usize>>, std::net::IpAddr);
+
+impl ClientFollowers {
+    fn enter(&self, client: std::net::IpAddr) -> Option<ClientFollower> {
+        let mut count = self.0.entry(client).or_insert(0);
+        if *count >= MAX_FOLLOWERS_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(ClientFollower(self.0.clone(), client))
+    }
+}
+
+impl Drop for ClientFollower {
+    fn drop(&mut self) {
+        self.0.remove_if_mut(&self.1, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+    }
+}
+
+/// Handles one admin request from `client`. Every answer carries `Cache-Control: no-store`
+/// (nothing the admin API says belongs in a shared or browser cache) and
+/// `X-Content-Type-Options: nosniff` (a browser never reads JSON or logs as a page).
+pub async fn handle(
+    cx: Arc<AdminContext>,
+    req: Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Response<ResponseBody> {
+    let mut response = route(cx, req, client).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+async fn route(
+    cx: Arc<AdminContext>,
+    req: Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Response<ResponseBody> {
     if super::ui::is_ui(req.uri().path()) {
-        return super::ui::handle(&cx.auth, req).await;
+        return super::ui::handle(&cx.auth, req, client).await;
     }
     if let Some(blob) = peer_blob(req.uri().path()) {
         return peer(cx.cluster.as_deref(), &req, blob).await;
     }
+    if let Some(wait) = cx.auth.failures.backing_off(client) {
+        return super::auth::too_many_failures(wait);
+    }
     if !cx.auth.allows(req.headers(), req.method()) {
-        tracing::info!(method = %req.method(), path = %req.uri().path(), "admin request refused: missing or wrong token");
+        cx.auth.failures.failed(client, "admin request");
         let mut response = error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token (Authorization: Bearer <token>)",
@@ -90,7 +151,7 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &platform.status()),
         (Method::GET, ["v1", "history"]) => json(StatusCode::OK, &cx.history.view(platform)),
-        (Method::GET, ["metrics"]) => metrics(platform, &req),
+        (Method::GET, ["metrics"]) => metrics(platform, &req).await,
         (Method::GET, ["v1", "functions"]) => {
             let all: Vec<FunctionInfo> = platform
                 .registry()
@@ -135,7 +196,11 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
                     );
                 }
             }
-            match deploy(platform, &name, req, max_upload, query.canary).await {
+            let options = DeployOptions {
+                canary: query.canary,
+                keep_pinned: query.keep_pinned,
+            };
+            match deploy(platform, &name, req, max_upload, options).await {
                 Ok(deployed) => {
                     let mut status = if deployed.replaced {
                         StatusCode::OK
@@ -215,7 +280,7 @@ pub async fn handle(cx: Arc<AdminContext>, req: Request<Incoming>) -> Response<R
         }
         (Method::GET, ["v1", "functions", name, "logs"]) => match platform.registry().get(name) {
             Some(set) => match LogQuery::parse(req.uri().query().unwrap_or("")) {
-                Ok(query) => logs(set, query),
+                Ok(query) => logs(set, query, &cx.followers, client),
                 Err(e) => error(StatusCode::BAD_REQUEST, &e),
             },
             None => error(
@@ -286,8 +351,34 @@ const FOLLOW_WINDOW: std::time::Duration = std::time::Duration::from_secs(25);
 /// `follow`, lines written later are sent as they come, for [`FOLLOW_WINDOW`]. The
 /// `x-thaw-log-dropped` header says how many old lines the bounded buffer has evicted, and
 /// `x-thaw-log-seq` the last line's `seq` when the response began (resume after it).
-fn logs(set: Arc<VersionSet>, query: LogQuery) -> Response<ResponseBody> {
+/// Followers are capped per function and per client (429 past either).
+fn logs(
+    set: Arc<VersionSet>,
+    query: LogQuery,
+    followers: &ClientFollowers,
+    client: std::net::IpAddr,
+) -> Response<ResponseBody> {
     let log = set.primary().log.clone();
+    let places = if query.follow {
+        let Some(function_place) = log.follow() else {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "{} followers already follow this function",
+                    crate::guest::log::MAX_FOLLOWERS
+                ),
+            );
+        };
+        let Some(client_place) = followers.enter(client) else {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("this address already follows {MAX_FOLLOWERS_PER_CLIENT} logs"),
+            );
+        };
+        Some((function_place, client_place))
+    } else {
+        None
+    };
     let dropped = log.dropped();
     let deadline = tokio::time::Instant::now() + FOLLOW_WINDOW;
     let (first, last_seq) = log.read(query.after, query.since_ms, query.tail);
@@ -300,8 +391,10 @@ fn logs(set: Arc<VersionSet>, query: LogQuery) -> Response<ResponseBody> {
         },
         first,
         true,
+        // The follower's places, held for as long as the response streams.
+        places,
     );
-    let stream = futures::stream::unfold(state, move |(log, query, lines, first)| async move {
+    let stream = futures::stream::unfold(state, move |(log, query, lines, first, places)| async move {
         if !first && !query.follow {
             return None;
         }
@@ -318,6 +411,9 @@ fn logs(set: Arc<VersionSet>, query: LogQuery) -> Response<ResponseBody> {
                 if tokio::time::timeout_at(deadline, changed).await.is_err() {
                     return None;
                 }
+                // Let the burst that woke us gather: one read for many lines.
+                let batch = tokio::time::Instant::now() + crate::guest::log::FOLLOW_BATCH;
+                tokio::time::sleep_until(batch.min(deadline)).await;
             }
         }
         let mut chunk = Vec::with_capacity(lines.len() * 96);
@@ -338,7 +434,7 @@ fn logs(set: Arc<VersionSet>, query: LogQuery) -> Response<ResponseBody> {
         let query = LogQuery { after, ..query };
         Some((
             Ok::<_, wasmtime_wasi_http::Error>(hyper::body::Frame::data(Bytes::from(chunk))),
-            (log, query, Vec::new(), false),
+            (log, query, Vec::new(), false, places),
         ))
     });
     let mut response = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
@@ -362,7 +458,7 @@ pub async fn handle_metrics_only(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     if req.method() == Method::GET && req.uri().path() == "/metrics" {
-        metrics(&platform, &req)
+        metrics(&platform, &req).await
     } else {
         error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
     }
@@ -370,14 +466,14 @@ pub async fn handle_metrics_only(
 
 /// The Prometheus exposition, for the admin listener and `--metrics-listen`: OpenMetrics
 /// when the scraper asks for it (Prometheus does), the classic text format otherwise.
-pub fn metrics(platform: &Arc<Platform>, req: &Request<Incoming>) -> Response<ResponseBody> {
+pub async fn metrics(platform: &Arc<Platform>, req: &Request<Incoming>) -> Response<ResponseBody> {
     let openmetrics = crate::metrics::wants_openmetrics(
         req.headers()
             .get(http::header::ACCEPT)
             .map(|v| v.as_bytes()),
     );
-    let body = crate::metrics::render(platform, openmetrics);
-    let mut response = Response::new(full(Bytes::from(body)));
+    let body = platform.exposition().get(platform, openmetrics).await;
+    let mut response = Response::new(full(body));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(if openmetrics {
@@ -519,9 +615,8 @@ async fn deploy(
     name: &str,
     req: Request<Incoming>,
     max_upload: u64,
-    canary: Option<u8>,
+    options: DeployOptions,
 ) -> Result<Deployed, DeployError> {
-    let options = DeployOptions { canary };
     let content_type = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -548,9 +643,10 @@ async fn deploy(
     platform.deploy_with(name, spec, wasm, options).await
 }
 
-/// A deploy's query: `canary=P`, `wait=N`, `wait_s=S`.
+/// A deploy's query: `canary=P`, `keep_pinned=true`, `wait=N`, `wait_s=S`.
 struct DeployQuery {
     canary: Option<u8>,
+    keep_pinned: bool,
     wait: Option<usize>,
     wait_for: std::time::Duration,
 }
@@ -559,6 +655,7 @@ impl DeployQuery {
     fn parse(query: &str) -> Result<Self, DeployError> {
         let mut parsed = Self {
             canary: None,
+            keep_pinned: false,
             wait: None,
             wait_for: std::time::Duration::from_secs(60),
         };
@@ -576,6 +673,17 @@ impl DeployQuery {
                                 ))
                             })?,
                     )
+                }
+                Some(("keep_pinned", value)) => {
+                    parsed.keep_pinned = match value {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(DeployError::BadRequest(format!(
+                                "keep_pinned={value:?} is not true or false"
+                            )));
+                        }
+                    }
                 }
                 Some(("wait", value)) => {
                     parsed.wait = Some(value.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(
@@ -596,7 +704,7 @@ impl DeployQuery {
                 }
                 _ => {
                     return Err(DeployError::BadRequest(format!(
-                        "unknown deploy parameter {pair:?} (canary=PERCENT, wait=NODES, wait_s=SECONDS)"
+                        "unknown deploy parameter {pair:?} (canary=PERCENT, keep_pinned=BOOL, wait=NODES, wait_s=SECONDS)"
                     )));
                 }
             }

@@ -5,7 +5,15 @@
 //! or else from `<data-dir>/admin.token`, which the first start creates with 256 random bits
 //! and owner-only permissions (0600) and announces once. The CLI finds the same file when it
 //! runs beside the server (same user, same data directory), so local use needs no setup.
-//! Tokens are compared in constant time.
+//! Tokens are compared in constant time, as SHA-256 digests: a comparison of the raw bytes
+//! would return early on a length mismatch and tell an attacker the token's length.
+//!
+//! # Failed attempts
+//! A client address that fails [`MAX_FAILURES`] times within [`FAILURE_WINDOW`] is answered
+//! 429 (with `Retry-After`) until the window ends, without its token being checked: guessing
+//! 256 random bits is hopeless anyway, but a weak operator-chosen token is not, and each try
+//! costs a log line. Refusals are logged once per address and window, then summed up ("N
+//! failed logins from A in the last minute") instead of a line each.
 //!
 //! # Dashboard sessions
 //! A browser cannot be trusted to keep a bearer token out of history, bookmarks and other
@@ -45,9 +53,9 @@ pub const TOKEN_FILE: &str = "admin.token";
 /// Shortest token accepted (the generated ones are 64 hex characters).
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// The admin API's secret.
+/// The admin API's secret, and its SHA-256 digest (what presented tokens are compared with).
 #[derive(Clone)]
-pub struct AdminToken(String);
+pub struct AdminToken(String, [u8; 32]);
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,7 +75,7 @@ impl AdminToken {
                 token.len() >= MIN_TOKEN_LEN,
                 "the admin token must be at least {MIN_TOKEN_LEN} characters"
             );
-            return Ok((Self(token.to_owned()), None));
+            return Ok((Self::new(token.to_owned()), None));
         }
         let path = data_dir.join(TOKEN_FILE);
         if let Some(token) = read_token(&path)? {
@@ -79,7 +87,7 @@ impl AdminToken {
                 path.display(),
                 token.len()
             );
-            return Ok((Self(token), None));
+            return Ok((Self::new(token), None));
         }
         let mut bytes = [0u8; 32];
         getrandom::getrandom(&mut bytes)
@@ -105,7 +113,12 @@ impl AdminToken {
         })();
         let _ = std::fs::remove_file(&tmp);
         written.with_context(|| format!("creating {}", path.display()))?;
-        Ok((Self(token), Some(path)))
+        Ok((Self::new(token), Some(path)))
+    }
+
+    fn new(token: String) -> Self {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into();
+        Self(token, digest)
     }
 
     /// Whether an `Authorization` header value carries this token.
@@ -113,7 +126,8 @@ impl AdminToken {
         let Some(presented) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
             return false;
         };
-        bool::from(presented.ct_eq(self.0.as_bytes()))
+        let presented: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(presented).into();
+        bool::from(presented.ct_eq(&self.1))
     }
 
     /// The token itself (to print it once, or hand it to a client).
@@ -266,6 +280,88 @@ pub struct AdminAuth {
     pub token: AdminToken,
     /// The dashboard's sessions.
     pub sessions: Arc<Sessions>,
+    /// Failed attempts per client address.
+    pub failures: Arc<FailedAttempts>,
+}
+
+/// Failed attempts from one address within [`FAILURE_WINDOW`] before it is refused outright.
+pub const MAX_FAILURES: u32 = 10;
+
+/// The window failed attempts are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Addresses tracked at once; past it the stalest windows are forgotten first.
+const MAX_TRACKED: usize = 4096;
+
+/// Failed authentication per client address (see the module's "Failed attempts").
+#[derive(Default)]
+pub struct FailedAttempts(Mutex<HashMap<std::net::IpAddr, Window>>);
+
+struct Window {
+    started: Instant,
+    failures: u32,
+}
+
+impl FailedAttempts {
+    /// How long `client` must still wait, if it has used up its attempts.
+    pub fn backing_off(&self, client: std::net::IpAddr) -> Option<Duration> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let window = map.get(&client)?;
+        let left = FAILURE_WINDOW.checked_sub(window.started.elapsed())?;
+        (window.failures >= MAX_FAILURES && !left.is_zero()).then_some(left)
+    }
+
+    /// Counts a failed attempt by `client` at `what`, and logs it: the first of a window
+    /// in full, the rest summed up when the window ends (or when the address is cut off).
+    pub fn failed(&self, client: std::net::IpAddr, what: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if map.len() >= MAX_TRACKED && !map.contains_key(&client) {
+            map.retain(|_, w| now.duration_since(w.started) < FAILURE_WINDOW);
+            if map.len() >= MAX_TRACKED
+                && let Some(oldest) = map.iter().min_by_key(|(_, w)| w.started).map(|(a, _)| *a)
+            {
+                map.remove(&oldest);
+            }
+        }
+        let window = map.entry(client).or_insert(Window {
+            started: now,
+            failures: 0,
+        });
+        if now.duration_since(window.started) >= FAILURE_WINDOW {
+            if window.failures > 1 {
+                tracing::warn!(%client, "{} failed logins from {client} in the last minute", window.failures);
+            }
+            *window = Window {
+                started: now,
+                failures: 0,
+            };
+        }
+        window.failures += 1;
+        match window.failures {
+            1 => tracing::info!(%client, "{what} refused: missing or wrong admin token"),
+            MAX_FAILURES => tracing::warn!(%client, "{MAX_FAILURES} failed logins from {client} in the last minute: refusing it until the minute is over"),
+            _ => {}
+        }
+    }
+}
+
+/// The answer to an address that used up its attempts.
+pub fn too_many_failures(wait: Duration) -> http::Response<crate::invoke::body::ResponseBody> {
+    let mut response = http::Response::new(crate::invoke::body::full(bytes::Bytes::from_static(
+        b"{\"error\":\"too many failed attempts from this address; retry later\"}",
+    )));
+    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(wait.as_secs().max(1)),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 impl AdminAuth {
@@ -274,6 +370,7 @@ impl AdminAuth {
         Self {
             token,
             sessions: Arc::default(),
+            failures: Arc::default(),
         }
     }
 
@@ -350,7 +447,7 @@ mod tests {
 
     #[test]
     fn sessions_need_their_cookie_and_the_ui_header_to_change_things() {
-        let auth = AdminAuth::new(AdminToken("0123456789abcdef".into()));
+        let auth = AdminAuth::new(AdminToken::new("0123456789abcdef".into()));
         let id = auth.sessions.create().unwrap();
         let with = |cookie: &str, ui: bool| {
             let mut headers = http::HeaderMap::new();

@@ -77,6 +77,10 @@ pub async fn serve_functions(
                 "/readyz" => return probe(platform.ready()),
                 _ => {}
             }
+            if let Err(why) = check_target(&req) {
+                tracing::debug!(remote = %peer.remote, "refused a request: {why}");
+                return InvokeError::BadRequest(why.into()).into_response();
+            }
             let Some(set) = platform.registry().route(req.uri().path()) else {
                 return InvokeError::NotFound.into_response();
             };
@@ -100,13 +104,72 @@ pub async fn serve_functions(
     .await
 }
 
-/// `GET /healthz`: the process serves, so always 200; the body is `ok`, or why the host is
-/// degraded (a cluster node that cannot reach etcd serves what it knows and refuses
-/// changes: a liveness probe must not restart it for that, so the status stays 200).
+/// What a request's target and `Host` must be before it is routed; the reason if not.
+///
+/// - **No dot segments, no encoded `/` or `.` in a segment.** Routing matches the path as
+///   sent. A proxy in front that normalises `/a/../b` to `/b` for its access rules but
+///   forwards the raw target would otherwise let `/allowed/../denied` reach a function it
+///   denies, and a CGI module would see `PATH_INFO=/../..`. Such a path is never what a
+///   client means by a function's route, so it is refused rather than normalised: both
+///   readings of it stay impossible. Every executor is behind this check.
+/// - **`Host` per RFC 9112 §3.2:** exactly one on HTTP/1.1 (none is allowed on HTTP/1.0),
+///   and a valid authority. An absolute-form target (`GET http://h/p`) names the host
+///   itself; the executors take its authority over `Host`.
+pub fn check_target<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let path = req.uri().path();
+    for segment in path.split('/') {
+        if segment == "." || segment == ".." {
+            return Err("a dot segment in the path");
+        }
+        let bytes = segment.as_bytes();
+        let encoded = bytes.windows(3).any(|w| {
+            w[0] == b'%' && matches!((w[1], w[2].to_ascii_uppercase()), (b'2', b'F' | b'E') | (b'5', b'C'))
+        });
+        if encoded {
+            return Err("an encoded '/', '\\' or '.' in the path");
+        }
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err("more than one Host field"),
+        (None, _) if req.version() == http::Version::HTTP_11 => {
+            return Err("no Host field (HTTP/1.1 requires one)");
+        }
+        (Some(host), None) => {
+            let valid = std::str::from_utf8(host.as_bytes())
+                .ok()
+                .filter(|h| !h.contains(['/', '?', '#', '@']))
+                .is_some_and(|h| h.is_empty() || h.parse::<http::uri::Authority>().is_ok());
+            if !valid {
+                return Err("an invalid Host field");
+            }
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// `GET /healthz`: the process serves, so always 200; the body is `ok`, or `degraded` (a
+/// cluster node that cannot reach etcd serves what it knows and refuses changes: a liveness
+/// probe must not restart it for that, so the status stays 200). The reason goes to the log
+/// (when it changes) and to the authenticated `GET /v1/cluster`, never to this
+/// unauthenticated answer: it can name internal addresses.
 fn health(state: Result<(), String>) -> Response<ResponseBody> {
+    static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let reason = state.as_ref().err();
+    if last.as_ref() != reason {
+        match reason {
+            Some(reason) => tracing::warn!("health: degraded: {reason}"),
+            None if last.is_some() => tracing::info!("health: ok again"),
+            None => {}
+        }
+        *last = reason.cloned();
+    }
+    drop(last);
     let mut response = probe(Ok(()));
-    if let Err(reason) = state {
-        *response.body_mut() = crate::invoke::body::full(bytes::Bytes::from(reason + "\n"));
+    if state.is_err() {
+        *response.body_mut() = crate::invoke::body::full(bytes::Bytes::from_static(b"degraded\n"));
     }
     response
 }

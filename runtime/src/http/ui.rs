@@ -6,7 +6,7 @@
 //! | `GET /ui`         | the page (a login form until a session exists)         |
 //! | `GET /ui/app.js`, `/ui/style.css` | its script and style                   |
 //! | `POST /ui/login`  | `token=<admin token>` (form body) → session cookie, 303 to `/ui` |
-//! | `POST /ui/logout` | ends the session                                       |
+//! | `POST /ui/logout` | ends the session (with `x-thaw-ui`, like every change; else 403) |
 //!
 //! The page holds no data and no secret: everything it shows comes from the admin API
 //! (`/v1/...`, `/metrics`), which the session cookie opens (see [`super::auth`] for the
@@ -47,12 +47,19 @@ pub fn is_ui(path: &str) -> bool {
 
 /// Serves a dashboard request (no authentication needed to reach these: the page is
 /// public, login checks the token, logout needs the session).
-pub async fn handle(auth: &AdminAuth, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    auth: &AdminAuth,
+    req: Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Response<ResponseBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ui" | "/ui/") => asset(INDEX, "text/html; charset=utf-8"),
         (&Method::GET, "/ui/app.js") => asset(SCRIPT, "text/javascript; charset=utf-8"),
         (&Method::GET, "/ui/style.css") => asset(STYLE, "text/css; charset=utf-8"),
-        (&Method::POST, "/ui/login") => login(auth, req).await,
+        (&Method::POST, "/ui/login") => login(auth, req, client).await,
+        (&Method::POST, "/ui/logout") if !req.headers().contains_key(super::auth::UI_HEADER) => {
+            status(StatusCode::FORBIDDEN)
+        }
         (&Method::POST, "/ui/logout") => {
             let cookies = req.headers().get(http::header::COOKIE);
             if let Some(id) = auth.sessions.find(cookies.map(|v| v.as_bytes())) {
@@ -72,7 +79,14 @@ pub async fn handle(auth: &AdminAuth, req: Request<Incoming>) -> Response<Respon
 
 /// `token=...` in a form body: a session cookie and a redirect to the page, or the page's
 /// login form again with `#denied` (no secret in the URL either way).
-async fn login(auth: &AdminAuth, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn login(
+    auth: &AdminAuth,
+    req: Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Response<ResponseBody> {
+    if let Some(wait) = auth.failures.backing_off(client) {
+        return super::auth::too_many_failures(wait);
+    }
     let body = match http_body_util::Limited::new(req.into_body(), MAX_LOGIN_BYTES)
         .collect()
         .await
@@ -86,7 +100,7 @@ async fn login(auth: &AdminAuth, req: Request<Incoming>) -> Response<ResponseBod
         .unwrap_or_default();
     let bearer = format!("Bearer {}", token.trim());
     if !auth.token.accepts(Some(bearer.as_bytes())) {
-        tracing::info!("dashboard login refused: wrong token");
+        auth.failures.failed(client, "dashboard login");
         let mut response = redirect(None);
         response.headers_mut().insert(
             http::header::LOCATION,

@@ -55,6 +55,7 @@ pub(super) async fn call(
             content_length: Some(body.len() as u64),
             remote_addr: peer.remote,
             server_addr: peer.local,
+            authority: parts.uri.authority().map(|a| a.as_str()),
         },
         &mut env,
     );

@@ -6,6 +6,7 @@
 
 use http::{HeaderValue, Response, StatusCode};
 use wasmtime::Trap;
+use wasmtime::component::ResourceTableError;
 
 use super::body::{ResponseBody, full};
 use crate::guest::limit::Limit;
@@ -45,6 +46,9 @@ pub enum InvokeError {
     /// The guest tried to grow its memory past the limit.
     #[error("function hit its memory limit: {0}")]
     MemoryLimit(String),
+    /// The guest held more host resources than its `max_host_resources`.
+    #[error("function hit its host resource limit: {0}")]
+    HostResourceLimit(String),
     /// The guest's response body went past the limit.
     #[error("response body over the limit of {0} bytes; the function was stopped")]
     ResponseTooLarge(u64),
@@ -61,7 +65,11 @@ pub enum InvokeError {
     /// way of saying "I failed"); `wasmtime serve` answers 500 for it, and so does thaw.
     #[error("the function answered with an error: {0}")]
     GuestError(String),
-    /// The guest's response is malformed (CGI output), or it never sent one.
+    /// The guest returned without setting its response: its own fault, like a trap before
+    /// the response, so 500 (as `wasmtime serve` answers), not an upstream's 502.
+    #[error("the function returned without setting a response")]
+    NoResponse,
+    /// The guest's response is malformed (CGI output, a status that is not final).
     #[error("bad response from function: {0}")]
     BadResponse(String),
     /// The request cannot be handed to the guest.
@@ -85,8 +93,10 @@ impl InvokeError {
             InvokeError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             InvokeError::Timeout | InvokeError::OutOfFuel => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::Trap(_)
+            | InvokeError::NoResponse
             | InvokeError::GuestError(_)
             | InvokeError::MemoryLimit(_)
+            | InvokeError::HostResourceLimit(_)
             | InvokeError::Exit(_)
             | InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::BadResponse(_) | InvokeError::ResponseTooLarge(_) => {
@@ -112,7 +122,9 @@ impl InvokeError {
             InvokeError::OutOfFuel => "function ran out of CPU time\n",
             InvokeError::Trap(_) => "function failed (trap)\n",
             InvokeError::GuestError(_) => "function failed (error code)\n",
+            InvokeError::NoResponse => "function failed (no response)\n",
             InvokeError::MemoryLimit(_) => "function failed (memory limit)\n",
+            InvokeError::HostResourceLimit(_) => "function failed (host resource limit)\n",
             InvokeError::ResponseTooLarge(_) => "function response too large\n",
             InvokeError::Exit(_) => "function failed (non-zero exit)\n",
             InvokeError::BadResponse(_) => "function sent a malformed response\n",
@@ -128,6 +140,7 @@ impl InvokeError {
             InvokeError::Timeout => Limit::Timeout,
             InvokeError::OutOfFuel => Limit::Fuel,
             InvokeError::MemoryLimit(_) => Limit::Memory,
+            InvokeError::HostResourceLimit(_) => Limit::HostResources,
             InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => Limit::Concurrency,
             InvokeError::BodyTooLarge(_) => Limit::RequestBody,
             InvokeError::BodyTooSlow { .. } => Limit::SlowRequestBody,
@@ -136,6 +149,7 @@ impl InvokeError {
             InvokeError::NotFound
             | InvokeError::NoSuchVersion
             | InvokeError::Trap(_)
+            | InvokeError::NoResponse
             | InvokeError::GuestError(_)
             | InvokeError::Exit(_)
             | InvokeError::BadResponse(_)
@@ -164,9 +178,10 @@ impl InvokeError {
 }
 
 /// Sorts a guest failure by type, never by message: an epoch interrupt is a timeout, running
-/// out of fuel or memory ([`MemoryLimitHit`], from thaw's own limiter) a limit hit,
-/// everything else a trap with its message (which names the trap code and, with `addr2line`,
-/// the guest's frames).
+/// out of fuel or memory ([`MemoryLimitHit`], from thaw's own limiter) or of host resources
+/// (a full [`ResourceTable`](wasmtime::component::ResourceTable), capped at the function's
+/// `max_host_resources`) a limit hit, everything else a trap with its message (which names
+/// the trap code and, with `addr2line`, the guest's frames).
 pub fn classify(error: wasmtime::Error) -> InvokeError {
     classify_ref(&error)
 }
@@ -178,6 +193,13 @@ pub fn classify_ref(error: &wasmtime::Error) -> InvokeError {
         Some(Trap::OutOfFuel) => InvokeError::OutOfFuel,
         _ if error.downcast_ref::<MemoryLimitHit>().is_some() => {
             InvokeError::MemoryLimit(format!("{error:?}"))
+        }
+        _ if matches!(
+            error.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        ) =>
+        {
+            InvokeError::HostResourceLimit(format!("{error:?}"))
         }
         _ => InvokeError::Trap(format!("{error:?}")),
     }
@@ -200,6 +222,8 @@ mod tests {
         })
         .context("error while executing at wasm backtrace");
         assert!(matches!(classify(memory), InvokeError::MemoryLimit(_)));
+        let full = wasmtime::Error::from(ResourceTableError::Full).context("fields.new");
+        assert!(matches!(classify(full), InvokeError::HostResourceLimit(_)));
         let trap = wasmtime::Error::from(Trap::UnreachableCodeReached);
         assert!(matches!(classify(trap), InvokeError::Trap(_)));
     }

@@ -116,9 +116,7 @@ pub(super) async fn call<B: RequestBody>(
         }
         Ok(Err(code)) => Err(InvokeError::GuestError(format!("{code:?}"))),
         Err(_) => match task.await {
-            Ok(Ok(())) => Err(InvokeError::BadResponse(
-                "the function returned without setting a response".into(),
-            )),
+            Ok(Ok(())) => Err(InvokeError::NoResponse),
             Ok(Err(e)) => Err(e),
             Err(join) => Err(InvokeError::Internal(format!("guest task failed: {join}"))),
         },

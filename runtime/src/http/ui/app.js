@@ -303,4 +303,11 @@ async function tick() {
 }
 
 document.getElementById('log-function').addEventListener('change', () => renderLogs().catch(() => {}));
+// Logging out changes something: like every change it carries x-thaw-ui, which a plain
+// form post (or another site's page) cannot add.
+document.getElementById('logout').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  await fetch('/ui/logout', { method: 'POST', credentials: 'same-origin', headers: { 'x-thaw-ui': '1' } });
+  location.replace('/ui');
+});
 tick();
