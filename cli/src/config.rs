@@ -412,6 +412,14 @@ impl ServeArgs {
             defaults.timeout_ms > 0,
             "the default timeout must be positive"
         );
+        let resources = thaw_runtime::spec::MIN_HOST_RESOURCES..=1 << 16;
+        anyhow::ensure!(
+            resources.contains(&defaults.max_host_resources),
+            "the default max_host_resources ({}) must be {}..={}",
+            defaults.max_host_resources,
+            resources.start(),
+            resources.end()
+        );
         let instance_slots = s.instance_slots.unwrap_or(DEFAULT_INSTANCE_SLOTS);
         anyhow::ensure!(instance_slots > 0, "--instance-slots must be at least 1");
         let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default).max(1));

@@ -51,25 +51,36 @@ pub const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The exposition's cache (see "Cached for a second"): the last rendering of each format.
 #[derive(Default)]
-pub struct Exposition(tokio::sync::Mutex<[Option<(std::time::Instant, bytes::Bytes)>; 2]>);
+pub struct Exposition(Arc<tokio::sync::Mutex<Cache>>);
+
+type Cache = [Option<(std::time::Instant, bytes::Bytes)>; 2];
 
 impl Exposition {
     /// The exposition, rendered at most [`CACHE_FOR`] ago.
+    ///
+    /// The lock and the rendering belong to a task of their own: a scraper that goes away
+    /// mid-request drops only its wait, so the rendering still finishes, fills the cache and
+    /// lets the next one in (a dropped guard would let each abandoned scrape start another
+    /// rendering).
     pub async fn get(&self, platform: &Arc<Platform>, openmetrics: bool) -> bytes::Bytes {
-        let mut cache = self.0.lock().await;
-        let slot = &mut cache[usize::from(openmetrics)];
-        if let Some((at, body)) = slot
-            && at.elapsed() < CACHE_FOR
-        {
-            return body.clone();
-        }
+        let cache = self.0.clone();
         let platform = platform.clone();
-        let body = tokio::task::spawn_blocking(move || render(&platform, openmetrics))
-            .await
-            .map(bytes::Bytes::from)
-            .unwrap_or_default();
-        *slot = Some((std::time::Instant::now(), body.clone()));
-        body
+        let rendering = tokio::spawn(async move {
+            let mut cache = cache.lock_owned().await;
+            let slot = &mut cache[usize::from(openmetrics)];
+            if let Some((at, body)) = slot
+                && at.elapsed() < CACHE_FOR
+            {
+                return Some(body.clone());
+            }
+            let body = tokio::task::spawn_blocking(move || render(&platform, openmetrics))
+                .await
+                .ok()
+                .map(bytes::Bytes::from)?;
+            *slot = Some((std::time::Instant::now(), body.clone()));
+            Some(body)
+        });
+        rendering.await.ok().flatten().unwrap_or_default()
     }
 }
 

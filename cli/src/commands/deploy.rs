@@ -119,12 +119,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let deployed = client
-                .deploy_with(
-                    &function.name,
-                    &function.spec(),
-                    wasm.into(),
-                    params(&args),
-                )
+                .deploy_with(&function.name, &function.spec(), wasm.into(), params(&args))
                 .await?;
             print_deployed(&deployed);
         }

@@ -30,6 +30,11 @@ pub struct InvokeArgs {
     /// Print the status line and headers too
     #[arg(long, short = 'i')]
     pub include: bool,
+    /// Write the body's bytes as they are even to a terminal; by default, on a terminal,
+    /// control characters (escape sequences, carriage returns) are shown escaped so a
+    /// function cannot drive it (into a pipe or a file the bytes always go as they are)
+    #[arg(long)]
+    pub raw: bool,
     /// Function traffic address of the host
     #[arg(
         long,
@@ -94,7 +99,11 @@ pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
         writeln!(out)?;
     }
     let bytes = response.bytes().await?;
-    out.write_all(&bytes)?;
+    if args.raw || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        out.write_all(&bytes)?;
+    } else {
+        out.write_all(thaw_runtime::guest::log::escape_bytes(&bytes).as_bytes())?;
+    }
     out.flush()?;
     anyhow::ensure!(
         !status.is_client_error() && !status.is_server_error(),

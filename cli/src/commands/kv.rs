@@ -55,9 +55,7 @@ pub async fn execute(args: KvArgs) -> anyhow::Result<()> {
     let raw = args.raw;
     match (args.action, a.as_slice()) {
         (KvAction::List, [name]) => print_keys(&client.kv_list(name, "").await?, raw),
-        (KvAction::List, [name, bucket]) => {
-            print_keys(&client.kv_list(name, bucket).await?, raw)
-        }
+        (KvAction::List, [name, bucket]) => print_keys(&client.kv_list(name, bucket).await?, raw),
         (KvAction::Get, [name, key]) | (KvAction::Get, [name, _, key]) => {
             let bucket = if a.len() == 3 { a[1] } else { "" };
             let value = client

@@ -10,9 +10,7 @@ use thaw_runtime::spec::{
 };
 use thaw_test_functions as wasm;
 
-use crate::support::{
-    TestServer, assert_healthy, client, client_from, hits, raw_exchange, route,
-};
+use crate::support::{TestServer, assert_healthy, client, client_from, hits, raw_exchange, route};
 
 /// The server's resident set, in bytes (`VmRSS`).
 fn rss(pid: u32) -> u64 {
@@ -106,7 +104,8 @@ async fn a_guest_cannot_pin_host_memory_outside_its_limits() {
         assert!(body.contains("host resource limit"), "{path}: {body}");
     }
     let grew = peak.finish().saturating_sub(before);
-    // Six instances at once, each bounded by max_host_resources × 64 KiB, plus slack for
+    eprintln!("host resident set grew by {} MiB at its peak", grew >> 20);
+    // Six instances at once, each bounded by max_host_resources × 128 KiB, plus slack for
     // the allocator's own overhead and what six more requests cost anyway.
     let bound = 6 * u64::from(DEFAULT_MAX_HOST_RESOURCES) * HOST_RESOURCE_BYTES + (64 << 20);
     assert!(
@@ -116,6 +115,10 @@ async fn a_guest_cannot_pin_host_memory_outside_its_limits() {
         bound >> 20
     );
 
+    // Strings the host would keep at any length are refused at their setter.
+    let r = server.get("/faults/hoard?what=paths").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "held 0 resources\n");
     let f = server.admin().get("faults").await.unwrap();
     assert_eq!(hits(&f, "host_resources"), 4, "{f}");
     let f = server.admin().get("p3").await.unwrap();
@@ -178,21 +181,13 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn log_followers_are_capped_per_function_and_per_client() {
     let server = TestServer::start();
-    server.deploy("faults", wasm::FAULTS, route("/faults")).await;
+    server
+        .deploy("faults", wasm::FAULTS, route("/faults"))
+        .await;
     let follow = |client: reqwest::Client| {
-        let url = format!(
-            "{}/v1/functions/faults/logs?follow=true",
-            server.admin_url
-        );
+        let url = format!("{}/v1/functions/faults/logs?follow=true", server.admin_url);
         let token = server.token();
-        async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { client.get(url).bearer_auth(token).send().await.unwrap() }
     };
     // One client: eight followers, then 429.
     let mut open = Vec::new();
@@ -217,7 +212,9 @@ async fn log_followers_are_capped_per_function_and_per_client() {
     assert!(text.contains("followers already follow"), "{text}");
 
     // Followers still get every line of a burst, each once, in order.
-    let r = server.get("/faults/log?lines=2000&bytes=24&tag=burst").await;
+    let r = server
+        .get("/faults/log?lines=2000&bytes=24&tag=burst")
+        .await;
     assert_eq!(r.status(), 200);
     let mut first = open.remove(0);
     let mut seen = String::new();
@@ -245,7 +242,9 @@ async fn log_followers_are_capped_per_function_and_per_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_output_is_bounded_in_the_host_log_and_escaped_everywhere() {
     let server = TestServer::start_with(&["--guest-log-to-host", "50"]);
-    server.deploy("faults", wasm::FAULTS, route("/faults")).await;
+    server
+        .deploy("faults", wasm::FAULTS, route("/faults"))
+        .await;
     let r = server.get("/faults/log?lines=3000&tag=flood").await;
     assert_eq!(r.status(), 200);
     // The summary is written once the function may log again: keep it logging a little.
@@ -261,7 +260,10 @@ async fn guest_output_is_bounded_in_the_host_log_and_escaped_everywhere() {
         (1..=300).contains(&copied),
         "{copied} of 3,000 lines reached the host's log"
     );
-    assert!(log.contains("suppressed"), "the summary says what was left out");
+    assert!(
+        log.contains("suppressed"),
+        "the summary says what was left out"
+    );
     // The function's own log has them all (its buffer is the place for them).
     let out = crate::support::thaw_command(&server, &["logs", "faults"])
         .output()
@@ -271,14 +273,17 @@ async fn guest_output_is_bounded_in_the_host_log_and_escaped_everywhere() {
     assert_eq!(kept, 3001, "3,000 lines and the done line");
 
     // One line from five writes, as under `wasmtime serve`; control characters escaped in
-    // `thaw logs` and in the host's log, raw only when asked.
-    assert_eq!(server.get("/faults/print").await.status(), 200);
+    // `thaw logs` and in the host's log, raw only when asked. (On a host of its own: the
+    // flood above may have used up this second's share of the host's log.)
+    let plain = TestServer::start();
+    plain.deploy("faults", wasm::FAULTS, route("/faults")).await;
+    assert_eq!(plain.get("/faults/print").await.status(), 200);
     let printed = |raw: bool| {
         let mut args = vec!["logs", "faults", "--tail", "2"];
         if raw {
             args.push("--raw");
         }
-        let out = crate::support::thaw_command(&server, &args)
+        let out = crate::support::thaw_command(&plain, &args)
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap()
@@ -292,10 +297,10 @@ async fn guest_output_is_bounded_in_the_host_log_and_escaped_everywhere() {
     assert!(!escaped.contains(['\r', '\u{1b}', '\u{7}']), "{escaped:?}");
     assert!(printed(true).contains("\r[thaw] forged \u{1b}[31m"));
     eventually("the forged line in the host log", || async {
-        server.log().contains("forged")
+        plain.log().contains("forged")
     })
     .await;
-    let log = server.log();
+    let log = plain.log();
     let line = log.lines().find(|l| l.contains("forged")).unwrap();
     assert!(!line.contains(['\r', '\u{1b}', '\u{7}']), "{line:?}");
 
@@ -316,7 +321,9 @@ async fn paths_with_dot_segments_and_bad_hosts_are_refused_before_routing() {
     server
         .deploy("hello", wasm::HELLO, Default::default())
         .await;
-    server.deploy("faults", wasm::FAULTS, route("/faults")).await;
+    server
+        .deploy("faults", wasm::FAULTS, route("/faults"))
+        .await;
     server
         .deploy("wordcount", wasm::WORDCOUNT, route("/cgi/wordcount"))
         .await;
@@ -328,6 +335,9 @@ async fn paths_with_dot_segments_and_bad_hosts_are_refused_before_routing() {
         "/faults/%2E/ok",
         "/faults/a%2fb",
         "/cgi/wordcount/x%5c..",
+        "/faults/%252e%252e/hello",
+        "/faults/..;x/hello",
+        "/faults/..\\hello",
     ] {
         let request = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         let answer = raw_exchange(&server, request.as_bytes()).await;
@@ -337,6 +347,11 @@ async fn paths_with_dot_segments_and_bad_hosts_are_refused_before_routing() {
         ("no Host on HTTP/1.1", "GET /hello HTTP/1.1\r\n"),
         ("two Hosts", "GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n"),
         ("an invalid Host", "GET /hello HTTP/1.1\r\nHost: a/b@c\r\n"),
+        ("a bad port", "GET /hello HTTP/1.1\r\nHost: a:80x\r\n"),
+        (
+            "user information",
+            "GET http://user@example.test/hello HTTP/1.1\r\nHost: t\r\n",
+        ),
     ] {
         let request = format!("{head}Connection: close\r\n\r\n");
         let answer = raw_exchange(&server, request.as_bytes()).await;
@@ -370,7 +385,9 @@ async fn paths_with_dot_segments_and_bad_hosts_are_refused_before_routing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_that_sets_no_response_gets_500_like_a_trap() {
     let server = TestServer::start();
-    server.deploy("faults", wasm::FAULTS, route("/faults")).await;
+    server
+        .deploy("faults", wasm::FAULTS, route("/faults"))
+        .await;
     let r = server.get("/faults/no-response").await;
     assert_eq!(r.status(), 500);
     assert_eq!(r.text().await.unwrap(), "function failed (no response)\n");
@@ -391,19 +408,23 @@ async fn the_admin_listener_backs_off_guessers_and_is_never_cached() {
         let (code, _) = status(guesser.clone(), "wrong-token-guess".into()).await;
         assert_eq!(code, 401);
     }
-    // Cut off for the rest of the minute, even with the right token...
-    let (code, headers) = status(guesser.clone(), server.token()).await;
+    // Backed off for the rest of the minute: a wrong token is 429, at the API and at the
+    // dashboard's login...
+    let (code, headers) = status(guesser.clone(), "wrong-token-guess".into()).await;
     assert_eq!(code, 429);
     assert!(headers.contains_key("retry-after"));
-    // ...and at the dashboard's login.
     let r = guesser
         .post(format!("{}/ui/login", server.admin_url))
-        .form(&[("token", server.token())])
+        .form(&[("token", "wrong-token-guess")])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    // Other addresses are not.
+    // ...while the right one still works: a guesser sharing the operators' address (a
+    // proxy, a NAT) cannot lock them out.
+    let (code, _) = status(guesser.clone(), server.token()).await;
+    assert_eq!(code, 200);
+    // Other addresses are not backed off.
     let (code, headers) = status(client(), server.token()).await;
     assert_eq!(code, 200);
     assert_eq!(headers["cache-control"], "no-store");
@@ -418,6 +439,7 @@ async fn the_admin_listener_backs_off_guessers_and_is_never_cached() {
         2,
         "one line per address: {log}"
     );
+    assert_eq!(log.matches("dashboard login refused").count(), 0, "{log}");
     assert!(log.contains("10 failed logins from 127.0.0.4"), "{log}");
 
     // Logging out is a change: without x-thaw-ui it is refused.
@@ -450,7 +472,10 @@ async fn metrics_are_rendered_at_most_once_a_second() {
     assert_eq!(server.get("/hello").await.status(), 200);
     let second = scrape().await;
     if started.elapsed() < Duration::from_millis(900) {
-        assert_eq!(first, second, "a scrape within the second reuses the rendering");
+        assert_eq!(
+            first, second,
+            "a scrape within the second reuses the rendering"
+        );
     }
     eventually("the request in the metrics", || async {
         scrape()
@@ -508,8 +533,9 @@ async fn a_p3_request_under_a_swarm_of_tasks_ends_at_its_timeout() {
     };
     server.deploy("p3", wasm::P3, spec).await;
     let started = std::time::Instant::now();
-    let r = server.get("/p3/swarm?n=50000").await;
+    let r = server.get("/p3/swarm?n=95000").await;
     let took = started.elapsed();
+    eprintln!("the swarm's request ended after {took:?}");
     assert_eq!(r.status(), 504);
     // Not a speed claim: the bound is the function's own timeout, and what overran it was
     // the defect (1.2 s past it under 95,000 tasks). A second of slack for a loaded host.
@@ -519,4 +545,71 @@ async fn a_p3_request_under_a_swarm_of_tasks_ends_at_its_timeout() {
     );
     let f = server.admin().get("p3").await.unwrap();
     assert_eq!(hits(&f, "timeout"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_drops_a_pinned_only_version_unless_asked() {
+    let server = TestServer::start();
+    let admin = server.admin();
+    let canary = |percent: u8, keep_pinned: bool| {
+        let client = admin.typed();
+        async move {
+            let params = thaw_client::DeployParams {
+                canary: Some(percent),
+                keep_pinned,
+                wait: None,
+            };
+            let wasm = thaw_test_functions::read(wasm::HELLO).into();
+            client
+                .deploy_with("api", &route("/api"), wasm, params)
+                .await
+                .unwrap()
+                .traffic
+                .to_string()
+        }
+    };
+    server.deploy("api", wasm::HELLO, route("/api")).await;
+    assert_eq!(canary(0, false).await, "v1=100 v2=0");
+    assert_eq!(canary(0, true).await, "v1=100 v2=0 v3=0");
+    // v2 and v3 were only pinnable: a canary without --keep-pinned replaces them.
+    assert_eq!(canary(10, false).await, "v1=90 v4=10");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_values_reach_the_terminal_escaped_unless_raw() {
+    let server = TestServer::start();
+    server
+        .deploy("cap", wasm::CAPABILITIES, route("/cap"))
+        .await;
+    let thaw = |args: &[&str]| {
+        let out = crate::support::thaw_command(&server, args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    thaw(&[
+        "kv",
+        "set",
+        "cap",
+        "k\u{1b}]0;t\u{7}",
+        "\u{1b}[2Jred\r\nline",
+    ]);
+    assert_eq!(
+        String::from_utf8(thaw(&["kv", "list", "cap"])).unwrap(),
+        "k\\u{1b}]0;t\\u{7}\n"
+    );
+    let key = "k\u{1b}]0;t\u{7}";
+    assert_eq!(
+        String::from_utf8(thaw(&["kv", "get", "cap", key])).unwrap(),
+        "\\u{1b}[2Jred\\r\nline"
+    );
+    assert_eq!(
+        thaw(&["kv", "get", "cap", key, "--raw"]),
+        b"\x1b[2Jred\r\nline"
+    );
 }

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use thaw_test_functions as wasm;
 
-use crate::support::{TestServer, client};
+use crate::support::{TestServer, client, client_from};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_admin_route_needs_the_token() {
@@ -24,13 +24,16 @@ async fn every_admin_route_needs_the_token() {
         (Method::GET, "/nowhere"),
     ];
     let wrong = format!("{}x", server.token());
-    for (method, path) in &routes {
+    // Each route from an address of its own: ten wrong tokens from one address within a
+    // minute would be answered 429 (adversary.rs tests that back-off).
+    for (i, (method, path)) in routes.iter().enumerate() {
+        let source: std::net::IpAddr = format!("127.0.1.{}", i + 1).parse().unwrap();
         for token in [
             None,
             Some("wrong-token-of-some-length"),
             Some(wrong.as_str()),
         ] {
-            let mut request = client()
+            let mut request = client_from(source)
                 .request(method.clone(), format!("{}{path}", server.admin_url))
                 .body(wasm::read(wasm::ECHO));
             if let Some(token) = token {

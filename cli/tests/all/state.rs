@@ -365,8 +365,8 @@ async fn quotas(server: TestServer) {
     // A guest holding buckets open without end gets an error, not more host memory; the
     // next request (a new instance) opens buckets again.
     assert_eq!(
-        get(&server, "/small/open-many?n=1000").await,
-        (200, "1000".into())
+        get(&server, "/small/open-many?n=250").await,
+        (200, "250".into())
     );
     let (status, body) = get(&server, "/small/open-many?n=5000").await;
     assert_eq!(status, 500);

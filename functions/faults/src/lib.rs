@@ -17,9 +17,10 @@
 //! - `/faults/sleep?ms=N`: waits N ms (holds its instance; for concurrency limits)
 //! - `/faults/log?lines=N&bytes=B&tag=T`: prints N lines (default 1) of B bytes (default 16)
 //!   to stdout, each `T <i> xxx…`, and one `T done` line to stderr
-//! - `/faults/hoard?what=fields|bodies&n=N`: holds host memory it was not given: N (default
-//!   100,000) `fields` resources of a 30 KiB header each, or N outgoing responses whose bodies
-//!   are filled until the host stops buffering; answers only if the host never says no
+//! - `/faults/hoard?what=fields|bodies|paths&n=N`: holds host memory it was not given: N
+//!   (default 100,000) `fields` resources of a 30 KiB header each, N outgoing responses whose
+//!   bodies are filled until the host stops buffering, or N outgoing requests with a 4 MiB
+//!   path each; answers how many it holds when the host says no to a setter
 //! - `/faults/no-response`: returns without setting its response-outparam
 //! - `/faults/print`: prints one line in five `print!` calls, as wasmtime's `p2_cli_serve`
 //!   test program does, then a control-character line that would forge a host log line
@@ -122,6 +123,7 @@ fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
             let n: usize = number(&req, "n")?.unwrap_or(100_000);
             let held = match query(&req, "what").as_deref() {
                 Some("bodies") => hoard_bodies(n),
+                Some("paths") => hoard_paths(n),
                 _ => hoard_fields(n),
             };
             format!("held {held} resources\n")
@@ -215,6 +217,21 @@ fn hoard_fields(n: usize) -> usize {
     held.len()
 }
 
+/// Creates `n` outgoing requests with a 4 MiB path each and keeps them.
+fn hoard_paths(n: usize) -> usize {
+    let path = format!("/{}", "p".repeat(4 << 20));
+    let mut held = Vec::new();
+    for i in 0..n {
+        let request = wasi::http::types::OutgoingRequest::new(Fields::new());
+        if request.set_path_with_query(Some(&path)).is_err() {
+            return i;
+        }
+        held.push(request);
+    }
+    std::hint::black_box(&held);
+    held.len()
+}
+
 /// Creates `n` outgoing responses and writes into each body until the host buffers no more;
 /// none is ever sent, so every buffered byte stays on the host.
 fn hoard_bodies(n: usize) -> usize {
@@ -230,7 +247,11 @@ fn hoard_bodies(n: usize) -> usize {
         };
         // Fill what the host accepts without waiting: `check-write` says how much.
         while let Ok(room) = stream.check_write() {
-            if room == 0 || stream.write(&chunk[..(room as usize).min(chunk.len())]).is_err() {
+            if room == 0
+                || stream
+                    .write(&chunk[..(room as usize).min(chunk.len())])
+                    .is_err()
+            {
                 break;
             }
         }

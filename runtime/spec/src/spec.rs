@@ -35,16 +35,19 @@ pub const DEFAULT_KV_MAX_VALUE_KIB: u64 = 1024;
 pub const DEFAULT_KV_MAX_KEYS: u64 = 100_000;
 /// Default most bytes (keys and values) in a function's key-value store.
 pub const DEFAULT_KV_MAX_MIB: u64 = 256;
-/// Default most host resources (WASI and `wasi:http` handles: fields, bodies, streams,
-/// pollables) one instance may hold at once. Each costs the host at most about
-/// [`HOST_RESOURCE_BYTES`], so this bounds the host memory a guest can pin outside its
-/// `memory_mib`: 1,024 × 64 KiB = 64 MiB per instance.
-pub const DEFAULT_MAX_HOST_RESOURCES: u32 = 1024;
-/// The most host memory one host resource of a guest can hold: a `fields` resource is capped
-/// at 32 KiB of content (and its map's overhead), an outgoing body buffers two 64 KiB chunks
-/// over the three resources it takes (response, body, stream). The host enforces the parts;
-/// this is their documented sum per resource.
-pub const HOST_RESOURCE_BYTES: u64 = 64 << 10;
+/// Default most host resources (WASI and `wasi:http` handles: fields, requests, responses,
+/// bodies, streams, pollables) one request may hold at once. Each costs the host at most
+/// about [`HOST_RESOURCE_BYTES`], so this bounds the host memory a guest can pin outside its
+/// `memory_mib`: 512 × 128 KiB = 64 MiB per request.
+pub const DEFAULT_MAX_HOST_RESOURCES: u32 = 512;
+/// Fewest host resources a function may be given: its stdio, its request and response with
+/// their bodies and streams, and room for real work.
+pub const MIN_HOST_RESOURCES: u32 = 64;
+/// The most host memory one host resource of a guest can hold: an outgoing request or
+/// response with its headers (32 KiB), its method, authority and path (9.25 KiB), its body's
+/// two buffered 16 KiB chunks and its trailers (32 KiB), and the maps' overhead. The host
+/// enforces each part (`thaw_runtime::guest::host`); this is their documented sum.
+pub const HOST_RESOURCE_BYTES: u64 = 128 << 10;
 /// Longest timeout a spec may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 /// Most environment variables a function may have. The list is copied into every
@@ -225,9 +228,9 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "MIB"))]
     pub kv_max_mib: Option<u64>,
-    /// Most host resources (handles to fields, bodies, streams, pollables) one instance may
-    /// hold at once; each costs the host at most 64 KiB, so this bounds the host memory a
-    /// guest pins outside `memory_mib` [default: the host's, 1024]
+    /// Most host resources (handles to fields, requests, bodies, streams, pollables) one
+    /// request may hold at once; each costs the host at most 128 KiB, so this bounds the host
+    /// memory a guest pins outside `memory_mib` (64..=65536) [default: the host's, 512]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_host_resources: Option<u32>,
@@ -605,19 +608,23 @@ impl FunctionSpec {
             ("kv_max_value_kib", l.kv_max_value_kib, 64 << 10),
             ("kv_max_keys", l.kv_max_keys, 1 << 32),
             ("kv_max_mib", l.kv_max_mib, 1 << 20),
-            // A guest needs a few dozen for one request (its stdio, the request, the
-            // response, their bodies and streams, pollables); 65,536 pins at most 4 GiB.
-            (
-                "max_host_resources",
-                l.max_host_resources.map(u64::from),
-                1 << 16,
-            ),
         ] {
             if let Some(v) = value
                 && !(1..=max).contains(&v)
             {
                 return Err(SpecError::Limit(field, v, format!("must be 1..={max}")));
             }
+        }
+        // A guest needs a few dozen for one request (its stdio, the request, the response,
+        // their bodies and streams, pollables); 65,536 pins at most 8 GiB.
+        if let Some(n) = l.max_host_resources
+            && !(MIN_HOST_RESOURCES..=1 << 16).contains(&n)
+        {
+            return Err(SpecError::Limit(
+                "max_host_resources",
+                u64::from(n),
+                format!("must be {MIN_HOST_RESOURCES}..=65536"),
+            ));
         }
         for (field, value) in [
             ("max_queue", l.max_queue),

@@ -255,7 +255,10 @@ mod tests {
     #[test]
     fn a_canary_scales_the_others() {
         let one = TrafficSplit::single(4);
-        assert_eq!(one.with_canary(5, 20, false).unwrap().to_string(), "v4=80 v5=20");
+        assert_eq!(
+            one.with_canary(5, 20, false).unwrap().to_string(),
+            "v4=80 v5=20"
+        );
         let two = TrafficSplit::parse_args(&["v4=80", "v5=20"]).unwrap();
         // 80 * 0.9 = 72, 20 * 0.9 = 18.
         assert_eq!(
@@ -268,11 +271,20 @@ mod tests {
             even.with_canary(3, 33, false).unwrap().to_string(),
             "v1=34 v2=33 v3=33"
         );
-        assert_eq!(one.with_canary(5, 0, false).unwrap().to_string(), "v4=100 v5=0");
+        assert_eq!(
+            one.with_canary(5, 0, false).unwrap().to_string(),
+            "v4=100 v5=0"
+        );
         // A version whose share rounds away leaves the split.
-        assert_eq!(one.with_canary(5, 100, false).unwrap().to_string(), "v5=100");
+        assert_eq!(
+            one.with_canary(5, 100, false).unwrap().to_string(),
+            "v5=100"
+        );
         let small = TrafficSplit::parse_args(&["v1=99", "v2=1"]).unwrap();
-        assert_eq!(small.with_canary(3, 50, false).unwrap().to_string(), "v1=50 v3=50");
+        assert_eq!(
+            small.with_canary(3, 50, false).unwrap().to_string(),
+            "v1=50 v3=50"
+        );
         let pinnable = TrafficSplit::parse_args(&["v1=100", "v2=0"]).unwrap();
         assert_eq!(
             pinnable.with_canary(3, 20, true).unwrap().to_string(),

@@ -296,6 +296,17 @@ impl Function {
             version: self.record.generation,
             config: &self.config,
             keyvalue: self.keyvalue.as_ref(),
+            // One request at a time; the WASIp3 executor raises it for its instances.
+            max_concurrent: 1,
+        }
+    }
+
+    /// [`Function::guest`] for a WASIp3 instance, whose requests overlap: the host resource
+    /// cap is per request in flight (`reuse.max_concurrent` of them).
+    pub fn service_guest(&self) -> GuestConfig<'_> {
+        GuestConfig {
+            max_concurrent: self.reuse.as_ref().map_or(1, |r| r.max_concurrent),
+            ..self.guest()
         }
     }
 

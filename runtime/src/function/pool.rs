@@ -308,7 +308,7 @@ async fn instantiate(
             (store, Proxy::P2(proxy))
         }
         Some(Code::Service(pre)) => {
-            let mut store = crate::guest::proxy_store(pre.engine(), &function.guest());
+            let mut store = crate::guest::proxy_store(pre.engine(), &function.service_guest());
             let proxy = pre.instantiate_async(&mut store).await?;
             (store, Proxy::P3(proxy))
         }

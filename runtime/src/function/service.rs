@@ -180,7 +180,7 @@ impl HandlerState for ServiceWorkers {
                         .map_err(|_| NoSlot)?,
                 };
                 let started = Instant::now();
-                let mut store = crate::guest::proxy_store(pre.engine(), &function.guest());
+                let mut store = crate::guest::proxy_store(pre.engine(), &function.service_guest());
                 let proxy = Proxy::P3(pre.instantiate_async(&mut store).await?);
                 (store, proxy, permit, StartKind::Fresh, started.elapsed())
             }
@@ -272,8 +272,10 @@ impl handler::WorkerState for Worker {
             .take()
             .unwrap_or((StartKind::PoolHit, Duration::ZERO));
         store.data_mut().begin_request(data.id, data.trace);
-        self.deadline
-            .store(crate::guest::deadline_after(self.timeout), Ordering::Relaxed);
+        self.deadline.store(
+            crate::guest::deadline_after(self.timeout),
+            Ordering::Relaxed,
+        );
         if let Some(fuel) = self.fuel {
             // Fuel is the store's, not the request's: a request start refills it.
             let _ = store.set_fuel(fuel);

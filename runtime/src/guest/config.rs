@@ -160,8 +160,7 @@ mod tests {
         };
         for name in ["fifo", "sub"] {
             let config: BTreeMap<String, ConfigValue> =
-                serde_json::from_str(&format!(r#"{{"k": {{"secret": "file:{name}"}}}}"#))
-                    .unwrap();
+                serde_json::from_str(&format!(r#"{{"k": {{"secret": "file:{name}"}}}}"#)).unwrap();
             // Nothing writes to the FIFO: a blocking open would hang here forever.
             let Err(e) = sources.resolve(&config) else {
                 panic!("{name} resolved")

@@ -11,17 +11,24 @@
 //! WASI live in the host's heap: a `fields` resource, an outgoing body's buffered chunks, a
 //! pollable. wasmtime's defaults allow 128 KiB per `fields`, 1 MiB chunks and a million table
 //! entries, so one instance could pin gigabytes. Here every store gets:
-//! - a [`ResourceTable`] capped at the function's `max_host_resources` (default 1,024), and
+//! - a [`ResourceTable`] capped at the function's `max_host_resources` (default 512), and
 //!   the store's component handles at twice that (the guest's own handles and p3's streams
 //!   and futures count there too; the table's cap, which is typed, is meant to hit first);
 //! - `fields` capped at [`MAX_FIELDS_BYTES`] (32 KiB: four times a typical proxy's whole
 //!   header section; wasmtime's default is 128 KiB);
-//! - outgoing bodies that buffer at most two chunks of [`BODY_CHUNK_BYTES`] (64 KiB, against
-//!   1 MiB) before the guest must wait for the reader.
+//! - outgoing bodies that buffer at most two chunks of [`BODY_CHUNK_BYTES`] (16 KiB, against
+//!   1 MiB) before the guest must wait for the reader;
+//! - an outgoing request's method, authority and path capped ([`cap_request_strings`]:
+//!   wasmtime keeps them at any length, so one request could otherwise hold as much as the
+//!   guest's whole memory, and a thousand of them a thousand times that).
 //!
-//! So each table entry holds at most about 64 KiB
-//! ([`HOST_RESOURCE_BYTES`](crate::spec::HOST_RESOURCE_BYTES)), and one instance at most
-//! `max_host_resources` × 64 KiB (64 MiB at the default). A push past the cap fails with a
+//! The most one table entry can hold is an outgoing request or response that owns all of
+//! that at once: headers (32 KiB), method, authority and path (9.25 KiB), a finished body's
+//! two chunks (32 KiB) and its trailers (32 KiB), about 106 KiB; the documented figure,
+//! [`HOST_RESOURCE_BYTES`](crate::spec::HOST_RESOURCE_BYTES), is 128 KiB with the maps'
+//! overhead. One instance holds at most `max_host_resources` entries per request it may run
+//! at once (a WASIp3 instance with `reuse.max_concurrent` gets that many times the cap), so
+//! 512 × 128 KiB = 64 MiB per request at the default. A push past the cap fails with a
 //! typed [`ResourceTableError::Full`](wasmtime::component::ResourceTableError), a trap the
 //! request path counts as a `host_resources` limit hit. The smaller chunks cost a streaming
 //! guest more wake-ups per megabyte, not throughput worth measuring: hyper writes 16 KiB
@@ -56,7 +63,107 @@ use crate::telemetry::OutboundTrace;
 pub const MAX_FIELDS_BYTES: usize = 32 << 10;
 /// Largest chunk of an outgoing body the host copies out of the guest in one write; a p2
 /// body buffers at most two of them.
-pub const BODY_CHUNK_BYTES: usize = 64 << 10;
+pub const BODY_CHUNK_BYTES: usize = 16 << 10;
+/// Longest method a guest may set on an outgoing request (wasmtime takes any length).
+pub const MAX_METHOD_BYTES: usize = 256;
+/// Longest authority a guest may set on an outgoing request.
+pub const MAX_AUTHORITY_BYTES: usize = 1 << 10;
+/// Longest path and query a guest may set on an outgoing request (nginx's default limit
+/// for a whole request line is 8 KiB).
+pub const MAX_PATH_BYTES: usize = 8 << 10;
+
+/// Puts length caps in front of the setters whose strings wasmtime-wasi-http keeps without
+/// a bound (an outgoing request's method, authority, path), for WASIp2 and WASIp3: each
+/// shadows the linker's own function and calls it once the length is within
+/// [`MAX_METHOD_BYTES`], [`MAX_AUTHORITY_BYTES`] or [`MAX_PATH_BYTES`]; a longer string is
+/// the setter's own error (`Err(())`), as for a malformed one.
+pub(crate) fn cap_request_strings(
+    linker: &mut wasmtime::component::Linker<ProxyHost>,
+) -> wasmtime::Result<()> {
+    use wasmtime::StoreContextMut;
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::p2::bindings::http::types as p2;
+    use wasmtime_wasi_http::p3::bindings::http::types as p3;
+
+    type Store<'a> = StoreContextMut<'a, ProxyHost>;
+    type Set = wasmtime::Result<(Result<(), ()>,)>;
+    let within = |s: Option<&String>, max: usize| s.is_none_or(|s| s.len() <= max);
+    linker.allow_shadowing(true);
+    let mut types = linker.instance("wasi:http/types@0.2.12")?;
+    type P2Request = Resource<wasmtime_wasi_http::p2::types::HostOutgoingRequest>;
+    types.func_wrap(
+        "[method]outgoing-request.set-method",
+        move |mut store: Store<'_>, (req, method): (P2Request, p2::Method)| -> Set {
+            if let p2::Method::Other(s) = &method
+                && !within(Some(s), MAX_METHOD_BYTES)
+            {
+                return Ok((Err(()),));
+            }
+            let mut http = store.data_mut().http();
+            Ok((p2::HostOutgoingRequest::set_method(&mut http, req, method)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-authority",
+        move |mut store: Store<'_>, (req, authority): (P2Request, Option<String>)| -> Set {
+            if !within(authority.as_ref(), MAX_AUTHORITY_BYTES) {
+                return Ok((Err(()),));
+            }
+            let mut http = store.data_mut().http();
+            Ok((p2::HostOutgoingRequest::set_authority(
+                &mut http, req, authority,
+            )?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-path-with-query",
+        move |mut store: Store<'_>, (req, path): (P2Request, Option<String>)| -> Set {
+            if !within(path.as_ref(), MAX_PATH_BYTES) {
+                return Ok((Err(()),));
+            }
+            let mut http = store.data_mut().http();
+            Ok((p2::HostOutgoingRequest::set_path_with_query(
+                &mut http, req, path,
+            )?,))
+        },
+    )?;
+    let mut types = linker.instance("wasi:http/types@0.3.0")?;
+    type P3Request = Resource<wasmtime_wasi_http::p3::Request>;
+    types.func_wrap(
+        "[method]request.set-method",
+        move |mut store: Store<'_>, (req, method): (P3Request, p3::Method)| -> Set {
+            if let p3::Method::Other(s) = &method
+                && !within(Some(s), MAX_METHOD_BYTES)
+            {
+                return Ok((Err(()),));
+            }
+            let mut http = store.data_mut().http();
+            Ok((p3::HostRequest::set_method(&mut http, req, method)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]request.set-authority",
+        move |mut store: Store<'_>, (req, authority): (P3Request, Option<String>)| -> Set {
+            if !within(authority.as_ref(), MAX_AUTHORITY_BYTES) {
+                return Ok((Err(()),));
+            }
+            let mut http = store.data_mut().http();
+            Ok((p3::HostRequest::set_authority(&mut http, req, authority)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]request.set-path-with-query",
+        move |mut store: Store<'_>, (req, path): (P3Request, Option<String>)| -> Set {
+            if !within(path.as_ref(), MAX_PATH_BYTES) {
+                return Ok((Err(()),));
+            }
+            let mut http = store.data_mut().http();
+            Ok((p3::HostRequest::set_path_with_query(&mut http, req, path)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
 
 /// Store data for a `wasi:http` component.
 pub struct ProxyHost {
@@ -100,7 +207,7 @@ impl ProxyHost {
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(MAX_FIELDS_BYTES);
         let mut table = ResourceTable::new();
-        table.set_max_capacity(config.limits.max_host_resources as usize);
+        table.set_max_capacity(config.host_resources());
         Self {
             wasi: wasi.build(),
             http,

@@ -60,8 +60,10 @@ pub struct KvView<'a> {
 
 /// Most buckets one instance may hold open at once. Each is an entry in the store's
 /// resource table, host memory the guest's memory limit does not count; a guest opening
-/// buckets in a loop without dropping them gets an error instead of growing the host.
-pub const MAX_OPEN_BUCKETS: usize = 1024;
+/// buckets in a loop without dropping them gets an error instead of growing the host. The
+/// table's own cap (`max_host_resources`, 1,024 by default) bounds them too, but as a trap;
+/// this smaller cap comes first, as an error the guest can handle.
+pub const MAX_OPEN_BUCKETS: usize = 256;
 
 type Answer<T> = wasmtime::Result<Result<T, store::Error>>;
 

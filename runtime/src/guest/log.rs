@@ -67,11 +67,18 @@ pub fn set_host_copy_rate(lines_per_second: u32) {
     HOST_COPY_RATE.store(lines_per_second, Ordering::Relaxed);
 }
 
-/// [`escape_controls`] for bytes that may not be UTF-8: invalid bytes become `\xNN`.
+/// [`escape_controls`] for bytes that may not be UTF-8 (a value, a response body): invalid
+/// bytes become `\xNN`; newlines are kept, so text stays readable (a line break cannot
+/// overwrite what is already on the terminal, a `\r` or an escape sequence could).
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
-        out.push_str(&escape_controls(chunk.valid()));
+        for (i, line) in chunk.valid().split('\n').enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&escape_controls(line));
+        }
         for b in chunk.invalid() {
             out.push_str(&format!("\\x{b:02x}"));
         }
@@ -156,11 +163,16 @@ impl std::fmt::Debug for FunctionLog {
 
 impl FunctionLog {
     fn push(&self, function: &str, version: u64, request: u64, stream: &'static str, text: &str) {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.copy_to_host(function, unix_ms / 1000, stream, request, text);
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        self.copy_to_host(function, now() / 1000, stream, request, text);
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock, and never before the previous line: times stay in `seq`
+        // order, which `read` searches by.
+        let unix_ms = now().max(ring.lines.back().map_or(0, |l| l.unix_ms));
         ring.next_seq += 1;
         let line = LogLine {
             seq: ring.next_seq,
@@ -229,9 +241,8 @@ impl FunctionLog {
             .unwrap_or(usize::MAX)
             .min(ring.lines.len());
         if since_ms > 0 {
-            // Times are in write order (one clock read under the lock per line); a clock
-            // stepped back only makes a follower see a line again or late, never miss one
-            // after `after`.
+            // Times never decrease with `seq` (`push` reads the clock under the lock and
+            // never goes below the previous line's), so this is a binary search.
             start = start.max(ring.lines.partition_point(|l| l.unix_ms < since_ms));
         }
         let len = ring.lines.len();
@@ -247,7 +258,6 @@ impl FunctionLog {
         let follower = Follower(self.followers.clone());
         (taken < MAX_FOLLOWERS).then_some(follower)
     }
-
 
     /// The last line's `seq` (0 when nothing was written).
     pub fn last_seq(&self) -> u64 {
@@ -404,7 +414,14 @@ mod tests {
             Arc::new(AtomicU64::new(3)),
         );
         // Rust's std takes a fresh stream for each write: the line outlives the writers.
-        for part in ["start a print ", "1", "2", "3", "4\nsecond ", "line\nunfinished"] {
+        for part in [
+            "start a print ",
+            "1",
+            "2",
+            "3",
+            "4\nsecond ",
+            "line\nunfinished",
+        ] {
             let mut writer = Box::into_pin(StdoutStream::async_stream(&stream));
             let waker = std::task::Waker::noop();
             let mut cx = Context::from_waker(waker);
@@ -412,7 +429,11 @@ mod tests {
             assert!(matches!(written, Poll::Ready(Ok(n)) if n == part.len()));
         }
         let texts = |log: &FunctionLog| -> Vec<String> {
-            log.read(0, 0, None).0.iter().map(|l| l.text.to_string()).collect()
+            log.read(0, 0, None)
+                .0
+                .iter()
+                .map(|l| l.text.to_string())
+                .collect()
         };
         assert_eq!(texts(&log), ["start a print 1234", "second line"]);
         drop(stream);
@@ -424,7 +445,7 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_for_terminals() {
-        assert_eq!(escape_bytes(b"ok\xff\x1b"), "ok\\xff\\u{1b}");
+        assert_eq!(escape_bytes(b"ok\xff\x1b\nnext"), "ok\\xff\\u{1b}\nnext");
         assert_eq!(escape_controls("plain\ttab"), "plain\ttab");
         assert_eq!(
             escape_controls("\r[host] forged\u{1b}]0;title\u{7}\u{9b}2J"),

@@ -69,6 +69,16 @@ pub struct GuestConfig<'a> {
     pub config: &'a Arc<wasmtime_wasi_config::WasiConfigVariables>,
     /// The function's `wasi:keyvalue` access; `None`: every `open` is refused.
     pub keyvalue: Option<&'a keyvalue::GuestKeyValue>,
+    /// Requests one instance may run at once (`reuse.max_concurrent` of a WASIp3 function;
+    /// 1 otherwise): the host resource cap is per request.
+    pub max_concurrent: u32,
+}
+
+impl GuestConfig<'_> {
+    /// The store's resource table cap: `max_host_resources` per request it may run at once.
+    pub fn host_resources(&self) -> usize {
+        self.limits.max_host_resources as usize * self.max_concurrent.max(1) as usize
+    }
 }
 
 /// A store for one `wasi:http` instance: limiter installed, fuel given (on a metering
@@ -78,7 +88,7 @@ pub fn proxy_store(engine: &Engine, config: &GuestConfig<'_>) -> Store<ProxyHost
     store.limiter(|host| &mut host.limiter);
     // See [`host`]'s "Host memory a guest can hold": twice the table's cap, so that the
     // table's typed error is what a guest hoarding host resources runs into.
-    store.set_max_component_handles(2 * config.limits.max_host_resources as usize);
+    store.set_max_component_handles(2 * config.host_resources());
     arm_fuel(&mut store, config.limits);
     arm_deadline(&mut store, config.deadline_ticks);
     store
@@ -108,7 +118,13 @@ pub fn cgi_store(
             Arc::new(std::sync::atomic::AtomicU64::new(request)),
         ));
     grant_dirs(&mut wasi, config);
-    let mut store = Store::new(engine, CgiHost::new(wasi.build_p1(), config.limits));
+    let mut wasi = wasi.build_p1();
+    // A CGI module's WASI resources (open files in granted directories, pollables) are host
+    // objects too: the same cap as a component's table.
+    wasmtime_wasi::WasiView::ctx(&mut wasi)
+        .table
+        .set_max_capacity(config.host_resources());
+    let mut store = Store::new(engine, CgiHost::new(wasi, config.limits));
     store.limiter(|host| &mut host.limiter);
     arm_fuel(&mut store, config.limits);
     arm_deadline(&mut store, config.deadline_ticks);
@@ -237,6 +253,9 @@ impl Linkers {
         keyvalue::add_to_linker(&mut proxy, ProxyHost::keyvalue)
             .map_err(anyhow::Error::from)
             .context("linking wasi:keyvalue")?;
+        host::cap_request_strings(&mut proxy)
+            .map_err(anyhow::Error::from)
+            .context("capping wasi:http's request strings")?;
         let mut cgi = wasmtime::Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut cgi, |host: &mut CgiHost| &mut host.wasi)
             .map_err(anyhow::Error::from)

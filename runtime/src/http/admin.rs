@@ -75,7 +75,10 @@ pub const MAX_FOLLOWERS_PER_CLIENT: usize = 8;
 pub struct ClientFollowers(Arc<dashmap::DashMap<std::net::IpAddr, usize>>);
 
 /// A client's place among its followers, given back when dropped.
-struct ClientFollower(Arc<dashmap::DashMap<std::net::IpAddr, usize>>, std::net::IpAddr);
+struct ClientFollower(
+    Arc<dashmap::DashMap<std::net::IpAddr, usize>>,
+    std::net::IpAddr,
+);
 
 impl ClientFollowers {
     fn enter(&self, client: std::net::IpAddr) -> Option<ClientFollower> {
@@ -129,11 +132,17 @@ async fn route(
     if let Some(blob) = peer_blob(req.uri().path()) {
         return peer(cx.cluster.as_deref(), &req, blob).await;
     }
-    if let Some(wait) = cx.auth.failures.backing_off(client) {
-        return super::auth::too_many_failures(wait);
-    }
     if !cx.auth.allows(req.headers(), req.method()) {
-        cx.auth.failures.failed(client, "admin request");
+        // A guess is a credential that did not match; a request with none (a browser
+        // before its login) is refused without counting against its address.
+        if AdminAuth::presents_credentials(req.headers()) {
+            if let Some(wait) = cx.auth.failures.backing_off(client) {
+                return super::auth::too_many_failures(wait).await;
+            }
+            cx.auth.failures.failed(client, "admin request");
+        } else {
+            tracing::debug!(%client, "admin request refused: no credentials");
+        }
         let mut response = error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token (Authorization: Bearer <token>)",
@@ -394,49 +403,52 @@ fn logs(
         // The follower's places, held for as long as the response streams.
         places,
     );
-    let stream = futures::stream::unfold(state, move |(log, query, lines, first, places)| async move {
-        if !first && !query.follow {
-            return None;
-        }
-        let mut lines = lines;
-        let after = query.after;
-        if !first {
-            loop {
-                // Registered before reading: a line written in between still wakes us.
-                let changed = log.changed();
-                lines = log.read(after, query.since_ms, None).0;
-                if !lines.is_empty() {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                    return None;
-                }
-                // Let the burst that woke us gather: one read for many lines.
-                let batch = tokio::time::Instant::now() + crate::guest::log::FOLLOW_BATCH;
-                tokio::time::sleep_until(batch.min(deadline)).await;
+    let stream = futures::stream::unfold(
+        state,
+        move |(log, query, lines, first, places)| async move {
+            if !first && !query.follow {
+                return None;
             }
-        }
-        let mut chunk = Vec::with_capacity(lines.len() * 96);
-        for line in &lines {
-            let entry = crate::api::LogEntry {
-                seq: line.seq,
-                time_ms: line.unix_ms,
-                version: line.version,
-                request: line.request,
-                stream: line.stream.to_owned(),
-                text: line.text.to_string(),
-            };
-            if serde_json::to_writer(&mut chunk, &entry).is_ok() {
-                chunk.push(b'\n');
+            let mut lines = lines;
+            let after = query.after;
+            if !first {
+                loop {
+                    // Registered before reading: a line written in between still wakes us.
+                    let changed = log.changed();
+                    lines = log.read(after, query.since_ms, None).0;
+                    if !lines.is_empty() {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return None;
+                    }
+                    // Let the burst that woke us gather: one read for many lines.
+                    let batch = tokio::time::Instant::now() + crate::guest::log::FOLLOW_BATCH;
+                    tokio::time::sleep_until(batch.min(deadline)).await;
+                }
             }
-        }
-        let after = lines.last().map_or(after, |l| l.seq.max(after));
-        let query = LogQuery { after, ..query };
-        Some((
-            Ok::<_, wasmtime_wasi_http::Error>(hyper::body::Frame::data(Bytes::from(chunk))),
-            (log, query, Vec::new(), false, places),
-        ))
-    });
+            let mut chunk = Vec::with_capacity(lines.len() * 96);
+            for line in &lines {
+                let entry = crate::api::LogEntry {
+                    seq: line.seq,
+                    time_ms: line.unix_ms,
+                    version: line.version,
+                    request: line.request,
+                    stream: line.stream.to_owned(),
+                    text: line.text.to_string(),
+                };
+                if serde_json::to_writer(&mut chunk, &entry).is_ok() {
+                    chunk.push(b'\n');
+                }
+            }
+            let after = lines.last().map_or(after, |l| l.seq.max(after));
+            let query = LogQuery { after, ..query };
+            Some((
+                Ok::<_, wasmtime_wasi_http::Error>(hyper::body::Frame::data(Bytes::from(chunk))),
+                (log, query, Vec::new(), false, places),
+            ))
+        },
+    );
     let mut response = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
         stream,
     )));

@@ -9,11 +9,16 @@
 //! would return early on a length mismatch and tell an attacker the token's length.
 //!
 //! # Failed attempts
-//! A client address that fails [`MAX_FAILURES`] times within [`FAILURE_WINDOW`] is answered
-//! 429 (with `Retry-After`) until the window ends, without its token being checked: guessing
-//! 256 random bits is hopeless anyway, but a weak operator-chosen token is not, and each try
-//! costs a log line. Refusals are logged once per address and window, then summed up ("N
-//! failed logins from A in the last minute") instead of a line each.
+//! A client address (an IPv6 client's /64) that presents a wrong token or session
+//! [`MAX_FAILURES`] times within [`FAILURE_WINDOW`] is backed off until the window ends:
+//! each further wrong attempt is answered 429 (with `Retry-After`) after a second's delay,
+//! and is not logged. The right token is still accepted at once. Refusing it too would let
+//! anyone who shares an address with the operators (a TLS proxy in front, a NAT, other users
+//! of the machine on loopback) lock them out with ten bad guesses a minute; and the token's
+//! entropy (256 random bits, or at least 16 characters) is what makes guessing hopeless,
+//! not the rate. The back-off keeps a guesser slow and the log short: refusals are logged
+//! once per address and window, then summed up ("N failed logins from A in the last
+//! minute").
 //!
 //! # Dashboard sessions
 //! A browser cannot be trusted to keep a bearer token out of history, bookmarks and other
@@ -302,9 +307,22 @@ struct Window {
     failures: u32,
 }
 
+/// The address failures are counted for: the client's, or its /64 for IPv6 (one host
+/// commonly holds a whole /64, and could otherwise rotate through it).
+fn key(client: std::net::IpAddr) -> std::net::IpAddr {
+    match client {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 impl FailedAttempts {
     /// How long `client` must still wait, if it has used up its attempts.
     pub fn backing_off(&self, client: std::net::IpAddr) -> Option<Duration> {
+        let client = key(client);
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let window = map.get(&client)?;
         let left = FAILURE_WINDOW.checked_sub(window.started.elapsed())?;
@@ -314,6 +332,7 @@ impl FailedAttempts {
     /// Counts a failed attempt by `client` at `what`, and logs it: the first of a window
     /// in full, the rest summed up when the window ends (or when the address is cut off).
     pub fn failed(&self, client: std::net::IpAddr, what: &str) {
+        let client = key(client);
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if map.len() >= MAX_TRACKED && !map.contains_key(&client) {
@@ -340,14 +359,23 @@ impl FailedAttempts {
         window.failures += 1;
         match window.failures {
             1 => tracing::info!(%client, "{what} refused: missing or wrong admin token"),
-            MAX_FAILURES => tracing::warn!(%client, "{MAX_FAILURES} failed logins from {client} in the last minute: refusing it until the minute is over"),
+            MAX_FAILURES => {
+                tracing::warn!(%client, "{MAX_FAILURES} failed logins from {client} in the last minute: refusing it until the minute is over")
+            }
             _ => {}
         }
     }
 }
 
-/// The answer to an address that used up its attempts.
-pub fn too_many_failures(wait: Duration) -> http::Response<crate::invoke::body::ResponseBody> {
+/// Delay before a backed-off address's wrong attempt is answered.
+pub const BACKOFF_DELAY: Duration = Duration::from_secs(1);
+
+/// The answer to a wrong attempt from an address that used up its attempts, after
+/// [`BACKOFF_DELAY`].
+pub async fn too_many_failures(
+    wait: Duration,
+) -> http::Response<crate::invoke::body::ResponseBody> {
+    tokio::time::sleep(BACKOFF_DELAY).await;
     let mut response = http::Response::new(crate::invoke::body::full(bytes::Bytes::from_static(
         b"{\"error\":\"too many failed attempts from this address; retry later\"}",
     )));
@@ -372,6 +400,16 @@ impl AdminAuth {
             sessions: Arc::default(),
             failures: Arc::default(),
         }
+    }
+
+    /// Whether a request carries credentials at all (a bearer token, or a session cookie),
+    /// right or wrong: only those count as failed attempts.
+    pub fn presents_credentials(headers: &http::HeaderMap) -> bool {
+        headers.contains_key(http::header::AUTHORIZATION)
+            || headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .any(|v| session_ids(v.as_bytes()).next().is_some())
     }
 
     /// Whether a request may use the admin API: it carries the token, or a live session's

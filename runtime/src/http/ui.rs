@@ -84,9 +84,6 @@ async fn login(
     req: Request<Incoming>,
     client: std::net::IpAddr,
 ) -> Response<ResponseBody> {
-    if let Some(wait) = auth.failures.backing_off(client) {
-        return super::auth::too_many_failures(wait);
-    }
     let body = match http_body_util::Limited::new(req.into_body(), MAX_LOGIN_BYTES)
         .collect()
         .await
@@ -100,6 +97,9 @@ async fn login(
         .unwrap_or_default();
     let bearer = format!("Bearer {}", token.trim());
     if !auth.token.accepts(Some(bearer.as_bytes())) {
+        if let Some(wait) = auth.failures.backing_off(client) {
+            return super::auth::too_many_failures(wait).await;
+        }
         auth.failures.failed(client, "dashboard login");
         let mut response = redirect(None);
         response.headers_mut().insert(

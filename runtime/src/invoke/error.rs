@@ -201,7 +201,11 @@ pub fn classify_ref(error: &wasmtime::Error) -> InvokeError {
         {
             InvokeError::HostResourceLimit(format!("{error:?}"))
         }
-        _ => InvokeError::Trap(format!("{error:?}")),
+        // The message names the guest's frames (from its own name section): escaped, as
+        // any guest text in the host's log.
+        _ => InvokeError::Trap(
+            crate::guest::log::escape_controls(&format!("{error:?}")).into_owned(),
+        ),
     }
 }
 
