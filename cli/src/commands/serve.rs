@@ -180,7 +180,9 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         send_timeout: config.send_timeout,
         stalled_readers: platform.stalled_readers().clone(),
     };
+    let exposition = Arc::new(thaw_runtime::metrics::Exposition::default());
     let admin_context = Arc::new(AdminContext {
+        exposition: exposition.clone(),
         history: History::spawn(admin_platform.clone()),
         platform: admin_platform,
         max_upload,
@@ -204,7 +206,11 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
             shutdown.clone(),
             listener_options.clone(),
             move |req, _peer| {
-                thaw_runtime::http::admin::handle_metrics_only(metrics_platform.clone(), req)
+                thaw_runtime::http::admin::handle_metrics_only(
+                    metrics_platform.clone(),
+                    exposition.clone(),
+                    req,
+                )
             },
         ))
     });

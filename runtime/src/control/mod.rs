@@ -163,8 +163,6 @@ pub struct Platform {
     /// Per function, the shared store's revision of the record applied last (see
     /// [`Platform::apply_record`]); guarded by the write lock in practice.
     applied: Mutex<HashMap<String, u64>>,
-    /// `/metrics`, rendered at most once a second.
-    exposition: crate::metrics::Exposition,
 }
 
 impl std::fmt::Debug for Platform {
@@ -223,7 +221,6 @@ impl Platform {
             KeyValueBackend::Off => None,
         };
         let platform = Self {
-            exposition: Default::default(),
             fast,
             tier_ups_pending: AtomicUsize::new(0),
             slow_clients: Default::default(),
@@ -450,11 +447,6 @@ impl Platform {
     /// The artifact cache.
     pub fn cache(&self) -> &ArtifactCache {
         self.loader.cache()
-    }
-
-    /// `/metrics`' cache (see [`crate::metrics`]).
-    pub fn exposition(&self) -> &crate::metrics::Exposition {
-        &self.exposition
     }
 
     /// The host's key-value store, if it has one.

@@ -64,6 +64,8 @@ pub struct AdminContext {
     pub cluster: Option<Arc<Cluster>>,
     /// Log followers per client address.
     pub followers: ClientFollowers,
+    /// `/metrics`, rendered at most once a second (shared with `--metrics-listen`).
+    pub exposition: Arc<crate::metrics::Exposition>,
 }
 
 /// Log followers one client address may have open at once, across functions; past it, 429.
@@ -160,7 +162,7 @@ async fn route(
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &platform.status()),
         (Method::GET, ["v1", "history"]) => json(StatusCode::OK, &cx.history.view(platform)),
-        (Method::GET, ["metrics"]) => metrics(platform, &req).await,
+        (Method::GET, ["metrics"]) => metrics(platform, &cx.exposition, &req).await,
         (Method::GET, ["v1", "functions"]) => {
             let all: Vec<FunctionInfo> = platform
                 .registry()
@@ -467,10 +469,11 @@ fn logs(
 /// what it holds: no spec, environment or code.
 pub async fn handle_metrics_only(
     platform: Arc<Platform>,
+    exposition: Arc<crate::metrics::Exposition>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     if req.method() == Method::GET && req.uri().path() == "/metrics" {
-        metrics(&platform, &req).await
+        metrics(&platform, &exposition, &req).await
     } else {
         error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
     }
@@ -478,13 +481,17 @@ pub async fn handle_metrics_only(
 
 /// The Prometheus exposition, for the admin listener and `--metrics-listen`: OpenMetrics
 /// when the scraper asks for it (Prometheus does), the classic text format otherwise.
-pub async fn metrics(platform: &Arc<Platform>, req: &Request<Incoming>) -> Response<ResponseBody> {
+pub async fn metrics(
+    platform: &Arc<Platform>,
+    exposition: &crate::metrics::Exposition,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
     let openmetrics = crate::metrics::wants_openmetrics(
         req.headers()
             .get(http::header::ACCEPT)
             .map(|v| v.as_bytes()),
     );
-    let body = platform.exposition().get(platform, openmetrics).await;
+    let body = exposition.get(platform, openmetrics).await;
     let mut response = Response::new(full(body));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
