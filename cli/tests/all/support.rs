@@ -335,6 +335,12 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Whether CI asks for what `var` names (`THAW_REQUIRE_WASMTIME`, `_TOOLCHAINS`,
+/// `_SERVICES`): any non-empty value requires it, and a test that would skip fails instead.
+pub fn required(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty())
+}
+
 /// The data plane's `host:port`.
 pub fn addr(server: &TestServer) -> String {
     server.url.trim_start_matches("http://").to_owned()
@@ -431,7 +437,7 @@ pub fn service_binaries<const N: usize>(names: [&str; N], package: &str) -> Opti
         return Some(found.map(Option::unwrap));
     }
     assert!(
-        std::env::var_os("THAW_REQUIRE_SERVICES").is_none(),
+        !required("THAW_REQUIRE_SERVICES"),
         "{names:?} missing; scripts/install-services installs them (Debian's {package})"
     );
     eprintln!("skipped: {package} is not installed");

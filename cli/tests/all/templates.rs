@@ -59,7 +59,7 @@ fn thaw(dir: &Path, args: &[&str]) -> std::process::Output {
 async fn check(template: &str, toolchain: (&str, &str)) {
     if !available(toolchain.0, toolchain.1) {
         assert!(
-            std::env::var_os("THAW_REQUIRE_TOOLCHAINS").is_none(),
+            !crate::support::required("THAW_REQUIRE_TOOLCHAINS"),
             "the {template} toolchain ({}) is missing; scripts/test installs it",
             toolchain.0
         );
