@@ -56,13 +56,14 @@ pub struct Exposition(Arc<tokio::sync::Mutex<Cache>>);
 type Cache = [Option<(std::time::Instant, bytes::Bytes)>; 2];
 
 impl Exposition {
-    /// The exposition, rendered at most [`CACHE_FOR`] ago.
+    /// The exposition, rendered at most [`CACHE_FOR`] ago; `None` if rendering failed (a
+    /// scraper must see an error, not an empty page that looks healthy).
     ///
     /// The lock and the rendering belong to a task of their own: a scraper that goes away
     /// mid-request drops only its wait, so the rendering still finishes, fills the cache and
     /// lets the next one in (a dropped guard would let each abandoned scrape start another
     /// rendering).
-    pub async fn get(&self, platform: &Arc<Platform>, openmetrics: bool) -> bytes::Bytes {
+    pub async fn get(&self, platform: &Arc<Platform>, openmetrics: bool) -> Option<bytes::Bytes> {
         let cache = self.0.clone();
         let platform = platform.clone();
         let rendering = tokio::spawn(async move {
@@ -73,14 +74,18 @@ impl Exposition {
             {
                 return Some(body.clone());
             }
-            let body = tokio::task::spawn_blocking(move || render(&platform, openmetrics))
-                .await
-                .ok()
-                .map(bytes::Bytes::from)?;
+            let body =
+                match tokio::task::spawn_blocking(move || render(&platform, openmetrics)).await {
+                    Ok(body) => bytes::Bytes::from(body),
+                    Err(e) => {
+                        tracing::error!("rendering the metrics failed: {e}");
+                        return None;
+                    }
+                };
             *slot = Some((std::time::Instant::now(), body.clone()));
             Some(body)
         });
-        rendering.await.ok().flatten().unwrap_or_default()
+        rendering.await.ok().flatten()
     }
 }
 

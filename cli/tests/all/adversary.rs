@@ -105,7 +105,7 @@ async fn a_guest_cannot_pin_host_memory_outside_its_limits() {
     }
     let grew = peak.finish().saturating_sub(before);
     eprintln!("host resident set grew by {} MiB at its peak", grew >> 20);
-    // Six instances at once, each bounded by max_host_resources × 128 KiB, plus slack for
+    // Six instances at once, each bounded by max_host_resources × 256 KiB, plus slack for
     // the allocator's own overhead and what six more requests cost anyway.
     let bound = 6 * u64::from(DEFAULT_MAX_HOST_RESOURCES) * HOST_RESOURCE_BYTES + (64 << 20);
     assert!(
@@ -115,10 +115,13 @@ async fn a_guest_cannot_pin_host_memory_outside_its_limits() {
         bound >> 20
     );
 
-    // Strings the host would keep at any length are refused at their setter.
+    // Strings the host would keep at any length are refused at their setter, p2 and p3.
     let r = server.get("/faults/hoard?what=paths").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "held 0 resources\n");
+    let r = server.get("/p3/hoard-paths").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "held 0 requests");
     let f = server.admin().get("faults").await.unwrap();
     assert_eq!(hits(&f, "host_resources"), 4, "{f}");
     let f = server.admin().get("p3").await.unwrap();

@@ -14,7 +14,9 @@
 //! - `/swarm?n=N`: spawns N tasks that each wait 0 ns in a loop, forever, and never
 //!   answers: the host spends its time switching tasks, not in this guest's code;
 //! - `/hoard?n=N`: creates N (default 100,000) `fields` of one 30 KiB header each and keeps
-//!   them: host memory outside its linear memory; answers only if the host never says no.
+//!   them: host memory outside its linear memory; answers only if the host never says no;
+//! - `/hoard-paths?n=N`: creates N requests with a 4 MiB path each and keeps them; answers
+//!   how many it holds when the host refuses the path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -77,6 +79,25 @@ impl wasip3::exports::http::handler::Guest for P3 {
                 loop {
                     wasip3::clocks::monotonic_clock::wait_for(1_000_000_000).await;
                 }
+            }
+            "hoard-paths" => {
+                let n = match param("n") {
+                    0 => 100_000,
+                    n => n as usize,
+                };
+                let path = format!("/{}", "p".repeat(4 << 20));
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    let (_, trailers) = wit_future::new(|| Ok(None));
+                    let (request, _sent) = Request::new(Fields::new(), None, trailers, None);
+                    if request.set_path_with_query(Some(&path)).is_err() {
+                        break;
+                    }
+                    held.push(request);
+                }
+                let count = held.len();
+                std::hint::black_box(&held);
+                Ok(text(200, format!("held {count} requests").into_bytes()))
             }
             "hoard" => {
                 let n = match param("n") {

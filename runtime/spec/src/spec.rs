@@ -38,16 +38,16 @@ pub const DEFAULT_KV_MAX_MIB: u64 = 256;
 /// Default most host resources (WASI and `wasi:http` handles: fields, requests, responses,
 /// bodies, streams, pollables) one request may hold at once. Each costs the host at most
 /// about [`HOST_RESOURCE_BYTES`], so this bounds the host memory a guest can pin outside its
-/// `memory_mib`: 512 × 128 KiB = 64 MiB per request.
+/// `memory_mib`: 512 × 256 KiB = 128 MiB per request, as much as the default `memory_mib`.
 pub const DEFAULT_MAX_HOST_RESOURCES: u32 = 512;
 /// Fewest host resources a function may be given: its stdio, its request and response with
 /// their bodies and streams, and room for real work.
 pub const MIN_HOST_RESOURCES: u32 = 64;
 /// The most host memory one host resource of a guest can hold: an outgoing request or
 /// response with its headers (32 KiB), its method, authority and path (9.25 KiB), its body's
-/// two buffered 16 KiB chunks and its trailers (32 KiB), and the maps' overhead. The host
+/// two buffered 64 KiB chunks and its trailers (32 KiB), and the maps' overhead. The host
 /// enforces each part (`thaw_runtime::guest::host`); this is their documented sum.
-pub const HOST_RESOURCE_BYTES: u64 = 128 << 10;
+pub const HOST_RESOURCE_BYTES: u64 = 256 << 10;
 /// Longest timeout a spec may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 /// Most environment variables a function may have. The list is copied into every
@@ -229,7 +229,7 @@ pub struct LimitsSpec {
     #[cfg_attr(feature = "clap", arg(long, value_name = "MIB"))]
     pub kv_max_mib: Option<u64>,
     /// Most host resources (handles to fields, requests, bodies, streams, pollables) one
-    /// request may hold at once; each costs the host at most 128 KiB, so this bounds the host
+    /// request may hold at once; each costs the host at most 256 KiB, so this bounds the host
     /// memory a guest pins outside `memory_mib` (64..=65536) [default: the host's, 512]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]

@@ -16,7 +16,7 @@
 //!   and futures count there too; the table's cap, which is typed, is meant to hit first);
 //! - `fields` capped at [`MAX_FIELDS_BYTES`] (32 KiB: four times a typical proxy's whole
 //!   header section; wasmtime's default is 128 KiB);
-//! - outgoing bodies that buffer at most two chunks of [`BODY_CHUNK_BYTES`] (16 KiB, against
+//! - outgoing bodies that buffer at most two chunks of [`BODY_CHUNK_BYTES`] (64 KiB, against
 //!   1 MiB) before the guest must wait for the reader;
 //! - an outgoing request's method, authority and path capped ([`cap_request_strings`]:
 //!   wasmtime keeps them at any length, so one request could otherwise hold as much as the
@@ -24,15 +24,20 @@
 //!
 //! The most one table entry can hold is an outgoing request or response that owns all of
 //! that at once: headers (32 KiB), method, authority and path (9.25 KiB), a finished body's
-//! two chunks (32 KiB) and its trailers (32 KiB), about 106 KiB; the documented figure,
-//! [`HOST_RESOURCE_BYTES`](crate::spec::HOST_RESOURCE_BYTES), is 128 KiB with the maps'
+//! two chunks (128 KiB) and its trailers (32 KiB), about 201 KiB; the documented figure,
+//! [`HOST_RESOURCE_BYTES`](crate::spec::HOST_RESOURCE_BYTES), is 256 KiB with the maps'
 //! overhead. One instance holds at most `max_host_resources` entries per request it may run
 //! at once (a WASIp3 instance with `reuse.max_concurrent` gets that many times the cap), so
-//! 512 × 128 KiB = 64 MiB per request at the default. A push past the cap fails with a
-//! typed [`ResourceTableError::Full`](wasmtime::component::ResourceTableError), a trap the
-//! request path counts as a `host_resources` limit hit. The smaller chunks cost a streaming
-//! guest more wake-ups per megabyte, not throughput worth measuring: hyper writes 16 KiB
-//! frames anyway.
+//! 512 × 256 KiB = 128 MiB per request at the default: as much as the default `memory_mib`.
+//! A push past the cap fails with a typed
+//! [`ResourceTableError::Full`](wasmtime::component::ResourceTableError), a trap the request
+//! path counts as a `host_resources` limit hit.
+//!
+//! The chunk size is a trade: each write of a streaming guest moves at most one chunk, so
+//! smaller chunks mean more host calls per megabyte. Against wasmtime's 1 MiB, 16 KiB chunks
+//! cut a 50 MB stream's throughput to about 0.6×, 64 KiB to about 0.9×
+//! (benches/results/2026-12-02-issue-20-request-path); 64 KiB keeps the bound per resource
+//! within 256 KiB.
 //!
 //! No ambient authority: a guest sees the environment variables of its spec and nothing of
 //! the host's, no directory unless the spec grants one, and no network but `wasi:http`
@@ -63,7 +68,7 @@ use crate::telemetry::OutboundTrace;
 pub const MAX_FIELDS_BYTES: usize = 32 << 10;
 /// Largest chunk of an outgoing body the host copies out of the guest in one write; a p2
 /// body buffers at most two of them.
-pub const BODY_CHUNK_BYTES: usize = 16 << 10;
+pub const BODY_CHUNK_BYTES: usize = 64 << 10;
 /// Longest method a guest may set on an outgoing request (wasmtime takes any length).
 pub const MAX_METHOD_BYTES: usize = 256;
 /// Longest authority a guest may set on an outgoing request.

@@ -61,8 +61,9 @@ pub struct KvView<'a> {
 /// Most buckets one instance may hold open at once. Each is an entry in the store's
 /// resource table, host memory the guest's memory limit does not count; a guest opening
 /// buckets in a loop without dropping them gets an error instead of growing the host. The
-/// table's own cap (`max_host_resources`, 1,024 by default) bounds them too, but as a trap;
-/// this smaller cap comes first, as an error the guest can handle.
+/// table's own cap (`max_host_resources`, 512 by default) bounds them too, but as a trap;
+/// this smaller cap (or half the table, if that is fewer) comes first, as an error the
+/// guest can handle.
 pub const MAX_OPEN_BUCKETS: usize = 256;
 
 type Answer<T> = wasmtime::Result<Result<T, store::Error>>;
@@ -107,9 +108,10 @@ impl store::Host for KvView<'_> {
         if crate::keyvalue::check_bucket(&identifier).is_err() {
             return Ok(Err(store::Error::NoSuchStore));
         }
-        if *self.open_buckets >= MAX_OPEN_BUCKETS {
+        let max = MAX_OPEN_BUCKETS.min(self.table.max_capacity() / 2);
+        if *self.open_buckets >= max {
             return Ok(Err(store::Error::Other(format!(
-                "more than {MAX_OPEN_BUCKETS} buckets open at once; drop some"
+                "more than {max} buckets open at once; drop some"
             ))));
         }
         let bucket = self.table.push(Bucket { name: identifier })?;

@@ -132,18 +132,31 @@ async fn route(
         return super::ui::handle(&cx.auth, req, client).await;
     }
     if let Some(blob) = peer_blob(req.uri().path()) {
-        return peer(cx.cluster.as_deref(), &req, blob).await;
-    }
-    if !cx.auth.allows(req.headers(), req.method()) {
-        // A guess is a credential that did not match; a request with none (a browser
-        // before its login) is refused without counting against its address.
-        if AdminAuth::presents_credentials(req.headers()) {
-            if let Some(wait) = cx.auth.failures.backing_off(client) {
-                return super::auth::too_many_failures(wait).await;
+        let turn = cx.auth.failures.wait_turn(client).await;
+        let response = peer(cx.cluster.as_deref(), &req, blob).await;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            cx.auth.failures.failed(client, "cluster peer request");
+            if let Some((_turn, left)) = turn {
+                return super::auth::too_many_failures(left);
             }
+        }
+        return response;
+    }
+    let presented = AdminAuth::presents_token(req.headers());
+    let turn = match presented {
+        true => cx.auth.failures.wait_turn(client).await,
+        false => None,
+    };
+    if !cx.auth.allows(req.headers(), req.method()) {
+        // A guess is a token that did not match; a request with none (a browser before its
+        // login, or with a session that ended) is refused without counting.
+        if presented {
             cx.auth.failures.failed(client, "admin request");
+            if let Some((_turn, left)) = turn {
+                return super::auth::too_many_failures(left);
+            }
         } else {
-            tracing::debug!(%client, "admin request refused: no credentials");
+            tracing::debug!(%client, "admin request refused: no token");
         }
         let mut response = error(
             StatusCode::UNAUTHORIZED,
@@ -491,7 +504,12 @@ pub async fn metrics(
             .get(http::header::ACCEPT)
             .map(|v| v.as_bytes()),
     );
-    let body = exposition.get(platform, openmetrics).await;
+    let Some(body) = exposition.get(platform, openmetrics).await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rendering the metrics failed (see the host's log)",
+        );
+    };
     let mut response = Response::new(full(body));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -759,7 +777,8 @@ async fn peer(
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     if !token.is_some_and(|t| cluster.peer_token_matches(t)) {
-        tracing::info!(path = %req.uri().path(), "peer request refused: missing or wrong cluster token");
+        // Counted, and logged once per address and minute, by the caller (`FailedAttempts`).
+        tracing::debug!(path = %req.uri().path(), "peer request refused: missing or wrong cluster token");
         return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
     }
     if req.method() != Method::GET {

@@ -9,16 +9,16 @@
 //! would return early on a length mismatch and tell an attacker the token's length.
 //!
 //! # Failed attempts
-//! A client address (an IPv6 client's /64) that presents a wrong token or session
-//! [`MAX_FAILURES`] times within [`FAILURE_WINDOW`] is backed off until the window ends:
-//! each further wrong attempt is answered 429 (with `Retry-After`) after a second's delay,
-//! and is not logged. The right token is still accepted at once. Refusing it too would let
-//! anyone who shares an address with the operators (a TLS proxy in front, a NAT, other users
-//! of the machine on loopback) lock them out with ten bad guesses a minute; and the token's
-//! entropy (256 random bits, or at least 16 characters) is what makes guessing hopeless,
-//! not the rate. The back-off keeps a guesser slow and the log short: refusals are logged
-//! once per address and window, then summed up ("N failed logins from A in the last
-//! minute").
+//! A client address (an IPv6 client's /64) that presents a wrong token (a bearer token, the
+//! login form, a cluster peer's token) [`MAX_FAILURES`] times within [`FAILURE_WINDOW`] is
+//! backed off until the window ends: its attempts are checked one at a time, each after
+//! [`BACKOFF_DELAY`], so however many connections it opens it gets one guess a second; a
+//! wrong one is answered 429 (with `Retry-After`). The right token is still accepted, only
+//! later. Refusing it outright would let anyone who shares an address with the operators (a
+//! TLS proxy in front, a NAT, other users of the machine on loopback) lock them out with ten
+//! bad guesses a minute. A stale session cookie is not a guess (a browser sends it after a
+//! restart): only presented tokens count. Refusals are logged once per address and window,
+//! then summed up ("N failed logins from A in the last minute").
 //!
 //! # Dashboard sessions
 //! A browser cannot be trusted to keep a bearer token out of history, bookmarks and other
@@ -289,7 +289,7 @@ pub struct AdminAuth {
     pub failures: Arc<FailedAttempts>,
 }
 
-/// Failed attempts from one address within [`FAILURE_WINDOW`] before it is refused outright.
+/// Failed attempts from one address within [`FAILURE_WINDOW`] before it is backed off.
 pub const MAX_FAILURES: u32 = 10;
 
 /// The window failed attempts are counted in.
@@ -305,7 +305,12 @@ pub struct FailedAttempts(Mutex<HashMap<std::net::IpAddr, Window>>);
 struct Window {
     started: Instant,
     failures: u32,
+    /// Taken by each attempt while the address is backed off: one at a time.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// An attempt's turn while its address is backed off (see [`FailedAttempts::wait_turn`]).
+pub type Turn = tokio::sync::OwnedMutexGuard<()>;
 
 /// The address failures are counted for: the client's, or its /64 for IPv6 (one host
 /// commonly holds a whole /64, and could otherwise rotate through it).
@@ -322,11 +327,28 @@ fn key(client: std::net::IpAddr) -> std::net::IpAddr {
 impl FailedAttempts {
     /// How long `client` must still wait, if it has used up its attempts.
     pub fn backing_off(&self, client: std::net::IpAddr) -> Option<Duration> {
+        self.backed_off(client).map(|(left, _)| left)
+    }
+
+    fn backed_off(
+        &self,
+        client: std::net::IpAddr,
+    ) -> Option<(Duration, Arc<tokio::sync::Mutex<()>>)> {
         let client = key(client);
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let window = map.get(&client)?;
         let left = FAILURE_WINDOW.checked_sub(window.started.elapsed())?;
-        (window.failures >= MAX_FAILURES && !left.is_zero()).then_some(left)
+        (window.failures >= MAX_FAILURES && !left.is_zero()).then(|| (left, window.turn.clone()))
+    }
+
+    /// For an attempt from `client`: nothing if it is not backed off; else waits for its
+    /// turn (one attempt at a time per address) and [`BACKOFF_DELAY`], and returns the turn
+    /// (hold it until the token is checked) with what is left of the window.
+    pub async fn wait_turn(&self, client: std::net::IpAddr) -> Option<(Turn, Duration)> {
+        let (left, turn) = self.backed_off(client)?;
+        let turn = turn.lock_owned().await;
+        tokio::time::sleep(BACKOFF_DELAY).await;
+        Some((turn, left))
     }
 
     /// Counts a failed attempt by `client` at `what`, and logs it: the first of a window
@@ -343,18 +365,17 @@ impl FailedAttempts {
                 map.remove(&oldest);
             }
         }
-        let window = map.entry(client).or_insert(Window {
+        let window = map.entry(client).or_insert_with(|| Window {
             started: now,
             failures: 0,
+            turn: Arc::default(),
         });
         if now.duration_since(window.started) >= FAILURE_WINDOW {
             if window.failures > 1 {
                 tracing::warn!(%client, "{} failed logins from {client} in the last minute", window.failures);
             }
-            *window = Window {
-                started: now,
-                failures: 0,
-            };
+            window.started = now;
+            window.failures = 0;
         }
         window.failures += 1;
         match window.failures {
@@ -367,15 +388,12 @@ impl FailedAttempts {
     }
 }
 
-/// Delay before a backed-off address's wrong attempt is answered.
+/// How long each attempt from a backed-off address waits for its check.
 pub const BACKOFF_DELAY: Duration = Duration::from_secs(1);
 
-/// The answer to a wrong attempt from an address that used up its attempts, after
-/// [`BACKOFF_DELAY`].
-pub async fn too_many_failures(
-    wait: Duration,
-) -> http::Response<crate::invoke::body::ResponseBody> {
-    tokio::time::sleep(BACKOFF_DELAY).await;
+/// The answer to a wrong attempt from an address that is backed off; `wait` is what is
+/// left of its window.
+pub fn too_many_failures(wait: Duration) -> http::Response<crate::invoke::body::ResponseBody> {
     let mut response = http::Response::new(crate::invoke::body::full(bytes::Bytes::from_static(
         b"{\"error\":\"too many failed attempts from this address; retry later\"}",
     )));
@@ -402,14 +420,10 @@ impl AdminAuth {
         }
     }
 
-    /// Whether a request carries credentials at all (a bearer token, or a session cookie),
-    /// right or wrong: only those count as failed attempts.
-    pub fn presents_credentials(headers: &http::HeaderMap) -> bool {
+    /// Whether a request presents a token, right or wrong: only those count as guesses (a
+    /// session cookie that is no longer live is what a browser sends after a restart).
+    pub fn presents_token(headers: &http::HeaderMap) -> bool {
         headers.contains_key(http::header::AUTHORIZATION)
-            || headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .any(|v| session_ids(v.as_bytes()).next().is_some())
     }
 
     /// Whether a request may use the admin API: it carries the token, or a live session's

@@ -96,11 +96,12 @@ async fn login(
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default();
     let bearer = format!("Bearer {}", token.trim());
+    let turn = auth.failures.wait_turn(client).await;
     if !auth.token.accepts(Some(bearer.as_bytes())) {
-        if let Some(wait) = auth.failures.backing_off(client) {
-            return super::auth::too_many_failures(wait).await;
-        }
         auth.failures.failed(client, "dashboard login");
+        if let Some((_turn, left)) = turn {
+            return super::auth::too_many_failures(left);
+        }
         let mut response = redirect(None);
         response.headers_mut().insert(
             http::header::LOCATION,
