@@ -10,7 +10,9 @@ use thaw_runtime::spec::{
 };
 use thaw_test_functions as wasm;
 
-use crate::support::{TestServer, assert_healthy, client, client_from, hits, raw_exchange, route};
+use crate::support::{
+    TestServer, assert_healthy, client, client_from, eventually, hits, raw_exchange, route,
+};
 
 /// The server's resident set, in bytes (`VmRSS`).
 fn rss(pid: u32) -> u64 {
@@ -166,21 +168,6 @@ async fn a_guest_cannot_pin_host_memory_outside_its_limits() {
     );
 }
 
-/// Polls `done` every 100 ms for up to 20 s; panics naming `what` if it never holds.
-async fn eventually<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn log_followers_are_capped_per_function_and_per_client() {
     let server = TestServer::start();
@@ -235,10 +222,14 @@ async fn log_followers_are_capped_per_function_and_per_client() {
     drop(first);
     drop(open);
     // (A closed follower is noticed when the next line is written to it.)
-    eventually("a place to follow again", || async {
-        server.get("/faults/log?tag=nudge").await;
-        follow(third.clone()).await.status() == 200
-    })
+    eventually(
+        "a place to follow again",
+        Duration::from_secs(20),
+        || async {
+            server.get("/faults/log?tag=nudge").await;
+            follow(third.clone()).await.status() == 200
+        },
+    )
     .await;
 }
 
@@ -251,10 +242,14 @@ async fn guest_output_is_bounded_in_the_host_log_and_escaped_everywhere() {
     let r = server.get("/faults/log?lines=3000&tag=flood").await;
     assert_eq!(r.status(), 200);
     // The summary is written once the function may log again: keep it logging a little.
-    eventually("the suppressed lines' summary", || async {
-        server.get("/faults/log?lines=1&tag=later").await;
-        server.log().contains("lines from faults")
-    })
+    eventually(
+        "the suppressed lines' summary",
+        Duration::from_secs(20),
+        || async {
+            server.get("/faults/log?lines=1&tag=later").await;
+            server.log().contains("lines from faults")
+        },
+    )
     .await;
     let log = server.log();
     let copied = log.lines().filter(|l| l.contains("flood ")).count();
@@ -299,9 +294,11 @@ async fn guest_output_is_bounded_in_the_host_log_and_escaped_everywhere() {
     );
     assert!(!escaped.contains(['\r', '\u{1b}', '\u{7}']), "{escaped:?}");
     assert!(printed(true).contains("\r[thaw] forged \u{1b}[31m"));
-    eventually("the forged line in the host log", || async {
-        plain.log().contains("forged")
-    })
+    eventually(
+        "the forged line in the host log",
+        Duration::from_secs(20),
+        || async { plain.log().contains("forged") },
+    )
     .await;
     let log = plain.log();
     let line = log.lines().find(|l| l.contains("forged")).unwrap();
@@ -480,12 +477,16 @@ async fn metrics_are_rendered_at_most_once_a_second() {
             "a scrape within the second reuses the rendering"
         );
     }
-    eventually("the request in the metrics", || async {
-        scrape()
-            .await
-            .lines()
-            .any(|l| l.starts_with("thaw_requests_total{") && l.contains("hello"))
-    })
+    eventually(
+        "the request in the metrics",
+        Duration::from_secs(20),
+        || async {
+            scrape()
+                .await
+                .lines()
+                .any(|l| l.starts_with("thaw_requests_total{") && l.contains("hello"))
+        },
+    )
     .await;
 }
 

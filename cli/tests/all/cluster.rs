@@ -10,7 +10,7 @@ use std::time::Duration;
 use thaw_runtime::api::ClusterStatus;
 use thaw_test_functions as wasm;
 
-use crate::support::{Killed, TestServer, client, free_port, route, service_binaries};
+use crate::support::{Killed, TestServer, client, eventually, free_port, route, service_binaries};
 
 const TOKEN: &str = "cluster-token-for-the-tests";
 
@@ -123,22 +123,6 @@ async fn cluster_status(node: &TestServer) -> ClusterStatus {
         .cluster()
         .await
         .expect("GET /v1/cluster")
-}
-
-/// Polls until `done` holds, at most `bound` (a bound for a hung test, not a speed claim).
-async fn eventually<F, Fut>(what: &str, bound: Duration, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + bound;
-    while tokio::time::Instant::now() < deadline {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// The version that serves `path` on `node` (its `x-thaw-version`), if it answers 200.

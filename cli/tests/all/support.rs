@@ -335,6 +335,22 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Polls until `done` holds, at most `bound` (a bound for a hung test, not a speed claim).
+pub async fn eventually<F, Fut>(what: &str, bound: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < deadline {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// Whether CI asks for what `var` names (`THAW_REQUIRE_WASMTIME`, `_TOOLCHAINS`,
 /// `_SERVICES`): any non-empty value requires it, and a test that would skip fails instead.
 pub fn required(var: &str) -> bool {
