@@ -229,7 +229,17 @@ async fn state_survives_and_stays_apart(mut server: TestServer) {
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Kill in the middle: once increments are being acknowledged (a fixed sleep could end
+    // before the first one on a slow machine, and test nothing).
+    crate::support::eventually(
+        "acknowledged increments before the kill",
+        std::time::Duration::from_secs(20),
+        || {
+            let acknowledged = acknowledged.clone();
+            async move { acknowledged.load(Ordering::SeqCst) >= 20 }
+        },
+    )
+    .await;
     server.kill_and_restart(1);
     for w in writers {
         let _ = w.await;
