@@ -242,10 +242,12 @@ impl Cluster {
             // is on disk.
             let _claim = self.platform.claim_code(record.digests());
             self.fetch(record).await?;
-            self.platform
+            let set = self
+                .platform
                 .apply_record(record.clone(), revision, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(function = %record.name, revision, traffic = %set.traffic(), "applied the cluster's record");
         }
         self.announce(&record.name).await?;
         Ok(())

@@ -1,18 +1,23 @@
-//! Where function records live when this host is one of several: the seam between the
-//! control plane and a cluster (see [`crate::cluster`]).
+//! Where function records are committed: the seam between the control plane and its
+//! source of truth.
 //!
-//! A single host is its own source of truth: a deploy commits to the data directory. In a
-//! cluster the source of truth is shared (etcd), and every node mirrors it into its own data
-//! directory and registry. So a change made through a node is committed twice, in that
-//! order: first to the shared store, by a [`Coordinator`], as a compare-and-set on the
-//! record's revision (two changes of one name through two nodes are ordered, never lost);
-//! then locally, by [`super::Platform::apply_record`], which is also what every other node
-//! runs when it sees the change. The local step is idempotent and ordered by the shared
-//! store's revision, so whichever of the deploy and the node's own watch applies a change
-//! first, the other does nothing.
+//! Every change (deploy, remove, split, rollback, promote) is made the same way, whoever
+//! the coordinator is: its record is computed from the committed one and committed by the
+//! [`Coordinator`], as a compare-and-set on the record's revision (two changes of one name
+//! are ordered, never lost; a route is claimed in the same step); then it is applied here by
+//! [`super::Platform::apply_record`]: loaded, persisted into the data directory, swapped into
+//! the registry. The local step is idempotent and ordered by the coordinator's revision, so
+//! whichever of a change and a cluster node's own watch applies it first, the other does
+//! nothing.
 //!
-//! The trait is defined here and implemented above (the control plane must not depend on
-//! etcd, and a test can drive the platform without one).
+//! The coordinators:
+//! - [`super::local::LocalCoordinator`]: a single host, its records in its data directory
+//!   (or in memory, for the control plane's unit tests);
+//! - [`crate::cluster::Cluster`]: etcd, shared by the nodes of a cluster, each of which
+//!   mirrors it into its own data directory and registry.
+//!
+//! The trait is defined here and implemented beside and above (the control plane must not
+//! depend on etcd, and a test can drive the platform without one).
 
 use super::error::DeployError;
 use super::versions::VersionsRecord;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::coordinator::Coordinator;
 use super::error::DeployError;
 use super::versions::{VersionSet, VersionsRecord};
 use super::{Platform, garbage};
@@ -28,6 +27,15 @@ use crate::traffic::TrafficSplit;
 /// Time a function's init function may run at deploy: generous, because it replaces start-up
 /// work that would otherwise run per request, but bounded, because a deploy must end.
 const INIT_BUDGET: Duration = Duration::from_secs(60);
+
+/// A deploy's new version before it is committed: loaded, its generation not chosen yet.
+struct PreparedCode {
+    function: Function,
+    origin: Origin,
+    /// The upload and the code compiled from it (a snapshot, or the upload again), each
+    /// under its digest.
+    code: [(String, Bytes); 2],
+}
 
 /// What a deploy made.
 pub struct Deployed {
@@ -108,6 +116,34 @@ impl Platform {
         wasm: Bytes,
         options: DeployOptions,
     ) -> Result<Deployed, DeployError> {
+        let config = self.validate(name, &spec, &wasm, options).await?;
+        // `claim` keeps the new code from the collector until the record that needs it is
+        // committed (or this deploy fails).
+        let mut claim = self.garbage.claims.claim();
+        let prepared = self.prepare_code(name, spec, wasm, &mut claim).await?;
+        let mut function = prepared.function;
+        function.config = config;
+        function.attach_keyvalue(self.keyvalue.as_ref());
+        let deployed = self
+            .commit_deploy(function, options, &prepared.code)
+            .await?;
+        if prepared.origin == Origin::FastTier {
+            self.tier_ups_pending.fetch_add(1, Ordering::Relaxed);
+            let [_, (_, code_wasm)] = prepared.code;
+            tokio::spawn(self.clone().tier_up(deployed.version.clone(), code_wasm));
+        }
+        Ok(deployed)
+    }
+
+    /// A deploy's first phase: everything that can be checked before any work, so that a
+    /// refusal is immediate. Returns the function's resolved configuration.
+    async fn validate(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        wasm: &[u8],
+        options: DeployOptions,
+    ) -> Result<Arc<wasmtime_wasi_config::WasiConfigVariables>, DeployError> {
         if options.canary.is_some_and(|p| p > 100) {
             return Err(DeployError::BadRequest(
                 "a canary share is a percent, 0 to 100".into(),
@@ -115,21 +151,34 @@ impl Platform {
         }
         spec.validate(name, self.engine().options().max_memory_bytes)
             .map_err(|e| DeployError::BadRequest(e.to_string()))?;
-        self.check_host_support(&spec)
+        self.check_host_support(spec)
             .map_err(DeployError::BadRequest)?;
-        // Before any work: a secret the host cannot resolve is the deployer's to fix.
-        let config = Arc::new(
-            self.secrets
-                .resolve_off_workers(spec.config.clone())
-                .await
-                .map_err(DeployError::BadRequest)?,
-        );
-        let kind = detect_kind(&wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
+        // A secret the host cannot resolve is the deployer's to fix.
+        let config = self
+            .secrets
+            .resolve_off_workers(spec.config.clone())
+            .await
+            .map_err(DeployError::BadRequest)?;
+        detect_kind(wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
+        // Checked again when the record commits; here so that a taken route costs no compile.
         self.registry
             .check_route(name, &spec.route_or_default(name))?;
+        Ok(Arc::new(config))
+    }
 
+    /// A deploy's second phase: the code, pre-initialised (a Wizer snapshot, if the
+    /// component asks for one), compiled (or found in the artifact cache), linked and
+    /// checked against the function's limits. Nothing is committed yet; the digests of the
+    /// code are added to `claim`.
+    async fn prepare_code(
+        &self,
+        name: &str,
+        spec: FunctionSpec,
+        wasm: Bytes,
+        claim: &mut garbage::Claim,
+    ) -> Result<PreparedCode, DeployError> {
+        let kind = detect_kind(&wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
         let digest = sha256_hex(&wasm);
-        let mut claim = self.garbage.claims.claim();
         claim.add(&digest);
         let snapshot = if kind == Kind::Component
             && spec.snapshot != Some(false)
@@ -167,94 +216,27 @@ impl Platform {
         let code = linking
             .link(compiled)
             .map_err(|e| DeployError::InvalidModule(e.to_string()))?;
-        let mut function = Function::loaded_with(record, &self.defaults, code, origin);
-        function.config = config;
-        function.attach_keyvalue(self.keyvalue.as_ref());
-
-        if let Some(coordinator) = self.coordinator.get().cloned() {
-            // `claim` keeps the code from the collector until this returns.
-            let deployed = self
-                .deploy_shared(
-                    &*coordinator,
-                    function,
-                    options,
-                    [(&digest, &wasm), (&code_digest, &code_wasm)],
-                )
-                .await?;
-            if origin == Origin::FastTier {
-                self.tier_ups_pending.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(self.clone().tier_up(deployed.version.clone(), code_wasm));
-            }
-            return Ok(deployed);
-        }
-
-        let _guard = self.write_lock.lock().await;
-        let previous = self.registry.get(name);
-        let version = previous
-            .as_ref()
-            .map_or(1, |p| p.newest().record.generation + 1);
-        function.set_generation(version);
-        let traffic = match (&previous, options.canary) {
-            (Some(previous), Some(percent)) => previous
-                .traffic()
-                .with_canary(version, percent, options.keep_pinned)
-                .map_err(|e| DeployError::BadRequest(e.to_string()))?,
-            _ => TrafficSplit::single(version),
-        };
-        if let Some(previous) = &previous {
-            // One log per name: `thaw logs` follows a function across its versions.
-            function.log = previous.primary().log.clone();
-        }
-        let function = Arc::new(function);
-        let (set, dropped) = match &previous {
-            Some(previous) => previous.with_version(function.clone(), traffic, self.keep_versions),
-            None => VersionSet::new(vec![function.clone()], traffic).map(|s| (s, Vec::new())),
-        }
-        .map_err(DeployError::from)?;
-        self.registry.check_route(name, &set.route)?;
-        // The wasm first, the record last: the record is the commit point (see datadir).
-        // The upload, and the snapshot (what an artifact rebuild compiles) if there is one.
-        for (digest, bytes) in [(&digest, &wasm), (&code_digest, &code_wasm)] {
-            self.write_wasm(digest, bytes)
-                .map_err(DeployError::Internal)?;
-        }
-        let replaced = previous.is_some();
-        drop(previous);
-        let set = self.commit(set, dropped).await?;
-        if origin == Origin::FastTier {
-            self.tier_ups_pending.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(self.clone().tier_up(function.clone(), code_wasm));
-        }
-        tracing::info!(
-            function = name,
-            route = %function.route,
-            kind = %kind,
-            digest = %&digest[..12],
-            version = version,
-            canary = options.canary,
-            "deployed"
-        );
-        Ok(Deployed {
-            version: function,
-            set,
-            replaced,
+        Ok(PreparedCode {
+            function: Function::loaded_with(record, &self.defaults, code, origin),
+            origin,
+            code: [(digest, wasm), (code_digest, code_wasm)],
         })
     }
 
-    /// A cluster node's deploy (see [`super::coordinator`]): the code on disk and published
-    /// first, so that a node that sees the record can fetch it; then the record committed to
-    /// the shared store (the commit point); then applied here like any node applies it.
-    async fn deploy_shared(
+    /// A deploy's last phase (see [`super::coordinator`]): the code on disk and published
+    /// first, so that whoever sees the record can load it; then the record committed by the
+    /// coordinator (the commit point); then applied here, as every cluster node applies it.
+    async fn commit_deploy(
         self: &Arc<Self>,
-        coordinator: &dyn Coordinator,
         mut function: Function,
         options: DeployOptions,
-        code: [(&String, &Bytes); 2],
+        code: &[(String, Bytes); 2],
     ) -> Result<Deployed, DeployError> {
         for (digest, bytes) in code {
             self.write_wasm(digest, bytes)
                 .map_err(DeployError::Internal)?;
         }
+        let coordinator = self.coordinator();
         coordinator.publish_code(&function.record).await?;
         let template = function.record.clone();
         let keep = self.keep_versions;
@@ -265,11 +247,12 @@ impl Platform {
         };
         let (record, revision) = coordinator.commit(&template.name, &mut change).await?;
         let record = record.ok_or_else(|| {
-            DeployError::Internal(anyhow::anyhow!("the shared store committed no record"))
+            DeployError::Internal(anyhow::anyhow!("the coordinator committed no record"))
         })?;
         let version = record.versions.last().map_or(1, |newest| newest.generation);
         function.set_generation(version);
-        // The record may keep versions this host has not fetched yet (its mirror lags).
+        // The record may keep versions this host has not fetched yet (a cluster node's
+        // mirror lags).
         let _claim = self.claim_code(record.digests());
         if let Err(e) = coordinator.fetch_code(&record).await {
             tracing::warn!(function = %template.name, "{e}");
@@ -280,17 +263,19 @@ impl Platform {
             .map_err(|e| committed_but(version, e))?;
         let function = set.version(version).cloned().ok_or_else(|| {
             DeployError::Superseded(format!(
-                "v{version} is committed, but a newer change replaced it before this node \
+                "v{version} is committed, but a newer change replaced it before this host \
                  applied it; see the function's versions"
             ))
         })?;
         tracing::info!(
             function = %function.name,
             route = %function.route,
+            kind = %function.record.kind,
+            digest = %&function.record.digest[..12],
             version,
             revision,
             canary = options.canary,
-            "deployed to the cluster"
+            "deployed"
         );
         Ok(Deployed {
             version: function,
@@ -340,12 +325,46 @@ impl Platform {
         fresh: Option<Function>,
     ) -> Result<Arc<VersionSet>, DeployError> {
         let name = record.name.clone();
+        if self.applied_revision(&name) >= revision {
+            return self.registry.get(&name).ok_or_else(|| {
+                DeployError::NotFound(format!("{name} was removed by a later change"))
+            });
+        }
+        let set = self.version_set_of(record, fresh)?;
+        self.registry.check_route(&name, &set.route)?;
+        self.load_serving(&set).await?;
+        let _guard = self.write_lock.lock().await;
         let current = self.registry.get(&name);
         if self.applied_revision(&name) >= revision {
             return current.ok_or_else(|| {
                 DeployError::NotFound(format!("{name} was removed by a later change"))
             });
         }
+        let dropped = current.map_or_else(Vec::new, |current| {
+            current
+                .versions()
+                .iter()
+                .filter(|have| !set.versions().iter().any(|kept| Arc::ptr_eq(kept, have)))
+                .cloned()
+                .collect()
+        });
+        // `current` is consumed: the dropped versions are held by `dropped` alone, which
+        // `commit` lets go before it collects.
+        let set = self.commit(set, dropped).await?;
+        self.set_applied_revision(&name, revision);
+        tracing::debug!(function = %name, revision, traffic = %set.traffic(), "applied a committed record");
+        Ok(set)
+    }
+
+    /// The versions of `record` as a set: the versions this host serves already are kept as
+    /// they are (code, warm instances, counters), `fresh` (a deploy's new version) is used as
+    /// it is, and the others are built from their records, code not loaded.
+    fn version_set_of(
+        &self,
+        record: VersionsRecord,
+        fresh: Option<Function>,
+    ) -> Result<VersionSet, DeployError> {
+        let current = self.registry.get(&record.name);
         let log = current
             .as_ref()
             .map_or_else(Arc::default, |c| c.primary().log.clone());
@@ -366,28 +385,7 @@ impl Platform {
                 }
             })
             .collect();
-        let set = VersionSet::new(versions, record.traffic)?;
-        self.registry.check_route(&name, &set.route)?;
-        self.load_serving(&set).await?;
-        let _guard = self.write_lock.lock().await;
-        let current = self.registry.get(&name);
-        if self.applied_revision(&name) >= revision {
-            return current.ok_or_else(|| {
-                DeployError::NotFound(format!("{name} was removed by a later change"))
-            });
-        }
-        let dropped = current.map_or_else(Vec::new, |current| {
-            current
-                .versions()
-                .iter()
-                .filter(|have| !set.versions().iter().any(|kept| Arc::ptr_eq(kept, have)))
-                .cloned()
-                .collect()
-        });
-        let set = self.commit(set, dropped).await?;
-        self.set_applied_revision(&name, revision);
-        tracing::info!(function = %name, revision, traffic = %set.traffic(), "applied the cluster's record");
-        Ok(set)
+        Ok(VersionSet::new(versions, record.traffic)?)
     }
 
     /// Loads every version `set`'s split gives traffic (from its artifact; a compile only
@@ -452,6 +450,18 @@ impl Platform {
         *entry = (*entry).max(revision);
     }
 
+    /// Writes `record` into the data directory, unless it holds that already: a single
+    /// host's coordinator wrote it when it committed; a cluster node keeps a copy of etcd's
+    /// records, so that it serves them across restarts, even with etcd down.
+    fn mirror_record(&self, record: &VersionsRecord) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(record)?;
+        let path = self.data.function_record(&record.name);
+        if std::fs::read(&path).is_ok_and(|on_disk| on_disk == json) {
+            return Ok(());
+        }
+        self.data.write_atomic(&path, &json)
+    }
+
     /// Persists `set` as its function's record (the commit point), swaps it into the
     /// registry, and collects the code of the `dropped` versions once no request holds them.
     /// The caller holds the write lock.
@@ -461,10 +471,7 @@ impl Platform {
         dropped: Vec<Arc<Function>>,
     ) -> Result<Arc<VersionSet>, DeployError> {
         self.registry.check_route(&set.name, &set.route)?;
-        let json = serde_json::to_vec_pretty(&set.record())
-            .map_err(|e| DeployError::Internal(e.into()))?;
-        self.data
-            .write_atomic(&self.data.function_record(&set.name), &json)
+        self.mirror_record(&set.record())
             .map_err(DeployError::Internal)?;
         let set = Arc::new(set.unload_unreachable(&self.defaults));
         self.registry.insert(set.clone())?;
@@ -534,49 +541,41 @@ impl Platform {
         name: &str,
         choose: impl Fn(&VersionSet) -> Result<TrafficSplit, DeployError> + Send + Sync,
     ) -> Result<Arc<VersionSet>, DeployError> {
-        if let Some(coordinator) = self.coordinator.get().cloned() {
-            // Checked here first, as on a single host: the versions the new split gives
-            // traffic must load on this node before the change is committed for all (a
-            // version whose code no node has any more is refused, not committed).
-            let local = self.versions(name)?;
-            let candidate = local.with_traffic(choose(&local)?)?;
-            self.load_serving(&candidate).await?;
-            drop(candidate);
-            // Chosen again from the shared record, which may be ahead of this host's.
-            let defaults = &self.defaults;
-            let mut change = |current: Option<&VersionsRecord>| {
-                let current = current
-                    .ok_or_else(|| DeployError::NotFound(format!("no function named {name:?}")))?;
-                let versions = current
-                    .versions
-                    .iter()
-                    .map(|v| Arc::new(Function::unloaded(v.clone(), defaults)))
-                    .collect();
-                let set = VersionSet::new(versions, current.traffic.clone())?;
-                let set = set.with_traffic(choose(&set)?)?;
-                Ok(Some(set.record()))
-            };
-            let (record, revision) = coordinator.commit(name, &mut change).await?;
-            let record = record.ok_or_else(|| {
-                DeployError::Internal(anyhow::anyhow!("the shared store committed no record"))
-            })?;
-            let _claim = self.claim_code(record.digests());
-            if let Err(e) = coordinator.fetch_code(&record).await {
-                tracing::warn!(function = name, "{e}");
-            }
-            let set = self
-                .apply_record(record, revision, None)
-                .await
-                .map_err(|e| committed_but_change(name, e))?;
-            tracing::info!(function = name, traffic = %set.traffic(), "traffic split changed in the cluster");
-            return Ok(set);
+        // Checked here first: the versions the new split gives traffic must load on this
+        // host before the change is committed (a version whose code no host has any more is
+        // refused, not committed).
+        let local = self.versions(name)?;
+        let candidate = local.with_traffic(choose(&local)?)?;
+        self.load_serving(&candidate).await?;
+        drop(candidate);
+        // Chosen again from the committed record, which may be ahead of this host's.
+        let defaults = &self.defaults;
+        let mut change = |current: Option<&VersionsRecord>| {
+            let current = current
+                .ok_or_else(|| DeployError::NotFound(format!("no function named {name:?}")))?;
+            let versions = current
+                .versions
+                .iter()
+                .map(|v| Arc::new(Function::unloaded(v.clone(), defaults)))
+                .collect();
+            let set = VersionSet::new(versions, current.traffic.clone())?;
+            let set = set.with_traffic(choose(&set)?)?;
+            Ok(Some(set.record()))
+        };
+        let coordinator = self.coordinator();
+        let (record, revision) = coordinator.commit(name, &mut change).await?;
+        let record = record.ok_or_else(|| {
+            DeployError::Internal(anyhow::anyhow!("the coordinator committed no record"))
+        })?;
+        let _claim = self.claim_code(record.digests());
+        if let Err(e) = coordinator.fetch_code(&record).await {
+            tracing::warn!(function = name, "{e}");
         }
-        let _guard = self.write_lock.lock().await;
-        let current = self.versions(name)?;
-        let set = current.with_traffic(choose(&current)?)?;
-        self.load_serving(&set).await?;
-        let set = self.commit(set, Vec::new()).await?;
-        tracing::info!(function = name, traffic = %set.traffic(), "traffic split changed");
+        let set = self
+            .apply_record(record, revision, None)
+            .await
+            .map_err(|e| committed_but_change(name, e))?;
+        tracing::info!(function = name, revision, traffic = %set.traffic(), "traffic split changed");
         Ok(set)
     }
 
@@ -714,24 +713,18 @@ impl Platform {
     /// finish (their code is mapped; removing the files does not touch it). Its wasm and
     /// artifact are removed unless another function shares them.
     pub async fn remove(&self, name: &str) -> Result<bool, DeployError> {
-        if let Some(coordinator) = self.coordinator.get().cloned() {
-            let mut existed = false;
-            let mut change = |current: Option<&VersionsRecord>| {
-                existed = current.is_some();
-                Ok(None)
-            };
-            let (_, revision) = coordinator.commit(name, &mut change).await?;
-            if existed {
-                self.apply_removal(name, revision)
-                    .await
-                    .map_err(|e| committed_but_change(name, DeployError::Internal(e)))?;
-            }
-            return Ok(existed);
+        let mut existed = false;
+        let mut change = |current: Option<&VersionsRecord>| {
+            existed = current.is_some();
+            Ok(None)
+        };
+        let (_, revision) = self.coordinator().commit(name, &mut change).await?;
+        if existed {
+            self.apply_removal(name, revision)
+                .await
+                .map_err(|e| committed_but_change(name, DeployError::Internal(e)))?;
         }
-        let _guard = self.write_lock.lock().await;
-        self.remove_locked(name)
-            .await
-            .map_err(DeployError::Internal)
+        Ok(existed)
     }
 
     /// [`Platform::remove`] here only; the caller holds the write lock.
@@ -771,43 +764,36 @@ impl Platform {
     }
 }
 
-/// A failure to apply, here, a change already committed to the cluster: said so, so that
-/// the deployer does not deploy again (the other nodes serve it; this one retries).
+/// A failure to apply, here, a change already committed: said so, so that the deployer does
+/// not deploy again (a cluster node retries and the other nodes serve it; a single host
+/// serves it from its next start).
 fn committed_but(version: u64, e: DeployError) -> DeployError {
     DeployError::Internal(anyhow::anyhow!(
-        "v{version} is committed to the cluster, but this node could not apply it yet ({e}); \
-         it retries, and the other nodes serve it: do not deploy again"
+        "v{version} is committed, but this host could not apply it yet ({e}); do not deploy \
+         again: see the function's versions"
     ))
 }
 
 /// [`committed_but`] for a change of function `name` other than a deploy.
 fn committed_but_change(name: &str, e: DeployError) -> DeployError {
     DeployError::Internal(anyhow::anyhow!(
-        "the change of {name} is committed to the cluster, but this node could not apply it yet \
-         ({e}); it retries, and the other nodes apply it"
+        "the change of {name} is committed, but this host could not apply it yet ({e})"
     ))
 }
 
 /// A function's next record: `current` (`None`: a first deploy) with `version` added as the
 /// newest version (its generation is chosen here), taking all traffic or `canary` percent,
-/// and keeping at most `keep` versions: the split's, then the newest of the rest (as
-/// [`VersionSet::with_version`] does for a single host).
+/// and keeping at most `keep` versions (see [`VersionsRecord::with_version`]).
 fn next_record(
     current: Option<&VersionsRecord>,
-    mut version: FunctionRecord,
+    version: FunctionRecord,
     options: DeployOptions,
     keep: usize,
 ) -> Result<VersionsRecord, DeployError> {
     let Some(current) = current else {
-        version.generation = 1;
-        return Ok(VersionsRecord {
-            name: version.name.clone(),
-            traffic: TrafficSplit::single(1),
-            versions: vec![version],
-        });
+        return Ok(VersionsRecord::first(version));
     };
-    let generation = current.versions.last().map_or(0, |v| v.generation) + 1;
-    version.generation = generation;
+    let generation = current.next_generation();
     let traffic = match options.canary {
         Some(percent) => current
             .traffic
@@ -815,20 +801,9 @@ fn next_record(
             .map_err(|e| DeployError::BadRequest(e.to_string()))?,
         None => TrafficSplit::single(generation),
     };
-    let mut all = current.versions.clone();
-    all.push(version);
-    let mut kept = Vec::with_capacity(all.len());
-    while let Some(v) = all.pop() {
-        if traffic.percent(v.generation).is_some() || kept.len() < keep {
-            kept.push(v);
-        }
-    }
-    kept.reverse();
-    Ok(VersionsRecord {
-        name: current.name.clone(),
-        versions: kept,
-        traffic,
-    })
+    let mut version = version;
+    version.generation = generation;
+    Ok(current.with_version(version, traffic, keep))
 }
 
 /// Refuses code whose initial linear memory is already over the function's memory limit:

@@ -9,8 +9,12 @@ pub mod coordinator;
 pub mod deploy;
 pub mod error;
 pub mod garbage;
+pub mod local;
 pub mod registry;
 pub mod versions;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +38,7 @@ use crate::spec::LimitDefaults;
 use crate::telemetry::Tracing;
 use coordinator::Coordinator;
 pub use error::DeployError;
+use local::LocalCoordinator;
 use registry::Registry;
 use versions::{VersionSet, VersionsRecord};
 
@@ -158,8 +163,10 @@ pub struct Platform {
     /// Start-up work done: artifacts checked and, with `--load background`, code loaded
     /// (see [`Platform::ready`]).
     started: std::sync::atomic::AtomicBool,
-    /// The shared source of truth, when this host is a cluster node (see [`coordinator`]).
-    coordinator: OnceLock<Arc<dyn Coordinator>>,
+    /// Where changes commit (see [`coordinator`]): this host's own records ...
+    local: Arc<LocalCoordinator>,
+    /// ... unless another coordinator was given (a cluster's).
+    attached: OnceLock<Arc<dyn Coordinator>>,
     /// Per function, the shared store's revision of the record applied last (see
     /// [`Platform::apply_record`]); guarded by the write lock in practice.
     applied: Mutex<HashMap<String, u64>>,
@@ -220,7 +227,7 @@ impl Platform {
             KeyValueBackend::Redis(store) => Some(KeyValue::Redis(store.clone())),
             KeyValueBackend::Off => None,
         };
-        let platform = Self {
+        let mut platform = Self {
             fast,
             tier_ups_pending: AtomicUsize::new(0),
             slow_clients: Default::default(),
@@ -251,10 +258,15 @@ impl Platform {
             secrets: config.secrets.clone(),
             keyvalue,
             started: std::sync::atomic::AtomicBool::new(false),
-            coordinator: OnceLock::new(),
+            local: Arc::new(LocalCoordinator::in_memory()),
+            attached: OnceLock::new(),
             applied: Default::default(),
         };
         platform.register_all()?;
+        platform.local = Arc::new(LocalCoordinator::in_data_dir(
+            platform.data.clone(),
+            platform.registry.all().iter().map(|set| set.record()),
+        ));
         // Before serving: what a crash interrupted, and what earlier runs left behind.
         garbage::report(platform.garbage.run());
         if platform.load_mode == LoadMode::Eager {
@@ -323,23 +335,30 @@ impl Platform {
         Arc::new(function)
     }
 
-    /// Makes this host a cluster node: from now on changes commit to `coordinator` first
-    /// (see [`coordinator`]). Once only; a second call is refused.
+    /// Gives the platform another source of truth (a cluster's, see [`coordinator`]): from
+    /// now on changes commit there first. Once only, before any change; a second call is
+    /// refused.
     pub fn attach_coordinator(&self, coordinator: Arc<dyn Coordinator>) -> anyhow::Result<()> {
-        self.coordinator
+        self.attached
             .set(coordinator)
-            .map_err(|_| anyhow::anyhow!("the platform already has a coordinator"))
+            .map_err(|_| anyhow::anyhow!("the platform already has a coordinator"))?;
+        // Revisions are the new coordinator's from now on.
+        self.forget_applied_revisions();
+        Ok(())
     }
 
-    /// The shared source of truth, if this host is a cluster node.
-    pub fn coordinator(&self) -> Option<&Arc<dyn Coordinator>> {
-        self.coordinator.get()
+    /// Where changes commit: the attached coordinator, or this host's own records.
+    pub fn coordinator(&self) -> Arc<dyn Coordinator> {
+        match self.attached.get() {
+            Some(attached) => attached.clone(),
+            None => self.local.clone(),
+        }
     }
 
     /// `GET /healthz`: `Err(reason)` when the host serves but is degraded (a cluster node
     /// that cannot reach the shared registry: it serves what it knows, refuses changes).
     pub fn health(&self) -> Result<(), String> {
-        self.coordinator.get().map_or(Ok(()), |c| c.health())
+        self.coordinator().health()
     }
 
     /// Every version a request can reach, all functions.
@@ -431,7 +450,7 @@ impl Platform {
         if !self.started.load(Ordering::Acquire) {
             return Err("start-up work in progress: checking artifacts and loading code");
         }
-        self.coordinator.get().map_or(Ok(()), |c| c.synced())
+        self.coordinator().synced()
     }
 
     /// The registry of deployed functions.

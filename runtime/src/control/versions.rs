@@ -104,6 +104,47 @@ impl VersionsRecord {
             .map(|v| v.spec.route_or_default(&self.name))
     }
 
+    /// A function's first record: `version` as v1, taking all traffic.
+    pub fn first(mut version: FunctionRecord) -> Self {
+        version.generation = 1;
+        Self {
+            name: version.name.clone(),
+            traffic: TrafficSplit::single(1),
+            versions: vec![version],
+        }
+    }
+
+    /// The generation the next deployed version gets.
+    pub fn next_generation(&self) -> u64 {
+        self.versions.last().map_or(0, |v| v.generation) + 1
+    }
+
+    /// This record with `version` added as the newest and `traffic` as the split, keeping at
+    /// most `keep` versions: every version the split lists, then the newest of the rest.
+    /// This is the one place the keep rule lives: a single host and a cluster node commit
+    /// records built here.
+    pub fn with_version(
+        &self,
+        version: FunctionRecord,
+        traffic: TrafficSplit,
+        keep: usize,
+    ) -> Self {
+        let mut all: Vec<_> = self.versions.iter().cloned().chain([version]).collect();
+        let mut kept = Vec::with_capacity(all.len());
+        // Newest first, so that the newest of the versions outside the split are the ones kept.
+        while let Some(v) = all.pop() {
+            if traffic.percent(v.generation).is_some() || kept.len() < keep {
+                kept.push(v);
+            }
+        }
+        kept.reverse();
+        Self {
+            name: self.name.clone(),
+            versions: kept,
+            traffic,
+        }
+    }
+
     /// Every digest the record's versions need on disk.
     pub fn digests(&self) -> impl Iterator<Item = &str> {
         self.versions
@@ -299,29 +340,6 @@ impl VersionSet {
                 .collect(),
             traffic: self.traffic.clone(),
         }
-    }
-
-    /// A set with `function` added as the newest version and `traffic`, keeping at most
-    /// `keep` versions: the split's, then the newest of the rest. Returns the set and the
-    /// versions it dropped.
-    pub fn with_version(
-        &self,
-        function: Arc<Function>,
-        traffic: TrafficSplit,
-        keep: usize,
-    ) -> Result<(Self, Vec<Arc<Function>>), SetError> {
-        let mut all: Vec<_> = self.versions.iter().cloned().chain([function]).collect();
-        let mut kept = Vec::with_capacity(all.len());
-        let mut dropped = Vec::new();
-        // Newest first, so that the newest of the versions outside the split are the ones kept.
-        while let Some(version) = all.pop() {
-            if traffic.percent(version.record.generation).is_some() || kept.len() < keep {
-                kept.push(version);
-            } else {
-                dropped.push(version);
-            }
-        }
-        Ok((Self::new(kept, traffic)?, dropped))
     }
 
     /// The same versions with another split.
