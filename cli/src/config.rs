@@ -51,6 +51,10 @@ pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_KEEP_RESIDENT_KIB: u64 = 64;
 /// Default largest upload on the admin API.
 pub const DEFAULT_MAX_UPLOAD_MIB: u64 = 256;
+/// Default time a dead cluster node stays in the member list (its etcd lease's TTL).
+pub const DEFAULT_CLUSTER_TTL_SECS: u64 = 10;
+/// Default prefix of thaw's keys in etcd.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/thaw/";
 
 /// `thaw serve` flags: the settings, and what only the command line says.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -538,7 +542,10 @@ fn cluster_options(
             "--node-id {id:?}: letters, digits, '-', '_' and '.' only (it is part of etcd keys)"
         );
     }
-    let prefix = s.cluster_prefix.clone().unwrap_or_else(|| "/thaw/".into());
+    let prefix = s
+        .cluster_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.into());
     anyhow::ensure!(prefix.ends_with('/'), "--cluster-prefix must end with '/'");
     anyhow::ensure!(
         s.etcd_user.is_some() == s.etcd_password.is_some(),
@@ -551,7 +558,7 @@ fn cluster_options(
         client_cert: s.etcd_cert.clone().zip(s.etcd_key.clone()),
         prefix,
         node_id: s.node_id.clone().unwrap_or_default(),
-        lease_ttl: Duration::from_secs(s.cluster_ttl_secs.unwrap_or(10)),
+        lease_ttl: Duration::from_secs(s.cluster_ttl_secs.unwrap_or(DEFAULT_CLUSTER_TTL_SECS)),
         token,
         share_artifacts: s.artifact_sharing.unwrap_or(true),
     }))
@@ -643,5 +650,112 @@ mod tests {
         let (_dir, path) = file("instance_slot = 7\n");
         let err = format!("{:#}", parse(&["--config", &path]).resolve().unwrap_err());
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    /// Every `[default: ...]` that `thaw serve --help` shows is what `resolve` applies when
+    /// nothing is given (the defaults live in the help text because a setting may also come
+    /// from the config file, so clap's own defaults cannot be used).
+    #[test]
+    fn help_defaults_are_what_resolve_applies() {
+        use clap::CommandFactory as _;
+        let plain = parse(&[]).resolve().unwrap();
+        let clustered = parse(&[
+            "--cluster",
+            "etcd=http://127.0.0.1:1",
+            "--cluster-token",
+            "0123456789abcdef",
+        ])
+        .resolve()
+        .unwrap();
+        let cluster = clustered.cluster.unwrap();
+        let p = &plain.platform;
+        let load = serde_json::to_value(p.load).unwrap();
+        let applied: std::collections::HashMap<&str, String> = [
+            ("listen", plain.listen.to_string()),
+            ("admin_listen", plain.admin_listen.to_string()),
+            ("instance_slots", p.engine.instance_slots.to_string()),
+            (
+                "max_memory_mib",
+                (p.engine.max_memory_bytes >> 20).to_string(),
+            ),
+            ("on_demand_allocation", p.engine.on_demand.to_string()),
+            (
+                "keep_resident_kib",
+                (p.engine.keep_resident_bytes >> 10).to_string(),
+            ),
+            ("queue_timeout_ms", p.queue_timeout.as_millis().to_string()),
+            (
+                "drain_timeout_secs",
+                plain.drain_timeout.as_secs().to_string(),
+            ),
+            ("max_upload_mib", (plain.max_upload_bytes >> 20).to_string()),
+            ("load", load.as_str().unwrap().to_owned()),
+            ("warm_max", p.pool.max_per_function.to_string()),
+            ("warm_idle_secs", p.pool.idle_timeout.as_secs().to_string()),
+            ("fast_deploy", p.fast_deploy.to_string()),
+            ("compile_cache", p.compile_cache.to_string()),
+            ("keep_versions", p.keep_versions.to_string()),
+            (
+                "keyvalue",
+                plain.keyvalue.clone().unwrap_or("embedded".into()),
+            ),
+            (
+                "secrets_dir",
+                p.secrets
+                    .dir
+                    .as_ref()
+                    .map_or("none".into(), |d| d.display().to_string()),
+            ),
+            ("guest_log_to_host", plain.guest_log_to_host.to_string()),
+            ("server_timing", p.server_timing.to_string()),
+            ("fuel_metering", p.engine.fuel_metering.to_string()),
+            (
+                "header_read_timeout_ms",
+                plain.header_read_timeout.as_millis().to_string(),
+            ),
+            (
+                "send_timeout_ms",
+                plain.send_timeout.as_millis().to_string(),
+            ),
+            ("cluster_ttl_secs", cluster.lease_ttl.as_secs().to_string()),
+            ("cluster_prefix", cluster.prefix.clone()),
+            ("artifact_sharing", cluster.share_artifacts.to_string()),
+            ("default_timeout_ms", p.defaults.timeout_ms.to_string()),
+            ("default_memory_mib", p.defaults.memory_mib.to_string()),
+            (
+                "default_max_request_body_kib",
+                p.defaults.max_request_body_kib.to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let mut checked = 0;
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            let help = arg.get_long_help().or(arg.get_help());
+            let help = help.map(|h| h.to_string()).unwrap_or_default();
+            let Some(start) = help.find("[default: ") else {
+                continue;
+            };
+            let text = &help[start + "[default: ".len()..];
+            let text = &text[..text.find(']').expect("a closing bracket")];
+            // The value, before any explanation (`127.0.0.1:8080; port 0 picks ...`).
+            let documented = text.split([';', ',']).next().unwrap().trim();
+            match applied.get(id) {
+                Some(value) => {
+                    assert_eq!(documented, value, "--{id}: --help says [default: {text}]");
+                    checked += 1;
+                }
+                None => assert!(
+                    documented.contains(' '),
+                    "--{id}: [default: {documented}] looks like a value: add it to this test"
+                ),
+            }
+        }
+        assert_eq!(
+            checked,
+            applied.len(),
+            "every default listed here is in --help"
+        );
     }
 }

@@ -6,14 +6,63 @@
 
 #![deny(missing_docs)]
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use thaw_spec::api::{
-    ErrorBody, FunctionInfo, HostStatus, KvKeys, LogEntry, RollbackRequest, VersionsInfo,
+    DeployQuery, ErrorBody, ErrorCode, FunctionInfo, HostStatus, KvKeys, KvQuery, LogEntry,
+    LogQuery, RollbackRequest, VersionsInfo,
 };
 use thaw_spec::spec::FunctionSpec;
 use thaw_spec::traffic::TrafficSplit;
+
+/// Why a call failed: the admin API's answer ([`ApiError`]: match on its code), or the
+/// exchange itself.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The admin API answered with an error.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The admin API could not be reached.
+    #[error("cannot reach the thaw admin API at {base} (is `thaw serve` running?): {source}")]
+    Unreachable {
+        /// The address the client was given.
+        base: String,
+        /// What the connection attempt said.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The exchange broke off, or its request could not be built.
+    #[error("talking to the admin API: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The answer is not what this client understands (a different thaw version?).
+    #[error("decoding the admin API's answer: {0}")]
+    Decode(String),
+}
+
+impl Error {
+    /// The admin API's code, if it answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// An error answer of the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: reqwest::StatusCode,
+    /// What kind of error ([`ErrorCode::Unknown`] for a body that is not the API's).
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// What every call returns.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Talks to one host's admin API.
 pub struct AdminClient {
@@ -32,41 +81,52 @@ impl AdminClient {
         }
     }
 
-    /// Sends a request with the token; a non-2xx answer becomes an error with the server's
-    /// reason. The body of a 2xx answer is left to the caller (it may stream).
-    async fn respond(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    /// Sends a request with the token; a non-2xx answer becomes an [`ApiError`]. The body
+    /// of a 2xx answer is left to the caller (it may stream).
+    async fn respond(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach the thaw admin API at {} (is `thaw serve` running?)",
-                self.base
-            )
+        let response = request.send().await.map_err(|source| {
+            if source.is_connect() {
+                Error::Unreachable {
+                    base: self.base.clone(),
+                    source,
+                }
+            } else {
+                Error::Transport(source)
+            }
         })?;
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await?;
-            let message = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            anyhow::bail!("{status}: {message}");
+            let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(body) => (body.error.code, body.error.message),
+                // Not the API's answer (a proxy's, say): its text, as it is.
+                Err(_) => (
+                    ErrorCode::Unknown,
+                    String::from_utf8_lossy(&body).into_owned(),
+                ),
+            };
+            return Err(ApiError {
+                status,
+                code,
+                message,
+            }
+            .into());
         }
         Ok(response)
     }
 
     /// [`AdminClient::respond`], then the whole body.
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Bytes> {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Bytes> {
         Ok(self.respond(request).await?.bytes().await?)
     }
 
-    async fn send_json<T: DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> anyhow::Result<T> {
+    async fn send_json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
         let body = self.send(request).await?;
-        serde_json::from_slice(&body).context("decoding the admin API's answer")
+        serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))
     }
 
     /// Deploys `wasm` as `name` with `spec`; the new version takes all traffic.
@@ -75,7 +135,7 @@ impl AdminClient {
         name: &str,
         spec: &FunctionSpec,
         wasm: Bytes,
-    ) -> anyhow::Result<FunctionInfo> {
+    ) -> Result<FunctionInfo> {
         self.deploy_canary(name, spec, wasm, None).await
     }
 
@@ -87,7 +147,7 @@ impl AdminClient {
         spec: &FunctionSpec,
         wasm: Bytes,
         canary: Option<u8>,
-    ) -> anyhow::Result<FunctionInfo> {
+    ) -> Result<FunctionInfo> {
         self.deploy_waiting(name, spec, wasm, canary, None).await
     }
 
@@ -100,7 +160,7 @@ impl AdminClient {
         wasm: Bytes,
         canary: Option<u8>,
         wait: Option<usize>,
-    ) -> anyhow::Result<FunctionInfo> {
+    ) -> Result<FunctionInfo> {
         let params = DeployParams {
             canary,
             wait,
@@ -116,113 +176,99 @@ impl AdminClient {
         spec: &FunctionSpec,
         wasm: Bytes,
         params: DeployParams,
-    ) -> anyhow::Result<FunctionInfo> {
+    ) -> Result<FunctionInfo> {
         let DeployParams {
             canary,
             wait,
             keep_pinned,
         } = params;
+        let spec = serde_json::to_string(spec).map_err(|e| Error::Decode(e.to_string()))?;
         let form = reqwest::multipart::Form::new()
             .part(
                 "spec",
-                reqwest::multipart::Part::text(serde_json::to_string(spec)?)
-                    .mime_str("application/json")?,
+                reqwest::multipart::Part::text(spec).mime_str("application/json")?,
             )
             .part(
                 "wasm",
                 reqwest::multipart::Part::stream(wasm).mime_str("application/wasm")?,
             );
-        let mut request = self
+        let query = DeployQuery {
+            canary,
+            keep_pinned: keep_pinned && canary.is_some(),
+            wait,
+            wait_s: None,
+        };
+        let request = self
             .http
             .put(format!("{}/v1/functions/{name}", self.base))
+            .query(&query)
             .multipart(form);
-        if let Some(canary) = canary {
-            request = request.query(&[("canary", canary)]);
-            if keep_pinned {
-                request = request.query(&[("keep_pinned", "true")]);
-            }
-        }
-        if let Some(wait) = wait {
-            request = request.query(&[("wait", wait)]);
-        }
-        self.send_json(request)
-            .await
-            .with_context(|| format!("deploying {name}"))
+        self.send_json(request).await
     }
 
     /// This node's view of its cluster (`GET /v1/cluster`).
-    pub async fn cluster(&self) -> anyhow::Result<thaw_spec::api::ClusterStatus> {
+    pub async fn cluster(&self) -> Result<thaw_spec::api::ClusterStatus> {
         self.send_json(self.http.get(format!("{}/v1/cluster", self.base)))
             .await
     }
 
     /// A function's kept versions and traffic split.
-    pub async fn versions(&self, name: &str) -> anyhow::Result<VersionsInfo> {
+    pub async fn versions(&self, name: &str) -> Result<VersionsInfo> {
         self.send_json(
             self.http
                 .get(format!("{}/v1/functions/{name}/versions", self.base)),
         )
         .await
-        .with_context(|| format!("listing the versions of {name}"))
     }
 
     /// Sets a function's traffic split.
-    pub async fn set_traffic(
-        &self,
-        name: &str,
-        split: &TrafficSplit,
-    ) -> anyhow::Result<VersionsInfo> {
+    pub async fn set_traffic(&self, name: &str, split: &TrafficSplit) -> Result<VersionsInfo> {
         self.send_json(
             self.http
                 .put(format!("{}/v1/functions/{name}/traffic", self.base))
                 .json(split),
         )
         .await
-        .with_context(|| format!("setting the traffic of {name} to {split}"))
     }
 
     /// Sends all of a function's traffic to `version`, or to the previous version.
-    pub async fn rollback(&self, name: &str, version: Option<u64>) -> anyhow::Result<VersionsInfo> {
+    pub async fn rollback(&self, name: &str, version: Option<u64>) -> Result<VersionsInfo> {
         self.send_json(
             self.http
                 .post(format!("{}/v1/functions/{name}/rollback", self.base))
                 .json(&RollbackRequest { version }),
         )
         .await
-        .with_context(|| format!("rolling back {name}"))
     }
 
     /// Sends all of a function's traffic to its newest version.
-    pub async fn promote(&self, name: &str) -> anyhow::Result<VersionsInfo> {
+    pub async fn promote(&self, name: &str) -> Result<VersionsInfo> {
         self.send_json(
             self.http
                 .post(format!("{}/v1/functions/{name}/promote", self.base)),
         )
         .await
-        .with_context(|| format!("promoting the newest version of {name}"))
     }
 
     /// Every function.
-    pub async fn list(&self) -> anyhow::Result<Vec<FunctionInfo>> {
+    pub async fn list(&self) -> Result<Vec<FunctionInfo>> {
         self.send_json(self.http.get(format!("{}/v1/functions", self.base)))
             .await
     }
 
     /// One function.
-    pub async fn get(&self, name: &str) -> anyhow::Result<FunctionInfo> {
+    pub async fn get(&self, name: &str) -> Result<FunctionInfo> {
         self.send_json(self.http.get(format!("{}/v1/functions/{name}", self.base)))
             .await
-            .with_context(|| format!("looking up {name}"))
     }
 
     /// Removes a function.
-    pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
+    pub async fn remove(&self, name: &str) -> Result<()> {
         self.send(
             self.http
                 .delete(format!("{}/v1/functions/{name}", self.base)),
         )
-        .await
-        .with_context(|| format!("removing {name}"))?;
+        .await?;
         Ok(())
     }
 
@@ -239,17 +285,13 @@ impl AdminClient {
         tail: Option<usize>,
         follow: bool,
         mut each: impl FnMut(LogEntry),
-    ) -> anyhow::Result<(u64, u64)> {
-        let mut query = vec![
-            ("after", after.to_string()),
-            ("since_ms", since_ms.to_string()),
-        ];
-        if let Some(tail) = tail {
-            query.push(("tail", tail.to_string()));
-        }
-        if follow {
-            query.push(("follow", "1".into()));
-        }
+    ) -> Result<(u64, u64)> {
+        let query = LogQuery {
+            after,
+            since_ms,
+            tail,
+            follow,
+        };
         let mut response = self
             .respond(
                 self.http
@@ -274,8 +316,8 @@ impl AdminClient {
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                let entry: LogEntry =
-                    serde_json::from_slice(&line).context("decoding a log line")?;
+                let entry: LogEntry = serde_json::from_slice(&line)
+                    .map_err(|e| Error::Decode(format!("a log line: {e}")))?;
                 last = last.max(entry.seq);
                 each(entry);
             }
@@ -283,88 +325,67 @@ impl AdminClient {
         Ok((last, dropped))
     }
 
-    fn kv_url(&self, name: &str) -> String {
-        format!("{}/v1/functions/{name}/kv", self.base)
+    fn kv(&self, method: reqwest::Method, name: &str, query: &KvQuery) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/v1/functions/{name}/kv", self.base))
+            .query(query)
+    }
+
+    fn kv_key(bucket: &str, key: &str) -> KvQuery {
+        KvQuery {
+            bucket: bucket.to_owned(),
+            key: Some(key.to_owned()),
+            cursor: None,
+        }
     }
 
     /// A value of function `name`'s key-value store, `None` if the key is not set.
-    pub async fn kv_get(
-        &self,
-        name: &str,
-        bucket: &str,
-        key: &str,
-    ) -> anyhow::Result<Option<Bytes>> {
-        let request = self
-            .http
-            .get(self.kv_url(name))
-            .query(&[("bucket", bucket), ("key", key)]);
+    pub async fn kv_get(&self, name: &str, bucket: &str, key: &str) -> Result<Option<Bytes>> {
+        let request = self.kv(reqwest::Method::GET, name, &Self::kv_key(bucket, key));
         match self.send(request).await {
             Ok(value) => Ok(Some(value)),
             // A missing key is an answer; a missing function stays an error.
-            Err(e)
-                if e.to_string().starts_with("404")
-                    && e.to_string().contains(&format!("no key {key:?}")) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e.context(format!("reading {key:?} of {name}"))),
+            Err(e) if e.code() == Some(ErrorCode::NoSuchKey) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
     /// Sets a value in function `name`'s key-value store.
-    pub async fn kv_set(
-        &self,
-        name: &str,
-        bucket: &str,
-        key: &str,
-        value: Bytes,
-    ) -> anyhow::Result<()> {
-        self.send(
-            self.http
-                .put(self.kv_url(name))
-                .query(&[("bucket", bucket), ("key", key)])
-                .body(value),
-        )
-        .await
-        .with_context(|| format!("setting {key:?} of {name}"))?;
+    pub async fn kv_set(&self, name: &str, bucket: &str, key: &str, value: Bytes) -> Result<()> {
+        let request = self.kv(reqwest::Method::PUT, name, &Self::kv_key(bucket, key));
+        self.send(request.body(value)).await?;
         Ok(())
     }
 
     /// Deletes a key of function `name`'s key-value store.
-    pub async fn kv_delete(&self, name: &str, bucket: &str, key: &str) -> anyhow::Result<()> {
-        self.send(
-            self.http
-                .delete(self.kv_url(name))
-                .query(&[("bucket", bucket), ("key", key)]),
-        )
-        .await
-        .with_context(|| format!("deleting {key:?} of {name}"))?;
+    pub async fn kv_delete(&self, name: &str, bucket: &str, key: &str) -> Result<()> {
+        let request = self.kv(reqwest::Method::DELETE, name, &Self::kv_key(bucket, key));
+        self.send(request).await?;
         Ok(())
     }
 
     /// Every key of a bucket of function `name`'s key-value store (all pages).
-    pub async fn kv_list(&self, name: &str, bucket: &str) -> anyhow::Result<Vec<String>> {
+    pub async fn kv_list(&self, name: &str, bucket: &str) -> Result<Vec<String>> {
         let mut keys = Vec::new();
-        let mut cursor: Option<u64> = None;
+        let mut query = KvQuery {
+            bucket: bucket.to_owned(),
+            key: None,
+            cursor: None,
+        };
         loop {
-            let mut query = vec![("bucket", bucket.to_owned())];
-            if let Some(cursor) = cursor {
-                query.push(("cursor", cursor.to_string()));
-            }
             let page: KvKeys = self
-                .send_json(self.http.get(self.kv_url(name)).query(&query))
-                .await
-                .with_context(|| format!("listing the keys of {name}"))?;
+                .send_json(self.kv(reqwest::Method::GET, name, &query))
+                .await?;
             keys.extend(page.keys);
             match page.cursor {
-                Some(next) => cursor = Some(next),
+                Some(next) => query.cursor = Some(next),
                 None => return Ok(keys),
             }
         }
     }
 
     /// The host's status.
-    pub async fn status(&self) -> anyhow::Result<HostStatus> {
+    pub async fn status(&self) -> Result<HostStatus> {
         self.send_json(self.http.get(format!("{}/v1/status", self.base)))
             .await
     }

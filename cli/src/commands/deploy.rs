@@ -120,7 +120,8 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let deployed = client
                 .deploy_with(&function.name, &function.spec(), wasm.into(), params(&args))
-                .await?;
+                .await
+                .with_context(|| format!("deploying {}", function.name))?;
             print_deployed(&deployed);
         }
         return Ok(());
@@ -166,7 +167,8 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
     let deployed = client
         .deploy_with(&name, &spec, wasm.into(), params(&args))
-        .await?;
+        .await
+        .with_context(|| format!("deploying {name}"))?;
     print_deployed(&deployed);
     Ok(())
 }

@@ -51,7 +51,12 @@ pub struct InvokeArgs {
 /// Looks up the function's route, sends the request, prints the response. A 4xx or 5xx
 /// answer is printed and then reported as an error (non-zero exit).
 pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
-    let function = args.target.client()?.get(&args.name).await?;
+    let function = args
+        .target
+        .client()?
+        .get(&args.name)
+        .await
+        .with_context(|| format!("looking up {}", args.name))?;
     let route = function.route.as_str();
     let route = if route == "/" { "" } else { route };
     let path = if args.path.is_empty() || args.path.starts_with(['/', '?']) {

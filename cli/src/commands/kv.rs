@@ -54,13 +54,20 @@ pub async fn execute(args: KvArgs) -> anyhow::Result<()> {
     };
     let raw = args.raw;
     match (args.action, a.as_slice()) {
-        (KvAction::List, [name]) => print_keys(&client.kv_list(name, "").await?, raw),
-        (KvAction::List, [name, bucket]) => print_keys(&client.kv_list(name, bucket).await?, raw),
+        (KvAction::List, [name]) | (KvAction::List, [name, _]) => {
+            let bucket = a.get(1).copied().unwrap_or("");
+            let keys = client
+                .kv_list(name, bucket)
+                .await
+                .with_context(|| format!("listing the keys of {name}"))?;
+            print_keys(&keys, raw)
+        }
         (KvAction::Get, [name, key]) | (KvAction::Get, [name, _, key]) => {
             let bucket = if a.len() == 3 { a[1] } else { "" };
             let value = client
                 .kv_get(name, bucket, key)
-                .await?
+                .await
+                .with_context(|| format!("reading {key:?} of {name}"))?
                 .with_context(|| format!("{name} has no key {key:?} in bucket {bucket:?}"))?;
             use std::io::Write as _;
             if raw {
@@ -70,18 +77,20 @@ pub async fn execute(args: KvArgs) -> anyhow::Result<()> {
                     .write_all(thaw_runtime::guest::log::escape_bytes(&value).as_bytes())?;
             }
         }
-        (KvAction::Set, [name, key, value]) => {
-            client
-                .kv_set(name, "", key, value.as_bytes().to_vec().into())
-                .await?
-        }
-        (KvAction::Set, [name, bucket, key, value]) => {
+        (KvAction::Set, [name, key, value]) | (KvAction::Set, [name, _, key, value]) => {
+            let bucket = if a.len() == 4 { a[1] } else { "" };
             client
                 .kv_set(name, bucket, key, value.as_bytes().to_vec().into())
-                .await?
+                .await
+                .with_context(|| format!("setting {key:?} of {name}"))?
         }
-        (KvAction::Delete, [name, key]) => client.kv_delete(name, "", key).await?,
-        (KvAction::Delete, [name, bucket, key]) => client.kv_delete(name, bucket, key).await?,
+        (KvAction::Delete, [name, key]) | (KvAction::Delete, [name, _, key]) => {
+            let bucket = if a.len() == 3 { a[1] } else { "" };
+            client
+                .kv_delete(name, bucket, key)
+                .await
+                .with_context(|| format!("deleting {key:?} of {name}"))?
+        }
         _ => return Err(usage()),
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `thaw remove`: undeploy a function.
 
 use crate::commands::Target;
+use anyhow::Context as _;
 
 /// `thaw remove` flags.
 #[derive(clap::Args, Debug)]
@@ -14,7 +15,11 @@ pub struct RemoveArgs {
 
 /// Removes the function; requests already running on it finish.
 pub async fn execute(args: RemoveArgs) -> anyhow::Result<()> {
-    args.target.client()?.remove(&args.name).await?;
+    args.target
+        .client()?
+        .remove(&args.name)
+        .await
+        .with_context(|| format!("removing {}", args.name))?;
     println!("removed {}", args.name);
     Ok(())
 }

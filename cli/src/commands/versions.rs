@@ -1,6 +1,7 @@
 //! `thaw versions`, `thaw rollback`, `thaw traffic`, `thaw promote`: a function's kept
 //! versions and which of them serve (see `thaw_runtime::control::versions`).
 
+use anyhow::Context as _;
 use thaw_runtime::api::VersionsInfo;
 use thaw_runtime::traffic::{TrafficSplit, parse_version};
 
@@ -59,7 +60,12 @@ pub struct PromoteArgs {
 
 /// Lists the kept versions.
 pub async fn versions(args: VersionsArgs) -> anyhow::Result<()> {
-    let info = args.target.client()?.versions(&args.name).await?;
+    let info = args
+        .target
+        .client()?
+        .versions(&args.name)
+        .await
+        .with_context(|| format!("listing the versions of {}", args.name))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -74,7 +80,8 @@ pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
         .target
         .client()?
         .rollback(&args.name, args.version)
-        .await?;
+        .await
+        .with_context(|| format!("rolling back {}", args.name))?;
     print_versions(&info);
     Ok(())
 }
@@ -86,14 +93,20 @@ pub async fn traffic(args: TrafficArgs) -> anyhow::Result<()> {
         .target
         .client()?
         .set_traffic(&args.name, &split)
-        .await?;
+        .await
+        .with_context(|| format!("setting the traffic of {} to {split}", args.name))?;
     print_versions(&info);
     Ok(())
 }
 
 /// Sends all traffic to the newest version.
 pub async fn promote(args: PromoteArgs) -> anyhow::Result<()> {
-    let info = args.target.client()?.promote(&args.name).await?;
+    let info = args
+        .target
+        .client()?
+        .promote(&args.name)
+        .await
+        .with_context(|| format!("promoting the newest version of {}", args.name))?;
     print_versions(&info);
     Ok(())
 }

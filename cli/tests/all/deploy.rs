@@ -3,7 +3,7 @@
 use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 
-use crate::support::{TestServer, deploy_multipart, deploy_raw, route};
+use crate::support::{ErrorCode, TestServer, deploy_multipart, deploy_raw, error_code, route};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_list_get_invoke_redeploy_remove() {
@@ -165,7 +165,7 @@ async fn bad_specs_and_routes() {
         .deploy("thief", &route("/hello"), wasm::read(wasm::ECHO).into())
         .await
         .unwrap_err();
-    assert!(format!("{err:#}").contains("409"), "{err:#}");
+    assert_eq!(error_code(&err), Some(ErrorCode::RouteTaken), "{err:#}");
 
     // Unknown paths are 404; prefixes match on segment boundaries only.
     assert_eq!(server.get("/nope").await.status(), 404);

@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    TestServer, addr, assert_healthy, client, deploy_multipart, hits, raw_exchange, route,
+    TestServer, addr, assert_healthy, client, deploy_multipart, eventually, hits, raw_exchange,
+    route,
 };
 
 fn with_limits(route_path: &str, limits: LimitsSpec) -> FunctionSpec {
@@ -115,7 +116,17 @@ async fn stalled_cgi_bodies_hold_no_place_and_time_out() {
             .unwrap();
         stalled.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both stalled requests have reached the function (it counts a request once it is
+    // routed, before its body), so the next request is served while they stall.
+    eventually(
+        "both stalled requests routed",
+        Duration::from_secs(30),
+        || async {
+            let function = server.admin().get("body").await.unwrap();
+            function["requests"] == 2
+        },
+    )
+    .await;
     // Both of the function's places are free for a client that sends its body.
     let r = client()
         .post(format!("{}/body?body", server.url))

@@ -4,6 +4,7 @@
 //! One binary with modules, as wasmtime organises its tests: it links once and the modules
 //! share the helpers in `support`.
 
+mod admin_api;
 mod adversary;
 mod auth;
 mod bench;

@@ -10,7 +10,7 @@ use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 
 use crate::support::{
-    Killed, TestServer, client, free_port, route, service_binaries, thaw_command,
+    ErrorCode, Killed, TestServer, client, free_port, route, service_binaries, thaw_command,
 };
 
 async fn get(server: &TestServer, path: &str) -> (u16, String) {
@@ -103,8 +103,9 @@ async fn config_values_and_secrets_reach_the_guest_and_nothing_else() {
             )
             .await
             .unwrap_err();
-        let e = format!("{e:#}");
-        assert!(e.contains("400") && e.contains(needle), "{e}");
+        assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{e}");
+        // The message names what to fix.
+        assert!(e.to_string().contains(needle), "{e}");
     }
     assert_eq!(
         get(&server, "/cap/config-hello").await,

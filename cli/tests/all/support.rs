@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use thaw_client::AdminClient;
+pub use thaw_runtime::api::ErrorCode;
 use thaw_runtime::api::ReadyLine;
 use thaw_runtime::spec::FunctionSpec;
 
@@ -291,7 +292,7 @@ impl Admin {
 
     /// `DELETE /v1/functions/{name}`.
     pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
-        self.0.remove(name).await
+        Ok(self.0.remove(name).await?)
     }
 
     /// `PUT /v1/functions/{name}`.
@@ -477,4 +478,10 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The admin API's code in an error from [`Admin`] (or a client call), if it answered with one.
+pub fn error_code(e: &anyhow::Error) -> Option<ErrorCode> {
+    e.downcast_ref::<thaw_client::Error>()
+        .and_then(thaw_client::Error::code)
 }

@@ -231,11 +231,180 @@ pub struct LogEntry {
     pub text: String,
 }
 
-/// The body of every admin API error.
+/// The body of every admin API error: `{"error": {"code": "route_taken", "message": "..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// What went wrong, for a person.
-    pub error: String,
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// An admin API error: a stable code for programs, a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// What kind of error, stable across versions (match on this, never on the message).
+    pub code: ErrorCode,
+    /// What went wrong and what to do, for a person; its wording may change.
+    pub message: String,
+}
+
+/// The admin API's error codes (docs/operations.md lists them with their statuses). A code
+/// this version does not know reads as [`ErrorCode::Unknown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 401: no admin token, or a wrong one (or, on the peer endpoints, the cluster token).
+    Unauthorized,
+    /// 429: too many failed attempts from this address, or too many log followers.
+    TooManyRequests,
+    /// 404: no admin route has this path.
+    NoSuchRoute,
+    /// 405: the path exists, the method does not (the `Allow` header lists those that do).
+    MethodNotAllowed,
+    /// 400: a malformed request: query, body, spec, name, split.
+    BadRequest,
+    /// 400: the wasm does not validate, compile or link, or asks for what thaw does not offer.
+    InvalidModule,
+    /// 404: no such function, version or blob.
+    NotFound,
+    /// 404: the function has no such key (`/kv`).
+    NoSuchKey,
+    /// 404: the host has no key-value store, or is not in a cluster.
+    NotConfigured,
+    /// 409: another function serves the route.
+    RouteTaken,
+    /// 409: a newer change took this one's traffic before it was served.
+    Superseded,
+    /// 413: the upload, the spec or a value is over its limit.
+    TooLarge,
+    /// 503: the host has no room for the work now; retry.
+    Busy,
+    /// 503: the cluster's registry (etcd) or the key-value backend cannot be reached; nothing
+    /// changed.
+    Unavailable,
+    /// 504: a deploy's `wait` ran out before enough nodes could serve the version.
+    WaitTimedOut,
+    /// 500: thaw could not do it (see the host's log).
+    Internal,
+    /// A code from a newer thaw.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it is on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::TooManyRequests => "too_many_requests",
+            Self::NoSuchRoute => "no_such_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BadRequest => "bad_request",
+            Self::InvalidModule => "invalid_module",
+            Self::NotFound => "not_found",
+            Self::NoSuchKey => "no_such_key",
+            Self::NotConfigured => "not_configured",
+            Self::RouteTaken => "route_taken",
+            Self::Superseded => "superseded",
+            Self::TooLarge => "too_large",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::WaitTimedOut => "wait_timed_out",
+            Self::Internal => "internal",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Decodes a query string into `T`: the one parser of every admin query (percent-decoding
+/// included). Unknown parameters are refused (the structs deny them), with their names.
+pub fn parse_query<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, String> {
+    serde_urlencoded::from_str(query).map_err(|e| format!("bad query {query:?}: {e}"))
+}
+
+/// The query of `PUT /v1/functions/{name}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeployQuery {
+    /// Take this percent (0-100) beside the versions serving, instead of all traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u8>,
+    /// With a canary: keep versions that were only pinnable (0%) in the split.
+    #[serde(deserialize_with = "flag", skip_serializing_if = "std::ops::Not::not")]
+    pub keep_pinned: bool,
+    /// In a cluster: answer once this many nodes (1 or more) serve the new version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<usize>,
+    /// How long `wait` waits, seconds (1-3600; default [`DeployQuery::DEFAULT_WAIT_S`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<u64>,
+}
+
+impl DeployQuery {
+    /// `wait_s` when the query does not say.
+    pub const DEFAULT_WAIT_S: u64 = 60;
+
+    /// Checks the values' ranges (what the types alone do not say).
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(canary) = self.canary.filter(|p| *p > 100) {
+            return Err(format!("canary={canary} is not a percent (0-100)"));
+        }
+        if self.wait == Some(0) {
+            return Err("wait=0 is not a node count (1 or more)".into());
+        }
+        if let Some(wait_s) = self.wait_s.filter(|s| !(1..=3600).contains(s)) {
+            return Err(format!("wait_s={wait_s} is not 1 to 3600 seconds"));
+        }
+        Ok(())
+    }
+}
+
+/// The query of `GET /v1/functions/{name}/logs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only lines after this `seq`.
+    pub after: u64,
+    /// Only lines written at or after this time (ms since the epoch).
+    pub since_ms: u64,
+    /// Only the last this many of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tail: Option<usize>,
+    /// Keep the response open and send lines as they are written.
+    #[serde(deserialize_with = "flag", skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
+}
+
+/// The query of `/v1/functions/{name}/kv`: a bucket, and a key (or, to list the bucket's
+/// keys, none and a cursor).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvQuery {
+    /// The bucket (`""`: the default one).
+    pub bucket: String,
+    /// The key; none: list the bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Where a listing goes on ([`KvKeys::cursor`] of the page before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
+}
+
+/// A boolean parameter: `true`/`1`, `false`/`0`, or present with no value (`true`).
+fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let value = String::deserialize(deserializer)?;
+    match value.as_str() {
+        "" | "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "{other:?} is not true or false"
+        ))),
+    }
 }
 
 /// The line `thaw serve` prints on stdout once both listeners are bound; scripts and tests

@@ -48,6 +48,22 @@ impl From<super::versions::SetError> for DeployError {
 }
 
 impl DeployError {
+    /// The admin API's code for it.
+    pub fn code(&self) -> crate::api::ErrorCode {
+        use crate::api::ErrorCode;
+        match self {
+            DeployError::BadRequest(_) => ErrorCode::BadRequest,
+            DeployError::InvalidModule(_) => ErrorCode::InvalidModule,
+            DeployError::NotFound(_) => ErrorCode::NotFound,
+            DeployError::RouteTaken(_) => ErrorCode::RouteTaken,
+            DeployError::Superseded(_) => ErrorCode::Superseded,
+            DeployError::TooLarge(_) => ErrorCode::TooLarge,
+            DeployError::Busy(_) => ErrorCode::Busy,
+            DeployError::Unavailable(_) => ErrorCode::Unavailable,
+            DeployError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
     /// The status the admin client gets.
     pub fn status(&self) -> StatusCode {
         match self {

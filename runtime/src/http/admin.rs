@@ -1,35 +1,25 @@
-//! The admin API: deploy, list, get, remove, status. JSON in and out.
+//! The admin API: deploy, list, get, remove, versions, state, status. JSON in and out.
 //!
-//! | method and path             | does                                  | answers |
-//! |-----------------------------|---------------------------------------|---------|
-//! | `GET /v1/status`            | host summary (allocator, counters)    | 200 |
-//! | `GET/PUT/DELETE /v1/functions/{name}/kv?bucket=B&key=K` | read, write, delete a function's state | 200/204, 404, 413 |
-//! | `GET /v1/functions/{name}/kv?bucket=B[&cursor=N]` | a page of a bucket's keys ([`KvKeys`]) | 200, 404 |
-//! | `GET /v1/history`           | counters over the last minutes ([`History`]) | 200 |
-//! | `GET /v1/functions`         | every function                        | 200 |
-//! | `GET /v1/functions/{name}`  | one function                          | 200, 404 |
-//! | `PUT /v1/functions/{name}`  | deploy or redeploy                    | 201 new, 200 replaced, 400, 409, 413 |
-//! | `DELETE /v1/functions/{name}` | remove                              | 204, 404 |
-//! | `GET /v1/functions/{name}/logs` | its recent output, NDJSON ([`logs`]) | 200, 400, 404 |
-//! | `GET /v1/functions/{name}/versions` | its kept versions and split | 200, 404 |
-//! | `PUT /v1/functions/{name}/traffic` | a new split (JSON [`TrafficSplit`]) | 200, 400, 404 |
-//! | `POST /v1/functions/{name}/rollback` | all traffic to `{"version": N}` or the previous one | 200, 404 |
-//! | `POST /v1/functions/{name}/promote` | all traffic to the newest version | 200, 404 |
-//! | `GET /metrics`              | Prometheus metrics ([`crate::metrics`]) | 200 |
-//! | `GET /v1/cluster`           | this node, etcd's state, the members ([`ClusterStatus`](crate::api::ClusterStatus)) | 200, 404 without a cluster |
-//! | `GET /v1/cluster/wasm/{sha256}`, `GET /v1/cluster/artifacts/{sha256}` | a peer's code (cluster token, not the admin token) | 200, 401, 404 |
+//! One table, [`ROUTES`], maps a method and a path pattern to a handler, one function per
+//! route; docs/operations.md is the API's reference (every route, every error code). A known
+//! path with another method is 405 with `Allow`; an unknown path is 404. Query strings are
+//! typed structs of [`crate::api`] ([`DeployQuery`], [`LogQuery`], [`KvQuery`]), all decoded
+//! by one parser ([`parse_query`]). Every error is [`ErrorBody`],
+//! `{"error": {"code": ..., "message": ...}}`, with a stable [`ErrorCode`].
 //!
 //! A deploy body is either `multipart/form-data` with a `wasm` part (the binary) and an
 //! optional `spec` part (JSON, see [`FunctionSpec`]), or the raw wasm with any other content
 //! type (the default spec). `?canary=P` makes the new version take P% beside the versions
 //! already serving instead of all traffic (versions that were only pinnable, at 0%, leave
 //! the split unless `&keep_pinned=true`). In a cluster, `?wait=N` answers once N nodes
-//! report the new version ready (or after `wait_s`, default 60, with 504 and the count). Errors are `{"error": "..."}` with the reason.
+//! report the new version ready (or after `wait_s`, default 60, with 504 and the count).
 //! The version operations answer with the function's versions ([`VersionsInfo`]).
 //!
 //! Every request needs `Authorization: Bearer <token>`, or the dashboard's session cookie
-//! (see [`super::auth`]); without it the answer is 401 and nothing changes. The dashboard's
-//! own paths (`/ui`, see [`super::ui`]) are served before that check. The listener binds to 127.0.0.1 by default.
+//! (see [`super::auth`]); without it the answer is 401 and nothing changes, whatever the
+//! path. The peer endpoints (`/v1/cluster/wasm/{sha256}`, `/v1/cluster/artifacts/{sha256}`)
+//! take the cluster token instead. The dashboard's own paths (`/ui`, see [`super::ui`]) are
+//! served before that check. The listener binds to 127.0.0.1 by default.
 
 use std::sync::Arc;
 
@@ -39,7 +29,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::auth::AdminAuth;
-use crate::api::{ErrorBody, FunctionInfo, KvKeys, RollbackRequest, VersionsInfo};
+use crate::api::{
+    DeployQuery, ErrorBody, ErrorCode, ErrorDetail, FunctionInfo, KvKeys, KvQuery, LogQuery,
+    RollbackRequest, parse_query,
+};
 use crate::cluster::peers::Blob;
 use crate::cluster::{Cluster, Readiness};
 use crate::control::deploy::{DeployOptions, Deployed};
@@ -123,6 +116,183 @@ pub async fn handle(
     response
 }
 
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// The admin token or the dashboard's session.
+    Admin,
+    /// The cluster token only: a peer reads code, it cannot deploy.
+    Peer,
+}
+
+/// What a handler gets: the context, the request, the client's address, and the path's
+/// `{...}` segment (empty for routes without one).
+struct Call {
+    cx: Arc<AdminContext>,
+    req: Request<Incoming>,
+    client: std::net::IpAddr,
+    param: String,
+}
+
+type Handler = fn(Call) -> futures::future::BoxFuture<'static, Response<ResponseBody>>;
+
+/// One admin route: a method, a path pattern (`{name}` matches one segment), who may call
+/// it, and its handler.
+struct Route {
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: Handler,
+}
+
+/// Every admin route (docs/operations.md says what each does and answers).
+static ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/v1/status",
+        access: Access::Admin,
+        handler: |c| Box::pin(status(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/history",
+        access: Access::Admin,
+        handler: |c| Box::pin(history(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/metrics",
+        access: Access::Admin,
+        handler: |c| Box::pin(admin_metrics(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/cluster",
+        access: Access::Admin,
+        handler: |c| Box::pin(cluster(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/cluster/wasm/{sha256}",
+        access: Access::Peer,
+        handler: |c| Box::pin(peer(c, Blob::Wasm)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/cluster/artifacts/{sha256}",
+        access: Access::Peer,
+        handler: |c| Box::pin(peer(c, Blob::Artifact)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/functions",
+        access: Access::Admin,
+        handler: |c| Box::pin(list(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/functions/{name}",
+        access: Access::Admin,
+        handler: |c| Box::pin(get(c)),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/v1/functions/{name}",
+        access: Access::Admin,
+        handler: |c| Box::pin(deploy(c)),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/functions/{name}",
+        access: Access::Admin,
+        handler: |c| Box::pin(remove(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/functions/{name}/versions",
+        access: Access::Admin,
+        handler: |c| Box::pin(versions(c)),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/v1/functions/{name}/traffic",
+        access: Access::Admin,
+        handler: |c| Box::pin(traffic(c)),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/functions/{name}/rollback",
+        access: Access::Admin,
+        handler: |c| Box::pin(rollback(c)),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/functions/{name}/promote",
+        access: Access::Admin,
+        handler: |c| Box::pin(promote(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/functions/{name}/logs",
+        access: Access::Admin,
+        handler: |c| Box::pin(logs(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/functions/{name}/kv",
+        access: Access::Admin,
+        handler: |c| Box::pin(keyvalue(c)),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/v1/functions/{name}/kv",
+        access: Access::Admin,
+        handler: |c| Box::pin(keyvalue(c)),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/functions/{name}/kv",
+        access: Access::Admin,
+        handler: |c| Box::pin(keyvalue(c)),
+    },
+];
+
+/// `path` against `pattern`: `Some(segment)` when it matches (the `{...}` segment's value,
+/// empty without one). A trailing `/` is ignored.
+fn match_path<'p>(pattern: &str, path: &'p str) -> Option<&'p str> {
+    let mut wanted = pattern.trim_start_matches('/').split('/');
+    let mut given = path.trim_matches('/').split('/');
+    let mut param = "";
+    loop {
+        match (wanted.next(), given.next()) {
+            (None, None) => return Some(param),
+            (Some(w), Some(g)) if w.starts_with('{') && !g.is_empty() => param = g,
+            (Some(w), Some(g)) if w == g => {}
+            _ => return None,
+        }
+    }
+}
+
+/// What the table has for a request: its route, or the methods its path allows (none: no
+/// such path).
+enum Found {
+    Route(&'static Route, String),
+    Allowed(Vec<&'static Route>),
+}
+
+fn find(method: &Method, path: &str) -> Found {
+    let mut allowed = Vec::new();
+    for route in ROUTES {
+        if let Some(param) = match_path(route.path, path) {
+            if route.method == *method {
+                return Found::Route(route, param.to_owned());
+            }
+            allowed.push(route);
+        }
+    }
+    Found::Allowed(allowed)
+}
+
 async fn route(
     cx: Arc<AdminContext>,
     req: Request<Incoming>,
@@ -131,239 +301,310 @@ async fn route(
     if super::ui::is_ui(req.uri().path()) {
         return super::ui::handle(&cx.auth, req, client).await;
     }
-    if let Some(blob) = peer_blob(req.uri().path()) {
-        let turn = cx.auth.failures.wait_turn(client).await;
-        let response = peer(cx.cluster.as_deref(), &req, blob).await;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            cx.auth.failures.failed(client, "cluster peer request");
-            if let Some((_turn, left)) = turn {
-                return super::auth::too_many_failures(left);
-            }
-        }
-        return response;
+    let found = find(req.method(), req.uri().path());
+    let access = match &found {
+        Found::Route(route, _) => route.access,
+        Found::Allowed(routes) => routes.first().map_or(Access::Admin, |r| r.access),
+    };
+    let refused = match access {
+        Access::Admin => admit_admin(&cx, &req, client).await,
+        Access::Peer => admit_peer(&cx, &req, client).await,
+    };
+    if let Some(refused) = refused {
+        return refused;
     }
+    match found {
+        Found::Route(route, param) => {
+            let call = Call {
+                cx,
+                req,
+                client,
+                param,
+            };
+            (route.handler)(call).await
+        }
+        Found::Allowed(routes) if routes.is_empty() => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NoSuchRoute,
+            "no such admin route",
+        ),
+        Found::Allowed(routes) => {
+            let allow = routes
+                .iter()
+                .map(|r| r.method.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                &format!(
+                    "{} is not served here; this path allows {allow}",
+                    req.method()
+                ),
+            );
+            if let Ok(allow) = http::HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(http::header::ALLOW, allow);
+            }
+            response
+        }
+    }
+}
+
+/// `None` when the request carries the admin token (or the dashboard's session), else the
+/// refusal. Guesses are counted per address (see [`super::auth`]).
+async fn admit_admin(
+    cx: &AdminContext,
+    req: &Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Option<Response<ResponseBody>> {
     let presented = AdminAuth::presents_token(req.headers());
     let turn = match presented {
         true => cx.auth.failures.wait_turn(client).await,
         false => None,
     };
-    if !cx.auth.allows(req.headers(), req.method()) {
-        // A guess is a token that did not match; a request with none (a browser before its
-        // login, or with a session that ended) is refused without counting.
-        if presented {
-            cx.auth.failures.failed(client, "admin request");
-            if let Some((_turn, left)) = turn {
-                return super::auth::too_many_failures(left);
-            }
-        } else {
-            tracing::debug!(%client, "admin request refused: no token");
-        }
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token (Authorization: Bearer <token>)",
-        );
-        response.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
-        return response;
+    if cx.auth.allows(req.headers(), req.method()) {
+        return None;
     }
-    let platform = &cx.platform;
-    let max_upload = cx.max_upload;
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &platform.status()),
-        (Method::GET, ["v1", "history"]) => json(StatusCode::OK, &cx.history.view(platform)),
-        (Method::GET, ["metrics"]) => metrics(platform, &cx.exposition, &req).await,
-        (Method::GET, ["v1", "functions"]) => {
-            let all: Vec<FunctionInfo> = platform
-                .registry()
-                .all()
-                .iter()
-                .map(|set| set.info())
-                .collect();
-            json(StatusCode::OK, &all)
+    // A guess is a token that did not match; a request with none (a browser before its
+    // login, or with a session that ended) is refused without counting.
+    if presented {
+        cx.auth.failures.failed(client, "admin request");
+        if let Some((_turn, left)) = turn {
+            return Some(super::auth::too_many_failures(left));
         }
-        (Method::GET, ["v1", "functions", name]) => match platform.registry().get(name) {
-            Some(set) => json(StatusCode::OK, &set.info()),
-            None => error(
-                StatusCode::NOT_FOUND,
-                &format!("no function named {name:?}"),
-            ),
-        },
-        (Method::GET, ["v1", "cluster"]) => match &cx.cluster {
-            Some(cluster) => json(StatusCode::OK, &cluster.status().await),
-            None => error(
-                StatusCode::NOT_FOUND,
-                "this host is not in a cluster (thaw serve --cluster)",
-            ),
-        },
-        (Method::PUT, ["v1", "functions", name]) => {
-            let name = name.to_string();
-            let query = match DeployQuery::parse(req.uri().query().unwrap_or("")) {
-                Ok(query) => query,
-                Err(e) => return error(e.status(), &e.to_string()),
-            };
-            // Refused before anything is deployed.
-            if query.wait.is_some() {
-                if cx.cluster.is_none() {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "wait=N counts cluster nodes; this host is not in a cluster",
-                    );
-                }
-                if query.canary == Some(0) {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "wait=N counts nodes serving the version, and canary=0 gives it no traffic",
-                    );
-                }
-            }
-            let options = DeployOptions {
-                canary: query.canary,
-                keep_pinned: query.keep_pinned,
-            };
-            match deploy(platform, &name, req, max_upload, options).await {
-                Ok(deployed) => {
-                    let mut status = if deployed.replaced {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::CREATED
-                    };
-                    if let (Some(nodes), Some(cluster)) = (query.wait, &cx.cluster) {
-                        let version = deployed.version.record.generation;
-                        match cluster
-                            .wait_ready(&name, version, nodes, query.wait_for)
-                            .await
-                        {
-                            Ok(Readiness::Ready(_)) => {}
-                            Ok(Readiness::TimedOut(ready)) => {
-                                return error(
-                                    StatusCode::GATEWAY_TIMEOUT,
-                                    &format!(
-                                        "v{version} is deployed, but only {ready} of {nodes} \
-                                         nodes could serve it within {} s",
-                                        query.wait_for.as_secs()
-                                    ),
-                                );
-                            }
-                            Ok(Readiness::Superseded(ready)) => {
-                                return error(
-                                    StatusCode::CONFLICT,
-                                    &format!(
-                                        "v{version} is deployed, but a newer change took its \
-                                         traffic when {ready} of {nodes} nodes could serve it"
-                                    ),
-                                );
-                            }
-                            Err(e) => {
-                                status = StatusCode::ACCEPTED;
-                                tracing::warn!(function = %name, "deployed, readiness unknown: {e}");
-                            }
-                        }
-                    }
-                    // The new version (a canary's, not the primary's), with the split it
-                    // joined.
-                    json(
-                        status,
-                        &deployed.version.info(deployed.set.traffic().clone()),
-                    )
-                }
-                Err(e) => {
-                    tracing::info!(function = %name, "deploy refused: {e}");
-                    error(e.status(), &e.to_string())
-                }
-            }
-        }
-        (Method::GET, ["v1", "functions", name, "versions"]) => {
-            versions(platform.versions(name).map(|set| set.versions_info()))
-        }
-        (Method::PUT, ["v1", "functions", name, "traffic"]) => {
-            let name = name.to_string();
-            let result = match read_json::<TrafficSplit>(req).await {
-                Ok(split) => platform.set_traffic(&name, split).await,
-                Err(e) => Err(e),
-            };
-            versions(result.map(|set| set.versions_info()))
-        }
-        (Method::POST, ["v1", "functions", name, "rollback"]) => {
-            let name = name.to_string();
-            let result = match read_json::<RollbackRequest>(req).await {
-                Ok(rollback) => platform.rollback(&name, rollback.version).await,
-                Err(e) => Err(e),
-            };
-            versions(result.map(|set| set.versions_info()))
-        }
-        (Method::POST, ["v1", "functions", name, "promote"]) => {
-            versions(platform.promote(name).await.map(|set| set.versions_info()))
-        }
-        (method, ["v1", "functions", name, "kv"]) => {
-            let name = name.to_string();
-            keyvalue(platform, &name, method, req).await
-        }
-        (Method::GET, ["v1", "functions", name, "logs"]) => match platform.registry().get(name) {
-            Some(set) => match LogQuery::parse(req.uri().query().unwrap_or("")) {
-                Ok(query) => logs(set, query, &cx.followers, client),
-                Err(e) => error(StatusCode::BAD_REQUEST, &e),
-            },
-            None => error(
-                StatusCode::NOT_FOUND,
-                &format!("no function named {name:?}"),
-            ),
-        },
-        (Method::DELETE, ["v1", "functions", name]) => match platform.remove(name).await {
-            Ok(true) => empty(StatusCode::NO_CONTENT),
-            Ok(false) => error(
-                StatusCode::NOT_FOUND,
-                &format!("no function named {name:?}"),
-            ),
-            Err(e) => error(e.status(), &e.to_string()),
-        },
-        (_, ["v1", "status"] | ["v1", "functions"] | ["v1", "functions", _]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
-        _ => error(StatusCode::NOT_FOUND, "no such admin route"),
+    } else {
+        tracing::debug!(%client, "admin request refused: no token");
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        "missing or wrong admin token (Authorization: Bearer <token>)",
+    );
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    Some(response)
+}
+
+/// [`admit_admin`] for the peer endpoints: the cluster token only (the admin token would let
+/// a peer deploy; this lets it read code).
+async fn admit_peer(
+    cx: &AdminContext,
+    req: &Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Option<Response<ResponseBody>> {
+    let Some(cluster) = &cx.cluster else {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotConfigured,
+            "this host is not in a cluster",
+        ));
+    };
+    let turn = cx.auth.failures.wait_turn(client).await;
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if token.is_some_and(|t| cluster.peer_token_matches(t)) {
+        return None;
+    }
+    // Counted, and logged once per address and minute (`FailedAttempts`).
+    tracing::debug!(path = %req.uri().path(), "peer request refused: missing or wrong cluster token");
+    cx.auth.failures.failed(client, "cluster peer request");
+    if let Some((_turn, left)) = turn {
+        return Some(super::auth::too_many_failures(left));
+    }
+    Some(error(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        "missing or wrong cluster token",
+    ))
+}
+
+async fn status(call: Call) -> Response<ResponseBody> {
+    json(StatusCode::OK, &call.cx.platform.status())
+}
+
+async fn history(call: Call) -> Response<ResponseBody> {
+    json(StatusCode::OK, &call.cx.history.view(&call.cx.platform))
+}
+
+async fn admin_metrics(call: Call) -> Response<ResponseBody> {
+    metrics(&call.cx.platform, &call.cx.exposition, &call.req).await
+}
+
+async fn cluster(call: Call) -> Response<ResponseBody> {
+    match &call.cx.cluster {
+        Some(cluster) => json(StatusCode::OK, &cluster.status().await),
+        None => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotConfigured,
+            "this host is not in a cluster (thaw serve --cluster)",
+        ),
     }
 }
 
-/// What `GET /v1/functions/{name}/logs` was asked for.
-#[derive(Debug, Default)]
-struct LogQuery {
-    /// Only lines after this `seq`.
-    after: u64,
-    /// Only lines written at or after this time (ms since the epoch).
-    since_ms: u64,
-    /// Only the last this many of them.
-    tail: Option<usize>,
-    /// Keep the response open and send lines as they are written.
-    follow: bool,
+async fn list(call: Call) -> Response<ResponseBody> {
+    let all: Vec<FunctionInfo> = call
+        .cx
+        .platform
+        .registry()
+        .all()
+        .iter()
+        .map(|set| set.info())
+        .collect();
+    json(StatusCode::OK, &all)
 }
 
-impl LogQuery {
-    fn parse(query: &str) -> Result<Self, String> {
-        let mut parsed = Self::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = || {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| format!("{key}={value:?} is not a number"))
-            };
-            match key {
-                "after" => parsed.after = number()?,
-                "since_ms" => parsed.since_ms = number()?,
-                "tail" => parsed.tail = Some(number()? as usize),
-                "follow" => parsed.follow = matches!(value, "" | "1" | "true"),
-                _ => {
-                    return Err(format!(
-                        "unknown parameter {key:?} (after, since_ms, tail, follow)"
-                    ));
-                }
+/// The function named by the path.
+fn function(call: &Call) -> Option<Arc<VersionSet>> {
+    call.cx.platform.registry().get(&call.param)
+}
+
+fn no_function(name: &str) -> Response<ResponseBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        &format!("no function named {name:?}"),
+    )
+}
+
+async fn get(call: Call) -> Response<ResponseBody> {
+    match function(&call) {
+        Some(set) => json(StatusCode::OK, &set.info()),
+        None => no_function(&call.param),
+    }
+}
+
+async fn remove(call: Call) -> Response<ResponseBody> {
+    match call.cx.platform.remove(&call.param).await {
+        Ok(true) => empty(StatusCode::NO_CONTENT),
+        Ok(false) => no_function(&call.param),
+        Err(e) => deploy_error(&e),
+    }
+}
+
+async fn deploy(call: Call) -> Response<ResponseBody> {
+    let Call {
+        cx,
+        req,
+        param: name,
+        ..
+    } = call;
+    let query = match parse_query::<DeployQuery>(req.uri().query().unwrap_or(""))
+        .and_then(|q| q.check().map(|()| q))
+    {
+        Ok(query) => query,
+        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e),
+    };
+    // Refused before anything is deployed.
+    if query.wait.is_some() {
+        if cx.cluster.is_none() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "wait=N counts cluster nodes; this host is not in a cluster",
+            );
+        }
+        if query.canary == Some(0) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "wait=N counts nodes serving the version, and canary=0 gives it no traffic",
+            );
+        }
+    }
+    let options = DeployOptions {
+        canary: query.canary,
+        keep_pinned: query.keep_pinned,
+    };
+    let deployed = match read_upload(&cx.platform, &name, req, cx.max_upload, options).await {
+        Ok(deployed) => deployed,
+        Err(e) => {
+            tracing::info!(function = %name, "deploy refused: {e}");
+            return deploy_error(&e);
+        }
+    };
+    let status = match (query.wait, &cx.cluster) {
+        (Some(nodes), Some(cluster)) => {
+            let wait_s = query.wait_s.unwrap_or(DeployQuery::DEFAULT_WAIT_S);
+            match wait_for_nodes(cluster, &deployed, nodes, wait_s).await {
+                Ok(status) => status,
+                Err(response) => return response,
             }
         }
-        Ok(parsed)
+        _ if deployed.replaced => StatusCode::OK,
+        _ => StatusCode::CREATED,
+    };
+    // The new version (a canary's, not the primary's), with the split it joined.
+    json(
+        status,
+        &deployed.version.info(deployed.set.traffic().clone()),
+    )
+}
+
+/// A deploy's `wait=N`: the status to answer once `nodes` nodes serve the new version, or
+/// the error when they do not within `wait_s` seconds.
+async fn wait_for_nodes(
+    cluster: &Cluster,
+    deployed: &Deployed,
+    nodes: usize,
+    wait_s: u64,
+) -> Result<StatusCode, Response<ResponseBody>> {
+    let name = &deployed.version.name;
+    let version = deployed.version.record.generation;
+    let wait_for = std::time::Duration::from_secs(wait_s);
+    match cluster.wait_ready(name, version, nodes, wait_for).await {
+        Ok(Readiness::Ready(_)) if deployed.replaced => Ok(StatusCode::OK),
+        Ok(Readiness::Ready(_)) => Ok(StatusCode::CREATED),
+        Ok(Readiness::TimedOut(ready)) => Err(error(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::WaitTimedOut,
+            &format!(
+                "v{version} is deployed, but only {ready} of {nodes} nodes could serve it \
+                 within {wait_s} s"
+            ),
+        )),
+        Ok(Readiness::Superseded(ready)) => Err(error(
+            StatusCode::CONFLICT,
+            ErrorCode::Superseded,
+            &format!(
+                "v{version} is deployed, but a newer change took its traffic when {ready} of \
+                 {nodes} nodes could serve it"
+            ),
+        )),
+        Err(e) => {
+            tracing::warn!(function = %name, "deployed, readiness unknown: {e}");
+            Ok(StatusCode::ACCEPTED)
+        }
     }
+}
+
+async fn versions(call: Call) -> Response<ResponseBody> {
+    versions_answer(call.cx.platform.versions(&call.param))
+}
+
+async fn traffic(call: Call) -> Response<ResponseBody> {
+    let Call { cx, req, param, .. } = call;
+    let result = match read_json::<TrafficSplit>(req).await {
+        Ok(split) => cx.platform.set_traffic(&param, split).await,
+        Err(e) => Err(e),
+    };
+    versions_answer(result)
+}
+
+async fn rollback(call: Call) -> Response<ResponseBody> {
+    let Call { cx, req, param, .. } = call;
+    let result = match read_json::<RollbackRequest>(req).await {
+        Ok(rollback) => cx.platform.rollback(&param, rollback.version).await,
+        Err(e) => Err(e),
+    };
+    versions_answer(result)
+}
+
+async fn promote(call: Call) -> Response<ResponseBody> {
+    versions_answer(call.cx.platform.promote(&call.param).await)
 }
 
 /// How long one following response stays open; the client reconnects with `after=` the
@@ -376,7 +617,18 @@ const FOLLOW_WINDOW: std::time::Duration = std::time::Duration::from_secs(25);
 /// `x-thaw-log-dropped` header says how many old lines the bounded buffer has evicted, and
 /// `x-thaw-log-seq` the last line's `seq` when the response began (resume after it).
 /// Followers are capped per function and per client (429 past either).
-fn logs(
+async fn logs(call: Call) -> Response<ResponseBody> {
+    let Some(set) = function(&call) else {
+        return no_function(&call.param);
+    };
+    match parse_query::<LogQuery>(call.req.uri().query().unwrap_or("")) {
+        Ok(query) => log_stream(set, query, &call.cx.followers, call.client),
+        Err(e) => error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e),
+    }
+}
+
+/// [`logs`], once the function and the query are known.
+fn log_stream(
     set: Arc<VersionSet>,
     query: LogQuery,
     followers: &ClientFollowers,
@@ -387,6 +639,7 @@ fn logs(
         let Some(function_place) = log.follow() else {
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
                 &format!(
                     "{} followers already follow this function",
                     crate::guest::log::MAX_FOLLOWERS
@@ -396,6 +649,7 @@ fn logs(
         let Some(client_place) = followers.enter(client) else {
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
                 &format!("this address already follows {MAX_FOLLOWERS_PER_CLIENT} logs"),
             );
         };
@@ -488,7 +742,11 @@ pub async fn handle_metrics_only(
     if req.method() == Method::GET && req.uri().path() == "/metrics" {
         metrics(&platform, &exposition, &req).await
     } else {
-        error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
+        error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NoSuchRoute,
+            "only GET /metrics is served here",
+        )
     }
 }
 
@@ -507,6 +765,7 @@ pub async fn metrics(
     let Some(body) = exposition.get(platform, openmetrics).await else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
             "rendering the metrics failed (see the host's log)",
         );
     };
@@ -524,38 +783,33 @@ pub async fn metrics(
 
 /// `/v1/functions/{name}/kv`: operators read and seed a function's state, in the
 /// function's scope and under its quota, as its guest would.
-async fn keyvalue(
-    platform: &Arc<Platform>,
-    name: &str,
-    method: Method,
-    req: Request<Incoming>,
-) -> Response<ResponseBody> {
-    let Some(set) = platform.registry().get(name) else {
+async fn keyvalue(call: Call) -> Response<ResponseBody> {
+    let Some(set) = function(&call) else {
+        return no_function(&call.param);
+    };
+    let Call {
+        cx,
+        req,
+        param: name,
+        ..
+    } = call;
+    let platform = &cx.platform;
+    let Some(store) = platform.keyvalue() else {
         return error(
             StatusCode::NOT_FOUND,
-            &format!("no function named {name:?}"),
+            ErrorCode::NotConfigured,
+            "this host has no key-value store",
         );
     };
-    let Some(store) = platform.keyvalue() else {
-        return error(StatusCode::NOT_FOUND, "this host has no key-value store");
+    let KvQuery {
+        bucket,
+        key,
+        cursor,
+    } = match parse_query(req.uri().query().unwrap_or("")) {
+        Ok(query) => query,
+        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e),
     };
-    let (mut bucket, mut key, mut cursor) = (String::new(), None, None);
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        match &*k {
-            "bucket" => bucket = v.into_owned(),
-            "key" => key = Some(v.into_owned()),
-            "cursor" => match v.parse() {
-                Ok(c) => cursor = Some(c),
-                Err(_) => return error(StatusCode::BAD_REQUEST, "cursor is not a number"),
-            },
-            other => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown parameter {other:?} (bucket, key, cursor)"),
-                );
-            }
-        }
-    }
+    let (name, method) = (name.as_str(), req.method().clone());
     let quota = crate::keyvalue::Quota::of(&set.primary().limits);
     let answer = match (method, key) {
         (Method::GET, None) => store
@@ -574,7 +828,11 @@ async fn keyvalue(
                     );
                     response
                 }
-                None => error(StatusCode::NOT_FOUND, &format!("no key {key:?}")),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::NoSuchKey,
+                    &format!("no key {key:?}"),
+                ),
             }),
         (Method::PUT, Some(key)) => {
             let limit = quota.max_value_bytes.min(usize::MAX as u64) as usize;
@@ -586,6 +844,7 @@ async fn keyvalue(
                 Err(_) => {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::TooLarge,
                         &format!("a value is at most {limit} bytes for this function"),
                     );
                 }
@@ -599,30 +858,39 @@ async fn keyvalue(
             .delete(name, &bucket, &key)
             .await
             .map(|()| empty(StatusCode::NO_CONTENT)),
-        (Method::PUT | Method::DELETE, None) => {
-            return error(StatusCode::BAD_REQUEST, "which key? (?key=...)");
+        (_, None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "which key? (?key=...)",
+            );
         }
-        _ => return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        // The table routes only GET, PUT and DELETE here.
+        (_, Some(_)) => unreachable!("kv is routed for GET, PUT and DELETE only"),
     };
     answer.unwrap_or_else(|e| {
-        let status = match e {
-            crate::keyvalue::KvError::Limit(..) => StatusCode::PAYLOAD_TOO_LARGE,
-            crate::keyvalue::KvError::NoSuchBucket(_) | crate::keyvalue::KvError::Invalid(_) => {
-                StatusCode::BAD_REQUEST
+        let (status, code) = match e {
+            crate::keyvalue::KvError::Limit(..) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge)
             }
-            crate::keyvalue::KvError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            crate::keyvalue::KvError::NoSuchBucket(_) | crate::keyvalue::KvError::Invalid(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
+            }
+            crate::keyvalue::KvError::Backend(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
         };
-        error(status, &e.to_string())
+        error(status, code, &e.to_string())
     })
 }
 
 /// The answer to a version operation: the function's versions, or why not.
-fn versions(result: Result<VersionsInfo, DeployError>) -> Response<ResponseBody> {
+fn versions_answer(result: Result<Arc<VersionSet>, DeployError>) -> Response<ResponseBody> {
     match result {
-        Ok(info) => json(StatusCode::OK, &info),
+        Ok(set) => json(StatusCode::OK, &set.versions_info()),
         Err(e) => {
             tracing::info!("version change refused: {e}");
-            error(e.status(), &e.to_string())
+            deploy_error(&e)
         }
     }
 }
@@ -647,7 +915,8 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(body).map_err(|e| DeployError::BadRequest(format!("invalid JSON: {e}")))
 }
 
-async fn deploy(
+/// Reads a deploy's upload (the wasm, and the spec if it is multipart) and deploys it.
+async fn read_upload(
     platform: &Arc<Platform>,
     name: &str,
     req: Request<Incoming>,
@@ -680,122 +949,29 @@ async fn deploy(
     platform.deploy_with(name, spec, wasm, options).await
 }
 
-/// A deploy's query: `canary=P`, `keep_pinned=true`, `wait=N`, `wait_s=S`.
-struct DeployQuery {
-    canary: Option<u8>,
-    keep_pinned: bool,
-    wait: Option<usize>,
-    wait_for: std::time::Duration,
-}
-
-impl DeployQuery {
-    fn parse(query: &str) -> Result<Self, DeployError> {
-        let mut parsed = Self {
-            canary: None,
-            keep_pinned: false,
-            wait: None,
-            wait_for: std::time::Duration::from_secs(60),
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("canary", value)) => {
-                    parsed.canary = Some(
-                        value
-                            .parse::<u8>()
-                            .ok()
-                            .filter(|p| *p <= 100)
-                            .ok_or_else(|| {
-                                DeployError::BadRequest(format!(
-                                    "canary={value:?} is not a percent (0-100)"
-                                ))
-                            })?,
-                    )
-                }
-                Some(("keep_pinned", value)) => {
-                    parsed.keep_pinned = match value {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => {
-                            return Err(DeployError::BadRequest(format!(
-                                "keep_pinned={value:?} is not true or false"
-                            )));
-                        }
-                    }
-                }
-                Some(("wait", value)) => {
-                    parsed.wait = Some(value.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(
-                        || DeployError::BadRequest(format!("wait={value:?} is not a node count")),
-                    )?)
-                }
-                Some(("wait_s", value)) => {
-                    parsed.wait_for = value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|s| (1..=3600).contains(s))
-                        .map(std::time::Duration::from_secs)
-                        .ok_or_else(|| {
-                            DeployError::BadRequest(format!(
-                                "wait_s={value:?} is not 1 to 3600 seconds"
-                            ))
-                        })?
-                }
-                _ => {
-                    return Err(DeployError::BadRequest(format!(
-                        "unknown deploy parameter {pair:?} (canary=PERCENT, keep_pinned=BOOL, wait=NODES, wait_s=SECONDS)"
-                    )));
-                }
-            }
-        }
-        Ok(parsed)
-    }
-}
-
-/// The blob a peer endpoint path asks for: `/v1/cluster/{wasm|artifacts}/{sha256}`.
-fn peer_blob(path: &str) -> Option<(Blob, &str)> {
-    let rest = path.strip_prefix("/v1/cluster/")?;
-    let (kind, digest) = rest.split_once('/')?;
-    let blob = match kind {
-        "wasm" => Blob::Wasm,
-        "artifacts" => Blob::Artifact,
-        _ => return None,
-    };
-    Some((blob, digest))
-}
-
-/// A peer endpoint: a node's code, for another node of its cluster. Authenticated with the
-/// cluster token only (the admin token would let a peer deploy; this lets it read code).
-async fn peer(
-    cluster: Option<&Cluster>,
-    req: &Request<Incoming>,
-    (blob, digest): (Blob, &str),
-) -> Response<ResponseBody> {
-    let Some(cluster) = cluster else {
-        return error(StatusCode::NOT_FOUND, "this host is not in a cluster");
-    };
-    let token = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    if !token.is_some_and(|t| cluster.peer_token_matches(t)) {
-        // Counted, and logged once per address and minute, by the caller (`FailedAttempts`).
-        tracing::debug!(path = %req.uri().path(), "peer request refused: missing or wrong cluster token");
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
-    }
-    if req.method() != Method::GET {
+/// A peer endpoint: a node's code, for another node of its cluster, by sha256 (the caller
+/// presented the cluster token).
+async fn peer(call: Call, blob: Blob) -> Response<ResponseBody> {
+    let Some(cluster) = &call.cx.cluster else {
         return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "peer endpoints are GET only",
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotConfigured,
+            "this host is not in a cluster",
         );
-    }
+    };
+    let digest = call.param;
     if digest.len() != 64
         || !digest
             .bytes()
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     {
-        return error(StatusCode::BAD_REQUEST, "not a sha256 digest");
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "not a sha256 digest",
+        );
     }
     let platform = cluster.platform().clone();
-    let digest = digest.to_owned();
     let read = tokio::task::spawn_blocking(move || match blob {
         Blob::Wasm => std::fs::read(platform.data_dir().wasm(&digest)).map_err(|e| e.to_string()),
         // Checked against its checksum first: a damaged artifact is never handed out.
@@ -816,9 +992,14 @@ async fn peer(
         }
         Ok(Err(reason)) => error(
             StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
             &format!("no such {}: {reason}", blob.segment()),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            &e.to_string(),
+        ),
     }
 }
 
@@ -877,13 +1058,22 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseB
         .expect("static response parts are valid")
 }
 
-fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+/// An error answer: `{"error": {"code": ..., "message": ...}}` ([`ErrorBody`]).
+pub(super) fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response<ResponseBody> {
     json(
         status,
         &ErrorBody {
-            error: message.to_owned(),
+            error: ErrorDetail {
+                code,
+                message: message.to_owned(),
+            },
         },
     )
+}
+
+/// A refused change's answer.
+fn deploy_error(e: &DeployError) -> Response<ResponseBody> {
+    error(e.status(), e.code(), &e.to_string())
 }
 
 fn empty(status: StatusCode) -> Response<ResponseBody> {

@@ -395,7 +395,7 @@ pub const BACKOFF_DELAY: Duration = Duration::from_secs(1);
 /// left of its window.
 pub fn too_many_failures(wait: Duration) -> http::Response<crate::invoke::body::ResponseBody> {
     let mut response = http::Response::new(crate::invoke::body::full(bytes::Bytes::from_static(
-        b"{\"error\":\"too many failed attempts from this address; retry later\"}",
+        b"{\"error\":{\"code\":\"too_many_requests\",\"message\":\"too many failed attempts from this address; retry later\"}}",
     )));
     *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
     let headers = response.headers_mut();

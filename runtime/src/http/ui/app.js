@@ -31,7 +31,7 @@ async function api(path, options = {}) {
   if (response.status === 401) throw new LoggedOut();
   if (!response.ok) {
     let message = `${response.status}`;
-    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    try { message = (await response.json()).error?.message || message; } catch (_) { /* not JSON */ }
     throw new Error(message);
   }
   const type = response.headers.get('content-type') || '';
