@@ -98,21 +98,11 @@ pub fn results_dir(out: &Path, host: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Today's UTC date, `YYYY-MM-DD` (civil-from-days, H. Hinnant's algorithm).
+/// Today's UTC date, `YYYY-MM-DD`.
 pub fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let mut date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    date.truncate("YYYY-MM-DD".len());
+    date
 }
 
 fn fmt_us(us: f64) -> String {
