@@ -6,12 +6,14 @@
 //! socket and the caller. Every sample opens a new connection, for every setup alike, so the
 //! TCP handshake is in every number.
 
-use std::io::{ErrorKind, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use thaw_spec::api::ReadyLine;
 
 /// What one probe saw.
 #[derive(Debug)]
@@ -121,6 +123,34 @@ fn attempt(addr: SocketAddr, request: &[u8], start: Instant) -> Result<FirstByte
         }
     }
     Ok(FirstByte { elapsed, head })
+}
+
+/// `thaw serve` with both listeners on free loopback ports (port 0) and `data_dir`: how the
+/// suite, the tests and the benchmarks all start a host (the caller adds flags, environment
+/// and stdio; [`wait_ready_line`] reads the addresses it bound).
+pub fn serve_command(thaw: &Path, data_dir: &Path) -> Command {
+    let mut command = Command::new(thaw);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir);
+    command
+}
+
+/// Reads a `thaw serve`'s stdout (on a thread, to its end) until it prints its ready line;
+/// `None` if it does not within `bound` (a bound for a hung start, not a speed claim).
+pub fn wait_ready_line(stdout: ChildStdout, bound: Duration) -> Option<ReadyLine> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(ready) = ReadyLine::parse(&line) {
+                let _ = tx.send(ready);
+            }
+        }
+    });
+    rx.recv_timeout(bound).ok()
 }
 
 /// A free port on 127.0.0.1 (bound, then released; the caller checks it again before use).

@@ -1,6 +1,5 @@
 //! The setups: how each one is started for a sample, and what "start" means for it.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -8,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::probe::{FirstByte, Group, ensure_port_free, first_byte, free_port};
+use super::probe::{
+    FirstByte, Group, ensure_port_free, first_byte, free_port, serve_command, wait_ready_line,
+};
 use thaw_client::AdminClient;
 use thaw_runtime::http::auth::{TOKEN_FILE, read_token};
-use thaw_spec::api::ReadyLine;
 use thaw_spec::spec::FunctionSpec;
 
 /// How long one sample may take before it counts as a failure (a JVM on a loaded machine
@@ -93,17 +93,8 @@ impl ThawHost {
         args: &[String],
     ) -> anyhow::Result<(Group, SocketAddr, AdminClient)> {
         use std::os::unix::process::CommandExt as _;
-        let mut command = Command::new(thaw);
+        let mut command = serve_command(thaw, data_dir);
         command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
             .args(args)
             .env("THAW_LOG", "warn")
             .process_group(0)
@@ -113,17 +104,7 @@ impl ThawHost {
         let mut child = command.spawn().context("starting thaw serve")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let group = Group::adopt(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(ready) = ReadyLine::parse(&line) {
-                    let _ = tx.send(ready);
-                }
-            }
-        });
-        let ready = rx
-            .recv_timeout(Duration::from_secs(120))
+        let ready = wait_ready_line(stdout, Duration::from_secs(120))
             .context("thaw serve did not report its addresses")?;
         let token = read_token(&data_dir.join(TOKEN_FILE))?;
         let admin = AdminClient::new(&format!("http://{}", ready.admin), token);

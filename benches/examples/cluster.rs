@@ -16,67 +16,14 @@
 //! sharing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use thaw_harness::process::{serve_command, wait_ready_line};
+use thaw_harness::{Etcd, HaProxy, Killed};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 const CLUSTER_TOKEN: &str = "bench-cluster-token-0123456789";
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nothing listens on {port}");
-}
-
-fn etcd(dir: &Path) -> (Killed, String) {
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "n1", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("n1={peer_url}")])
-        .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting etcd (Debian's etcd-server)");
-    wait_port(client);
-    std::thread::sleep(Duration::from_millis(500));
-    (Killed(child), client_url)
-}
 
 struct Node {
     _process: Killed,
@@ -85,27 +32,23 @@ struct Node {
 }
 
 fn node(thaw: &Path, dir: &Path, etcd: &str, id: &str, sharing: bool) -> Node {
-    let (port, admin) = (free_port(), free_port());
-    let child = Command::new(thaw)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .arg("--data-dir")
-        .arg(dir.join(id))
+    let mut child = serve_command(thaw, &dir.join(id))
         .args(["--cluster", &format!("etcd={etcd}"), "--node-id", id])
         .args(["--artifact-sharing", if sharing { "true" } else { "false" }])
         .env("THAW_ADMIN_TOKEN", TOKEN)
         .env("THAW_CLUSTER_TOKEN", CLUSTER_TOKEN)
         .env("THAW_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("starting thaw");
-    wait_port(port);
-    wait_port(admin);
+    let stdout = child.stdout.take().expect("piped");
+    let process = Killed(child);
+    let ready = wait_ready_line(stdout, Duration::from_secs(60)).expect("thaw serve started");
     Node {
-        _process: Killed(child),
-        url: format!("http://127.0.0.1:{port}"),
-        admin: format!("http://127.0.0.1:{admin}"),
+        _process: process,
+        url: format!("http://{}", ready.functions),
+        admin: format!("http://{}", ready.admin),
     }
 }
 
@@ -185,7 +128,8 @@ fn summary(mut ms: Vec<f64>) -> String {
 
 async fn propagation(thaw: &Path, label: &str, wasm: &[u8], sharing: bool, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let (_etcd, etcd_url) = etcd(dir.path());
+    let etcd = Etcd::start().expect("etcd (Debian's etcd-server)");
+    let etcd_url = etcd.url();
     let nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()
         .map(|id| node(thaw, dir.path(), &etcd_url, id, sharing))
@@ -213,30 +157,12 @@ async fn propagation(thaw: &Path, label: &str, wasm: &[u8], sharing: bool, round
     );
 }
 
-fn haproxy(dir: &Path, backends: &[&Node]) -> (Killed, String) {
-    let port = free_port();
-    let servers: String = backends
+fn haproxy(dir: &Path, backends: &[&Node]) -> HaProxy {
+    let backends: Vec<String> = backends
         .iter()
-        .enumerate()
-        .map(|(i, n)| format!("  server n{i} {}\n", n.url.trim_start_matches("http://")))
+        .map(|n| n.url.trim_start_matches("http://").to_owned())
         .collect();
-    let config = format!(
-        "global\n  maxconn 4096\n\
-         defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
-         frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
-         backend b\n  balance roundrobin\n{servers}"
-    );
-    let path = dir.join(format!("haproxy-{port}.cfg"));
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting haproxy");
-    wait_port(port);
-    (Killed(child), format!("http://127.0.0.1:{port}/hello"))
+    HaProxy::start(dir, &backends).expect("haproxy (Debian's haproxy)")
 }
 
 fn wrk(url: &str, secs: u64) -> f64 {
@@ -253,7 +179,8 @@ fn wrk(url: &str, secs: u64) -> f64 {
 
 async fn throughput(thaw: &Path, hello: &[u8], secs: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let (_etcd, etcd_url) = etcd(dir.path());
+    let etcd = Etcd::start().expect("etcd (Debian's etcd-server)");
+    let etcd_url = etcd.url();
     let nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()
         .map(|id| node(thaw, dir.path(), &etcd_url, id, true))
@@ -266,8 +193,9 @@ async fn throughput(thaw: &Path, hello: &[u8], secs: u64) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let (_one, one_url) = haproxy(dir.path(), &[&nodes[0]]);
-    let (_three, three_url) = haproxy(dir.path(), &nodes.iter().collect::<Vec<_>>());
+    let one = haproxy(dir.path(), &[&nodes[0]]);
+    let three = haproxy(dir.path(), &nodes.iter().collect::<Vec<_>>());
+    let (one_url, three_url) = (format!("{}/hello", one.url), format!("{}/hello", three.url));
     let direct = format!("{}/hello", nodes[0].url);
     // Two rounds in opposite orders, so drift on a shared machine hits both alike.
     let setups = [

@@ -197,43 +197,14 @@ fn main() {
     let mut rows = Vec::new();
     rt.block_on(measure("embedded", KeyValueBackend::Embedded, n, &mut rows));
 
-    let redis = std::process::Command::new("redis-server")
-        .arg("--version")
-        .output();
-    if redis.is_ok_and(|o| o.status.success()) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let url = format!("redis://127.0.0.1:{port}");
+    // Skipped (and said so) without Debian's redis-server.
+    if let Some(redis) = thaw_harness::Redis::start() {
         rt.block_on(async {
-            let store = thaw_runtime::keyvalue::redis::RedisStore::connect(&url)
+            let store = thaw_runtime::keyvalue::redis::RedisStore::connect(&redis.url)
                 .await
                 .unwrap();
             measure("redis", KeyValueBackend::Redis(store), n, &mut rows).await;
         });
-        let _ = child.kill();
-        let _ = child.wait();
-    } else {
-        eprintln!("no redis-server on PATH: Redis rows skipped");
     }
     summary(&rows);
 }

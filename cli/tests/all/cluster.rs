@@ -2,7 +2,6 @@
 //! joined to it, and Debian's HAProxy in front of them (health-checking `/readyz`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,100 +9,14 @@ use std::time::Duration;
 use thaw_runtime::api::ClusterStatus;
 use thaw_test_functions as wasm;
 
-use crate::support::{
-    ErrorCode, Killed, TestServer, client, eventually, free_port, route, service_binaries,
-};
+use thaw_harness::{Etcd, HaProxy};
+
+use crate::support::{ErrorCode, TestServer, client, eventually, route};
 
 const TOKEN: &str = "cluster-token-for-the-tests";
 
 /// The lease TTL the nodes register with: a dead node leaves the member list within it.
 const TTL_SECS: u64 = 2;
-
-/// A real etcd on free loopback ports, its data kept across restarts.
-struct Etcd {
-    binary: PathBuf,
-    dir: tempfile::TempDir,
-    client_port: u16,
-    peer_port: u16,
-    process: Option<Killed>,
-}
-
-impl Etcd {
-    fn start() -> Option<Self> {
-        let [binary] = service_binaries(["etcd"], "etcd-server")?;
-        let mut etcd = Self {
-            binary,
-            dir: tempfile::tempdir().unwrap(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            process: None,
-        };
-        etcd.restart();
-        Some(etcd)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    /// Starts it (again, on the same data and ports) and waits until it answers.
-    fn restart(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
-            .args(["--name", "n1", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("n1={peer}")])
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).unwrap())
-            .spawn()
-            .expect("starting etcd");
-        self.process = Some(Killed(child));
-        let health = format!("{client}/health");
-        for _ in 0..200 {
-            if let Ok(body) = blocking_get(&health)
-                && body.contains("true")
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "etcd did not become healthy; log:\n{}",
-            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-        );
-    }
-
-    fn stop(&mut self) {
-        self.process = None;
-    }
-}
-
-/// A GET with std only (etcd's health before any runtime exists).
-fn blocking_get(url: &str) -> std::io::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut stream = std::net::TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    Ok(body)
-}
 
 /// A node joined to `etcd` as `id`.
 fn node(etcd: &Etcd, id: &str) -> TestServer {
@@ -313,38 +226,12 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
 
 /// HAProxy in front of `nodes`, health-checking `/readyz`, retrying a refused connection on
 /// another node.
-fn haproxy(nodes: &[&TestServer], dir: &Path) -> Option<(Killed, String)> {
-    let [binary] = service_binaries(["haproxy"], "haproxy")?;
-    let port = free_port();
-    let servers: String = nodes
+fn haproxy(nodes: &[&TestServer], dir: &Path) -> Option<HaProxy> {
+    let backends: Vec<String> = nodes
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "  server n{i} {} check\n",
-                n.url.trim_start_matches("http://")
-            )
-        })
+        .map(|n| n.url.trim_start_matches("http://").to_owned())
         .collect();
-    let config = format!(
-        "global\n  maxconn 4096\n\
-         defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  \
-         retries 3\n  option redispatch\n  retry-on conn-failure empty-response\n\
-         frontend functions\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
-         backend nodes\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri /readyz\n  \
-         default-server inter 200ms fall 2 rise 1\n{servers}"
-    );
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(binary)
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
-        .spawn()
-        .expect("starting haproxy");
-    Some((Killed(child), format!("http://127.0.0.1:{port}")))
+    HaProxy::start(dir, &backends)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -356,9 +243,10 @@ async fn a_killed_node_costs_only_its_requests_in_flight_and_leaves_the_member_l
     }
     deploy(&nodes[0], "hello", "/hello", 3).await;
     let dir = tempfile::tempdir().unwrap();
-    let Some((_haproxy, lb)) = haproxy(&nodes.iter().collect::<Vec<_>>(), dir.path()) else {
+    let Some(balancer) = haproxy(&nodes.iter().collect::<Vec<_>>(), dir.path()) else {
         return;
     };
+    let lb = balancer.url.clone();
     eventually("HAProxy to answer", Duration::from_secs(20), || async {
         serving_url(&format!("{lb}/hello")).await
     })

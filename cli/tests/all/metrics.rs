@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use thaw_test_functions as wasm;
 
-use crate::support::{Killed, TestServer, client, free_port, service_binaries};
+use thaw_harness::Prometheus;
+
+use crate::support::{TestServer, client, eventually, service_binaries};
 
 /// Prometheus's binaries, or `None` (the test is skipped, unless the CI asks for it).
 fn prometheus() -> Option<(PathBuf, PathBuf)> {
@@ -39,21 +41,19 @@ async fn query(prometheus: &str, promql: &str) -> Option<f64> {
         .ok()
 }
 
-/// Polls `promql` until it equals `expected` (Prometheus scrapes every second); panics with
-/// the last value after 30 s.
-async fn eventually(prometheus: &str, promql: &str, expected: f64) {
-    let mut last = None;
-    for _ in 0..150 {
-        last = query(prometheus, promql).await;
-        if last == Some(expected) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{promql}: expected {expected}, last seen {last:?}");
+/// Polls `promql` until it equals `expected` (Prometheus scrapes every second), at most 30 s.
+async fn scraped(prometheus: &str, promql: &str, expected: f64) {
+    eventually(
+        &format!("{promql} to be {expected}"),
+        Duration::from_secs(30),
+        || async { query(prometheus, promql).await == Some(expected) },
+    )
+    .await;
 }
 
-fn start_prometheus(binary: &Path, dir: &Path, server: &TestServer) -> (Killed, String) {
+/// Prometheus scraping `server` both ways: the admin listener with the token from a
+/// `credentials_file`, and the metrics listener without one.
+fn start_prometheus(binary: &Path, dir: &Path, server: &TestServer) -> Prometheus {
     let token_file = server.data_dir.join("admin.token");
     let config = format!(
         r#"global:
@@ -73,22 +73,7 @@ scrape_configs:
         admin = host_port(&server.admin_url),
         metrics = host_port(server.metrics_url.as_deref().unwrap()),
     );
-    let config_path = dir.join("prometheus.yml");
-    std::fs::write(&config_path, config).unwrap();
-    let port = free_port();
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Command::new(binary)
-        .arg(format!("--config.file={}", config_path.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting prometheus");
-    (Killed(child), format!("http://127.0.0.1:{port}"))
+    Prometheus::start(binary, dir, &config)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,28 +160,29 @@ async fn prometheus_scrapes_the_counts_that_were_sent() {
 
     // A real Prometheus, scraping both ways.
     let dir = tempfile::tempdir().unwrap();
-    let (_prometheus, url) = start_prometheus(&prometheus_bin, dir.path(), &server);
+    let prometheus = start_prometheus(&prometheus_bin, dir.path(), &server);
+    let url = prometheus.url.clone();
     for job in ["thaw-admin", "thaw-metrics-listener"] {
-        eventually(&url, &format!(r#"up{{job="{job}"}}"#), 1.0).await;
-        eventually(
+        scraped(&url, &format!(r#"up{{job="{job}"}}"#), 1.0).await;
+        scraped(
             &url,
             &format!(r#"sum(thaw_requests_total{{job="{job}",function="hello",code="2xx"}})"#),
             37.0,
         )
         .await;
-        eventually(
+        scraped(
             &url,
             &format!(r#"sum(thaw_requests_total{{job="{job}",function="echo",code="4xx"}})"#),
             23.0,
         )
         .await;
-        eventually(
+        scraped(
             &url,
             &format!(r#"sum(thaw_starts_total{{job="{job}",function="hello"}})"#),
             37.0,
         )
         .await;
-        eventually(
+        scraped(
             &url,
             &format!(r#"sum(thaw_request_duration_seconds_count{{job="{job}",function="echo"}})"#),
             23.0,
@@ -207,7 +193,7 @@ async fn prometheus_scrapes_the_counts_that_were_sent() {
     for _ in 0..5 {
         assert_eq!(server.get("/hello").await.status(), 200);
     }
-    eventually(
+    scraped(
         &url,
         r#"sum(thaw_requests_total{job="thaw-admin",function="hello"})"#,
         42.0,

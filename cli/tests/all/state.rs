@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use thaw_harness::Redis;
 use thaw_runtime::config::{ConfigValue, SecretRef};
 use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 
-use crate::support::{
-    ErrorCode, Killed, TestServer, client, free_port, route, service_binaries, thaw_command,
-};
+use crate::support::{ErrorCode, TestServer, client, route, thaw_command};
 
 async fn get(server: &TestServer, path: &str) -> (u16, String) {
     let r = server.get(path).await;
@@ -269,43 +268,12 @@ async fn embedded_state_survives_redeploys_restarts_and_kill_9() {
     state_survives_and_stays_apart(TestServer::start()).await;
 }
 
-/// A real `redis-server` on a free loopback port (killed on drop), or `None` when it is not
-/// installed (the test is skipped, unless CI requires the services).
-async fn redis() -> Option<(Killed, String, tempfile::TempDir)> {
-    let [redis] = service_binaries(["redis-server"], "redis-server")?;
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = Killed(
-        std::process::Command::new(redis)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("starting redis-server"),
-    );
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    Some((child, format!("redis://127.0.0.1:{port}"), dir))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_state_survives_redeploys_restarts_and_kill_9() {
-    let Some((_redis, url, _dir)) = redis().await else {
+    let Some(redis) = Redis::start() else {
         return;
     };
-    let server = TestServer::start_with(&["--keyvalue", &url]);
+    let server = TestServer::start_with(&["--keyvalue", &redis.url]);
     state_survives_and_stays_apart(server).await;
 }
 
@@ -316,10 +284,10 @@ async fn embedded_quotas_refuse_the_write_count_the_hit_and_spare_the_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_quotas_refuse_the_write_count_the_hit_and_spare_the_others() {
-    let Some((_redis, url, _dir)) = redis().await else {
+    let Some(redis) = Redis::start() else {
         return;
     };
-    quotas(TestServer::start_with(&["--keyvalue", &url])).await;
+    quotas(TestServer::start_with(&["--keyvalue", &redis.url])).await;
 }
 
 /// Value size, key count and bytes quotas, on one store.

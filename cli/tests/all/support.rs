@@ -1,13 +1,12 @@
 //! A test host: the real `thaw` binary, started on free ports with its own data directory.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use thaw_client::AdminClient;
+pub use thaw_harness::{Killed, eventually, free_port, required, service_binaries};
 pub use thaw_runtime::api::ErrorCode;
-use thaw_runtime::api::ReadyLine;
 use thaw_runtime::spec::FunctionSpec;
 
 /// A running `thaw serve`.
@@ -81,7 +80,8 @@ impl TestServer {
         let log_path = data_dir.with_file_name(format!("server-{generation}.log"));
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_thaw"));
+        let mut command =
+            thaw_harness::process::serve_command(Path::new(env!("CARGO_BIN_EXE_thaw")), data_dir);
         if let Some(bytes) = address_space {
             use std::os::unix::process::CommandExt as _;
             // SAFETY: setrlimit is async-signal-safe and touches only the child.
@@ -99,15 +99,6 @@ impl TestServer {
             }
         }
         let mut child = command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
             .args(&extra_args)
             .envs(extra_env.iter().map(|(k, v)| (k, v)))
             // A small pool keeps the address-space reservation of many parallel test servers
@@ -120,24 +111,13 @@ impl TestServer {
             .spawn()
             .expect("starting thaw serve");
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(ready) = ReadyLine::parse(&line) {
-                    let _ = tx.send(ready);
-                }
-            }
-        });
-        let ready = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(ready) => ready,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "thaw serve did not start; log:\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
+        let Some(ready) = thaw_harness::process::wait_ready_line(stdout, Duration::from_secs(120))
+        else {
+            let _ = child.kill();
+            panic!(
+                "thaw serve did not start; log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
         };
         Self {
             child: Some(child),
@@ -336,28 +316,6 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// Polls until `done` holds, at most `bound` (a bound for a hung test, not a speed claim).
-pub async fn eventually<F, Fut>(what: &str, bound: Duration, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + bound;
-    while tokio::time::Instant::now() < deadline {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// Whether CI asks for what `var` names (`THAW_REQUIRE_WASMTIME`, `_TOOLCHAINS`,
-/// `_SERVICES`): any non-empty value requires it, and a test that would skip fails instead.
-pub fn required(var: &str) -> bool {
-    std::env::var_os(var).is_some_and(|v| !v.is_empty())
-}
-
 /// The data plane's `host:port`.
 pub fn addr(server: &TestServer) -> String {
     server.url.trim_start_matches("http://").to_owned()
@@ -438,46 +396,6 @@ pub async fn assert_healthy(server: &TestServer) {
     let r = server.get("/hello").await;
     assert_eq!(r.status(), 200, "the host still serves a healthy function");
     assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
-}
-
-/// The binaries of a service the tests start themselves (from Debian `package`), or `None`:
-/// the test is skipped, unless the CI asks for services (`THAW_REQUIRE_SERVICES`), where a
-/// missing one fails.
-pub fn service_binaries<const N: usize>(names: [&str; N], package: &str) -> Option<[PathBuf; N]> {
-    let found = names.map(|name| {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.iter().all(Option::is_some) {
-        return Some(found.map(Option::unwrap));
-    }
-    assert!(
-        !required("THAW_REQUIRE_SERVICES"),
-        "{names:?} missing; scripts/install-services installs them (Debian's {package})"
-    );
-    eprintln!("skipped: {package} is not installed");
-    None
-}
-
-/// A child process killed when dropped.
-pub struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port free now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The admin API's code in an error from [`Admin`] (or a client call), if it answered with one.

@@ -1,0 +1,230 @@
+//! The services tests and benchmarks start beside thaw, from Debian (scripts/install-services
+//! installs them), each on free loopback ports, killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::process::{Killed, free_port, wait_port};
+
+/// How long a service may take to start listening (a bound for a hung start).
+const START_BOUND: Duration = Duration::from_secs(20);
+
+/// Whether CI asks for what `var` names (`THAW_REQUIRE_WASMTIME`, `_TOOLCHAINS`,
+/// `_SERVICES`): any non-empty value requires it, and a test that would skip fails instead.
+pub fn required(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty())
+}
+
+/// The binaries of a service (from Debian `package`), or `None`: the test is skipped, unless
+/// CI requires the services (`THAW_REQUIRE_SERVICES`), where a missing one fails.
+pub fn service_binaries<const N: usize>(names: [&str; N], package: &str) -> Option<[PathBuf; N]> {
+    let found = names.map(|name| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.iter().all(Option::is_some) {
+        return Some(found.map(Option::unwrap));
+    }
+    assert!(
+        !required("THAW_REQUIRE_SERVICES"),
+        "{names:?} missing; scripts/install-services installs them (Debian's {package})"
+    );
+    eprintln!("skipped: {package} is not installed");
+    None
+}
+
+/// A one-member etcd, its data kept across [`Etcd::restart`]s.
+pub struct Etcd {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    process: Option<Killed>,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it is healthy; `None` if it is not installed.
+    pub fn start() -> Option<Self> {
+        let [binary] = service_binaries(["etcd"], "etcd-server")?;
+        let mut etcd = Self {
+            binary,
+            dir: tempfile::tempdir().expect("tempdir"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            process: None,
+        };
+        etcd.restart();
+        Some(etcd)
+    }
+
+    /// Its client URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts it (again, on the same data and ports) and waits until it answers healthy.
+    pub fn restart(&mut self) {
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = self.dir.path().join("etcd.log");
+        let child = Command::new(&self.binary)
+            .args(["--name", "n1", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("n1={peer}")])
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("etcd's log"))
+            .spawn()
+            .expect("starting etcd");
+        self.process = Some(Killed(child));
+        let health = format!("{client}/health");
+        let deadline = std::time::Instant::now() + START_BOUND;
+        while std::time::Instant::now() < deadline {
+            if blocking_get(&health).is_ok_and(|body| body.contains("true")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "etcd did not become healthy; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops it (the data stays for a restart).
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+}
+
+/// A GET with std only (etcd's health, before any async runtime exists).
+fn blocking_get(url: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// HAProxy in front of thaw nodes, as a cluster's operator would run it: round robin,
+/// health checks on `/readyz`, a refused connection retried on another node.
+pub struct HaProxy {
+    _process: Killed,
+    /// Its frontend, `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl HaProxy {
+    /// Starts HAProxy in front of `backends` (`host:port` each), its config and log in
+    /// `dir`, and waits until it listens; `None` if it is not installed.
+    pub fn start(dir: &Path, backends: &[String]) -> Option<Self> {
+        let [binary] = service_binaries(["haproxy"], "haproxy")?;
+        let port = free_port();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, backend)| format!("  server n{i} {backend} check\n"))
+            .collect();
+        let config = format!(
+            "global\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  \
+             retries 3\n  option redispatch\n  retry-on conn-failure empty-response\n\
+             frontend functions\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
+             backend nodes\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri /readyz\n  \
+             default-server inter 200ms fall 2 rise 1\n{servers}"
+        );
+        let path = dir.join(format!("haproxy-{port}.cfg"));
+        std::fs::write(&path, config).expect("writing haproxy's config");
+        let child = Command::new(binary)
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("haproxy-{port}.log"))).ok()?)
+            .spawn()
+            .expect("starting haproxy");
+        let process = Killed(child);
+        assert!(wait_port(port, START_BOUND), "haproxy did not listen");
+        Some(Self {
+            _process: process,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
+/// A Redis server with no persistence.
+pub struct Redis {
+    _process: Killed,
+    _dir: tempfile::TempDir,
+    /// `redis://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Redis {
+    /// Starts `redis-server` and waits until it listens; `None` if it is not installed.
+    pub fn start() -> Option<Self> {
+        let [binary] = service_binaries(["redis-server"], "redis-server")?;
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        let process = Killed(child);
+        assert!(wait_port(port, START_BOUND), "redis-server did not listen");
+        Some(Self {
+            _process: process,
+            _dir: dir,
+            url: format!("redis://127.0.0.1:{port}"),
+        })
+    }
+}
+
+/// A Prometheus server.
+pub struct Prometheus {
+    _process: Killed,
+    /// Its HTTP API, `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Prometheus {
+    /// Starts `binary` with `config` (prometheus.yml's text), its data and log in `dir`, and
+    /// waits until it listens.
+    pub fn start(binary: &Path, dir: &Path, config: &str) -> Self {
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("writing prometheus.yml");
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus's log");
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus");
+        let process = Killed(child);
+        assert!(wait_port(port, START_BOUND), "prometheus did not listen");
+        Self {
+            _process: process,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
