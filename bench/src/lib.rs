@@ -101,6 +101,58 @@ pub struct BenchArgs {
 
 /// Runs the suite.
 pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let env = environment(&args, scratch.path())?;
+    let counts = if args.smoke {
+        Counts {
+            samples: 3,
+            thaw: 3,
+            deploys: 3,
+        }
+    } else {
+        Counts {
+            samples: args.samples,
+            thaw: args.thaw_samples,
+            deploys: args.deploy_samples,
+        }
+    };
+    let wanted = |name: &str| {
+        (!args.smoke || name.starts_with("thaw"))
+            && (args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str())))
+    };
+    let mut results = Results::default();
+    let wasm = std::fs::read(&env.wasm)?;
+    thaw_setups(&env, &wasm, counts, &wanted, &mut results).await;
+    language_setups(&env, counts, &wanted, &mut results).await;
+    for (name, start, setup) in process_setups(&env) {
+        if wanted(&name) {
+            let result = setup.and_then(|setup| sample_process(&name, &setup, counts.samples));
+            results.record(&name, start, result);
+        }
+    }
+    results.relate_to_cold();
+    let throughput_runs = if args.smoke || !wanted("throughput") {
+        Vec::new()
+    } else {
+        let secs = Duration::from_secs(args.throughput_secs);
+        run_throughput(&env, &wasm, secs, &mut results.skipped).await
+    };
+    write_report(&env, &args.out, &results, &throughput_runs)
+}
+
+/// How many samples each kind of setup takes.
+#[derive(Clone, Copy)]
+struct Counts {
+    /// Per process started per sample (baselines).
+    samples: usize,
+    /// Per thaw cold or warm request.
+    thaw: usize,
+    /// Per deploy.
+    deploys: usize,
+}
+
+/// Where everything the suite runs is: the binaries, the components, a scratch directory.
+fn environment(args: &BenchArgs, scratch: &Path) -> anyhow::Result<Env> {
     let thaw = std::env::current_exe().context("finding the thaw binary")?;
     // .../target/<profile>/thaw → .../target
     let target_dir = thaw
@@ -108,7 +160,6 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         .and_then(Path::parent)
         .map(Path::to_owned)
         .unwrap_or_else(|| PathBuf::from("target"));
-    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let env = Env {
         wasm: args
             .wasm
@@ -132,55 +183,85 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| target_dir.join("baselines/lang")),
         thaw,
-        scratch: scratch.path().to_owned(),
+        scratch: scratch.to_owned(),
     };
     anyhow::ensure!(
         env.wasm.is_file(),
         "no hello component at {} (build it with `cargo build -p thaw-test-functions`, or pass --wasm)",
         env.wasm.display()
     );
-    let (samples, thaw_samples, deploy_samples) = if args.smoke {
-        (3, 3, 3)
-    } else {
-        (args.samples, args.thaw_samples, args.deploy_samples)
-    };
-    let wanted = |name: &str| {
-        (!args.smoke || name.starts_with("thaw"))
-            && (args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str())))
-    };
+    Ok(env)
+}
 
-    let mut measured = Vec::new();
-    let mut skipped = Vec::new();
-    let mut record = |name: &str, start: &str, result: anyhow::Result<Vec<Sample>>| match result {
-        Ok(samples) if samples.is_empty() => skipped.push(Skipped {
-            name: name.to_owned(),
-            reason: "0 samples asked for".into(),
-        }),
-        Ok(samples) => {
-            let mut kinds = BTreeMap::new();
-            for s in &samples {
-                if let Some(kind) = &s.start_kind {
-                    *kinds.entry(kind.clone()).or_insert(0) += 1;
-                }
-            }
-            let samples: Vec<Duration> = samples.iter().map(|s| s.elapsed).collect();
-            measured.push(Measured {
+/// What the suite measured, and what it could not.
+#[derive(Default)]
+struct Results {
+    measured: Vec<Measured>,
+    skipped: Vec<Skipped>,
+}
+
+impl Results {
+    /// One setup's samples (or why there are none).
+    fn record(&mut self, name: &str, start: &str, result: anyhow::Result<Vec<Sample>>) {
+        match result {
+            Ok(samples) if samples.is_empty() => self.skipped.push(Skipped {
                 name: name.to_owned(),
-                start: start.to_owned(),
-                summary: Summary::of(&samples),
-                ratio_to_thaw_cold: None,
-                start_kinds: kinds,
-                samples,
-            });
+                reason: "0 samples asked for".into(),
+            }),
+            Ok(samples) => {
+                let mut kinds = BTreeMap::new();
+                for s in &samples {
+                    if let Some(kind) = &s.start_kind {
+                        *kinds.entry(kind.clone()).or_insert(0) += 1;
+                    }
+                }
+                let samples: Vec<Duration> = samples.iter().map(|s| s.elapsed).collect();
+                self.measured.push(Measured {
+                    name: name.to_owned(),
+                    start: start.to_owned(),
+                    summary: Summary::of(&samples),
+                    ratio_to_thaw_cold: None,
+                    start_kinds: kinds,
+                    samples,
+                });
+            }
+            Err(e) => self.skipped.push(Skipped {
+                name: name.to_owned(),
+                reason: format!("{e:#}"),
+            }),
         }
-        Err(e) => skipped.push(Skipped {
-            name: name.to_owned(),
-            reason: format!("{e:#}"),
-        }),
-    };
+    }
 
-    // thaw's own setups.
-    let wasm = std::fs::read(&env.wasm)?;
+    /// Each row over thaw's cold start in its language (`JS: …`), or over hello's.
+    fn relate_to_cold(&mut self) {
+        let cold: BTreeMap<String, f64> = self
+            .measured
+            .iter()
+            .filter_map(|m| {
+                let language = m.name.strip_suffix("thaw, cold from disk")?;
+                Some((language.to_owned(), m.summary.median_us))
+            })
+            .collect();
+        for m in &mut self.measured {
+            let language = LANGUAGES
+                .iter()
+                .map(|(l, _)| format!("{l}: "))
+                .find(|prefix| m.name.starts_with(prefix.as_str()))
+                .unwrap_or_default();
+            m.ratio_to_thaw_cold = cold.get(&language).map(|c| m.summary.median_us / c);
+        }
+    }
+}
+
+/// thaw's own setups with the hello component: cold from disk, after a deploy (with and
+/// without the fast tier), warm.
+async fn thaw_setups(
+    env: &Env,
+    wasm: &[u8],
+    counts: Counts,
+    wanted: &dyn Fn(&str) -> bool,
+    results: &mut Results,
+) {
     for (name, start) in [
         (
             "thaw, cold from disk",
@@ -199,23 +280,29 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         let bar = progress(
             name,
             match name {
-                "thaw, cold from disk" | "thaw, warm (pool hit)" => thaw_samples,
-                _ => deploy_samples,
+                "thaw, cold from disk" | "thaw, warm (pool hit)" => counts.thaw,
+                _ => counts.deploys,
             },
         );
         let result = match name {
-            "thaw, cold from disk" => {
-                thaw_cold(&env, &wasm, "cold", thaw_samples, false, &bar).await
-            }
-            "thaw, after deploy" => thaw_deploy(&env, &wasm, deploy_samples, false, &bar).await,
-            "thaw, warm (pool hit)" => thaw_warm(&env, &wasm, thaw_samples, &bar).await,
-            _ => thaw_deploy(&env, &wasm, deploy_samples, true, &bar).await,
+            "thaw, cold from disk" => thaw_cold(env, wasm, "cold", counts.thaw, false, &bar).await,
+            "thaw, after deploy" => thaw_deploy(env, wasm, counts.deploys, false, &bar).await,
+            "thaw, warm (pool hit)" => thaw_warm(env, wasm, counts.thaw, &bar).await,
+            _ => thaw_deploy(env, wasm, counts.deploys, true, &bar).await,
         };
         bar.finish_and_clear();
-        record(name, start, result);
+        results.record(name, start, result);
     }
+}
 
-    // thaw per language: the templates' components, cold from disk.
+/// thaw per language: the templates' components, cold from disk and first after start,
+/// and the deploy of a second function on a runtime compiled before.
+async fn language_setups(
+    env: &Env,
+    counts: Counts,
+    wanted: &dyn Fn(&str) -> bool,
+    results: &mut Results,
+) {
     for (language, file) in LANGUAGES {
         for (setup, loaded, start) in [
             (
@@ -233,17 +320,17 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
             if !wanted(&name) {
                 continue;
             }
-            let result = match language_wasm(&env, file).and_then(|p| Ok(std::fs::read(p)?)) {
+            let result = match language_wasm(env, file).and_then(|p| Ok(std::fs::read(p)?)) {
                 Ok(wasm) => {
-                    let bar = progress(&name, thaw_samples);
+                    let bar = progress(&name, counts.thaw);
                     let scratch = format!("{file}-{loaded}");
-                    let result = thaw_cold(&env, &wasm, &scratch, thaw_samples, loaded, &bar).await;
+                    let result = thaw_cold(env, &wasm, &scratch, counts.thaw, loaded, &bar).await;
                     bar.finish_and_clear();
                     result
                 }
                 Err(e) => Err(e),
             };
-            record(&name, start, result);
+            results.record(&name, start, result);
         }
         // A deploy of new wasm built on the same language runtime as one deployed before:
         // the template with a nonce section (new digest, same functions), so Cranelift's
@@ -251,84 +338,58 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         // (its own code; for JS and Python mostly in data, the pre-initialised heap).
         let name = format!("{language}: thaw, deploy of a second function");
         if wanted(&name) {
-            let result = match language_wasm(&env, file).and_then(|p| Ok(std::fs::read(p)?)) {
+            let deploys = counts.deploys.min(5);
+            let result = match language_wasm(env, file).and_then(|p| Ok(std::fs::read(p)?)) {
                 Ok(wasm) => {
-                    let bar = progress(&name, deploy_samples.min(5));
-                    let result =
-                        thaw_second_deploy(&env, &wasm, file, deploy_samples.min(5), &bar).await;
+                    let bar = progress(&name, deploys);
+                    let result = thaw_second_deploy(env, &wasm, file, deploys, &bar).await;
                     bar.finish_and_clear();
                     result
                 }
                 Err(e) => Err(e),
             };
-            record(
+            results.record(
                 &name,
                 "the upload of new wasm on a runtime compiled before",
                 result,
             );
         }
     }
+}
 
-    // Everything started per sample.
-    for (name, start, setup) in process_setups(&env) {
-        if !wanted(&name) {
-            continue;
-        }
-        let result = setup.and_then(|setup| {
-            let bar = progress(&name, samples);
-            let result = (0..samples)
-                .map(|_| {
-                    let sample = setup.sample();
-                    bar.inc(1);
-                    sample
-                })
-                .collect::<anyhow::Result<Vec<_>>>();
-            bar.finish_and_clear();
-            result
-        });
-        record(&name, start, result);
-    }
-
-    // Each row over thaw's cold start in its language (`JS: …`), or over hello's.
-    let cold: BTreeMap<String, f64> = measured
-        .iter()
-        .filter_map(|m| {
-            let language = m.name.strip_suffix("thaw, cold from disk")?;
-            Some((language.to_owned(), m.summary.median_us))
+/// `samples` samples of a setup that starts a process per sample.
+fn sample_process(name: &str, setup: &ProcessSetup, samples: usize) -> anyhow::Result<Vec<Sample>> {
+    let bar = progress(name, samples);
+    let result = (0..samples)
+        .map(|_| {
+            let sample = setup.sample();
+            bar.inc(1);
+            sample
         })
-        .collect();
-    for m in &mut measured {
-        let language = LANGUAGES
-            .iter()
-            .map(|(l, _)| format!("{l}: "))
-            .find(|prefix| m.name.starts_with(prefix.as_str()))
-            .unwrap_or_default();
-        m.ratio_to_thaw_cold = cold.get(&language).map(|c| m.summary.median_us / c);
-    }
+        .collect::<anyhow::Result<Vec<_>>>();
+    bar.finish_and_clear();
+    result
+}
 
-    let throughput_runs = if args.smoke || !wanted("throughput") {
-        Vec::new()
-    } else {
-        run_throughput(
-            &env,
-            &wasm,
-            Duration::from_secs(args.throughput_secs),
-            &mut skipped,
-        )
-        .await
-    };
-
-    // The report.
-    let tools = tool_versions(&env);
+/// The report: table.md, samples.csv, machine.json, summary.json and chart.svg in a new
+/// results directory under `out`; the table and the machine on stdout.
+fn write_report(
+    env: &Env,
+    out: &Path,
+    results: &Results,
+    throughput_runs: &[report::Throughput],
+) -> anyhow::Result<()> {
+    let Results { measured, skipped } = results;
+    let tools = tool_versions(env);
     let machine = report::machine(&tools);
-    let dir = report::results_dir(&args.out, &report::hostname())?;
-    let mut table = report::table(&measured, &skipped);
+    let dir = report::results_dir(out, &report::hostname())?;
+    let mut table = report::table(measured, skipped);
     if !throughput_runs.is_empty() {
         table.push('\n');
-        table.push_str(&report::throughput_table(&throughput_runs));
+        table.push_str(&report::throughput_table(throughput_runs));
     }
     std::fs::write(dir.join("table.md"), &table)?;
-    std::fs::write(dir.join("samples.csv"), report::csv(&measured))?;
+    std::fs::write(dir.join("samples.csv"), report::csv(measured))?;
     std::fs::write(
         dir.join("machine.json"),
         serde_json::to_vec_pretty(&machine)?,
@@ -345,7 +406,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         serde_json::to_vec_pretty(&summary)?,
     )?;
     if !measured.is_empty() {
-        report::svg(&measured, &dir.join("chart.svg"))?;
+        report::svg(measured, &dir.join("chart.svg"))?;
     }
     println!("{table}");
     println!(

@@ -222,229 +222,236 @@ impl Collector for PlatformCollector {
                 })
             })
             .collect();
-        let e = &mut encoder;
-
-        family(
-            e,
-            "thaw_requests",
-            "Requests answered, by status class",
-            None,
-            MetricType::Counter,
-            &functions,
-            |m, f| {
-                let base = labels(f);
-                for (class, n) in STATUS_CLASSES.iter().zip(&f.stats.responses) {
-                    let set = [
-                        base[0].clone(),
-                        base[1].clone(),
-                        ("code", (*class).to_owned()),
-                    ];
-                    counter(&mut m.encode_family(&set)?, n.load(Ordering::Relaxed))?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            e,
-            "thaw_request_duration",
-            "From a request's arrival at the function to its response head",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-            &functions,
-            |m, f| histogram(&mut m.encode_family(&labels(f))?, &f.stats.duration),
-        )?;
-        family(
-            e,
-            "thaw_starts",
-            "How requests got their instance: pool-hit, fresh, disk (code loaded from disk) or compile",
-            None,
-            MetricType::Counter,
-            &functions,
-            |m, f| {
-                for kind in StartKind::ALL {
-                    let set = start_labels(f, kind);
-                    counter(&mut m.encode_family(&set)?, f.starts.count(kind))?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            e,
-            "thaw_start_duration",
-            "Time from admission to a ready instance, by start kind",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-            &functions,
-            |m, f| {
-                for kind in StartKind::ALL {
-                    let set = start_labels(f, kind);
-                    histogram(&mut m.encode_family(&set)?, f.starts.start_of(kind))?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            e,
-            "thaw_limit_hits",
-            "Requests (or guest calls) stopped by a limit, by limit",
-            None,
-            MetricType::Counter,
-            &functions,
-            |m, f| {
-                let base = labels(f);
-                for limit in Limit::ALL {
-                    let set = [
-                        base[0].clone(),
-                        base[1].clone(),
-                        ("limit", limit.name().to_owned()),
-                    ];
-                    counter(&mut m.encode_family(&set)?, f.stats.limit_hits.get(limit))?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            e,
-            "thaw_outbound_requests",
-            "Outbound HTTP requests guests sent (denied ones are limit hits)",
-            None,
-            MetricType::Counter,
-            &functions,
-            |m, f| {
-                counter(
-                    &mut m.encode_family(&labels(f))?,
-                    f.stats.outbound_requests.load(Ordering::Relaxed),
-                )
-            },
-        )?;
-        family(
-            e,
-            "thaw_instances_warm",
-            "Pre-instantiated instances waiting in the function's pool",
-            None,
-            MetricType::Gauge,
-            &functions,
-            |m, f| gauge(&mut m.encode_family(&labels(f))?, f.pool.len() as i64),
-        )?;
-        family(
-            e,
-            "thaw_instances_in_use",
-            "Requests of the function running now (components; CGI runs are not counted)",
-            None,
-            MetricType::Gauge,
-            &functions,
-            |m, f| gauge(&mut m.encode_family(&labels(f))?, f.pool.in_flight() as i64),
-        )?;
-
-        // The host.
-        let status = platform.status();
-        let stats = platform.cache().stats();
-        let host_gauges: [(&str, &str, i64); 5] = [
-            (
-                "thaw_instance_slots",
-                "Instances that may exist at once (--instance-slots)",
-                i64::from(status.instance_slots),
-            ),
-            (
-                "thaw_instance_slots_in_use",
-                "Slots taken by running or warm instances",
-                status.slots_in_use as i64,
-            ),
-            (
-                "thaw_functions",
-                "Functions deployed",
-                status.functions as i64,
-            ),
-            (
-                "thaw_functions_loaded",
-                "Functions with their code loaded",
-                status.functions_loaded as i64,
-            ),
-            (
-                "thaw_artifacts_unchecked",
-                "Artifacts the start-up scrub has still to check",
-                status.artifacts_unchecked as i64,
-            ),
-        ];
-        for (name, help, value) in host_gauges {
-            family(e, name, help, None, MetricType::Gauge, [value], |m, v| {
-                gauge(m, v)
-            })?;
-        }
-        let mut host_counters: Vec<(&str, &str, u64)> = vec![
-            (
-                "thaw_queue_waits",
-                "Requests that found every slot taken and waited for one",
-                platform
-                    .invoke_context()
-                    .queue_waits
-                    .load(Ordering::Relaxed),
-            ),
-            (
-                "thaw_compilations",
-                "Cranelift compilations (deploys, tier-ups, rebuilt artifacts)",
-                status.compilations,
-            ),
-            (
-                "thaw_artifact_loads",
-                "Compiled artifacts loaded from disk",
-                status.artifact_loads,
-            ),
-            (
-                "thaw_artifact_rebuilds",
-                "Artifacts found missing or damaged and rebuilt",
-                status.artifact_rebuilds,
-            ),
-            (
-                "thaw_slow_clients_closed",
-                "Connections closed for sending their headers too slowly",
-                status.slow_clients_closed,
-            ),
-            (
-                "thaw_stalled_readers_closed",
-                "Connections closed because their client stopped reading",
-                status.stalled_readers_closed,
-            ),
-        ];
-        if let (Some(hits), Some(misses)) = (status.compile_cache_hits, status.compile_cache_misses)
-        {
-            host_counters.push((
-                "thaw_compile_cache_hits",
-                "Functions whose compiled code came from the incremental compilation cache",
-                hits,
-            ));
-            host_counters.push((
-                "thaw_compile_cache_misses",
-                "Functions compiled for want of an incremental compilation cache entry",
-                misses,
-            ));
-        }
-        for (name, help, value) in host_counters {
-            family(e, name, help, None, MetricType::Counter, [value], |m, v| {
-                counter(m, v)
-            })?;
-        }
-        let (deployed, refused) = platform.deploys();
-        family(
-            e,
-            "thaw_deploys",
-            "Deploys (admin API and manifests given to thaw serve), by result",
-            None,
-            MetricType::Counter,
-            [("ok", deployed), ("refused", refused)],
-            |m, (result, n)| counter(&mut m.encode_family(&[("result", result)])?, n),
-        )?;
-        family(
-            e,
-            "thaw_compile_duration",
-            "Cranelift compiles, with serialisation and the artifact's write",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-            [&stats.compile_time],
-            histogram,
-        )?;
-        Ok(())
+        encode_functions(&mut encoder, &functions)?;
+        encode_host(&mut encoder, platform)
     }
+}
+
+/// The per-function (per-version) families.
+fn encode_functions(e: &mut DescriptorEncoder, functions: &[&Arc<Function>]) -> std::fmt::Result {
+    family(
+        e,
+        "thaw_requests",
+        "Requests answered, by status class",
+        None,
+        MetricType::Counter,
+        functions,
+        |m, f| {
+            let base = labels(f);
+            for (class, n) in STATUS_CLASSES.iter().zip(&f.stats.responses) {
+                let set = [
+                    base[0].clone(),
+                    base[1].clone(),
+                    ("code", (*class).to_owned()),
+                ];
+                counter(&mut m.encode_family(&set)?, n.load(Ordering::Relaxed))?;
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        e,
+        "thaw_request_duration",
+        "From a request's arrival at the function to its response head",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+        functions,
+        |m, f| histogram(&mut m.encode_family(&labels(f))?, &f.stats.duration),
+    )?;
+    family(
+        e,
+        "thaw_starts",
+        "How requests got their instance: pool-hit, fresh, disk (code loaded from disk) or compile",
+        None,
+        MetricType::Counter,
+        functions,
+        |m, f| {
+            for kind in StartKind::ALL {
+                let set = start_labels(f, kind);
+                counter(&mut m.encode_family(&set)?, f.starts.count(kind))?;
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        e,
+        "thaw_start_duration",
+        "Time from admission to a ready instance, by start kind",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+        functions,
+        |m, f| {
+            for kind in StartKind::ALL {
+                let set = start_labels(f, kind);
+                histogram(&mut m.encode_family(&set)?, f.starts.start_of(kind))?;
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        e,
+        "thaw_limit_hits",
+        "Requests (or guest calls) stopped by a limit, by limit",
+        None,
+        MetricType::Counter,
+        functions,
+        |m, f| {
+            let base = labels(f);
+            for limit in Limit::ALL {
+                let set = [
+                    base[0].clone(),
+                    base[1].clone(),
+                    ("limit", limit.name().to_owned()),
+                ];
+                counter(&mut m.encode_family(&set)?, f.stats.limit_hits.get(limit))?;
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        e,
+        "thaw_outbound_requests",
+        "Outbound HTTP requests guests sent (denied ones are limit hits)",
+        None,
+        MetricType::Counter,
+        functions,
+        |m, f| {
+            counter(
+                &mut m.encode_family(&labels(f))?,
+                f.stats.outbound_requests.load(Ordering::Relaxed),
+            )
+        },
+    )?;
+    family(
+        e,
+        "thaw_instances_warm",
+        "Pre-instantiated instances waiting in the function's pool",
+        None,
+        MetricType::Gauge,
+        functions,
+        |m, f| gauge(&mut m.encode_family(&labels(f))?, f.pool.len() as i64),
+    )?;
+    family(
+        e,
+        "thaw_instances_in_use",
+        "Requests of the function running now (components; CGI runs are not counted)",
+        None,
+        MetricType::Gauge,
+        functions,
+        |m, f| gauge(&mut m.encode_family(&labels(f))?, f.pool.in_flight() as i64),
+    )?;
+
+    Ok(())
+}
+
+/// The host's families.
+fn encode_host(e: &mut DescriptorEncoder, platform: &Platform) -> std::fmt::Result {
+    let status = platform.status();
+    let stats = platform.cache().stats();
+    let host_gauges: [(&str, &str, i64); 5] = [
+        (
+            "thaw_instance_slots",
+            "Instances that may exist at once (--instance-slots)",
+            i64::from(status.instance_slots),
+        ),
+        (
+            "thaw_instance_slots_in_use",
+            "Slots taken by running or warm instances",
+            status.slots_in_use as i64,
+        ),
+        (
+            "thaw_functions",
+            "Functions deployed",
+            status.functions as i64,
+        ),
+        (
+            "thaw_functions_loaded",
+            "Functions with their code loaded",
+            status.functions_loaded as i64,
+        ),
+        (
+            "thaw_artifacts_unchecked",
+            "Artifacts the start-up scrub has still to check",
+            status.artifacts_unchecked as i64,
+        ),
+    ];
+    for (name, help, value) in host_gauges {
+        family(e, name, help, None, MetricType::Gauge, [value], |m, v| {
+            gauge(m, v)
+        })?;
+    }
+    let mut host_counters: Vec<(&str, &str, u64)> = vec![
+        (
+            "thaw_queue_waits",
+            "Requests that found every slot taken and waited for one",
+            platform
+                .invoke_context()
+                .queue_waits
+                .load(Ordering::Relaxed),
+        ),
+        (
+            "thaw_compilations",
+            "Cranelift compilations (deploys, tier-ups, rebuilt artifacts)",
+            status.compilations,
+        ),
+        (
+            "thaw_artifact_loads",
+            "Compiled artifacts loaded from disk",
+            status.artifact_loads,
+        ),
+        (
+            "thaw_artifact_rebuilds",
+            "Artifacts found missing or damaged and rebuilt",
+            status.artifact_rebuilds,
+        ),
+        (
+            "thaw_slow_clients_closed",
+            "Connections closed for sending their headers too slowly",
+            status.slow_clients_closed,
+        ),
+        (
+            "thaw_stalled_readers_closed",
+            "Connections closed because their client stopped reading",
+            status.stalled_readers_closed,
+        ),
+    ];
+    if let (Some(hits), Some(misses)) = (status.compile_cache_hits, status.compile_cache_misses) {
+        host_counters.push((
+            "thaw_compile_cache_hits",
+            "Functions whose compiled code came from the incremental compilation cache",
+            hits,
+        ));
+        host_counters.push((
+            "thaw_compile_cache_misses",
+            "Functions compiled for want of an incremental compilation cache entry",
+            misses,
+        ));
+    }
+    for (name, help, value) in host_counters {
+        family(e, name, help, None, MetricType::Counter, [value], |m, v| {
+            counter(m, v)
+        })?;
+    }
+    let (deployed, refused) = platform.deploys();
+    family(
+        e,
+        "thaw_deploys",
+        "Deploys (admin API and manifests given to thaw serve), by result",
+        None,
+        MetricType::Counter,
+        [("ok", deployed), ("refused", refused)],
+        |m, (result, n)| counter(&mut m.encode_family(&[("result", result)])?, n),
+    )?;
+    family(
+        e,
+        "thaw_compile_duration",
+        "Cranelift compiles, with serialisation and the artifact's write",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+        [&stats.compile_time],
+        histogram,
+    )?;
+    Ok(())
 }
 
 fn start_labels(function: &Function, kind: StartKind) -> [(&'static str, String); 3] {

@@ -17,7 +17,7 @@ use thaw_runtime::http::auth::{AdminAuth, AdminToken};
 use thaw_runtime::http::server::{self, ListenerOptions, Shutdown};
 use thaw_runtime::manifest::Manifest;
 
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, ServeConfig};
 
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests.
 pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
@@ -33,8 +33,51 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
             manifest.build()?;
         }
     }
-
     thaw_runtime::guest::log::set_host_copy_rate(config.guest_log_to_host);
+    let platform = open_platform(&config).await?;
+
+    // Bound before the manifests are deployed: a cluster node registers its addresses, and
+    // in a cluster a manifest's deploy goes through etcd like any other.
+    let listeners = Listeners {
+        data: server::bind(config.listen).await?,
+        admin: server::bind(config.admin_listen).await?,
+        metrics: match config.metrics_listen {
+            Some(addr) => Some(server::bind(addr).await?),
+            None => None,
+        },
+    };
+    let ready = ReadyLine {
+        functions: listeners.data.local_addr()?,
+        admin: listeners.admin.local_addr()?,
+        metrics: listeners
+            .metrics
+            .as_ref()
+            .map(|m| m.local_addr())
+            .transpose()?,
+    };
+    if !config.admin_listen.ip().is_loopback() {
+        tracing::warn!(
+            "the admin API listens on {}, beyond loopback: its token is all that guards it, and \
+             it travels in clear text (no TLS); put a TLS proxy in front",
+            ready.admin
+        );
+    }
+    let cluster = match config.cluster.clone() {
+        Some(options) => {
+            Some(join_cluster(&config, &platform, options, &ready, !manifests.is_empty()).await?)
+        }
+        None => None,
+    };
+    deploy_manifests(&platform, &manifests).await?;
+    let token = admin_token(&platform, &config, json_log)?;
+    // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
+    println!("{ready}");
+    platform.spawn_background_work();
+    serve_until_signal(&config, platform, cluster, token, listeners).await
+}
+
+/// The platform, with trace export and the key-value store the configuration asks for.
+async fn open_platform(config: &ServeConfig) -> anyhow::Result<Arc<Platform>> {
     let mut platform_config = config.platform.clone();
     if let Some(endpoint) = &config.otlp_endpoint {
         platform_config.traces =
@@ -55,7 +98,6 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     let platform = tokio::task::spawn_blocking(move || Platform::open(platform_config))
         .await
         .context("start-up task failed")??;
-    let platform = Arc::new(platform);
     match platform.engine().allocator() {
         Allocator::Pooling => tracing::info!(
             slots = platform.engine().options().instance_slots,
@@ -71,61 +113,66 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         keyvalue = %platform.keyvalue().map_or("off".to_owned(), |kv| kv.describe()),
         "data directory loaded"
     );
+    Ok(Arc::new(platform))
+}
 
-    // Bound before the manifests are deployed: a cluster node registers its addresses, and
-    // in a cluster a manifest's deploy goes through etcd like any other.
-    let data = server::bind(config.listen).await?;
-    let admin = server::bind(config.admin_listen).await?;
-    let data_addr = data.local_addr()?;
-    let admin_addr = admin.local_addr()?;
-    if !config.admin_listen.ip().is_loopback() {
+/// The host's listeners, bound.
+struct Listeners {
+    data: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+/// Joins the cluster of `options` at the addresses `ready` names (as peers reach them); with
+/// manifests to deploy, waits until etcd's registry has been read (a manifest is compared
+/// with the cluster's registry, not a stale local one).
+async fn join_cluster(
+    config: &ServeConfig,
+    platform: &Arc<Platform>,
+    mut options: thaw_runtime::cluster::ClusterOptions,
+    ready: &ReadyLine,
+    deploys: bool,
+) -> anyhow::Result<Arc<Cluster>> {
+    let advertise = config.advertise_host.as_deref();
+    let host = advertised_host(advertise, ready.functions.ip());
+    if options.node_id.is_empty() {
+        options.node_id = format!("{}-{}", host_name(), ready.functions.port());
+    }
+    let cluster = Cluster::join(
+        platform.clone(),
+        options,
+        format!("{host}:{}", ready.functions.port()),
+        format!(
+            "{}:{}",
+            advertised_host(advertise, ready.admin.ip()),
+            ready.admin.port()
+        ),
+    )
+    .await?;
+    if ready.admin.ip().is_loopback() && advertise.is_none() {
         tracing::warn!(
-            "the admin API listens on {admin_addr}, beyond loopback: its token is all that guards \
-             it, and it travels in clear text (no TLS); put a TLS proxy in front"
+            "the admin listener is on loopback: peers on other machines cannot fetch code \
+             from this node (set --admin-listen, and --advertise-host if needed)"
         );
     }
-    let cluster = match config.cluster.clone() {
-        Some(mut options) => {
-            let host = advertised_host(config.advertise_host.as_deref(), data_addr.ip());
-            if options.node_id.is_empty() {
-                options.node_id = format!("{}-{}", host_name(), data_addr.port());
-            }
-            let cluster = Cluster::join(
-                platform.clone(),
-                options,
-                format!("{host}:{}", data_addr.port()),
-                format!(
-                    "{}:{}",
-                    advertised_host(config.advertise_host.as_deref(), admin_addr.ip()),
-                    admin_addr.port()
-                ),
-            )
-            .await?;
-            if admin_addr.ip().is_loopback() && config.advertise_host.is_none() {
-                tracing::warn!(
-                    "the admin listener is on loopback: peers on other machines cannot fetch code \
-                     from this node (set --admin-listen, and --advertise-host if needed)"
-                );
-            }
-            // Manifests are compared with the cluster's registry, not a stale local one.
-            if !manifests.is_empty() && !cluster.wait_synced(Duration::from_secs(60)).await {
-                anyhow::bail!(
-                    "--deploy in a cluster needs etcd's registry, and it was not read within 60 s"
-                );
-            }
-            Some(cluster)
-        }
-        None => None,
-    };
+    if deploys && !cluster.wait_synced(Duration::from_secs(60)).await {
+        anyhow::bail!(
+            "--deploy in a cluster needs etcd's registry, and it was not read within 60 s"
+        );
+    }
+    Ok(cluster)
+}
 
-    for manifest in &manifests {
+/// `--deploy`: every function of the manifests, unless its newest version is that code with
+/// that spec already (a rollback made since is kept).
+async fn deploy_manifests(platform: &Arc<Platform>, manifests: &[Manifest]) -> anyhow::Result<()> {
+    for manifest in manifests {
         for function in &manifest.functions {
             let path = manifest.wasm_path(function);
             let wasm = std::fs::read(&path).with_context(|| {
                 format!("reading {} for function {}", path.display(), function.name)
             })?;
             let spec = function.spec();
-            // Redeployed only if its newest version differs: a rollback made since is kept.
             if let Some(existing) = platform.registry().get(&function.name)
                 && existing.newest().record.digest == sha256_hex(&wasm)
                 && existing.newest().record.spec == spec
@@ -138,7 +185,16 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
                 .with_context(|| format!("deploying {} from {}", function.name, path.display()))?;
         }
     }
+    Ok(())
+}
 
+/// The admin token: configured, or the data directory's (created, and said so once, on the
+/// first start).
+fn admin_token(
+    platform: &Platform,
+    config: &ServeConfig,
+    json_log: bool,
+) -> anyhow::Result<AdminToken> {
     let (token, created) =
         AdminToken::load_or_create(platform.data_dir().root(), config.admin_token.as_deref())?;
     if let Some(path) = created {
@@ -155,24 +211,19 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(token)
+}
 
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(server::bind(addr).await?),
-        None => None,
-    };
-    let metrics_addr = metrics.as_ref().map(|m| m.local_addr()).transpose()?;
-    // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
-    let ready = ReadyLine {
-        functions: data_addr,
-        admin: admin_addr,
-        metrics: metrics_addr,
-    };
-    println!("{ready}");
-
-    platform.spawn_background_work();
+/// Serves the listeners until SIGINT or SIGTERM; then leaves the cluster, drains, and
+/// exports the last traces.
+async fn serve_until_signal(
+    config: &ServeConfig,
+    platform: Arc<Platform>,
+    cluster: Option<Arc<Cluster>>,
+    token: AdminToken,
+    listeners: Listeners,
+) -> anyhow::Result<()> {
     let (stop, shutdown) = Shutdown::new();
-    let max_upload = config.max_upload_bytes;
-    let admin_platform = platform.clone();
     let listener_options = ListenerOptions {
         drain_timeout: config.drain_timeout,
         header_read_timeout: config.header_read_timeout,
@@ -183,15 +234,15 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     let exposition = Arc::new(thaw_runtime::metrics::Exposition::default());
     let admin_context = Arc::new(AdminContext {
         exposition: exposition.clone(),
-        history: History::spawn(admin_platform.clone()),
-        platform: admin_platform,
-        max_upload,
+        history: History::spawn(platform.clone()),
+        platform: platform.clone(),
+        max_upload: config.max_upload_bytes,
         auth: AdminAuth::new(token),
         cluster: cluster.clone(),
         followers: Default::default(),
     });
     let admin_task = tokio::spawn(server::serve(
-        admin,
+        listeners.admin,
         shutdown.clone(),
         listener_options.clone(),
         move |req, peer| {
@@ -199,7 +250,7 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         },
     ));
     // `/metrics` alone, without the token (`--metrics-listen`).
-    let metrics_task = metrics.map(|listener| {
+    let metrics_task = listeners.metrics.map(|listener| {
         let metrics_platform = platform.clone();
         tokio::spawn(server::serve(
             listener,
@@ -216,7 +267,7 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     });
     let flush_platform = platform.clone();
     let data_task = tokio::spawn(server::serve_functions(
-        data,
+        listeners.data,
         platform,
         shutdown,
         listener_options,

@@ -2,7 +2,6 @@
 //! metadata in the environment, the buffered body on stdin, stdout parsed as a CGI response
 //! once `_start` returns ([`crate::cgi`] parses; this runs).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Response;
@@ -10,65 +9,26 @@ use wasmtime::InstancePre;
 
 use super::body::{ResponseBody, full};
 use super::error::{InvokeError, classify};
-use super::{InvokeContext, Peer, Start, admit};
+use super::{Call, Peer, admit};
 use crate::cgi::{self, CgiRequest};
 use crate::function::Function;
 use crate::function::timing::StartKind;
 use crate::guest::cgi_store;
 use crate::guest::host::CgiHost;
 use crate::guest::stdout::{CgiStdout, StdoutOverLimit};
-use crate::telemetry::RequestTrace;
 
 /// A WASI preview1 command run CGI-style: metadata in the environment, the buffered body on
 /// stdin, stdout parsed as a CGI response once `_start` returns.
-#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the list.
 pub(super) async fn call(
-    cx: &InvokeContext,
-    function: &Arc<Function>,
+    call: Call<'_>,
     pre: &InstancePre<CgiHost>,
     parts: http::request::Parts,
     body: bytes::Bytes,
     peer: Peer,
-    load: Option<(StartKind, Duration)>,
-    admitted: Instant,
-    trace: Option<&RequestTrace>,
 ) -> Result<Response<ResponseBody>, InvokeError> {
+    let Call { cx, function, .. } = call;
     let engine = pre.module().engine();
-    let path = parts.uri.path();
-    let path_info = if function.route == "/" {
-        path
-    } else {
-        path.get(function.route.len()..).unwrap_or("")
-    };
-    let mut env = Vec::with_capacity(16 + parts.headers.len() + function.env.len());
-    let underscored = cgi::request_env(
-        &CgiRequest {
-            method: &parts.method,
-            script_name: if function.route == "/" {
-                ""
-            } else {
-                &function.route
-            },
-            path_info,
-            query: parts.uri.query().unwrap_or(""),
-            headers: &parts.headers,
-            content_length: Some(body.len() as u64),
-            remote_addr: peer.remote,
-            server_addr: peer.local,
-            authority: parts.uri.authority().map(|a| a.as_str()),
-        },
-        &mut env,
-    );
-    if underscored > 0 {
-        tracing::debug!(function = %function.name, underscored, "dropped request headers with '_' in their names (CGI would merge them with their '-' twins)");
-    }
-    // The function's own variables, except where they would shadow a CGI meta-variable.
-    for (key, value) in &function.env {
-        if !env.iter().any(|(k, _)| k == key) {
-            env.push((key.clone(), value.clone()));
-        }
-    }
-
+    let env = environment(function, &parts, body.len() as u64, peer);
     let response_limit = function.limits.max_response_body_bytes;
     // The body's limit plus room for the header section; the body alone is checked after
     // parsing. A write past this traps the guest at once (see crate::guest::stdout).
@@ -85,15 +45,10 @@ pub(super) async fn call(
     );
     let permit = admit(cx).await?;
 
-    let mut start = Start {
-        kind: load.map_or(StartKind::Fresh, |(kind, _)| kind),
-        admitted,
-        load: load.map(|(_, d)| d),
-        instantiate: Duration::ZERO,
-        total: Duration::ZERO,
-    };
+    let admitted = call.admitted;
+    let mut start = call.start(StartKind::Fresh, Duration::ZERO, Duration::ZERO);
     let mut call_started = None;
-    let call = async {
+    let run = async {
         let instantiating = Instant::now();
         let instance = pre.instantiate_async(&mut store).await?;
         start.instantiate = instantiating.elapsed();
@@ -102,7 +57,7 @@ pub(super) async fn call(
         let entry = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         entry.call_async(&mut store, ()).await
     };
-    let result = tokio::time::timeout(function.limits.timeout, call).await;
+    let result = tokio::time::timeout(function.limits.timeout, run).await;
     let handler = call_started.map_or(Duration::ZERO, |t| t.elapsed());
     drop(store);
     drop(permit);
@@ -127,6 +82,50 @@ pub(super) async fn call(
     let mut response = Response::new(full(parsed.body));
     *response.status_mut() = parsed.status;
     *response.headers_mut() = parsed.headers;
-    start.record(cx, function, handler, response.headers_mut(), trace);
+    call.record(&start, handler, response.headers_mut());
     Ok(response)
+}
+
+/// The CGI meta-variables of the request (RFC 3875), then the function's own variables,
+/// except where they would shadow one.
+fn environment(
+    function: &Function,
+    parts: &http::request::Parts,
+    content_length: u64,
+    peer: Peer,
+) -> Vec<(String, String)> {
+    let path = parts.uri.path();
+    let path_info = if function.route == "/" {
+        path
+    } else {
+        path.get(function.route.len()..).unwrap_or("")
+    };
+    let mut env = Vec::with_capacity(16 + parts.headers.len() + function.env.len());
+    let underscored = cgi::request_env(
+        &CgiRequest {
+            method: &parts.method,
+            script_name: if function.route == "/" {
+                ""
+            } else {
+                &function.route
+            },
+            path_info,
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            content_length: Some(content_length),
+            remote_addr: peer.remote,
+            server_addr: peer.local,
+            authority: parts.uri.authority().map(|a| a.as_str()),
+        },
+        &mut env,
+    );
+    if underscored > 0 {
+        tracing::debug!(function = %function.name, underscored, "dropped request headers with '_' in their names (CGI would merge them with their '-' twins)");
+    }
+    for (key, value) in &function.env {
+        if !env.iter().any(|(k, _)| k == key) {
+            env.push((key.clone(), value.clone()));
+        }
+    }
+    env
 }

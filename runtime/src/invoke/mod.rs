@@ -149,6 +149,41 @@ async fn respond<B: RequestBody>(
     }
 }
 
+/// What every executor gets for one request that has its place: the host's context, the
+/// function, and how the request got this far. One value instead of a list of arguments:
+/// the executors differ in what else they take (their code, the body, the peer).
+pub(super) struct Call<'a> {
+    cx: &'a InvokeContext,
+    function: &'a Arc<Function>,
+    /// The function's concurrency place (with a `max_concurrency`), held until the response
+    /// body is done.
+    place: Option<OwnedSemaphorePermit>,
+    /// How this request's wait for the function's code went, if it waited.
+    load: Option<(StartKind, Duration)>,
+    /// When the request had its place.
+    admitted: Instant,
+    trace: Option<&'a RequestTrace>,
+}
+
+impl Call<'_> {
+    /// The request's start: `kind` of instance (unless a load says otherwise), what
+    /// instantiating took, and the time from admission to a ready instance.
+    fn start(&self, kind: StartKind, instantiate: Duration, total: Duration) -> Start {
+        Start {
+            kind: self.load.map_or(kind, |(kind, _)| kind),
+            admitted: self.admitted,
+            load: self.load.map(|(_, d)| d),
+            instantiate,
+            total,
+        }
+    }
+
+    /// Records `start` and the handler's time (statistics, trace, `Server-Timing`).
+    fn record(&self, start: &Start, handler: Duration, headers: &mut http::HeaderMap) {
+        start.record(self.cx, self.function, handler, headers, self.trace);
+    }
+}
+
 /// The phases of one request's start, for `Server-Timing`, the per-function statistics and
 /// the request's trace.
 struct Start {
@@ -251,21 +286,20 @@ async fn try_invoke<B: RequestBody>(
             None => return Err(InvokeError::Internal("the function is not loaded".into())),
         },
     };
+    let call = Call {
+        cx,
+        function,
+        place,
+        load,
+        admitted,
+        trace,
+    };
     match (&loaded.code, cgi_body) {
         (Code::Proxy(pre), Ok(body)) => {
-            let req = Request::from_parts(parts, body);
-            proxy::call(cx, function, pre, req, place, load, admitted, trace).await
+            proxy::call(call, pre, Request::from_parts(parts, body)).await
         }
-        (Code::Service(_), Ok(body)) => {
-            let req = Request::from_parts(parts, body);
-            service::call(cx, function, req, place, load, admitted, trace).await
-        }
-        (Code::Cgi(pre), Err(body)) => {
-            let result =
-                cgi::call(cx, function, pre, parts, body, peer, load, admitted, trace).await;
-            drop(place);
-            result
-        }
+        (Code::Service(_), Ok(body)) => service::call(call, Request::from_parts(parts, body)).await,
+        (Code::Cgi(pre), Err(body)) => cgi::call(call, pre, parts, body, peer).await,
         _ => Err(InvokeError::Internal(
             "the function's code is not of its recorded kind".into(),
         )),

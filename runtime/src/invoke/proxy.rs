@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::Resource;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use super::body::{CallState, GuestBody, LimitedBody, ResponseBody};
 use super::error::{InvokeError, classify};
 use super::{
-    InvokeContext, RequestBody, Start, admit, content_length, ensure_authority, next_request_id,
+    Call, InvokeContext, RequestBody, admit, content_length, ensure_authority, next_request_id,
 };
 use crate::function::Function;
 use crate::function::pool::{WarmInstance, WarmPool};
@@ -24,35 +27,69 @@ use crate::guest::host::ProxyHost;
 use crate::guest::{arm_deadline, arm_fuel, proxy_store};
 use crate::telemetry::{OutboundTrace, RequestTrace};
 
+/// The request as the guest's store holds it.
+type GuestRequest = Resource<HostIncomingRequest>;
+/// Where the guest puts its answer.
+type Outparam = Resource<HostResponseOutparam>;
+/// The guest's answer, once it has one.
+type Answer = tokio::sync::oneshot::Receiver<Result<Response<HyperOutgoingBody>, ErrorCode>>;
+
 /// A `wasi:http` component: the request goes to `incoming-handler.handle`, the response comes
 /// back through the `response-outparam` while the guest may still be writing the body.
-#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the list.
 pub(super) async fn call<B: RequestBody>(
-    cx: &InvokeContext,
-    function: &Arc<Function>,
+    mut call: Call<'_>,
     pre: &ProxyPre<ProxyHost>,
     req: Request<B>,
-    place: Option<OwnedSemaphorePermit>,
-    load: Option<(StartKind, Duration)>,
-    admitted: Instant,
-    trace: Option<&RequestTrace>,
 ) -> Result<Response<ResponseBody>, InvokeError> {
+    let Call { cx, function, .. } = call;
     let in_flight = function.pool.begin_request();
     WarmPool::ensure_refill(function, &cx.admission, &cx.pool);
-    let outbound = trace.map(RequestTrace::outbound);
+    let outbound = call.trace.map(RequestTrace::outbound);
     let (mut instance, kind, instantiate) =
         acquire(cx, function, pre, next_request_id(), outbound).await?;
-    let start = Start {
-        kind: load.map_or(kind, |(kind, _)| kind),
-        admitted,
-        load: load.map(|(_, d)| d),
-        instantiate,
-        total: admitted.elapsed(),
-    };
+    let start = call.start(kind, instantiate, call.admitted.elapsed());
 
+    let state = Arc::new(CallState::default());
+    let (req, out, responded) = hand_over(&mut instance, function, req, &state)?;
+    let call_started = Instant::now();
+    let task = tokio::spawn(run(
+        function.clone(),
+        instance,
+        req,
+        out,
+        state.clone(),
+        call.place.take(),
+    ));
+    let response = match responded.await {
+        Ok(Ok(response)) => check_head(response, function, &state),
+        Ok(Err(code)) => Err(InvokeError::GuestError(format!("{code:?}"))),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(InvokeError::NoResponse),
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(InvokeError::Internal(format!("guest task failed: {join}"))),
+        },
+    };
+    drop(in_flight);
+    if state.body_exceeded.load(Ordering::Acquire) {
+        // The guest read past the limit before its response reached us: answer 413 instead.
+        let limit = function.limits.max_request_body_bytes;
+        return refuse(&state, function, InvokeError::BodyTooLarge(limit));
+    }
+    let mut response = response?;
+    call.record(&start, call_started.elapsed(), response.headers_mut());
+    Ok(response)
+}
+
+/// The guest's side of the exchange, in `instance`'s store: the request (its body limited),
+/// and the outparam its answer comes back through (on the returned receiver).
+fn hand_over<B: RequestBody>(
+    instance: &mut WarmInstance,
+    function: &Function,
+    req: Request<B>,
+    state: &Arc<CallState>,
+) -> Result<(GuestRequest, Outparam, Answer), InvokeError> {
     let (mut parts, body) = req.into_parts();
     ensure_authority(&mut parts);
-    let state = Arc::new(CallState::default());
     let limit = function.limits.max_request_body_bytes;
     let body = LimitedBody::new(body, limit, state.clone());
     let req = Request::from_parts(parts, body);
@@ -75,66 +112,40 @@ pub(super) async fn call<B: RequestBody>(
             }
         })
         .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+    Ok((req, out, receiver))
+}
 
-    let response_limit = function.limits.max_response_body_bytes;
-    let call_started = Instant::now();
-    let task = tokio::spawn(run(
-        function.clone(),
-        instance,
-        req,
-        out,
-        state.clone(),
-        place,
-    ));
-
-    let response = match receiver.await {
-        Ok(Ok(response)) => {
-            if !(200..=599).contains(&response.status().as_u16()) {
-                // A 1xx as the final answer would make hyper switch protocols (101) or send an
-                // interim response on a connection the host owns: a guest only gets 200..=599,
-                // as CGI modules do.
-                return refuse(
-                    &state,
-                    function,
-                    InvokeError::BadResponse(format!(
-                        "status {} is not a final status (200..=599)",
-                        response.status().as_u16()
-                    )),
-                );
-            }
-            if content_length(response.headers()).is_some_and(|len| len > response_limit) {
-                // Announced too large: refuse before anything is sent, and stop the guest.
-                return refuse(
-                    &state,
-                    function,
-                    InvokeError::ResponseTooLarge(response_limit),
-                );
-            } else {
-                let state = state.clone();
-                Ok(response.map(|body| GuestBody::new(body, state, response_limit).boxed_unsync()))
-            }
-        }
-        Ok(Err(code)) => Err(InvokeError::GuestError(format!("{code:?}"))),
-        Err(_) => match task.await {
-            Ok(Ok(())) => Err(InvokeError::NoResponse),
-            Ok(Err(e)) => Err(e),
-            Err(join) => Err(InvokeError::Internal(format!("guest task failed: {join}"))),
-        },
-    };
-    drop(in_flight);
-    if state.body_exceeded.load(Ordering::Acquire) {
-        // The guest read past the limit before its response reached us: answer 413 instead.
-        return refuse(&state, function, InvokeError::BodyTooLarge(limit));
+/// The guest's response head, checked before anything is sent: a final status, and a
+/// length within the function's limit (else the guest is stopped and the answer refused).
+fn check_head(
+    response: Response<HyperOutgoingBody>,
+    function: &Function,
+    state: &Arc<CallState>,
+) -> Result<Response<ResponseBody>, InvokeError> {
+    if !(200..=599).contains(&response.status().as_u16()) {
+        // A 1xx as the final answer would make hyper switch protocols (101) or send an
+        // interim response on a connection the host owns: a guest only gets 200..=599, as
+        // CGI modules do.
+        return refuse(
+            state,
+            function,
+            InvokeError::BadResponse(format!(
+                "status {} is not a final status (200..=599)",
+                response.status().as_u16()
+            )),
+        );
     }
-    let mut response = response?;
-    start.record(
-        cx,
-        function,
-        call_started.elapsed(),
-        response.headers_mut(),
-        trace,
-    );
-    Ok(response)
+    let response_limit = function.limits.max_response_body_bytes;
+    if content_length(response.headers()).is_some_and(|len| len > response_limit) {
+        // Announced too large: refuse before anything is sent, and stop the guest.
+        return refuse(
+            state,
+            function,
+            InvokeError::ResponseTooLarge(response_limit),
+        );
+    }
+    let state = state.clone();
+    Ok(response.map(|body| GuestBody::new(body, state, response_limit).boxed_unsync()))
 }
 
 /// A warm instance if one waits, else a slot (through admission) and a fresh instance.
@@ -184,8 +195,8 @@ async fn acquire(
 async fn run(
     function: Arc<Function>,
     mut instance: WarmInstance,
-    req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
-    out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+    req: GuestRequest,
+    out: Outparam,
     state: Arc<CallState>,
     place: Option<OwnedSemaphorePermit>,
 ) -> Result<(), InvokeError> {

@@ -9,19 +9,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
+use wasmtime_wasi_http::handler::{self, ExpirationError, InstantiationError, TrapOrPanicError};
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::body::{CallState, GuestBody, LimitedBody, ResponseBody};
 use super::error::{InvokeError, classify_ref};
-use super::{InvokeContext, RequestBody, Start, content_length, ensure_authority, next_request_id};
+use super::{Call, InvokeContext, RequestBody, content_length, ensure_authority, next_request_id};
 use crate::function::pool::WarmPool;
-use crate::function::service::{InstanceFailure, NoSlot, ServiceRequest, Started};
+use crate::function::service::{InstanceFailure, NoSlot, ServiceHandler, ServiceRequest, Started};
 use crate::function::timing::StartKind;
 use crate::function::{Function, FunctionStats};
 use crate::guest::limit::Limit;
@@ -36,14 +36,10 @@ impl InstanceFailure for CallState {
 
 /// Serves `req` with a WASIp3 function.
 pub(super) async fn call<B: RequestBody>(
-    cx: &InvokeContext,
-    function: &Arc<Function>,
+    mut call: Call<'_>,
     req: Request<B>,
-    place: Option<OwnedSemaphorePermit>,
-    load: Option<(StartKind, Duration)>,
-    admitted: Instant,
-    trace: Option<&RequestTrace>,
 ) -> Result<Response<ResponseBody>, InvokeError> {
+    let Call { cx, function, .. } = call;
     let in_flight = function.pool.begin_request();
     WarmPool::ensure_refill(function, &cx.admission, &cx.pool);
     let workers = function.service_handler(&cx.admission);
@@ -56,29 +52,71 @@ pub(super) async fn call<B: RequestBody>(
 
     let (started, mut started_rx) = oneshot::channel();
     let (fault, fault_rx) = oneshot::channel();
-    let call: Arc<dyn InstanceFailure> = state.clone();
-    let mut request = ServiceRequest {
+    let failure_call: Arc<dyn InstanceFailure> = state.clone();
+    let request = ServiceRequest {
         id: next_request_id(),
-        trace: trace.map(RequestTrace::outbound),
+        trace: call.trace.map(RequestTrace::outbound),
         started,
         fault,
-        call: Arc::downgrade(&call),
+        call: Arc::downgrade(&failure_call),
     };
-    drop(call);
-    let mut req = Request::from_parts(parts, body);
-    // Offered until a worker takes it. A new worker that finds no free instance slot hands
-    // the request back (see `NoSlot`); the request then takes its place in admission's
-    // queue for a slot (first come, first served, beside every other function's requests)
-    // and, while it waits there, is offered again now and then (1 ms, doubling to 20 ms), to
-    // a worker that got room. A slot that comes is parked for the next new worker and the
-    // request offered again; parked slots no worker took are given back at the end.
+    drop(failure_call);
+    let result = offer(cx, workers, request, Request::from_parts(parts, body)).await;
+    drop(in_flight);
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => return Err(failure(error, fault_rx).await),
+    };
+    if state.body_exceeded.load(Ordering::Acquire) {
+        // The guest read past the limit: whatever it answered, the answer is 413.
+        return Err(InvokeError::BodyTooLarge(limit));
+    }
+    check_head(&response, function)?;
+    let started = started_rx.try_recv().unwrap_or(Started {
+        kind: StartKind::Fresh,
+        instantiate: Duration::ZERO,
+        at: call.admitted,
+    });
+    let total = started.at.saturating_duration_since(call.admitted);
+    let start = call.start(started.kind, started.instantiate, total);
+    let response_limit = function.limits.max_response_body_bytes;
+    let place = call.place.take();
+    let mut response = response.map(|body| {
+        ServiceBody {
+            inner: GuestBody::new(body, state.clone(), response_limit),
+            state,
+            stats: function.stats.clone(),
+            name: function.name.clone(),
+            request_limit: limit,
+            response_limit,
+            // The function's concurrency place is held until its body is done, as for p2.
+            _place: place,
+        }
+        .boxed_unsync()
+    });
+    call.record(&start, started.at.elapsed(), response.headers_mut());
+    Ok(response)
+}
+
+/// Offers the request to the function's workers until one takes it. A new worker that finds
+/// no free instance slot hands the request back (see `NoSlot`); the request then takes its
+/// place in admission's queue for a slot (first come, first served, beside every other
+/// function's requests) and, while it waits there, is offered again now and then (1 ms,
+/// doubling to 20 ms), to a worker that got room. A slot that comes is parked for the next
+/// new worker and the request offered again; parked slots no worker took are given back at
+/// the end.
+async fn offer(
+    cx: &InvokeContext,
+    workers: &ServiceHandler,
+    mut request: ServiceRequest,
+    mut req: handler::Request,
+) -> wasmtime::Result<handler::Response> {
     let deadline = tokio::time::Instant::now() + cx.queue_timeout;
     let mut waiting = None;
     let mut backoff = Duration::from_millis(1);
     let mut parked = 0;
     let result = loop {
-        let result = workers.handle(request, req).await;
-        match result {
+        match workers.handle(request, req).await {
             Err(e) if no_slot(&e) => {
                 let refused = e
                     .downcast::<InstantiationError<ServiceRequest>>()
@@ -118,15 +156,12 @@ pub(super) async fn call<B: RequestBody>(
         // Slots parked for this request that no worker took go back.
         workers.state().unpark_one();
     }
-    drop(in_flight);
-    let response = match result {
-        Ok(response) => response,
-        Err(error) => return Err(failure(error, fault_rx).await),
-    };
-    if state.body_exceeded.load(Ordering::Acquire) {
-        // The guest read past the limit: whatever it answered, the answer is 413.
-        return Err(InvokeError::BodyTooLarge(limit));
-    }
+    result
+}
+
+/// The guest's response head, checked before anything is sent: a final status, and a
+/// length within the function's limit.
+fn check_head<T>(response: &Response<T>, function: &Function) -> Result<(), InvokeError> {
     if !(200..=599).contains(&response.status().as_u16()) {
         // As for p2: a 1xx as the final answer would make hyper switch protocols.
         return Err(InvokeError::BadResponse(format!(
@@ -138,39 +173,7 @@ pub(super) async fn call<B: RequestBody>(
     if content_length(response.headers()).is_some_and(|len| len > response_limit) {
         return Err(InvokeError::ResponseTooLarge(response_limit));
     }
-    let started = started_rx.try_recv().unwrap_or(Started {
-        kind: StartKind::Fresh,
-        instantiate: Duration::ZERO,
-        at: admitted,
-    });
-    let start = Start {
-        kind: load.map_or(started.kind, |(kind, _)| kind),
-        admitted,
-        load: load.map(|(_, d)| d),
-        instantiate: started.instantiate,
-        total: started.at.saturating_duration_since(admitted),
-    };
-    let mut response = response.map(|body| {
-        ServiceBody {
-            inner: GuestBody::new(body, state.clone(), response_limit),
-            state,
-            stats: function.stats.clone(),
-            name: function.name.clone(),
-            request_limit: limit,
-            response_limit,
-            // The function's concurrency place is held until its body is done, as for p2.
-            _place: place,
-        }
-        .boxed_unsync()
-    });
-    start.record(
-        cx,
-        function,
-        started.at.elapsed(),
-        response.headers_mut(),
-        trace,
-    );
-    Ok(response)
+    Ok(())
 }
 
 /// The longest wait between two offers of a request that waits for a slot.
