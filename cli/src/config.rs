@@ -397,33 +397,9 @@ impl ServeArgs {
                 .with_context(|| format!("{what} = {value} is too large"))
         };
         let data_dir = s.data_dir.unwrap_or_else(default_data_dir);
-        let defaults: LimitDefaults = match s.limits {
-            Some(table) => table.try_into().context("the function limit defaults")?,
-            None => LimitDefaults::default(),
-        };
         let fuel_metering = s.fuel_metering.unwrap_or(false);
-        anyhow::ensure!(
-            defaults.fuel.is_none() || fuel_metering,
-            "a default fuel limit needs fuel metering (--fuel-metering)"
-        );
         let max_memory_mib = s.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB);
-        anyhow::ensure!(
-            defaults.memory_mib <= max_memory_mib,
-            "the default memory limit ({} MiB) is above --max-memory-mib ({max_memory_mib} MiB)",
-            defaults.memory_mib
-        );
-        anyhow::ensure!(
-            defaults.timeout_ms > 0,
-            "the default timeout must be positive"
-        );
-        let resources = thaw_runtime::spec::MIN_HOST_RESOURCES..=1 << 16;
-        anyhow::ensure!(
-            resources.contains(&defaults.max_host_resources),
-            "the default max_host_resources ({}) must be {}..={}",
-            defaults.max_host_resources,
-            resources.start(),
-            resources.end()
-        );
+        let defaults = limit_defaults(s.limits.clone(), fuel_metering, max_memory_mib)?;
         let instance_slots = s.instance_slots.unwrap_or(DEFAULT_INSTANCE_SLOTS);
         anyhow::ensure!(instance_slots > 0, "--instance-slots must be at least 1");
         let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default).max(1));
@@ -497,6 +473,42 @@ impl ServeArgs {
             admin_token: s.admin_token,
         })
     }
+}
+
+/// The function limit defaults (the file's `[limits]`, or `--default-limit`), checked
+/// against what the host can give: fuel only with fuel metering, memory within
+/// `--max-memory-mib`, a positive timeout, a host-resource count in range.
+fn limit_defaults(
+    table: Option<toml::Table>,
+    fuel_metering: bool,
+    max_memory_mib: u64,
+) -> anyhow::Result<LimitDefaults> {
+    let defaults: LimitDefaults = match table {
+        Some(table) => table.try_into().context("the function limit defaults")?,
+        None => LimitDefaults::default(),
+    };
+    anyhow::ensure!(
+        defaults.fuel.is_none() || fuel_metering,
+        "a default fuel limit needs fuel metering (--fuel-metering)"
+    );
+    anyhow::ensure!(
+        defaults.memory_mib <= max_memory_mib,
+        "the default memory limit ({} MiB) is above --max-memory-mib ({max_memory_mib} MiB)",
+        defaults.memory_mib
+    );
+    anyhow::ensure!(
+        defaults.timeout_ms > 0,
+        "the default timeout must be positive"
+    );
+    let resources = thaw_runtime::spec::MIN_HOST_RESOURCES..=1 << 16;
+    anyhow::ensure!(
+        resources.contains(&defaults.max_host_resources),
+        "the default max_host_resources ({}) must be {}..={}",
+        defaults.max_host_resources,
+        resources.start(),
+        resources.end()
+    );
+    Ok(defaults)
 }
 
 /// The cluster settings, checked, if `--cluster` is given.
@@ -667,10 +679,46 @@ mod tests {
         ])
         .resolve()
         .unwrap();
-        let cluster = clustered.cluster.unwrap();
+        let applied = applied_defaults(&plain, &clustered);
+        let mut checked = 0;
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            let help = arg.get_long_help().or(arg.get_help());
+            let help = help.map(|h| h.to_string()).unwrap_or_default();
+            let Some(start) = help.find("[default: ") else {
+                continue;
+            };
+            let text = &help[start + "[default: ".len()..];
+            let text = &text[..text.find(']').expect("a closing bracket")];
+            // The value, before any explanation (`127.0.0.1:8080; port 0 picks ...`).
+            let documented = text.split([';', ',']).next().unwrap().trim();
+            match applied.get(id) {
+                Some(value) => {
+                    assert_eq!(documented, value, "--{id}: --help says [default: {text}]");
+                    checked += 1;
+                }
+                None => assert!(
+                    documented.contains(' '),
+                    "--{id}: [default: {documented}] looks like a value: add it to this test"
+                ),
+            }
+        }
+        assert_eq!(
+            checked,
+            applied.len(),
+            "every default listed here is in --help"
+        );
+    }
+
+    /// What `resolve` applied, by setting, as `--help` prints it.
+    fn applied_defaults(
+        plain: &ServeConfig,
+        clustered: &ServeConfig,
+    ) -> std::collections::HashMap<&'static str, String> {
+        let cluster = clustered.cluster.clone().unwrap();
         let p = &plain.platform;
         let load = serde_json::to_value(p.load).unwrap();
-        let applied: std::collections::HashMap<&str, String> = [
+        [
             ("listen", plain.listen.to_string()),
             ("admin_listen", plain.admin_listen.to_string()),
             ("instance_slots", p.engine.instance_slots.to_string()),
@@ -728,34 +776,6 @@ mod tests {
             ),
         ]
         .into_iter()
-        .collect();
-        let mut checked = 0;
-        for arg in Cli::command().get_arguments() {
-            let id = arg.get_id().as_str();
-            let help = arg.get_long_help().or(arg.get_help());
-            let help = help.map(|h| h.to_string()).unwrap_or_default();
-            let Some(start) = help.find("[default: ") else {
-                continue;
-            };
-            let text = &help[start + "[default: ".len()..];
-            let text = &text[..text.find(']').expect("a closing bracket")];
-            // The value, before any explanation (`127.0.0.1:8080; port 0 picks ...`).
-            let documented = text.split([';', ',']).next().unwrap().trim();
-            match applied.get(id) {
-                Some(value) => {
-                    assert_eq!(documented, value, "--{id}: --help says [default: {text}]");
-                    checked += 1;
-                }
-                None => assert!(
-                    documented.contains(' '),
-                    "--{id}: [default: {documented}] looks like a value: add it to this test"
-                ),
-            }
-        }
-        assert_eq!(
-            checked,
-            applied.len(),
-            "every default listed here is in --help"
-        );
+        .collect()
     }
 }

@@ -288,6 +288,15 @@ fn encode_functions(e: &mut DescriptorEncoder, functions: &[&Arc<Function>]) -> 
             Ok(())
         },
     )?;
+    encode_function_resources(e, functions)
+}
+
+/// The per-function (per-version) families of what requests ran into and held: limit hits,
+/// outbound requests, instances warm and in use.
+fn encode_function_resources(
+    e: &mut DescriptorEncoder,
+    functions: &[&Arc<Function>],
+) -> std::fmt::Result {
     family(
         e,
         "thaw_limit_hits",
@@ -347,7 +356,6 @@ fn encode_functions(e: &mut DescriptorEncoder, functions: &[&Arc<Function>]) -> 
 /// The host's families.
 fn encode_host(e: &mut DescriptorEncoder, platform: &Platform) -> std::fmt::Result {
     let status = platform.status();
-    let stats = platform.cache().stats();
     let host_gauges: [(&str, &str, i64); 5] = [
         (
             "thaw_instance_slots",
@@ -380,6 +388,14 @@ fn encode_host(e: &mut DescriptorEncoder, platform: &Platform) -> std::fmt::Resu
             gauge(m, v)
         })?;
     }
+    encode_host_counters(e, platform)
+}
+
+/// The host's counters: queue waits, compilations, artifacts, closed connections, the
+/// compilation cache, deploys and compile time.
+fn encode_host_counters(e: &mut DescriptorEncoder, platform: &Platform) -> std::fmt::Result {
+    let status = platform.status();
+    let stats = platform.cache().stats();
     let mut host_counters: Vec<(&str, &str, u64)> = vec![
         (
             "thaw_queue_waits",

@@ -199,7 +199,14 @@ async fn errors_have_codes_and_queries_are_typed() {
         );
         assert!(!body.error.message.is_empty());
     }
-    // A route taken by another function, through the typed client.
+    typed_errors_and_decoded_keys(&server).await;
+}
+
+/// Through the typed client: a route conflict by its code, a missing key as `None`, a
+/// missing function as an error; and a key with a space and a slash written and read back
+/// (percent-escapes decoded).
+async fn typed_errors_and_decoded_keys(server: &TestServer) {
+    let admin = server.admin();
     let taken = admin
         .typed()
         .deploy("thief", &route("/hello"), wasm::read(wasm::ECHO).into())

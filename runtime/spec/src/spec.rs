@@ -512,6 +512,16 @@ impl FunctionSpec {
     pub fn validate(&self, name: &str, max_memory_bytes: u64) -> Result<(), SpecError> {
         validate_name(name)?;
         validate_route(&self.route_or_default(name))?;
+        self.validate_sizes_and_env()?;
+        crate::config::validate(&self.config).map_err(SpecError::Config)?;
+        self.validate_reuse()?;
+        self.limits.validate(max_memory_bytes)?;
+        crate::outbound::AllowList::parse(&self.allowed_outbound_hosts)?;
+        self.validate_dirs()
+    }
+
+    /// How many variables, patterns and grants, and the variables' names and values.
+    fn validate_sizes_and_env(&self) -> Result<(), SpecError> {
         let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
         for (what, count, max) in [
             ("environment variables", self.env.len(), MAX_ENV_VARS),
@@ -538,7 +548,11 @@ impl FunctionSpec {
         if let Some((key, _)) = self.env.iter().find(|(_, v)| v.contains('\0')) {
             return Err(SpecError::Env(key.clone(), "values must not contain NUL"));
         }
-        crate::config::validate(&self.config).map_err(SpecError::Config)?;
+        Ok(())
+    }
+
+    /// The reuse settings, if any, within their ranges.
+    fn validate_reuse(&self) -> Result<(), SpecError> {
         if let Some(reuse) = &self.reuse {
             if !(1..=1_000_000).contains(&reuse.max_requests) {
                 return Err(SpecError::Limit(
@@ -562,7 +576,32 @@ impl FunctionSpec {
                 ));
             }
         }
-        let l = &self.limits;
+        Ok(())
+    }
+
+    /// Directory grants: absolute paths on both sides, one grant per guest path.
+    fn validate_dirs(&self) -> Result<(), SpecError> {
+        let mut guests = std::collections::HashSet::new();
+        for dir in &self.dirs {
+            let host = dir.host.display().to_string();
+            if !dir.host.is_absolute() {
+                return Err(SpecError::Dir(host, "the host path must be absolute"));
+            }
+            if !dir.guest.starts_with('/') || dir.guest.contains('\0') {
+                return Err(SpecError::Dir(host, "the guest path must be absolute"));
+            }
+            if !guests.insert(dir.guest.as_str()) {
+                return Err(SpecError::Dir(host, "two grants share a guest path"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LimitsSpec {
+    /// Every limit given within its range; `max_memory_bytes` is the host's ceiling.
+    fn validate(&self, max_memory_bytes: u64) -> Result<(), SpecError> {
+        let l = self;
         if let Some(t) = l.timeout_ms
             && !(1..=MAX_TIMEOUT_MS).contains(&t)
         {
@@ -638,20 +677,6 @@ impl FunctionSpec {
                     u64::from(v),
                     "must be 0..=1048576".into(),
                 ));
-            }
-        }
-        crate::outbound::AllowList::parse(&self.allowed_outbound_hosts)?;
-        let mut guests = std::collections::HashSet::new();
-        for dir in &self.dirs {
-            let host = dir.host.display().to_string();
-            if !dir.host.is_absolute() {
-                return Err(SpecError::Dir(host, "the host path must be absolute"));
-            }
-            if !dir.guest.starts_with('/') || dir.guest.contains('\0') {
-                return Err(SpecError::Dir(host, "the guest path must be absolute"));
-            }
-            if !guests.insert(dir.guest.as_str()) {
-                return Err(SpecError::Dir(host, "two grants share a guest path"));
             }
         }
         Ok(())

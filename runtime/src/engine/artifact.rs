@@ -1,7 +1,7 @@
 //! The content-addressed cache of compiled code.
 //!
 //! Compiling with Cranelift costs orders of magnitude more than loading a serialized artifact
-//! with `deserialize_file` (an `mmap`; `benches/benches/compile.rs` measures both, the README
+//! with `deserialize_file` (an `mmap`; `benches/micro/benches/compile.rs` measures both, the README
 //! has the numbers). So thaw compiles once, at deploy, and every later start (a restart, a new
 //! node pointed at the same data directory) loads the artifact.
 //!

@@ -13,7 +13,7 @@
 //! - **Pooling allocator with copy-on-write memory images**: instantiation becomes a few
 //!   `madvise`/`mmap` calls into pre-reserved slots instead of fresh mappings, and each call's
 //!   fiber stack comes from the pool rather than a new `mmap` (measured in
-//!   `benches/benches/invoke.rs`, `instantiate-hello`; the README has the numbers). The pool
+//!   `benches/micro/benches/invoke.rs`, `instantiate-hello`; the README has the numbers). The pool
 //!   is sized from one number, the instance slots; see [`EngineOptions::instance_slots`].
 //! - **Address-space probe and fallback**: the pool reserves its virtual address space when the
 //!   engine is created (terabytes of it, none resident). Under `ulimit -v` or in a small address

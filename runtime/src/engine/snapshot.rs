@@ -6,7 +6,7 @@
 //! the upload, is what gets compiled and cached, so every instance (and every copy-on-write
 //! memory image the pool maps) begins with the work already done: the `primes` example sieves
 //! at start-up, and with its snapshot a fresh instance skips all of it
-//! (`benches/benches/invoke.rs`, `invoke-primes`; the README has the numbers).
+//! (`benches/micro/benches/invoke.rs`, `invoke-primes`; the README has the numbers).
 //!
 //! # What init may not do
 //! A snapshot captures memory, not the outside world. During init every import traps: a

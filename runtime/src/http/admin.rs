@@ -696,24 +696,11 @@ fn log_stream(
                     tokio::time::sleep_until(batch.min(deadline)).await;
                 }
             }
-            let mut chunk = Vec::with_capacity(lines.len() * 96);
-            for line in &lines {
-                let entry = crate::api::LogEntry {
-                    seq: line.seq,
-                    time_ms: line.unix_ms,
-                    version: line.version,
-                    request: line.request,
-                    stream: line.stream.to_owned(),
-                    text: line.text.to_string(),
-                };
-                if serde_json::to_writer(&mut chunk, &entry).is_ok() {
-                    chunk.push(b'\n');
-                }
-            }
+            let chunk = ndjson(&lines);
             let after = lines.last().map_or(after, |l| l.seq.max(after));
             let query = LogQuery { after, ..query };
             Some((
-                Ok::<_, wasmtime_wasi_http::Error>(hyper::body::Frame::data(Bytes::from(chunk))),
+                Ok::<_, wasmtime_wasi_http::Error>(hyper::body::Frame::data(chunk)),
                 (log, query, Vec::new(), false, places),
             ))
         },
@@ -729,6 +716,25 @@ fn log_stream(
     headers.insert("x-thaw-log-dropped", http::HeaderValue::from(dropped));
     headers.insert("x-thaw-log-seq", http::HeaderValue::from(last_seq));
     response
+}
+
+/// Log lines as NDJSON, one [`crate::api::LogEntry`] per line.
+fn ndjson(lines: &[crate::guest::log::LogLine]) -> Bytes {
+    let mut chunk = Vec::with_capacity(lines.len() * 96);
+    for line in lines {
+        let entry = crate::api::LogEntry {
+            seq: line.seq,
+            time_ms: line.unix_ms,
+            version: line.version,
+            request: line.request,
+            stream: line.stream.to_owned(),
+            text: line.text.to_string(),
+        };
+        if serde_json::to_writer(&mut chunk, &entry).is_ok() {
+            chunk.push(b'\n');
+        }
+    }
+    Bytes::from(chunk)
 }
 
 /// The `--metrics-listen` listener: `GET /metrics` without a token (for a Prometheus that

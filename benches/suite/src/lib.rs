@@ -616,31 +616,43 @@ type Planned = (String, &'static str, anyhow::Result<ProcessSetup>);
 
 /// The per-sample process setups, each with its command or the reason it cannot run here.
 fn process_setups(env: &Env) -> Vec<Planned> {
-    let mut out: Vec<Planned> = Vec::new();
-    let need = |path: PathBuf, what: &str| -> anyhow::Result<PathBuf> {
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(anyhow::anyhow!(
-                "{what} not found at {} (run scripts/setup-bench)",
-                path.display()
-            ))
-        }
-    };
-    let tool = |name: &str| {
-        which(name)
-            .ok_or_else(|| anyhow::anyhow!("{name} is not installed (run scripts/setup-bench)"))
-    };
-    let simple = |program: anyhow::Result<PathBuf>, args: Vec<String>| {
-        program.map(|program| ProcessSetup {
-            program,
-            args,
-            path: "/hello",
-            container: None,
-        })
-    };
+    let mut out = peer_setups(env);
+    out.extend(process_baselines(env));
+    out.extend(container_baselines(env));
+    out
+}
 
-    // The peer: wasmtime serve, compiling at start and precompiled.
+/// `path` if it is a file, else why not.
+fn need(path: PathBuf, what: &str) -> anyhow::Result<PathBuf> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(anyhow::anyhow!(
+            "{what} not found at {} (run scripts/setup-bench)",
+            path.display()
+        ))
+    }
+}
+
+/// A tool on `$PATH`, else why not.
+fn tool(name: &str) -> anyhow::Result<PathBuf> {
+    which(name).ok_or_else(|| anyhow::anyhow!("{name} is not installed (run scripts/setup-bench)"))
+}
+
+/// A process serving `/hello`, started as `program args`.
+fn simple(program: anyhow::Result<PathBuf>, args: Vec<String>) -> anyhow::Result<ProcessSetup> {
+    program.map(|program| ProcessSetup {
+        program,
+        args,
+        path: "/hello",
+        container: None,
+    })
+}
+
+/// The peer, `wasmtime serve`: hello compiling at start and precompiled, and the templates'
+/// JS and Python components at its defaults and its best settings.
+fn peer_setups(env: &Env) -> Vec<Planned> {
+    let mut out: Vec<Planned> = Vec::new();
     let wasmtime = env.wasmtime.clone().ok_or_else(|| {
         anyhow::anyhow!("the wasmtime CLI is not installed (run scripts/setup-bench)")
     });
@@ -717,7 +729,12 @@ fn process_setups(env: &Env) -> Vec<Planned> {
         }
     }
 
-    // Processes.
+    out
+}
+
+/// Plain processes: Go, Rust, Node.js, Python, Java.
+fn process_baselines(env: &Env) -> Vec<Planned> {
+    let mut out: Vec<Planned> = Vec::new();
     let b = &env.baselines;
     out.push((
         "Go: process (static)".into(),
@@ -761,7 +778,12 @@ fn process_setups(env: &Env) -> Vec<Planned> {
         }),
     ));
 
-    // Containers.
+    out
+}
+
+/// Containers: the Go server under crun and runc, Node.js and Python under crun.
+fn container_baselines(env: &Env) -> Vec<Planned> {
+    let mut out: Vec<Planned> = Vec::new();
     for (name, runtime, cgroups) in [
         ("Go: container: crun, no cgroups", "crun", false),
         ("Go: container: crun, cgroups", "crun", true),
@@ -913,131 +935,17 @@ async fn run_throughput(
         });
         return Vec::new();
     };
-    let mut runs = Vec::new();
-    let mut servers: Vec<(&str, anyhow::Result<LoadTarget>)> = Vec::new();
-    // thaw.
-    let thaw = async {
-        let host = ThawHost::start(&env.thaw, &env.scratch.join("throughput"), &[])?;
-        host.admin
-            .deploy("hello", &at("hello"), wasm.to_vec().into())
-            .await?;
-        let url = format!("http://{}/hello", host.addr);
-        Ok(LoadTarget {
-            _host: Some(host),
-            _group: None,
-            url,
-        })
-    }
-    .await;
-    servers.push(("thaw", thaw));
-    // wasmtime serve and plain hyper: a process each.
-    let spawn = |program: &Path, args: Vec<String>| -> anyhow::Result<LoadTarget> {
-        let port = probe::free_port()?;
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.replace("{port}", &port.to_string()))
-            .collect();
-        let group = probe::Group::spawn(Command::new(program).args(&args))?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let start = std::time::Instant::now();
-        probe::first_byte(addr, "/hello", start, start + Duration::from_secs(60))?;
-        Ok(LoadTarget {
-            _host: None,
-            _group: Some(group),
-            url: format!("http://{addr}/hello"),
-        })
-    };
-    servers.push((
-        "wasmtime serve",
-        match &env.wasmtime {
-            Some(w) => spawn(
-                w,
-                [
-                    "serve",
-                    "-Scli",
-                    "--addr",
-                    "127.0.0.1:{port}",
-                    &env.wasm.display().to_string(),
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            None => Err(anyhow::anyhow!("the wasmtime CLI is not installed")),
-        },
-    ));
-    // Built by scripts/setup-bench beside the thaw binary (the bench crate's own binary).
-    let plain = env.thaw.with_file_name("thaw-plain-hello");
-    servers.push((
-        "plain hyper (no wasm)",
-        if plain.is_file() {
-            spawn(&plain, vec!["127.0.0.1:{port}".into()])
-        } else {
-            Err(anyhow::anyhow!(
-                "{} is missing: scripts/setup-bench builds it",
-                plain.display()
-            ))
-        },
-    ));
-    // JS and Python at 32 connections: thaw at its default and with 8 MiB kept resident per
-    // slot, and `wasmtime serve` at its best settings, on the templates' components.
-    let mut language_servers: Vec<(String, anyhow::Result<LoadTarget>)> = Vec::new();
-    for (language, file) in &LANGUAGES[..2] {
-        let Ok(path) = language_wasm(env, file) else {
-            continue;
-        };
-        for (variant, args) in [
-            ("", &[][..]),
-            (
-                ", keep-resident 8 MiB",
-                &["--keep-resident-kib", "8192"][..],
-            ),
-        ] {
-            let started = async {
-                let wasm = std::fs::read(&path)?;
-                let data = env.scratch.join(format!("throughput-{file}{}", args.len()));
-                let host = ThawHost::start(&env.thaw, &data, args)?;
-                host.admin.deploy("f", &at("f"), wasm.into()).await?;
-                let url = format!("http://{}/f", host.addr);
-                Ok(LoadTarget {
-                    _host: Some(host),
-                    _group: None,
-                    url,
-                })
-            }
-            .await;
-            language_servers.push((format!("{language}: thaw{variant}"), started));
-        }
-        let peer = wasmtime_precompiled(env, &path, file).and_then(|(wasmtime, cwasm)| {
-            spawn(
-                &wasmtime,
-                [
-                    "serve",
-                    "-Scli",
-                    "-O",
-                    WASMTIME_BEST,
-                    "--allow-precompiled",
-                    "--addr",
-                    "127.0.0.1:{port}",
-                    &cwasm.display().to_string(),
-                ]
-                .map(String::from)
-                .to_vec(),
-            )
-        });
-        language_servers.push((
-            format!("{language}: wasmtime serve (pooling + pagemap)"),
-            peer,
-        ));
-    }
-
-    let servers = servers
+    let servers = hello_servers(env, wasm)
+        .await
         .into_iter()
         .map(|(name, started)| (name.to_owned(), started, &[1u32, 32, 128][..]))
         .chain(
-            language_servers
+            language_servers(env)
+                .await
                 .into_iter()
                 .map(|(name, started)| (name, started, &[32u32][..])),
         );
+    let mut runs = Vec::new();
     for (server, started, connections) in servers {
         let server = server.as_str();
         let target = match started {
@@ -1066,6 +974,134 @@ async fn run_throughput(
         }
     }
     runs
+}
+
+/// The hello servers: thaw, `wasmtime serve`, and plain hyper (no wasm).
+async fn hello_servers(env: &Env, wasm: &[u8]) -> Vec<(&'static str, anyhow::Result<LoadTarget>)> {
+    let mut servers: Vec<(&str, anyhow::Result<LoadTarget>)> = Vec::new();
+    // thaw.
+    let thaw = async {
+        let host = ThawHost::start(&env.thaw, &env.scratch.join("throughput"), &[])?;
+        host.admin
+            .deploy("hello", &at("hello"), wasm.to_vec().into())
+            .await?;
+        let url = format!("http://{}/hello", host.addr);
+        Ok(LoadTarget {
+            _host: Some(host),
+            _group: None,
+            url,
+        })
+    }
+    .await;
+    servers.push(("thaw", thaw));
+    // wasmtime serve and plain hyper: a process each.
+    servers.push((
+        "wasmtime serve",
+        match &env.wasmtime {
+            Some(w) => spawn_server(
+                w,
+                [
+                    "serve",
+                    "-Scli",
+                    "--addr",
+                    "127.0.0.1:{port}",
+                    &env.wasm.display().to_string(),
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            None => Err(anyhow::anyhow!("the wasmtime CLI is not installed")),
+        },
+    ));
+    // Built by scripts/setup-bench beside the thaw binary (the bench crate's own binary).
+    let plain = env.thaw.with_file_name("thaw-plain-hello");
+    servers.push((
+        "plain hyper (no wasm)",
+        if plain.is_file() {
+            spawn_server(&plain, vec!["127.0.0.1:{port}".into()])
+        } else {
+            Err(anyhow::anyhow!(
+                "{} is missing: scripts/setup-bench builds it",
+                plain.display()
+            ))
+        },
+    ));
+    servers
+}
+
+/// JS and Python at 32 connections: thaw at its default and with 8 MiB kept resident per
+/// slot, and `wasmtime serve` at its best settings, on the templates' components.
+async fn language_servers(env: &Env) -> Vec<(String, anyhow::Result<LoadTarget>)> {
+    let mut language_servers: Vec<(String, anyhow::Result<LoadTarget>)> = Vec::new();
+    for (language, file) in &LANGUAGES[..2] {
+        let Ok(path) = language_wasm(env, file) else {
+            continue;
+        };
+        for (variant, args) in [
+            ("", &[][..]),
+            (
+                ", keep-resident 8 MiB",
+                &["--keep-resident-kib", "8192"][..],
+            ),
+        ] {
+            let started = async {
+                let wasm = std::fs::read(&path)?;
+                let data = env.scratch.join(format!("throughput-{file}{}", args.len()));
+                let host = ThawHost::start(&env.thaw, &data, args)?;
+                host.admin.deploy("f", &at("f"), wasm.into()).await?;
+                let url = format!("http://{}/f", host.addr);
+                Ok(LoadTarget {
+                    _host: Some(host),
+                    _group: None,
+                    url,
+                })
+            }
+            .await;
+            language_servers.push((format!("{language}: thaw{variant}"), started));
+        }
+        let peer = wasmtime_precompiled(env, &path, file).and_then(|(wasmtime, cwasm)| {
+            spawn_server(
+                &wasmtime,
+                [
+                    "serve",
+                    "-Scli",
+                    "-O",
+                    WASMTIME_BEST,
+                    "--allow-precompiled",
+                    "--addr",
+                    "127.0.0.1:{port}",
+                    &cwasm.display().to_string(),
+                ]
+                .map(String::from)
+                .to_vec(),
+            )
+        });
+        language_servers.push((
+            format!("{language}: wasmtime serve (pooling + pagemap)"),
+            peer,
+        ));
+    }
+
+    language_servers
+}
+
+/// A process serving `/hello`, started as `program args` (`{port}` in them: a free port),
+/// once it answers.
+fn spawn_server(program: &Path, args: Vec<String>) -> anyhow::Result<LoadTarget> {
+    let port = probe::free_port()?;
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("{port}", &port.to_string()))
+        .collect();
+    let group = probe::Group::spawn(Command::new(program).args(&args))?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let start = std::time::Instant::now();
+    probe::first_byte(addr, "/hello", start, start + Duration::from_secs(60))?;
+    Ok(LoadTarget {
+        _host: None,
+        _group: Some(group),
+        url: format!("http://{addr}/hello"),
+    })
 }
 
 fn tool_versions(env: &Env) -> Vec<(&'static str, Option<String>)> {

@@ -1,4 +1,4 @@
-//! thaw's benchmarks. The criterion benchmarks live in `benches/benches/`; each file opens
+//! thaw's benchmarks. The criterion benchmarks live in `benches/micro/benches/`; each file opens
 //! with what it measures and how to run it. Results and the machine they ran on are in the
 //! top-level README. This library holds what they share: a platform in a temporary data
 //! directory with the example functions deployed.

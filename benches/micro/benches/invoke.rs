@@ -168,29 +168,38 @@ fn benches(c: &mut Criterion) {
     group.finish();
     drop(busy);
 
+    instantiate(c, &rt, [("pooling", &pooled), ("on-demand", &unpooled)]);
+    primes(c, &rt, &pooling);
+}
+
+/// `instantiate-hello/*`: store, instantiate and drop alone, per allocator.
+fn instantiate(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    functions: [(&str, &Arc<Function>); 2],
+) {
     let mut group = c.benchmark_group("instantiate-hello");
-    for (name, p, f) in [
-        ("pooling", &pooling, &pooled),
-        ("on-demand", &on_demand, &unpooled),
-    ] {
+    for (name, f) in functions {
         let Some(Code::Proxy(pre)) = f.code() else {
             unreachable!("hello is a component")
         };
         group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async {
+            b.to_async(rt).iter(|| async {
                 let mut store = thaw_runtime::guest::proxy_store(pre.engine(), &f.guest());
                 store.set_epoch_deadline(u64::MAX / 2);
                 let _proxy = pre.instantiate_async(&mut store).await.unwrap();
                 // Dropping the store returns the instance's slot to the pool: part of the cost.
                 drop(store);
-                let _ = p;
             })
         });
     }
     group.finish();
+}
 
+/// `invoke-primes/*`: an expensive start with and without a snapshot, and on Winch's code.
+fn primes(c: &mut Criterion, rt: &tokio::runtime::Runtime, pooling: &BenchPlatform) {
     let primes = pooling.deploy(
-        &rt,
+        rt,
         "primes",
         thaw_test_functions::PRIMES,
         Default::default(),
@@ -200,7 +209,7 @@ fn benches(c: &mut Criterion) {
         snapshot: Some(false),
         ..Default::default()
     };
-    let raw = pooling.deploy(&rt, "raw", thaw_test_functions::PRIMES, no_snapshot.clone());
+    let raw = pooling.deploy(rt, "raw", thaw_test_functions::PRIMES, no_snapshot.clone());
     // The same code compiled by Winch (the fast tier of --fast-deploy): how much slower it runs.
     let fast = BenchPlatform::new(Setup {
         on_demand: false,
@@ -208,14 +217,14 @@ fn benches(c: &mut Criterion) {
         server_timing: true,
         fast_deploy: true,
     });
-    let raw_winch = fast.deploy(&rt, "raw", thaw_test_functions::PRIMES, no_snapshot.clone());
+    let raw_winch = fast.deploy(rt, "raw", thaw_test_functions::PRIMES, no_snapshot.clone());
     assert_eq!(
         raw_winch.loaded().unwrap().origin,
         thaw_runtime::engine::artifact::Origin::FastTier
     );
     let mut group = c.benchmark_group("invoke-primes");
     group.bench_function("snapshot", |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             call(
                 &pooling.platform,
                 &primes,
@@ -226,7 +235,7 @@ fn benches(c: &mut Criterion) {
     });
     group.sample_size(20);
     group.bench_function("no-snapshot", |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             call(
                 &pooling.platform,
                 &raw,
@@ -236,7 +245,7 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.bench_function("no-snapshot-winch", |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             call(
                 &fast.platform,
                 &raw_winch,
