@@ -74,27 +74,17 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let pooling = BenchPlatform::new(Setup {
-        on_demand: false,
-        warm: 0,
-        server_timing: true,
-        fast_deploy: false,
-    });
-    let on_demand = BenchPlatform::new(Setup {
-        on_demand: true,
-        warm: 0,
-        server_timing: true,
-        fast_deploy: false,
-    });
     // The pool-hit rows fill the pool themselves (`warm_up`, untimed) and run without the
     // refill task: on this current-thread runtime a refill woken by the request would run
     // inside the timed call, while in the server it runs on another worker, off the request
     // path.
-    let warm = BenchPlatform::new(Setup {
-        on_demand: false,
-        warm: 0,
-        server_timing: true,
-        fast_deploy: false,
+    let [pooling, on_demand, warm] = [false, true, false].map(|on_demand| {
+        BenchPlatform::new(Setup {
+            on_demand,
+            warm: 0,
+            server_timing: true,
+            fast_deploy: false,
+        })
     });
     let hello = thaw_test_functions::HELLO;
     let pooled = pooling.deploy(&rt, "hello", hello, Default::default());

@@ -123,14 +123,20 @@ fn main() {
     let _ = stop.send(true);
     drop(platform);
 
+    pool_hits(&rt);
+    deploys_to_first_response(&rt, &hello);
+}
+
+/// Requests that find a warm instance, over HTTP.
+fn pool_hits(rt: &tokio::runtime::Runtime) {
     let warm = BenchPlatform::new(Setup { warm: 2, ..setup() });
     warm.deploy(
-        &rt,
+        rt,
         "hello",
         thaw_test_functions::HELLO,
         FunctionSpec::default(),
     );
-    let (addr, stop) = serve(&rt, warm.platform.clone());
+    let (addr, stop) = serve(rt, warm.platform.clone());
     let mut hits = Vec::new();
     for _ in 0..200 {
         std::thread::sleep(Duration::from_millis(2)); // let the refill task put one back
@@ -140,8 +146,11 @@ fn main() {
     }
     report("pool-hit-over-http", hits);
     let _ = stop.send(true);
+}
 
-    // Deploy to first response, each time a build thaw has never seen.
+/// Deploy to first response, each time a build thaw has never seen, with Cranelift and
+/// with the fast tier.
+fn deploys_to_first_response(rt: &tokio::runtime::Runtime, hello: &[u8]) {
     for (name, fast_deploy) in [
         ("deploy-to-first-response-cranelift", false),
         ("deploy-to-first-response-fast", true),
@@ -150,10 +159,10 @@ fn main() {
             fast_deploy,
             ..setup()
         });
-        let (addr, stop) = serve(&rt, platform.platform.clone());
+        let (addr, stop) = serve(rt, platform.platform.clone());
         let mut samples = Vec::new();
         for i in 0..15u32 {
-            let mut wasm = hello.clone();
+            let mut wasm = hello.to_vec();
             // A custom section (id 0): name "thaw-bench", payload the sample number.
             let payload: Vec<u8> = [&[10u8][..], b"thaw-bench", &i.to_le_bytes()].concat();
             wasm.push(0);

@@ -71,6 +71,12 @@ async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec
     );
     let platform = bench.platform.clone();
     let store: KeyValue = platform.keyvalue().expect("a store").clone();
+    in_process(label, &store, n, rows).await;
+    over_http(label, &platform, n, rows).await;
+}
+
+/// The store alone: set, get and increment, in-process.
+async fn in_process(label: &str, store: &KeyValue, n: usize, rows: &mut Vec<Row>) {
     let value = vec![b'v'; 100];
     let mut row = |name: &str, samples| {
         rows.push(Row {
@@ -116,8 +122,23 @@ async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec
         })
         .await,
     );
+}
 
-    // Over HTTP, through the guest.
+/// Through the guest (functions/capabilities) over loopback HTTP: set, get, increment, and
+/// a request that does not touch the store.
+async fn over_http(
+    label: &str,
+    platform: &std::sync::Arc<thaw_runtime::control::Platform>,
+    n: usize,
+    rows: &mut Vec<Row>,
+) {
+    let value = vec![b'v'; 100];
+    let mut row = |name: &str, samples| {
+        rows.push(Row {
+            name: format!("{label}: {name}"),
+            samples,
+        })
+    };
     let wasm = thaw_test_functions::read(thaw_test_functions::CAPABILITIES);
     let spec = FunctionSpec {
         route: Some("/cap".into()),

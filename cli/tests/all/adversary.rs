@@ -134,7 +134,11 @@ async fn a_guest_cannot_pin_host_memory_outside_its_limits() {
     assert_eq!(server.get("/faults/ok").await.status(), 200);
     assert_eq!(server.get("/p3/hello").await.status(), 200);
 
-    // A function that needs more may ask for it, up to what the spec allows.
+    more_host_resources_when_asked(&server).await;
+}
+
+/// A function that needs more host resources may ask for them, up to what the spec allows.
+async fn more_host_resources_when_asked(server: &TestServer) {
     let roomy = FunctionSpec {
         limits: LimitsSpec {
             max_host_resources: Some(4096),

@@ -27,7 +27,42 @@ async fn every_example_function_answers() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "Hello, tests!\n");
 
-    // orders (SDK + serde): valid JSON is priced, invalid JSON and invalid orders are 400s.
+    orders(&server, &http).await;
+    // markdown (real work on the body).
+    let r = http
+        .post(format!("{}/markdown", server.url))
+        .body("# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n~~old~~ *new*\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    let html = r.text().await.unwrap();
+    assert!(html.contains("<h1>Title</h1>"), "{html}");
+    assert!(html.contains("<table>"), "{html}");
+    assert!(html.contains("<del>old</del> <em>new</em>"), "{html}");
+
+    // echo (plain wasi crate).
+    let r = http
+        .post(format!("{}/echo/path?status=202", server.url))
+        .header("x-trace", "t-1")
+        .header("content-type", "text/plain")
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["x-echo-trace"], "t-1");
+    assert_eq!(r.headers()["x-echo-method"], "POST");
+    assert_eq!(r.headers()["x-echo-path"], "/echo/path");
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.text().await.unwrap(), "ping");
+
+    wordcount(&server, &http).await;
+}
+
+/// orders (SDK + serde): valid JSON is priced, invalid JSON and invalid orders are 400s.
+async fn orders(server: &TestServer, http: &reqwest::Client) {
     let r = http
         .post(format!("{}/api/orders", server.url))
         .body(r#"{"currency":"eur","items":[{"sku":"A","unit_price_cents":250,"quantity":4}],"discount_percent":25}"#)
@@ -65,38 +100,10 @@ async fn every_example_function_answers() {
     }
     let r = server.get("/api/orders").await;
     assert_eq!(r.status(), 405);
+}
 
-    // markdown (real work on the body).
-    let r = http
-        .post(format!("{}/markdown", server.url))
-        .body("# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n~~old~~ *new*\n")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
-    let html = r.text().await.unwrap();
-    assert!(html.contains("<h1>Title</h1>"), "{html}");
-    assert!(html.contains("<table>"), "{html}");
-    assert!(html.contains("<del>old</del> <em>new</em>"), "{html}");
-
-    // echo (plain wasi crate).
-    let r = http
-        .post(format!("{}/echo/path?status=202", server.url))
-        .header("x-trace", "t-1")
-        .header("content-type", "text/plain")
-        .body("ping")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    assert_eq!(r.headers()["x-echo-trace"], "t-1");
-    assert_eq!(r.headers()["x-echo-method"], "POST");
-    assert_eq!(r.headers()["x-echo-path"], "/echo/path");
-    assert_eq!(r.headers()["content-type"], "text/plain");
-    assert_eq!(r.text().await.unwrap(), "ping");
-
-    // wordcount (CGI, wasip1): body on stdin, CGI variables, CGI response parsed.
+/// wordcount (CGI, wasip1): body on stdin, CGI variables, CGI response parsed.
+async fn wordcount(server: &TestServer, http: &reqwest::Client) {
     let r = http
         .post(format!("{}/cgi/wc/extra/path?x=1", server.url))
         .body("one two three\nfour\n")

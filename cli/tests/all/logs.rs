@@ -46,36 +46,7 @@ async fn a_functions_output_is_kept_read_followed_and_bounded() {
     assert!(alpha.iter().all(|l| request(l) == request(alpha[0])));
     assert_ne!(request(alpha[0]), "#0");
 
-    // Following: a line written after `thaw logs -f` started arrives.
-    let mut follower = thaw_command(&server, &["logs", "faults", "-f", "--tail", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(follower.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in out.lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // The follower is connected once it has had time to start; lines written before it
-    // connected are excluded by --tail 0 and lines after arrive. Retry the write until one
-    // arrives, so that a slow start cannot lose the test's line.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut followed = None;
-    while followed.is_none() && Instant::now() < deadline {
-        assert_eq!(server.get("/faults/log?tag=beta").await.status(), 200);
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
-            followed = Some(line);
-        }
-    }
-    let _ = follower.kill();
-    let _ = follower.wait();
-    let followed = followed.expect("thaw logs -f printed a line written after it started");
-    assert!(followed.contains("| beta"), "{followed}");
+    following_prints_new_lines(&server).await;
 
     // A redeploy is a new version writing to the same log.
     server
@@ -146,6 +117,39 @@ async fn a_functions_output_is_kept_read_followed_and_bounded() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+}
+
+/// Following: a line written after `thaw logs -f` started arrives.
+async fn following_prints_new_lines(server: &TestServer) {
+    let mut follower = thaw_command(server, &["logs", "faults", "-f", "--tail", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(follower.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower is connected once it has had time to start; lines written before it
+    // connected are excluded by --tail 0 and lines after arrive. Retry the write until one
+    // arrives, so that a slow start cannot lose the test's line.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut followed = None;
+    while followed.is_none() && Instant::now() < deadline {
+        assert_eq!(server.get("/faults/log?tag=beta").await.status(), 200);
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            followed = Some(line);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let followed = followed.expect("thaw logs -f printed a line written after it started");
+    assert!(followed.contains("| beta"), "{followed}");
 }
 
 /// `--log-format json`: the host's own log is one JSON object per line, guest lines

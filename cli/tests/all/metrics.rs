@@ -93,6 +93,54 @@ async fn prometheus_scrapes_the_counts_that_were_sent() {
         assert_eq!(server.get("/echo?status=404").await.status(), 404);
     }
 
+    check_exposition(&server, &promtool).await;
+
+    // A real Prometheus, scraping both ways.
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus = start_prometheus(&prometheus_bin, dir.path(), &server);
+    let url = prometheus.url.clone();
+    for job in ["thaw-admin", "thaw-metrics-listener"] {
+        scraped(&url, &format!(r#"up{{job="{job}"}}"#), 1.0).await;
+        scraped(
+            &url,
+            &format!(r#"sum(thaw_requests_total{{job="{job}",function="hello",code="2xx"}})"#),
+            37.0,
+        )
+        .await;
+        scraped(
+            &url,
+            &format!(r#"sum(thaw_requests_total{{job="{job}",function="echo",code="4xx"}})"#),
+            23.0,
+        )
+        .await;
+        scraped(
+            &url,
+            &format!(r#"sum(thaw_starts_total{{job="{job}",function="hello"}})"#),
+            37.0,
+        )
+        .await;
+        scraped(
+            &url,
+            &format!(r#"sum(thaw_request_duration_seconds_count{{job="{job}",function="echo"}})"#),
+            23.0,
+        )
+        .await;
+    }
+    // More traffic shows up in the next scrapes.
+    for _ in 0..5 {
+        assert_eq!(server.get("/hello").await.status(), 200);
+    }
+    scraped(
+        &url,
+        r#"sum(thaw_requests_total{job="thaw-admin",function="hello"})"#,
+        42.0,
+    )
+    .await;
+}
+
+/// The exposition itself, read directly: the token is needed on the admin listener, not on
+/// the metrics listener, which serves nothing else; both formats; promtool's lint.
+async fn check_exposition(server: &TestServer, promtool: &Path) {
     // The exposition itself: the token is needed on the admin listener, not on the other.
     let metrics_url = server.metrics_url.clone().unwrap();
     let open = client().get(&metrics_url).send().await.unwrap();
@@ -142,7 +190,7 @@ async fn prometheus_scrapes_the_counts_that_were_sent() {
     );
 
     // promtool's lint of the exposition.
-    let mut check = Command::new(&promtool)
+    let mut check = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -157,46 +205,4 @@ async fn prometheus_scrapes_the_counts_that_were_sent() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-
-    // A real Prometheus, scraping both ways.
-    let dir = tempfile::tempdir().unwrap();
-    let prometheus = start_prometheus(&prometheus_bin, dir.path(), &server);
-    let url = prometheus.url.clone();
-    for job in ["thaw-admin", "thaw-metrics-listener"] {
-        scraped(&url, &format!(r#"up{{job="{job}"}}"#), 1.0).await;
-        scraped(
-            &url,
-            &format!(r#"sum(thaw_requests_total{{job="{job}",function="hello",code="2xx"}})"#),
-            37.0,
-        )
-        .await;
-        scraped(
-            &url,
-            &format!(r#"sum(thaw_requests_total{{job="{job}",function="echo",code="4xx"}})"#),
-            23.0,
-        )
-        .await;
-        scraped(
-            &url,
-            &format!(r#"sum(thaw_starts_total{{job="{job}",function="hello"}})"#),
-            37.0,
-        )
-        .await;
-        scraped(
-            &url,
-            &format!(r#"sum(thaw_request_duration_seconds_count{{job="{job}",function="echo"}})"#),
-            23.0,
-        )
-        .await;
-    }
-    // More traffic shows up in the next scrapes.
-    for _ in 0..5 {
-        assert_eq!(server.get("/hello").await.status(), 200);
-    }
-    scraped(
-        &url,
-        r#"sum(thaw_requests_total{job="thaw-admin",function="hello"})"#,
-        42.0,
-    )
-    .await;
 }

@@ -117,15 +117,22 @@ async fn config_values_and_secrets_reach_the_guest_and_nothing_else() {
         "refused deploys make no version"
     );
 
-    // A secret gone when the host starts again: the function serves, without that key.
-    std::fs::remove_file(secrets.path().join("db-password")).unwrap();
+    serves_without_a_secret_gone_at_restart(&mut server, secrets.path()).await;
+}
+
+/// A secret gone when the host starts again: the function serves, without that key.
+async fn serves_without_a_secret_gone_at_restart(
+    server: &mut TestServer,
+    secrets: &std::path::Path,
+) {
+    std::fs::remove_file(secrets.join("db-password")).unwrap();
     server.kill_and_restart(1);
     assert_eq!(
-        get(&server, "/cap/config/db_password").await,
+        get(server, "/cap/config/db_password").await,
         (404, "none".into())
     );
     assert_eq!(
-        get(&server, "/cap/config-hello").await,
+        get(server, "/cap/config-hello").await,
         (200, "world".into())
     );
     assert!(server.log().contains("serving without its secrets"));
