@@ -16,4 +16,4 @@ pub mod wait;
 
 pub use process::{Killed, free_port, wait_port};
 pub use services::{Etcd, HaProxy, Prometheus, Redis, required, service_binaries};
-pub use wait::eventually;
+pub use wait::{eventually, eventually_some};

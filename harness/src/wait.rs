@@ -9,10 +9,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually_some(what, bound, || {
+        let done = done();
+        async move { done.await.then_some(()) }
+    })
+    .await
+}
+
+/// [`eventually`] for a condition that yields a value once it holds: polls `attempt` until
+/// it returns `Some`, and returns that.
+pub async fn eventually_some<T, F, Fut>(what: &str, bound: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + bound;
     while tokio::time::Instant::now() < deadline {
-        if done().await {
-            return;
+        if let Some(value) = attempt().await {
+            return value;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

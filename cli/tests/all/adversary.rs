@@ -11,7 +11,8 @@ use thaw_runtime::spec::{
 use thaw_test_functions as wasm;
 
 use crate::support::{
-    TestServer, assert_healthy, client, client_from, eventually, hits, raw_exchange, route,
+    ErrorCode, TestServer, assert_healthy, client, client_from, error_code, eventually, hits,
+    raw_exchange, route,
 };
 
 /// The server's resident set, in bytes (`VmRSS`).
@@ -166,6 +167,12 @@ async fn more_host_resources_when_asked(server: &TestServer) {
         )
         .await
         .unwrap_err();
+    assert_eq!(
+        error_code(&refused),
+        Some(ErrorCode::BadRequest),
+        "{refused:#}"
+    );
+    // The message names the field to fix.
     assert!(
         format!("{refused:#}").contains("max_host_resources"),
         "{refused:#}"
@@ -383,6 +390,12 @@ async fn paths_with_dot_segments_and_bad_hosts_are_refused_before_routing() {
         )
         .await
         .unwrap_err();
+    assert_eq!(
+        error_code(&refused),
+        Some(ErrorCode::BadRequest),
+        "{refused:#}"
+    );
+    // The message says why.
     assert!(format!("{refused:#}").contains("ASCII"), "{refused:#}");
 }
 

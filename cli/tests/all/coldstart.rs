@@ -24,25 +24,6 @@ fn start_kind(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-/// Polls (bounded) until `check` holds on the host's status.
-async fn wait_for_status(
-    server: &TestServer,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) {
-    // Generous: CI machines are shared, and this bounds a wait, it measures nothing.
-    for _ in 0..600 {
-        if check(&server.admin().status().await.unwrap()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "timed out waiting for {what}: {}",
-        server.admin().status().await.unwrap()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_start_kind_and_scale_to_zero() {
     let mut server = TestServer::start_with(&["--load", "lazy", "--warm-idle-secs", "1"]);
@@ -64,10 +45,11 @@ async fn every_start_kind_and_scale_to_zero() {
     );
 
     // The refill task warms an instance off the request path; later requests take it.
-    wait_for_status(&server, "a warm instance", |s| {
-        s["warm_instances"].as_u64() >= Some(1)
-    })
-    .await;
+    server
+        .wait_for(None, "a warm instance", |s| {
+            s["warm_instances"].as_u64() >= Some(1)
+        })
+        .await;
     let hit = server.get("/hello").await;
     assert_eq!(start_kind(&hit), "pool-hit");
     assert_eq!(hit.text().await.unwrap(), "Hello, world!\n");
@@ -91,10 +73,11 @@ async fn every_start_kind_and_scale_to_zero() {
     );
 
     // Idle past --warm-idle-secs: the pool drains to zero and its slots come back.
-    wait_for_status(&server, "the pool to drain", |s| {
-        s["warm_instances"] == 0 && s["slots_in_use"] == 0
-    })
-    .await;
+    server
+        .wait_for(None, "the pool to drain", |s| {
+            s["warm_instances"] == 0 && s["slots_in_use"] == 0
+        })
+        .await;
 
     // After a restart in lazy mode, the first request loads the artifact from disk.
     server.kill_and_restart(1);

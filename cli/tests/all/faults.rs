@@ -222,13 +222,11 @@ async fn a_full_pool_queues_then_answers_503() {
         async move { client().get(url).send().await.unwrap().status() }
     });
     // Wait (bounded) until the loop holds the only slot.
-    let admin = server.admin();
-    for _ in 0..200 {
-        if admin.status().await.unwrap()["slots_running"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    server
+        .wait_for(None, "the loop to hold the only slot", |s| {
+            s["slots_running"] == 1
+        })
+        .await;
     let r = server.get("/hello").await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");

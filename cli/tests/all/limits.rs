@@ -7,7 +7,7 @@ use thaw_runtime::spec::{DirGrant, FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{TestServer, assert_healthy, client, hits};
+use crate::support::{ErrorCode, TestServer, assert_healthy, client, error_code, hits};
 
 fn with_limits(limits: LimitsSpec) -> FunctionSpec {
     FunctionSpec {
@@ -118,6 +118,8 @@ async fn header_limits_are_431() {
         )
         .await
         .unwrap_err();
+    assert_eq!(error_code(&err), Some(ErrorCode::BadRequest), "{err:#}");
+    // The message names the flag the host needs.
     assert!(format!("{err:#}").contains("--fuel-metering"), "{err:#}");
 }
 
@@ -328,6 +330,8 @@ async fn outbound_http_only_to_allowed_hosts() {
         .deploy("bad", &bad, thaw_test_functions::read(wasm::HELLO).into())
         .await
         .unwrap_err();
+    assert_eq!(error_code(&err), Some(ErrorCode::BadRequest), "{err:#}");
+    // The message names the pattern to fix.
     assert!(
         format!("{err:#}").contains("http://example.com/path"),
         "{err:#}"
@@ -400,6 +404,7 @@ async fn files_only_in_granted_directories() {
         )
         .await
         .unwrap_err();
+    assert_eq!(error_code(&err), Some(ErrorCode::BadRequest), "{err:#}");
     assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
     assert_healthy(&server).await;
 }

@@ -153,7 +153,7 @@ impl TestServer {
     }
 
     /// Polls the admin view of function `name` (or the host's status, for `None`) until
-    /// `done` holds; bounded at 20 s, then panics naming `what`.
+    /// `done` holds, and returns that view; bounded at 30 s, then panics naming `what`.
     pub async fn wait_for(
         &self,
         name: Option<&str>,
@@ -161,19 +161,17 @@ impl TestServer {
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let admin = self.admin();
-        let mut last = serde_json::Value::Null;
-        for _ in 0..400 {
-            last = match name {
+        let done = &done;
+        let admin = &admin;
+        thaw_harness::eventually_some(what, Duration::from_secs(30), || async move {
+            let view = match name {
                 Some(name) => admin.get(name).await,
                 None => admin.status().await,
             }
             .expect("admin API");
-            if done(&last) {
-                return last;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("timed out waiting for {what}; last seen: {last}");
+            done(&view).then_some(view)
+        })
+        .await
     }
 
     /// SIGKILL.

@@ -361,6 +361,7 @@ async fn only_the_last_versions_are_kept_and_split_versions_always() {
     let hello = first["digest"].as_str().unwrap();
     assert!(!server.data_dir.join(format!("wasm/{hello}.wasm")).exists());
     let e = admin.rollback("api", Some(1)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
     assert!(format!("{e:#}").contains("no version v1"), "{e:#}");
 
     // Versions in the split stay even beyond the number kept.
