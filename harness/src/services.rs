@@ -150,7 +150,10 @@ impl HaProxy {
             .args(["-db", "-f"])
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("haproxy-{port}.log"))).ok()?)
+            .stderr(
+                std::fs::File::create(dir.join(format!("haproxy-{port}.log")))
+                    .expect("haproxy's log"),
+            )
             .spawn()
             .expect("starting haproxy");
         let process = Killed(child);

@@ -223,7 +223,8 @@ async fn throughput(thaw: &Path, hello: &[u8], secs: u64) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // benches/micro → the repository.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let js = args
         .get(2)
         .map(PathBuf::from)

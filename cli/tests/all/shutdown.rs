@@ -29,7 +29,12 @@ async fn sigterm_lets_in_flight_requests_finish() {
             .unwrap();
         (r.status(), r.text().await.unwrap())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The request has reached the function (counted once routed, while its body trickles).
+    server
+        .wait_for(Some("echo"), "the request in flight", |f| {
+            f["requests"] == 1
+        })
+        .await;
     let mut child = server.terminate();
 
     let (status, body) = in_flight.await.unwrap();

@@ -161,17 +161,28 @@ impl TestServer {
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let admin = self.admin();
-        let done = &done;
-        let admin = &admin;
-        thaw_harness::eventually_some(what, Duration::from_secs(30), || async move {
+        let (done, admin) = (&done, &admin);
+        let last = std::sync::Mutex::new(serde_json::Value::Null);
+        let last = &last;
+        let found = thaw_harness::wait::within(Duration::from_secs(30), || async move {
             let view = match name {
                 Some(name) => admin.get(name).await,
                 None => admin.status().await,
             }
             .expect("admin API");
-            done(&view).then_some(view)
+            if done(&view) {
+                return Some(view);
+            }
+            *last.lock().unwrap() = view;
+            None
         })
-        .await
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out waiting for {what}; last seen: {}",
+                last.lock().unwrap()
+            )
+        })
     }
 
     /// SIGKILL.

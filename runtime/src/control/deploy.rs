@@ -2,11 +2,15 @@
 //! change what is served, and the garbage collection of code that no longer is.
 //!
 //! A deploy validates, pre-initialises (a Wizer snapshot, if the component asks for one),
-//! compiles (or finds the artifact), links and checks the code before anything changes; then,
-//! under the write lock, it persists the wasm and the record (the commit point, see
-//! [`crate::datadir`]) and swaps the registry entry. Any error before the commit leaves the
-//! previous version serving. A rollback or a split change is a commit of the same versions
-//! with another split (see [`super::versions`]).
+//! compiles (or finds the artifact), links and checks the code before anything changes. Then
+//! it writes the wasm, has the coordinator commit the function's next record (the commit
+//! point, see [`super::coordinator`]) and applies it here: the registry entry is swapped
+//! under the write lock. Any error before the commit leaves the previous version serving; a
+//! change a host cannot serve (a split over missing versions, a canary on another route) is
+//! refused before it. A rollback or a split change is a commit of the same versions with
+//! another split (see [`super::versions`]). This host's own changes run one at a time, commit
+//! and apply together (`Platform::changes`), so a single host's records and registry move in
+//! step; a cluster node also applies changes other nodes committed (its mirror).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -241,10 +245,17 @@ impl Platform {
         let template = function.record.clone();
         let keep = self.keep_versions;
         let mut replaced = false;
+        let defaults = &self.defaults;
         let mut change = |current: Option<&VersionsRecord>| {
             replaced = current.is_some();
-            next_record(current, template.clone(), options, keep).map(Some)
+            let next = next_record(current, template.clone(), options, keep)?;
+            // Refused here, before anything is committed, if no host could serve it (a
+            // canary on another route than the versions it shares traffic with).
+            servable(&next, defaults)?;
+            Ok(Some(next))
         };
+        // One change at a time from this host, commit and apply together (see `changes`).
+        let _change = self.changes.lock().await;
         let (record, revision) = coordinator.commit(&template.name, &mut change).await?;
         let record = record.ok_or_else(|| {
             DeployError::Internal(anyhow::anyhow!("the coordinator committed no record"))
@@ -553,16 +564,12 @@ impl Platform {
         let mut change = |current: Option<&VersionsRecord>| {
             let current = current
                 .ok_or_else(|| DeployError::NotFound(format!("no function named {name:?}")))?;
-            let versions = current
-                .versions
-                .iter()
-                .map(|v| Arc::new(Function::unloaded(v.clone(), defaults)))
-                .collect();
-            let set = VersionSet::new(versions, current.traffic.clone())?;
+            let set = unloaded_set(current, defaults)?;
             let set = set.with_traffic(choose(&set)?)?;
             Ok(Some(set.record()))
         };
         let coordinator = self.coordinator();
+        let _change = self.changes.lock().await;
         let (record, revision) = coordinator.commit(name, &mut change).await?;
         let record = record.ok_or_else(|| {
             DeployError::Internal(anyhow::anyhow!("the coordinator committed no record"))
@@ -718,6 +725,7 @@ impl Platform {
             existed = current.is_some();
             Ok(None)
         };
+        let _change = self.changes.lock().await;
         let (_, revision) = self.coordinator().commit(name, &mut change).await?;
         if existed {
             self.apply_removal(name, revision)
@@ -779,6 +787,28 @@ fn committed_but_change(name: &str, e: DeployError) -> DeployError {
     DeployError::Internal(anyhow::anyhow!(
         "the change of {name} is committed, but this host could not apply it yet ({e})"
     ))
+}
+
+/// `record`'s versions as a set, code not loaded: what checks a record the way a host that
+/// serves it would (the split names kept versions, versions sharing traffic share a route).
+fn unloaded_set(
+    record: &VersionsRecord,
+    defaults: &crate::spec::LimitDefaults,
+) -> Result<VersionSet, DeployError> {
+    let versions = record
+        .versions
+        .iter()
+        .map(|v| Arc::new(Function::unloaded(v.clone(), defaults)))
+        .collect();
+    Ok(VersionSet::new(versions, record.traffic.clone())?)
+}
+
+/// Whether a host could serve `record` (see [`unloaded_set`]).
+fn servable(
+    record: &VersionsRecord,
+    defaults: &crate::spec::LimitDefaults,
+) -> Result<(), DeployError> {
+    unloaded_set(record, defaults).map(drop)
 }
 
 /// A function's next record: `current` (`None`: a first deploy) with `version` added as the

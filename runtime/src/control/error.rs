@@ -2,7 +2,9 @@
 
 use http::StatusCode;
 
-/// Why a deploy was refused. Every variant leaves the previous version serving.
+/// Why a deploy, or a change of a function's versions, was refused. Every variant leaves the
+/// previous version serving, except an [`DeployError::Internal`] that says the change was
+/// committed but not applied here yet.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     /// The request is wrong (bad name, spec, or not wasm at all).

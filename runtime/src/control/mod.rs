@@ -143,9 +143,13 @@ pub struct Platform {
     /// What the request path takes: admission, queue timeout, pool options, the loader.
     invoke: InvokeContext,
     load_mode: LoadMode,
-    /// Serialises deploys and removals: route checks, persistence and the registry swap
-    /// happen as one step. Compilation runs outside it.
+    /// Serialises what changes the registry: applying a record (its route check, the
+    /// data directory's copy and the registry swap), a removal, a tier-up's swap.
     write_lock: tokio::sync::Mutex<()>,
+    /// This host's own changes, one at a time from commit to apply: a later change is
+    /// committed only once the one before is served (or refused) here. Compilation runs
+    /// before it; a cluster node's mirror does not take it.
+    changes: tokio::sync::Mutex<()>,
     /// Connections closed for sending their headers too slowly (counted by the listeners).
     slow_clients: Arc<AtomicU64>,
     /// Connections closed because their client stopped reading (counted by the listeners).
@@ -253,6 +257,7 @@ impl Platform {
             },
             load_mode: config.load,
             write_lock: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::Mutex::new(()),
             deploys: Default::default(),
             keep_versions: config.keep_versions.clamp(1, versions::MAX_VERSIONS / 2),
             secrets: config.secrets.clone(),

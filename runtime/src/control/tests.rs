@@ -128,6 +128,10 @@ impl Host {
         Some(VersionsRecord::from_json(&bytes).expect("a readable record"))
     }
 
+    async fn promote(&self, name: &str) {
+        self.platform.promote(name).await.expect("promotes");
+    }
+
     /// The function that serves `path`.
     fn route(&self, path: &str) -> Option<String> {
         let set = self.platform.registry().route(path)?;
@@ -227,6 +231,31 @@ async fn splits_rollback_and_promote() {
     let nobody = host.platform.promote("nobody").await;
     assert!(matches!(nobody, Err(DeployError::NotFound(_))));
     assert_eq!(host.served("f").1, TrafficSplit::single(1));
+}
+
+#[tokio::test]
+async fn a_canary_on_another_route_is_refused_before_it_is_committed() {
+    let host = host();
+    host.deploy("f", "/f", "one").await;
+    let before = host.on_disk("f");
+    let canary = DeployOptions {
+        canary: Some(10),
+        keep_pinned: false,
+    };
+    let moved = host.deploy_with("f", "/elsewhere", "two", canary).await;
+    assert!(
+        matches!(moved, Err(DeployError::BadRequest(_))),
+        "{moved:?}"
+    );
+    assert_eq!(host.on_disk("f"), before);
+    assert_eq!(host.served("f"), (vec![1], TrafficSplit::single(1)));
+    // Nothing half-committed is left in the way: changes and a restart go on as before.
+    host.promote("f").await;
+    let Host { platform, dir } = host;
+    drop(platform);
+    let host = open(dir, 10);
+    assert_eq!(host.served("f"), (vec![1], TrafficSplit::single(1)));
+    assert_eq!(host.deploy("f", "/elsewhere", "two").await, 2);
 }
 
 #[tokio::test]

@@ -61,7 +61,12 @@ pub(super) async fn call<B: RequestBody>(
         call.place.take(),
     ));
     let response = match responded.await {
-        Ok(Ok(response)) => check_head(response, function, &state),
+        Ok(Ok(response)) => match check_head(response, function, &state) {
+            Ok(response) => Ok(response),
+            // Refused: the answer is final (the guest was told to stop; a limit the task
+            // counted already is not counted again), with no start recorded.
+            Err(refused) => return refused,
+        },
         Ok(Err(code)) => Err(InvokeError::GuestError(format!("{code:?}"))),
         Err(_) => match task.await {
             Ok(Ok(())) => Err(InvokeError::NoResponse),
@@ -116,33 +121,35 @@ fn hand_over<B: RequestBody>(
 }
 
 /// The guest's response head, checked before anything is sent: a final status, and a
-/// length within the function's limit (else the guest is stopped and the answer refused).
+/// length within the function's limit. `Err` holds the refusal, which is the request's final
+/// answer (the guest is stopped).
+#[allow(clippy::result_large_err)] // Once per request, returned straight on.
 fn check_head(
     response: Response<HyperOutgoingBody>,
     function: &Function,
     state: &Arc<CallState>,
-) -> Result<Response<ResponseBody>, InvokeError> {
+) -> Result<Response<ResponseBody>, Result<Response<ResponseBody>, InvokeError>> {
     if !(200..=599).contains(&response.status().as_u16()) {
         // A 1xx as the final answer would make hyper switch protocols (101) or send an
         // interim response on a connection the host owns: a guest only gets 200..=599, as
         // CGI modules do.
-        return refuse(
+        return Err(refuse(
             state,
             function,
             InvokeError::BadResponse(format!(
                 "status {} is not a final status (200..=599)",
                 response.status().as_u16()
             )),
-        );
+        ));
     }
     let response_limit = function.limits.max_response_body_bytes;
     if content_length(response.headers()).is_some_and(|len| len > response_limit) {
         // Announced too large: refuse before anything is sent, and stop the guest.
-        return refuse(
+        return Err(refuse(
             state,
             function,
             InvokeError::ResponseTooLarge(response_limit),
-        );
+        ));
     }
     let state = state.clone();
     Ok(response.map(|body| GuestBody::new(body, state, response_limit).boxed_unsync()))
