@@ -291,6 +291,25 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The HTTP status every answer with this code has (one per code).
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Self::Unauthorized => S::UNAUTHORIZED,
+            Self::TooManyRequests => S::TOO_MANY_REQUESTS,
+            Self::NoSuchRoute | Self::NotFound | Self::NoSuchKey | Self::NotConfigured => {
+                S::NOT_FOUND
+            }
+            Self::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            Self::BadRequest | Self::InvalidModule => S::BAD_REQUEST,
+            Self::RouteTaken | Self::Superseded => S::CONFLICT,
+            Self::TooLarge => S::PAYLOAD_TOO_LARGE,
+            Self::Busy | Self::Unavailable => S::SERVICE_UNAVAILABLE,
+            Self::WaitTimedOut => S::GATEWAY_TIMEOUT,
+            Self::Internal | Self::Unknown => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     /// The code as it is on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::coordinator::Change;
 use super::error::DeployError;
 use super::versions::{VersionSet, VersionsRecord};
 use super::{Platform, garbage};
@@ -232,7 +233,7 @@ impl Platform {
     /// coordinator (the commit point); then applied here, as every cluster node applies it.
     async fn commit_deploy(
         self: &Arc<Self>,
-        mut function: Function,
+        function: Function,
         options: DeployOptions,
         code: &[(String, Bytes); 2],
     ) -> Result<Deployed, DeployError> {
@@ -240,8 +241,7 @@ impl Platform {
             self.write_wasm(digest, bytes)
                 .map_err(DeployError::Internal)?;
         }
-        let coordinator = self.coordinator();
-        coordinator.publish_code(&function.record).await?;
+        self.coordinator().publish_code(&function.record).await?;
         let template = function.record.clone();
         let keep = self.keep_versions;
         let mut replaced = false;
@@ -254,24 +254,9 @@ impl Platform {
             servable(&next, defaults)?;
             Ok(Some(next))
         };
-        // One change at a time from this host, commit and apply together (see `changes`).
-        let _change = self.changes.lock().await;
-        let (record, revision) = coordinator.commit(&template.name, &mut change).await?;
-        let record = record.ok_or_else(|| {
-            DeployError::Internal(anyhow::anyhow!("the coordinator committed no record"))
-        })?;
-        let version = record.versions.last().map_or(1, |newest| newest.generation);
-        function.set_generation(version);
-        // The record may keep versions this host has not fetched yet (a cluster node's
-        // mirror lags).
-        let _claim = self.claim_code(record.digests());
-        if let Err(e) = coordinator.fetch_code(&record).await {
-            tracing::warn!(function = %template.name, "{e}");
-        }
-        let set = self
-            .apply_record(record, revision, Some(function))
-            .await
-            .map_err(|e| committed_but(version, e))?;
+        let (set, revision, version) = self
+            .commit_and_apply(&template.name, &mut change, Some(function))
+            .await?;
         let function = set.version(version).cloned().ok_or_else(|| {
             DeployError::Superseded(format!(
                 "v{version} is committed, but a newer change replaced it before this host \
@@ -568,22 +553,43 @@ impl Platform {
             let set = set.with_traffic(choose(&set)?)?;
             Ok(Some(set.record()))
         };
+        let (set, revision, _) = self.commit_and_apply(name, &mut change, None).await?;
+        tracing::info!(function = name, revision, traffic = %set.traffic(), "traffic split changed");
+        Ok(set)
+    }
+
+    /// Commits `change` to function `name`'s record through the coordinator, then applies
+    /// the committed record here (see [`super::coordinator`]), one change of this host's at
+    /// a time. `fresh` is a deploy's new version, which takes the committed record's newest
+    /// generation. Returns what serves now, the commit's revision and that generation.
+    async fn commit_and_apply(
+        &self,
+        name: &str,
+        change: &mut Change<'_>,
+        fresh: Option<Function>,
+    ) -> Result<(Arc<VersionSet>, u64, u64), DeployError> {
         let coordinator = self.coordinator();
         let _change = self.changes.lock().await;
-        let (record, revision) = coordinator.commit(name, &mut change).await?;
+        let (record, revision) = coordinator.commit(name, change).await?;
         let record = record.ok_or_else(|| {
             DeployError::Internal(anyhow::anyhow!("the coordinator committed no record"))
         })?;
+        let newest = record.versions.last().map_or(1, |v| v.generation);
+        let fresh = fresh.map(|mut function| {
+            function.set_generation(newest);
+            function
+        });
+        // The record may keep versions this host has not fetched yet (a cluster node's
+        // mirror lags).
         let _claim = self.claim_code(record.digests());
         if let Err(e) = coordinator.fetch_code(&record).await {
             tracing::warn!(function = name, "{e}");
         }
         let set = self
-            .apply_record(record, revision, None)
+            .apply_record(record, revision, fresh)
             .await
-            .map_err(|e| committed_but_change(name, e))?;
-        tracing::info!(function = name, revision, traffic = %set.traffic(), "traffic split changed");
-        Ok(set)
+            .map_err(|e| committed_but(name, e))?;
+        Ok((set, revision, newest))
     }
 
     /// Pre-initialises a component (see [`crate::snapshot`]) on a blocking thread: Wizer
@@ -730,7 +736,7 @@ impl Platform {
         if existed {
             self.apply_removal(name, revision)
                 .await
-                .map_err(|e| committed_but_change(name, DeployError::Internal(e)))?;
+                .map_err(|e| committed_but(name, DeployError::Internal(e)))?;
         }
         Ok(existed)
     }
@@ -772,20 +778,13 @@ impl Platform {
     }
 }
 
-/// A failure to apply, here, a change already committed: said so, so that the deployer does
-/// not deploy again (a cluster node retries and the other nodes serve it; a single host
-/// serves it from its next start).
-fn committed_but(version: u64, e: DeployError) -> DeployError {
+/// A failure to apply, here, a change of function `name` already committed: said so, so
+/// that the deployer does not make it again (a cluster node retries and the other nodes
+/// serve it; a single host serves it from its next start).
+fn committed_but(name: &str, e: DeployError) -> DeployError {
     DeployError::Internal(anyhow::anyhow!(
-        "v{version} is committed, but this host could not apply it yet ({e}); do not deploy \
-         again: see the function's versions"
-    ))
-}
-
-/// [`committed_but`] for a change of function `name` other than a deploy.
-fn committed_but_change(name: &str, e: DeployError) -> DeployError {
-    DeployError::Internal(anyhow::anyhow!(
-        "the change of {name} is committed, but this host could not apply it yet ({e})"
+        "the change of {name} is committed, but this host could not apply it yet ({e}); do \
+         not make it again: see the function's versions"
     ))
 }
 

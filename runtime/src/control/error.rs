@@ -66,15 +66,8 @@ impl DeployError {
         }
     }
 
-    /// The status the admin client gets.
+    /// The status the admin client gets: its code's.
     pub fn status(&self) -> StatusCode {
-        match self {
-            DeployError::BadRequest(_) | DeployError::InvalidModule(_) => StatusCode::BAD_REQUEST,
-            DeployError::NotFound(_) => StatusCode::NOT_FOUND,
-            DeployError::RouteTaken(_) | DeployError::Superseded(_) => StatusCode::CONFLICT,
-            DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            DeployError::Busy(_) | DeployError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().status()
     }
 }

@@ -323,11 +323,9 @@ async fn route(
             };
             (route.handler)(call).await
         }
-        Found::Allowed(routes) if routes.is_empty() => error(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NoSuchRoute,
-            "no such admin route",
-        ),
+        Found::Allowed(routes) if routes.is_empty() => {
+            error(ErrorCode::NoSuchRoute, "no such admin route")
+        }
         Found::Allowed(routes) => {
             let allow = routes
                 .iter()
@@ -335,7 +333,6 @@ async fn route(
                 .collect::<Vec<_>>()
                 .join(", ");
             let mut response = error(
-                StatusCode::METHOD_NOT_ALLOWED,
                 ErrorCode::MethodNotAllowed,
                 &format!(
                     "{} is not served here; this path allows {allow}",
@@ -376,7 +373,6 @@ async fn admit_admin(
         tracing::debug!(%client, "admin request refused: no token");
     }
     let mut response = error(
-        StatusCode::UNAUTHORIZED,
         ErrorCode::Unauthorized,
         "missing or wrong admin token (Authorization: Bearer <token>)",
     );
@@ -396,7 +392,6 @@ async fn admit_peer(
 ) -> Option<Response<ResponseBody>> {
     let Some(cluster) = &cx.cluster else {
         return Some(error(
-            StatusCode::NOT_FOUND,
             ErrorCode::NotConfigured,
             "this host is not in a cluster",
         ));
@@ -416,7 +411,6 @@ async fn admit_peer(
         return Some(super::auth::too_many_failures(left));
     }
     Some(error(
-        StatusCode::UNAUTHORIZED,
         ErrorCode::Unauthorized,
         "missing or wrong cluster token",
     ))
@@ -438,7 +432,6 @@ async fn cluster(call: Call) -> Response<ResponseBody> {
     match &call.cx.cluster {
         Some(cluster) => json(StatusCode::OK, &cluster.status().await),
         None => error(
-            StatusCode::NOT_FOUND,
             ErrorCode::NotConfigured,
             "this host is not in a cluster (thaw serve --cluster)",
         ),
@@ -463,11 +456,7 @@ fn function(call: &Call) -> Option<Arc<VersionSet>> {
 }
 
 fn no_function(name: &str) -> Response<ResponseBody> {
-    error(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        &format!("no function named {name:?}"),
-    )
+    error(ErrorCode::NotFound, &format!("no function named {name:?}"))
 }
 
 async fn get(call: Call) -> Response<ResponseBody> {
@@ -496,20 +485,18 @@ async fn deploy(call: Call) -> Response<ResponseBody> {
         .and_then(|q| q.check().map(|()| q))
     {
         Ok(query) => query,
-        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e),
+        Err(e) => return error(ErrorCode::BadRequest, &e),
     };
     // Refused before anything is deployed.
     if query.wait.is_some() {
         if cx.cluster.is_none() {
             return error(
-                StatusCode::BAD_REQUEST,
                 ErrorCode::BadRequest,
                 "wait=N counts cluster nodes; this host is not in a cluster",
             );
         }
         if query.canary == Some(0) {
             return error(
-                StatusCode::BAD_REQUEST,
                 ErrorCode::BadRequest,
                 "wait=N counts nodes serving the version, and canary=0 gives it no traffic",
             );
@@ -559,7 +546,6 @@ async fn wait_for_nodes(
         Ok(Readiness::Ready(_)) if deployed.replaced => Ok(StatusCode::OK),
         Ok(Readiness::Ready(_)) => Ok(StatusCode::CREATED),
         Ok(Readiness::TimedOut(ready)) => Err(error(
-            StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::WaitTimedOut,
             &format!(
                 "v{version} is deployed, but only {ready} of {nodes} nodes could serve it \
@@ -567,7 +553,6 @@ async fn wait_for_nodes(
             ),
         )),
         Ok(Readiness::Superseded(ready)) => Err(error(
-            StatusCode::CONFLICT,
             ErrorCode::Superseded,
             &format!(
                 "v{version} is deployed, but a newer change took its traffic when {ready} of \
@@ -623,7 +608,7 @@ async fn logs(call: Call) -> Response<ResponseBody> {
     };
     match parse_query::<LogQuery>(call.req.uri().query().unwrap_or("")) {
         Ok(query) => log_stream(set, query, &call.cx.followers, call.client),
-        Err(e) => error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e),
+        Err(e) => error(ErrorCode::BadRequest, &e),
     }
 }
 
@@ -638,7 +623,6 @@ fn log_stream(
     let places = if query.follow {
         let Some(function_place) = log.follow() else {
             return error(
-                StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::TooManyRequests,
                 &format!(
                     "{} followers already follow this function",
@@ -648,7 +632,6 @@ fn log_stream(
         };
         let Some(client_place) = followers.enter(client) else {
             return error(
-                StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::TooManyRequests,
                 &format!("this address already follows {MAX_FOLLOWERS_PER_CLIENT} logs"),
             );
@@ -748,11 +731,7 @@ pub async fn handle_metrics_only(
     if req.method() == Method::GET && req.uri().path() == "/metrics" {
         metrics(&platform, &exposition, &req).await
     } else {
-        error(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NoSuchRoute,
-            "only GET /metrics is served here",
-        )
+        error(ErrorCode::NoSuchRoute, "only GET /metrics is served here")
     }
 }
 
@@ -770,7 +749,6 @@ pub async fn metrics(
     );
     let Some(body) = exposition.get(platform, openmetrics).await else {
         return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
             "rendering the metrics failed (see the host's log)",
         );
@@ -801,11 +779,7 @@ async fn keyvalue(call: Call) -> Response<ResponseBody> {
     } = call;
     let platform = &cx.platform;
     let Some(store) = platform.keyvalue() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotConfigured,
-            "this host has no key-value store",
-        );
+        return error(ErrorCode::NotConfigured, "this host has no key-value store");
     };
     let KvQuery {
         bucket,
@@ -813,7 +787,7 @@ async fn keyvalue(call: Call) -> Response<ResponseBody> {
         cursor,
     } = match parse_query(req.uri().query().unwrap_or("")) {
         Ok(query) => query,
-        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e),
+        Err(e) => return error(ErrorCode::BadRequest, &e),
     };
     let (name, method) = (name.as_str(), req.method().clone());
     let quota = crate::keyvalue::Quota::of(&set.primary().limits);
@@ -834,11 +808,7 @@ async fn keyvalue(call: Call) -> Response<ResponseBody> {
                     );
                     response
                 }
-                None => error(
-                    StatusCode::NOT_FOUND,
-                    ErrorCode::NoSuchKey,
-                    &format!("no key {key:?}"),
-                ),
+                None => error(ErrorCode::NoSuchKey, &format!("no key {key:?}")),
             }),
         (Method::PUT, Some(key)) => {
             let limit = quota.max_value_bytes.min(usize::MAX as u64) as usize;
@@ -849,7 +819,6 @@ async fn keyvalue(call: Call) -> Response<ResponseBody> {
                 Ok(body) => body.to_bytes().to_vec(),
                 Err(_) => {
                     return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
                         ErrorCode::TooLarge,
                         &format!("a value is at most {limit} bytes for this function"),
                     );
@@ -865,28 +834,20 @@ async fn keyvalue(call: Call) -> Response<ResponseBody> {
             .await
             .map(|()| empty(StatusCode::NO_CONTENT)),
         (_, None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "which key? (?key=...)",
-            );
+            return error(ErrorCode::BadRequest, "which key? (?key=...)");
         }
         // The table routes only GET, PUT and DELETE here.
         (_, Some(_)) => unreachable!("kv is routed for GET, PUT and DELETE only"),
     };
     answer.unwrap_or_else(|e| {
-        let (status, code) = match e {
-            crate::keyvalue::KvError::Limit(..) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge)
-            }
+        let code = match e {
+            crate::keyvalue::KvError::Limit(..) => ErrorCode::TooLarge,
             crate::keyvalue::KvError::NoSuchBucket(_) | crate::keyvalue::KvError::Invalid(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
+                ErrorCode::BadRequest
             }
-            crate::keyvalue::KvError::Backend(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
-            }
+            crate::keyvalue::KvError::Backend(_) => ErrorCode::Unavailable,
         };
-        error(status, code, &e.to_string())
+        error(code, &e.to_string())
     })
 }
 
@@ -959,11 +920,7 @@ async fn read_upload(
 /// presented the cluster token).
 async fn peer(call: Call, blob: Blob) -> Response<ResponseBody> {
     let Some(cluster) = &call.cx.cluster else {
-        return error(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotConfigured,
-            "this host is not in a cluster",
-        );
+        return error(ErrorCode::NotConfigured, "this host is not in a cluster");
     };
     let digest = call.param;
     if digest.len() != 64
@@ -971,11 +928,7 @@ async fn peer(call: Call, blob: Blob) -> Response<ResponseBody> {
             .bytes()
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     {
-        return error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
-            "not a sha256 digest",
-        );
+        return error(ErrorCode::BadRequest, "not a sha256 digest");
     }
     let platform = cluster.platform().clone();
     let read = tokio::task::spawn_blocking(move || match blob {
@@ -997,15 +950,10 @@ async fn peer(call: Call, blob: Blob) -> Response<ResponseBody> {
             response
         }
         Ok(Err(reason)) => error(
-            StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             &format!("no such {}: {reason}", blob.segment()),
         ),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            &e.to_string(),
-        ),
+        Err(e) => error(ErrorCode::Internal, &e.to_string()),
     }
 }
 
@@ -1065,9 +1013,9 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseB
 }
 
 /// An error answer: `{"error": {"code": ..., "message": ...}}` ([`ErrorBody`]).
-pub(super) fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response<ResponseBody> {
+pub(super) fn error(code: ErrorCode, message: &str) -> Response<ResponseBody> {
     json(
-        status,
+        code.status(),
         &ErrorBody {
             error: ErrorDetail {
                 code,
@@ -1079,7 +1027,7 @@ pub(super) fn error(status: StatusCode, code: ErrorCode, message: &str) -> Respo
 
 /// A refused change's answer.
 fn deploy_error(e: &DeployError) -> Response<ResponseBody> {
-    error(e.status(), e.code(), &e.to_string())
+    error(e.code(), &e.to_string())
 }
 
 fn empty(status: StatusCode) -> Response<ResponseBody> {

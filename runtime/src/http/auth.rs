@@ -394,10 +394,17 @@ pub const BACKOFF_DELAY: Duration = Duration::from_secs(1);
 /// The answer to a wrong attempt from an address that is backed off; `wait` is what is
 /// left of its window.
 pub fn too_many_failures(wait: Duration) -> http::Response<crate::invoke::body::ResponseBody> {
-    let mut response = http::Response::new(crate::invoke::body::full(bytes::Bytes::from_static(
-        b"{\"error\":{\"code\":\"too_many_requests\",\"message\":\"too many failed attempts from this address; retry later\"}}",
-    )));
-    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    use crate::api::{ErrorBody, ErrorCode, ErrorDetail};
+    let code = ErrorCode::TooManyRequests;
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message: "too many failed attempts from this address; retry later".into(),
+        },
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = http::Response::new(crate::invoke::body::full(body));
+    *response.status_mut() = code.status();
     let headers = response.headers_mut();
     headers.insert(
         http::header::RETRY_AFTER,
