@@ -604,12 +604,28 @@ async fn thaw_warm(
     }
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
-        // Give the refill task its moment: each request should find an instance waiting.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Each sample must find an instance waiting: wait for the refill task to put one back
+        // (a fixed pause was not enough on a loaded machine, and a sample then came out fresh).
+        warm_instance(&host, "hello").await?;
         samples.push(host.get("/hello")?);
         bar.inc(1);
     }
     Ok(samples)
+}
+
+/// Waits until `name` has an instance in its warm pool (at most ten seconds).
+async fn warm_instance(host: &ThawHost, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if host.admin.get(name).await?.warm_instances > 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{name} had no warm instance after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 type Planned = (String, &'static str, anyhow::Result<ProcessSetup>);
