@@ -62,20 +62,41 @@ pub async fn execute(args: LogsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `2026-11-27T14:53:48.123Z v3 #42 stderr | text`.
-fn format_line(entry: &LogEntry, raw: bool) -> String {
-    let text = if raw {
-        std::borrow::Cow::Borrowed(entry.text.as_str())
-    } else {
-        thaw_runtime::guest::log::escape_controls(&entry.text)
+/// `2026-11-27T14:53:48.123Z v3 #42 stderr | text`; a structured line (an SDK's log call) as
+/// `... stderr INFO | charged card order=42 who="a b"`.
+pub(crate) fn format_line(entry: &LogEntry, raw: bool) -> String {
+    let escape = |text: &str| -> String {
+        if raw {
+            text.to_owned()
+        } else {
+            thaw_runtime::guest::log::escape_controls(text).into_owned()
+        }
     };
-    format!(
-        "{} v{} #{} {} | {text}",
+    let head = format!(
+        "{} v{} #{} {}",
         rfc3339_ms(entry.time_ms),
         entry.version,
         entry.request,
         entry.stream,
-    )
+    );
+    match (&entry.level, &entry.message) {
+        (Some(level), Some(message)) => {
+            let mut line = format!("{head} {} | {}", level.to_uppercase(), escape(message));
+            for (key, value) in &entry.fields {
+                // Quoted (Rust's escaping) when a reader could not tell where it ends.
+                let plain = !value.is_empty()
+                    && !value.contains(|c: char| c.is_whitespace() || c == '"' || c == '=');
+                let value = if plain {
+                    escape(value)
+                } else {
+                    format!("{value:?}")
+                };
+                line.push_str(&format!(" {}={value}", escape(key)));
+            }
+            line
+        }
+        _ => format!("{head} | {}", escape(&entry.text)),
+    }
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC timestamp, to the millisecond.
@@ -116,5 +137,35 @@ mod tests {
         assert!(parse_age("5w").is_err());
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_795_876_428_123), "2026-11-28T14:33:48.123Z");
+    }
+
+    #[test]
+    fn structured_lines_show_level_and_fields() {
+        let mut entry = LogEntry {
+            seq: 1,
+            time_ms: 0,
+            version: 3,
+            request: 42,
+            stream: "stderr".into(),
+            text: "raw\u{1b}[2J".into(),
+            level: None,
+            message: None,
+            fields: Vec::new(),
+        };
+        assert_eq!(
+            format_line(&entry, false),
+            "1970-01-01T00:00:00.000Z v3 #42 stderr | raw\\u{1b}[2J"
+        );
+        entry.level = Some("info".into());
+        entry.message = Some("charged card".into());
+        entry.fields = vec![
+            ("order".into(), "42".into()),
+            ("who".into(), "a b".into()),
+            ("empty".into(), String::new()),
+        ];
+        assert_eq!(
+            format_line(&entry, false),
+            r#"1970-01-01T00:00:00.000Z v3 #42 stderr INFO | charged card order=42 who="a b" empty="""#
+        );
     }
 }

@@ -274,7 +274,7 @@ async fn outbound_http_only_to_allowed_hosts() {
     let out = text(format!("/net/outbound?to=http://127.0.0.1:{allowed}/&n=3")).await;
     let lines: Vec<_> = out.lines().collect();
     assert_eq!(lines[..2], ["outbound answered 200"; 2], "{out}");
-    assert!(lines[2].contains("HttpRequestDenied"), "{out}");
+    assert!(lines[2].contains("ConnectionLimitReached"), "{out}");
     // Another port on the same address: denied.
     let out = text(format!("/net/outbound?to=http://127.0.0.1:{other}/")).await;
     assert!(out.contains("HttpRequestDenied"), "{out}");

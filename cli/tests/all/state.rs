@@ -324,7 +324,7 @@ async fn quotas(server: TestServer) {
     };
     assert_eq!(status, 500);
     assert!(
-        body.starts_with("other: over the function's key-value quota"),
+        body.starts_with("other: over the function's key-value quota kv_max_value_kib: "),
         "{body}"
     );
     assert_eq!(get(&server, "/small/get?key=a").await, (404, "none".into()));

@@ -229,6 +229,17 @@ pub struct LogEntry {
     pub stream: String,
     /// The line.
     pub text: String,
+    /// For a structured line (an SDK's `log` call): its level, `debug` `info` `warn` or
+    /// `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// For a structured line: its message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// For a structured line: its fields in the order written, each value as text (a
+    /// string as it is, anything else as compact JSON).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
 }
 
 /// The body of every admin API error: `{"error": {"code": "route_taken", "message": "..."}}`.

@@ -252,7 +252,8 @@ impl ProxyHost {
 /// import it, and must link), but a request only leaves if its scheme, host and port match
 /// the function's `allowed_outbound_hosts` (empty by default: nothing leaves) and the
 /// invocation has not used up its `max_outbound_requests`. Anything else fails inside the
-/// guest with `HTTP-request-denied`, and is logged and counted as a limit hit. Allowed
+/// guest (`HTTP-request-denied` for a host not allowed, `connection-limit-reached` for a
+/// used-up count), and is logged and counted as a limit hit. Allowed
 /// requests get the function's outbound timeout for connecting, the first byte and every
 /// byte after, whatever longer timeouts the guest asked for.
 struct OutboundPolicy {
@@ -295,26 +296,31 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> SendRequestFuture {
+        // The two refusals carry different codes so that an SDK can tell its author which
+        // setting to change: `HTTP-request-denied` means only "not in the allow-list" (as on
+        // Spin and wasmtime), and a used-up count is `connection-limit-reached`.
         let denied = if !self.allow.allows(request.uri()) {
             Some((
                 Limit::OutboundHost,
                 "not in the function's allowed_outbound_hosts",
+                wasmtime_wasi_http::Error::HttpRequestDenied,
             ))
         } else if self.remaining == 0 {
             Some((
                 Limit::OutboundRequests,
                 "the invocation used up its max_outbound_requests",
+                wasmtime_wasi_http::Error::ConnectionLimitReached,
             ))
         } else {
             None
         };
-        if let Some((limit, why)) = denied {
+        if let Some((limit, why, code)) = denied {
             self.hits.hit(
                 &self.function,
                 limit,
                 &format_args!("outbound request to {} denied: {why}", request.uri()),
             );
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            return Box::new(async { Err(code) });
         }
         self.remaining -= 1;
         self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

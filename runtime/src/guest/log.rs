@@ -27,6 +27,14 @@
 //! dropped, so a guest that prints megabytes costs the host a bounded amount of memory per
 //! function. The buffer is memory only: a restart starts it empty.
 //!
+//! # Structured lines
+//! thaw's SDKs write a log call as one JSON object on one stderr line,
+//! `{"level":"info","msg":"charged","fields":{"order":42}}` ([`structured`]). The buffer keeps
+//! the text as written; the admin API reads level, message and fields out of it when it
+//! serves the line. Parsing on read keeps the guest's write path a copy, costs only the
+//! reader, and a line that merely looks like JSON stays plain text. Under another host
+//! (`wasmtime serve`) the same line is readable as it stands.
+//!
 //! # Followers
 //! `thaw logs -f` waits on [`FunctionLog::changed`]. A reader finds its place by `seq`
 //! (lines are numbered without gaps, so the position is arithmetic, not a scan), and a
@@ -119,6 +127,77 @@ pub struct LogLine {
     pub stream: &'static str,
     /// The line, without its newline, lossily decoded as UTF-8.
     pub text: Box<str>,
+}
+
+/// A structured line's parts: see the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Structured {
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: &'static str,
+    /// The message.
+    pub message: String,
+    /// The fields in the order written, strings as they are, anything else as compact JSON.
+    pub fields: Vec<(String, String)>,
+}
+
+/// `text` as a structured line, if it is one: a JSON object starting `{"level":` with a known
+/// level, a string `msg` and an optional object `fields`, and nothing else.
+pub fn structured(text: &str) -> Option<Structured> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        level: String,
+        msg: String,
+        #[serde(default)]
+        fields: Fields,
+    }
+    /// An object's members in their order (serde_json's map would sort them).
+    #[derive(Default)]
+    struct Fields(Vec<(String, serde_json::Value)>);
+    impl<'de> serde::Deserialize<'de> for Fields {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Members;
+            impl<'de> serde::de::Visitor<'de> for Members {
+                type Value = Fields;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Fields, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(member) = map.next_entry()? {
+                        out.push(member);
+                    }
+                    Ok(Fields(out))
+                }
+            }
+            d.deserialize_map(Members)
+        }
+    }
+    // Cheap refusal first: most lines are plain text.
+    if !text.starts_with("{\"level\":") {
+        return None;
+    }
+    let line: Line = serde_json::from_str(text).ok()?;
+    let level = ["debug", "info", "warn", "error"]
+        .into_iter()
+        .find(|l| *l == line.level)?;
+    let fields = line
+        .fields
+        .0
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect();
+    Some(Structured {
+        level,
+        message: line.msg,
+        fields,
+    })
 }
 
 #[derive(Default)]
@@ -380,6 +459,45 @@ impl AsyncWrite for GuestLog {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn structured_lines_are_read_and_others_left_as_text() {
+        let line = super::structured(
+            r#"{"level":"warn","msg":"charged card","fields":{"order":42,"who":"a b","ok":true,"tags":["x"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(line.level, "warn");
+        assert_eq!(line.message, "charged card");
+        let fields: Vec<(&str, &str)> = line
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("order", "42"),
+                ("who", "a b"),
+                ("ok", "true"),
+                ("tags", r#"["x"]"#)
+            ]
+        );
+        assert_eq!(
+            super::structured(r#"{"level":"info","msg":"no fields"}"#)
+                .unwrap()
+                .fields,
+            []
+        );
+        for plain in [
+            "plain text",
+            r#"{"level":"loud","msg":"x"}"#,
+            r#"{"level":"info","msg":"x","extra":1}"#,
+            r#"{"level":"info","msg":"cut off"#,
+            r#"{"msg":"x","level":"info"}"#,
+        ] {
+            assert_eq!(super::structured(plain), None, "{plain}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -705,6 +705,11 @@ fn log_stream(
 fn ndjson(lines: &[crate::guest::log::LogLine]) -> Bytes {
     let mut chunk = Vec::with_capacity(lines.len() * 96);
     for line in lines {
+        let structured = crate::guest::log::structured(&line.text);
+        let (level, message, fields) = match structured {
+            Some(s) => (Some(s.level.to_owned()), Some(s.message), s.fields),
+            None => (None, None, Vec::new()),
+        };
         let entry = crate::api::LogEntry {
             seq: line.seq,
             time_ms: line.unix_ms,
@@ -712,6 +717,9 @@ fn ndjson(lines: &[crate::guest::log::LogLine]) -> Bytes {
             request: line.request,
             stream: line.stream.to_owned(),
             text: line.text.to_string(),
+            level,
+            message,
+            fields,
         };
         if serde_json::to_writer(&mut chunk, &entry).is_ok() {
             chunk.push(b'\n');

@@ -87,7 +87,9 @@ pub enum QuotaHit {
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
     /// A quota; nothing was written.
-    #[error("over the function's key-value quota: {0}")]
+    /// The text starts `over the function's key-value quota <field>:`, naming the spec field
+    /// (`kv_max_value_kib`, `kv_max_keys`, `kv_max_mib`): the SDKs map it to a typed error.
+    #[error("over the function's key-value quota {field}: {detail}", field = .0.field(), detail = .1)]
     Limit(QuotaHit, String),
     /// A bucket name the store refuses.
     #[error("no such bucket {0:?} (names are up to {MAX_BUCKET_BYTES} of A-Z a-z 0-9 _ - .)")]
@@ -98,6 +100,17 @@ pub enum KvError {
     /// The backend failed (disk, Redis unreachable).
     #[error("key-value store: {0}")]
     Backend(String),
+}
+
+impl QuotaHit {
+    /// The limits field that sets this quota.
+    pub fn field(self) -> &'static str {
+        match self {
+            QuotaHit::ValueSize => "kv_max_value_kib",
+            QuotaHit::Keys => "kv_max_keys",
+            QuotaHit::Bytes => "kv_max_mib",
+        }
+    }
 }
 
 impl std::fmt::Display for QuotaHit {
