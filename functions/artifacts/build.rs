@@ -72,6 +72,7 @@ fn main() {
         "sdk/Cargo.toml",
         "sdk/macro/src",
         "sdk/macro/Cargo.toml",
+        "sdk/wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }

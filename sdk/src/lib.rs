@@ -79,15 +79,43 @@
 
 use std::io::{Read as _, Write as _};
 
-pub use http;
-pub use http::{HeaderMap, HeaderValue, Method, StatusCode};
+pub mod config;
+pub mod future;
+pub mod http;
+pub mod kv;
+pub mod log;
+
+pub use ::http::{HeaderMap, HeaderValue, Method, StatusCode};
 pub use thaw_sdk_macro::{handler, init};
+/// A streaming body: a request's as it arrives, or a response's as it is produced.
+///
+/// Take `http::Request<Body>` instead of [`Request`] in an `async fn` handler to read the
+/// request as it arrives, and return `http::Response<Body>` to answer with a stream:
+///
+/// ```no_run
+/// use thaw_sdk::{Body, handler, http};
+///
+/// #[handler]
+/// async fn upload(req: http::Request<Body>) -> http::Response<Body> {
+///     // Echo the body back without holding it in memory.
+///     http::Response::new(req.into_body())
+/// }
+/// ```
+///
+/// Build one from bytes or text (`Body::from("hi")`), from JSON (`Body::from_json`), or from a
+/// stream of chunks (`Body::from_try_stream`); read one whole with `contents().await`.
+pub use wstd::http::Body;
+
+/// The bindings of `wasi:config` and `wasi:keyvalue` (vendored in `wit/`).
+mod bindings {
+    wit_bindgen::generate!({ path: "wit", world: "sdk", generate_all });
+}
 
 /// The request a handler receives: the body is already read.
-pub type Request = http::Request<Vec<u8>>;
+pub type Request = ::http::Request<Vec<u8>>;
 
 /// The response a handler may build by hand (see [`IntoResponse`] for shortcuts).
-pub type Response = http::Response<Vec<u8>>;
+pub type Response = ::http::Response<Vec<u8>>;
 
 /// Parses the request body as JSON. A malformed body is a 400 [`Error`] with serde's message.
 pub fn json<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Error> {
@@ -162,9 +190,15 @@ impl std::fmt::Display for Error {
     }
 }
 
-impl<E: std::error::Error> From<E> for Error {
+impl<E: std::error::Error + 'static> From<E> for Error {
+    /// A 500 with the error's message; an outbound call's error is a 502 (504 when it timed
+    /// out), as a gateway answers.
     fn from(error: E) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        let status = match (&error as &dyn std::any::Any).downcast_ref::<http::Error>() {
+            Some(outbound) => outbound.status(),
+            None => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, error.to_string())
     }
 }
 
@@ -179,10 +213,10 @@ pub trait IntoResponse {
 }
 
 fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
-    let mut response = http::Response::new(body);
+    let mut response = ::http::Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
+        ::http::header::CONTENT_TYPE,
         HeaderValue::from_static(content_type),
     );
     response
@@ -194,7 +228,7 @@ impl IntoResponse for Response {
     }
 }
 
-impl IntoResponse for http::Response<String> {
+impl IntoResponse for ::http::Response<String> {
     fn into_response(self) -> Response {
         self.map(String::into_bytes)
     }
@@ -224,7 +258,7 @@ impl IntoResponse for Vec<u8> {
 
 impl IntoResponse for StatusCode {
     fn into_response(self) -> Response {
-        let mut response = http::Response::new(Vec::new());
+        let mut response = ::http::Response::new(Vec::new());
         *response.status_mut() = self;
         response
     }
@@ -319,7 +353,7 @@ pub mod __private {
         };
         let authority = incoming.authority().unwrap_or_else(|| "localhost".into());
         let path = incoming.path_with_query().unwrap_or_else(|| "/".into());
-        let mut builder = http::Request::builder()
+        let mut builder = ::http::Request::builder()
             .method(method)
             .uri(format!("{scheme}://{authority}{path}"));
         for (name, value) in incoming.headers().entries() {
@@ -383,6 +417,117 @@ pub mod __private {
         }
         let _ = OutgoingBody::finish(outgoing_body, None);
     }
+
+    /// What an `async fn` handler may take: the buffered [`Request`], or
+    /// `http::Request<Body>` to read the body as it arrives.
+    pub trait FromIncoming: Sized {
+        /// Reads the request (its head; the whole body for [`Request`]).
+        fn from_incoming(incoming: IncomingRequest) -> impl Future<Output = Result<Self, Error>>;
+    }
+
+    impl FromIncoming for ::http::Request<Body> {
+        async fn from_incoming(incoming: IncomingRequest) -> Result<Self, Error> {
+            wstd::http::request::try_from_incoming(incoming)
+                .map_err(|e| Error::bad_request(format!("invalid request: {e:#}")))
+        }
+    }
+
+    impl FromIncoming for Request {
+        async fn from_incoming(incoming: IncomingRequest) -> Result<Self, Error> {
+            let (parts, mut body) = <::http::Request<Body>>::from_incoming(incoming)
+                .await?
+                .into_parts();
+            let bytes = body
+                .bytes_contents()
+                .await
+                .map_err(|e| Error::bad_request(format!("reading the request body: {e:#}")))?;
+            Ok(Request::from_parts(parts, Vec::from(bytes)))
+        }
+    }
+
+    /// What an `async fn` handler may return: anything [`IntoResponse`], or
+    /// `http::Response<Body>` to stream the body.
+    pub trait Respond {
+        /// The response with its body as a stream.
+        fn into_streaming(self) -> ::http::Response<Body>;
+    }
+
+    impl<T: IntoResponse> Respond for T {
+        fn into_streaming(self) -> ::http::Response<Body> {
+            self.into_response().map(Body::from)
+        }
+    }
+
+    impl Respond for ::http::Response<Body> {
+        fn into_streaming(self) -> ::http::Response<Body> {
+            self
+        }
+    }
+
+    /// Reads the request, runs the `async` handler on the executor (wstd's reactor over
+    /// `wasi:io/poll`) and streams the response as it is produced.
+    pub fn serve_async<A, F, R, H>(incoming: IncomingRequest, out: ResponseOutparam, handler: H)
+    where
+        A: FromIncoming,
+        F: Future<Output = R>,
+        R: Respond,
+        H: FnOnce(A) -> F,
+    {
+        wstd::runtime::block_on(async move {
+            let response = match A::from_incoming(incoming).await {
+                Ok(request) => handler(request).await.into_streaming(),
+                Err(error) => error.into_streaming(),
+            };
+            write_streaming(response, out).await;
+        });
+    }
+
+    async fn write_streaming(response: ::http::Response<Body>, out: ResponseOutparam) {
+        use wstd::http::BodyExt as _;
+        let (parts, body) = response.into_parts();
+        let entries: Vec<(String, Vec<u8>)> = parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect();
+        let headers = match Fields::from_list(&entries) {
+            Ok(headers) => headers,
+            Err(e) => {
+                let error = Error::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the handler set a header wasi:http refuses: {e:?}"),
+                );
+                return write_response(error.into_response(), out);
+            }
+        };
+        let outgoing = OutgoingResponse::new(headers);
+        let _ = outgoing.set_status_code(parts.status.as_u16());
+        let Ok(outgoing_body) = outgoing.body() else {
+            return;
+        };
+        ResponseOutparam::set(out, Ok(outgoing));
+        {
+            let Ok(stream) = outgoing_body.write() else {
+                return;
+            };
+            let stream = wstd::io::AsyncOutputStream::new(stream);
+            let mut body = body.into_boxed_body();
+            while let Some(frame) = body.frame().await {
+                // A body that fails half-way is not finished: the host cuts the response
+                // off rather than pass a truncated body as complete.
+                let Ok(frame) = frame else { return };
+                if let Ok(data) = frame.into_data()
+                    && stream.write_all(&data).await.is_err()
+                {
+                    return;
+                }
+            }
+            if stream.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = OutgoingBody::finish(outgoing_body, None);
+    }
 }
 
 #[cfg(test)]
@@ -390,7 +535,7 @@ mod tests {
     use super::*;
 
     fn request(uri: &str, body: &str) -> Request {
-        http::Request::builder()
+        ::http::Request::builder()
             .uri(uri)
             .body(body.as_bytes().to_vec())
             .unwrap()

@@ -107,6 +107,53 @@ async fn config_and_keyvalue_match_wasmtime_serve() {
     }
 }
 
+/// A function built with thaw's SDK (an `async fn` handler that reads its configuration,
+/// counts in the default store, logs and streams) stays a standard component: `wasmtime
+/// serve -Scli -Sconfig -Skeyvalue` answers it as thaw does.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sdk_function_runs_under_wasmtime_serve() {
+    let Some(cli) = required_wasmtime_cli() else {
+        return;
+    };
+    let (_reference, addr) = reference(
+        &cli,
+        &[
+            "-Scli",
+            "-Sconfig",
+            "-Sconfig-var=greeting=hello",
+            "-Skeyvalue",
+        ],
+        wasm::SDK_TOUR,
+    );
+    let server = TestServer::start();
+    let spec = thaw_runtime::spec::FunctionSpec {
+        route: Some("/".into()),
+        config: [(
+            "greeting".to_owned(),
+            thaw_runtime::config::ConfigValue::Value("hello".into()),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    server.deploy("tour", wasm::SDK_TOUR, spec).await;
+    for path in [
+        "/config?key=greeting",
+        "/config?key=missing",
+        // Once: wasmtime serve's in-memory store starts afresh for every request.
+        "/count",
+        "/log?msg=portable",
+        "/stream?n=5",
+        "/nowhere",
+    ] {
+        let mut answers = Vec::new();
+        for base in [format!("http://{addr}"), server.url.clone()] {
+            let r = client().get(format!("{base}{path}")).send().await.unwrap();
+            answers.push((r.status(), r.bytes().await.unwrap()));
+        }
+        assert_eq!(answers[0], answers[1], "{path}: wasmtime serve, then thaw");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_wasi_component_matches_wasmtime_serve() {
     let Some(cli) = required_wasmtime_cli() else {

@@ -27,6 +27,7 @@ mod packaging;
 mod probes;
 mod redeploy;
 mod restart;
+mod sdk;
 mod shutdown;
 mod state;
 mod streaming;

@@ -5,7 +5,7 @@ use quote::quote;
 use syn::spanned::Spanned as _;
 use syn::{FnArg, ItemFn, parse_macro_input};
 
-/// Exports a function `fn(Request) -> impl IntoResponse` as the component's
+/// Exports a function `fn(Request) -> impl IntoResponse` (or `async fn`) as the component's
 /// `wasi:http/incoming-handler`. See `thaw_sdk` for the full documentation.
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -17,6 +17,13 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
         return error.to_compile_error().into();
     }
     let name = &function.sig.ident;
+    // A plain `fn` takes the path it always took (no executor: the smallest module and the
+    // cheapest request); an `async fn` runs on the SDK's executor.
+    let serve = if function.sig.asyncness.is_some() {
+        quote! { ::thaw_sdk::__private::serve_async(request, response_out, #name); }
+    } else {
+        quote! { ::thaw_sdk::__private::serve(request, response_out, #name); }
+    };
     quote! {
         #function
 
@@ -27,7 +34,7 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
                     request: ::thaw_sdk::__private::wasi::http::types::IncomingRequest,
                     response_out: ::thaw_sdk::__private::wasi::http::types::ResponseOutparam,
                 ) {
-                    ::thaw_sdk::__private::serve(request, response_out, #name);
+                    #serve
                 }
             }
             ::thaw_sdk::__private::wasi::http::proxy::export!(
@@ -40,12 +47,6 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 fn check_signature(function: &ItemFn) -> syn::Result<()> {
     let sig = &function.sig;
-    if let Some(token) = &sig.asyncness {
-        return Err(syn::Error::new(
-            token.span(),
-            "a thaw handler is a plain `fn`, not `async fn`: the request is read before it is called",
-        ));
-    }
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(
             sig.generics.span(),
@@ -55,7 +56,7 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
     if sig.inputs.len() != 1 || matches!(sig.inputs.first(), Some(FnArg::Receiver(_))) {
         return Err(syn::Error::new(
             sig.inputs.span(),
-            "a thaw handler takes exactly one argument: `fn handle(req: thaw_sdk::Request) -> impl thaw_sdk::IntoResponse`",
+            "a thaw handler takes exactly one argument: `fn handle(req: thaw_sdk::Request) -> impl thaw_sdk::IntoResponse` (or `async fn`)",
         ));
     }
     Ok(())
