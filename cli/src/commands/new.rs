@@ -59,14 +59,14 @@ pub const TEMPLATES: &[Template] = &[
     Template {
         name: "js",
         about: "JavaScript, a fetch-style handler, built with componentize-js (needs Node.js and npm)",
-        files: files!("js": "package.json", "src/index.js", "wit/world.wit", "thaw.toml", "README.md", "gitignore"),
+        files: files!("js": "package.json", "src/index.js", "src/thaw.js", "wit/world.wit", "thaw.toml", "README.md", "gitignore"),
         // componentize-js 0.23's engine exports wasi:http 0.2.10.
         wit: Some("0.2.10"),
     },
     Template {
         name: "python",
         about: "Python, a plain handler function, built with componentize-py (needs `pip install componentize-py`)",
-        files: files!("python": "app.py", "thaw_http.py", "wit/world.wit", "thaw.toml", "README.md", "gitignore"),
+        files: files!("python": "app.py", "thaw.py", "thaw_http.py", "wit/world.wit", "thaw.toml", "README.md", "gitignore"),
         wit: Some("0.2.12"),
     },
     Template {
@@ -79,6 +79,10 @@ pub const TEMPLATES: &[Template] = &[
 
 /// The WASI WIT packages, as wasmtime 48 declares them (version 0.2.12).
 const WIT_DEPS: &[File] = files!("wit/deps": "cli.wit", "clocks.wit", "filesystem.wit", "http.wit", "io.wit", "random.wit", "sockets.wit");
+
+/// The configuration and key-value interfaces at the versions thaw (and wasmtime 48) link:
+/// their own versions, untouched by the WASI 0.2.x rewrite.
+const WIT_EXTRA: &[File] = files!("wit/deps": "config.wit", "keyvalue.wit");
 
 /// Creates the project, or lists the templates.
 pub fn execute(args: NewArgs) -> anyhow::Result<()> {
@@ -147,6 +151,9 @@ pub fn create(template: &Template, name: &str, dir: &Path) -> anyhow::Result<()>
             // Packages and their `@since` gates both say 0.2.12; an engine built against an
             // earlier 0.2.x needs both lowered (a gate may not name an unreleased version).
             files.push((format!("wit/deps/{path}"), text.replace("0.2.12", version)));
+        }
+        for (path, text) in WIT_EXTRA {
+            files.push((format!("wit/deps/{path}"), (*text).to_owned()));
         }
     }
     for (path, text) in files {

@@ -129,6 +129,167 @@ async fn check(template: &str, toolchain: (&str, &str)) {
 
     let refused = client().post(&url).body("not json").send().await.unwrap();
     assert_eq!(refused.status(), 400, "{template}");
+
+    if template != "go" {
+        writing_a_real_function(template, &project, &server, &name).await;
+    }
+}
+
+/// What the Rust, JS and Python templates show beyond the JSON answer, each through its
+/// language's SDK: an outbound call to an allowed host and one refused, a setting present and
+/// missing, a counter from 8 clients at once, a quota and a structured log line.
+async fn writing_a_real_function(template: &str, project: &Path, server: &TestServer, name: &str) {
+    let up = upstream().await;
+    let other = upstream().await;
+    let token = server.token();
+    // Rewrites the project's thaw.toml with these settings and deploys it (already built).
+    let redeploy = |config: String| {
+        let manifest = project.join("thaw.toml");
+        let kept: Vec<String> = std::fs::read_to_string(&manifest)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && !l.starts_with("config")
+                    && !l.starts_with("allowed_outbound_hosts")
+                    && !l.starts_with("limits")
+            })
+            .map(str::to_owned)
+            .collect();
+        let text = format!(
+            "{}\nconfig = {{ {config} }}\nallowed_outbound_hosts = [\"http://127.0.0.1:{up}\"]\nlimits = {{ kv_max_value_kib = 1 }}\n",
+            kept.join("\n")
+        );
+        std::fs::write(&manifest, text).unwrap();
+        let deployed = thaw(
+            project,
+            &[
+                "deploy",
+                "thaw.toml",
+                "--admin",
+                &server.admin_url,
+                "--admin-token",
+                &token,
+            ],
+        );
+        assert!(
+            deployed.status.success(),
+            "{template}: {}",
+            String::from_utf8_lossy(&deployed.stderr)
+        );
+    };
+    let url = format!("{}/{name}", server.url);
+    let get = |query: &'static str| {
+        let url = format!("{url}{query}");
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+
+    // An allowed upstream answers; one not in the allow-list is refused, naming the field.
+    redeploy(format!(
+        "greeting = \"Hi\", upstream = \"http://127.0.0.1:{up}/\""
+    ));
+    let (status, text) = get("?name=ci").await;
+    assert_eq!(status, 200, "{template}: {text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["upstream"], "upstream", "{template}: {answer}");
+    redeploy(format!(
+        "greeting = \"Hi\", upstream = \"http://127.0.0.1:{other}/\""
+    ));
+    let (status, text) = get("?name=ci").await;
+    assert_eq!(status, 502, "{template}: {text}");
+    assert!(
+        text.contains("allowed_outbound_hosts")
+            && text.contains(&format!("http://127.0.0.1:{other}")),
+        "{template}: {text}"
+    );
+
+    // A missing setting: the code's own default.
+    redeploy("upstream = \"\"".to_owned());
+    let (status, text) = get("?name=ci").await;
+    assert_eq!(status, 200, "{template}: {text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["message"], "Hello, ci!", "{template}: {answer}");
+
+    // 100 calls from 8 clients at once: 100 distinct, consecutive counts.
+    let mut counts: Vec<u64> = futures::future::join_all((0..8).map(|client_no| {
+        let get = &get;
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..(100 / 8 + usize::from(client_no < 100 % 8)) {
+                let (status, text) = get("?name=ci").await;
+                assert_eq!(status, 200, "{text}");
+                let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+                seen.push(answer["calls"].as_u64().unwrap());
+            }
+            seen
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    assert_eq!(counts.len(), 100, "{template}: {counts:?}");
+    assert_eq!(counts[99] - counts[0], 99, "{template}: {counts:?}");
+
+    // A body over kv_max_value_kib: the store's quota error, naming the limit.
+    let big = serde_json::Value::String("x".repeat(2048)).to_string();
+    let r = client().post(&url).body(big).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 500, "{template}: {text}");
+    assert!(
+        text.contains("limits.kv_max_value_kib"),
+        "{template}: {text}"
+    );
+
+    // The structured line each request logs, with its fields, in `thaw logs`.
+    let logs = thaw(
+        project,
+        &[
+            "logs",
+            name,
+            "--admin",
+            &server.admin_url,
+            "--admin-token",
+            &token,
+        ],
+    );
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(" stderr INFO | greeted name=ci calls=")),
+        "{template}: {logs}"
+    );
+}
+
+/// A loopback HTTP server answering `upstream` to anything.
+async fn upstream() -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream")
+                    .await;
+            });
+        }
+    });
+    port
 }
 
 #[tokio::test(flavor = "multi_thread")]

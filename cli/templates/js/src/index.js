@@ -1,20 +1,19 @@
-// {{name}}: answers {"message": "<GREETING>, <name>!", "method": ..., "body": ...}.
-// `?name=` picks the name, the GREETING environment variable (set in thaw.toml) the greeting;
-// a body must be JSON (anything else is a 400). A fetch-style handler, as in a service worker.
-import { getEnvironment } from "wasi:cli/environment@0.2.10";
-
-// Read at the first request, not at the top level: the top level runs at build time (the
-// engine is pre-initialised then), where the environment is not there to read.
-let env;
-function environment() {
-  env ??= Object.fromEntries(getEnvironment());
-  return env;
-}
+// {{name}}: answers {"message": "<greeting>, <name>!", "method", "body", "calls", "upstream"}.
+// - `?name=` picks the name; the greeting is the `greeting` setting in thaw.toml;
+// - a body must be JSON (anything else is a 400);
+// - `calls` counts the requests so far, in the function's key-value store, which also keeps
+//   the last body (`thaw kv get {{name}} last-body`);
+// - `upstream` is what the configured `upstream` URL answered (null when there is none);
+// - each request logs a structured line: `thaw logs {{name}}` shows it.
+// A fetch-style handler, as in a service worker; ./thaw.js has config, kv, log and fetch.
+import { config, fetch, kv, log, ThawError } from "./thaw.js";
 
 async function handle(request) {
   const url = new URL(request.url);
   const name = url.searchParams.get("name") ?? "world";
-  const greeting = environment().GREETING ?? "Hello";
+  // Read per request, not at the top level: the top level runs at build time (the engine is
+  // pre-initialised then), where the host's configuration is not there to read.
+  const greeting = config.get("greeting") ?? "Hello";
   const text = await request.text();
   let body = null;
   if (text.length > 0) {
@@ -24,8 +23,22 @@ async function handle(request) {
       return json(400, { error: `invalid JSON body: ${e.message}` });
     }
   }
-  return json(200, { message: `${greeting}, ${name}!`, method: request.method, body });
+  try {
+    const store = kv.open("default");
+    const calls = store.increment("calls");
+    if (body !== null) store.setJson("last-body", body);
+    const target = config.get("upstream");
+    const upstream = target ? await (await fetch(target)).text() : null;
+    log.info("greeted", { name, calls });
+    return json(200, { message: `${greeting}, ${name}!`, method: request.method, body, calls, upstream });
+  } catch (e) {
+    // An outbound failure is the upstream's fault (502); the store's or the configuration's, ours.
+    if (e instanceof ThawError) return json(OURS.has(e.kind) ? 500 : 502, { error: e.message, kind: e.kind });
+    throw e;
+  }
 }
+
+const OURS = new Set(["config", "kv", "quota", "no-such-store", "access-denied"]);
 
 function json(status, value) {
   return new Response(JSON.stringify(value), {

@@ -1,21 +1,41 @@
-//! {{name}}: answers `{"message": "<GREETING>, <name>!", "method": ..., "body": ...}`.
-//! `?name=` picks the name, the `GREETING` environment variable (set in thaw.toml) the
-//! greeting; a body must be JSON (anything else is a 400).
+//! {{name}}: answers `{"message": "<greeting>, <name>!", "method", "body", "calls", "upstream"}`.
+//!
+//! - `?name=` picks the name; the greeting is the `greeting` setting in thaw.toml;
+//! - a body must be JSON (anything else is a 400);
+//! - `calls` counts the requests so far, in the function's key-value store, which also keeps
+//!   the last body (`thaw kv get {{name}} last-body`);
+//! - `upstream` is what the configured `upstream` URL answered (null when there is none);
+//! - each request logs a structured line: `thaw logs {{name}}` shows it.
 
-use thaw_sdk::{Error, Json, Request, handler};
+use serde_json::{Value, json};
+use thaw_sdk::{Error, Json, Request, config, handler, http, kv, log};
 
 #[handler]
-fn handle(req: Request) -> Result<Json<serde_json::Value>, Error> {
+async fn handle(req: Request) -> Result<Json<Value>, Error> {
     let name = thaw_sdk::query(&req, "name").unwrap_or_else(|| "world".into());
-    let greeting = std::env::var("GREETING").unwrap_or_else(|_| "Hello".into());
-    let body: serde_json::Value = if req.body().is_empty() {
-        serde_json::Value::Null
+    let greeting = config::get("greeting")?.unwrap_or_else(|| "Hello".into());
+    let body: Value = if req.body().is_empty() {
+        Value::Null
     } else {
         thaw_sdk::json(&req)?
     };
-    Ok(Json(serde_json::json!({
+    // State: an atomic counter in the function's own store, and the last body sent.
+    let store = kv::Store::open("default")?;
+    let calls = store.increment("calls", 1)?;
+    if !body.is_null() {
+        store.set_json("last-body", &body)?;
+    }
+    // An outbound call, when one is configured (a refused host is a 502 naming the setting).
+    let upstream = match config::get("upstream")?.filter(|url| !url.is_empty()) {
+        Some(url) => Value::String(http::get(&url).await?.into_body().text().await?),
+        None => Value::Null,
+    };
+    log::info!("greeted", name = name, calls = calls);
+    Ok(Json(json!({
         "message": format!("{greeting}, {name}!"),
         "method": req.method().as_str(),
         "body": body,
+        "calls": calls,
+        "upstream": upstream,
     })))
 }

@@ -1,0 +1,260 @@
+// thaw.js: configuration, state and logs for a thaw function, over the standard interfaces
+// the host offers (wasi:config, wasi:keyvalue, wasi:http, stderr). The global `fetch` works as
+// ever; `fetch` here sends over wasi:http itself so that a failure says why (a refused host
+// names the setting to change).
+//
+//   import { config, kv, log, fetch, ThawError } from "./thaw.js";
+//   const greeting = config.get("greeting") ?? "Hello";
+//   const calls = kv.open("default").increment("calls");
+//   log.info("greeted", { calls });
+//
+// Every failure is a ThawError with a `kind`: "config", "no-such-store", "access-denied",
+// "quota" (with `field`, the limit to raise), "kv", "denied" (the host is not in
+// allowed_outbound_hosts), "too-many-requests", "dns", "connection-refused", "timeout",
+// "response-too-large" or "fetch".
+import { get as configGet, getAll as configGetAll } from "wasi:config/store@0.2.0-rc.1";
+import { open as openBucket } from "wasi:keyvalue/store@0.2.0-draft";
+import { increment as atomicIncrement } from "wasi:keyvalue/atomics@0.2.0-draft";
+import { handle as handleOutgoing } from "wasi:http/outgoing-handler@0.2.10";
+import { Fields, OutgoingBody, OutgoingRequest } from "wasi:http/types@0.2.10";
+
+export class ThawError extends Error {
+  constructor(kind, message, field) {
+    super(message);
+    this.name = "ThawError";
+    this.kind = kind;
+    if (field !== undefined) this.field = field;
+  }
+}
+
+// A WIT error variant as the bindings throw it: `{ tag, val }`, possibly in `payload`.
+function variant(e) {
+  const v = e?.payload ?? e;
+  return typeof v === "object" && v !== null && "tag" in v ? v : { tag: "other", val: String(e) };
+}
+
+export const config = {
+  /** The value of `key`, or null when the function has no such setting. */
+  get(key) {
+    try {
+      return configGet(key) ?? null;
+    } catch (e) {
+      const { tag, val } = variant(e);
+      throw new ThawError("config", `configuration (${tag}): ${val}`);
+    }
+  },
+  /** Every setting, as an object. */
+  getAll() {
+    try {
+      return Object.fromEntries(configGetAll());
+    } catch (e) {
+      const { tag, val } = variant(e);
+      throw new ThawError("config", `configuration (${tag}): ${val}`);
+    }
+  },
+};
+
+const QUOTA = "over the function's key-value quota ";
+const QUOTA_FIELDS = ["kv_max_value_kib", "kv_max_keys", "kv_max_mib"];
+
+function kvError(e, store) {
+  const { tag, val } = variant(e);
+  if (tag === "no-such-store") {
+    return new ThawError(tag, `no key-value store "${store}" ("default" is the one every host has)`);
+  }
+  if (tag === "access-denied") return new ThawError(tag, "access to the key-value store denied");
+  const text = String(val);
+  if (text.startsWith(QUOTA)) {
+    const field = QUOTA_FIELDS.find((f) => text.slice(QUOTA.length).startsWith(f));
+    if (field) return new ThawError("quota", `${text} (raise limits.${field} in thaw.toml)`, field);
+  }
+  return new ThawError("kv", `key-value store: ${text}`);
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+class Store {
+  #bucket;
+  #name;
+  constructor(bucket, name) {
+    this.#bucket = bucket;
+    this.#name = name;
+  }
+  #call(f) {
+    try {
+      return f();
+    } catch (e) {
+      throw kvError(e, this.#name);
+    }
+  }
+  /** The value of `key` as bytes (Uint8Array), or null. */
+  get(key) {
+    return this.#call(() => this.#bucket.get(key)) ?? null;
+  }
+  /** The value of `key` as text, or null. */
+  getText(key) {
+    const v = this.get(key);
+    return v === null ? null : decoder.decode(v);
+  }
+  /** The value of `key` parsed as JSON, or null. */
+  getJson(key) {
+    const v = this.getText(key);
+    return v === null ? null : JSON.parse(v);
+  }
+  /** Sets `key` to `value` (a string or a Uint8Array). */
+  set(key, value) {
+    const bytes = typeof value === "string" ? encoder.encode(value) : value;
+    this.#call(() => this.#bucket.set(key, bytes));
+  }
+  /** Sets `key` to `value` as JSON. */
+  setJson(key, value) {
+    this.set(key, JSON.stringify(value));
+  }
+  /** Removes `key`. */
+  delete(key) {
+    this.#call(() => this.#bucket.delete(key));
+  }
+  /** Whether `key` has a value. */
+  exists(key) {
+    return this.#call(() => this.#bucket.exists(key));
+  }
+  /** Adds `delta` (default 1) to the number at `key`, atomically; returns the new value. */
+  increment(key, delta = 1) {
+    return Number(this.#call(() => atomicIncrement(this.#bucket, key, BigInt(delta))));
+  }
+  /** Every key, fetched a page at a time. */
+  *keys() {
+    let cursor;
+    do {
+      const page = this.#call(() => this.#bucket.listKeys(cursor));
+      yield* page.keys;
+      cursor = page.cursor;
+    } while (cursor !== undefined && cursor !== null);
+  }
+}
+
+export const kv = {
+  /** Opens the store `name`: "default" is the function's default store. */
+  open(name = "default") {
+    try {
+      return new Store(openBucket(name === "default" ? "" : name), name);
+    } catch (e) {
+      throw kvError(e, name);
+    }
+  },
+};
+
+function write(level, msg, fields) {
+  const line = { level, msg: String(msg) };
+  if (fields && Object.keys(fields).length > 0) line.fields = fields;
+  let text = JSON.stringify(line);
+  // The host keeps 4 KiB of a line: keep it whole JSON.
+  if (text.length > 4000) text = JSON.stringify({ level, msg: String(msg).slice(0, 1000) + "…" });
+  console.error(text);
+}
+
+/** Structured logs: `log.info("charged", { order: 42 })`; `thaw logs` shows level and fields. */
+export const log = {
+  debug: (msg, fields) => write("debug", msg, fields),
+  info: (msg, fields) => write("info", msg, fields),
+  warn: (msg, fields) => write("warn", msg, fields),
+  error: (msg, fields) => write("error", msg, fields),
+};
+
+const MAX_RESPONSE_BYTES = 16 << 20;
+
+function httpError(url, code) {
+  const tag = code?.tag ?? String(code);
+  const kinds = {
+    "HTTP-request-denied": ["denied", `request to ${url} denied: add "${url.origin}" to allowed_outbound_hosts in thaw.toml`],
+    "connection-limit-reached": ["too-many-requests", `request to ${url} refused: this invocation already sent its max_outbound_requests`],
+    "DNS-error": ["dns", `request to ${url}: name lookup failed`],
+    "DNS-timeout": ["dns", `request to ${url}: name lookup timed out`],
+    "destination-not-found": ["dns", `request to ${url}: name lookup failed`],
+    "connection-refused": ["connection-refused", `request to ${url}: connection refused`],
+    "connection-terminated": ["connection-refused", `request to ${url}: connection closed`],
+    "destination-unavailable": ["connection-refused", `request to ${url}: connection refused`],
+    "connection-timeout": ["timeout", `request to ${url} timed out connecting`],
+    "HTTP-response-timeout": ["timeout", `request to ${url} timed out waiting for the response`],
+    "connection-read-timeout": ["timeout", `request to ${url} timed out reading the response`],
+  };
+  const [kind, message] = kinds[tag] ?? ["fetch", `request to ${url} failed: ${tag}`];
+  return new ThawError(kind, message);
+}
+
+/**
+ * `fetch(url, { method, headers, body })` over wasi:http itself, returning a standard
+ * Response; a failure is a ThawError of the kinds above (a refused host names the setting).
+ * It waits for each response in turn and reads the body whole (at most 16 MiB, or
+ * `maxBytes`); for calls in flight together or streamed bodies use the global `fetch`,
+ * whose failures are an untyped NetworkError.
+ */
+export async function fetch(input, init = {}) {
+  const url = new URL(typeof input === "string" ? input : input.url);
+  const method = (init.method ?? "GET").toUpperCase();
+  const headers = new Headers(init.headers ?? {});
+  const entries = [];
+  headers.forEach((value, name) => entries.push([name, encoder.encode(value)]));
+  const request = new OutgoingRequest(Fields.fromList(entries));
+  const methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+  request.setMethod(methods.includes(method) ? { tag: method.toLowerCase() } : { tag: "other", val: method });
+  request.setScheme({ tag: url.protocol === "https:" ? "HTTPS" : "HTTP" });
+  request.setAuthority(url.host);
+  request.setPathWithQuery(url.pathname + url.search);
+  const outgoing = request.body();
+  let future;
+  try {
+    future = handleOutgoing(request, undefined);
+  } catch (e) {
+    throw httpError(url, variant(e));
+  }
+  const body = init.body === undefined || init.body === null ? new Uint8Array()
+    : typeof init.body === "string" ? encoder.encode(init.body) : new Uint8Array(init.body);
+  // When the host refuses the request the body's stream closes: the response says why.
+  try {
+    const stream = outgoing.write();
+    for (let at = 0; at < body.length; at += 4096) {
+      stream.blockingWriteAndFlush(body.subarray(at, at + 4096));
+    }
+    stream[Symbol.dispose]?.();
+    OutgoingBody.finish(outgoing, undefined);
+  } catch (_) {
+    // reported by the response below
+  }
+  future.subscribe().block();
+  const result = future.get();
+  if (result?.tag !== "ok") throw new ThawError("fetch", `request to ${url}: no response`);
+  if (result.val.tag === "err") throw httpError(url, result.val.val);
+  const response = result.val.val;
+  const responseHeaders = new Headers();
+  for (const [name, value] of response.headers().entries()) {
+    responseHeaders.append(name, decoder.decode(value));
+  }
+  const status = response.status();
+  const incoming = response.consume();
+  const stream = incoming.stream();
+  const limit = init.maxBytes ?? MAX_RESPONSE_BYTES;
+  const chunks = [];
+  let size = 0;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = stream.blockingRead(65536n);
+    } catch (_) {
+      break; // the stream's end is an error in wasi:io
+    }
+    size += chunk.length;
+    if (size > limit) {
+      throw new ThawError("response-too-large", `the response from ${url} is larger than ${limit} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    all.set(chunk, at);
+    at += chunk.length;
+  }
+  return new Response(status === 204 || status === 304 ? null : all, { status, headers: responseHeaders });
+}

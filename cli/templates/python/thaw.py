@@ -1,0 +1,290 @@
+"""Configuration, state, logs and outbound HTTP for a thaw function, over the standard
+interfaces the host offers (wasi:config, wasi:keyvalue, wasi:http, stderr).
+
+    from thaw import config, http, kv, log, ThawError
+
+    greeting = config.get("greeting") or "Hello"
+    calls = kv.open("default").increment("calls")
+    answer = http.fetch("https://api.example.com/v1").text()
+    log.info("greeted", calls=calls)
+
+Every failure is a ThawError with a `kind`: "config", "no-such-store", "access-denied",
+"quota" (with `field`, the limit to raise), "kv", "denied" (the host is not in
+allowed_outbound_hosts), "too-many-requests", "dns", "connection-refused", "timeout",
+"response-too-large" or "fetch".
+"""
+
+import json
+import sys
+from urllib.parse import urlsplit
+
+from componentize_py_types import Err, Ok
+from wit_world.imports import atomics, outgoing_handler
+from wit_world.imports import wasi_config_store as _config
+from wit_world.imports import wasi_keyvalue_store as _store
+from wit_world.imports import types as _http
+
+
+class ThawError(Exception):
+    """A failure, with its `kind` (see the module's docs) and, for a quota, its `field`."""
+
+    def __init__(self, kind: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.field = field
+
+
+class config:
+    """The function's settings (the `config` table of its thaw.toml)."""
+
+    @staticmethod
+    def get(key: str) -> str | None:
+        """The value of `key`, or None when the function has no such setting."""
+        try:
+            return _config.get(key)
+        except Err as e:
+            raise ThawError("config", f"configuration: {getattr(e.value, 'value', e.value)}")
+
+    @staticmethod
+    def get_all() -> dict:
+        """Every setting."""
+        try:
+            return dict(_config.get_all())
+        except Err as e:
+            raise ThawError("config", f"configuration: {getattr(e.value, 'value', e.value)}")
+
+
+_QUOTA = "over the function's key-value quota "
+_QUOTA_FIELDS = ("kv_max_value_kib", "kv_max_keys", "kv_max_mib")
+
+
+def _kv_error(error, store: str) -> ThawError:
+    if isinstance(error, _store.Error_NoSuchStore):
+        return ThawError(
+            "no-such-store",
+            f'no key-value store "{store}" ("default" is the one every host has)',
+        )
+    if isinstance(error, _store.Error_AccessDenied):
+        return ThawError("access-denied", "access to the key-value store denied")
+    text = str(getattr(error, "value", error))
+    if text.startswith(_QUOTA):
+        for field in _QUOTA_FIELDS:
+            if text[len(_QUOTA) :].startswith(field):
+                return ThawError("quota", f"{text} (raise limits.{field} in thaw.toml)", field)
+    return ThawError("kv", f"key-value store: {text}")
+
+
+class Store:
+    """One open store of the function: see `kv.open`."""
+
+    def __init__(self, bucket, name: str):
+        self._bucket = bucket
+        self._name = name
+
+    def _call(self, f, *args):
+        try:
+            return f(*args)
+        except Err as e:
+            raise _kv_error(e.value, self._name)
+
+    def get(self, key: str) -> bytes | None:
+        """The value of `key`, or None."""
+        return self._call(self._bucket.get, key)
+
+    def get_text(self, key: str) -> str | None:
+        """The value of `key` as text, or None."""
+        value = self.get(key)
+        return None if value is None else value.decode()
+
+    def get_json(self, key: str):
+        """The value of `key` parsed as JSON, or None."""
+        value = self.get(key)
+        return None if value is None else json.loads(value)
+
+    def set(self, key: str, value: bytes | str) -> None:
+        """Sets `key` to `value`."""
+        self._call(self._bucket.set, key, value.encode() if isinstance(value, str) else value)
+
+    def set_json(self, key: str, value) -> None:
+        """Sets `key` to `value` as JSON."""
+        self.set(key, json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        """Removes `key`."""
+        self._call(self._bucket.delete, key)
+
+    def exists(self, key: str) -> bool:
+        """Whether `key` has a value."""
+        return self._call(self._bucket.exists, key)
+
+    def increment(self, key: str, delta: int = 1) -> int:
+        """Adds `delta` to the number at `key` atomically; returns the new value."""
+        return self._call(atomics.increment, self._bucket, key, delta)
+
+    def keys(self):
+        """Every key, fetched a page at a time."""
+        cursor = None
+        while True:
+            page = self._call(self._bucket.list_keys, cursor)
+            yield from page.keys
+            cursor = page.cursor
+            if cursor is None:
+                return
+
+
+class kv:
+    """The function's key-value store."""
+
+    @staticmethod
+    def open(name: str = "default") -> Store:
+        """Opens the store `name`: "default" is the function's default store."""
+        try:
+            return Store(_store.open("" if name == "default" else name), name)
+        except Err as e:
+            raise _kv_error(e.value, name)
+
+
+def _write(level: str, msg, fields: dict) -> None:
+    line = {"level": level, "msg": str(msg)}
+    if fields:
+        line["fields"] = fields
+    text = json.dumps(line, default=str, ensure_ascii=False)
+    if len(text.encode()) > 4000:  # the host keeps 4 KiB of a line: keep it whole JSON
+        text = json.dumps({"level": level, "msg": str(msg)[:1000] + "…"}, ensure_ascii=False)
+    print(text, file=sys.stderr, flush=True)
+
+
+class log:
+    """Structured logs: `log.info("charged", order=42)`; `thaw logs` shows level and fields."""
+
+    @staticmethod
+    def debug(msg, **fields) -> None:
+        _write("debug", msg, fields)
+
+    @staticmethod
+    def info(msg, **fields) -> None:
+        _write("info", msg, fields)
+
+    @staticmethod
+    def warn(msg, **fields) -> None:
+        _write("warn", msg, fields)
+
+    @staticmethod
+    def error(msg, **fields) -> None:
+        _write("error", msg, fields)
+
+
+MAX_RESPONSE_BYTES = 16 << 20
+
+
+class Response:
+    """An outbound call's response: `status`, `headers` (a dict) and the body."""
+
+    def __init__(self, url: str, status: int, headers: dict, body: bytes):
+        self.url = url
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self):
+        return json.loads(self.body)
+
+
+_METHODS = {
+    "GET": _http.Method_Get,
+    "HEAD": _http.Method_Head,
+    "POST": _http.Method_Post,
+    "PUT": _http.Method_Put,
+    "DELETE": _http.Method_Delete,
+    "OPTIONS": _http.Method_Options,
+    "PATCH": _http.Method_Patch,
+}
+
+
+def _http_error(url: str, code) -> ThawError:
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    kinds = [
+        ((_http.ErrorCode_HttpRequestDenied,), "denied",
+         f'request to {url} denied: add "{origin}" to allowed_outbound_hosts in thaw.toml'),
+        ((_http.ErrorCode_ConnectionLimitReached,), "too-many-requests",
+         f"request to {url} refused: this invocation already sent its max_outbound_requests"),
+        ((_http.ErrorCode_DnsError, _http.ErrorCode_DnsTimeout, _http.ErrorCode_DestinationNotFound),
+         "dns", f"request to {url}: name lookup failed"),
+        ((_http.ErrorCode_ConnectionRefused, _http.ErrorCode_ConnectionTerminated,
+          _http.ErrorCode_DestinationUnavailable), "connection-refused",
+         f"request to {url}: connection refused"),
+        ((_http.ErrorCode_ConnectionTimeout, _http.ErrorCode_HttpResponseTimeout,
+          _http.ErrorCode_ConnectionReadTimeout, _http.ErrorCode_ConnectionWriteTimeout),
+         "timeout", f"request to {url} timed out"),
+    ]
+    for types, kind, message in kinds:
+        if isinstance(code, types):
+            return ThawError(kind, message)
+    return ThawError("fetch", f"request to {url} failed: {code}")
+
+
+class http:
+    """Outbound HTTP over wasi:http: `http.fetch(url)` returns a `Response`."""
+
+    @staticmethod
+    def fetch(url: str, method: str = "GET", headers: dict | None = None,
+              body: bytes | str | None = None, max_bytes: int = MAX_RESPONSE_BYTES) -> Response:
+        """Sends a request and reads the whole response (at most `max_bytes` of body)."""
+        parts = urlsplit(url)
+        fields = _http.Fields.from_list(
+            [(k, str(v).encode("latin-1")) for k, v in (headers or {}).items()]
+        )
+        request = _http.OutgoingRequest(fields)
+        request.set_method(_METHODS[method.upper()]() if method.upper() in _METHODS
+                           else _http.Method_Other(method))
+        request.set_scheme(_http.Scheme_Https() if parts.scheme == "https" else _http.Scheme_Http())
+        request.set_authority(parts.netloc)
+        request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        out_body = request.body()
+        try:
+            future = outgoing_handler.handle(request, None)
+        except Err as e:
+            raise _http_error(url, e.value)
+        data = body.encode() if isinstance(body, str) else (body or b"")
+        # When the host refuses the request the body's stream closes: the response says why.
+        try:
+            stream = out_body.write()
+            for start in range(0, len(data), 4096):
+                stream.blocking_write_and_flush(data[start : start + 4096])
+            stream.__exit__(None, None, None)
+            _http.OutgoingBody.finish(out_body, None)
+        except Err:
+            pass
+        pollable = future.subscribe()
+        pollable.block()
+        pollable.__exit__(None, None, None)
+        result = future.get()
+        future.__exit__(None, None, None)
+        if result is None or isinstance(result, Err):
+            raise ThawError("fetch", f"request to {url}: no response")
+        inner = result.value
+        if isinstance(inner, Err):
+            raise _http_error(url, inner.value)
+        response = inner.value
+        status = response.status()
+        response_headers = {k: v.decode("latin-1") for k, v in response.headers().entries()}
+        incoming = response.consume()
+        stream = incoming.stream()
+        chunks, size = [], 0
+        while True:
+            try:
+                chunk = stream.blocking_read(65536)
+            except Err:  # the stream's end (or a failure) is an error in wasi:io
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                stream.__exit__(None, None, None)
+                raise ThawError("response-too-large",
+                                f"the response from {url} is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+        stream.__exit__(None, None, None)
+        return Response(url, status, response_headers, b"".join(chunks))
