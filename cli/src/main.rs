@@ -58,6 +58,9 @@ enum Command {
     Invoke(commands::invoke::InvokeArgs),
     /// Run the build commands of a thaw.toml manifest
     Build(commands::build::BuildArgs),
+    /// Build, deploy and watch a manifest's functions: every change rebuilt and live, logs
+    /// streamed (starts a local host if none answers)
+    Dev(commands::dev::DevArgs),
     /// Create a function project (rust, js, python, go) that builds and deploys as it is
     New(commands::new::NewArgs),
     /// Measure cold starts against wasmtime serve, processes and containers (see
@@ -104,6 +107,7 @@ fn main() {
                     Command::Kv(args) => commands::kv::execute(args).await,
                     Command::Invoke(args) => commands::invoke::execute(args).await,
                     Command::Build(args) => commands::build::execute(args),
+                    Command::Dev(args) => commands::dev::execute(args).await,
                     Command::New(args) => commands::new::execute(args),
                     Command::Bench(args) => thaw_bench::execute(args).await,
                 }

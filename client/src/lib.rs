@@ -64,7 +64,8 @@ pub struct ApiError {
 /// What every call returns.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Talks to one host's admin API.
+/// Talks to one host's admin API. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
 pub struct AdminClient {
     base: String,
     token: Option<String>,

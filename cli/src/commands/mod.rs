@@ -3,6 +3,7 @@
 pub mod build;
 pub mod cluster;
 pub mod deploy;
+pub mod dev;
 pub mod invoke;
 pub mod kv;
 pub mod list;

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::{TestServer, client};
 
@@ -323,4 +324,83 @@ async fn the_python_template_builds_deploys_and_answers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_go_template_builds_deploys_and_answers() {
     check("go", ("go", "version")).await;
+}
+
+/// `thaw dev` on the Rust template, against a running host: the first build goes live, a
+/// saved edit is live without a restart, and a syntax error prints the compiler's message
+/// while the last good version keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn thaw_dev_makes_each_save_live_and_keeps_the_last_good_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let created = thaw(tmp.path(), &["new", "rust", "devfn"]);
+    assert!(created.status.success(), "{created:?}");
+    let project = tmp.path().join("devfn");
+    let server = TestServer::start();
+    // The output goes outside the watched project (a file written there is a change).
+    let output = tmp.path().join("dev.log");
+    let log = std::fs::File::create(&output).unwrap();
+    let _dev = thaw_harness::Killed(
+        Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .args([
+                "dev",
+                "--admin",
+                &server.admin_url,
+                "--admin-token",
+                &server.token(),
+            ])
+            .current_dir(&project)
+            .env("PATH", path())
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("{}/devfn?name=dev", server.url);
+    let message = || {
+        let url = url.clone();
+        async move {
+            let r = client().get(url).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            let answer: serde_json::Value = r.json().await.ok()?;
+            answer["message"].as_str().map(str::to_owned)
+        }
+    };
+    let log_text = || std::fs::read_to_string(&output).unwrap_or_default();
+    let first = thaw_harness::eventually_some(
+        "the first build to go live",
+        Duration::from_secs(600),
+        || async { message().await.filter(|m| m == "Hi, dev!") },
+    )
+    .await;
+    assert_eq!(first, "Hi, dev!");
+
+    let source = project.join("src/lib.rs");
+    let code = std::fs::read_to_string(&source).unwrap();
+    let edited = code.replace(
+        r#"format!("{greeting}, {name}!")"#,
+        r#"format!("{greeting}, {name}, edited")"#,
+    );
+    assert_ne!(code, edited, "the template's message line moved");
+    std::fs::write(&source, &edited).unwrap();
+    thaw_harness::eventually_some("the edit to go live", Duration::from_secs(300), || async {
+        message().await.filter(|m| m == "Hi, dev, edited")
+    })
+    .await;
+
+    std::fs::write(&source, format!("{edited}\nthis is not rust\n")).unwrap();
+    thaw_harness::eventually(
+        "the compiler's message",
+        Duration::from_secs(300),
+        || async { log_text().contains("the last good version keeps serving") },
+    )
+    .await;
+    let text = log_text();
+    assert!(text.contains("error: expected"), "{text}");
+    assert_eq!(message().await.as_deref(), Some("Hi, dev, edited"));
 }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::spec::{DirGrant, FunctionSpec, LimitsSpec, ReuseSpec};
 
 /// A parsed manifest and the directory its paths are relative to.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Manifest {
     /// The functions, in file order.
     pub functions: Vec<ManifestFunction>,

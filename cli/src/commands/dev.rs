@@ -1,0 +1,277 @@
+//! `thaw dev`: the inner loop. Build and deploy a manifest's functions, then watch their
+//! sources: on a change, rebuild and redeploy, while the functions' logs stream into the
+//! terminal.
+//!
+//! # The host
+//! If a host answers at `--admin`, `thaw dev` deploys to it. Otherwise it starts one of its
+//! own (`thaw serve --fast-deploy`, data under `.thaw/dev` beside the manifest) and stops it
+//! on exit; the fast tier makes a redeploy a matter of milliseconds after the build.
+//!
+//! # A failed build
+//! The build's own output (the compiler's message) goes to the terminal as it is written, and
+//! nothing is deployed: the last good version keeps serving until the next change builds.
+//!
+//! # Watching
+//! Changes are seen through the `notify` crate (inotify here, FSEvents on macOS) on the
+//! manifest's directory, recursively, ignoring build outputs and tools' directories
+//! (`target`, `node_modules`, `.git`, `.thaw`, `__pycache__`, lock files, `*.wasm`). Changes that arrive
+//! together (an editor's save is several events) make one rebuild: the watcher waits for
+//! [`SETTLE`] of quiet first.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use notify::Watcher as _;
+use thaw_runtime::manifest::Manifest;
+
+use crate::commands::Target;
+
+/// How long the sources must be quiet before a rebuild starts.
+const SETTLE: Duration = Duration::from_millis(150);
+/// How long a host `thaw dev` starts may take to answer.
+const HOST_START: Duration = Duration::from_secs(30);
+/// Directories and files whose changes never start a rebuild: build outputs, tools' state,
+/// and the lock files a build itself may write (or every build would start the next).
+const IGNORED: &[&str] = &[
+    "target",
+    "node_modules",
+    ".git",
+    ".thaw",
+    "__pycache__",
+    "Cargo.lock",
+    "package-lock.json",
+];
+
+/// `thaw dev` flags.
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// The manifest
+    #[arg(default_value = "thaw.toml")]
+    pub manifest: PathBuf,
+    /// Where the host `thaw dev` starts (when none answers at --admin) serves functions
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// A host `thaw dev` started; stopped when dropped.
+struct OwnHost(std::process::Child);
+
+impl Drop for OwnHost {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the loop until interrupted.
+pub async fn execute(args: DevArgs) -> anyhow::Result<()> {
+    let manifest_path = std::path::absolute(&args.manifest)
+        .with_context(|| format!("finding {}", args.manifest.display()))?;
+    let root = manifest_path
+        .parent()
+        .context("the manifest has no directory")?
+        .to_path_buf();
+    let mut target = args.target.clone();
+    let _own = match target.client()?.status().await {
+        Ok(_) => {
+            eprintln!("thaw dev: deploying to the host at {}", target.admin);
+            None
+        }
+        Err(_) => Some(start_host(&args, &root, &mut target).await?),
+    };
+    let client = target.client()?;
+
+    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.kind.is_modify() | event.kind.is_create() | event.kind.is_remove()
+            && event.paths.iter().any(|p| watched(p))
+        {
+            let _ = changes_tx.send(());
+        }
+    })
+    .context("starting the file watcher")?;
+    watcher
+        .watch(&root, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", root.display()))?;
+
+    let mut following = std::collections::HashSet::new();
+    loop {
+        if let Some(names) = build_and_deploy(&manifest_path, &client).await {
+            for name in names {
+                if following.insert(name.clone()) {
+                    tokio::spawn(follow_logs(client.clone(), name));
+                }
+            }
+        }
+        eprintln!("thaw dev: watching {} (Ctrl-C stops)", root.display());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            change = changes.recv() => if change.is_none() { return Ok(()) },
+        }
+        // Let a burst of events (one save) settle into one rebuild.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SETTLE) => break,
+                _ = changes.recv() => {}
+            }
+        }
+    }
+}
+
+/// Whether a change to `path` should start a rebuild.
+fn watched(path: &Path) -> bool {
+    let ignored_dir = path.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|name| IGNORED.contains(&name))
+    });
+    !ignored_dir && path.extension().is_none_or(|e| e != "wasm")
+}
+
+/// Builds, then deploys every function; the names deployed, or `None` when the build or a
+/// deploy failed (the message is printed; what serves is unchanged).
+async fn build_and_deploy(
+    manifest_path: &Path,
+    client: &thaw_client::AdminClient,
+) -> Option<Vec<String>> {
+    let started = std::time::Instant::now();
+    // Read again each time: a change may be to the manifest itself.
+    let manifest = match Manifest::load(manifest_path) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("thaw dev: {e:#}");
+            return None;
+        }
+    };
+    let build = {
+        let manifest = manifest.clone();
+        tokio::task::spawn_blocking(move || manifest.build()).await
+    };
+    match build {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("thaw dev: {e:#}; the last good version keeps serving");
+            return None;
+        }
+        Err(e) => {
+            eprintln!("thaw dev: the build did not finish: {e}");
+            return None;
+        }
+    }
+    let built = started.elapsed();
+    let mut names = Vec::new();
+    for function in &manifest.functions {
+        let path = manifest.wasm_path(function);
+        let wasm = match tokio::fs::read(&path).await {
+            Ok(wasm) => wasm,
+            Err(e) => {
+                eprintln!("thaw dev: reading {}: {e}", path.display());
+                return None;
+            }
+        };
+        match client
+            .deploy_with(
+                &function.name,
+                &function.spec(),
+                wasm.into(),
+                Default::default(),
+            )
+            .await
+        {
+            Ok(f) => eprintln!(
+                "thaw dev: {} v{} live at {} (built in {} ms, live in {} ms)",
+                f.name,
+                f.generation,
+                f.route,
+                built.as_millis(),
+                started.elapsed().as_millis()
+            ),
+            Err(e) => {
+                eprintln!("thaw dev: deploying {}: {e:#}", function.name);
+                return None;
+            }
+        }
+        names.push(function.name.clone());
+    }
+    Some(names)
+}
+
+/// Prints the function's new log lines as they are written, for as long as `thaw dev` runs.
+async fn follow_logs(client: thaw_client::AdminClient, name: String) {
+    let Ok((mut last, _)) = client.logs(&name, 0, 0, Some(0), false, |_| {}).await else {
+        return;
+    };
+    let print = |entry: thaw_spec::api::LogEntry| {
+        println!(
+            "{name}: {}",
+            crate::commands::logs::format_line(&entry, false)
+        );
+    };
+    loop {
+        match client.logs(&name, last, 0, None, true, print).await {
+            Ok((seq, _)) => last = seq,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Starts `thaw serve --fast-deploy` with its data beside the manifest and waits until it
+/// answers; points `target` at it.
+async fn start_host(args: &DevArgs, root: &Path, target: &mut Target) -> anyhow::Result<OwnHost> {
+    let data = root.join(".thaw/dev");
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let admin = target
+        .admin
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let exe = std::env::current_exe().context("finding the thaw binary")?;
+    let child = std::process::Command::new(exe)
+        .args(["serve", "--fast-deploy", "--listen", &args.listen])
+        .args(["--admin-listen", &admin])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting thaw serve")?;
+    let host = OwnHost(child);
+    target.data_dir = Some(data);
+    target.admin_token = None;
+    let deadline = tokio::time::Instant::now() + HOST_START;
+    loop {
+        if let Ok(client) = target.client()
+            && client.status().await.is_ok()
+        {
+            eprintln!(
+                "thaw dev: started a host: functions on http://{}, admin on http://{admin}",
+                args.listen
+            );
+            return Ok(host);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the host thaw dev started did not answer within {HOST_START:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_outputs_and_tool_directories_are_not_watched() {
+        assert!(watched(Path::new("/p/src/lib.rs")));
+        assert!(watched(Path::new("/p/thaw.toml")));
+        assert!(!watched(Path::new("/p/target/debug/x.rs")));
+        assert!(!watched(Path::new("/p/node_modules/a/index.js")));
+        assert!(!watched(Path::new("/p/hello.wasm")));
+        assert!(!watched(Path::new("/p/.thaw/dev/functions.json")));
+    }
+}
