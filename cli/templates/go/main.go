@@ -1,5 +1,6 @@
 // {{name}}: answers {"message": "<GREETING>, <name>!", "method": ..., "body": ...}.
-// `?name=` picks the name, the GREETING environment variable (set in thaw.toml) the greeting;
+// `?name=` picks the name, the `greeting` setting in thaw.toml the greeting (a CGI function
+// reads its configuration as environment variables: `greeting` is GREETING);
 // a body must be JSON (anything else is a 400). A standard net/http handler, served over CGI:
 // thaw runs the module once per request (GOOS=wasip1 has no sockets to listen on).
 package main

@@ -148,7 +148,7 @@ impl Platform {
         spec: &FunctionSpec,
         wasm: &[u8],
         options: DeployOptions,
-    ) -> Result<Arc<wasmtime_wasi_config::WasiConfigVariables>, DeployError> {
+    ) -> Result<Arc<crate::guest::config::Resolved>, DeployError> {
         if options.canary.is_some_and(|p| p > 100) {
             return Err(DeployError::BadRequest(
                 "a canary share is a percent, 0 to 100".into(),
@@ -168,7 +168,7 @@ impl Platform {
         // Checked again when the record commits; here so that a taken route costs no compile.
         self.registry
             .check_route(name, &spec.route_or_default(name))?;
-        Ok(Arc::new(config))
+        Ok(Arc::new(crate::guest::config::Resolved::new(config)))
     }
 
     /// A deploy's second phase: the code, pre-initialised (a Wizer snapshot, if the

@@ -329,7 +329,7 @@ impl Platform {
         function.log = Arc::clone(log);
         function.attach_keyvalue(self.keyvalue.as_ref());
         match self.secrets.resolve(&function.record.spec.config) {
-            Ok(config) => function.config = Arc::new(config),
+            Ok(config) => function.config = Arc::new(crate::guest::config::Resolved::new(config)),
             // It resolved at deploy: the operator removed or renamed a secret since.
             Err(e) => tracing::error!(
                 function = %function.name,

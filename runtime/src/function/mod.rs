@@ -179,7 +179,7 @@ pub struct Function {
     pub version_header: http::HeaderValue,
     /// What `wasi:config/store` answers: the spec's plain values until the control plane
     /// resolves its secrets (see [`crate::guest::config`]).
-    pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    pub config: Arc<crate::guest::config::Resolved>,
     /// Its `wasi:keyvalue` access, given by the control plane (`None`: no store).
     pub keyvalue: Option<crate::guest::keyvalue::GuestKeyValue>,
     /// A WASIp3 function's workers, made by its first request (see [`service`]).
@@ -204,7 +204,7 @@ impl Function {
     /// A function known from its record, code not loaded yet.
     pub fn unloaded(record: FunctionRecord, defaults: &LimitDefaults) -> Self {
         let limits = record.spec.limits.resolve(defaults);
-        let config = Arc::new(
+        let config = Arc::new(crate::guest::config::Resolved::new(
             record
                 .spec
                 .config
@@ -214,7 +214,7 @@ impl Function {
                     crate::config::ConfigValue::Secret { .. } => None,
                 })
                 .collect(),
-        );
+        ));
         Self {
             name: record.name.as_str().into(),
             route: record.spec.route_or_default(&record.name),

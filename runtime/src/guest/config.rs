@@ -34,14 +34,58 @@ pub struct SecretSources {
 /// How long a deploy waits for its secrets.
 pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A version's configuration, resolved: what `wasi:config/store` answers, and the same values
+/// as environment variables for a CGI function, which imports no interfaces (the key in upper
+/// case, anything but A-Z 0-9 `_` as `_`: `api-url` is `API_URL`). Built once per version.
+#[derive(Default)]
+pub struct Resolved {
+    /// For `wasi:config/store`.
+    pub vars: WasiConfigVariables,
+    /// For a CGI function's environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Keys only: a value may be a secret.
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries(self.env.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
+impl Resolved {
+    /// From resolved `(key, value)` pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        let env = pairs
+            .iter()
+            .map(|(key, value)| (env_name(key), value.clone()))
+            .collect();
+        Self {
+            vars: pairs.into_iter().collect(),
+            env,
+        }
+    }
+}
+
+/// A configuration key as an environment variable's name.
+pub fn env_name(key: &str) -> String {
+    key.chars()
+        .map(|c| match c.to_ascii_uppercase() {
+            c @ ('A'..='Z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .collect()
+}
+
 impl SecretSources {
     /// [`SecretSources::resolve`] on a blocking thread, within [`RESOLVE_TIMEOUT`].
     pub async fn resolve_off_workers(
         &self,
         config: BTreeMap<String, ConfigValue>,
-    ) -> Result<WasiConfigVariables, String> {
+    ) -> Result<Vec<(String, String)>, String> {
         if config.is_empty() {
-            return Ok(WasiConfigVariables::new());
+            return Ok(Vec::new());
         }
         let sources = self.clone();
         let resolving = tokio::task::spawn_blocking(move || sources.resolve(&config));
@@ -60,8 +104,8 @@ impl SecretSources {
     pub fn resolve(
         &self,
         config: &BTreeMap<String, ConfigValue>,
-    ) -> Result<WasiConfigVariables, String> {
-        let mut vars = WasiConfigVariables::new();
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut vars = Vec::with_capacity(config.len());
         for (key, value) in config {
             let value = match value {
                 ConfigValue::Value(value) => value.clone(),
@@ -69,7 +113,7 @@ impl SecretSources {
                     .read(secret)
                     .map_err(|why| format!("config {key:?}: secret {secret}: {why}"))?,
             };
-            vars.insert(key.clone(), value);
+            vars.push((key.clone(), value));
         }
         Ok(vars)
     }
@@ -118,6 +162,26 @@ impl SecretSources {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn configuration_reaches_cgi_as_variables_and_debug_shows_no_value() {
+        let resolved = super::Resolved::new(vec![
+            ("api-url".into(), "https://x".into()),
+            ("db.password".into(), "hunter2".into()),
+        ]);
+        assert_eq!(
+            resolved.env,
+            [
+                ("API_URL".to_owned(), "https://x".to_owned()),
+                ("DB_PASSWORD".to_owned(), "hunter2".to_owned())
+            ]
+        );
+        let shown = format!("{resolved:?}");
+        assert!(
+            shown.contains("DB_PASSWORD") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -51,7 +51,7 @@ use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_config::WasiConfig;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::GuestConfig;
@@ -181,7 +181,7 @@ pub struct ProxyHost {
     /// The request being served, for the guest's log lines.
     request: Arc<std::sync::atomic::AtomicU64>,
     /// What `wasi:config/store` answers, shared by every store of the version.
-    config: Arc<WasiConfigVariables>,
+    config: Arc<crate::guest::config::Resolved>,
     /// The function's `wasi:keyvalue` access.
     keyvalue: Option<GuestKeyValue>,
     /// Buckets the guest holds open (see [`crate::guest::keyvalue::MAX_OPEN_BUCKETS`]).
@@ -360,7 +360,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
 impl ProxyHost {
     /// The guest's `wasi:config/store`.
     pub fn config(&mut self) -> WasiConfig<'_> {
-        WasiConfig::new(&self.config)
+        WasiConfig::new(&self.config.vars)
     }
 
     /// The guest's `wasi:keyvalue`.

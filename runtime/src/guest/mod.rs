@@ -66,7 +66,7 @@ pub struct GuestConfig<'a> {
     /// The function's version, for its log lines.
     pub version: u64,
     /// What `wasi:config/store` answers (see [`config`]).
-    pub config: &'a Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    pub config: &'a Arc<config::Resolved>,
     /// The function's `wasi:keyvalue` access; `None`: every `open` is refused.
     pub keyvalue: Option<&'a keyvalue::GuestKeyValue>,
     /// Requests one instance may run at once (`reuse.max_concurrent` of a WASIp3 function;

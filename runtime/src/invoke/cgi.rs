@@ -122,7 +122,9 @@ fn environment(
     if underscored > 0 {
         tracing::debug!(function = %function.name, underscored, "dropped request headers with '_' in their names (CGI would merge them with their '-' twins)");
     }
-    for (key, value) in &function.env {
+    // The spec's environment, then its configuration as variables (a CGI function imports no
+    // wasi:config); neither replaces a request variable, and `env` wins over `config`.
+    for (key, value) in function.env.iter().chain(function.config.env.iter()) {
         if !env.iter().any(|(k, _)| k == key) {
             env.push((key.clone(), value.clone()));
         }
