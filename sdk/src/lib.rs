@@ -77,6 +77,12 @@
 
 #![deny(missing_docs)]
 
+// The Rust snippets of thaw's guide compile as this crate's doctests (only under
+// `cargo test`: the guide is outside the published crate).
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/functions.md")]
+struct GuideSnippets;
+
 use std::io::{Read as _, Write as _};
 
 pub mod config;

@@ -134,6 +134,55 @@ async fn check(template: &str, toolchain: (&str, &str)) {
     if template != "go" {
         writing_a_real_function(template, &project, &server, &name).await;
     }
+    if template == "js" || template == "python" {
+        the_guides_snippet_runs(template, &project, &server, &name).await;
+    }
+}
+
+/// The JavaScript or Python example of docs/functions.md, built in the template's project in
+/// place of its handler, deployed, and asked: its outbound call to a host it may not reach is
+/// refused with the error the guide says. (The guide's Rust examples are thaw-sdk doctests.)
+async fn the_guides_snippet_runs(template: &str, project: &Path, server: &TestServer, name: &str) {
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/functions.md"))
+            .unwrap();
+    let (fence, file) = match template {
+        "js" => ("```js\n", "src/index.js"),
+        _ => ("```python\n", "app.py"),
+    };
+    let start = guide.find(fence).expect("the guide has the example") + fence.len();
+    let snippet = &guide[start..start + guide[start..].find("```").unwrap()];
+    std::fs::write(project.join(file), snippet).unwrap();
+    let token = server.token();
+    let deployed = thaw(
+        project,
+        &[
+            "deploy",
+            "--build",
+            "thaw.toml",
+            "--admin",
+            &server.admin_url,
+            "--admin-token",
+            &token,
+        ],
+    );
+    assert!(
+        deployed.status.success(),
+        "{template}: the guide's example: {}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    let r = client()
+        .get(format!("{}/{name}", server.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 502, "{template}: {text}");
+    assert!(
+        text.contains("allowed_outbound_hosts") && text.contains("https://api.example.com"),
+        "{template}: {text}"
+    );
 }
 
 /// What the Rust, JS and Python templates show beyond the JSON answer, each through its
