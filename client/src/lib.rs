@@ -82,6 +82,11 @@ impl AdminClient {
         }
     }
 
+    /// The admin API's address, as given to [`AdminClient::new`].
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Sends a request with the token; a non-2xx answer becomes an [`ApiError`]. The body
     /// of a 2xx answer is left to the caller (it may stream).
     async fn respond(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {

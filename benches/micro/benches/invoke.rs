@@ -10,6 +10,8 @@
 //!   loaded (deserialize with mmap, link, instantiate, call);
 //! - `invoke-hello/compile`: the first request when the artifact is missing (Cranelift);
 //! - `invoke-hello-busy/*`: fresh and pool-hit while a thread spins on the other core;
+//! - `sdk-handler/{sync,async}-{pool-hit,fresh}`: the SDK's plain `fn` handler beside its
+//!   `async fn` one (`functions/hello-async`, the same greeting on the executor);
 //! - `instantiate-hello/*`: store, instantiate and drop alone, per allocator;
 //! - `invoke-primes/{snapshot, no-snapshot}`: `functions/primes`, whose start-up sieves ten
 //!   million numbers, on a fresh instance per request (and `no-snapshot-winch`: the same with
@@ -148,6 +150,55 @@ fn benches(c: &mut Criterion) {
         .join(format!("{}.cwasm", pooled.record.code_digest()));
     group.bench_function("compile", |b| {
         first_request(b, "compile", &|| std::fs::remove_file(&artifact).unwrap())
+    });
+    group.finish();
+
+    // The SDK's two handler shapes side by side: the same hello as a plain `fn` and as an
+    // `async fn` (which runs on the executor), from the warm pool and fresh.
+    let warmed_async = warm.deploy(
+        &rt,
+        "hello-async",
+        thaw_test_functions::HELLO_ASYNC,
+        Default::default(),
+    );
+    let pooled_async = pooling.deploy(
+        &rt,
+        "hello-async",
+        thaw_test_functions::HELLO_ASYNC,
+        Default::default(),
+    );
+    let pool_hit_of = |b: &mut criterion::Bencher, function: &Arc<Function>, uri: &'static str| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let platform = &warm.platform;
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    while function.pool.is_empty() {
+                        warm_up(function, &platform.invoke_context().admission, 1).await;
+                    }
+                    let start = Instant::now();
+                    call(platform, function, uri, Some("pool-hit")).await;
+                    total += start.elapsed();
+                }
+                total
+            }
+        })
+    };
+    let mut group = c.benchmark_group("sdk-handler");
+    group.bench_function("sync-pool-hit", |b| pool_hit_of(b, &warmed, uri));
+    group.bench_function("async-pool-hit", |b| {
+        pool_hit_of(b, &warmed_async, "http://localhost/hello-async?name=bench")
+    });
+    group.bench_function("sync-fresh", |b| fresh(b, (&pooling, &pooled)));
+    group.bench_function("async-fresh", |b| {
+        b.to_async(&rt).iter(|| {
+            call(
+                &pooling.platform,
+                &pooled_async,
+                "http://localhost/hello-async?name=bench",
+                Some("fresh"),
+            )
+        })
     });
     group.finish();
 

@@ -24,6 +24,10 @@
 //! artifact, in the background) before the first request: they measure a host that has been
 //! up a moment, not one racing its own start.
 //!
+//! The inner loop per language (`Rust: thaw dev, save → live`, beside `Rust: the build alone
+//! (in thaw dev)`; the same for JS and Python): from saving an edit of the template under
+//! `thaw dev` to the first answer with it (see `dev_loop`).
+//!
 //! Then steady state ([`throughput`]): requests per second and latency of thaw, `wasmtime
 //! serve` and a plain hyper server at 1, 32 and 128 connections, with `wrk`.
 //!
@@ -39,6 +43,7 @@
 //! The results folder holds the table (`table.md`), every sample (`samples.csv`), a summary
 //! (`summary.json`, with the machine), a chart (`chart.svg`) and `machine.json`.
 
+mod dev_loop;
 pub mod probe;
 pub mod report;
 pub mod setups;
@@ -124,6 +129,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
     let wasm = std::fs::read(&env.wasm)?;
     thaw_setups(&env, &wasm, counts, &wanted, &mut results).await;
     language_setups(&env, counts, &wanted, &mut results).await;
+    dev_loop::dev_loop_setups(&env, counts.deploys, &wanted, &mut results).await;
     for (name, start, setup) in process_setups(&env) {
         if wanted(&name) {
             let result = setup.and_then(|setup| sample_process(&name, &setup, counts.samples));

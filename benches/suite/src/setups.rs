@@ -73,6 +73,11 @@ pub struct ThawHost {
 }
 
 impl ThawHost {
+    /// The host's data directory (its admin token is there).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Starts a host on `data_dir` with extra `serve` flags.
     pub fn start(thaw: &Path, data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
