@@ -164,7 +164,7 @@ impl SecretSources {
 mod tests {
     #[test]
     fn configuration_reaches_cgi_as_variables_and_debug_shows_no_value() {
-        let resolved = super::Resolved::new(vec![
+        let resolved = Resolved::new(vec![
             ("api-url".into(), "https://x".into()),
             ("db.password".into(), "hunter2".into()),
         ]);

@@ -461,7 +461,7 @@ impl AsyncWrite for GuestLog {
 mod tests {
     #[test]
     fn structured_lines_are_read_and_others_left_as_text() {
-        let line = super::structured(
+        let line = structured(
             r#"{"level":"warn","msg":"charged card","fields":{"order":42,"who":"a b","ok":true,"tags":["x"]}}"#,
         )
         .unwrap();
@@ -482,7 +482,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            super::structured(r#"{"level":"info","msg":"no fields"}"#)
+            structured(r#"{"level":"info","msg":"no fields"}"#)
                 .unwrap()
                 .fields,
             []
@@ -494,7 +494,7 @@ mod tests {
             r#"{"level":"info","msg":"cut off"#,
             r#"{"msg":"x","level":"info"}"#,
         ] {
-            assert_eq!(super::structured(plain), None, "{plain}");
+            assert_eq!(structured(plain), None, "{plain}");
         }
     }
 
