@@ -429,11 +429,26 @@ impl From<::http::Error> for Error {
 /// `scheme://host[:port]` of a URL, as `allowed_outbound_hosts` spells it.
 fn origin(url: &str) -> String {
     match url.parse::<Uri>() {
-        Ok(uri) => match (uri.scheme_str(), uri.authority()) {
-            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+        Ok(uri) => match (uri.scheme_str(), uri.host()) {
+            (Some(scheme), Some(host)) => match uri.port_u16() {
+                Some(port) => format!("{scheme}://{host}:{port}"),
+                None => format!("{scheme}://{host}"),
+            },
             _ => url.to_owned(),
         },
         Err(_) => url.to_owned(),
+    }
+}
+
+/// `scheme://host[:port]/path` of a request: no user info, no query.
+fn shown(uri: &Uri) -> String {
+    let path = uri.path();
+    match (uri.scheme_str(), uri.host()) {
+        (Some(scheme), Some(host)) => match uri.port_u16() {
+            Some(port) => format!("{scheme}://{host}:{port}{path}"),
+            None => format!("{scheme}://{host}{path}"),
+        },
+        _ => path.to_owned(),
     }
 }
 
@@ -467,7 +482,9 @@ pub async fn send_with<B: Into<Body>>(
         Scheme as WasiScheme,
     };
     use wstd::http::BodyExt as _;
-    let url = request.uri().to_string();
+    // Errors name the URL without its query or user info: those may hold a key, and an
+    // error's message may end up in a response.
+    let url = shown(request.uri());
     let (parts, body) = request.into_parts();
     let invalid = |what: &str| Error::InvalidRequest(format!("invalid request to {url}: {what}"));
     let entries: Vec<(String, Vec<u8>)> = parts
@@ -606,12 +623,15 @@ mod tests {
 
     #[test]
     fn a_denied_request_names_the_field_and_the_origin() {
-        let e = Error::Denied {
-            url: "https://api.example.com:8443/v1/x?y=1".into(),
-        };
+        let uri: Uri = "https://user:secret@api.example.com:8443/v1/x?key=secret"
+            .parse()
+            .unwrap();
+        assert_eq!(shown(&uri), "https://api.example.com:8443/v1/x");
+        let e = Error::Denied { url: shown(&uri) };
         let text = e.to_string();
         assert!(text.contains("allowed_outbound_hosts"), "{text}");
         assert!(text.contains("\"https://api.example.com:8443\""), "{text}");
+        assert!(!text.contains("secret"), "{text}");
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
         let t = Error::Timeout {
             url: "http://x/".into(),

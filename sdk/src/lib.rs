@@ -35,6 +35,22 @@
 //! }
 //! ```
 //!
+//! An `async fn` handler runs on the SDK's executor and can call out, read its settings,
+//! keep state and log ([`http`], [`config`], [`kv`], [`log`], [`future`]):
+//!
+//! ```no_run
+//! use thaw_sdk::{Request, handler, http, kv, log};
+//!
+//! #[handler]
+//! async fn handle(_req: Request) -> Result<String, thaw_sdk::Error> {
+//!     let calls = kv::Store::open("default")?.increment("calls", 1)?;
+//!     let upstream = thaw_sdk::config::get("upstream")?.unwrap_or_default();
+//!     let answer = http::get(&upstream).await?.into_body().text().await?;
+//!     log::info!("called upstream", calls = calls, bytes = answer.len());
+//!     Ok(answer)
+//! }
+//! ```
+//!
 //! The crate needs a `cdylib` crate type and the `wasm32-wasip2` target:
 //! `cargo build --release --target wasm32-wasip2` produces `target/wasm32-wasip2/release/<name>.wasm`.
 //!
@@ -72,8 +88,9 @@
 //! The SDK reads the whole request body into memory, calls the handler, then writes the
 //! response (streamed to the host in chunks). Headers the host forbids in responses are
 //! dropped by `wasi:http` itself. A panic in the handler traps the instance: the host answers
-//! 500 and the next request gets a fresh instance. For streaming bodies of unbounded size,
-//! use the `wasi` crate directly (see thaw's `functions/echo`).
+//! 500 and the next request gets a fresh instance. For bodies of unbounded size, an
+//! `async fn` handler takes `http::Request<Body>` and returns `http::Response<Body>`: see
+//! [`Body`].
 
 #![deny(missing_docs)]
 

@@ -98,16 +98,24 @@ pub fn __value<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Value {
 #[doc(hidden)]
 pub fn __write(level: &str, message: &str, fields: &[(&str, serde_json::Value)]) {
     use std::io::Write as _;
+    let mut line = line(level, message, fields);
+    line.push('\n');
+    // One write: the host reads a line at its newline, so nothing else interleaves.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// The line: whole if it fits in [`MAX_LINE`] bytes, else with its strings cut, else the
+/// message alone, cut.
+fn line(level: &str, message: &str, fields: &[(&str, serde_json::Value)]) -> String {
     let mut line = encode(level, message, fields, usize::MAX);
     if line.len() > MAX_LINE {
         line = encode(level, message, fields, 256);
     }
     if line.len() > MAX_LINE {
-        line = encode(level, message, &[], 1024);
+        // 512 characters are at most 3,072 bytes even escaped (`\u001b` is six).
+        line = encode(level, message, &[], 512);
     }
-    line.push('\n');
-    // One write: the host reads a line at its newline, so nothing else interleaves.
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    line
 }
 
 /// The line, with every string (the message, string values) cut to `cut` characters.
@@ -165,6 +173,13 @@ mod tests {
 
     #[test]
     fn long_lines_are_cut_and_stay_json() {
+        // Four-byte characters and escaped controls: the cut must hold in bytes.
+        for long in ["😀".repeat(3000), "\u{1b}".repeat(3000)] {
+            let fields = [("v", __value(&long)), ("w", __value(&long))];
+            let line = line("info", &long, &fields);
+            assert!(line.len() <= MAX_LINE, "{}", line.len());
+            serde_json::from_str::<serde_json::Value>(&line).unwrap();
+        }
         let long = "é".repeat(5000);
         let line = encode("info", &long, &[("v", __value(&long))], 256);
         assert!(line.len() < MAX_LINE);

@@ -21,6 +21,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::os::unix::process::CommandExt as _;
+
 use anyhow::Context as _;
 use notify::Watcher as _;
 use thaw_runtime::manifest::Manifest;
@@ -75,21 +77,34 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<()> {
         .parent()
         .context("the manifest has no directory")?
         .to_path_buf();
+    // One listener for the whole run: a Ctrl-C during a build is seen when the build ends.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for Ctrl-C")?;
     let mut target = args.target.clone();
     let _own = match target.client()?.status().await {
         Ok(_) => {
             eprintln!("thaw dev: deploying to the host at {}", target.admin);
             None
         }
-        Err(_) => Some(start_host(&args, &root, &mut target).await?),
+        // Nothing listens there: start a host. Anything else (a wrong token) is the user's.
+        Err(thaw_client::Error::Unreachable { .. }) => {
+            Some(start_host(&args, &root, &mut target).await?)
+        }
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!("the host at {}", target.admin)));
+        }
     };
     let client = target.client()?;
 
     let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let watched_root = root.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && event.kind.is_modify() | event.kind.is_create() | event.kind.is_remove()
-            && event.paths.iter().any(|p| watched(p))
+            && event
+                .paths
+                .iter()
+                .any(|p| p.strip_prefix(&watched_root).is_ok_and(watched))
         {
             let _ = changes_tx.send(());
         }
@@ -110,12 +125,13 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<()> {
         }
         eprintln!("thaw dev: watching {} (Ctrl-C stops)", root.display());
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             change = changes.recv() => if change.is_none() { return Ok(()) },
         }
         // Let a burst of events (one save) settle into one rebuild.
         loop {
             tokio::select! {
+                _ = interrupt.recv() => return Ok(()),
                 _ = tokio::time::sleep(SETTLE) => break,
                 _ = changes.recv() => {}
             }
@@ -123,7 +139,7 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Whether a change to `path` should start a rebuild.
+/// Whether a change to `path` (relative to the project) should start a rebuild.
 fn watched(path: &Path) -> bool {
     let ignored_dir = path.components().any(|c| {
         c.as_os_str()
@@ -231,7 +247,10 @@ async fn start_host(args: &DevArgs, root: &Path, target: &mut Target) -> anyhow:
         .trim_end_matches('/')
         .to_owned();
     let exe = std::env::current_exe().context("finding the thaw binary")?;
+    // Its own process group: a Ctrl-C at the terminal reaches `thaw dev`, which stops the
+    // host when it exits, not the host first.
     let child = std::process::Command::new(exe)
+        .process_group(0)
         .args(["serve", "--fast-deploy", "--listen", &args.listen])
         .args(["--admin-listen", &admin])
         .arg("--data-dir")
@@ -239,11 +258,17 @@ async fn start_host(args: &DevArgs, root: &Path, target: &mut Target) -> anyhow:
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("starting thaw serve")?;
-    let host = OwnHost(child);
+    let mut host = OwnHost(child);
     target.data_dir = Some(data);
     target.admin_token = None;
     let deadline = tokio::time::Instant::now() + HOST_START;
     loop {
+        if let Some(status) = host.0.try_wait()? {
+            anyhow::bail!(
+                "the host thaw dev started exited ({status}): is {} or {admin} taken?",
+                args.listen
+            );
+        }
         if let Ok(client) = target.client()
             && client.status().await.is_ok()
         {
@@ -267,11 +292,11 @@ mod tests {
 
     #[test]
     fn build_outputs_and_tool_directories_are_not_watched() {
-        assert!(watched(Path::new("/p/src/lib.rs")));
-        assert!(watched(Path::new("/p/thaw.toml")));
-        assert!(!watched(Path::new("/p/target/debug/x.rs")));
-        assert!(!watched(Path::new("/p/node_modules/a/index.js")));
-        assert!(!watched(Path::new("/p/hello.wasm")));
-        assert!(!watched(Path::new("/p/.thaw/dev/functions.json")));
+        assert!(watched(Path::new("src/lib.rs")));
+        assert!(watched(Path::new("thaw.toml")));
+        assert!(!watched(Path::new("target/debug/x.rs")));
+        assert!(!watched(Path::new("node_modules/a/index.js")));
+        assert!(!watched(Path::new("hello.wasm")));
+        assert!(!watched(Path::new(".thaw/dev/functions.json")));
     }
 }

@@ -22,6 +22,7 @@ from componentize_py_types import Err, Ok
 from wit_world.imports import atomics, outgoing_handler
 from wit_world.imports import wasi_config_store as _config
 from wit_world.imports import wasi_keyvalue_store as _store
+from wit_world.imports import streams as _streams
 from wit_world.imports import types as _http
 
 
@@ -150,7 +151,8 @@ def _write(level: str, msg, fields: dict) -> None:
         line["fields"] = fields
     text = json.dumps(line, default=str, ensure_ascii=False)
     if len(text.encode()) > 4000:  # the host keeps 4 KiB of a line: keep it whole JSON
-        text = json.dumps({"level": level, "msg": str(msg)[:1000] + "…"}, ensure_ascii=False)
+        # 500 characters are at most 3,000 bytes, even escaped.
+        text = json.dumps({"level": level, "msg": str(msg)[:500] + "…"}, ensure_ascii=False)
     print(text, file=sys.stderr, flush=True)
 
 
@@ -204,9 +206,17 @@ _METHODS = {
 }
 
 
+def _shown(url: str) -> str:
+    """scheme://host[:port]/path: no user info or query, which may hold a key."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
 def _http_error(url: str, code) -> ThawError:
     parts = urlsplit(url)
-    origin = f"{parts.scheme}://{parts.netloc}"
+    origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    url = _shown(url)
     kinds = [
         ((_http.ErrorCode_HttpRequestDenied,), "denied",
          f'request to {url} denied: add "{origin}" to allowed_outbound_hosts in thaw.toml'),
@@ -235,6 +245,7 @@ class http:
               body: bytes | str | None = None, max_bytes: int = MAX_RESPONSE_BYTES) -> Response:
         """Sends a request and reads the whole response (at most `max_bytes` of body)."""
         parts = urlsplit(url)
+        shown = _shown(url)
         fields = _http.Fields.from_list(
             [(k, str(v).encode("latin-1")) for k, v in (headers or {}).items()]
         )
@@ -251,11 +262,17 @@ class http:
             raise _http_error(url, e.value)
         data = body.encode() if isinstance(body, str) else (body or b"")
         # When the host refuses the request the body's stream closes: the response says why.
+        # The stream is closed before its body in every case (a body dropped while its
+        # stream lives traps the instance).
+        stream = out_body.write()
         try:
-            stream = out_body.write()
             for start in range(0, len(data), 4096):
                 stream.blocking_write_and_flush(data[start : start + 4096])
+        except Err:
+            pass
+        finally:
             stream.__exit__(None, None, None)
+        try:
             _http.OutgoingBody.finish(out_body, None)
         except Err:
             pass
@@ -265,7 +282,7 @@ class http:
         result = future.get()
         future.__exit__(None, None, None)
         if result is None or isinstance(result, Err):
-            raise ThawError("fetch", f"request to {url}: no response")
+            raise ThawError("fetch", f"request to {shown}: no response")
         inner = result.value
         if isinstance(inner, Err):
             raise _http_error(url, inner.value)
@@ -275,16 +292,19 @@ class http:
         incoming = response.consume()
         stream = incoming.stream()
         chunks, size = [], 0
-        while True:
-            try:
-                chunk = stream.blocking_read(65536)
-            except Err:  # the stream's end (or a failure) is an error in wasi:io
-                break
-            size += len(chunk)
-            if size > max_bytes:
-                stream.__exit__(None, None, None)
-                raise ThawError("response-too-large",
-                                f"the response from {url} is larger than {max_bytes} bytes")
-            chunks.append(chunk)
-        stream.__exit__(None, None, None)
+        try:
+            while True:
+                try:
+                    chunk = stream.blocking_read(65536)
+                except Err as e:
+                    if isinstance(e.value, _streams.StreamError_Closed):
+                        break  # the body's end is an error in wasi:io
+                    raise ThawError("fetch", f"reading the response from {shown}: cut off")
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ThawError("response-too-large",
+                                    f"the response from {shown} is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+        finally:
+            stream.__exit__(None, None, None)
         return Response(url, status, response_headers, b"".join(chunks))

@@ -111,7 +111,9 @@ async fn an_async_rust_function_calls_out_reads_config_keeps_state_and_logs() {
         config: [("greeting".to_owned(), ConfigValue::Value("hello".into()))].into(),
         limits: LimitsSpec {
             kv_max_value_kib: Some(1),
-            outbound_timeout_ms: Some(500),
+            // Long enough for the allowed calls on a loaded machine; the silent port's
+            // timeout is this long.
+            outbound_timeout_ms: Some(3000),
             ..Default::default()
         },
         ..Default::default()

@@ -55,17 +55,51 @@ impl std::fmt::Debug for Resolved {
 }
 
 impl Resolved {
-    /// From resolved `(key, value)` pairs.
+    /// From resolved `(key, value)` pairs. A key whose variable name is a CGI
+    /// meta-variable (RFC 3875's, `HTTP_*`, and the common extensions `REQUEST_URI`,
+    /// `REMOTE_PORT`, `HTTPS`) is not exported: the request's variables are the host's to
+    /// set, and a setting must never stand in for one a request did not send. Of two keys
+    /// with the same variable name (`api-url`, `api_url`), the first in key order is kept.
     pub fn new(pairs: Vec<(String, String)>) -> Self {
-        let env = pairs
-            .iter()
-            .map(|(key, value)| (env_name(key), value.clone()))
-            .collect();
+        let mut env: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        for (key, value) in &pairs {
+            let name = env_name(key);
+            if !is_cgi_variable(&name) && !env.iter().any(|(n, _)| *n == name) {
+                env.push((name, value.clone()));
+            }
+        }
         Self {
             vars: pairs.into_iter().collect(),
             env,
         }
     }
+}
+
+/// Whether `name` is a variable the host sets for a CGI request.
+pub fn is_cgi_variable(name: &str) -> bool {
+    const META: &[&str] = &[
+        "AUTH_TYPE",
+        "CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "GATEWAY_INTERFACE",
+        "PATH_INFO",
+        "PATH_TRANSLATED",
+        "QUERY_STRING",
+        "REMOTE_ADDR",
+        "REMOTE_HOST",
+        "REMOTE_IDENT",
+        "REMOTE_USER",
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "SERVER_SOFTWARE",
+        "REQUEST_URI",
+        "REMOTE_PORT",
+        "HTTPS",
+    ];
+    name.starts_with("HTTP_") || META.contains(&name)
 }
 
 /// A configuration key as an environment variable's name.
@@ -166,7 +200,10 @@ mod tests {
     fn configuration_reaches_cgi_as_variables_and_debug_shows_no_value() {
         let resolved = Resolved::new(vec![
             ("api-url".into(), "https://x".into()),
+            ("api_url".into(), "https://shadowed".into()),
             ("db.password".into(), "hunter2".into()),
+            ("http-authorization".into(), "Bearer forged".into()),
+            ("request_uri".into(), "/admin".into()),
         ]);
         assert_eq!(
             resolved.env,

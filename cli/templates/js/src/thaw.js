@@ -145,12 +145,18 @@ export const kv = {
   },
 };
 
+// BigInt (a u64 from the store, say) as its digits: JSON has no such type.
+const plain = (_key, value) => (typeof value === "bigint" ? value.toString() : value);
+
 function write(level, msg, fields) {
   const line = { level, msg: String(msg) };
   if (fields && Object.keys(fields).length > 0) line.fields = fields;
-  let text = JSON.stringify(line);
-  // The host keeps 4 KiB of a line: keep it whole JSON.
-  if (text.length > 4000) text = JSON.stringify({ level, msg: String(msg).slice(0, 1000) + "…" });
+  let text = JSON.stringify(line, plain);
+  // The host keeps 4 KiB of a line: keep it whole JSON (500 characters are at most 3,000
+  // bytes, even escaped).
+  if (encoder.encode(text).length > 4000) {
+    text = JSON.stringify({ level, msg: String(msg).slice(0, 500) + "…" });
+  }
   console.error(text);
 }
 
@@ -164,10 +170,17 @@ export const log = {
 
 const MAX_RESPONSE_BYTES = 16 << 20;
 
-function httpError(url, code) {
+// scheme://host[:port]/path: no user info or query, which may hold a key.
+function shown(url) {
+  return `${url.origin}${url.pathname}`;
+}
+
+function httpError(fullUrl, code) {
+  const url = shown(fullUrl);
+  const origin = fullUrl.origin;
   const tag = code?.tag ?? String(code);
   const kinds = {
-    "HTTP-request-denied": ["denied", `request to ${url} denied: add "${url.origin}" to allowed_outbound_hosts in thaw.toml`],
+    "HTTP-request-denied": ["denied", `request to ${url} denied: add "${origin}" to allowed_outbound_hosts in thaw.toml`],
     "connection-limit-reached": ["too-many-requests", `request to ${url} refused: this invocation already sent its max_outbound_requests`],
     "DNS-error": ["dns", `request to ${url}: name lookup failed`],
     "DNS-timeout": ["dns", `request to ${url}: name lookup timed out`],
@@ -212,43 +225,61 @@ export async function fetch(input, init = {}) {
   const body = init.body === undefined || init.body === null ? new Uint8Array()
     : typeof init.body === "string" ? encoder.encode(init.body) : new Uint8Array(init.body);
   // When the host refuses the request the body's stream closes: the response says why.
+  // Every child handle is disposed before its parent (a parent dropped first traps).
+  const out = outgoing.write();
   try {
-    const stream = outgoing.write();
     for (let at = 0; at < body.length; at += 4096) {
-      stream.blockingWriteAndFlush(body.subarray(at, at + 4096));
+      out.blockingWriteAndFlush(body.subarray(at, at + 4096));
     }
-    stream[Symbol.dispose]?.();
+  } catch (_) {
+    // reported by the response below
+  } finally {
+    out[Symbol.dispose]?.();
+  }
+  try {
     OutgoingBody.finish(outgoing, undefined);
   } catch (_) {
     // reported by the response below
   }
-  future.subscribe().block();
+  const ready = future.subscribe();
+  ready.block();
+  ready[Symbol.dispose]?.();
   const result = future.get();
-  if (result?.tag !== "ok") throw new ThawError("fetch", `request to ${url}: no response`);
+  future[Symbol.dispose]?.();
+  if (result?.tag !== "ok") throw new ThawError("fetch", `request to ${shown(url)}: no response`);
   if (result.val.tag === "err") throw httpError(url, result.val.val);
   const response = result.val.val;
   const responseHeaders = new Headers();
-  for (const [name, value] of response.headers().entries()) {
+  const fields = response.headers();
+  for (const [name, value] of fields.entries()) {
     responseHeaders.append(name, decoder.decode(value));
   }
+  fields[Symbol.dispose]?.();
   const status = response.status();
   const incoming = response.consume();
   const stream = incoming.stream();
   const limit = init.maxBytes ?? MAX_RESPONSE_BYTES;
   const chunks = [];
   let size = 0;
-  for (;;) {
-    let chunk;
-    try {
-      chunk = stream.blockingRead(65536n);
-    } catch (_) {
-      break; // the stream's end is an error in wasi:io
+  try {
+    for (;;) {
+      let chunk;
+      try {
+        chunk = stream.blockingRead(65536n);
+      } catch (e) {
+        if (variant(e).tag === "closed") break; // the body's end is an error in wasi:io
+        throw new ThawError("fetch", `reading the response from ${shown(url)}: cut off`);
+      }
+      size += chunk.length;
+      if (size > limit) {
+        throw new ThawError("response-too-large", `the response from ${shown(url)} is larger than ${limit} bytes`);
+      }
+      chunks.push(chunk);
     }
-    size += chunk.length;
-    if (size > limit) {
-      throw new ThawError("response-too-large", `the response from ${url} is larger than ${limit} bytes`);
-    }
-    chunks.push(chunk);
+  } finally {
+    stream[Symbol.dispose]?.();
+    incoming[Symbol.dispose]?.();
+    response[Symbol.dispose]?.();
   }
   const all = new Uint8Array(size);
   let at = 0;
