@@ -43,6 +43,14 @@ pub fn get_all() -> Result<Vec<(String, String)>, Error> {
 }
 
 /// Why the configuration could not be read.
+///
+/// ```no_run
+/// let region = match thaw_sdk::config::get("region") {
+///     Ok(value) => value.unwrap_or_else(|| "eu".into()),
+///     Err(thaw_sdk::config::Error::Upstream(why)) => panic!("the secret store failed: {why}"),
+///     Err(e) => panic!("{e}"),
+/// };
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {

@@ -132,7 +132,17 @@ async fn json_of<R: serde::de::DeserializeOwned>(response: Response<Incoming>) -
     body.json().await
 }
 
-/// A response body being received.
+/// A response body being received: read it whole ([`Incoming::text`], [`Incoming::json`],
+/// [`Incoming::bytes`]) or piece by piece ([`Incoming::chunk`]).
+///
+/// ```no_run
+/// # async fn f() -> Result<(), thaw_sdk::http::Error> {
+/// let response = thaw_sdk::http::get("https://example.com/").await?;
+/// let status = response.status();
+/// let body: thaw_sdk::http::Incoming = response.into_body();
+/// let text = body.text().await?;
+/// # Ok(()) }
+/// ```
 pub struct Incoming {
     // Declared before `body`: a stream must be dropped before the body it belongs to.
     stream: Option<wasi::io::streams::InputStream>,
@@ -263,6 +273,18 @@ const CHUNK: u64 = 64 << 10;
 
 /// Why an outbound request failed. Its message says what to change where there is something
 /// to change (`allowed_outbound_hosts`, `max_outbound_requests`).
+///
+/// ```no_run
+/// use thaw_sdk::http;
+/// # async fn f() -> Result<String, thaw_sdk::Error> {
+/// match http::get("https://api.example.com/v1").await {
+///     Ok(response) => Ok(response.into_body().text().await?),
+///     Err(http::Error::Denied { .. }) => Ok("not allowed to call the API".into()),
+///     Err(http::Error::Timeout { .. }) => Ok("the API is slow; try later".into()),
+///     Err(other) => Err(other.into()), // a 502 with the message
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -452,7 +474,7 @@ fn shown(uri: &Uri) -> String {
     }
 }
 
-/// How long to wait, for [`send_with`].
+/// How long to wait, for [`send_with`] (which has an example).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Timeouts {
     /// For the connection.

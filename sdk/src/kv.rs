@@ -26,7 +26,13 @@
 
 use crate::bindings::wasi::keyvalue::{atomics, store};
 
-/// One store of the function (a bucket), open.
+/// One store of the function (a bucket), open: see [`Store::open`].
+///
+/// ```no_run
+/// let store = thaw_sdk::kv::Store::open("default")?;
+/// store.set("k", "v")?;
+/// # Ok::<(), thaw_sdk::kv::Error>(())
+/// ```
 pub struct Store {
     bucket: store::Bucket,
 }
@@ -180,6 +186,12 @@ impl Store {
 }
 
 /// The keys of a store, a page at a time: see [`Store::keys`].
+///
+/// ```no_run
+/// # let store = thaw_sdk::kv::Store::open("default")?;
+/// let keys: Vec<String> = store.keys().collect::<Result<_, _>>()?;
+/// # Ok::<(), thaw_sdk::kv::Error>(())
+/// ```
 pub struct Keys<'a> {
     store: &'a Store,
     page: std::vec::IntoIter<String>,
@@ -207,7 +219,7 @@ impl Iterator for Keys<'_> {
     }
 }
 
-/// Which quota a write ran into.
+/// Which quota a write ran into (see [`Error::Quota`], which has an example).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Quota {
@@ -235,6 +247,17 @@ impl Quota {
 }
 
 /// Why a store operation failed.
+///
+/// ```no_run
+/// use thaw_sdk::kv::{Error, Quota, Store};
+/// # fn f(upload: &[u8]) -> Result<&'static str, Error> {
+/// match Store::open("default")?.set("upload", upload) {
+///     Ok(()) => Ok("stored"),
+///     Err(Error::Quota { quota: Quota::ValueSize, .. }) => Ok("too large to keep"),
+///     Err(e) => Err(e),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {

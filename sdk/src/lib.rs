@@ -135,34 +135,72 @@ mod bindings {
 }
 
 /// The request a handler receives: the body is already read.
+///
+/// ```
+/// let req: thaw_sdk::Request = thaw_sdk::http::Request::post("/orders").body(b"{}".to_vec()).unwrap();
+/// assert_eq!(req.body(), b"{}");
+/// ```
 pub type Request = ::http::Request<Vec<u8>>;
 
 /// The response a handler may build by hand (see [`IntoResponse`] for shortcuts).
+///
+/// ```
+/// let res: thaw_sdk::Response = thaw_sdk::http::Response::builder()
+///     .status(201)
+///     .header("location", "/orders/7")
+///     .body(Vec::new())
+///     .unwrap();
+/// ```
 pub type Response = ::http::Response<Vec<u8>>;
 
 /// Parses the request body as JSON. A malformed body is a 400 [`Error`] with serde's message.
+///
+/// ```
+/// let req = thaw_sdk::http::Request::post("/").body(br#"{"n": 2}"#.to_vec()).unwrap();
+/// let v: serde_json::Value = thaw_sdk::json(&req).unwrap();
+/// assert_eq!(v["n"], 2);
+/// ```
 pub fn json<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Error> {
     serde_json::from_slice(req.body())
         .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// The request body as UTF-8 text. Invalid UTF-8 is a 400 [`Error`].
+///
+/// ```
+/// let req = thaw_sdk::http::Request::post("/").body(b"hi".to_vec()).unwrap();
+/// assert_eq!(thaw_sdk::text(&req).unwrap(), "hi");
+/// ```
 pub fn text(req: &Request) -> Result<&str, Error> {
     std::str::from_utf8(req.body()).map_err(|_| Error::bad_request("the body is not UTF-8"))
 }
 
 /// The first value of query parameter `key`, percent-decoded.
+///
+/// ```
+/// let req = thaw_sdk::http::Request::get("http://h/?name=J%C3%BCrgen").body(Vec::new()).unwrap();
+/// assert_eq!(thaw_sdk::query(&req, "name").as_deref(), Some("Jürgen"));
+/// ```
 pub fn query(req: &Request, key: &str) -> Option<String> {
     query_pairs(req).find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
 /// Every query parameter, percent-decoded, in order.
+///
+/// ```
+/// let req = thaw_sdk::http::Request::get("http://h/?a=1&b=2").body(Vec::new()).unwrap();
+/// assert_eq!(thaw_sdk::query_pairs(&req).count(), 2);
+/// ```
 pub fn query_pairs(req: &Request) -> impl Iterator<Item = (String, String)> + '_ {
     form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
 /// An environment variable from the function's spec (a function sees nothing else).
+///
+/// ```no_run
+/// let greeting = thaw_sdk::env("GREETING").unwrap_or_else(|| "Hello".into());
+/// ```
 pub fn env(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
@@ -171,6 +209,15 @@ pub fn env(key: &str) -> Option<String> {
 ///
 /// Any `std::error::Error` converts into a 500 with its message, so `?` works on I/O, parse
 /// and serde errors; use [`Error::bad_request`] or [`Error::new`] for the client's mistakes.
+///
+/// ```
+/// use thaw_sdk::{Error, StatusCode};
+/// let e = Error::bad_request("quantity must be positive");
+/// assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+/// assert_eq!(e.message(), "quantity must be positive");
+/// let e = Error::new(StatusCode::CONFLICT, "taken");
+/// let e = Error::not_found("no such order");
+/// ```
 #[derive(Debug)]
 pub struct Error {
     status: StatusCode,
@@ -226,10 +273,22 @@ impl<E: std::error::Error + 'static> From<E> for Error {
 }
 
 /// A value serialized as a JSON response (`Content-Type: application/json`).
+///
+/// ```
+/// use thaw_sdk::{IntoResponse, Json};
+/// let res = Json(serde_json::json!({"ok": true})).into_response();
+/// assert_eq!(res.headers()["content-type"], "application/json");
+/// ```
 #[derive(Debug, Clone)]
 pub struct Json<T>(pub T);
 
 /// Anything a handler may return.
+///
+/// ```
+/// use thaw_sdk::{IntoResponse, StatusCode};
+/// let res = (StatusCode::CREATED, "made").into_response();
+/// assert_eq!(res.status(), StatusCode::CREATED);
+/// ```
 pub trait IntoResponse {
     /// The response.
     fn into_response(self) -> Response;
