@@ -500,8 +500,7 @@ pub async fn send_with<B: Into<Body>>(
     timeouts: Timeouts,
 ) -> Result<Response<Incoming>, Error> {
     use wasi::http::types::{
-        Fields, Method as WasiMethod, OutgoingBody, OutgoingRequest, RequestOptions,
-        Scheme as WasiScheme,
+        Method as WasiMethod, OutgoingBody, OutgoingRequest, RequestOptions, Scheme as WasiScheme,
     };
     use wstd::http::BodyExt as _;
     // Errors name the URL without its query or user info: those may hold a key, and an
@@ -509,12 +508,8 @@ pub async fn send_with<B: Into<Body>>(
     let url = shown(request.uri());
     let (parts, body) = request.into_parts();
     let invalid = |what: &str| Error::InvalidRequest(format!("invalid request to {url}: {what}"));
-    let entries: Vec<(String, Vec<u8>)> = parts
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect();
-    let headers = Fields::from_list(&entries).map_err(|e| invalid(&format!("a header: {e:?}")))?;
+    let headers =
+        crate::wasi_fields(&parts.headers).map_err(|e| invalid(&format!("a header: {e:?}")))?;
     let outgoing = OutgoingRequest::new(headers);
     let method = match parts.method {
         Method::GET => WasiMethod::Get,

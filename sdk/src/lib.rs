@@ -129,6 +129,17 @@ pub use thaw_sdk_macro::{handler, init};
 /// stream of chunks (`Body::from_try_stream`); read one whole with `contents().await`.
 pub use wstd::http::Body;
 
+/// Headers as `wasi:http` fields (for a response, or an outbound request).
+fn wasi_fields(
+    headers: &HeaderMap,
+) -> Result<wasi::http::types::Fields, wasi::http::types::HeaderError> {
+    let entries: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect();
+    wasi::http::types::Fields::from_list(&entries)
+}
+
 /// The bindings of `wasi:config` and `wasi:keyvalue` (vendored in `wit/`).
 mod bindings {
     wit_bindgen::generate!({ path: "wit", world: "sdk", generate_all });
@@ -398,8 +409,8 @@ pub mod __private {
 
     use super::*;
     use wasi::http::types::{
-        Fields, IncomingBody, IncomingRequest, Method as WasiMethod, OutgoingBody,
-        OutgoingResponse, ResponseOutparam, Scheme,
+        IncomingBody, IncomingRequest, Method as WasiMethod, OutgoingBody, OutgoingResponse,
+        ResponseOutparam, Scheme,
     };
 
     /// Reads the request, calls the handler, writes the response.
@@ -467,23 +478,10 @@ pub mod __private {
 
     fn write_response(response: Response, out: ResponseOutparam) {
         let (parts, body) = response.into_parts();
-        let entries: Vec<(String, Vec<u8>)> = parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-            .collect();
-        let headers = match Fields::from_list(&entries) {
-            Ok(headers) => headers,
-            Err(e) => {
-                let error = Error::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the handler set a header wasi:http refuses: {e:?}"),
-                );
-                return write_response(error.into_response(), out);
-            }
+        let outgoing = match head(&parts) {
+            Ok(outgoing) => outgoing,
+            Err(error) => return write_response(error.into_response(), out),
         };
-        let outgoing = OutgoingResponse::new(headers);
-        let _ = outgoing.set_status_code(parts.status.as_u16());
         let Ok(outgoing_body) = outgoing.body() else {
             return;
         };
@@ -498,6 +496,20 @@ pub mod __private {
             }
         }
         let _ = OutgoingBody::finish(outgoing_body, None);
+    }
+
+    /// The response's head for wasi:http: its status and headers, or a 500 naming the header
+    /// wasi:http refuses. Both handler shapes answer through it.
+    fn head(parts: &::http::response::Parts) -> Result<OutgoingResponse, Error> {
+        let headers = wasi_fields(&parts.headers).map_err(|e| {
+            Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the handler set a header wasi:http refuses: {e:?}"),
+            )
+        })?;
+        let outgoing = OutgoingResponse::new(headers);
+        let _ = outgoing.set_status_code(parts.status.as_u16());
+        Ok(outgoing)
     }
 
     /// What an `async fn` handler may take: the buffered [`Request`], or
@@ -567,23 +579,10 @@ pub mod __private {
     async fn write_streaming(response: ::http::Response<Body>, out: ResponseOutparam) {
         use wstd::http::BodyExt as _;
         let (parts, body) = response.into_parts();
-        let entries: Vec<(String, Vec<u8>)> = parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-            .collect();
-        let headers = match Fields::from_list(&entries) {
-            Ok(headers) => headers,
-            Err(e) => {
-                let error = Error::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the handler set a header wasi:http refuses: {e:?}"),
-                );
-                return write_response(error.into_response(), out);
-            }
+        let outgoing = match head(&parts) {
+            Ok(outgoing) => outgoing,
+            Err(error) => return write_response(error.into_response(), out),
         };
-        let outgoing = OutgoingResponse::new(headers);
-        let _ = outgoing.set_status_code(parts.status.as_u16());
         let Ok(outgoing_body) = outgoing.body() else {
             return;
         };

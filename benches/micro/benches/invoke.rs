@@ -98,9 +98,9 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| call(&p.platform, f, uri, Some("fresh")))
     };
-    let pool_hit = |b: &mut criterion::Bencher| {
+    let pool_hit_of = |b: &mut criterion::Bencher, function: &Arc<Function>, uri: &'static str| {
         b.to_async(&rt).iter_custom(|iters| {
-            let (platform, function) = (&warm.platform, &warmed);
+            let platform = &warm.platform;
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -115,7 +115,7 @@ fn benches(c: &mut Criterion) {
             }
         })
     };
-
+    let pool_hit = |b: &mut criterion::Bencher| pool_hit_of(b, &warmed, uri);
     let mut group = c.benchmark_group("invoke-hello");
     group.bench_function("fresh-pooling", |b| fresh(b, (&pooling, &pooled)));
     group.bench_function("fresh-on-demand", |b| fresh(b, (&on_demand, &unpooled)));
@@ -167,23 +167,6 @@ fn benches(c: &mut Criterion) {
         thaw_test_functions::HELLO_ASYNC,
         Default::default(),
     );
-    let pool_hit_of = |b: &mut criterion::Bencher, function: &Arc<Function>, uri: &'static str| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let platform = &warm.platform;
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    while function.pool.is_empty() {
-                        warm_up(function, &platform.invoke_context().admission, 1).await;
-                    }
-                    let start = Instant::now();
-                    call(platform, function, uri, Some("pool-hit")).await;
-                    total += start.elapsed();
-                }
-                total
-            }
-        })
-    };
     let mut group = c.benchmark_group("sdk-handler");
     group.bench_function("sync-pool-hit", |b| pool_hit_of(b, &warmed, uri));
     group.bench_function("async-pool-hit", |b| {

@@ -7,7 +7,9 @@ use thaw_runtime::spec::{DirGrant, FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{ErrorCode, TestServer, assert_healthy, client, error_code, hits};
+use crate::support::{
+    ErrorCode, TestServer, assert_healthy, black_hole, client, error_code, hits, upstream,
+};
 
 fn with_limits(limits: LimitsSpec) -> FunctionSpec {
     FunctionSpec {
@@ -190,49 +192,6 @@ async fn a_response_past_its_limit_stops_the_guest() {
     let faults = server.admin().get("faults").await.unwrap();
     assert_eq!(hits(&faults, "response_body"), 1);
     assert_healthy(&server).await;
-}
-
-/// A tiny HTTP upstream on 127.0.0.1 answering `200 upstream` to each connection; returns
-/// its port.
-async fn upstream() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = socket
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream",
-                    )
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-/// A listener that accepts and never answers; returns its port.
-async fn black_hole() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    port
 }
 
 #[tokio::test(flavor = "multi_thread")]

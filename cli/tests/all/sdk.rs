@@ -9,9 +9,9 @@ use std::time::Duration;
 use thaw_runtime::config::ConfigValue;
 use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 
-use crate::support::{TestServer, client, thaw_command};
+use crate::support::{TestServer, black_hole, client, read_head, thaw_command};
 
 /// A loopback HTTP server. `/` answers `upstream`; `/big` 64 KiB; `/together?n=N` answers
 /// only once N requests to it are in flight at the same moment (503 after 5 s otherwise), so
@@ -25,15 +25,9 @@ async fn upstream() -> u16 {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (waiting, arrived) = (waiting.clone(), arrived.clone());
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = vec![0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&seen);
+                let Some(head) = read_head(&mut socket).await else {
+                    return;
+                };
                 let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                 let (status, body) = if let Some(n) = path.strip_prefix("/together?n=") {
                     let n: usize = n.parse().unwrap();
@@ -67,19 +61,6 @@ async fn upstream() -> u16 {
                 let _ = socket.write_all(head.as_bytes()).await;
                 let _ = socket.write_all(&body).await;
             });
-        }
-    });
-    port
-}
-
-/// A port that accepts connections and never answers.
-async fn black_hole() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
         }
     });
     port

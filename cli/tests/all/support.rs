@@ -412,3 +412,53 @@ pub fn error_code(e: &anyhow::Error) -> Option<ErrorCode> {
     e.downcast_ref::<thaw_client::Error>()
         .and_then(thaw_client::Error::code)
 }
+
+/// Reads an HTTP request's head (up to its blank line) from `socket`; `None` if the peer
+/// closed first.
+pub async fn read_head(socket: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// A tiny HTTP upstream on 127.0.0.1 answering `200 upstream` to each connection; returns
+/// its port.
+pub async fn upstream() -> u16 {
+    use tokio::io::AsyncWriteExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut socket).await.is_some() {
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A listener that accepts and never answers; returns its port.
+pub async fn black_hole() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    port
+}

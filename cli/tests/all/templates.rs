@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{TestServer, client};
+use crate::support::{TestServer, client, upstream};
 
 /// `target/tools`, where scripts/test installs the toolchains.
 fn tools() -> PathBuf {
@@ -315,31 +315,6 @@ async fn writing_a_real_function(template: &str, project: &Path, server: &TestSe
             .any(|l| l.contains(" stderr INFO | greeted name=ci calls=")),
         "{template}: {logs}"
     );
-}
-
-/// A loopback HTTP server answering `upstream` to anything.
-async fn upstream() -> u16 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = vec![0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = socket
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream")
-                    .await;
-            });
-        }
-    });
-    port
 }
 
 #[tokio::test(flavor = "multi_thread")]
