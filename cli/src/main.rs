@@ -52,6 +52,11 @@ enum Command {
     Promote(commands::versions::PromoteArgs),
     /// Read or seed a function's key-value store: get|set|delete|list NAME [BUCKET] KEY [VALUE]
     Kv(commands::kv::KvArgs),
+    /// A function's asynchronous invocations: `thaw invocations NAME [--failed]`, or
+    /// `thaw invocations get|retry|discard ID`
+    Invocations(commands::invocations::InvocationsArgs),
+    /// List every schedule with its next and last run and the last status
+    Schedules(commands::invocations::SchedulesArgs),
     /// Print what a function wrote to stdout and stderr (-f follows)
     Logs(commands::logs::LogsArgs),
     /// Send a request to a function and print the response
@@ -105,6 +110,8 @@ fn main() {
                     Command::Promote(args) => commands::versions::promote(args).await,
                     Command::Logs(args) => commands::logs::execute(args).await,
                     Command::Kv(args) => commands::kv::execute(args).await,
+                    Command::Invocations(args) => commands::invocations::execute(args).await,
+                    Command::Schedules(args) => commands::invocations::schedules(args).await,
                     Command::Invoke(args) => commands::invoke::execute(args).await,
                     Command::Build(args) => commands::build::execute(args),
                     Command::Dev(args) => commands::dev::execute(args).await,

@@ -268,6 +268,51 @@ impl AdminClient {
             .await
     }
 
+    /// A function's asynchronous invocations, newest first (only dead letters if `failed`).
+    pub async fn invocations(
+        &self,
+        name: &str,
+        query: &thaw_spec::api::InvocationQuery,
+    ) -> Result<thaw_spec::api::InvocationList> {
+        self.send_json(
+            self.http
+                .get(format!("{}/v1/functions/{name}/invocations", self.base))
+                .query(query),
+        )
+        .await
+    }
+
+    /// One asynchronous invocation.
+    pub async fn invocation(&self, id: &str) -> Result<thaw_spec::api::InvocationInfo> {
+        self.send_json(self.http.get(format!("{}/v1/invocations/{id}", self.base)))
+            .await
+    }
+
+    /// Queues a dead-lettered invocation again.
+    pub async fn retry_invocation(&self, id: &str) -> Result<thaw_spec::api::InvocationInfo> {
+        self.send_json(
+            self.http
+                .post(format!("{}/v1/invocations/{id}/retry", self.base)),
+        )
+        .await
+    }
+
+    /// Removes an invocation that is not running.
+    pub async fn discard_invocation(&self, id: &str) -> Result<()> {
+        self.send(
+            self.http
+                .delete(format!("{}/v1/invocations/{id}", self.base)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every schedule on the host.
+    pub async fn schedules(&self) -> Result<thaw_spec::api::ScheduleList> {
+        self.send_json(self.http.get(format!("{}/v1/schedules", self.base)))
+            .await
+    }
+
     /// Removes a function.
     pub async fn remove(&self, name: &str) -> Result<()> {
         self.send(

@@ -138,6 +138,11 @@ impl DataDir {
         self.root.join("keyvalue.redb")
     }
 
+    /// Asynchronous invocations and schedules' last ticks (see `events::store`).
+    pub fn events(&self) -> PathBuf {
+        self.root.join("events.redb")
+    }
+
     /// Cranelift's incremental compilation cache (see `engine::compile_cache`).
     pub fn compile_cache(&self) -> PathBuf {
         self.root.join("compile-cache.redb")

@@ -20,6 +20,8 @@
 //!   per kind of function;
 //! - [`control`]: the platform, registry, versions and traffic splits, deploy, tier-up,
 //!   rollback, removal, garbage collection;
+//! - [`events`]: what starts a function besides HTTP: schedules, asynchronous invocations
+//!   with retries and dead letters, their durable store;
 //! - [`cluster`]: several nodes on etcd: the shared registry, membership, readiness, code
 //!   fetched from peers;
 //! - [`metrics`]: the Prometheus exposition of the platform's counters, read at scrape time;
@@ -28,19 +30,22 @@
 //!
 //! The parsers of untrusted bytes and the admin API's wire types live in `thaw-spec` (no
 //! wasmtime there, so fuzzing is cheap) and keep their paths here: [`spec`], [`manifest`],
-//! [`cgi`], [`config`], [`outbound`], [`traffic`], [`api`]. The CLI (`thaw-cli`) and the cold-start suite
+//! [`cgi`], [`config`], [`outbound`], [`traffic`], [`api`], [`event_spec`]. The CLI (`thaw-cli`) and the cold-start suite
 //! (`thaw-bench`) are crates of their own.
 
 #![deny(missing_docs)]
 
 // The parsers of untrusted bytes live in thaw-spec (no wasmtime there, so fuzzing is cheap);
 // they keep their paths here.
+/// A function's schedules and asynchronous delivery policy, as its spec says them.
+pub use thaw_spec::events as event_spec;
 pub use thaw_spec::{api, cgi, config, manifest, outbound, spec, traffic};
 
 pub mod cluster;
 pub mod control;
 pub mod datadir;
 pub mod engine;
+pub mod events;
 pub mod function;
 pub mod guest;
 pub mod histogram;

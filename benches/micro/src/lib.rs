@@ -126,7 +126,7 @@ pub async fn serve_on_loopback(
         send_timeout: Duration::from_secs(30),
         stalled_readers: platform.stalled_readers().clone(),
     };
-    tokio::spawn(serve_functions(listener, platform, shutdown, options));
+    tokio::spawn(serve_functions(listener, platform, None, shutdown, options));
     (addr, stop)
 }
 

@@ -55,6 +55,24 @@ pub struct DeployArgs {
     /// repeatable [default: no filesystem]
     #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", value_parser = parse_dir)]
     pub dirs: Vec<DirGrant>,
+    /// Run the function on a schedule: a cron expression (5 fields, or 6 with seconds
+    /// first), in UTC; repeatable. A time zone or catch-up needs a manifest's table
+    #[arg(long = "schedule", value_name = "CRON", value_parser = thaw_runtime::event_spec::parse_schedule_flag)]
+    pub schedules: Vec<thaw_runtime::event_spec::ScheduleSpec>,
+    /// Attempts of an asynchronous invocation (Prefer: respond-async) before it is
+    /// dead-lettered [default: 3]
+    #[arg(long, value_name = "N")]
+    pub async_max_attempts: Option<u32>,
+    /// Delay before an asynchronous invocation's first retry, doubled for each later one
+    /// [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub async_backoff_ms: Option<u64>,
+    /// Age after which an asynchronous invocation is dead-lettered [default: 21600]
+    #[arg(long, value_name = "SECONDS")]
+    pub async_max_age_s: Option<u64>,
+    /// Most asynchronous invocations queued at once; past it, 429 [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub async_max_queued: Option<u32>,
     /// Do not pre-initialise the function even if it exports an init function
     #[arg(long)]
     pub no_snapshot: bool,
@@ -162,6 +180,8 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
                 idle_timeout_ms: 60_000,
                 max_concurrent: args.reuse_max_concurrent,
             }),
+        schedule: args.schedules.clone(),
+        async_policy: async_policy(&args),
     };
     let wasm =
         std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
@@ -178,6 +198,17 @@ fn print_deployed(f: &thaw_runtime::api::FunctionInfo) {
         "deployed {} ({}) at {}, traffic {}",
         f.name, f.kind, f.route, f.traffic,
     );
+}
+
+/// The `async` table the flags give, if any flag is given.
+fn async_policy(args: &DeployArgs) -> Option<thaw_runtime::event_spec::AsyncSpec> {
+    let policy = thaw_runtime::event_spec::AsyncSpec {
+        max_attempts: args.async_max_attempts,
+        max_age_s: args.async_max_age_s,
+        backoff_ms: args.async_backoff_ms,
+        max_queued: args.async_max_queued,
+    };
+    (policy != Default::default()).then_some(policy)
 }
 
 /// The deploy's traffic options, as the client sends them.

@@ -11,6 +11,7 @@ use thaw_runtime::cluster::Cluster;
 use thaw_runtime::control::{KeyValueBackend, Platform};
 use thaw_runtime::engine::Allocator;
 use thaw_runtime::engine::artifact::sha256_hex;
+use thaw_runtime::events::{EventOptions, Events, LocalClaims, TickClaims};
 use thaw_runtime::history::History;
 use thaw_runtime::http::admin::AdminContext;
 use thaw_runtime::http::auth::{AdminAuth, AdminToken};
@@ -70,10 +71,18 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     };
     deploy_manifests(&platform, &manifests).await?;
     let token = admin_token(&platform, &config, json_log)?;
+    let events = Events::open(platform.clone(), EventOptions::default())
+        .context("opening the event store (events.redb in the data directory)")?;
     // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
     println!("{ready}");
     platform.spawn_background_work();
-    serve_until_signal(&config, platform, cluster, token, listeners).await
+    // In a cluster each schedule's tick is claimed through etcd, so one node runs it.
+    let claims: Arc<dyn TickClaims> = match &cluster {
+        Some(cluster) => cluster.clone(),
+        None => Arc::new(LocalClaims),
+    };
+    events.start(claims);
+    serve_until_signal(&config, platform, events, cluster, token, listeners).await
 }
 
 /// The platform, with trace export and the key-value store the configuration asks for.
@@ -219,6 +228,7 @@ fn admin_token(
 async fn serve_until_signal(
     config: &ServeConfig,
     platform: Arc<Platform>,
+    events: Arc<Events>,
     cluster: Option<Arc<Cluster>>,
     token: AdminToken,
     listeners: Listeners,
@@ -240,6 +250,7 @@ async fn serve_until_signal(
         auth: AdminAuth::new(token),
         cluster: cluster.clone(),
         followers: Default::default(),
+        events: Some(events.clone()),
     });
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
@@ -269,6 +280,7 @@ async fn serve_until_signal(
     let data_task = tokio::spawn(server::serve_functions(
         listeners.data,
         platform,
+        Some(events),
         shutdown,
         listener_options,
     ));

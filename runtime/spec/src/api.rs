@@ -285,6 +285,9 @@ pub enum ErrorCode {
     RouteTaken,
     /// 409: a newer change took this one's traffic before it was served.
     Superseded,
+    /// 409: the invocation is not in a state the change applies to (a retry of one that
+    /// did not fail, a discard of a running one).
+    WrongState,
     /// 413: the upload, the spec or a value is over its limit.
     TooLarge,
     /// 503: the host has no room for the work now; retry.
@@ -313,7 +316,7 @@ impl ErrorCode {
             }
             Self::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             Self::BadRequest | Self::InvalidModule => S::BAD_REQUEST,
-            Self::RouteTaken | Self::Superseded => S::CONFLICT,
+            Self::RouteTaken | Self::Superseded | Self::WrongState => S::CONFLICT,
             Self::TooLarge => S::PAYLOAD_TOO_LARGE,
             Self::Busy | Self::Unavailable => S::SERVICE_UNAVAILABLE,
             Self::WaitTimedOut => S::GATEWAY_TIMEOUT,
@@ -335,6 +338,7 @@ impl ErrorCode {
             Self::NotConfigured => "not_configured",
             Self::RouteTaken => "route_taken",
             Self::Superseded => "superseded",
+            Self::WrongState => "wrong_state",
             Self::TooLarge => "too_large",
             Self::Busy => "busy",
             Self::Unavailable => "unavailable",
@@ -423,6 +427,118 @@ pub struct KvQuery {
     /// Where a listing goes on ([`KvKeys::cursor`] of the page before).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<u64>,
+}
+
+/// Where an asynchronous invocation is (see the runtime's `events::invocations`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvocationState {
+    /// Stored, waiting for its (next) attempt.
+    Queued,
+    /// An attempt is running.
+    Running,
+    /// An attempt answered 1xx, 2xx or 3xx.
+    Succeeded,
+    /// Dead-lettered: its attempts or its age ran out, or it answered 4xx (not retried), or
+    /// its function was removed. `thaw invocations retry` queues it again.
+    Failed,
+}
+
+impl InvocationState {
+    /// Whether no attempt will follow (until a retry is asked for).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// `GET /v1/invocations/{id}`, an element of `GET /v1/functions/{name}/invocations`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationInfo {
+    /// 32 hex digits, random: knowing it is what lets a client read the result.
+    pub id: String,
+    /// The function it is for.
+    pub function: String,
+    /// Where it is.
+    pub state: InvocationState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The request's method.
+    pub method: String,
+    /// The request's path and query.
+    pub path: String,
+    /// When it was accepted (answered 202), ms since the epoch.
+    pub enqueued_ms: u64,
+    /// When its next attempt is due, while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<u64>,
+    /// When it succeeded or was dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// The last attempt's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why the last attempt failed, or why it was dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Where the result is sent when it is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+}
+
+/// `GET /v1/functions/{name}/invocations`: newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationList {
+    /// The invocations.
+    pub invocations: Vec<InvocationInfo>,
+}
+
+/// The query of `GET /v1/functions/{name}/invocations`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InvocationQuery {
+    /// Only dead letters.
+    #[serde(deserialize_with = "flag", skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
+    /// At most this many (default and most: 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// An element of `GET /v1/schedules`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    /// The function.
+    pub function: String,
+    /// The cron expression.
+    pub cron: String,
+    /// Its time zone (`UTC` when the spec names none).
+    pub tz: String,
+    /// Whether a missed tick runs after downtime.
+    pub catch_up: bool,
+    /// The next tick, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ms: Option<u64>,
+    /// The last tick this node ran, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ms: Option<u64>,
+    /// Its status (the function's, or thaw's when it failed before answering).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// A run is going on now.
+    pub running: bool,
+    /// Ticks this node ran.
+    pub runs: u64,
+    /// Ticks skipped because the previous run was still going (or missed while down).
+    pub skipped: u64,
+    /// Ticks another node of the cluster claimed.
+    pub claimed_elsewhere: u64,
+}
+
+/// `GET /v1/schedules`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleList {
+    /// Every function's schedules, by function then order in its spec.
+    pub schedules: Vec<ScheduleInfo>,
 }
 
 /// A boolean parameter: `true`/`1`, `false`/`0`, or present with no value (`true`).

@@ -3,6 +3,7 @@
 //! - [`spec`]: a function's deploy-time description (JSON over the admin API);
 //! - [`manifest`]: `thaw.toml`, many specs plus where their wasm is;
 //! - [`config`]: a function's `wasi:config` values and secret references;
+//! - [`events`]: a function's schedules and asynchronous delivery policy;
 //! - [`cgi`]: the response a preview1 module prints on stdout;
 //! - [`route`]: which route prefix serves a request path;
 //! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list;
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod cgi;
 pub mod config;
+pub mod events;
 pub mod manifest;
 pub mod outbound;
 pub mod route;

@@ -72,6 +72,12 @@ pub struct ManifestFunction {
     /// `wasi:config` values and secret references.
     #[serde(default)]
     pub config: BTreeMap<String, crate::config::ConfigValue>,
+    /// Schedules (cron).
+    #[serde(default)]
+    pub schedule: Vec<crate::events::ScheduleSpec>,
+    /// Asynchronous invocations' delivery policy.
+    #[serde(default, rename = "async")]
+    pub async_policy: Option<crate::events::AsyncSpec>,
 }
 
 impl ManifestFunction {
@@ -86,6 +92,8 @@ impl ManifestFunction {
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             dirs: self.dirs.clone(),
             config: self.config.clone(),
+            schedule: self.schedule.clone(),
+            async_policy: self.async_policy.clone(),
         }
     }
 }

@@ -95,6 +95,13 @@ pub struct FunctionSpec {
     /// resolves (see [`crate::config`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, crate::config::ConfigValue>,
+    /// When the host runs the function on its own, besides HTTP (see [`crate::events`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<crate::events::ScheduleSpec>,
+    /// How asynchronous invocations (`Prefer: respond-async`) are retried and bounded;
+    /// absent means the defaults (see [`crate::events::AsyncSpec`]).
+    #[serde(default, rename = "async", skip_serializing_if = "Option::is_none")]
+    pub async_policy: Option<crate::events::AsyncSpec>,
 }
 
 /// A host directory made visible to a function.
@@ -439,6 +446,9 @@ pub enum SpecError {
     /// The configuration table is not usable.
     #[error("{0}")]
     Config(String),
+    /// A field is not usable: its path in the spec (`schedule[0].tz`) and why.
+    #[error("{0}: {1}")]
+    Field(String, String),
 }
 
 /// Checks a function name.
@@ -459,8 +469,9 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
-/// Paths the data plane answers itself, before routing (liveness and readiness probes).
-pub const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+/// Paths the data plane answers itself, before routing: liveness and readiness probes,
+/// and asynchronous invocations' results (`Location: /v1/invocations/<id>`).
+pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/v1/invocations"];
 
 /// Checks a route: absolute, no query or fragment, no empty, `.` or `..` segments, no
 /// trailing slash (except the root route `/`).
@@ -473,7 +484,9 @@ pub fn validate_route(route: &str) -> Result<(), SpecError> {
         .iter()
         .any(|reserved| route == *reserved || route.starts_with(&format!("{reserved}/")))
     {
-        return err("is reserved for the host's health checks (/healthz, /readyz)");
+        return err(
+            "is reserved for the host's health checks (/healthz, /readyz) and invocation results (/v1/invocations)",
+        );
     }
     if route.len() > 1024 {
         return err("longer than 1024 bytes");
@@ -517,6 +530,10 @@ impl FunctionSpec {
         self.validate_reuse()?;
         self.limits.validate(max_memory_bytes)?;
         crate::outbound::AllowList::parse(&self.allowed_outbound_hosts)?;
+        crate::events::validate_schedules(&self.schedule)?;
+        if let Some(policy) = &self.async_policy {
+            policy.validate()?;
+        }
         self.validate_dirs()
     }
 

@@ -621,3 +621,40 @@ impl Coordinator for Cluster {
         }
     }
 }
+
+/// Ticks of schedules, each claimed by one node: the key `ticks/<function>/<index>` holds the
+/// last tick claimed, as 20 digits (so etcd's byte comparison orders them as numbers). A
+/// node claims a tick with a transaction that writes it only if the key is absent or holds
+/// an earlier tick; of the nodes that reach one tick, exactly one transaction succeeds. One
+/// key per schedule, overwritten, so nothing accumulates and no lease is needed.
+impl crate::events::TickClaims for Cluster {
+    fn claim<'a>(
+        &'a self,
+        function: &'a str,
+        index: usize,
+        tick_ms: u64,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let key = self.key(&format!("ticks/{function}/{index}"));
+            let value = format!("{tick_ms:020}");
+            let mut client = self.client.clone();
+            let put = || TxnOp::put(key.clone(), value.clone(), None);
+            let first = Txn::new()
+                .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then(vec![put()]);
+            let claimed = tokio::time::timeout(ETCD_TIMEOUT, client.txn(first)).await??;
+            if claimed.succeeded() {
+                return Ok(true);
+            }
+            let later = Txn::new()
+                .when(vec![Compare::value(
+                    key.clone(),
+                    CompareOp::Less,
+                    value.clone(),
+                )])
+                .and_then(vec![put()]);
+            let claimed = tokio::time::timeout(ETCD_TIMEOUT, client.txn(later)).await??;
+            Ok(claimed.succeeded())
+        })
+    }
+}

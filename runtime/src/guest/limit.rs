@@ -37,11 +37,13 @@ pub enum Limit {
     KvBytes,
     /// More host resources (fields, bodies, streams, pollables) than one instance may hold.
     HostResources,
+    /// `async.max_queued`: asynchronous invocations queued at once.
+    AsyncQueue,
 }
 
 impl Limit {
     /// Every limit, in reporting order.
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 15] = [
         Limit::Timeout,
         Limit::Fuel,
         Limit::Memory,
@@ -56,6 +58,7 @@ impl Limit {
         Limit::KvKeys,
         Limit::KvBytes,
         Limit::HostResources,
+        Limit::AsyncQueue,
     ];
 
     /// The name in logs and in the admin API.
@@ -75,6 +78,7 @@ impl Limit {
             Limit::KvKeys => "kv_keys",
             Limit::KvBytes => "kv_bytes",
             Limit::HostResources => "host_resources",
+            Limit::AsyncQueue => "async_queue",
         }
     }
 }

@@ -30,14 +30,15 @@ use hyper::body::Incoming;
 
 use super::auth::AdminAuth;
 use crate::api::{
-    DeployQuery, ErrorBody, ErrorCode, ErrorDetail, FunctionInfo, KvKeys, KvQuery, LogQuery,
-    RollbackRequest, parse_query,
+    DeployQuery, ErrorBody, ErrorCode, ErrorDetail, FunctionInfo, InvocationQuery, KvKeys, KvQuery,
+    LogQuery, RollbackRequest, parse_query,
 };
 use crate::cluster::peers::Blob;
 use crate::cluster::{Cluster, Readiness};
 use crate::control::deploy::{DeployOptions, Deployed};
 use crate::control::versions::VersionSet;
 use crate::control::{DeployError, Platform};
+use crate::events::{Events, invocations};
 use crate::history::History;
 use crate::invoke::body::{ResponseBody, full};
 use crate::spec::FunctionSpec;
@@ -59,6 +60,8 @@ pub struct AdminContext {
     pub followers: ClientFollowers,
     /// `/metrics`, rendered at most once a second (shared with `--metrics-listen`).
     pub exposition: Arc<crate::metrics::Exposition>,
+    /// Schedules and asynchronous invocations, if this host runs them.
+    pub events: Option<Arc<Events>>,
 }
 
 /// Log followers one client address may have open at once, across functions; past it, 429.
@@ -236,6 +239,36 @@ static ROUTES: &[Route] = &[
         path: "/v1/functions/{name}/logs",
         access: Access::Admin,
         handler: |c| Box::pin(logs(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/functions/{name}/invocations",
+        access: Access::Admin,
+        handler: |c| Box::pin(invocation_list(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/invocations/{id}",
+        access: Access::Admin,
+        handler: |c| Box::pin(invocation(c)),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/invocations/{id}",
+        access: Access::Admin,
+        handler: |c| Box::pin(invocation_discard(c)),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/invocations/{id}/retry",
+        access: Access::Admin,
+        handler: |c| Box::pin(invocation_retry(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/schedules",
+        access: Access::Admin,
+        handler: |c| Box::pin(schedules(c)),
     },
     Route {
         method: Method::GET,
@@ -775,6 +808,92 @@ pub async fn metrics(
 
 /// `/v1/functions/{name}/kv`: operators read and seed a function's state, in the
 /// function's scope and under its quota, as its guest would.
+/// This host's events, or the answer that it has none.
+fn events(call: &Call) -> Result<&Arc<Events>, Response<ResponseBody>> {
+    call.cx.events.as_ref().ok_or_else(|| {
+        error(
+            ErrorCode::NotConfigured,
+            "this host runs no events (schedules, asynchronous invocations)",
+        )
+    })
+}
+
+async fn schedules(call: Call) -> Response<ResponseBody> {
+    match events(&call) {
+        Ok(events) => json(StatusCode::OK, &events.schedules.list()),
+        Err(refused) => refused,
+    }
+}
+
+async fn invocation_list(call: Call) -> Response<ResponseBody> {
+    let events = match events(&call) {
+        Ok(events) => events,
+        Err(refused) => return refused,
+    };
+    let query: InvocationQuery = match parse_query(call.req.uri().query().unwrap_or("")) {
+        Ok(query) => query,
+        Err(e) => return error(ErrorCode::BadRequest, &e),
+    };
+    // Not looked up in the registry: a function that was removed may still have
+    // invocations (dead letters, results) to read.
+    if let Err(e) = crate::spec::validate_name(&call.param) {
+        return error(ErrorCode::BadRequest, &e.to_string());
+    }
+    let limit = query.limit.unwrap_or(1000).min(1000);
+    match invocations::list(events, &call.param, query.failed, limit) {
+        Ok(list) => json(StatusCode::OK, &list),
+        Err(e) => error(ErrorCode::Internal, &format!("{e:#}")),
+    }
+}
+
+async fn invocation(call: Call) -> Response<ResponseBody> {
+    let events = match events(&call) {
+        Ok(events) => events,
+        Err(refused) => return refused,
+    };
+    match invocations::info(events, &call.param) {
+        Ok(Some(info)) => json(StatusCode::OK, &info),
+        Ok(None) => error(
+            ErrorCode::NotFound,
+            &format!("no invocation {:?}", call.param),
+        ),
+        Err(e) => error(ErrorCode::Internal, &format!("{e:#}")),
+    }
+}
+
+fn change_error(e: invocations::ChangeError) -> Response<ResponseBody> {
+    match e {
+        invocations::ChangeError::NotFound(_) => error(ErrorCode::NotFound, &e.to_string()),
+        invocations::ChangeError::Conflict(_) => error(ErrorCode::WrongState, &e.to_string()),
+        invocations::ChangeError::Store(e) => error(ErrorCode::Internal, &format!("{e:#}")),
+    }
+}
+
+async fn invocation_retry(call: Call) -> Response<ResponseBody> {
+    let events = match events(&call) {
+        Ok(events) => events,
+        Err(refused) => return refused,
+    };
+    match invocations::retry(events, &call.param).await {
+        Ok(info) => json(StatusCode::OK, &info),
+        Err(e) => change_error(e),
+    }
+}
+
+async fn invocation_discard(call: Call) -> Response<ResponseBody> {
+    let events = match events(&call) {
+        Ok(events) => events,
+        Err(refused) => return refused,
+    };
+    match invocations::discard(events, &call.param).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "discarded": call.param }),
+        ),
+        Err(e) => change_error(e),
+    }
+}
+
 async fn keyvalue(call: Call) -> Response<ResponseBody> {
     let Some(set) = function(&call) else {
         return no_function(&call.param);

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::control::Platform;
 use crate::control::versions::VersionSet;
+use crate::events::{Events, invocations};
 use crate::invoke::body::ResponseBody;
 use crate::invoke::{InvokeError, Peer, invoke};
 
@@ -62,19 +63,31 @@ impl Shutdown {
     }
 }
 
-/// Serves the data plane on `listener` until `shutdown` fires, then drains.
+/// Serves the data plane on `listener` until `shutdown` fires, then drains. With `events`,
+/// a request that prefers it (`Prefer: respond-async`) is stored and answered 202, and
+/// `/v1/invocations/<id>` answers with its result (see [`crate::events::invocations`]).
 pub async fn serve_functions(
     listener: TcpListener,
     platform: Arc<Platform>,
+    events: Option<Arc<Events>>,
     shutdown: Shutdown,
     options: ListenerOptions,
 ) -> anyhow::Result<()> {
     serve(listener, shutdown, options, move |req, peer| {
         let platform = platform.clone();
+        let events = events.clone();
         async move {
             match req.uri().path() {
                 "/healthz" => return health(platform.health()),
                 "/readyz" => return probe(platform.ready()),
+                path if path.starts_with(invocations::LOCATION_PREFIX) => {
+                    return match (&events, req.method()) {
+                        (Some(events), &http::Method::GET) => {
+                            invocations::read(events, &path[invocations::LOCATION_PREFIX.len()..])
+                        }
+                        _ => InvokeError::NotFound.into_response(),
+                    };
+                }
                 _ => {}
             }
             if let Err(why) = check_target(&req) {
@@ -95,7 +108,12 @@ pub async fn serve_functions(
             let mut req = req;
             super::auth::strip_session_cookie(req.headers_mut());
             let version = function.version_header.clone();
-            let mut response = invoke(platform.invoke_context(), function, req, peer).await;
+            let mut response = match &events {
+                Some(events) if invocations::wants_async(req.headers()) => {
+                    invocations::accept(events, &function, req).await
+                }
+                _ => invoke(platform.invoke_context(), function, req, peer).await,
+            };
             super::auth::drop_session_set_cookie(response.headers_mut());
             response.headers_mut().insert(VERSION, version);
             response

@@ -37,6 +37,9 @@ pub enum InvokeError {
     /// The function's concurrency limit is reached (the reason says how).
     #[error("the function's concurrency limit is reached: {0}")]
     ConcurrencyLimit(&'static str),
+    /// The function has `async.max_queued` asynchronous invocations queued already.
+    #[error("{0} asynchronous invocations are queued, the function's async.max_queued")]
+    TooManyQueued(u32),
     /// The request's header section is over the function's limits.
     #[error("request headers over the limit: {0}")]
     HeadersTooLarge(String),
@@ -91,6 +94,7 @@ impl InvokeError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             InvokeError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            InvokeError::TooManyQueued(_) => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::Timeout | InvokeError::OutOfFuel => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::Trap(_)
             | InvokeError::NoResponse
@@ -118,6 +122,9 @@ impl InvokeError {
                 "all instances are busy, retry shortly\n"
             }
             InvokeError::HeadersTooLarge(_) => "request headers too large\n",
+            InvokeError::TooManyQueued(_) => {
+                "too many asynchronous invocations queued, retry shortly\n"
+            }
             InvokeError::Timeout => "function timed out\n",
             InvokeError::OutOfFuel => "function ran out of CPU time\n",
             InvokeError::Trap(_) => "function failed (trap)\n",
@@ -145,6 +152,7 @@ impl InvokeError {
             InvokeError::BodyTooLarge(_) => Limit::RequestBody,
             InvokeError::BodyTooSlow { .. } => Limit::SlowRequestBody,
             InvokeError::HeadersTooLarge(_) => Limit::Headers,
+            InvokeError::TooManyQueued(_) => Limit::AsyncQueue,
             InvokeError::ResponseTooLarge(_) => Limit::ResponseBody,
             InvokeError::NotFound
             | InvokeError::NoSuchVersion
@@ -169,7 +177,9 @@ impl InvokeError {
         );
         if matches!(
             self,
-            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_)
+            InvokeError::Overloaded
+                | InvokeError::ConcurrencyLimit(_)
+                | InvokeError::TooManyQueued(_)
         ) {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -1,0 +1,286 @@
+//! Events: what starts a function besides a synchronous HTTP request. Schedules
+//! ([`schedule`]) and asynchronous invocations with retries and dead letters
+//! ([`invocations`]), kept durable in the data directory ([`store`]).
+//!
+//! # Events are requests
+//! Every event reaches its function as an HTTP request through the same request path as a
+//! client's ([`crate::invoke::invoke`]): the function's concurrency gate, the host's
+//! admission, the warm pool, limits, statistics, logs and traces all apply, and nothing
+//! bypasses them. A burst of events queues where a burst of clients would. The request
+//! carries CloudEvents 1.0 binary-mode headers ([`CloudEvent`]), so any `wasi:http`
+//! component can handle events unchanged, and the SDKs read them as an `Event`.
+//!
+//! # What this module does not do
+//! - It does not run a broker. Durability is the data directory's (one host), and delivery
+//!   is at least once: an attempt interrupted by a crash runs again after the restart, so a
+//!   handler that must not repeat an effect keys it by `ce-id`.
+//! - It does not order deliveries: attempts of one function run concurrently, up to its
+//!   `max_concurrency` (or [`DEFAULT_EVENT_CONCURRENCY`]).
+
+pub mod invocations;
+pub mod schedule;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+
+use crate::control::Platform;
+use crate::function::Function;
+use crate::invoke::{Peer, invoke};
+
+pub use invocations::Invocations;
+pub use schedule::{LocalClaims, Scheduler, TickClaims};
+use store::EventStore;
+
+/// How many events of one function a host delivers at once when the function sets no
+/// `max_concurrency`: enough to keep a few cores busy with short handlers, few enough that
+/// a queue draining after downtime leaves instance slots for HTTP clients.
+pub const DEFAULT_EVENT_CONCURRENCY: usize = 16;
+
+/// The host's event settings.
+#[derive(Clone, Debug)]
+pub struct EventOptions {
+    /// How long a finished invocation's result is kept, readable at its `Location`.
+    pub result_retention: Duration,
+    /// How long a dead letter is kept (unless retried or discarded first).
+    pub dead_letter_retention: Duration,
+    /// Most bytes of a response body kept as an invocation's result; the rest is cut (and
+    /// the result says so).
+    pub max_result_bytes: usize,
+    /// Most bytes of an asynchronous request's body (it is stored); the function's own
+    /// `max_request_body_kib` applies too.
+    pub max_async_body_bytes: u64,
+}
+
+impl Default for EventOptions {
+    fn default() -> Self {
+        Self {
+            // A day to read a result; a week to notice and replay a dead letter.
+            result_retention: Duration::from_secs(24 * 3600),
+            dead_letter_retention: Duration::from_secs(7 * 24 * 3600),
+            // A result is read once or twice and kept in the data directory: 1 MiB is a
+            // large API answer, and 10,000 queued results stay under 10 GiB.
+            max_result_bytes: 1 << 20,
+            max_async_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The host's events: the store, the asynchronous invocations and the schedules.
+pub struct Events {
+    platform: Arc<Platform>,
+    store: EventStore,
+    options: EventOptions,
+    /// Asynchronous invocations.
+    pub invocations: Invocations,
+    /// Schedules.
+    pub schedules: Scheduler,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// Opens the event store in `platform`'s data directory and rebuilds the queue from it.
+    /// Nothing runs until [`Events::start`].
+    pub fn open(platform: Arc<Platform>, options: EventOptions) -> anyhow::Result<Arc<Self>> {
+        let store = EventStore::open(&platform.data_dir().events())?;
+        let invocations = Invocations::recover(&store)?;
+        let schedules = Scheduler::new(&store)?;
+        Ok(Arc::new(Self {
+            platform,
+            store,
+            options,
+            invocations,
+            schedules,
+        }))
+    }
+
+    /// Starts delivering: the queued invocations' workers, the retention sweep and the
+    /// scheduler. `claims` decides which node runs a tick ([`LocalClaims`] on one host).
+    pub fn start(self: &Arc<Self>, claims: Arc<dyn TickClaims>) {
+        invocations::start(self);
+        schedule::start(self, claims);
+    }
+
+    /// The platform events are delivered on.
+    pub fn platform(&self) -> &Arc<Platform> {
+        &self.platform
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &EventOptions {
+        &self.options
+    }
+}
+
+/// The CloudEvents 1.0 context attributes of one event, sent in binary mode: as `ce-*`
+/// headers of an HTTP request whose body is the event's data.
+#[derive(Clone, Debug)]
+pub struct CloudEvent<'a> {
+    /// Unique per source: a retry of one event keeps it, so a handler can deduplicate by it.
+    pub id: &'a str,
+    /// Where it comes from (`/thaw/schedules/nightly`).
+    pub source: &'a str,
+    /// What happened (`dev.thaw.schedule.tick`).
+    pub kind: &'a str,
+    /// When it happened.
+    pub time: SystemTime,
+    /// What it is about, within the source.
+    pub subject: Option<&'a str>,
+    /// The attempt, from 1 (the extension attribute `thawattempt`).
+    pub attempt: u32,
+}
+
+/// `ce-thawattempt`: which attempt at this event a request is (an extension attribute).
+pub const CE_ATTEMPT: HeaderName = HeaderName::from_static("ce-thawattempt");
+
+impl CloudEvent<'_> {
+    /// Sets the event's headers on `headers`, replacing any of the same names.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        set("ce-specversion", "1.0");
+        set("ce-id", self.id);
+        set("ce-source", self.source);
+        set("ce-type", self.kind);
+        set(
+            "ce-time",
+            &humantime::format_rfc3339_millis(self.time).to_string(),
+        );
+        if let Some(subject) = self.subject {
+            set("ce-subject", subject);
+        }
+        headers.insert(CE_ATTEMPT, HeaderValue::from(self.attempt));
+    }
+}
+
+/// What one delivery got back.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The status (the function's, or thaw's for a failure before the guest answered).
+    pub status: StatusCode,
+    /// The response's headers.
+    pub headers: HeaderMap,
+    /// Its body, up to the limit asked for.
+    pub body: Bytes,
+    /// The body was longer than the limit.
+    pub truncated: bool,
+    /// The body failed after the head was sent (a trap or timeout mid-stream).
+    pub body_error: Option<String>,
+}
+
+impl Outcome {
+    /// Whether the event was handled: a status below 400 and a body that did not fail.
+    pub fn succeeded(&self) -> bool {
+        self.status.as_u16() < 400 && self.body_error.is_none()
+    }
+
+    /// Whether another attempt may do better: 5xx (a trap, a timeout, an overload), 408,
+    /// 429, or a body that failed mid-way. Other 4xx answers say the event itself is wrong.
+    pub fn retryable(&self) -> bool {
+        self.body_error.is_some()
+            || self.status.is_server_error()
+            || matches!(
+                self.status,
+                StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+            )
+    }
+
+    /// Why an attempt did not succeed, for the record and the log.
+    pub fn failure(&self) -> String {
+        match &self.body_error {
+            Some(e) => format!("the response body failed: {e}"),
+            None => format!("answered {}", self.status),
+        }
+    }
+}
+
+/// Where an event comes from, as the request path sees it: this host, on loopback.
+const EVENT_PEER: Peer = Peer {
+    remote: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+    local: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+};
+
+/// Runs `req` on the function named `name` (the version its traffic split picks) through
+/// the request path, and reads up to `max_body` bytes of the answer. `None`: no such
+/// function.
+pub async fn deliver(
+    platform: &Platform,
+    name: &str,
+    req: Request<Full<Bytes>>,
+    max_body: usize,
+) -> Option<Outcome> {
+    let function = current(platform, name)?;
+    Some(deliver_to(platform, function, req, max_body).await)
+}
+
+/// The version of `name` that the next request would get.
+pub fn current(platform: &Platform, name: &str) -> Option<Arc<Function>> {
+    Some(platform.registry().get(name)?.pick().clone())
+}
+
+/// [`deliver`] to one version.
+pub async fn deliver_to(
+    platform: &Platform,
+    function: Arc<Function>,
+    mut req: Request<Full<Bytes>>,
+    max_body: usize,
+) -> Outcome {
+    if !req.headers().contains_key(http::header::HOST) {
+        req.headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_static("localhost"));
+    }
+    let response = invoke(platform.invoke_context(), function, req, EVENT_PEER).await;
+    let (parts, mut body) = response.into_parts();
+    let mut kept = bytes::BytesMut::new();
+    let mut truncated = false;
+    let mut body_error = None;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = max_body.saturating_sub(kept.len());
+                    if data.len() > room {
+                        truncated = true;
+                    }
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Err(e) => {
+                body_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Outcome {
+        status: parts.status,
+        headers: parts.headers,
+        body: kept.freeze(),
+        truncated,
+        body_error,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `ms` since the epoch as a time.
+pub fn time_of(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
