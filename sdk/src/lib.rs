@@ -103,6 +103,7 @@ struct GuideSnippets;
 use std::io::{Read as _, Write as _};
 
 pub mod config;
+pub mod event;
 pub mod future;
 pub mod http;
 pub mod kv;

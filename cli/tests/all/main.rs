@@ -15,6 +15,7 @@ mod compat;
 mod crash;
 mod dashboard;
 mod deploy;
+mod events;
 mod faults;
 mod functions;
 mod hostile;
