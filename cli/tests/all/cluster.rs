@@ -523,3 +523,85 @@ async fn wait_on_a_single_host_is_refused_before_anything_is_deployed() {
         .status();
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_tick_of_a_schedule_runs_on_exactly_one_node() {
+    let Some(etcd) = Etcd::start() else { return };
+    let nodes = [node(&etcd, "n1"), node(&etcd, "n2"), node(&etcd, "n3")];
+    for n in &nodes {
+        wait_ready(n).await;
+    }
+    let collector = crate::support::Collector::start().await;
+    let spec = thaw_runtime::spec::FunctionSpec {
+        route: Some("/tick".into()),
+        schedule: vec![thaw_runtime::event_spec::ScheduleSpec::utc("* * * * * *")],
+        allowed_outbound_hosts: vec![collector.url.clone()],
+        config: [(
+            "report".to_owned(),
+            thaw_runtime::config::ConfigValue::Value(collector.url.clone()),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    nodes[0]
+        .admin()
+        .typed()
+        .deploy_waiting(
+            "tick",
+            &spec,
+            thaw_test_functions::read(wasm::EVENTS).into(),
+            None,
+            Some(3),
+        )
+        .await
+        .expect("deploying a scheduled function");
+    // Every node has the schedule (and its own view of the ticks it ran or lost to a peer).
+    for n in &nodes {
+        eventually("the schedule on every node", Duration::from_secs(30), || async {
+            n.admin()
+                .typed()
+                .schedules()
+                .await
+                .is_ok_and(|l| l.schedules.iter().any(|s| s.function == "tick"))
+        })
+        .await;
+    }
+    // The ticks from the one after every node had the schedule: each ran exactly once.
+    let from = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1000;
+    let ticks = || {
+        let mut runs = std::collections::BTreeMap::<u64, usize>::new();
+        for line in collector.lines() {
+            let tick = line
+                .strip_prefix("dev.thaw.schedule.tick ")
+                .and_then(|rest| rest.split(['-', ' ']).next())
+                .and_then(|ms| ms.parse::<u64>().ok());
+            if let Some(tick) = tick.filter(|&t| t >= from) {
+                *runs.entry(tick).or_default() += 1;
+            }
+        }
+        runs
+    };
+    eventually("20 one-second ticks", Duration::from_secs(90), || {
+        let n = ticks().len();
+        async move { n >= 21 }
+    })
+    .await;
+    let runs: Vec<(u64, usize)> = ticks().into_iter().take(20).collect();
+    assert!(
+        runs.iter().all(|&(_, n)| n == 1),
+        "a tick ran more than once: {runs:?}"
+    );
+    let consecutive = runs.windows(2).all(|w| w[1].0 - w[0].0 == 1000);
+    assert!(consecutive, "a tick was lost: {runs:?}");
+    let mut ran_here = Vec::new();
+    for n in &nodes {
+        let list = n.admin().typed().schedules().await.unwrap();
+        let s = list.schedules.iter().find(|s| s.function == "tick").unwrap();
+        ran_here.push((s.runs, s.claimed_elsewhere));
+    }
+    eprintln!("ticks run / claimed by another node, per node: {ran_here:?}");
+}

@@ -536,3 +536,62 @@ async fn a_schedule_fires_on_its_ticks_and_a_slow_run_skips_rather_than_overlaps
     assert_eq!(tick.last_status, Some(200));
     assert!(tick.next_ms > tick.last_ms, "{tick:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tick_missed_while_down_runs_after_the_restart_only_with_catch_up() {
+    let collector = Collector::start().await;
+    let mut server = TestServer::start();
+    let every_5_s = |catch_up| ScheduleSpec {
+        cron: "*/5 * * * * *".into(),
+        tz: None,
+        catch_up,
+    };
+    for (name, catch_up) in [("catches-up", true), ("skips", false)] {
+        let spec = FunctionSpec {
+            schedule: vec![every_5_s(catch_up)],
+            ..reporting(&format!("/{name}"), &collector)
+        };
+        server.deploy(name, wasm::EVENTS, spec).await;
+    }
+    // The ticks each function ran, by its event source.
+    let ran = |name: &str| -> Vec<u64> {
+        let source = format!("/thaw/schedules/{name}");
+        collector
+            .lines()
+            .iter()
+            .filter(|l| l.ends_with(&source))
+            .filter_map(|l| l.split([' ', '-']).nth(1)?.parse().ok())
+            .collect()
+    };
+    eventually("a first tick of both", Duration::from_secs(30), || {
+        let both = !ran("catches-up").is_empty() && !ran("skips").is_empty();
+        async move { both }
+    })
+    .await;
+    server.kill9();
+    let last = ran("catches-up").into_iter().max().unwrap();
+    let missed = last + 5000;
+    // Down until the next tick has passed.
+    eventually("the next tick to pass while down", Duration::from_secs(30), || {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        async move { now.as_millis() as u64 > missed + 200 }
+    })
+    .await;
+    server.kill_and_restart(1);
+    eventually("the missed tick, caught up", Duration::from_secs(30), || {
+        let caught = ran("catches-up").contains(&missed);
+        async move { caught }
+    })
+    .await;
+    assert!(
+        !ran("skips").contains(&missed),
+        "without catch_up the missed tick is not run"
+    );
+    let list = server.admin().typed().schedules().await.unwrap();
+    let skips = list.schedules.iter().find(|s| s.function == "skips").unwrap();
+    assert!(skips.skipped >= 1, "{skips:?}");
+    assert!(
+        server.log().contains("missed while the host was down; skipped"),
+        "the skip is logged"
+    );
+}

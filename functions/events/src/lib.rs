@@ -3,7 +3,8 @@
 //!
 //! Contract (the tests rely on it):
 //! - With `wasi:config` `report` set to a URL, every request POSTs `<ce-type> <ce-id>
-//!   <attempt>` there before answering (the tests' collector counts deliveries by id).
+//!   <attempt> <ce-source>` there before answering (the tests' collector counts deliveries
+//!   by id).
 //! - `?fail=N` answers 500 to attempts 1..=N, then 200; `?fail=always` always 500.
 //! - `?status=S` answers S; `?sleep_ms=N` sleeps N ms first; `config` `sleep_ms` does the same for
 //!   every request (a schedule's tick has no query).
@@ -25,7 +26,7 @@ async fn events(req: Request) -> Result<Response, thaw_sdk::Error> {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     if let Some(url) = thaw_sdk::config::get("report")? {
-        let line = format!("{} {} {}", event.kind, event.id, event.attempt);
+        let line = format!("{} {} {} {}", event.kind, event.id, event.attempt, event.source);
         thaw_sdk::http::post(&url, line.into_bytes()).await?;
     }
     let status = match thaw_sdk::query(&req, "fail").as_deref() {
