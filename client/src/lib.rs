@@ -307,6 +307,12 @@ impl AdminClient {
         Ok(())
     }
 
+    /// Every queue and schedule on the host.
+    pub async fn events(&self) -> Result<thaw_spec::api::EventsStatus> {
+        self.send_json(self.http.get(format!("{}/v1/events", self.base)))
+            .await
+    }
+
     /// Every schedule on the host.
     pub async fn schedules(&self) -> Result<thaw_spec::api::ScheduleList> {
         self.send_json(self.http.get(format!("{}/v1/schedules", self.base)))

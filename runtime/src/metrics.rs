@@ -36,6 +36,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::control::Platform;
+use crate::events::Events;
 use crate::function::Function;
 use crate::function::timing::StartKind;
 use crate::guest::limit::Limit;
@@ -51,11 +52,16 @@ pub const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The exposition's cache (see "Cached for a second"): the last rendering of each format.
 #[derive(Default)]
-pub struct Exposition(Arc<tokio::sync::Mutex<Cache>>);
+pub struct Exposition(Arc<tokio::sync::Mutex<Cache>>, Option<Arc<Events>>);
 
 type Cache = [Option<(std::time::Instant, bytes::Bytes)>; 2];
 
 impl Exposition {
+    /// An exposition that includes the host's events (queues and schedules).
+    pub fn with_events(events: Arc<Events>) -> Self {
+        Self(Arc::default(), Some(events))
+    }
+
     /// The exposition, rendered at most [`CACHE_FOR`] ago; `None` if rendering failed (a
     /// scraper must see an error, not an empty page that looks healthy).
     ///
@@ -66,6 +72,7 @@ impl Exposition {
     pub async fn get(&self, platform: &Arc<Platform>, openmetrics: bool) -> Option<bytes::Bytes> {
         let cache = self.0.clone();
         let platform = platform.clone();
+        let events = self.1.clone();
         let rendering = tokio::spawn(async move {
             let mut cache = cache.lock_owned().await;
             let slot = &mut cache[usize::from(openmetrics)];
@@ -75,7 +82,9 @@ impl Exposition {
                 return Some(body.clone());
             }
             let body =
-                match tokio::task::spawn_blocking(move || render(&platform, openmetrics)).await {
+                match tokio::task::spawn_blocking(move || render(&platform, events, openmetrics))
+                    .await
+                {
                     Ok(body) => bytes::Bytes::from(body),
                     Err(e) => {
                         tracing::error!("rendering the metrics failed: {e}");
@@ -104,9 +113,12 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The platform's metrics, encoded as OpenMetrics or, with `openmetrics` false, in the
 /// classic text format. Called per scrape (allocates; not the request path).
-pub fn render(platform: &Arc<Platform>, openmetrics: bool) -> String {
+pub fn render(platform: &Arc<Platform>, events: Option<Arc<Events>>, openmetrics: bool) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(PlatformCollector(platform.clone())));
+    if let Some(events) = events {
+        registry.register_collector(Box::new(EventsCollector(events)));
+    }
     let mut out = String::with_capacity(16 << 10);
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -498,5 +510,101 @@ mod tests {
         assert!(wants_openmetrics(Some(prometheus)));
         assert!(!wants_openmetrics(Some(b"*/*")));
         assert!(!wants_openmetrics(None));
+    }
+}
+
+/// Asynchronous invocations' queues and schedules, per function (no version label: a queue
+/// belongs to the function, whichever version runs its next attempt).
+struct EventsCollector(Arc<Events>);
+
+impl std::fmt::Debug for EventsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventsCollector")
+    }
+}
+
+impl Collector for EventsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let queues = self.0.invocations.stats();
+        let function = |name: &str| [("function", name.to_owned())];
+        type Stat = fn(&crate::api::QueueInfo) -> u64;
+        let counts: [(&str, &str, MetricType, Stat); 4] = [
+            (
+                "thaw_async_queue_depth",
+                "Asynchronous invocations queued or running",
+                MetricType::Gauge,
+                |q| q.depth,
+            ),
+            (
+                "thaw_async_attempts",
+                "Attempts at asynchronous invocations, since the host started",
+                MetricType::Counter,
+                |q| q.attempts,
+            ),
+            (
+                "thaw_async_dead_letters",
+                "Asynchronous invocations dead-lettered, since the host started",
+                MetricType::Counter,
+                |q| q.dead_letters,
+            ),
+            (
+                "thaw_async_succeeded",
+                "Asynchronous invocations that succeeded, since the host started",
+                MetricType::Counter,
+                |q| q.succeeded,
+            ),
+        ];
+        for (name, help, kind, value) in counts {
+            family(&mut e, name, help, None, kind, &queues, |m, q| {
+                let labels = function(&q.function);
+                let m = &mut m.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => counter(m, value(q)),
+                    _ => gauge(m, value(q) as i64),
+                }
+            })?;
+        }
+        family(
+            &mut e,
+            "thaw_async_oldest_age",
+            "Age of the oldest asynchronous invocation queued or running",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            &queues,
+            |m, q| {
+                m.encode_family(&function(&q.function))?
+                    .encode_gauge(&(q.oldest_age_ms as f64 / 1e3))
+            },
+        )?;
+        let schedules = self.0.schedules.list().schedules;
+        let schedule = |s: &crate::api::ScheduleInfo| {
+            [("function", s.function.clone()), ("cron", s.cron.clone())]
+        };
+        type Field = fn(&crate::api::ScheduleInfo) -> u64;
+        let ticks: [(&str, &str, Field); 3] = [
+            ("thaw_schedule_runs", "Ticks this node ran", |s| s.runs),
+            (
+                "thaw_schedule_skipped",
+                "Ticks skipped: the previous run still going, or missed while down",
+                |s| s.skipped,
+            ),
+            (
+                "thaw_schedule_claimed_elsewhere",
+                "Ticks another node of the cluster ran",
+                |s| s.claimed_elsewhere,
+            ),
+        ];
+        for (name, help, value) in ticks {
+            family(
+                &mut e,
+                name,
+                help,
+                None,
+                MetricType::Counter,
+                &schedules,
+                |m, s| counter(&mut m.encode_family(&schedule(s))?, value(s)),
+            )?;
+        }
+        Ok(())
     }
 }

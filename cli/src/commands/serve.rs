@@ -241,7 +241,9 @@ async fn serve_until_signal(
         send_timeout: config.send_timeout,
         stalled_readers: platform.stalled_readers().clone(),
     };
-    let exposition = Arc::new(thaw_runtime::metrics::Exposition::default());
+    let exposition = Arc::new(thaw_runtime::metrics::Exposition::with_events(
+        events.clone(),
+    ));
     let admin_context = Arc::new(AdminContext {
         exposition: exposition.clone(),
         history: History::spawn(platform.clone()),

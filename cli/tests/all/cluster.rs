@@ -557,13 +557,17 @@ async fn each_tick_of_a_schedule_runs_on_exactly_one_node() {
         .expect("deploying a scheduled function");
     // Every node has the schedule (and its own view of the ticks it ran or lost to a peer).
     for n in &nodes {
-        eventually("the schedule on every node", Duration::from_secs(30), || async {
-            n.admin()
-                .typed()
-                .schedules()
-                .await
-                .is_ok_and(|l| l.schedules.iter().any(|s| s.function == "tick"))
-        })
+        eventually(
+            "the schedule on every node",
+            Duration::from_secs(30),
+            || async {
+                n.admin()
+                    .typed()
+                    .schedules()
+                    .await
+                    .is_ok_and(|l| l.schedules.iter().any(|s| s.function == "tick"))
+            },
+        )
         .await;
     }
     // The ticks from the one after every node had the schedule: each ran exactly once.
@@ -600,7 +604,11 @@ async fn each_tick_of_a_schedule_runs_on_exactly_one_node() {
     let mut ran_here = Vec::new();
     for n in &nodes {
         let list = n.admin().typed().schedules().await.unwrap();
-        let s = list.schedules.iter().find(|s| s.function == "tick").unwrap();
+        let s = list
+            .schedules
+            .iter()
+            .find(|s| s.function == "tick")
+            .unwrap();
         ran_here.push((s.runs, s.claimed_elsewhere));
     }
     eprintln!("ticks run / claimed by another node, per node: {ran_here:?}");

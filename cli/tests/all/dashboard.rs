@@ -234,6 +234,32 @@ async fn log_in_watch_traffic_and_change_the_split_from_the_dashboard() {
         text.contains("timeout").then_some(())
     })
     .await;
+    // A scheduled function and an asynchronous invocation: the events tables show them.
+    let scheduled = thaw_runtime::spec::FunctionSpec {
+        schedule: vec![thaw_runtime::event_spec::ScheduleSpec::utc("*/2 * * * * *")],
+        ..Default::default()
+    };
+    server.deploy("nightly", wasm::EVENTS, scheduled).await;
+    let accepted = client()
+        .post(format!("{}/nightly", server.url))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    for (table, wanted) in [("schedules", "*/2 * * * * * UTC"), ("queues", "nightly")] {
+        eventually("the events tables", || async {
+            let text = page
+                .find(Locator::Id(table))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains(wanted).then_some(())
+        })
+        .await;
+    }
     click(
         &page,
         Locator::Css(r#"#log-function option[value="faults"]"#),

@@ -572,26 +572,42 @@ async fn a_tick_missed_while_down_runs_after_the_restart_only_with_catch_up() {
     let last = ran("catches-up").into_iter().max().unwrap();
     let missed = last + 5000;
     // Down until the next tick has passed.
-    eventually("the next tick to pass while down", Duration::from_secs(30), || {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        async move { now.as_millis() as u64 > missed + 200 }
-    })
+    eventually(
+        "the next tick to pass while down",
+        Duration::from_secs(30),
+        || {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap();
+            async move { now.as_millis() as u64 > missed + 200 }
+        },
+    )
     .await;
     server.kill_and_restart(1);
-    eventually("the missed tick, caught up", Duration::from_secs(30), || {
-        let caught = ran("catches-up").contains(&missed);
-        async move { caught }
-    })
+    eventually(
+        "the missed tick, caught up",
+        Duration::from_secs(30),
+        || {
+            let caught = ran("catches-up").contains(&missed);
+            async move { caught }
+        },
+    )
     .await;
     assert!(
         !ran("skips").contains(&missed),
         "without catch_up the missed tick is not run"
     );
     let list = server.admin().typed().schedules().await.unwrap();
-    let skips = list.schedules.iter().find(|s| s.function == "skips").unwrap();
+    let skips = list
+        .schedules
+        .iter()
+        .find(|s| s.function == "skips")
+        .unwrap();
     assert!(skips.skipped >= 1, "{skips:?}");
     assert!(
-        server.log().contains("missed while the host was down; skipped"),
+        server
+            .log()
+            .contains("missed while the host was down; skipped"),
         "the skip is logged"
     );
 }

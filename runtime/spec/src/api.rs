@@ -541,6 +541,32 @@ pub struct ScheduleList {
     pub schedules: Vec<ScheduleInfo>,
 }
 
+/// One function's queue of asynchronous invocations, an element of [`EventsStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The function.
+    pub function: String,
+    /// Invocations queued or running.
+    pub depth: u64,
+    /// The oldest of them, ms since it was accepted (0 when none).
+    pub oldest_age_ms: u64,
+    /// Attempts started since the host started.
+    pub attempts: u64,
+    /// Dead letters since the host started.
+    pub dead_letters: u64,
+    /// Successes since the host started.
+    pub succeeded: u64,
+}
+
+/// `GET /v1/events`: every queue and schedule on this host (the dashboard's view).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsStatus {
+    /// Functions with asynchronous invocations since the host started, by name.
+    pub queues: Vec<QueueInfo>,
+    /// Every schedule.
+    pub schedules: Vec<ScheduleInfo>,
+}
+
 /// A boolean parameter: `true`/`1`, `false`/`0`, or present with no value (`true`).
 fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     let value = String::deserialize(deserializer)?;

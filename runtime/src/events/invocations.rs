@@ -39,7 +39,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::store::{EventStore, StoredHeader, StoredInvocation, StoredResult, Write};
 use super::{CloudEvent, Events, Outcome, now_ms, time_of};
-use crate::api::{InvocationInfo, InvocationList, InvocationState};
+use crate::api::{InvocationInfo, InvocationList, InvocationState, QueueInfo};
 use crate::function::Function;
 use crate::invoke::InvokeError;
 use crate::invoke::body::{ReadBodyError, ResponseBody, full};
@@ -141,21 +141,6 @@ impl Queue {
     }
 }
 
-/// What one function's queue holds, for metrics and the dashboard.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct QueueStats {
-    /// Queued or running.
-    pub depth: u64,
-    /// The oldest of them, ms since it was accepted.
-    pub oldest_age_ms: u64,
-    /// Attempts started since the host started.
-    pub attempts: u64,
-    /// Dead letters since the host started.
-    pub dead_letters: u64,
-    /// Successes since the host started.
-    pub succeeded: u64,
-}
-
 /// Every function's queue.
 pub struct Invocations {
     queues: DashMap<String, Arc<Queue>>,
@@ -191,8 +176,8 @@ impl Invocations {
         })
     }
 
-    /// Each function's queue figures.
-    pub fn stats(&self) -> Vec<(String, QueueStats)> {
+    /// Each function's queue figures, by function.
+    pub fn stats(&self) -> Vec<QueueInfo> {
         let now = now_ms();
         let mut out: Vec<_> = self
             .queues
@@ -200,17 +185,17 @@ impl Invocations {
             .map(|entry| {
                 let queue = entry.value();
                 let live = queue.live.lock().unwrap();
-                let stats = QueueStats {
+                QueueInfo {
+                    function: entry.key().clone(),
                     depth: live.len() as u64,
                     oldest_age_ms: live.first().map_or(0, |(at, _)| now.saturating_sub(*at)),
                     attempts: queue.attempts.load(Ordering::Relaxed),
                     dead_letters: queue.dead_letters.load(Ordering::Relaxed),
                     succeeded: queue.succeeded.load(Ordering::Relaxed),
-                };
-                (entry.key().clone(), stats)
+                }
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.function.cmp(&b.function));
         out
     }
 }

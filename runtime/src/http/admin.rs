@@ -266,6 +266,12 @@ static ROUTES: &[Route] = &[
     },
     Route {
         method: Method::GET,
+        path: "/v1/events",
+        access: Access::Admin,
+        handler: |c| Box::pin(events_status(c)),
+    },
+    Route {
+        method: Method::GET,
         path: "/v1/schedules",
         access: Access::Admin,
         handler: |c| Box::pin(schedules(c)),
@@ -821,6 +827,19 @@ fn events(call: &Call) -> Result<&Arc<Events>, Response<ResponseBody>> {
 async fn schedules(call: Call) -> Response<ResponseBody> {
     match events(&call) {
         Ok(events) => json(StatusCode::OK, &events.schedules.list()),
+        Err(refused) => refused,
+    }
+}
+
+async fn events_status(call: Call) -> Response<ResponseBody> {
+    match events(&call) {
+        Ok(events) => json(
+            StatusCode::OK,
+            &crate::api::EventsStatus {
+                queues: events.invocations.stats(),
+                schedules: events.schedules.list().schedules,
+            },
+        ),
         Err(refused) => refused,
     }
 }

@@ -264,6 +264,20 @@ function renderLimits(functions) {
     : [el('tr', {}, el('td', { colspan: 3 }, 'none'))]));
 }
 
+function tableRows(id, items, cells, columns) {
+  const body = document.querySelector(`#${id} tbody`);
+  body.replaceChildren(...(items.length ? items.map((item) => el('tr', {}, ...cells(item).map((c) => el('td', {}, c))))
+    : [el('tr', {}, el('td', { colspan: columns }, 'none'))]));
+}
+
+function renderEvents(events) {
+  const when = (ms) => (ms ? new Date(ms).toISOString().replace('.000Z', 'Z') : '-');
+  tableRows('schedules', events.schedules, (s) => [s.function, `${s.cron} ${s.tz}`, when(s.next_ms), when(s.last_ms),
+    s.last_status ?? '-', s.runs, s.skipped], 7);
+  tableRows('queues', events.queues, (q) => [q.function, q.depth, `${(q.oldest_age_ms / 1000).toFixed(1)} s`,
+    q.attempts, q.dead_letters], 5);
+}
+
 async function renderLogs() {
   const name = document.getElementById('log-function').value;
   const out = document.getElementById('logs');
@@ -274,8 +288,8 @@ async function renderLogs() {
 }
 
 async function refresh() {
-  const [status, functions, history, metrics] = await Promise.all([
-    api('/v1/status'), api('/v1/functions'), api('/v1/history'), api('/metrics'),
+  const [status, functions, history, metrics, events] = await Promise.all([
+    api('/v1/status'), api('/v1/functions'), api('/v1/history'), api('/metrics'), api('/v1/events'),
   ]);
   showApp();
   const versions = {};
@@ -289,6 +303,7 @@ async function refresh() {
   renderMix(history);
   renderLatency(metrics);
   renderLimits(functions);
+  renderEvents(events);
   await renderLogs();
 }
 
