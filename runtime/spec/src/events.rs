@@ -10,7 +10,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::SpecError;
+/// A field of the spec that is not usable: its path (`schedule[0].tz`) and why. The spec
+/// module turns it into its own error (this module does not depend on it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct FieldError {
+    /// The field's path in the spec.
+    pub field: String,
+    /// Why it is refused.
+    pub why: String,
+}
+
+fn field_error(field: impl Into<String>, why: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        why: why.into(),
+    }
+}
 
 /// Most schedules one function may have: each is a timer the host keeps.
 pub const MAX_SCHEDULES: usize = 16;
@@ -121,24 +137,26 @@ impl ScheduleSpec {
 }
 
 /// Checks every schedule of a function.
-pub fn validate_schedules(schedules: &[ScheduleSpec]) -> Result<(), SpecError> {
+pub fn validate_schedules(schedules: &[ScheduleSpec]) -> Result<(), FieldError> {
     if schedules.len() > MAX_SCHEDULES {
-        return Err(SpecError::TooMany {
-            what: "schedules",
-            count: schedules.len(),
-            max: MAX_SCHEDULES,
-        });
+        return Err(field_error(
+            "schedule",
+            format!(
+                "{} schedules, over the limit of {MAX_SCHEDULES}",
+                schedules.len()
+            ),
+        ));
     }
     for (i, schedule) in schedules.iter().enumerate() {
         let cron = schedule
             .parse()
-            .map_err(|why| SpecError::Field(format!("schedule[{i}].cron"), why))?;
+            .map_err(|why| field_error(format!("schedule[{i}].cron"), why))?;
         let tz = schedule
             .time_zone()
-            .map_err(|why| SpecError::Field(format!("schedule[{i}].tz"), why))?;
+            .map_err(|why| field_error(format!("schedule[{i}].tz"), why))?;
         // An expression that never fires (`0 0 31 2 *`) is a mistake, not a schedule.
         if ScheduleSpec::next_after(&cron, &tz, jiff::Timestamp::now()).is_none() {
-            return Err(SpecError::Field(
+            return Err(field_error(
                 format!("schedule[{i}].cron"),
                 format!("{:?} never fires", schedule.cron),
             ));
@@ -210,7 +228,7 @@ impl AsyncSpec {
     }
 
     /// Every field given within its range.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         for (field, value, max) in [
             ("async.max_attempts", self.max_attempts.map(u64::from), 100),
             ("async.max_age_s", self.max_age_s, 7 * 24 * 3600),
@@ -224,7 +242,10 @@ impl AsyncSpec {
             if let Some(v) = value
                 && !(1..=max).contains(&v)
             {
-                return Err(SpecError::Limit(field, v, format!("must be 1..={max}")));
+                return Err(field_error(
+                    field,
+                    format!("{v} is out of range: must be 1..={max}"),
+                ));
             }
         }
         Ok(())

@@ -447,8 +447,8 @@ pub enum SpecError {
     #[error("{0}")]
     Config(String),
     /// A field is not usable: its path in the spec (`schedule[0].tz`) and why.
-    #[error("{0}: {1}")]
-    Field(String, String),
+    #[error(transparent)]
+    Field(#[from] crate::events::FieldError),
 }
 
 /// Checks a function name.
