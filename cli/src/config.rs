@@ -185,6 +185,24 @@ pub struct HostSettings {
         hide_env_values = true
     )]
     pub keyvalue: Option<String>,
+    /// The NATS server whose JetStream streams functions' `trigger.nats` consume
+    /// (nats://HOST:PORT) [default: none; such a trigger is refused at deploy]
+    #[arg(
+        long,
+        env = "THAW_EVENTS_NATS",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub events_nats: Option<String>,
+    /// The Redis server whose streams functions' `trigger.redis` consume
+    /// (redis://HOST:PORT[/DB]) [default: none; such a trigger is refused at deploy]
+    #[arg(
+        long,
+        env = "THAW_EVENTS_REDIS",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub events_redis: Option<String>,
     /// Directory of the files `file:NAME` secrets of functions' `config` are read from
     /// [default: none; only `env:NAME` secrets, from THAW_SECRET_NAME]
     #[arg(long, env = "THAW_SECRETS_DIR", value_name = "DIR")]
@@ -298,6 +316,10 @@ pub struct ServeConfig {
     pub otlp_endpoint: Option<String>,
     /// The Redis server of functions' key-value state, if not the embedded store.
     pub keyvalue: Option<String>,
+    /// The NATS server of queue triggers, if any.
+    pub events_nats: Option<String>,
+    /// The Redis server of queue triggers, if any.
+    pub events_redis: Option<String>,
     /// The platform's settings.
     pub platform: PlatformConfig,
     /// Drain time at shutdown.
@@ -413,6 +435,8 @@ impl ServeArgs {
             metrics_listen: s.metrics_listen,
             otlp_endpoint: s.otlp_endpoint.clone(),
             keyvalue: s.keyvalue.clone(),
+            events_nats: s.events_nats.clone(),
+            events_redis: s.events_redis.clone(),
             platform: PlatformConfig {
                 data_dir,
                 engine: EngineOptions {
@@ -746,6 +770,14 @@ mod tests {
             (
                 "keyvalue",
                 plain.keyvalue.clone().unwrap_or("embedded".into()),
+            ),
+            (
+                "events_nats",
+                plain.events_nats.clone().unwrap_or("none".into()),
+            ),
+            (
+                "events_redis",
+                plain.events_redis.clone().unwrap_or("none".into()),
             ),
             (
                 "secrets_dir",

@@ -15,5 +15,5 @@ pub mod services;
 pub mod wait;
 
 pub use process::{Killed, free_port, wait_port};
-pub use services::{Etcd, HaProxy, Prometheus, Redis, required, service_binaries};
+pub use services::{Etcd, HaProxy, Nats, Prometheus, Redis, required, service_binaries};
 pub use wait::{eventually, eventually_some};

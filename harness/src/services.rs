@@ -104,6 +104,59 @@ impl Etcd {
     }
 }
 
+/// A NATS server with JetStream, its store kept across [`Nats::restart`]s.
+pub struct Nats {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    process: Option<Killed>,
+}
+
+impl Nats {
+    /// Starts `nats-server -js` and waits until it listens; `None` if it is not installed.
+    pub fn start() -> Option<Self> {
+        let [binary] = service_binaries(["nats-server"], "nats-server")?;
+        let mut nats = Self {
+            binary,
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: free_port(),
+            process: None,
+        };
+        nats.restart();
+        Some(nats)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (`SIGKILL`: no goodbye to its clients) if it runs, then starts it again on
+    /// the same port and store, and waits until it listens.
+    pub fn restart(&mut self) {
+        self.process = None;
+        let child = Command::new(&self.binary)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        self.process = Some(Killed(child));
+        assert!(
+            wait_port(self.port, START_BOUND),
+            "nats-server did not listen"
+        );
+    }
+}
+
 /// A GET with std only (etcd's health, before any async runtime exists).
 fn blocking_get(url: &str) -> std::io::Result<String> {
     use std::io::{Read as _, Write as _};

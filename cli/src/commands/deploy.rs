@@ -182,6 +182,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             }),
         schedule: args.schedules.clone(),
         async_policy: async_policy(&args),
+        trigger: None,
     };
     let wasm =
         std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;

@@ -71,7 +71,17 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     };
     deploy_manifests(&platform, &manifests).await?;
     let token = admin_token(&platform, &config, json_log)?;
-    let events = Events::open(platform.clone(), EventOptions::default())
+    let event_options = EventOptions {
+        nats_url: config.events_nats.clone(),
+        redis_url: config.events_redis.clone(),
+        // Unique per node: a Redis consumer group tells its consumers apart by name.
+        node: match &config.cluster {
+            Some(cluster) => cluster.node_id.clone(),
+            None => host_name(),
+        },
+        ..EventOptions::default()
+    };
+    let events = Events::open(platform.clone(), event_options)
         .context("opening the event store (events.redb in the data directory)")?;
     // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
     println!("{ready}");

@@ -35,4 +35,5 @@ mod streaming;
 mod support;
 mod templates;
 mod traces;
+mod triggers;
 mod versions;

@@ -492,19 +492,33 @@ pub struct Collector {
     pub url: String,
     /// What arrived, in order.
     pub received: Received,
+    /// Most requests it was holding at once (see [`Collector::holding`]).
+    pub peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Collector {
     /// Starts one on a free port.
     pub async fn start() -> Self {
+        Self::holding(Duration::ZERO).await
+    }
+
+    /// One that answers each request `hold` after it arrived, counting how many it holds at
+    /// once: a function that reports to it at the start of each delivery shows there how
+    /// many deliveries ran at the same time.
+    pub async fn holding(hold: Duration) -> Self {
+        use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let received = Received::default();
         let sink = received.clone();
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let holding = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (peak_seen, held) = (peak.clone(), holding.clone());
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let sink = sink.clone();
+                let (peak, holding) = (peak_seen.clone(), held.clone());
                 tokio::spawn(async move {
                     // The head, then as much body as its content-length says.
                     let mut seen = Vec::new();
@@ -535,6 +549,12 @@ impl Collector {
                         std::time::SystemTime::now(),
                         String::from_utf8_lossy(&body).into_owned(),
                     ));
+                    if !hold.is_zero() {
+                        let now = holding.fetch_add(1, Ordering::AcqRel) + 1;
+                        peak.fetch_max(now, Ordering::AcqRel);
+                        tokio::time::sleep(hold).await;
+                        holding.fetch_sub(1, Ordering::AcqRel);
+                    }
                     let _ = socket
                         .write_all(
                             b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -543,7 +563,11 @@ impl Collector {
                 });
             }
         });
-        Self { url, received }
+        Self {
+            url,
+            received,
+            peak,
+        }
     }
 
     /// The bodies received so far.

@@ -5,7 +5,8 @@
 //! - With `wasi:config` `report` set to a URL, every request POSTs `<ce-type> <ce-id>
 //!   <attempt> <ce-source>` there before answering (the tests' collector counts deliveries
 //!   by id).
-//! - `?fail=N` answers 500 to attempts 1..=N, then 200; `?fail=always` always 500.
+//! - `?fail=N` answers 500 to attempts 1..=N, then 200; `?fail=always` always 500 (`config`
+//!   `fail` does the same for every request).
 //! - `?status=S` answers S; `?sleep_ms=N` sleeps N ms first; `config` `sleep_ms` does the same for
 //!   every request (a schedule's tick has no query).
 //! - Otherwise 200 with `ran <ce-id> attempt <n>`; a request that is not an event gets
@@ -29,7 +30,8 @@ async fn events(req: Request) -> Result<Response, thaw_sdk::Error> {
         let line = format!("{} {} {} {}", event.kind, event.id, event.attempt, event.source);
         thaw_sdk::http::post(&url, line.into_bytes()).await?;
     }
-    let status = match thaw_sdk::query(&req, "fail").as_deref() {
+    let fail = thaw_sdk::query(&req, "fail").or_else(|| thaw_sdk::config::get("fail").ok().flatten());
+    let status = match fail.as_deref() {
         Some("always") => 500,
         Some(n) if n.parse::<u32>().is_ok_and(|n| event.attempt <= n) => 500,
         _ => thaw_sdk::query(&req, "status")

@@ -558,13 +558,41 @@ pub struct QueueInfo {
     pub succeeded: u64,
 }
 
-/// `GET /v1/events`: every queue and schedule on this host (the dashboard's view).
+/// One function's queue trigger on this node, an element of [`EventsStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerInfo {
+    /// The function.
+    pub function: String,
+    /// `nats` or `redis`.
+    pub broker: String,
+    /// The stream consumed.
+    pub stream: String,
+    /// Deliveries (attempts) started.
+    pub delivered: u64,
+    /// Messages acknowledged after success.
+    pub acked: u64,
+    /// Failed deliveries handed back for a retry.
+    pub retried: u64,
+    /// Messages dead-lettered.
+    pub dead_letters: u64,
+    /// Sessions started again after the broker failed.
+    pub reconnects: u64,
+    /// Deliveries running now.
+    pub running: u64,
+    /// Most deliveries running at once since the trigger started.
+    pub peak_running: u64,
+}
+
+/// `GET /v1/events`: every queue, schedule and trigger on this host (the dashboard's view).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventsStatus {
     /// Functions with asynchronous invocations since the host started, by name.
     pub queues: Vec<QueueInfo>,
     /// Every schedule.
     pub schedules: Vec<ScheduleInfo>,
+    /// Every queue trigger.
+    #[serde(default)]
+    pub triggers: Vec<TriggerInfo>,
 }
 
 /// A boolean parameter: `true`/`1`, `false`/`0`, or present with no value (`true`).

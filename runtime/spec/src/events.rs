@@ -266,6 +266,112 @@ impl AsyncPolicy {
     }
 }
 
+/// A queue the function consumes (`trigger = { nats = {...} }` or `{ redis = {...} }`):
+/// each message is a request to it, acknowledged once the function answers 2xx.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// A NATS JetStream stream (the host's `--events-nats` server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsTrigger>,
+    /// A Redis stream (the host's `--events-redis` server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisTrigger>,
+}
+
+/// Default deliveries of one message before it is dead-lettered.
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+
+/// A JetStream stream, consumed by a durable pull consumer named `thaw-<function>` (shared by
+/// every node of a cluster).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTrigger {
+    /// The stream; it must exist (a deploy naming an unknown stream is refused).
+    pub stream: String,
+    /// Only messages on these subjects (`orders.>`); absent means all of the stream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Deliveries before dead-lettering, 1..=100 [default: 5].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliver: Option<u32>,
+    /// Where dead letters are published [default: `thaw.dead.<function>`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_subject: Option<String>,
+}
+
+/// A Redis stream, consumed by a consumer group (shared by every node of a cluster, each a
+/// consumer of its own name).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTrigger {
+    /// The stream's key (created, with the group, if absent).
+    pub stream: String,
+    /// The consumer group [default: `thaw-<function>`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Deliveries before dead-lettering, 1..=100 [default: 5].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliver: Option<u32>,
+    /// A message delivered to a consumer that has not acknowledged it for this long is
+    /// claimed by another (`XAUTOCLAIM`), in ms, 1000..=3600000 [default: the function's
+    /// timeout plus 30 s].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout_ms: Option<u64>,
+    /// The stream dead letters are added to [default: `<stream>:dead`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_stream: Option<String>,
+}
+
+impl TriggerSpec {
+    /// Names and ranges (whether the stream exists is the host's check, at deploy).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.nats.is_some() && self.redis.is_some() {
+            return Err(field_error("trigger", "one of nats or redis, not both"));
+        }
+        let max_deliver = |field: &str, v: Option<u32>| match v {
+            Some(v) if !(1..=100).contains(&v) => Err(field_error(
+                field,
+                format!("{v} is out of range: must be 1..=100"),
+            )),
+            _ => Ok(()),
+        };
+        if let Some(nats) = &self.nats {
+            // JetStream's rule for stream names: no whitespace, '.', '*', '>', path separators.
+            let bad = nats.stream.is_empty()
+                || nats.stream.len() > 255
+                || nats
+                    .stream
+                    .contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c));
+            if bad {
+                return Err(field_error(
+                    "trigger.nats.stream",
+                    format!("{:?} is not a JetStream stream name", nats.stream),
+                ));
+            }
+            max_deliver("trigger.nats.max_deliver", nats.max_deliver)?;
+        }
+        if let Some(redis) = &self.redis {
+            if redis.stream.is_empty() || redis.stream.len() > 1024 {
+                return Err(field_error(
+                    "trigger.redis.stream",
+                    "must be 1 to 1024 bytes",
+                ));
+            }
+            max_deliver("trigger.redis.max_deliver", redis.max_deliver)?;
+            if let Some(ms) = redis.visibility_timeout_ms
+                && !(1000..=3_600_000).contains(&ms)
+            {
+                return Err(field_error(
+                    "trigger.redis.visibility_timeout_ms",
+                    format!("{ms} is out of range: must be 1000..=3600000"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads `s` as a cron string for a flag (`thaw deploy --schedule`), checking it now.
 pub fn parse_schedule_flag(s: &str) -> Result<ScheduleSpec, String> {
     let schedule = ScheduleSpec::utc(s);

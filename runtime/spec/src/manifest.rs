@@ -78,6 +78,9 @@ pub struct ManifestFunction {
     /// Asynchronous invocations' delivery policy.
     #[serde(default, rename = "async")]
     pub async_policy: Option<crate::events::AsyncSpec>,
+    /// A queue whose messages start the function.
+    #[serde(default)]
+    pub trigger: Option<crate::events::TriggerSpec>,
 }
 
 impl ManifestFunction {
@@ -94,6 +97,7 @@ impl ManifestFunction {
             config: self.config.clone(),
             schedule: self.schedule.clone(),
             async_policy: self.async_policy.clone(),
+            trigger: self.trigger.clone(),
         }
     }
 }

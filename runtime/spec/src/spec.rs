@@ -102,6 +102,9 @@ pub struct FunctionSpec {
     /// absent means the defaults (see [`crate::events::AsyncSpec`]).
     #[serde(default, rename = "async", skip_serializing_if = "Option::is_none")]
     pub async_policy: Option<crate::events::AsyncSpec>,
+    /// A queue whose messages start the function (see [`crate::events::TriggerSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<crate::events::TriggerSpec>,
 }
 
 /// A host directory made visible to a function.
@@ -533,6 +536,9 @@ impl FunctionSpec {
         crate::events::validate_schedules(&self.schedule)?;
         if let Some(policy) = &self.async_policy {
             policy.validate()?;
+        }
+        if let Some(trigger) = &self.trigger {
+            trigger.validate()?;
         }
         self.validate_dirs()
     }

@@ -566,7 +566,7 @@ async fn run(events: &Arc<Events>, name: &str, queue: &Queue, id: &Arc<str>) -> 
 }
 
 /// A number in 0..1 for the retry's jitter.
-fn jitter() -> f64 {
+pub(super) fn jitter() -> f64 {
     let mut bytes = [0u8; 4];
     let _ = getrandom::getrandom(&mut bytes);
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)

@@ -20,6 +20,7 @@
 pub mod invocations;
 pub mod schedule;
 pub mod store;
+pub mod triggers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,12 @@ pub struct EventOptions {
     /// Most bytes of an asynchronous request's body (it is stored); the function's own
     /// `max_request_body_kib` applies too.
     pub max_async_body_bytes: u64,
+    /// The NATS server queue triggers consume (`--events-nats`), if any.
+    pub nats_url: Option<String>,
+    /// The Redis server queue triggers consume (`--events-redis`), if any.
+    pub redis_url: Option<String>,
+    /// This node's name as a consumer of a Redis stream's group (unique per node).
+    pub node: String,
 }
 
 impl Default for EventOptions {
@@ -67,6 +74,9 @@ impl Default for EventOptions {
             // large API answer, and 10,000 queued results stay under 10 GiB.
             max_result_bytes: 1 << 20,
             max_async_body_bytes: 1 << 20,
+            nats_url: None,
+            redis_url: None,
+            node: "thaw".into(),
         }
     }
 }
@@ -80,6 +90,12 @@ pub struct Events {
     pub invocations: Invocations,
     /// Schedules.
     pub schedules: Scheduler,
+    /// Queue triggers.
+    pub triggers: triggers::Triggers,
+    /// The NATS connection, made on first use (it reconnects by itself after that).
+    nats: tokio::sync::OnceCell<async_nats::Client>,
+    /// Times the NATS client connected again after losing the server.
+    nats_reconnects: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Events {
@@ -101,6 +117,9 @@ impl Events {
             options,
             invocations,
             schedules,
+            triggers: Default::default(),
+            nats: Default::default(),
+            nats_reconnects: Default::default(),
         }))
     }
 
@@ -109,6 +128,79 @@ impl Events {
     pub fn start(self: &Arc<Self>, claims: Arc<dyn TickClaims>) {
         invocations::start(self);
         schedule::start(self, claims);
+        triggers::start(self);
+    }
+
+    /// The NATS client of `--events-nats`, connected on first use.
+    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        let Some(url) = &self.options.nats_url else {
+            anyhow::bail!("this host has no NATS server for triggers (--events-nats)");
+        };
+        let client = self
+            .nats
+            .get_or_try_init(|| async {
+                let reconnects = self.nats_reconnects.clone();
+                // The first `Connected` is the first connection, not a reconnection.
+                let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let connecting = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(5))
+                    .event_callback(move |event| {
+                        let (reconnects, lost) = (reconnects.clone(), lost.clone());
+                        async move {
+                            use std::sync::atomic::Ordering::Relaxed;
+                            match event {
+                                async_nats::Event::Connected if lost.swap(false, Relaxed) => {
+                                    reconnects.fetch_add(1, Relaxed);
+                                    tracing::info!("connected to NATS again");
+                                }
+                                async_nats::Event::Disconnected => {
+                                    lost.store(true, Relaxed);
+                                    tracing::warn!("lost the NATS server; reconnecting")
+                                }
+                                _ => {}
+                            }
+                        }
+                    })
+                    .connect(url.as_str());
+                connecting.await.map_err(|e| {
+                    anyhow::anyhow!("connecting to NATS at {}: {e}", without_credentials(url))
+                })
+            })
+            .await?;
+        Ok(client.clone())
+    }
+
+    /// Times the NATS client connected again after losing the server.
+    pub fn nats_reconnects(&self) -> u64 {
+        self.nats_reconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The Redis client of `--events-redis` (connections are made per session).
+    pub fn redis(&self) -> anyhow::Result<redis::Client> {
+        let Some(url) = &self.options.redis_url else {
+            anyhow::bail!("this host has no Redis server for triggers (--events-redis)");
+        };
+        Ok(redis::Client::open(url.as_str())?)
+    }
+
+    /// Refuses a trigger whose broker this host lacks or whose stream cannot be consumed:
+    /// the deploy's check, before anything changes. The message names the field.
+    pub async fn check_trigger(
+        &self,
+        trigger: &crate::event_spec::TriggerSpec,
+    ) -> Result<(), String> {
+        if let Some(nats) = &trigger.nats {
+            triggers::nats::check_stream(self, &nats.stream)
+                .await
+                .map_err(|e| format!("trigger.nats.stream: {e:#}"))?;
+        }
+        if let Some(redis) = &trigger.redis {
+            triggers::redis::check_stream(self, &redis.stream)
+                .await
+                .map_err(|e| format!("trigger.redis.stream: {e:#}"))?;
+        }
+        Ok(())
     }
 
     /// The platform events are delivered on.
@@ -270,6 +362,14 @@ pub async fn deliver_to(
         body: kept.freeze(),
         truncated,
         body_error,
+    }
+}
+
+/// A broker URL without the user information it may carry (for messages and logs).
+fn without_credentials(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((_, rest)) => rest.rsplit_once('@').map_or(url, |(_, host)| host),
+        None => url,
     }
 }
 

@@ -545,7 +545,16 @@ async fn deploy(call: Call) -> Response<ResponseBody> {
         canary: query.canary,
         keep_pinned: query.keep_pinned,
     };
-    let deployed = match read_upload(&cx.platform, &name, req, cx.max_upload, options).await {
+    let deployed = match read_upload(
+        &cx.platform,
+        cx.events.as_ref(),
+        &name,
+        req,
+        cx.max_upload,
+        options,
+    )
+    .await
+    {
         Ok(deployed) => deployed,
         Err(e) => {
             tracing::info!(function = %name, "deploy refused: {e}");
@@ -838,6 +847,7 @@ async fn events_status(call: Call) -> Response<ResponseBody> {
             &crate::api::EventsStatus {
                 queues: events.invocations.stats(),
                 schedules: events.schedules.list().schedules,
+                triggers: events.triggers.list(events.nats_reconnects()),
             },
         ),
         Err(refused) => refused,
@@ -1031,6 +1041,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 /// Reads a deploy's upload (the wasm, and the spec if it is multipart) and deploys it.
 async fn read_upload(
     platform: &Arc<Platform>,
+    events: Option<&Arc<Events>>,
     name: &str,
     req: Request<Incoming>,
     max_upload: u64,
@@ -1059,6 +1070,19 @@ async fn read_upload(
     } else {
         (FunctionSpec::default(), body)
     };
+    // A queue trigger's broker and stream are checked here, where the events are: a
+    // trigger this host cannot consume is refused before anything changes.
+    if let Some(trigger) = &spec.trigger {
+        trigger
+            .validate()
+            .map_err(|e| DeployError::BadRequest(e.to_string()))?;
+        let events = events
+            .ok_or_else(|| DeployError::BadRequest("trigger: this host runs no events".into()))?;
+        events
+            .check_trigger(trigger)
+            .await
+            .map_err(DeployError::BadRequest)?;
+    }
     platform.deploy_with(name, spec, wasm, options).await
 }
 
