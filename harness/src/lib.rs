@@ -5,15 +5,18 @@
 //!   starting `thaw serve` and reading its ready line (from thaw-bench, which `thaw bench`
 //!   needs at run time, re-exported here);
 //! - [`services`]: the real services a user would run beside thaw, from Debian, on loopback:
-//!   etcd, HAProxy, Redis, Prometheus, and whether CI requires them;
+//!   etcd, HAProxy, Redis, NATS, Prometheus, and whether CI requires them;
+//! - [`collector`]: a loopback endpoint recording what functions report to it;
 //! - [`wait`]: one bounded condition wait, [`wait::eventually`].
 //!
 //! Tests and benchmarks only: never a dependency of the runtime or the CLI.
 
+pub mod collector;
 pub mod process;
 pub mod services;
 pub mod wait;
 
+pub use collector::Collector;
 pub use process::{Killed, free_port, wait_port};
 pub use services::{Etcd, HaProxy, Nats, Prometheus, Redis, required, service_binaries};
 pub use wait::{eventually, eventually_some};

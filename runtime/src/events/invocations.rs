@@ -76,6 +76,9 @@ struct Queue {
     due: Mutex<BinaryHeap<Reverse<(u64, Arc<str>)>>>,
     /// Invocations with an attempt running.
     running: Mutex<HashSet<Arc<str>>>,
+    /// Requests past the `max_queued` check whose body is still being read and stored: they
+    /// count against the bound already, so a crowd of slow uploads cannot all pass it.
+    reserved: AtomicU64,
     /// Rung when something is queued.
     wake: Notify,
     /// Delivery places.
@@ -92,6 +95,7 @@ impl Queue {
             live: Mutex::default(),
             due: Mutex::default(),
             running: Mutex::default(),
+            reserved: AtomicU64::new(0),
             wake: Notify::new(),
             places: Arc::new(Semaphore::new(places)),
             attempts: AtomicU64::new(0),
@@ -106,8 +110,15 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    fn depth(&self) -> usize {
-        self.live.lock().unwrap().len()
+    /// Takes a place in the queue's bound for a request being accepted, if there is one.
+    fn reserve(self: &Arc<Self>, max_queued: u32) -> Option<Reservation> {
+        let reserved = self.reserved.fetch_add(1, Ordering::AcqRel);
+        let live = self.live.lock().unwrap().len() as u64;
+        if live + reserved >= u64::from(max_queued) {
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Reservation(self.clone()))
     }
 
     /// Waits for the next due invocation and takes it.
@@ -141,9 +152,21 @@ impl Queue {
     }
 }
 
+/// A place in a queue's bound, given back when the request is queued or refused.
+struct Reservation(Arc<Queue>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Every function's queue.
 pub struct Invocations {
     queues: DashMap<String, Arc<Queue>>,
+    /// Held by the changes an operator makes (retry, discard) and by the retention sweep, so
+    /// that none of them acts on a record another has just changed.
+    changes: tokio::sync::Mutex<()>,
     /// Recovered at open, queued when the workers start.
     recovered: Mutex<Vec<(String, u64, u64, Arc<str>)>>,
 }
@@ -172,6 +195,7 @@ impl Invocations {
         }
         Ok(Self {
             queues: DashMap::new(),
+            changes: tokio::sync::Mutex::new(()),
             recovered: Mutex::new(recovered),
         })
     }
@@ -246,11 +270,12 @@ pub(super) fn start(events: &Arc<Events>) {
 
 /// Removes finished invocations past their retention.
 async fn sweep(events: &Events) -> anyhow::Result<()> {
+    let _changes = events.invocations.changes.lock().await;
     let now = now_ms();
     let options = &events.options;
-    let expired: Vec<Write> = events
-        .store
-        .all()?
+    // A scan of every record: off the reactor's turn.
+    let all = tokio::task::block_in_place(|| events.store.all())?;
+    let expired: Vec<Write> = all
         .into_iter()
         .filter(|r| {
             let keep = match r.info.state {
@@ -329,8 +354,9 @@ pub async fn accept<B: crate::invoke::RequestBody>(
     events: &Arc<Events>,
     function: &Arc<Function>,
     req: Request<B>,
+    peer: crate::invoke::Peer,
 ) -> Response<ResponseBody> {
-    match try_accept(events, function, req).await {
+    match try_accept(events, function, req, peer).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -340,6 +366,7 @@ async fn try_accept<B: crate::invoke::RequestBody>(
     events: &Arc<Events>,
     function: &Arc<Function>,
     req: Request<B>,
+    peer: crate::invoke::Peer,
 ) -> Result<Response<ResponseBody>, InvokeError> {
     let callback_url = match req.headers().get(CALLBACK_URL) {
         None => None,
@@ -353,7 +380,7 @@ async fn try_accept<B: crate::invoke::RequestBody>(
         .unwrap_or_default()
         .resolve();
     let queue = queue(events, &function.name, Some(function));
-    if queue.depth() >= policy.max_queued as usize {
+    let Some(_reservation) = queue.reserve(policy.max_queued) else {
         let refused = InvokeError::TooManyQueued(policy.max_queued);
         let limit = crate::guest::limit::Limit::AsyncQueue;
         function
@@ -361,7 +388,7 @@ async fn try_accept<B: crate::invoke::RequestBody>(
             .limit_hits
             .hit(&function.name, limit, &refused);
         return Err(refused);
-    }
+    };
     let (parts, body) = req.into_parts();
     let limit = function
         .limits
@@ -402,6 +429,7 @@ async fn try_accept<B: crate::invoke::RequestBody>(
             callback_url,
         },
         headers: store_headers(&headers),
+        peer: Some((peer.remote, peer.local)),
         result: None,
     };
     let id: Arc<str> = Arc::from(record.info.id.as_str());
@@ -470,39 +498,62 @@ async fn attempt(
     id: Arc<str>,
     _place: OwnedSemaphorePermit,
 ) {
-    queue.running.lock().unwrap().insert(id.clone());
+    // One attempt per invocation at a time: an id queued twice, or held by a discard,
+    // is not run alongside.
+    if !queue.running.lock().unwrap().insert(id.clone()) {
+        return;
+    }
     let result = run(&events, &name, &queue, &id).await;
     queue.running.lock().unwrap().remove(&id);
-    if let Err(e) = result {
-        // The store refused: the invocation stays as stored, and runs again after a
-        // restart; here it is retried in a while.
-        tracing::error!(function = %name, invocation = %id, "an invocation's attempt could not be recorded: {e:#}");
-        let retry = now_ms() + 10_000;
-        queue.due.lock().unwrap().push(Reverse((retry, id)));
-        queue.wake.notify_one();
-    }
+    // Queued again only once it is no longer running.
+    let due = match result {
+        Ok(Next::Done) => return,
+        Ok(Next::RetryAt(due)) => due,
+        Err(e) => {
+            // The store refused: the invocation stays as stored (it runs again after a
+            // restart); here it is tried again in a while.
+            tracing::error!(function = %name, invocation = %id, "an invocation's attempt could not be recorded: {e:#}");
+            now_ms() + 10_000
+        }
+    };
+    queue.due.lock().unwrap().push(Reverse((due, id)));
+    queue.wake.notify_one();
 }
 
-async fn run(events: &Arc<Events>, name: &str, queue: &Queue, id: &Arc<str>) -> anyhow::Result<()> {
+/// What follows an attempt.
+enum Next {
+    /// Nothing: it is final (or gone).
+    Done,
+    /// Another attempt, at this time (ms).
+    RetryAt(u64),
+}
+
+async fn run(
+    events: &Arc<Events>,
+    name: &str,
+    queue: &Queue,
+    id: &Arc<str>,
+) -> anyhow::Result<Next> {
     let Some(mut record) = events.store.get(id)? else {
         // Discarded while queued.
         forget(queue, id);
-        return Ok(());
+        return Ok(Next::Done);
     };
     if record.info.state.is_final() {
         forget(queue, id);
-        return Ok(());
+        return Ok(Next::Done);
     }
     let now = now_ms();
     let Some(function) = super::current(&events.platform, name) else {
-        return finish(
+        finish(
             events,
             queue,
             record,
             None,
             "the function was removed".into(),
         )
-        .await;
+        .await?;
+        return Ok(Next::Done);
     };
     let policy = function
         .record
@@ -514,16 +565,22 @@ async fn run(events: &Arc<Events>, name: &str, queue: &Queue, id: &Arc<str>) -> 
     let age = Duration::from_millis(now.saturating_sub(record.info.enqueued_ms));
     if age > policy.max_age {
         let why = format!("older than its max_age_s ({} s)", policy.max_age.as_secs());
-        return finish(events, queue, record, None, why).await;
+        finish(events, queue, record, None, why).await?;
+        return Ok(Next::Done);
     }
     record.info.attempts += 1;
     queue.attempts.fetch_add(1, Ordering::Relaxed);
     let body = events.store.request_body(id)?;
     let request = event_request(&record, body, &function.name)?;
-    let outcome = super::deliver_to(
+    let peer = match record.peer {
+        Some((remote, local)) => crate::invoke::Peer { remote, local },
+        None => super::EVENT_PEER,
+    };
+    let outcome = super::deliver(
         &events.platform,
         function,
         request,
+        peer,
         events.options.max_result_bytes,
     )
     .await;
@@ -532,25 +589,29 @@ async fn run(events: &Arc<Events>, name: &str, queue: &Queue, id: &Arc<str>) -> 
         record.info.state = InvocationState::Succeeded;
         record.info.error = None;
         queue.succeeded.fetch_add(1, Ordering::Relaxed);
-        return finish(events, queue, record, Some(outcome), String::new()).await;
+        finish(events, queue, record, Some(outcome), String::new()).await?;
+        return Ok(Next::Done);
     }
     let failure = outcome.failure();
     if !outcome.retryable() {
         let why = format!("{failure} (a 4xx is not retried)");
-        return finish(events, queue, record, Some(outcome), why).await;
+        finish(events, queue, record, Some(outcome), why).await?;
+        return Ok(Next::Done);
     }
     if record.info.attempts >= policy.max_attempts {
         let why = format!(
             "{failure}, attempt {} of {}",
             record.info.attempts, policy.max_attempts
         );
-        return finish(events, queue, record, Some(outcome), why).await;
+        finish(events, queue, record, Some(outcome), why).await?;
+        return Ok(Next::Done);
     }
     let delay = policy.retry_delay(record.info.attempts, jitter());
     let due = now_ms() + delay.as_millis() as u64;
     if Duration::from_millis(due.saturating_sub(record.info.enqueued_ms)) > policy.max_age {
         let why = format!("{failure}; a retry would be older than its max_age_s");
-        return finish(events, queue, record, Some(outcome), why).await;
+        finish(events, queue, record, Some(outcome), why).await?;
+        return Ok(Next::Done);
     }
     tracing::info!(function = %name, invocation = %id, attempt = record.info.attempts, retry_in_ms = delay.as_millis() as u64, "an asynchronous invocation failed ({failure}); retrying");
     record.info.error = Some(failure);
@@ -560,9 +621,7 @@ async fn run(events: &Arc<Events>, name: &str, queue: &Queue, id: &Arc<str>) -> 
         .store
         .write(vec![Write::Finish(Box::new(record), outcome.body)])
         .await?;
-    queue.due.lock().unwrap().push(Reverse((due, id.clone())));
-    queue.wake.notify_one();
-    Ok(())
+    Ok(Next::RetryAt(due))
 }
 
 /// A number in 0..1 for the retry's jitter.
@@ -572,10 +631,25 @@ pub(super) fn jitter() -> f64 {
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
 }
 
+/// A response's head as kept: without its framing (`content-length`, `transfer-encoding`)
+/// and hop-by-hop fields, which belonged to that response's connection. The body kept may
+/// be cut; the server frames the one it sends at the `Location` itself.
 fn result_head(outcome: &Outcome) -> StoredResult {
+    let mut headers = outcome.headers.clone();
+    for name in [
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+        http::header::CONNECTION,
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
     StoredResult {
         status: outcome.status.as_u16(),
-        headers: store_headers(&outcome.headers),
+        headers: store_headers(&headers),
         truncated: outcome.truncated,
     }
 }
@@ -637,7 +711,12 @@ async fn finish(
             record.result = Some(result_head(outcome));
             outcome.body.clone()
         }
-        None => Bytes::new(),
+        None => {
+            // No attempt answered this time: an earlier attempt's head must not be paired
+            // with no body.
+            record.result = None;
+            Bytes::new()
+        }
     };
     let id: Arc<str> = Arc::from(record.info.id.as_str());
     let callback = record.info.callback_url.clone();
@@ -807,9 +886,9 @@ pub fn list(
     failed: bool,
     limit: usize,
 ) -> anyhow::Result<InvocationList> {
-    let mut invocations: Vec<InvocationInfo> = events
-        .store
-        .all()?
+    // A scan of every record: off the reactor's turn.
+    let all = tokio::task::block_in_place(|| events.store.all())?;
+    let mut invocations: Vec<InvocationInfo> = all
         .into_iter()
         .map(|r| r.info)
         .filter(|i| i.function == function && (!failed || i.state == InvocationState::Failed))
@@ -841,6 +920,7 @@ pub enum ChangeError {
 
 /// Queues a dead letter again, from attempt 1 and with a fresh age.
 pub async fn retry(events: &Arc<Events>, id: &str) -> Result<InvocationInfo, ChangeError> {
+    let _changes = events.invocations.changes.lock().await;
     let mut record = events
         .store
         .get(id)?
@@ -869,6 +949,7 @@ pub async fn retry(events: &Arc<Events>, id: &str) -> Result<InvocationInfo, Cha
 
 /// Removes an invocation that is not running (a queued one will not run).
 pub async fn discard(events: &Arc<Events>, id: &str) -> Result<(), ChangeError> {
+    let _changes = events.invocations.changes.lock().await;
     let record = events
         .store
         .get(id)?
@@ -878,21 +959,24 @@ pub async fn discard(events: &Arc<Events>, id: &str) -> Result<(), ChangeError> 
         .queues
         .get(&record.info.function)
         .map(|q| q.clone());
-    // An attempt that starts between this check and the removal can still write its
-    // record back when it ends; that record is then swept after its retention.
+    // Held in `running` while it is removed: an attempt cannot start meanwhile, and one
+    // that is running makes the discard wait for the operator to try again.
+    let id: Arc<str> = Arc::from(id);
     if let Some(queue) = &queue
-        && queue.running.lock().unwrap().contains(id)
+        && !queue.running.lock().unwrap().insert(id.clone())
     {
         return Err(ChangeError::Conflict(format!(
             "invocation {id} is running; discard it once it ends"
         )));
     }
-    events
+    let removed = events
         .store
-        .write(vec![Write::Remove(id.to_owned())])
-        .await?;
+        .write(vec![Write::Remove(id.to_string())])
+        .await;
     if let Some(queue) = &queue {
-        forget(queue, &Arc::from(id));
+        forget(queue, &id);
+        queue.running.lock().unwrap().remove(&id);
     }
+    removed?;
     Ok(())
 }

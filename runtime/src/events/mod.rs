@@ -258,6 +258,27 @@ impl CloudEvent<'_> {
     }
 }
 
+/// Removes the CloudEvents attributes of a client's request that claim to come from thaw
+/// (`ce-source` under `/thaw/`, or thaw's `ce-thawattempt`): a client must not pass for a
+/// schedule's tick or a retry, nor send a tick's id ahead of it to a handler that
+/// deduplicates by id. A client's own events (another `ce-source`) pass unchanged.
+pub fn strip_forged_events(headers: &mut HeaderMap) {
+    headers.remove(CE_ATTEMPT);
+    let claims_thaw = headers
+        .get("ce-source")
+        .is_some_and(|source| source.as_bytes().starts_with(b"/thaw/"));
+    if claims_thaw {
+        let forged: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("ce-"))
+            .cloned()
+            .collect();
+        for name in forged {
+            headers.remove(name);
+        }
+    }
+}
+
 /// What one delivery got back.
 #[derive(Debug)]
 pub struct Outcome {
@@ -299,42 +320,32 @@ impl Outcome {
     }
 }
 
-/// Where an event comes from, as the request path sees it: this host, on loopback.
-const EVENT_PEER: Peer = Peer {
+/// Where an event thaw makes itself (a tick, a queue message) comes from, as the request path
+/// sees it: this host, on loopback. An asynchronous invocation keeps its client's address.
+pub const EVENT_PEER: Peer = Peer {
     remote: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
     local: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
 };
-
-/// Runs `req` on the function named `name` (the version its traffic split picks) through
-/// the request path, and reads up to `max_body` bytes of the answer. `None`: no such
-/// function.
-pub async fn deliver(
-    platform: &Platform,
-    name: &str,
-    req: Request<Full<Bytes>>,
-    max_body: usize,
-) -> Option<Outcome> {
-    let function = current(platform, name)?;
-    Some(deliver_to(platform, function, req, max_body).await)
-}
 
 /// The version of `name` that the next request would get.
 pub fn current(platform: &Platform, name: &str) -> Option<Arc<Function>> {
     Some(platform.registry().get(name)?.pick().clone())
 }
 
-/// [`deliver`] to one version.
-pub async fn deliver_to(
+/// Runs `req` on `function` (one version) through the request path, as if from `peer`, and
+/// reads up to `max_body` bytes of the answer.
+pub async fn deliver(
     platform: &Platform,
     function: Arc<Function>,
     mut req: Request<Full<Bytes>>,
+    peer: Peer,
     max_body: usize,
 ) -> Outcome {
     if !req.headers().contains_key(http::header::HOST) {
         req.headers_mut()
             .insert(http::header::HOST, HeaderValue::from_static("localhost"));
     }
-    let response = invoke(platform.invoke_context(), function, req, EVENT_PEER).await;
+    let response = invoke(platform.invoke_context(), function, req, peer).await;
     let (parts, mut body) = response.into_parts();
     let mut kept = bytes::BytesMut::new();
     let mut truncated = false;
@@ -383,4 +394,37 @@ pub fn now_ms() -> u64 {
 /// `ms` since the epoch as a time.
 pub fn time_of(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_cannot_pass_for_thaw_but_its_own_events_pass() {
+        let mut forged = HeaderMap::new();
+        forged.insert("ce-id", HeaderValue::from_static("1767225600000-0"));
+        forged.insert(
+            "ce-source",
+            HeaderValue::from_static("/thaw/schedules/nightly"),
+        );
+        forged.insert(
+            "ce-type",
+            HeaderValue::from_static("dev.thaw.schedule.tick"),
+        );
+        forged.insert(CE_ATTEMPT, HeaderValue::from_static("3"));
+        forged.insert("x-other", HeaderValue::from_static("kept"));
+        strip_forged_events(&mut forged);
+        assert_eq!(forged.len(), 1, "{forged:?}");
+        let mut own = HeaderMap::new();
+        own.insert("ce-id", HeaderValue::from_static("order-7"));
+        own.insert("ce-source", HeaderValue::from_static("/shop"));
+        own.insert(CE_ATTEMPT, HeaderValue::from_static("9"));
+        strip_forged_events(&mut own);
+        assert_eq!(
+            own.len(),
+            2,
+            "the client's event stays, without thaw's attempt"
+        );
+    }
 }

@@ -278,10 +278,17 @@ fn fire(events: &Arc<Events>, claims: &Arc<dyn TickClaims>, schedule: &Arc<Sched
         tracing::info!(function = %schedule.function, cron = %schedule.spec.cron, "a tick was skipped: the previous run is still going");
         return;
     }
+    /// Clears `running` however the run ends (a panic included).
+    struct Ran(Arc<Schedule>);
+    impl Drop for Ran {
+        fn drop(&mut self) {
+            self.0.running.store(false, Ordering::Release);
+        }
+    }
     let (events, claims, schedule) = (events.clone(), claims.clone(), schedule.clone());
     tokio::spawn(async move {
-        run(&events, &*claims, &schedule, tick).await;
-        schedule.running.store(false, Ordering::Release);
+        let ran = Ran(schedule);
+        run(&events, &*claims, &ran.0, tick).await;
     });
 }
 
@@ -334,7 +341,14 @@ async fn run(events: &Events, claims: &dyn TickClaims, schedule: &Schedule, tick
         attempt: 1,
     }
     .apply(request.headers_mut());
-    let outcome = super::deliver_to(&events.platform, function, request, TICK_BODY_BYTES).await;
+    let outcome = super::deliver(
+        &events.platform,
+        function,
+        request,
+        super::EVENT_PEER,
+        TICK_BODY_BYTES,
+    )
+    .await;
     schedule.runs.fetch_add(1, Ordering::Relaxed);
     schedule
         .last_status

@@ -43,6 +43,10 @@ pub struct StoredInvocation {
     pub info: InvocationInfo,
     /// The request's headers.
     pub headers: Vec<StoredHeader>,
+    /// The client's address and the listener's, as the request path saw them (a CGI
+    /// module's `REMOTE_ADDR` must be the client's on every attempt, never loopback's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// The last attempt's response head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<StoredResult>,

@@ -107,10 +107,11 @@ pub async fn serve_functions(
             drop(set);
             let mut req = req;
             super::auth::strip_session_cookie(req.headers_mut());
+            crate::events::strip_forged_events(req.headers_mut());
             let version = function.version_header.clone();
             let mut response = match &events {
                 Some(events) if invocations::wants_async(req.headers()) => {
-                    invocations::accept(events, &function, req).await
+                    invocations::accept(events, &function, req, peer).await
                 }
                 _ => invoke(platform.invoke_context(), function, req, peer).await,
             };

@@ -33,8 +33,11 @@ pub(super) async fn run(
     stats: Arc<TriggerStats>,
 ) {
     let what = format!("the NATS trigger of {function} (stream {})", trigger.stream);
+    // One set of places for the consumer's life: deliveries of a failed session still
+    // running hold theirs, so a new session cannot run more than the limit beside them.
+    let places = Arc::new(Semaphore::new(places(&events, &function)));
     supervise(&what, &stop, &stats, || {
-        session(&events, &function, &trigger, &stats)
+        session(&events, &function, &trigger, &stats, places.clone())
     })
     .await;
 }
@@ -54,6 +57,7 @@ async fn session(
     function: &str,
     trigger: &NatsTrigger,
     stats: &Arc<TriggerStats>,
+    places: Arc<Semaphore>,
 ) -> anyhow::Result<()> {
     let client = events.nats().await?;
     let js = jetstream::new(client.clone());
@@ -61,21 +65,20 @@ async fn session(
     let timeout = crate::events::current(&events.platform, function)
         .map_or(Duration::from_secs(60), |f| f.limits.timeout);
     let durable = format!("thaw-{function}");
+    // Created, or updated in place when the function's timeout changed (a durable consumer
+    // keeps its position; JetStream edits `ack_wait` of an existing one; a changed subject
+    // needs nats-server 2.10).
     let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &durable,
-            consumer::pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subject: trigger.subject.clone().unwrap_or_default(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: timeout + Duration::from_secs(30),
-                // thaw counts deliveries itself and dead-letters at `max_deliver`.
-                max_deliver: -1,
-                ..Default::default()
-            },
-        )
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: trigger.subject.clone().unwrap_or_default(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: timeout + Duration::from_secs(30),
+            // thaw counts deliveries itself and dead-letters at `max_deliver`.
+            max_deliver: -1,
+            ..Default::default()
+        })
         .await?;
-    let places = Arc::new(Semaphore::new(places(events, function)));
     loop {
         let first = places.clone().acquire_owned().await?;
         let mut held = vec![first];
@@ -145,7 +148,14 @@ async fn deliver(
         attempt,
     }
     .apply(request.headers_mut());
-    let outcome = crate::events::deliver_to(&events.platform, target, request, 4096).await;
+    let outcome = crate::events::deliver(
+        &events.platform,
+        target,
+        request,
+        crate::events::EVENT_PEER,
+        4096,
+    )
+    .await;
     let max_deliver = trigger.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
     let acked = if outcome.succeeded() {
         stats
@@ -161,12 +171,27 @@ async fn deliver(
         headers.insert("thaw-failure", outcome.failure().as_str());
         headers.insert("thaw-message-id", id.as_str());
         headers.insert("thaw-attempts", attempt.to_string().as_str());
+        // Through JetStream, so a stream that keeps dead letters acknowledges it before the
+        // message is terminated; a subject no stream captures gets a plain publish.
         let published = async {
-            client
-                .publish_with_headers(subject.clone(), headers, message.payload.clone())
-                .await?;
-            client.flush().await?;
-            Ok::<_, anyhow::Error>(())
+            let stored = async {
+                jetstream::new(client.clone())
+                    .publish_with_headers(subject.clone(), headers.clone(), message.payload.clone())
+                    .await?
+                    .await
+            }
+            .await;
+            match stored {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                    client
+                        .publish_with_headers(subject.clone(), headers, message.payload.clone())
+                        .await?;
+                    client.flush().await?;
+                    Ok::<_, anyhow::Error>(())
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         .await;
         if let Err(e) = published {

@@ -46,8 +46,10 @@ pub(super) async fn run(
         "the Redis trigger of {function} (stream {})",
         trigger.stream
     );
+    // One set of places for the consumer's life (see the NATS trigger).
+    let places = Arc::new(Semaphore::new(places(&events, &function)));
     supervise(&what, &stop, &stats, || {
-        session(&events, &function, &trigger, &stats)
+        session(&events, &function, &trigger, &stats, places.clone())
     })
     .await;
 }
@@ -73,6 +75,7 @@ struct Ctx {
     consumer: String,
     writer: redis::aio::MultiplexedConnection,
     stats: Arc<TriggerStats>,
+    places: Arc<Semaphore>,
 }
 
 async fn session(
@@ -80,6 +83,7 @@ async fn session(
     function: &str,
     trigger: &RedisTrigger,
     stats: &Arc<TriggerStats>,
+    places: Arc<Semaphore>,
 ) -> anyhow::Result<()> {
     let client = events.redis()?;
     // Two connections: a blocking read would hold up the acknowledgements behind it.
@@ -110,9 +114,12 @@ async fn session(
         consumer: events.options.node.clone(),
         writer: writer.clone(),
         stats: stats.clone(),
+        places: places.clone(),
     });
-    let places = Arc::new(Semaphore::new(places(events, function)));
     let mut next_claim = Instant::now();
+    // Where the pending list's scan goes on: every entry is reached in turn, not only the
+    // first `count` (which may all be busy elsewhere).
+    let mut claim_cursor = "0-0".to_owned();
     loop {
         let first = places.clone().acquire_owned().await?;
         let mut held = vec![first];
@@ -121,17 +128,21 @@ async fn session(
         }
         let mut taken: Vec<(StreamId, Option<u32>)> = Vec::new();
         if Instant::now() >= next_claim {
-            next_claim = Instant::now() + visibility / 2;
             let reply: StreamAutoClaimReply = writer
                 .xautoclaim_options(
                     &trigger.stream,
                     &cx.group,
                     &cx.consumer,
                     visibility.as_millis() as u64,
-                    "0-0",
+                    &claim_cursor,
                     StreamAutoClaimOptions::default().count(held.len()),
                 )
                 .await?;
+            // Round done ("0-0" back): wait half a timeout; otherwise go on at once.
+            if reply.next_stream_id == "0-0" {
+                next_claim = Instant::now() + visibility / 2;
+            }
+            claim_cursor = reply.next_stream_id.clone();
             if !reply.claimed.is_empty() {
                 tracing::info!(
                     function,
@@ -185,19 +196,19 @@ fn body(entry: &StreamId) -> Vec<u8> {
     serde_json::to_vec(&fields).unwrap_or_default()
 }
 
-async fn deliver(
-    cx: Arc<Ctx>,
-    entry: StreamId,
-    attempt: Option<u32>,
-    _place: OwnedSemaphorePermit,
-) {
-    if let Err(e) = try_deliver(&cx, &entry, attempt).await {
+async fn deliver(cx: Arc<Ctx>, entry: StreamId, attempt: Option<u32>, place: OwnedSemaphorePermit) {
+    if let Err(e) = try_deliver(&cx, &entry, attempt, place).await {
         // Still pending: claimed again after the visibility timeout, here or elsewhere.
         tracing::warn!(function = %cx.function, message = %entry.id, "a Redis message's delivery was interrupted: {e:#}");
     }
 }
 
-async fn try_deliver(cx: &Ctx, entry: &StreamId, attempt: Option<u32>) -> anyhow::Result<()> {
+async fn try_deliver(
+    cx: &Ctx,
+    entry: &StreamId,
+    attempt: Option<u32>,
+    mut place: OwnedSemaphorePermit,
+) -> anyhow::Result<()> {
     let stream = &cx.trigger.stream;
     let mut writer = cx.writer.clone();
     let mut attempt = match attempt {
@@ -230,7 +241,14 @@ async fn try_deliver(cx: &Ctx, entry: &StreamId, attempt: Option<u32>) -> anyhow
             attempt,
         }
         .apply(request.headers_mut());
-        let outcome = crate::events::deliver_to(&cx.events.platform, target, request, 4096).await;
+        let outcome = crate::events::deliver(
+            &cx.events.platform,
+            target,
+            request,
+            crate::events::EVENT_PEER,
+            4096,
+        )
+        .await;
         if outcome.succeeded() {
             let _: u64 = writer.xack(stream, &cx.group, &[&entry.id]).await?;
             cx.stats
@@ -268,11 +286,17 @@ async fn try_deliver(cx: &Ctx, entry: &StreamId, attempt: Option<u32>) -> anyhow
             .retried
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(_running);
-        tokio::time::sleep(retry_delay(&cx.events, &cx.function, attempt)).await;
-        // Claim it again (Redis counts the delivery); gone means another node took it
-        // over or it was acknowledged: nothing left to do here.
+        // The place is given back while waiting: a backoff must not stall the stream.
+        drop(place);
+        let delay = retry_delay(&cx.events, &cx.function, attempt);
+        tokio::time::sleep(delay).await;
+        place = cx.places.clone().acquire_owned().await?;
+        // Claim it again (Redis counts the delivery), only if it stayed idle all along:
+        // if another consumer took it over meanwhile (XAUTOCLAIM) or it was acknowledged,
+        // it is theirs, and nothing is left to do here.
+        let idle_ms = delay.as_millis().saturating_sub(50) as u64;
         let claimed: redis::streams::StreamClaimReply = writer
-            .xclaim(stream, &cx.group, &cx.consumer, 0, &[&entry.id])
+            .xclaim(stream, &cx.group, &cx.consumer, idle_ms, &[&entry.id])
             .await?;
         if claimed.ids.is_empty() {
             return Ok(());
