@@ -27,10 +27,14 @@ async fn events(req: Request) -> Result<Response, thaw_sdk::Error> {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     if let Some(url) = thaw_sdk::config::get("report")? {
-        let line = format!("{} {} {} {}", event.kind, event.id, event.attempt, event.source);
+        let line = format!(
+            "{} {} {} {}",
+            event.kind, event.id, event.attempt, event.source
+        );
         thaw_sdk::http::post(&url, line.into_bytes()).await?;
     }
-    let fail = thaw_sdk::query(&req, "fail").or_else(|| thaw_sdk::config::get("fail").ok().flatten());
+    let fail =
+        thaw_sdk::query(&req, "fail").or_else(|| thaw_sdk::config::get("fail").ok().flatten());
     let status = match fail.as_deref() {
         Some("always") => 500,
         Some(n) if n.parse::<u32>().is_ok_and(|n| event.attempt <= n) => 500,
@@ -38,7 +42,8 @@ async fn events(req: Request) -> Result<Response, thaw_sdk::Error> {
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(200),
     };
-    let mut response = Response::new(format!("ran {} attempt {}\n", event.id, event.attempt).into_bytes());
+    let mut response =
+        Response::new(format!("ran {} attempt {}\n", event.id, event.attempt).into_bytes());
     *response.status_mut() = thaw_sdk::StatusCode::from_u16(status).unwrap_or_default();
     Ok(response)
 }

@@ -276,6 +276,8 @@ function renderEvents(events) {
     s.last_status ?? '-', s.runs, s.skipped], 7);
   tableRows('queues', events.queues, (q) => [q.function, q.depth, `${(q.oldest_age_ms / 1000).toFixed(1)} s`,
     q.attempts, q.dead_letters], 5);
+  tableRows('triggers', events.triggers, (t) => [t.function, `${t.broker} ${t.stream}`, t.delivered, t.acked,
+    t.retried, t.dead_letters, t.reconnects], 7);
 }
 
 async function renderLogs() {
