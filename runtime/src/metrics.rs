@@ -487,32 +487,6 @@ fn start_labels(function: &Function, kind: StartKind) -> [(&'static str, String)
     [name, version, ("kind", kind.as_str().to_owned())]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classic_text_names_counter_families_with_their_samples() {
-        let open = "# HELP thaw_requests Requests.\n# TYPE thaw_requests counter\n\
-                    thaw_requests_total{code=\"2xx\"} 3\n# HELP thaw_d Time.\n\
-                    # TYPE thaw_d histogram\n# UNIT thaw_d seconds\nthaw_d_seconds_sum 1.5\n# EOF\n";
-        assert_eq!(
-            to_classic_text(open),
-            "# HELP thaw_requests_total Requests.\n# TYPE thaw_requests_total counter\n\
-             thaw_requests_total{code=\"2xx\"} 3\n# HELP thaw_d Time.\n\
-             # TYPE thaw_d histogram\nthaw_d_seconds_sum 1.5\n"
-        );
-    }
-
-    #[test]
-    fn prometheus_gets_openmetrics_and_curl_the_classic_format() {
-        let prometheus = b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert!(wants_openmetrics(Some(prometheus)));
-        assert!(!wants_openmetrics(Some(b"*/*")));
-        assert!(!wants_openmetrics(None));
-    }
-}
-
 /// Asynchronous invocations' queues and schedules, per function (no version label: a queue
 /// belongs to the function, whichever version runs its next attempt).
 struct EventsCollector(Arc<Events>);
@@ -606,5 +580,31 @@ impl Collector for EventsCollector {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counter_families_with_their_samples() {
+        let open = "# HELP thaw_requests Requests.\n# TYPE thaw_requests counter\n\
+                    thaw_requests_total{code=\"2xx\"} 3\n# HELP thaw_d Time.\n\
+                    # TYPE thaw_d histogram\n# UNIT thaw_d seconds\nthaw_d_seconds_sum 1.5\n# EOF\n";
+        assert_eq!(
+            to_classic_text(open),
+            "# HELP thaw_requests_total Requests.\n# TYPE thaw_requests_total counter\n\
+             thaw_requests_total{code=\"2xx\"} 3\n# HELP thaw_d Time.\n\
+             # TYPE thaw_d histogram\nthaw_d_seconds_sum 1.5\n"
+        );
+    }
+
+    #[test]
+    fn prometheus_gets_openmetrics_and_curl_the_classic_format() {
+        let prometheus = b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(!wants_openmetrics(Some(b"*/*")));
+        assert!(!wants_openmetrics(None));
     }
 }

@@ -36,7 +36,7 @@ struct Host {
     admin: String,
 }
 
-fn start(thaw: &PathBuf, dir: &std::path::Path, nats: &str) -> Host {
+fn start(thaw: &std::path::Path, dir: &std::path::Path, nats: &str) -> Host {
     let mut child = serve_command(thaw, dir)
         .args(["--events-nats", nats])
         .env("THAW_ADMIN_TOKEN", TOKEN)

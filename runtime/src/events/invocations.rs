@@ -67,13 +67,20 @@ pub fn wants_async(headers: &http::HeaderMap) -> bool {
         })
 }
 
+/// An invocation's next attempt: when (ms), which; the heap's smallest first.
+type Due = Reverse<(u64, Arc<str>)>;
+
+/// An invocation found queued in the store at start: its function, when it was accepted,
+/// when its next attempt is due, its id.
+type Recovered = (String, u64, u64, Arc<str>);
+
 /// One function's queue.
 struct Queue {
     /// Invocations queued or running, by when they were accepted: the depth, and the
     /// oldest's age.
     live: Mutex<BTreeSet<(u64, Arc<str>)>>,
     /// Queued invocations by when their next attempt is due.
-    due: Mutex<BinaryHeap<Reverse<(u64, Arc<str>)>>>,
+    due: Mutex<BinaryHeap<Due>>,
     /// Invocations with an attempt running.
     running: Mutex<HashSet<Arc<str>>>,
     /// Requests past the `max_queued` check whose body is still being read and stored: they
@@ -168,7 +175,7 @@ pub struct Invocations {
     /// that none of them acts on a record another has just changed.
     changes: tokio::sync::Mutex<()>,
     /// Recovered at open, queued when the workers start.
-    recovered: Mutex<Vec<(String, u64, u64, Arc<str>)>>,
+    recovered: Mutex<Vec<Recovered>>,
 }
 
 impl Invocations {
