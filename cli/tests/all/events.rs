@@ -439,6 +439,15 @@ async fn a_kill_9_loses_no_invocation_that_was_answered_202() {
     assert!(ids.len() >= TOTAL);
 }
 
+/// `function`'s schedule as `GET /v1/schedules` shows it.
+async fn schedule_of(server: &TestServer, function: &str) -> thaw_runtime::api::ScheduleInfo {
+    let list = server.admin().typed().schedules().await.unwrap();
+    list.schedules
+        .into_iter()
+        .find(|s| s.function == function)
+        .expect("the schedule is listed")
+}
+
 /// The tick a schedule's delivery was for (its `ce-id` is `<tick ms>-<index>`), and when it
 /// arrived.
 fn ticks(collector: &Collector) -> Vec<(u64, SystemTime)> {
@@ -527,12 +536,7 @@ async fn a_schedule_fires_on_its_ticks_and_a_slow_run_skips_rather_than_overlaps
         table.contains("tick") && table.contains("* * * * * *") && table.contains("UTC"),
         "{table}"
     );
-    let list = server.admin().typed().schedules().await.unwrap();
-    let tick = list
-        .schedules
-        .iter()
-        .find(|s| s.function == "tick")
-        .unwrap();
+    let tick = schedule_of(&server, "tick").await;
     assert_eq!(tick.last_status, Some(200));
     assert!(tick.next_ms > tick.last_ms, "{tick:?}");
 }
@@ -597,12 +601,7 @@ async fn a_tick_missed_while_down_runs_after_the_restart_only_with_catch_up() {
         !ran("skips").contains(&missed),
         "without catch_up the missed tick is not run"
     );
-    let list = server.admin().typed().schedules().await.unwrap();
-    let skips = list
-        .schedules
-        .iter()
-        .find(|s| s.function == "skips")
-        .unwrap();
+    let skips = schedule_of(&server, "skips").await;
     assert!(skips.skipped >= 1, "{skips:?}");
     assert!(
         server

@@ -60,6 +60,21 @@ fn handled(collector: &Collector, source: &str) -> HashSet<String> {
         .collect()
 }
 
+/// Deploys the events function with `trigger` as `name`, which must be refused; the error.
+async fn refused(
+    server: &TestServer,
+    collector: &Collector,
+    name: &str,
+    trigger: TriggerSpec,
+) -> anyhow::Error {
+    let spec = consumer(&format!("/{name}"), collector, trigger, false);
+    server
+        .admin()
+        .deploy(name, &spec, thaw_test_functions::read(wasm::EVENTS).into())
+        .await
+        .unwrap_err()
+}
+
 async fn trigger_info(server: &TestServer, function: &str) -> TriggerInfo {
     let events = server.admin().typed().events().await.unwrap();
     events
@@ -109,15 +124,7 @@ async fn nats_messages_run_within_max_concurrency_and_survive_a_broker_restart()
         }),
         ..Default::default()
     };
-    let e = server
-        .admin()
-        .deploy(
-            "nope",
-            &consumer("/nope", &collector, missing, false),
-            thaw_test_functions::read(wasm::EVENTS).into(),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(&server, &collector, "nope", missing).await;
     assert_eq!(error_code(&e), Some(ErrorCode::BadRequest));
     assert!(format!("{e:#}").contains("trigger.nats.stream"), "{e:#}");
 
@@ -287,15 +294,7 @@ async fn redis_stream_messages_run_within_max_concurrency_and_a_dead_consumers_a
         }),
         ..Default::default()
     };
-    let e = server
-        .admin()
-        .deploy(
-            "wrong",
-            &consumer("/wrong", &collector, wrong, false),
-            thaw_test_functions::read(wasm::EVENTS).into(),
-        )
-        .await
-        .unwrap_err();
+    let e = refused(&server, &collector, "wrong", wrong).await;
     assert!(format!("{e:#}").contains("trigger.redis.stream"), "{e:#}");
 
     let trigger = TriggerSpec {

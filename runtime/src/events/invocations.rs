@@ -236,10 +236,8 @@ fn queue(events: &Arc<Events>, name: &str, function: Option<&Function>) -> Arc<Q
     if let Some(queue) = events.invocations.queues.get(name) {
         return queue.clone();
     }
-    let places = function
-        .or(super::current(&events.platform, name).as_deref())
-        .and_then(|f| f.limits.max_concurrency)
-        .map_or(super::DEFAULT_EVENT_CONCURRENCY, |n| n as usize);
+    let places =
+        super::delivery_places(function.or(super::current(&events.platform, name).as_deref()));
     let mut made = false;
     let queue = events
         .invocations
@@ -379,13 +377,7 @@ async fn try_accept<B: crate::invoke::RequestBody>(
         None => None,
         Some(value) => Some(check_callback(function, value)?),
     };
-    let policy = function
-        .record
-        .spec
-        .async_policy
-        .clone()
-        .unwrap_or_default()
-        .resolve();
+    let policy = super::async_policy(function);
     let queue = queue(events, &function.name, Some(function));
     let Some(_reservation) = queue.reserve(policy.max_queued) else {
         let refused = InvokeError::TooManyQueued(policy.max_queued);
@@ -562,13 +554,7 @@ async fn run(
         .await?;
         return Ok(Next::Done);
     };
-    let policy = function
-        .record
-        .spec
-        .async_policy
-        .clone()
-        .unwrap_or_default()
-        .resolve();
+    let policy = super::async_policy(&function);
     let age = Duration::from_millis(now.saturating_sub(record.info.enqueued_ms));
     if age > policy.max_age {
         let why = format!("older than its max_age_s ({} s)", policy.max_age.as_secs());

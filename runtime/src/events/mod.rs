@@ -327,6 +327,24 @@ pub const EVENT_PEER: Peer = Peer {
     local: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
 };
 
+/// How many of a function's events are delivered at once: its `max_concurrency`, else
+/// [`DEFAULT_EVENT_CONCURRENCY`] (also for a function that is gone).
+pub fn delivery_places(function: Option<&Function>) -> usize {
+    function
+        .and_then(|f| f.limits.max_concurrency)
+        .map_or(DEFAULT_EVENT_CONCURRENCY, |n| n as usize)
+}
+
+/// A function's retry and queue policy, its spec's `async` with the defaults filled in.
+pub fn async_policy(function: &Function) -> crate::event_spec::AsyncPolicy {
+    function
+        .record
+        .spec
+        .async_policy
+        .as_ref()
+        .map_or_else(Default::default, crate::event_spec::AsyncSpec::resolve)
+}
+
 /// The version of `name` that the next request would get.
 pub fn current(platform: &Platform, name: &str) -> Option<Arc<Function>> {
     Some(platform.registry().get(name)?.pick().clone())

@@ -225,16 +225,24 @@ async fn supervise<F, Fut>(
 
 /// How many deliveries of `function` may run at once.
 fn places(events: &Events, function: &str) -> usize {
-    super::current(&events.platform, function)
-        .and_then(|f| f.limits.max_concurrency)
-        .map_or(super::DEFAULT_EVENT_CONCURRENCY, |n| n as usize)
+    super::delivery_places(super::current(&events.platform, function).as_deref())
+}
+
+/// Waits for a free delivery place, then takes every other free one: what the next fetch
+/// from the broker may ask for.
+async fn free_places(
+    places: &Arc<tokio::sync::Semaphore>,
+) -> anyhow::Result<Vec<tokio::sync::OwnedSemaphorePermit>> {
+    let mut held = vec![places.clone().acquire_owned().await?];
+    while let Ok(more) = places.clone().try_acquire_owned() {
+        held.push(more);
+    }
+    Ok(held)
 }
 
 /// The delay before delivery `attempt + 1` of a message of `function`.
 fn retry_delay(events: &Events, function: &str, attempt: u32) -> Duration {
     let policy = super::current(&events.platform, function)
-        .and_then(|f| f.record.spec.async_policy.clone())
-        .unwrap_or_default()
-        .resolve();
+        .map_or_else(Default::default, |f| super::async_policy(&f));
     policy.retry_delay(attempt, super::invocations::jitter())
 }

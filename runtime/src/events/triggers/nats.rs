@@ -80,11 +80,7 @@ async fn session(
         })
         .await?;
     loop {
-        let first = places.clone().acquire_owned().await?;
-        let mut held = vec![first];
-        while let Ok(more) = places.clone().try_acquire_owned() {
-            held.push(more);
-        }
+        let mut held = super::free_places(&places).await?;
         let mut batch = consumer
             .fetch()
             .max_messages(held.len())

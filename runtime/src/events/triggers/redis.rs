@@ -121,11 +121,7 @@ async fn session(
     // first `count` (which may all be busy elsewhere).
     let mut claim_cursor = "0-0".to_owned();
     loop {
-        let first = places.clone().acquire_owned().await?;
-        let mut held = vec![first];
-        while let Ok(more) = places.clone().try_acquire_owned() {
-            held.push(more);
-        }
+        let mut held = super::free_places(&places).await?;
         let mut taken: Vec<(StreamId, Option<u32>)> = Vec::new();
         if Instant::now() >= next_claim {
             let reply: StreamAutoClaimReply = writer
