@@ -194,6 +194,11 @@ pub struct HostSettings {
         hide_env_values = true
     )]
     pub events_nats: Option<String>,
+    /// Where asynchronous invocations are queued: `nats://HOST:PORT` keeps them on that NATS
+    /// server's JetStream, shared by a cluster's nodes (any node accepts, runs and answers
+    /// them) [default: the data directory, this node alone]
+    #[arg(long, env = "THAW_QUEUE", value_name = "URL", hide_env_values = true)]
+    pub queue: Option<String>,
     /// The Redis server whose streams functions' `trigger.redis` consume
     /// (redis://HOST:PORT[/DB]) [default: none; such a trigger is refused at deploy]
     #[arg(
@@ -320,6 +325,8 @@ pub struct ServeConfig {
     pub events_nats: Option<String>,
     /// The Redis server of queue triggers, if any.
     pub events_redis: Option<String>,
+    /// The NATS server of the asynchronous invocations' queue, if not the data directory.
+    pub queue: Option<String>,
     /// The platform's settings.
     pub platform: PlatformConfig,
     /// Drain time at shutdown.
@@ -437,6 +444,7 @@ impl ServeArgs {
             keyvalue: s.keyvalue.clone(),
             events_nats: s.events_nats.clone(),
             events_redis: s.events_redis.clone(),
+            queue: s.queue.clone(),
             platform: PlatformConfig {
                 data_dir,
                 engine: EngineOptions {

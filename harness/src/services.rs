@@ -106,10 +106,11 @@ impl Etcd {
 
 /// A NATS server with JetStream, its store kept across [`Nats::restart`]s.
 pub struct Nats {
+    // First: fields drop in order, and the server goes before its store.
+    process: Option<Killed>,
     binary: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
-    process: Option<Killed>,
 }
 
 impl Nats {
@@ -218,35 +219,70 @@ impl HaProxy {
     }
 }
 
-/// A Redis server with no persistence.
+/// A Redis server: without persistence ([`Redis::start`]), or writing every change to its
+/// append-only file before answering ([`Redis::durable`]), so that a [`Redis::restart`] after
+/// `SIGKILL` comes back with its streams and consumer groups, as a production Redis would.
 pub struct Redis {
-    _process: Killed,
-    _dir: tempfile::TempDir,
+    // First: fields drop in order, and the server goes before its directory.
+    process: Option<Killed>,
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    durable: bool,
     /// `redis://127.0.0.1:PORT`.
     pub url: String,
 }
 
 impl Redis {
-    /// Starts `redis-server` and waits until it listens; `None` if it is not installed.
+    /// Starts `redis-server` with no persistence and waits until it listens; `None` if it is
+    /// not installed.
     pub fn start() -> Option<Self> {
+        Self::with(false)
+    }
+
+    /// Starts `redis-server` with `appendfsync always`; `None` if it is not installed.
+    pub fn durable() -> Option<Self> {
+        Self::with(true)
+    }
+
+    fn with(durable: bool) -> Option<Self> {
         let [binary] = service_binaries(["redis-server"], "redis-server")?;
         let port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let mut redis = Self {
+            binary,
+            dir: tempfile::tempdir().expect("tempdir"),
+            port,
+            durable,
+            process: None,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        redis.restart();
+        Some(redis)
+    }
+
+    /// Kills it (`SIGKILL`) if it runs, then starts it again on the same port and directory,
+    /// and waits until it listens.
+    pub fn restart(&mut self) {
+        self.process = None;
+        let persistence: &[&str] = if self.durable {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
+        let child = Command::new(&self.binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(persistence)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .spawn()
             .expect("starting redis-server");
-        let process = Killed(child);
-        assert!(wait_port(port, START_BOUND), "redis-server did not listen");
-        Some(Self {
-            _process: process,
-            _dir: dir,
-            url: format!("redis://127.0.0.1:{port}"),
-        })
+        self.process = Some(Killed(child));
+        assert!(
+            wait_port(self.port, START_BOUND),
+            "redis-server did not listen"
+        );
     }
 }
 

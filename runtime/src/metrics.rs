@@ -499,7 +499,7 @@ impl std::fmt::Debug for EventsCollector {
 
 impl Collector for EventsCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
-        let queues = self.0.invocations.stats();
+        let queues = self.0.queue_stats();
         let function = |name: &str| [("function", name.to_owned())];
         type Stat = fn(&crate::api::QueueInfo) -> u64;
         let counts: [(&str, &str, MetricType, Stat); 4] = [

@@ -1,5 +1,5 @@
-//! Events: a request that thaw sent because of a schedule, an asynchronous invocation (or,
-//! later, a queue), read as a CloudEvent.
+//! Events: a request that thaw sent because of a schedule, an asynchronous invocation or a
+//! queue's message, read as a CloudEvent.
 //!
 //! thaw delivers every event as an HTTP request with CloudEvents 1.0 binary-mode headers
 //! (`ce-id`, `ce-source`, `ce-type`, `ce-time`, `ce-subject`); the body is the event's data.
@@ -33,6 +33,10 @@ use crate::Request;
 pub const SCHEDULE_TICK: &str = "dev.thaw.schedule.tick";
 /// `ce-type` of an asynchronous invocation (`Prefer: respond-async`).
 pub const ASYNC_INVOCATION: &str = "dev.thaw.invocation";
+/// `ce-type` of a message from a NATS JetStream trigger.
+pub const NATS_MESSAGE: &str = "dev.thaw.nats.message";
+/// `ce-type` of a message from a Redis Streams trigger.
+pub const REDIS_MESSAGE: &str = "dev.thaw.redis.message";
 
 /// A request's CloudEvents attributes, borrowed from its headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +45,8 @@ pub struct Event<'a> {
     pub id: &'a str,
     /// Where it comes from: `/thaw/schedules/<function>`, `/thaw/functions/<function>`.
     pub source: &'a str,
-    /// What happened: [`SCHEDULE_TICK`], [`ASYNC_INVOCATION`], or a client's own type.
+    /// What happened: [`SCHEDULE_TICK`], [`ASYNC_INVOCATION`], [`NATS_MESSAGE`],
+    /// [`REDIS_MESSAGE`], or a client's own type.
     pub kind: &'a str,
     /// When it happened (RFC 3339), if said.
     pub time: Option<&'a str>,
@@ -84,5 +89,10 @@ impl<'a> Event<'a> {
     /// Whether it is an asynchronous invocation.
     pub fn is_async_invocation(&self) -> bool {
         self.kind == ASYNC_INVOCATION
+    }
+
+    /// Whether a queue trigger (NATS or Redis) sent it.
+    pub fn is_queue_message(&self) -> bool {
+        self.kind == NATS_MESSAGE || self.kind == REDIS_MESSAGE
     }
 }

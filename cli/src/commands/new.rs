@@ -72,7 +72,7 @@ pub const TEMPLATES: &[Template] = &[
     Template {
         name: "go",
         about: "Go, a net/http handler served over CGI, built for wasip1 (needs Go 1.21 or later)",
-        files: files!("go": "main.go", "go.mod", "thaw.toml", "README.md", "gitignore"),
+        files: files!("go": "main.go", "thaw.go", "go.mod", "thaw.toml", "README.md", "gitignore"),
         wit: None,
     },
 ];

@@ -71,8 +71,20 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     };
     deploy_manifests(&platform, &manifests).await?;
     let token = admin_token(&platform, &config, json_log)?;
+    // One NATS connection serves the triggers and the queue: one server for both.
+    let queue_nats = match config.queue.as_deref() {
+        None => None,
+        Some(url) if url.starts_with("nats://") || url.starts_with("tls://") => Some(url.to_owned()),
+        Some(url) => anyhow::bail!("--queue {url:?}: only nats://HOST:PORT is known"),
+    };
+    if let (Some(queue), Some(triggers)) = (&queue_nats, &config.events_nats)
+        && queue != triggers
+    {
+        anyhow::bail!("--queue and --events-nats name different NATS servers; give one");
+    }
     let event_options = EventOptions {
-        nats_url: config.events_nats.clone(),
+        shared_queue: queue_nats.is_some(),
+        nats_url: config.events_nats.clone().or(queue_nats),
         redis_url: config.events_redis.clone(),
         // Unique per node: a Redis consumer group tells its consumers apart by name.
         node: match &config.cluster {
@@ -82,6 +94,7 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         ..EventOptions::default()
     };
     let events = Events::open(platform.clone(), event_options)
+        .await
         .context("opening the event store (events.redb in the data directory)")?;
     // One machine-readable line on stdout; scripts and tests that bind port 0 read it.
     println!("{ready}");

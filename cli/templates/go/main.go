@@ -1,7 +1,9 @@
-// {{name}}: answers {"message": "<GREETING>, <name>!", "method": ..., "body": ...}.
+// {{name}}: answers {"message": "<GREETING>, <name>!", "method": ..., "body": ..., "event": ...}.
 // `?name=` picks the name, the `greeting` setting in thaw.toml the greeting (a CGI function
 // reads its configuration as environment variables: `greeting` is GREETING);
-// a body must be JSON (anything else is a 400). A standard net/http handler, served over CGI:
+// a body must be JSON (anything else is a 400); `event` is the request's CloudEvents
+// attributes when thaw sent it for a schedule, an asynchronous invocation or a queue message
+// (null otherwise; thaw.go reads them). A standard net/http handler, served over CGI:
 // thaw runs the module once per request (GOOS=wasip1 has no sockets to listen on).
 package main
 
@@ -38,6 +40,7 @@ func handle(w http.ResponseWriter, r *http.Request) {
 		"message": greeting + ", " + name + "!",
 		"method":  r.Method,
 		"body":    body,
+		"event":   EventFrom(r),
 	})
 }
 

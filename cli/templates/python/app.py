@@ -5,7 +5,9 @@
 - `calls` counts the requests so far, in the function's key-value store, which also keeps
   the last body (`thaw kv get {{name}} last-body`);
 - `upstream` is what the configured `upstream` URL answered (None when there is none);
-- each request logs a structured line: `thaw logs {{name}}` shows it.
+- each request logs a structured line: `thaw logs {{name}}` shows it;
+- `event` is the request's CloudEvents attributes when thaw sent it for a schedule, an
+  asynchronous invocation (`Prefer: respond-async`) or a queue message (None otherwise).
 
 `handle` is a plain function: thaw_http turns the wasi:http request into a `Request` and the
 returned `Response` back; thaw has config, kv, log and http.
@@ -13,7 +15,7 @@ returned `Response` back; thaw has config, kv, log and http.
 
 import json
 
-from thaw import ThawError, config, http, kv, log
+from thaw import Event, ThawError, config, http, kv, log
 from thaw_http import Request, Response, serve
 
 
@@ -38,6 +40,7 @@ def handle(request: Request) -> Response:
         ours = e.kind in ("config", "kv", "quota", "no-such-store", "access-denied")
         return Response.json({"error": str(e), "kind": e.kind}, status=500 if ours else 502)
     log.info("greeted", name=name, calls=calls)
+    event = Event.from_request(request)
     return Response.json(
         {
             "message": f"{greeting}, {name}!",
@@ -45,6 +48,7 @@ def handle(request: Request) -> Response:
             "body": body,
             "calls": calls,
             "upstream": upstream,
+            "event": event.as_dict() if event else None,
         }
     )
 

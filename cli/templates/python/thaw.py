@@ -7,6 +7,7 @@ interfaces the host offers (wasi:config, wasi:keyvalue, wasi:http, stderr).
     calls = kv.open("default").increment("calls")
     answer = http.fetch("https://api.example.com/v1").text()
     log.info("greeted", calls=calls)
+    event = Event.from_request(request)  # a schedule's tick, an async invocation, a message
 
 Every failure is a ThawError with a `kind`: "config", "no-such-store", "access-denied",
 "quota" (with `field`, the limit to raise), "kv", "denied" (the host is not in
@@ -308,3 +309,66 @@ class http:
         finally:
             stream.__exit__(None, None, None)
         return Response(url, status, response_headers, b"".join(chunks))
+
+
+class Event:
+    """A request's CloudEvents attributes: thaw sends every schedule tick, asynchronous
+    invocation and queue message as an HTTP request with CloudEvents 1.0 binary-mode headers
+    (ce-id, ce-source, ce-type, ce-time, ce-subject; the body is the event's data).
+
+        event = Event.from_request(request)
+        if event and event.is_schedule_tick: ...
+
+    Delivery is at least once: a retry or a restart can deliver one event again with the same
+    `id`; a handler whose effect must not repeat keys it by `id` (in the kv store, say).
+    """
+
+    SCHEDULE_TICK = "dev.thaw.schedule.tick"
+    ASYNC_INVOCATION = "dev.thaw.invocation"
+    NATS_MESSAGE = "dev.thaw.nats.message"
+    REDIS_MESSAGE = "dev.thaw.redis.message"
+
+    def __init__(self, id: str, source: str, type: str, time, subject, attempt: int):
+        self.id = id  # unique within its source; the same on every retry
+        self.source = source  # /thaw/schedules/<function>, /thaw/functions/<function>, ...
+        self.type = type  # one of the constants above, or a client's own type
+        self.time = time  # RFC 3339, or None
+        self.subject = subject  # a cron expression, a path, a subject; or None
+        self.attempt = attempt  # which delivery attempt this is, from 1
+
+    @staticmethod
+    def from_request(request) -> "Event | None":
+        """The event a thaw_http Request carries, or None for a plain request (no ce-id,
+        ce-source or ce-type)."""
+        h = {name.lower(): value for name, value in request.headers.items()}
+        if not all(k in h for k in ("ce-id", "ce-source", "ce-type")):
+            return None
+        try:
+            attempt = int(h.get("ce-thawattempt", "1"))
+        except ValueError:
+            attempt = 1
+        return Event(
+            h["ce-id"], h["ce-source"], h["ce-type"], h.get("ce-time"), h.get("ce-subject"), attempt
+        )
+
+    @property
+    def is_schedule_tick(self) -> bool:
+        return self.type == Event.SCHEDULE_TICK
+
+    @property
+    def is_async_invocation(self) -> bool:
+        return self.type == Event.ASYNC_INVOCATION
+
+    @property
+    def is_queue_message(self) -> bool:
+        return self.type in (Event.NATS_MESSAGE, Event.REDIS_MESSAGE)
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": self.time,
+            "subject": self.subject,
+            "attempt": self.attempt,
+        }

@@ -131,12 +131,58 @@ async fn check(template: &str, toolchain: (&str, &str)) {
     let refused = client().post(&url).body("not json").send().await.unwrap();
     assert_eq!(refused.status(), 400, "{template}");
 
+    the_sdk_reads_an_event(template, &server, &name).await;
+
     if template != "go" {
         writing_a_real_function(template, &project, &server, &name).await;
     }
     if template == "js" || template == "python" {
         the_guides_snippet_runs(template, &project, &server, &name).await;
     }
+}
+
+/// Each language's Event view: a plain request is no event; an asynchronous invocation reaches
+/// the handler with thaw's CloudEvents headers, which the template answers as `event`, read at
+/// the invocation's Location.
+async fn the_sdk_reads_an_event(template: &str, server: &TestServer, name: &str) {
+    let url = format!("{}/{name}", server.url);
+    let plain: serde_json::Value = client().get(&url).send().await.unwrap().json().await.unwrap();
+    assert!(plain["event"].is_null(), "{template}: {plain}");
+
+    let r = client()
+        .post(format!("{url}?name=later"))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{template}");
+    let id = r
+        .json::<thaw_runtime::api::InvocationInfo>()
+        .await
+        .unwrap()
+        .id;
+    let location = format!("{}/v1/invocations/{id}", server.url);
+    let result = thaw_harness::eventually_some("the result", Duration::from_secs(120), || {
+        let location = location.clone();
+        async move {
+            let r = client().get(&location).send().await.ok()?;
+            (r.status() != 202).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(result.status(), 200, "{template}");
+    let answer: serde_json::Value = result.json().await.unwrap();
+    assert_eq!(answer["message"], "Hi, later!", "{template}: {answer}");
+    let event = &answer["event"];
+    assert_eq!(event["id"], id.as_str(), "{template}: {answer}");
+    assert_eq!(event["type"], "dev.thaw.invocation", "{template}: {answer}");
+    assert_eq!(
+        event["source"],
+        format!("/thaw/functions/{name}"),
+        "{template}: {answer}"
+    );
+    assert_eq!(event["subject"], format!("/{name}?name=later"), "{template}: {answer}");
+    assert_eq!(event["attempt"], 1, "{template}: {answer}");
 }
 
 /// The JavaScript or Python example of docs/functions.md, built in the template's project in

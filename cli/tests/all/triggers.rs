@@ -252,8 +252,11 @@ async fn a_nats_message_that_keeps_failing_is_dead_lettered_after_max_deliver() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn redis_stream_messages_run_within_max_concurrency_and_a_dead_consumers_are_claimed() {
-    let Some(redis) = Redis::start() else { return };
+async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_a_dead_consumers_are_claimed()
+ {
+    let Some(mut redis) = Redis::durable() else {
+        return;
+    };
     let collector = Collector::holding(Duration::from_millis(2)).await;
     let server = TestServer::start_with(&["--events-redis", &redis.url]);
     let client = redis::Client::open(redis.url.as_str()).unwrap();
@@ -312,6 +315,16 @@ async fn redis_stream_messages_run_within_max_concurrency_and_a_dead_consumers_a
             consumer("/orders", &collector, trigger, false),
         )
         .await;
+    eventually("a third of the messages", Duration::from_secs(120), || {
+        let n = handled(&collector, "/thaw/redis/orders").len();
+        async move { n >= MESSAGES / 3 }
+    })
+    .await;
+    // The server dies mid-stream (SIGKILL) and comes back from its append-only file: the
+    // stream, the group and its pending list as they were. Deliveries under way cannot be
+    // acknowledged meanwhile; they stay pending and are claimed again.
+    redis.restart();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     eventually("every message handled", Duration::from_secs(240), || {
         let n = handled(&collector, "/thaw/redis/orders").len();
         async move { n > MESSAGES }
@@ -323,14 +336,20 @@ async fn redis_stream_messages_run_within_max_concurrency_and_a_dead_consumers_a
     );
     let info = trigger_info(&server, "orders").await;
     eprintln!(
-        "Redis: {} deliveries for {} messages, {} acknowledged, peak {} running (collector saw {})",
+        "Redis: {} deliveries for {} messages, {} acknowledged, {} reconnects, peak {} running (collector saw {})",
         info.delivered,
         MESSAGES + 1,
         info.acked,
+        info.reconnects,
         info.peak_running,
         collector.peak.load(Ordering::Relaxed)
     );
     assert!(collector.peak.load(Ordering::Relaxed) <= CONCURRENCY as usize);
+    assert!(info.peak_running <= u64::from(CONCURRENCY));
+    assert!(
+        info.reconnects >= 1,
+        "the server's restart was noticed: {info:?}"
+    );
     eventually("nothing left pending", Duration::from_secs(60), || {
         let mut conn = conn.clone();
         async move {

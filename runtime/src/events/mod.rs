@@ -56,8 +56,12 @@ pub struct EventOptions {
     /// Most bytes of an asynchronous request's body (it is stored); the function's own
     /// `max_request_body_kib` applies too.
     pub max_async_body_bytes: u64,
-    /// The NATS server queue triggers consume (`--events-nats`), if any.
+    /// The NATS server queue triggers consume (`--events-nats`), if any; also the shared
+    /// queue's when `shared_queue` is set.
     pub nats_url: Option<String>,
+    /// Asynchronous invocations are kept on NATS JetStream (`--queue nats://...`, for a
+    /// cluster) instead of the data directory.
+    pub shared_queue: bool,
     /// The Redis server queue triggers consume (`--events-redis`), if any.
     pub redis_url: Option<String>,
     /// This node's name as a consumer of a Redis stream's group (unique per node).
@@ -75,6 +79,7 @@ impl Default for EventOptions {
             max_result_bytes: 1 << 20,
             max_async_body_bytes: 1 << 20,
             nats_url: None,
+            shared_queue: false,
             redis_url: None,
             node: "thaw".into(),
         }
@@ -88,6 +93,8 @@ pub struct Events {
     options: EventOptions,
     /// Asynchronous invocations.
     pub invocations: Invocations,
+    /// Their queue on NATS JetStream, with `shared_queue` (set once, at open).
+    shared_queue: std::sync::OnceLock<Arc<invocations::jetstream::SharedQueue>>,
     /// Schedules.
     pub schedules: Scheduler,
     /// Queue triggers.
@@ -105,22 +112,42 @@ impl std::fmt::Debug for Events {
 }
 
 impl Events {
-    /// Opens the event store in `platform`'s data directory and rebuilds the queue from it.
-    /// Nothing runs until [`Events::start`].
-    pub fn open(platform: Arc<Platform>, options: EventOptions) -> anyhow::Result<Arc<Self>> {
+    /// Opens the event store in `platform`'s data directory and rebuilds the queue from it,
+    /// or connects to the shared queue on NATS. Nothing runs until [`Events::start`].
+    pub async fn open(
+        platform: Arc<Platform>,
+        options: EventOptions,
+    ) -> anyhow::Result<Arc<Self>> {
         let store = EventStore::open(&platform.data_dir().events())?;
         let invocations = Invocations::recover(&store)?;
         let schedules = Scheduler::new(&store)?;
-        Ok(Arc::new(Self {
+        let events = Arc::new(Self {
             platform,
             store,
             options,
             invocations,
+            shared_queue: Default::default(),
             schedules,
             triggers: Default::default(),
             nats: Default::default(),
             nats_reconnects: Default::default(),
-        }))
+        });
+        if events.options.shared_queue {
+            let client = events.nats().await?;
+            let shared = invocations::jetstream::SharedQueue::open(client)
+                .await
+                .map_err(|e| anyhow::anyhow!("the invocation queue on NATS JetStream: {e}"))?;
+            let _ = events.shared_queue.set(Arc::new(shared));
+        }
+        Ok(events)
+    }
+
+    /// Each function's asynchronous invocation queue, as this node sees it.
+    pub fn queue_stats(&self) -> Vec<crate::api::QueueInfo> {
+        match self.shared_queue.get() {
+            Some(shared) => shared.stats(),
+            None => self.invocations.stats(),
+        }
     }
 
     /// Starts delivering: the queued invocations' workers, the retention sweep and the
@@ -134,7 +161,7 @@ impl Events {
     /// The NATS client of `--events-nats`, connected on first use.
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         let Some(url) = &self.options.nats_url else {
-            anyhow::bail!("this host has no NATS server for triggers (--events-nats)");
+            anyhow::bail!("this host has no NATS server for triggers (--events-nats or --queue)");
         };
         let client = self
             .nats

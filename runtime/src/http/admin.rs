@@ -847,7 +847,7 @@ async fn events_status(call: Call) -> Response<ResponseBody> {
         Ok(events) => json(
             StatusCode::OK,
             &crate::api::EventsStatus {
-                queues: events.invocations.stats(),
+                queues: events.queue_stats(),
                 schedules: events.schedules.list().schedules,
                 triggers: events.triggers.list(events.nats_reconnects()),
             },
@@ -871,7 +871,7 @@ async fn invocation_list(call: Call) -> Response<ResponseBody> {
         return error(ErrorCode::BadRequest, &e.to_string());
     }
     let limit = query.limit.unwrap_or(1000).min(1000);
-    match invocations::list(events, &call.param, query.failed, limit) {
+    match invocations::list(events, &call.param, query.failed, limit).await {
         Ok(list) => json(StatusCode::OK, &list),
         Err(e) => error(ErrorCode::Internal, &format!("{e:#}")),
     }
@@ -882,7 +882,7 @@ async fn invocation(call: Call) -> Response<ResponseBody> {
         Ok(events) => events,
         Err(refused) => return refused,
     };
-    match invocations::info(events, &call.param) {
+    match invocations::info(events, &call.param).await {
         Ok(Some(info)) => json(StatusCode::OK, &info),
         Ok(None) => error(
             ErrorCode::NotFound,

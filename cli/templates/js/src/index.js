@@ -1,12 +1,14 @@
-// {{name}}: answers {"message": "<greeting>, <name>!", "method", "body", "calls", "upstream"}.
+// {{name}}: answers {"message": "<greeting>, <name>!", "method", "body", "calls", "upstream", "event"}.
 // - `?name=` picks the name; the greeting is the `greeting` setting in thaw.toml;
 // - a body must be JSON (anything else is a 400);
 // - `calls` counts the requests so far, in the function's key-value store, which also keeps
 //   the last body (`thaw kv get {{name}} last-body`);
 // - `upstream` is what the configured `upstream` URL answered (null when there is none);
-// - each request logs a structured line: `thaw logs {{name}}` shows it.
-// A fetch-style handler, as in a service worker; ./thaw.js has config, kv, log and fetch.
-import { config, fetch, kv, log, ThawError } from "./thaw.js";
+// - each request logs a structured line: `thaw logs {{name}}` shows it;
+// - `event` is the request's CloudEvents attributes when thaw sent it for a schedule, an
+//   asynchronous invocation (`Prefer: respond-async`) or a queue message (null otherwise).
+// A fetch-style handler, as in a service worker; ./thaw.js has config, kv, log, fetch and Event.
+import { config, Event, fetch, kv, log, ThawError } from "./thaw.js";
 
 async function handle(request) {
   const url = new URL(request.url);
@@ -30,7 +32,8 @@ async function handle(request) {
     const target = config.get("upstream");
     const upstream = target ? await (await fetch(target)).text() : null;
     log.info("greeted", { name, calls });
-    return json(200, { message: `${greeting}, ${name}!`, method: request.method, body, calls, upstream });
+    const event = Event.from(request);
+    return json(200, { message: `${greeting}, ${name}!`, method: request.method, body, calls, upstream, event });
   } catch (e) {
     // An outbound failure is the upstream's fault (502); the store's or the configuration's, ours.
     if (e instanceof ThawError) return json(OURS.has(e.kind) ? 500 : 502, { error: e.message, kind: e.kind });

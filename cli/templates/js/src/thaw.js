@@ -3,10 +3,11 @@
 // ever; `fetch` here sends over wasi:http itself so that a failure says why (a refused host
 // names the setting to change).
 //
-//   import { config, kv, log, fetch, ThawError } from "./thaw.js";
+//   import { config, kv, log, fetch, Event, ThawError } from "./thaw.js";
 //   const greeting = config.get("greeting") ?? "Hello";
 //   const calls = kv.open("default").increment("calls");
 //   log.info("greeted", { calls });
+//   const event = Event.from(request); // a schedule's tick, an async invocation, a message
 //
 // Every failure is a ThawError with a `kind`: "config", "no-such-store", "access-denied",
 // "quota" (with `field`, the limit to raise), "kv", "denied" (the host is not in
@@ -288,4 +289,56 @@ export async function fetch(input, init = {}) {
     at += chunk.length;
   }
   return new Response(status === 204 || status === 304 ? null : all, { status, headers: responseHeaders });
+}
+
+/**
+ * A request's CloudEvents attributes: thaw sends every schedule tick, asynchronous invocation
+ * and queue message as an HTTP request with CloudEvents 1.0 binary-mode headers (ce-id,
+ * ce-source, ce-type, ce-time, ce-subject; the body is the event's data).
+ *
+ *   const event = Event.from(request);
+ *   if (event?.isScheduleTick) { ... }
+ *
+ * Delivery is at least once: a retry or a restart can deliver one event again with the same
+ * `id`; a handler whose effect must not repeat keys it by `id` (in the kv store, say).
+ */
+export class Event {
+  static SCHEDULE_TICK = "dev.thaw.schedule.tick";
+  static ASYNC_INVOCATION = "dev.thaw.invocation";
+  static NATS_MESSAGE = "dev.thaw.nats.message";
+  static REDIS_MESSAGE = "dev.thaw.redis.message";
+
+  constructor(id, source, type, time, subject, attempt) {
+    /** Unique within its source; the same on every retry. */
+    this.id = id;
+    /** Where it comes from: /thaw/schedules/<function>, /thaw/functions/<function>, ... */
+    this.source = source;
+    /** What happened: one of the constants above, or a client's own type. */
+    this.type = type;
+    /** When it happened (RFC 3339), or null. */
+    this.time = time;
+    /** What it is about within the source (a cron expression, a path, a subject), or null. */
+    this.subject = subject;
+    /** Which delivery attempt this is, from 1. */
+    this.attempt = attempt;
+  }
+
+  /** The event a standard Request carries, or null for a plain request (no ce-id, ce-source or ce-type). */
+  static from(request) {
+    const h = request.headers;
+    const [id, source, type] = [h.get("ce-id"), h.get("ce-source"), h.get("ce-type")];
+    if (id === null || source === null || type === null) return null;
+    const attempt = Number.parseInt(h.get("ce-thawattempt") ?? "1", 10);
+    return new Event(id, source, type, h.get("ce-time"), h.get("ce-subject"), Number.isNaN(attempt) ? 1 : attempt);
+  }
+
+  get isScheduleTick() {
+    return this.type === Event.SCHEDULE_TICK;
+  }
+  get isAsyncInvocation() {
+    return this.type === Event.ASYNC_INVOCATION;
+  }
+  get isQueueMessage() {
+    return this.type === Event.NATS_MESSAGE || this.type === Event.REDIS_MESSAGE;
+  }
 }

@@ -1,14 +1,16 @@
-//! {{name}}: answers `{"message": "<greeting>, <name>!", "method", "body", "calls", "upstream"}`.
+//! {{name}}: answers `{"message": "<greeting>, <name>!", "method", "body", "calls", "upstream", "event"}`.
 //!
 //! - `?name=` picks the name; the greeting is the `greeting` setting in thaw.toml;
 //! - a body must be JSON (anything else is a 400);
 //! - `calls` counts the requests so far, in the function's key-value store, which also keeps
 //!   the last body (`thaw kv get {{name}} last-body`);
 //! - `upstream` is what the configured `upstream` URL answered (null when there is none);
-//! - each request logs a structured line: `thaw logs {{name}}` shows it.
+//! - each request logs a structured line: `thaw logs {{name}}` shows it;
+//! - `event` is the request's CloudEvents attributes when thaw sent it for a schedule, an
+//!   asynchronous invocation (`Prefer: respond-async`) or a queue message (null otherwise).
 
 use serde_json::{Value, json};
-use thaw_sdk::{Error, Json, Request, config, handler, http, kv, log};
+use thaw_sdk::{Error, Json, Request, config, event::Event, handler, http, kv, log};
 
 #[handler]
 async fn handle(req: Request) -> Result<Json<Value>, Error> {
@@ -31,11 +33,16 @@ async fn handle(req: Request) -> Result<Json<Value>, Error> {
         None => Value::Null,
     };
     log::info!("greeted", name = name, calls = calls);
+    let event = Event::from(&req).map(|e| {
+        json!({"id": e.id, "source": e.source, "type": e.kind, "time": e.time,
+               "subject": e.subject, "attempt": e.attempt})
+    });
     Ok(Json(json!({
         "message": format!("{greeting}, {name}!"),
         "method": req.method().as_str(),
         "body": body,
         "calls": calls,
         "upstream": upstream,
+        "event": event,
     })))
 }

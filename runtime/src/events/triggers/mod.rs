@@ -230,7 +230,7 @@ fn places(events: &Events, function: &str) -> usize {
 
 /// Waits for a free delivery place, then takes every other free one: what the next fetch
 /// from the broker may ask for.
-async fn free_places(
+pub(super) async fn free_places(
     places: &Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<Vec<tokio::sync::OwnedSemaphorePermit>> {
     let mut held = vec![places.clone().acquire_owned().await?];

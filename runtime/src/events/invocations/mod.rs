@@ -25,6 +25,8 @@
 //! A function has at most `async.max_queued` invocations queued or running; past that, 429
 //! with `Retry-After`.
 
+pub mod jetstream;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::store::{EventStore, StoredHeader, StoredInvocation, StoredResult, Write};
 use super::{CloudEvent, Events, Outcome, now_ms, time_of};
 use crate::api::{InvocationInfo, InvocationList, InvocationState, QueueInfo};
+use crate::event_spec::AsyncPolicy;
 use crate::function::Function;
 use crate::invoke::InvokeError;
 use crate::invoke::body::{ReadBodyError, ResponseBody, full};
@@ -256,6 +259,10 @@ fn queue(events: &Arc<Events>, name: &str, function: Option<&Function>) -> Arc<Q
 
 /// Starts the workers of the recovered invocations and the retention sweep.
 pub(super) fn start(events: &Arc<Events>) {
+    if let Some(shared) = events.shared_queue.get() {
+        jetstream::start(events, shared);
+        return;
+    }
     let recovered = std::mem::take(&mut *events.invocations.recovered.lock().unwrap());
     for (function, enqueued, due, id) in recovered {
         queue(events, &function, None).push(enqueued, due, id);
@@ -282,14 +289,7 @@ async fn sweep(events: &Events) -> anyhow::Result<()> {
     let all = tokio::task::block_in_place(|| events.store.all())?;
     let expired: Vec<Write> = all
         .into_iter()
-        .filter(|r| {
-            let keep = match r.info.state {
-                InvocationState::Succeeded => options.result_retention,
-                InvocationState::Failed => options.dead_letter_retention,
-                _ => return false,
-            };
-            r.info.finished_ms.unwrap_or(0) + keep.as_millis() as u64 <= now
-        })
+        .filter(|r| expired(&r.info, options, now))
         .map(|r| Write::Remove(r.info.id))
         .collect();
     if !expired.is_empty() {
@@ -300,6 +300,16 @@ async fn sweep(events: &Events) -> anyhow::Result<()> {
         events.store.write(expired).await?;
     }
     Ok(())
+}
+
+/// Whether a finished invocation is past its retention at `now`.
+fn expired(info: &InvocationInfo, options: &super::EventOptions, now: u64) -> bool {
+    let keep = match info.state {
+        InvocationState::Succeeded => options.result_retention,
+        InvocationState::Failed => options.dead_letter_retention,
+        _ => return false,
+    };
+    info.finished_ms.unwrap_or(0) + keep.as_millis() as u64 <= now
 }
 
 /// A new id: 128 random bits, hex.
@@ -378,21 +388,51 @@ async fn try_accept<B: crate::invoke::RequestBody>(
         Some(value) => Some(check_callback(function, value)?),
     };
     let policy = super::async_policy(function);
+    if let Some(shared) = events.shared_queue.get() {
+        let info = shared
+            .accept(events, function, req, peer, callback_url, &policy)
+            .await?;
+        return Ok(accepted(&info));
+    }
     let queue = queue(events, &function.name, Some(function));
     let Some(_reservation) = queue.reserve(policy.max_queued) else {
-        let refused = InvokeError::TooManyQueued(policy.max_queued);
-        let limit = crate::guest::limit::Limit::AsyncQueue;
-        function
-            .stats
-            .limit_hits
-            .hit(&function.name, limit, &refused);
-        return Err(refused);
+        return Err(queue_full(function, &policy));
     };
+    let limit = events.options.max_async_body_bytes;
+    let (record, body) = read_request(function, req, peer, callback_url, limit).await?;
+    let id: Arc<str> = Arc::from(record.info.id.as_str());
+    let info = record.info.clone();
+    events
+        .store
+        .write(vec![Write::Accept(Box::new(record), body)])
+        .await
+        .map_err(|e| InvokeError::Internal(format!("storing an asynchronous invocation: {e:#}")))?;
+    queue.push(info.enqueued_ms, info.enqueued_ms, id);
+    Ok(accepted(&info))
+}
+
+/// The 429 of a full queue, counted as a limit hit.
+fn queue_full(function: &Function, policy: &AsyncPolicy) -> InvokeError {
+    let refused = InvokeError::TooManyQueued(policy.max_queued);
+    let limit = crate::guest::limit::Limit::AsyncQueue;
+    function
+        .stats
+        .limit_hits
+        .hit(&function.name, limit, &refused);
+    refused
+}
+
+/// The record of a new invocation of `req` and its body (at most `limit` bytes, and the
+/// function's own bound), as stored before the 202.
+async fn read_request<B: crate::invoke::RequestBody>(
+    function: &Function,
+    req: Request<B>,
+    peer: crate::invoke::Peer,
+    callback_url: Option<String>,
+    limit: u64,
+) -> Result<(StoredInvocation, Bytes), InvokeError> {
     let (parts, body) = req.into_parts();
-    let limit = function
-        .limits
-        .max_request_body_bytes
-        .min(events.options.max_async_body_bytes);
+    let limit = function.limits.max_request_body_bytes.min(limit);
     let body = crate::invoke::body::read_bounded(body, limit, function.limits.timeout)
         .await
         .map_err(|e| match e {
@@ -431,16 +471,13 @@ async fn try_accept<B: crate::invoke::RequestBody>(
         peer: Some((peer.remote, peer.local)),
         result: None,
     };
-    let id: Arc<str> = Arc::from(record.info.id.as_str());
-    let info = record.info.clone();
-    events
-        .store
-        .write(vec![Write::Accept(Box::new(record), body)])
-        .await
-        .map_err(|e| InvokeError::Internal(format!("storing an asynchronous invocation: {e:#}")))?;
-    queue.push(now, now, id.clone());
-    let mut response = json_response(StatusCode::ACCEPTED, &info);
-    let location = HeaderValue::from_str(&format!("{LOCATION_PREFIX}{id}")).expect("hex");
+    Ok((record, body))
+}
+
+/// The 202 of an accepted invocation: its record, its `Location`.
+fn accepted(info: &InvocationInfo) -> Response<ResponseBody> {
+    let mut response = json_response(StatusCode::ACCEPTED, info);
+    let location = HeaderValue::from_str(&format!("{LOCATION_PREFIX}{}", info.id)).expect("hex");
     response
         .headers_mut()
         .insert(http::header::LOCATION, location);
@@ -448,7 +485,7 @@ async fn try_accept<B: crate::invoke::RequestBody>(
         http::header::HeaderName::from_static("preference-applied"),
         HeaderValue::from_static("respond-async"),
     );
-    Ok(response)
+    response
 }
 
 /// The `Callback-Url`, if it is an absolute http(s) URL the function may reach.
@@ -555,66 +592,110 @@ async fn run(
         return Ok(Next::Done);
     };
     let policy = super::async_policy(&function);
-    let age = Duration::from_millis(now.saturating_sub(record.info.enqueued_ms));
-    if age > policy.max_age {
-        let why = format!("older than its max_age_s ({} s)", policy.max_age.as_secs());
+    if let Some(why) = too_old(record.info.enqueued_ms, now, &policy) {
         finish(events, queue, record, None, why).await?;
         return Ok(Next::Done);
     }
     record.info.attempts += 1;
     queue.attempts.fetch_add(1, Ordering::Relaxed);
     let body = events.store.request_body(id)?;
-    let request = event_request(&record, body, &function.name)?;
+    let outcome = attempt_once(events, function, &record, body).await?;
+    record.info.status = Some(outcome.status.as_u16());
+    match verdict(&outcome, &record.info, &policy) {
+        Verdict::Succeeded => {
+            record.info.state = InvocationState::Succeeded;
+            record.info.error = None;
+            queue.succeeded.fetch_add(1, Ordering::Relaxed);
+            finish(events, queue, record, Some(outcome), String::new()).await?;
+            Ok(Next::Done)
+        }
+        Verdict::DeadLetter(why) => {
+            finish(events, queue, record, Some(outcome), why).await?;
+            Ok(Next::Done)
+        }
+        Verdict::Retry { delay, due, failure } => {
+            tracing::info!(function = %name, invocation = %id, attempt = record.info.attempts, retry_in_ms = delay.as_millis() as u64, "an asynchronous invocation failed ({failure}); retrying");
+            record.info.error = Some(failure);
+            record.info.next_attempt_ms = Some(due);
+            record.result = Some(result_head(&outcome));
+            events
+                .store
+                .write(vec![Write::Finish(Box::new(record), outcome.body)])
+                .await?;
+            Ok(Next::RetryAt(due))
+        }
+    }
+}
+
+/// Why an invocation accepted at `enqueued_ms` may not run at `now`, if it is too old.
+fn too_old(enqueued_ms: u64, now: u64, policy: &AsyncPolicy) -> Option<String> {
+    let age = Duration::from_millis(now.saturating_sub(enqueued_ms));
+    (age > policy.max_age)
+        .then(|| format!("older than its max_age_s ({} s)", policy.max_age.as_secs()))
+}
+
+/// One attempt: the stored request, sent through the request path as the invocation's event.
+async fn attempt_once(
+    events: &Events,
+    function: Arc<Function>,
+    record: &StoredInvocation,
+    body: Bytes,
+) -> anyhow::Result<Outcome> {
+    let request = event_request(record, body, &function.name)?;
     let peer = match record.peer {
         Some((remote, local)) => crate::invoke::Peer { remote, local },
         None => super::EVENT_PEER,
     };
-    let outcome = super::deliver(
+    Ok(super::deliver(
         &events.platform,
         function,
         request,
         peer,
         events.options.max_result_bytes,
     )
-    .await;
-    record.info.status = Some(outcome.status.as_u16());
+    .await)
+}
+
+/// What follows an attempt's outcome, by the function's policy: the same on every backend.
+enum Verdict {
+    Succeeded,
+    /// Final: dead-lettered for this reason.
+    DeadLetter(String),
+    /// Another attempt after `delay`, at `due` (ms); `failure` is why this one failed.
+    Retry {
+        delay: Duration,
+        due: u64,
+        failure: String,
+    },
+}
+
+/// The verdict on `outcome`, the attempt numbered `info.attempts`.
+fn verdict(outcome: &Outcome, info: &InvocationInfo, policy: &AsyncPolicy) -> Verdict {
     if outcome.succeeded() {
-        record.info.state = InvocationState::Succeeded;
-        record.info.error = None;
-        queue.succeeded.fetch_add(1, Ordering::Relaxed);
-        finish(events, queue, record, Some(outcome), String::new()).await?;
-        return Ok(Next::Done);
+        return Verdict::Succeeded;
     }
     let failure = outcome.failure();
     if !outcome.retryable() {
-        let why = format!("{failure} (a 4xx is not retried)");
-        finish(events, queue, record, Some(outcome), why).await?;
-        return Ok(Next::Done);
+        return Verdict::DeadLetter(format!("{failure} (a 4xx is not retried)"));
     }
-    if record.info.attempts >= policy.max_attempts {
-        let why = format!(
+    if info.attempts >= policy.max_attempts {
+        return Verdict::DeadLetter(format!(
             "{failure}, attempt {} of {}",
-            record.info.attempts, policy.max_attempts
-        );
-        finish(events, queue, record, Some(outcome), why).await?;
-        return Ok(Next::Done);
+            info.attempts, policy.max_attempts
+        ));
     }
-    let delay = policy.retry_delay(record.info.attempts, jitter());
+    let delay = policy.retry_delay(info.attempts, jitter());
     let due = now_ms() + delay.as_millis() as u64;
-    if Duration::from_millis(due.saturating_sub(record.info.enqueued_ms)) > policy.max_age {
-        let why = format!("{failure}; a retry would be older than its max_age_s");
-        finish(events, queue, record, Some(outcome), why).await?;
-        return Ok(Next::Done);
+    if Duration::from_millis(due.saturating_sub(info.enqueued_ms)) > policy.max_age {
+        return Verdict::DeadLetter(format!(
+            "{failure}; a retry would be older than its max_age_s"
+        ));
     }
-    tracing::info!(function = %name, invocation = %id, attempt = record.info.attempts, retry_in_ms = delay.as_millis() as u64, "an asynchronous invocation failed ({failure}); retrying");
-    record.info.error = Some(failure);
-    record.info.next_attempt_ms = Some(due);
-    record.result = Some(result_head(&outcome));
-    events
-        .store
-        .write(vec![Write::Finish(Box::new(record), outcome.body)])
-        .await?;
-    Ok(Next::RetryAt(due))
+    Verdict::Retry {
+        delay,
+        due,
+        failure,
+    }
 }
 
 /// A number in 0..1 for the retry's jitter.
@@ -800,7 +881,10 @@ async fn send_callback(
 /// What the data plane answers at an invocation's `Location`: 202 with its record while it
 /// is queued or running; its result once final (the function's status, headers and body,
 /// with `thaw-invocation-state`); 404 for an unknown (or expired) id.
-pub fn read(events: &Events, id: &str) -> Response<ResponseBody> {
+pub async fn read(events: &Events, id: &str) -> Response<ResponseBody> {
+    if let Some(shared) = events.shared_queue.get() {
+        return shared.read(id).await;
+    }
     let record = match events.store.get(id) {
         Ok(Some(record)) => record,
         Ok(None) => return InvokeError::NotFound.into_response(),
@@ -812,6 +896,21 @@ pub fn read(events: &Events, id: &str) -> Response<ResponseBody> {
     if running(events, &info) {
         info.state = InvocationState::Running;
     }
+    let body = match (&record.result, info.state.is_final()) {
+        (Some(_), true) => match events.store.result_body(id) {
+            Ok(body) => body,
+            Err(e) => {
+                return InvokeError::Internal(format!("reading a result: {e:#}")).into_response();
+            }
+        },
+        _ => Bytes::new(),
+    };
+    answer(&record, info, body)
+}
+
+/// The answer at the `Location` of `record`, whose state is `info`'s and whose result body
+/// (if final) is `body`.
+fn answer(record: &StoredInvocation, info: InvocationInfo, body: Bytes) -> Response<ResponseBody> {
     let state = HeaderValue::from_static(match info.state {
         InvocationState::Queued => "queued",
         InvocationState::Running => "running",
@@ -820,13 +919,6 @@ pub fn read(events: &Events, id: &str) -> Response<ResponseBody> {
     });
     let mut response = match (&record.result, info.state.is_final()) {
         (Some(result), true) => {
-            let body = match events.store.result_body(id) {
-                Ok(body) => body,
-                Err(e) => {
-                    return InvokeError::Internal(format!("reading a result: {e:#}"))
-                        .into_response();
-                }
-            };
             let mut response = Response::new(full(body));
             *response.status_mut() =
                 StatusCode::from_u16(result.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -862,7 +954,10 @@ fn running(events: &Events, info: &InvocationInfo) -> bool {
 }
 
 /// One invocation's record, as the admin API shows it.
-pub fn info(events: &Events, id: &str) -> anyhow::Result<Option<InvocationInfo>> {
+pub async fn info(events: &Events, id: &str) -> anyhow::Result<Option<InvocationInfo>> {
+    if let Some(shared) = events.shared_queue.get() {
+        return shared.info(id).await;
+    }
     Ok(events.store.get(id)?.map(|record| {
         let mut info = record.info;
         if running(events, &info) {
@@ -873,12 +968,15 @@ pub fn info(events: &Events, id: &str) -> anyhow::Result<Option<InvocationInfo>>
 }
 
 /// A function's invocations, newest first, at most `limit`; only dead letters if `failed`.
-pub fn list(
+pub async fn list(
     events: &Events,
     function: &str,
     failed: bool,
     limit: usize,
 ) -> anyhow::Result<InvocationList> {
+    if let Some(shared) = events.shared_queue.get() {
+        return shared.list(function, failed, limit).await;
+    }
     // A scan of every record: off the reactor's turn.
     let all = tokio::task::block_in_place(|| events.store.all())?;
     let mut invocations: Vec<InvocationInfo> = all
@@ -913,6 +1011,9 @@ pub enum ChangeError {
 
 /// Queues a dead letter again, from attempt 1 and with a fresh age.
 pub async fn retry(events: &Arc<Events>, id: &str) -> Result<InvocationInfo, ChangeError> {
+    if let Some(shared) = events.shared_queue.get() {
+        return shared.retry(id).await;
+    }
     let _changes = events.invocations.changes.lock().await;
     let mut record = events
         .store
@@ -942,6 +1043,9 @@ pub async fn retry(events: &Arc<Events>, id: &str) -> Result<InvocationInfo, Cha
 
 /// Removes an invocation that is not running (a queued one will not run).
 pub async fn discard(events: &Arc<Events>, id: &str) -> Result<(), ChangeError> {
+    if let Some(shared) = events.shared_queue.get() {
+        return shared.discard(id).await;
+    }
     let _changes = events.invocations.changes.lock().await;
     let record = events
         .store
