@@ -74,7 +74,9 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     // One NATS connection serves the triggers and the queue: one server for both.
     let queue_nats = match config.queue.as_deref() {
         None => None,
-        Some(url) if url.starts_with("nats://") || url.starts_with("tls://") => Some(url.to_owned()),
+        Some(url) if url.starts_with("nats://") || url.starts_with("tls://") => {
+            Some(url.to_owned())
+        }
         Some(url) => anyhow::bail!("--queue {url:?}: only nats://HOST:PORT is known"),
     };
     if let (Some(queue), Some(triggers)) = (&queue_nats, &config.events_nats)

@@ -610,3 +610,123 @@ async fn a_tick_missed_while_down_runs_after_the_restart_only_with_catch_up() {
         "the skip is logged"
     );
 }
+
+/// With `--queue nats://`, two nodes share one queue on JetStream: invocations accepted by
+/// one node that is then killed (`SIGKILL`) run on the other, which answers at each
+/// `Location`; a dead letter is replayed through the other node's admin API.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_nats_queue_a_killed_node_loses_nothing_and_any_node_answers() {
+    const TOTAL: usize = 200;
+    let Some(nats) = thaw_harness::Nats::start() else {
+        return;
+    };
+    let collector = Collector::start().await;
+    let mut first = TestServer::start_with(&["--queue", &nats.url()]);
+    let second = TestServer::start_with(&["--queue", &nats.url()]);
+    let mut spec = reporting("/ev", &collector);
+    spec.async_policy = Some(AsyncSpec {
+        max_attempts: Some(2),
+        backoff_ms: Some(50),
+        ..Default::default()
+    });
+    first.deploy("ev", wasm::EVENTS, spec.clone()).await;
+
+    // Accepted by the first node, each stored on JetStream before its 202, and run by it
+    // alone (the second does not have the function yet). The last ones take 2 s each: the
+    // kill finds them under way or still queued.
+    let mut ids = Vec::with_capacity(TOTAL);
+    for i in 0..TOTAL {
+        let path = if i >= TOTAL - 20 {
+            "/ev?sleep_ms=2000"
+        } else {
+            "/ev"
+        };
+        ids.push(accepted(&first, path).await.id);
+    }
+    first.kill9();
+    let handled_by_first = distinct_ids(&collector).len();
+    assert!(handled_by_first < TOTAL, "the kill left work to do");
+    second.deploy("ev", wasm::EVENTS, spec.clone()).await;
+    eventually(
+        "every invocation delivered",
+        Duration::from_secs(120),
+        || {
+            let seen = distinct_ids(&collector);
+            let all = ids.iter().all(|id| seen.contains(id));
+            async move { all }
+        },
+    )
+    .await;
+    eprintln!(
+        "{TOTAL} accepted by the first node, {handled_by_first} handled there before its kill; \
+         {} deliveries in all",
+        collector.lines().len()
+    );
+    // The second node answers for every one, whichever node ran it.
+    for id in &ids {
+        let record = finished(&second, id).await;
+        assert_eq!(record.state, InvocationState::Succeeded, "{record:?}");
+    }
+    // (One of the first accepted: long done before the kill, so run once.)
+    let location = format!("{}/v1/invocations/{}", second.url, ids[1]);
+    let r = client().get(location).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!("ran {} attempt 1\n", ids[1])
+    );
+    let list = second
+        .admin()
+        .typed()
+        .invocations("ev", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(list.invocations.len(), TOTAL);
+
+    // One that always fails is dead-lettered after max_attempts, and replayed on demand.
+    let doomed = accepted(&second, "/ev?fail=always").await.id;
+    let record = finished(&second, &doomed).await;
+    assert_eq!(
+        (record.state, record.attempts),
+        (InvocationState::Failed, 2),
+        "{record:?}"
+    );
+    let replayed = second
+        .admin()
+        .typed()
+        .retry_invocation(&doomed)
+        .await
+        .unwrap();
+    assert_eq!(replayed.state, InvocationState::Queued);
+    eventually("the replay's attempts", Duration::from_secs(60), || {
+        let n = deliveries(&collector, &doomed).len();
+        async move { n == 4 }
+    })
+    .await;
+    let record = finished(&second, &doomed).await;
+    assert_eq!(record.state, InvocationState::Failed, "{record:?}");
+    second
+        .admin()
+        .typed()
+        .discard_invocation(&doomed)
+        .await
+        .unwrap();
+    assert_eq!(server_get_status(&second, &doomed).await, 404);
+}
+
+/// The invocation ids the collector saw delivered.
+fn distinct_ids(collector: &Collector) -> std::collections::HashSet<String> {
+    collector
+        .lines()
+        .iter()
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_owned))
+        .collect()
+}
+
+async fn server_get_status(server: &TestServer, id: &str) -> u16 {
+    server
+        .get(&format!("/v1/invocations/{id}"))
+        .await
+        .status()
+        .as_u16()
+}

@@ -146,7 +146,14 @@ async fn check(template: &str, toolchain: (&str, &str)) {
 /// the invocation's Location.
 async fn the_sdk_reads_an_event(template: &str, server: &TestServer, name: &str) {
     let url = format!("{}/{name}", server.url);
-    let plain: serde_json::Value = client().get(&url).send().await.unwrap().json().await.unwrap();
+    let plain: serde_json::Value = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(plain["event"].is_null(), "{template}: {plain}");
 
     let r = client()
@@ -181,7 +188,11 @@ async fn the_sdk_reads_an_event(template: &str, server: &TestServer, name: &str)
         format!("/thaw/functions/{name}"),
         "{template}: {answer}"
     );
-    assert_eq!(event["subject"], format!("/{name}?name=later"), "{template}: {answer}");
+    assert_eq!(
+        event["subject"],
+        format!("/{name}?name=later"),
+        "{template}: {answer}"
+    );
     assert_eq!(event["attempt"], 1, "{template}: {answer}");
 }
 

@@ -11,9 +11,10 @@
 //! component can handle events unchanged, and the SDKs read them as an `Event`.
 //!
 //! # What this module does not do
-//! - It does not run a broker. Durability is the data directory's (one host), and delivery
-//!   is at least once: an attempt interrupted by a crash runs again after the restart, so a
-//!   handler that must not repeat an effect keys it by `ce-id`.
+//! - It does not run a broker. Durability is the data directory's (one host), or NATS
+//!   JetStream's with `--queue nats://` ([`invocations::jetstream`], for a cluster). Delivery
+//!   is at least once: an attempt interrupted by a crash runs again, so a handler that must
+//!   not repeat an effect keys it by `ce-id`.
 //! - It does not order deliveries: attempts of one function run concurrently, up to its
 //!   `max_concurrency` (or [`DEFAULT_EVENT_CONCURRENCY`]).
 
@@ -114,10 +115,7 @@ impl std::fmt::Debug for Events {
 impl Events {
     /// Opens the event store in `platform`'s data directory and rebuilds the queue from it,
     /// or connects to the shared queue on NATS. Nothing runs until [`Events::start`].
-    pub async fn open(
-        platform: Arc<Platform>,
-        options: EventOptions,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(platform: Arc<Platform>, options: EventOptions) -> anyhow::Result<Arc<Self>> {
         let store = EventStore::open(&platform.data_dir().events())?;
         let invocations = Invocations::recover(&store)?;
         let schedules = Scheduler::new(&store)?;

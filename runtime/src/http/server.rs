@@ -83,7 +83,8 @@ pub async fn serve_functions(
                 path if path.starts_with(invocations::LOCATION_PREFIX) => {
                     return match (&events, req.method()) {
                         (Some(events), &http::Method::GET) => {
-                            invocations::read(events, &path[invocations::LOCATION_PREFIX.len()..]).await
+                            invocations::read(events, &path[invocations::LOCATION_PREFIX.len()..])
+                                .await
                         }
                         _ => InvokeError::NotFound.into_response(),
                     };

@@ -18,8 +18,9 @@
 //! more attempt (so an attempt cut by a crash counts), then to its end. Success or a dead
 //! letter: the record is final, and the message is acknowledged. A retry: the record is
 //! `queued` again and the message is `nak`ed with the backoff as its delay, so JetStream
-//! holds it back. A node that dies mid-attempt never acknowledges: JetStream redelivers
-//! after `ack_wait` (the function's timeout plus 30 s), to any node.
+//! holds it back. While an attempt runs its node tells JetStream so (`+WPI`, every third of
+//! [`ACK_WAIT`]); a node that dies mid-attempt stops, and JetStream hands the message to
+//! another node [`ACK_WAIT`] later, however long the function's timeout.
 //!
 //! # Trade-offs against the embedded queue
 //! - Every accept is three round trips to the server (two puts, one publish); the embedded
@@ -57,6 +58,10 @@ use crate::invoke::body::ResponseBody;
 
 const BUCKET: &str = "thaw-invocations";
 const STREAM: &str = "THAW_INVOCATIONS";
+/// How long JetStream waits for word from the node running an attempt before handing the
+/// message to another: short, so a dead node's invocations move on within seconds; a live
+/// node's heartbeat keeps a long attempt its own.
+const ACK_WAIT: Duration = Duration::from_secs(10);
 /// How long one fetch waits before asking again (and refreshing the depth).
 const FETCH_EXPIRES: Duration = Duration::from_secs(1);
 /// What a record, its headers and the message's framing may need beside a body, under the
@@ -95,19 +100,28 @@ impl SharedQueue {
     pub async fn open(client: async_nats::Client) -> anyhow::Result<Self> {
         let max_payload = client.server_info().max_payload as u64;
         let js = jetstream::new(client);
-        let records = match js.get_key_value(BUCKET).await {
-            Ok(records) => records,
-            Err(_) => {
-                js.create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    description: "thaw's asynchronous invocations: records and bodies".into(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await?
-            }
-        };
+        // The bucket's stream made by hand, as a key-value bucket is laid out (`KV_<bucket>`,
+        // subjects `$KV.<bucket>.>`): the client's `create_key_value` first asks for the
+        // account's limits, whose answer from Debian's nats-server 2.9 it cannot parse.
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{BUCKET}"),
+            description: Some("thaw's asynchronous invocations: records and bodies".into()),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the bucket {BUCKET}: {e}"))?;
+        let records = js
+            .get_key_value(BUCKET)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the bucket {BUCKET}: {e}"))?;
         let work = js
             .get_or_create_stream(stream::Config {
                 name: STREAM.into(),
@@ -116,7 +130,8 @@ impl SharedQueue {
                 storage: stream::StorageType::File,
                 ..Default::default()
             })
-            .await?;
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the stream {STREAM}: {e}"))?;
         Ok(Self {
             js,
             records,
@@ -131,15 +146,20 @@ impl SharedQueue {
             return Ok(None);
         }
         match self.records.entry(id).await? {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                Ok(Some((serde_json::from_slice(&entry.value)?, entry.revision)))
-            }
+            Some(entry) if entry.operation == kv::Operation::Put => Ok(Some((
+                serde_json::from_slice(&entry.value)?,
+                entry.revision,
+            ))),
             _ => Ok(None),
         }
     }
 
     /// Writes `record` if it is still at `revision`; false if it changed (or went) meanwhile.
-    async fn update(&self, record: &StoredInvocation, revision: u64) -> anyhow::Result<Option<u64>> {
+    async fn update(
+        &self,
+        record: &StoredInvocation,
+        revision: u64,
+    ) -> anyhow::Result<Option<u64>> {
         let value = Bytes::from(serde_json::to_vec(record)?);
         match self.records.update(&record.info.id, value, revision).await {
             Ok(revision) => Ok(Some(revision)),
@@ -149,7 +169,11 @@ impl SharedQueue {
     }
 
     async fn remove(&self, id: &str) {
-        for key in [format!("{id}.request"), format!("{id}.result"), id.to_owned()] {
+        for key in [
+            format!("{id}.request"),
+            format!("{id}.result"),
+            id.to_owned(),
+        ] {
             if let Err(e) = self.records.purge(&key).await {
                 tracing::warn!(invocation = %id, "removing {key}: {e}");
             }
@@ -203,7 +227,11 @@ impl SharedQueue {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", message_id);
         self.js
-            .publish_with_headers(subject(function), headers, Bytes::copy_from_slice(id.as_bytes()))
+            .publish_with_headers(
+                subject(function),
+                headers,
+                Bytes::copy_from_slice(id.as_bytes()),
+            )
             .await?
             .await?;
         Ok(())
@@ -264,7 +292,11 @@ impl SharedQueue {
                 QueueInfo {
                     function: function.clone(),
                     depth: w.depth.load(Ordering::Relaxed),
-                    oldest_age_ms: if oldest == 0 { 0 } else { now.saturating_sub(oldest) },
+                    oldest_age_ms: if oldest == 0 {
+                        0
+                    } else {
+                        now.saturating_sub(oldest)
+                    },
                     attempts: w.attempts.load(Ordering::Relaxed),
                     dead_letters: w.dead_letters.load(Ordering::Relaxed),
                     succeeded: w.succeeded.load(Ordering::Relaxed),
@@ -288,8 +320,7 @@ impl SharedQueue {
             (Some(_), true) => match self.records.get(format!("{id}.result")).await {
                 Ok(body) => body.unwrap_or_default(),
                 Err(e) => {
-                    return InvokeError::Internal(format!("reading a result: {e}"))
-                        .into_response();
+                    return InvokeError::Internal(format!("reading a result: {e}")).into_response();
                 }
             },
             _ => Bytes::new(),
@@ -319,8 +350,7 @@ impl SharedQueue {
             }
             if let Some((record, _)) = self.record(&key).await? {
                 let info = record.info;
-                if info.function == function && (!failed || info.state == InvocationState::Failed)
-                {
+                if info.function == function && (!failed || info.state == InvocationState::Failed) {
                     invocations.push(info);
                 }
             }
@@ -341,6 +371,7 @@ impl SharedQueue {
                 record.info.state
             )));
         }
+        let dead = record.clone();
         let now = now_ms();
         record.info.state = InvocationState::Queued;
         record.info.attempts = 0;
@@ -348,14 +379,20 @@ impl SharedQueue {
         record.info.next_attempt_ms = Some(now);
         record.info.finished_ms = None;
         record.info.error = None;
-        if self.update(&record, revision).await?.is_none() {
+        let Some(queued) = self.update(&record, revision).await? else {
             return Err(ChangeError::Conflict(format!(
                 "invocation {id} changed meanwhile; try again"
             )));
+        };
+        // A new message id: the first publish's may still be in the deduplication window.
+        if let Err(e) = self
+            .publish(&record.info.function, id, &format!("{id}-{now}"))
+            .await
+        {
+            // Not queued after all: the dead letter as it was, to be retried again.
+            let _ = self.update(&dead, queued).await;
+            return Err(e.into());
         }
-        // A new message id: the first publish's is still in the deduplication window.
-        self.publish(&record.info.function, id, &format!("{id}-{now}"))
-            .await?;
         Ok(record.info)
     }
 
@@ -422,7 +459,7 @@ pub(super) fn start(events: &Arc<Events>, shared: &Arc<SharedQueue>) {
             every.tick().await;
             shared.sync(&events);
             ticks += 1;
-            if ticks % 60 == 0
+            if ticks.is_multiple_of(60)
                 && let Err(e) = shared.sweep(&events).await
             {
                 tracing::warn!("sweeping finished invocations on NATS: {e:#}");
@@ -463,15 +500,13 @@ async fn session(
     let Some(shared) = events.shared_queue.get().cloned() else {
         return Ok(());
     };
-    let timeout = crate::events::current(&events.platform, function)
-        .map_or(Duration::from_secs(60), |f| f.limits.timeout);
     let mut consumer: consumer::PullConsumer = shared
         .work
         .create_consumer(consumer::pull::Config {
             durable_name: Some(format!("thaw-invocations-{function}")),
             filter_subject: subject(function),
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: timeout + Duration::from_secs(30),
+            ack_wait: ACK_WAIT,
             max_deliver: -1,
             ..Default::default()
         })
@@ -485,7 +520,10 @@ async fn session(
         } else {
             shared
                 .work
-                .get_first_raw_message_by_subject(subject(function), info.ack_floor.stream_sequence + 1)
+                .get_first_raw_message_by_subject(
+                    subject(function),
+                    info.ack_floor.stream_sequence + 1,
+                )
                 .await
                 .map_or(0, |m| (m.time.unix_timestamp_nanos() / 1_000_000) as u64)
         };
@@ -524,7 +562,19 @@ async fn deliver(
     _place: OwnedSemaphorePermit,
 ) {
     let id = String::from_utf8_lossy(&message.payload).into_owned();
-    let ack = match attempt(&events, &shared, &function, &worker, &id).await {
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(ACK_WAIT / 3).await;
+            if let Err(e) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(invocation = %id, "telling JetStream an attempt goes on: {e}");
+            }
+        }
+    };
+    let attempted = tokio::select! {
+        attempted = attempt(&events, &shared, &function, &worker, &id) => attempted,
+        never = heartbeat => never,
+    };
+    let ack = match attempted {
         Ok(ack) => ack,
         Err(e) => {
             // The record could not be read or written: the message comes back later.
@@ -553,7 +603,15 @@ async fn attempt(
         return Ok(AckKind::Ack);
     }
     let Some(function) = crate::events::current(&events.platform, name) else {
-        finish(shared, worker, record, revision, None, "the function was removed".into()).await?;
+        finish(
+            shared,
+            worker,
+            record,
+            revision,
+            None,
+            "the function was removed".into(),
+        )
+        .await?;
         return Ok(AckKind::Ack);
     };
     let policy = crate::events::async_policy(&function);
@@ -581,7 +639,15 @@ async fn attempt(
             record.info.state = InvocationState::Succeeded;
             record.info.error = None;
             worker.succeeded.fetch_add(1, Ordering::Relaxed);
-            finish(shared, worker, record, revision, Some(outcome), String::new()).await?;
+            finish(
+                shared,
+                worker,
+                record,
+                revision,
+                Some(outcome),
+                String::new(),
+            )
+            .await?;
             Ok(AckKind::Ack)
         }
         Verdict::DeadLetter(why) => {
@@ -624,7 +690,10 @@ async fn finish(
     record.result = outcome.as_ref().map(result_head);
     let body = outcome.as_ref().map(|o| o.body.clone()).unwrap_or_default();
     let id = record.info.id.clone();
-    shared.records.put(format!("{id}.result"), body.clone()).await?;
+    shared
+        .records
+        .put(format!("{id}.result"), body.clone())
+        .await?;
     if shared.update(&record, revision).await?.is_none() {
         // Discarded while it ran: its result goes with it.
         let _ = shared.records.purge(format!("{id}.result")).await;

@@ -613,7 +613,11 @@ async fn run(
             finish(events, queue, record, Some(outcome), why).await?;
             Ok(Next::Done)
         }
-        Verdict::Retry { delay, due, failure } => {
+        Verdict::Retry {
+            delay,
+            due,
+            failure,
+        } => {
             tracing::info!(function = %name, invocation = %id, attempt = record.info.attempts, retry_in_ms = delay.as_millis() as u64, "an asynchronous invocation failed ({failure}); retrying");
             record.info.error = Some(failure);
             record.info.next_attempt_ms = Some(due);
