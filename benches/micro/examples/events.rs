@@ -8,14 +8,16 @@
 //! ```
 //!
 //! - **Enqueue rate**: `Prefer: respond-async` requests answered 202 (each durably stored)
-//!   per second, from 1 and from 32 concurrent clients; per round, `MESSAGES` requests.
+//!   per second, from 1 and from 32 concurrent clients; per round, `MESSAGES` requests; on a
+//!   host with the embedded queue and, alternating, on one with `--queue nats://`.
 //! - **Enqueue → handler start**: from a 202 to the function's report of that invocation
 //!   arriving at the collector (the report is the handler's first act, one loopback POST),
 //!   one invocation at a time; p50 and p99 over `MESSAGES` invocations.
 //! - **NATS throughput**: `MESSAGES` messages in a JetStream stream, consumed by thaw with a
-//!   no-op function (16 places: the default), from the deploy until the consumer has
-//!   acknowledged all; beside it, a plain async-nats pull consumer in this process fetching
-//!   16 at a time and acknowledging each, on the same stream, as the baseline.
+//!   no-op function (16 places: the default), from the consumer's first acknowledgement until
+//!   it has acknowledged all (the deploy and the trigger's start are not counted); beside
+//!   it, a plain async-nats pull consumer in this process fetching 16 at a time and
+//!   acknowledging each, on the same stream, as the baseline.
 //! - **Schedule lag**: a schedule every second for 30 s; from each tick to its report; p50
 //!   and p99.
 //!
@@ -36,9 +38,9 @@ struct Host {
     admin: String,
 }
 
-fn start(thaw: &std::path::Path, dir: &std::path::Path, nats: &str) -> Host {
+fn start(thaw: &std::path::Path, dir: &std::path::Path, nats_flag: &str, nats: &str) -> Host {
     let mut child = serve_command(thaw, dir)
-        .args(["--events-nats", nats])
+        .args([nats_flag, nats])
         .env("THAW_ADMIN_TOKEN", TOKEN)
         .env("THAW_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -129,7 +131,7 @@ async fn main() {
     );
     let nats = Nats::start().expect("nats-server (scripts/install-services)");
     let dir = tempfile::tempdir().unwrap();
-    let host = start(&thaw, dir.path(), &nats.url());
+    let host = start(&thaw, dir.path(), "--events-nats", &nats.url());
     let collector = Collector::start().await;
 
     // A sink that does nothing (the enqueue rate), and one that reports (the latencies).
@@ -146,16 +148,28 @@ async fn main() {
     });
     deploy(&host, "report", reporting).await;
 
+    // The same on a host whose queue is on NATS JetStream (`--queue`), side by side.
+    let shared_dir = tempfile::tempdir().unwrap();
+    let shared = start(&thaw, shared_dir.path(), "--queue", &nats.url());
+    deploy(
+        &shared,
+        "sink",
+        serde_json::json!({"route": "/sink", "async": {"max_queued": 1000000}}),
+    )
+    .await;
     for clients in [1, 32] {
-        let mut rates = Vec::new();
+        let (mut rates, mut shared_rates) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             rates.push(enqueue_rate(&host, messages, clients).await);
+            shared_rates.push(enqueue_rate(&shared, messages, clients).await);
         }
         println!(
-            "async enqueue, {clients} client(s): {} per second",
-            spread(&mut rates)
+            "async enqueue, {clients} client(s): {} per second (data directory); {} (--queue nats)",
+            spread(&mut rates),
+            spread(&mut shared_rates)
         );
     }
+    drop(shared);
 
     // Enqueue → handler start, one at a time.
     let client = reqwest::Client::new();
@@ -251,9 +265,10 @@ async fn main() {
             }
         }
         native_rates.push(messages as f64 / started.elapsed().as_secs_f64());
-        // thaw: a no-op function on the same stream.
+        // thaw: a no-op function on the same stream, timed from its first acknowledgement
+        // (the deploy and the trigger's start, up to a second, are not consumption).
         let name = format!("noop{round}");
-        let started = Instant::now();
+        let mut first: Option<(Instant, usize)> = None;
         deploy(
             &host,
             &name,
@@ -271,13 +286,18 @@ async fn main() {
                 .await;
             if let Ok(consumer) = &mut consumer {
                 let info = consumer.info().await.unwrap();
-                if info.ack_floor.stream_sequence as usize >= messages {
+                let acked = info.ack_floor.stream_sequence as usize;
+                if first.is_none() && acked > 0 {
+                    first = Some((Instant::now(), acked));
+                }
+                if acked >= messages {
                     break;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        thaw_rates.push(messages as f64 / started.elapsed().as_secs_f64());
+        let (started, acked) = first.expect("acknowledged");
+        thaw_rates.push((messages - acked) as f64 / started.elapsed().as_secs_f64());
     }
     let ratios: Vec<f64> = thaw_rates
         .iter()

@@ -170,6 +170,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Default age after which an invocation that has not succeeded is dead-lettered (Lambda's
 /// default too).
 pub const DEFAULT_MAX_AGE_S: u64 = 6 * 3600;
+/// The most an invocation may wait (`async.max_age_s`'s upper bound).
+pub const MAX_ASYNC_AGE: Duration = Duration::from_secs(MAX_AGE_S_LIMIT);
+const MAX_AGE_S_LIMIT: u64 = 7 * 24 * 3600;
 /// Default delay before the first retry; each later one doubles it (with jitter).
 pub const DEFAULT_BACKOFF_MS: u64 = 1_000;
 /// Default most invocations of one function queued (waiting or running) at once; past it,
@@ -231,7 +234,7 @@ impl AsyncSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         for (field, value, max) in [
             ("async.max_attempts", self.max_attempts.map(u64::from), 100),
-            ("async.max_age_s", self.max_age_s, 7 * 24 * 3600),
+            ("async.max_age_s", self.max_age_s, MAX_AGE_S_LIMIT),
             ("async.backoff_ms", self.backoff_ms, 3_600_000),
             (
                 "async.max_queued",

@@ -131,6 +131,14 @@ impl Events {
             nats_reconnects: Default::default(),
         });
         if events.options.shared_queue {
+            // Those would never run: the embedded queue is not started beside the shared one.
+            let waiting = events.invocations.waiting();
+            if waiting > 0 {
+                anyhow::bail!(
+                    "the data directory holds {waiting} asynchronous invocations not yet run: \
+                     start once without --queue so that they run, then with it"
+                );
+            }
             let client = events.nats().await?;
             let shared = invocations::jetstream::SharedQueue::open(client)
                 .await
@@ -284,14 +292,18 @@ impl CloudEvent<'_> {
 }
 
 /// Removes the CloudEvents attributes of a client's request that claim to come from thaw
-/// (`ce-source` under `/thaw/`, or thaw's `ce-thawattempt`): a client must not pass for a
-/// schedule's tick or a retry, nor send a tick's id ahead of it to a handler that
-/// deduplicates by id. A client's own events (another `ce-source`) pass unchanged.
+/// (`ce-source` under `/thaw/`, a `ce-type` under `dev.thaw.`, or thaw's `ce-thawattempt`):
+/// a client must not pass for a schedule's tick, a queue's message or a retry (the SDKs'
+/// `is_schedule_tick` reads the type), nor send a tick's id ahead of it to a handler that
+/// deduplicates by id. A client's own events (its own source and type) pass unchanged.
 pub fn strip_forged_events(headers: &mut HeaderMap) {
     headers.remove(CE_ATTEMPT);
     let claims_thaw = headers
         .get("ce-source")
-        .is_some_and(|source| source.as_bytes().starts_with(b"/thaw/"));
+        .is_some_and(|source| source.as_bytes().starts_with(b"/thaw/"))
+        || headers
+            .get("ce-type")
+            .is_some_and(|kind| kind.as_bytes().starts_with(b"dev.thaw."));
     if claims_thaw {
         let forged: Vec<HeaderName> = headers
             .keys()
@@ -459,6 +471,16 @@ mod tests {
         forged.insert("x-other", HeaderValue::from_static("kept"));
         strip_forged_events(&mut forged);
         assert_eq!(forged.len(), 1, "{forged:?}");
+        // thaw's type under the client's own source: also thaw's to give.
+        let mut typed = HeaderMap::new();
+        typed.insert("ce-id", HeaderValue::from_static("x"));
+        typed.insert("ce-source", HeaderValue::from_static("/x"));
+        typed.insert(
+            "ce-type",
+            HeaderValue::from_static("dev.thaw.schedule.tick"),
+        );
+        strip_forged_events(&mut typed);
+        assert!(typed.is_empty(), "{typed:?}");
         let mut own = HeaderMap::new();
         own.insert("ce-id", HeaderValue::from_static("order-7"));
         own.insert("ce-source", HeaderValue::from_static("/shop"));

@@ -40,6 +40,9 @@ pub enum InvokeError {
     /// The function has `async.max_queued` asynchronous invocations queued already.
     #[error("{0} asynchronous invocations are queued, the function's async.max_queued")]
     TooManyQueued(u32),
+    /// The queue of asynchronous invocations cannot take one now (its server is away).
+    #[error("the asynchronous invocation queue is unavailable: {0}")]
+    QueueUnavailable(String),
     /// The request's header section is over the function's limits.
     #[error("request headers over the limit: {0}")]
     HeadersTooLarge(String),
@@ -90,9 +93,9 @@ impl InvokeError {
             InvokeError::NotFound | InvokeError::NoSuchVersion => StatusCode::NOT_FOUND,
             InvokeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             InvokeError::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
-            InvokeError::Overloaded | InvokeError::ConcurrencyLimit(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            InvokeError::Overloaded
+            | InvokeError::ConcurrencyLimit(_)
+            | InvokeError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             InvokeError::TooManyQueued(_) => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::Timeout | InvokeError::OutOfFuel => StatusCode::GATEWAY_TIMEOUT,
@@ -122,6 +125,9 @@ impl InvokeError {
                 "all instances are busy, retry shortly\n"
             }
             InvokeError::HeadersTooLarge(_) => "request headers too large\n",
+            InvokeError::QueueUnavailable(_) => {
+                "the asynchronous invocation queue is unavailable, retry shortly\n"
+            }
             InvokeError::TooManyQueued(_) => {
                 "too many asynchronous invocations queued, retry shortly\n"
             }
@@ -162,6 +168,7 @@ impl InvokeError {
             | InvokeError::Exit(_)
             | InvokeError::BadResponse(_)
             | InvokeError::BadRequest(_)
+            | InvokeError::QueueUnavailable(_)
             | InvokeError::Internal(_) => return None,
         })
     }
@@ -180,6 +187,7 @@ impl InvokeError {
             InvokeError::Overloaded
                 | InvokeError::ConcurrencyLimit(_)
                 | InvokeError::TooManyQueued(_)
+                | InvokeError::QueueUnavailable(_)
         ) {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

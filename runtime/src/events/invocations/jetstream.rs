@@ -20,23 +20,38 @@
 //! `queued` again and the message is `nak`ed with the backoff as its delay, so JetStream
 //! holds it back. While an attempt runs its node tells JetStream so (`+WPI`, every third of
 //! [`ACK_WAIT`]); a node that dies mid-attempt stops, and JetStream hands the message to
-//! another node [`ACK_WAIT`] later, however long the function's timeout.
+//! another node [`ACK_WAIT`] later, however long the function's timeout. A node that finds
+//! the record changed under it (another node took the message over after a lapse of its
+//! heartbeat) leaves the message to that node: it acknowledges only what it sees final.
+//!
+//! # Workers on demand
+//! Each second a node asks the stream how many messages each function's subject holds (one
+//! request for all functions), and runs a worker for each function it has with work. A
+//! worker stops after [`IDLE_STOP`] without messages; its durable consumer is deleted by the
+//! server after an hour unused. An idle host asks nothing else. A function removed while its
+//! worker runs has its invocations dead-lettered, as in the embedded queue; the messages of
+//! a function removed everywhere stay in the stream until one of that name is deployed again
+//! (its worker then drops them), and their records are dead-lettered by the sweep.
 //!
 //! # Trade-offs against the embedded queue
 //! - Every accept is three round trips to the server (two puts, one publish); the embedded
-//!   queue's is one fsync shared by a group of writes.
-//! - `max_queued` is checked against the consumer's depth as last seen by this node
-//!   (refreshed each second while the worker runs) plus what this node is accepting: a bound
-//!   that a crowd spread over several nodes can overshoot by what arrives within a second.
+//!   queue's is one fsync shared by a group of writes. JetStream's file store writes each
+//!   message before it acknowledges, but syncs to disk on its own interval (nats-server's
+//!   `sync_interval`): a `kill -9` of the server loses nothing, a power cut may lose the last
+//!   seconds unless the server syncs always.
+//! - `max_queued` is checked against the function's messages as counted each second, plus
+//!   what this node accepted since: a crowd spread over several nodes can overshoot it by
+//!   what arrives within a second.
 //! - Concurrency is per node, as for HTTP requests: each node runs at most the function's
 //!   delivery places.
 //! - Finished records are removed after their retention by a sweep on every node (the
-//!   deletes are idempotent).
+//!   removals are idempotent). A record left without a message (a crash between its writes)
+//!   is dead-lettered by the sweep once older than its `max_age_s`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
 use bytes::Bytes;
@@ -62,37 +77,47 @@ const STREAM: &str = "THAW_INVOCATIONS";
 /// message to another: short, so a dead node's invocations move on within seconds; a live
 /// node's heartbeat keeps a long attempt its own.
 const ACK_WAIT: Duration = Duration::from_secs(10);
-/// How long one fetch waits before asking again (and refreshing the depth).
+/// How long one fetch waits before asking again.
 const FETCH_EXPIRES: Duration = Duration::from_secs(1);
+/// A worker with no message for this long stops (the next message starts it again).
+const IDLE_STOP: Duration = Duration::from_secs(30);
 /// What a record, its headers and the message's framing may need beside a body, under the
 /// server's `max_payload`.
 const RECORD_ROOM: u64 = 64 << 10;
+/// How long past its `max_age_s` a record that is not final may stay before the sweep
+/// dead-letters it (its message was lost): longer than any attempt.
+const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 
 fn subject(function: &str) -> String {
     format!("thaw.invocations.{function}")
 }
 
-/// One function's worker on this node.
-struct Worker {
-    stop: CancellationToken,
-    /// Messages pending or being delivered, as the consumer last said.
+/// One function's queue as this node sees it.
+#[derive(Default)]
+struct FunctionQueue {
+    /// Its messages in the stream (queued, held back for a retry, or being delivered), as
+    /// counted at the last sync, plus what this node accepted since.
     depth: AtomicU64,
-    /// When the oldest pending message was published (ms), 0 if none.
+    /// When its oldest message was published (ms), 0 if none.
     oldest_ms: AtomicU64,
     /// Requests being accepted here, past the `max_queued` check.
     accepting: AtomicU64,
     attempts: AtomicU64,
     dead_letters: AtomicU64,
     succeeded: AtomicU64,
+    /// Its worker on this node, if one runs.
+    worker: Mutex<Option<CancellationToken>>,
 }
 
 /// The queue on JetStream.
 pub struct SharedQueue {
     js: jetstream::Context,
     records: kv::Store,
+    /// The bucket's stream, to remove a record's messages whole (a purge leaves no marker).
+    record_stream: stream::Stream,
     work: stream::Stream,
     max_payload: u64,
-    workers: Mutex<HashMap<String, Arc<Worker>>>,
+    functions: Mutex<HashMap<String, Arc<FunctionQueue>>>,
 }
 
 impl SharedQueue {
@@ -103,21 +128,22 @@ impl SharedQueue {
         // The bucket's stream made by hand, as a key-value bucket is laid out (`KV_<bucket>`,
         // subjects `$KV.<bucket>.>`): the client's `create_key_value` first asks for the
         // account's limits, whose answer from Debian's nats-server 2.9 it cannot parse.
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{BUCKET}"),
-            description: Some("thaw's asynchronous invocations: records and bodies".into()),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the bucket {BUCKET}: {e}"))?;
+        let record_stream = js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{BUCKET}"),
+                description: Some("thaw's asynchronous invocations: records and bodies".into()),
+                subjects: vec![format!("$KV.{BUCKET}.>")],
+                max_messages_per_subject: 1,
+                storage: stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the bucket {BUCKET}: {e}"))?;
         let records = js
             .get_key_value(BUCKET)
             .await
@@ -135,10 +161,16 @@ impl SharedQueue {
         Ok(Self {
             js,
             records,
+            record_stream,
             work,
             max_payload,
-            workers: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Most bytes of a body stored as one value.
+    fn max_value(&self) -> usize {
+        self.max_payload.saturating_sub(RECORD_ROOM) as usize
     }
 
     async fn record(&self, id: &str) -> anyhow::Result<Option<(StoredInvocation, u64)>> {
@@ -154,7 +186,8 @@ impl SharedQueue {
         }
     }
 
-    /// Writes `record` if it is still at `revision`; false if it changed (or went) meanwhile.
+    /// Writes `record` if it is still at `revision`: its new revision, or `None` if it
+    /// changed (or went) meanwhile.
     async fn update(
         &self,
         record: &StoredInvocation,
@@ -168,16 +201,33 @@ impl SharedQueue {
         }
     }
 
-    async fn remove(&self, id: &str) {
-        for key in [
-            format!("{id}.request"),
-            format!("{id}.result"),
-            id.to_owned(),
-        ] {
-            if let Err(e) = self.records.purge(&key).await {
-                tracing::warn!(invocation = %id, "removing {key}: {e}");
+    /// Removes invocation `id` if its record is still at `revision`: the record first (an
+    /// attempt that read it before cannot run it after: its body is gone, or its own
+    /// compare-and-set fails), then every message of its keys. False if it changed.
+    async fn remove(&self, id: &str, revision: u64) -> anyhow::Result<bool> {
+        if let Err(e) = self
+            .records
+            .delete_expect_revision(id, Some(revision))
+            .await
+        {
+            if e.kind() == kv::DeleteErrorKind::WrongLastRevision {
+                return Ok(false);
             }
+            return Err(e.into());
         }
+        for filter in [format!("$KV.{BUCKET}.{id}"), format!("$KV.{BUCKET}.{id}.>")] {
+            self.record_stream.purge().filter(filter).await?;
+        }
+        Ok(true)
+    }
+
+    fn function(&self, name: &str) -> Arc<FunctionQueue> {
+        self.functions
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Stores `req` as a new invocation of `function` and queues it; its record.
@@ -190,34 +240,50 @@ impl SharedQueue {
         callback_url: Option<String>,
         policy: &AsyncPolicy,
     ) -> Result<InvocationInfo, InvokeError> {
-        let worker = self.worker(events, &function.name);
-        let accepting = worker.accepting.fetch_add(1, Ordering::AcqRel);
-        let _accepting = Decrement(&worker.accepting);
-        if worker.depth.load(Ordering::Acquire) + accepting >= u64::from(policy.max_queued) {
+        let queue = self.function(&function.name);
+        let accepting = queue.accepting.fetch_add(1, Ordering::AcqRel);
+        let _accepting = Decrement(&queue.accepting);
+        if queue.depth.load(Ordering::Acquire) + accepting >= u64::from(policy.max_queued) {
             return Err(queue_full(function, policy));
         }
         let limit = events
             .options
             .max_async_body_bytes
-            .min(self.max_payload.saturating_sub(RECORD_ROOM));
+            .min(self.max_value() as u64);
         let (record, body) = read_request(function, req, peer, callback_url, limit).await?;
         let info = record.info.clone();
+        let id = &info.id;
         let stored = async {
-            let id = &info.id;
             self.records.put(format!("{id}.request"), body).await?;
-            self.records
+            let revision = self
+                .records
                 .create(id, Bytes::from(serde_json::to_vec(&record)?))
                 .await?;
-            self.publish(&info.function, id, id).await
+            Ok::<_, anyhow::Error>(revision)
         }
         .await;
-        if let Err(e) = stored {
-            self.remove(&info.id).await;
-            return Err(InvokeError::Internal(format!(
-                "storing an asynchronous invocation on NATS: {e:#}"
-            )));
+        let published = match stored {
+            Ok(revision) => match self.publish(&info.function, id, id).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = self.remove(id, revision).await;
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                let _ = self
+                    .record_stream
+                    .purge()
+                    .filter(format!("$KV.{BUCKET}.{id}.>"))
+                    .await;
+                Err(e)
+            }
+        };
+        if let Err(e) = published {
+            return Err(InvokeError::QueueUnavailable(format!("{e:#}")));
         }
-        worker.depth.fetch_add(1, Ordering::AcqRel);
+        queue.depth.fetch_add(1, Ordering::AcqRel);
+        self.start_worker(events, &function.name, &queue);
         Ok(info)
     }
 
@@ -237,69 +303,85 @@ impl SharedQueue {
         Ok(())
     }
 
-    /// The worker of `function` on this node, started on first use.
-    fn worker(&self, events: &Arc<Events>, function: &str) -> Arc<Worker> {
-        let mut workers = self.workers.lock().unwrap();
-        if let Some(worker) = workers.get(function) {
-            return worker.clone();
+    /// Starts the worker of `name` on this node unless one runs.
+    fn start_worker(&self, events: &Arc<Events>, name: &str, queue: &Arc<FunctionQueue>) {
+        let mut worker = queue.worker.lock().unwrap();
+        if worker.is_some() {
+            return;
         }
-        let worker = Arc::new(Worker {
-            stop: CancellationToken::new(),
-            depth: AtomicU64::new(0),
-            oldest_ms: AtomicU64::new(0),
-            accepting: AtomicU64::new(0),
-            attempts: AtomicU64::new(0),
-            dead_letters: AtomicU64::new(0),
-            succeeded: AtomicU64::new(0),
-        });
-        workers.insert(function.to_owned(), worker.clone());
-        tokio::spawn(work(events.clone(), function.to_owned(), worker.clone()));
-        worker
+        let stop = CancellationToken::new();
+        *worker = Some(stop.clone());
+        tokio::spawn(work(events.clone(), name.to_owned(), queue.clone(), stop));
     }
 
-    /// Starts a worker for every function this node has and stops those of removed ones;
-    /// called each second.
-    fn sync(&self, events: &Arc<Events>) {
-        let names: Vec<String> = events
-            .platform
-            .registry()
-            .all()
-            .iter()
-            .map(|set| set.primary().name.to_string())
-            .collect();
-        self.workers.lock().unwrap().retain(|function, worker| {
-            let keep = names.contains(function);
-            if !keep {
-                worker.stop.cancel();
+    /// Counts each function's messages (one request) and starts a worker for each function
+    /// with work; called each second.
+    async fn sync(&self, events: &Arc<Events>) -> anyhow::Result<()> {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut subjects = self.work.info_with_subjects("thaw.invocations.>").await?;
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry?;
+            if let Some(function) = subject.strip_prefix("thaw.invocations.") {
+                counts.insert(function.to_owned(), count as u64);
             }
-            keep
-        });
-        for name in names {
-            self.worker(events, &name);
         }
-    }
-
-    /// Each function's queue figures as this node sees them.
-    pub fn stats(&self) -> Vec<QueueInfo> {
-        let now = now_ms();
-        let mut out: Vec<QueueInfo> = self
-            .workers
+        let known: Vec<(String, Arc<FunctionQueue>)> = self
+            .functions
             .lock()
             .unwrap()
             .iter()
-            .map(|(function, w)| {
-                let oldest = w.oldest_ms.load(Ordering::Relaxed);
+            .map(|(name, queue)| (name.clone(), queue.clone()))
+            .collect();
+        for (name, queue) in &known {
+            if !counts.contains_key(name) {
+                queue.depth.store(0, Ordering::Release);
+                queue.oldest_ms.store(0, Ordering::Relaxed);
+            }
+        }
+        for (name, count) in counts {
+            let queue = self.function(&name);
+            queue.depth.store(count, Ordering::Release);
+            let oldest = match self
+                .work
+                .get_first_raw_message_by_subject(subject(&name), 0)
+                .await
+            {
+                Ok(message) => (message.time.unix_timestamp_nanos() / 1_000_000) as u64,
+                Err(_) => 0,
+            };
+            queue.oldest_ms.store(oldest, Ordering::Relaxed);
+            // Only for a function this node has: one deployed a moment ago through another
+            // node may not have reached it yet, and its invocations are not this node's to
+            // judge.
+            if count > 0 && crate::events::current(&events.platform, &name).is_some() {
+                self.start_worker(events, &name, &queue);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each function's queue figures as this node sees them (the depth and the oldest age
+    /// are the stream's; the counters this node's own).
+    pub fn stats(&self) -> Vec<QueueInfo> {
+        let now = now_ms();
+        let mut out: Vec<QueueInfo> = self
+            .functions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(function, q)| {
+                let oldest = q.oldest_ms.load(Ordering::Relaxed);
                 QueueInfo {
                     function: function.clone(),
-                    depth: w.depth.load(Ordering::Relaxed),
+                    depth: q.depth.load(Ordering::Relaxed),
                     oldest_age_ms: if oldest == 0 {
                         0
                     } else {
                         now.saturating_sub(oldest)
                     },
-                    attempts: w.attempts.load(Ordering::Relaxed),
-                    dead_letters: w.dead_letters.load(Ordering::Relaxed),
-                    succeeded: w.succeeded.load(Ordering::Relaxed),
+                    attempts: q.attempts.load(Ordering::Relaxed),
+                    dead_letters: q.dead_letters.load(Ordering::Relaxed),
+                    succeeded: q.succeeded.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -312,7 +394,7 @@ impl SharedQueue {
             Ok(Some(found)) => found,
             Ok(None) => return InvokeError::NotFound.into_response(),
             Err(e) => {
-                return InvokeError::Internal(format!("reading an invocation: {e:#}"))
+                return InvokeError::QueueUnavailable(format!("reading an invocation: {e:#}"))
                     .into_response();
             }
         };
@@ -320,7 +402,8 @@ impl SharedQueue {
             (Some(_), true) => match self.records.get(format!("{id}.result")).await {
                 Ok(body) => body.unwrap_or_default(),
                 Err(e) => {
-                    return InvokeError::Internal(format!("reading a result: {e}")).into_response();
+                    return InvokeError::QueueUnavailable(format!("reading a result: {e}"))
+                        .into_response();
                 }
             },
             _ => Bytes::new(),
@@ -333,28 +416,37 @@ impl SharedQueue {
         Ok(self.record(id).await?.map(|(record, _)| record.info))
     }
 
-    /// A function's invocations, newest first: every record of the bucket is read (an
-    /// operator's listing, not a request's path).
+    /// Every record of the bucket, with its revision: an operator's listing or the sweep,
+    /// not a request's path.
+    async fn all(&self) -> anyhow::Result<Vec<(StoredInvocation, u64)>> {
+        let mut keys = self.records.keys().await?;
+        let mut all = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key?;
+            if key.contains('.') {
+                continue;
+            }
+            if let Some(found) = self.record(&key).await? {
+                all.push(found);
+            }
+        }
+        Ok(all)
+    }
+
+    /// A function's invocations, newest first.
     pub(super) async fn list(
         &self,
         function: &str,
         failed: bool,
         limit: usize,
     ) -> anyhow::Result<InvocationList> {
-        let mut keys = self.records.keys().await?;
-        let mut invocations = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key?;
-            if key.contains('.') {
-                continue;
-            }
-            if let Some((record, _)) = self.record(&key).await? {
-                let info = record.info;
-                if info.function == function && (!failed || info.state == InvocationState::Failed) {
-                    invocations.push(info);
-                }
-            }
-        }
+        let mut invocations: Vec<InvocationInfo> = self
+            .all()
+            .await?
+            .into_iter()
+            .map(|(record, _)| record.info)
+            .filter(|i| i.function == function && (!failed || i.state == InvocationState::Failed))
+            .collect();
         invocations.sort_by(|a, b| b.enqueued_ms.cmp(&a.enqueued_ms).then(a.id.cmp(&b.id)));
         invocations.truncate(limit);
         Ok(InvocationList { invocations })
@@ -399,7 +491,7 @@ impl SharedQueue {
     /// Removes an invocation that is not running; a queued one's message is dropped by
     /// whichever node takes it next (it finds no record).
     pub(super) async fn discard(&self, id: &str) -> Result<(), ChangeError> {
-        let (record, _) = self
+        let (record, revision) = self
             .record(id)
             .await?
             .ok_or_else(|| ChangeError::NotFound(id.to_owned()))?;
@@ -408,28 +500,38 @@ impl SharedQueue {
                 "invocation {id} is running; discard it once it ends"
             )));
         }
-        self.remove(id).await;
+        if !self.remove(id, revision).await? {
+            return Err(ChangeError::Conflict(format!(
+                "invocation {id} changed meanwhile; try again"
+            )));
+        }
         Ok(())
     }
 
-    /// Removes finished records past their retention.
+    /// Removes finished records past their retention, and dead-letters records that are
+    /// not final long past their `max_age_s` (their message was lost).
     async fn sweep(&self, events: &Events) -> anyhow::Result<()> {
         let now = now_ms();
-        let mut keys = self.records.keys().await?;
-        let mut expired = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key?;
-            if key.contains('.') {
+        for (mut record, revision) in self.all().await? {
+            if record.info.state.is_final() {
+                if super::expired(&record.info, &events.options, now) {
+                    self.remove(&record.info.id, revision).await?;
+                }
                 continue;
             }
-            if let Some((record, _)) = self.record(&key).await?
-                && super::expired(&record.info, &events.options, now)
-            {
-                expired.push(key);
+            let max_age = crate::events::current(&events.platform, &record.info.function)
+                .map_or(crate::event_spec::MAX_ASYNC_AGE, |f| {
+                    crate::events::async_policy(&f).max_age
+                });
+            let age = Duration::from_millis(now.saturating_sub(record.info.enqueued_ms));
+            if age > max_age + ORPHAN_GRACE {
+                record.info.state = InvocationState::Failed;
+                record.info.error = Some("its queue message was lost".into());
+                record.info.finished_ms = Some(now);
+                record.info.next_attempt_ms = None;
+                tracing::warn!(function = %record.info.function, invocation = %record.info.id, "an asynchronous invocation was dead-lettered: its queue message was lost");
+                self.update(&record, revision).await?;
             }
-        }
-        for id in expired {
-            self.remove(&id).await;
         }
         Ok(())
     }
@@ -448,7 +550,8 @@ impl Drop for Decrement<'_> {
     }
 }
 
-/// Keeps a worker for each function and sweeps retention; started with the events.
+/// Counts the work each second, starting workers where there is some, and sweeps each
+/// minute; started with the events.
 pub(super) fn start(events: &Arc<Events>, shared: &Arc<SharedQueue>) {
     let (events, shared) = (events.clone(), shared.clone());
     tokio::spawn(async move {
@@ -457,7 +560,9 @@ pub(super) fn start(events: &Arc<Events>, shared: &Arc<SharedQueue>) {
         let mut ticks = 0u64;
         loop {
             every.tick().await;
-            shared.sync(&events);
+            if let Err(e) = shared.sync(&events).await {
+                tracing::debug!("counting the NATS queue's work: {e:#}");
+            }
             ticks += 1;
             if ticks.is_multiple_of(60)
                 && let Err(e) = shared.sweep(&events).await
@@ -468,39 +573,49 @@ pub(super) fn start(events: &Arc<Events>, shared: &Arc<SharedQueue>) {
     });
 }
 
-/// A function's worker: pulls as many messages as it has free places, until stopped; a
-/// failed session starts again with backoff.
-async fn work(events: Arc<Events>, function: String, worker: Arc<Worker>) {
+/// A function's worker: pulls as many messages as it has free places until it has had none
+/// for [`IDLE_STOP`]; a failed session starts again with backoff.
+async fn work(
+    events: Arc<Events>,
+    function: String,
+    queue: Arc<FunctionQueue>,
+    stop: CancellationToken,
+) {
     let places = Arc::new(Semaphore::new(crate::events::delivery_places(
         crate::events::current(&events.platform, &function).as_deref(),
     )));
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = tokio::select! {
-            result = session(&events, &function, &worker, &places) => result,
-            _ = worker.stop.cancelled() => return,
+            result = session(&events, &function, &queue, &places) => result,
+            _ = stop.cancelled() => break,
         };
-        if let Err(e) = result {
-            tracing::warn!(%function, "the NATS queue's worker: {e:#}; starting again in {} ms", backoff.as_millis());
+        match result {
+            Ok(()) => break, // idle
+            Err(e) => {
+                tracing::warn!(%function, "the NATS queue's worker: {e:#}; starting again in {} ms", backoff.as_millis())
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = worker.stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    *queue.worker.lock().unwrap() = None;
 }
 
+/// Pulls and delivers until idle for [`IDLE_STOP`] (`Ok`) or the server fails (`Err`).
 async fn session(
     events: &Arc<Events>,
     function: &str,
-    worker: &Arc<Worker>,
+    queue: &Arc<FunctionQueue>,
     places: &Arc<Semaphore>,
 ) -> anyhow::Result<()> {
     let Some(shared) = events.shared_queue.get().cloned() else {
         return Ok(());
     };
-    let mut consumer: consumer::PullConsumer = shared
+    let consumer: consumer::PullConsumer = shared
         .work
         .create_consumer(consumer::pull::Config {
             durable_name: Some(format!("thaw-invocations-{function}")),
@@ -508,26 +623,14 @@ async fn session(
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
             max_deliver: -1,
+            // Messages held back for a retry count as pending: no cap, `max_queued` bounds.
+            max_ack_pending: -1,
+            inactive_threshold: Duration::from_secs(3600),
             ..Default::default()
         })
         .await?;
+    let mut last_message = Instant::now();
     loop {
-        let info = consumer.info().await?;
-        let depth = info.num_pending + info.num_ack_pending as u64;
-        worker.depth.store(depth, Ordering::Release);
-        let oldest = if depth == 0 {
-            0
-        } else {
-            shared
-                .work
-                .get_first_raw_message_by_subject(
-                    subject(function),
-                    info.ack_floor.stream_sequence + 1,
-                )
-                .await
-                .map_or(0, |m| (m.time.unix_timestamp_nanos() / 1_000_000) as u64)
-        };
-        worker.oldest_ms.store(oldest, Ordering::Relaxed);
         let mut held = crate::events::triggers::free_places(places).await?;
         let mut batch = consumer
             .fetch()
@@ -537,6 +640,7 @@ async fn session(
             .await?;
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
+            last_message = Instant::now();
             let Some(place) = held.pop() else {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
                 continue;
@@ -545,10 +649,13 @@ async fn session(
                 events.clone(),
                 shared.clone(),
                 function.to_owned(),
-                worker.clone(),
+                queue.clone(),
                 message,
                 place,
             ));
+        }
+        if last_message.elapsed() >= IDLE_STOP && queue.depth.load(Ordering::Acquire) == 0 {
+            return Ok(());
         }
     }
 }
@@ -557,7 +664,7 @@ async fn deliver(
     events: Arc<Events>,
     shared: Arc<SharedQueue>,
     function: String,
-    worker: Arc<Worker>,
+    queue: Arc<FunctionQueue>,
     message: jetstream::Message,
     _place: OwnedSemaphorePermit,
 ) {
@@ -571,11 +678,13 @@ async fn deliver(
         }
     };
     let attempted = tokio::select! {
-        attempted = attempt(&events, &shared, &function, &worker, &id) => attempted,
+        attempted = attempt(&events, &shared, &function, &queue, &id) => attempted,
         never = heartbeat => never,
     };
     let ack = match attempted {
-        Ok(ack) => ack,
+        Ok(Some(ack)) => ack,
+        // Another node holds it: its acknowledgement decides.
+        Ok(None) => return,
         Err(e) => {
             // The record could not be read or written: the message comes back later.
             tracing::warn!(%function, invocation = %id, "an invocation's attempt on NATS: {e:#}");
@@ -588,71 +697,80 @@ async fn deliver(
     }
 }
 
-/// One attempt at invocation `id`; how its message is to be acknowledged.
+/// How a message whose record changed under this node is left: acknowledged if the record
+/// is final or gone, else to the node that changed it.
+async fn after_lost_race(shared: &SharedQueue, id: &str) -> anyhow::Result<Option<AckKind>> {
+    Ok(match shared.record(id).await? {
+        Some((record, _)) if !record.info.state.is_final() => None,
+        _ => Some(AckKind::Ack),
+    })
+}
+
+/// One attempt at invocation `id` (from the message of function `name`); how its message is
+/// to be acknowledged, if by this node.
 async fn attempt(
     events: &Arc<Events>,
     shared: &SharedQueue,
     name: &str,
-    worker: &Worker,
+    queue: &FunctionQueue,
     id: &str,
-) -> anyhow::Result<AckKind> {
+) -> anyhow::Result<Option<AckKind>> {
     let Some((mut record, revision)) = shared.record(id).await? else {
-        return Ok(AckKind::Ack); // discarded while queued
+        return Ok(Some(AckKind::Ack)); // discarded while queued
     };
-    if record.info.state.is_final() {
-        return Ok(AckKind::Ack);
+    if record.info.state.is_final() || record.info.function != name {
+        // Done, or a message on this function's subject naming another's invocation:
+        // nothing to run.
+        return Ok(Some(AckKind::Ack));
     }
     let Some(function) = crate::events::current(&events.platform, name) else {
-        finish(
+        return finish(
             shared,
-            worker,
+            queue,
             record,
             revision,
             None,
             "the function was removed".into(),
         )
-        .await?;
-        return Ok(AckKind::Ack);
+        .await;
     };
     let policy = crate::events::async_policy(&function);
     if let Some(why) = too_old(record.info.enqueued_ms, now_ms(), &policy) {
-        finish(shared, worker, record, revision, None, why).await?;
-        return Ok(AckKind::Ack);
+        return finish(shared, queue, record, revision, None, why).await;
     }
     // Running, one more attempt: recorded before it starts, so a crash mid-attempt counts.
     record.info.attempts += 1;
     record.info.state = InvocationState::Running;
     let Some(revision) = shared.update(&record, revision).await? else {
-        // Changed by someone else (a discard): look again later.
-        return Ok(AckKind::Nak(Some(Duration::from_secs(1))));
+        return after_lost_race(shared, id).await;
     };
-    worker.attempts.fetch_add(1, Ordering::Relaxed);
-    let body = shared
-        .records
-        .get(format!("{id}.request"))
-        .await?
-        .unwrap_or_default();
+    let Some(body) = shared.records.get(format!("{id}.request")).await? else {
+        // Discarded between the two reads: its record is going.
+        return Ok(Some(AckKind::Ack));
+    };
+    queue.attempts.fetch_add(1, Ordering::Relaxed);
     let outcome = attempt_once(events, function, &record, body).await?;
     record.info.status = Some(outcome.status.as_u16());
     match verdict(&outcome, &record.info, &policy) {
         Verdict::Succeeded => {
             record.info.state = InvocationState::Succeeded;
             record.info.error = None;
-            worker.succeeded.fetch_add(1, Ordering::Relaxed);
-            finish(
+            let ack = finish(
                 shared,
-                worker,
+                queue,
                 record,
                 revision,
                 Some(outcome),
                 String::new(),
             )
-            .await?;
-            Ok(AckKind::Ack)
+            .await;
+            if matches!(ack, Ok(Some(_))) {
+                queue.succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+            ack
         }
         Verdict::DeadLetter(why) => {
-            finish(shared, worker, record, revision, Some(outcome), why).await?;
-            Ok(AckKind::Ack)
+            finish(shared, queue, record, revision, Some(outcome), why).await
         }
         Verdict::Retry {
             delay,
@@ -664,40 +782,50 @@ async fn attempt(
             record.info.error = Some(failure);
             record.info.next_attempt_ms = Some(due);
             record.result = Some(result_head(&outcome));
-            shared.update(&record, revision).await?;
-            Ok(AckKind::Nak(Some(delay)))
+            if shared.update(&record, revision).await?.is_none() {
+                return after_lost_race(shared, id).await;
+            }
+            Ok(Some(AckKind::Nak(Some(delay))))
         }
     }
 }
 
-/// Records `record` as final (succeeded, or dead-lettered for `why`) and sends its callback.
+/// Records `record` as final (succeeded, or dead-lettered for `why`) and sends its callback;
+/// how its message is to be acknowledged. A result body over what one value holds is cut
+/// (and marked so).
 async fn finish(
     shared: &SharedQueue,
-    worker: &Worker,
+    queue: &FunctionQueue,
     mut record: StoredInvocation,
     revision: u64,
     outcome: Option<crate::events::Outcome>,
     why: String,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<AckKind>> {
     if record.info.state != InvocationState::Succeeded {
         record.info.state = InvocationState::Failed;
         record.info.error = Some(why.clone());
-        worker.dead_letters.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(function = %record.info.function, invocation = %record.info.id, attempts = record.info.attempts, "an asynchronous invocation was dead-lettered: {why}");
     }
     record.info.next_attempt_ms = None;
     record.info.finished_ms = Some(now_ms());
     record.result = outcome.as_ref().map(result_head);
-    let body = outcome.as_ref().map(|o| o.body.clone()).unwrap_or_default();
+    let mut body = outcome.as_ref().map(|o| o.body.clone()).unwrap_or_default();
+    if body.len() > shared.max_value() {
+        body.truncate(shared.max_value());
+        if let Some(result) = &mut record.result {
+            result.truncated = true;
+        }
+    }
     let id = record.info.id.clone();
     shared
         .records
         .put(format!("{id}.result"), body.clone())
         .await?;
     if shared.update(&record, revision).await?.is_none() {
-        // Discarded while it ran: its result goes with it.
-        let _ = shared.records.purge(format!("{id}.result")).await;
-        return Ok(());
+        return after_lost_race(shared, &id).await;
+    }
+    if record.info.state == InvocationState::Failed {
+        queue.dead_letters.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(function = %record.info.function, invocation = %id, attempts = record.info.attempts, "an asynchronous invocation was dead-lettered: {why}");
     }
     if let Some(url) = record.info.callback_url.clone() {
         tokio::spawn(send_callback(
@@ -707,5 +835,5 @@ async fn finish(
             body,
         ));
     }
-    Ok(())
+    Ok(Some(AckKind::Ack))
 }

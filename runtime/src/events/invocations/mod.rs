@@ -210,6 +210,11 @@ impl Invocations {
         })
     }
 
+    /// How many invocations the store held not yet final at open.
+    pub(super) fn waiting(&self) -> usize {
+        self.recovered.lock().unwrap().len()
+    }
+
     /// Each function's queue figures, by function.
     pub fn stats(&self) -> Vec<QueueInfo> {
         let now = now_ms();
@@ -373,7 +378,12 @@ pub async fn accept<B: crate::invoke::RequestBody>(
 ) -> Response<ResponseBody> {
     match try_accept(events, function, req, peer).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::warn!(function = %function.name, "an asynchronous invocation was refused: {error}");
+            }
+            error.into_response()
+        }
     }
 }
 
