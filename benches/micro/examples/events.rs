@@ -17,7 +17,8 @@
 //!   no-op function (16 places: the default), from the consumer's first acknowledgement until
 //!   it has acknowledged all (the deploy and the trigger's start are not counted); beside
 //!   it, a plain async-nats pull consumer in this process fetching 16 at a time and
-//!   acknowledging each, on the same stream, as the baseline.
+//!   acknowledging each, on the same stream, as the baseline; and the same function over
+//!   HTTP from 16 concurrent clients, the ceiling the request path sets.
 //! - **Schedule lag**: a schedule every second for 30 s; from each tick to its report; p50
 //!   and p99.
 //!
@@ -299,6 +300,35 @@ async fn main() {
         let (started, acked) = first.expect("acknowledged");
         thaw_rates.push((messages - acked) as f64 / started.elapsed().as_secs_f64());
     }
+    // The ceiling the request path sets: the same no-op function over HTTP from 16 clients
+    // at once (16: the trigger's delivery places), `messages` requests per round.
+    deploy(&host, "noop-http", serde_json::json!({"route": "/noop-http"})).await;
+    let mut http_rates = Vec::new();
+    for _ in 0..rounds {
+        let client = reqwest::Client::new();
+        let url = format!("{}/noop-http", host.url);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..16 {
+            let (client, url) = (client.clone(), url.clone());
+            let share = messages / 16 + usize::from(c < messages % 16);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..share {
+                    let r = client.post(&url).body("x").send().await.unwrap();
+                    assert!(r.status().is_success());
+                    r.bytes().await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        http_rates.push(messages as f64 / started.elapsed().as_secs_f64());
+    }
+    println!(
+        "the same function over HTTP, 16 clients: {} requests/s",
+        spread(&mut http_rates)
+    );
     let ratios: Vec<f64> = thaw_rates
         .iter()
         .zip(&native_rates)
