@@ -302,7 +302,12 @@ async fn main() {
     }
     // The ceiling the request path sets: the same no-op function over HTTP from 16 clients
     // at once (16: the trigger's delivery places), `messages` requests per round.
-    deploy(&host, "noop-http", serde_json::json!({"route": "/noop-http"})).await;
+    deploy(
+        &host,
+        "noop-http",
+        serde_json::json!({"route": "/noop-http"}),
+    )
+    .await;
     let mut http_rates = Vec::new();
     for _ in 0..rounds {
         let client = reqwest::Client::new();

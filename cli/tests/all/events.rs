@@ -730,3 +730,39 @@ async fn server_get_status(server: &TestServer, id: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// A data directory holding invocations not yet run cannot start with `--queue` (they would
+/// never run there): the refusal says why and changes nothing; started again without the
+/// flag, the host runs them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_invocations_waiting_refuses_to_start_with_a_nats_queue() {
+    let Some(nats) = thaw_harness::Nats::start() else {
+        return;
+    };
+    let collector = Collector::start().await;
+    let mut server = TestServer::start();
+    server
+        .deploy("ev", wasm::EVENTS, reporting("/ev", &collector))
+        .await;
+    // Running when the host dies: stored as queued, to run again.
+    let waiting = accepted(&server, "/ev?sleep_ms=3000").await.id;
+    server.kill9();
+    let refused = thaw_harness::process::serve_command(
+        std::path::Path::new(env!("CARGO_BIN_EXE_thaw")),
+        &server.data_dir,
+    )
+    .args(["--queue", &nats.url()])
+    .stdout(std::process::Stdio::null())
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 asynchronous invocations not yet run")
+            && stderr.contains("without --queue"),
+        "{stderr}"
+    );
+    server.kill_and_restart(1);
+    let record = finished(&server, &waiting).await;
+    assert_eq!(record.state, InvocationState::Succeeded, "{record:?}");
+}
