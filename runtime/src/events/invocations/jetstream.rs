@@ -26,12 +26,14 @@
 //!
 //! # Workers on demand
 //! Each second a node asks the stream how many messages each function's subject holds (one
-//! request for all functions), and runs a worker for each function it has with work. A
-//! worker stops after [`IDLE_STOP`] without messages; its durable consumer is deleted by the
-//! server after an hour unused. An idle host asks nothing else. A function removed while its
-//! worker runs has its invocations dead-lettered, as in the embedded queue; the messages of
-//! a function removed everywhere stay in the stream until one of that name is deployed again
-//! (its worker then drops them), and their records are dead-lettered by the sweep.
+//! stream-info request, paged), and for each function with messages when its oldest was
+//! published; it runs a worker for each function it has with work. A worker stops after
+//! [`IDLE_STOP`] without messages once its function has none in the stream (a retry held
+//! back keeps it polling); its durable consumer is deleted by the server after an hour
+//! unused. A function removed while its worker runs has its invocations dead-lettered, as in
+//! the embedded queue; the messages of a function removed everywhere stay in the stream
+//! until one of that name is deployed again (which then runs those not yet final), and the
+//! sweep dead-letters their records an hour past their `max_age_s`.
 //!
 //! # Trade-offs against the embedded queue
 //! - Every accept is three round trips to the server (two puts, one publish); the embedded
@@ -46,7 +48,10 @@
 //!   delivery places.
 //! - Finished records are removed after their retention by a sweep on every node (the
 //!   removals are idempotent). A record left without a message (a crash between its writes)
-//!   is dead-lettered by the sweep once older than its `max_age_s`.
+//!   is dead-lettered by the sweep an hour past its `max_age_s`.
+//! - Two messages for one invocation (an operator's retry while an old message is still
+//!   unacknowledged) make their deliveries take the record from each other: it still runs
+//!   at least once, but may run more than once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,10 +183,17 @@ impl SharedQueue {
             return Ok(None);
         }
         match self.records.entry(id).await? {
-            Some(entry) if entry.operation == kv::Operation::Put => Ok(Some((
-                serde_json::from_slice(&entry.value)?,
-                entry.revision,
-            ))),
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                match serde_json::from_slice(&entry.value) {
+                    Ok(record) => Ok(Some((record, entry.revision))),
+                    Err(e) => {
+                        // Unreadable (damaged, or written by a newer thaw): as absent, so
+                        // that one record stops neither a listing nor a sweep.
+                        tracing::warn!(invocation = %id, "an unreadable invocation record: {e}");
+                        Ok(None)
+                    }
+                }
+            }
             _ => Ok(None),
         }
     }
@@ -399,7 +411,7 @@ impl SharedQueue {
             }
         };
         let body = match (&record.result, record.info.state.is_final()) {
-            (Some(_), true) => match self.records.get(format!("{id}.result")).await {
+            (Some(_), true) => match self.records.get(result_key(&record.info)).await {
                 Ok(body) => body.unwrap_or_default(),
                 Err(e) => {
                     return InvokeError::QueueUnavailable(format!("reading a result: {e}"))
@@ -537,6 +549,11 @@ impl SharedQueue {
     }
 }
 
+/// Where the body of a record's result is kept: a key per attempt.
+fn result_key(info: &InvocationInfo) -> String {
+    format!("{}.result.{}", info.id, info.attempts)
+}
+
 /// An id as thaw makes them (hex): anything else is no key of the bucket.
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
@@ -553,20 +570,26 @@ impl Drop for Decrement<'_> {
 /// Counts the work each second, starting workers where there is some, and sweeps each
 /// minute; started with the events.
 pub(super) fn start(events: &Arc<Events>, shared: &Arc<SharedQueue>) {
-    let (events, shared) = (events.clone(), shared.clone());
+    let (counting, counted) = (events.clone(), shared.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ticks = 0u64;
         loop {
             every.tick().await;
-            if let Err(e) = shared.sync(&events).await {
+            if let Err(e) = counted.sync(&counting).await {
                 tracing::debug!("counting the NATS queue's work: {e:#}");
             }
-            ticks += 1;
-            if ticks.is_multiple_of(60)
-                && let Err(e) = shared.sweep(&events).await
-            {
+        }
+    });
+    // Apart: a long sweep must not hold up the count (and so the workers' start).
+    let (events, shared) = (events.clone(), shared.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Err(e) = shared.sweep(&events).await {
                 tracing::warn!("sweeping finished invocations on NATS: {e:#}");
             }
         }
@@ -581,6 +604,15 @@ async fn work(
     queue: Arc<FunctionQueue>,
     stop: CancellationToken,
 ) {
+    // Cleared however this task ends (a panic included), so that a later start is not
+    // refused by a worker that is gone.
+    struct Running<'a>(&'a FunctionQueue);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            *self.0.worker.lock().unwrap() = None;
+        }
+    }
+    let _running = Running(&queue);
     let places = Arc::new(Semaphore::new(crate::events::delivery_places(
         crate::events::current(&events.platform, &function).as_deref(),
     )));
@@ -602,7 +634,6 @@ async fn work(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    *queue.worker.lock().unwrap() = None;
 }
 
 /// Pulls and delivers until idle for [`IDLE_STOP`] (`Ok`) or the server fails (`Err`).
@@ -632,6 +663,8 @@ async fn session(
     let mut last_message = Instant::now();
     loop {
         let mut held = crate::events::triggers::free_places(places).await?;
+        let asked = Instant::now();
+        let mut got = 0usize;
         let mut batch = consumer
             .fetch()
             .max_messages(held.len())
@@ -641,6 +674,7 @@ async fn session(
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
             last_message = Instant::now();
+            got += 1;
             let Some(place) = held.pop() else {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
                 continue;
@@ -656,6 +690,12 @@ async fn session(
         }
         if last_message.elapsed() >= IDLE_STOP && queue.depth.load(Ordering::Acquire) == 0 {
             return Ok(());
+        }
+        // Answered empty at once (the server does so while other nodes' pulls wait on the
+        // same consumer): a pause, not a spin.
+        if got == 0 && asked.elapsed() < FETCH_EXPIRES / 2 {
+            drop(held);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -723,6 +763,15 @@ async fn attempt(
         // nothing to run.
         return Ok(Some(AckKind::Ack));
     }
+    // Back before its retry is due (the delayed nak was lost, or its node died after
+    // recording the retry): held back for the rest of the delay.
+    let now = now_ms();
+    if record.info.state == InvocationState::Queued
+        && let Some(due) = record.info.next_attempt_ms
+        && due > now
+    {
+        return Ok(Some(AckKind::Nak(Some(Duration::from_millis(due - now)))));
+    }
     let Some(function) = crate::events::current(&events.platform, name) else {
         return finish(
             shared,
@@ -745,8 +794,8 @@ async fn attempt(
         return after_lost_race(shared, id).await;
     };
     let Some(body) = shared.records.get(format!("{id}.request")).await? else {
-        // Discarded between the two reads: its record is going.
-        return Ok(Some(AckKind::Ack));
+        let why = "its request body was lost".to_owned();
+        return finish(shared, queue, record, revision, None, why).await;
     };
     queue.attempts.fetch_add(1, Ordering::Relaxed);
     let outcome = attempt_once(events, function, &record, body).await?;
@@ -816,9 +865,11 @@ async fn finish(
         }
     }
     let id = record.info.id.clone();
+    // Under a key of this attempt's: a node that lost the record to another (which ran the
+    // invocation too) cannot overwrite the winner's body.
     shared
         .records
-        .put(format!("{id}.result"), body.clone())
+        .put(result_key(&record.info), body.clone())
         .await?;
     if shared.update(&record, revision).await?.is_none() {
         return after_lost_race(shared, &id).await;
