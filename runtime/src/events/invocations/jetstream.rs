@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ChangeError, StoredInvocation, Verdict, answer, attempt_once, queue_full, read_request,
-    result_head, send_callback, too_old, verdict,
+    requeue, result_head, send_callback, too_old, verdict,
 };
 use crate::api::{InvocationInfo, InvocationList, InvocationState, QueueInfo};
 use crate::event_spec::AsyncPolicy;
@@ -469,20 +469,9 @@ impl SharedQueue {
             .record(id)
             .await?
             .ok_or_else(|| ChangeError::NotFound(id.to_owned()))?;
-        if record.info.state != InvocationState::Failed {
-            return Err(ChangeError::Conflict(format!(
-                "invocation {id} is {:?}: only a failed (dead-lettered) one is retried",
-                record.info.state
-            )));
-        }
         let dead = record.clone();
         let now = now_ms();
-        record.info.state = InvocationState::Queued;
-        record.info.attempts = 0;
-        record.info.enqueued_ms = now;
-        record.info.next_attempt_ms = Some(now);
-        record.info.finished_ms = None;
-        record.info.error = None;
+        requeue(&mut record.info, now)?;
         let Some(queued) = self.update(&record, revision).await? else {
             return Err(ChangeError::Conflict(format!(
                 "invocation {id} changed meanwhile; try again"

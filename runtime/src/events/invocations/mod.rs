@@ -1033,19 +1033,8 @@ pub async fn retry(events: &Arc<Events>, id: &str) -> Result<InvocationInfo, Cha
         .store
         .get(id)?
         .ok_or_else(|| ChangeError::NotFound(id.to_owned()))?;
-    if record.info.state != InvocationState::Failed {
-        return Err(ChangeError::Conflict(format!(
-            "invocation {id} is {:?}: only a failed (dead-lettered) one is retried",
-            record.info.state
-        )));
-    }
     let now = now_ms();
-    record.info.state = InvocationState::Queued;
-    record.info.attempts = 0;
-    record.info.enqueued_ms = now;
-    record.info.next_attempt_ms = Some(now);
-    record.info.finished_ms = None;
-    record.info.error = None;
+    requeue(&mut record.info, now)?;
     let info = record.info.clone();
     events
         .store
@@ -1053,6 +1042,24 @@ pub async fn retry(events: &Arc<Events>, id: &str) -> Result<InvocationInfo, Cha
         .await?;
     queue(events, &info.function, None).push(now, now, Arc::from(id));
     Ok(info)
+}
+
+/// A dead letter queued again, from attempt 1 and with a fresh age (`now`); refused for an
+/// invocation that is not failed. Both queues' retry.
+fn requeue(info: &mut InvocationInfo, now: u64) -> Result<(), ChangeError> {
+    if info.state != InvocationState::Failed {
+        return Err(ChangeError::Conflict(format!(
+            "invocation {} is {:?}: only a failed (dead-lettered) one is retried",
+            info.id, info.state
+        )));
+    }
+    info.state = InvocationState::Queued;
+    info.attempts = 0;
+    info.enqueued_ms = now;
+    info.next_attempt_ms = Some(now);
+    info.finished_ms = None;
+    info.error = None;
+    Ok(())
 }
 
 /// Removes an invocation that is not running (a queued one will not run).
