@@ -86,6 +86,20 @@ pub enum InvokeError {
     Internal(String),
 }
 
+/// A request body that could not be read, as the client is answered: 413, 408, or 400.
+impl From<crate::invoke::body::ReadBodyError> for InvokeError {
+    fn from(e: crate::invoke::body::ReadBodyError) -> Self {
+        use crate::invoke::body::ReadBodyError;
+        match e {
+            ReadBodyError::TooLarge(limit) => InvokeError::BodyTooLarge(limit),
+            ReadBodyError::TooSlow { received } => InvokeError::BodyTooSlow { received },
+            ReadBodyError::Failed(e) => {
+                InvokeError::BadRequest(format!("reading the request body: {e}"))
+            }
+        }
+    }
+}
+
 impl InvokeError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {

@@ -37,7 +37,7 @@ use crate::function::timing::{StartKind, server_timing};
 use crate::function::{Code, Function, Loader};
 use crate::spec::{Kind, Limits};
 use crate::telemetry::{RequestTrace, Tracing};
-use body::{ReadBodyError, ResponseBody};
+use body::ResponseBody;
 pub use error::InvokeError;
 
 /// The host-wide things a request needs, and nothing else.
@@ -253,15 +253,7 @@ async fn try_invoke<B: RequestBody>(
     // client that stalls holds its connection, never a concurrency place or an instance slot.
     let (parts, body) = req.into_parts();
     let cgi_body = if function.record.kind == Kind::Cgi {
-        let body = body::read_bounded(body, limit, function.limits.timeout)
-            .await
-            .map_err(|e| match e {
-                ReadBodyError::TooLarge(limit) => InvokeError::BodyTooLarge(limit),
-                ReadBodyError::TooSlow { received } => InvokeError::BodyTooSlow { received },
-                ReadBodyError::Failed(e) => {
-                    InvokeError::BadRequest(format!("reading the request body: {e}"))
-                }
-            })?;
+        let body = body::read_bounded(body, limit, function.limits.timeout).await?;
         Err(body)
     } else {
         Ok(body)

@@ -45,7 +45,7 @@ use crate::api::{InvocationInfo, InvocationList, InvocationState, QueueInfo};
 use crate::event_spec::AsyncPolicy;
 use crate::function::Function;
 use crate::invoke::InvokeError;
-use crate::invoke::body::{ReadBodyError, ResponseBody, full};
+use crate::invoke::body::{ResponseBody, full};
 
 /// The path prefix of an invocation's `Location`.
 pub const LOCATION_PREFIX: &str = "/v1/invocations/";
@@ -443,15 +443,7 @@ async fn read_request<B: crate::invoke::RequestBody>(
 ) -> Result<(StoredInvocation, Bytes), InvokeError> {
     let (parts, body) = req.into_parts();
     let limit = function.limits.max_request_body_bytes.min(limit);
-    let body = crate::invoke::body::read_bounded(body, limit, function.limits.timeout)
-        .await
-        .map_err(|e| match e {
-            ReadBodyError::TooLarge(limit) => InvokeError::BodyTooLarge(limit),
-            ReadBodyError::TooSlow { received } => InvokeError::BodyTooSlow { received },
-            ReadBodyError::Failed(e) => {
-                InvokeError::BadRequest(format!("reading the request body: {e}"))
-            }
-        })?;
+    let body = crate::invoke::body::read_bounded(body, limit, function.limits.timeout).await?;
     let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
         if stored_request_header(name) {
