@@ -212,6 +212,11 @@ pub struct HostSettings {
     /// [default: none; only `env:NAME` secrets, from THAW_SECRET_NAME]
     #[arg(long, env = "THAW_SECRETS_DIR", value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
+    /// Directory of the language engines source functions run on (`js.wasm`, `python.wasm`,
+    /// built by scripts/build-engines) [default: `engines` beside the directory of the thaw
+    /// binary, as in a checkout's target/: target/debug/thaw finds target/engines]
+    #[arg(long, env = "THAW_ENGINES", value_name = "DIR")]
+    pub engines: Option<PathBuf>,
     /// Lines per second each function's output may add to the host's own log (stderr);
     /// the rest are counted and summed up in one line. 0: none (`thaw logs` still has
     /// them) [default: 100]
@@ -481,6 +486,7 @@ impl ServeArgs {
                 },
                 // Connected in `serve` (async) when `keyvalue` names a Redis server.
                 keyvalue: Default::default(),
+                engines: s.engines.clone().or_else(default_engines_dir),
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),
@@ -617,6 +623,15 @@ pub fn default_data_dir() -> PathBuf {
         return Path::new(&home).join(".local/share/thaw");
     }
     PathBuf::from(".thaw")
+}
+
+
+/// `engines` beside the directory of this binary (target/debug/thaw: target/engines), if it
+/// exists.
+fn default_engines_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?.join("engines");
+    dir.is_dir().then_some(dir)
 }
 
 #[cfg(test)]
@@ -791,6 +806,12 @@ mod tests {
                 "secrets_dir",
                 p.secrets
                     .dir
+                    .as_ref()
+                    .map_or("none".into(), |d| d.display().to_string()),
+            ),
+            (
+                "engines",
+                p.engines
                     .as_ref()
                     .map_or("none".into(), |d| d.display().to_string()),
             ),

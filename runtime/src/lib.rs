@@ -14,6 +14,8 @@
 //!   pre-initialisation snapshots;
 //! - [`guest`]: a guest's store and host state, built from a plain config; linkers; the
 //!   resource limiter; guest output;
+//! - [`source`]: functions deployed as source (JavaScript, Python): the language engines
+//!   they share and the program each instance loads;
 //! - [`function`]: a deployed function (record, code, warm pool, limits, start statistics)
 //!   and the loader;
 //! - [`invoke`]: the request path, behind a narrow [`invoke::InvokeContext`]; one executor
@@ -54,4 +56,5 @@ pub mod http;
 pub mod invoke;
 pub mod keyvalue;
 pub mod metrics;
+pub mod source;
 pub mod telemetry;

@@ -71,6 +71,7 @@ impl Host {
             digest: "0".repeat(64),
             code_digest: None,
             kind,
+            engine: None,
             wasm_bytes: bytes.len() as u64,
             spec: FunctionSpec {
                 route: Some(format!("/{name}")),

@@ -44,6 +44,7 @@ fn main() {
         name: "hello".into(),
         digest: String::new(),
         kind: Kind::Component,
+        engine: None,
         wasm_bytes: wasm.len() as u64,
         code_digest: None,
         spec: Default::default(),

@@ -82,6 +82,7 @@ impl BenchPlatform {
             keep_versions: thaw_runtime::control::DEFAULT_KEEP_VERSIONS,
             secrets: Default::default(),
             keyvalue,
+            engines: None,
         })
         .expect("opening the platform");
         Self {

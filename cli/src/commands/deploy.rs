@@ -1,19 +1,22 @@
 //! `thaw deploy`: upload a wasm file, or every function of a manifest.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 use crate::commands::Target;
 use thaw_runtime::config::{ConfigValue, SecretRef};
 use thaw_runtime::manifest::Manifest;
+use thaw_runtime::source::{Bundle, Language};
 use thaw_runtime::spec::{DirGrant, FunctionSpec, LimitsSpec};
 
 /// `thaw deploy` flags.
 #[derive(clap::Args, Debug)]
 pub struct DeployArgs {
-    /// A .wasm file (a wasi:http component or a WASI preview1 command), or a thaw.toml manifest
+    /// A .wasm file (a wasi:http component or a WASI preview1 command), a thaw.toml manifest,
+    /// or source: a .js or .py file (deployed with the .js/.mjs or .py files beside and under
+    /// it), or a directory holding index.js or app.py
     pub path: PathBuf,
     /// Function name [default: the wasm file's stem]; not used with a manifest
     #[arg(long)]
@@ -146,6 +149,11 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
     }
     let name = match &args.name {
         Some(name) => name.clone(),
+        None if args.path.is_dir() => std::fs::canonicalize(&args.path)?
+            .file_name()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('.', "-").to_lowercase())
+            .context("cannot derive a name from the directory; pass --name")?,
         None => args
             .path
             .file_stem()
@@ -184,14 +192,93 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         async_policy: async_policy(&args),
         trigger: None,
     };
-    let wasm =
-        std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
+    let wasm = match source_bundle(&args.path)? {
+        Some(bundle) => bundle.to_bytes(),
+        None => std::fs::read(&args.path)
+            .with_context(|| format!("reading {}", args.path.display()))?,
+    };
     let deployed = client
         .deploy_with(&name, &spec, wasm.into(), params(&args))
         .await
         .with_context(|| format!("deploying {name}"))?;
     print_deployed(&deployed);
     Ok(())
+}
+
+/// Entry modules looked for in a directory deployed as source, in this order.
+const ENTRIES: [&str; 5] = ["index.js", "index.mjs", "handler.js", "app.py", "main.py"];
+
+/// Directories never bundled: dependencies, caches, version control, build output.
+const SKIPPED_DIRS: [&str; 5] = ["node_modules", "__pycache__", "target", ".git", "wit"];
+
+/// The source bundle `path` names (a .js/.mjs/.py file, or a directory holding one of
+/// [`ENTRIES`]), or `None` if it is not source (a .wasm file). The bundle holds the entry and
+/// every file of its language under the entry's directory, so that relative imports resolve
+/// as they would on disk.
+fn source_bundle(path: &Path) -> anyhow::Result<Option<Bundle>> {
+    let (root, entry) = if path.is_dir() {
+        let entry = ENTRIES
+            .iter()
+            .find(|e| path.join(e).is_file())
+            .with_context(|| {
+                format!(
+                    "{} holds none of {} to deploy as source",
+                    path.display(),
+                    ENTRIES.join(", ")
+                )
+            })?;
+        (path.to_owned(), (*entry).to_owned())
+    } else {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(None);
+        };
+        if Language::of_path(name).is_none() {
+            return Ok(None);
+        }
+        let root = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        (root, name.to_owned())
+    };
+    let language = Language::of_path(&entry).expect("an entry has a language");
+    let mut files = Vec::new();
+    let mut total = 0;
+    let mut dirs = vec![(root.clone(), String::new())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        let mut entries = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let relative = format!("{prefix}{name}");
+            let kind = e.file_type()?;
+            if kind.is_dir() {
+                if !name.starts_with('.') && !SKIPPED_DIRS.contains(&name.as_str()) {
+                    dirs.push((e.path(), format!("{relative}/")));
+                }
+            } else if kind.is_file() && Language::of_path(&name) == Some(language) {
+                let text = std::fs::read_to_string(e.path())
+                    .with_context(|| format!("reading {} (source must be UTF-8)", e.path().display()))?;
+                total += text.len();
+                anyhow::ensure!(
+                    total <= thaw_runtime::source::MAX_BUNDLE_BYTES,
+                    "the source under {} is over {} bytes; deploy a smaller directory",
+                    root.display(),
+                    thaw_runtime::source::MAX_BUNDLE_BYTES
+                );
+                files.push((relative, text));
+            }
+        }
+    }
+    Ok(Some(Bundle {
+        language,
+        entry,
+        files,
+    }))
 }
 
 fn print_deployed(f: &thaw_runtime::api::FunctionInfo) {

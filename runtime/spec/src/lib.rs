@@ -7,6 +7,7 @@
 //! - [`cgi`]: the response a preview1 module prints on stdout;
 //! - [`route`]: which route prefix serves a request path;
 //! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list;
+//! - [`source`]: a function deployed as source (JavaScript, Python) in place of wasm;
 //! - [`traffic`]: a function's traffic split between its versions (`v4=80 v5=20`);
 //! - [`api`]: the admin API's wire types, shared by server, CLI and tests.
 //!
@@ -23,5 +24,6 @@ pub mod events;
 pub mod manifest;
 pub mod outbound;
 pub mod route;
+pub mod source;
 pub mod spec;
 pub mod traffic;

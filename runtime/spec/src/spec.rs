@@ -706,7 +706,7 @@ impl LimitsSpec {
     }
 }
 
-/// The two kinds of function thaw runs, told apart by the binary's header.
+/// The kinds of function thaw runs, told apart by the upload's first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -714,6 +714,8 @@ pub enum Kind {
     Component,
     /// A WASI preview1 command module, run CGI-style.
     Cgi,
+    /// Source (JavaScript, Python) run by the language's engine ([`crate::source`]).
+    Source,
 }
 
 impl std::fmt::Display for Kind {
@@ -721,6 +723,7 @@ impl std::fmt::Display for Kind {
         f.write_str(match self {
             Kind::Component => "component",
             Kind::Cgi => "cgi",
+            Kind::Source => "source",
         })
     }
 }
@@ -733,6 +736,7 @@ pub fn detect_kind(bytes: &[u8]) -> Result<Kind, &'static str> {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(Kind::Cgi),
         Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(Kind::Component),
         Some([0, b'a', b's', b'm', ..]) => Err("unsupported WebAssembly version or layer"),
+        _ if bytes.starts_with(crate::source::HEADER) => Ok(Kind::Source),
         Some([0x7f, b'E', b'L', b'F', ..]) => Err(
             "this is a native (precompiled) artifact; thaw only accepts WebAssembly and compiles it itself",
         ),

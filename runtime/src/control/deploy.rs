@@ -25,7 +25,8 @@ use super::{Platform, garbage};
 use crate::datadir::remove_durable;
 use crate::engine::artifact::{CompileError, Compiled, Kind, Origin, detect_kind, sha256_hex};
 use crate::engine::snapshot;
-use crate::function::{Function, FunctionRecord};
+use crate::function::{Code, Function, FunctionRecord};
+use crate::source::{Bundle, PrepareError, SourceCode};
 use crate::spec::FunctionSpec;
 use crate::traffic::TrafficSplit;
 
@@ -183,6 +184,9 @@ impl Platform {
         claim: &mut garbage::Claim,
     ) -> Result<PreparedCode, DeployError> {
         let kind = detect_kind(&wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
+        if kind == Kind::Source {
+            return self.prepare_source(name, spec, wasm, claim).await;
+        }
         let digest = sha256_hex(&wasm);
         claim.add(&digest);
         let snapshot = if kind == Kind::Component
@@ -206,12 +210,11 @@ impl Platform {
             digest: digest.clone(),
             code_digest: snapshot.is_some().then(|| code_digest.clone()),
             kind,
+            engine: None,
             wasm_bytes: wasm.len() as u64,
             spec,
             generation: 0,
-            deployed_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            deployed_at_ms: now_ms(),
         };
         check_initial_memory(&compiled, &record.spec.limits.resolve(&self.defaults))?;
         let linking = match (&self.fast, origin) {
@@ -225,6 +228,89 @@ impl Platform {
             function: Function::loaded_with(record, &self.defaults, code, origin),
             origin,
             code: [(digest, wasm), (code_digest, code_wasm)],
+        })
+    }
+
+    /// [`Platform::prepare_code`] for a function deployed as source: its bundle checked, its
+    /// program prepared and loaded by the language's current engine in a validation instance
+    /// (under the function's limits and timeout), so that bad source is refused here with the
+    /// engine's message. Nothing is compiled: the engine is, once per host.
+    async fn prepare_source(
+        &self,
+        name: &str,
+        spec: FunctionSpec,
+        bundle_bytes: Bytes,
+        claim: &mut garbage::Claim,
+    ) -> Result<PreparedCode, DeployError> {
+        let bundle = Bundle::parse(&bundle_bytes).map_err(|e| {
+            if bundle_bytes.len() > thaw_spec::source::MAX_BUNDLE_BYTES {
+                DeployError::TooLarge(e)
+            } else {
+                DeployError::BadRequest(e)
+            }
+        })?;
+        let engine_digest = self
+            .loader
+            .engines()
+            .current(bundle.language)
+            .map_err(DeployError::BadRequest)?
+            .to_owned();
+        let engine = {
+            let (loader, digest) = (self.loader.clone(), engine_digest.clone());
+            tokio::task::spawn_blocking(move || loader.engine(&digest))
+                .await
+                .map_err(|e| DeployError::Internal(anyhow::anyhow!("engine load task: {e}")))?
+                .map_err(DeployError::Internal)?
+        };
+        let digest = sha256_hex(&bundle_bytes);
+        claim.add(&digest);
+        let mut record = FunctionRecord {
+            name: name.to_owned(),
+            digest: digest.clone(),
+            code_digest: None,
+            kind: Kind::Source,
+            engine: Some(engine_digest),
+            wasm_bytes: bundle_bytes.len() as u64,
+            spec,
+            generation: 0,
+            deployed_at_ms: now_ms(),
+        };
+        let probe = Function::unloaded(record.clone(), &self.defaults);
+        let mut store = crate::guest::proxy_store(engine.pre.engine(), &probe.guest());
+        let program = engine
+            .prepare(&mut store, &bundle)
+            .await
+            .map_err(|e| match e {
+                PrepareError::Refused(message) => DeployError::BadRequest(message),
+                PrepareError::Trap(trap)
+                    if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) =>
+                {
+                    DeployError::BadRequest(format!(
+                        "{}'s top-level code did not finish within the function's timeout ({} ms)",
+                        bundle.entry,
+                        probe.limits.timeout.as_millis()
+                    ))
+                }
+                PrepareError::Trap(trap) => DeployError::BadRequest(format!(
+                    "the {} engine failed evaluating {}: {trap:#}",
+                    bundle.language, bundle.entry
+                )),
+            })?;
+        drop(store);
+        let program_digest = sha256_hex(program.as_bytes());
+        claim.add(&program_digest);
+        record.code_digest = Some(program_digest.clone());
+        let code = Code::Source(SourceCode {
+            engine,
+            program: program.as_str().into(),
+        });
+        Ok(PreparedCode {
+            function: Function::loaded_with(record, &self.defaults, code, Origin::Artifact),
+            origin: Origin::Artifact,
+            code: [
+                (digest, bundle_bytes),
+                (program_digest, Bytes::from(program)),
+            ],
         })
     }
 
@@ -860,4 +946,11 @@ fn check_initial_memory(
         )));
     }
     Ok(())
+}
+
+/// Unix time now, milliseconds.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -87,6 +87,9 @@ pub struct Collector {
     pub claims: Arc<Claims>,
     /// Versions replaced or removed; kept while a request still holds them.
     pub retired: Arc<Mutex<Vec<Weak<Function>>>>,
+    /// The host's current language engines (their wasm and artifacts stay even before a
+    /// function uses them).
+    pub engines: Vec<String>,
 }
 
 impl Collector {
@@ -108,8 +111,10 @@ impl Collector {
             for function in retired.iter().filter_map(Weak::upgrade) {
                 keep.insert(function.record.digest.clone());
                 keep.insert(function.record.code_digest().to_owned());
+                keep.extend(function.record.engine.clone());
             }
         }
+        keep.extend(self.engines.iter().cloned());
         let mut collected = Collected::default();
         for dir in [&self.wasm, &self.artifacts] {
             collected += self.sweep(dir, &keep)?;

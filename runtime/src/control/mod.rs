@@ -75,6 +75,9 @@ pub struct PlatformConfig {
     pub secrets: SecretSources,
     /// Where `wasi:keyvalue` keeps functions' state.
     pub keyvalue: KeyValueBackend,
+    /// Where the language engines of source functions are (`js.wasm`, `python.wasm`); `None`:
+    /// this host deploys no source functions (see [`crate::source`]).
+    pub engines: Option<std::path::PathBuf>,
 }
 
 /// Where functions' `wasi:keyvalue` state lives (see [`crate::keyvalue`]).
@@ -207,13 +210,22 @@ impl Platform {
             None => ThawEngine::new(config.engine.clone())?,
         });
         let cache = Arc::new(ArtifactCache::new(data.clone(), engine.clone())?);
-        let loader = Arc::new(Loader::new(Linking::new(engine.clone())?, cache));
+        let engines = Arc::new(
+            crate::source::Engines::open(config.engines.as_deref(), &data)
+                .context("opening the language engines")?,
+        );
+        let loader = Arc::new(Loader::new(
+            Linking::new(engine.clone())?,
+            cache,
+            engines.clone(),
+        ));
         let garbage = garbage::Collector {
             records: data.functions_dir(),
             wasm: data.wasm_dir(),
             artifacts: data.artifacts(&engine.compatibility_key()),
             claims: Default::default(),
             retired: Default::default(),
+            engines: engines.current_all().map(|(_, d)| d.to_owned()).collect(),
         };
         let fast = if config.fast_deploy {
             Some(Linking::new(Arc::new(ThawEngine::new_fast_tier(

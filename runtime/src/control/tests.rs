@@ -55,6 +55,7 @@ fn open(dir: tempfile::TempDir, keep_versions: usize) -> Host {
         keep_versions,
         secrets: Default::default(),
         keyvalue: KeyValueBackend::Off,
+        engines: None,
     })
     .expect("opening the platform");
     Host {

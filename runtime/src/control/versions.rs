@@ -149,7 +149,8 @@ impl VersionsRecord {
     pub fn digests(&self) -> impl Iterator<Item = &str> {
         self.versions
             .iter()
-            .flat_map(|v| [v.digest.as_str(), v.code_digest()])
+            .flat_map(|v| [Some(v.digest.as_str()), Some(v.code_digest()), v.engine.as_deref()])
+            .flatten()
     }
 }
 
@@ -447,6 +448,7 @@ mod tests {
             name: "f".into(),
             digest: "ab".repeat(32),
             kind: crate::engine::artifact::Kind::Component,
+            engine: None,
             wasm_bytes: 1,
             code_digest: None,
             spec: Default::default(),

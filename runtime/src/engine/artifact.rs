@@ -186,6 +186,11 @@ impl ArtifactCache {
         })
     }
 
+    /// The data directory whose wasm the cache compiles.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
     /// The cache's counters.
     pub fn stats(&self) -> &CacheStats {
         &self.stats
@@ -360,6 +365,7 @@ impl ArtifactCache {
                     Component::deserialize_file(engine, &path).map(Compiled::Component)
                 }
                 Kind::Cgi => Module::deserialize_file(engine, &path).map(Compiled::Module),
+                Kind::Source => anyhow::bail!("source is not compiled (its engine is)"),
             }
         };
         compiled.map_err(|e| anyhow::anyhow!("is incompatible with this engine: {e}"))
@@ -376,6 +382,11 @@ pub fn compile(
     Ok(match kind {
         Kind::Component => Compiled::Component(Component::new(engine, wasm).map_err(invalid)?),
         Kind::Cgi => Compiled::Module(Module::new(engine, wasm).map_err(invalid)?),
+        Kind::Source => {
+            return Err(CompileError::Invalid(
+                "source is not compiled: its language's engine runs it".into(),
+            ));
+        }
     })
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use wasmtime::InstancePre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -29,6 +30,7 @@ use crate::guest::limit::LimitHits;
 use crate::guest::log::FunctionLog;
 use crate::guest::{GuestConfig, Linkers};
 use crate::outbound::AllowList;
+use crate::source::{Engines, LanguageEngine, SourceCode};
 use crate::spec::{FunctionSpec, LimitDefaults, Limits, Reuse, ReuseSpec};
 use crate::traffic::TrafficSplit;
 use limits::ConcurrencyGate;
@@ -50,6 +52,10 @@ pub struct FunctionRecord {
     /// pre-initialisation snapshot); names its stored wasm and its artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_digest: Option<String>,
+    /// A source function's engine: the sha256 of the language engine's wasm it was deployed
+    /// with (see [`crate::source`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
     /// What the user asked for.
     pub spec: FunctionSpec,
     /// 1 for the first deploy of this name, +1 for every redeploy.
@@ -76,10 +82,54 @@ impl FunctionRecord {
 pub enum Code {
     /// A `wasi:http` component, type-checked against the proxy world.
     Proxy(ProxyPre<ProxyHost>),
+    /// A function deployed as source: its language's engine (a `wasi:http` proxy shared by
+    /// every function on it) and the program each instance loads before its first request.
+    Source(SourceCode),
     /// A WASIp3 `wasi:http` component: exports the async `wasi:http/handler@0.3.0`.
     Service(ServicePre<ProxyHost>),
     /// A WASI preview1 command, run CGI-style.
     Cgi(InstancePre<CgiHost>),
+}
+
+/// Code served as a `wasi:http` p2 proxy: a component, or a source function on its engine.
+#[derive(Clone, Copy)]
+pub enum P2Code<'a> {
+    /// A component's own code.
+    Component(&'a ProxyPre<ProxyHost>),
+    /// A source function: its engine, instantiated, then its program loaded.
+    Source(&'a SourceCode),
+}
+
+impl P2Code<'_> {
+    /// The engine the code was compiled with (a store for it must be of that engine).
+    pub fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            P2Code::Component(pre) => pre.engine(),
+            P2Code::Source(source) => source.engine.pre.engine(),
+        }
+    }
+
+    /// A fresh instance, ready for a request.
+    pub async fn instantiate(
+        self,
+        store: &mut wasmtime::Store<ProxyHost>,
+    ) -> wasmtime::Result<wasmtime_wasi_http::p2::bindings::Proxy> {
+        match self {
+            P2Code::Component(pre) => pre.instantiate_async(store).await,
+            P2Code::Source(source) => source.instantiate(store).await,
+        }
+    }
+}
+
+impl Code {
+    /// This code as a p2 proxy, if it is served as one.
+    pub fn p2(&self) -> Option<P2Code<'_>> {
+        match self {
+            Code::Proxy(pre) => Some(P2Code::Component(pre)),
+            Code::Source(source) => Some(P2Code::Source(source)),
+            Code::Service(_) | Code::Cgi(_) => None,
+        }
+    }
 }
 
 /// Why a compiled function could not be linked.
@@ -428,16 +478,47 @@ impl Linking {
 }
 
 /// Loads functions' code: the artifact from the cache (or a rebuild from the stored wasm),
-/// linked. Shared by the request path (a first request loads its function) and start-up.
+/// linked; for a source function, its engine (loaded once for all its functions) and its
+/// program. Shared by the request path (a first request loads its function) and start-up.
 pub struct Loader {
     linking: Linking,
     cache: Arc<ArtifactCache>,
+    engines: Arc<Engines>,
 }
 
 impl Loader {
     /// A loader over `cache`, linking with `linking`'s engine (the cache's engine).
-    pub fn new(linking: Linking, cache: Arc<ArtifactCache>) -> Self {
-        Self { linking, cache }
+    pub fn new(linking: Linking, cache: Arc<ArtifactCache>, engines: Arc<Engines>) -> Self {
+        Self {
+            linking,
+            cache,
+            engines,
+        }
+    }
+
+    /// The host's language engines.
+    pub fn engines(&self) -> &Arc<Engines> {
+        &self.engines
+    }
+
+    /// The language engine of `digest`, loaded (from its artifact, or compiled from the
+    /// stored wasm) and linked unless it is already. Blocking.
+    pub fn engine(&self, digest: &str) -> anyhow::Result<Arc<LanguageEngine>> {
+        self.engines.get_blocking(digest, || {
+            let (compiled, origin) = self.cache.load(Kind::Component, digest)?;
+            let Compiled::Component(component) = compiled else {
+                anyhow::bail!("the engine {digest} is not a component");
+            };
+            let pre = self
+                .linking
+                .linkers
+                .proxy
+                .instantiate_pre(&component)
+                .map_err(|e| anyhow::anyhow!("linking the engine: {e:#}"))?;
+            let engine = LanguageEngine::new(digest.to_owned(), &component, ProxyPre::new(pre)?)?;
+            tracing::info!(engine = %&digest[..12.min(digest.len())], from = ?origin, "engine loaded");
+            Ok(engine)
+        })
     }
 
     /// The linking this loader uses.
@@ -453,6 +534,24 @@ impl Loader {
     /// Loads a function's code. Blocking (file reads, possibly a compile).
     pub fn load(&self, function: &Function) -> anyhow::Result<Loaded> {
         let record = &function.record;
+        if record.kind == Kind::Source {
+            let engine = record
+                .engine
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("a source function's record names no engine"))?;
+            let engine = self.engine(engine)?;
+            let program = std::fs::read_to_string(self.cache.data().wasm(record.code_digest()))
+                .context("reading the function's program")?;
+            let code = Code::Source(SourceCode {
+                engine,
+                program: program.into(),
+            });
+            tracing::info!(function = %function.name, "loaded");
+            return Ok(Loaded {
+                code,
+                origin: Origin::Artifact,
+            });
+        }
         let (compiled, origin) = self.cache.load(record.kind, record.code_digest())?;
         let code = self.linking.link(compiled)?;
         tracing::info!(function = %function.name, from = ?origin, "loaded");

@@ -302,9 +302,10 @@ async fn instantiate(
     // Instantiation of a component may run guest start functions: the store comes with the
     // function's budget, re-armed for the request that takes the instance.
     let (store, proxy) = match function.code() {
-        Some(Code::Proxy(pre)) => {
-            let mut store = crate::guest::proxy_store(pre.engine(), &function.guest());
-            let proxy = pre.instantiate_async(&mut store).await?;
+        Some(code @ (Code::Proxy(_) | Code::Source(_))) => {
+            let code = code.p2().expect("a p2 kind");
+            let mut store = crate::guest::proxy_store(code.engine(), &function.guest());
+            let proxy = code.instantiate(&mut store).await?;
             (store, Proxy::P2(proxy))
         }
         Some(Code::Service(pre)) => {

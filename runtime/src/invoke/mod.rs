@@ -287,8 +287,9 @@ async fn try_invoke<B: RequestBody>(
         trace,
     };
     match (&loaded.code, cgi_body) {
-        (Code::Proxy(pre), Ok(body)) => {
-            proxy::call(call, pre, Request::from_parts(parts, body)).await
+        (code @ (Code::Proxy(_) | Code::Source(_)), Ok(body)) => {
+            let code = code.p2().expect("a p2 kind");
+            proxy::call(call, code, Request::from_parts(parts, body)).await
         }
         (Code::Service(_), Ok(body)) => service::call(call, Request::from_parts(parts, body)).await,
         (Code::Cgi(pre), Err(body)) => cgi::call(call, pre, parts, body, peer).await,

@@ -10,7 +10,6 @@ use http_body_util::BodyExt as _;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::Resource;
 use wasmtime_wasi_http::WasiHttpView as _;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
@@ -20,10 +19,9 @@ use super::error::{InvokeError, classify};
 use super::{
     Call, InvokeContext, RequestBody, admit, content_length, ensure_authority, next_request_id,
 };
-use crate::function::Function;
+use crate::function::{Function, P2Code};
 use crate::function::pool::{WarmInstance, WarmPool};
 use crate::function::timing::StartKind;
-use crate::guest::host::ProxyHost;
 use crate::guest::{arm_deadline, arm_fuel, proxy_store};
 use crate::telemetry::{OutboundTrace, RequestTrace};
 
@@ -38,7 +36,7 @@ type Answer = tokio::sync::oneshot::Receiver<Result<Response<HyperOutgoingBody>,
 /// back through the `response-outparam` while the guest may still be writing the body.
 pub(super) async fn call<B: RequestBody>(
     mut call: Call<'_>,
-    pre: &ProxyPre<ProxyHost>,
+    code: P2Code<'_>,
     req: Request<B>,
 ) -> Result<Response<ResponseBody>, InvokeError> {
     let Call { cx, function, .. } = call;
@@ -46,7 +44,7 @@ pub(super) async fn call<B: RequestBody>(
     WarmPool::ensure_refill(function, &cx.admission, &cx.pool);
     let outbound = call.trace.map(RequestTrace::outbound);
     let (mut instance, kind, instantiate) =
-        acquire(cx, function, pre, next_request_id(), outbound).await?;
+        acquire(cx, function, code, next_request_id(), outbound).await?;
     let start = call.start(kind, instantiate, call.admitted.elapsed());
 
     let state = Arc::new(CallState::default());
@@ -160,12 +158,12 @@ fn check_head(
 async fn acquire(
     cx: &InvokeContext,
     function: &Function,
-    pre: &ProxyPre<ProxyHost>,
+    code: P2Code<'_>,
     request: u64,
     trace: Option<OutboundTrace>,
 ) -> Result<(WarmInstance, StartKind, Duration), InvokeError> {
     // The code's own engine: Cranelift's, or the fast tier's right after a fast deploy.
-    let engine = pre.engine();
+    let engine = code.engine();
     Ok(match function.pool.take() {
         Some(mut warm) => {
             warm.uses += 1;
@@ -181,7 +179,7 @@ async fn acquire(
             // One budget for instantiation (which may run guest start functions) and the call.
             let mut store = proxy_store(engine, &function.guest());
             store.data_mut().begin_request(request, trace);
-            let proxy = pre.instantiate_async(&mut store).await.map_err(classify)?;
+            let proxy = code.instantiate(&mut store).await.map_err(classify)?;
             let proxy = wasmtime_wasi_http::handler::Proxy::P2(proxy);
             let warm = WarmInstance {
                 store,

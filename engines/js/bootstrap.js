@@ -1,0 +1,322 @@
+// thaw's JavaScript engine: StarlingMonkey (through componentize-js) with this bootstrap,
+// serving any function deployed as source. One engine serves every JS function of a host; a
+// function is only its source.
+//
+// - `prepare` runs once, at deploy, in a validation instance: it parses every module with
+//   acorn and rewrites its ES module syntax (import, export) into a plain function body, so
+//   that an instance needs no parser and no module loader, only `new Function` (the engine
+//   cannot `import()` at run time: StarlingMonkey's loader reads files through a preopen
+//   table that the build-time snapshot leaves stale). Parsing costs milliseconds here (no
+//   JIT); `new Function` of the rewritten text a fraction of one.
+// - `load` runs once per instance, before its first request: it evaluates the entry module
+//   and what it imports, and finds the handler.
+// - The fetch listener below is registered now, at build time (StarlingMonkey takes
+//   listeners only then), and hands each request to the loaded handler.
+//
+// The rewrite keeps every line where it was, so line numbers in errors and stacks are the
+// source's. Imports are not live bindings and cycles see a partly filled module; top-level
+// await and import.meta are refused at deploy.
+import { Parser } from "./acorn.mjs";
+import * as thaw from "./thaw.js";
+import * as wasiConfig from "wasi:config/store@0.2.0-rc.1";
+import * as wasiKeyvalue from "wasi:keyvalue/store@0.2.0-draft";
+import * as wasiAtomics from "wasi:keyvalue/atomics@0.2.0-draft";
+import * as wasiOutgoing from "wasi:http/outgoing-handler@0.2.10";
+import * as wasiHttpTypes from "wasi:http/types@0.2.10";
+
+// What `import ... from "<name>"` gives without a file: the helper module, and the
+// interfaces it is written over (so a function carrying its own copy of thaw.js works too).
+const BUILTIN = new Map([
+  ["thaw", thaw],
+  ["wasi:config/store@0.2.0-rc.1", wasiConfig],
+  ["wasi:keyvalue/store@0.2.0-draft", wasiKeyvalue],
+  ["wasi:keyvalue/atomics@0.2.0-draft", wasiAtomics],
+  ["wasi:http/outgoing-handler@0.2.10", wasiOutgoing],
+  ["wasi:http/types@0.2.10", wasiHttpTypes],
+]);
+
+const JS = /\.m?js$/;
+
+// ---- prepare: ES modules to function bodies -------------------------------------------
+
+class DeployError extends Error {}
+
+// Text of the same number of lines as `text`, holding `code`: a rewrite keeps line numbers.
+function sameLines(text, code) {
+  const lines = text.split("\n").length - 1;
+  return code + "\n".repeat(lines);
+}
+
+function bound(pattern, names) {
+  switch (pattern.type) {
+    case "Identifier":
+      names.push(pattern.name);
+      break;
+    case "ObjectPattern":
+      for (const p of pattern.properties) bound(p.type === "RestElement" ? p.argument : p.value, names);
+      break;
+    case "ArrayPattern":
+      for (const p of pattern.elements) if (p) bound(p, names);
+      break;
+    case "RestElement":
+      bound(pattern.argument, names);
+      break;
+    case "AssignmentPattern":
+      bound(pattern.left, names);
+      break;
+  }
+  return names;
+}
+
+const nameOf = (node) => (node.type === "Literal" ? String(node.value) : node.name);
+
+function rewrite(path, text) {
+  let ast;
+  try {
+    ast = Parser.parse(text, { ecmaVersion: "latest", sourceType: "module", locations: true });
+  } catch (e) {
+    const loc = e.loc ? `${e.loc.line}:${e.loc.column + 1}` : "1:1";
+    throw new DeployError(`${path}:${loc}: SyntaxError: ${e.message.replace(/ \(\d+:\d+\)$/, "")}`);
+  }
+  // Top-level await and import.meta have no equivalent in a function body.
+  const unsupported = /\bimport\s*\.\s*meta\b/.exec(text);
+  if (unsupported) {
+    const line = text.slice(0, unsupported.index).split("\n").length;
+    throw new DeployError(`${path}:${line}:1: import.meta is not supported in a source function`);
+  }
+  const edits = []; // [start, end, replacement]
+  const getters = []; // [exported, local]
+  const spec = (source) => JSON.stringify(source.value);
+  for (const node of ast.body) {
+    const original = text.slice(node.start, node.end);
+    switch (node.type) {
+      case "ImportDeclaration": {
+        const from = `__thaw_import(${spec(node.source)})`;
+        const parts = [];
+        const named = [];
+        for (const s of node.specifiers) {
+          if (s.type === "ImportDefaultSpecifier") parts.push(`const ${s.local.name} = ${from}.default;`);
+          else if (s.type === "ImportNamespaceSpecifier") parts.push(`const ${s.local.name} = ${from};`);
+          else named.push(`${JSON.stringify(nameOf(s.imported))}: ${s.local.name}`);
+        }
+        if (named.length) parts.push(`const { ${named.join(", ")} } = ${from};`);
+        if (!parts.length) parts.push(`${from};`);
+        edits.push([node.start, node.end, sameLines(original, parts.join(" "))]);
+        break;
+      }
+      case "ExportNamedDeclaration": {
+        if (node.declaration) {
+          const d = node.declaration;
+          const names = d.type === "VariableDeclaration" ? d.declarations.flatMap((v) => bound(v.id, [])) : [d.id.name];
+          for (const n of names) getters.push([n, n]);
+          edits.push([node.start, d.start, ""]);
+        } else if (node.source) {
+          const from = `__thaw_import(${spec(node.source)})`;
+          const pairs = node.specifiers.map((s) => `${JSON.stringify(nameOf(s.exported))}: ${JSON.stringify(nameOf(s.local))}`);
+          edits.push([node.start, node.end, sameLines(original, `__thaw_reexport(${from}, { ${pairs.join(", ")} });`)]);
+        } else {
+          for (const s of node.specifiers) getters.push([nameOf(s.exported), s.local.name]);
+          edits.push([node.start, node.end, sameLines(original, "")]);
+        }
+        break;
+      }
+      case "ExportAllDeclaration": {
+        const from = `__thaw_import(${spec(node.source)})`;
+        const code = node.exported
+          ? `__thaw_reexport({ ns: ${from} }, { ${JSON.stringify(nameOf(node.exported))}: "ns" });`
+          : `__thaw_reexport(${from}, null);`;
+        edits.push([node.start, node.end, sameLines(original, code)]);
+        break;
+      }
+      case "ExportDefaultDeclaration": {
+        const d = node.declaration;
+        if ((d.type === "FunctionDeclaration" || d.type === "ClassDeclaration") && d.id) {
+          getters.push(["default", d.id.name]);
+          edits.push([node.start, d.start, ""]);
+        } else {
+          edits.push([node.start, d.start, "__thaw_exports.default = "]);
+        }
+        break;
+      }
+    }
+  }
+  // An await outside any function: the parser accepts it in a module, a function body not.
+  if (containsTopLevelAwait(ast)) {
+    throw new DeployError(`${path}: top-level await is not supported in a source function; await inside the handler`);
+  }
+  let out = text;
+  for (const [start, end, code] of edits.sort((a, b) => b[0] - a[0])) {
+    out = out.slice(0, start) + code + out.slice(end);
+  }
+  const exported = getters.map(([e, l]) => `${JSON.stringify(e)}: () => ${l}`).join(", ");
+  // On the first line, so that every other line keeps its number.
+  return `"use strict"; __thaw_define({ ${exported} }); ${out}`;
+}
+
+// Whether a top-level statement awaits outside any function (a shallow walk that stops at
+// function boundaries).
+function containsTopLevelAwait(ast) {
+  const stack = [...ast.body];
+  while (stack.length) {
+    const node = stack.pop();
+    if (!node || typeof node.type !== "string") continue;
+    if (node.type === "AwaitExpression" || (node.type === "ForOfStatement" && node.await)) return true;
+    if (/Function/.test(node.type) || node.type === "ClassBody") continue;
+    for (const key of Object.keys(node)) {
+      const v = node[key];
+      if (Array.isArray(v)) stack.push(...v);
+      else if (v && typeof v.type === "string") stack.push(v);
+    }
+  }
+  return false;
+}
+
+function prepare(files, entry) {
+  const modules = {};
+  const known = new Set(files.map(([p]) => p));
+  if (!known.has(entry)) throw new DeployError(`the entry module ${entry} is not among the files deployed`);
+  if (!JS.test(entry)) throw new DeployError(`the entry module ${entry} is not a .js or .mjs file`);
+  for (const [path, text] of files) {
+    if (JS.test(path)) modules[path] = rewrite(path, text);
+  }
+  return JSON.stringify({ entry, modules });
+}
+
+// ---- load: evaluate the program -------------------------------------------------------
+
+let handler = null;
+
+function dirname(path) {
+  const i = path.lastIndexOf("/");
+  return i < 0 ? "" : path.slice(0, i);
+}
+
+function normalize(path) {
+  const out = [];
+  for (const part of path.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") {
+      if (!out.length) return null;
+      out.pop();
+    } else out.push(part);
+  }
+  return out.join("/");
+}
+
+function evaluate(program) {
+  const { entry, modules } = JSON.parse(program);
+  const namespaces = new Map();
+  let listener = null;
+  const addEventListenerShim = (type, fn) => {
+    if (type !== "fetch") throw new TypeError(`a source function listens for "fetch" only, not "${type}"`);
+    listener = fn;
+  };
+
+  function resolve(from, specifier) {
+    if (BUILTIN.has(specifier)) return { builtin: BUILTIN.get(specifier) };
+    if (specifier.startsWith("./") || specifier.startsWith("../") || specifier.startsWith("/")) {
+      const base = specifier.startsWith("/") ? specifier : `${dirname(from)}/${specifier}`;
+      const path = normalize(base);
+      if (path !== null) {
+        for (const candidate of [path, `${path}.js`, `${path}.mjs`, `${path}/index.js`]) {
+          if (Object.hasOwn(modules, candidate)) return { path: candidate };
+        }
+      }
+    }
+    throw new Error(
+      `cannot find module "${specifier}" imported from ${from}: a source function imports files it was deployed with (relative paths) and "thaw"`,
+    );
+  }
+
+  function load(path) {
+    const cached = namespaces.get(path);
+    if (cached) return cached;
+    const exports = Object.create(null);
+    Object.defineProperty(exports, Symbol.toStringTag, { value: "Module" });
+    namespaces.set(path, exports);
+    const define = (getters) => {
+      for (const [name, get] of Object.entries(getters)) Object.defineProperty(exports, name, { get, enumerable: true });
+    };
+    const reexport = (from, names) => {
+      const pairs = names ?? Object.fromEntries(Object.keys(from).filter((n) => n !== "default").map((n) => [n, n]));
+      for (const [exported, local] of Object.entries(pairs)) {
+        Object.defineProperty(exports, exported, { get: () => from[local], enumerable: true });
+      }
+    };
+    const body = new Function(
+      "__thaw_import",
+      "__thaw_exports",
+      "__thaw_define",
+      "__thaw_reexport",
+      "addEventListener",
+      `${modules[path]}\n//# sourceURL=${path}`,
+    );
+    const importFrom = (specifier) => {
+      const found = resolve(path, specifier);
+      return found.builtin ?? load(found.path);
+    };
+    body(importFrom, exports, define, reexport, addEventListenerShim);
+    return exports;
+  }
+
+  const main = load(entry);
+  const fetchOf = main.default?.fetch;
+  if (typeof fetchOf === "function") {
+    const target = main.default;
+    return (request) => fetchOf.call(target, request);
+  }
+  if (listener) {
+    const fn = listener;
+    return (request) =>
+      new Promise((resolve, reject) => {
+        try {
+          fn({ request, respondWith: (r) => Promise.resolve(r).then(resolve, reject), waitUntil() {} });
+        } catch (e) {
+          reject(e);
+        }
+      });
+  }
+  throw new DeployError(
+    `${entry} has no handler: export one with \`export default { async fetch(request) { return new Response("hi"); } }\``,
+  );
+}
+
+function describe(e) {
+  if (e instanceof DeployError) return e.message;
+  if (e instanceof Error) return `${e.name}: ${e.message}${e.stack ? `\n${e.stack.trimEnd()}` : ""}`;
+  return `uncaught: ${String(e)}`;
+}
+
+export const program = {
+  prepare(files, entry) {
+    try {
+      return prepare(files, entry);
+    } catch (e) {
+      throw describe(e);
+    }
+  },
+  load(text) {
+    try {
+      handler = evaluate(text);
+    } catch (e) {
+      throw describe(e);
+    }
+  },
+};
+
+// ---- requests --------------------------------------------------------------------------
+
+async function dispatch(request) {
+  if (!handler) return new Response("function failed (no program loaded)\n", { status: 500 });
+  try {
+    const response = await handler(request);
+    if (!(response instanceof Response)) throw new TypeError("the handler's fetch did not return a Response");
+    return response;
+  } catch (e) {
+    // The stack goes to the function's log (thaw logs); the client gets a bare 500.
+    console.error(describe(e));
+    throw e;
+  }
+}
+
+addEventListener("fetch", (event) => event.respondWith(dispatch(event.request)));
