@@ -213,8 +213,8 @@ pub struct HostSettings {
     #[arg(long, env = "THAW_SECRETS_DIR", value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
     /// Directory of the language engines source functions run on (`js.wasm`, `python.wasm`,
-    /// built by scripts/build-engines) [default: `engines` beside the directory of the thaw
-    /// binary, as in a checkout's target/: target/debug/thaw finds target/engines]
+    /// built by scripts/build-engines into target/engines) [default: none; source deploys
+    /// are refused]
     #[arg(long, env = "THAW_ENGINES", value_name = "DIR")]
     pub engines: Option<PathBuf>,
     /// Lines per second each function's output may add to the host's own log (stderr);
@@ -486,7 +486,7 @@ impl ServeArgs {
                 },
                 // Connected in `serve` (async) when `keyvalue` names a Redis server.
                 keyvalue: Default::default(),
-                engines: s.engines.clone().or_else(default_engines_dir),
+                engines: s.engines.clone(),
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),
@@ -623,15 +623,6 @@ pub fn default_data_dir() -> PathBuf {
         return Path::new(&home).join(".local/share/thaw");
     }
     PathBuf::from(".thaw")
-}
-
-
-/// `engines` beside the directory of this binary (target/debug/thaw: target/engines), if it
-/// exists.
-fn default_engines_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?.parent()?.join("engines");
-    dir.is_dir().then_some(dir)
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use thaw_runtime::spec::{DirGrant, FunctionSpec, LimitsSpec};
 #[derive(clap::Args, Debug)]
 pub struct DeployArgs {
     /// A .wasm file (a wasi:http component or a WASI preview1 command), a thaw.toml manifest,
-    /// or source: a .js or .py file (deployed with the .js/.mjs or .py files beside and under
-    /// it), or a directory holding index.js or app.py
+    /// or source: a .js, .mjs or .py file alone, or a directory whose index.js, handler.js,
+    /// app.py or main.py imports the .js or .py files under it
     pub path: PathBuf,
     /// Function name [default: the wasm file's stem]; not used with a manifest
     #[arg(long)]
@@ -194,8 +194,9 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
     };
     let wasm = match source_bundle(&args.path)? {
         Some(bundle) => bundle.to_bytes(),
-        None => std::fs::read(&args.path)
-            .with_context(|| format!("reading {}", args.path.display()))?,
+        None => {
+            std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?
+        }
     };
     let deployed = client
         .deploy_with(&name, &spec, wasm.into(), params(&args))
@@ -211,10 +212,9 @@ const ENTRIES: [&str; 5] = ["index.js", "index.mjs", "handler.js", "app.py", "ma
 /// Directories never bundled: dependencies, caches, version control, build output.
 const SKIPPED_DIRS: [&str; 5] = ["node_modules", "__pycache__", "target", ".git", "wit"];
 
-/// The source bundle `path` names (a .js/.mjs/.py file, or a directory holding one of
-/// [`ENTRIES`]), or `None` if it is not source (a .wasm file). The bundle holds the entry and
-/// every file of its language under the entry's directory, so that relative imports resolve
-/// as they would on disk.
+/// The source bundle `path` names, or `None` if it is not source (a .wasm file): a .js, .mjs
+/// or .py file alone, or a directory holding one of [`ENTRIES`] with every file of the
+/// entry's language under it, so that relative imports resolve as they would on disk.
 fn source_bundle(path: &Path) -> anyhow::Result<Option<Bundle>> {
     let (root, entry) = if path.is_dir() {
         let entry = ENTRIES
@@ -235,11 +235,14 @@ fn source_bundle(path: &Path) -> anyhow::Result<Option<Bundle>> {
         if Language::of_path(name).is_none() {
             return Ok(None);
         }
-        let root = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        (root, name.to_owned())
+        // One file is the whole function; a function of several modules is a directory.
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {} (source must be UTF-8)", path.display()))?;
+        return Ok(Some(Bundle {
+            language: Language::of_path(name).expect("checked above"),
+            entry: name.to_owned(),
+            files: vec![(name.to_owned(), text)],
+        }));
     };
     let language = Language::of_path(&entry).expect("an entry has a language");
     let mut files = Vec::new();
@@ -261,8 +264,9 @@ fn source_bundle(path: &Path) -> anyhow::Result<Option<Bundle>> {
                     dirs.push((e.path(), format!("{relative}/")));
                 }
             } else if kind.is_file() && Language::of_path(&name) == Some(language) {
-                let text = std::fs::read_to_string(e.path())
-                    .with_context(|| format!("reading {} (source must be UTF-8)", e.path().display()))?;
+                let text = std::fs::read_to_string(e.path()).with_context(|| {
+                    format!("reading {} (source must be UTF-8)", e.path().display())
+                })?;
                 total += text.len();
                 anyhow::ensure!(
                     total <= thaw_runtime::source::MAX_BUNDLE_BYTES,

@@ -30,6 +30,7 @@ mod redeploy;
 mod restart;
 mod sdk;
 mod shutdown;
+mod source;
 mod state;
 mod streaming;
 mod support;

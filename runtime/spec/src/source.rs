@@ -157,7 +157,10 @@ mod tests {
         Bundle {
             language: Language::Js,
             entry: entry.into(),
-            files: files.iter().map(|p| (p.to_string(), String::new())).collect(),
+            files: files
+                .iter()
+                .map(|p| (p.to_string(), String::new()))
+                .collect(),
         }
     }
 

@@ -283,7 +283,8 @@ impl Platform {
             .map_err(|e| match e {
                 PrepareError::Refused(message) => DeployError::BadRequest(message),
                 PrepareError::Trap(trap)
-                    if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) =>
+                    if trap.downcast_ref::<wasmtime::Trap>()
+                        == Some(&wasmtime::Trap::Interrupt) =>
                 {
                     DeployError::BadRequest(format!(
                         "{}'s top-level code did not finish within the function's timeout ({} ms)",

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::HostStatus;
 use crate::datadir::DataDir;
-use crate::engine::artifact::ArtifactCache;
+use crate::engine::artifact::{ArtifactCache, Kind};
 use crate::engine::compile_cache::CompileCache;
 use crate::engine::{Allocator, EngineOptions, ThawEngine};
 use crate::function::pool::PoolOptions;
@@ -406,10 +406,21 @@ impl Platform {
 
     /// [`Platform::spawn_background_work`] on a given runtime.
     pub fn spawn_background_work_on(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        // Compiled code only: a source function's program is not compiled, its engine is.
+        let engines: Vec<String> = self
+            .loader
+            .engines()
+            .current_all()
+            .map(|(_, digest)| digest.to_owned())
+            .collect();
         let mut digests: Vec<String> = self
             .serving()
             .iter()
-            .map(|f| f.record.code_digest().to_owned())
+            .flat_map(|f| match f.record.kind {
+                Kind::Source => f.record.engine.clone(),
+                _ => Some(f.record.code_digest().to_owned()),
+            })
+            .chain(engines.iter().cloned())
             .collect();
         digests.sort();
         digests.dedup();
@@ -434,6 +445,17 @@ impl Platform {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "artifact checksums checked"
             );
+            // The current engines, so that a language's first deploy does not wait for its
+            // engine's compile (a host's first start) or its artifact's load. Not waited
+            // for: readiness is about what serves now.
+            let loader = platform.loader.clone();
+            tokio::task::spawn_blocking(move || {
+                for digest in engines {
+                    if let Err(e) = loader.engine(&digest) {
+                        tracing::error!("cannot load a language engine: {e:#}");
+                    }
+                }
+            });
             if platform.load_mode != LoadMode::Background {
                 platform.started.store(true, Ordering::Release);
                 return;

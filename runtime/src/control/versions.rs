@@ -149,7 +149,13 @@ impl VersionsRecord {
     pub fn digests(&self) -> impl Iterator<Item = &str> {
         self.versions
             .iter()
-            .flat_map(|v| [Some(v.digest.as_str()), Some(v.code_digest()), v.engine.as_deref()])
+            .flat_map(|v| {
+                [
+                    Some(v.digest.as_str()),
+                    Some(v.code_digest()),
+                    v.engine.as_deref(),
+                ]
+            })
             .flatten()
     }
 }

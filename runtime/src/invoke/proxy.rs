@@ -19,9 +19,9 @@ use super::error::{InvokeError, classify};
 use super::{
     Call, InvokeContext, RequestBody, admit, content_length, ensure_authority, next_request_id,
 };
-use crate::function::{Function, P2Code};
 use crate::function::pool::{WarmInstance, WarmPool};
 use crate::function::timing::StartKind;
+use crate::function::{Function, P2Code};
 use crate::guest::{arm_deadline, arm_fuel, proxy_store};
 use crate::telemetry::{OutboundTrace, RequestTrace};
 

@@ -114,7 +114,11 @@ impl LanguageEngine {
         store: &mut Store<ProxyHost>,
         program: &str,
     ) -> wasmtime::Result<Proxy> {
-        let instance = self.pre.instance_pre().instantiate_async(&mut *store).await?;
+        let instance = self
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut *store)
+            .await?;
         let proxy = Proxy::new(&mut *store, &instance)?;
         self.load(store, &instance, program)
             .await
@@ -215,16 +219,19 @@ impl Engines {
 
     /// The digest of the engine new functions in `language` are deployed on.
     pub fn current(&self, language: Language) -> Result<&str, String> {
-        self.current.get(&language).map(String::as_str).ok_or_else(|| {
-            let dir = match &self.dir {
-                Some(dir) => format!("{} has no {language}.wasm", dir.display()),
-                None => "it was started without --engines".to_owned(),
-            };
-            format!(
-                "this host has no {language} engine ({dir}); build the engines with \
+        self.current
+            .get(&language)
+            .map(String::as_str)
+            .ok_or_else(|| {
+                let dir = match &self.dir {
+                    Some(dir) => format!("{} has no {language}.wasm", dir.display()),
+                    None => "it was started without --engines".to_owned(),
+                };
+                format!(
+                    "this host has no {language} engine ({dir}); build the engines with \
                  scripts/build-engines and start thaw with --engines target/engines"
-            )
-        })
+                )
+            })
     }
 
     /// The languages and digests of the current engines.
@@ -257,6 +264,10 @@ impl Engines {
 
     /// The engine of `digest` if it is loaded.
     pub fn loaded(&self, digest: &str) -> Option<Arc<LanguageEngine>> {
-        self.loaded.lock().expect("engines lock").get(digest).cloned()
+        self.loaded
+            .lock()
+            .expect("engines lock")
+            .get(digest)
+            .cloned()
     }
 }

@@ -1,0 +1,362 @@
+//! Functions deployed as source on the language engines (`thaw deploy handler.js`, `thaw
+//! deploy app-dir/`): deployed by a `thaw` with nothing on its `PATH` (no node, npm,
+//! componentize-js, componentize-py or python), answering through the helper modules, bad
+//! source refused at deploy with the engine's message (and nothing changed), a request's
+//! exception costing that request only, and a hundred functions per language answering their
+//! own text after a `kill -9`.
+//!
+//! The engines come from `scripts/build-engines` (run by `scripts/test`) in `target/engines`.
+//! Without them the test is reported skipped, unless `THAW_REQUIRE_TOOLCHAINS` is set (CI
+//! sets it), where that is a failure. One server runs every case: each server compiles both
+//! engines once, which is the expensive part of this test.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thaw_runtime::source::{Bundle, Language};
+
+use crate::support::{TestServer, deploy_raw, thaw_command};
+
+/// `target/engines`, where scripts/build-engines writes the engines; `None` if either is
+/// missing (and not required).
+fn engines() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/engines");
+    let built = ["js.wasm", "python.wasm"]
+        .iter()
+        .all(|f| dir.join(f).is_file());
+    if built {
+        return Some(dir);
+    }
+    assert!(
+        !crate::support::required("THAW_REQUIRE_TOOLCHAINS"),
+        "the language engines are not built in {} (scripts/build-engines)",
+        dir.display()
+    );
+    eprintln!("skipped: the language engines are not built (scripts/build-engines)");
+    None
+}
+
+/// Writes `files` (path, text) under a fresh directory.
+fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// `thaw deploy` with an empty `PATH`: nothing but the thaw binary itself can run. Returns
+/// whether it succeeded and what it printed.
+fn deploy(server: &TestServer, path: &Path, args: &[&str]) -> (bool, String) {
+    let empty = tempfile::tempdir().unwrap();
+    let mut all = vec!["deploy", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let output = thaw_command(server, &all)
+        .env("PATH", empty.path())
+        .env_remove("PYTHONPATH")
+        .env_remove("NODE_PATH")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Deploys and expects a refusal naming `expected` (every part), leaving no function `name`.
+async fn refused(server: &TestServer, path: &Path, name: &str, args: &[&str], expected: &[&str]) {
+    let mut all = vec!["--name", name];
+    all.extend_from_slice(args);
+    let (ok, text) = deploy(server, path, &all);
+    assert!(!ok, "{name} was deployed: {text}");
+    assert!(text.contains("400 Bad Request"), "{name}: {text}");
+    for part in expected {
+        assert!(text.contains(part), "{name}: {part:?} not in: {text}");
+    }
+    assert!(
+        server.admin().get(name).await.is_err(),
+        "a refused deploy of {name} left a function"
+    );
+}
+
+const JS_INDEX: &str = r#"import { greet } from "./lib/greet.js";
+import * as helpers from "./lib/greet.js";
+import { config, kv, log } from "thaw";
+
+export default {
+  async fetch(request) {
+    const url = new URL(request.url);
+    if (url.searchParams.has("fail")) {
+      explode();
+    }
+    const calls = kv.open("default").increment("calls");
+    log.info("greeted", { calls });
+    const text = greet(url.searchParams.get("name") ?? "world", config.get("greeting"));
+    return new Response(`${text} (${calls}, ${helpers.PUNCTUATION})\n`);
+  },
+};
+
+function explode() {
+  throw new TypeError("request boom");
+}
+"#;
+
+const JS_GREET: &str = r#"export const PUNCTUATION = "!";
+export function greet(name, greeting) {
+  return `${greeting ?? "Hello"}, ${name}${PUNCTUATION}`;
+}
+"#;
+
+const PY_APP: &str = r#"from thaw import config, kv, log
+from thaw_http import Response
+
+from greeting.words import greet
+
+
+def handle(request):
+    if "fail" in request.query:
+        explode()
+    calls = kv.open("default").increment("calls")
+    log.info("greeted", calls=calls)
+    text = greet(request.query.get("name", "world"), config.get("greeting"))
+    return Response(body=f"{text} ({calls})\n".encode())
+
+
+def explode():
+    raise ValueError("request boom")
+"#;
+
+const PY_WORDS: &str = r#"def greet(name, greeting):
+    return f"{greeting or 'Hello'}, {name}!"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_survive_a_restart() {
+    let Some(engines) = engines() else { return };
+    let mut server = TestServer::start_with(&["--engines", engines.to_str().unwrap()]);
+
+    // A JS project of two modules and a Python package, with a setting and state.
+    let js = project(&[("index.js", JS_INDEX), ("lib/greet.js", JS_GREET)]);
+    let py = project(&[
+        ("app.py", PY_APP),
+        ("greeting/__init__.py", ""),
+        ("greeting/words.py", PY_WORDS),
+    ]);
+    for (name, dir) in [("hello-js", &js), ("hello-py", &py)] {
+        let (ok, text) = deploy(
+            &server,
+            dir.path(),
+            &["--name", name, "--config", "greeting=Hi"],
+        );
+        assert!(ok, "{name}: {text}");
+        assert!(
+            text.contains(&format!("deployed {name} (source)")),
+            "{text}"
+        );
+    }
+    for (name, suffix) in [("hello-js", ", !)"), ("hello-py", ")")] {
+        for calls in 1..=2 {
+            let response = server.get(&format!("/{name}?name=source")).await;
+            assert_eq!(response.status(), 200, "{name}");
+            assert_eq!(
+                response.text().await.unwrap(),
+                format!("Hi, source! ({calls}{suffix}\n"),
+                "{name}"
+            );
+        }
+    }
+    let info = server.admin().get("hello-js").await.unwrap();
+    assert_eq!(info["kind"], "source");
+
+    // A request's exception: a 500, its stack in the function's log, the next request served.
+    for (name, frame) in [
+        ("hello-js", "explode@index.js:19:9"),
+        ("hello-py", "File \"app.py\", line 17, in explode"),
+    ] {
+        assert_eq!(server.get(&format!("/{name}?fail=1")).await.status(), 500);
+        let response = server.get(&format!("/{name}?name=again")).await;
+        assert_eq!(response.status(), 200, "{name} after a failed request");
+        let logs = thaw_command(&server, &["logs", name]).output().unwrap();
+        let logs = String::from_utf8_lossy(&logs.stdout);
+        assert!(logs.contains("request boom"), "{name}: {logs}");
+        assert!(logs.contains(frame), "{name}: {frame:?} not in {logs}");
+    }
+
+    // Bad source: refused at deploy with the engine's message, nothing deployed.
+    let bad = project(&[
+        (
+            "syntax.js",
+            "const a = 1;\n\nexport default { fetch() { return 1 +; } };\n",
+        ),
+        ("syntax.py", "def handle(request):\n    return (\n"),
+        (
+            "missing.js",
+            "import { x } from \"./nope.js\";\nexport default { fetch() {} };\n",
+        ),
+        (
+            "missing.py",
+            "import nope\n\ndef handle(request):\n    pass\n",
+        ),
+        (
+            "throws.js",
+            "function boom() {\n  throw new Error(\"top-level boom\");\n}\nboom();\n",
+        ),
+        (
+            "throws.py",
+            "def boom():\n    raise ValueError(\"top-level boom\")\n\nboom()\n",
+        ),
+        ("loops.js", "while (true) {}\n"),
+        ("loops.py", "while True:\n    pass\n"),
+        ("nohandler.js", "export const x = 1;\n"),
+        ("nohandler.py", "x = 1\n"),
+    ]);
+    let at = |file: &str| bad.path().join(file);
+    refused(
+        &server,
+        &at("syntax.js"),
+        "s-js",
+        &[],
+        &["syntax.js:3:38: SyntaxError"],
+    )
+    .await;
+    refused(
+        &server,
+        &at("syntax.py"),
+        "s-py",
+        &[],
+        &["syntax.py:2:12: SyntaxError"],
+    )
+    .await;
+    refused(
+        &server,
+        &at("missing.js"),
+        "m-js",
+        &[],
+        &["cannot find module \"./nope.js\" imported from missing.js"],
+    )
+    .await;
+    refused(
+        &server,
+        &at("missing.py"),
+        "m-py",
+        &[],
+        &["No module named 'nope'", "File \"missing.py\", line 1"],
+    )
+    .await;
+    refused(
+        &server,
+        &at("throws.js"),
+        "t-js",
+        &[],
+        &[
+            "Error: top-level boom",
+            "boom@throws.js:2:9",
+            "@throws.js:4:1",
+        ],
+    )
+    .await;
+    refused(
+        &server,
+        &at("throws.py"),
+        "t-py",
+        &[],
+        &[
+            "ValueError: top-level boom",
+            "File \"throws.py\", line 2, in boom",
+        ],
+    )
+    .await;
+    for file in ["loops.js", "loops.py"] {
+        let started = std::time::Instant::now();
+        refused(
+            &server,
+            &at(file),
+            &format!("l-{}", &file[6..]),
+            &["--timeout-ms", "1000"],
+            &[&format!(
+                "{file}'s top-level code did not finish within the function's timeout (1000 ms)"
+            )],
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the deploy was not stopped"
+        );
+    }
+    refused(
+        &server,
+        &at("nohandler.js"),
+        "h-js",
+        &[],
+        &["nohandler.js has no handler"],
+    )
+    .await;
+    refused(
+        &server,
+        &at("nohandler.py"),
+        "h-py",
+        &[],
+        &["nohandler.py has no handler"],
+    )
+    .await;
+    // A bundle over the size limit is a 413, before any engine runs.
+    let mut huge = Bundle {
+        language: Language::Js,
+        entry: "index.js".into(),
+        files: vec![(
+            "index.js".into(),
+            "x".repeat(thaw_runtime::source::MAX_BUNDLE_BYTES),
+        )],
+    }
+    .to_bytes();
+    huge.push(b'\n');
+    let (status, body) = deploy_raw(&server, "huge", huge).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("over the limit"), "{body}");
+
+    // A hundred functions per language, each its own source, deployed through the admin
+    // API, then a kill -9: each answers its own text again, and nothing is compiled.
+    let mut names = Vec::new();
+    for i in 0..100 {
+        for language in Language::ALL {
+            let name = format!("{language}-{i}");
+            let (entry, text) = match language {
+                Language::Js => (
+                    "index.js",
+                    format!(
+                        "export default {{ fetch() {{ return new Response(\"{name}\\n\"); }} }};\n"
+                    ),
+                ),
+                Language::Python => (
+                    "app.py",
+                    format!(
+                        "from thaw_http import Response\n\ndef handle(request):\n    return Response(body=b\"{name}\\n\")\n"
+                    ),
+                ),
+            };
+            let bundle = Bundle {
+                language,
+                entry: entry.into(),
+                files: vec![(entry.into(), text)],
+            };
+            let (status, body) = deploy_raw(&server, &name, bundle.to_bytes()).await;
+            assert_eq!(status, 201, "{name}: {body}");
+            names.push(name);
+        }
+    }
+    server.kill_and_restart(1);
+    for name in &names {
+        let response = server.get(&format!("/{name}")).await;
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(response.text().await.unwrap(), format!("{name}\n"));
+    }
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(
+        status["compilations"], 0,
+        "a restart compiles no engine: {status}"
+    );
+}

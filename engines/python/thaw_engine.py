@@ -1,0 +1,112 @@
+"""thaw's Python engine: CPython (through componentize-py) with this bootstrap, serving any
+function deployed as source. One engine serves every Python function of a host; a function is
+only its source.
+
+- `prepare` runs once, at deploy, in a validation instance: it compiles every file, so that a
+  syntax error is refused with its place (`file:line:column`), and returns the files as the
+  program.
+- `load` runs once per instance, before its first request: it imports the entry module (and
+  what that imports, from the deployed files, through a finder over them) and finds `handle`.
+- Requests go to `handle(request) -> Response` through thaw_http, as in the template.
+
+The helper modules (thaw, thaw_http) and the standard library are part of the engine; a
+deployed package holds pure Python only.
+"""
+
+import importlib
+import importlib.abc
+import importlib.util
+import json
+import sys
+import traceback
+
+import thaw  # noqa: F401  (imported now so that it is part of the engine's snapshot)
+from componentize_py_types import Err
+from thaw_http import serve
+from wit_world import exports
+
+_handler = None
+_files = {}
+
+
+def _module_name(path: str) -> str:
+    name = path[: -len(".py")].replace("/", ".")
+    return name[: -len(".__init__")] if name.endswith(".__init__") else name
+
+
+class _SourceFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds modules and packages among the deployed files."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        base = fullname.replace(".", "/")
+        for candidate, package in ((f"{base}/__init__.py", True), (f"{base}.py", False)):
+            if candidate in _files:
+                spec = importlib.util.spec_from_loader(
+                    fullname, self, origin=candidate, is_package=package
+                )
+                spec.has_location = True
+                return spec
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        path = module.__spec__.origin
+        module.__file__ = path
+        exec(compile(_files[path], path, "exec"), module.__dict__)
+
+
+def _user_traceback(error: BaseException) -> str:
+    """The traceback with only the deployed files' frames (the engine's own are noise)."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename in _files]
+    lines = traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(error), error)
+    return "Traceback (most recent call last):\n" + "".join(lines).rstrip()
+
+
+class Program(exports.Program):
+    def prepare(self, files, entry):
+        for path, text in files:
+            if not path.endswith(".py"):
+                continue
+            try:
+                compile(text, path, "exec")
+            except SyntaxError as e:
+                raise Err(f"{path}:{e.lineno or 1}:{e.offset or 1}: SyntaxError: {e.msg}")
+        return json.dumps({"entry": entry, "files": dict(files)})
+
+    def load(self, program):
+        global _handler, _files
+        data = json.loads(program)
+        _files = data["files"]
+        finder = _SourceFinder()
+        sys.meta_path.insert(0, finder)
+        entry = data["entry"]
+        try:
+            # The entry by its file, whatever sys.modules holds under its name already.
+            name = _module_name(entry)
+            spec = finder.find_spec(name)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        except BaseException as e:  # a syntax error, a missing module, a raise at the top
+            raise Err(_user_traceback(e))
+        handle = getattr(module, "handle", None)
+        if not callable(handle):
+            raise Err(
+                f"{entry} has no handler: define `def handle(request): return Response(body=b\"hi\")`"
+                " (from thaw_http import Response)"
+            )
+        _handler = handle
+
+
+def _dispatch(request):
+    # An exception here is printed with its traceback (thaw logs has it) and traps the
+    # instance: the client gets a 500, and the instance is not used again.
+    if _handler is None:
+        raise RuntimeError("no program loaded")
+    return _handler(request)
+
+
+IncomingHandler = serve(_dispatch)
