@@ -222,6 +222,9 @@ function evaluate(program) {
           if (Object.hasOwn(modules, candidate)) return { path: candidate };
         }
       }
+      // A component project's `./thaw.js` (the template's copy of the helper), deployed as
+      // source without it: the engine's own.
+      if (specifier.endsWith("/thaw.js")) return { builtin: thaw };
     }
     throw new Error(
       `cannot find module "${specifier}" imported from ${from}: a source function imports files it was deployed with (relative paths) and "thaw"`,

@@ -49,14 +49,14 @@ const LANGUAGES: [Language; 3] = [
     },
     Language {
         name: "JS",
-        template: "js",
+        template: "js-component",
         file: "src/index.js",
         line: "`${greeting}, ${name}!`",
         check: ("componentize-js", "--help"),
     },
     Language {
         name: "Python",
-        template: "python",
+        template: "python-component",
         file: "app.py",
         line: r#"f"{greeting}, {name}!""#,
         check: ("componentize-py", "--version"),
@@ -148,7 +148,7 @@ async fn measure(
         .output()?;
     anyhow::ensure!(created.status.success(), "thaw new failed: {created:?}");
     let project = dir.join(&name);
-    if language.template == "js" {
+    if language.template == "js-component" {
         std::os::unix::fs::symlink(tools.join("npm/node_modules"), project.join("node_modules"))?;
     }
     let host = ThawHost::start(&env.thaw, &dir.join("host"), &["--fast-deploy"])?;

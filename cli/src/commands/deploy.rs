@@ -136,9 +136,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             manifest.build()?;
         }
         for function in &manifest.functions {
-            let path = manifest.wasm_path(function);
-            let wasm =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let wasm = read_code(&manifest.code_path(function))?;
             let deployed = client
                 .deploy_with(&function.name, &function.spec(), wasm.into(), params(&args))
                 .await
@@ -192,18 +190,22 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         async_policy: async_policy(&args),
         trigger: None,
     };
-    let wasm = match source_bundle(&args.path)? {
-        Some(bundle) => bundle.to_bytes(),
-        None => {
-            std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?
-        }
-    };
+    let wasm = read_code(&args.path)?;
     let deployed = client
         .deploy_with(&name, &spec, wasm.into(), params(&args))
         .await
         .with_context(|| format!("deploying {name}"))?;
     print_deployed(&deployed);
     Ok(())
+}
+
+/// What a deploy of `path` uploads: a wasm file's bytes, or the source bundle of a .js, .mjs
+/// or .py file or of a directory (see [`source_bundle`]).
+pub fn read_code(path: &Path) -> anyhow::Result<Vec<u8>> {
+    match source_bundle(path)? {
+        Some(bundle) => Ok(bundle.to_bytes()),
+        None => std::fs::read(path).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// Entry modules looked for in a directory deployed as source, in this order.

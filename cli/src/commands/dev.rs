@@ -182,11 +182,11 @@ async fn build_and_deploy(
     let built = started.elapsed();
     let mut names = Vec::new();
     for function in &manifest.functions {
-        let path = manifest.wasm_path(function);
-        let wasm = match tokio::fs::read(&path).await {
+        let path = manifest.code_path(function);
+        let wasm = match crate::commands::deploy::read_code(&path) {
             Ok(wasm) => wasm,
             Err(e) => {
-                eprintln!("thaw dev: reading {}: {e}", path.display());
+                eprintln!("thaw dev: {e:#}");
                 return None;
             }
         };

@@ -1,10 +1,12 @@
-//! `thaw new`: a function project that builds and deploys as it is, in one of four languages.
+//! `thaw new`: a function project that deploys as it is, in one of four languages.
 //!
 //! The templates live in `cli/templates/` and are compiled into the binary, so `thaw new`
 //! works offline and anywhere the binary is. Each is the same small JSON function (query,
-//! body, environment), a `thaw.toml` with its build command, and a README of a few lines.
-//! JavaScript and Python projects also get the WASI interfaces they are built against
-//! (`wit/deps`, the WIT wasmtime 48 ships: componentize-js and componentize-py bundle none).
+//! body, environment), a `thaw.toml`, and a README of a few lines. JavaScript and Python
+//! projects are source by default (`source = "."`: the host's language engine runs them, no
+//! toolchain); their `-component` variants are built with componentize-js or componentize-py
+//! and also get the WASI interfaces they are built against (`wit/deps`, the WIT wasmtime 48
+//! ships: componentize-js and componentize-py bundle none).
 
 use std::path::{Path, PathBuf};
 
@@ -58,15 +60,27 @@ pub const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "js",
-        about: "JavaScript, a fetch-style handler, built with componentize-js (needs Node.js and npm)",
-        files: files!("js": "package.json", "src/index.js", "src/thaw.js", "wit/world.wit", "thaw.toml", "README.md", "gitignore"),
+        about: "JavaScript deployed as source, a fetch-style handler (nothing to install)",
+        files: files!("js": "index.js", "thaw.toml", "README.md", "gitignore"),
+        wit: None,
+    },
+    Template {
+        name: "python",
+        about: "Python deployed as source, a plain handler function (nothing to install)",
+        files: files!("python": "app.py", "thaw.toml", "README.md", "gitignore"),
+        wit: None,
+    },
+    Template {
+        name: "js-component",
+        about: "JavaScript as a component built with componentize-js, for native packages or a build step (needs Node.js and npm)",
+        files: files!("js-component": "package.json", "src/index.js", "src/thaw.js", "wit/world.wit", "thaw.toml", "README.md", "gitignore"),
         // componentize-js 0.23's engine exports wasi:http 0.2.10.
         wit: Some("0.2.10"),
     },
     Template {
-        name: "python",
-        about: "Python, a plain handler function, built with componentize-py (needs `pip install componentize-py`)",
-        files: files!("python": "app.py", "thaw.py", "thaw_http.py", "wit/world.wit", "thaw.toml", "README.md", "gitignore"),
+        name: "python-component",
+        about: "Python as a component built with componentize-py, for a build step (needs `pip install componentize-py`)",
+        files: files!("python-component": "app.py", "thaw.py", "thaw_http.py", "wit/world.wit", "thaw.toml", "README.md", "gitignore"),
         wit: Some("0.2.12"),
     },
     Template {
@@ -88,7 +102,7 @@ const WIT_EXTRA: &[File] = files!("wit/deps": "config.wit", "keyvalue.wit");
 pub fn execute(args: NewArgs) -> anyhow::Result<()> {
     if args.list {
         for template in TEMPLATES {
-            println!("{:<8} {}", template.name, template.about);
+            println!("{:<17} {}", template.name, template.about);
         }
         return Ok(());
     }
@@ -104,8 +118,19 @@ pub fn execute(args: NewArgs) -> anyhow::Result<()> {
             format!("no template {template:?}; there are {}", names.join(", "))
         })?;
     create(template, name, &dir)?;
+    // A source project has nothing to build: `--build` is for the ones whose manifest has a
+    // build command.
+    let build = if template
+        .files
+        .iter()
+        .any(|(path, text)| *path == "thaw.toml" && text.contains("\nbuild = "))
+    {
+        " --build"
+    } else {
+        ""
+    };
     println!(
-        "created {} ({}) in {}\n  cd {} && thaw deploy --build thaw.toml",
+        "created {} ({}) in {}\n  cd {} && thaw deploy{build} thaw.toml",
         name,
         template.name,
         dir.display(),

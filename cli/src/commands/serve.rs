@@ -202,10 +202,9 @@ async fn join_cluster(
 async fn deploy_manifests(platform: &Arc<Platform>, manifests: &[Manifest]) -> anyhow::Result<()> {
     for manifest in manifests {
         for function in &manifest.functions {
-            let path = manifest.wasm_path(function);
-            let wasm = std::fs::read(&path).with_context(|| {
-                format!("reading {} for function {}", path.display(), function.name)
-            })?;
+            let path = manifest.code_path(function);
+            let wasm = crate::commands::deploy::read_code(&path)
+                .with_context(|| format!("reading the code of function {}", function.name))?;
             let spec = function.spec();
             if let Some(existing) = platform.registry().get(&function.name)
                 && existing.newest().record.digest == sha256_hex(&wasm)

@@ -9,14 +9,15 @@
 - `event` is the request's CloudEvents attributes when thaw sent it for a schedule, an
   asynchronous invocation (`Prefer: respond-async`) or a queue message (None otherwise).
 
-`handle` is a plain function: thaw_http turns the wasi:http request into a `Request` and the
-returned `Response` back; thaw has config, kv, log and http.
+Deployed as source: thaw runs it on the host's Python engine, no build step. `handle` is a
+plain function, a `Request` in, a `Response` out; thaw (config, kv, log, http, Event) and
+thaw_http are part of the engine.
 """
 
 import json
 
 from thaw import Event, ThawError, config, http, kv, log
-from thaw_http import Request, Response, serve
+from thaw_http import Request, Response
 
 
 def handle(request: Request) -> Response:
@@ -51,6 +52,3 @@ def handle(request: Request) -> Response:
             "event": event.as_dict() if event else None,
         }
     )
-
-
-IncomingHandler = serve(handle)

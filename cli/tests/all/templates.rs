@@ -57,6 +57,34 @@ fn thaw(dir: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// Creates, builds, deploys and asks one template; `None` when its toolchain is missing.
+/// The engines directory a source template's server runs with: only its language's engine
+/// (each server compiles the engines it is given), or `None` if it is not built.
+fn engine_of(language: &str) -> Option<tempfile::TempDir> {
+    let built =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/engines/{language}.wasm"));
+    if !built.is_file() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(built, dir.path().join(format!("{language}.wasm"))).unwrap();
+    Some(dir)
+}
+
+/// A source template (`js`, `python`): created, deployed from source (no toolchain), asked
+/// the same requests with the same expected answers as its component template.
+async fn check_source(template: &str) {
+    let Some(engines) = engine_of(template) else {
+        assert!(
+            !crate::support::required("THAW_REQUIRE_TOOLCHAINS"),
+            "the {template} engine is not built; scripts/test builds it (scripts/build-engines)"
+        );
+        eprintln!("skipped: the {template} engine is not built (scripts/build-engines)");
+        return;
+    };
+    let server = TestServer::start_with(&["--engines", engines.path().to_str().unwrap()]);
+    ask(template, server).await;
+}
+
 async fn check(template: &str, toolchain: (&str, &str)) {
     if !available(toolchain.0, toolchain.1) {
         assert!(
@@ -70,18 +98,22 @@ async fn check(template: &str, toolchain: (&str, &str)) {
         );
         return;
     }
+    ask(template, TestServer::start()).await;
+}
+
+/// Creates `template`'s project, deploys it to `server` and asks it the template's requests.
+async fn ask(template: &str, server: TestServer) {
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("hello-{template}");
     let project = tmp.path().join(&name);
     let created = thaw(tmp.path(), &["new", template, &name]);
     assert!(created.status.success(), "{created:?}");
-    if template == "js" {
+    if template == "js-component" {
         // The npm packages scripts/test installed, instead of a download per project.
         let modules = tools().join("npm/node_modules");
         std::os::unix::fs::symlink(&modules, project.join("node_modules")).unwrap();
     }
 
-    let server = TestServer::start();
     let token = server.token();
     let deployed = thaw(
         &project,
@@ -136,7 +168,10 @@ async fn check(template: &str, toolchain: (&str, &str)) {
     if template != "go" {
         writing_a_real_function(template, &project, &server, &name).await;
     }
-    if template == "js" || template == "python" {
+    if matches!(
+        template,
+        "js" | "python" | "js-component" | "python-component"
+    ) {
         the_guides_snippet_runs(template, &project, &server, &name).await;
     }
 }
@@ -204,7 +239,8 @@ async fn the_guides_snippet_runs(template: &str, project: &Path, server: &TestSe
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/functions.md"))
             .unwrap();
     let (fence, file) = match template {
-        "js" => ("```js\n", "src/index.js"),
+        "js" => ("```js\n", "index.js"),
+        "js-component" => ("```js\n", "src/index.js"),
         _ => ("```python\n", "app.py"),
     };
     let start = guide.find(fence).expect("the guide has the example") + fence.len();
@@ -378,7 +414,14 @@ async fn writing_a_real_function(template: &str, project: &Path, server: &TestSe
 async fn new_lists_the_templates() {
     let out = thaw(Path::new("."), &["new", "--list"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for template in ["rust", "js", "python", "go"] {
+    for template in [
+        "rust",
+        "js",
+        "python",
+        "js-component",
+        "python-component",
+        "go",
+    ] {
         assert!(text.contains(template), "{text}");
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -393,13 +436,23 @@ async fn the_rust_template_builds_deploys_and_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_js_template_builds_deploys_and_answers() {
-    check("js", ("componentize-js", "--help")).await;
+async fn the_js_template_deploys_as_source_and_answers() {
+    check_source("js").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_python_template_builds_deploys_and_answers() {
-    check("python", ("componentize-py", "--version")).await;
+async fn the_python_template_deploys_as_source_and_answers() {
+    check_source("python").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_js_component_template_builds_deploys_and_answers() {
+    check("js-component", ("componentize-js", "--help")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_component_template_builds_deploys_and_answers() {
+    check("python-component", ("componentize-py", "--version")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,8 @@
 //! [[function]]
 //! name = "hello"
 //! wasm = "target/wasm32-wasip2/release/hello.wasm"  # relative to this file
+//! # or, for a function deployed as source: source = "index.js" (a .js/.mjs/.py file or a
+//! # directory holding index.js or app.py), run by the host's language engine
 //! build = "cargo build --release --target wasm32-wasip2"  # optional, run by `thaw build`
 //! route = "/hello"                                  # optional, default /<name>
 //! env = { GREETING = "hi" }                         # optional
@@ -43,8 +45,13 @@ struct ManifestFile {
 pub struct ManifestFunction {
     /// The function's name.
     pub name: String,
-    /// Path to the wasm, relative to the manifest.
-    pub wasm: PathBuf,
+    /// Path to the wasm, relative to the manifest (this or `source`).
+    #[serde(default)]
+    pub wasm: Option<PathBuf>,
+    /// Path to the source (a .js/.mjs/.py file, or a directory holding its entry module),
+    /// relative to the manifest (this or `wasm`).
+    #[serde(default)]
+    pub source: Option<PathBuf>,
     /// Shell command that produces the wasm, run in the manifest's directory.
     #[serde(default)]
     pub build: Option<String>,
@@ -125,6 +132,12 @@ impl Manifest {
                 "function {:?} is listed twice",
                 f.name
             );
+            anyhow::ensure!(
+                f.wasm.is_some() != f.source.is_some(),
+                "function {:?} needs one of `wasm` (a component or module) and `source` (a \
+                 .js or .py file, or a directory)",
+                f.name
+            );
             f.spec().validate(&f.name, u64::MAX)?;
         }
         Ok(Self {
@@ -133,9 +146,11 @@ impl Manifest {
         })
     }
 
-    /// The absolute wasm path of a function.
-    pub fn wasm_path(&self, function: &ManifestFunction) -> PathBuf {
-        self.base.join(&function.wasm)
+    /// The absolute path of a function's code: its wasm, or its source.
+    pub fn code_path(&self, function: &ManifestFunction) -> PathBuf {
+        let path = function.wasm.as_ref().or(function.source.as_ref());
+        self.base
+            .join(path.expect("a parsed manifest's function has wasm or source"))
     }
 
     /// Runs each distinct build command once, in order.
@@ -183,7 +198,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.functions.len(), 2);
-        assert_eq!(m.wasm_path(&m.functions[0]), Path::new("/m/a.wasm"));
+        assert_eq!(m.code_path(&m.functions[0]), Path::new("/m/a.wasm"));
         let spec = m.functions[1].spec();
         assert_eq!(spec.route.as_deref(), Some("/api/b"));
         assert_eq!(spec.limits.timeout_ms, Some(5));
@@ -197,5 +212,12 @@ mod tests {
         assert!(Manifest::parse(bad_route, Path::new(".")).is_err());
         let typo = "[[function]]\nname='a'\nwasm='x'\nrout='/a'\n";
         assert!(Manifest::parse(typo, Path::new(".")).is_err());
+        let both = "[[function]]\nname='a'\nwasm='x'\nsource='a.js'\n";
+        assert!(Manifest::parse(both, Path::new(".")).is_err());
+        let neither = "[[function]]\nname='a'\n";
+        assert!(Manifest::parse(neither, Path::new(".")).is_err());
+        let source = "[[function]]\nname='a'\nsource='src'\n";
+        let m = Manifest::parse(source, Path::new("/m")).unwrap();
+        assert_eq!(m.code_path(&m.functions[0]), Path::new("/m/src"));
     }
 }
