@@ -47,6 +47,7 @@ mod dev_loop;
 pub mod probe;
 pub mod report;
 pub mod setups;
+mod source;
 pub mod throughput;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{Measured, Skipped, Summary};
 use setups::{Container, Env, ProcessSetup, Sample, ThawHost, at, which, with_nonce};
+use thaw_spec::source::Language;
 
 /// `thaw bench` flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -129,6 +131,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
     let wasm = std::fs::read(&env.wasm)?;
     thaw_setups(&env, &wasm, counts, &wanted, &mut results).await;
     language_setups(&env, counts, &wanted, &mut results).await;
+    source_setups(&env, counts, &wanted, &mut results).await;
     dev_loop::dev_loop_setups(&env, counts.deploys, &wanted, &mut results).await;
     for (name, start, setup) in process_setups(&env) {
         if wanted(&name) {
@@ -188,6 +191,7 @@ fn environment(args: &BenchArgs, scratch: &Path) -> anyhow::Result<Env> {
             .languages
             .clone()
             .unwrap_or_else(|| target_dir.join("baselines/lang")),
+        engines: target_dir.join("engines"),
         thaw,
         scratch: scratch.to_owned(),
     };
@@ -204,6 +208,8 @@ fn environment(args: &BenchArgs, scratch: &Path) -> anyhow::Result<Env> {
 struct Results {
     measured: Vec<Measured>,
     skipped: Vec<Skipped>,
+    /// Lines that are not sample rows (the density run's totals).
+    notes: Vec<String>,
 }
 
 impl Results {
@@ -291,9 +297,11 @@ async fn thaw_setups(
             },
         );
         let result = match name {
-            "thaw, cold from disk" => thaw_cold(env, wasm, "cold", counts.thaw, false, &bar).await,
+            "thaw, cold from disk" => {
+                thaw_cold(env, wasm, "cold", counts.thaw, false, &[], &bar).await
+            }
             "thaw, after deploy" => thaw_deploy(env, wasm, counts.deploys, false, &bar).await,
-            "thaw, warm (pool hit)" => thaw_warm(env, wasm, counts.thaw, &bar).await,
+            "thaw, warm (pool hit)" => thaw_warm(env, wasm, "warm", counts.thaw, &[], &bar).await,
             _ => thaw_deploy(env, wasm, counts.deploys, true, &bar).await,
         };
         bar.finish_and_clear();
@@ -330,7 +338,8 @@ async fn language_setups(
                 Ok(wasm) => {
                     let bar = progress(&name, counts.thaw);
                     let scratch = format!("{file}-{loaded}");
-                    let result = thaw_cold(env, &wasm, &scratch, counts.thaw, loaded, &bar).await;
+                    let result =
+                        thaw_cold(env, &wasm, &scratch, counts.thaw, loaded, &[], &bar).await;
                     bar.finish_and_clear();
                     result
                 }
@@ -348,7 +357,10 @@ async fn language_setups(
             let result = match language_wasm(env, file).and_then(|p| Ok(std::fs::read(p)?)) {
                 Ok(wasm) => {
                     let bar = progress(&name, deploys);
-                    let result = thaw_second_deploy(env, &wasm, file, deploys, &bar).await;
+                    let renew =
+                        |i: usize| with_nonce(&wasm, &format!("{}-{i}", std::process::id()));
+                    let result =
+                        thaw_second_deploy(env, &wasm, &renew, file, deploys, &[], &bar).await;
                     bar.finish_and_clear();
                     result
                 }
@@ -361,6 +373,209 @@ async fn language_setups(
             );
         }
     }
+}
+
+/// Functions deployed as source, and their component counterparts where the component rows
+/// have none (warm): the rows of [`source`].
+async fn source_setups(
+    env: &Env,
+    counts: Counts,
+    wanted: &dyn Fn(&str) -> bool,
+    results: &mut Results,
+) {
+    for (prefix, language, files) in source::SOURCES {
+        let engines = env.engines.display().to_string();
+        let engine_args = ["--engines", engines.as_str()];
+        let bundle = source::bundle(language, files, "fn");
+        let built = env.engines.join(format!("{language}.wasm"));
+        let missing = || {
+            anyhow::anyhow!(
+                "{} is not built (run scripts/build-engines)",
+                built.display()
+            )
+        };
+        for (setup, loaded, start) in [
+            (
+                "thaw, cold from disk",
+                false,
+                "the request (source on disk, engine loaded, function not)",
+            ),
+            (
+                "thaw, first request after start",
+                true,
+                "the request (program loaded at start, no instance yet)",
+            ),
+        ] {
+            let name = format!("{prefix}: {setup}");
+            if !wanted(&name) {
+                continue;
+            }
+            let result = if built.is_file() {
+                let bar = progress(&name, counts.thaw);
+                let scratch = format!("source-{language}-{loaded}");
+                let result = thaw_cold(
+                    env,
+                    &bundle,
+                    &scratch,
+                    counts.thaw,
+                    loaded,
+                    &engine_args,
+                    &bar,
+                )
+                .await;
+                bar.finish_and_clear();
+                result
+            } else {
+                Err(missing())
+            };
+            results.record(&name, start, result);
+        }
+        let name = format!("{prefix}: thaw, deploy of a new function");
+        if wanted(&name) {
+            let result = if built.is_file() {
+                let bar = progress(&name, counts.deploys);
+                let renew = |i: usize| {
+                    source::with_nonce(language, files, &format!("{}-{i}", std::process::id()))
+                };
+                let scratch = format!("source-{language}");
+                let result = thaw_second_deploy(
+                    env,
+                    &bundle,
+                    &renew,
+                    &scratch,
+                    counts.deploys,
+                    &engine_args,
+                    &bar,
+                )
+                .await;
+                bar.finish_and_clear();
+                result
+            } else {
+                Err(missing())
+            };
+            results.record(&name, "the upload of new source", result);
+        }
+        // Warm, source and component, side by side.
+        let component = source::component_prefix(language);
+        let file = format!("{language}.wasm");
+        for (row, code, args) in [
+            (
+                format!("{prefix}: thaw, warm (pool hit)"),
+                built.is_file().then(|| bundle.clone()).ok_or_else(missing),
+                &engine_args[..],
+            ),
+            (
+                format!("{component}: thaw, warm (pool hit)"),
+                language_wasm(env, &file).and_then(|p| Ok(std::fs::read(p)?)),
+                &[][..],
+            ),
+        ] {
+            if !wanted(&row) {
+                continue;
+            }
+            let result = match code {
+                Ok(code) => {
+                    let bar = progress(&row, counts.thaw);
+                    let scratch = format!("warm-{row}").replace([' ', ':', '(', ')', ','], "");
+                    let result = thaw_warm(env, &code, &scratch, counts.thaw, args, &bar).await;
+                    bar.finish_and_clear();
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            results.record(&row, "the request", result);
+        }
+        let name = format!("{prefix}: thaw, density of 1,000 functions");
+        if language == Language::Js && wanted(&name) {
+            let result = if built.is_file() {
+                source_density(env, language, files, 1_000).await
+            } else {
+                Err(missing())
+            };
+            match result {
+                Ok((deploys, note)) => {
+                    results.record(
+                        &format!("{prefix}: thaw, each deploy of 1,000 functions"),
+                        "the upload of new source (to its answer)",
+                        Ok(deploys),
+                    );
+                    results.notes.push(note);
+                }
+                Err(e) => results.record(&name, "", Err(e)),
+            }
+        }
+    }
+}
+
+/// Deploys `n` different functions (each answers its own name) on a host with `--load
+/// background`, timing each deploy; restarts the host (SIGKILL), waits until every function
+/// is loaded, and asks each once. Returns the deploy samples and a line with the totals and
+/// the host's resident set.
+async fn source_density(
+    env: &Env,
+    language: Language,
+    files: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<(Vec<Sample>, String)> {
+    let engines = env.engines.display().to_string();
+    let data = env.scratch.join(format!("density-{language}"));
+    let mut host = ThawHost::start(&env.thaw, &data, &["--engines", &engines])?;
+    // The engine's load is the host's, not a deploy's.
+    host.admin
+        .deploy(
+            "engine",
+            &at("engine"),
+            source::bundle(language, files, "engine").into(),
+        )
+        .await?;
+    let bar = progress(&format!("{language} source: deploy of {n} functions"), n);
+    let rss_before = host.rss_kib()?;
+    let started = std::time::Instant::now();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("f{i}");
+        let code = source::answering(language, &name);
+        let start = std::time::Instant::now();
+        host.admin.deploy(&name, &at(&name), code.into()).await?;
+        samples.push(Sample {
+            elapsed: start.elapsed(),
+            start_kind: None,
+        });
+        bar.inc(1);
+    }
+    let deploy_all = started.elapsed();
+    bar.finish_and_clear();
+    let rss_deployed = host.rss_kib()?;
+    host.restart()?;
+    let restarted = std::time::Instant::now();
+    host.wait_for_loading(n + 1).await?;
+    let loaded = restarted.elapsed();
+    let rss_loaded = host.rss_kib()?;
+    let mut wrong = 0;
+    for i in 0..n {
+        let name = format!("f{i}");
+        let answer = probe::body(host.addr, &format!("/{name}"))?;
+        if answer.trim() != name {
+            wrong += 1;
+        }
+    }
+    let rss_answered = host.rss_kib()?;
+    anyhow::ensure!(
+        wrong == 0,
+        "{wrong} of {n} functions did not answer their own name"
+    );
+    let note = format!(
+        "{language} source, {n} functions: all deployed in {:.1} s; after a restart all loaded \
+         (`--load background`) in {:.0} ms, the host's RSS {} MiB (before the deploys: {} MiB; \
+         after them: {} MiB); after one request to each (every answer its own name): {} MiB",
+        deploy_all.as_secs_f64(),
+        loaded.as_secs_f64() * 1e3,
+        rss_loaded >> 10,
+        rss_before >> 10,
+        rss_deployed >> 10,
+        rss_answered >> 10,
+    );
+    Ok((samples, note))
 }
 
 /// `samples` samples of a setup that starts a process per sample.
@@ -385,7 +600,11 @@ fn write_report(
     results: &Results,
     throughput_runs: &[report::Throughput],
 ) -> anyhow::Result<()> {
-    let Results { measured, skipped } = results;
+    let Results {
+        measured,
+        skipped,
+        notes,
+    } = results;
     let tools = tool_versions(env);
     let machine = report::machine(&tools);
     let dir = report::results_dir(out, &report::hostname())?;
@@ -393,6 +612,9 @@ fn write_report(
     if !throughput_runs.is_empty() {
         table.push('\n');
         table.push_str(&report::throughput_table(throughput_runs));
+    }
+    for note in notes {
+        table.push_str(&format!("\n- {note}\n"));
     }
     std::fs::write(dir.join("table.md"), &table)?;
     std::fs::write(dir.join("samples.csv"), report::csv(measured))?;
@@ -406,6 +628,7 @@ fn write_report(
         "setups": measured,
         "skipped": skipped,
         "throughput": throughput_runs,
+        "notes": notes,
     });
     std::fs::write(
         dir.join("summary.json"),
@@ -493,20 +716,28 @@ async fn thaw_cold(
     scratch: &str,
     n: usize,
     loaded_at_start: bool,
+    host_args: &[&str],
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<Sample>> {
+    // A source function's engine is the host's, not the function's: it is loaded (by a first
+    // request to another function) before the samples, which measure the function's start.
+    let source = host_args.contains(&"--engines");
     let batch = n.clamp(1, 50);
     let data = env.scratch.join(scratch);
-    let load: &[&str] = if loaded_at_start {
-        &[]
-    } else {
-        &["--load", "lazy"]
-    };
-    let mut host = ThawHost::start(&env.thaw, &data, load)?;
+    let mut args: Vec<&str> = host_args.to_vec();
+    if !loaded_at_start {
+        args.extend(["--load", "lazy"]);
+    }
+    let mut host = ThawHost::start(&env.thaw, &data, &args)?;
     for i in 0..batch {
         let name = format!("cold-{i}");
         host.admin
             .deploy(&name, &at(&name), wasm.to_vec().into())
+            .await?;
+    }
+    if source {
+        host.admin
+            .deploy("engine", &at("engine"), wasm.to_vec().into())
             .await?;
     }
     let mut samples = Vec::with_capacity(n);
@@ -514,7 +745,10 @@ async fn thaw_cold(
         host.restart()?;
         host.wait_for_scrub().await?;
         if loaded_at_start {
-            host.wait_for_loading(batch).await?;
+            host.wait_for_loading(batch + usize::from(source)).await?;
+        }
+        if source {
+            host.get("/engine")?;
         }
         for i in 0..batch.min(n - samples.len()) {
             samples.push(host.get(&format!("/cold-{i}"))?);
@@ -566,25 +800,28 @@ async fn thaw_deploy(
     Ok(samples)
 }
 
-/// A second function on a language runtime compiled before: one deploy first (not timed,
-/// fills the compilation cache), then `n` deploys of the same code under new digests, each
-/// timed from the start of its upload to the first byte of its first answer.
+/// A second function on a language runtime compiled before: one deploy of `first` (not
+/// timed: it fills the compilation cache, or waits for the source engine), then `n` deploys
+/// of `renew(i)`, the same code under new digests, each timed from the start of its upload to
+/// the first byte of its first answer.
 async fn thaw_second_deploy(
     env: &Env,
-    wasm: &[u8],
+    first: &[u8],
+    renew: &dyn Fn(usize) -> Vec<u8>,
     scratch: &str,
     n: usize,
+    host_args: &[&str],
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<Sample>> {
     let data = env.scratch.join(format!("{scratch}-second"));
-    let host = ThawHost::start(&env.thaw, &data, &[])?;
+    let host = ThawHost::start(&env.thaw, &data, host_args)?;
     host.admin
-        .deploy("first", &at("first"), wasm.to_vec().into())
+        .deploy("first", &at("first"), first.to_vec().into())
         .await?;
     let spec = at("second");
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
-        let bytes = with_nonce(wasm, &format!("{}-{i}", std::process::id()));
+        let bytes = renew(i);
         let start = std::time::Instant::now();
         host.admin.deploy("second", &spec, bytes.into()).await?;
         let seen = probe::first_byte(host.addr, "/second", start, start + Duration::from_secs(60))?;
@@ -598,10 +835,12 @@ async fn thaw_second_deploy(
 async fn thaw_warm(
     env: &Env,
     wasm: &[u8],
+    scratch: &str,
     n: usize,
+    host_args: &[&str],
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<Sample>> {
-    let host = ThawHost::start(&env.thaw, &env.scratch.join("warm"), &[])?;
+    let host = ThawHost::start(&env.thaw, &env.scratch.join(scratch), host_args)?;
     host.admin
         .deploy("hello", &at("hello"), wasm.to_vec().into())
         .await?;
@@ -1104,6 +1343,30 @@ async fn language_servers(env: &Env) -> Vec<(String, anyhow::Result<LoadTarget>)
         ));
     }
 
+    for (prefix, language, files) in source::SOURCES {
+        let started = async {
+            let built = env.engines.join(format!("{language}.wasm"));
+            anyhow::ensure!(
+                built.is_file(),
+                "{} is not built (run scripts/build-engines)",
+                built.display()
+            );
+            let engines = env.engines.display().to_string();
+            let data = env.scratch.join(format!("throughput-source-{language}"));
+            let host = ThawHost::start(&env.thaw, &data, &["--engines", &engines])?;
+            host.admin
+                .deploy("f", &at("f"), source::bundle(language, files, "f").into())
+                .await?;
+            let url = format!("http://{}/f", host.addr);
+            Ok(LoadTarget {
+                _host: Some(host),
+                _group: None,
+                url,
+            })
+        }
+        .await;
+        language_servers.push((format!("{prefix}: thaw"), started));
+    }
     language_servers
 }
 

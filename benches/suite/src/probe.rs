@@ -50,6 +50,21 @@ pub fn first_byte(
     }
 }
 
+/// The body of `GET path`, asked as HTTP/1.0 so that it comes whole and unchunked, ended by
+/// the server closing the connection.
+pub fn body(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (_, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no response head from {addr}{path}"))?;
+    Ok(body.to_owned())
+}
+
 enum Attempt {
     NotYet(std::io::Error),
     Failed(anyhow::Error),

@@ -29,6 +29,8 @@ pub struct Env {
     pub baselines: PathBuf,
     /// The `thaw new` templates' components (`js.wasm`, `python.wasm`, `go.wasm`).
     pub languages: PathBuf,
+    /// The language engines of source functions (`target/engines`, scripts/build-engines).
+    pub engines: PathBuf,
     /// The wasmtime CLI, if found.
     pub wasmtime: Option<PathBuf>,
     /// Scratch space for this run.
@@ -73,6 +75,22 @@ pub struct ThawHost {
 }
 
 impl ThawHost {
+    /// The host process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.group.as_ref().map(Group::id)
+    }
+
+    /// The host process's resident set (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let pid = self.pid().context("the host is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+
     /// The host's data directory (its admin token is there).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
