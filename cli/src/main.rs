@@ -34,10 +34,13 @@ enum LogFormat {
 enum Command {
     /// Run the host: serve deployed functions and the admin API
     Serve(thaw_cli::config::ServeArgs),
-    /// Deploy a function (a .wasm file) or every function of a thaw.toml manifest
+    /// Deploy a function (a .wasm file, JavaScript or Python source) or every function of a
+    /// thaw.toml manifest
     Deploy(commands::deploy::DeployArgs),
     /// List deployed functions
     List(commands::list::ListArgs),
+    /// List the language engines of source functions and the functions on each
+    Engines(commands::engines::EnginesArgs),
     /// Show the cluster this host is in: etcd's state and the member nodes
     Cluster(commands::cluster::ClusterArgs),
     /// Remove a function
@@ -102,6 +105,7 @@ fn main() {
                     Command::Serve(args) => commands::serve::execute(args, json_log).await,
                     Command::Deploy(args) => commands::deploy::execute(args).await,
                     Command::List(args) => commands::list::execute(args).await,
+                    Command::Engines(args) => commands::engines::execute(args).await,
                     Command::Cluster(args) => commands::cluster::execute(args).await,
                     Command::Remove(args) => commands::remove::execute(args).await,
                     Command::Versions(args) => commands::versions::versions(args).await,

@@ -9,8 +9,8 @@
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use thaw_spec::api::{
-    DeployQuery, ErrorBody, ErrorCode, FunctionInfo, HostStatus, KvKeys, KvQuery, LogEntry,
-    LogQuery, RollbackRequest, VersionsInfo,
+    DeployQuery, EngineInfo, ErrorBody, ErrorCode, FunctionInfo, HostStatus, KvKeys, KvQuery,
+    LogEntry, LogQuery, RollbackRequest, VersionsInfo,
 };
 use thaw_spec::spec::FunctionSpec;
 use thaw_spec::traffic::TrafficSplit;
@@ -259,6 +259,12 @@ impl AdminClient {
     /// Every function.
     pub async fn list(&self) -> Result<Vec<FunctionInfo>> {
         self.send_json(self.http.get(format!("{}/v1/functions", self.base)))
+            .await
+    }
+
+    /// The host's language engines and the function versions on each.
+    pub async fn engines(&self) -> Result<Vec<EngineInfo>> {
+        self.send_json(self.http.get(format!("{}/v1/engines", self.base)))
             .await
     }
 

@@ -384,125 +384,187 @@ async fn source_setups(
     results: &mut Results,
 ) {
     for (prefix, language, files) in source::SOURCES {
-        let engines = env.engines.display().to_string();
-        let engine_args = ["--engines", engines.as_str()];
-        let bundle = source::bundle(language, files, "fn");
-        let built = env.engines.join(format!("{language}.wasm"));
-        let missing = || {
-            anyhow::anyhow!(
-                "{} is not built (run scripts/build-engines)",
-                built.display()
-            )
+        let source = SourceRows {
+            prefix,
+            language,
+            files,
+            built: env.engines.join(format!("{language}.wasm")),
         };
-        for (setup, loaded, start) in [
-            (
-                "thaw, cold from disk",
-                false,
-                "the request (source on disk, engine loaded, function not)",
-            ),
-            (
-                "thaw, first request after start",
-                true,
-                "the request (program loaded at start, no instance yet)",
-            ),
-        ] {
-            let name = format!("{prefix}: {setup}");
-            if !wanted(&name) {
-                continue;
-            }
-            let result = if built.is_file() {
-                let bar = progress(&name, counts.thaw);
-                let scratch = format!("source-{language}-{loaded}");
-                let result = thaw_cold(
-                    env,
-                    &bundle,
-                    &scratch,
-                    counts.thaw,
-                    loaded,
-                    &engine_args,
-                    &bar,
-                )
-                .await;
+        source_start_rows(env, counts, wanted, results, &source).await;
+        source_warm_rows(env, counts, wanted, results, &source).await;
+        source_density_rows(env, wanted, results, &source).await;
+    }
+}
+
+/// One source language's rows: their prefix, the template, and its engine's file.
+struct SourceRows {
+    prefix: &'static str,
+    language: Language,
+    files: &'static [(&'static str, &'static str)],
+    built: PathBuf,
+}
+
+impl SourceRows {
+    fn missing(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{} is not built (run scripts/build-engines)",
+            self.built.display()
+        )
+    }
+}
+
+/// Cold from disk, first after start, and the deploy of a new function.
+async fn source_start_rows(
+    env: &Env,
+    counts: Counts,
+    wanted: &dyn Fn(&str) -> bool,
+    results: &mut Results,
+    rows: &SourceRows,
+) {
+    let SourceRows {
+        prefix,
+        language,
+        files,
+        built,
+    } = rows;
+    let (prefix, language, files) = (*prefix, *language, *files);
+    let missing = || rows.missing();
+    let engines = env.engines.display().to_string();
+    let engine_args = ["--engines", engines.as_str()];
+    let bundle = source::bundle(language, files, "fn");
+    for (setup, loaded, start) in [
+        (
+            "thaw, cold from disk",
+            false,
+            "the request (source on disk, engine loaded, function not)",
+        ),
+        (
+            "thaw, first request after start",
+            true,
+            "the request (program loaded at start, no instance yet)",
+        ),
+    ] {
+        let name = format!("{prefix}: {setup}");
+        if !wanted(&name) {
+            continue;
+        }
+        let result = if built.is_file() {
+            let bar = progress(&name, counts.thaw);
+            let scratch = format!("source-{language}-{loaded}");
+            let result = thaw_cold(
+                env,
+                &bundle,
+                &scratch,
+                counts.thaw,
+                loaded,
+                &engine_args,
+                &bar,
+            )
+            .await;
+            bar.finish_and_clear();
+            result
+        } else {
+            Err(missing())
+        };
+        results.record(&name, start, result);
+    }
+    let name = format!("{prefix}: thaw, deploy of a new function");
+    if wanted(&name) {
+        let result = if built.is_file() {
+            let bar = progress(&name, counts.deploys);
+            let renew = |i: usize| {
+                source::with_nonce(language, files, &format!("{}-{i}", std::process::id()))
+            };
+            let scratch = format!("source-{language}");
+            let result = thaw_second_deploy(
+                env,
+                &bundle,
+                &renew,
+                &scratch,
+                counts.deploys,
+                &engine_args,
+                &bar,
+            )
+            .await;
+            bar.finish_and_clear();
+            result
+        } else {
+            Err(missing())
+        };
+        results.record(&name, "the upload of new source", result);
+    }
+}
+
+/// Warm, source and component, side by side.
+async fn source_warm_rows(
+    env: &Env,
+    counts: Counts,
+    wanted: &dyn Fn(&str) -> bool,
+    results: &mut Results,
+    rows: &SourceRows,
+) {
+    let (prefix, language, built) = (rows.prefix, rows.language, &rows.built);
+    let engines = env.engines.display().to_string();
+    let engine_args = ["--engines", engines.as_str()];
+    let bundle = source::bundle(language, rows.files, "fn");
+    let missing = || rows.missing();
+    let component = source::component_prefix(language);
+    let file = format!("{language}.wasm");
+    for (row, code, args) in [
+        (
+            format!("{prefix}: thaw, warm (pool hit)"),
+            built.is_file().then(|| bundle.clone()).ok_or_else(missing),
+            &engine_args[..],
+        ),
+        (
+            format!("{component}: thaw, warm (pool hit)"),
+            language_wasm(env, &file).and_then(|p| Ok(std::fs::read(p)?)),
+            &[][..],
+        ),
+    ] {
+        if !wanted(&row) {
+            continue;
+        }
+        let result = match code {
+            Ok(code) => {
+                let bar = progress(&row, counts.thaw);
+                let scratch = format!("warm-{row}").replace([' ', ':', '(', ')', ','], "");
+                let result = thaw_warm(env, &code, &scratch, counts.thaw, args, &bar).await;
                 bar.finish_and_clear();
                 result
-            } else {
-                Err(missing())
-            };
-            results.record(&name, start, result);
-        }
-        let name = format!("{prefix}: thaw, deploy of a new function");
-        if wanted(&name) {
-            let result = if built.is_file() {
-                let bar = progress(&name, counts.deploys);
-                let renew = |i: usize| {
-                    source::with_nonce(language, files, &format!("{}-{i}", std::process::id()))
-                };
-                let scratch = format!("source-{language}");
-                let result = thaw_second_deploy(
-                    env,
-                    &bundle,
-                    &renew,
-                    &scratch,
-                    counts.deploys,
-                    &engine_args,
-                    &bar,
-                )
-                .await;
-                bar.finish_and_clear();
-                result
-            } else {
-                Err(missing())
-            };
-            results.record(&name, "the upload of new source", result);
-        }
-        // Warm, source and component, side by side.
-        let component = source::component_prefix(language);
-        let file = format!("{language}.wasm");
-        for (row, code, args) in [
-            (
-                format!("{prefix}: thaw, warm (pool hit)"),
-                built.is_file().then(|| bundle.clone()).ok_or_else(missing),
-                &engine_args[..],
-            ),
-            (
-                format!("{component}: thaw, warm (pool hit)"),
-                language_wasm(env, &file).and_then(|p| Ok(std::fs::read(p)?)),
-                &[][..],
-            ),
-        ] {
-            if !wanted(&row) {
-                continue;
             }
-            let result = match code {
-                Ok(code) => {
-                    let bar = progress(&row, counts.thaw);
-                    let scratch = format!("warm-{row}").replace([' ', ':', '(', ')', ','], "");
-                    let result = thaw_warm(env, &code, &scratch, counts.thaw, args, &bar).await;
-                    bar.finish_and_clear();
-                    result
-                }
-                Err(e) => Err(e),
-            };
-            results.record(&row, "the request", result);
-        }
-        let name = format!("{prefix}: thaw, density of 1,000 functions");
-        if language == Language::Js && wanted(&name) {
-            let result = if built.is_file() {
-                source_density(env, language, files, 1_000).await
-            } else {
-                Err(missing())
-            };
-            match result {
-                Ok((deploys, note)) => {
-                    results.record(
-                        &format!("{prefix}: thaw, each deploy of 1,000 functions"),
-                        "the upload of new source (to its answer)",
-                        Ok(deploys),
-                    );
-                    results.notes.push(note);
-                }
-                Err(e) => results.record(&name, "", Err(e)),
+            Err(e) => Err(e),
+        };
+        results.record(&row, "the request", result);
+    }
+}
+
+/// The density run (JS only): its deploy samples and its totals.
+async fn source_density_rows(
+    env: &Env,
+    wanted: &dyn Fn(&str) -> bool,
+    results: &mut Results,
+    rows: &SourceRows,
+) {
+    let (prefix, language, files, built) = (rows.prefix, rows.language, rows.files, &rows.built);
+    let missing = || rows.missing();
+    let name = format!("{prefix}: thaw, density of 1,000 functions");
+    if language == Language::Js && wanted(&name) {
+        let result = if built.is_file() {
+            source_density(env, language, files, 1_000).await
+        } else {
+            Err(missing())
+        };
+        match result {
+            Ok((deploys, note)) => {
+                results.record(
+                    &format!("{prefix}: thaw, each deploy of 1,000 functions"),
+                    "the upload of new source (to its answer)",
+                    Ok(deploys),
+                );
+                results.notes.push(note);
             }
+            Err(e) => results.record(&name, "", Err(e)),
         }
     }
 }

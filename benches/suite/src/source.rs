@@ -5,8 +5,11 @@
 
 use thaw_spec::source::{Bundle, Language};
 
+/// A template's files: path and text.
+pub type Files = &'static [(&'static str, &'static str)];
+
 /// The source languages: the row prefix, the language, the template's files.
-pub const SOURCES: [(&str, Language, &[(&str, &str)]); 2] = [
+pub const SOURCES: [(&str, Language, Files); 2] = [
     (
         "JS source",
         Language::Js,

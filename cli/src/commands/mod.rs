@@ -4,6 +4,7 @@ pub mod build;
 pub mod cluster;
 pub mod deploy;
 pub mod dev;
+pub mod engines;
 pub mod invocations;
 pub mod invoke;
 pub mod kv;

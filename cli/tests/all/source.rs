@@ -138,8 +138,14 @@ const PY_WORDS: &str = r#"def greet(name, greeting):
 async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_survive_a_restart() {
     let Some(engines) = engines() else { return };
     let mut server = TestServer::start_with(&["--engines", engines.to_str().unwrap()]);
+    modules_settings_and_state_answer(&server).await;
+    an_exception_costs_its_request_only(&server).await;
+    bad_source_is_refused_and_changes_nothing(&server).await;
+    a_hundred_per_language_answer_after_a_kill(&mut server).await;
+}
 
-    // A JS project of two modules and a Python package, with a setting and state.
+/// A JS project of two modules and a Python package, with a setting and state.
+async fn modules_settings_and_state_answer(server: &TestServer) {
     let js = project(&[("index.js", JS_INDEX), ("lib/greet.js", JS_GREET)]);
     let py = project(&[
         ("app.py", PY_APP),
@@ -148,7 +154,7 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
     ]);
     for (name, dir) in [("hello-js", &js), ("hello-py", &py)] {
         let (ok, text) = deploy(
-            &server,
+            server,
             dir.path(),
             &["--name", name, "--config", "greeting=Hi"],
         );
@@ -171,8 +177,26 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
     }
     let info = server.admin().get("hello-js").await.unwrap();
     assert_eq!(info["kind"], "source");
+    // `thaw engines`: both engines current and loaded, each with its function.
+    let engines = thaw_command(server, &["engines", "--json"])
+        .output()
+        .unwrap();
+    let engines: Vec<serde_json::Value> = serde_json::from_slice(&engines.stdout).unwrap();
+    assert_eq!(engines.len(), 2, "{engines:?}");
+    for (language, function) in [("js", "hello-js@v1"), ("python", "hello-py@v1")] {
+        let engine = engines.iter().find(|e| e["language"] == language).unwrap();
+        assert_eq!(engine["current"], true, "{engine}");
+        assert_eq!(engine["loaded"], true, "{engine}");
+        assert_eq!(
+            engine["functions"],
+            serde_json::json!([function]),
+            "{engine}"
+        );
+    }
+}
 
-    // A request's exception: a 500, its stack in the function's log, the next request served.
+/// A request's exception: a 500, its stack in the function's log, the next request served.
+async fn an_exception_costs_its_request_only(server: &TestServer) {
     for (name, frame) in [
         ("hello-js", "explode@index.js:19:9"),
         ("hello-py", "File \"app.py\", line 17, in explode"),
@@ -180,130 +204,105 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
         assert_eq!(server.get(&format!("/{name}?fail=1")).await.status(), 500);
         let response = server.get(&format!("/{name}?name=again")).await;
         assert_eq!(response.status(), 200, "{name} after a failed request");
-        let logs = thaw_command(&server, &["logs", name]).output().unwrap();
+        let logs = thaw_command(server, &["logs", name]).output().unwrap();
         let logs = String::from_utf8_lossy(&logs.stdout);
         assert!(logs.contains("request boom"), "{name}: {logs}");
         assert!(logs.contains(frame), "{name}: {frame:?} not in {logs}");
     }
+}
 
-    // Bad source: refused at deploy with the engine's message, nothing deployed.
-    let bad = project(&[
-        (
-            "syntax.js",
-            "const a = 1;\n\nexport default { fetch() { return 1 +; } };\n",
-        ),
-        ("syntax.py", "def handle(request):\n    return (\n"),
-        (
-            "missing.js",
-            "import { x } from \"./nope.js\";\nexport default { fetch() {} };\n",
-        ),
-        (
-            "missing.py",
-            "import nope\n\ndef handle(request):\n    pass\n",
-        ),
-        (
-            "throws.js",
-            "function boom() {\n  throw new Error(\"top-level boom\");\n}\nboom();\n",
-        ),
-        (
-            "throws.py",
-            "def boom():\n    raise ValueError(\"top-level boom\")\n\nboom()\n",
-        ),
-        ("loops.js", "while (true) {}\n"),
-        ("loops.py", "while True:\n    pass\n"),
-        ("nohandler.js", "export const x = 1;\n"),
-        ("nohandler.py", "x = 1\n"),
-    ]);
-    let at = |file: &str| bad.path().join(file);
-    refused(
-        &server,
-        &at("syntax.js"),
-        "s-js",
+/// Bad source, each file with the parts its refusal must name (and the deploy's extra flags).
+const BAD: [(&str, &str, &[&str], &[&str]); 10] = [
+    (
+        "syntax.js",
+        "const a = 1;\n\nexport default { fetch() { return 1 +; } };\n",
         &[],
         &["syntax.js:3:38: SyntaxError"],
-    )
-    .await;
-    refused(
-        &server,
-        &at("syntax.py"),
-        "s-py",
+    ),
+    (
+        "syntax.py",
+        "def handle(request):\n    return (\n",
         &[],
         &["syntax.py:2:12: SyntaxError"],
-    )
-    .await;
-    refused(
-        &server,
-        &at("missing.js"),
-        "m-js",
+    ),
+    (
+        "missing.js",
+        "import { x } from \"./nope.js\";\nexport default { fetch() {} };\n",
         &[],
         &["cannot find module \"./nope.js\" imported from missing.js"],
-    )
-    .await;
-    refused(
-        &server,
-        &at("missing.py"),
-        "m-py",
+    ),
+    (
+        "missing.py",
+        "import nope\n\ndef handle(request):\n    pass\n",
         &[],
         &["No module named 'nope'", "File \"missing.py\", line 1"],
-    )
-    .await;
-    refused(
-        &server,
-        &at("throws.js"),
-        "t-js",
+    ),
+    (
+        "throws.js",
+        "function boom() {\n  throw new Error(\"top-level boom\");\n}\nboom();\n",
         &[],
         &[
             "Error: top-level boom",
             "boom@throws.js:2:9",
             "@throws.js:4:1",
         ],
-    )
-    .await;
-    refused(
-        &server,
-        &at("throws.py"),
-        "t-py",
+    ),
+    (
+        "throws.py",
+        "def boom():\n    raise ValueError(\"top-level boom\")\n\nboom()\n",
         &[],
         &[
             "ValueError: top-level boom",
             "File \"throws.py\", line 2, in boom",
         ],
-    )
-    .await;
-    for file in ["loops.js", "loops.py"] {
-        let started = std::time::Instant::now();
-        refused(
-            &server,
-            &at(file),
-            &format!("l-{}", &file[6..]),
-            &["--timeout-ms", "1000"],
-            &[&format!(
-                "{file}'s top-level code did not finish within the function's timeout (1000 ms)"
-            )],
-        )
-        .await;
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the deploy was not stopped"
-        );
-    }
-    refused(
-        &server,
-        &at("nohandler.js"),
-        "h-js",
+    ),
+    (
+        "loops.js",
+        "while (true) {}\n",
+        &["--timeout-ms", "1000"],
+        &["loops.js's top-level code did not finish within the function's timeout (1000 ms)"],
+    ),
+    (
+        "loops.py",
+        "while True:\n    pass\n",
+        &["--timeout-ms", "1000"],
+        &["loops.py's top-level code did not finish within the function's timeout (1000 ms)"],
+    ),
+    (
+        "nohandler.js",
+        "export const x = 1;\n",
         &[],
         &["nohandler.js has no handler"],
-    )
-    .await;
-    refused(
-        &server,
-        &at("nohandler.py"),
-        "h-py",
+    ),
+    (
+        "nohandler.py",
+        "x = 1\n",
         &[],
         &["nohandler.py has no handler"],
-    )
-    .await;
-    // A bundle over the size limit is a 413, before any engine runs.
+    ),
+];
+
+/// Bad source: refused at deploy with the engine's message, nothing deployed; a bundle over
+/// the size limit is a 413, before any engine runs.
+async fn bad_source_is_refused_and_changes_nothing(server: &TestServer) {
+    let files: Vec<(&str, &str)> = BAD.iter().map(|(file, text, ..)| (*file, *text)).collect();
+    let bad = project(&files);
+    for (i, (file, _, args, expected)) in BAD.iter().enumerate() {
+        let started = std::time::Instant::now();
+        refused(
+            server,
+            &bad.path().join(file),
+            &format!("bad-{i}"),
+            args,
+            expected,
+        )
+        .await;
+        // The endless ones are stopped at their timeout, not at some later bound.
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{file}: the deploy was not stopped"
+        );
+    }
     let mut huge = Bundle {
         language: Language::Js,
         entry: "index.js".into(),
@@ -314,12 +313,14 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
     }
     .to_bytes();
     huge.push(b'\n');
-    let (status, body) = deploy_raw(&server, "huge", huge).await;
+    let (status, body) = deploy_raw(server, "huge", huge).await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("over the limit"), "{body}");
+}
 
-    // A hundred functions per language, each its own source, deployed through the admin
-    // API, then a kill -9: each answers its own text again, and nothing is compiled.
+/// A hundred functions per language, each its own source, deployed through the admin API,
+/// then a kill -9: each answers its own text again, and nothing is compiled.
+async fn a_hundred_per_language_answer_after_a_kill(server: &mut TestServer) {
     let mut names = Vec::new();
     for i in 0..100 {
         for language in Language::ALL {
@@ -343,7 +344,7 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
                 entry: entry.into(),
                 files: vec![(entry.into(), text)],
             };
-            let (status, body) = deploy_raw(&server, &name, bundle.to_bytes()).await;
+            let (status, body) = deploy_raw(server, &name, bundle.to_bytes()).await;
             assert_eq!(status, 201, "{name}: {body}");
             names.push(name);
         }

@@ -14,6 +14,22 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{FunctionSpec, Kind, Limits};
 use crate::traffic::TrafficSplit;
 
+/// An element of `GET /v1/engines`: a language engine of source functions on this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// `js` or `python` for the host's current engines; `None` for an engine the host no
+    /// longer offers, kept for the functions deployed on it.
+    pub language: Option<crate::source::Language>,
+    /// sha256 of the engine's wasm, hex.
+    pub digest: String,
+    /// Whether new deploys of its language go to it.
+    pub current: bool,
+    /// Whether its code is loaded (compiled and linked).
+    pub loaded: bool,
+    /// The function versions deployed on it, as `name@vN`.
+    pub functions: Vec<String>,
+}
+
 /// `GET /v1/functions/{name}`, an element of `GET /v1/functions`, and the answer to a deploy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionInfo {

@@ -492,6 +492,11 @@ impl Platform {
         self.coordinator().synced()
     }
 
+    /// The loader of functions' code, with the host's language engines.
+    pub fn loader(&self) -> &Arc<Loader> {
+        &self.loader
+    }
+
     /// The registry of deployed functions.
     pub fn registry(&self) -> &Registry {
         &self.registry

@@ -21,6 +21,7 @@
 //! take the cluster token instead. The dashboard's own paths (`/ui`, see [`super::ui`]) are
 //! served before that check. The listener binds to 127.0.0.1 by default.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,8 +31,8 @@ use hyper::body::Incoming;
 
 use super::auth::AdminAuth;
 use crate::api::{
-    DeployQuery, ErrorBody, ErrorCode, ErrorDetail, FunctionInfo, InvocationQuery, KvKeys, KvQuery,
-    LogQuery, RollbackRequest, parse_query,
+    DeployQuery, EngineInfo, ErrorBody, ErrorCode, ErrorDetail, FunctionInfo, InvocationQuery,
+    KvKeys, KvQuery, LogQuery, RollbackRequest, parse_query,
 };
 use crate::cluster::peers::Blob;
 use crate::cluster::{Cluster, Readiness};
@@ -191,6 +192,12 @@ static ROUTES: &[Route] = &[
         path: "/v1/functions",
         access: Access::Admin,
         handler: |c| Box::pin(list(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/engines",
+        access: Access::Admin,
+        handler: |c| Box::pin(engines(c)),
     },
     Route {
         method: Method::GET,
@@ -486,6 +493,48 @@ async fn list(call: Call) -> Response<ResponseBody> {
         .iter()
         .map(|set| set.info())
         .collect();
+    json(StatusCode::OK, &all)
+}
+
+/// The language engines: the current ones and any a deployed version still runs on, each
+/// with those versions.
+async fn engines(call: Call) -> Response<ResponseBody> {
+    let platform = &call.cx.platform;
+    let engines = platform.loader().engines();
+    let mut all: BTreeMap<String, EngineInfo> = engines
+        .current_all()
+        .map(|(language, digest)| {
+            let info = EngineInfo {
+                language: Some(language),
+                digest: digest.to_owned(),
+                current: true,
+                loaded: false,
+                functions: Vec::new(),
+            };
+            (digest.to_owned(), info)
+        })
+        .collect();
+    for set in platform.registry().all() {
+        for version in set.versions() {
+            let Some(digest) = &version.record.engine else {
+                continue;
+            };
+            all.entry(digest.clone())
+                .or_insert_with(|| EngineInfo {
+                    language: None,
+                    digest: digest.clone(),
+                    current: false,
+                    loaded: false,
+                    functions: Vec::new(),
+                })
+                .functions
+                .push(format!("{}@v{}", version.name, version.record.generation));
+        }
+    }
+    let mut all: Vec<EngineInfo> = all.into_values().collect();
+    for engine in &mut all {
+        engine.loaded = engines.loaded(&engine.digest).is_some();
+    }
     json(StatusCode::OK, &all)
 }
 
