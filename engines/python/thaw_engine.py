@@ -3,8 +3,9 @@ function deployed as source. One engine serves every Python function of a host; 
 only its source.
 
 - `prepare` runs once, at deploy, in a validation instance: it compiles every file, so that a
-  syntax error is refused with its place (`file:line:column`), and returns the files as the
-  program.
+  syntax error is refused with its place (`file:line:column`), and returns the compiled code
+  objects (marshal, the format of this engine's CPython: the program is only ever loaded by
+  the engine that prepared it) as the program, so an instance does not compile again.
 - `load` runs once per instance, before its first request: it imports the entry module (and
   what that imports, from the deployed files, through a finder over them) and finds `handle`.
 - Requests go to `handle(request) -> Response` through thaw_http, as in the template.
@@ -13,10 +14,12 @@ The helper modules (thaw, thaw_http) and the standard library are part of the en
 deployed package holds pure Python only.
 """
 
+import base64
 import importlib
 import importlib.abc
 import importlib.util
 import json
+import marshal
 import sys
 import traceback
 
@@ -54,7 +57,7 @@ class _SourceFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module):
         path = module.__spec__.origin
         module.__file__ = path
-        exec(compile(_files[path], path, "exec"), module.__dict__)
+        exec(marshal.loads(base64.b64decode(_files[path])), module.__dict__)
 
 
 def _user_traceback(error: BaseException) -> str:
@@ -67,14 +70,16 @@ def _user_traceback(error: BaseException) -> str:
 
 class Program(exports.Program):
     def prepare(self, files, entry):
+        code = {}
         for path, text in files:
             if not path.endswith(".py"):
                 continue
             try:
-                compile(text, path, "exec")
+                compiled = compile(text, path, "exec")
             except SyntaxError as e:
                 raise Err(f"{path}:{e.lineno or 1}:{e.offset or 1}: SyntaxError: {e.msg}")
-        return json.dumps({"entry": entry, "files": dict(files)})
+            code[path] = base64.b64encode(marshal.dumps(compiled)).decode("ascii")
+        return json.dumps({"entry": entry, "files": code})
 
     def load(self, program):
         global _handler, _files

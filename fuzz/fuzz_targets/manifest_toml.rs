@@ -14,6 +14,6 @@ fuzz_target!(|data: &[u8]| {
     };
     for function in &manifest.functions {
         function.spec().validate(&function.name, u64::MAX).unwrap();
-        let _ = manifest.wasm_path(function);
+        let _ = manifest.code_path(function);
     }
 });

@@ -131,7 +131,9 @@ impl LanguageEngine {
         Ok(proxy)
     }
 
-    async fn load(
+    /// Loads `program` into a fresh `instance` of this engine (what [`Self::instantiate`]
+    /// does after instantiating; public for the phase benchmark).
+    pub async fn load(
         &self,
         store: &mut Store<ProxyHost>,
         instance: &wasmtime::component::Instance,

@@ -1,0 +1,141 @@
+//! Where a source function's start goes, phase by phase, in-process: the deploy's
+//! validation (`prepare`: parse, rewrite, evaluate), then per instance the engine's
+//! instantiation and the program's `load`, and, beside them, the instantiation of a component
+//! built from the same language (the component path's only per-instance phase).
+//!
+//! `cargo run --release -p thaw-benches --example source_breakdown -- ENGINE.wasm SOURCE [COMPONENT.wasm [ROUNDS]]`
+//!
+//! ENGINE is `target/engines/js.wasm` or `python.wasm`; SOURCE a `.js` or `.py` file (its
+//! language picks the entry's name). The engine and the component are compiled once, not
+//! timed. Prints the median and p90 of each phase.
+
+use std::time::{Duration, Instant};
+
+use thaw_runtime::engine::artifact::Kind;
+use thaw_runtime::engine::{EngineOptions, ThawEngine};
+use thaw_runtime::function::{Function, FunctionRecord};
+use thaw_runtime::guest::Linkers;
+use thaw_runtime::guest::host::ProxyHost;
+use thaw_runtime::source::{Bundle, Language, LanguageEngine};
+use wasmtime::component::Component;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(engine_path), Some(source_path)) = (args.next(), args.next()) else {
+        eprintln!("usage: source_breakdown ENGINE.wasm SOURCE [COMPONENT.wasm [ROUNDS]]");
+        std::process::exit(2);
+    };
+    let component_path = args.next().filter(|p| !p.is_empty());
+    let rounds: usize = args.next().map_or(50, |n| n.parse().expect("ROUNDS"));
+    let engine = ThawEngine::new(EngineOptions {
+        instance_slots: 64,
+        max_memory_bytes: 256 << 20,
+        keep_resident_bytes: 64 << 10,
+        on_demand: false,
+        fuel_metering: false,
+    })
+    .expect("engine");
+    let linkers = Linkers::new(engine.engine()).expect("linkers");
+    let link = |path: &str| {
+        let started = Instant::now();
+        let component = Component::from_file(engine.engine(), path).expect("compile");
+        println!(
+            "{path}: compiled in {:.1} s (once, not a phase)",
+            started.elapsed().as_secs_f64()
+        );
+        let pre = ProxyPre::new(linkers.proxy.instantiate_pre(&component).expect("link"))
+            .expect("a proxy");
+        (component, pre)
+    };
+    let (component, pre) = link(&engine_path);
+    let language = Language::of_path(&source_path).expect("a .js or .py file");
+    let entry = std::path::Path::new(&source_path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a file name")
+        .to_owned();
+    let bundle = Bundle {
+        language,
+        entry: entry.clone(),
+        files: vec![(
+            entry,
+            std::fs::read_to_string(&source_path).expect("source"),
+        )],
+    };
+    let language_engine = LanguageEngine::new("bench".into(), &component, pre).expect("engine");
+    let peer = component_path.as_deref().map(link);
+    let function = Function::unloaded(
+        FunctionRecord {
+            name: "f".into(),
+            digest: String::new(),
+            kind: Kind::Source,
+            engine: None,
+            wasm_bytes: 0,
+            code_digest: None,
+            spec: Default::default(),
+            generation: 1,
+            deployed_at_ms: 0,
+        },
+        &Default::default(),
+    );
+    let store = || thaw_runtime::guest::proxy_store(engine.engine(), &function.guest());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut phases: Vec<(&str, Vec<Duration>)> = Vec::new();
+    let mut time =
+        |name: &'static str, elapsed: Duration| match phases.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, samples)) => samples.push(elapsed),
+            None => phases.push((name, vec![elapsed])),
+        };
+    runtime.block_on(async {
+        let mut program = String::new();
+        for _ in 0..rounds.min(20) {
+            let mut s = store();
+            let started = Instant::now();
+            program = language_engine
+                .prepare(&mut s, &bundle)
+                .await
+                .expect("prepare");
+            time(
+                "deploy: prepare (instantiate, parse, load)",
+                started.elapsed(),
+            );
+        }
+        for _ in 0..rounds {
+            let mut s = store();
+            let started = Instant::now();
+            let instance = language_engine
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut s)
+                .await
+                .expect("instantiate");
+            time("instance: engine instantiation", started.elapsed());
+            let started = Instant::now();
+            language_engine
+                .load(&mut s, &instance, &program)
+                .await
+                .expect("load");
+            time("instance: load(program)", started.elapsed());
+            if let Some((_, peer)) = &peer {
+                let mut s = store();
+                let started = Instant::now();
+                peer.instantiate_async(&mut s).await.expect("instantiate");
+                time("component: instantiation", started.elapsed());
+            }
+        }
+    });
+    println!(
+        "{source_path} ({} bytes of program), {rounds} rounds",
+        bundle.files[0].1.len()
+    );
+    for (name, mut samples) in phases {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        println!(
+            "{name:>44}: median {:>8.1} µs, p90 {:>8.1} µs",
+            at(0.5).as_secs_f64() * 1e6,
+            at(0.9).as_secs_f64() * 1e6
+        );
+    }
+}
