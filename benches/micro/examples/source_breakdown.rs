@@ -15,7 +15,6 @@ use thaw_runtime::engine::artifact::Kind;
 use thaw_runtime::engine::{EngineOptions, ThawEngine};
 use thaw_runtime::function::{Function, FunctionRecord};
 use thaw_runtime::guest::Linkers;
-use thaw_runtime::guest::host::ProxyHost;
 use thaw_runtime::source::{Bundle, Language, LanguageEngine};
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;

@@ -136,12 +136,68 @@ const PY_WORDS: &str = r#"def greet(name, greeting):
 
 #[tokio::test(flavor = "multi_thread")]
 async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_survive_a_restart() {
-    let Some(engines) = engines() else { return };
-    let mut server = TestServer::start_with(&["--engines", engines.to_str().unwrap()]);
+    let Some(built) = engines() else { return };
+    // The server's own engines directory (links to the built engines), so that the upgrade
+    // below can change what it holds.
+    let engines = tempfile::tempdir().unwrap();
+    for file in ["js.wasm", "python.wasm"] {
+        std::os::unix::fs::symlink(built.join(file), engines.path().join(file)).unwrap();
+    }
+    let mut server = TestServer::start_with(&["--engines", engines.path().to_str().unwrap()]);
     modules_settings_and_state_answer(&server).await;
     an_exception_costs_its_request_only(&server).await;
     bad_source_is_refused_and_changes_nothing(&server).await;
     a_hundred_per_language_answer_after_a_kill(&mut server).await;
+    an_engine_upgrade_moves_only_what_is_redeployed(&mut server, &built, engines.path()).await;
+}
+
+/// A host restarted with a new JS engine (here the same engine with a custom section: a new
+/// digest) keeps serving every function on the engine it was deployed with; a redeploy moves
+/// that one function to the new engine, and `thaw engines` says which is where.
+async fn an_engine_upgrade_moves_only_what_is_redeployed(
+    server: &mut TestServer,
+    built: &Path,
+    engines: &Path,
+) {
+    let mut upgraded = std::fs::read(built.join("js.wasm")).unwrap();
+    let name = b"thaw-test-upgrade";
+    upgraded.extend_from_slice(&[0, name.len() as u8 + 1, name.len() as u8]);
+    upgraded.extend_from_slice(name);
+    std::fs::remove_file(engines.join("js.wasm")).unwrap();
+    std::fs::write(engines.join("js.wasm"), upgraded).unwrap();
+    server.kill_and_restart(2);
+    for name in ["hello-js", "js-7"] {
+        let response = server.get(&format!("/{name}")).await;
+        assert_eq!(response.status(), 200, "{name} after the upgrade");
+    }
+    let (ok, text) = deploy(
+        server,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/templates/js/index.js"),
+        &["--name", "js-7", "--config", "greeting=Hey"],
+    );
+    assert!(ok, "{text}");
+    let response = server.get("/js-7?name=new").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("Hey, new!"));
+    let engines = thaw_command(server, &["engines", "--json"])
+        .output()
+        .unwrap();
+    let engines: Vec<serde_json::Value> = serde_json::from_slice(&engines.stdout).unwrap();
+    let js: Vec<_> = engines
+        .iter()
+        .filter(|e| e["language"] == "js" || e["language"].is_null())
+        .collect();
+    assert_eq!(js.len(), 2, "the old and the new JS engine: {engines:?}");
+    let (new, old): (Vec<_>, Vec<_>) = js.into_iter().partition(|e| e["current"] == true);
+    let functions = |e: &serde_json::Value| e["functions"].as_array().unwrap().len();
+    assert_eq!(
+        new[0]["functions"],
+        serde_json::json!(["js-7@v2"]),
+        "{engines:?}"
+    );
+    assert!(old[0]["language"].is_null(), "{engines:?}");
+    // hello-js and js-0..js-99 but js-7's new version (its v1 is kept, on the old engine).
+    assert_eq!(functions(old[0]), 101, "{engines:?}");
 }
 
 /// A JS project of two modules and a Python package, with a setting and state.
