@@ -92,7 +92,7 @@ fn main() {
             let mut s = store();
             let started = Instant::now();
             program = language_engine
-                .prepare(&mut s, &bundle)
+                .prepare(&mut s, &bundle, function.deadline_ticks)
                 .await
                 .expect("prepare");
             time(

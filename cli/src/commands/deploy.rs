@@ -203,7 +203,25 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
 /// or .py file or of a directory (see [`source_bundle`]).
 pub fn read_code(path: &Path) -> anyhow::Result<Vec<u8>> {
     match source_bundle(path)? {
-        Some(bundle) => Ok(bundle.to_bytes()),
+        Some(bundle) => {
+            // The host's limits, checked before the upload rather than after it.
+            anyhow::ensure!(
+                bundle.files.len() <= thaw_runtime::source::MAX_FILES,
+                "{} holds {} source files, over the limit of {}",
+                path.display(),
+                bundle.files.len(),
+                thaw_runtime::source::MAX_FILES
+            );
+            let bytes = bundle.to_bytes();
+            anyhow::ensure!(
+                bytes.len() <= thaw_runtime::source::MAX_BUNDLE_BYTES,
+                "the source under {} makes a bundle of {} bytes, over the limit of {}",
+                path.display(),
+                bytes.len(),
+                thaw_runtime::source::MAX_BUNDLE_BYTES
+            );
+            Ok(bytes)
+        }
         None => std::fs::read(path).with_context(|| format!("reading {}", path.display())),
     }
 }
@@ -221,7 +239,9 @@ fn source_bundle(path: &Path) -> anyhow::Result<Option<Bundle>> {
     let (root, entry) = if path.is_dir() {
         let entry = ENTRIES
             .iter()
-            .find(|e| path.join(e).is_file())
+            // Not following symlinks, as the walk below does not: an entry that is a link
+            // would be chosen and then left out.
+            .find(|e| std::fs::symlink_metadata(path.join(e)).is_ok_and(|m| m.is_file()))
             .with_context(|| {
                 format!(
                     "{} holds none of {} to deploy as source",

@@ -271,7 +271,17 @@ impl Cluster {
                 .traffic
                 .percent(version.generation)
                 .is_some_and(|p| p > 0);
-            for digest in [version.digest.as_str(), version.code_digest()] {
+            // A source function's engine too: a node without it (no --engines, another
+            // build) runs the function on the engine it was deployed with.
+            let engine = version.engine.as_deref();
+            for digest in [
+                Some(version.digest.as_str()),
+                Some(version.code_digest()),
+                engine,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if self.platform.has_wasm(digest) {
                     continue;
                 }

@@ -24,7 +24,7 @@ use super::versions::{VersionSet, VersionsRecord};
 use super::{Platform, garbage};
 use crate::datadir::remove_durable;
 use crate::engine::artifact::{CompileError, Compiled, Kind, Origin, detect_kind, sha256_hex};
-use crate::engine::snapshot;
+use crate::engine::{ThawEngine, snapshot};
 use crate::function::{Code, Function, FunctionRecord};
 use crate::source::{Bundle, PrepareError, SourceCode};
 use crate::spec::FunctionSpec;
@@ -276,9 +276,12 @@ impl Platform {
             deployed_at_ms: now_ms(),
         };
         let probe = Function::unloaded(record.clone(), &self.defaults);
+        let slot = self.instance_slot("evaluating the source").await?;
         let mut store = crate::guest::proxy_store(engine.pre.engine(), &probe.guest());
+        // Parsing gets the deploy's budget; the top level then gets the function's timeout.
+        crate::guest::arm_deadline(&mut store, ThawEngine::ticks_for(INIT_BUDGET));
         let program = engine
-            .prepare(&mut store, &bundle)
+            .prepare(&mut store, &bundle, probe.deadline_ticks)
             .await
             .map_err(|e| match e {
                 PrepareError::Refused(message) => DeployError::BadRequest(message),
@@ -292,12 +295,27 @@ impl Platform {
                         probe.limits.timeout.as_millis()
                     ))
                 }
-                PrepareError::Trap(trap) => DeployError::BadRequest(format!(
-                    "the {} engine failed evaluating {}: {trap:#}",
-                    bundle.language, bundle.entry
+                // The guest's fault (a trap, its memory limit): the deployer's to fix.
+                PrepareError::Trap(trap)
+                    if trap.downcast_ref::<wasmtime::Trap>().is_some()
+                        || trap
+                            .downcast_ref::<crate::guest::limiter::MemoryLimitHit>()
+                            .is_some() =>
+                {
+                    DeployError::BadRequest(format!(
+                        "the {} engine failed evaluating {}: {trap:#}",
+                        bundle.language, bundle.entry
+                    ))
+                }
+                // The host's (no slot in the pool, an engine fault): not the source's.
+                PrepareError::Trap(trap) => DeployError::Internal(anyhow::anyhow!(
+                    "evaluating {} on the {} engine: {trap:#}",
+                    bundle.entry,
+                    bundle.language
                 )),
             })?;
         drop(store);
+        drop(slot);
         let program_digest = sha256_hex(program.as_bytes());
         claim.add(&program_digest);
         record.code_digest = Some(program_digest.clone());
@@ -682,25 +700,33 @@ impl Platform {
     /// Pre-initialises a component (see [`crate::snapshot`]) on a blocking thread: Wizer
     /// compiles an instrumented copy of the component, which takes as long as a deploy's
     /// compile and must not stall the reactor.
-    async fn snapshot(&self, spec: &FunctionSpec, wasm: Bytes) -> Result<Bytes, DeployError> {
-        let limits = spec.limits.resolve(&self.defaults);
-        let engine = self.engine().engine().clone();
-        // The init function runs in an instance like any other: it takes a slot through
-        // admission, or the pooling allocator would refuse an admitted request (or this
-        // deploy) for want of one.
-        let permit = tokio::time::timeout(
+    /// An instance slot for a deploy's own instance (a snapshot's init, a source function's
+    /// validation): it runs in an instance like any other, so it takes a slot through
+    /// admission, or the pooling allocator would refuse an admitted request (or this deploy)
+    /// for want of one.
+    async fn instance_slot(
+        &self,
+        needed_for: &str,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, DeployError> {
+        tokio::time::timeout(
             self.invoke.queue_timeout,
             self.invoke.admission.clone().acquire_owned(),
         )
         .await
         .map_err(|_| {
             DeployError::Busy(format!(
-                "every instance slot stayed busy for {} ms; pre-initialising the function needs \
-                 one: retry when the host is less loaded, or raise --instance-slots",
+                "every instance slot stayed busy for {} ms; {needed_for} needs one: retry when \
+                 the host is less loaded, or raise --instance-slots",
                 self.invoke.queue_timeout.as_millis()
             ))
         })?
-        .map_err(|_| DeployError::Internal(anyhow::anyhow!("admission semaphore closed")))?;
+        .map_err(|_| DeployError::Internal(anyhow::anyhow!("admission semaphore closed")))
+    }
+
+    async fn snapshot(&self, spec: &FunctionSpec, wasm: Bytes) -> Result<Bytes, DeployError> {
+        let limits = spec.limits.resolve(&self.defaults);
+        let engine = self.engine().engine().clone();
+        let permit = self.instance_slot("pre-initialising the function").await?;
         let started = Instant::now();
         let snapshot = tokio::task::spawn_blocking(move || {
             tokio::runtime::Handle::current().block_on(snapshot::snapshot(

@@ -40,7 +40,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use crate::datadir::DataDir;
 use crate::engine::artifact::sha256_hex;
 use crate::guest::host::ProxyHost;
-pub use thaw_spec::source::{Bundle, Language, MAX_BUNDLE_BYTES};
+pub use thaw_spec::source::{Bundle, Language, MAX_BUNDLE_BYTES, MAX_FILES};
 
 /// The interface every engine exports beside `wasi:http`.
 const PROGRAM_INTERFACE: &str = "thaw:engine/program@0.1.0";
@@ -80,12 +80,14 @@ impl LanguageEngine {
     }
 
     /// Checks a bundle and turns it into the program instances load, in a fresh instance in
-    /// `store` (the function's limits and timeout apply); then loads it there, so that a
-    /// module that is missing or top-level code that throws or never ends is refused now.
+    /// `store` (under the store's deadline as the caller armed it); then loads it there with
+    /// `load_deadline_ticks` (the function's timeout), so that a module that is missing or
+    /// top-level code that throws or never ends is refused now.
     pub async fn prepare(
         &self,
         store: &mut Store<ProxyHost>,
         bundle: &Bundle,
+        load_deadline_ticks: u64,
     ) -> Result<String, PrepareError> {
         let instance = self
             .pre
@@ -104,6 +106,7 @@ impl LanguageEngine {
             .await
             .map_err(PrepareError::Trap)?;
         let program = prepared.map_err(PrepareError::Refused)?;
+        crate::guest::arm_deadline(store, load_deadline_ticks);
         self.load(store, &instance, &program).await?;
         Ok(program)
     }
