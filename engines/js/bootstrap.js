@@ -79,10 +79,11 @@ function rewrite(path, text) {
     throw new DeployError(`${path}:${loc}: SyntaxError: ${e.message.replace(/ \(\d+:\d+\)$/, "")}`);
   }
   // Top-level await and import.meta have no equivalent in a function body.
-  const unsupported = /\bimport\s*\.\s*meta\b/.exec(text);
-  if (unsupported) {
-    const line = text.slice(0, unsupported.index).split("\n").length;
-    throw new DeployError(`${path}:${line}:1: import.meta is not supported in a source function`);
+  const meta = findNode(ast, (node) => node.type === "MetaProperty" && node.meta.name === "import");
+  if (meta) {
+    throw new DeployError(
+      `${path}:${meta.loc.start.line}:${meta.loc.start.column + 1}: import.meta is not supported in a source function`,
+    );
   }
   const edits = []; // [start, end, replacement]
   const getters = []; // [exported, local]
@@ -151,6 +152,22 @@ function rewrite(path, text) {
   const exported = getters.map(([e, l]) => `${JSON.stringify(e)}: () => ${l}`).join(", ");
   // On the first line, so that every other line keeps its number.
   return `"use strict"; __thaw_define({ ${exported} }); ${out}`;
+}
+
+// The first node anywhere in `ast` for which `test` holds, or null.
+function findNode(ast, test) {
+  const stack = [ast];
+  while (stack.length) {
+    const node = stack.pop();
+    if (!node || typeof node.type !== "string") continue;
+    if (test(node)) return node;
+    for (const key of Object.keys(node)) {
+      const v = node[key];
+      if (Array.isArray(v)) stack.push(...v);
+      else if (v && typeof v.type === "string") stack.push(v);
+    }
+  }
+  return null;
 }
 
 // Whether a top-level statement awaits outside any function (a shallow walk that stops at

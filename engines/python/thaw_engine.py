@@ -74,6 +74,9 @@ class Program(exports.Program):
         for path, text in files:
             if not path.endswith(".py"):
                 continue
+            # A module's path is its import name: every part must be an identifier.
+            if not all(part.isidentifier() for part in path[: -len(".py")].split("/")):
+                raise Err(f"{path}: not importable as a module (each part of a Python module's path must be an identifier)")
             try:
                 compiled = compile(text, path, "exec")
             except SyntaxError as e:

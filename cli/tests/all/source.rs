@@ -268,7 +268,7 @@ async fn an_exception_costs_its_request_only(server: &TestServer) {
 }
 
 /// Bad source, each file with the parts its refusal must name (and the deploy's extra flags).
-const BAD: [(&str, &str, &[&str], &[&str]); 10] = [
+const BAD: [(&str, &str, &[&str], &[&str]); 12] = [
     (
         "syntax.js",
         "const a = 1;\n\nexport default { fetch() { return 1 +; } };\n",
@@ -335,6 +335,18 @@ const BAD: [(&str, &str, &[&str], &[&str]); 10] = [
         "x = 1\n",
         &[],
         &["nohandler.py has no handler"],
+    ),
+    (
+        "meta.js",
+        "// import.meta in a comment is no use of it\nexport default { fetch() { return new Response(import.meta.url); } };\n",
+        &[],
+        &["meta.js:2:48: import.meta is not supported"],
+    ),
+    (
+        "my-app.py",
+        "def handle(request):\n    pass\n",
+        &[],
+        &["my-app.py: not importable as a module"],
     ),
 ];
 
