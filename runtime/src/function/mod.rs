@@ -509,13 +509,12 @@ impl Loader {
             let Compiled::Component(component) = compiled else {
                 anyhow::bail!("the engine {digest} is not a component");
             };
-            let pre = self
-                .linking
-                .linkers
-                .proxy
-                .instantiate_pre(&component)
-                .map_err(|e| anyhow::anyhow!("linking the engine: {e:#}"))?;
-            let engine = LanguageEngine::new(digest.to_owned(), &component, ProxyPre::new(pre)?)?;
+            // Linked as any component is (a `Component` clone is a reference count).
+            let Code::Proxy(pre) = self.linking.link(Compiled::Component(component.clone()))?
+            else {
+                anyhow::bail!("the engine {digest} is not a wasi:http p2 proxy");
+            };
+            let engine = LanguageEngine::new(digest.to_owned(), &component, pre)?;
             tracing::info!(engine = %&digest[..12.min(digest.len())], from = ?origin, "engine loaded");
             Ok(engine)
         })
