@@ -499,17 +499,42 @@ pub async fn send_with<B: Into<Body>>(
     request: Request<B>,
     timeouts: Timeouts,
 ) -> Result<Response<Incoming>, Error> {
-    use wasi::http::types::{
-        Method as WasiMethod, OutgoingBody, OutgoingRequest, RequestOptions, Scheme as WasiScheme,
-    };
-    use wstd::http::BodyExt as _;
     // Errors name the URL without its query or user info: those may hold a key, and an
     // error's message may end up in a response.
     let url = shown(request.uri());
     let (parts, body) = request.into_parts();
-    let invalid = |what: &str| Error::InvalidRequest(format!("invalid request to {url}: {what}"));
-    let headers =
-        crate::wasi_fields(&parts.headers).map_err(|e| invalid(&format!("a header: {e:?}")))?;
+    let outgoing = outgoing_request(&parts, &url)?;
+    let options = request_options(timeouts);
+    let outgoing_body = outgoing
+        .body()
+        .map_err(|()| invalid(&url, "the body was taken"))?;
+    let pending = wasi::http::outgoing_handler::handle(outgoing, Some(options))
+        .map_err(|code| Error::from_code(&url, code))?;
+
+    // The body is sent while the response is awaited. Their results are looked at together:
+    // when the host refuses the request, the body's stream closes too, and the response's
+    // error is the one that says why.
+    let sending = send_body(outgoing_body, body, &url);
+    let receiving = receive_head(&pending, &url);
+    let (sent, received) = crate::future::join(sending, receiving).await;
+    let response = received?;
+    sent?;
+    into_response(response, url)
+}
+
+/// The error of a request thaw cannot express over WASI: `what` is wrong with it.
+fn invalid(url: &str, what: &str) -> Error {
+    Error::InvalidRequest(format!("invalid request to {url}: {what}"))
+}
+
+/// The WASI request for `parts`' head: headers, method, scheme, authority and path.
+fn outgoing_request(
+    parts: &request::Parts,
+    url: &str,
+) -> Result<wasi::http::types::OutgoingRequest, Error> {
+    use wasi::http::types::{Method as WasiMethod, OutgoingRequest, Scheme as WasiScheme};
+    let headers = crate::wasi_fields(&parts.headers)
+        .map_err(|e| invalid(url, &format!("a header: {e:?}")))?;
     let outgoing = OutgoingRequest::new(headers);
     let method = match parts.method {
         Method::GET => WasiMethod::Get,
@@ -531,19 +556,24 @@ pub async fn send_with<B: Into<Body>>(
     outgoing
         .set_method(&method)
         .and_then(|()| outgoing.set_scheme(Some(&scheme)))
-        .map_err(|()| invalid("the method or scheme"))?;
+        .map_err(|()| invalid(url, "the method or scheme"))?;
     let Some(authority) = parts.uri.authority() else {
-        return Err(invalid("no host"));
+        return Err(invalid(url, "no host"));
     };
     outgoing
         .set_authority(Some(authority.as_str()))
-        .map_err(|()| invalid("the host"))?;
+        .map_err(|()| invalid(url, "the host"))?;
     if let Some(path) = parts.uri.path_and_query() {
         outgoing
             .set_path_with_query(Some(path.as_str()))
-            .map_err(|()| invalid("the path"))?;
+            .map_err(|()| invalid(url, "the path"))?;
     }
-    let options = RequestOptions::new();
+    Ok(outgoing)
+}
+
+/// The WASI request options for `timeouts`.
+fn request_options(timeouts: Timeouts) -> wasi::http::types::RequestOptions {
+    let options = wasi::http::types::RequestOptions::new();
     let nanos = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
     // A host that does not support a timeout refuses it; the host's own cap still holds.
     if let Some(d) = timeouts.connect {
@@ -555,55 +585,63 @@ pub async fn send_with<B: Into<Body>>(
     if let Some(d) = timeouts.between_bytes {
         let _ = options.set_between_bytes_timeout(Some(nanos(d)));
     }
-    let outgoing_body = outgoing
-        .body()
-        .map_err(|()| invalid("the body was taken"))?;
-    let pending = wasi::http::outgoing_handler::handle(outgoing, Some(options))
-        .map_err(|code| Error::from_code(&url, code))?;
+    options
+}
 
-    // The body is sent while the response is awaited. Their results are looked at together:
-    // when the host refuses the request, the body's stream closes too, and the response's
-    // error is the one that says why.
-    let sending = async {
-        let stream = outgoing_body
-            .write()
-            .map_err(|()| Error::Body("the request body was taken".into()))?;
-        {
-            let stream = wstd::io::AsyncOutputStream::new(stream);
-            let mut body = body.into().into_boxed_body();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| Error::Body(format!("the request body: {e:#}")))?;
-                if let Ok(data) = frame.into_data() {
-                    stream
-                        .write_all(&data)
-                        .await
-                        .map_err(|e| Error::Body(format!("sending the request body: {e}")))?;
-                }
+/// Writes `body` into the request's `outgoing_body` frame by frame, then finishes it.
+async fn send_body<B: Into<Body>>(
+    outgoing_body: wasi::http::types::OutgoingBody,
+    body: B,
+    url: &str,
+) -> Result<(), Error> {
+    use wstd::http::BodyExt as _;
+    let stream = outgoing_body
+        .write()
+        .map_err(|()| Error::Body("the request body was taken".into()))?;
+    {
+        let stream = wstd::io::AsyncOutputStream::new(stream);
+        let mut body = body.into().into_boxed_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::Body(format!("the request body: {e:#}")))?;
+            if let Ok(data) = frame.into_data() {
+                stream
+                    .write_all(&data)
+                    .await
+                    .map_err(|e| Error::Body(format!("sending the request body: {e}")))?;
             }
-            stream
-                .flush()
-                .await
-                .map_err(|e| Error::Body(format!("sending the request body: {e}")))?;
         }
-        OutgoingBody::finish(outgoing_body, None).map_err(|code| Error::from_code(&url, code))
-    };
-    let receiving = async {
-        wstd::runtime::AsyncPollable::new(pending.subscribe())
-            .wait_for()
-            .await;
-        match pending.get() {
-            Some(Ok(Ok(response))) => Ok(response),
-            Some(Ok(Err(code))) => Err(Error::from_code(&url, code)),
-            _ => Err(Error::Other {
-                url: url.clone(),
-                detail: "the response was already taken".into(),
-            }),
-        }
-    };
-    let (sent, received) = crate::future::join(sending, receiving).await;
-    let response = received?;
-    sent?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| Error::Body(format!("sending the request body: {e}")))?;
+    }
+    wasi::http::types::OutgoingBody::finish(outgoing_body, None)
+        .map_err(|code| Error::from_code(url, code))
+}
 
+/// Waits for the response's head.
+async fn receive_head(
+    pending: &wasi::http::types::FutureIncomingResponse,
+    url: &str,
+) -> Result<wasi::http::types::IncomingResponse, Error> {
+    wstd::runtime::AsyncPollable::new(pending.subscribe())
+        .wait_for()
+        .await;
+    match pending.get() {
+        Some(Ok(Ok(response))) => Ok(response),
+        Some(Ok(Err(code))) => Err(Error::from_code(url, code)),
+        _ => Err(Error::Other {
+            url: url.to_owned(),
+            detail: "the response was already taken".into(),
+        }),
+    }
+}
+
+/// The response with its head and an [`Incoming`] body that reads the WASI body's stream.
+fn into_response(
+    response: wasi::http::types::IncomingResponse,
+    url: String,
+) -> Result<Response<Incoming>, Error> {
     let mut builder = Response::builder().status(response.status());
     for (name, value) in response.headers().entries() {
         builder = builder.header(name, value);

@@ -120,11 +120,19 @@ async fn enqueue_rate(host: &Host, n: usize, clients: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// What the benchmark measures with: the rounds and messages per round from the command line.
+struct Run {
+    rounds: usize,
+    messages: usize,
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args.get(1).map_or(5, |a| a.parse().unwrap());
-    let messages: usize = args.get(2).map_or(2000, |a| a.parse().unwrap());
+    let run = Run {
+        rounds: args.get(1).map_or(5, |a| a.parse().unwrap()),
+        messages: args.get(2).map_or(2000, |a| a.parse().unwrap()),
+    };
     let thaw = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/thaw");
     assert!(
         thaw.exists(),
@@ -135,9 +143,36 @@ async fn main() {
     let host = start(&thaw, dir.path(), "--events-nats", &nats.url());
     let collector = Collector::start().await;
 
-    // A sink that does nothing (the enqueue rate), and one that reports (the latencies).
+    deploy_sinks(&host, &collector).await;
+    measure_enqueue_rates(&thaw, &nats, &host, &run).await;
+    measure_handler_start(&host, &collector, run.messages).await;
+    let (mut thaw_rates, mut native_rates) = measure_nats(&host, &nats, &run).await;
+    let mut http_rates = measure_http_ceiling(&host, &run).await;
+    println!(
+        "the same function over HTTP, 16 clients: {} requests/s",
+        spread(&mut http_rates)
+    );
+    let ratios: Vec<f64> = thaw_rates
+        .iter()
+        .zip(&native_rates)
+        .map(|(t, n)| t / n)
+        .collect();
+    println!(
+        "NATS, thaw no-op function: {} messages/s",
+        spread(&mut thaw_rates)
+    );
+    println!(
+        "NATS, native pull consumer: {} messages/s",
+        spread(&mut native_rates)
+    );
+    println!("NATS, thaw / native per round: {:.2?}", ratios);
+    measure_schedule_lag(&host, &collector).await;
+}
+
+/// A sink that does nothing (the enqueue rate), and one that reports (the latencies).
+async fn deploy_sinks(host: &Host, collector: &Collector) {
     deploy(
-        &host,
+        host,
         "sink",
         serde_json::json!({"route": "/sink", "async": {"max_queued": 1000000}}),
     )
@@ -147,11 +182,14 @@ async fn main() {
         "allowed_outbound_hosts": [collector.url],
         "config": {"report": collector.url},
     });
-    deploy(&host, "report", reporting).await;
+    deploy(host, "report", reporting).await;
+}
 
-    // The same on a host whose queue is on NATS JetStream (`--queue`), side by side.
+/// The enqueue rate from 1 and 32 clients, on `host` and, side by side, on a host whose
+/// queue is on NATS JetStream (`--queue`), started here and stopped at the end.
+async fn measure_enqueue_rates(thaw: &std::path::Path, nats: &Nats, host: &Host, run: &Run) {
     let shared_dir = tempfile::tempdir().unwrap();
-    let shared = start(&thaw, shared_dir.path(), "--queue", &nats.url());
+    let shared = start(thaw, shared_dir.path(), "--queue", &nats.url());
     deploy(
         &shared,
         "sink",
@@ -160,9 +198,9 @@ async fn main() {
     .await;
     for clients in [1, 32] {
         let (mut rates, mut shared_rates) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            rates.push(enqueue_rate(&host, messages, clients).await);
-            shared_rates.push(enqueue_rate(&shared, messages, clients).await);
+        for _ in 0..run.rounds {
+            rates.push(enqueue_rate(host, run.messages, clients).await);
+            shared_rates.push(enqueue_rate(&shared, run.messages, clients).await);
         }
         println!(
             "async enqueue, {clients} client(s): {} per second (data directory); {} (--queue nats)",
@@ -171,8 +209,10 @@ async fn main() {
         );
     }
     drop(shared);
+}
 
-    // Enqueue → handler start, one at a time.
+/// Enqueue → handler start, one at a time.
+async fn measure_handler_start(host: &Host, collector: &Collector, messages: usize) {
     let client = reqwest::Client::new();
     let mut lags = Vec::with_capacity(messages);
     for _ in 0..messages {
@@ -215,108 +255,141 @@ async fn main() {
         ms(percentile(&lags, 0.99)),
         lags.len()
     );
+}
 
-    // NATS: thaw's trigger against a plain consumer, on the same stream contents.
+/// NATS: thaw's trigger against a plain consumer, on the same stream contents; the rates
+/// per round, thaw's then the native consumer's.
+async fn measure_nats(host: &Host, nats: &Nats, run: &Run) -> (Vec<f64>, Vec<f64>) {
     let nats_client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats_client);
     let mut thaw_rates = Vec::new();
     let mut native_rates = Vec::new();
-    for round in 0..rounds {
+    for round in 0..run.rounds {
         let stream = format!("BENCH{round}");
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: stream.clone(),
-            subjects: vec![format!("bench{round}")],
+        fill_stream(&js, &stream, round, run.messages).await;
+        native_rates.push(native_consumer_rate(&js, &stream, run.messages).await);
+        thaw_rates.push(thaw_trigger_rate(host, &js, &stream, round, run.messages).await);
+    }
+    (thaw_rates, native_rates)
+}
+
+/// Creates `stream` on subject `bench{round}` and publishes `messages` messages to it.
+async fn fill_stream(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    round: usize,
+    messages: usize,
+) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream.to_owned(),
+        subjects: vec![format!("bench{round}")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for batch in (0..messages).collect::<Vec<_>>().chunks(500) {
+        let mut acks = Vec::new();
+        for _ in batch {
+            acks.push(
+                js.publish(format!("bench{round}"), "x".into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+}
+
+/// The baseline: a native pull consumer, 16 in flight, acking each; messages per second.
+async fn native_consumer_rate(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    messages: usize,
+) -> f64 {
+    let native = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("native".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         })
         .await
         .unwrap();
-        for batch in (0..messages).collect::<Vec<_>>().chunks(500) {
-            let mut acks = Vec::new();
-            for _ in batch {
-                acks.push(
-                    js.publish(format!("bench{round}"), "x".into())
-                        .await
-                        .unwrap(),
-                );
-            }
-            for ack in acks {
-                ack.await.unwrap();
-            }
+    let started = Instant::now();
+    let mut done = 0;
+    use futures::StreamExt as _;
+    while done < messages {
+        let mut batch = native.fetch().max_messages(16).messages().await.unwrap();
+        while let Some(message) = batch.next().await {
+            message.unwrap().ack().await.unwrap();
+            done += 1;
         }
-        // The baseline: a native pull consumer, 16 in flight, acking each.
-        let native = js
-            .get_stream(&stream)
+    }
+    messages as f64 / started.elapsed().as_secs_f64()
+}
+
+/// thaw: a no-op function on the same stream, timed from its first acknowledgement (the
+/// deploy and the trigger's start, up to a second, are not consumption); messages per second.
+async fn thaw_trigger_rate(
+    host: &Host,
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    round: usize,
+    messages: usize,
+) -> f64 {
+    let name = format!("noop{round}");
+    let mut first: Option<(Instant, usize)> = None;
+    deploy(
+        host,
+        &name,
+        serde_json::json!({"route": format!("/{name}"), "trigger": {"nats": {"stream": stream}}}),
+    )
+    .await;
+    loop {
+        let mut consumer = js
+            .get_stream(stream)
             .await
             .unwrap()
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some("native".into()),
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let started = Instant::now();
-        let mut done = 0;
-        use futures::StreamExt as _;
-        while done < messages {
-            let mut batch = native.fetch().max_messages(16).messages().await.unwrap();
-            while let Some(message) = batch.next().await {
-                message.unwrap().ack().await.unwrap();
-                done += 1;
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!("thaw-{name}"))
+            .await;
+        if let Ok(consumer) = &mut consumer {
+            let info = consumer.info().await.unwrap();
+            let acked = info.ack_floor.stream_sequence as usize;
+            if first.is_none() && acked > 0 {
+                first = Some((Instant::now(), acked));
+            }
+            if acked >= messages {
+                break;
             }
         }
-        native_rates.push(messages as f64 / started.elapsed().as_secs_f64());
-        // thaw: a no-op function on the same stream, timed from its first acknowledgement
-        // (the deploy and the trigger's start, up to a second, are not consumption).
-        let name = format!("noop{round}");
-        let mut first: Option<(Instant, usize)> = None;
-        deploy(
-            &host,
-            &name,
-            serde_json::json!({"route": format!("/{name}"), "trigger": {"nats": {"stream": stream}}}),
-        )
-        .await;
-        loop {
-            let mut consumer = js
-                .get_stream(&stream)
-                .await
-                .unwrap()
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!(
-                    "thaw-{name}"
-                ))
-                .await;
-            if let Ok(consumer) = &mut consumer {
-                let info = consumer.info().await.unwrap();
-                let acked = info.ack_floor.stream_sequence as usize;
-                if first.is_none() && acked > 0 {
-                    first = Some((Instant::now(), acked));
-                }
-                if acked >= messages {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let (started, acked) = first.expect("acknowledged");
-        thaw_rates.push((messages - acked) as f64 / started.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // The ceiling the request path sets: the same no-op function over HTTP from 16 clients
-    // at once (16: the trigger's delivery places), `messages` requests per round.
+    let (started, acked) = first.expect("acknowledged");
+    (messages - acked) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The ceiling the request path sets: the same no-op function over HTTP from 16 clients
+/// at once (16: the trigger's delivery places), `messages` requests per round.
+async fn measure_http_ceiling(host: &Host, run: &Run) -> Vec<f64> {
     deploy(
-        &host,
+        host,
         "noop-http",
         serde_json::json!({"route": "/noop-http"}),
     )
     .await;
     let mut http_rates = Vec::new();
-    for _ in 0..rounds {
+    for _ in 0..run.rounds {
         let client = reqwest::Client::new();
         let url = format!("{}/noop-http", host.url);
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..16 {
             let (client, url) = (client.clone(), url.clone());
-            let share = messages / 16 + usize::from(c < messages % 16);
+            let share = run.messages / 16 + usize::from(c < run.messages % 16);
             tasks.push(tokio::spawn(async move {
                 for _ in 0..share {
                     let r = client.post(&url).body("x").send().await.unwrap();
@@ -328,35 +401,20 @@ async fn main() {
         for task in tasks {
             task.await.unwrap();
         }
-        http_rates.push(messages as f64 / started.elapsed().as_secs_f64());
+        http_rates.push(run.messages as f64 / started.elapsed().as_secs_f64());
     }
-    println!(
-        "the same function over HTTP, 16 clients: {} requests/s",
-        spread(&mut http_rates)
-    );
-    let ratios: Vec<f64> = thaw_rates
-        .iter()
-        .zip(&native_rates)
-        .map(|(t, n)| t / n)
-        .collect();
-    println!(
-        "NATS, thaw no-op function: {} messages/s",
-        spread(&mut thaw_rates)
-    );
-    println!(
-        "NATS, native pull consumer: {} messages/s",
-        spread(&mut native_rates)
-    );
-    println!("NATS, thaw / native per round: {:.2?}", ratios);
+    http_rates
+}
 
-    // Schedule lag.
+/// Schedule lag: a schedule every second for 30 s; from each tick to its report.
+async fn measure_schedule_lag(host: &Host, collector: &Collector) {
     let ticking = serde_json::json!({
         "route": "/tick",
         "schedule": ["* * * * * *"],
         "allowed_outbound_hosts": [collector.url],
         "config": {"report": collector.url},
     });
-    deploy(&host, "tick", ticking).await;
+    deploy(host, "tick", ticking).await;
     tokio::time::sleep(Duration::from_secs(31)).await;
     let mut ticks: Vec<Duration> = collector
         .received

@@ -15,9 +15,22 @@ use thaw_runtime::engine::artifact::Kind;
 use thaw_runtime::engine::{EngineOptions, ThawEngine};
 use thaw_runtime::function::{Function, FunctionRecord};
 use thaw_runtime::guest::Linkers;
+use thaw_runtime::guest::host::ProxyHost;
 use thaw_runtime::source::{Bundle, Language, LanguageEngine};
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// The samples of each phase, in the order the phases were first timed.
+type Phases = Vec<(&'static str, Vec<Duration>)>;
+
+/// What is measured: the language engine and the program it runs, and a component to compare.
+struct Subject<'a> {
+    engine: &'a ThawEngine,
+    function: &'a Function,
+    language_engine: &'a LanguageEngine,
+    bundle: &'a Bundle,
+    peer: Option<&'a ProxyPre<ProxyHost>>,
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -36,34 +49,12 @@ fn main() {
     })
     .expect("engine");
     let linkers = Linkers::new(engine.engine()).expect("linkers");
-    let link = |path: &str| {
-        let started = Instant::now();
-        let component = Component::from_file(engine.engine(), path).expect("compile");
-        println!(
-            "{path}: compiled in {:.1} s (once, not a phase)",
-            started.elapsed().as_secs_f64()
-        );
-        let pre = ProxyPre::new(linkers.proxy.instantiate_pre(&component).expect("link"))
-            .expect("a proxy");
-        (component, pre)
-    };
-    let (component, pre) = link(&engine_path);
-    let language = Language::of_path(&source_path).expect("a .js or .py file");
-    let entry = std::path::Path::new(&source_path)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("a file name")
-        .to_owned();
-    let bundle = Bundle {
-        language,
-        entry: entry.clone(),
-        files: vec![(
-            entry,
-            std::fs::read_to_string(&source_path).expect("source"),
-        )],
-    };
+    let (component, pre) = link(&engine, &linkers, &engine_path);
+    let bundle = bundle_of(&source_path);
     let language_engine = LanguageEngine::new("bench".into(), &component, pre).expect("engine");
-    let peer = component_path.as_deref().map(link);
+    let peer = component_path
+        .as_deref()
+        .map(|path| link(&engine, &linkers, path));
     let function = Function::unloaded(
         FunctionRecord {
             name: "f".into(),
@@ -78,9 +69,58 @@ fn main() {
         },
         &Default::default(),
     );
+    let subject = Subject {
+        engine: &engine,
+        function: &function,
+        language_engine: &language_engine,
+        bundle: &bundle,
+        peer: peer.as_ref().map(|(_, pre)| pre),
+    };
+    let phases = measure(&subject, rounds);
+    report(&source_path, &bundle, rounds, phases);
+}
+
+/// Compiles the component at `path` (timed, once, not a phase) and links it as a proxy.
+fn link(engine: &ThawEngine, linkers: &Linkers, path: &str) -> (Component, ProxyPre<ProxyHost>) {
+    let started = Instant::now();
+    let component = Component::from_file(engine.engine(), path).expect("compile");
+    println!(
+        "{path}: compiled in {:.1} s (once, not a phase)",
+        started.elapsed().as_secs_f64()
+    );
+    let pre =
+        ProxyPre::new(linkers.proxy.instantiate_pre(&component).expect("link")).expect("a proxy");
+    (component, pre)
+}
+
+/// The bundle of the one source file at `source_path`, its file name the entry.
+fn bundle_of(source_path: &str) -> Bundle {
+    let language = Language::of_path(source_path).expect("a .js or .py file");
+    let entry = std::path::Path::new(source_path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a file name")
+        .to_owned();
+    Bundle {
+        language,
+        entry: entry.clone(),
+        files: vec![(entry, std::fs::read_to_string(source_path).expect("source"))],
+    }
+}
+
+/// Times the deploy's `prepare` (up to 20 rounds), then per round the engine's instantiation,
+/// the program's `load` and, with a peer, the component's instantiation.
+fn measure(subject: &Subject<'_>, rounds: usize) -> Phases {
+    let Subject {
+        engine,
+        function,
+        language_engine,
+        bundle,
+        peer,
+    } = subject;
     let store = || thaw_runtime::guest::proxy_store(engine.engine(), &function.guest());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut phases: Vec<(&str, Vec<Duration>)> = Vec::new();
+    let mut phases: Phases = Vec::new();
     let mut time =
         |name: &'static str, elapsed: Duration| match phases.iter_mut().find(|(n, _)| *n == name) {
             Some((_, samples)) => samples.push(elapsed),
@@ -92,7 +132,7 @@ fn main() {
             let mut s = store();
             let started = Instant::now();
             program = language_engine
-                .prepare(&mut s, &bundle, function.deadline_ticks)
+                .prepare(&mut s, bundle, function.deadline_ticks)
                 .await
                 .expect("prepare");
             time(
@@ -116,7 +156,7 @@ fn main() {
                 .await
                 .expect("load");
             time("instance: load(program)", started.elapsed());
-            if let Some((_, peer)) = &peer {
+            if let Some(peer) = peer {
                 let mut s = store();
                 let started = Instant::now();
                 peer.instantiate_async(&mut s).await.expect("instantiate");
@@ -124,6 +164,11 @@ fn main() {
             }
         }
     });
+    phases
+}
+
+/// Prints the median and p90 of each phase.
+fn report(source_path: &str, bundle: &Bundle, rounds: usize, phases: Phases) {
     println!(
         "{source_path} ({} bytes of program), {rounds} rounds",
         bundle.files[0].1.len()

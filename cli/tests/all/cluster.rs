@@ -99,6 +99,15 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
     for n in &nodes {
         wait_ready(n).await;
     }
+    every_node_is_a_member(&nodes).await;
+    a_waiting_deploy_serves_on_every_node(&nodes).await;
+    a_split_holds_on_every_node(&nodes).await;
+    one_of_two_deploys_takes_a_route_everywhere(&nodes).await;
+    the_persisted_records_agree(&nodes);
+}
+
+/// The member list (and `thaw cluster`) shows the three nodes, on one engine.
+async fn every_node_is_a_member(nodes: &[TestServer]) {
     let members = cluster_status(&nodes[0]).await.members;
     let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["n1", "n2", "n3"]);
@@ -120,10 +129,14 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
             "{text}"
         );
     }
+}
 
+/// A deploy with `--wait 3`, through the API and through the CLI on another node, is
+/// answered once all three serve it.
+async fn a_waiting_deploy_serves_on_every_node(nodes: &[TestServer]) {
     // --wait 3: the answer comes once all three can serve it.
     assert_eq!(deploy(&nodes[0], "hello", "/hello", 3).await, 1);
-    for n in &nodes {
+    for n in nodes {
         assert_eq!(serving(n, "/hello").await.as_deref(), Some("v1"));
     }
     // The same through the CLI, on another node: `thaw deploy --wait 3`.
@@ -141,11 +154,13 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for n in &nodes {
+    for n in nodes {
         assert_eq!(serving(n, "/hello").await.as_deref(), Some("v2"));
     }
+}
 
-    // A split set through node 2 holds on all three: 100 requests per node, 50/50.
+/// A split set through node 2 holds on all three: 100 requests per node, 50/50.
+async fn a_split_holds_on_every_node(nodes: &[TestServer]) {
     nodes[1]
         .admin()
         .typed()
@@ -155,7 +170,7 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
         )
         .await
         .expect("a split through node 2");
-    for n in &nodes {
+    for n in nodes {
         eventually(
             "the split on every node",
             Duration::from_secs(20),
@@ -176,8 +191,11 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
         }
         assert_eq!(v1, 50, "every 100 requests split exactly on {}", n.url);
     }
-    // Two functions deployed at once through two nodes on one route: one gets it, the other
-    // a 409, and every node routes it to the same one.
+}
+
+/// Two functions deployed at once through two nodes on one route: one gets it, the other
+/// a 409, and every node routes it to the same one.
+async fn one_of_two_deploys_takes_a_route_everywhere(nodes: &[TestServer]) {
     let hello = || thaw_test_functions::read(wasm::HELLO).into();
     let (admin_a, admin_b, shared) = (nodes[0].admin(), nodes[1].admin(), route("/shared"));
     let (a, b) = tokio::join!(
@@ -191,7 +209,7 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
     let refused = a.as_ref().err().or(b.as_ref().err()).unwrap();
     assert_eq!(refused.code(), Some(ErrorCode::RouteTaken), "{refused}");
     let owner = if a.is_ok() { "a" } else { "b" };
-    for n in &nodes {
+    for n in nodes {
         eventually(
             "the route's owner on every node",
             Duration::from_secs(20),
@@ -213,8 +231,10 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
         )
         .await;
     }
+}
 
-    // The records the nodes persisted agree with etcd's (a restart starts from them).
+/// The records the nodes persisted agree with etcd's (a restart starts from them).
+fn the_persisted_records_agree(nodes: &[TestServer]) {
     let record =
         |n: &TestServer| std::fs::read_to_string(n.data_dir.join("functions/hello.json")).unwrap();
     let first: serde_json::Value = serde_json::from_str(&record(&nodes[0])).unwrap();

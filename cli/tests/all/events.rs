@@ -183,15 +183,39 @@ async fn failures_are_retried_with_backoff_then_dead_lettered_and_replayed_on_de
     };
     server.deploy("ev", wasm::EVENTS, spec).await;
 
-    // Fails twice, then succeeds: three attempts, spaced by the backoff (300 ms, then
-    // 600 ms, each with jitter down to half).
-    let flaky = accepted(&server, "/ev?fail=2").await;
-    let record = finished(&server, &flaky.id).await;
+    let flaky = a_flaky_invocation_is_retried_with_backoff(&server, &collector).await;
+    let doomed = one_that_always_fails_is_dead_lettered(&server).await;
+    let refused = a_4xx_is_not_retried(&server).await;
+    let ids = InvocationIds {
+        flaky: &flaky,
+        doomed: &doomed,
+        refused: &refused,
+    };
+    dead_letters_are_listed_and_replayed(&server, &collector, &ids).await;
+    only_a_failed_one_is_retried_and_a_discard_removes_it(&server, &ids).await;
+}
+
+/// The ids of the invocations that succeeded on retry, that always failed and that were
+/// refused with a 4xx.
+struct InvocationIds<'a> {
+    flaky: &'a str,
+    doomed: &'a str,
+    refused: &'a str,
+}
+
+/// Fails twice, then succeeds: three attempts, spaced by the backoff (300 ms, then 600 ms,
+/// each with jitter down to half). Returns its id.
+async fn a_flaky_invocation_is_retried_with_backoff(
+    server: &TestServer,
+    collector: &Collector,
+) -> String {
+    let flaky = accepted(server, "/ev?fail=2").await;
+    let record = finished(server, &flaky.id).await;
     assert_eq!(
         (record.state, record.attempts),
         (InvocationState::Succeeded, 3)
     );
-    let seen = deliveries(&collector, &flaky.id);
+    let seen = deliveries(collector, &flaky.id);
     assert_eq!(seen.iter().map(|(_, a)| *a).collect::<Vec<_>>(), [1, 2, 3]);
     for (i, least) in [(1, 150), (2, 300)] {
         let gap = seen[i].0.duration_since(seen[i - 1].0).unwrap();
@@ -200,10 +224,14 @@ async fn failures_are_retried_with_backoff_then_dead_lettered_and_replayed_on_de
             "retry {i} came {gap:?} after the attempt before; the backoff says at least {least} ms"
         );
     }
+    flaky.id
+}
 
-    // Always fails: dead-lettered after its three attempts, its last answer kept.
-    let doomed = accepted(&server, "/ev?fail=always").await;
-    let record = finished(&server, &doomed.id).await;
+/// Always fails: dead-lettered after its three attempts, its last answer kept. Returns its
+/// id.
+async fn one_that_always_fails_is_dead_lettered(server: &TestServer) -> String {
+    let doomed = accepted(server, "/ev?fail=always").await;
+    let record = finished(server, &doomed.id).await;
     assert_eq!(
         (record.state, record.attempts),
         (InvocationState::Failed, 3)
@@ -215,17 +243,27 @@ async fn failures_are_retried_with_backoff_then_dead_lettered_and_replayed_on_de
     let r = server.get(&format!("/v1/invocations/{}", doomed.id)).await;
     assert_eq!(r.status(), 500);
     assert_eq!(r.headers()["thaw-invocation-state"], "failed");
+    doomed.id
+}
 
-    // A 4xx is the request's fault: not retried.
-    let refused = accepted(&server, "/ev?status=404").await;
-    let record = finished(&server, &refused.id).await;
+/// A 4xx is the request's fault: not retried. Returns its id.
+async fn a_4xx_is_not_retried(server: &TestServer) -> String {
+    let refused = accepted(server, "/ev?status=404").await;
+    let record = finished(server, &refused.id).await;
     assert_eq!(
         (record.state, record.attempts),
         (InvocationState::Failed, 1)
     );
+    refused.id
+}
 
-    // `thaw invocations` lists the dead letters; `retry` replays one from attempt 1.
-    let out = thaw_command(&server, &["invocations", "ev", "--failed"])
+/// `thaw invocations` lists the dead letters; `retry` replays one from attempt 1.
+async fn dead_letters_are_listed_and_replayed(
+    server: &TestServer,
+    collector: &Collector,
+    ids: &InvocationIds<'_>,
+) {
+    let out = thaw_command(server, &["invocations", "ev", "--failed"])
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
@@ -235,11 +273,11 @@ async fn failures_are_retried_with_backoff_then_dead_lettered_and_replayed_on_de
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        listed.contains(&doomed.id) && listed.contains(&refused.id),
+        listed.contains(ids.doomed) && listed.contains(ids.refused),
         "{listed}"
     );
-    assert!(!listed.contains(&flaky.id), "{listed}");
-    let out = thaw_command(&server, &["invocations", "retry", &doomed.id])
+    assert!(!listed.contains(ids.flaky), "{listed}");
+    let out = thaw_command(server, &["invocations", "retry", ids.doomed])
         .output()
         .unwrap();
     assert!(
@@ -251,25 +289,31 @@ async fn failures_are_retried_with_backoff_then_dead_lettered_and_replayed_on_de
         "the replay's three attempts",
         Duration::from_secs(60),
         || {
-            let n = deliveries(&collector, &doomed.id).len();
+            let n = deliveries(collector, ids.doomed).len();
             async move { n == 6 }
         },
     )
     .await;
-    let record = finished(&server, &doomed.id).await;
+    let record = finished(server, ids.doomed).await;
     assert_eq!(
         (record.state, record.attempts),
         (InvocationState::Failed, 3)
     );
-    // A retry of one that did not fail is refused; a discard removes it.
+}
+
+/// A retry of one that did not fail is refused; a discard removes it.
+async fn only_a_failed_one_is_retried_and_a_discard_removes_it(
+    server: &TestServer,
+    ids: &InvocationIds<'_>,
+) {
     let again = server
         .admin()
         .typed()
-        .retry_invocation(&flaky.id)
+        .retry_invocation(ids.flaky)
         .await
         .unwrap_err();
     assert_eq!(again.code(), Some(ErrorCode::WrongState));
-    let out = thaw_command(&server, &["invocations", "discard", &doomed.id])
+    let out = thaw_command(server, &["invocations", "discard", ids.doomed])
         .output()
         .unwrap();
     assert!(
@@ -279,7 +323,7 @@ async fn failures_are_retried_with_backoff_then_dead_lettered_and_replayed_on_de
     );
     assert_eq!(
         server
-            .get(&format!("/v1/invocations/{}", doomed.id))
+            .get(&format!("/v1/invocations/{}", ids.doomed))
             .await
             .status(),
         404

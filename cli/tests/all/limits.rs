@@ -221,45 +221,36 @@ async fn outbound_http_only_to_allowed_hosts() {
         .deploy("nonet", wasm::FAULTS, Default::default())
         .await;
 
-    let text = |path: String| {
-        let url = format!("{}{path}", server.url);
-        async move {
-            let r = client().get(url).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.text().await.unwrap()
-        }
-    };
     // Allowed host: two requests go out, the third is over the per-invocation limit.
-    let out = text(format!("/net/outbound?to=http://127.0.0.1:{allowed}/&n=3")).await;
+    let out = get_text(
+        &server,
+        format!("/net/outbound?to=http://127.0.0.1:{allowed}/&n=3"),
+    )
+    .await;
     let lines: Vec<_> = out.lines().collect();
     assert_eq!(lines[..2], ["outbound answered 200"; 2], "{out}");
     assert!(lines[2].contains("ConnectionLimitReached"), "{out}");
     // Another port on the same address: denied.
-    let out = text(format!("/net/outbound?to=http://127.0.0.1:{other}/")).await;
+    let out = get_text(
+        &server,
+        format!("/net/outbound?to=http://127.0.0.1:{other}/"),
+    )
+    .await;
     assert!(out.contains("HttpRequestDenied"), "{out}");
     // A function without an allow-list reaches nothing.
-    let out = text(format!("/nonet/outbound?to=http://127.0.0.1:{allowed}/")).await;
+    let out = get_text(
+        &server,
+        format!("/nonet/outbound?to=http://127.0.0.1:{allowed}/"),
+    )
+    .await;
     assert!(out.contains("HttpRequestDenied"), "{out}");
-    // No way around wasi:http: raw sockets and name lookups are refused, even for a
-    // function whose allow-list names the address.
-    for function in ["net", "nonet"] {
-        let out = text(format!("/{function}/socket?port={allowed}")).await;
-        let lines: Vec<_> = out.lines().collect();
-        assert!(
-            lines[0].ends_with("refused: access-denied"),
-            "{function}: {out}"
-        );
-        assert!(
-            lines[1].starts_with("lookup refused") || lines[1].starts_with("lookup failed"),
-            "{function}: {out}"
-        );
-        assert!(
-            !out.contains("connected") && !out.contains("answered"),
-            "{out}"
-        );
-    }
+    sockets_and_lookups_are_refused(&server, allowed).await;
     // An allowed host that never answers: the outbound timeout ends it, the guest goes on.
-    let out = text(format!("/net/outbound?to=http://localhost:{silent}/")).await;
+    let out = get_text(
+        &server,
+        format!("/net/outbound?to=http://localhost:{silent}/"),
+    )
+    .await;
     assert!(
         !out.contains("answered") && out.contains("outbound failed"),
         "{out}"
@@ -278,8 +269,40 @@ async fn outbound_http_only_to_allowed_hosts() {
             .contains(&format!("outbound request to http://127.0.0.1:{other}/"))
     );
     assert_healthy(&server).await;
+    a_malformed_pattern_is_refused_at_deploy(&server).await;
+}
 
-    // A malformed pattern is refused at deploy, naming it.
+/// GETs `path` on `server`, which must answer 200; the body.
+async fn get_text(server: &TestServer, path: String) -> String {
+    let url = format!("{}{path}", server.url);
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// No way around wasi:http: raw sockets and name lookups are refused, even for a function
+/// whose allow-list names the address (`allowed`, a port on loopback).
+async fn sockets_and_lookups_are_refused(server: &TestServer, allowed: u16) {
+    for function in ["net", "nonet"] {
+        let out = get_text(server, format!("/{function}/socket?port={allowed}")).await;
+        let lines: Vec<_> = out.lines().collect();
+        assert!(
+            lines[0].ends_with("refused: access-denied"),
+            "{function}: {out}"
+        );
+        assert!(
+            lines[1].starts_with("lookup refused") || lines[1].starts_with("lookup failed"),
+            "{function}: {out}"
+        );
+        assert!(
+            !out.contains("connected") && !out.contains("answered"),
+            "{out}"
+        );
+    }
+}
+
+/// A malformed pattern is refused at deploy, naming it.
+async fn a_malformed_pattern_is_refused_at_deploy(server: &TestServer) {
     let bad = FunctionSpec {
         allowed_outbound_hosts: vec!["http://example.com/path".into()],
         ..Default::default()

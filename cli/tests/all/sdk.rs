@@ -75,13 +75,38 @@ async fn call(server: &TestServer, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// The ports the tour's outbound calls go to: an allowed upstream, one not allowed, one
+/// that never answers and one nothing listens on.
+struct Outbound {
+    up: u16,
+    other: u16,
+    silent: u16,
+    closed: u16,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_async_rust_function_calls_out_reads_config_keeps_state_and_logs() {
-    let up = upstream().await;
-    let other = upstream().await;
-    let silent = black_hole().await;
-    let closed = thaw_harness::free_port();
+    let outbound = Outbound {
+        up: upstream().await,
+        other: upstream().await,
+        silent: black_hole().await,
+        closed: thaw_harness::free_port(),
+    };
     let server = TestServer::start();
+    deploy_the_tour(&server, &outbound).await;
+    outbound_calls_succeed_or_fail_by_kind(&server, &outbound).await;
+    configuration_is_read(&server).await;
+    concurrent_increments_count_exactly(&server).await;
+    a_value_over_the_quota_is_refused(&server).await;
+    a_structured_log_line_shows_in_thaw_logs(&server).await;
+}
+
+/// The tour at `/tour`, allowed to call all of `outbound` but `other`, with a greeting in
+/// its configuration and 1 KiB values in its store.
+async fn deploy_the_tour(server: &TestServer, outbound: &Outbound) {
+    let Outbound {
+        up, silent, closed, ..
+    } = outbound;
     let spec = FunctionSpec {
         route: Some("/tour".into()),
         allowed_outbound_hosts: vec![
@@ -100,15 +125,23 @@ async fn an_async_rust_function_calls_out_reads_config_keeps_state_and_logs() {
         ..Default::default()
     };
     server.deploy("tour", wasm::SDK_TOUR, spec).await;
+}
 
-    // Outbound: allowed, refused by the allow-list (the message names the field and the
-    // origin to add), nothing listening, no answer in time, a body over the reader's bound.
+/// Outbound: allowed, refused by the allow-list (the message names the field and the
+/// origin to add), nothing listening, no answer in time, a body over the reader's bound.
+async fn outbound_calls_succeed_or_fail_by_kind(server: &TestServer, outbound: &Outbound) {
+    let Outbound {
+        up,
+        other,
+        silent,
+        closed,
+    } = outbound;
     let fetch = |url: String| format!("/fetch?url={url}");
     assert_eq!(
-        call(&server, &fetch(format!("http://127.0.0.1:{up}/"))).await,
+        call(server, &fetch(format!("http://127.0.0.1:{up}/"))).await,
         (200, "200 upstream".into())
     );
-    let (status, text) = call(&server, &fetch(format!("http://127.0.0.1:{other}/"))).await;
+    let (status, text) = call(server, &fetch(format!("http://127.0.0.1:{other}/"))).await;
     assert_eq!(status, 502, "{text}");
     assert!(text.starts_with("denied: "), "{text}");
     assert!(
@@ -117,20 +150,20 @@ async fn an_async_rust_function_calls_out_reads_config_keeps_state_and_logs() {
         )),
         "{text}"
     );
-    let (status, text) = call(&server, &fetch(format!("http://127.0.0.1:{closed}/"))).await;
+    let (status, text) = call(server, &fetch(format!("http://127.0.0.1:{closed}/"))).await;
     assert_eq!(
         (status, text.split(':').next()),
         (502, Some("connection-refused")),
         "{text}"
     );
-    let (status, text) = call(&server, &fetch(format!("http://127.0.0.1:{silent}/"))).await;
+    let (status, text) = call(server, &fetch(format!("http://127.0.0.1:{silent}/"))).await;
     assert_eq!(
         (status, text.split(':').next()),
         (504, Some("timeout")),
         "{text}"
     );
     let (status, text) = call(
-        &server,
+        server,
         &format!("/fetch?url=http://127.0.0.1:{up}/big&limit=1024"),
     )
     .await;
@@ -139,29 +172,30 @@ async fn an_async_rust_function_calls_out_reads_config_keeps_state_and_logs() {
         (502, Some("response-too-large")),
         "{text}"
     );
+}
 
-    // Configuration: a value and a missing key.
+/// Configuration: a value and a missing key.
+async fn configuration_is_read(server: &TestServer) {
     assert_eq!(
-        call(&server, "/config?key=greeting").await,
+        call(server, "/config?key=greeting").await,
         (200, "hello".into())
     );
     assert_eq!(
-        call(&server, "/config?key=missing").await,
+        call(server, "/config?key=missing").await,
         (404, "none".into())
     );
+}
 
-    // State: 100 increments from 8 clients at once count exactly 100, each value once.
-    let counts: Vec<u64> = futures::future::join_all((0..8).map(|client| {
-        let server = &server;
-        async move {
-            let mut seen = Vec::new();
-            for _ in 0..(100 / 8 + usize::from(client < 100 % 8)) {
-                let (status, text) = call(server, "/count").await;
-                assert_eq!(status, 200, "{text}");
-                seen.push(text.parse::<u64>().unwrap());
-            }
-            seen
+/// State: 100 increments from 8 clients at once count exactly 100, each value once.
+async fn concurrent_increments_count_exactly(server: &TestServer) {
+    let counts: Vec<u64> = futures::future::join_all((0..8).map(|client| async move {
+        let mut seen = Vec::new();
+        for _ in 0..(100 / 8 + usize::from(client < 100 % 8)) {
+            let (status, text) = call(server, "/count").await;
+            assert_eq!(status, 200, "{text}");
+            seen.push(text.parse::<u64>().unwrap());
         }
+        seen
     }))
     .await
     .into_iter()
@@ -170,8 +204,10 @@ async fn an_async_rust_function_calls_out_reads_config_keeps_state_and_logs() {
     let mut sorted = counts.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, (1..=100).collect::<Vec<u64>>());
+}
 
-    // A value over kv_max_value_kib: the typed quota error, naming the field.
+/// A value over kv_max_value_kib: the typed quota error, naming the field.
+async fn a_value_over_the_quota_is_refused(server: &TestServer) {
     let r = client()
         .post(format!("{}/tour/set?key=big", server.url))
         .body(vec![b'v'; 2048])
@@ -181,14 +217,16 @@ async fn an_async_rust_function_calls_out_reads_config_keeps_state_and_logs() {
     assert_eq!(r.status(), 507);
     let text = r.text().await.unwrap();
     assert!(text.starts_with("quota kv_max_value_kib: "), "{text}");
+}
 
-    // A structured log line: `thaw logs` shows its level and fields beside the request.
+/// A structured log line: `thaw logs` shows its level and fields beside the request.
+async fn a_structured_log_line_shows_in_thaw_logs(server: &TestServer) {
     assert_eq!(
-        call(&server, "/log?msg=charged").await,
+        call(server, "/log?msg=charged").await,
         (200, "logged".into())
     );
     let line = thaw_harness::eventually_some("the log line", Duration::from_secs(10), || async {
-        let out = thaw_command(&server, &["logs", "tour"]).output().unwrap();
+        let out = thaw_command(server, &["logs", "tour"]).output().unwrap();
         assert!(
             out.status.success(),
             "{}",

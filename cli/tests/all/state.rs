@@ -147,48 +147,8 @@ async fn state_survives_and_stays_apart(mut server: TestServer) {
     server
         .deploy("other", wasm::CAPABILITIES, route("/other"))
         .await;
-
-    // A counter across requests.
-    for n in 1..=3 {
-        assert_eq!(get(&server, "/cap/count").await, (200, n.to_string()));
-    }
-    // Operators seed and read the store; the guest sees it (wasmtime's keyvalue program).
-    let out = thaw_command(&server, &["kv", "set", "cap", "hello", "world"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(get(&server, "/cap/kv-hello").await, (200, "world".into()));
-    let out = thaw_command(&server, &["kv", "get", "cap", "visits"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "3");
-    assert_eq!(
-        set(&server, "/cap/set?bucket=b1&key=k", b"in b1").await,
-        204
-    );
-    let out = thaw_command(&server, &["kv", "list", "cap", "b1"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "k\n");
-
-    // Two functions never see each other's keys, whatever bucket they open.
-    assert_eq!(
-        get(&server, "/other/get?key=hello").await,
-        (404, "none".into())
-    );
-    assert_eq!(
-        get(&server, "/other/get?bucket=b1&key=k").await,
-        (404, "none".into())
-    );
-    assert_eq!(get(&server, "/other/count").await, (200, "1".into()));
-    assert_eq!(
-        get(&server, "/cap/get?bucket=a/b&key=k").await,
-        (500, "no-such-store".into())
-    );
+    a_counter_and_operators_keys_reach_the_guest(&server).await;
+    functions_never_see_each_others_keys(&server).await;
 
     // A redeploy keeps the state.
     server
@@ -196,7 +156,64 @@ async fn state_survives_and_stays_apart(mut server: TestServer) {
         .await;
     assert_eq!(get(&server, "/cap/count").await, (200, "4".into()));
 
-    // 32 clients incrementing at once lose no increment.
+    concurrent_increments_lose_nothing(&server).await;
+    acknowledged_increments_survive_kill_9(&mut server).await;
+
+    // Removing a function removes its state.
+    server.admin().remove("other").await.unwrap();
+    server
+        .deploy("other", wasm::CAPABILITIES, route("/other"))
+        .await;
+    assert_eq!(get(&server, "/other/count").await, (200, "1".into()));
+}
+
+/// A counter across requests; operators seed and read the store, and the guest sees it
+/// (wasmtime's keyvalue program).
+async fn a_counter_and_operators_keys_reach_the_guest(server: &TestServer) {
+    // A counter across requests.
+    for n in 1..=3 {
+        assert_eq!(get(server, "/cap/count").await, (200, n.to_string()));
+    }
+    // Operators seed and read the store; the guest sees it (wasmtime's keyvalue program).
+    let out = thaw_command(server, &["kv", "set", "cap", "hello", "world"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(server, "/cap/kv-hello").await, (200, "world".into()));
+    let out = thaw_command(server, &["kv", "get", "cap", "visits"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3");
+    assert_eq!(set(server, "/cap/set?bucket=b1&key=k", b"in b1").await, 204);
+    let out = thaw_command(server, &["kv", "list", "cap", "b1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k\n");
+}
+
+/// Two functions never see each other's keys, whatever bucket they open.
+async fn functions_never_see_each_others_keys(server: &TestServer) {
+    assert_eq!(
+        get(server, "/other/get?key=hello").await,
+        (404, "none".into())
+    );
+    assert_eq!(
+        get(server, "/other/get?bucket=b1&key=k").await,
+        (404, "none".into())
+    );
+    assert_eq!(get(server, "/other/count").await, (200, "1".into()));
+    assert_eq!(
+        get(server, "/cap/get?bucket=a/b&key=k").await,
+        (500, "no-such-store".into())
+    );
+}
+
+/// 32 clients incrementing at once lose no increment.
+async fn concurrent_increments_lose_nothing(server: &TestServer) {
     let http = client();
     let url = format!("{}/cap/count", server.url);
     let tasks: Vec<_> = (0..32)
@@ -214,13 +231,17 @@ async fn state_survives_and_stays_apart(mut server: TestServer) {
         t.await.unwrap();
     }
     assert_eq!(
-        get(&server, "/cap/count").await,
+        get(server, "/cap/count").await,
         (200, (4 + 160 + 1).to_string())
     );
+}
 
-    // kill -9 in the middle of acknowledged increments: none of them is lost.
+/// kill -9 in the middle of acknowledged increments: none of them is lost.
+async fn acknowledged_increments_survive_kill_9(server: &mut TestServer) {
+    let http = client();
+    let url = format!("{}/cap/count", server.url);
     let acknowledged = Arc::new(AtomicUsize::new(0));
-    let before: usize = get(&server, "/cap/get?key=visits").await.1.parse().unwrap();
+    let before: usize = get(server, "/cap/get?key=visits").await.1.parse().unwrap();
     let writers: Vec<_> = (0..8)
         .map(|_| {
             let (http, url, acknowledged) = (http.clone(), url.clone(), acknowledged.clone());
@@ -256,18 +277,11 @@ async fn state_survives_and_stays_apart(mut server: TestServer) {
         acknowledged > 0,
         "some increments were acknowledged before the kill"
     );
-    let after: usize = get(&server, "/cap/get?key=visits").await.1.parse().unwrap();
+    let after: usize = get(server, "/cap/get?key=visits").await.1.parse().unwrap();
     assert!(
         after >= before + acknowledged && after <= before + acknowledged + 8,
         "{acknowledged} acknowledged increments after {before}: the counter is {after}"
     );
-
-    // Removing a function removes its state.
-    server.admin().remove("other").await.unwrap();
-    server
-        .deploy("other", wasm::CAPABILITIES, route("/other"))
-        .await;
-    assert_eq!(get(&server, "/other/count").await, (200, "1".into()));
 }
 
 #[tokio::test(flavor = "multi_thread")]

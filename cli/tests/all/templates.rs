@@ -284,9 +284,43 @@ async fn the_guides_snippet_runs(template: &str, project: &Path, server: &TestSe
 async fn writing_a_real_function(template: &str, project: &Path, server: &TestServer, name: &str) {
     let up = upstream().await;
     let other = upstream().await;
-    let token = server.token();
-    // Rewrites the project's thaw.toml with these settings and deploys it (already built).
-    let redeploy = |config: String| {
+    let written = Written {
+        template,
+        project,
+        server,
+        name,
+        up,
+        token: server.token(),
+    };
+    only_an_allowed_upstream_answers(&written, other).await;
+    a_missing_setting_takes_the_codes_default(&written).await;
+    concurrent_calls_count_consecutively(&written).await;
+    a_body_over_the_quota_is_refused(&written).await;
+    each_request_logs_a_structured_line(&written);
+}
+
+/// A template's built project, deployed on `server` as `name`, and the upstream it may call.
+struct Written<'a> {
+    template: &'a str,
+    project: &'a Path,
+    server: &'a TestServer,
+    name: &'a str,
+    /// The port of the upstream in its `allowed_outbound_hosts`.
+    up: u16,
+    token: String,
+}
+
+impl Written<'_> {
+    /// Rewrites the project's thaw.toml with these settings and deploys it (already built).
+    fn redeploy(&self, config: String) {
+        let Written {
+            template,
+            project,
+            server,
+            up,
+            token,
+            ..
+        } = self;
         let manifest = project.join("thaw.toml");
         let kept: Vec<String> = std::fs::read_to_string(&manifest)
             .unwrap()
@@ -312,7 +346,7 @@ async fn writing_a_real_function(template: &str, project: &Path, server: &TestSe
                 "--admin",
                 &server.admin_url,
                 "--admin-token",
-                &token,
+                token,
             ],
         );
         assert!(
@@ -320,55 +354,66 @@ async fn writing_a_real_function(template: &str, project: &Path, server: &TestSe
             "{template}: {}",
             String::from_utf8_lossy(&deployed.stderr)
         );
-    };
-    let url = format!("{}/{name}", server.url);
-    let get = |query: &'static str| {
-        let url = format!("{url}{query}");
-        async move {
-            let r = client().get(url).send().await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
-    };
+    }
 
-    // An allowed upstream answers; one not in the allow-list is refused, naming the field.
-    redeploy(format!(
+    /// The function's URL.
+    fn url(&self) -> String {
+        format!("{}/{}", self.server.url, self.name)
+    }
+
+    /// GETs the function with `query`: the status and the body.
+    async fn get(&self, query: &str) -> (u16, String) {
+        let url = format!("{}{query}", self.url());
+        let r = client().get(url).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+/// An allowed upstream answers; one not in the allow-list (`other`) is refused, naming the
+/// field.
+async fn only_an_allowed_upstream_answers(written: &Written<'_>, other: u16) {
+    let (template, up) = (written.template, written.up);
+    written.redeploy(format!(
         "greeting = \"Hi\", upstream = \"http://127.0.0.1:{up}/\""
     ));
-    let (status, text) = get("?name=ci").await;
+    let (status, text) = written.get("?name=ci").await;
     assert_eq!(status, 200, "{template}: {text}");
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["upstream"], "upstream", "{template}: {answer}");
-    redeploy(format!(
+    written.redeploy(format!(
         "greeting = \"Hi\", upstream = \"http://127.0.0.1:{other}/\""
     ));
-    let (status, text) = get("?name=ci").await;
+    let (status, text) = written.get("?name=ci").await;
     assert_eq!(status, 502, "{template}: {text}");
     assert!(
         text.contains("allowed_outbound_hosts")
             && text.contains(&format!("http://127.0.0.1:{other}")),
         "{template}: {text}"
     );
+}
 
-    // A missing setting: the code's own default.
-    redeploy("upstream = \"\"".to_owned());
-    let (status, text) = get("?name=ci").await;
+/// A missing setting: the code's own default.
+async fn a_missing_setting_takes_the_codes_default(written: &Written<'_>) {
+    let template = written.template;
+    written.redeploy("upstream = \"\"".to_owned());
+    let (status, text) = written.get("?name=ci").await;
     assert_eq!(status, 200, "{template}: {text}");
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["message"], "Hello, ci!", "{template}: {answer}");
+}
 
-    // 100 calls from 8 clients at once: 100 distinct, consecutive counts.
-    let mut counts: Vec<u64> = futures::future::join_all((0..8).map(|client_no| {
-        let get = &get;
-        async move {
-            let mut seen = Vec::new();
-            for _ in 0..(100 / 8 + usize::from(client_no < 100 % 8)) {
-                let (status, text) = get("?name=ci").await;
-                assert_eq!(status, 200, "{text}");
-                let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
-                seen.push(answer["calls"].as_u64().unwrap());
-            }
-            seen
+/// 100 calls from 8 clients at once: 100 distinct, consecutive counts.
+async fn concurrent_calls_count_consecutively(written: &Written<'_>) {
+    let template = written.template;
+    let mut counts: Vec<u64> = futures::future::join_all((0..8).map(|client_no| async move {
+        let mut seen = Vec::new();
+        for _ in 0..(100 / 8 + usize::from(client_no < 100 % 8)) {
+            let (status, text) = written.get("?name=ci").await;
+            assert_eq!(status, 200, "{text}");
+            let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+            seen.push(answer["calls"].as_u64().unwrap());
         }
+        seen
     }))
     .await
     .into_iter()
@@ -378,10 +423,13 @@ async fn writing_a_real_function(template: &str, project: &Path, server: &TestSe
     counts.dedup();
     assert_eq!(counts.len(), 100, "{template}: {counts:?}");
     assert_eq!(counts[99] - counts[0], 99, "{template}: {counts:?}");
+}
 
-    // A body over kv_max_value_kib: the store's quota error, naming the limit.
+/// A body over kv_max_value_kib: the store's quota error, naming the limit.
+async fn a_body_over_the_quota_is_refused(written: &Written<'_>) {
+    let template = written.template;
     let big = serde_json::Value::String("x".repeat(2048)).to_string();
-    let r = client().post(&url).body(big).send().await.unwrap();
+    let r = client().post(written.url()).body(big).send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     assert_eq!(status, 500, "{template}: {text}");
@@ -389,8 +437,18 @@ async fn writing_a_real_function(template: &str, project: &Path, server: &TestSe
         text.contains("limits.kv_max_value_kib"),
         "{template}: {text}"
     );
+}
 
-    // The structured line each request logs, with its fields, in `thaw logs`.
+/// The structured line each request logs, with its fields, in `thaw logs`.
+fn each_request_logs_a_structured_line(written: &Written<'_>) {
+    let Written {
+        template,
+        project,
+        server,
+        name,
+        token,
+        ..
+    } = written;
     let logs = thaw(
         project,
         &[
@@ -399,7 +457,7 @@ async fn writing_a_real_function(template: &str, project: &Path, server: &TestSe
             "--admin",
             &server.admin_url,
             "--admin-token",
-            &token,
+            token,
         ],
     );
     let logs = String::from_utf8_lossy(&logs.stdout);

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use redis::AsyncCommands as _;
 use thaw_harness::{Nats, Redis};
 use thaw_runtime::api::TriggerInfo;
 use thaw_runtime::config::ConfigValue;
@@ -93,6 +94,14 @@ async fn nats_messages_run_within_max_concurrency_and_survive_a_broker_restart()
     let server = TestServer::start_with(&["--events-nats", &nats.url()]);
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
+    fill_the_orders_stream(&js).await;
+    a_missing_stream_is_refused(&server, &collector).await;
+    nats_orders_are_consumed_through_a_broker_restart(&server, &collector, &mut nats).await;
+    the_nats_consumer_drains(&js).await;
+}
+
+/// The stream ORDERS on `orders.>`, with [`MESSAGES`] messages in it.
+async fn fill_the_orders_stream(js: &async_nats::jetstream::Context) {
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "ORDERS".into(),
         subjects: vec!["orders.>".into()],
@@ -115,8 +124,10 @@ async fn nats_messages_run_within_max_concurrency_and_survive_a_broker_restart()
             ack.await.unwrap();
         }
     }
+}
 
-    // A stream the server does not have is refused, naming the field.
+/// A stream the server does not have is refused, naming the field.
+async fn a_missing_stream_is_refused(server: &TestServer, collector: &Collector) {
     let missing = TriggerSpec {
         nats: Some(NatsTrigger {
             stream: "NOPE".into(),
@@ -124,10 +135,18 @@ async fn nats_messages_run_within_max_concurrency_and_survive_a_broker_restart()
         }),
         ..Default::default()
     };
-    let e = refused(&server, &collector, "nope", missing).await;
+    let e = refused(server, collector, "nope", missing).await;
     assert_eq!(error_code(&e), Some(ErrorCode::BadRequest));
     assert!(format!("{e:#}").contains("trigger.nats.stream"), "{e:#}");
+}
 
+/// The function consumes ORDERS within [`CONCURRENCY`] while the broker dies a third of the
+/// way through and comes back; every message is handled.
+async fn nats_orders_are_consumed_through_a_broker_restart(
+    server: &TestServer,
+    collector: &Collector,
+    nats: &mut Nats,
+) {
     let trigger = TriggerSpec {
         nats: Some(NatsTrigger {
             stream: "ORDERS".into(),
@@ -140,22 +159,22 @@ async fn nats_messages_run_within_max_concurrency_and_survive_a_broker_restart()
         .deploy(
             "orders",
             wasm::EVENTS,
-            consumer("/orders", &collector, trigger, false),
+            consumer("/orders", collector, trigger, false),
         )
         .await;
     eventually("a third of the messages", Duration::from_secs(120), || {
-        let n = handled(&collector, "/thaw/nats/ORDERS").len();
+        let n = handled(collector, "/thaw/nats/ORDERS").len();
         async move { n >= MESSAGES / 3 }
     })
     .await;
     // The broker dies mid-stream (SIGKILL) and comes back on its store.
     nats.restart();
     eventually("every message handled", Duration::from_secs(240), || {
-        let n = handled(&collector, "/thaw/nats/ORDERS").len();
+        let n = handled(collector, "/thaw/nats/ORDERS").len();
         async move { n >= MESSAGES }
     })
     .await;
-    let info = trigger_info(&server, "orders").await;
+    let info = trigger_info(server, "orders").await;
     eprintln!(
         "NATS: {} deliveries for {MESSAGES} messages, {} acknowledged, {} reconnects, peak {} running (collector saw {})",
         info.delivered,
@@ -170,8 +189,11 @@ async fn nats_messages_run_within_max_concurrency_and_survive_a_broker_restart()
         info.reconnects >= 1,
         "the broker's restart was noticed: {info:?}"
     );
-    // Nothing is left unacknowledged, and nothing was acknowledged unhandled: every
-    // acknowledgement follows a handled delivery, and every message was handled.
+}
+
+/// Nothing is left unacknowledged, and nothing was acknowledged unhandled: every
+/// acknowledgement follows a handled delivery, and every message was handled.
+async fn the_nats_consumer_drains(js: &async_nats::jetstream::Context) {
     eventually("the consumer drained", Duration::from_secs(60), || {
         let js = js.clone();
         async move {
@@ -261,7 +283,21 @@ async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_
     let server = TestServer::start_with(&["--events-redis", &redis.url]);
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    use redis::AsyncCommands as _;
+    let stuck = fill_orders_behind_a_stuck_message(&mut conn).await;
+    a_key_that_is_not_a_stream_is_refused(&server, &collector, &mut conn).await;
+    let mut conn = redis_orders_are_consumed_through_a_restart(
+        &server, &collector, &mut redis, &client, &stuck,
+    )
+    .await;
+    nothing_is_left_pending(&conn).await;
+    a_failing_redis_message_is_dead_lettered(&server, &collector, &mut conn).await;
+}
+
+/// The group `thaw-orders` on the stream `orders`: first a message a consumer of the group
+/// took and died before acknowledging (its id returned), then [`MESSAGES`] messages.
+async fn fill_orders_behind_a_stuck_message(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> String {
     // A consumer of the group that takes a message and dies before acknowledging it.
     let _: () = conn
         .xgroup_create_mkstream("orders", "thaw-orders", "$")
@@ -286,9 +322,16 @@ async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_
         pipe.xadd("orders", "*", &[("data", format!("m{i}"))])
             .ignore();
     }
-    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    let _: () = pipe.query_async(conn).await.unwrap();
+    stuck
+}
 
-    // A key that is not a stream is refused, naming the field.
+/// A key that is not a stream is refused, naming the field.
+async fn a_key_that_is_not_a_stream_is_refused(
+    server: &TestServer,
+    collector: &Collector,
+    conn: &mut redis::aio::MultiplexedConnection,
+) {
     let _: () = conn.set("not-a-stream", "x").await.unwrap();
     let wrong = TriggerSpec {
         redis: Some(RedisTrigger {
@@ -297,9 +340,20 @@ async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_
         }),
         ..Default::default()
     };
-    let e = refused(&server, &collector, "wrong", wrong).await;
+    let e = refused(server, collector, "wrong", wrong).await;
     assert!(format!("{e:#}").contains("trigger.redis.stream"), "{e:#}");
+}
 
+/// The function consumes `orders` within [`CONCURRENCY`] while Redis dies a third of the
+/// way through and comes back; every message, the dead consumer's (`stuck`) too, is handled.
+/// Returns a connection to the restarted server.
+async fn redis_orders_are_consumed_through_a_restart(
+    server: &TestServer,
+    collector: &Collector,
+    redis: &mut Redis,
+    client: &redis::Client,
+    stuck: &str,
+) -> redis::aio::MultiplexedConnection {
     let trigger = TriggerSpec {
         redis: Some(RedisTrigger {
             stream: "orders".into(),
@@ -312,11 +366,11 @@ async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_
         .deploy(
             "orders",
             wasm::EVENTS,
-            consumer("/orders", &collector, trigger, false),
+            consumer("/orders", collector, trigger, false),
         )
         .await;
     eventually("a third of the messages", Duration::from_secs(120), || {
-        let n = handled(&collector, "/thaw/redis/orders").len();
+        let n = handled(collector, "/thaw/redis/orders").len();
         async move { n >= MESSAGES / 3 }
     })
     .await;
@@ -324,17 +378,17 @@ async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_
     // stream, the group and its pending list as they were. Deliveries under way cannot be
     // acknowledged meanwhile; they stay pending and are claimed again.
     redis.restart();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
     eventually("every message handled", Duration::from_secs(240), || {
-        let n = handled(&collector, "/thaw/redis/orders").len();
+        let n = handled(collector, "/thaw/redis/orders").len();
         async move { n > MESSAGES }
     })
     .await;
     assert!(
-        handled(&collector, "/thaw/redis/orders").contains(&stuck),
+        handled(collector, "/thaw/redis/orders").contains(stuck),
         "the dead consumer's message was claimed and handled"
     );
-    let info = trigger_info(&server, "orders").await;
+    let info = trigger_info(server, "orders").await;
     eprintln!(
         "Redis: {} deliveries for {} messages, {} acknowledged, {} reconnects, peak {} running (collector saw {})",
         info.delivered,
@@ -350,6 +404,11 @@ async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_
         info.reconnects >= 1,
         "the server's restart was noticed: {info:?}"
     );
+    conn
+}
+
+/// Nothing is left pending in the group on `orders`.
+async fn nothing_is_left_pending(conn: &redis::aio::MultiplexedConnection) {
     eventually("nothing left pending", Duration::from_secs(60), || {
         let mut conn = conn.clone();
         async move {
@@ -359,8 +418,14 @@ async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_
         }
     })
     .await;
+}
 
-    // One that keeps failing goes to the dead-letter stream after max_deliver.
+/// One that keeps failing goes to the dead-letter stream after max_deliver.
+async fn a_failing_redis_message_is_dead_lettered(
+    server: &TestServer,
+    collector: &Collector,
+    conn: &mut redis::aio::MultiplexedConnection,
+) {
     let failing = TriggerSpec {
         redis: Some(RedisTrigger {
             stream: "jobs".into(),
@@ -373,7 +438,7 @@ async fn redis_stream_messages_run_within_max_concurrency_survive_a_restart_and_
         .deploy(
             "jobs",
             wasm::EVENTS,
-            consumer("/jobs", &collector, failing, true),
+            consumer("/jobs", collector, failing, true),
         )
         .await;
     eventually("the group on jobs", Duration::from_secs(30), || {

@@ -85,8 +85,20 @@ async fn traffic(server: &TestServer) -> String {
 async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
     let mut server = TestServer::start();
     server.deploy("api", wasm::HELLO, route("/api")).await;
+    a_canary_takes_its_share(&server).await;
+    a_listed_version_can_be_pinned(&server).await;
+    bad_splits_are_refused(&server).await;
+    promote_and_rollback_move_all_traffic(&server).await;
+    versions_and_split_survive_a_restart(&mut server).await;
+    a_kept_canary_rolls_back_to_the_version_that_served(&server).await;
+    a_canary_keeps_the_route(&server).await;
+}
+
+/// A canary deployed at 20% gets its share: 2,000 requests land within ±4 points of it, and
+/// `thaw versions` lists the split.
+async fn a_canary_takes_its_share(server: &TestServer) {
     let out = thaw(
-        &server,
+        server,
         &[
             "deploy",
             wasm::ECHO,
@@ -101,18 +113,21 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
     assert!(out.contains("traffic v1=80 v2=20"), "{out}");
 
     // 2,000 requests land within ±4 points of the split.
-    let counts = spread(&server, 2000, None).await;
+    let counts = spread(server, 2000, None).await;
     let v2 = counts.get("v2").copied().unwrap_or(0) as f64 / 20.0;
     assert!((16.0..=24.0).contains(&v2), "v2 got {v2}% of {counts:?}");
     assert_eq!(counts.values().sum::<usize>(), 2000);
 
-    let listed = thaw(&server, &["versions", "api"]);
+    let listed = thaw(server, &["versions", "api"]);
     assert!(listed.starts_with("api: v1=80 v2=20"), "{listed}");
     assert!(listed.contains("80%") && listed.contains("20%"), "{listed}");
+}
 
+/// A request may pin a listed version, even one at 0%; an unlisted one is not found.
+async fn a_listed_version_can_be_pinned(server: &TestServer) {
     // A request may pin a listed version; an unlisted one is not found.
     assert_eq!(
-        spread(&server, 20, Some("v2")).await,
+        spread(server, 20, Some("v2")).await,
         [("v2".into(), 20)].into()
     );
     let r = client()
@@ -124,14 +139,16 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
     assert_eq!(r.status(), 404);
 
     // A version at 0% takes nothing, but can be pinned.
-    thaw(&server, &["traffic", "api", "v1=100", "v2=0"]);
-    assert_eq!(spread(&server, 50, None).await, [("v1".into(), 50)].into());
+    thaw(server, &["traffic", "api", "v1=100", "v2=0"]);
+    assert_eq!(spread(server, 50, None).await, [("v1".into(), 50)].into());
     assert_eq!(
-        spread(&server, 5, Some("2")).await,
+        spread(server, 5, Some("2")).await,
         [("v2".into(), 5)].into()
     );
+}
 
-    // Bad splits are refused and change nothing.
+/// Bad splits are refused and change nothing.
+async fn bad_splits_are_refused(server: &TestServer) {
     let admin = server.admin();
     let bad = admin
         .typed()
@@ -150,15 +167,17 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("90%"));
-    assert_eq!(traffic(&server).await, "v1=100 v2=0");
+    assert_eq!(traffic(server).await, "v1=100 v2=0");
+}
 
-    // Promote: all to the newest. Rollback: all to the one before; the rolled-back-from
-    // version is not reachable, pinned or not.
-    thaw(&server, &["promote", "api"]);
-    assert_eq!(spread(&server, 30, None).await, [("v2".into(), 30)].into());
-    let out = thaw(&server, &["rollback", "api"]);
+/// Promote: all to the newest. Rollback: all to the one before; the rolled-back-from
+/// version is not reachable, pinned or not.
+async fn promote_and_rollback_move_all_traffic(server: &TestServer) {
+    thaw(server, &["promote", "api"]);
+    assert_eq!(spread(server, 30, None).await, [("v2".into(), 30)].into());
+    let out = thaw(server, &["rollback", "api"]);
     assert!(out.starts_with("api: v1=100"), "{out}");
-    assert_eq!(spread(&server, 30, None).await, [("v1".into(), 30)].into());
+    assert_eq!(spread(server, 30, None).await, [("v1".into(), 30)].into());
     let r = client()
         .get(format!("{}/api", server.url))
         .header("x-thaw-version", "v2")
@@ -170,26 +189,31 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
         404,
         "a version rolled back from cannot be pinned"
     );
+}
 
-    // A named rollback, then a restart: versions and split are persisted.
-    thaw(&server, &["rollback", "api", "v2"]);
+/// A named rollback, then a restart: versions and split are persisted; the next deploy is
+/// v3, whatever serves now.
+async fn versions_and_split_survive_a_restart(server: &mut TestServer) {
+    thaw(server, &["rollback", "api", "v2"]);
     server.kill_and_restart(1);
-    assert_eq!(traffic(&server).await, "v2=100");
-    assert_eq!(spread(&server, 10, None).await, [("v2".into(), 10)].into());
+    assert_eq!(traffic(server).await, "v2=100");
+    assert_eq!(spread(server, 10, None).await, [("v2".into(), 10)].into());
     let versions = server.admin().typed().versions("api").await.unwrap();
     let numbers: Vec<u64> = versions.versions.iter().map(|v| v.version).collect();
     assert_eq!(numbers, [1, 2]);
     // The next deploy is v3, whatever serves now.
     server.deploy("api", wasm::HELLO, route("/api")).await;
-    assert_eq!(traffic(&server).await, "v3=100");
-    assert_eq!(spread(&server, 10, None).await, [("v3".into(), 10)].into());
+    assert_eq!(traffic(server).await, "v3=100");
+    assert_eq!(spread(server, 10, None).await, [("v3".into(), 10)].into());
+}
 
-    // A canary beside a pinnable-only version, kept when asked: rollback goes to the
-    // version that served, not to the one that was only being tried, and the canary lets go
-    // of its code.
-    thaw(&server, &["traffic", "api", "v2=0", "v3=100"]);
+/// A canary beside a pinnable-only version, kept when asked: rollback goes to the version
+/// that served, not to the one that was only being tried, and the canary lets go of its
+/// code.
+async fn a_kept_canary_rolls_back_to_the_version_that_served(server: &TestServer) {
+    thaw(server, &["traffic", "api", "v2=0", "v3=100"]);
     let out = thaw(
-        &server,
+        server,
         &[
             "deploy",
             wasm::HELLO,
@@ -203,17 +227,19 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
         ],
     );
     assert!(out.contains("traffic v2=0 v3=80 v4=20"), "{out}");
-    spread(&server, 20, None).await;
-    let out = thaw(&server, &["rollback", "api"]);
+    spread(server, 20, None).await;
+    let out = thaw(server, &["rollback", "api"]);
     assert!(out.starts_with("api: v3=100"), "{out}");
     let versions = server.admin().typed().versions("api").await.unwrap();
     let v4 = versions.versions.iter().find(|v| v.version == 4).unwrap();
     assert!(!v4.loaded, "a version out of the split drops its code");
     assert!(v4.requests > 0, "and keeps its counts");
+}
 
-    // A canary must keep the route of the versions serving.
+/// A canary must keep the route of the versions serving.
+async fn a_canary_keeps_the_route(server: &TestServer) {
     let moved = thaw_command(
-        &server,
+        server,
         &[
             "deploy",
             wasm::HELLO,
@@ -233,7 +259,7 @@ async fn a_canary_takes_its_share_until_promoted_or_rolled_back() {
         "{}",
         String::from_utf8_lossy(&moved.stderr)
     );
-    assert_eq!(traffic(&server).await, "v3=100");
+    assert_eq!(traffic(server).await, "v3=100");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -167,30 +167,7 @@ async fn deliver(
         headers.insert("thaw-failure", outcome.failure().as_str());
         headers.insert("thaw-message-id", id.as_str());
         headers.insert("thaw-attempts", attempt.to_string().as_str());
-        // Through JetStream, so a stream that keeps dead letters acknowledges it before the
-        // message is terminated; a subject no stream captures gets a plain publish.
-        let published = async {
-            let stored = async {
-                jetstream::new(client.clone())
-                    .publish_with_headers(subject.clone(), headers.clone(), message.payload.clone())
-                    .await?
-                    .await
-            }
-            .await;
-            match stored {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
-                    client
-                        .publish_with_headers(subject.clone(), headers, message.payload.clone())
-                        .await?;
-                    client.flush().await?;
-                    Ok::<_, anyhow::Error>(())
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        .await;
-        if let Err(e) = published {
+        if let Err(e) = publish_dead_letter(&client, &subject, headers, &message).await {
             // Not dead-lettered, so not terminated: it comes back after ack_wait.
             tracing::warn!(%function, message = %id, "could not dead-letter to {subject}: {e:#}");
             return;
@@ -210,5 +187,34 @@ async fn deliver(
     if let Err(e) = acked {
         // The message is redelivered after ack_wait: at least once, never lost.
         tracing::warn!(%function, message = %id, "acknowledging a NATS message failed: {e}");
+    }
+}
+
+/// Publishes `message`'s payload with `headers` to the dead-letter `subject`: through
+/// JetStream, so a stream that keeps dead letters acknowledges it before the message is
+/// terminated; a subject no stream captures gets a plain publish.
+async fn publish_dead_letter(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: async_nats::HeaderMap,
+    message: &jetstream::Message,
+) -> anyhow::Result<()> {
+    let stored = async {
+        jetstream::new(client.clone())
+            .publish_with_headers(subject.to_owned(), headers.clone(), message.payload.clone())
+            .await?
+            .await
+    }
+    .await;
+    match stored {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+            client
+                .publish_with_headers(subject.to_owned(), headers, message.payload.clone())
+                .await?;
+            client.flush().await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }

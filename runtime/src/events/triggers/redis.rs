@@ -209,15 +209,7 @@ async fn try_deliver(
     let mut writer = cx.writer.clone();
     let mut attempt = match attempt {
         Some(attempt) => attempt,
-        None => {
-            let pending: StreamPendingCountReply = writer
-                .xpending_count(stream, &cx.group, &entry.id, &entry.id, 1)
-                .await?;
-            pending
-                .ids
-                .first()
-                .map_or(1, |p| u32::try_from(p.times_delivered).unwrap_or(u32::MAX))
-        }
+        None => times_delivered(cx, &mut writer, entry).await?,
     };
     let max_deliver = cx.trigger.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
     let source = format!("/thaw/redis/{stream}");
@@ -253,30 +245,8 @@ async fn try_deliver(
             return Ok(());
         }
         if attempt >= max_deliver {
-            let dead = cx
-                .trigger
-                .dead_letter_stream
-                .clone()
-                .unwrap_or_else(|| format!("{stream}:dead"));
             let failure = outcome.failure();
-            let _: String = writer
-                .xadd(
-                    &dead,
-                    "*",
-                    &[
-                        ("id", entry.id.as_bytes()),
-                        ("failure", failure.as_bytes()),
-                        ("attempts", attempt.to_string().as_bytes()),
-                        ("data", &payload[..]),
-                    ],
-                )
-                .await?;
-            let _: u64 = writer.xack(stream, &cx.group, &[&entry.id]).await?;
-            cx.stats
-                .dead_letters
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(function = %cx.function, message = %entry.id, attempts = attempt, "a Redis message was dead-lettered to {dead}: {failure}");
-            return Ok(());
+            return dead_letter(cx, &mut writer, entry, attempt, &failure, &payload).await;
         }
         cx.stats
             .retried
@@ -299,4 +269,54 @@ async fn try_deliver(
         }
         attempt += 1;
     }
+}
+
+/// How many times Redis has delivered `entry` to the group (1 when it has no count).
+async fn times_delivered(
+    cx: &Ctx,
+    writer: &mut redis::aio::MultiplexedConnection,
+    entry: &StreamId,
+) -> anyhow::Result<u32> {
+    let pending: StreamPendingCountReply = writer
+        .xpending_count(&cx.trigger.stream, &cx.group, &entry.id, &entry.id, 1)
+        .await?;
+    Ok(pending
+        .ids
+        .first()
+        .map_or(1, |p| u32::try_from(p.times_delivered).unwrap_or(u32::MAX)))
+}
+
+/// Adds `entry` to the dead-letter stream with its `failure`, then acknowledges it.
+async fn dead_letter(
+    cx: &Ctx,
+    writer: &mut redis::aio::MultiplexedConnection,
+    entry: &StreamId,
+    attempt: u32,
+    failure: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let stream = &cx.trigger.stream;
+    let dead = cx
+        .trigger
+        .dead_letter_stream
+        .clone()
+        .unwrap_or_else(|| format!("{stream}:dead"));
+    let _: String = writer
+        .xadd(
+            &dead,
+            "*",
+            &[
+                ("id", entry.id.as_bytes()),
+                ("failure", failure.as_bytes()),
+                ("attempts", attempt.to_string().as_bytes()),
+                ("data", payload),
+            ],
+        )
+        .await?;
+    let _: u64 = writer.xack(stream, &cx.group, &[&entry.id]).await?;
+    cx.stats
+        .dead_letters
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(function = %cx.function, message = %entry.id, attempts = attempt, "a Redis message was dead-lettered to {dead}: {failure}");
+    Ok(())
 }
