@@ -12,8 +12,13 @@
 //! The target size follows the function's recent concurrency: every [`SIZING_INTERVAL`] the
 //! refill task reads the peak number of requests in flight since the last look and keeps that
 //! many instances ready: at least one while the function is active, at most
-//! [`PoolOptions::max_per_function`]. A request that takes an instance wakes the task at once,
-//! so the instance is replaced right away, not at the next look. Warm instances hold real slots of the pooling
+//! [`PoolOptions::max_per_function`]. A request that looked for an instance wakes the task when
+//! its response is ready, so the instance is replaced right after it, not at the next look and
+//! not beside it: an instantiation that overlaps the request competes with it for the cores
+//! (on a two-core host, with the client on one of them, it slows the very request whose
+//! instance it replaces), and a source function's instance runs its program's top level when
+//! it is made, a millisecond where a component's instantiation takes tens of microseconds.
+//! Under sustained load the same work happens, one response later. Warm instances hold real slots of the pooling
 //! allocator, so they may only take slots while more than [`PoolOptions::reserve_slots`] are
 //! free: a burst for another function still finds fresh capacity. A function that sees no
 //! request for [`PoolOptions::idle_timeout`] drops all its warm instances (their memory and
@@ -82,9 +87,13 @@ pub struct WarmPool {
     refill_started: AtomicBool,
     wake: Arc<Notify>,
     /// The refill task sleeps until a request comes (scaled to zero): only then does a
-    /// request's start wake it. Otherwise it wakes on its own every [`SIZING_INTERVAL`], and a
-    /// wake-up per request would be a cross-thread task switch per request for nothing.
+    /// request mark the pool `wanted`, and its end wake the task. Otherwise the task wakes on
+    /// its own every [`SIZING_INTERVAL`] and when a request that looked for an instance ends;
+    /// a request that did not (a WASIp3 instance serving several) wakes nothing.
     asleep: Arc<AtomicBool>,
+    /// A request looked for an instance since the last wake-up: the next request to end
+    /// wakes the refill task.
+    wanted: AtomicBool,
     epoch: Instant,
 }
 
@@ -98,6 +107,7 @@ impl Default for WarmPool {
             refill_started: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             asleep: Arc::new(AtomicBool::new(false)),
+            wanted: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -110,12 +120,17 @@ impl Drop for WarmPool {
     }
 }
 
-/// Marks a request in flight for sizing; dropping it ends the request.
+/// Marks a request in flight for sizing; dropping it ends the request (its response is
+/// ready), which wakes the refill task if a request wanted an instance.
 pub struct InFlight<'a>(&'a WarmPool);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.wanted.load(Ordering::Relaxed) && self.0.wanted.swap(false, Ordering::AcqRel) {
+            // `Notify` keeps the permit if the task is busy: no lost wake-up.
+            self.0.wake.notify_one();
+        }
     }
 }
 
@@ -124,7 +139,7 @@ impl WarmPool {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a request for sizing, and wakes the refill task if it sleeps.
+    /// Counts a request for sizing (and for waking a refill task that sleeps: see `take`).
     pub fn begin_request(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(now, Ordering::Relaxed);
@@ -134,19 +149,18 @@ impl WarmPool {
         // sees it asleep.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::AcqRel) {
-            // `Notify` keeps the permit if the task is not waiting yet: no lost wake-up.
-            self.wake.notify_one();
+            // Scaled to zero: the request's end wakes the task to fill the pool again.
+            self.wanted.store(true, Ordering::Release);
         }
         InFlight(self)
     }
 
-    /// A warm instance, if one is waiting; taking one wakes the refill task to replace it.
+    /// A warm instance, if one is waiting. Either way the refill task is woken when a request
+    /// of the function ends (see the module docs): to replace the one taken, or to have one
+    /// ready for the next request.
     pub fn take(&self) -> Option<WarmInstance> {
-        let taken = self.ready().pop();
-        if taken.is_some() {
-            self.wake.notify_one();
-        }
-        taken
+        self.wanted.store(true, Ordering::Release);
+        self.ready().pop()
     }
 
     /// Returns a reused instance to the pool (see the module docs on reuse).
@@ -217,6 +231,12 @@ pub async fn warm_up(function: &Function, admission: &Arc<Semaphore>, count: usi
 async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: PoolOptions) {
     let mut target = 1;
     let mut sized = Instant::now();
+    // Started by a function's first request: fill once that request has its response.
+    let wake = match function.upgrade() {
+        Some(f) => f.pool.wake.clone(),
+        None => return,
+    };
+    wake.notified().await;
     loop {
         let Some(f) = function.upgrade() else { return };
         let pool = &f.pool;
