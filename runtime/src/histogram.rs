@@ -35,9 +35,15 @@ impl Default for Histogram {
 impl Histogram {
     /// Records one duration.
     pub fn record(&self, duration: Duration) {
-        let us = duration.as_micros() as u64;
-        self.counts[bucket(us)].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.record_value(duration.as_micros() as u64);
+    }
+
+    /// Records one value in a unit of the caller's: the same buckets serve any quantity that
+    /// spans orders of magnitude (the peak-memory histogram counts KiB). The methods named
+    /// `_us` then read in that unit.
+    pub fn record_value(&self, value: u64) {
+        self.counts[bucket(value)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(value, Ordering::Relaxed);
     }
 
     /// The sum of the recorded durations, µs.

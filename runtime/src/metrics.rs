@@ -218,6 +218,25 @@ fn histogram(encoder: &mut MetricEncoder, h: &Histogram) -> std::fmt::Result {
     encoder.encode_histogram::<NoLabelSet>(h.sum_us() as f64 / 1e6, count, &buckets, None)
 }
 
+/// A [`Histogram`] of KiB as a Prometheus histogram in bytes, at every second power of two
+/// (64 KiB, 256 KiB, ..., 4 GiB): the peak-memory one.
+fn histogram_kib_as_bytes(encoder: &mut MetricEncoder, h: &Histogram) -> std::fmt::Result {
+    let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(16);
+    let mut pending = 0;
+    let mut count = 0;
+    for (upper_kib, n) in h.buckets() {
+        pending += n;
+        count += n;
+        // Sizes are rounded up to whole KiB, so a bucket's bound is its upper value itself.
+        if upper_kib >= 64 && upper_kib.is_power_of_two() && upper_kib.trailing_zeros() % 2 == 0 {
+            buckets.push(((upper_kib * 1024) as f64, pending));
+            pending = 0;
+        }
+    }
+    buckets.push((f64::MAX, pending));
+    encoder.encode_histogram::<NoLabelSet>((h.sum_us() * 1024) as f64, count, &buckets, None)
+}
+
 impl Collector for PlatformCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let platform = &self.0;
@@ -342,6 +361,28 @@ fn encode_function_resources(
                 f.stats.outbound_requests.load(Ordering::Relaxed),
             )
         },
+    )?;
+    family(
+        e,
+        "thaw_function_cpu",
+        "Guest CPU time of the function's requests (the polling thread's CPU clock around each guest call; WASIp3 functions are not metered)",
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+        functions,
+        |m, f| {
+            let seconds = f.cost.cpu_total().as_secs_f64();
+            m.encode_family(&labels(f))?
+                .encode_counter::<NoLabelSet, f64, u64>(&seconds, None)
+        },
+    )?;
+    family(
+        e,
+        "thaw_instance_peak_memory",
+        "Peak linear memory of the instance that served each request",
+        Some(&Unit::Bytes),
+        MetricType::Histogram,
+        functions,
+        |m, f| histogram_kib_as_bytes(&mut m.encode_family(&labels(f))?, &f.cost.peak_memory_kib),
     )?;
     family(
         e,

@@ -14,8 +14,9 @@ pub struct ListArgs {
 }
 
 /// Prints one line per function: its route and kind, the version(s) serving it, requests and failures, how requests got
-/// their instances (pool hit / fresh / from disk / compiled) and the p50/p99 of start and
-/// handler time in microseconds.
+/// their instances (pool hit / fresh / from disk / compiled), the p50/p99 of start and
+/// handler time in microseconds, and what its requests cost: guest CPU per request (p50/p99,
+/// µs) and in all (ms), and the peak linear memory of their instances (p50/p99, KiB).
 pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
     let functions = args.target.client()?.list().await?;
     if args.json {
@@ -23,7 +24,7 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<9} {:<20} {:<13} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
+        "{:<20} {:<9} {:<20} {:<13} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15} {:>13} {:>10} {:>15}",
         "NAME",
         "KIND",
         "ROUTE",
@@ -33,13 +34,16 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
         "WARM",
         "HIT/FRESH/DISK/COMPILE",
         "START µs 50/99",
-        "HANDLER µs 50/99"
+        "HANDLER µs 50/99",
+        "CPU µs 50/99",
+        "CPU ms",
+        "PEAK KiB 50/99"
     );
     let n = |v: Option<u64>| v.map_or("-".to_owned(), |n| n.to_string());
     for f in &functions {
         let start = |kind: &str| n(f.starts.get(kind).copied());
         println!(
-            "{:<20} {:<9} {:<20} {:<13} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15}",
+            "{:<20} {:<9} {:<20} {:<13} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15} {:>13} {:>10} {:>15}",
             f.name,
             f.kind.to_string(),
             f.route,
@@ -59,6 +63,9 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
             ),
             format!("{}/{}", n(f.start_us.p50), n(f.start_us.p99)),
             format!("{}/{}", n(f.handler_us.p50), n(f.handler_us.p99)),
+            format!("{}/{}", n(f.cpu_us.p50), n(f.cpu_us.p99)),
+            format!("{:.1}", f.cpu_us_total as f64 / 1e3),
+            format!("{}/{}", n(f.peak_memory_kib.p50), n(f.peak_memory_kib.p99)),
         );
     }
     Ok(())

@@ -12,7 +12,7 @@ use thaw_test_functions as wasm;
 
 use thaw_harness::Prometheus;
 
-use crate::support::{TestServer, client, eventually, service_binaries};
+use crate::support::{TestServer, client, eventually, service_binaries, thaw_command};
 
 /// Prometheus's binaries, or `None` (the test is skipped, unless the CI asks for it).
 fn prometheus() -> Option<(PathBuf, PathBuf)> {
@@ -205,4 +205,94 @@ async fn check_exposition(server: &TestServer, promtool: &Path) {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
+}
+
+/// The `cpu` of a response's `Server-Timing`, and its `handler`, in ms.
+fn cpu_and_handler(response: &reqwest::Response) -> (f64, f64) {
+    let timing = response.headers()["server-timing"].to_str().unwrap();
+    let of = |name: &str| -> f64 {
+        let at = timing
+            .find(&format!("{name};dur="))
+            .unwrap_or_else(|| panic!("no {name} in {timing}"));
+        let rest = &timing[at + name.len() + 5..];
+        rest[..rest.find(',').unwrap_or(rest.len())]
+            .parse()
+            .unwrap()
+    };
+    (of("cpu"), of("handler"))
+}
+
+/// What each request costs, per request and per function: the guest's CPU time (the
+/// thread's CPU clock around its calls) in `Server-Timing`, the admin API, `thaw list` and
+/// `/metrics`, and its instance's peak linear memory beside it. CPU work shows as CPU time
+/// (far more than a trivial request's, and never more than the handler's wall time); held
+/// memory shows as the instance's peak.
+#[tokio::test]
+async fn each_request_reports_the_cpu_and_memory_it_cost() {
+    let server = TestServer::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    server
+        .deploy("faults", wasm::FAULTS, Default::default())
+        .await;
+    let ok = server.get("/faults/ok").await;
+    assert_eq!(ok.status(), 200);
+    let (cpu_ok, _) = cpu_and_handler(&ok);
+    let burn = server.get("/faults/burn?n=40").await;
+    assert_eq!(burn.status(), 200);
+    let (cpu_burn, handler_burn) = cpu_and_handler(&burn);
+    assert!(
+        cpu_burn > 10.0 * cpu_ok.max(0.001),
+        "40 million rounds cost {cpu_burn} ms of CPU, a trivial request {cpu_ok} ms"
+    );
+    // One thread's CPU clock cannot run ahead of the wall clock (1 µs of rounding).
+    assert!(
+        cpu_burn <= handler_burn + 0.001,
+        "{cpu_burn} > {handler_burn}"
+    );
+    let alloc = server.get("/faults/alloc?mib=24").await;
+    assert_eq!(alloc.status(), 200);
+    let (cpu_alloc, _) = cpu_and_handler(&alloc);
+
+    // Per function: the total holds every call's CPU (at least what the heads reported).
+    let info = server.admin().get("faults").await.unwrap();
+    let total_ms = info["cpu_us_total"].as_u64().unwrap() as f64 / 1e3;
+    let reported = cpu_ok + cpu_burn + cpu_alloc;
+    assert!(
+        total_ms >= reported - 0.003,
+        "total {total_ms} ms < {reported} ms"
+    );
+    assert!(info["cpu_us"]["p99"].as_u64().unwrap() as f64 >= cpu_burn * 1e3 * 0.8);
+    let peak_kib = info["peak_memory_kib"]["p99"].as_u64().unwrap();
+    assert!(
+        peak_kib >= 24 << 10,
+        "the instance held 24 MiB; its peak: {peak_kib} KiB"
+    );
+
+    let list = thaw_command(&server, &["list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("CPU µs 50/99") && text.contains("PEAK KiB 50/99"),
+        "{text}"
+    );
+    let line = text.lines().find(|l| l.starts_with("faults")).unwrap();
+    assert!(line.contains(&format!("/{}", peak_kib)), "{line}");
+
+    let metrics_url = server.metrics_url.clone().unwrap();
+    let exposition = client()
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> f64 {
+        let line = exposition
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{function=\"faults\"")))
+            .unwrap_or_else(|| panic!("no {name} in\n{exposition}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(sample("thaw_function_cpu_seconds_total") * 1e3 >= reported - 0.003);
+    assert_eq!(sample("thaw_instance_peak_memory_bytes_count"), 3.0);
+    assert!(sample("thaw_instance_peak_memory_bytes_sum") >= f64::from(24u32 << 20));
 }

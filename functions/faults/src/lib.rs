@@ -6,6 +6,8 @@
 //! - `/faults/loop`: an endless loop (stopped by the timeout, or by fuel)
 //! - `/faults/oom`: allocates until the memory limit
 //! - `/faults/recurse`: unbounded recursion (stack overflow)
+//! - `/faults/burn?n=N`: N million rounds of CPU work (default 1), then 200
+//! - `/faults/alloc?mib=N`: holds N MiB of linear memory (default 1), then 200
 //! - `/faults/endless`: sends a 200 head, then writes a body that never ends
 //! - `/faults/error-code`: answers its response-outparam with an error code, no response
 //! - `/faults/switch`: answers `101 Switching Protocols`
@@ -102,6 +104,21 @@ fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
             }
         }
         "recurse" => format!("{}\n", recurse(std::hint::black_box(1))),
+        "burn" => {
+            // CPU work that takes time in proportion to `n` (millions of rounds of a hash).
+            let n: u64 = number(&req, "n")?.unwrap_or(1);
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for i in 0..n * 1_000_000 {
+                x = std::hint::black_box((x ^ i).wrapping_mul(0x100_0000_01b3).rotate_left(7));
+            }
+            format!("burned {n} million rounds: {x:x}\n")
+        }
+        "alloc" => {
+            // Holds `mib` MiB of linear memory, every page written, until it answers.
+            let mib: usize = number(&req, "mib")?.unwrap_or(1);
+            let held = vec![1u8; mib << 20];
+            format!("held {} MiB\n", std::hint::black_box(&held).len() >> 20)
+        }
         "big" => {
             let kib: usize = number(&req, "kib")?.unwrap_or(1);
             "x".repeat(kib << 10)

@@ -78,6 +78,15 @@ pub struct FunctionInfo {
     pub start_us: Percentiles,
     /// Time in the guest's handler, microseconds.
     pub handler_us: Percentiles,
+    /// Guest CPU time of all its requests, microseconds (WASIp3 functions are not metered).
+    #[serde(default)]
+    pub cpu_us_total: u64,
+    /// Guest CPU time per request, microseconds.
+    #[serde(default)]
+    pub cpu_us: Percentiles,
+    /// Peak linear memory of the instance that served each request, KiB.
+    #[serde(default)]
+    pub peak_memory_kib: Percentiles,
 }
 
 fn no_split() -> TrafficSplit {

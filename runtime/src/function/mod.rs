@@ -7,6 +7,7 @@
 //! artifact cache. The request path ([`crate::invoke`]) and the control plane
 //! ([`crate::control`]) both sit above it.
 
+pub mod cost;
 pub mod limits;
 pub mod pool;
 pub mod service;
@@ -22,7 +23,7 @@ use wasmtime::InstancePre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
-use crate::api::FunctionInfo;
+use crate::api::{FunctionInfo, Percentiles};
 use crate::engine::ThawEngine;
 use crate::engine::artifact::{ArtifactCache, Compiled, Kind, Origin};
 use crate::guest::host::{CgiHost, ProxyHost};
@@ -221,6 +222,8 @@ pub struct Function {
     /// How requests got their instances, and how long that and the handler took; shared
     /// like `stats`.
     pub starts: Arc<StartStats>,
+    /// What its requests cost (guest CPU, peak memory); shared like `stats`.
+    pub cost: Arc<cost::CostStats>,
     /// What the guest printed, recent lines; shared with the function's earlier and later
     /// versions (a redeploy hands it on).
     pub log: Arc<FunctionLog>,
@@ -288,6 +291,7 @@ impl Function {
             record,
             stats: Arc::default(),
             starts: Arc::default(),
+            cost: Arc::default(),
             log: Arc::default(),
             config,
             keyvalue: None,
@@ -314,6 +318,7 @@ impl Function {
         self.config = other.config.clone();
         self.stats = other.stats.clone();
         self.starts = other.starts.clone();
+        self.cost = other.cost.clone();
         self.keyvalue = other.keyvalue.clone();
         self
     }
@@ -420,6 +425,15 @@ impl Function {
             starts: self.starts.by_kind(),
             start_us,
             handler_us,
+            cpu_us_total: self.cost.cpu_total().as_micros() as u64,
+            cpu_us: Percentiles {
+                p50: self.cost.cpu.quantile_us(0.5),
+                p99: self.cost.cpu.quantile_us(0.99),
+            },
+            peak_memory_kib: Percentiles {
+                p50: self.cost.peak_memory_kib.quantile_us(0.5),
+                p99: self.cost.peak_memory_kib.quantile_us(0.99),
+            },
         }
     }
 }

@@ -24,10 +24,14 @@ pub struct MemoryLimitHit {
     pub limit: usize,
 }
 
-/// The limiter of one store.
+/// The limiter of one store. It also keeps the store's linear memory (the sum over its
+/// memories, as the guest asked for them) and the largest that sum has been: the instance's
+/// peak, which [`crate::function::cost`] reports.
 #[derive(Debug)]
 pub struct GuestLimiter {
     memory_bytes: usize,
+    in_use: usize,
+    peak: usize,
 }
 
 impl GuestLimiter {
@@ -35,14 +39,21 @@ impl GuestLimiter {
     pub fn new(limits: &Limits) -> Self {
         Self {
             memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            in_use: 0,
+            peak: 0,
         }
+    }
+
+    /// The largest the store's linear memories have been together, in bytes.
+    pub fn peak_memory_bytes(&self) -> usize {
+        self.peak
     }
 }
 
 impl ResourceLimiter for GuestLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -52,6 +63,10 @@ impl ResourceLimiter for GuestLimiter {
         if desired > limit {
             return Err(MemoryLimitHit { desired, limit }.into());
         }
+        // A memory's creation comes here too, from `current` 0. (A grow that then fails
+        // counts as if it had happened: the trap ends the instance anyway.)
+        self.in_use = self.in_use.saturating_add(desired.saturating_sub(current));
+        self.peak = self.peak.max(self.in_use);
         Ok(true)
     }
 
@@ -104,5 +119,18 @@ mod tests {
         let error = limiter.memory_growing(0, (1 << 20) + 1, None).unwrap_err();
         let hit = error.downcast_ref::<MemoryLimitHit>().expect("typed");
         assert_eq!(hit.limit, 1 << 20);
+        // Only the allowed growth counts toward the peak.
+        assert_eq!(limiter.peak_memory_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn the_peak_sums_an_instances_memories() {
+        let limits =
+            crate::spec::LimitsSpec::default().resolve(&crate::spec::LimitDefaults::default());
+        let mut limiter = GuestLimiter::new(&limits);
+        assert!(limiter.memory_growing(0, 3 << 16, None).unwrap()); // one memory created
+        assert!(limiter.memory_growing(0, 1 << 16, None).unwrap()); // another
+        assert!(limiter.memory_growing(3 << 16, 5 << 16, None).unwrap()); // the first grows
+        assert_eq!(limiter.peak_memory_bytes(), 6 << 16);
     }
 }

@@ -57,8 +57,18 @@ pub(super) async fn call(
         let entry = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         entry.call_async(&mut store, ()).await
     };
-    let result = tokio::time::timeout(function.limits.timeout, run).await;
+    // The whole run is the guest's (a CGI response is complete only when it exits), so its
+    // CPU is metered from instantiation on.
+    let cpu = crate::function::cost::CpuMeter::default();
+    let result = tokio::time::timeout(
+        function.limits.timeout,
+        crate::function::cost::metered(run, &cpu),
+    )
+    .await;
     let handler = call_started.map_or(Duration::ZERO, |t| t.elapsed());
+    function
+        .cost
+        .record(Some(cpu.total()), store.data().limiter.peak_memory_bytes());
     drop(store);
     drop(permit);
     match result {
@@ -82,7 +92,7 @@ pub(super) async fn call(
     let mut response = Response::new(full(parsed.body));
     *response.status_mut() = parsed.status;
     *response.headers_mut() = parsed.headers;
-    call.record(&start, handler, response.headers_mut());
+    call.record(&start, handler, Some(cpu.total()), response.headers_mut());
     Ok(response)
 }
 

@@ -178,9 +178,16 @@ impl Call<'_> {
         }
     }
 
-    /// Records `start` and the handler's time (statistics, trace, `Server-Timing`).
-    fn record(&self, start: &Start, handler: Duration, headers: &mut http::HeaderMap) {
-        start.record(self.cx, self.function, handler, headers, self.trace);
+    /// Records `start`, the handler's time and its CPU time until the response head, where
+    /// it was metered (statistics, trace, `Server-Timing`).
+    fn record(
+        &self,
+        start: &Start,
+        handler: Duration,
+        cpu: Option<Duration>,
+        headers: &mut http::HeaderMap,
+    ) {
+        start.record(self.cx, self.function, (handler, cpu), headers, self.trace);
     }
 }
 
@@ -203,7 +210,7 @@ impl Start {
         &self,
         cx: &InvokeContext,
         function: &Function,
-        handler: Duration,
+        (handler, cpu): (Duration, Option<Duration>),
         headers: &mut http::HeaderMap,
         trace: Option<&RequestTrace>,
     ) {
@@ -218,6 +225,7 @@ impl Start {
                 self.load,
                 self.instantiate,
                 handler,
+                cpu,
             ))
         {
             headers.insert(SERVER_TIMING, value);

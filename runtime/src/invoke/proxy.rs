@@ -79,7 +79,13 @@ pub(super) async fn call<B: RequestBody>(
         return refuse(&state, function, InvokeError::BodyTooLarge(limit));
     }
     let mut response = response?;
-    call.record(&start, call_started.elapsed(), response.headers_mut());
+    let cpu = Duration::from_nanos(state.cpu_at_head_ns.load(Ordering::Relaxed));
+    call.record(
+        &start,
+        call_started.elapsed(),
+        Some(cpu),
+        response.headers_mut(),
+    );
     Ok(response)
 }
 
@@ -110,6 +116,8 @@ fn hand_over<B: RequestBody>(
         .new_response_outparam_from_callback({
             let state = state.clone();
             move |result| {
+                let cpu = state.cpu.until_now().as_nanos() as u64;
+                state.cpu_at_head_ns.store(cpu, Ordering::Relaxed);
                 state.responded.store(true, Ordering::Release);
                 let _ = sender.send(result);
             }
@@ -218,6 +226,7 @@ async fn run(
     let call = proxy
         .wasi_http_incoming_handler()
         .call_handle(&mut instance.store, req, out);
+    let call = crate::function::cost::metered(call, &state.cpu);
     let result = tokio::select! {
         biased;
         // The response body went past its limit (see GuestBody): stop the guest now
@@ -241,6 +250,8 @@ async fn run(
     } else {
         result
     };
+    let peak_memory = instance.store.data().limiter.peak_memory_bytes();
+    function.cost.record(Some(state.cpu.total()), peak_memory);
     match &result {
         Err(e) if state.responded.load(Ordering::Acquire) => {
             // Before the store (and with it the body stream) is dropped: see GuestBody.

@@ -94,7 +94,7 @@ pub(super) async fn call<B: RequestBody>(
         }
         .boxed_unsync()
     });
-    call.record(&start, started.at.elapsed(), response.headers_mut());
+    call.record(&start, started.at.elapsed(), None, response.headers_mut());
     Ok(response)
 }
 

@@ -88,7 +88,7 @@ function functionRow(name) {
   if (rows.has(name)) return rows.get(name);
   const cells = {
     name: el('td', {}, name), route: el('td'), versions: el('td'), requests: el('td'),
-    failures: el('td'),
+    failures: el('td'), cpu: el('td'), memory: el('td'),
   };
   const input = el('input', { name: 'split', placeholder: 'v1=80 v2=20', 'aria-label': `split for ${name}` });
   const apply = el('button', { type: 'button', 'data-action': 'split' }, 'Apply');
@@ -99,7 +99,8 @@ function functionRow(name) {
   promote.addEventListener('click', () => change(name, 'promote', {}));
   rollback.addEventListener('click', () => change(name, 'rollback', {}));
   const tr = el('tr', { 'data-function': name }, cells.name, cells.route, cells.versions,
-    cells.requests, cells.failures, el('td', {}, input, apply, ' ', promote, ' ', rollback));
+    cells.requests, cells.failures, cells.cpu, cells.memory,
+    el('td', {}, input, apply, ' ', promote, ' ', rollback));
   document.querySelector('#functions tbody').append(tr);
   const row = { tr, cells };
   rows.set(name, row);
@@ -125,6 +126,12 @@ function renderFunctions(functions, versions) {
     // Every kept version's, not only the primary's (which `f` describes).
     cells.requests.textContent = (versions[f.name] || []).reduce((sum, v) => sum + v.requests, 0);
     cells.failures.textContent = (versions[f.name] || []).reduce((sum, v) => sum + v.failures, 0);
+    // What the serving (primary) version's requests cost: guest CPU in all and per request,
+    // and its instances' peak linear memory (p99).
+    const perRequest = f.cpu_us && f.cpu_us.p50 !== null ? `, ${f.cpu_us.p50} µs p50` : '';
+    cells.cpu.textContent = `${((f.cpu_us_total || 0) / 1e3).toFixed(1)} ms${perRequest}`;
+    const peak = f.peak_memory_kib && f.peak_memory_kib.p99;
+    cells.memory.textContent = peak ? `${(peak / 1024).toFixed(1)} MiB` : '–';
   }
   const select = document.getElementById('log-function');
   const chosen = select.value;
