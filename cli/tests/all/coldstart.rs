@@ -344,3 +344,70 @@ async fn fast_deploy_answers_from_winch_then_tiers_up_to_cranelift() {
     assert_eq!(status["compilations"], 0);
     assert_eq!(status["artifact_loads"], 1);
 }
+
+/// After a spike the warm pool shrinks back to what the traffic needs, not only to zero when
+/// the function goes idle (the failure wasmCloud#5430 reports): eight requests at once grow
+/// it to eight instances while they run; with one request at a time after that, it comes back to one within
+/// a few sizing intervals, and stays there (one ready, not eight, not drained) while that
+/// traffic lasts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pool_shrinks_back_to_the_traffic_after_a_spike() {
+    let server = TestServer::start_with(&["--warm-max", "8"]);
+    server
+        .deploy("faults", wasm::FAULTS, Default::default())
+        .await;
+    // Eight at once, each holding its instance for two seconds: the pool grows to eight
+    // while they run (the target follows the peak of the last interval).
+    let spike: Vec<_> = (0..8)
+        .map(|_| {
+            let url = format!("{}/faults/sleep?ms=2000", server.url);
+            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    server
+        .wait_for(Some("faults"), "the pool to grow to the spike", |f| {
+            f["warm_instances"] == 8
+        })
+        .await;
+    for request in spike {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+
+    // One request at a time, for as long as the check below takes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (url, stop) = (format!("{}/faults/ok", server.url), stop.clone());
+        async move {
+            let mut served = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+                served += 1;
+            }
+            served
+        }
+    });
+    server
+        .wait_for(Some("faults"), "the pool to shrink to one", |f| {
+            f["warm_instances"] == 1
+        })
+        .await;
+    // One request at a time never needs more than one: the pool does not grow again over
+    // several sizing intervals (between a take and its refill it is briefly empty).
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let warm = server.admin().get("faults").await.unwrap()["warm_instances"].clone();
+        assert!(
+            warm.as_u64() <= Some(1),
+            "{warm} warm for one request at a time"
+        );
+    }
+    server
+        .wait_for(
+            Some("faults"),
+            "one warm instance under steady traffic",
+            |f| f["warm_instances"] == 1,
+        )
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(traffic.await.unwrap() > 0);
+}
