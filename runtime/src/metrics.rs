@@ -207,10 +207,16 @@ fn histogram(encoder: &mut MetricEncoder, h: &Histogram) -> std::fmt::Result {
     for (upper_us, n) in h.buckets() {
         pending += n;
         count += n;
-        // Bounds at 4^k µs: the inclusive upper bound of a bucket is a power of two at the
-        // end of each octave; durations are floored to whole µs, so `le` is one µs more.
-        if upper_us.is_power_of_two() && upper_us.trailing_zeros() % 2 == 0 {
-            buckets.push(((upper_us + 1) as f64 / 1e6, pending));
+        // Bounds at 4^k µs. A bucket holds values below its upper bound, and durations are
+        // floored to whole µs, so everything in it is at most that bound: `le` is the bound
+        // itself. (The first buckets share the bound 1 µs: it is written once.)
+        if upper_us.is_power_of_two()
+            && upper_us.trailing_zeros() % 2 == 0
+            && buckets
+                .last()
+                .is_none_or(|(le, _)| *le < upper_us as f64 / 1e6)
+        {
+            buckets.push((upper_us as f64 / 1e6, pending));
             pending = 0;
         }
     }
@@ -218,23 +224,25 @@ fn histogram(encoder: &mut MetricEncoder, h: &Histogram) -> std::fmt::Result {
     encoder.encode_histogram::<NoLabelSet>(h.sum_us() as f64 / 1e6, count, &buckets, None)
 }
 
-/// A [`Histogram`] of KiB as a Prometheus histogram in bytes, at every second power of two
-/// (64 KiB, 256 KiB, ..., 4 GiB): the peak-memory one.
+/// The peak-memory histogram ([`crate::function::cost::CostStats::peak_memory_kib`], which
+/// records each size in KiB less one) as a Prometheus histogram in bytes, at every second
+/// power of two from 64 KiB to 64 GiB.
 fn histogram_kib_as_bytes(encoder: &mut MetricEncoder, h: &Histogram) -> std::fmt::Result {
     let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(16);
     let mut pending = 0;
     let mut count = 0;
-    for (upper_kib, n) in h.buckets() {
+    for (upper, n) in h.buckets() {
         pending += n;
         count += n;
-        // Sizes are rounded up to whole KiB, so a bucket's bound is its upper value itself.
-        if upper_kib >= 64 && upper_kib.is_power_of_two() && upper_kib.trailing_zeros() % 2 == 0 {
-            buckets.push(((upper_kib * 1024) as f64, pending));
+        // A bucket holds recorded values below `upper`: sizes of at most `upper` KiB.
+        if upper >= 64 && upper.is_power_of_two() && upper.trailing_zeros() % 2 == 0 {
+            buckets.push(((upper * 1024) as f64, pending));
             pending = 0;
         }
     }
     buckets.push((f64::MAX, pending));
-    encoder.encode_histogram::<NoLabelSet>((h.sum_us() * 1024) as f64, count, &buckets, None)
+    let sum_kib = h.sum_us() + count; // each was recorded one less
+    encoder.encode_histogram::<NoLabelSet>((sum_kib * 1024) as f64, count, &buckets, None)
 }
 
 impl Collector for PlatformCollector {

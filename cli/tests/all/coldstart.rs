@@ -356,8 +356,15 @@ async fn a_warm_pool_shrinks_back_to_the_traffic_after_a_spike() {
     server
         .deploy("faults", wasm::FAULTS, Default::default())
         .await;
-    // Eight at once, each holding its instance for two seconds: the pool grows to eight
-    // while they run (the target follows the peak of the last interval).
+    assert_eq!(server.get("/faults/ok").await.status(), 200);
+    server
+        .wait_for(Some("faults"), "a warm instance", |f| {
+            f["warm_instances"] == 1
+        })
+        .await;
+    // Active first (its pool sized every interval), then eight at once, each holding its
+    // instance for two seconds: the pool grows to eight while they run (the target follows
+    // the peak of the last interval).
     let spike: Vec<_> = (0..8)
         .map(|_| {
             let url = format!("{}/faults/sleep?ms=2000", server.url);

@@ -9,8 +9,14 @@
 //! (`CLOCK_THREAD_CPUTIME_ID`) before and after each poll and adds the difference. What the
 //! host does for the guest inside a poll (a host call, a key-value write's encoding) is the
 //! guest's cost too; what it does in other tasks (the response body's trip to the client) is
-//! not. Two clock reads per poll are the price: a system call each on Linux, a fraction of a
-//! microsecond (measured in `benches/micro`, `invoke-hello` before and after).
+//! not (nor file I/O, which wasmtime-wasi runs on blocking threads). Two clock reads per
+//! poll, and one more at the response head, are the price: a system call each on Linux,
+//! about 0.6 µs on a 2-vCPU VM (`benches/results/2026-12-03-issue-25-cost`).
+//!
+//! Only the call is metered: a component's instantiation (for a source function, its
+//! program's top level) happens before the request, in the warm pool, and is not part of any
+//! request's cost. A CGI module's is: it is instantiated for its request, so its `cpu` can
+//! exceed its `handler` time.
 //!
 //! The `Server-Timing` value is the CPU until the response head, like `handler;dur=`: the
 //! response arrives through a callback inside a poll, so [`CpuMeter::until_now`] adds the
@@ -21,7 +27,8 @@
 //! Every linear memory an instance creates or grows passes through its limiter
 //! ([`crate::guest::limiter`]), which keeps the sum of its memories' sizes and the largest
 //! that sum has been. That is the memory the guest asked for (wasm pages), not what the
-//! kernel made resident: the figure a user can act on, and the one the limit is about.
+//! kernel made resident. (`memory_mib` bounds each memory on its own, so a component with
+//! several memories can peak above it.)
 //!
 //! # What is not measured
 //! WASIp3 functions serve several requests per instance at once inside wasmtime's own
@@ -98,7 +105,10 @@ pub struct CostStats {
     cpu_ns: AtomicU64,
     /// Guest CPU time per call, µs.
     pub cpu: Histogram,
-    /// Peak linear memory of the instance that served each call, KiB.
+    /// Peak linear memory of the instance that served each call, in KiB less one: the
+    /// histogram's buckets hold values below their bound, so a size of exactly 64 KiB (wasm
+    /// memories grow by 64 KiB pages) falls under the 64 KiB bound. Its quantiles are then
+    /// still bounds from above of the sizes.
     pub peak_memory_kib: Histogram,
 }
 
@@ -111,8 +121,8 @@ impl CostStats {
                 .fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
             self.cpu.record(cpu);
         }
-        self.peak_memory_kib
-            .record_value(peak_memory_bytes.div_ceil(1024) as u64);
+        let kib = peak_memory_bytes.div_ceil(1024) as u64;
+        self.peak_memory_kib.record_value(kib.saturating_sub(1));
     }
 
     /// Guest CPU time of all calls so far.

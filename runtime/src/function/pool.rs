@@ -159,8 +159,11 @@ impl WarmPool {
     /// of the function ends (see the module docs): to replace the one taken, or to have one
     /// ready for the next request.
     pub fn take(&self) -> Option<WarmInstance> {
+        // Taken first: a request ending in between must not spend the wake-up on a pool
+        // that still looks full.
+        let taken = self.ready().pop();
         self.wanted.store(true, Ordering::Release);
-        self.ready().pop()
+        taken
     }
 
     /// Returns a reused instance to the pool (see the module docs on reuse).
@@ -231,12 +234,17 @@ pub async fn warm_up(function: &Function, admission: &Arc<Semaphore>, count: usi
 async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: PoolOptions) {
     let mut target = 1;
     let mut sized = Instant::now();
-    // Started by a function's first request: fill once that request has its response.
+    // Started by a function's first request: fill once that request has its response, or
+    // after one sizing interval if it takes longer (a burst of slow first requests is then
+    // sized like any other).
     let wake = match function.upgrade() {
         Some(f) => f.pool.wake.clone(),
         None => return,
     };
-    wake.notified().await;
+    tokio::select! {
+        () = wake.notified() => {}
+        () = tokio::time::sleep(SIZING_INTERVAL) => {}
+    }
     loop {
         let Some(f) = function.upgrade() else { return };
         let pool = &f.pool;

@@ -128,8 +128,11 @@ function renderFunctions(functions, versions) {
     cells.failures.textContent = (versions[f.name] || []).reduce((sum, v) => sum + v.failures, 0);
     // What the serving (primary) version's requests cost: guest CPU in all and per request,
     // and its instances' peak linear memory (p99).
-    const perRequest = f.cpu_us && f.cpu_us.p50 !== null ? `, ${f.cpu_us.p50} µs p50` : '';
-    cells.cpu.textContent = `${((f.cpu_us_total || 0) / 1e3).toFixed(1)} ms${perRequest}`;
+    // WASIp3 functions are not metered: no per-request figure, a dash rather than 0 ms.
+    const metered = f.cpu_us && f.cpu_us.p50 !== null;
+    cells.cpu.textContent = metered
+      ? `${((f.cpu_us_total || 0) / 1e3).toFixed(1)} ms, ${f.cpu_us.p50} µs p50`
+      : '–';
     const peak = f.peak_memory_kib && f.peak_memory_kib.p99;
     cells.memory.textContent = peak ? `${(peak / 1024).toFixed(1)} MiB` : '–';
   }
