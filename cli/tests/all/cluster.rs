@@ -20,16 +20,25 @@ const TTL_SECS: u64 = 2;
 
 /// A node joined to `etcd` as `id`.
 fn node(etcd: &Etcd, id: &str) -> TestServer {
-    TestServer::start_with(&[
+    node_with(etcd, id, &[])
+}
+
+/// A node joined to `etcd` as `id`, with more flags.
+fn node_with(etcd: &Etcd, id: &str, more: &[&str]) -> TestServer {
+    let url = format!("etcd={}", etcd.url());
+    let ttl = TTL_SECS.to_string();
+    let mut args = vec![
         "--cluster",
-        &format!("etcd={}", etcd.url()),
+        &url,
         "--cluster-token",
         TOKEN,
         "--node-id",
         id,
         "--cluster-ttl-secs",
-        &TTL_SECS.to_string(),
-    ])
+        &ttl,
+    ];
+    args.extend_from_slice(more);
+    TestServer::start_with(&args)
 }
 
 async fn cluster_status(node: &TestServer) -> ClusterStatus {
@@ -104,6 +113,52 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
     a_split_holds_on_every_node(&nodes).await;
     one_of_two_deploys_takes_a_route_everywhere(&nodes).await;
     the_persisted_records_agree(&nodes);
+}
+
+/// A function deployed as source through one node serves on the others, including one
+/// started without language engines: the record names the engine's digest, and that node
+/// fetches the engine from its peers as it fetches any code (then the bundle and the
+/// prepared program), and serves the function on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_function_deployed_through_one_node_serves_on_all() {
+    let Some(etcd) = Etcd::start() else { return };
+    let Some(engines) = crate::source::engines() else {
+        return;
+    };
+    let with_engines = ["--engines", engines.to_str().unwrap()];
+    let nodes = [
+        node_with(&etcd, "s1", &with_engines),
+        node_with(&etcd, "s2", &[]),
+    ];
+    for n in &nodes {
+        wait_ready(n).await;
+    }
+    let bundle = thaw_runtime::source::Bundle {
+        language: thaw_runtime::source::Language::Js,
+        entry: "index.js".into(),
+        files: vec![(
+            "index.js".into(),
+            "export default { fetch() { return new Response(\"from source\\n\"); } };\n".into(),
+        )],
+    };
+    let info = nodes[0]
+        .admin()
+        .typed()
+        .deploy_waiting(
+            "src",
+            &route("/src"),
+            bundle.to_bytes().into(),
+            None,
+            Some(2),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("deploying source through a node: {e:#}"));
+    assert_eq!(info.kind.to_string(), "source");
+    for n in &nodes {
+        let response = client().get(format!("{}/src", n.url)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "on {}", n.url);
+        assert_eq!(response.text().await.unwrap(), "from source\n");
+    }
 }
 
 /// The member list (and `thaw cluster`) shows the three nodes, on one engine.

@@ -19,7 +19,7 @@ use crate::support::{TestServer, deploy_raw, thaw_command};
 
 /// `target/engines`, where scripts/build-engines writes the engines; `None` if either is
 /// missing (and not required).
-fn engines() -> Option<PathBuf> {
+pub(crate) fn engines() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/engines");
     let built = ["js.wasm", "python.wasm"]
         .iter()
