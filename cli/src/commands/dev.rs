@@ -54,6 +54,11 @@ pub struct DevArgs {
     /// Where the host `thaw dev` starts (when none answers at --admin) serves functions
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
+    /// Language engines for the host `thaw dev` starts, so that source functions (JS,
+    /// Python) run on it [default: the `engines` directory beside this binary's, as
+    /// scripts/build-engines writes it (target/engines for target/release/thaw), if built]
+    #[arg(long, env = "THAW_ENGINES", value_name = "DIR")]
+    pub engines: Option<PathBuf>,
     #[allow(missing_docs)] // flattened: its own fields carry the help text
     #[command(flatten)]
     pub target: Target,
@@ -249,15 +254,26 @@ async fn start_host(args: &DevArgs, root: &Path, target: &mut Target) -> anyhow:
     let exe = std::env::current_exe().context("finding the thaw binary")?;
     // Its own process group: a Ctrl-C at the terminal reaches `thaw dev`, which stops the
     // host when it exits, not the host first.
-    let child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(&exe);
+    command
         .process_group(0)
         .args(["serve", "--fast-deploy", "--listen", &args.listen])
         .args(["--admin-listen", &admin])
         .arg("--data-dir")
         .arg(&data)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting thaw serve")?;
+        .stdout(std::process::Stdio::null());
+    // Unlike `thaw serve`, which an operator configures, `thaw dev` is an author's loop: it
+    // finds the engines a checkout built, so `thaw new js` then `thaw dev` just works.
+    match args.engines.clone().or_else(|| engines_beside(&exe)) {
+        Some(engines) => {
+            command.arg("--engines").arg(engines);
+        }
+        None => eprintln!(
+            "thaw dev: no language engines (--engines, or scripts/build-engines beside this \
+             binary): source functions will be refused"
+        ),
+    }
+    let child = command.spawn().context("starting thaw serve")?;
     let mut host = OwnHost(child);
     target.data_dir = Some(data);
     target.admin_token = None;
@@ -284,6 +300,15 @@ async fn start_host(args: &DevArgs, root: &Path, target: &mut Target) -> anyhow:
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `<target>/engines` for a binary at `<target>/<profile>/thaw`, if an engine is built there.
+fn engines_beside(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?.parent()?.join("engines");
+    ["js.wasm", "python.wasm"]
+        .iter()
+        .any(|engine| dir.join(engine).is_file())
+        .then_some(dir)
 }
 
 #[cfg(test)]

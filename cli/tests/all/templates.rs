@@ -596,3 +596,66 @@ async fn thaw_dev_makes_each_save_live_and_keeps_the_last_good_version() {
     assert!(text.contains("error: expected"), "{text}");
     assert_eq!(message().await.as_deref(), Some("Hi, dev, edited"));
 }
+
+/// `thaw new js` then `thaw dev`, with nothing else: the host `thaw dev` starts finds the
+/// engines built beside the thaw binary (target/engines), the source goes live with no
+/// build, and a save is live again a moment later.
+#[tokio::test(flavor = "multi_thread")]
+async fn thaw_dev_serves_a_source_function_on_its_own_host() {
+    if crate::source::engines().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let created = thaw(tmp.path(), &["new", "js", "devjs"]);
+    assert!(created.status.success(), "{created:?}");
+    let project = tmp.path().join("devjs");
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", thaw_harness::free_port()),
+        format!("127.0.0.1:{}", thaw_harness::free_port()),
+    );
+    let output = tmp.path().join("dev.log");
+    let log = std::fs::File::create(&output).unwrap();
+    let _dev = thaw_harness::Killed(
+        Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .args([
+                "dev",
+                "--listen",
+                &listen,
+                "--admin",
+                &format!("http://{admin}"),
+            ])
+            .current_dir(&project)
+            .env_remove("THAW_ENGINES")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://{listen}/devjs?name=dev");
+    let message = || {
+        let url = url.clone();
+        async move {
+            let r = client().get(url).send().await.ok()?;
+            let answer: serde_json::Value = r.json().await.ok()?;
+            answer["message"].as_str().map(str::to_owned)
+        }
+    };
+    let log_text = || std::fs::read_to_string(&output).unwrap_or_default();
+    thaw_harness::eventually_some(
+        "the source to go live",
+        Duration::from_secs(300),
+        || async { message().await.filter(|m| m == "Hi, dev!") },
+    )
+    .await;
+    assert!(log_text().contains("devjs v1 live"), "{}", log_text());
+
+    let source = project.join("index.js");
+    let code = std::fs::read_to_string(&source).unwrap();
+    let edited = code.replace("`${greeting}, ${name}!`", "`${greeting}, ${name}, edited`");
+    assert_ne!(code, edited, "the template's message line moved");
+    std::fs::write(&source, &edited).unwrap();
+    thaw_harness::eventually_some("the edit to go live", Duration::from_secs(120), || async {
+        message().await.filter(|m| m == "Hi, dev, edited")
+    })
+    .await;
+}
