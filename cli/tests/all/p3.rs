@@ -93,6 +93,17 @@ async fn a_p3_handler_is_served_one_request_per_instance_by_default() {
 
     let f = server.admin().get("p3").await.unwrap();
     assert_eq!(f["failures"], 0, "{f}");
+    // What they cost: each instance's peak memory once it ends (one instance per request
+    // here); no CPU (thaw does not poll a p3 guest's calls).
+    let f = server
+        .wait_for(Some("p3"), "every instance's peak memory", |f| {
+            f["peak_memory_kib"]["p50"].as_u64() > Some(0)
+        })
+        .await;
+    assert!(
+        f["cpu_us"]["p50"].is_null() && f["cpu_us_total"] == 0,
+        "{f}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

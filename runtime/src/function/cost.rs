@@ -32,8 +32,9 @@
 //!
 //! # What is not measured
 //! WASIp3 functions serve several requests per instance at once inside wasmtime's own
-//! handler loop, where thaw does not poll the guest's calls itself: they report neither CPU
-//! nor memory yet. CGI modules are metered like components, from instantiation on (a CGI
+//! handler loop, where thaw does not poll the guest's calls itself: they report no CPU, and
+//! their instance's peak memory once, when the instance ends (one sample per request by
+//! default, where each instance serves one; one per instance with reuse). CGI modules are metered like components, from instantiation on (a CGI
 //! response is complete only when the module exits).
 
 use std::sync::atomic::{AtomicU64, Ordering};

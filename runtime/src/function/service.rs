@@ -221,6 +221,7 @@ impl HandlerState for ServiceWorkers {
                 in_flight: Mutex::new(Vec::new()),
                 calls: Mutex::new(Vec::new()),
                 expired,
+                cost: function.cost.clone(),
                 _permit: permit,
             },
         })
@@ -245,6 +246,8 @@ pub struct Worker {
     calls: Mutex<Vec<Weak<dyn InstanceFailure>>>,
     /// Set by [`Expiration`] when it ended the worker while requests ran.
     expired: Arc<AtomicBool>,
+    /// The function's cost statistics (its instance's peak memory goes there).
+    cost: Arc<super::cost::CostStats>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -307,6 +310,10 @@ impl handler::WorkerState for Worker {
                 }
             }
         }
+        // The instance's peak memory, once for all the requests it served (one, unless
+        // reused): thaw does not poll a p3 guest's calls, so it has no per-call CPU.
+        self.cost
+            .record(None, store.data().limiter.peak_memory_bytes());
         // The guest's memory goes back before the slot does (the slot's permit is dropped
         // with `self`, after this).
         drop(store);
