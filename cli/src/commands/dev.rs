@@ -55,8 +55,8 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
     /// Language engines for the host `thaw dev` starts, so that source functions (JS,
-    /// Python) run on it [default: the `engines` directory beside this binary's, as
-    /// scripts/build-engines writes it (target/engines for target/release/thaw), if built]
+    /// Python) run on it [default: for a thaw built in a checkout (target/release/thaw), the
+    /// target/engines that scripts/build-engines writes, if built and no THAW_CONFIG is set]
     #[arg(long, env = "THAW_ENGINES", value_name = "DIR")]
     pub engines: Option<PathBuf>,
     #[allow(missing_docs)] // flattened: its own fields carry the help text
@@ -263,15 +263,24 @@ async fn start_host(args: &DevArgs, root: &Path, target: &mut Target) -> anyhow:
         .arg(&data)
         .stdout(std::process::Stdio::null());
     // Unlike `thaw serve`, which an operator configures, `thaw dev` is an author's loop: it
-    // finds the engines a checkout built, so `thaw new js` then `thaw dev` just works.
-    match args.engines.clone().or_else(|| engines_beside(&exe)) {
-        Some(engines) => {
-            command.arg("--engines").arg(engines);
-        }
-        None => eprintln!(
-            "thaw dev: no language engines (--engines, or scripts/build-engines beside this \
-             binary): source functions will be refused"
-        ),
+    // finds the engines a checkout built, so `thaw new js` then `thaw dev` just works. A
+    // config file the host reads (THAW_CONFIG, inherited) keeps its say: no default then.
+    let engines = args.engines.clone().or_else(|| {
+        std::env::var_os("THAW_CONFIG")
+            .is_none()
+            .then(|| engines_in_checkout(&exe))
+            .flatten()
+    });
+    if let Some(engines) = engines {
+        command.arg("--engines").arg(engines);
+    }
+    // Stop the host if `thaw dev` dies without cleaning up (killed, its terminal closed).
+    // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
     }
     let child = command.spawn().context("starting thaw serve")?;
     let mut host = OwnHost(child);
@@ -302,13 +311,20 @@ async fn start_host(args: &DevArgs, root: &Path, target: &mut Target) -> anyhow:
     }
 }
 
-/// `<target>/engines` for a binary at `<target>/<profile>/thaw`, if an engine is built there.
-fn engines_beside(exe: &Path) -> Option<PathBuf> {
-    let dir = exe.parent()?.parent()?.join("engines");
-    ["js.wasm", "python.wasm"]
-        .iter()
-        .any(|engine| dir.join(engine).is_file())
-        .then_some(dir)
+/// `<target>/engines` for a binary built by cargo at `<target>/<debug|release>/thaw` (the
+/// profile directory holds cargo's `.cargo-lock`), if scripts/build-engines built an engine
+/// there; `None` for an installed binary.
+fn engines_in_checkout(exe: &Path) -> Option<PathBuf> {
+    let profile = exe.parent()?;
+    let target = profile.parent()?;
+    let built = matches!(profile.file_name()?.to_str()?, "debug" | "release")
+        && profile.join(".cargo-lock").is_file();
+    let dir = target.join("engines");
+    (built
+        && ["js.wasm", "python.wasm"]
+            .iter()
+            .any(|engine| dir.join(engine).is_file()))
+    .then_some(dir)
 }
 
 #[cfg(test)]

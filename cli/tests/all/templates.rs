@@ -602,7 +602,19 @@ async fn thaw_dev_makes_each_save_live_and_keeps_the_last_good_version() {
 /// build, and a save is live again a moment later.
 #[tokio::test(flavor = "multi_thread")]
 async fn thaw_dev_serves_a_source_function_on_its_own_host() {
-    if crate::source::engines().is_none() {
+    // Where `thaw dev` looks: beside the binary under test (the same place as
+    // crate::source::engines() unless the target directory was moved).
+    let beside = Path::new(env!("CARGO_BIN_EXE_thaw"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("engines");
+    if crate::source::engines().is_none() || !beside.join("js.wasm").is_file() {
+        assert!(
+            !crate::support::required("THAW_REQUIRE_TOOLCHAINS"),
+            "no JS engine in {}",
+            beside.display()
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -615,7 +627,7 @@ async fn thaw_dev_serves_a_source_function_on_its_own_host() {
     );
     let output = tmp.path().join("dev.log");
     let log = std::fs::File::create(&output).unwrap();
-    let _dev = thaw_harness::Killed(
+    let mut dev = thaw_harness::Killed(
         Command::new(env!("CARGO_BIN_EXE_thaw"))
             .args([
                 "dev",
@@ -626,6 +638,7 @@ async fn thaw_dev_serves_a_source_function_on_its_own_host() {
             ])
             .current_dir(&project)
             .env_remove("THAW_ENGINES")
+            .env_remove("THAW_CONFIG")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -656,6 +669,21 @@ async fn thaw_dev_serves_a_source_function_on_its_own_host() {
     std::fs::write(&source, &edited).unwrap();
     thaw_harness::eventually_some("the edit to go live", Duration::from_secs(120), || async {
         message().await.filter(|m| m == "Hi, dev, edited")
+    })
+    .await;
+
+    // Ctrl-C stops `thaw dev` and the host it started.
+    // SAFETY: signals the child this test spawned and still owns.
+    unsafe { libc::kill(dev.0.id() as i32, libc::SIGINT) };
+    let stopped =
+        thaw_harness::eventually_some("thaw dev to exit", Duration::from_secs(30), || {
+            let status = dev.0.try_wait().unwrap();
+            async move { status }
+        })
+        .await;
+    assert!(stopped.success(), "{stopped:?}: {}", log_text());
+    thaw_harness::eventually("its host to stop", Duration::from_secs(30), || async {
+        std::net::TcpStream::connect(&listen).is_err()
     })
     .await;
 }

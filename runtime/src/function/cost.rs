@@ -106,7 +106,8 @@ pub struct CostStats {
     cpu_ns: AtomicU64,
     /// Guest CPU time per call, µs.
     pub cpu: Histogram,
-    /// Peak linear memory of the instance that served each call, in KiB less one: the
+    /// Peak linear memory of the instance that served each call (of each WASIp3 instance,
+    /// once), in KiB less one: the
     /// histogram's buckets hold values below their bound, so a size of exactly 64 KiB (wasm
     /// memories grow by 64 KiB pages) falls under the 64 KiB bound. Its quantiles are then
     /// still bounds from above of the sizes.
