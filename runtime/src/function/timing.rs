@@ -105,7 +105,7 @@ pub fn server_timing(
     cpu: Option<Duration>,
 ) -> String {
     use std::fmt::Write as _;
-    let mut value = String::with_capacity(96);
+    let mut value = String::with_capacity(128); // the longest value, with load and cpu, fits
     let _ = write!(value, "start;desc=\"{}\"", kind.as_str());
     if let Some(load) = load {
         let _ = write!(value, ", load;dur={:.3}", load.as_secs_f64() * 1e3);
