@@ -13,8 +13,8 @@
 
 use std::time::{Duration, Instant};
 
+use thaw_runtime::engine::ThawEngine;
 use thaw_runtime::engine::artifact::{Kind, file_checksum};
-use thaw_runtime::engine::{EngineOptions, ThawEngine};
 use thaw_runtime::function::{Function, FunctionRecord};
 use thaw_runtime::guest::Linkers;
 use thaw_runtime::guest::host::ProxyHost;
@@ -24,14 +24,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 const ROUNDS: usize = 30;
 
 fn main() {
-    let engine = ThawEngine::new(EngineOptions {
-        instance_slots: 64,
-        max_memory_bytes: 256 << 20,
-        keep_resident_bytes: 64 << 10,
-        on_demand: false,
-        fuel_metering: false,
-    })
-    .expect("engine");
+    let engine = ThawEngine::new(thaw_benches::engine_options(false)).expect("engine");
     let mut args = std::env::args().skip(1);
     let path = args
         .next()

@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use thaw_runtime::engine::ThawEngine;
 use thaw_runtime::engine::artifact::Kind;
-use thaw_runtime::engine::{EngineOptions, ThawEngine};
 use thaw_runtime::function::{Function, FunctionRecord};
 use thaw_runtime::guest::Linkers;
 use thaw_runtime::guest::host::ProxyHost;
@@ -40,14 +40,7 @@ fn main() {
     };
     let component_path = args.next().filter(|p| !p.is_empty());
     let rounds: usize = args.next().map_or(50, |n| n.parse().expect("ROUNDS"));
-    let engine = ThawEngine::new(EngineOptions {
-        instance_slots: 64,
-        max_memory_bytes: 256 << 20,
-        keep_resident_bytes: 64 << 10,
-        on_demand: false,
-        fuel_metering: false,
-    })
-    .expect("engine");
+    let engine = ThawEngine::new(thaw_benches::engine_options(false)).expect("engine");
     let linkers = Linkers::new(engine.engine()).expect("linkers");
     let (component, pre) = link(&engine, &linkers, &engine_path);
     let bundle = bundle_of(&source_path);

@@ -11,6 +11,18 @@ use thaw_runtime::engine::EngineOptions;
 use thaw_runtime::function::pool::PoolOptions;
 use thaw_runtime::spec::{FunctionSpec, LimitDefaults};
 
+/// The engine every benchmark runs on: 64 instance slots of at most 256 MiB, the host's
+/// default 64 KiB kept resident, no fuel; `on_demand` allocation instead of the pool.
+pub fn engine_options(on_demand: bool) -> EngineOptions {
+    EngineOptions {
+        keep_resident_bytes: 64 << 10,
+        instance_slots: 64,
+        max_memory_bytes: 256 << 20,
+        on_demand,
+        fuel_metering: false,
+    }
+}
+
 /// A platform for benchmarks, with its data directory (removed on drop).
 pub struct BenchPlatform {
     /// The platform.
@@ -60,13 +72,7 @@ impl BenchPlatform {
     ) -> Self {
         let platform = Platform::open(PlatformConfig {
             data_dir: dir.path().to_path_buf(),
-            engine: EngineOptions {
-                keep_resident_bytes: 64 << 10,
-                instance_slots: 64,
-                max_memory_bytes: 256 << 20,
-                on_demand: setup.on_demand,
-                fuel_metering: false,
-            },
+            engine: engine_options(setup.on_demand),
             defaults: LimitDefaults::default(),
             queue_timeout: Duration::from_secs(1),
             load,
