@@ -138,6 +138,11 @@ impl DataDir {
         self.root.join("keyvalue.redb")
     }
 
+    /// Functions' SQL databases, a directory per function (see `sql`).
+    pub fn sql(&self) -> PathBuf {
+        self.root.join("sql")
+    }
+
     /// Asynchronous invocations and schedules' last ticks (see `events::store`).
     pub fn events(&self) -> PathBuf {
         self.root.join("events.redb")

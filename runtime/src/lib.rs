@@ -10,6 +10,7 @@
 //! - [`telemetry`]: traces, W3C trace context in and out, OTLP export (no dependencies);
 //! - [`datadir`]: the data directory, written atomically, locked, owner-only;
 //! - [`keyvalue`]: functions' state, embedded (redb) or on Redis, scoped and under quota;
+//! - [`sql`]: functions' SQL databases, embedded SQLite per function, confined and under quota;
 //! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
 //!   pre-initialisation snapshots;
 //! - [`guest`]: a guest's store and host state, built from a plain config; linkers; the
@@ -57,4 +58,5 @@ pub mod invoke;
 pub mod keyvalue;
 pub mod metrics;
 pub mod source;
+pub mod sql;
 pub mod telemetry;

@@ -108,6 +108,7 @@ pub mod future;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod sql;
 
 pub use ::http::{HeaderMap, HeaderValue, Method, StatusCode};
 pub use thaw_sdk_macro::{handler, init};

@@ -58,6 +58,9 @@ pub struct DeployArgs {
     /// repeatable [default: no filesystem]
     #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", value_parser = parse_dir)]
     pub dirs: Vec<DirGrant>,
+    /// A SQL database the function may open besides `default` (always its own); repeatable
+    #[arg(long = "sqlite-database", value_name = "NAME")]
+    pub sqlite_databases: Vec<String>,
     /// Run the function on a schedule: a cron expression (5 fields, or 6 with seconds
     /// first), in UTC; repeatable. A time zone or catch-up needs a manifest's table
     #[arg(long = "schedule", value_name = "CRON", value_parser = thaw_runtime::event_spec::parse_schedule_flag)]
@@ -165,6 +168,7 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         limits: args.limits.clone(),
         snapshot: args.no_snapshot.then_some(false),
         allowed_outbound_hosts: args.allow_outbound.clone(),
+        sqlite_databases: args.sqlite_databases.clone(),
         dirs: args.dirs.clone(),
         config: args
             .config

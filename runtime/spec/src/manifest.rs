@@ -76,6 +76,9 @@ pub struct ManifestFunction {
     /// Granted host directories.
     #[serde(default)]
     pub dirs: Vec<DirGrant>,
+    /// SQL databases besides `default`.
+    #[serde(default)]
+    pub sqlite_databases: Vec<String>,
     /// `wasi:config` values and secret references.
     #[serde(default)]
     pub config: BTreeMap<String, crate::config::ConfigValue>,
@@ -101,6 +104,7 @@ impl ManifestFunction {
             snapshot: self.snapshot,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             dirs: self.dirs.clone(),
+            sqlite_databases: self.sqlite_databases.clone(),
             config: self.config.clone(),
             schedule: self.schedule.clone(),
             async_policy: self.async_policy.clone(),

@@ -35,6 +35,14 @@ pub const DEFAULT_KV_MAX_VALUE_KIB: u64 = 1024;
 pub const DEFAULT_KV_MAX_KEYS: u64 = 100_000;
 /// Default most bytes (keys and values) in a function's key-value store.
 pub const DEFAULT_KV_MAX_MIB: u64 = 256;
+/// Default largest SQL database of a function (each of its databases).
+pub const DEFAULT_SQL_MAX_MIB: u64 = 256;
+/// Default longest one SQL statement may run.
+pub const DEFAULT_SQL_STATEMENT_MS: u64 = 1_000;
+/// Default most rows in one SQL result.
+pub const DEFAULT_SQL_MAX_ROWS: u64 = 10_000;
+/// Default most bytes in one SQL result.
+pub const DEFAULT_SQL_MAX_RESULT_KIB: u64 = 16 * 1024;
 /// Default most host resources (WASI and `wasi:http` handles: fields, requests, responses,
 /// bodies, streams, pollables) one request may hold at once. Each costs the host at most
 /// about [`HOST_RESOURCE_BYTES`], so this bounds the host memory a guest can pin outside its
@@ -57,6 +65,11 @@ pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 pub const MAX_ENV_VARS: usize = 256;
 /// Most bytes of environment (names and values) a function may have; see [`MAX_ENV_VARS`].
 pub const MAX_ENV_BYTES: usize = 64 * 1024;
+/// Most entries in `sqlite_databases`.
+pub const MAX_DATABASES: usize = 64;
+/// Longest SQL database name.
+pub const MAX_DATABASE_NAME_BYTES: usize = 64;
+
 /// Most entries in `allowed_outbound_hosts`: each outbound request checks them in turn.
 pub const MAX_OUTBOUND_PATTERNS: usize = 256;
 /// Most directory grants: each is a preopen (an `open` call) per request.
@@ -91,6 +104,10 @@ pub struct FunctionSpec {
     /// Host directories the function may read (or, when `writable`, write); none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirs: Vec<DirGrant>,
+    /// SQL databases the function may open besides `default` (always its own), by name
+    /// (see thaw-runtime's `sql` module); Spin's `sqlite_databases`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sqlite_databases: Vec<String>,
     /// What `wasi:config/store` answers: values, and references to secrets the host
     /// resolves (see [`crate::config`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -238,6 +255,23 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "MIB"))]
     pub kv_max_mib: Option<u64>,
+    /// Largest SQL database (each of the function's), in MiB; past it writes fail and reads
+    /// work [default: the host's, 256]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MIB"))]
+    pub sql_max_mib: Option<u64>,
+    /// Longest one SQL statement may run, in ms [default: the host's, 1000]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MS"))]
+    pub sql_statement_ms: Option<u64>,
+    /// Most rows in one SQL result [default: the host's, 10000]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub sql_max_rows: Option<u64>,
+    /// Most bytes in one SQL result, in KiB [default: the host's, 16384]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "KIB"))]
+    pub sql_max_result_kib: Option<u64>,
     /// Most host resources (handles to fields, requests, bodies, streams, pollables) one
     /// request may hold at once; each costs the host at most 256 KiB, so this bounds the host
     /// memory a guest pins outside `memory_mib` (64..=65536) [default: the host's, 512]
@@ -278,6 +312,14 @@ pub struct LimitDefaults {
     pub kv_max_keys: u64,
     /// See [`LimitsSpec::kv_max_mib`].
     pub kv_max_mib: u64,
+    /// See [`LimitsSpec::sql_max_mib`].
+    pub sql_max_mib: u64,
+    /// See [`LimitsSpec::sql_statement_ms`].
+    pub sql_statement_ms: u64,
+    /// See [`LimitsSpec::sql_max_rows`].
+    pub sql_max_rows: u64,
+    /// See [`LimitsSpec::sql_max_result_kib`].
+    pub sql_max_result_kib: u64,
     /// See [`LimitsSpec::max_host_resources`].
     pub max_host_resources: u32,
     /// Whether the host counts fuel at all (`--fuel-metering`); the platform sets it from its
@@ -303,6 +345,10 @@ impl Default for LimitDefaults {
             kv_max_value_kib: DEFAULT_KV_MAX_VALUE_KIB,
             kv_max_keys: DEFAULT_KV_MAX_KEYS,
             kv_max_mib: DEFAULT_KV_MAX_MIB,
+            sql_max_mib: DEFAULT_SQL_MAX_MIB,
+            sql_statement_ms: DEFAULT_SQL_STATEMENT_MS,
+            sql_max_rows: DEFAULT_SQL_MAX_ROWS,
+            sql_max_result_kib: DEFAULT_SQL_MAX_RESULT_KIB,
             max_host_resources: DEFAULT_MAX_HOST_RESOURCES,
             fuel_metering: false,
         }
@@ -346,6 +392,22 @@ pub struct Limits {
     /// Most key-value bytes.
     #[serde(default = "default_kv_bytes")]
     pub kv_max_bytes: u64,
+    /// Largest SQL database, bytes.
+    #[serde(default = "default_sql_bytes")]
+    pub sql_max_bytes: u64,
+    /// Longest SQL statement.
+    #[serde(
+        default = "default_sql_statement",
+        serialize_with = "as_millis",
+        deserialize_with = "from_millis"
+    )]
+    pub sql_statement_timeout: Duration,
+    /// Most rows in one SQL result.
+    #[serde(default = "default_sql_rows")]
+    pub sql_max_rows: u64,
+    /// Most bytes in one SQL result.
+    #[serde(default = "default_sql_result")]
+    pub sql_max_result_bytes: u64,
     /// Most host resources one instance holds at once.
     #[serde(default = "default_host_resources")]
     pub max_host_resources: u32,
@@ -353,6 +415,22 @@ pub struct Limits {
 
 fn default_host_resources() -> u32 {
     DEFAULT_MAX_HOST_RESOURCES
+}
+
+fn default_sql_bytes() -> u64 {
+    DEFAULT_SQL_MAX_MIB << 20
+}
+
+fn default_sql_statement() -> Duration {
+    Duration::from_millis(DEFAULT_SQL_STATEMENT_MS)
+}
+
+fn default_sql_rows() -> u64 {
+    DEFAULT_SQL_MAX_ROWS
+}
+
+fn default_sql_result() -> u64 {
+    DEFAULT_SQL_MAX_RESULT_KIB << 10
 }
 
 fn default_kv_value() -> u64 {
@@ -402,6 +480,15 @@ impl LimitsSpec {
             kv_max_value_bytes: self.kv_max_value_kib.unwrap_or(defaults.kv_max_value_kib) << 10,
             kv_max_keys: self.kv_max_keys.unwrap_or(defaults.kv_max_keys),
             kv_max_bytes: self.kv_max_mib.unwrap_or(defaults.kv_max_mib) << 20,
+            sql_max_bytes: self.sql_max_mib.unwrap_or(defaults.sql_max_mib) << 20,
+            sql_statement_timeout: Duration::from_millis(
+                self.sql_statement_ms.unwrap_or(defaults.sql_statement_ms),
+            ),
+            sql_max_rows: self.sql_max_rows.unwrap_or(defaults.sql_max_rows),
+            sql_max_result_bytes: self
+                .sql_max_result_kib
+                .unwrap_or(defaults.sql_max_result_kib)
+                << 10,
             max_host_resources: self
                 .max_host_resources
                 .unwrap_or(defaults.max_host_resources),
@@ -449,6 +536,9 @@ pub enum SpecError {
     /// The configuration table is not usable.
     #[error("{0}")]
     Config(String),
+    /// A `sqlite_databases` entry is not a usable name.
+    #[error("invalid database name {0:?}: use 1 to 64 characters of a-z, A-Z, 0-9, '-' and '_'")]
+    Database(String),
     /// A field is not usable: its path in the spec (`schedule[0].tz`) and why.
     #[error(transparent)]
     Field(#[from] crate::events::FieldError),
@@ -475,6 +565,21 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 /// Paths the data plane answers itself, before routing: liveness and readiness probes,
 /// and asynchronous invocations' results (`Location: /v1/invocations/<id>`).
 pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/v1/invocations"];
+
+/// A SQL database name: 1 to [`MAX_DATABASE_NAME_BYTES`] of `a-z A-Z 0-9 _ -` (it becomes a
+/// file name).
+pub fn validate_database_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_DATABASE_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Database(name.to_owned()))
+    }
+}
 
 /// Checks a route: absolute, no query or fragment, no empty, `.` or `..` segments, no
 /// trailing slash (except the root route `/`).
@@ -555,10 +660,18 @@ impl FunctionSpec {
                 MAX_OUTBOUND_PATTERNS,
             ),
             ("directory grants", self.dirs.len(), MAX_DIRS),
+            (
+                "sqlite_databases entries",
+                self.sqlite_databases.len(),
+                MAX_DATABASES,
+            ),
         ] {
             if count > max {
                 return Err(SpecError::TooMany { what, count, max });
             }
+        }
+        for name in &self.sqlite_databases {
+            validate_database_name(name)?;
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
@@ -670,6 +783,11 @@ impl LimitsSpec {
             ("kv_max_value_kib", l.kv_max_value_kib, 64 << 10),
             ("kv_max_keys", l.kv_max_keys, 1 << 32),
             ("kv_max_mib", l.kv_max_mib, 1 << 20),
+            ("sql_max_mib", l.sql_max_mib, 1 << 20),
+            ("sql_statement_ms", l.sql_statement_ms, MAX_TIMEOUT_MS),
+            ("sql_max_rows", l.sql_max_rows, 1 << 32),
+            // A result is held whole in host memory before it is copied to the guest.
+            ("sql_max_result_kib", l.sql_max_result_kib, 1 << 20),
         ] {
             if let Some(v) = value
                 && !(1..=max).contains(&v)

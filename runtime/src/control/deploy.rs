@@ -130,6 +130,7 @@ impl Platform {
         let mut function = prepared.function;
         function.config = config;
         function.attach_keyvalue(self.keyvalue.as_ref());
+        function.attach_sql(Some(&self.sql));
         let deployed = self
             .commit_deploy(function, options, &prepared.code)
             .await?;
@@ -872,6 +873,15 @@ impl Platform {
             tracing::error!(
                 function = name,
                 "its key-value data could not be removed: {e}"
+            );
+        }
+        let sql = self.sql.clone();
+        let function = name.to_owned();
+        let removed = tokio::task::spawn_blocking(move || sql.remove_function(&function)).await;
+        if let Ok(Err(e)) = removed {
+            tracing::error!(
+                function = name,
+                "its SQL databases could not be removed: {e}"
             );
         }
         self.collect_garbage().await;

@@ -167,6 +167,8 @@ pub struct Platform {
     secrets: SecretSources,
     /// Functions' state.
     keyvalue: Option<KeyValue>,
+    /// Functions' SQL databases.
+    sql: crate::sql::SqlHost,
     /// Start-up work done: artifacts checked and, with `--load background`, code loaded
     /// (see [`Platform::ready`]).
     started: std::sync::atomic::AtomicBool,
@@ -243,6 +245,7 @@ impl Platform {
             KeyValueBackend::Redis(store) => Some(KeyValue::Redis(store.clone())),
             KeyValueBackend::Off => None,
         };
+        let sql = crate::sql::SqlHost::new(data.sql());
         let mut platform = Self {
             fast,
             tier_ups_pending: AtomicUsize::new(0),
@@ -274,6 +277,7 @@ impl Platform {
             keep_versions: config.keep_versions.clamp(1, versions::MAX_VERSIONS / 2),
             secrets: config.secrets.clone(),
             keyvalue,
+            sql,
             started: std::sync::atomic::AtomicBool::new(false),
             local: Arc::new(LocalCoordinator::in_memory()),
             attached: OnceLock::new(),
@@ -340,6 +344,7 @@ impl Platform {
         let mut function = Function::unloaded(version, &self.defaults);
         function.log = Arc::clone(log);
         function.attach_keyvalue(self.keyvalue.as_ref());
+        function.attach_sql(Some(&self.sql));
         match self.secrets.resolve(&function.record.spec.config) {
             Ok(config) => function.config = Arc::new(crate::guest::config::Resolved::new(config)),
             // It resolved at deploy: the operator removed or renamed a secret since.
@@ -515,6 +520,11 @@ impl Platform {
     /// The host's key-value store, if it has one.
     pub fn keyvalue(&self) -> Option<&KeyValue> {
         self.keyvalue.as_ref()
+    }
+
+    /// The host's SQL databases.
+    pub fn sql(&self) -> &crate::sql::SqlHost {
+        &self.sql
     }
 
     /// The data directory.

@@ -235,6 +235,8 @@ pub struct Function {
     pub config: Arc<crate::guest::config::Resolved>,
     /// Its `wasi:keyvalue` access, given by the control plane (`None`: no store).
     pub keyvalue: Option<crate::guest::keyvalue::GuestKeyValue>,
+    /// Its `spin:sqlite` access, given by the control plane (`None`: no SQL).
+    pub sql: Option<crate::guest::sqlite::GuestSql>,
     /// A WASIp3 function's workers, made by its first request (see [`service`]).
     pub service: std::sync::OnceLock<service::ServiceHandler>,
     /// Cancelled when this function is dropped (removed, replaced, unloaded, and its last
@@ -295,6 +297,7 @@ impl Function {
             log: Arc::default(),
             config,
             keyvalue: None,
+            sql: None,
             service: std::sync::OnceLock::new(),
             retired: tokio_util::sync::CancellationToken::new(),
         }
@@ -310,6 +313,16 @@ impl Function {
         });
     }
 
+    /// Gives the function its databases on the host's SQL.
+    pub fn attach_sql(&mut self, host: Option<&crate::sql::SqlHost>) {
+        self.sql = host.map(|host| crate::guest::sqlite::GuestSql {
+            host: host.clone(),
+            function: self.name.clone(),
+            quota: crate::sql::SqlQuota::of(&self.limits),
+            databases: self.record.spec.sqlite_databases.iter().cloned().collect(),
+        });
+    }
+
     /// This function with what belongs to the version rather than to its code taken from
     /// `other` (the same version, loaded differently): its log, its resolved configuration,
     /// its key-value access and its counters.
@@ -320,6 +333,7 @@ impl Function {
         self.starts = other.starts.clone();
         self.cost = other.cost.clone();
         self.keyvalue = other.keyvalue.clone();
+        self.sql = other.sql.clone();
         self
     }
 
@@ -351,6 +365,7 @@ impl Function {
             version: self.record.generation,
             config: &self.config,
             keyvalue: self.keyvalue.as_ref(),
+            sql: self.sql.as_ref(),
             // One request at a time; the WASIp3 executor raises it for its instances.
             max_concurrent: 1,
         }

@@ -186,6 +186,10 @@ pub struct ProxyHost {
     keyvalue: Option<GuestKeyValue>,
     /// Buckets the guest holds open (see [`crate::guest::keyvalue::MAX_OPEN_BUCKETS`]).
     open_buckets: usize,
+    /// The function's `spin:sqlite` access.
+    sql: Option<super::sqlite::GuestSql>,
+    /// Connections the guest holds open (see [`crate::guest::sqlite::MAX_OPEN_CONNECTIONS`]).
+    open_connections: usize,
 }
 
 impl ProxyHost {
@@ -232,6 +236,8 @@ impl ProxyHost {
             config: config.config.clone(),
             keyvalue: config.keyvalue.cloned(),
             open_buckets: 0,
+            sql: config.sql.cloned(),
+            open_connections: 0,
         }
     }
 
@@ -369,6 +375,17 @@ impl ProxyHost {
             table: &mut self.table,
             access: self.keyvalue.as_ref(),
             open_buckets: &mut self.open_buckets,
+        }
+    }
+}
+
+impl ProxyHost {
+    /// The guest's `spin:sqlite`.
+    pub fn sqlite(&mut self) -> super::sqlite::SqlView<'_> {
+        super::sqlite::SqlView {
+            table: &mut self.table,
+            access: self.sql.as_ref(),
+            open_connections: &mut self.open_connections,
         }
     }
 }

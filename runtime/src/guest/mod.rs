@@ -12,7 +12,8 @@
 //! - [`limit`]: the names of limits and their per-function counters;
 //! - [`log`] and [`stdout`]: where a guest's output goes (log lines; a CGI module's response);
 //! - [`config`]: `wasi:config` values, with secrets resolved from the host;
-//! - [`keyvalue`]: `wasi:keyvalue` over the host's store, scoped to the function.
+//! - [`keyvalue`]: `wasi:keyvalue` over the host's store, scoped to the function;
+//! - [`sqlite`]: `spin:sqlite` over the host's SQL databases, scoped to the function.
 //!
 //! One store per request (or per warm instance): a store is cheap to build (a few
 //! allocations: the WASI and HTTP contexts and a resource table), and dropping it frees every
@@ -24,6 +25,7 @@ pub mod keyvalue;
 pub mod limit;
 pub mod limiter;
 pub mod log;
+pub mod sqlite;
 pub mod stdout;
 
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub struct GuestConfig<'a> {
     pub config: &'a Arc<config::Resolved>,
     /// The function's `wasi:keyvalue` access; `None`: every `open` is refused.
     pub keyvalue: Option<&'a keyvalue::GuestKeyValue>,
+    /// The function's `spin:sqlite` access; `None`: every `open` is refused.
+    pub sql: Option<&'a sqlite::GuestSql>,
     /// Requests one instance may run at once (`reuse.max_concurrent` of a WASIp3 function;
     /// 1 otherwise): the host resource cap is per request.
     pub max_concurrent: u32,
@@ -253,6 +257,9 @@ impl Linkers {
         keyvalue::add_to_linker(&mut proxy, ProxyHost::keyvalue)
             .map_err(anyhow::Error::from)
             .context("linking wasi:keyvalue")?;
+        sqlite::add_to_linker(&mut proxy, ProxyHost::sqlite)
+            .map_err(anyhow::Error::from)
+            .context("linking spin:sqlite")?;
         host::cap_request_strings(&mut proxy)
             .map_err(anyhow::Error::from)
             .context("capping wasi:http's request strings")?;

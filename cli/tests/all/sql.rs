@@ -1,0 +1,248 @@
+//! SQL for functions against a real `thaw serve`: the Rust SDK's `sql` module
+//! (functions/sdk-tour) over `spin:sqlite`, on the function's own SQLite database. A schema
+//! migrated on first use, parameters that carry hostile text as data, typed rows, a quota that
+//! refuses writes and keeps reads, SQL that cannot leave its file, databases no other
+//! function reaches, writes that survive kill -9, and `thaw remove` taking them away.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
+use thaw_test_functions as wasm;
+
+use crate::support::{TestServer, client};
+
+async fn call(server: &TestServer, function: &str, path: &str) -> (u16, String) {
+    let r = client()
+        .get(format!("{}/{function}{path}", server.url))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn add_todo(server: &TestServer, function: &str, title: &str) -> (u16, String) {
+    let r = client()
+        .post(format!("{}/{function}/todo", server.url))
+        .body(title.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// `q` percent-encoded for a query string.
+fn sql(db: Option<&str>, q: &str) -> String {
+    let mut path = String::from("/sql?");
+    if let Some(db) = db {
+        path.push_str(&format!("db={db}&"));
+    }
+    path.push_str("q=");
+    for b in q.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.*".contains(&b) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    path
+}
+
+fn spec(route: &str, databases: &[&str], limits: LimitsSpec) -> FunctionSpec {
+    FunctionSpec {
+        route: Some(route.into()),
+        sqlite_databases: databases.iter().map(|d| d.to_string()).collect(),
+        limits,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_keeps_its_data_in_its_own_sqlite_database() {
+    let mut server = TestServer::start();
+    let limits = LimitsSpec {
+        sql_max_mib: Some(1),
+        ..Default::default()
+    };
+    server
+        .deploy("a", wasm::SDK_TOUR, spec("/a", &["reports"], limits))
+        .await;
+    server
+        .deploy("b", wasm::SDK_TOUR, spec("/b", &[], LimitsSpec::default()))
+        .await;
+
+    todos_are_added_and_listed_with_parameters(&server).await;
+    sql_errors_are_typed_and_named(&server).await;
+    sql_stays_inside_its_file(&server).await;
+    functions_do_not_see_each_others_databases(&server).await;
+    a_full_database_refuses_writes_and_serves_reads(&server).await;
+    acknowledged_writes_survive_kill_9(&mut server).await;
+    removing_the_function_removes_its_databases(&server).await;
+}
+
+/// The schema is created on first use (two migrations), titles with quotes and SQL in them
+/// are stored as text, and rows come back typed.
+async fn todos_are_added_and_listed_with_parameters(server: &TestServer) {
+    assert_eq!(add_todo(server, "a", "tea").await, (200, "1".into()));
+    let hostile = "x'); DROP TABLE todo; --";
+    assert_eq!(add_todo(server, "a", hostile).await, (200, "2".into()));
+    assert_eq!(
+        call(
+            server,
+            "a",
+            "/sql?q=UPDATE%20todo%20SET%20done%20%3D%201%20WHERE%20id%20%3D%201"
+        )
+        .await,
+        (200, "changes=1 rowid=0".into())
+    );
+    assert_eq!(
+        call(server, "a", "/todos?done=0").await,
+        (200, format!("2|{hostile}|false\n"))
+    );
+    assert_eq!(
+        call(server, "a", "/todos?done=1").await,
+        (200, "1|tea|true\n".into())
+    );
+    let (status, version) = call(server, "a", &sql(None, "PRAGMA user_version")).await;
+    assert_eq!((status, version.lines().next()), (200, Some("2")));
+}
+
+async fn sql_errors_are_typed_and_named(server: &TestServer) {
+    let (status, body) = call(server, "a", &sql(None, "SELECT nope FROM todo")).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("no such column: nope"), "{body}");
+    // A listed database opens; an unlisted one is refused, naming the setting.
+    let (status, body) = call(server, "a", &sql(Some("reports"), "SELECT 1")).await;
+    assert_eq!((status, body.as_str()), (200, "1\nchanges=0 rowid=0"));
+    let (status, body) = call(server, "b", &sql(Some("reports"), "SELECT 1")).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("sqlite_databases"), "{body}");
+    let (status, _) = call(server, "a", &sql(Some("../b/default"), "SELECT 1")).await;
+    assert_eq!(status, 404);
+}
+
+/// ATTACH, VACUUM INTO and the pragmas that would lift a quota or durability are refused,
+/// and nothing is written outside the database.
+async fn sql_stays_inside_its_file(server: &TestServer) {
+    let outside = server.data_dir.join("outside.sqlite");
+    let b_file = server.data_dir.join("sql/b/default.sqlite");
+    for q in [
+        format!("ATTACH DATABASE '{}' AS o", outside.display()),
+        format!("ATTACH DATABASE '{}' AS o", b_file.display()),
+        format!("VACUUM INTO '{}'", outside.display()),
+        "PRAGMA max_page_count = 100000000".into(),
+        "PRAGMA synchronous = OFF".into(),
+        "PRAGMA journal_mode = MEMORY".into(),
+    ] {
+        let (status, body) = call(server, "a", &sql(None, &q)).await;
+        assert_eq!(status, 500, "{q}: {body}");
+    }
+    assert!(!outside.exists());
+    let dir = server.data_dir.join("sql/a");
+    let mode = std::fs::metadata(dir.join("default.sqlite"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+async fn functions_do_not_see_each_others_databases(server: &TestServer) {
+    let (status, body) = call(server, "b", "/todos?done=0").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, ""),
+        "b starts with its own, empty database"
+    );
+    let (status, body) = call(server, "b", &sql(None, "SELECT count(*) FROM todo")).await;
+    assert_eq!((status, body.as_str()), (200, "0\nchanges=0 rowid=0"));
+}
+
+/// With `sql_max_mib = 1`, inserting 64 KiB blobs fills the database: the write is a 507
+/// with the SDK's message, and the rows already there are still read.
+async fn a_full_database_refuses_writes_and_serves_reads(server: &TestServer) {
+    call(server, "a", &sql(None, "CREATE TABLE fill (b BLOB)")).await;
+    let insert = sql(None, "INSERT INTO fill VALUES (zeroblob(65536))");
+    let mut inserted = 0;
+    let (status, body) = loop {
+        let (status, body) = call(server, "a", &insert).await;
+        if status != 200 {
+            break (status, body);
+        }
+        inserted += 1;
+        assert!(inserted < 64, "1 MiB never filled: {body}");
+    };
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("sql_max_mib"), "{body}");
+    assert!(inserted >= 4, "only {inserted} blobs fit");
+    let (status, body) = call(server, "a", &sql(None, "SELECT count(*) FROM fill")).await;
+    assert_eq!(
+        (status, body.lines().next()),
+        (200, Some(inserted.to_string().as_str()))
+    );
+    assert_eq!(
+        call(server, "a", "/todos?done=1").await,
+        (200, "1|tea|true\n".into())
+    );
+    // Deleting makes room again.
+    let (status, _) = call(server, "a", &sql(None, "DROP TABLE fill")).await;
+    assert_eq!(status, 200);
+}
+
+/// kill -9 while clients add to-dos: every acknowledged one is there after the restart.
+async fn acknowledged_writes_survive_kill_9(server: &mut TestServer) {
+    let url = format!("{}/b/todo", server.url);
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, acknowledged) = (url.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let http = client();
+                for n in 0.. {
+                    match http.post(&url).body(format!("w{i}-{n}")).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            acknowledged.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    crate::support::eventually(
+        "acknowledged inserts before the kill",
+        std::time::Duration::from_secs(30),
+        || {
+            let acknowledged = acknowledged.clone();
+            async move { acknowledged.load(Ordering::SeqCst) >= 20 }
+        },
+    )
+    .await;
+    server.kill_and_restart(1);
+    for w in writers {
+        let _ = w.await;
+    }
+    let acknowledged = acknowledged.load(Ordering::SeqCst);
+    let (status, body) = call(server, "b", &sql(None, "SELECT count(*) FROM todo")).await;
+    assert_eq!(status, 200, "{body}");
+    let count: usize = body.lines().next().unwrap().parse().unwrap();
+    assert!(
+        count >= acknowledged && count <= acknowledged + 4,
+        "{acknowledged} acknowledged inserts, {count} rows after kill -9"
+    );
+}
+
+async fn removing_the_function_removes_its_databases(server: &TestServer) {
+    let dir = server.data_dir.join("sql/a");
+    assert!(dir.join("reports.sqlite").is_file());
+    server.admin().remove("a").await.unwrap();
+    assert!(!dir.exists(), "a's databases outlived it");
+    server
+        .deploy("a", wasm::SDK_TOUR, spec("/a", &[], LimitsSpec::default()))
+        .await;
+    let (status, body) = call(server, "a", &sql(None, "SELECT count(*) FROM todo")).await;
+    assert_eq!(
+        status, 500,
+        "a new function of the same name starts empty: {body}"
+    );
+}
