@@ -246,3 +246,33 @@ async fn removing_the_function_removes_its_databases(server: &TestServer) {
         "a new function of the same name starts empty: {body}"
     );
 }
+
+/// A Spin app built with spin-sdk 7 (functions/spin-sqlite: WASIp3, the async
+/// `execute-async` with its row stream and result future) answers on thaw what its code says.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spin_sdk_app_uses_its_sqlite_database_unchanged() {
+    let server = TestServer::start();
+    server
+        .deploy(
+            "spin-sqlite",
+            wasm::SPIN_SQLITE,
+            spec("/spin-sqlite", &[], LimitsSpec::default()),
+        )
+        .await;
+    for (path, want) in [
+        ("/count", "count 0"),
+        ("/add?name=ada", "added 1"),
+        ("/add?name=grace", "added 2"),
+        ("/list", "ada\ngrace\n"),
+        ("/count", "count 2"),
+    ] {
+        let (status, body) = call(&server, "spin-sqlite", path).await;
+        assert_eq!((status, body.as_str()), (200, want), "{path}");
+    }
+    let (status, body) = call(&server, "spin-sqlite", "/bad").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("error: Error::Io(") && body.contains("no such table"),
+        "{body}"
+    );
+}
