@@ -45,10 +45,6 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default time a client may leave response bytes unread: nginx's `send_timeout` is 60 s;
 /// half that, because a function's buffered response is memory the host holds meanwhile.
 pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
-/// Default memory kept resident per pooled memory slot between instances, in KiB: what an
-/// instance's stack and statics usually touch again. More helps large-heap guests (the README
-/// has measurements) at the cost of resident memory per slot used.
-pub const DEFAULT_KEEP_RESIDENT_KIB: u64 = 64;
 /// Default largest upload on the admin API.
 pub const DEFAULT_MAX_UPLOAD_MIB: u64 = 256;
 /// Default time a dead cluster node stays in the member list (its etcd lease's TTL).
@@ -137,7 +133,7 @@ pub struct HostSettings {
     /// Memory kept resident per pooled memory slot between instances, in KiB (reset with
     /// memset, only the pages dirtied where the kernel has PAGEMAP_SCAN): larger is faster
     /// for JavaScript and Python guests, and keeps up to this much resident per slot used
-    /// [default: 64]
+    /// [default: 8192 with PAGEMAP_SCAN (Linux 6.7+), else 64]
     #[arg(long, env = "THAW_KEEP_RESIDENT_KIB", value_name = "KIB")]
     pub keep_resident_kib: Option<u64>,
     /// How long a request waits for a free instance slot before a 503, in ms [default: 1000]
@@ -456,11 +452,10 @@ impl ServeArgs {
                     instance_slots,
                     max_memory_bytes: bytes(max_memory_mib, 20, "max_memory_mib")?,
                     on_demand: s.on_demand_allocation.unwrap_or(false),
-                    keep_resident_bytes: bytes(
-                        s.keep_resident_kib.unwrap_or(DEFAULT_KEEP_RESIDENT_KIB),
-                        10,
-                        "keep_resident_kib",
-                    )?,
+                    keep_resident_bytes: match s.keep_resident_kib {
+                        Some(kib) => bytes(kib, 10, "keep_resident_kib")?,
+                        None => thaw_runtime::engine::default_keep_resident_bytes(),
+                    },
                     fuel_metering,
                 },
                 defaults,

@@ -59,6 +59,28 @@ const MEMORIES_PER_SLOT: u32 = 2;
 /// Tables per slot: components carry a few shim tables beside the main one.
 const TABLES_PER_SLOT: u32 = 8;
 
+/// The default of [`EngineOptions::keep_resident_bytes`]: 8 MiB where the kernel has
+/// PAGEMAP_SCAN (Linux 6.7+), 64 KiB elsewhere.
+///
+/// With PAGEMAP_SCAN a freed slot resets only the pages its instance dirtied (by `memset`
+/// from the image) and keeps them resident, so the size is a ceiling, not a cost: a small
+/// guest that dirties 100 KiB keeps 100 KiB, and a JavaScript or Python guest keeps the
+/// few MiB its requests touch and takes no page fault (and, in a VM, no TLB-shootdown IPI)
+/// for them on the next instance. That is the per-function sizing the kernel does for us.
+/// Measured side by side (benches/results/2026-12-03-issue-25-keep-resident): 8 MiB against
+/// 64 KiB made the JS template's component 1.7x and the Python one 1.2x faster at 32
+/// connections, the Rust hello level. The cost is resident memory per slot used, bounded by
+/// the pages guests dirtied: tens of MiB after a burst of JS requests, given back as slots
+/// are reused. Without PAGEMAP_SCAN every reset would `memset` the whole kept size, which
+/// for 8 MiB costs a small guest far more than the faults it saves: hence 64 KiB there.
+pub fn default_keep_resident_bytes() -> u64 {
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        8 << 20
+    } else {
+        64 << 10
+    }
+}
+
 /// Engine options, read from flags, environment and the config file by the CLI.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
