@@ -55,6 +55,9 @@ enum Command {
     Promote(commands::versions::PromoteArgs),
     /// Read or seed a function's key-value store: get|set|delete|list NAME [BUCKET] KEY [VALUE]
     Kv(commands::kv::KvArgs),
+    /// Run a statement on a function's SQL database, or dump it: `thaw sql NAME "SELECT ..."`,
+    /// `thaw sql NAME --dump > backup.sql`
+    Sql(commands::sql::SqlArgs),
     /// A function's asynchronous invocations: `thaw invocations NAME [--failed]`, or
     /// `thaw invocations get|retry|discard ID`
     Invocations(commands::invocations::InvocationsArgs),
@@ -114,6 +117,7 @@ fn main() {
                     Command::Promote(args) => commands::versions::promote(args).await,
                     Command::Logs(args) => commands::logs::execute(args).await,
                     Command::Kv(args) => commands::kv::execute(args).await,
+                    Command::Sql(args) => commands::sql::execute(args).await,
                     Command::Invocations(args) => commands::invocations::execute(args).await,
                     Command::Schedules(args) => commands::invocations::schedules(args).await,
                     Command::Invoke(args) => commands::invoke::execute(args).await,

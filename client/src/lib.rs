@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use thaw_spec::api::{
     DeployQuery, EngineInfo, ErrorBody, ErrorCode, FunctionInfo, HostStatus, KvKeys, KvQuery,
-    LogEntry, LogQuery, RollbackRequest, VersionsInfo,
+    LogEntry, LogQuery, RollbackRequest, SqlAnswer, SqlQuery, VersionsInfo,
 };
 use thaw_spec::spec::FunctionSpec;
 use thaw_spec::traffic::TrafficSplit;
@@ -445,6 +445,30 @@ impl AdminClient {
                 None => return Ok(keys),
             }
         }
+    }
+
+    /// Runs one SQL statement on function `name`'s database `db` (`default` when `None`),
+    /// in its scope and under its quota.
+    pub async fn sql(&self, name: &str, db: Option<&str>, statement: &str) -> Result<SqlAnswer> {
+        let request = self
+            .http
+            .post(format!("{}/v1/functions/{name}/sql", self.base))
+            .query(&SqlQuery {
+                db: db.map(str::to_owned),
+            })
+            .body(statement.to_owned());
+        self.send_json(request).await
+    }
+
+    /// Function `name`'s database `db` as SQL text that rebuilds it.
+    pub async fn sql_dump(&self, name: &str, db: Option<&str>) -> Result<Bytes> {
+        let request = self
+            .http
+            .get(format!("{}/v1/functions/{name}/sql/dump", self.base))
+            .query(&SqlQuery {
+                db: db.map(str::to_owned),
+            });
+        self.send(request).await
     }
 
     /// The host's status.

@@ -13,6 +13,7 @@ pub mod logs;
 pub mod new;
 pub mod remove;
 pub mod serve;
+pub mod sql;
 pub mod versions;
 
 /// Where the CLI finds a running host, and its admin token.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
 
-use crate::support::{TestServer, client};
+use crate::support::{TestServer, client, thaw_command};
 
 async fn call(server: &TestServer, function: &str, path: &str) -> (u16, String) {
     let r = client()
@@ -74,6 +74,7 @@ async fn a_function_keeps_its_data_in_its_own_sqlite_database() {
 
     todos_are_added_and_listed_with_parameters(&server).await;
     sql_errors_are_typed_and_named(&server).await;
+    an_operator_queries_and_dumps_with_thaw_sql(&server);
     sql_stays_inside_its_file(&server).await;
     functions_do_not_see_each_others_databases(&server).await;
     a_full_database_refuses_writes_and_serves_reads(&server).await;
@@ -106,6 +107,45 @@ async fn todos_are_added_and_listed_with_parameters(server: &TestServer) {
     );
     let (status, version) = call(server, "a", &sql(None, "PRAGMA user_version")).await;
     assert_eq!((status, version.lines().next()), (200, Some("2")));
+}
+
+/// `thaw sql`: a query as a table, a write, a dump that holds the rows as they are, and the
+/// guest's confinement kept for the operator too.
+fn an_operator_queries_and_dumps_with_thaw_sql(server: &TestServer) {
+    let run = |args: &[&str]| {
+        let out = thaw_command(server, args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, table, err) = run(&["sql", "a", "SELECT id, title, done FROM todo ORDER BY id"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        table,
+        "id | title | done\n1 | tea | 1\n2 | x'); DROP TABLE todo; -- | 0\n"
+    );
+    let (ok, answer, err) = run(&["sql", "a", "UPDATE todo SET done = 0 WHERE id = 1"]);
+    assert!(ok, "{err}");
+    assert_eq!(answer, "changes: 1, last insert rowid: 0\n");
+    let (ok, _, err) = run(&["sql", "a", "UPDATE todo SET done = 1 WHERE id = 1"]);
+    assert!(ok, "{err}");
+    let (ok, dump, err) = run(&["sql", "a", "--dump"]);
+    assert!(ok, "{err}");
+    assert!(
+        dump.starts_with("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\nCREATE TABLE todo"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("INSERT INTO \"todo\" VALUES(2,'x''); DROP TABLE todo; --',0);\n"),
+        "{dump}"
+    );
+    assert!(dump.ends_with("COMMIT;\n"), "{dump}");
+    let (ok, _, err) = run(&["sql", "a", "ATTACH DATABASE '/tmp/x.sqlite' AS x"]);
+    assert!(!ok && err.contains("not authorized"), "{err}");
+    let (ok, _, err) = run(&["sql", "b", "--db", "reports", "SELECT 1"]);
+    assert!(!ok && err.contains("no such database"), "{err}");
 }
 
 async fn sql_errors_are_typed_and_named(server: &TestServer) {

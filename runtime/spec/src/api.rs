@@ -165,6 +165,28 @@ pub struct KvKeys {
     pub cursor: Option<u64>,
 }
 
+/// `POST /v1/functions/{name}/sql?db=D` (the body is one statement): what it returned.
+/// Values are JSON numbers, strings and `null`; a blob is `{"hex": "..."}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SqlAnswer {
+    /// The result's column names.
+    pub columns: Vec<String>,
+    /// Its rows.
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// Rows the statement inserted, updated or deleted.
+    pub changes: u64,
+    /// The rowid of its insert, or 0.
+    pub last_insert_rowid: i64,
+}
+
+/// The query of `/v1/functions/{name}/sql` and `/v1/functions/{name}/sql/dump`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlQuery {
+    /// The database: `default` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<String>,
+}
+
 /// `POST /v1/functions/{name}/rollback`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollbackRequest {

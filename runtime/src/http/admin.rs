@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use super::auth::AdminAuth;
 use crate::api::{
     DeployQuery, EngineInfo, ErrorBody, ErrorCode, ErrorDetail, FunctionInfo, InvocationQuery,
-    KvKeys, KvQuery, LogQuery, RollbackRequest, parse_query,
+    KvKeys, KvQuery, LogQuery, RollbackRequest, SqlAnswer, SqlQuery, parse_query,
 };
 use crate::cluster::peers::Blob;
 use crate::cluster::{Cluster, Readiness};
@@ -300,6 +300,18 @@ static ROUTES: &[Route] = &[
         path: "/v1/functions/{name}/kv",
         access: Access::Admin,
         handler: |c| Box::pin(keyvalue(c)),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/functions/{name}/sql",
+        access: Access::Admin,
+        handler: |c| Box::pin(sql(c)),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/functions/{name}/sql/dump",
+        access: Access::Admin,
+        handler: |c| Box::pin(sql_dump(c)),
     },
 ];
 
@@ -1056,6 +1068,116 @@ async fn keyvalue(call: Call) -> Response<ResponseBody> {
         };
         error(code, &e.to_string())
     })
+}
+
+/// A connection to function `call.param`'s database `?db=` (default `default`), for an
+/// operator: the function's scope, names and quota, as its guest would have them.
+async fn sql_lease(
+    call: &Call,
+) -> Result<(crate::sql::Lease, crate::sql::SqlQuota), Response<ResponseBody>> {
+    let Some(set) = function(call) else {
+        return Err(no_function(&call.param));
+    };
+    let query: SqlQuery = parse_query(call.req.uri().query().unwrap_or(""))
+        .map_err(|e| error(ErrorCode::BadRequest, &e))?;
+    let primary = set.primary();
+    let quota = crate::sql::SqlQuota::of(&primary.limits);
+    let allowed = primary.record.spec.sqlite_databases.clone();
+    let (host, name) = (call.cx.platform.sql().clone(), primary.name.clone());
+    let db = query
+        .db
+        .unwrap_or_else(|| crate::sql::DEFAULT_DATABASE.to_owned());
+    let lease = tokio::task::spawn_blocking(move || host.database(&name, &db, &allowed)?.connect())
+        .await
+        .map_err(|e| error(ErrorCode::Internal, &e.to_string()))?
+        .map_err(sql_error)?;
+    Ok((lease, quota))
+}
+
+fn sql_error(e: crate::sql::SqlError) -> Response<ResponseBody> {
+    let code = match e {
+        crate::sql::SqlError::NoSuchDatabase(_) => ErrorCode::NotFound,
+        crate::sql::SqlError::AccessDenied => ErrorCode::NotConfigured,
+        crate::sql::SqlError::DatabaseFull(_) => ErrorCode::TooLarge,
+        crate::sql::SqlError::Io(_) => ErrorCode::BadRequest,
+    };
+    error(code, &e.to_string())
+}
+
+/// `POST /v1/functions/{name}/sql?db=D`: runs the body, one statement, on the function's
+/// database, under its quota and confinement (an operator gets no more than the guest).
+async fn sql(call: Call) -> Response<ResponseBody> {
+    let (mut lease, quota) = match sql_lease(&call).await {
+        Ok(lease) => lease,
+        Err(refused) => return refused,
+    };
+    let statement =
+        match http_body_util::Limited::new(call.req.into_body(), crate::sql::MAX_STATEMENT_BYTES)
+            .collect()
+            .await
+        {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Err(_) => {
+                return error(
+                    ErrorCode::TooLarge,
+                    &format!(
+                        "a statement is at most {} bytes",
+                        crate::sql::MAX_STATEMENT_BYTES
+                    ),
+                );
+            }
+        };
+    let ran = tokio::task::spawn_blocking(move || lease.execute(&statement, &[], &quota)).await;
+    match ran {
+        Ok(Ok((result, effects))) => json(
+            StatusCode::OK,
+            &SqlAnswer {
+                columns: result.columns,
+                rows: result
+                    .rows
+                    .into_iter()
+                    .map(|row| row.into_iter().map(json_value).collect())
+                    .collect(),
+                changes: effects.changes,
+                last_insert_rowid: effects.last_insert_rowid,
+            },
+        ),
+        Ok(Err(e)) => sql_error(e),
+        Err(e) => error(ErrorCode::Internal, &e.to_string()),
+    }
+}
+
+fn json_value(value: crate::sql::Value) -> serde_json::Value {
+    use crate::sql::Value;
+    match value {
+        Value::Integer(i) => i.into(),
+        Value::Real(r) => {
+            serde_json::Number::from_f64(r).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Text(t) => t.into(),
+        Value::Blob(b) => serde_json::json!({ "hex": hex::encode(b) }),
+        Value::Null => serde_json::Value::Null,
+    }
+}
+
+/// `GET /v1/functions/{name}/sql/dump?db=D`: the database as SQL text (`text/plain`).
+async fn sql_dump(call: Call) -> Response<ResponseBody> {
+    let (mut lease, _) = match sql_lease(&call).await {
+        Ok(lease) => lease,
+        Err(refused) => return refused,
+    };
+    match tokio::task::spawn_blocking(move || lease.dump()).await {
+        Ok(Ok(text)) => {
+            let mut response = Response::new(full(Bytes::from(text)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/sql; charset=utf-8"),
+            );
+            response
+        }
+        Ok(Err(e)) => sql_error(e),
+        Err(e) => error(ErrorCode::Internal, &e.to_string()),
+    }
 }
 
 /// The answer to a version operation: the function's versions, or why not.

@@ -457,6 +457,82 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// The database as SQL text that rebuilds it (`sqlite3 .dump`'s shape: the schema, then
+    /// each table's rows as `INSERT`s, in one transaction). For operators (`thaw sql
+    /// --dump`): read in one transaction, so it is one consistent state. Blocking.
+    pub fn dump(&mut self) -> Result<String, SqlError> {
+        let state = self
+            .connection
+            .as_mut()
+            .expect("a lease holds its connection");
+        let io = |e: rusqlite::Error| SqlError::Io(e.to_string());
+        let tx = state.connection.transaction().map_err(io)?;
+        let mut out = String::from("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n");
+        let mut tables = Vec::new();
+        {
+            let mut schema = tx
+                .prepare(
+                    "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL \
+                     AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table' DESC, rowid",
+                )
+                .map_err(io)?;
+            let mut rows = schema.query([]).map_err(io)?;
+            while let Some(row) = rows.next().map_err(io)? {
+                let (kind, name, sql): (String, String, String) = (
+                    row.get(0).map_err(io)?,
+                    row.get(1).map_err(io)?,
+                    row.get(2).map_err(io)?,
+                );
+                out.push_str(&sql);
+                out.push_str(";\n");
+                if kind == "table" {
+                    tables.push(name);
+                }
+            }
+        }
+        for table in &tables {
+            let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+            let mut select = tx.prepare(&format!("SELECT * FROM {quoted}")).map_err(io)?;
+            let columns = select.column_count();
+            let mut rows = select.query([]).map_err(io)?;
+            while let Some(row) = rows.next().map_err(io)? {
+                out.push_str(&format!("INSERT INTO {quoted} VALUES("));
+                for i in 0..columns {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&literal(&Value::from(row.get_ref(i).map_err(io)?)));
+                }
+                out.push_str(");\n");
+            }
+        }
+        out.push_str("COMMIT;\n");
+        Ok(out)
+    }
+}
+
+/// A value as an SQL literal.
+fn literal(value: &Value) -> String {
+    match value {
+        Value::Integer(i) => i.to_string(),
+        // `{:?}` keeps a whole number's `.0` (so it stays REAL) and every digit.
+        Value::Real(r) if r.is_finite() => format!("{r:?}"),
+        Value::Real(r) => if *r > 0.0 { "1e999" } else { "-1e999" }.into(),
+        Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        Value::Blob(b) => {
+            let mut hex = String::with_capacity(3 + 2 * b.len());
+            hex.push_str("X'");
+            for byte in b {
+                hex.push_str(&format!("{byte:02X}"));
+            }
+            hex.push('\'');
+            hex
+        }
+        Value::Null => "NULL".into(),
+    }
+}
+
 /// A failure while running a statement: SQLite's, or a result quota's.
 enum RunError {
     Sqlite(rusqlite::Error),

@@ -300,3 +300,46 @@ fn a_reused_connection_reports_no_insert_of_an_earlier_lease() {
         }
     );
 }
+
+#[test]
+fn a_dump_rebuilds_the_same_database() {
+    let (_dir, host) = host();
+    let mut db = connect(&host, "f", "default", &[]);
+    exec(
+        &mut db,
+        "CREATE TABLE \"odd \"\"name\" (i INTEGER, r REAL, t TEXT, b BLOB, n)",
+        &[],
+    )
+    .unwrap();
+    exec(&mut db, "CREATE INDEX by_t ON \"odd \"\"name\" (t)", &[]).unwrap();
+    let row = [
+        Value::Integer(-7),
+        Value::Real(2.0),
+        Value::Text("it's; DROP".into()),
+        Value::Blob(vec![0, 0xff]),
+        Value::Null,
+    ];
+    exec(
+        &mut db,
+        "INSERT INTO \"odd \"\"name\" VALUES (?, ?, ?, ?, ?)",
+        &row,
+    )
+    .unwrap();
+    let dump = db.dump().unwrap();
+    let mut copy = connect(&host, "g", "default", &[]);
+    for statement in dump.split(";\n").filter(|s| !s.trim().is_empty()) {
+        if statement.starts_with("PRAGMA") {
+            continue;
+        }
+        exec(&mut copy, statement, &[]).unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let (rows, _) = exec(&mut copy, "SELECT * FROM \"odd \"\"name\"", &[]).unwrap();
+    assert_eq!(rows.rows, [row.to_vec()]);
+    let (index, _) = exec(
+        &mut copy,
+        "SELECT name FROM sqlite_schema WHERE type = 'index'",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(index.rows, [vec![Value::Text("by_t".into())]]);
+}
