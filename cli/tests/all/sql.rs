@@ -287,32 +287,57 @@ async fn removing_the_function_removes_its_databases(server: &TestServer) {
     );
 }
 
-/// A Spin app built with spin-sdk 7 (functions/spin-sqlite: WASIp3, the async
-/// `execute-async` with its row stream and result future) answers on thaw what its code says.
+/// A Spin app built with spin-sdk 7 (functions/spin-app: WASIp3; the async `execute-async`
+/// with its row stream and result future, `variables.get`, the key-value store with its key
+/// stream, an outbound request) answers on thaw what its code says.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_spin_sdk_app_uses_its_sqlite_database_unchanged() {
+async fn a_spin_sdk_app_runs_unchanged() {
     let server = TestServer::start();
-    server
-        .deploy(
-            "spin-sqlite",
-            wasm::SPIN_SQLITE,
-            spec("/spin-sqlite", &[], LimitsSpec::default()),
-        )
-        .await;
+    let up = crate::support::upstream().await;
+    let spec = FunctionSpec {
+        config: [(
+            "greeting".to_owned(),
+            thaw_runtime::config::ConfigValue::Value("hello".into()),
+        )]
+        .into(),
+        allowed_outbound_hosts: vec![format!("http://127.0.0.1:{up}")],
+        ..spec("/spin-app", &[], LimitsSpec::default())
+    };
+    server.deploy("spin-app", wasm::SPIN_APP, spec).await;
+    let upstream = format!("/fetch?url=http://127.0.0.1:{up}/");
+    let denied = format!("/fetch?url=http://127.0.0.1:{}/", thaw_harness::free_port());
     for (path, want) in [
         ("/count", "count 0"),
         ("/add?name=ada", "added 1"),
         ("/add?name=grace", "added 2"),
         ("/list", "ada\ngrace\n"),
         ("/count", "count 2"),
+        ("/var?name=greeting", "hello"),
+        ("/var?name=missing", "error: Error::Undefined(\"missing\")"),
+        (
+            "/var?name=Bad-Name",
+            "error: Error::InvalidName(\"Bad-Name\")",
+        ),
+        ("/visit", "visits 1"),
+        ("/visit", "visits 2"),
+        ("/keys", "visits\n"),
+        (upstream.as_str(), "status 200"),
     ] {
-        let (status, body) = call(&server, "spin-sqlite", path).await;
+        let (status, body) = call(&server, "spin-app", path).await;
         assert_eq!((status, body.as_str()), (200, want), "{path}");
     }
-    let (status, body) = call(&server, "spin-sqlite", "/bad").await;
+    let (status, body) = call(&server, "spin-app", "/bad").await;
     assert_eq!(status, 200);
     assert!(
-        body.starts_with("error: Error::Io(") && body.contains("no such table"),
+        body.starts_with("error: ") && body.contains("no such table"),
         "{body}"
     );
+    let (status, body) = call(&server, "spin-app", &denied).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    // The store is the function's thaw store: `thaw kv` reads what the app wrote.
+    let out = thaw_command(&server, &["kv", "get", "spin-app", "visits"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2");
 }

@@ -41,6 +41,8 @@ pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub struct Resolved {
     /// For `wasi:config/store`.
     pub vars: WasiConfigVariables,
+    /// The same, for lookups by key (`spin:variables`).
+    values: std::collections::HashMap<String, String>,
     /// For a CGI function's environment.
     pub env: Vec<(String, String)>,
 }
@@ -69,9 +71,18 @@ impl Resolved {
             }
         }
         Self {
-            vars: pairs.into_iter().collect(),
+            vars: pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            values: pairs.into_iter().collect(),
             env,
         }
+    }
+
+    /// The value of `key`, if set.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
     }
 }
 

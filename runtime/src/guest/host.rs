@@ -380,6 +380,16 @@ impl ProxyHost {
 }
 
 impl ProxyHost {
+    /// The guest's `spin:variables` and `spin:key-value`.
+    pub fn spin(&mut self) -> super::spin::SpinView<'_> {
+        super::spin::SpinView {
+            table: &mut self.table,
+            config: &self.config,
+            keyvalue: self.keyvalue.as_ref(),
+            open_buckets: &mut self.open_buckets,
+        }
+    }
+
     /// The guest's `spin:sqlite`.
     pub fn sqlite(&mut self) -> super::sqlite::SqlView<'_> {
         super::sqlite::SqlView {

@@ -13,7 +13,8 @@
 //! - [`log`] and [`stdout`]: where a guest's output goes (log lines; a CGI module's response);
 //! - [`config`]: `wasi:config` values, with secrets resolved from the host;
 //! - [`keyvalue`]: `wasi:keyvalue` over the host's store, scoped to the function;
-//! - [`sqlite`]: `spin:sqlite` over the host's SQL databases, scoped to the function.
+//! - [`sqlite`]: `spin:sqlite` over the host's SQL databases, scoped to the function;
+//! - [`spin`]: Spin's `variables` (over `config`) and `key-value` (over the store).
 //!
 //! One store per request (or per warm instance): a store is cheap to build (a few
 //! allocations: the WASI and HTTP contexts and a resource table), and dropping it frees every
@@ -25,6 +26,7 @@ pub mod keyvalue;
 pub mod limit;
 pub mod limiter;
 pub mod log;
+pub mod spin;
 pub mod sqlite;
 pub mod stdout;
 
@@ -260,6 +262,9 @@ impl Linkers {
         sqlite::add_to_linker(&mut proxy, ProxyHost::sqlite)
             .map_err(anyhow::Error::from)
             .context("linking spin:sqlite")?;
+        spin::add_to_linker(&mut proxy, ProxyHost::spin)
+            .map_err(anyhow::Error::from)
+            .context("linking spin:variables and spin:key-value")?;
         host::cap_request_strings(&mut proxy)
             .map_err(anyhow::Error::from)
             .context("capping wasi:http's request strings")?;

@@ -1,0 +1,114 @@
+//! A Spin app written against spin-sdk 7 (WASIp3 `wasi:http/handler@0.3.0` and the async
+//! `spin:sqlite@3.1.0`, `spin:variables@3.0.0`, `spin:key-value@3.0.0` functions), unchanged
+//! from what Spin runs: thaw's tests deploy it with its `spin.toml` and check its answers
+//! against what this code says it returns.
+//!
+//! - `/add?name=N`: inserts N into `people` (created on first use) and answers `added <rowid>`;
+//! - `/list`: the names, in order, one per line, read from the row stream;
+//! - `/count`: `count <n>`;
+//! - `/bad`: a failing statement; answers `error: <the error>`;
+//! - `/var?name=V`: the variable's value, or `error: <the error>`;
+//! - `/visit`: counts visits in the `default` key-value store and answers `visits <n>`;
+//! - `/keys`: the store's keys, sorted, one per line;
+//! - `/fetch?url=U`: GETs U and answers `status <code>`, or `error: <the error>`.
+
+use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http_service;
+use spin_sdk::key_value::Store;
+use spin_sdk::sqlite::{Connection, Value};
+
+type Failed = Box<dyn std::error::Error>;
+
+async fn people() -> Result<Connection, Failed> {
+    let db = Connection::open_default().await?;
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS people (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+        [],
+    )
+    .await?
+    .result()
+    .await?;
+    Ok(db)
+}
+
+fn param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+async fn sql(action: &str, query: &str) -> Result<String, Failed> {
+    let db = people().await?;
+    match action {
+        "add" => {
+            let name = param(query, "name").unwrap_or("nobody").to_owned();
+            db.execute("INSERT INTO people (name) VALUES (?)", [Value::Text(name)])
+                .await?
+                .result()
+                .await?;
+            Ok(format!("added {}", db.last_insert_rowid().await))
+        }
+        "list" => {
+            let mut rows = db.execute("SELECT name FROM people ORDER BY id", []).await?;
+            let mut names = String::new();
+            while let Some(row) = rows.next().await {
+                names.push_str(row.get::<&str>(0).unwrap_or("?"));
+                names.push('\n');
+            }
+            rows.result().await?;
+            Ok(names)
+        }
+        "count" => {
+            let rows = db.execute("SELECT count(*) FROM people", []).await?;
+            let rows = rows.collect().await?;
+            let n: i64 = rows.first().and_then(|r| r.get(0)).unwrap_or(-1);
+            Ok(format!("count {n}"))
+        }
+        _ => {
+            let rows = db.execute("SELECT * FROM no_such_table", []).await?;
+            rows.collect().await?;
+            Ok("unexpected success".into())
+        }
+    }
+}
+
+async fn route(action: &str, query: &str) -> Result<String, Failed> {
+    match action {
+        "add" | "list" | "count" | "bad" => sql(action, query).await,
+        "var" => Ok(spin_sdk::variables::get(param(query, "name").unwrap_or("")).await?),
+        "visit" => {
+            let store = Store::open_default().await?;
+            let visits = match store.get("visits").await? {
+                Some(n) => String::from_utf8_lossy(&n).parse::<u64>()? + 1,
+                None => 1,
+            };
+            store.set("visits", visits.to_string()).await?;
+            Ok(format!("visits {visits}"))
+        }
+        "keys" => {
+            let store = Store::open_default().await?;
+            let mut keys = store.get_keys().await.collect().await?;
+            keys.sort();
+            Ok(keys.iter().map(|k| format!("{k}\n")).collect())
+        }
+        "fetch" => {
+            let url = param(query, "url").unwrap_or("");
+            let request = http::Request::get(url).body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            let response = spin_sdk::http::send(request).await?;
+            Ok(format!("status {}", response.status().as_u16()))
+        }
+        _ => Ok("no such path".into()),
+    }
+}
+
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    let action = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    match route(&action, &query).await {
+        Ok(text) => text,
+        Err(e) => format!("error: {e}"),
+    }
+}
