@@ -135,6 +135,9 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
     let client = args.target.client()?;
     if args.path.extension().is_some_and(|e| e == "toml") {
         let manifest = Manifest::load(&args.path)?;
+        for note in &manifest.notes {
+            eprintln!("thaw: {}: {note}", args.path.display());
+        }
         if args.build {
             manifest.build()?;
         }

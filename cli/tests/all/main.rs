@@ -31,6 +31,7 @@ mod restart;
 mod sdk;
 mod shutdown;
 mod source;
+mod spin;
 mod sql;
 mod state;
 mod streaming;

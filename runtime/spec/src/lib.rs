@@ -26,4 +26,5 @@ pub mod outbound;
 pub mod route;
 pub mod source;
 pub mod spec;
+pub mod spin;
 pub mod traffic;

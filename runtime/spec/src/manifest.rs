@@ -30,6 +30,9 @@ pub struct Manifest {
     pub functions: Vec<ManifestFunction>,
     /// The manifest's directory.
     pub base: PathBuf,
+    /// For a Spin manifest, what was not taken over as it is (see [`crate::spin`]); a
+    /// caller shows them.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,9 +129,20 @@ impl Manifest {
         Self::parse(&text, base).with_context(|| format!("in manifest {}", path.display()))
     }
 
-    /// Parses manifest text; `base` is the directory relative paths start from.
+    /// Parses manifest text, thaw's or Spin's (`spin_manifest_version = 2`, see
+    /// [`crate::spin`]); `base` is the directory relative paths start from.
     pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
-        let file: ManifestFile = toml::from_str(text)?;
+        let (file, notes) = if crate::spin::is_spin_manifest(text) {
+            let app = crate::spin::translate(text, base)?;
+            (
+                ManifestFile {
+                    functions: app.functions,
+                },
+                app.notes,
+            )
+        } else {
+            (toml::from_str(text)?, Vec::new())
+        };
         let mut seen = std::collections::HashSet::new();
         for f in &file.functions {
             anyhow::ensure!(
@@ -147,6 +161,7 @@ impl Manifest {
         Ok(Self {
             functions: file.functions,
             base: base.to_path_buf(),
+            notes,
         })
     }
 
