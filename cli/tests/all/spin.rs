@@ -107,3 +107,20 @@ async fn a_spin_manifest_thaw_cannot_honour_is_refused_before_anything_is_deploy
     );
     assert!(server.admin().list().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spin_app_importing_an_interface_thaw_does_not_offer_is_refused_naming_it() {
+    let server = TestServer::start();
+    let refused = server
+        .admin()
+        .deploy(
+            "redis-app",
+            &Default::default(),
+            thaw_test_functions::read(thaw_test_functions::SPIN_REDIS).into(),
+        )
+        .await
+        .unwrap_err();
+    let message = format!("{refused:#}");
+    assert!(message.contains("spin:redis/redis@3.0.0"), "{message}");
+    assert!(server.admin().list().await.unwrap().is_empty());
+}
