@@ -63,6 +63,8 @@ async fn a_function_keeps_its_data_in_its_own_sqlite_database() {
     let mut server = TestServer::start();
     let limits = LimitsSpec {
         sql_max_mib: Some(1),
+        sql_statement_ms: Some(300),
+        sql_max_rows: Some(1000),
         ..Default::default()
     };
     server
@@ -78,6 +80,8 @@ async fn a_function_keeps_its_data_in_its_own_sqlite_database() {
     sql_stays_inside_its_file(&server).await;
     functions_do_not_see_each_others_databases(&server).await;
     a_full_database_refuses_writes_and_serves_reads(&server).await;
+    long_statements_and_large_results_are_refused(&server).await;
+    concurrent_increments_lose_nothing(&server).await;
     acknowledged_writes_survive_kill_9(&mut server).await;
     removing_the_function_removes_its_databases(&server).await;
 }
@@ -227,6 +231,69 @@ async fn a_full_database_refuses_writes_and_serves_reads(server: &TestServer) {
     // Deleting makes room again.
     let (status, _) = call(server, "a", &sql(None, "DROP TABLE fill")).await;
     assert_eq!(status, 200);
+}
+
+/// `sql_statement_ms = 300` stops a statement that runs on; `sql_max_rows = 1000` refuses a
+/// larger result; each names its limit, and the function goes on.
+async fn long_statements_and_large_results_are_refused(server: &TestServer) {
+    let endless =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let (status, body) = call(server, "a", &sql(None, endless)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("longer than 300 ms") && body.contains("sql_statement_ms"),
+        "{body}"
+    );
+    let rows = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1001) SELECT x FROM c";
+    let (status, body) = call(server, "a", &sql(None, rows)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("more than 1000 rows") && body.contains("sql_max_rows"),
+        "{body}"
+    );
+    let (status, body) = call(server, "a", &sql(None, &rows.replace("1001", "1000"))).await;
+    assert_eq!(
+        (status, body.lines().count()),
+        (200, 1001),
+        "1000 rows and the effects line"
+    );
+}
+
+/// 32 clients incrementing one row at once, each on its own connection: every increment is
+/// counted (SQLite serialises the writers; a writer waits for the lock within its time).
+async fn concurrent_increments_lose_nothing(server: &TestServer) {
+    let create = "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)";
+    assert_eq!(call(server, "a", &sql(None, create)).await.0, 200);
+    assert_eq!(
+        call(server, "a", &sql(None, "INSERT INTO counter VALUES (1, 0)"))
+            .await
+            .0,
+        200
+    );
+    let increment = sql(None, "UPDATE counter SET n = n + 1 WHERE id = 1");
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let url = format!("{}/a{increment}", server.url);
+            tokio::spawn(async move {
+                let http = client();
+                let mut failures = Vec::new();
+                for _ in 0..10 {
+                    let r = http.get(&url).send().await.unwrap();
+                    if r.status() != 200 {
+                        failures.push(r.text().await.unwrap());
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    assert_eq!(failures, Vec::<String>::new(), "increments failed");
+    let (status, body) = call(server, "a", &sql(None, "SELECT n FROM counter")).await;
+    assert_eq!((status, body.lines().next()), (200, Some("320")));
 }
 
 /// kill -9 while clients add to-dos: every acknowledged one is there after the restart.
