@@ -53,7 +53,13 @@ pub async fn execute(args: SqlArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if !answer.columns.is_empty() {
-        writeln!(out, "{}", answer.columns.join(" | "))?;
+        // A column name is the function's text too (an alias it chose).
+        let names: Vec<String> = answer
+            .columns
+            .iter()
+            .map(|name| thaw_runtime::guest::log::escape_bytes(name.as_bytes()))
+            .collect();
+        writeln!(out, "{}", names.join(" | "))?;
     }
     for row in &answer.rows {
         let cells: Vec<String> = row.iter().map(cell).collect();

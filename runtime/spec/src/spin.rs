@@ -99,11 +99,18 @@ pub fn translate(text: &str, base: &Path) -> anyhow::Result<SpinApp> {
             .as_table()
             .context("a `[[trigger.http]]` entry is not a table")?;
         for key in trigger.keys() {
-            if !["route", "component", "id"].contains(&key.as_str()) {
+            if !["route", "component", "id", "executor"].contains(&key.as_str()) {
                 notes.push(format!(
                     "trigger.http `{key}` is not supported and was ignored"
                 ));
             }
+        }
+        if let Some(executor) = trigger.get("executor") {
+            let kind = executor.get("type").and_then(Value::as_str).unwrap_or("");
+            anyhow::ensure!(
+                kind == "spin",
+                "executor {kind:?}: thaw runs `wasi:http` components (Spin's default executor); a WAGI module is a thaw CGI function, deployed with its own spec"
+            );
         }
         let id = match trigger.get("component") {
             Some(Value::String(id)) => id.clone(),
@@ -113,13 +120,17 @@ pub fn translate(text: &str, base: &Path) -> anyhow::Result<SpinApp> {
             None => bail!("a `[[trigger.http]]` has no `component`"),
         };
         let route = match trigger.get("route") {
-            Some(Value::String(route)) => route_prefix(&base_route, route)?,
-            Some(Value::Table(t)) if t.get("private") == Some(&Value::Boolean(true)) => {
-                notes.push(format!(
-                    "component {id:?} has a private route: thaw gives it /{id}, reachable like any route"
-                ));
-                format!("/{id}")
+            Some(Value::String(route)) => {
+                if !route.ends_with("...") && route != "/" {
+                    notes.push(format!(
+                        "route {route:?} is exact on Spin; on thaw it is a prefix and also serves the paths below it"
+                    ));
+                }
+                route_prefix(&base_route, route)?
             }
+            Some(Value::Table(_)) => bail!(
+                "component {id:?}: a private route (reachable only by service chaining) has no equivalent on thaw, which would make it public"
+            ),
             _ => bail!("the `[[trigger.http]]` of {id:?} has no usable `route`"),
         };
         if functions.iter().any(|f: &ManifestFunction| f.name == id) {
@@ -282,13 +293,26 @@ fn function(
             .collect::<anyhow::Result<_>>()?,
         Some(_) => bail!("component {id:?}: `environment` is not a table"),
     };
-    let mut allowed = strings(component, "allowed_outbound_hosts", id)?;
-    for host in strings(component, "allowed_http_hosts", id)? {
-        allowed.push(if host.contains("://") {
-            host
+    let mut allowed = Vec::new();
+    for host in strings(component, "allowed_outbound_hosts", id)? {
+        if host == "self" || host.contains("://self") {
+            notes.push(format!(
+                "component {id:?}: {host:?} (the app's own routes) has no equivalent on thaw and was left out"
+            ));
         } else {
-            format!("https://{host}")
-        });
+            allowed.push(host);
+        }
+    }
+    // Spin 1's list: a host allows both schemes; `insecure:allow-all` every host.
+    for host in strings(component, "allowed_http_hosts", id)? {
+        match host.as_str() {
+            "insecure:allow-all" => allowed.extend(["http://*:*".into(), "https://*:*".into()]),
+            "self" => notes.push(format!(
+                "component {id:?}: allowed_http_hosts \"self\" has no equivalent on thaw and was left out"
+            )),
+            _ if host.contains("://") => allowed.push(host),
+            _ => allowed.extend([format!("http://{host}"), format!("https://{host}")]),
+        }
     }
     let sqlite_databases = strings(component, "sqlite_databases", id)?
         .into_iter()
@@ -301,7 +325,7 @@ fn function(
         ));
     }
     let dirs = files(component, id, base)?;
-    let config = component_variables(component, id, variables)?;
+    let config = component_variables(component, id, variables, notes)?;
     Ok(ManifestFunction {
         name: id.to_owned(),
         wasm: Some(wasm),
@@ -344,8 +368,14 @@ fn files(component: &Table, id: &str, base: &Path) -> anyhow::Result<Vec<DirGran
                     "component {id:?}: files source {} is not a directory (thaw grants directories)",
                     host.display()
                 );
+                // A manifest gives its app files beside it, never the host's other files.
+                let host = std::fs::canonicalize(&host)?;
+                anyhow::ensure!(
+                    host.starts_with(std::fs::canonicalize(base)?),
+                    "component {id:?}: files source {source:?} is outside the manifest's directory"
+                );
                 Ok(DirGrant {
-                    host: std::fs::canonicalize(&host)?,
+                    host,
                     guest: destination.to_owned(),
                     writable: false,
                 })
@@ -364,7 +394,16 @@ fn component_variables(
     component: &Table,
     id: &str,
     variables: &BTreeMap<String, Variable>,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<BTreeMap<String, ConfigValue>> {
+    for (name, variable) in variables {
+        if variable.secret && variable.default.is_some() {
+            notes.push(format!(
+                "variable {name:?} is a secret with a default: thaw reads it from the host's THAW_SECRET_{} and the default is not used",
+                name.to_uppercase()
+            ));
+        }
+    }
     let mut config = BTreeMap::new();
     let Some(table) = component.get("variables") else {
         return Ok(config);

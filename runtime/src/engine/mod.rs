@@ -67,12 +67,15 @@ const TABLES_PER_SLOT: u32 = 8;
 /// guest that dirties 100 KiB keeps 100 KiB, and a JavaScript or Python guest keeps the
 /// few MiB its requests touch and takes no page fault (and, in a VM, no TLB-shootdown IPI)
 /// for them on the next instance. That is the per-function sizing the kernel does for us.
-/// Measured side by side (benches/results/2026-12-03-issue-25-keep-resident): 8 MiB against
-/// 64 KiB made the JS template's component 1.7x and the Python one 1.2x faster at 32
-/// connections, the Rust hello level. The cost is resident memory per slot used, bounded by
-/// the pages guests dirtied: tens of MiB after a burst of JS requests, given back as slots
-/// are reused. Without PAGEMAP_SCAN every reset would `memset` the whole kept size, which
-/// for 8 MiB costs a small guest far more than the faults it saves: hence 64 KiB there.
+/// Measured side by side (benches/results/2026-12-03-issue-25-keep-resident, two rounds for
+/// JS and Python, five for the hello): 8 MiB against 64 KiB made the JS template's component
+/// 1.5-1.9x and the Python one 1.1-1.2x faster at 32 connections; the Rust hello within the
+/// noise. The cost is resident memory: the size applies per linear memory (a slot has up to
+/// two), and what a slot keeps is the high-water mark of the pages its instances dirtied,
+/// given back only when the slot is re-imaged for another module. At the default 256 slots
+/// the worst case is 256 × 2 × 8 MiB = 4 GiB; after a burst of 32 JS requests it measured
+/// 40-60 MiB. Without PAGEMAP_SCAN every reset would `memset` the whole kept size, which for
+/// 8 MiB costs a small guest far more than the faults it saves: hence 64 KiB there.
 pub fn default_keep_resident_bytes() -> u64 {
     if PoolingAllocationConfig::is_pagemap_scan_available() {
         8 << 20

@@ -48,7 +48,7 @@ use bindings::spin::sqlite::sqlite::{self as iface, Error, QueryResult, RowResul
 /// An open connection: the guest's own SQLite connection (its transactions are its own),
 /// and what its last statement changed, for `last-insert-rowid` and `changes`.
 pub struct Connection {
-    lease: Arc<std::sync::Mutex<Lease>>,
+    lease: Arc<tokio::sync::Mutex<Lease>>,
     effects: sql::Effects,
 }
 
@@ -120,8 +120,10 @@ struct OpenRequest {
 }
 
 impl SqlView<'_> {
-    /// Checks that the guest may open another connection, and clones what opening needs.
-    fn open_request(&self, database: String) -> Result<OpenRequest, Error> {
+    /// Checks that the guest may open another connection and reserves its place (concurrent
+    /// `open-async` calls each count before any of them awaits), and clones what opening
+    /// needs. A failed open gives the place back ([`SqlView::unreserve`]).
+    fn open_request(&mut self, database: String) -> Result<OpenRequest, Error> {
         let access = self.access.ok_or(Error::AccessDenied)?;
         let max = MAX_OPEN_CONNECTIONS.min(self.table.max_capacity() / 2);
         if *self.open_connections >= max {
@@ -129,26 +131,45 @@ impl SqlView<'_> {
                 "more than {max} connections open at once; drop some"
             )));
         }
+        *self.open_connections += 1;
         Ok(OpenRequest {
             access: access.clone(),
             database,
         })
     }
 
-    fn push(&mut self, lease: Lease) -> wasmtime::Result<Resource<Connection>> {
-        let connection = self.table.push(Connection {
-            lease: Arc::new(std::sync::Mutex::new(lease)),
+    fn unreserve(&mut self) {
+        *self.open_connections = self.open_connections.saturating_sub(1);
+    }
+
+    /// The opened connection into the table (its place was reserved by
+    /// [`SqlView::open_request`]), or the open's error with the place given back.
+    fn opened(
+        &mut self,
+        opened: Result<Lease, Error>,
+    ) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
+        let lease = match opened {
+            Ok(lease) => lease,
+            Err(e) => {
+                self.unreserve();
+                return Ok(Err(e));
+            }
+        };
+        let pushed = self.table.push(Connection {
+            lease: Arc::new(tokio::sync::Mutex::new(lease)),
             effects: sql::Effects::default(),
-        })?;
-        *self.open_connections += 1;
-        Ok(connection)
+        });
+        if pushed.is_err() {
+            self.unreserve();
+        }
+        Ok(Ok(pushed?))
     }
 
     /// The connection's lease, and the quota its statements run under.
     fn statement_target(
         &self,
         connection: &Resource<Connection>,
-    ) -> Result<(Arc<std::sync::Mutex<Lease>>, SqlQuota), Error> {
+    ) -> Result<(Arc<tokio::sync::Mutex<Lease>>, SqlQuota), Error> {
         let access = self.access.ok_or(Error::AccessDenied)?;
         let connection = self
             .table
@@ -162,6 +183,12 @@ impl SqlView<'_> {
 /// connection to it.
 async fn open(request: OpenRequest) -> wasmtime::Result<Result<Lease, Error>> {
     let OpenRequest { access, database } = request;
+    if let Some(lease) = access
+        .host
+        .idle_connection(&access.function, &database, &access.databases)
+    {
+        return Ok(Ok(lease));
+    }
     let opened = tokio::task::spawn_blocking(move || {
         access
             .host
@@ -174,19 +201,17 @@ async fn open(request: OpenRequest) -> wasmtime::Result<Result<Lease, Error>> {
 
 /// Runs a statement on a blocking thread.
 async fn execute(
-    lease: Arc<std::sync::Mutex<Lease>>,
+    lease: Arc<tokio::sync::Mutex<Lease>>,
     quota: SqlQuota,
     statement: String,
     parameters: Vec<Value>,
 ) -> wasmtime::Result<Result<(QueryResult, sql::Effects), Error>> {
     let parameters: Vec<sql::Value> = parameters.into_iter().map(to_host).collect();
-    let ran = tokio::task::spawn_blocking(move || {
-        lease
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .execute(&statement, &parameters, &quota)
-    })
-    .await?;
+    // The connection's statements queue here, on the async side: a guest with many calls in
+    // flight on one connection holds one blocking thread, not one per call.
+    let mut lease = lease.lock_owned().await;
+    let ran =
+        tokio::task::spawn_blocking(move || lease.execute(&statement, &parameters, &quota)).await?;
     Ok(ran
         .map(|(result, effects)| {
             let rows = result
@@ -213,9 +238,13 @@ impl iface::HostConnection for SqlView<'_> {
             Ok(request) => request,
             Err(e) => return Ok(Err(e)),
         };
-        match open(request).await? {
-            Ok(lease) => Ok(Ok(self.push(lease)?)),
-            Err(e) => Ok(Err(e)),
+        let opened = open(request).await;
+        match opened {
+            Ok(opened) => self.opened(opened),
+            Err(trap) => {
+                self.unreserve();
+                Err(trap)
+            }
         }
     }
 
@@ -269,10 +298,17 @@ impl<T> iface::HostConnectionWithStore<T> for HasSql {
             Ok(request) => request,
             Err(e) => return Ok(Err(e)),
         };
-        match open(request).await? {
-            Ok(lease) => Ok(Ok(accessor.with(|mut access| access.get().push(lease))?)),
-            Err(e) => Ok(Err(e)),
-        }
+        let opened = open(request).await;
+        accessor.with(|mut access| {
+            let mut view = access.get();
+            match opened {
+                Ok(opened) => view.opened(opened),
+                Err(trap) => {
+                    view.unreserve();
+                    Err(trap)
+                }
+            }
+        })
     }
 
     async fn execute_async(

@@ -42,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 
@@ -56,6 +57,20 @@ pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
 /// Page size of new databases (SQLite's default); the size quota is counted in pages.
 const PAGE_BYTES: u64 = 4096;
+
+/// Largest string or blob a statement may make (`SQLITE_LIMIT_LENGTH`).
+pub const MAX_VALUE_BYTES: usize = 16 << 20;
+
+/// Longest a statement waits for another connection's write lock, apart from its own run
+/// time (`sql_statement_ms`): SQLite has one writer at a time, and a burst of writers queues.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// What a database's WAL is truncated to after a checkpoint.
+const WAL_LIMIT_BYTES: i64 = 64 << 20;
+
+/// Bytes of SQLite's heap in the whole process, past which its allocations fail (a
+/// statement gets `SQLITE_NOMEM`) instead of the host running out of memory.
+const HEAP_LIMIT_BYTES: i64 = 1 << 30;
 
 /// VM instructions between two checks of a statement's deadline.
 const PROGRESS_STEPS: i32 = 10_000;
@@ -237,12 +252,33 @@ pub struct Effects {
 impl SqlHost {
     /// The databases under `root` (created, owner-only, on first use).
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        // SAFETY: a process-wide setting, safe to call at any time.
+        unsafe { rusqlite::ffi::sqlite3_hard_heap_limit64(HEAP_LIMIT_BYTES) };
         Self {
             inner: Arc::new(Inner {
                 root: root.into(),
                 open: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// A connection to `function`'s database `name` when that costs no I/O: the database
+    /// is open and has an idle connection. The request path tries this first and goes to a
+    /// blocking thread ([`SqlHost::database`], [`Database::connect`]) only otherwise.
+    pub fn idle_connection(
+        &self,
+        function: &Arc<str>,
+        name: &str,
+        allowed: &[String],
+    ) -> Option<Lease> {
+        if name != DEFAULT_DATABASE && !allowed.iter().any(|a| a == name) {
+            return None;
+        }
+        let db = lock(&self.inner.open)
+            .get(&(function.clone(), name.to_owned()))?
+            .clone();
+        let connection = lock(&db.idle).pop()?;
+        Some(Lease::reusing(connection, db))
     }
 
     /// `function`'s database `name`, opened (and created) if needed. Blocking: call it on a
@@ -343,8 +379,29 @@ impl Database {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-        connection.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
-        connection.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_STATEMENT_BYTES as i32)?;
+        // The WAL is truncated to this after a checkpoint resets it, so one burst of writes
+        // does not leave a file as large as the burst.
+        connection.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
+        // SQLite runs inside the host process on SQL a guest wrote: the hardening SQLite's
+        // own "untrusted SQL" guidance asks for. Defensive mode stops writes to shadow
+        // tables and `sqlite_schema` (the route corrupt structures take); an untrusted
+        // schema cannot call functions with side effects from views and triggers.
+        connection.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        connection.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+        for (limit, value) in [
+            (Limit::SQLITE_LIMIT_ATTACHED, 0),
+            (Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_STATEMENT_BYTES as i32),
+            // One string or blob, however a statement makes it (`zeroblob`, `printf`,
+            // `group_concat`): host memory the guest's limit does not count. SQLite's
+            // default is 1e9 bytes.
+            (Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES as i32),
+            (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
+            (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, 999),
+            (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 10),
+        ] {
+            connection.set_limit(limit, value)?;
+        }
+        connection.busy_timeout(LOCK_WAIT)?;
         let host = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let host_running = host.clone();
         connection.authorizer(Some(move |context: AuthContext<'_>| {
@@ -364,26 +421,19 @@ impl Database {
     /// A connection for a guest: an idle one, or a new one. Blocking.
     pub fn connect(self: &Arc<Self>) -> Result<Lease, SqlError> {
         let idle = lock(&self.idle).pop();
-        let connection = match idle {
-            Some(connection) => {
-                // A reused connection starts as a new one would: no last insert (the rowid
-                // of another request's insert is not this guest's to see).
-                // SAFETY: the handle is this open connection's, used on this thread only
-                // while no statement runs on it.
-                unsafe {
-                    rusqlite::ffi::sqlite3_set_last_insert_rowid(connection.connection.handle(), 0)
-                };
-                connection
+        match idle {
+            Some(connection) => Ok(Lease::reusing(connection, self.clone())),
+            None => {
+                let connection = self.new_connection().map_err(|e| {
+                    tracing::warn!(path = %self.path.display(), "connecting failed: {e}");
+                    SqlError::Io("the database could not be opened".into())
+                })?;
+                Ok(Lease {
+                    connection: Some(connection),
+                    db: self.clone(),
+                })
             }
-            None => self.new_connection().map_err(|e| {
-                tracing::warn!(path = %self.path.display(), "connecting failed: {e}");
-                SqlError::Io("the database could not be opened".into())
-            })?,
-        };
-        Ok(Lease {
-            connection: Some(connection),
-            db: self.clone(),
-        })
+        }
     }
 }
 
@@ -395,8 +445,19 @@ impl Drop for Lease {
         if let Some(connection) = self.connection.take()
             && connection.connection.is_autocommit()
         {
+            // The next lease starts as a new connection would (`foreign_keys` is the one
+            // connection setting a guest may change).
+            connection
+                .host
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let reset = connection
+                .connection
+                .execute_batch("PRAGMA foreign_keys = ON;");
+            connection
+                .host
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             let mut idle = lock(&self.db.idle);
-            if idle.len() < MAX_IDLE {
+            if reset.is_ok() && idle.len() < MAX_IDLE {
                 idle.push(connection);
             }
         }
@@ -404,6 +465,18 @@ impl Drop for Lease {
 }
 
 impl Lease {
+    /// A lease of an idle connection, which starts as a new one would: no last insert (the
+    /// rowid of another request's insert is not this guest's to see).
+    fn reusing(connection: SqlConnection, db: Arc<Database>) -> Self {
+        // SAFETY: the handle is this open connection's; we own the connection (no other
+        // thread can use it) and no statement is running on it.
+        unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(connection.connection.handle(), 0) };
+        Lease {
+            connection: Some(connection),
+            db,
+        }
+    }
+
     /// Runs one statement with `parameters` bound, under `quota`; a statement that waits for
     /// another connection's write lock waits within its time. Blocking.
     pub fn execute(
@@ -436,19 +509,30 @@ impl Lease {
             state.max_pages = max_pages;
         }
         let connection = &mut state.connection;
+        // The run time counts from the statement's first progress tick: after it has its
+        // locks (waiting for another writer is bounded by LOCK_WAIT, the busy timeout).
+        let timeout = quota.statement_timeout;
+        let mut started: Option<Instant> = None;
         connection
-            .busy_timeout(quota.statement_timeout)
+            .progress_handler(
+                PROGRESS_STEPS,
+                Some(move || started.get_or_insert_with(Instant::now).elapsed() > timeout),
+            )
             .map_err(io)?;
-        let deadline = Instant::now() + quota.statement_timeout;
-        connection
-            .progress_handler(PROGRESS_STEPS, Some(move || Instant::now() > deadline))
-            .map_err(io)?;
+        let changed_before = connection.total_changes();
         let result = run(connection, statement, parameters, quota);
         connection
             .progress_handler(0, None::<fn() -> bool>)
             .map_err(io)?;
+        // `changes()` keeps the last write's count through later reads (on a pooled
+        // connection, another request's): a statement that changed nothing reports 0.
+        let changes = if connection.total_changes() != changed_before {
+            connection.changes()
+        } else {
+            0
+        };
         let effects = Effects {
-            changes: connection.changes(),
+            changes,
             last_insert_rowid: connection.last_insert_rowid(),
         };
         result
@@ -469,12 +553,15 @@ impl Lease {
         let io = |e: rusqlite::Error| SqlError::Io(e.to_string());
         let tx = state.connection.transaction().map_err(io)?;
         let mut out = String::from("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n");
+        // Tables, then their rows, then indexes, triggers and views (as sqlite3 does: a
+        // trigger must not fire while the rows are put back).
         let mut tables = Vec::new();
+        let mut after = String::new();
         {
             let mut schema = tx
                 .prepare(
-                    "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL \
-                     AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table' DESC, rowid",
+                    "SELECT type, name, sql FROM main.sqlite_schema WHERE sql IS NOT NULL \
+                     AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid",
                 )
                 .map_err(io)?;
             let mut rows = schema.query([]).map_err(io)?;
@@ -484,16 +571,36 @@ impl Lease {
                     row.get(1).map_err(io)?,
                     row.get(2).map_err(io)?,
                 );
-                out.push_str(&sql);
-                out.push_str(";\n");
                 if kind == "table" {
+                    out.push_str(&sql);
+                    out.push_str(";\n");
                     tables.push(name);
+                } else {
+                    after.push_str(&sql);
+                    after.push_str(";\n");
                 }
             }
         }
+        let has_sequence: bool = tx
+            .query_row(
+                "SELECT count(*) FROM main.sqlite_schema WHERE name = 'sqlite_sequence'",
+                [],
+                |row| row.get::<_, i64>(0).map(|n| n > 0),
+            )
+            .map_err(io)?;
+        if has_sequence {
+            // AUTOINCREMENT's high-water marks, or a restore would hand out used ids again.
+            // Last, after the rows whose inserts moved them (as sqlite3 does).
+            tables.push("sqlite_sequence".into());
+        }
         for table in &tables {
+            if table == "sqlite_sequence" {
+                out.push_str("DELETE FROM sqlite_sequence;\n");
+            }
             let quoted = format!("\"{}\"", table.replace('"', "\"\""));
-            let mut select = tx.prepare(&format!("SELECT * FROM {quoted}")).map_err(io)?;
+            let mut select = tx
+                .prepare(&format!("SELECT * FROM main.{quoted}"))
+                .map_err(io)?;
             let columns = select.column_count();
             let mut rows = select.query([]).map_err(io)?;
             while let Some(row) = rows.next().map_err(io)? {
@@ -507,6 +614,7 @@ impl Lease {
                 out.push_str(");\n");
             }
         }
+        out.push_str(&after);
         out.push_str("COMMIT;\n");
         Ok(out)
     }
@@ -602,7 +710,14 @@ fn classify(error: RunError, quota: &SqlQuota) -> SqlError {
 /// outside [`ALLOWED_PRAGMAS`].
 fn authorize(context: AuthContext<'_>) -> Authorization {
     match context.action {
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        // A temporary object lives in the connection, not the file: outside the size quota
+        // (in a temporary file), and kept by a pooled connection for the next request.
+        AuthAction::Attach { .. }
+        | AuthAction::Detach { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempView { .. } => Authorization::Deny,
         AuthAction::Pragma { pragma_name, .. }
             if !ALLOWED_PRAGMAS
                 .iter()

@@ -155,6 +155,10 @@ fn sql_cannot_leave_its_file_or_lift_its_quota() {
         "PRAGMA journal_mode = DELETE",
         "PRAGMA writable_schema = ON",
         "SELECT load_extension('/tmp/x')",
+        "SELECT * FROM pragma_journal_mode",
+        "CREATE TEMP TABLE t (v)",
+        "CREATE TEMP VIEW v AS SELECT 1",
+        "VACUUM",
     ] {
         assert!(exec(&mut db, sql, &[]).is_err(), "{sql} was allowed");
     }
@@ -342,4 +346,88 @@ fn a_dump_rebuilds_the_same_database() {
     )
     .unwrap();
     assert_eq!(index.rows, [vec![Value::Text("by_t".into())]]);
+}
+
+#[test]
+fn a_statement_cannot_make_a_value_larger_than_the_host_allows() {
+    let (_dir, host) = host();
+    let mut db = connect(&host, "f", "default", &[]);
+    let quota = SqlQuota {
+        max_result_bytes: u64::MAX,
+        ..QUOTA
+    };
+    for sql in [
+        format!("SELECT length(zeroblob({}))", MAX_VALUE_BYTES + 1),
+        format!(
+            "SELECT length(printf('%.*c', {}, 'x'))",
+            MAX_VALUE_BYTES + 1
+        ),
+    ] {
+        let err = db.execute(&sql, &[], &quota).unwrap_err();
+        assert!(
+            matches!(&err, SqlError::Io(m) if m.contains("too big")),
+            "{sql}: {err:?}"
+        );
+    }
+    let (ok, _) = db
+        .execute(
+            &format!("SELECT length(zeroblob({MAX_VALUE_BYTES}))"),
+            &[],
+            &quota,
+        )
+        .unwrap();
+    assert_eq!(ok.rows, [vec![Value::Integer(MAX_VALUE_BYTES as i64)]]);
+}
+
+#[test]
+fn a_pooled_connection_carries_nothing_of_the_request_before() {
+    let (_dir, host) = host();
+    let mut first = connect(&host, "f", "default", &[]);
+    exec(&mut first, "CREATE TABLE t (v)", &[]).unwrap();
+    exec(&mut first, "INSERT INTO t VALUES (1), (2)", &[]).unwrap();
+    exec(&mut first, "PRAGMA foreign_keys = OFF", &[]).unwrap();
+    drop(first);
+    let mut second = connect(&host, "f", "default", &[]);
+    let (fk, _) = exec(&mut second, "PRAGMA foreign_keys", &[]).unwrap();
+    assert_eq!(fk.rows, [vec![Value::Integer(1)]]);
+    // A read reports no changes, not the last write's count on this connection.
+    let (_, effects) = exec(&mut second, "SELECT * FROM t", &[]).unwrap();
+    assert_eq!(effects, Effects::default());
+}
+
+#[test]
+fn a_dump_puts_rows_back_before_triggers_and_keeps_autoincrement() {
+    let (_dir, host) = host();
+    let mut db = connect(&host, "f", "default", &[]);
+    for sql in [
+        "CREATE TABLE item (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+        "CREATE TABLE audit (n)",
+        "CREATE TRIGGER count_items AFTER INSERT ON item BEGIN INSERT INTO audit VALUES (1); END",
+        "CREATE TABLE sqliteX (v)",
+        "INSERT INTO item (v) VALUES ('a'), ('b')",
+        "DELETE FROM item WHERE v = 'b'",
+    ] {
+        exec(&mut db, sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let dump = db.dump().unwrap();
+    let mut copy = connect(&host, "g", "default", &[]);
+    for statement in dump.split(";\n").filter(|s| !s.trim().is_empty()) {
+        if !statement.starts_with("PRAGMA") {
+            exec(&mut copy, statement, &[]).unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+    }
+    let count = |db: &mut Lease, sql: &str| exec(db, sql, &[]).unwrap().0.rows;
+    assert_eq!(
+        count(&mut copy, "SELECT count(*) FROM audit"),
+        count(&mut db, "SELECT count(*) FROM audit")
+    );
+    assert_eq!(
+        count(&mut copy, "SELECT count(*) FROM sqliteX"),
+        [vec![Value::Integer(0)]]
+    );
+    let (_, next) = exec(&mut copy, "INSERT INTO item (v) VALUES ('c')", &[]).unwrap();
+    assert_eq!(
+        next.last_insert_rowid, 3,
+        "AUTOINCREMENT does not hand out id 2 again"
+    );
 }

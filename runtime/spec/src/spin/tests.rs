@@ -77,7 +77,10 @@ fn routes_join_the_base_and_unsupported_keys_are_listed() {
         .collect();
     assert_eq!(routes, [("front", "/shop"), ("orders", "/shop/api/orders")]);
     let front = &app.functions[0];
-    assert_eq!(front.allowed_outbound_hosts, ["https://example.com"]);
+    assert_eq!(
+        front.allowed_outbound_hosts,
+        ["http://example.com", "https://example.com"]
+    );
     assert_eq!(
         front.config.get("url"),
         Some(&ConfigValue::Value("postgres://db.local:5432/shop".into()))
@@ -86,7 +89,7 @@ fn routes_join_the_base_and_unsupported_keys_are_listed() {
     assert_eq!(orders.sqlite_databases, ["orders"]);
     assert_eq!(orders.build.as_deref(), Some("cd 'orders' && cargo build"));
     for note in [
-        "trigger.http `executor` is not supported",
+        "route \"/api/orders\" is exact on Spin",
         "component \"front\": `ai_models` is not supported",
         "component \"orders\": key_value_stores are the function's own buckets",
         "component \"cron\" has no HTTP trigger",
@@ -135,6 +138,17 @@ fn what_thaw_cannot_honour_is_an_error_naming_it() {
             ("spin_manifest_version = 2", "spin_manifest_version = 1"),
             "version 2",
         ),
+        (
+            (
+                "executor = { type = \"spin\" }",
+                "executor = { type = \"wagi\" }",
+            ),
+            "a WAGI module",
+        ),
+        (
+            ("route = \"/...\"", "route = { private = true }"),
+            "would make it public",
+        ),
     ] {
         let text = APP.replace(change.0, change.1);
         assert_ne!(text, APP, "{change:?} changed nothing");
@@ -147,4 +161,29 @@ fn what_thaw_cannot_honour_is_an_error_naming_it() {
     );
     let e = format!("{:#}", read(&secret_in_text).unwrap_err());
     assert!(e.contains("can only be used alone"), "{e}");
+}
+
+#[test]
+fn files_are_granted_only_from_the_manifests_own_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(app.join("static")).unwrap();
+    let manifest = |source: &str| {
+        APP.replace(
+            "source = \"front.wasm\"",
+            &format!("source = \"front.wasm\"\nfiles = [{{ source = \"{source}\", destination = \"/\" }}]"),
+        )
+    };
+    let app_dir = translate(&manifest("static"), &app).unwrap();
+    assert_eq!(
+        app_dir.functions[0].dirs[0].host,
+        app.join("static").canonicalize().unwrap()
+    );
+    for outside in ["..", "/", "static/../.."] {
+        let e = format!("{:#}", translate(&manifest(outside), &app).unwrap_err());
+        assert!(
+            e.contains("outside the manifest's directory"),
+            "{outside}: {e}"
+        );
+    }
 }

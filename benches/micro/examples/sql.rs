@@ -1,0 +1,226 @@
+//! SQL latency on the embedded database, side by side in one run:
+//! - the floor: a native point query with rusqlite on the same file (a prepared, cached
+//!   statement, no confinement);
+//! - thaw's store alone, in-process: a point query and an insert through a connection as a
+//!   guest gets it (authorizer, quota, progress handler; an insert commits with an fsync);
+//! - a guest's call over loopback HTTP: functions/sdk-tour behind a real listener, one kept-
+//!   alive connection: `GET /tour/sql?q=SELECT title FROM item WHERE id = N` (open, query,
+//!   answer), an insert, and `GET /tour/config?key=missing` (the same request without SQL:
+//!   the HTTP and guest cost the SQL rows include).
+//!
+//! The table holds 10,000 rows. Prints medians with p10, p90 and p99 in microseconds, and the
+//! requests per second of the one connection (samples over their total time).
+//!
+//! Run: `cargo run --release -p thaw-benches --example sql` (`-- 5000` for more samples).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thaw_benches::{BenchPlatform, Setup};
+use thaw_runtime::spec::FunctionSpec;
+use thaw_runtime::sql::{SqlQuota, Value};
+
+const ROWS: i64 = 10_000;
+
+struct Row {
+    name: String,
+    samples: Vec<Duration>,
+}
+
+fn summary(rows: &[Row]) {
+    println!("| row | median µs | p10 | p90 | p99 | per s (one at a time) | n |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let mut s = row.samples.clone();
+        s.sort();
+        let at = |q: f64| s[((s.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        let total: Duration = s.iter().sum();
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+            row.name,
+            at(0.5),
+            at(0.1),
+            at(0.9),
+            at(0.99),
+            s.len() as f64 / total.as_secs_f64(),
+            s.len()
+        );
+    }
+}
+
+fn timed_blocking(n: usize, mut call: impl FnMut(usize)) -> Vec<Duration> {
+    for i in 0..n / 10 {
+        call(i);
+    }
+    (0..n)
+        .map(|i| {
+            let started = Instant::now();
+            call(i);
+            started.elapsed()
+        })
+        .collect()
+}
+
+async fn timed<F, Fut>(n: usize, mut call: F) -> Vec<Duration>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for i in 0..n / 10 {
+        call(i).await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        call(i).await;
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+/// A pseudo-random id in the table, the same sequence in every row.
+fn id(i: usize) -> i64 {
+    (i as i64).wrapping_mul(7919) % ROWS + 1
+}
+
+fn in_process(platform: &thaw_runtime::control::Platform, n: usize, rows: &mut Vec<Row>) {
+    // The quota every function gets by default.
+    let limits = thaw_runtime::spec::LimitsSpec::default()
+        .resolve(&thaw_runtime::spec::LimitDefaults::default());
+    let quota = SqlQuota::of(&limits);
+    let function: Arc<str> = Arc::from("tour");
+    let db = platform.sql().database(&function, "default", &[]).unwrap();
+    let mut lease = db.connect().unwrap();
+    lease
+        .execute(
+            "CREATE TABLE item (id INTEGER PRIMARY KEY, title TEXT NOT NULL)",
+            &[],
+            &quota,
+        )
+        .unwrap();
+    lease.execute("BEGIN", &[], &quota).unwrap();
+    for i in 1..=ROWS {
+        lease
+            .execute(
+                "INSERT INTO item VALUES (?, ?)",
+                &[Value::Integer(i), Value::Text(format!("item {i}"))],
+                &quota,
+            )
+            .unwrap();
+    }
+    lease.execute("COMMIT", &[], &quota).unwrap();
+
+    let path = platform.data_dir().sql().join("tour/default.sqlite");
+    let native = rusqlite::Connection::open(&path).unwrap();
+    let mut statement = native
+        .prepare("SELECT title FROM item WHERE id = ?")
+        .unwrap();
+    rows.push(Row {
+        name: "native rusqlite point query, prepared once (the floor)".into(),
+        samples: timed_blocking(n, |i| {
+            let title: String = statement.query_row([id(i)], |r| r.get(0)).unwrap();
+            std::hint::black_box(title);
+        }),
+    });
+    rows.push(Row {
+        name: "thaw store point query, in-process".into(),
+        samples: timed_blocking(n, |i| {
+            let (result, _) = lease
+                .execute(
+                    "SELECT title FROM item WHERE id = ?",
+                    &[Value::Integer(id(i))],
+                    &quota,
+                )
+                .unwrap();
+            assert_eq!(result.rows.len(), 1);
+        }),
+    });
+    rows.push(Row {
+        name: "thaw store insert (fsync), in-process".into(),
+        samples: timed_blocking(n, |i| {
+            lease
+                .execute(
+                    "INSERT INTO item (title) VALUES (?)",
+                    &[Value::Text(format!("new {i}"))],
+                    &quota,
+                )
+                .unwrap();
+        }),
+    });
+}
+
+async fn over_http(platform: &Arc<thaw_runtime::control::Platform>, n: usize, rows: &mut Vec<Row>) {
+    let (addr, stop) = thaw_benches::serve_on_loopback(platform.clone()).await;
+    let base = format!("http://{addr}/tour");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let get = |url: String, want: u16| {
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), want);
+            r.bytes().await.unwrap();
+        }
+    };
+    rows.push(Row {
+        name: "guest point query over HTTP".into(),
+        samples: timed(n, |i| {
+            get(
+                format!(
+                    "{base}/sql?q=SELECT%20title%20FROM%20item%20WHERE%20id%20%3D%20{}",
+                    id(i)
+                ),
+                200,
+            )
+        })
+        .await,
+    });
+    rows.push(Row {
+        name: "guest insert (fsync) over HTTP".into(),
+        samples: timed(n, |i| {
+            get(
+                format!("{base}/sql?q=INSERT%20INTO%20item%20(title)%20VALUES%20('h{i}')"),
+                200,
+            )
+        })
+        .await,
+    });
+    rows.push(Row {
+        name: "guest without SQL over HTTP".into(),
+        samples: timed(n, |_| get(format!("{base}/config?key=missing"), 404)).await,
+    });
+    let _ = stop.send(true);
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bench = BenchPlatform::new(Setup {
+        on_demand: false,
+        warm: 4,
+        server_timing: false,
+        fast_deploy: false,
+    });
+    let platform = bench.platform.clone();
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        let wasm = thaw_test_functions::read(thaw_test_functions::SDK_TOUR);
+        let spec = FunctionSpec {
+            route: Some("/tour".into()),
+            ..Default::default()
+        };
+        platform.deploy("tour", spec, wasm.into()).await.unwrap();
+    });
+    in_process(&platform, n, &mut rows);
+    rt.block_on(over_http(&platform, n, &mut rows));
+    summary(&rows);
+}
