@@ -286,6 +286,135 @@ impl Redis {
     }
 }
 
+/// A throwaway Postgres cluster (Debian's `postgresql`: `initdb` and `postgres` from
+/// `/usr/lib/postgresql/<version>/bin`, or PATH), trust authentication for `postgres` on
+/// loopback. Postgres refuses to run as root: as root, it runs as the `postgres` user the
+/// package creates, in a directory handed to that user.
+pub struct Postgres {
+    // First: the server goes before its directory.
+    process: Option<Killed>,
+    binaries: [PathBuf; 2],
+    dir: tempfile::TempDir,
+    port: u16,
+    user: Option<(u32, u32)>,
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+}
+
+impl Postgres {
+    /// Initialises a cluster and starts it; `None` if Postgres is not installed.
+    pub fn start() -> Option<Self> {
+        let binaries = postgres_binaries()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // SAFETY: geteuid has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            let ids = |flag: &str| -> u32 {
+                let out = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .expect("id");
+                assert!(
+                    out.status.success(),
+                    "no `postgres` user to run Postgres as (Debian's postgresql creates it)"
+                );
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .expect("a numeric id")
+            };
+            let (uid, gid) = (ids("-u"), ids("-g"));
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+            Some((uid, gid))
+        } else {
+            None
+        };
+        let port = free_port();
+        let mut pg = Self {
+            process: None,
+            binaries,
+            dir,
+            port,
+            user,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        };
+        let mut initdb = pg.command(0);
+        initdb
+            .args(["-D"])
+            .arg(pg.dir.path().join("data"))
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null());
+        let out = initdb.output().expect("running initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.restart();
+        Some(pg)
+    }
+
+    fn command(&self, which: usize) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = Command::new(&self.binaries[which]);
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+
+    /// Starts the server (again, on the same data and port) and waits until it listens.
+    pub fn restart(&mut self) {
+        self.process = None;
+        let log = std::fs::File::create(self.dir.path().join("postgres.log")).expect("log");
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(self.dir.path().join("postgres.log"), Some(uid), Some(gid))
+                .expect("chown");
+        }
+        let child = self
+            .command(1)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-k")
+            .arg(self.dir.path())
+            // A test's database, not a durable one.
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting postgres");
+        self.process = Some(Killed(child));
+        assert!(
+            wait_port(self.port, START_BOUND),
+            "postgres did not listen; log:\n{}",
+            std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server (`SIGKILL`); the data stays for a restart.
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+}
+
+/// `initdb` and `postgres`: on PATH, or in Debian's versioned directory.
+fn postgres_binaries() -> Option<[PathBuf; 2]> {
+    let versioned = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .find(|bin| bin.join("initdb").is_file() && bin.join("postgres").is_file());
+    if let Some(bin) = versioned {
+        return Some([bin.join("initdb"), bin.join("postgres")]);
+    }
+    service_binaries(["initdb", "postgres"], "postgresql")
+}
+
 /// A Prometheus server.
 pub struct Prometheus {
     _process: Killed,

@@ -11,6 +11,7 @@
 //! - [`datadir`]: the data directory, written atomically, locked, owner-only;
 //! - [`keyvalue`]: functions' state, embedded (redb) or on Redis, scoped and under quota;
 //! - [`sql`]: functions' SQL databases, embedded SQLite per function, confined and under quota;
+//! - [`postgres`]: functions' Postgres, through pools the host holds per function and address;
 //! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
 //!   pre-initialisation snapshots;
 //! - [`guest`]: a guest's store and host state, built from a plain config; linkers; the
@@ -57,6 +58,7 @@ pub mod http;
 pub mod invoke;
 pub mod keyvalue;
 pub mod metrics;
+pub mod postgres;
 pub mod source;
 pub mod sql;
 pub mod telemetry;

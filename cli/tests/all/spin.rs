@@ -4,6 +4,9 @@
 //! code says it returns.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::support::{TestServer, client, thaw_command};
 
@@ -19,7 +22,14 @@ async fn call(server: &TestServer, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spin_sdk_app_deploys_from_its_spin_toml_and_runs_unchanged() {
     // The manifest's `api_token` is a required secret: thaw reads it as `env:API_TOKEN`.
-    let server = TestServer::start_with_env(&[], &[("THAW_SECRET_API_TOKEN", "s3cret")]);
+    // The manifest's `db_url` too; this test does not reach Postgres (see the one below).
+    let server = TestServer::start_with_env(
+        &[],
+        &[
+            ("THAW_SECRET_API_TOKEN", "s3cret"),
+            ("THAW_SECRET_DB_URL", "postgres://postgres@127.0.0.1:1/none"),
+        ],
+    );
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/spin-app/spin.toml");
     // The test functions are built by thaw-test-functions' build script, where the
     // manifest's `source` points.
@@ -123,4 +133,164 @@ async fn a_spin_app_importing_an_interface_thaw_does_not_offer_is_refused_naming
     let message = format!("{refused:#}");
     assert!(message.contains("spin:redis/redis@3.0.0"), "{message}");
     assert!(server.admin().list().await.unwrap().is_empty());
+}
+
+/// Deploys functions/spin-app from its spin.toml on `server`.
+fn deploy_spin_app(server: &TestServer) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/spin-app/spin.toml");
+    let _ = thaw_test_functions::SPIN_APP;
+    let out = thaw_command(server, &["deploy", manifest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Spin app on a real Postgres (Debian's, started here on loopback), its address a
+/// secret: values of each mapped type; 32 clients incrementing one row lose nothing; 128
+/// requests at once never hold more than the pool's 4 connections (`pg_stat_activity`); with
+/// Postgres down a request gets a typed connection error within the acquire timeout, the host
+/// stays healthy, and Postgres back means the function works again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spin_app_uses_postgres_through_the_hosts_pool() {
+    let Some(mut pg) = thaw_harness::Postgres::start() else {
+        return;
+    };
+    let server = TestServer::start_with_env(
+        &[],
+        &[
+            ("THAW_SECRET_API_TOKEN", "s3cret"),
+            ("THAW_SECRET_DB_URL", &pg.url),
+        ],
+    );
+    deploy_spin_app(&server);
+    assert_eq!(call(&server, "/pg-setup").await, (200, "ready".into()));
+    assert_eq!(
+        call(&server, "/pg-types").await,
+        (
+            200,
+            "Some(true) Some(7) Some(8) Some(9) Some(1.5) Some(\"text\") Some([1, 2]) Some(\"bound\") Some(None)"
+                .into()
+        )
+    );
+
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let url = format!("{}/spin-app/pg-incr", server.url);
+            tokio::spawn(async move {
+                let http = client();
+                let mut failed = Vec::new();
+                for _ in 0..5 {
+                    let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+                    if !body.starts_with("n ") {
+                        failed.push(body);
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for c in clients {
+        failed.extend(c.await.unwrap());
+    }
+    assert_eq!(failed, Vec::<String>::new());
+    assert_eq!(call(&server, "/pg-count").await, (200, "n 160".into()));
+
+    connections_stay_within_the_pool(&server, &pg).await;
+
+    pg.stop();
+    let started = Instant::now();
+    let (status, body) = call(&server, "/pg-count").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("error: ") && body.contains("ConnectionFailed"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the error took {:?}, past the 2 s acquire timeout and the request's own",
+        started.elapsed()
+    );
+    assert_eq!(
+        call(&server, "/count").await,
+        (200, "count 0".into()),
+        "the host is healthy"
+    );
+    pg.restart();
+    thaw_harness::eventually(
+        "the function reaches Postgres again",
+        Duration::from_secs(30),
+        || {
+            let server = &server;
+            async move { call(server, "/pg-count").await.1 == "n 160" }
+        },
+    )
+    .await;
+}
+
+/// 128 requests each holding a connection for 200 ms: Postgres never sees more than the
+/// function's pool (4, `pg_max_connections`' default) from thaw, and every request is served.
+async fn connections_stay_within_the_pool(server: &TestServer, pg: &thaw_harness::Postgres) {
+    let (observer, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let done = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicI64::new(0));
+    let watcher = {
+        let (done, most) = (done.clone(), most.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                let row = observer
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'thaw'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                most.fetch_max(row.get::<_, i64>(0), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let requests: Vec<_> = (0..128)
+        .map(|_| {
+            let url = format!("{}/spin-app/pg-sleep?ms=200", server.url);
+            tokio::spawn(async move {
+                client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for r in requests {
+        answers.push(r.await.unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    watcher.await.unwrap();
+    let slept = answers.iter().filter(|a| *a == "slept").count();
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&most),
+        "{most} connections from thaw at once"
+    );
+    // Requests that waited past the 2 s acquire timeout get the typed error, and those
+    // the host could not give an instance slot within its queue timeout a 503: no hang.
+    for a in answers.iter().filter(|a| *a != "slept") {
+        assert!(
+            a.contains("pg_acquire_ms") || a.contains("all instances are busy"),
+            "{a}"
+        );
+    }
+    assert!(slept >= 32, "only {slept} of 128 were served");
 }

@@ -10,7 +10,11 @@
 //! - `/var?name=V`: the variable's value, or `error: <the error>`;
 //! - `/visit`: counts visits in the `default` key-value store and answers `visits <n>`;
 //! - `/keys`: the store's keys, sorted, one per line;
-//! - `/fetch?url=U`: GETs U and answers `status <code>`, or `error: <the error>`.
+//! - `/fetch?url=U`: GETs U and answers `status <code>`, or `error: <the error>`;
+//! - `/pg-setup`: creates the Postgres table `counter` (at the variable `db_url`) with one row;
+//! - `/pg-incr`: increments it and answers `n <new value>`; `/pg-count`: `n <value>`;
+//! - `/pg-sleep?ms=N`: holds a Postgres connection for N ms (`pg_sleep`), answers `slept`;
+//! - `/pg-types`: one row of every mapped type, as the SDK decodes it.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
@@ -99,7 +103,69 @@ async fn route(action: &str, query: &str) -> Result<String, Failed> {
             let response = spin_sdk::http::send(request).await?;
             Ok(format!("status {}", response.status().as_u16()))
         }
+        "pg-setup" | "pg-incr" | "pg-count" | "pg-sleep" | "pg-types" => postgres(action, query).await,
         _ => Ok("no such path".into()),
+    }
+}
+
+async fn postgres(action: &str, query: &str) -> Result<String, Failed> {
+    use spin_sdk::pg::{Connection, ParameterValue};
+    let db = Connection::open(spin_sdk::variables::get("db_url").await?).await?;
+    match action {
+        "pg-setup" => {
+            db.execute("DROP TABLE IF EXISTS counter", []).await?;
+            db.execute("CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL)", [])
+                .await?;
+            db.execute("INSERT INTO counter VALUES ($1, 0)", [ParameterValue::Int32(1)])
+                .await?;
+            Ok("ready".into())
+        }
+        "pg-incr" | "pg-count" => {
+            let statement = if action == "pg-incr" {
+                "UPDATE counter SET n = n + 1 WHERE id = $1 RETURNING n"
+            } else {
+                "SELECT n FROM counter WHERE id = $1"
+            };
+            let rows = db
+                .query(statement, [ParameterValue::Int32(1)])
+                .await?
+                .collect()
+                .await?;
+            let n: i64 = rows.first().and_then(|r| r.get("n")).unwrap_or(-1);
+            Ok(format!("n {n}"))
+        }
+        "pg-sleep" => {
+            let ms: f64 = param(query, "ms").unwrap_or("50").parse()?;
+            db.query("SELECT pg_sleep($1)", [ParameterValue::Floating64(ms / 1000.0)])
+                .await?
+                .collect()
+                .await?;
+            Ok("slept".into())
+        }
+        _ => {
+            let rows = db
+                .query(
+                    "SELECT true AS b, 7::int2 AS s, 8::int4 AS i, 9::int8 AS l, 1.5::float8 AS f, \
+                     'text'::text AS t, '\\x0102'::bytea AS y, $1::text AS p, NULL::int4 AS z",
+                    [ParameterValue::Str("bound".into())],
+                )
+                .await?
+                .collect()
+                .await?;
+            let r = rows.first().ok_or("no row")?;
+            Ok(format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                r.get::<bool>("b"),
+                r.get::<i16>("s"),
+                r.get::<i32>("i"),
+                r.get::<i64>("l"),
+                r.get::<f64>("f"),
+                r.get::<String>("t"),
+                r.get::<Vec<u8>>("y"),
+                r.get::<String>("p"),
+                r.get::<Option<i32>>("z"),
+            ))
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! A function's outbound allow-list: which hosts it may send HTTP requests to.
+//! A function's outbound allow-list: which hosts it may send HTTP requests to, and which
+//! Postgres servers its SQL may reach.
 //!
 //! Outbound HTTP is denied by default. A spec lists patterns in the form Spin uses for
 //! `allowed_outbound_hosts`, `scheme://host[:port]`:
@@ -8,8 +9,9 @@
 //! | `https://api.example.com`    | that host, https, port 443                          |
 //! | `http://127.0.0.1:8080`      | that address and port, plain http                   |
 //! | `https://*.example.com`      | any subdomain (not `example.com` itself), port 443  |
-//! | `*://cache.internal:*`       | that host, http or https, any port                  |
+//! | `*://cache.internal:*`       | that host, any scheme, any port                     |
 //! | `https://*:443`              | any host over https on 443                          |
+//! | `postgres://db.internal`     | a Postgres at that host, port 5432 (the host pools the connections) |
 //!
 //! A port left out means the scheme's default port (80 or 443), so `http://example.com`
 //! does not open `example.com:6379`. Paths, users and queries are refused in a pattern: the
@@ -30,6 +32,8 @@ enum SchemeMatch {
     Any,
     Http,
     Https,
+    /// `postgres://` (or `postgresql://`): where a function's SQL connections may go.
+    Postgres,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,8 +76,9 @@ impl HostPattern {
         let scheme = match scheme {
             "http" => SchemeMatch::Http,
             "https" => SchemeMatch::Https,
+            "postgres" | "postgresql" => SchemeMatch::Postgres,
             "*" => SchemeMatch::Any,
-            _ => return Err(err("the scheme must be http, https or *")),
+            _ => return Err(err("the scheme must be http, https, postgres or *")),
         };
         // A trailing slash is harmless and common when pasting URLs; anything after it is not.
         let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -122,6 +127,7 @@ impl HostPattern {
         let (scheme_ok, default_port) = match (self.scheme, scheme) {
             (SchemeMatch::Http | SchemeMatch::Any, "http") => (true, 80),
             (SchemeMatch::Https | SchemeMatch::Any, "https") => (true, 443),
+            (SchemeMatch::Postgres | SchemeMatch::Any, "postgres" | "postgresql") => (true, 5432),
             _ => (false, 0),
         };
         if !scheme_ok {
@@ -192,6 +198,12 @@ impl AllowList {
     /// True when no host is allowed.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether a connection to `scheme://host:port` may go out (`host` lower-case; `port`
+    /// `None` for the scheme's default).
+    pub fn allows_host(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        self.0.iter().any(|p| p.matches(scheme, host, port))
     }
 
     /// Whether a request to `uri` may go out. A URI without a scheme or host never may.

@@ -43,6 +43,10 @@ pub const DEFAULT_SQL_STATEMENT_MS: u64 = 1_000;
 pub const DEFAULT_SQL_MAX_ROWS: u64 = 10_000;
 /// Default most bytes in one SQL result.
 pub const DEFAULT_SQL_MAX_RESULT_KIB: u64 = 16 * 1024;
+/// Default most Postgres connections a function holds to one database.
+pub const DEFAULT_PG_MAX_CONNECTIONS: u32 = 4;
+/// Default longest a statement waits for a Postgres connection (or to make one).
+pub const DEFAULT_PG_ACQUIRE_MS: u64 = 2_000;
 /// Default most host resources (WASI and `wasi:http` handles: fields, requests, responses,
 /// bodies, streams, pollables) one request may hold at once. Each costs the host at most
 /// about [`HOST_RESOURCE_BYTES`], so this bounds the host memory a guest can pin outside its
@@ -272,6 +276,16 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "KIB"))]
     pub sql_max_result_kib: Option<u64>,
+    /// Most connections the host holds for the function to one Postgres database (its
+    /// pool) [default: the host's, 4]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub pg_max_connections: Option<u32>,
+    /// Longest a Postgres statement waits for a pooled connection (or for a new one), in ms
+    /// [default: the host's, 2000]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MS"))]
+    pub pg_acquire_ms: Option<u64>,
     /// Most host resources (handles to fields, requests, bodies, streams, pollables) one
     /// request may hold at once; each costs the host at most 256 KiB, so this bounds the host
     /// memory a guest pins outside `memory_mib` (64..=65536) [default: the host's, 512]
@@ -320,6 +334,10 @@ pub struct LimitDefaults {
     pub sql_max_rows: u64,
     /// See [`LimitsSpec::sql_max_result_kib`].
     pub sql_max_result_kib: u64,
+    /// See [`LimitsSpec::pg_max_connections`].
+    pub pg_max_connections: u32,
+    /// See [`LimitsSpec::pg_acquire_ms`].
+    pub pg_acquire_ms: u64,
     /// See [`LimitsSpec::max_host_resources`].
     pub max_host_resources: u32,
     /// Whether the host counts fuel at all (`--fuel-metering`); the platform sets it from its
@@ -349,6 +367,8 @@ impl Default for LimitDefaults {
             sql_statement_ms: DEFAULT_SQL_STATEMENT_MS,
             sql_max_rows: DEFAULT_SQL_MAX_ROWS,
             sql_max_result_kib: DEFAULT_SQL_MAX_RESULT_KIB,
+            pg_max_connections: DEFAULT_PG_MAX_CONNECTIONS,
+            pg_acquire_ms: DEFAULT_PG_ACQUIRE_MS,
             max_host_resources: DEFAULT_MAX_HOST_RESOURCES,
             fuel_metering: false,
         }
@@ -408,6 +428,16 @@ pub struct Limits {
     /// Most bytes in one SQL result.
     #[serde(default = "default_sql_result")]
     pub sql_max_result_bytes: u64,
+    /// Most Postgres connections per database.
+    #[serde(default = "default_pg_connections")]
+    pub pg_max_connections: u32,
+    /// Longest wait for a Postgres connection.
+    #[serde(
+        default = "default_pg_acquire",
+        serialize_with = "as_millis",
+        deserialize_with = "from_millis"
+    )]
+    pub pg_acquire_timeout: Duration,
     /// Most host resources one instance holds at once.
     #[serde(default = "default_host_resources")]
     pub max_host_resources: u32,
@@ -415,6 +445,14 @@ pub struct Limits {
 
 fn default_host_resources() -> u32 {
     DEFAULT_MAX_HOST_RESOURCES
+}
+
+fn default_pg_connections() -> u32 {
+    DEFAULT_PG_MAX_CONNECTIONS
+}
+
+fn default_pg_acquire() -> Duration {
+    Duration::from_millis(DEFAULT_PG_ACQUIRE_MS)
 }
 
 fn default_sql_bytes() -> u64 {
@@ -485,6 +523,12 @@ impl LimitsSpec {
                 self.sql_statement_ms.unwrap_or(defaults.sql_statement_ms),
             ),
             sql_max_rows: self.sql_max_rows.unwrap_or(defaults.sql_max_rows),
+            pg_max_connections: self
+                .pg_max_connections
+                .unwrap_or(defaults.pg_max_connections),
+            pg_acquire_timeout: Duration::from_millis(
+                self.pg_acquire_ms.unwrap_or(defaults.pg_acquire_ms),
+            ),
             sql_max_result_bytes: self
                 .sql_max_result_kib
                 .unwrap_or(defaults.sql_max_result_kib)
@@ -788,6 +832,13 @@ impl LimitsSpec {
             ("sql_max_rows", l.sql_max_rows, 1 << 32),
             // A result is held whole in host memory before it is copied to the guest.
             ("sql_max_result_kib", l.sql_max_result_kib, 1 << 20),
+            // Each is a server process on the Postgres side.
+            (
+                "pg_max_connections",
+                l.pg_max_connections.map(u64::from),
+                100,
+            ),
+            ("pg_acquire_ms", l.pg_acquire_ms, MAX_TIMEOUT_MS),
         ] {
             if let Some(v) = value
                 && !(1..=max).contains(&v)

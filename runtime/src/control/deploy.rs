@@ -131,6 +131,7 @@ impl Platform {
         function.config = config;
         function.attach_keyvalue(self.keyvalue.as_ref());
         function.attach_sql(Some(&self.sql));
+        function.attach_postgres(Some(&self.postgres));
         let deployed = self
             .commit_deploy(function, options, &prepared.code)
             .await?;
@@ -875,6 +876,7 @@ impl Platform {
                 "its key-value data could not be removed: {e}"
             );
         }
+        self.postgres.remove_function(name);
         let sql = self.sql.clone();
         let function = name.to_owned();
         let removed = tokio::task::spawn_blocking(move || sql.remove_function(&function)).await;

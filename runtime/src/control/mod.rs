@@ -169,6 +169,8 @@ pub struct Platform {
     keyvalue: Option<KeyValue>,
     /// Functions' SQL databases.
     sql: crate::sql::SqlHost,
+    /// Functions' Postgres pools.
+    postgres: crate::postgres::PgHost,
     /// Start-up work done: artifacts checked and, with `--load background`, code loaded
     /// (see [`Platform::ready`]).
     started: std::sync::atomic::AtomicBool,
@@ -278,6 +280,7 @@ impl Platform {
             secrets: config.secrets.clone(),
             keyvalue,
             sql,
+            postgres: Default::default(),
             started: std::sync::atomic::AtomicBool::new(false),
             local: Arc::new(LocalCoordinator::in_memory()),
             attached: OnceLock::new(),
@@ -345,6 +348,7 @@ impl Platform {
         function.log = Arc::clone(log);
         function.attach_keyvalue(self.keyvalue.as_ref());
         function.attach_sql(Some(&self.sql));
+        function.attach_postgres(Some(&self.postgres));
         match self.secrets.resolve(&function.record.spec.config) {
             Ok(config) => function.config = Arc::new(crate::guest::config::Resolved::new(config)),
             // It resolved at deploy: the operator removed or renamed a secret since.

@@ -237,6 +237,8 @@ pub struct Function {
     pub keyvalue: Option<crate::guest::keyvalue::GuestKeyValue>,
     /// Its `spin:sqlite` access, given by the control plane (`None`: no SQL).
     pub sql: Option<crate::guest::sqlite::GuestSql>,
+    /// Its `spin:postgres` access, given by the control plane (`None`: no Postgres).
+    pub postgres: Option<crate::guest::postgres::GuestPostgres>,
     /// A WASIp3 function's workers, made by its first request (see [`service`]).
     pub service: std::sync::OnceLock<service::ServiceHandler>,
     /// Cancelled when this function is dropped (removed, replaced, unloaded, and its last
@@ -298,6 +300,7 @@ impl Function {
             config,
             keyvalue: None,
             sql: None,
+            postgres: None,
             service: std::sync::OnceLock::new(),
             retired: tokio_util::sync::CancellationToken::new(),
         }
@@ -310,6 +313,18 @@ impl Function {
             function: self.name.clone(),
             quota: crate::keyvalue::Quota::of(&self.limits),
             hits: self.stats.limit_hits.clone(),
+        });
+    }
+
+    /// Gives the function its Postgres pools on the host.
+    pub fn attach_postgres(&mut self, host: Option<&crate::postgres::PgHost>) {
+        self.postgres = host.map(|host| crate::guest::postgres::GuestPostgres {
+            host: host.clone(),
+            function: self.name.clone(),
+            allowed: self.outbound.clone(),
+            quota: crate::postgres::PgQuota::of(&self.limits),
+            max_rows: self.limits.sql_max_rows,
+            max_result_bytes: self.limits.sql_max_result_bytes,
         });
     }
 
@@ -334,6 +349,7 @@ impl Function {
         self.cost = other.cost.clone();
         self.keyvalue = other.keyvalue.clone();
         self.sql = other.sql.clone();
+        self.postgres = other.postgres.clone();
         self
     }
 
@@ -366,6 +382,7 @@ impl Function {
             config: &self.config,
             keyvalue: self.keyvalue.as_ref(),
             sql: self.sql.as_ref(),
+            postgres: self.postgres.as_ref(),
             // One request at a time; the WASIp3 executor raises it for its instances.
             max_concurrent: 1,
         }

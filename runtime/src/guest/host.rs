@@ -190,6 +190,8 @@ pub struct ProxyHost {
     sql: Option<super::sqlite::GuestSql>,
     /// Connections the guest holds open (see [`crate::guest::sqlite::MAX_OPEN_CONNECTIONS`]).
     open_connections: usize,
+    /// The function's `spin:postgres` access.
+    postgres: Option<super::postgres::GuestPostgres>,
 }
 
 impl ProxyHost {
@@ -238,6 +240,7 @@ impl ProxyHost {
             open_buckets: 0,
             sql: config.sql.cloned(),
             open_connections: 0,
+            postgres: config.postgres.cloned(),
         }
     }
 
@@ -387,6 +390,14 @@ impl ProxyHost {
             config: &self.config,
             keyvalue: self.keyvalue.as_ref(),
             open_buckets: &mut self.open_buckets,
+        }
+    }
+
+    /// The guest's `spin:postgres`.
+    pub fn postgres(&mut self) -> super::postgres::PgView<'_> {
+        super::postgres::PgView {
+            table: &mut self.table,
+            access: self.postgres.as_ref(),
         }
     }
 

@@ -14,7 +14,8 @@
 //! - [`config`]: `wasi:config` values, with secrets resolved from the host;
 //! - [`keyvalue`]: `wasi:keyvalue` over the host's store, scoped to the function;
 //! - [`sqlite`]: `spin:sqlite` over the host's SQL databases, scoped to the function;
-//! - [`spin`]: Spin's `variables` (over `config`) and `key-value` (over the store).
+//! - [`spin`]: Spin's `variables` (over `config`) and `key-value` (over the store);
+//! - [`postgres`]: `spin:postgres` over the host's pools.
 //!
 //! One store per request (or per warm instance): a store is cheap to build (a few
 //! allocations: the WASI and HTTP contexts and a resource table), and dropping it frees every
@@ -26,6 +27,7 @@ pub mod keyvalue;
 pub mod limit;
 pub mod limiter;
 pub mod log;
+pub mod postgres;
 pub mod spin;
 pub mod sqlite;
 pub mod stdout;
@@ -75,6 +77,8 @@ pub struct GuestConfig<'a> {
     pub keyvalue: Option<&'a keyvalue::GuestKeyValue>,
     /// The function's `spin:sqlite` access; `None`: every `open` is refused.
     pub sql: Option<&'a sqlite::GuestSql>,
+    /// The function's `spin:postgres` access; `None`: every `open` is refused.
+    pub postgres: Option<&'a postgres::GuestPostgres>,
     /// Requests one instance may run at once (`reuse.max_concurrent` of a WASIp3 function;
     /// 1 otherwise): the host resource cap is per request.
     pub max_concurrent: u32,
@@ -265,6 +269,9 @@ impl Linkers {
         spin::add_to_linker(&mut proxy, ProxyHost::spin)
             .map_err(anyhow::Error::from)
             .context("linking spin:variables and spin:key-value")?;
+        postgres::add_to_linker(&mut proxy, ProxyHost::postgres)
+            .map_err(anyhow::Error::from)
+            .context("linking spin:postgres")?;
         host::cap_request_strings(&mut proxy)
             .map_err(anyhow::Error::from)
             .context("capping wasi:http's request strings")?;

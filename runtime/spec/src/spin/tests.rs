@@ -21,7 +21,10 @@ fn the_test_apps_manifest_becomes_one_function_with_every_setting() {
             "../../target/guests/wasm32-wasip2/release/spin_app.wasm"
         ))
     );
-    assert_eq!(f.allowed_outbound_hosts, ["http://127.0.0.1:*"]);
+    assert_eq!(
+        f.allowed_outbound_hosts,
+        ["http://127.0.0.1:*", "postgres://127.0.0.1:*"]
+    );
     assert_eq!(f.env.get("MODE").map(String::as_str), Some("test"));
     assert!(f.sqlite_databases.is_empty(), "default is always there");
     assert_eq!(

@@ -1,0 +1,183 @@
+//! Functions' Postgres: connection pools the host holds, one per function and database
+//! address, which a guest's `spin:postgres` connections are lent from
+//! ([`crate::guest::postgres`]).
+//!
+//! # Who may reach what
+//! A guest names a database by its address (`postgres://user:password@host:port/db`, as Spin
+//! apps do, usually from a secret variable). The host connects only where the function's
+//! `allowed_outbound_hosts` allows (`postgres://host[:port]`), and the pool is the
+//! function's own: two functions naming the same address get two pools, and no connection
+//! ever carries one function's session to another.
+//!
+//! # Pools
+//! `deadpool-postgres` over `tokio-postgres`: at most `pg_max_connections` per function and
+//! address; a guest's `open` waits at most `pg_acquire_ms` for one (or to make one), then
+//! gets `connection-failed`, so a Postgres that is down costs a request that long and never
+//! the host. A guest's connection is its own until it drops it (its transaction is its own);
+//! given back, the connection is rolled back before the next guest gets it. Each session has
+//! `statement_timeout` set to the function's `sql_statement_ms`, enforced by the server.
+//!
+//! # What is not there yet
+//! TLS: an address that asks for it (`sslmode=require`) is refused with that reason.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::{Host, SslMode};
+
+use crate::outbound::AllowList;
+
+/// The settings a pool is made with, from the function's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PgQuota {
+    /// Most connections.
+    pub max_connections: u32,
+    /// Longest wait for one.
+    pub acquire_timeout: Duration,
+    /// The server's `statement_timeout`.
+    pub statement_timeout: Duration,
+}
+
+impl PgQuota {
+    /// The quota of a version's resolved limits.
+    pub fn of(limits: &thaw_spec::spec::Limits) -> Self {
+        Self {
+            max_connections: limits.pg_max_connections,
+            acquire_timeout: limits.pg_acquire_timeout,
+            statement_timeout: limits.sql_statement_timeout,
+        }
+    }
+}
+
+/// Why a database could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// Not a Postgres address, or one the function may not reach.
+    #[error("{0}")]
+    Address(String),
+    /// No connection within the acquire timeout, or the server refused.
+    #[error("{0}")]
+    Connection(String),
+}
+
+/// The host's pools.
+#[derive(Clone, Default)]
+pub struct PgHost {
+    pools: Arc<Mutex<HashMap<PoolKey, (PgQuota, Pool)>>>,
+}
+
+/// A pool's function and database address.
+type PoolKey = (Arc<str>, String);
+
+impl PgHost {
+    /// A connection to `address` for `function`, from its pool (made on first use), within
+    /// the quota's acquire timeout.
+    pub async fn connect(
+        &self,
+        function: &Arc<str>,
+        address: &str,
+        allowed: &AllowList,
+        quota: PgQuota,
+    ) -> Result<deadpool_postgres::Object, PgError> {
+        let pool = self.pool(function, address, allowed, quota)?;
+        pool.get().await.map_err(|e| {
+            PgError::Connection(match e {
+                deadpool_postgres::PoolError::Timeout(_) => format!(
+                    "no connection to the database within {} ms (the function's pg_acquire_ms; at most pg_max_connections = {} at once)",
+                    quota.acquire_timeout.as_millis(),
+                    quota.max_connections
+                ),
+                // The server's own words (refused, authentication, no such database); they
+                // name no host path.
+                other => other.to_string(),
+            })
+        })
+    }
+
+    fn pool(
+        &self,
+        function: &Arc<str>,
+        address: &str,
+        allowed: &AllowList,
+        quota: PgQuota,
+    ) -> Result<Pool, PgError> {
+        let key = (function.clone(), address.to_owned());
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((made_with, pool)) = pools.get(&key)
+            && *made_with == quota
+        {
+            return Ok(pool.clone());
+        }
+        let pool = make_pool(address, allowed, quota)?;
+        pools.insert(key, (quota, pool.clone()));
+        Ok(pool)
+    }
+
+    /// Closes `function`'s pools (on `thaw remove`, and a redeploy with other limits).
+    pub fn remove_function(&self, function: &str) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|(f, _), (_, pool)| {
+            let keep = &**f != function;
+            if !keep {
+                pool.close();
+            }
+            keep
+        });
+    }
+}
+
+fn make_pool(address: &str, allowed: &AllowList, quota: PgQuota) -> Result<Pool, PgError> {
+    let mut config: tokio_postgres::Config = address
+        .parse()
+        .map_err(|e| PgError::Address(format!("not a Postgres address: {e}")))?;
+    let ports = config.get_ports();
+    for (i, host) in config.get_hosts().iter().enumerate() {
+        let Host::Tcp(name) = host else {
+            return Err(PgError::Address(
+                "a Unix socket is not reachable from a function".into(),
+            ));
+        };
+        let port = ports.get(i).or(ports.first()).copied();
+        let host = name.to_ascii_lowercase();
+        if !allowed.allows_host("postgres", &host, port) {
+            return Err(PgError::Address(format!(
+                "postgres://{host}:{} is not in the function's allowed_outbound_hosts",
+                port.unwrap_or(5432)
+            )));
+        }
+    }
+    if config.get_hosts().is_empty() {
+        return Err(PgError::Address("the address names no host".into()));
+    }
+    if config.get_ssl_mode() == SslMode::Require {
+        return Err(PgError::Address(
+            "TLS to Postgres (sslmode=require) is not supported by this host yet".into(),
+        ));
+    }
+    config
+        .application_name("thaw")
+        .connect_timeout(quota.acquire_timeout)
+        .options(format!(
+            "-c statement_timeout={}",
+            quota.statement_timeout.as_millis()
+        ));
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            // A connection comes back from a guest as it left it: an open transaction is
+            // rolled back before the next guest gets it.
+            recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+        },
+    );
+    Pool::builder(manager)
+        .max_size(quota.max_connections as usize)
+        .wait_timeout(Some(quota.acquire_timeout))
+        .create_timeout(Some(quota.acquire_timeout))
+        .recycle_timeout(Some(quota.acquire_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| PgError::Address(e.to_string()))
+}
