@@ -293,7 +293,7 @@ impl Redis {
 pub struct Postgres {
     // First: the server goes before its directory.
     process: Option<Killed>,
-    binaries: [PathBuf; 2],
+    binaries: [PathBuf; 3],
     dir: tempfile::TempDir,
     port: u16,
     user: Option<(u32, u32)>,
@@ -389,11 +389,22 @@ impl Postgres {
             .spawn()
             .expect("starting postgres");
         self.process = Some(Killed(child));
-        assert!(
-            wait_port(self.port, START_BOUND),
-            "postgres did not listen; log:\n{}",
-            std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
-        );
+        // It listens before it accepts connections ("the database system is starting up").
+        let deadline = std::time::Instant::now() + START_BOUND;
+        let ready = || {
+            Command::new(&self.binaries[2])
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        while !ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postgres did not become ready; log:\n{}",
+                std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stops the server (`SIGKILL`); the data stays for a restart.
@@ -402,17 +413,21 @@ impl Postgres {
     }
 }
 
-/// `initdb` and `postgres`: on PATH, or in Debian's versioned directory.
-fn postgres_binaries() -> Option<[PathBuf; 2]> {
+/// `initdb`, `postgres` and `pg_isready`: on PATH, or in Debian's versioned directory.
+fn postgres_binaries() -> Option<[PathBuf; 3]> {
     let versioned = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
         .find(|bin| bin.join("initdb").is_file() && bin.join("postgres").is_file());
     if let Some(bin) = versioned {
-        return Some([bin.join("initdb"), bin.join("postgres")]);
+        return Some([
+            bin.join("initdb"),
+            bin.join("postgres"),
+            bin.join("pg_isready"),
+        ]);
     }
-    service_binaries(["initdb", "postgres"], "postgresql")
+    service_binaries(["initdb", "postgres", "pg_isready"], "postgresql")
 }
 
 /// A Prometheus server.

@@ -8,6 +8,14 @@
 //!   answer), an insert, and `GET /tour/config?key=missing` (the same request without SQL:
 //!   the HTTP and guest cost the SQL rows include).
 //!
+//! Postgres rows, when Debian's Postgres is installed (started here on loopback, `fsync=off`):
+//! - the floor: a native `tokio-postgres` point query on one kept connection;
+//! - a native point query on a new connection each time (what a per-request connection
+//!   costs, spin#3030);
+//! - a Spin app's point query over HTTP (functions/spin-app `/pg-count`, a WASIp3 guest: open
+//!   from the function's pool, query, answer), beside the same app answering from its variable
+//!   (`/var`: the HTTP and guest cost without a database).
+//!
 //! The table holds 10,000 rows. Prints medians with p10, p90 and p99 in microseconds, and the
 //! requests per second of the one connection (samples over their total time).
 //!
@@ -194,6 +202,96 @@ async fn over_http(platform: &Arc<thaw_runtime::control::Platform>, n: usize, ro
     let _ = stop.send(true);
 }
 
+async fn postgres(
+    platform: &Arc<thaw_runtime::control::Platform>,
+    pg: &thaw_harness::Postgres,
+    n: usize,
+    rows: &mut Vec<Row>,
+) {
+    let (native, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    native
+        .batch_execute(
+            "CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL); \
+             INSERT INTO counter SELECT g, g FROM generate_series(1, 10000) g",
+        )
+        .await
+        .unwrap();
+    let point = native
+        .prepare("SELECT n FROM counter WHERE id = $1")
+        .await
+        .unwrap();
+    rows.push(Row {
+        name: "postgres: native point query, one kept connection (the floor)".into(),
+        samples: timed(n, |i| {
+            let (native, point) = (&native, &point);
+            async move {
+                let row = native.query_one(point, &[&(id(i) as i32)]).await.unwrap();
+                std::hint::black_box(row.get::<_, i64>(0));
+            }
+        })
+        .await,
+    });
+    rows.push(Row {
+        name: "postgres: native point query, a new connection each".into(),
+        samples: timed(n / 4, |i| {
+            let url = pg.url.clone();
+            async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let task = tokio::spawn(connection);
+                let row = client
+                    .query_one("SELECT n FROM counter WHERE id = $1", &[&(id(i) as i32)])
+                    .await
+                    .unwrap();
+                std::hint::black_box(row.get::<_, i64>(0));
+                drop(client);
+                let _ = task.await;
+            }
+        })
+        .await,
+    });
+    let wasm = thaw_test_functions::read(thaw_test_functions::SPIN_APP);
+    let spec = FunctionSpec {
+        route: Some("/spin-app".into()),
+        allowed_outbound_hosts: vec!["postgres://127.0.0.1:*".into()],
+        config: [(
+            "db_url".to_owned(),
+            thaw_runtime::config::ConfigValue::Value(pg.url.clone()),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    platform
+        .deploy("spin-app", spec, wasm.into())
+        .await
+        .unwrap();
+    let (addr, stop) = thaw_benches::serve_on_loopback(platform.clone()).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("http://{addr}/spin-app{path}"));
+        async move {
+            let body = http.get(url).send().await.unwrap().text().await.unwrap();
+            assert!(!body.starts_with("error"), "{body}");
+        }
+    };
+    rows.push(Row {
+        name: "postgres: Spin app point query over HTTP (the function's pool)".into(),
+        samples: timed(n, |_| get("/pg-count")).await,
+    });
+    rows.push(Row {
+        name: "postgres: the same Spin app without a database over HTTP".into(),
+        samples: timed(n, |_| get("/var?name=db_url")).await,
+    });
+    let _ = stop.send(true);
+}
+
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
@@ -222,5 +320,9 @@ fn main() {
     });
     in_process(&platform, n, &mut rows);
     rt.block_on(over_http(&platform, n, &mut rows));
+    // Skipped (and said so) without Debian's Postgres.
+    if let Some(pg) = thaw_harness::Postgres::start() {
+        rt.block_on(postgres(&platform, &pg, n, &mut rows));
+    }
     summary(&rows);
 }

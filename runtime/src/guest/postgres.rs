@@ -378,7 +378,11 @@ async fn query(
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let client = client.lock().await;
-    let statement = client.prepare(&statement).await.map_err(query_error)?;
+    // Cached per pooled connection: a request's repeated query is one round trip, not two.
+    let statement = client
+        .prepare_cached(&statement)
+        .await
+        .map_err(query_error)?;
     let columns: Vec<Column> = statement
         .columns()
         .iter()
@@ -425,6 +429,10 @@ async fn execute(
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let client = client.lock().await;
+    let statement = client
+        .prepare_cached(&statement)
+        .await
+        .map_err(query_error)?;
     client.execute(&statement, &refs).await.map_err(query_error)
 }
 
