@@ -243,7 +243,9 @@ fn cell(value: &sql::Value) -> String {
 fn sql_answer(result: Result<String, sql::Error>) -> Answer {
     match result {
         Ok(text) => answer(StatusCode::OK, text),
-        Err(e @ sql::Error::DatabaseFull) => answer(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        Err(e @ sql::Error::DatabaseFull) => {
+            answer(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+        }
         Err(e @ sql::Error::NoSuchDatabase(_)) => answer(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

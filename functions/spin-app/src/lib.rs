@@ -55,7 +55,9 @@ async fn sql(action: &str, query: &str) -> Result<String, Failed> {
             Ok(format!("added {}", db.last_insert_rowid().await))
         }
         "list" => {
-            let mut rows = db.execute("SELECT name FROM people ORDER BY id", []).await?;
+            let mut rows = db
+                .execute("SELECT name FROM people ORDER BY id", [])
+                .await?;
             let mut names = String::new();
             while let Some(row) = rows.next().await {
                 names.push_str(row.get::<&str>(0).unwrap_or("?"));
@@ -99,11 +101,14 @@ async fn route(action: &str, query: &str) -> Result<String, Failed> {
         }
         "fetch" => {
             let url = param(query, "url").unwrap_or("");
-            let request = http::Request::get(url).body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            let request =
+                http::Request::get(url).body(http_body_util::Empty::<bytes::Bytes>::new())?;
             let response = spin_sdk::http::send(request).await?;
             Ok(format!("status {}", response.status().as_u16()))
         }
-        "pg-setup" | "pg-incr" | "pg-count" | "pg-sleep" | "pg-types" => postgres(action, query).await,
+        "pg-setup" | "pg-incr" | "pg-count" | "pg-sleep" | "pg-types" => {
+            postgres(action, query).await
+        }
         _ => Ok("no such path".into()),
     }
 }
@@ -114,10 +119,16 @@ async fn postgres(action: &str, query: &str) -> Result<String, Failed> {
     match action {
         "pg-setup" => {
             db.execute("DROP TABLE IF EXISTS counter", []).await?;
-            db.execute("CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL)", [])
-                .await?;
-            db.execute("INSERT INTO counter VALUES ($1, 0)", [ParameterValue::Int32(1)])
-                .await?;
+            db.execute(
+                "CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL)",
+                [],
+            )
+            .await?;
+            db.execute(
+                "INSERT INTO counter VALUES ($1, 0)",
+                [ParameterValue::Int32(1)],
+            )
+            .await?;
             Ok("ready".into())
         }
         "pg-incr" | "pg-count" => {
@@ -136,10 +147,13 @@ async fn postgres(action: &str, query: &str) -> Result<String, Failed> {
         }
         "pg-sleep" => {
             let ms: f64 = param(query, "ms").unwrap_or("50").parse()?;
-            db.query("SELECT pg_sleep($1)", [ParameterValue::Floating64(ms / 1000.0)])
-                .await?
-                .collect()
-                .await?;
+            db.query(
+                "SELECT pg_sleep($1)",
+                [ParameterValue::Floating64(ms / 1000.0)],
+            )
+            .await?
+            .collect()
+            .await?;
             Ok("slept".into())
         }
         _ => {
