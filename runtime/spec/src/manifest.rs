@@ -97,6 +97,34 @@ pub struct ManifestFunction {
 }
 
 impl ManifestFunction {
+    /// A Spin component's entry.
+    fn from_spin(component: crate::spin::SpinComponent) -> Self {
+        let crate::spin::SpinComponent {
+            name,
+            wasm,
+            build,
+            spec,
+        } = component;
+        Self {
+            name,
+            wasm: Some(wasm),
+            source: None,
+            build,
+            route: spec.route,
+            env: spec.env,
+            limits: spec.limits,
+            reuse: spec.reuse,
+            snapshot: spec.snapshot,
+            allowed_outbound_hosts: spec.allowed_outbound_hosts,
+            dirs: spec.dirs,
+            sqlite_databases: spec.sqlite_databases,
+            config: spec.config,
+            schedule: spec.schedule,
+            async_policy: spec.async_policy,
+            trigger: spec.trigger,
+        }
+    }
+
     /// The deploy spec.
     pub fn spec(&self) -> FunctionSpec {
         FunctionSpec {
@@ -134,12 +162,12 @@ impl Manifest {
     pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
         let (file, notes) = if crate::spin::is_spin_manifest(text) {
             let app = crate::spin::translate(text, base)?;
-            (
-                ManifestFile {
-                    functions: app.functions,
-                },
-                app.notes,
-            )
+            let functions = app
+                .functions
+                .into_iter()
+                .map(ManifestFunction::from_spin)
+                .collect();
+            (ManifestFile { functions }, app.notes)
         } else {
             (toml::from_str(text)?, Vec::new())
         };

@@ -27,8 +27,8 @@ use anyhow::{Context as _, bail};
 use toml::{Table, Value};
 
 use crate::config::{ConfigValue, SecretRef};
-use crate::manifest::ManifestFunction;
 use crate::spec::DirGrant;
+use crate::spec::FunctionSpec;
 
 /// Whether manifest text is a Spin manifest.
 pub fn is_spin_manifest(text: &str) -> bool {
@@ -40,9 +40,22 @@ pub fn is_spin_manifest(text: &str) -> bool {
 #[derive(Clone, Debug)]
 pub struct SpinApp {
     /// One function per HTTP component, in trigger order.
-    pub functions: Vec<ManifestFunction>,
+    pub functions: Vec<SpinComponent>,
     /// What thaw did not take over as it is, one line each.
     pub notes: Vec<String>,
+}
+
+/// One HTTP component as a thaw function (`crate::manifest` makes it a manifest entry).
+#[derive(Clone, Debug)]
+pub struct SpinComponent {
+    /// The component's id: the function's name.
+    pub name: String,
+    /// Its wasm, relative to the manifest.
+    pub wasm: PathBuf,
+    /// Its build command, run in the manifest's directory.
+    pub build: Option<String>,
+    /// Its deploy spec.
+    pub spec: FunctionSpec,
 }
 
 /// An application variable.
@@ -133,7 +146,7 @@ pub fn translate(text: &str, base: &Path) -> anyhow::Result<SpinApp> {
             ),
             _ => bail!("the `[[trigger.http]]` of {id:?} has no usable `route`"),
         };
-        if functions.iter().any(|f: &ManifestFunction| f.name == id) {
+        if functions.iter().any(|f: &SpinComponent| f.name == id) {
             bail!("component {id:?} has two HTTP routes: thaw serves a function on one route");
         }
         let component = components
@@ -241,7 +254,7 @@ fn function(
     variables: &BTreeMap<String, Variable>,
     base: &Path,
     notes: &mut Vec<String>,
-) -> anyhow::Result<ManifestFunction> {
+) -> anyhow::Result<SpinComponent> {
     const TAKEN: &[&str] = &[
         "source",
         "description",
@@ -326,23 +339,19 @@ fn function(
     }
     let dirs = files(component, id, base)?;
     let config = component_variables(component, id, variables, notes)?;
-    Ok(ManifestFunction {
+    Ok(SpinComponent {
         name: id.to_owned(),
-        wasm: Some(wasm),
-        source: None,
+        wasm,
         build,
-        route: Some(route),
-        env,
-        limits: Default::default(),
-        reuse: None,
-        snapshot: None,
-        allowed_outbound_hosts: allowed,
-        dirs,
-        sqlite_databases,
-        config,
-        schedule: Vec::new(),
-        async_policy: None,
-        trigger: None,
+        spec: FunctionSpec {
+            route: Some(route),
+            env,
+            allowed_outbound_hosts: allowed,
+            dirs,
+            sqlite_databases,
+            config,
+            ..Default::default()
+        },
     })
 }
 

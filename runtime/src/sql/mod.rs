@@ -49,9 +49,6 @@ use rusqlite::limits::Limit;
 /// The database every function may open without listing it.
 pub const DEFAULT_DATABASE: &str = "default";
 
-/// Longest database name.
-pub const MAX_NAME_BYTES: usize = 64;
-
 /// Longest statement text the host accepts.
 pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
@@ -289,7 +286,7 @@ impl SqlHost {
         name: &str,
         allowed: &[String],
     ) -> Result<Arc<Database>, SqlError> {
-        if check_name(name).is_err()
+        if crate::spec::validate_database_name(name).is_err()
             || (name != DEFAULT_DATABASE && !allowed.iter().any(|a| a == name))
         {
             return Err(SqlError::NoSuchDatabase(name.to_owned()));
@@ -320,22 +317,6 @@ impl SqlHost {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
-    }
-}
-
-/// A database name: 1 to [`MAX_NAME_BYTES`] of `a-z A-Z 0-9 _ -`.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "a database name is 1 to {MAX_NAME_BYTES} characters of a-z A-Z 0-9 _ -: {name:?}"
-        ))
     }
 }
 

@@ -14,30 +14,31 @@ fn the_test_apps_manifest_becomes_one_function_with_every_setting() {
         panic!("{:?}", app.functions)
     };
     assert_eq!(f.name, "spin-app");
-    assert_eq!(f.route.as_deref(), Some("/spin-app"));
+    assert_eq!(f.spec.route.as_deref(), Some("/spin-app"));
     assert_eq!(
-        f.wasm.as_deref(),
-        Some(Path::new(
-            "../../target/guests/wasm32-wasip2/release/spin_app.wasm"
-        ))
+        f.wasm,
+        Path::new("../../target/guests/wasm32-wasip2/release/spin_app.wasm")
     );
     assert_eq!(
-        f.allowed_outbound_hosts,
+        f.spec.allowed_outbound_hosts,
         ["http://127.0.0.1:*", "postgres://127.0.0.1:*"]
     );
-    assert_eq!(f.env.get("MODE").map(String::as_str), Some("test"));
-    assert!(f.sqlite_databases.is_empty(), "default is always there");
+    assert_eq!(f.spec.env.get("MODE").map(String::as_str), Some("test"));
+    assert!(
+        f.spec.sqlite_databases.is_empty(),
+        "default is always there"
+    );
     assert_eq!(
-        f.config.get("greeting"),
+        f.spec.config.get("greeting"),
         Some(&ConfigValue::Value("hello from spin.toml".into()))
     );
     assert_eq!(
-        f.config.get("token"),
+        f.spec.config.get("token"),
         Some(&ConfigValue::Secret {
             secret: "env:API_TOKEN".parse().unwrap()
         })
     );
-    f.spec().validate(&f.name, u64::MAX).unwrap();
+    f.spec.validate(&f.name, u64::MAX).unwrap();
 }
 
 const APP: &str = r#"
@@ -76,20 +77,20 @@ fn routes_join_the_base_and_unsupported_keys_are_listed() {
     let routes: Vec<_> = app
         .functions
         .iter()
-        .map(|f| (f.name.as_str(), f.route.as_deref().unwrap()))
+        .map(|f| (f.name.as_str(), f.spec.route.as_deref().unwrap()))
         .collect();
     assert_eq!(routes, [("front", "/shop"), ("orders", "/shop/api/orders")]);
     let front = &app.functions[0];
     assert_eq!(
-        front.allowed_outbound_hosts,
+        front.spec.allowed_outbound_hosts,
         ["http://example.com", "https://example.com"]
     );
     assert_eq!(
-        front.config.get("url"),
+        front.spec.config.get("url"),
         Some(&ConfigValue::Value("postgres://db.local:5432/shop".into()))
     );
     let orders = &app.functions[1];
-    assert_eq!(orders.sqlite_databases, ["orders"]);
+    assert_eq!(orders.spec.sqlite_databases, ["orders"]);
     assert_eq!(orders.build.as_deref(), Some("cd 'orders' && cargo build"));
     for note in [
         "route \"/api/orders\" is exact on Spin",
@@ -179,7 +180,7 @@ fn files_are_granted_only_from_the_manifests_own_directory() {
     };
     let app_dir = translate(&manifest("static"), &app).unwrap();
     assert_eq!(
-        app_dir.functions[0].dirs[0].host,
+        app_dir.functions[0].spec.dirs[0].host,
         app.join("static").canonicalize().unwrap()
     );
     for outside in ["..", "/", "static/../.."] {
