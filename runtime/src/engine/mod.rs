@@ -77,11 +77,17 @@ const TABLES_PER_SLOT: u32 = 8;
 /// 40-60 MiB. Without PAGEMAP_SCAN every reset would `memset` the whole kept size, which for
 /// 8 MiB costs a small guest far more than the faults it saves: hence 64 KiB there.
 pub fn default_keep_resident_bytes() -> u64 {
-    if PoolingAllocationConfig::is_pagemap_scan_available() {
+    if pagemap_scan_available() {
         8 << 20
     } else {
         64 << 10
     }
+}
+
+/// Whether this kernel has the PAGEMAP_SCAN ioctl (Linux 6.7+), which the pool uses to reset
+/// only the pages an instance dirtied.
+pub fn pagemap_scan_available() -> bool {
+    PoolingAllocationConfig::is_pagemap_scan_available()
 }
 
 /// Engine options, read from flags, environment and the config file by the CLI.
