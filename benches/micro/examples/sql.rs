@@ -3,7 +3,7 @@
 //!   statement, no confinement);
 //! - thaw's store alone, in-process: a point query and an insert through a connection as a
 //!   guest gets it (authorizer, quota, progress handler; an insert commits with an fsync);
-//! - a guest's call over loopback HTTP: functions/sdk-tour behind a real listener, one kept-
+//! - a guest's call over loopback HTTP: functions/todo behind a real listener, one kept-
 //!   alive connection: `GET /tour/sql?q=SELECT title FROM item WHERE id = N` (open, query,
 //!   answer), an insert, and `GET /tour/config?key=missing` (the same request without SQL:
 //!   the HTTP and guest cost the SQL rows include).
@@ -311,7 +311,7 @@ fn main() {
     let platform = bench.platform.clone();
     let mut rows = Vec::new();
     rt.block_on(async {
-        let wasm = thaw_test_functions::read(thaw_test_functions::SDK_TOUR);
+        let wasm = thaw_test_functions::read(thaw_test_functions::TODO);
         let spec = FunctionSpec {
             route: Some("/tour".into()),
             ..Default::default()

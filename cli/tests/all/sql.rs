@@ -1,5 +1,5 @@
 //! SQL for functions against a real `thaw serve`: the Rust SDK's `sql` module
-//! (functions/sdk-tour) over `spin:sqlite`, on the function's own SQLite database. A schema
+//! (functions/todo) over `spin:sqlite`, on the function's own SQLite database. A schema
 //! migrated on first use, parameters that carry hostile text as data, typed rows, a quota that
 //! refuses writes and keeps reads, SQL that cannot leave its file, databases no other
 //! function reaches, writes that survive kill -9, and `thaw remove` taking them away.
@@ -68,10 +68,10 @@ async fn a_function_keeps_its_data_in_its_own_sqlite_database() {
         ..Default::default()
     };
     server
-        .deploy("a", wasm::SDK_TOUR, spec("/a", &["reports"], limits))
+        .deploy("a", wasm::TODO, spec("/a", &["reports"], limits))
         .await;
     server
-        .deploy("b", wasm::SDK_TOUR, spec("/b", &[], LimitsSpec::default()))
+        .deploy("b", wasm::TODO, spec("/b", &[], LimitsSpec::default()))
         .await;
 
     todos_are_added_and_listed_with_parameters(&server).await;
@@ -345,7 +345,7 @@ async fn removing_the_function_removes_its_databases(server: &TestServer) {
     server.admin().remove("a").await.unwrap();
     assert!(!dir.exists(), "a's databases outlived it");
     server
-        .deploy("a", wasm::SDK_TOUR, spec("/a", &[], LimitsSpec::default()))
+        .deploy("a", wasm::TODO, spec("/a", &[], LimitsSpec::default()))
         .await;
     let (status, body) = call(server, "a", &sql(None, "SELECT count(*) FROM todo")).await;
     assert_eq!(

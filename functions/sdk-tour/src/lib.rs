@@ -10,15 +10,13 @@
 //! - `/set?key=K` (the body is the value): 204, or 507 `quota <field>: ...`;
 //! - `/log?msg=M`: logs M at info with fields `order=42` and `who="a b"`;
 //! - `/stream?n=N`: answers N lines, produced one at a time;
-//! - `/echo`: answers the request's body as it arrives;
-//! - `/todo` (POST, the body is the title): adds a to-do to the `default` database (migrated
-//!   on first use) and answers its id; `/todos?done=0|1`: lists them, `id|title|done` lines;
-//! - `/sql?db=D&q=Q`: runs Q on database D (`default` unless given) and answers its rows as
-//!   `|`-separated lines, then `changes=N rowid=R`; SQL errors are 500, a full database 507,
-//!   a database the function may not open 404, each with the SDK's message.
+//! - `/echo`: answers the request's body as it arrives.
+//!
+//! It imports only what `wasmtime serve` offers, so the compatibility test runs it there too;
+//! SQL is in functions/todo.
 
 use thaw_sdk::http::{self, StatusCode};
-use thaw_sdk::{Body, IntoResponse as _, handler, kv, log, sql};
+use thaw_sdk::{Body, IntoResponse as _, handler, kv, log};
 
 type Answer = http::Response<Body>;
 
@@ -167,87 +165,7 @@ async fn handle(req: http::Request<Body>) -> Answer {
             http::Response::new(Body::from_stream(lines))
         }
         "/echo" => http::Response::new(req.into_body()),
-        "/todo" => {
-            let mut body = req.into_body();
-            let title = match body.contents().await {
-                Ok(v) => String::from_utf8_lossy(v).into_owned(),
-                Err(e) => return answer(StatusCode::BAD_REQUEST, format!("{e:#}")),
-            };
-            sql_answer(todos().and_then(|db| {
-                db.execute("INSERT INTO todo (title) VALUES (?)", &[title.into()])?;
-                Ok(db.last_insert_rowid().to_string())
-            }))
-        }
-        "/todos" => {
-            let done = param(&req, "done").is_some_and(|d| d == "1");
-            sql_answer(todos().and_then(|db| {
-                let result = db.execute(
-                    "SELECT id, title, done FROM todo WHERE done = ? ORDER BY id",
-                    &[done.into()],
-                )?;
-                let mut lines = String::new();
-                for row in result.rows() {
-                    let (id, title, done): (i64, String, bool) =
-                        (row.get("id")?, row.get("title")?, row.get("done")?);
-                    lines.push_str(&format!("{id}|{title}|{done}\n"));
-                }
-                Ok(lines)
-            }))
-        }
-        "/sql" => {
-            let name = param(&req, "db").unwrap_or_else(|| "default".into());
-            let statement = param(&req, "q").unwrap_or_default();
-            sql_answer(sql::Connection::open(&name).and_then(|db| {
-                let result = db.execute(&statement, &[])?;
-                let mut lines = String::new();
-                for row in result.rows() {
-                    let cells: Vec<String> = row.values().iter().map(cell).collect();
-                    lines.push_str(&cells.join("|"));
-                    lines.push('\n');
-                }
-                lines.push_str(&format!(
-                    "changes={} rowid={}",
-                    db.changes(),
-                    db.last_insert_rowid()
-                ));
-                Ok(lines)
-            }))
-        }
         _ => answer(StatusCode::NOT_FOUND, "no such path"),
-    }
-}
-
-/// The to-do database, its schema brought up to date.
-fn todos() -> Result<sql::Connection, sql::Error> {
-    let db = sql::Connection::open_default()?;
-    sql::migrate(
-        &db,
-        &[
-            "CREATE TABLE todo (id INTEGER PRIMARY KEY, title TEXT NOT NULL)",
-            "ALTER TABLE todo ADD COLUMN done INTEGER NOT NULL DEFAULT 0",
-        ],
-    )?;
-    Ok(db)
-}
-
-fn cell(value: &sql::Value) -> String {
-    match value {
-        sql::Value::Integer(i) => i.to_string(),
-        sql::Value::Real(r) => r.to_string(),
-        sql::Value::Text(t) => t.clone(),
-        sql::Value::Blob(b) => format!("blob:{}", b.len()),
-        sql::Value::Null => "NULL".into(),
-    }
-}
-
-fn sql_answer(result: Result<String, sql::Error>) -> Answer {
-    match result {
-        Ok(text) => answer(StatusCode::OK, text),
-        Err(e @ sql::Error::DatabaseFull) => {
-            answer(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
-        }
-        Err(e @ sql::Error::NoSuchDatabase(_)) => answer(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
