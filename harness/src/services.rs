@@ -260,6 +260,11 @@ impl Redis {
         Some(redis)
     }
 
+    /// Kills it (`SIGKILL`); [`Redis::restart`] brings it back on the same port.
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
     /// Kills it (`SIGKILL`) if it runs, then starts it again on the same port and directory,
     /// and waits until it listens.
     pub fn restart(&mut self) {
@@ -297,6 +302,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     user: Option<(u32, u32)>,
+    /// Whether it serves TLS (see [`Postgres::start_with_tls`]).
+    tls: bool,
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub url: String,
 }
@@ -304,6 +311,18 @@ pub struct Postgres {
 impl Postgres {
     /// Initialises a cluster and starts it; `None` if Postgres is not installed.
     pub fn start() -> Option<Self> {
+        Self::with(false)
+    }
+
+    /// [`Postgres::start`] serving TLS too (`ssl=on`), with a server certificate for
+    /// `127.0.0.1` signed by a CA of its own; the CA's PEM file is the second value.
+    pub fn start_with_tls() -> Option<(Self, PathBuf)> {
+        let pg = Self::with(true)?;
+        let ca = pg.dir.path().join("ca.pem");
+        Some((pg, ca))
+    }
+
+    fn with(tls: bool) -> Option<Self> {
         let binaries = postgres_binaries()?;
         let dir = tempfile::tempdir().expect("tempdir");
         // SAFETY: geteuid has no preconditions.
@@ -335,6 +354,7 @@ impl Postgres {
             dir,
             port,
             user,
+            tls,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         };
         let mut initdb = pg.command(0);
@@ -349,8 +369,46 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            pg.write_certificates();
+        }
         pg.restart();
         Some(pg)
+    }
+
+    /// `ca.pem` beside the data, and `server.crt`/`server.key` (for `127.0.0.1`, signed by
+    /// that CA) in it, owned by the server's user and private, as Postgres requires.
+    fn write_certificates(&self) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "thaw test CA");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+        let mut server = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let server_key = KeyPair::generate().expect("server key");
+        let server_cert = server
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+        std::fs::write(self.dir.path().join("ca.pem"), ca_cert.pem()).expect("ca.pem");
+        let data = self.dir.path().join("data");
+        for (name, pem) in [
+            ("server.crt", server_cert.pem()),
+            ("server.key", server_key.serialize_pem()),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).expect("certificate file");
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+            }
+        }
     }
 
     fn command(&self, which: usize) -> Command {
@@ -384,6 +442,9 @@ impl Postgres {
             .arg(self.dir.path())
             // A test's database, not a durable one.
             .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            // The certificate files `write_certificates` put in the data directory, where
+            // Postgres looks for them by default.
+            .args(if self.tls { &["-c", "ssl=on"][..] } else { &[] })
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

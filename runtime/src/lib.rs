@@ -12,6 +12,7 @@
 //! - [`keyvalue`]: functions' state, embedded (redb) or on Redis, scoped and under quota;
 //! - [`sql`]: functions' SQL databases, embedded SQLite per function, confined and under quota;
 //! - [`postgres`]: functions' Postgres, through pools the host holds per function and address;
+//! - [`outbound_redis`]: functions' Redis, one shared connection per function and address;
 //! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
 //!   pre-initialisation snapshots;
 //! - [`guest`]: a guest's store and host state, built from a plain config; linkers; the
@@ -58,6 +59,7 @@ pub mod http;
 pub mod invoke;
 pub mod keyvalue;
 pub mod metrics;
+pub mod outbound_redis;
 pub mod postgres;
 pub mod source;
 pub mod sql;

@@ -17,8 +17,14 @@
 //! given back, the connection is rolled back before the next guest gets it. Each session has
 //! `statement_timeout` set to the function's `sql_statement_ms`, enforced by the server.
 //!
-//! # What is not there yet
-//! TLS: an address that asks for it (`sslmode=require`) is refused with that reason.
+//! # TLS
+//! An address that asks for it (`sslmode=require`) gets TLS (rustls), and the server's
+//! certificate is verified against the host's trust store (`rustls-native-certs`: the system's
+//! roots, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set) for the host name in the address, as
+//! Spin's own Postgres client verifies it. Without `sslmode` (tokio-postgres's `prefer`) or
+//! with `sslmode=disable` the connection is plain: libpq's `prefer` would take TLS without
+//! verifying it, which protects against nothing an attacker on the path cannot undo, so thaw
+//! does not pretend to. The trust store is read once, on the first TLS address.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -89,9 +95,19 @@ impl PgHost {
                     quota.acquire_timeout.as_millis(),
                     quota.max_connections
                 ),
-                // The server's own words (refused, authentication, no such database); they
-                // name no host path.
-                other => other.to_string(),
+                // The server's or the TLS layer's own words, with their causes (refused,
+                // authentication, no such database, an untrusted certificate); they name no
+                // host path.
+                other => {
+                    let mut text = other.to_string();
+                    let mut cause = std::error::Error::source(&other);
+                    while let Some(e) = cause {
+                        text.push_str(": ");
+                        text.push_str(&e.to_string());
+                        cause = e.source();
+                    }
+                    text
+                }
             })
         })
     }
@@ -151,11 +167,13 @@ fn make_pool(address: &str, allowed: &AllowList, quota: PgQuota) -> Result<Pool,
     if config.get_hosts().is_empty() {
         return Err(PgError::Address("the address names no host".into()));
     }
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(PgError::Address(
-            "TLS to Postgres (sslmode=require) is not supported by this host yet".into(),
-        ));
-    }
+    let tls = match config.get_ssl_mode() {
+        SslMode::Require => Some(tls_connector()?),
+        _ => {
+            config.ssl_mode(SslMode::Disable);
+            None
+        }
+    };
     config
         .application_name("thaw")
         .connect_timeout(quota.acquire_timeout)
@@ -163,15 +181,15 @@ fn make_pool(address: &str, allowed: &AllowList, quota: PgQuota) -> Result<Pool,
             "-c statement_timeout={}",
             quota.statement_timeout.as_millis()
         ));
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            // A connection comes back from a guest as it left it: an open transaction is
-            // rolled back before the next guest gets it.
-            recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
-        },
-    );
+    let manager_config = ManagerConfig {
+        // A connection comes back from a guest as it left it: an open transaction is rolled
+        // back before the next guest gets it.
+        recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+    };
+    let manager = match tls {
+        Some(tls) => Manager::from_config(config, tls, manager_config),
+        None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(quota.max_connections as usize)
         .wait_timeout(Some(quota.acquire_timeout))
@@ -180,4 +198,32 @@ fn make_pool(address: &str, allowed: &AllowList, quota: PgQuota) -> Result<Pool,
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| PgError::Address(e.to_string()))
+}
+
+/// The TLS connector of every `sslmode=require` pool: the host's trust store, read once.
+fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
+    static CONNECTOR: std::sync::OnceLock<
+        Result<tokio_postgres_rustls::MakeRustlsConnect, String>,
+    > = std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "TLS to Postgres needs the host's trust store, and none was found ({} errors; set SSL_CERT_FILE)",
+                    found.errors.len()
+                ));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+        })
+        .clone()
+        .map_err(PgError::Connection)
 }

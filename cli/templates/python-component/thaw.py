@@ -1,16 +1,19 @@
-"""Configuration, state, logs and outbound HTTP for a thaw function, over the standard
-interfaces the host offers (wasi:config, wasi:keyvalue, wasi:http, stderr).
+"""Configuration, state, SQL, logs and outbound HTTP for a thaw function, over the interfaces
+the host offers (wasi:config, wasi:keyvalue, spin:sqlite, wasi:http, stderr).
 
-    from thaw import config, http, kv, log, ThawError
+    from thaw import config, http, kv, log, sql, ThawError
 
     greeting = config.get("greeting") or "Hello"
     calls = kv.open("default").increment("calls")
+    db = sql.open()  # the function's own SQLite database
+    db.execute("INSERT INTO seen (name) VALUES (?)", [name])
+    rows = db.query("SELECT name FROM seen WHERE id > ?", [10])  # [{"name": ...}]
     answer = http.fetch("https://api.example.com/v1").text()
     log.info("greeted", calls=calls)
     event = Event.from_request(request)  # a schedule's tick, an async invocation, a message
 
 Every failure is a ThawError with a `kind`: "config", "no-such-store", "access-denied",
-"quota" (with `field`, the limit to raise), "kv", "denied" (the host is not in
+"quota" (with `field`, the limit to raise), "kv", "no-such-database", "sql", "denied" (the host is not in
 allowed_outbound_hosts), "too-many-requests", "dns", "connection-refused", "timeout",
 "response-too-large" or "fetch".
 """
@@ -23,6 +26,7 @@ from componentize_py_types import Err, Ok
 from wit_world.imports import atomics, outgoing_handler
 from wit_world.imports import wasi_config_store as _config
 from wit_world.imports import wasi_keyvalue_store as _store
+from wit_world.imports import sqlite as _sqlite
 from wit_world.imports import streams as _streams
 from wit_world.imports import types as _http
 
@@ -144,6 +148,96 @@ class kv:
             return Store(_store.open("" if name == "default" else name), name)
         except Err as e:
             raise _kv_error(e.value, name)
+
+
+def _sql_error(error, database: str) -> ThawError:
+    if isinstance(error, _sqlite.Error_NoSuchDatabase):
+        return ThawError(
+            "no-such-database",
+            f'no SQL database "{database}" (list it in sqlite_databases in thaw.toml; '
+            '"default" is always there)',
+        )
+    if isinstance(error, _sqlite.Error_DatabaseFull):
+        return ThawError(
+            "quota",
+            f'the SQL database "{database}" is full (raise limits.sql_max_mib in thaw.toml)',
+            "sql_max_mib",
+        )
+    if isinstance(error, _sqlite.Error_AccessDenied):
+        return ThawError("access-denied", "access to SQL denied")
+    return ThawError("sql", f"SQL: {getattr(error, 'value', type(error).__name__)}")
+
+
+def _sql_value(v):
+    """A Python value as a SQL parameter: int, float, bool (0/1), str, bytes, None."""
+    if v is None:
+        return _sqlite.Value_Null()
+    if isinstance(v, bool):
+        return _sqlite.Value_Integer(int(v))
+    if isinstance(v, int):
+        return _sqlite.Value_Integer(v)
+    if isinstance(v, float):
+        return _sqlite.Value_Real(v)
+    if isinstance(v, str):
+        return _sqlite.Value_Text(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return _sqlite.Value_Blob(bytes(v))
+    raise ThawError(
+        "sql",
+        f"a SQL parameter is an int, float, bool, str, bytes or None, not {type(v).__name__}",
+    )
+
+
+def _py_value(v):
+    return None if isinstance(v, _sqlite.Value_Null) else v.value
+
+
+class Database:
+    """One open SQL database of the function: see `sql.open`."""
+
+    def __init__(self, connection, name: str):
+        self._connection = connection
+        self._name = name
+
+    def execute(self, statement: str, params=()) -> dict:
+        """Runs one statement with `?` parameters (never build SQL from input):
+        {"columns": [...], "rows": [{column: value, ...}, ...]}."""
+        try:
+            result = self._connection.execute(statement, [_sql_value(p) for p in params])
+        except Err as e:
+            raise _sql_error(e.value, self._name)
+        columns = result.columns
+        rows = [
+            {column: _py_value(value) for column, value in zip(columns, row.values)}
+            for row in result.rows
+        ]
+        return {"columns": columns, "rows": rows}
+
+    def query(self, statement: str, params=()) -> list:
+        """The rows of a statement, each a dict by column name."""
+        return self.execute(statement, params)["rows"]
+
+    @property
+    def last_insert_rowid(self) -> int:
+        """The rowid of the last row inserted through this connection."""
+        return self._connection.last_insert_rowid()
+
+    @property
+    def changes(self) -> int:
+        """Rows changed by the last statement."""
+        return self._connection.changes()
+
+
+class sql:
+    """The function's SQLite databases."""
+
+    @staticmethod
+    def open(name: str = "default") -> Database:
+        """Opens the database `name`: "default" is always there."""
+        try:
+            return Database(_sqlite.Connection.open(name), name)
+        except Err as e:
+            raise _sql_error(e.value, name)
 
 
 def _write(level: str, msg, fields: dict) -> None:

@@ -145,6 +145,7 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
     }
     let mut server = TestServer::start_with(&["--engines", engines.path().to_str().unwrap()]);
     modules_settings_and_state_answer(&server).await;
+    sql_answers_from_both_languages(&server).await;
     an_exception_costs_its_request_only(&server).await;
     bad_source_is_refused_and_changes_nothing(&server).await;
     a_hundred_per_language_answer_after_a_kill(&mut server).await;
@@ -248,6 +249,91 @@ async fn modules_settings_and_state_answer(server: &TestServer) {
             serde_json::json!([function]),
             "{engine}"
         );
+    }
+}
+
+const JS_SQL: &str = r#"import { sql, ThawError } from "thaw";
+
+export default {
+  async fetch(request) {
+    const url = new URL(request.url);
+    const db = sql.open();
+    db.execute("CREATE TABLE IF NOT EXISTS seen (id INTEGER PRIMARY KEY, name TEXT, big INTEGER, score REAL, raw BLOB)");
+    if (url.searchParams.has("other")) {
+      try {
+        sql.open("other");
+      } catch (e) {
+        return new Response(`${e instanceof ThawError} ${e.kind}: ${e.message}\n`);
+      }
+    }
+    db.execute("INSERT INTO seen (name, big, score, raw) VALUES (?, ?, ?, ?)", [
+      url.searchParams.get("name"), 9007199254740993n, 1.5, new Uint8Array([1, 2]),
+    ]);
+    const id = db.lastInsertRowid;
+    const rows = db.query("SELECT id, name, big, score, raw, NULL AS none FROM seen WHERE id <= ? ORDER BY id", [id]);
+    const shown = rows.map((r) => `${r.id}:${r.name}:${typeof r.big}:${r.score}:${r.raw.length}:${r.none}`);
+    return new Response(`${db.changes} ${shown.join(",")}\n`);
+  },
+};
+"#;
+
+const PY_SQL: &str = r#"from thaw import ThawError, sql
+from thaw_http import Response
+
+
+def handle(request):
+    db = sql.open()
+    db.execute("CREATE TABLE IF NOT EXISTS seen (id INTEGER PRIMARY KEY, name TEXT, big INTEGER, score REAL, raw BLOB)")
+    if "other" in request.query:
+        try:
+            sql.open("other")
+        except ThawError as e:
+            return Response(body=f"True {e.kind}: {e}\n".encode())
+    db.execute(
+        "INSERT INTO seen (name, big, score, raw) VALUES (?, ?, ?, ?)",
+        [request.query.get("name"), 9007199254740993, 1.5, b""],
+    )
+    rows = db.query(
+        "SELECT id, name, big, score, raw, NULL AS none FROM seen WHERE id <= ? ORDER BY id",
+        [db.last_insert_rowid],
+    )
+    shown = [f"{r['id']}:{r['name']}:{type(r['big']).__name__}:{r['score']}:{len(r['raw'])}:{r['none']}" for r in rows]
+    return Response(body=f"{db.changes} {','.join(shown)}\n".encode())
+"#;
+
+/// `sql` of the "thaw" module in both languages: a table made, rows written with parameters of
+/// each type and read back by column name (a 64-bit integer past 2^53 as a BigInt in
+/// JavaScript), and a database the function was not given refused with a ThawError naming the
+/// setting. The functions are removed after, leaving the engines as they were.
+async fn sql_answers_from_both_languages(server: &TestServer) {
+    let js = project(&[("index.js", JS_SQL)]);
+    let py = project(&[("app.py", PY_SQL)]);
+    for (name, dir, big, none) in [
+        ("sql-js", &js, "bigint", "null"),
+        ("sql-py", &py, "int", "None"),
+    ] {
+        let (ok, text) = deploy(server, dir.path(), &["--name", name]);
+        assert!(ok, "{name}: {text}");
+        for (calls, want) in [
+            ("ada", format!("0 1:ada:{big}:1.5:2:{none}\n")),
+            (
+                "grace",
+                format!("0 1:ada:{big}:1.5:2:{none},2:grace:{big}:1.5:2:{none}\n"),
+            ),
+        ] {
+            let response = server.get(&format!("/{name}?name={calls}")).await;
+            assert_eq!(response.status(), 200, "{name}");
+            assert_eq!(response.text().await.unwrap(), want, "{name}");
+        }
+        let response = server.get(&format!("/{name}?other=1")).await;
+        let text = response.text().await.unwrap();
+        assert!(
+            text.starts_with("true no-such-database: no SQL database \"other\"")
+                || text.starts_with("True no-such-database: no SQL database \"other\""),
+            "{name}: {text}"
+        );
+        assert!(text.contains("sqlite_databases"), "{name}: {text}");
+        server.admin().remove(name).await.unwrap();
     }
 }
 

@@ -28,6 +28,7 @@ async fn a_spin_sdk_app_deploys_from_its_spin_toml_and_runs_unchanged() {
         &[
             ("THAW_SECRET_API_TOKEN", "s3cret"),
             ("THAW_SECRET_DB_URL", "postgres://postgres@127.0.0.1:1/none"),
+            ("THAW_SECRET_REDIS_URL", "redis://127.0.0.1:1"),
         ],
     );
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/spin-app/spin.toml");
@@ -124,14 +125,14 @@ async fn a_spin_app_importing_an_interface_thaw_does_not_offer_is_refused_naming
     let refused = server
         .admin()
         .deploy(
-            "redis-app",
+            "mqtt-app",
             &Default::default(),
-            thaw_test_functions::read(thaw_test_functions::SPIN_REDIS).into(),
+            thaw_test_functions::read(thaw_test_functions::SPIN_MQTT).into(),
         )
         .await
         .unwrap_err();
     let message = format!("{refused:#}");
-    assert!(message.contains("spin:redis/redis@3.0.0"), "{message}");
+    assert!(message.contains("spin:mqtt/mqtt@3.0.0"), "{message}");
     assert!(server.admin().list().await.unwrap().is_empty());
 }
 
@@ -164,6 +165,7 @@ async fn a_spin_app_uses_postgres_through_the_hosts_pool() {
         &[
             ("THAW_SECRET_API_TOKEN", "s3cret"),
             ("THAW_SECRET_DB_URL", &pg.url),
+            ("THAW_SECRET_REDIS_URL", "redis://127.0.0.1:1"),
         ],
     );
     deploy_spin_app(&server);
@@ -293,4 +295,165 @@ async fn connections_stay_within_the_pool(server: &TestServer, pg: &thaw_harness
         );
     }
     assert!(slept >= 32, "only {slept} of 128 were served");
+}
+
+/// The Spin app on a real Redis (Debian's, on loopback), its address a secret: each command
+/// of spin-sdk's `redis` answers as Redis does; 32 clients incrementing one key lose nothing,
+/// over the one connection the function's requests share (Redis's `CLIENT LIST`); a command
+/// that would change that connection for the others is refused, as is an address outside
+/// `allowed_outbound_hosts`; with Redis down a request gets an error within the outbound
+/// timeout and the host stays healthy; Redis back, the function works again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spin_app_uses_redis_where_its_manifest_allows() {
+    let Some(mut redis) = thaw_harness::Redis::start() else {
+        return;
+    };
+    let server = TestServer::start_with_env(
+        &[],
+        &[
+            ("THAW_SECRET_API_TOKEN", "s3cret"),
+            ("THAW_SECRET_DB_URL", "postgres://postgres@127.0.0.1:1/none"),
+            ("THAW_SECRET_REDIS_URL", &redis.url),
+        ],
+    );
+    deploy_spin_app(&server);
+    assert_eq!(
+        call(&server, "/redis-tour").await,
+        (
+            200,
+            "get Some(\"v\")\nsadd 3\nsrem 1\nmembers a,c\ndel 1\ngone None\n\
+             execute int 1, bytes f, bytes 42\npublished\n"
+                .into()
+        )
+    );
+
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let url = format!("{}/spin-app/redis-incr", server.url);
+            tokio::spawn(async move {
+                let http = client();
+                let mut failed = Vec::new();
+                for _ in 0..5 {
+                    let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+                    if !body.starts_with("hits ") {
+                        failed.push(body);
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for c in clients {
+        failed.extend(c.await.unwrap());
+    }
+    assert_eq!(failed, Vec::<String>::new());
+    assert_eq!(call(&server, "/redis-incr").await, (200, "hits 161".into()));
+    let observer = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut observer = observer.get_multiplexed_async_connection().await.unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut observer)
+        .await
+        .unwrap();
+    assert_eq!(
+        clients.lines().count(),
+        2,
+        "the function's one shared connection and this observer: {clients}"
+    );
+
+    let (_, wrong) = call(&server, "/redis-wrongtype").await;
+    assert!(
+        wrong.starts_with("error: ") && wrong.contains("TypeError"),
+        "{wrong}"
+    );
+    let (_, multi) = call(&server, "/redis-multi").await;
+    assert!(multi.contains("MULTI is refused on thaw"), "{multi}");
+    let (_, denied) = call(&server, "/redis-denied").await;
+    assert!(
+        denied
+            .contains("redis://10.255.255.1:6379 is not in the function's allowed_outbound_hosts"),
+        "{denied}"
+    );
+
+    redis.stop();
+    let started = Instant::now();
+    let (status, body) = call(&server, "/redis-incr").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("error: "), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the error took {:?}, past the outbound timeout",
+        started.elapsed()
+    );
+    assert_eq!(
+        call(&server, "/count").await,
+        (200, "count 0".into()),
+        "the host is healthy"
+    );
+    redis.restart();
+    thaw_harness::eventually(
+        "the function reaches Redis again",
+        Duration::from_secs(30),
+        || {
+            let server = &server;
+            async move { call(server, "/redis-incr").await.1 == "hits 1" }
+        },
+    )
+    .await;
+}
+
+/// `sslmode=require` in the address: the host speaks TLS to Postgres and verifies the
+/// server's certificate against its trust store (`SSL_CERT_FILE` here: the test CA), which
+/// Postgres's own `pg_stat_ssl` confirms; a host that does not trust the certificate's CA
+/// gets a typed connection error naming the certificate, and serves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spin_app_reaches_postgres_over_verified_tls() {
+    let Some((pg, ca)) = thaw_harness::Postgres::start_with_tls() else {
+        return;
+    };
+    let address = format!("{}?sslmode=require", pg.url);
+    let trusting = TestServer::start_with_env(
+        &[],
+        &[
+            ("THAW_SECRET_API_TOKEN", "s3cret"),
+            ("THAW_SECRET_DB_URL", &address),
+            ("THAW_SECRET_REDIS_URL", "redis://127.0.0.1:1"),
+            ("SSL_CERT_FILE", ca.to_str().unwrap()),
+        ],
+    );
+    deploy_spin_app(&trusting);
+    assert_eq!(call(&trusting, "/pg-setup").await, (200, "ready".into()));
+    assert_eq!(call(&trusting, "/pg-incr").await, (200, "n 1".into()));
+    let (observer, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let encrypted: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'thaw' AND s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "thaw's connections to Postgres use TLS");
+
+    let untrusting = TestServer::start_with_env(
+        &[],
+        &[
+            ("THAW_SECRET_API_TOKEN", "s3cret"),
+            ("THAW_SECRET_DB_URL", &address),
+            ("THAW_SECRET_REDIS_URL", "redis://127.0.0.1:1"),
+        ],
+    );
+    deploy_spin_app(&untrusting);
+    let (status, body) = call(&untrusting, "/pg-count").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("ConnectionFailed") && body.to_lowercase().contains("certificate"),
+        "{body}"
+    );
+    assert_eq!(call(&untrusting, "/count").await, (200, "count 0".into()));
 }

@@ -14,7 +14,13 @@
 //! - `/pg-setup`: creates the Postgres table `counter` (at the variable `db_url`) with one row;
 //! - `/pg-incr`: increments it and answers `n <new value>`; `/pg-count`: `n <value>`;
 //! - `/pg-sleep?ms=N`: holds a Postgres connection for N ms (`pg_sleep`), answers `slept`;
-//! - `/pg-types`: one row of every mapped type, as the SDK decodes it.
+//! - `/pg-types`: one row of every mapped type, as the SDK decodes it;
+//! - `/redis-incr`: increments `hits` on the Redis at the variable `redis_url`, answers
+//!   `hits <n>`;
+//! - `/redis-tour`: set, get, sadd, srem, smembers, del, execute and publish, one line each;
+//! - `/redis-wrongtype`: `sadd` on a string key: `error: <the error>`;
+//! - `/redis-multi`: `execute("MULTI")`: `error: <the error>`;
+//! - `/redis-denied`: opens a Redis outside `allowed_outbound_hosts`: `error: <the error>`.
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
@@ -109,6 +115,9 @@ async fn route(action: &str, query: &str) -> Result<String, Failed> {
         "pg-setup" | "pg-incr" | "pg-count" | "pg-sleep" | "pg-types" => {
             postgres(action, query).await
         }
+        "redis-incr" | "redis-tour" | "redis-wrongtype" | "redis-multi" | "redis-denied" => {
+            redis(action).await
+        }
         _ => Ok("no such path".into()),
     }
 }
@@ -178,6 +187,81 @@ async fn postgres(action: &str, query: &str) -> Result<String, Failed> {
                 r.get::<Vec<u8>>("y"),
                 r.get::<String>("p"),
                 r.get::<Option<i32>>("z"),
+            ))
+        }
+    }
+}
+
+/// A Redis error as a boxed one (its Debug form names the case and its text).
+fn redis_failed(e: spin_sdk::redis::Error) -> Failed {
+    format!("{e:?}").into()
+}
+
+async fn redis(action: &str) -> Result<String, Failed> {
+    use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+    if action == "redis-denied" {
+        Connection::open("redis://10.255.255.1:6379")
+            .await
+            .map_err(redis_failed)?;
+        return Ok("opened".into());
+    }
+    let address = spin_sdk::variables::get("redis_url").await?;
+    let db = Connection::open(&address).await.map_err(redis_failed)?;
+    match action {
+        "redis-incr" => Ok(format!(
+            "hits {}",
+            db.incr("hits").await.map_err(redis_failed)?
+        )),
+        "redis-wrongtype" => {
+            db.set("plain", b"text").await.map_err(redis_failed)?;
+            db.sadd("plain", ["x"]).await.map_err(redis_failed)?;
+            Ok("added".into())
+        }
+        "redis-multi" => {
+            db.execute("multi", []).await.map_err(redis_failed)?;
+            Ok("multi".into())
+        }
+        _ => {
+            db.del(["k", "s", "h"]).await.map_err(redis_failed)?;
+            db.set("k", b"v").await.map_err(redis_failed)?;
+            let got = db.get("k").await.map_err(redis_failed)?;
+            let added = db.sadd("s", ["a", "b", "c"]).await.map_err(redis_failed)?;
+            let removed = db.srem("s", ["b"]).await.map_err(redis_failed)?;
+            let mut members = db.smembers("s").await.map_err(redis_failed)?;
+            members.sort();
+            let deleted = db.del(["k"]).await.map_err(redis_failed)?;
+            let gone = db.get("k").await.map_err(redis_failed)?;
+            let hset = db
+                .execute(
+                    "HSET",
+                    [
+                        RedisParameter::Binary(b"h".to_vec()),
+                        RedisParameter::Binary(b"f".to_vec()),
+                        RedisParameter::Int64(42),
+                    ],
+                )
+                .await
+                .map_err(redis_failed)?;
+            let hgetall = db
+                .execute("HGETALL", [RedisParameter::Binary(b"h".to_vec())])
+                .await
+                .map_err(redis_failed)?;
+            let shown: Vec<String> = hset
+                .iter()
+                .chain(&hgetall)
+                .map(|r| match r {
+                    RedisResult::Nil => "nil".to_owned(),
+                    RedisResult::Status(s) => format!("status {s}"),
+                    RedisResult::Int64(n) => format!("int {n}"),
+                    RedisResult::Binary(b) => format!("bytes {}", String::from_utf8_lossy(b)),
+                })
+                .collect();
+            db.publish("news", b"hello").await.map_err(redis_failed)?;
+            Ok(format!(
+                "get {:?}\nsadd {added}\nsrem {removed}\nmembers {}\ndel {deleted}\ngone {gone:?}\nexecute {}\npublished\n",
+                got.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                members.join(","),
+                shown.join(", "),
             ))
         }
     }

@@ -1,5 +1,5 @@
 //! A function's outbound allow-list: which hosts it may send HTTP requests to, and which
-//! Postgres servers its SQL may reach.
+//! Postgres and Redis servers it may reach.
 //!
 //! Outbound HTTP is denied by default. A spec lists patterns in the form Spin uses for
 //! `allowed_outbound_hosts`, `scheme://host[:port]`:
@@ -12,8 +12,9 @@
 //! | `*://cache.internal:*`       | that host, any scheme, any port                     |
 //! | `https://*:443`              | any host over https on 443                          |
 //! | `postgres://db.internal`     | a Postgres at that host, port 5432 (the host pools the connections) |
+//! | `redis://cache.internal`     | a Redis at that host, port 6379 (one shared connection per function) |
 //!
-//! A port left out means the scheme's default port (80 or 443), so `http://example.com`
+//! A port left out means the scheme's default port (80, 443, 5432 or 6379), so `http://example.com`
 //! does not open `example.com:6379`. Paths, users and queries are refused in a pattern: the
 //! allow-list is about where a connection goes, not what is asked there.
 //!
@@ -34,6 +35,8 @@ enum SchemeMatch {
     Https,
     /// `postgres://` (or `postgresql://`): where a function's SQL connections may go.
     Postgres,
+    /// `redis://`: where a function's `spin:redis` connections may go.
+    Redis,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,8 +80,9 @@ impl HostPattern {
             "http" => SchemeMatch::Http,
             "https" => SchemeMatch::Https,
             "postgres" | "postgresql" => SchemeMatch::Postgres,
+            "redis" => SchemeMatch::Redis,
             "*" => SchemeMatch::Any,
-            _ => return Err(err("the scheme must be http, https, postgres or *")),
+            _ => return Err(err("the scheme must be http, https, postgres, redis or *")),
         };
         // A trailing slash is harmless and common when pasting URLs; anything after it is not.
         let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -128,6 +132,7 @@ impl HostPattern {
             (SchemeMatch::Http | SchemeMatch::Any, "http") => (true, 80),
             (SchemeMatch::Https | SchemeMatch::Any, "https") => (true, 443),
             (SchemeMatch::Postgres | SchemeMatch::Any, "postgres" | "postgresql") => (true, 5432),
+            (SchemeMatch::Redis | SchemeMatch::Any, "redis") => (true, 6379),
             _ => (false, 0),
         };
         if !scheme_ok {

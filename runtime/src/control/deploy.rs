@@ -132,6 +132,7 @@ impl Platform {
         function.attach_keyvalue(self.keyvalue.as_ref());
         function.attach_sql(Some(&self.sql));
         function.attach_postgres(Some(&self.postgres));
+        function.attach_redis(Some(&self.redis));
         let deployed = self
             .commit_deploy(function, options, &prepared.code)
             .await?;
@@ -877,6 +878,7 @@ impl Platform {
             );
         }
         self.postgres.remove_function(name);
+        self.redis.remove_function(name);
         let sql = self.sql.clone();
         let function = name.to_owned();
         let removed = tokio::task::spawn_blocking(move || sql.remove_function(&function)).await;

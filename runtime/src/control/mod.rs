@@ -171,6 +171,8 @@ pub struct Platform {
     sql: crate::sql::SqlHost,
     /// Functions' Postgres pools.
     postgres: crate::postgres::PgHost,
+    /// Functions' Redis connections (`spin:redis`).
+    redis: crate::outbound_redis::RedisHost,
     /// Start-up work done: artifacts checked and, with `--load background`, code loaded
     /// (see [`Platform::ready`]).
     started: std::sync::atomic::AtomicBool,
@@ -281,6 +283,7 @@ impl Platform {
             keyvalue,
             sql,
             postgres: Default::default(),
+            redis: Default::default(),
             started: std::sync::atomic::AtomicBool::new(false),
             local: Arc::new(LocalCoordinator::in_memory()),
             attached: OnceLock::new(),
@@ -349,6 +352,7 @@ impl Platform {
         function.attach_keyvalue(self.keyvalue.as_ref());
         function.attach_sql(Some(&self.sql));
         function.attach_postgres(Some(&self.postgres));
+        function.attach_redis(Some(&self.redis));
         match self.secrets.resolve(&function.record.spec.config) {
             Ok(config) => function.config = Arc::new(crate::guest::config::Resolved::new(config)),
             // It resolved at deploy: the operator removed or renamed a secret since.

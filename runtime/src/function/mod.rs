@@ -239,6 +239,8 @@ pub struct Function {
     pub sql: Option<crate::guest::sqlite::GuestSql>,
     /// Its `spin:postgres` access, given by the control plane (`None`: no Postgres).
     pub postgres: Option<crate::guest::postgres::GuestPostgres>,
+    /// Its `spin:redis` access, given by the control plane (`None`: no Redis).
+    pub redis: Option<crate::guest::redis::GuestRedis>,
     /// A WASIp3 function's workers, made by its first request (see [`service`]).
     pub service: std::sync::OnceLock<service::ServiceHandler>,
     /// Cancelled when this function is dropped (removed, replaced, unloaded, and its last
@@ -301,6 +303,7 @@ impl Function {
             keyvalue: None,
             sql: None,
             postgres: None,
+            redis: None,
             service: std::sync::OnceLock::new(),
             retired: tokio_util::sync::CancellationToken::new(),
         }
@@ -313,6 +316,16 @@ impl Function {
             function: self.name.clone(),
             quota: crate::keyvalue::Quota::of(&self.limits),
             hits: self.stats.limit_hits.clone(),
+        });
+    }
+
+    /// Gives the function its Redis connections on the host.
+    pub fn attach_redis(&mut self, host: Option<&crate::outbound_redis::RedisHost>) {
+        self.redis = host.map(|host| crate::guest::redis::GuestRedis {
+            host: host.clone(),
+            function: self.name.clone(),
+            allowed: self.outbound.clone(),
+            timeout: self.limits.outbound_timeout,
         });
     }
 
@@ -350,6 +363,7 @@ impl Function {
         self.keyvalue = other.keyvalue.clone();
         self.sql = other.sql.clone();
         self.postgres = other.postgres.clone();
+        self.redis = other.redis.clone();
         self
     }
 
@@ -383,6 +397,7 @@ impl Function {
             keyvalue: self.keyvalue.as_ref(),
             sql: self.sql.as_ref(),
             postgres: self.postgres.as_ref(),
+            redis: self.redis.as_ref(),
             // One request at a time; the WASIp3 executor raises it for its instances.
             max_concurrent: 1,
         }

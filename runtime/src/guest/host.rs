@@ -192,6 +192,10 @@ pub struct ProxyHost {
     open_connections: usize,
     /// The function's `spin:postgres` access.
     postgres: Option<super::postgres::GuestPostgres>,
+    /// The function's `spin:redis` access.
+    redis: Option<super::redis::GuestRedis>,
+    /// Redis connections the guest holds open (see [`crate::guest::redis::MAX_OPEN_CONNECTIONS`]).
+    open_redis: usize,
 }
 
 impl ProxyHost {
@@ -241,6 +245,8 @@ impl ProxyHost {
             sql: config.sql.cloned(),
             open_connections: 0,
             postgres: config.postgres.cloned(),
+            redis: config.redis.cloned(),
+            open_redis: 0,
         }
     }
 
@@ -398,6 +404,15 @@ impl ProxyHost {
         super::postgres::PgView {
             table: &mut self.table,
             access: self.postgres.as_ref(),
+        }
+    }
+
+    /// The guest's `spin:redis`.
+    pub fn redis(&mut self) -> super::redis::RedisView<'_> {
+        super::redis::RedisView {
+            table: &mut self.table,
+            access: self.redis.as_ref(),
+            open: &mut self.open_redis,
         }
     }
 

@@ -15,7 +15,8 @@
 //! - [`keyvalue`]: `wasi:keyvalue` over the host's store, scoped to the function;
 //! - [`sqlite`]: `spin:sqlite` over the host's SQL databases, scoped to the function;
 //! - [`spin`]: Spin's `variables` (over `config`) and `key-value` (over the store);
-//! - [`postgres`]: `spin:postgres` over the host's pools.
+//! - [`postgres`]: `spin:postgres` over the host's pools;
+//! - [`redis`]: `spin:redis` over the host's shared connections.
 //!
 //! One store per request (or per warm instance): a store is cheap to build (a few
 //! allocations: the WASI and HTTP contexts and a resource table), and dropping it frees every
@@ -28,6 +29,7 @@ pub mod limit;
 pub mod limiter;
 pub mod log;
 pub mod postgres;
+pub mod redis;
 pub mod spin;
 pub mod sqlite;
 pub mod stdout;
@@ -79,6 +81,8 @@ pub struct GuestConfig<'a> {
     pub sql: Option<&'a sqlite::GuestSql>,
     /// The function's `spin:postgres` access; `None`: every `open` is refused.
     pub postgres: Option<&'a postgres::GuestPostgres>,
+    /// The function's `spin:redis` access; `None`: every `open` is refused.
+    pub redis: Option<&'a redis::GuestRedis>,
     /// Requests one instance may run at once (`reuse.max_concurrent` of a WASIp3 function;
     /// 1 otherwise): the host resource cap is per request.
     pub max_concurrent: u32,
@@ -272,6 +276,9 @@ impl Linkers {
         postgres::add_to_linker(&mut proxy, ProxyHost::postgres)
             .map_err(anyhow::Error::from)
             .context("linking spin:postgres")?;
+        redis::add_to_linker(&mut proxy, ProxyHost::redis)
+            .map_err(anyhow::Error::from)
+            .context("linking spin:redis")?;
         host::cap_request_strings(&mut proxy)
             .map_err(anyhow::Error::from)
             .context("capping wasi:http's request strings")?;

@@ -1,21 +1,25 @@
-// thaw.js: configuration, state and logs for a thaw function, over the standard interfaces
-// the host offers (wasi:config, wasi:keyvalue, wasi:http, stderr). The global `fetch` works as
+// thaw.js: configuration, state, SQL and logs for a thaw function, over the interfaces the
+// host offers (wasi:config, wasi:keyvalue, spin:sqlite, wasi:http, stderr). The global `fetch` works as
 // ever; `fetch` here sends over wasi:http itself so that a failure says why (a refused host
 // names the setting to change).
 //
-//   import { config, kv, log, fetch, Event, ThawError } from "./thaw.js";
+//   import { config, kv, sql, log, fetch, Event, ThawError } from "./thaw.js";
 //   const greeting = config.get("greeting") ?? "Hello";
 //   const calls = kv.open("default").increment("calls");
+//   const db = sql.open(); // the function's own SQLite database
+//   db.execute("INSERT INTO seen (name) VALUES (?)", [name]);
+//   const rows = db.query("SELECT name FROM seen WHERE id > ?", [10]); // [{ name: ... }]
 //   log.info("greeted", { calls });
 //   const event = Event.from(request); // a schedule's tick, an async invocation, a message
 //
 // Every failure is a ThawError with a `kind`: "config", "no-such-store", "access-denied",
-// "quota" (with `field`, the limit to raise), "kv", "denied" (the host is not in
+// "quota" (with `field`, the limit to raise), "kv", "no-such-database", "sql", "denied" (the host is not in
 // allowed_outbound_hosts), "too-many-requests", "dns", "connection-refused", "timeout",
 // "response-too-large" or "fetch".
 import { get as configGet, getAll as configGetAll } from "wasi:config/store@0.2.0-rc.1";
 import { open as openBucket } from "wasi:keyvalue/store@0.2.0-draft";
 import { increment as atomicIncrement } from "wasi:keyvalue/atomics@0.2.0-draft";
+import { Connection as SqlConnection } from "spin:sqlite/sqlite@3.0.0";
 import { handle as handleOutgoing } from "wasi:http/outgoing-handler@0.2.10";
 import { Fields, OutgoingBody, OutgoingRequest } from "wasi:http/types@0.2.10";
 
@@ -142,6 +146,105 @@ export const kv = {
       return new Store(openBucket(name === "default" ? "" : name), name);
     } catch (e) {
       throw kvError(e, name);
+    }
+  },
+};
+
+function sqlError(e, database) {
+  const { tag, val } = variant(e);
+  if (tag === "no-such-database") {
+    return new ThawError(tag, `no SQL database "${database}" (list it in sqlite_databases in thaw.toml; "default" is always there)`);
+  }
+  if (tag === "database-full") {
+    return new ThawError("quota", `the SQL database "${database}" is full (raise limits.sql_max_mib in thaw.toml)`, "sql_max_mib");
+  }
+  if (tag === "access-denied") return new ThawError(tag, "access to SQL denied");
+  return new ThawError("sql", val === undefined ? `SQL: ${tag}` : `SQL: ${val}`);
+}
+
+// A JavaScript value as a SQL parameter: integers (number or BigInt), other numbers, booleans
+// (0/1), strings, bytes, null.
+function sqlValue(v) {
+  if (v === null || v === undefined) return { tag: "null" };
+  switch (typeof v) {
+    case "boolean":
+      return { tag: "integer", val: v ? 1n : 0n };
+    case "bigint":
+      return { tag: "integer", val: v };
+    case "number":
+      return Number.isSafeInteger(v) ? { tag: "integer", val: BigInt(v) } : { tag: "real", val: v };
+    case "string":
+      return { tag: "text", val: v };
+  }
+  if (v instanceof Uint8Array) return { tag: "blob", val: v };
+  if (v instanceof ArrayBuffer) return { tag: "blob", val: new Uint8Array(v) };
+  throw new ThawError("sql", `a SQL parameter is a number, BigInt, boolean, string, Uint8Array or null, not ${typeof v}`);
+}
+
+// A SQL value as JavaScript: an integer is a number when it fits one exactly, else a BigInt.
+function jsValue(v) {
+  switch (v.tag) {
+    case "integer":
+      return v.val >= BigInt(Number.MIN_SAFE_INTEGER) && v.val <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v.val) : v.val;
+    case "null":
+      return null;
+    default:
+      return v.val;
+  }
+}
+
+class Database {
+  #connection;
+  #name;
+
+  constructor(connection, name) {
+    this.#connection = connection;
+    this.#name = name;
+  }
+
+  /**
+   * Runs one statement with `?` parameters (never build SQL from input): `{ columns, rows }`,
+   * each row an object by column name.
+   */
+  execute(statement, params = []) {
+    let result;
+    try {
+      result = this.#connection.execute(statement, params.map(sqlValue));
+    } catch (e) {
+      throw sqlError(e, this.#name);
+    }
+    const { columns } = result;
+    const rows = result.rows.map((row) => {
+      const out = {};
+      row.values.forEach((v, i) => (out[columns[i]] = jsValue(v)));
+      return out;
+    });
+    return { columns, rows };
+  }
+
+  /** The rows of a statement, each an object by column name. */
+  query(statement, params = []) {
+    return this.execute(statement, params).rows;
+  }
+
+  /** The rowid of the last row inserted through this connection. */
+  get lastInsertRowid() {
+    return jsValue({ tag: "integer", val: this.#connection.lastInsertRowid() });
+  }
+
+  /** Rows changed by the last statement. */
+  get changes() {
+    return Number(this.#connection.changes());
+  }
+}
+
+export const sql = {
+  /** Opens the function's SQLite database `name`: "default" is always there. */
+  open(name = "default") {
+    try {
+      return new Database(SqlConnection.open(name), name);
+    } catch (e) {
+      throw sqlError(e, name);
     }
   },
 };
