@@ -10,20 +10,26 @@
 //! # One multiplexed connection, not one per request
 //! Opening a connection per request is what cost Spin users most of their throughput on
 //! Postgres (spin#3030); Redis's protocol pipelines, so the host keeps one multiplexed
-//! connection per function and address (`redis`'s `ConnectionManager`, which reconnects on
-//! failure) and every guest `open` shares it. Its price: a command that changes the
-//! connection's state (`SELECT`, `MULTI`, `WATCH`, `SUBSCRIBE`, `AUTH`, `CLIENT`, ...) would
-//! change it for the function's other requests, and a blocking one (`BLPOP`, `WAIT`, ...)
-//! would hold them up; [`refused_command`] names them and the guest's `execute` refuses them
-//! (Lua scripts through `EVAL` are the way to run several commands atomically). Connecting and
-//! each reply wait at most the function's `outbound_timeout_ms`, so a Redis that is down costs
-//! a request that long, never the host.
+//! connection per function and address (`redis`'s `ConnectionManager`) and every guest `open`
+//! shares it. A function has at most [`MAX_CONNECTIONS_PER_FUNCTION`] addresses at once, and
+//! an address is at most [`MAX_ADDRESS_BYTES`] long, so a guest cannot grow the host's
+//! connections. Sharing has a price: a command that changes the connection's state (`SELECT`,
+//! `MULTI`, `WATCH`, `SUBSCRIBE`, `AUTH`, `CLIENT`, ...) would change it for the function's
+//! other requests, and a blocking one (`BLPOP`, `XREAD ... BLOCK`, `WAIT`, ...) would hold
+//! them up; [`refused_command`] names them, with the commands that have the server administer
+//! itself or connect elsewhere (`MIGRATE`, `REPLICAOF`, `CONFIG`, ...), and the guest's
+//! `execute` refuses them (Lua scripts through `EVAL` are the way to run several commands
+//! atomically). Each guest call, connecting included, waits at most the function's
+//! `outbound_timeout_ms`; a call that timed out or lost its connection has the host forget
+//! that connection ([`RedisHost::forget`]), so the next `open` starts a fresh one rather than
+//! queue behind a reply that never came.
 //!
 //! # What is not bounded
-//! A reply is read whole by the client before the guest sees it: a guest that grew a value in
-//! Redis past its own memory limit (`APPEND` by `APPEND`) can have the host hold it once, up
-//! to Redis's own `proto-max-bulk-len` (512 MB by default), before the copy into the guest
-//! fails. An operator who allows a Redis trusts the function with that much.
+//! A reply is read whole by the client before the guest sees it. A guest can make a large
+//! value in one small call (`SETRANGE k 536870911 x` makes 512 MB) and ask for it several
+//! times in one reply (`MGET k k k`): the host holds that reply once before the copy into the
+//! guest fails. An operator who allows a Redis trusts the function with that much, or bounds
+//! it on the Redis side (`maxmemory`, `client-output-buffer-limit`, ACLs).
 //!
 //! [`RedisHost::connection`] must be called on a tokio runtime (the connection's driver is a
 //! task), as every host function is.
@@ -37,10 +43,26 @@ use redis::{ConnectionAddr, IntoConnectionInfo};
 
 use crate::outbound::AllowList;
 
-/// Why a Redis address cannot be used.
+/// The longest address a guest may name.
+pub const MAX_ADDRESS_BYTES: usize = 2048;
+
+/// Addresses (so connections) one function may have at once: each distinct address string is
+/// a connection the host keeps, so a guest looping over addresses must not grow them.
+pub const MAX_CONNECTIONS_PER_FUNCTION: usize = 8;
+
+/// Why a guest cannot have a connection to an address.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AddressError(pub String);
+pub enum RedisAddressError {
+    /// Not a Redis address.
+    #[error("not a Redis address: {0}")]
+    Invalid(String),
+    /// An address the function may not reach, or in a form thaw does not connect to.
+    #[error("{0}")]
+    Refused(String),
+    /// The function already has [`MAX_CONNECTIONS_PER_FUNCTION`] addresses.
+    #[error("the function already has {MAX_CONNECTIONS_PER_FUNCTION} Redis addresses open")]
+    TooMany,
+}
 
 /// The host's Redis connections.
 #[derive(Clone, Default)]
@@ -53,14 +75,16 @@ type ConnectionKey = (Arc<str>, String);
 
 impl RedisHost {
     /// The function's connection to `address` (made on first use; it connects lazily, on the
-    /// first command), each connect and reply bounded by `timeout`.
+    /// first command). The allow-list is checked on every call, so a redeploy that narrows it
+    /// takes effect at the next `open`.
     pub fn connection(
         &self,
         function: &Arc<str>,
         address: &str,
         allowed: &AllowList,
         timeout: Duration,
-    ) -> Result<ConnectionManager, AddressError> {
+    ) -> Result<ConnectionManager, RedisAddressError> {
+        let info = check(address, allowed)?;
         let key = (function.clone(), address.to_owned());
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((made_with, connection)) = connections.get(&key)
@@ -68,9 +92,24 @@ impl RedisHost {
         {
             return Ok(connection.clone());
         }
-        let connection = connect(address, allowed, timeout)?;
+        let others = connections
+            .keys()
+            .filter(|(f, a)| f == function && a != address)
+            .count();
+        if others >= MAX_CONNECTIONS_PER_FUNCTION {
+            return Err(RedisAddressError::TooMany);
+        }
+        let connection = connect(info, timeout)?;
         connections.insert(key, (timeout, connection.clone()));
         Ok(connection)
+    }
+
+    /// Drops the function's connection to `address`, so the next `open` makes a new one: after
+    /// a timeout (a reply that never came holds up every later command on that connection) or
+    /// a connection that failed.
+    pub fn forget(&self, function: &str, address: &str) {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        connections.retain(|(f, a), _| !(&**f == function && a == address));
     }
 
     /// Closes `function`'s connections (on `thaw remove`).
@@ -80,44 +119,64 @@ impl RedisHost {
     }
 }
 
-fn connect(
-    address: &str,
-    allowed: &AllowList,
-    timeout: Duration,
-) -> Result<ConnectionManager, AddressError> {
+/// `address` parsed, if the function may reach it.
+fn check(address: &str, allowed: &AllowList) -> Result<redis::ConnectionInfo, RedisAddressError> {
+    if address.len() > MAX_ADDRESS_BYTES {
+        return Err(RedisAddressError::Invalid(format!(
+            "longer than {MAX_ADDRESS_BYTES} bytes"
+        )));
+    }
+    if address.starts_with("rediss://") {
+        return Err(RedisAddressError::Refused(
+            "TLS to Redis (rediss://) is not supported by this host yet".into(),
+        ));
+    }
     if !address.starts_with("redis://") {
-        return Err(AddressError(if address.starts_with("rediss://") {
-            "TLS to Redis (rediss://) is not supported by this host yet".into()
-        } else {
-            "a Redis address starts with redis://".into()
-        }));
+        return Err(RedisAddressError::Invalid("it starts with redis://".into()));
     }
     let info = address
         .into_connection_info()
-        .map_err(|e| AddressError(format!("not a Redis address: {e}")))?;
+        .map_err(|e| RedisAddressError::Invalid(e.to_string()))?;
     let ConnectionAddr::Tcp(host, port) = info.addr() else {
-        return Err(AddressError(
+        return Err(RedisAddressError::Refused(
             "only redis://host[:port] is reachable from a function".into(),
         ));
     };
     let host = host.to_ascii_lowercase();
     if !allowed.allows_host("redis", &host, Some(*port)) {
-        return Err(AddressError(format!(
+        return Err(RedisAddressError::Refused(format!(
             "redis://{host}:{port} is not in the function's allowed_outbound_hosts"
         )));
     }
-    let client = redis::Client::open(info).map_err(|e| AddressError(e.to_string()))?;
+    Ok(info)
+}
+
+fn connect(
+    info: redis::ConnectionInfo,
+    timeout: Duration,
+) -> Result<ConnectionManager, RedisAddressError> {
+    let client =
+        redis::Client::open(info).map_err(|e| RedisAddressError::Invalid(e.to_string()))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
-        // One retry, then the guest hears of it: its request has a deadline of its own.
-        .set_number_of_retries(1);
-    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| AddressError(e.to_string()))
+        // No retry inside a call: the guest's call is bounded by `timeout` as a whole
+        // (crate::guest::redis), and a connection that failed is forgotten and made again
+        // at the next `open`.
+        .set_number_of_retries(0);
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| RedisAddressError::Invalid(e.to_string()))
 }
 
-/// Why `execute` refuses `command` (any case) on a shared connection, if it does: it would
-/// change the connection's state for the function's other requests, or block them.
-pub fn refused_command(command: &str) -> Option<&'static str> {
+/// Why `execute` refuses `command` (any case) with `arguments` on a shared connection, if it
+/// does: it would change the connection's state for the function's other requests, block
+/// them, or have the Redis server administer itself or connect elsewhere (which would step
+/// around the allow-list). Redis's own ACLs are the boundary for everything else a user may
+/// run; these are refused whatever the ACLs say.
+pub fn refused_command<'a>(
+    command: &str,
+    arguments: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<&'static str> {
     const STATEFUL: &[&str] = &[
         "AUTH",
         "CLIENT",
@@ -154,11 +213,29 @@ pub fn refused_command(command: &str) -> Option<&'static str> {
         "WAIT",
         "WAITAOF",
     ];
-    let upper = command.to_ascii_uppercase();
+    const ADMINISTRATIVE: &[&str] = &[
+        "CLUSTER",
+        "CONFIG",
+        "DEBUG",
+        "FAILOVER",
+        "MIGRATE",
+        "MODULE",
+        "REPLICAOF",
+        "SHUTDOWN",
+        "SLAVEOF",
+    ];
+    let upper = command.trim().to_ascii_uppercase();
     if STATEFUL.contains(&upper.as_str()) {
         Some("it changes the state of the connection the function's requests share")
-    } else if BLOCKING.contains(&upper.as_str()) {
+    } else if BLOCKING.contains(&upper.as_str())
+        || (matches!(upper.as_str(), "XREAD" | "XREADGROUP")
+            && arguments
+                .into_iter()
+                .any(|a| a.eq_ignore_ascii_case(b"BLOCK")))
+    {
         Some("it blocks the connection the function's requests share")
+    } else if ADMINISTRATIVE.contains(&upper.as_str()) {
+        Some("it administers the Redis server or has it connect elsewhere")
     } else {
         None
     }
@@ -198,19 +275,62 @@ mod tests {
             ("redis://", "not a Redis address"),
         ] {
             let e = host.connection(&f, address, &allowed, t).err().unwrap();
-            assert!(e.0.contains(says), "{address}: {e}");
+            assert!(e.to_string().contains(says), "{address}: {e}");
         }
+        let long = format!(
+            "redis://cache.internal/?pad={}",
+            "x".repeat(MAX_ADDRESS_BYTES)
+        );
+        assert!(matches!(
+            host.connection(&f, &long, &allowed, t),
+            Err(RedisAddressError::Invalid(_))
+        ));
+        // Each distinct address is a connection kept: a function has at most so many.
+        for db in 2..MAX_CONNECTIONS_PER_FUNCTION {
+            host.connection(&f, &format!("redis://cache.internal/{db}"), &allowed, t)
+                .unwrap();
+        }
+        assert!(matches!(
+            host.connection(&f, "redis://cache.internal/15", &allowed, t),
+            Err(RedisAddressError::TooMany)
+        ));
+        host.connection(&f, "redis://cache.internal", &allowed, t)
+            .unwrap();
+        host.forget("f", "redis://cache.internal/2");
+        host.connection(&f, "redis://cache.internal/15", &allowed, t)
+            .unwrap();
+        // A narrower allow-list (a redeploy) is checked on the next open, cached or not.
+        let narrower = allow(&["redis://cache.internal:6380"]);
+        assert!(
+            host.connection(&f, "redis://cache.internal", &narrower, t)
+                .is_err()
+        );
         host.remove_function("f");
         assert!(host.connections.lock().unwrap().is_empty());
     }
 
     #[test]
     fn connection_state_and_blocking_commands_are_refused() {
-        for c in ["select", "MULTI", "Subscribe", "blpop", "WAIT", "client"] {
-            assert!(refused_command(c).is_some(), "{c}");
+        let none: [&[u8]; 0] = [];
+        for c in [
+            "select",
+            "MULTI",
+            "Subscribe",
+            "blpop",
+            "WAIT",
+            "client",
+            "migrate",
+            "ReplicaOf",
+            "CONFIG",
+            " exec ",
+        ] {
+            assert!(refused_command(c, none).is_some(), "{c}");
         }
-        for c in ["GET", "set", "EVAL", "incr", "PUBLISH", "xadd"] {
-            assert!(refused_command(c).is_none(), "{c}");
+        for c in ["GET", "set", "EVAL", "incr", "PUBLISH", "xadd", "XREAD"] {
+            assert!(refused_command(c, none).is_none(), "{c}");
         }
+        let block: [&[u8]; 4] = [b"block", b"0", b"STREAMS", b"s"];
+        assert!(refused_command("xread", block).is_some());
+        assert!(refused_command("XREADGROUP", block).is_some());
     }
 }

@@ -77,6 +77,13 @@ pub struct PgHost {
 /// A pool's function and database address.
 type PoolKey = (Arc<str>, String);
 
+/// The longest address a guest may name.
+pub const MAX_ADDRESS_BYTES: usize = 2048;
+
+/// Addresses (so pools) one function may have at once: each distinct address string is a
+/// pool the host keeps, so a guest looping over addresses must not grow them.
+pub const MAX_POOLS_PER_FUNCTION: usize = 8;
+
 impl PgHost {
     /// A connection to `address` for `function`, from its pool (made on first use), within
     /// the quota's acquire timeout.
@@ -119,6 +126,9 @@ impl PgHost {
         allowed: &AllowList,
         quota: PgQuota,
     ) -> Result<Pool, PgError> {
+        // Checked on every open, cached pool or not: a redeploy that narrows the allow-list
+        // takes effect at the next one.
+        let config = check(address, allowed)?;
         let key = (function.clone(), address.to_owned());
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((made_with, pool)) = pools.get(&key)
@@ -126,7 +136,16 @@ impl PgHost {
         {
             return Ok(pool.clone());
         }
-        let pool = make_pool(address, allowed, quota)?;
+        let others = pools
+            .keys()
+            .filter(|(f, a)| f == function && a != address)
+            .count();
+        if others >= MAX_POOLS_PER_FUNCTION {
+            return Err(PgError::Address(format!(
+                "the function already has {MAX_POOLS_PER_FUNCTION} Postgres addresses open"
+            )));
+        }
+        let pool = make_pool(config, quota)?;
         pools.insert(key, (quota, pool.clone()));
         Ok(pool)
     }
@@ -144,10 +163,23 @@ impl PgHost {
     }
 }
 
-fn make_pool(address: &str, allowed: &AllowList, quota: PgQuota) -> Result<Pool, PgError> {
-    let mut config: tokio_postgres::Config = address
+/// `address` parsed, if the function may reach every server it names.
+fn check(address: &str, allowed: &AllowList) -> Result<tokio_postgres::Config, PgError> {
+    if address.len() > MAX_ADDRESS_BYTES {
+        return Err(PgError::Address(format!(
+            "not a Postgres address: longer than {MAX_ADDRESS_BYTES} bytes"
+        )));
+    }
+    let config: tokio_postgres::Config = address
         .parse()
         .map_err(|e| PgError::Address(format!("not a Postgres address: {e}")))?;
+    // tokio-postgres connects to `hostaddr` when it is given and keeps `host` for TLS only:
+    // the allow-list would check one server and the connection reach another.
+    if !config.get_hostaddrs().is_empty() {
+        return Err(PgError::Address(
+            "hostaddr is not accepted from a function: name the server by host".into(),
+        ));
+    }
     let ports = config.get_ports();
     for (i, host) in config.get_hosts().iter().enumerate() {
         let Host::Tcp(name) = host else {
@@ -167,6 +199,10 @@ fn make_pool(address: &str, allowed: &AllowList, quota: PgQuota) -> Result<Pool,
     if config.get_hosts().is_empty() {
         return Err(PgError::Address("the address names no host".into()));
     }
+    Ok(config)
+}
+
+fn make_pool(mut config: tokio_postgres::Config, quota: PgQuota) -> Result<Pool, PgError> {
     let tls = match config.get_ssl_mode() {
         SslMode::Require => Some(tls_connector()?),
         _ => {
@@ -226,4 +262,97 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> 
         })
         .clone()
         .map_err(PgError::Connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota() -> PgQuota {
+        PgQuota {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn addresses_outside_the_allow_list_or_not_tcp_are_refused_before_connecting() {
+        let allowed = AllowList::parse(&["postgres://db.internal"]).unwrap();
+        let make = |address: &str| check(address, &allowed).and_then(|c| make_pool(c, quota()));
+        make("postgres://u@db.internal/shop").unwrap();
+        make("postgres://u@DB.internal:5432/shop").unwrap();
+        for (address, says) in [
+            (
+                "postgres://u@db.internal:5433/shop",
+                "not in the function's allowed_outbound_hosts",
+            ),
+            (
+                "postgres://u@other.internal/shop",
+                "not in the function's allowed_outbound_hosts",
+            ),
+            // Every host of a multi-host address is checked, not only the first.
+            (
+                "postgres://u@db.internal,evil.internal/shop",
+                "postgres://evil.internal:5432 is not",
+            ),
+            (
+                "host=db.internal,evil.internal user=u",
+                "postgres://evil.internal:5432 is not",
+            ),
+            ("postgres://u@%2Frun%2Fpostgresql/shop", "Unix socket"),
+            ("host=/run/postgresql user=u", "Unix socket"),
+            (
+                "postgres://u@db.internal/shop?sslmode=verify-full",
+                "not a Postgres address",
+            ),
+            ("user=u dbname=shop", "names no host"),
+            // tokio-postgres would connect to hostaddr and check only host.
+            (
+                "postgres://u@db.internal/shop?hostaddr=10.0.0.5",
+                "hostaddr is not accepted",
+            ),
+            (
+                "host=db.internal hostaddr=10.0.0.5 user=u",
+                "hostaddr is not accepted",
+            ),
+        ] {
+            let e = make(address).err().unwrap();
+            assert!(e.to_string().contains(says), "{address}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_function_has_few_pools_and_a_narrower_allow_list_holds_at_once() {
+        let host = PgHost::default();
+        let f: Arc<str> = "f".into();
+        let allowed = AllowList::parse(&["postgres://db.internal"]).unwrap();
+        for n in 0..MAX_POOLS_PER_FUNCTION {
+            host.pool(
+                &f,
+                &format!("postgres://u@db.internal/db{n}"),
+                &allowed,
+                quota(),
+            )
+            .unwrap();
+        }
+        let e = host
+            .pool(&f, "postgres://u@db.internal/one-more", &allowed, quota())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("already has 8"), "{e}");
+        // Another function has pools of its own.
+        host.pool(
+            &"g".into(),
+            "postgres://u@db.internal/db0",
+            &allowed,
+            quota(),
+        )
+        .unwrap();
+        let narrower = AllowList::parse(&["postgres://other.internal"]).unwrap();
+        assert!(
+            host.pool(&f, "postgres://u@db.internal/db0", &narrower, quota())
+                .is_err()
+        );
+    }
 }

@@ -19,6 +19,12 @@
 //! The table holds 10,000 rows. Prints medians with p10, p90 and p99 in microseconds, and the
 //! requests per second of the one connection (samples over their total time).
 //!
+//! Then the same requests under concurrency (a second table): `CLIENTS` clients at once, each
+//! one request after another, over HTTP for the guests (one kept-alive connection each) and
+//! natively for the floor (the native floor spreads its clients over 4 kept connections, the
+//! Spin app's pool size; a new connection each time is what a guest without a host pool pays
+//! at least): requests per second of all of them together, with each request's p50 and p99.
+//!
 //! Run: `cargo run --release -p thaw-benches --example sql` (`-- 5000` for more samples).
 
 use std::sync::Arc;
@@ -29,6 +35,92 @@ use thaw_runtime::spec::FunctionSpec;
 use thaw_runtime::sql::{SqlQuota, Value};
 
 const ROWS: i64 = 10_000;
+
+/// Clients at once in the concurrency rows.
+const CLIENTS: usize = 16;
+
+/// A row of the concurrency table.
+struct Concurrent {
+    name: String,
+    samples: Vec<Duration>,
+    wall: Duration,
+}
+
+fn concurrency_summary(rows: &[Concurrent]) {
+    println!();
+    println!("| row ({CLIENTS} clients at once) | requests/s | p50 µs | p99 µs | n |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in rows {
+        let mut s = row.samples.clone();
+        s.sort();
+        let at = |q: f64| s[((s.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {} |",
+            row.name,
+            s.len() as f64 / row.wall.as_secs_f64(),
+            at(0.5),
+            at(0.99),
+            s.len()
+        );
+    }
+}
+
+/// [`CLIENTS`] tasks, each making `per_client` calls one after another (after one call each
+/// to warm up): every call's latency, and the wall time of them all.
+async fn concurrently<F, Fut>(name: &str, per_client: usize, call: F) -> Concurrent
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let warm: Vec<_> = (0..CLIENTS)
+        .map(|c| tokio::spawn(call.clone()(c)))
+        .collect();
+    for w in warm {
+        w.await.unwrap();
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(per_client);
+                for k in 0..per_client {
+                    let t = Instant::now();
+                    call(c * per_client + k).await;
+                    samples.push(t.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.unwrap());
+    }
+    Concurrent {
+        name: name.to_owned(),
+        samples,
+        wall: started.elapsed(),
+    }
+}
+
+/// A GET that must answer `want`, as a `'static` call for [`concurrently`].
+fn getter(
+    http: &reqwest::Client,
+    url: impl Fn(usize) -> String + Clone + Send + Sync + 'static,
+    want: u16,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone + Send + 'static {
+    let http = http.clone();
+    move |i| {
+        let (http, url) = (http.clone(), url(i));
+        Box::pin(async move {
+            let r = http.get(url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), want);
+            let body = r.bytes().await.unwrap();
+            assert!(!body.starts_with(b"error"), "{body:?}");
+        })
+    }
+}
 
 struct Row {
     name: String,
@@ -157,7 +249,12 @@ fn in_process(platform: &thaw_runtime::control::Platform, n: usize, rows: &mut V
     });
 }
 
-async fn over_http(platform: &Arc<thaw_runtime::control::Platform>, n: usize, rows: &mut Vec<Row>) {
+async fn over_http(
+    platform: &Arc<thaw_runtime::control::Platform>,
+    n: usize,
+    rows: &mut Vec<Row>,
+    concurrent: &mut Vec<Concurrent>,
+) {
     let (addr, stop) = thaw_benches::serve_on_loopback(platform.clone()).await;
     let base = format!("http://{addr}/tour");
     let http = reqwest::Client::builder()
@@ -199,6 +296,34 @@ async fn over_http(platform: &Arc<thaw_runtime::control::Platform>, n: usize, ro
         name: "guest without SQL over HTTP".into(),
         samples: timed(n, |_| get(format!("{base}/config?key=missing"), 404)).await,
     });
+    let many = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let at = base.clone();
+    let query = move |i| {
+        format!(
+            "{at}/sql?q=SELECT%20title%20FROM%20item%20WHERE%20id%20%3D%20{}",
+            id(i)
+        )
+    };
+    concurrent.push(
+        concurrently(
+            "guest point query over HTTP (embedded)",
+            n / CLIENTS,
+            getter(&many, query, 200),
+        )
+        .await,
+    );
+    let at = base.clone();
+    concurrent.push(
+        concurrently(
+            "guest without SQL over HTTP",
+            n / CLIENTS,
+            getter(&many, move |_| format!("{at}/config?key=missing"), 404),
+        )
+        .await,
+    );
     let _ = stop.send(true);
 }
 
@@ -207,6 +332,7 @@ async fn postgres(
     pg: &thaw_harness::Postgres,
     n: usize,
     rows: &mut Vec<Row>,
+    concurrent: &mut Vec<Concurrent>,
 ) {
     let (native, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
         .await
@@ -289,6 +415,77 @@ async fn postgres(
         name: "postgres: the same Spin app without a database over HTTP".into(),
         samples: timed(n, |_| get("/var?name=db_url")).await,
     });
+
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let point = client
+            .prepare("SELECT n FROM counter WHERE id = $1")
+            .await
+            .unwrap();
+        kept.push((client, point));
+    }
+    let kept = Arc::new(kept);
+    concurrent.push(
+        concurrently(
+            "postgres: native point query, 4 kept connections (the floor)",
+            n / CLIENTS,
+            move |i| {
+                let kept = kept.clone();
+                async move {
+                    let (client, point) = &kept[i % kept.len()];
+                    let row = client.query_one(point, &[&(id(i) as i32)]).await.unwrap();
+                    std::hint::black_box(row.get::<_, i64>(0));
+                }
+            },
+        )
+        .await,
+    );
+    let url = pg.url.clone();
+    concurrent.push(
+        concurrently(
+            "postgres: native point query, a new connection each",
+            n / CLIENTS / 4,
+            move |i| {
+                let url = url.clone();
+                async move {
+                    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    let task = tokio::spawn(connection);
+                    let row = client
+                        .query_one("SELECT n FROM counter WHERE id = $1", &[&(id(i) as i32)])
+                        .await
+                        .unwrap();
+                    std::hint::black_box(row.get::<_, i64>(0));
+                    drop(client);
+                    let _ = task.await;
+                }
+            },
+        )
+        .await,
+    );
+    let many = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    for (name, path) in [
+        (
+            "postgres: Spin app point query over HTTP (the function's pool of 4)",
+            "/pg-count",
+        ),
+        (
+            "postgres: the same Spin app without a database over HTTP",
+            "/var?name=db_url",
+        ),
+    ] {
+        let url = format!("http://{addr}/spin-app{path}");
+        concurrent
+            .push(concurrently(name, n / CLIENTS, getter(&many, move |_| url.clone(), 200)).await);
+    }
     let _ = stop.send(true);
 }
 
@@ -310,6 +507,7 @@ fn main() {
     });
     let platform = bench.platform.clone();
     let mut rows = Vec::new();
+    let mut concurrent = Vec::new();
     rt.block_on(async {
         let wasm = thaw_test_functions::read(thaw_test_functions::TODO);
         let spec = FunctionSpec {
@@ -319,10 +517,11 @@ fn main() {
         platform.deploy("tour", spec, wasm.into()).await.unwrap();
     });
     in_process(&platform, n, &mut rows);
-    rt.block_on(over_http(&platform, n, &mut rows));
+    rt.block_on(over_http(&platform, n, &mut rows, &mut concurrent));
     // Skipped (and said so) without Debian's Postgres.
     if let Some(pg) = thaw_harness::Postgres::start() {
-        rt.block_on(postgres(&platform, &pg, n, &mut rows));
+        rt.block_on(postgres(&platform, &pg, n, &mut rows, &mut concurrent));
     }
     summary(&rows);
+    concurrency_summary(&concurrent);
 }

@@ -175,6 +175,8 @@ def _sql_value(v):
     if isinstance(v, bool):
         return _sqlite.Value_Integer(int(v))
     if isinstance(v, int):
+        if not -(2**63) <= v < 2**63:
+            raise ThawError("sql", f"a SQL integer is 64 bits; {v} is not")
         return _sqlite.Value_Integer(v)
     if isinstance(v, float):
         return _sqlite.Value_Real(v)

@@ -14,7 +14,7 @@ use redis::aio::ConnectionManager;
 use wasmtime::component::{Accessor, HasData, Resource, ResourceTable};
 
 use crate::outbound::AllowList;
-use crate::outbound_redis::RedisHost;
+use crate::outbound_redis::{RedisAddressError, RedisHost};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -32,9 +32,10 @@ use bindings::spin::redis::redis::{self as iface, Error, RedisParameter, RedisRe
 /// Connections one guest may hold open at once.
 pub const MAX_OPEN_CONNECTIONS: usize = 64;
 
-/// A guest's connection: a handle on its function's shared connection.
+/// A guest's connection: a handle on its function's shared connection to `address`.
 pub struct RedisConnection {
     connection: ConnectionManager,
+    address: Arc<str>,
 }
 
 /// What a function's guest may reach.
@@ -71,30 +72,70 @@ type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
 fn redis_error(error: redis::RedisError) -> Error {
     match error.kind() {
-        redis::ErrorKind::UnexpectedReturnType => Error::TypeError,
+        redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse => Error::TypeError,
         _ if error.code() == Some("WRONGTYPE") => Error::TypeError,
         // The server's or the client's own words; they name no host path.
         _ => Error::Other(error.to_string()),
     }
 }
 
+/// What a call on a guest's connection needs once the store is let go.
+struct Call {
+    connection: ConnectionManager,
+    address: Arc<str>,
+    access: Option<GuestRedis>,
+}
+
 /// The shared connection behind `connection`, cloned out of the store for a call that awaits.
 fn shared<T>(
     accessor: &Accessor<T, HasRedis>,
     connection: &Resource<RedisConnection>,
-) -> wasmtime::Result<ConnectionManager> {
-    accessor.with(|mut access| Ok(access.get().table.get(connection)?.connection.clone()))
+) -> wasmtime::Result<Call> {
+    accessor.with(|mut access| {
+        let view = access.get();
+        let open = view.table.get(connection)?;
+        Ok(Call {
+            connection: open.connection.clone(),
+            address: open.address.clone(),
+            access: view.access.cloned(),
+        })
+    })
 }
 
-/// Runs `command` on `connection`, its reply as `R`.
-async fn run<R: redis::FromRedisValue>(
-    mut connection: ConnectionManager,
-    command: &redis::Cmd,
-) -> Result<R, Error> {
-    command
-        .query_async(&mut connection)
-        .await
-        .map_err(redis_error)
+/// Runs `command` on the call's connection, its reply as `R`, within the function's outbound
+/// timeout. A call that timed out or lost its connection has the host forget the connection
+/// (see [`crate::outbound_redis::RedisHost::forget`]).
+async fn run<R: redis::FromRedisValue>(call: Call, command: &redis::Cmd) -> Result<R, Error> {
+    let Call {
+        mut connection,
+        address,
+        access,
+    } = call;
+    let timeout = access
+        .as_ref()
+        .map_or(Duration::from_secs(10), |a| a.timeout);
+    let outcome = tokio::time::timeout(timeout, command.query_async(&mut connection)).await;
+    let failed_connection = match &outcome {
+        Err(_) => true,
+        Ok(Err(e)) => {
+            e.is_timeout()
+                || e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.kind() == redis::ErrorKind::AuthenticationFailed
+        }
+        Ok(Ok(_)) => false,
+    };
+    if failed_connection && let Some(access) = &access {
+        access.host.forget(&access.function, &address);
+    }
+    match outcome {
+        Ok(reply) => reply.map_err(redis_error),
+        Err(_) => Err(Error::Other(format!(
+            "no reply from Redis within {} ms (the function's outbound_timeout_ms)",
+            timeout.as_millis()
+        ))),
+    }
 }
 
 impl iface::Host for RedisView<'_> {}
@@ -131,14 +172,17 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
                 Ok(connection) => connection,
                 Err(e) => {
                     tracing::debug!(function = &*redis.function, "redis open refused: {e}");
-                    return Ok(Err(if e.0.starts_with("not a Redis address") {
-                        Error::InvalidAddress
-                    } else {
-                        Error::Other(e.0)
+                    return Ok(Err(match e {
+                        RedisAddressError::Invalid(_) => Error::InvalidAddress,
+                        RedisAddressError::TooMany => Error::TooManyConnections,
+                        RedisAddressError::Refused(why) => Error::Other(why),
                     }));
                 }
             };
-            let connection = view.table.push(RedisConnection { connection })?;
+            let connection = view.table.push(RedisConnection {
+                connection,
+                address: address.into(),
+            })?;
             *view.open += 1;
             Ok(Ok(connection))
         })
@@ -242,10 +286,14 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         name: String,
         arguments: Vec<RedisParameter>,
     ) -> Answer<Vec<RedisResult>> {
-        if let Some(why) = crate::outbound_redis::refused_command(&name) {
+        let binary = arguments.iter().filter_map(|a| match a {
+            RedisParameter::Binary(b) => Some(b.as_slice()),
+            RedisParameter::Int64(_) => None,
+        });
+        if let Some(why) = crate::outbound_redis::refused_command(&name, binary) {
             return Ok(Err(Error::Other(format!(
                 "{} is refused on thaw: {why}",
-                name.to_ascii_uppercase()
+                name.trim().to_ascii_uppercase()
             ))));
         }
         let connection = shared(accessor, &connection)?;

@@ -170,6 +170,7 @@ function sqlValue(v) {
     case "boolean":
       return { tag: "integer", val: v ? 1n : 0n };
     case "bigint":
+      if (v < -(2n ** 63n) || v >= 2n ** 63n) throw new ThawError("sql", `a SQL integer is 64 bits; ${v} is not`);
       return { tag: "integer", val: v };
     case "number":
       return Number.isSafeInteger(v) ? { tag: "integer", val: BigInt(v) } : { tag: "real", val: v };
@@ -216,7 +217,10 @@ class Database {
     const { columns } = result;
     const rows = result.rows.map((row) => {
       const out = {};
-      row.values.forEach((v, i) => (out[columns[i]] = jsValue(v)));
+      // defineProperty, not assignment: a column named __proto__ is a column like any other.
+      row.values.forEach((v, i) =>
+        Object.defineProperty(out, columns[i], { value: jsValue(v), enumerable: true, writable: true, configurable: true }),
+      );
       return out;
     });
     return { columns, rows };
