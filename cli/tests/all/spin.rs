@@ -116,6 +116,29 @@ async fn a_spin_manifest_thaw_cannot_honour_is_refused_before_anything_is_deploy
         stderr.contains("`:param` segments are not supported"),
         "{stderr}"
     );
+    // A file the manifest names that is not there: named, before anything is sent.
+    for (component, names) in [
+        ("[component.users]\nsource = \"users.wasm\"\n", "users.wasm"),
+        (
+            "[component.users]\nsource = \"users.wasm\"\nfiles = [{ source = \"static\", destination = \"/s\" }]\n",
+            "static",
+        ),
+    ] {
+        std::fs::write(
+            &manifest,
+            format!(
+                "spin_manifest_version = 2\n[application]\nname = \"x\"\n\
+                 [[trigger.http]]\nroute = \"/users/...\"\ncomponent = \"users\"\n{component}"
+            ),
+        )
+        .unwrap();
+        let out = thaw_command(&server, &["deploy", manifest.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(names), "{names}: {stderr}");
+    }
     assert!(server.admin().list().await.unwrap().is_empty());
 }
 
