@@ -202,6 +202,27 @@ async fn a_spin_app_uses_postgres_through_the_hosts_pool() {
         )
     );
 
+    // Spin's datetime is UTC without a zone: a timestamptz column gets that instant, and one
+    // written with another offset comes back in UTC; `timestamp` is seconds since the epoch.
+    assert_eq!(
+        call(&server, "/pg-times").await,
+        (
+            200,
+            "DbValue::Date((2024, 2, 29)) DbValue::Time((23, 59, 58, 5000)) \
+             DbValue::Datetime((2024, 2, 29, 12, 30, 0, 0)) DbValue::Datetime((2024, 2, 29, 12, 30, 0, 0)) \
+             DbValue::Uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\") \
+             DbValue::Datetime((1970, 1, 2, 0, 0, 0, 0)) DbValue::Datetime((2024, 2, 29, 10, 0, 0, 0))"
+                .into()
+        )
+    );
+    let (_, bad) = call(&server, "/pg-bad-date").await;
+    assert!(
+        bad.starts_with("error: ")
+            && bad.contains("BadParameter")
+            && bad.contains("not a valid date"),
+        "{bad}"
+    );
+
     let clients: Vec<_> = (0..32)
         .map(|_| {
             let url = format!("{}/spin-app/pg-incr", server.url);

@@ -15,6 +15,8 @@
 //! - `/pg-incr`: increments it and answers `n <new value>`; `/pg-count`: `n <value>`;
 //! - `/pg-sleep?ms=N`: holds a Postgres connection for N ms (`pg_sleep`), answers `slept`;
 //! - `/pg-types`: one row of every mapped type, as the SDK decodes it;
+//! - `/pg-times`: dates, times, timestamps (with and without a zone) and a UUID, each as a
+//!   parameter and back as the raw value; `/pg-bad-date`: 30 February as a parameter;
 //! - `/redis-incr`: increments `hits` on the Redis at the variable `redis_url`, answers
 //!   `hits <n>`;
 //! - `/redis-tour`: set, get, sadd, srem, smembers, del, execute and publish, one line each;
@@ -112,9 +114,8 @@ async fn route(action: &str, query: &str) -> Result<String, Failed> {
             let response = spin_sdk::http::send(request).await?;
             Ok(format!("status {}", response.status().as_u16()))
         }
-        "pg-setup" | "pg-incr" | "pg-count" | "pg-sleep" | "pg-types" => {
-            postgres(action, query).await
-        }
+        "pg-setup" | "pg-incr" | "pg-count" | "pg-sleep" | "pg-types" | "pg-times"
+        | "pg-bad-date" => postgres(action, query).await,
         "redis-incr" | "redis-tour" | "redis-wrongtype" | "redis-multi" | "redis-denied" => {
             redis(action).await
         }
@@ -153,6 +154,36 @@ async fn postgres(action: &str, query: &str) -> Result<String, Failed> {
                 .await?;
             let n: i64 = rows.first().and_then(|r| r.get("n")).unwrap_or(-1);
             Ok(format!("n {n}"))
+        }
+        "pg-times" => {
+            let rows = db
+                .query(
+                    "SELECT $1::date AS d, $2::time AS t, $3::timestamp AS ts, $4::timestamptz AS tz, \
+                     $5::uuid AS u, $6::timestamptz AS s, '2024-02-29 12:00:00+02'::timestamptz AS o",
+                    [
+                        ParameterValue::Date((2024, 2, 29)),
+                        ParameterValue::Time((23, 59, 58, 5000)),
+                        ParameterValue::Datetime((2024, 2, 29, 12, 30, 0, 0)),
+                        ParameterValue::Datetime((2024, 2, 29, 12, 30, 0, 0)),
+                        ParameterValue::Uuid("67e55044-10b1-426f-9247-bb680e5fe0c8".into()),
+                        ParameterValue::Timestamp(86_400),
+                    ],
+                )
+                .await?
+                .collect()
+                .await?;
+            let r = rows.first().ok_or("no row")?;
+            Ok((0..7)
+                .map(|i| format!("{:?}", r[i]))
+                .collect::<Vec<_>>()
+                .join(" "))
+        }
+        "pg-bad-date" => {
+            db.query("SELECT $1::date", [ParameterValue::Date((2024, 2, 30))])
+                .await?
+                .collect()
+                .await?;
+            Ok("accepted".into())
         }
         "pg-sleep" => {
             let ms: f64 = param(query, "ms").unwrap_or("50").parse()?;

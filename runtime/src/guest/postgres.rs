@@ -2,9 +2,12 @@
 //! ([`crate::postgres`]): a guest's `open(address)` borrows a pooled connection of its
 //! function, within `pg_acquire_ms`; the connection is the guest's until it drops it.
 //!
-//! Types: booleans, integers, floats, text, bytes, `jsonb`/`json`, and arrays of 32- and
-//! 64-bit integers and of text, both ways, and NULL. Dates, times, UUIDs, decimals, ranges
-//! and intervals are not mapped yet: as a parameter they are `bad-parameter` naming the type;
+//! Types: booleans, integers, floats, text, bytes, `jsonb`/`json`, arrays of 32- and 64-bit
+//! integers and of text, dates, times, timestamps, UUIDs, both ways, and NULL. Spin's
+//! `datetime` is UTC without a zone: a `timestamptz` column takes it as that instant and
+//! answers its instants in UTC; `timestamp` (seconds since the epoch) goes to either column.
+//! Decimals, ranges and intervals are not mapped yet: as a parameter they are `bad-parameter`
+//! naming the type;
 //! in a row they are `unsupported` with the value's bytes in Postgres's binary format (Spin's
 //! own fallback). `query-async` runs the query to its end and then streams the rows it holds
 //! (as [`super::sqlite`]'s `execute-async` does), bounded by `sql_max_rows` and
@@ -156,6 +159,13 @@ enum Param {
     I32s(Vec<Option<i32>>),
     I64s(Vec<Option<i64>>),
     Strs(Vec<Option<String>>),
+    Date(jiff::civil::Date),
+    Time(jiff::civil::Time),
+    /// Spin's `datetime`: UTC without a zone; a `timestamptz` column gets it as that instant.
+    DateTime(jiff::civil::DateTime),
+    /// Spin's `timestamp`: seconds since the epoch; a `timestamp` column gets it in UTC.
+    Timestamp(jiff::Timestamp),
+    Uuid(uuid::Uuid),
     Null,
 }
 
@@ -192,6 +202,18 @@ impl ToSql for Param {
             Param::I32s(v) => v.to_sql(ty, out),
             Param::I64s(v) => v.to_sql(ty, out),
             Param::Strs(v) => v.to_sql(ty, out),
+            Param::Date(v) => v.to_sql(ty, out),
+            Param::Time(v) => v.to_sql(ty, out),
+            Param::DateTime(v) if *ty == Type::TIMESTAMPTZ => v
+                .to_zoned(jiff::tz::TimeZone::UTC)?
+                .timestamp()
+                .to_sql(ty, out),
+            Param::DateTime(v) => v.to_sql(ty, out),
+            Param::Timestamp(v) if *ty == Type::TIMESTAMP => {
+                jiff::tz::TimeZone::UTC.to_datetime(*v).to_sql(ty, out)
+            }
+            Param::Timestamp(v) => v.to_sql(ty, out),
+            Param::Uuid(v) => v.to_sql(ty, out),
             Param::Null => Ok(IsNull::Yes),
         }
     }
@@ -220,6 +242,12 @@ impl ToSql for Param {
             Param::I32s(_) => <Vec<Option<i32>> as ToSql>::accepts(ty),
             Param::I64s(_) => <Vec<Option<i64>> as ToSql>::accepts(ty),
             Param::Strs(_) => <Vec<Option<String>> as ToSql>::accepts(ty),
+            Param::Date(_) => *ty == Type::DATE,
+            Param::Time(_) => *ty == Type::TIME,
+            Param::DateTime(_) | Param::Timestamp(_) => {
+                *ty == Type::TIMESTAMP || *ty == Type::TIMESTAMPTZ
+            }
+            Param::Uuid(_) => *ty == Type::UUID,
             Param::Null => true,
         };
         if !accepts {
@@ -244,6 +272,40 @@ fn param(value: ParameterValue) -> Result<Param, Error> {
         ParameterValue::ArrayInt32(v) => Param::I32s(v),
         ParameterValue::ArrayInt64(v) => Param::I64s(v),
         ParameterValue::ArrayStr(v) => Param::Strs(v),
+        ParameterValue::Date((year, month, day)) => Param::Date(
+            jiff::civil::Date::new(narrow(year)?, narrow(month)?, narrow(day)?)
+                .map_err(bad_time)?,
+        ),
+        ParameterValue::Time((hour, minute, second, nanosecond)) => Param::Time(
+            jiff::civil::Time::new(
+                narrow(hour)?,
+                narrow(minute)?,
+                narrow(second)?,
+                narrow(nanosecond)?,
+            )
+            .map_err(bad_time)?,
+        ),
+        ParameterValue::Datetime((year, month, day, hour, minute, second, nanosecond)) => {
+            Param::DateTime(
+                jiff::civil::DateTime::new(
+                    narrow(year)?,
+                    narrow(month)?,
+                    narrow(day)?,
+                    narrow(hour)?,
+                    narrow(minute)?,
+                    narrow(second)?,
+                    narrow(nanosecond)?,
+                )
+                .map_err(bad_time)?,
+            )
+        }
+        ParameterValue::Timestamp(seconds) => {
+            Param::Timestamp(jiff::Timestamp::from_second(seconds).map_err(bad_time)?)
+        }
+        ParameterValue::Uuid(text) => Param::Uuid(
+            uuid::Uuid::parse_str(&text)
+                .map_err(|e| Error::BadParameter(format!("not a UUID ({e}): {text:?}")))?,
+        ),
         ParameterValue::DbNull => Param::Null,
         other => {
             return Err(Error::BadParameter(format!(
@@ -252,6 +314,16 @@ fn param(value: ParameterValue) -> Result<Param, Error> {
             )));
         }
     })
+}
+
+/// A date or time field in the range jiff's type for it holds.
+fn narrow<A: Copy + std::fmt::Display, B: TryFrom<A>>(value: A) -> Result<B, Error> {
+    B::try_from(value)
+        .map_err(|_| Error::BadParameter(format!("a date or time field out of range: {value}")))
+}
+
+fn bad_time(e: jiff::Error) -> Error {
+    Error::BadParameter(format!("not a valid date or time: {e}"))
 }
 
 fn parameter_kind(value: &ParameterValue) -> &'static str {
@@ -342,6 +414,25 @@ fn cell(row: &tokio_postgres::Row, i: usize) -> Result<DbValue, tokio_postgres::
         Type::INT4_ARRAY => or_null(row.try_get(i), DbValue::ArrayInt32),
         Type::INT8_ARRAY => or_null(row.try_get(i), DbValue::ArrayInt64),
         Type::TEXT_ARRAY | Type::VARCHAR_ARRAY => or_null(row.try_get(i), DbValue::ArrayStr),
+        Type::DATE => or_null(row.try_get::<_, Option<jiff::civil::Date>>(i), |d| {
+            DbValue::Date((i32::from(d.year()), d.month() as u8, d.day() as u8))
+        }),
+        Type::TIME => or_null(row.try_get::<_, Option<jiff::civil::Time>>(i), |t| {
+            DbValue::Time((
+                t.hour() as u8,
+                t.minute() as u8,
+                t.second() as u8,
+                t.subsec_nanosecond() as u32,
+            ))
+        }),
+        Type::TIMESTAMP => or_null(row.try_get::<_, Option<jiff::civil::DateTime>>(i), datetime),
+        // Spin's datetime is UTC without a zone: the instant, in UTC.
+        Type::TIMESTAMPTZ => or_null(row.try_get::<_, Option<jiff::Timestamp>>(i), |t| {
+            datetime(jiff::tz::TimeZone::UTC.to_datetime(t))
+        }),
+        Type::UUID => or_null(row.try_get::<_, Option<uuid::Uuid>>(i), |u| {
+            DbValue::Uuid(u.hyphenated().to_string())
+        }),
         _ if matches!(ty.kind(), Kind::Enum(_)) => {
             or_null(row.try_get::<_, Option<Raw>>(i), |Raw(v)| {
                 DbValue::Str(String::from_utf8_lossy(&v).into_owned())
@@ -351,6 +442,18 @@ fn cell(row: &tokio_postgres::Row, i: usize) -> Result<DbValue, tokio_postgres::
             DbValue::Unsupported(v)
         }),
     }
+}
+
+fn datetime(d: jiff::civil::DateTime) -> DbValue {
+    DbValue::Datetime((
+        i32::from(d.year()),
+        d.month() as u8,
+        d.day() as u8,
+        d.hour() as u8,
+        d.minute() as u8,
+        d.second() as u8,
+        d.subsec_nanosecond() as u32,
+    ))
 }
 
 fn value_bytes(value: &DbValue) -> u64 {
