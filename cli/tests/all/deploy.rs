@@ -218,3 +218,91 @@ async fn without_address_space_for_the_pool_thaw_falls_back_to_on_demand() {
         "Hello, world!\n"
     );
 }
+
+/// Routes with host names: a request's host (any case, any port) goes to that host's routes
+/// first, then to the wildcards from the most specific, then to the host-less routes; a host
+/// with no route of its own is served by the host-less routes, and a path none of these match
+/// is a 404. A route's host that is not a lower-case name, or has a port, is refused at
+/// deploy naming it, and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_with_host_names_come_before_host_less_ones() {
+    use thaw_runtime::config::ConfigValue;
+    let server = TestServer::start();
+    let spec = |route: &str, who: &str| FunctionSpec {
+        route: Some(route.into()),
+        config: [("who".to_owned(), ConfigValue::Value(who.into()))].into(),
+        ..Default::default()
+    };
+    for (name, route) in [
+        ("api", "api.example.com/v1"),
+        ("wild", "*.example.com/v1"),
+        ("deep", "*.eu.example.com/v1"),
+        ("apex", "example.com"),
+        ("plain", "/v1"),
+    ] {
+        server.deploy(name, wasm::SDK_TOUR, spec(route, name)).await;
+    }
+    let http = crate::support::client();
+    for (host, path, want) in [
+        ("api.example.com", "/v1", Some("api")),
+        ("API.Example.com:8080", "/v1", Some("api")),
+        ("api.example.com.", "/v1", Some("api")),
+        ("shop.example.com", "/v1", Some("wild")),
+        ("a.b.example.com", "/v1", Some("wild")),
+        ("x.eu.example.com", "/v1", Some("deep")),
+        ("example.com", "/v1", Some("apex")),
+        ("other.org", "/v1", Some("plain")),
+        ("127.0.0.1", "/v1", Some("plain")),
+        ("api.example.com", "/v2", None),
+        ("other.org", "/v2", None),
+    ] {
+        let response = http
+            .get(format!("{}{path}/config?key=who", server.url))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        match want {
+            Some(who) => assert_eq!((status, body.as_str()), (200, who), "{host}{path}"),
+            None => assert_eq!(status, 404, "{host}{path}: {body}"),
+        }
+    }
+    for (route, says) in [
+        ("API.example.com/v1", "lower-case"),
+        ("api.example.com:8080/v1", "no port"),
+        ("*.localhost/v1", "host name with a dot"),
+        ("hello", "must start with '/'"),
+        ("api.example.com/v1/", "must not end with '/'"),
+    ] {
+        let e = server
+            .admin()
+            .deploy(
+                "bad",
+                &spec(route, "bad"),
+                thaw_test_functions::read(wasm::SDK_TOUR).into(),
+            )
+            .await
+            .unwrap_err();
+        let message = format!("{e:#}");
+        assert!(
+            message.contains("400") && message.contains(says),
+            "{route}: {message}"
+        );
+    }
+    let e = server
+        .admin()
+        .deploy(
+            "again",
+            &spec("api.example.com/v1", "again"),
+            thaw_test_functions::read(wasm::SDK_TOUR).into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("already served by function api"),
+        "{e:#}"
+    );
+    assert_eq!(server.admin().list().await.unwrap().len(), 5);
+}

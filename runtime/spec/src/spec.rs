@@ -625,12 +625,22 @@ pub fn validate_database_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
-/// Checks a route: absolute, no query or fragment, no empty, `.` or `..` segments, no
-/// trailing slash (except the root route `/`).
-pub fn validate_route(route: &str) -> Result<(), SpecError> {
-    let err = |why| Err(SpecError::Route(route.to_owned(), why));
+/// Checks a route: an optional host name ([`crate::route::check_host`]) before a path that
+/// is absolute, has no query or fragment, no empty, `.` or `..` segments, no trailing slash
+/// (except the root route `/`).
+pub fn validate_route(whole: &str) -> Result<(), SpecError> {
+    let err = |why| Err(SpecError::Route(whole.to_owned(), why));
+    if whole.len() > 1024 {
+        return err("longer than 1024 bytes");
+    }
+    let (host, route) = crate::route::split(whole);
+    if let Some(host) = host
+        && let Err(why) = crate::route::check_host(host)
+    {
+        return err(why);
+    }
     if !route.starts_with('/') {
-        return err("must start with '/'");
+        return err("must start with '/' or a host name");
     }
     if RESERVED_PATHS
         .iter()
@@ -929,11 +939,33 @@ mod tests {
 
     #[test]
     fn routes() {
-        for ok in ["/", "/hello", "/api/v1/users", "/a-b_c"] {
+        for ok in [
+            "/",
+            "/hello",
+            "/api/v1/users",
+            "/a-b_c",
+            "api.example.com/v1",
+            "*.example.com",
+            "example.com/",
+        ] {
             validate_route(ok).unwrap();
         }
         for bad in [
-            "", "hello", "/hello/", "//x", "/a//b", "/a/../b", "/a?b", "/a b", "/%2e", "/café",
+            "",
+            "hello",
+            "/hello/",
+            "//x",
+            "/a//b",
+            "/a/../b",
+            "/a?b",
+            "/a b",
+            "/%2e",
+            "/café",
+            "API.example.com/v1",
+            "api.example.com:80/v1",
+            "api.example.com/v1/",
+            "*.com",
+            "api.example.com/healthz",
         ] {
             assert!(validate_route(bad).is_err(), "{bad:?}");
         }

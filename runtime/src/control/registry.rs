@@ -8,7 +8,10 @@
 //! long as it runs. That is what makes a redeploy, a rollback or a split change atomic:
 //! requests that already hold the old version finish on it, the next load sees the new set.
 //!
-//! Routing is by longest matching prefix on segment boundaries ([`longest_prefix`]).
+//! Routing is by host, then by longest matching prefix on segment boundaries (the rules are
+//! in [`thaw_spec::route`]). The table keeps the host-less routes, each exact host's and each
+//! wildcard's apart, so a request's lookups are hash lookups of slices of its own host and
+//! path: no allocation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +23,71 @@ use thaw_spec::route::longest_prefix;
 
 use super::versions::VersionSet;
 
-/// Route prefix → function, immutable once built.
-type RouteTable = HashMap<String, Arc<VersionSet>>;
+/// Route → function, immutable once built, with its indexes by host.
+#[derive(Clone, Default)]
+struct RouteTable {
+    /// Every route as written (`/api`, `api.example.com/v1`): what a new route is checked
+    /// against.
+    all: HashMap<String, Arc<VersionSet>>,
+    /// Host-less routes, by path.
+    paths: Paths,
+    /// Exact host → its routes, by path.
+    hosts: HashMap<String, Paths>,
+    /// Wildcard (`*.example.com` kept as `.example.com`) → its routes, by path.
+    wildcards: HashMap<String, Paths>,
+}
+
+type Paths = HashMap<String, Arc<VersionSet>>;
+
+impl RouteTable {
+    fn from_routes(all: HashMap<String, Arc<VersionSet>>) -> Self {
+        let mut table = Self::default();
+        for (route, set) in &all {
+            let (host, path) = thaw_spec::route::split(route);
+            let paths = match host {
+                None => &mut table.paths,
+                Some(host) => match host.strip_prefix('*') {
+                    Some(suffix) => table.wildcards.entry(suffix.to_owned()).or_default(),
+                    None => table.hosts.entry(host.to_owned()).or_default(),
+                },
+            };
+            paths.insert(path.to_owned(), set.clone());
+        }
+        table.all = all;
+        table
+    }
+
+    fn get(&self, route: &str) -> Option<&Arc<VersionSet>> {
+        self.all.get(route)
+    }
+
+    /// The function serving `host` (already without its port) and `path`.
+    fn lookup(&self, host: Option<&str>, path: &str) -> Option<Arc<VersionSet>> {
+        let in_paths = |paths: &Paths| longest_prefix(path, |prefix| paths.get(prefix).cloned());
+        if let Some(host) = host
+            && !(self.hosts.is_empty() && self.wildcards.is_empty())
+        {
+            // Routes are lower-case; most requests' hosts already are.
+            let lowered;
+            let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                lowered = host.to_ascii_lowercase();
+                lowered.as_str()
+            } else {
+                host
+            };
+            if let Some(found) = self.hosts.get(host).and_then(in_paths) {
+                return Some(found);
+            }
+            // `a.b.example.com`: `.b.example.com`, then `.example.com`, then `.com`.
+            for (dot, _) in host.match_indices('.') {
+                if let Some(found) = self.wildcards.get(&host[dot..]).and_then(in_paths) {
+                    return Some(found);
+                }
+            }
+        }
+        in_paths(&self.paths)
+    }
+}
 
 /// The deployed functions.
 #[derive(Default)]
@@ -72,7 +138,7 @@ impl Registry {
     /// once per function. Functions whose route is taken (by an earlier one) are returned.
     pub fn insert_all(&self, sets: Vec<Arc<VersionSet>>) -> Vec<(Arc<VersionSet>, RouteTaken)> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut routes: RouteTable = (**self.routes.load()).clone();
+        let mut routes = self.routes.load().all.clone();
         let mut refused = Vec::new();
         for set in sets {
             match routes.get(&set.route) {
@@ -89,7 +155,7 @@ impl Registry {
                 }
             }
         }
-        self.routes.store(Arc::new(routes));
+        self.routes.store(Arc::new(RouteTable::from_routes(routes)));
         refused
     }
 
@@ -104,12 +170,12 @@ impl Registry {
     }
 
     fn rebuild_routes(&self) {
-        let table: RouteTable = self
+        let all: HashMap<String, Arc<VersionSet>> = self
             .by_name
             .iter()
             .map(|entry| (entry.route.clone(), entry.value().clone()))
             .collect();
-        self.routes.store(Arc::new(table));
+        self.routes.store(Arc::new(RouteTable::from_routes(all)));
     }
 
     /// The function called `name`.
@@ -134,9 +200,9 @@ impl Registry {
         self.by_name.is_empty()
     }
 
-    /// The function whose route is the longest prefix of `path` (on a segment boundary).
-    pub fn route(&self, path: &str) -> Option<Arc<VersionSet>> {
-        let table = self.routes.load();
-        longest_prefix(path, |prefix| table.get(prefix).cloned())
+    /// The function serving a request for `path` on `host` (its `Host` without the port;
+    /// `None` when it named none): see [`thaw_spec::route`] for the order.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<Arc<VersionSet>> {
+        self.routes.load().lookup(host, path)
     }
 }

@@ -135,7 +135,7 @@ impl Host {
 
     /// The function that serves `path`.
     fn route(&self, path: &str) -> Option<String> {
-        let set = self.platform.registry().route(path)?;
+        let set = self.platform.registry().route(None, path)?;
         Some(set.name.to_string())
     }
 }

@@ -325,7 +325,9 @@ async fn run(events: &Events, claims: &dyn TickClaims, schedule: &Schedule, tick
     };
     let id = format!("{tick}-{}", schedule.index);
     let source = format!("/thaw/schedules/{name}");
-    let mut request = match Request::post(function.route.as_str()).body(Full::new(Bytes::new())) {
+    let mut request = match Request::post(thaw_spec::route::split(&function.route).1)
+        .body(Full::new(Bytes::new()))
+    {
         Ok(request) => request,
         Err(e) => {
             tracing::warn!(function = %name, "a tick's request: {e}");

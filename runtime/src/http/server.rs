@@ -95,7 +95,17 @@ pub async fn serve_functions(
                 tracing::debug!(remote = %peer.remote, "refused a request: {why}");
                 return InvokeError::BadRequest(why.into()).into_response();
             }
-            let Some(set) = platform.registry().route(req.uri().path()) else {
+            // An absolute-form target names the host itself (and the executors take it over
+            // `Host`); `check_target` has checked both.
+            let host = match req.uri().authority() {
+                Some(authority) => Some(authority.as_str()),
+                None => req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok()),
+            }
+            .and_then(thaw_spec::route::request_host);
+            let Some(set) = platform.registry().route(host, req.uri().path()) else {
                 return InvokeError::NotFound.into_response();
             };
             let function = match req.headers().get(&VERSION) {

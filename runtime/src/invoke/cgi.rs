@@ -105,20 +105,18 @@ fn environment(
     peer: Peer,
 ) -> Vec<(String, String)> {
     let path = parts.uri.path();
-    let path_info = if function.route == "/" {
+    // A host route's script name is its path (`api.example.com/v1` is `/v1`).
+    let route = thaw_spec::route::split(&function.route).1;
+    let path_info = if route == "/" {
         path
     } else {
-        path.get(function.route.len()..).unwrap_or("")
+        path.get(route.len()..).unwrap_or("")
     };
     let mut env = Vec::with_capacity(16 + parts.headers.len() + function.env.len());
     let underscored = cgi::request_env(
         &CgiRequest {
             method: &parts.method,
-            script_name: if function.route == "/" {
-                ""
-            } else {
-                &function.route
-            },
+            script_name: if route == "/" { "" } else { route },
             path_info,
             query: parts.uri.query().unwrap_or(""),
             headers: &parts.headers,

@@ -21,7 +21,11 @@ fn the_test_apps_manifest_becomes_one_function_with_every_setting() {
     );
     assert_eq!(
         f.spec.allowed_outbound_hosts,
-        ["http://127.0.0.1:*", "postgres://127.0.0.1:*"]
+        [
+            "http://127.0.0.1:*",
+            "postgres://127.0.0.1:*",
+            "redis://127.0.0.1:*"
+        ]
     );
     assert_eq!(f.spec.env.get("MODE").map(String::as_str), Some("test"));
     assert!(
@@ -36,6 +40,12 @@ fn the_test_apps_manifest_becomes_one_function_with_every_setting() {
         f.spec.config.get("token"),
         Some(&ConfigValue::Secret {
             secret: "env:API_TOKEN".parse().unwrap()
+        })
+    );
+    assert_eq!(
+        f.spec.config.get("redis_url"),
+        Some(&ConfigValue::Secret {
+            secret: "env:REDIS_URL".parse().unwrap()
         })
     );
     f.spec.validate(&f.name, u64::MAX).unwrap();

@@ -127,14 +127,15 @@ async fn deliver(
     let Some(target) = crate::events::current(&events.platform, &function) else {
         return; // removed: the consumer is stopping; the message is redelivered elsewhere
     };
-    let mut request =
-        match Request::post(target.route.as_str()).body(Full::new(message.payload.clone())) {
-            Ok(request) => request,
-            Err(e) => {
-                tracing::warn!(%function, "a NATS message's request: {e}");
-                return;
-            }
-        };
+    let mut request = match Request::post(thaw_spec::route::split(&target.route).1)
+        .body(Full::new(message.payload.clone()))
+    {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::warn!(%function, "a NATS message's request: {e}");
+            return;
+        }
+    };
     CloudEvent {
         id: &id,
         source: &source,

@@ -219,7 +219,8 @@ async fn try_deliver(
         let Some(target) = crate::events::current(&cx.events.platform, &cx.function) else {
             return Ok(());
         };
-        let mut request = Request::post(target.route.as_str()).body(Full::new(payload.clone()))?;
+        let mut request = Request::post(thaw_spec::route::split(&target.route).1)
+            .body(Full::new(payload.clone()))?;
         CloudEvent {
             id: &entry.id,
             source: &source,
