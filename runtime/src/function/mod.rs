@@ -511,7 +511,7 @@ impl Linking {
                     .linkers
                     .proxy
                     .instantiate_pre(&component)
-                    .map_err(|e| LinkError::Imports(format!("{e:#}")))?;
+                    .map_err(|e| imports_error(format!("{e:#}")))?;
                 // A p2 proxy first (what almost every component is today), then a p3
                 // service; a component that exports both is served as p2.
                 match ProxyPre::new(pre.clone()) {
@@ -536,6 +536,25 @@ impl Linking {
             }
         })
     }
+}
+
+/// A link failure as the deployer reads it: the linker's message, and, when the component
+/// imports a WASI release candidate (`wasi:http/types@0.3.0-rc-2026-03-15`, which the
+/// linker reports as a type mismatch), what that means.
+fn imports_error(message: String) -> LinkError {
+    if let Some(at) = message.find("@0.3.0-rc-") {
+        let version: String = message[at + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+            .collect();
+        return LinkError::Imports(format!(
+            "{message}; the component is built for a WASIp3 release candidate ({version}), which \
+             this host's engine (wasmtime 48) does not serve: it serves WASIp2 (0.2.x) and \
+             WASIp3 0.3.0. Rebuild it with a toolchain for one of those (PyPI spin-sdk 5.0.0 \
+             targets the 2026-03-15 candidate; the Rust spin-sdk 7 targets 0.3.0)"
+        ));
+    }
+    LinkError::Imports(message)
 }
 
 /// Loads functions' code: the artifact from the cache (or a rebuild from the stored wasm),
@@ -646,5 +665,23 @@ impl Loader {
             Origin::Compiled | Origin::FastTier => StartKind::Compile,
         };
         Ok((loaded, waited.then(|| (kind, started.elapsed()))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_wasip3_release_candidate_import_is_explained() {
+        let linker = "component imports instance `wasi:http/types@0.3.0-rc-2026-03-15`, but a \
+                      matching implementation was not found in the linker: instance export \
+                      `fields` has the wrong type: resource implementation is missing";
+        let e = super::imports_error(linker.into()).to_string();
+        assert!(e.starts_with(linker), "{e}");
+        assert!(
+            e.contains("a WASIp3 release candidate (0.3.0-rc-2026-03-15)"),
+            "{e}"
+        );
+        let other = "component imports instance `spin:mqtt/mqtt@3.0.0`, but ...";
+        assert_eq!(super::imports_error(other.into()).to_string(), other);
     }
 }
