@@ -35,7 +35,7 @@
 //!
 //! The parsers of untrusted bytes and the admin API's wire types live in `thaw-spec` (no
 //! wasmtime there, so fuzzing is cheap) and keep their paths here: [`spec`], [`manifest`],
-//! [`cgi`], [`config`], [`outbound`], [`traffic`], [`api`], [`event_spec`]. The CLI (`thaw-cli`) and the cold-start suite
+//! [`cgi`], [`config`], [`outbound`], [`route`], [`traffic`], [`api`], [`event_spec`]. The CLI (`thaw-cli`) and the cold-start suite
 //! (`thaw-bench`) are crates of their own.
 
 #![deny(missing_docs)]
@@ -44,7 +44,7 @@
 // they keep their paths here.
 /// A function's schedules and asynchronous delivery policy, as its spec says them.
 pub use thaw_spec::events as event_spec;
-pub use thaw_spec::{api, cgi, config, manifest, outbound, spec, traffic};
+pub use thaw_spec::{api, cgi, config, manifest, outbound, route, spec, traffic};
 
 pub mod cluster;
 pub mod control;

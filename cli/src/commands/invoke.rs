@@ -57,7 +57,21 @@ pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
         .get(&args.name)
         .await
         .with_context(|| format!("looking up {}", args.name))?;
-    let route = function.route.as_str();
+    // A host route is called with its host in `Host`; a wildcard's needs one chosen.
+    let (host, route) = thaw_runtime::route::split(&function.route);
+    let given_host = args.headers.iter().any(|h| {
+        h.split(':')
+            .next()
+            .is_some_and(|n| n.trim().eq_ignore_ascii_case("host"))
+    });
+    if host.is_some_and(|h| h.starts_with("*.")) && !given_host {
+        anyhow::bail!(
+            "{} serves the wildcard route {}: say which host with -H 'Host: name.{}'",
+            args.name,
+            function.route,
+            &host.unwrap_or_default()[2..]
+        );
+    }
     let route = if route == "/" { "" } else { route };
     let path = if args.path.is_empty() || args.path.starts_with(['/', '?']) {
         args.path.clone()
@@ -81,6 +95,9 @@ pub async fn execute(args: InvokeArgs) -> anyhow::Result<()> {
         None => reqwest::Method::GET,
     };
     let mut request = reqwest::Client::new().request(method, &url);
+    if let Some(host) = host.filter(|_| !given_host) {
+        request = request.header(reqwest::header::HOST, host);
+    }
     for header in &args.headers {
         let (name, value) = header
             .split_once(':')

@@ -253,6 +253,9 @@ async fn routes_with_host_names_come_before_host_less_ones() {
         ("example.com", "/v1", Some("apex")),
         ("other.org", "/v1", Some("plain")),
         ("127.0.0.1", "/v1", Some("plain")),
+        // Empty labels make no subdomain.
+        (".example.com", "/v1", Some("plain")),
+        ("a..example.com", "/v1", Some("plain")),
         ("api.example.com", "/v2", None),
         ("other.org", "/v2", None),
     ] {
@@ -274,6 +277,8 @@ async fn routes_with_host_names_come_before_host_less_ones() {
         ("api.example.com:8080/v1", "no port"),
         ("*.localhost/v1", "host name with a dot"),
         ("hello", "must start with '/'"),
+        ("example.com/", "without '/'"),
+        ("127.0.0.1/x", "not an IP address"),
         ("api.example.com/v1/", "must not end with '/'"),
     ] {
         let e = server
@@ -305,4 +310,51 @@ async fn routes_with_host_names_come_before_host_less_ones() {
         "{e:#}"
     );
     assert_eq!(server.admin().list().await.unwrap().len(), 5);
+
+    // An absolute-form target routes by its own host (RFC 9112 §3.2.2: Host is ignored).
+    let agreed = crate::support::raw_exchange(
+        &server,
+        b"GET http://api.example.com/v1/config?key=who HTTP/1.1\r\nHost: API.example.com:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        agreed.starts_with("HTTP/1.1 200") && agreed.contains("\r\napi\r\n"),
+        "{agreed}"
+    );
+    let differing = crate::support::raw_exchange(
+        &server,
+        b"GET http://api.example.com/v1/config?key=who HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        differing.starts_with("HTTP/1.1 200") && differing.contains("\r\napi\r\n"),
+        "{differing}"
+    );
+
+    // `thaw invoke` calls a host route with its host; a wildcard's needs one named.
+    let out = crate::support::thaw_command(&server, &["invoke", "api", "/config?key=who"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "api", "{out:?}");
+    let out = crate::support::thaw_command(&server, &["invoke", "wild", "/config?key=who"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-H 'Host: name.example.com'"),
+        "{out:?}"
+    );
+    let out = crate::support::thaw_command(
+        &server,
+        &[
+            "invoke",
+            "wild",
+            "/config?key=who",
+            "-H",
+            "Host: shop.example.com",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "wild", "{out:?}");
 }

@@ -52,6 +52,15 @@ pub fn check_host(host: &str) -> Result<(), &'static str> {
             "a host is lower-case letters, digits and '-' in dot-separated labels, optionally after '*.'",
         );
     }
+    // A DNS name's last label is never all digits: that is an IPv4 address, which a
+    // host-less route serves.
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("a route's host is a name, not an IP address");
+    }
     // `hello` for `/hello` is a slip, not a host: a route's host has a dot.
     if !name.contains('.') {
         return Err(
@@ -134,6 +143,8 @@ mod tests {
             "a.*.b",
             "[::1]",
             "exa mple.com",
+            "127.0.0.1",
+            "*.0.0.1",
         ] {
             assert!(check_host(bad).is_err(), "{bad}");
         }

@@ -642,6 +642,10 @@ pub fn validate_route(whole: &str) -> Result<(), SpecError> {
     if !route.starts_with('/') {
         return err("must start with '/' or a host name");
     }
+    // One spelling per route: routes are compared as written (who holds which, 409s).
+    if host.is_some() && route == "/" && whole.ends_with('/') {
+        return err("a host's root is written without '/' (example.com, not example.com/)");
+    }
     if RESERVED_PATHS
         .iter()
         .any(|reserved| route == *reserved || route.starts_with(&format!("{reserved}/")))
@@ -946,7 +950,7 @@ mod tests {
             "/a-b_c",
             "api.example.com/v1",
             "*.example.com",
-            "example.com/",
+            "example.com",
         ] {
             validate_route(ok).unwrap();
         }
@@ -966,6 +970,9 @@ mod tests {
             "api.example.com/v1/",
             "*.com",
             "api.example.com/healthz",
+            "example.com/",
+            "*.example.com/",
+            "127.0.0.1/x",
         ] {
             assert!(validate_route(bad).is_err(), "{bad:?}");
         }

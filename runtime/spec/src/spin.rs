@@ -193,6 +193,11 @@ fn application_base(application: &Table, notes: &mut Vec<String>) -> anyhow::Res
         .and_then(|h| h.get("base"))
         .and_then(Value::as_str)
         .unwrap_or("/");
+    // Spin's base is a path; without its '/' it would read as one of thaw's host routes.
+    anyhow::ensure!(
+        base.starts_with('/'),
+        "[application.trigger.http] base {base:?} must start with '/'"
+    );
     Ok(base.trim_end_matches('/').to_owned())
 }
 

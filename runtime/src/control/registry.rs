@@ -11,7 +11,7 @@
 //! Routing is by host, then by longest matching prefix on segment boundaries (the rules are
 //! in [`thaw_spec::route`]). The table keeps the host-less routes, each exact host's and each
 //! wildcard's apart, so a request's lookups are hash lookups of slices of its own host and
-//! path: no allocation.
+//! path: no allocation (but for a host sent with capitals, lowered once).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,8 +78,11 @@ impl RouteTable {
             if let Some(found) = self.hosts.get(host).and_then(in_paths) {
                 return Some(found);
             }
-            // `a.b.example.com`: `.b.example.com`, then `.example.com`, then `.com`.
-            for (dot, _) in host.match_indices('.') {
+            // `a.b.example.com`: `.b.example.com`, then `.example.com`, then `.com`. A host
+            // with an empty label (`.example.com`, `a..example.com`) is no subdomain of
+            // anything.
+            let labels_ok = !host.starts_with('.') && !host.contains("..");
+            for (dot, _) in host.match_indices('.').filter(|_| labels_ok) {
                 if let Some(found) = self.wildcards.get(&host[dot..]).and_then(in_paths) {
                     return Some(found);
                 }

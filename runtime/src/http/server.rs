@@ -117,6 +117,17 @@ pub async fn serve_functions(
             };
             drop(set);
             let mut req = req;
+            // RFC 9112 §3.2.2: an absolute-form target's host is the request's, and `Host` is
+            // ignored. The guest gets the one the request was routed by, so that a `Host`
+            // naming another site can neither reach a guest that reads it nor get past a
+            // proxy in front that checks `Host` only.
+            if let Some(authority) = req.uri().authority()
+                && req.headers().get(http::header::HOST).map(|h| h.as_bytes())
+                    != Some(authority.as_str().as_bytes())
+                && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+            {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
             super::auth::strip_session_cookie(req.headers_mut());
             crate::events::strip_forged_events(req.headers_mut());
             let version = function.version_header.clone();
