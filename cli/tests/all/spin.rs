@@ -159,6 +159,36 @@ async fn a_spin_app_importing_an_interface_thaw_does_not_offer_is_refused_naming
     assert!(server.admin().list().await.unwrap().is_empty());
 }
 
+/// 32 clients each calling the Spin app's `path` 5 times at once; the answers that do not
+/// start with `ok_prefix`.
+async fn thirty_two_clients_five_times(
+    server: &TestServer,
+    path: &str,
+    ok_prefix: &'static str,
+) -> Vec<String> {
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let url = format!("{}/spin-app{path}", server.url);
+            tokio::spawn(async move {
+                let http = client();
+                let mut failed = Vec::new();
+                for _ in 0..5 {
+                    let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+                    if !body.starts_with(ok_prefix) {
+                        failed.push(body);
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for c in clients {
+        failed.extend(c.await.unwrap());
+    }
+    failed
+}
+
 /// Deploys functions/spin-app from its spin.toml on `server`.
 fn deploy_spin_app(server: &TestServer) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/spin-app/spin.toml");
@@ -223,27 +253,10 @@ async fn a_spin_app_uses_postgres_through_the_hosts_pool() {
         "{bad}"
     );
 
-    let clients: Vec<_> = (0..32)
-        .map(|_| {
-            let url = format!("{}/spin-app/pg-incr", server.url);
-            tokio::spawn(async move {
-                let http = client();
-                let mut failed = Vec::new();
-                for _ in 0..5 {
-                    let body = http.get(&url).send().await.unwrap().text().await.unwrap();
-                    if !body.starts_with("n ") {
-                        failed.push(body);
-                    }
-                }
-                failed
-            })
-        })
-        .collect();
-    let mut failed = Vec::new();
-    for c in clients {
-        failed.extend(c.await.unwrap());
-    }
-    assert_eq!(failed, Vec::<String>::new());
+    assert_eq!(
+        thirty_two_clients_five_times(&server, "/pg-incr", "n ").await,
+        Vec::<String>::new()
+    );
     assert_eq!(call(&server, "/pg-count").await, (200, "n 160".into()));
 
     connections_stay_within_the_pool(&server, &pg).await;
@@ -371,27 +384,10 @@ async fn a_spin_app_uses_redis_where_its_manifest_allows() {
         )
     );
 
-    let clients: Vec<_> = (0..32)
-        .map(|_| {
-            let url = format!("{}/spin-app/redis-incr", server.url);
-            tokio::spawn(async move {
-                let http = client();
-                let mut failed = Vec::new();
-                for _ in 0..5 {
-                    let body = http.get(&url).send().await.unwrap().text().await.unwrap();
-                    if !body.starts_with("hits ") {
-                        failed.push(body);
-                    }
-                }
-                failed
-            })
-        })
-        .collect();
-    let mut failed = Vec::new();
-    for c in clients {
-        failed.extend(c.await.unwrap());
-    }
-    assert_eq!(failed, Vec::<String>::new());
+    assert_eq!(
+        thirty_two_clients_five_times(&server, "/redis-incr", "hits ").await,
+        Vec::<String>::new()
+    );
     assert_eq!(call(&server, "/redis-incr").await, (200, "hits 161".into()));
     let observer = redis::Client::open(redis.url.as_str()).unwrap();
     let mut observer = observer.get_multiplexed_async_connection().await.unwrap();

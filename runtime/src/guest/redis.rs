@@ -138,6 +138,20 @@ async fn run<R: redis::FromRedisValue>(call: Call, command: &redis::Cmd) -> Resu
     }
 }
 
+/// Runs command `name` with `args` on a guest's connection: one line per method of the
+/// interface, each a Redis command of the same name.
+async fn on<T, R: redis::FromRedisValue>(
+    accessor: &Accessor<T, HasRedis>,
+    connection: &Resource<RedisConnection>,
+    name: &str,
+    args: impl redis::ToRedisArgs,
+) -> Answer<R> {
+    let call = shared(accessor, connection)?;
+    let mut command = redis::cmd(name);
+    command.arg(args);
+    Ok(run(call, &command).await)
+}
+
 impl iface::Host for RedisView<'_> {}
 
 impl iface::HostConnection for RedisView<'_> {
@@ -194,10 +208,12 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         channel: String,
         payload: Vec<u8>,
     ) -> Answer<()> {
-        let connection = shared(accessor, &connection)?;
-        let mut command = redis::cmd("PUBLISH");
-        command.arg(channel).arg(payload);
-        Ok(run::<i64>(connection, &command).await.map(drop))
+        // PUBLISH answers how many subscribers got the message; the interface answers nothing.
+        Ok(
+            on::<T, i64>(accessor, &connection, "PUBLISH", (channel, payload))
+                .await?
+                .map(drop),
+        )
     }
 
     async fn get(
@@ -205,10 +221,7 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         connection: Resource<RedisConnection>,
         key: String,
     ) -> Answer<Option<Vec<u8>>> {
-        let connection = shared(accessor, &connection)?;
-        let mut command = redis::cmd("GET");
-        command.arg(key);
-        Ok(run(connection, &command).await)
+        on(accessor, &connection, "GET", key).await
     }
 
     async fn set(
@@ -217,10 +230,7 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         key: String,
         value: Vec<u8>,
     ) -> Answer<()> {
-        let connection = shared(accessor, &connection)?;
-        let mut command = redis::cmd("SET");
-        command.arg(key).arg(value);
-        Ok(run::<()>(connection, &command).await)
+        on(accessor, &connection, "SET", (key, value)).await
     }
 
     async fn incr(
@@ -228,10 +238,7 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         connection: Resource<RedisConnection>,
         key: String,
     ) -> Answer<i64> {
-        let connection = shared(accessor, &connection)?;
-        let mut command = redis::cmd("INCR");
-        command.arg(key);
-        Ok(run(connection, &command).await)
+        on(accessor, &connection, "INCR", key).await
     }
 
     async fn del(
@@ -239,10 +246,7 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         connection: Resource<RedisConnection>,
         keys: Vec<String>,
     ) -> Answer<u32> {
-        let connection = shared(accessor, &connection)?;
-        let mut command = redis::cmd("DEL");
-        command.arg(keys);
-        Ok(run(connection, &command).await)
+        on(accessor, &connection, "DEL", keys).await
     }
 
     async fn sadd(
@@ -251,10 +255,7 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         key: String,
         values: Vec<String>,
     ) -> Answer<u32> {
-        let connection = shared(accessor, &connection)?;
-        let mut command = redis::cmd("SADD");
-        command.arg(key).arg(values);
-        Ok(run(connection, &command).await)
+        on(accessor, &connection, "SADD", (key, values)).await
     }
 
     async fn smembers(
@@ -262,10 +263,7 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         connection: Resource<RedisConnection>,
         key: String,
     ) -> Answer<Vec<String>> {
-        let connection = shared(accessor, &connection)?;
-        let mut command = redis::cmd("SMEMBERS");
-        command.arg(key);
-        Ok(run(connection, &command).await)
+        on(accessor, &connection, "SMEMBERS", key).await
     }
 
     async fn srem(
@@ -274,10 +272,7 @@ impl<T> iface::HostConnectionWithStore<T> for HasRedis {
         key: String,
         values: Vec<String>,
     ) -> Answer<u32> {
-        let connection = shared(accessor, &connection)?;
-        let mut command = redis::cmd("SREM");
-        command.arg(key).arg(values);
-        Ok(run(connection, &command).await)
+        on(accessor, &connection, "SREM", (key, values)).await
     }
 
     async fn execute(
