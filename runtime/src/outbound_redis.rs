@@ -224,17 +224,19 @@ pub fn refused_command<'a>(
         "SHUTDOWN",
         "SLAVEOF",
     ];
-    let upper = command.trim().to_ascii_uppercase();
-    if STATEFUL.contains(&upper.as_str()) {
+    // Compared in place: a guest's every `execute` passes here.
+    let command = command.trim();
+    let is = |names: &[&str]| names.iter().any(|n| n.eq_ignore_ascii_case(command));
+    if is(STATEFUL) {
         Some("it changes the state of the connection the function's requests share")
-    } else if BLOCKING.contains(&upper.as_str())
-        || (matches!(upper.as_str(), "XREAD" | "XREADGROUP")
+    } else if is(BLOCKING)
+        || (is(&["XREAD", "XREADGROUP"])
             && arguments
                 .into_iter()
                 .any(|a| a.eq_ignore_ascii_case(b"BLOCK")))
     {
         Some("it blocks the connection the function's requests share")
-    } else if ADMINISTRATIVE.contains(&upper.as_str()) {
+    } else if is(ADMINISTRATIVE) {
         Some("it administers the Redis server or has it connect elsewhere")
     } else {
         None

@@ -12,9 +12,9 @@
 //!
 //! Run: `cargo run --release -p thaw-benches --example keyvalue` (`-- 2000` for more samples).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use thaw_benches::{BenchPlatform, Setup};
+use thaw_benches::{BenchPlatform, Setup, quantile_us, timed};
 use thaw_runtime::control::KeyValueBackend;
 use thaw_runtime::keyvalue::{KeyValue, Quota};
 use thaw_runtime::spec::FunctionSpec;
@@ -30,7 +30,7 @@ fn summary(rows: &[Row]) {
     for row in rows {
         let mut s = row.samples.clone();
         s.sort();
-        let at = |q: f64| s[((s.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        let at = |q: f64| quantile_us(&s, q);
         println!(
             "| {} | {:.1} | {:.1} | {:.1} | {} |",
             row.name,
@@ -40,23 +40,6 @@ fn summary(rows: &[Row]) {
             s.len()
         );
     }
-}
-
-async fn timed<F, Fut>(n: usize, mut call: F) -> Vec<Duration>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    for i in 0..n / 10 {
-        call(i).await;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let started = Instant::now();
-        call(i).await;
-        samples.push(started.elapsed());
-    }
-    samples
 }
 
 async fn measure(label: &str, backend: KeyValueBackend, n: usize, rows: &mut Vec<Row>) {

@@ -30,7 +30,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thaw_benches::{BenchPlatform, Setup};
+use thaw_benches::{BenchPlatform, Setup, quantile_us, timed};
 use thaw_runtime::spec::FunctionSpec;
 use thaw_runtime::sql::{SqlQuota, Value};
 
@@ -53,7 +53,7 @@ fn concurrency_summary(rows: &[Concurrent]) {
     for row in rows {
         let mut s = row.samples.clone();
         s.sort();
-        let at = |q: f64| s[((s.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        let at = |q: f64| quantile_us(&s, q);
         println!(
             "| {} | {:.0} | {:.0} | {:.0} | {} |",
             row.name,
@@ -133,7 +133,7 @@ fn summary(rows: &[Row]) {
     for row in rows {
         let mut s = row.samples.clone();
         s.sort();
-        let at = |q: f64| s[((s.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        let at = |q: f64| quantile_us(&s, q);
         let total: Duration = s.iter().sum();
         println!(
             "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
@@ -159,23 +159,6 @@ fn timed_blocking(n: usize, mut call: impl FnMut(usize)) -> Vec<Duration> {
             started.elapsed()
         })
         .collect()
-}
-
-async fn timed<F, Fut>(n: usize, mut call: F) -> Vec<Duration>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    for i in 0..n / 10 {
-        call(i).await;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let started = Instant::now();
-        call(i).await;
-        samples.push(started.elapsed());
-    }
-    samples
 }
 
 /// A pseudo-random id in the table, the same sequence in every row.

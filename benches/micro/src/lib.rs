@@ -4,7 +4,7 @@
 //! directory with the example functions deployed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thaw_runtime::control::{KeyValueBackend, LoadMode, Platform, PlatformConfig};
 use thaw_runtime::engine::EngineOptions;
@@ -166,4 +166,28 @@ impl Drop for BusyCore {
             let _ = handle.join();
         }
     }
+}
+
+/// Runs `call(i)` for `n / 10` warm-up rounds, then `n` timed ones, one after another: each
+/// call's latency (the examples' one-at-a-time rows).
+pub async fn timed<F, Fut>(n: usize, mut call: F) -> Vec<Duration>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for i in 0..n / 10 {
+        call(i).await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        call(i).await;
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+/// The `q` quantile (0 to 1) of `sorted` samples, in microseconds.
+pub fn quantile_us(sorted: &[Duration], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
 }
