@@ -108,6 +108,7 @@ pub mod future;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod pg;
 pub mod sql;
 
 pub use ::http::{HeaderMap, HeaderValue, Method, StatusCode};

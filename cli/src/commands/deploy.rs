@@ -61,6 +61,10 @@ pub struct DeployArgs {
     /// A SQL database the function may open besides `default` (always its own); repeatable
     #[arg(long = "sqlite-database", value_name = "NAME")]
     pub sqlite_databases: Vec<String>,
+    /// A Postgres database the function opens by NAME, its URL in a host secret (env:NAME for
+    /// the host's THAW_SECRET_NAME, or file:NAME in its --secrets-dir); repeatable
+    #[arg(long = "postgres-database", value_name = "NAME=PROVIDER:NAME", value_parser = parse_secret)]
+    pub postgres_databases: Vec<(String, SecretRef)>,
     /// Run the function on a schedule: a cron expression (5 fields, or 6 with seconds
     /// first), in UTC; repeatable. A time zone or catch-up needs a manifest's table
     #[arg(long = "schedule", value_name = "CRON", value_parser = thaw_runtime::event_spec::parse_schedule_flag)]
@@ -172,6 +176,17 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         snapshot: args.no_snapshot.then_some(false),
         allowed_outbound_hosts: args.allow_outbound.clone(),
         sqlite_databases: args.sqlite_databases.clone(),
+        postgres_databases: args
+            .postgres_databases
+            .iter()
+            .map(|(name, secret)| {
+                let secret = secret.clone();
+                (
+                    name.clone(),
+                    thaw_runtime::spec::PostgresDatabase { secret },
+                )
+            })
+            .collect(),
         dirs: args.dirs.clone(),
         config: args
             .config

@@ -2,16 +2,18 @@
 //! (functions/todo) over `spin:sqlite`, on the function's own SQLite database. A schema
 //! migrated on first use, parameters that carry hostile text as data, typed rows, a quota that
 //! refuses writes and keeps reads, SQL that cannot leave its file, databases no other
-//! function reaches, writes that survive kill -9, and `thaw remove` taking them away.
+//! function reaches, writes that survive kill -9, and `thaw remove` taking them away. And the
+//! SDK's `pg` module on a Postgres database a function's spec names.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
+use thaw_runtime::config::SecretRef;
+use thaw_runtime::spec::{FunctionSpec, LimitsSpec, PostgresDatabase};
 use thaw_test_functions as wasm;
 
-use crate::support::{TestServer, client, thaw_command};
+use crate::support::{ErrorCode, TestServer, client, thaw_command};
 
 async fn call(server: &TestServer, function: &str, path: &str) -> (u16, String) {
     let r = client()
@@ -34,19 +36,54 @@ async fn add_todo(server: &TestServer, function: &str, title: &str) -> (u16, Str
 
 /// `q` percent-encoded for a query string.
 fn sql(db: Option<&str>, q: &str) -> String {
-    let mut path = String::from("/sql?");
-    if let Some(db) = db {
-        path.push_str(&format!("db={db}&"));
+    match db {
+        Some(db) => format!("/sql?db={db}&q={}", encoded(q)),
+        None => format!("/sql?q={}", encoded(q)),
     }
-    path.push_str("q=");
-    for b in q.bytes() {
+}
+
+/// `text` percent-encoded for a query string.
+fn encoded(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.*".contains(&b) {
-            path.push(b as char);
+            out.push(b as char);
         } else {
-            path.push_str(&format!("%{b:02X}"));
+            out.push_str(&format!("%{b:02X}"));
         }
     }
-    path
+    out
+}
+
+/// 32 clients each call `path` on function `function` `times` times; what the calls that
+/// did not answer 200 said.
+async fn thirty_two_clients(
+    server: &TestServer,
+    function: &str,
+    path: &str,
+    times: usize,
+) -> Vec<String> {
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let url = format!("{}/{function}{path}", server.url);
+            tokio::spawn(async move {
+                let http = client();
+                let mut failures = Vec::new();
+                for _ in 0..times {
+                    let r = http.get(&url).send().await.unwrap();
+                    if r.status() != 200 {
+                        failures.push(r.text().await.unwrap());
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    failures
 }
 
 fn spec(route: &str, databases: &[&str], limits: LimitsSpec) -> FunctionSpec {
@@ -271,27 +308,11 @@ async fn concurrent_increments_lose_nothing(server: &TestServer) {
         200
     );
     let increment = sql(None, "UPDATE counter SET n = n + 1 WHERE id = 1");
-    let clients: Vec<_> = (0..32)
-        .map(|_| {
-            let url = format!("{}/a{increment}", server.url);
-            tokio::spawn(async move {
-                let http = client();
-                let mut failures = Vec::new();
-                for _ in 0..10 {
-                    let r = http.get(&url).send().await.unwrap();
-                    if r.status() != 200 {
-                        failures.push(r.text().await.unwrap());
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
-    let mut failures = Vec::new();
-    for c in clients {
-        failures.extend(c.await.unwrap());
-    }
-    assert_eq!(failures, Vec::<String>::new(), "increments failed");
+    assert_eq!(
+        thirty_two_clients(server, "a", &increment, 10).await,
+        Vec::<String>::new(),
+        "increments failed"
+    );
     let (status, body) = call(server, "a", &sql(None, "SELECT n FROM counter")).await;
     assert_eq!((status, body.lines().next()), (200, Some("320")));
 }
@@ -352,4 +373,166 @@ async fn removing_the_function_removes_its_databases(server: &TestServer) {
         status, 500,
         "a new function of the same name starts empty: {body}"
     );
+}
+
+/// `/pg` on the to-do guest: `q` run on Postgres database `db` with text parameters `p`;
+/// `x` executes instead of querying.
+fn pg(db: &str, q: &str, p: &[&str], execute: bool) -> String {
+    let mut path = format!("/pg?db={}&q={}", encoded(db), encoded(q));
+    for value in p {
+        path.push_str(&format!("&p={}", encoded(value)));
+    }
+    if execute {
+        path.push_str("&x=1");
+    }
+    path
+}
+
+/// The Rust SDK's `pg` module on a database the function's spec names, its URL in a secret:
+/// opened by name with no allow-list entry, statements with parameters and typed rows,
+/// the server's SQLSTATE in an error, 32 clients' increments all counted. The grant is the
+/// name: the same URL as an address is refused, another function cannot open the name, a
+/// secret the host lacks is a 400 naming the database, and the URL appears in no listing,
+/// record or log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_opens_the_postgres_database_its_spec_names() {
+    let Some(pg_server) = thaw_harness::Postgres::start() else {
+        return;
+    };
+    let server = TestServer::start_with_env(&[], &[("THAW_SECRET_ORDERS_DB", &pg_server.url)]);
+    let mut granted = spec("/a", &[], LimitsSpec::default());
+    granted.postgres_databases.insert(
+        "orders".into(),
+        PostgresDatabase {
+            secret: SecretRef::Env("ORDERS_DB".into()),
+        },
+    );
+    server.deploy("a", wasm::TODO, granted.clone()).await;
+    server
+        .deploy("b", wasm::TODO, spec("/b", &[], LimitsSpec::default()))
+        .await;
+
+    let create =
+        "CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL)";
+    assert_eq!(
+        call(&server, "a", &pg("orders", create, &[], true)).await,
+        (200, "0".into())
+    );
+    let insert = "INSERT INTO orders (item, qty) VALUES ($1, $2::text::int)";
+    for (item, qty) in [("tea'); DROP TABLE orders; --", "2"), ("milk", "1")] {
+        assert_eq!(
+            call(&server, "a", &pg("orders", insert, &[item, qty], true)).await,
+            (200, "1".into())
+        );
+    }
+    let select = "SELECT id, item, qty, qty * 1.5 AS half_more, NULL::text AS note FROM orders WHERE qty >= $1::text::int ORDER BY id";
+    assert_eq!(
+        call(&server, "a", &pg("orders", select, &["1"], false)).await,
+        (
+            200,
+            "1|tea'); DROP TABLE orders; --|2|3.0|NULL\n2|milk|1|1.5|NULL\n".into()
+        )
+    );
+    // A decimal goes both ways exactly, past what a 128-bit decimal holds.
+    let doubled = pg("orders", "SELECT $1::numeric * 2", &[], false)
+        + "&d=12345678901234567890123456789.123456789";
+    assert_eq!(
+        call(&server, "a", &doubled).await,
+        (200, "24691357802469135780246913578.246913578\n".into())
+    );
+    let (status, body) = call(
+        &server,
+        "a",
+        &pg("orders", "SELECT * FROM nope", &[], false),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("\"nope\" does not exist") && body.contains("SQLSTATE 42P01"),
+        "{body}"
+    );
+
+    // 32 clients x 5 increments through the host's pool lose nothing.
+    for statement in [
+        "CREATE TABLE counter (id int PRIMARY KEY, n int NOT NULL)",
+        "INSERT INTO counter VALUES (1, 0)",
+    ] {
+        assert_eq!(
+            call(&server, "a", &pg("orders", statement, &[], true))
+                .await
+                .0,
+            200
+        );
+    }
+    let increment = pg(
+        "orders",
+        "UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n",
+        &[],
+        false,
+    );
+    assert_eq!(
+        thirty_two_clients(&server, "a", &increment, 5).await,
+        Vec::<String>::new(),
+        "increments failed"
+    );
+    assert_eq!(
+        call(
+            &server,
+            "a",
+            &pg("orders", "SELECT n FROM counter", &[], false)
+        )
+        .await,
+        (200, "160\n".into())
+    );
+
+    // The grant is the name, not the server: the URL itself is an address the allow-list
+    // (empty) refuses, and a function without the name cannot open it.
+    let (status, body) = call(&server, "a", &pg(&pg_server.url, "SELECT 1", &[], false)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("allowed_outbound_hosts"), "{body}");
+    let (status, body) = call(&server, "b", &pg("orders", "SELECT 1", &[], false)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("no Postgres database \"orders\"") && body.contains("postgres_databases"),
+        "{body}"
+    );
+
+    // A secret the host lacks: a 400 naming the database, and the version serving stays.
+    let mut missing = granted.clone();
+    missing.postgres_databases.insert(
+        "reports".into(),
+        PostgresDatabase {
+            secret: SecretRef::Env("REPORTS_DB".into()),
+        },
+    );
+    let e = server
+        .admin()
+        .typed()
+        .deploy("a", &missing, thaw_test_functions::read(wasm::TODO).into())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{e}");
+    assert!(
+        e.to_string().contains("postgres_databases \"reports\"")
+            && e.to_string().contains("THAW_SECRET_REPORTS_DB is not set"),
+        "{e}"
+    );
+    assert_eq!(
+        call(
+            &server,
+            "a",
+            &pg("orders", "SELECT count(*) FROM orders", &[], false)
+        )
+        .await,
+        (200, "2\n".into())
+    );
+
+    // The URL is a reference everywhere but in the host's memory.
+    let listed = thaw_command(&server, &["list", "--json"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("env:ORDERS_DB"), "{listed}");
+    let record = std::fs::read_to_string(server.data_dir.join("functions/a.json")).unwrap();
+    for place in [listed.to_string(), record, server.log()] {
+        assert!(!place.contains(&pg_server.url), "the URL leaked: {place}");
+    }
 }

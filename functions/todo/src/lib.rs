@@ -5,10 +5,15 @@
 //! - `/sql?db=D&q=Q`: runs Q on database D (`default` unless given) and answers its rows as
 //!   `|`-separated lines, then `changes=N rowid=R`; SQL errors are 500, a full database 507,
 //!   a database the function may not open 404, each with the SDK's message;
+//! - `/pg?db=D&q=Q&p=P`: runs Q on Postgres database D (a name from `postgres_databases`, or
+//!   an address) through `thaw_sdk::pg`, with each `p` bound as text, in order (`$1::text`),
+//!   then each `d` as a decimal, and answers its rows as `|`-separated lines; with `x=1` it executes Q instead and
+//!   answers how many rows it changed. A failed connection is 502, a failed statement 500,
+//!   each with the SDK's message (and the SQLSTATE);
 //! - `/config?key=K`: the setting, or 404 `none` (a request that touches no database).
 
 use thaw_sdk::http::{self, StatusCode};
-use thaw_sdk::{Body, IntoResponse as _, handler, sql};
+use thaw_sdk::{Body, IntoResponse as _, handler, pg, sql};
 
 type Answer = http::Response<Body>;
 
@@ -19,13 +24,7 @@ fn answer(status: StatusCode, text: impl Into<String>) -> Answer {
 }
 
 fn param(req: &http::Request<Body>, key: &str) -> Option<String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| percent_decoded(v))
+    all_params(req, key).next()
 }
 
 fn percent_decoded(text: &str) -> String {
@@ -106,6 +105,35 @@ async fn handle(req: http::Request<Body>) -> Answer {
                 Ok(lines)
             }))
         }
+        "/pg" => {
+            let database = param(&req, "db").unwrap_or_default();
+            let statement = param(&req, "q").unwrap_or_default();
+            let parameters: Vec<pg::Value> = all_params(&req, "p")
+                .map(pg::Value::Text)
+                .chain(all_params(&req, "d").map(pg::Value::Decimal))
+                .collect();
+            let execute = param(&req, "x").is_some_and(|x| x == "1");
+            let result = pg::Connection::open(&database).and_then(|db| {
+                if execute {
+                    return Ok(db.execute(&statement, &parameters)?.to_string());
+                }
+                let rows = db.query(&statement, &parameters)?;
+                let mut lines = String::new();
+                for row in rows.rows() {
+                    let cells: Vec<String> = row.values().iter().map(pg_cell).collect();
+                    lines.push_str(&cells.join("|"));
+                    lines.push('\n');
+                }
+                Ok(lines)
+            });
+            match result {
+                Ok(text) => answer(StatusCode::OK, text),
+                Err(e @ pg::Error::ConnectionFailed(_)) => {
+                    answer(StatusCode::BAD_GATEWAY, e.to_string())
+                }
+                Err(e) => answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
         "/config" => match thaw_sdk::config::get(&param(&req, "key").unwrap_or_default()) {
             Ok(Some(value)) => answer(StatusCode::OK, value),
             Ok(None) => answer(StatusCode::NOT_FOUND, "none"),
@@ -136,6 +164,30 @@ fn cell(value: &sql::Value) -> String {
         sql::Value::Blob(b) => format!("blob:{}", b.len()),
         sql::Value::Null => "NULL".into(),
     }
+}
+
+fn pg_cell(value: &pg::Value) -> String {
+    match value {
+        pg::Value::Bool(b) => b.to_string(),
+        pg::Value::Int16(i) => i.to_string(),
+        pg::Value::Int32(i) => i.to_string(),
+        pg::Value::Int64(i) => i.to_string(),
+        pg::Value::Float64(f) => f.to_string(),
+        pg::Value::Text(t) | pg::Value::Uuid(t) | pg::Value::Decimal(t) => t.clone(),
+        pg::Value::Null => "NULL".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Every value of `key` in the query, in order.
+fn all_params<'a>(req: &'a http::Request<Body>, key: &'a str) -> impl Iterator<Item = String> + 'a {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(move |(k, _)| *k == key)
+        .map(|(_, v)| percent_decoded(v))
 }
 
 fn sql_answer(result: Result<String, sql::Error>) -> Answer {

@@ -13,6 +13,7 @@
 //! reuse = { max_requests = 100 }                    # optional, see thaw-runtime's pool
 //! allowed_outbound_hosts = ["https://api.example.com"]  # optional, see crate::outbound
 //! dirs = [{ host = "/srv/static", guest = "/static" }]  # optional, read-only unless writable
+//! postgres_databases = { orders = { secret = "env:ORDERS_DB" } }  # optional, URL in a secret
 //! ```
 
 use std::collections::BTreeMap;
@@ -82,6 +83,9 @@ pub struct ManifestFunction {
     /// SQL databases besides `default`.
     #[serde(default)]
     pub sqlite_databases: Vec<String>,
+    /// Postgres databases by name, each from a secret holding its URL.
+    #[serde(default)]
+    pub postgres_databases: BTreeMap<String, crate::spec::PostgresDatabase>,
     /// `wasi:config` values and secret references.
     #[serde(default)]
     pub config: BTreeMap<String, crate::config::ConfigValue>,
@@ -118,6 +122,7 @@ impl ManifestFunction {
             allowed_outbound_hosts: spec.allowed_outbound_hosts,
             dirs: spec.dirs,
             sqlite_databases: spec.sqlite_databases,
+            postgres_databases: spec.postgres_databases,
             config: spec.config,
             schedule: spec.schedule,
             async_policy: spec.async_policy,
@@ -136,6 +141,7 @@ impl ManifestFunction {
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             dirs: self.dirs.clone(),
             sqlite_databases: self.sqlite_databases.clone(),
+            postgres_databases: self.postgres_databases.clone(),
             config: self.config.clone(),
             schedule: self.schedule.clone(),
             async_policy: self.async_policy.clone(),

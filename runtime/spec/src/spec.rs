@@ -73,6 +73,9 @@ pub const MAX_ENV_BYTES: usize = 64 * 1024;
 pub const MAX_DATABASES: usize = 64;
 /// Longest SQL database name.
 pub const MAX_DATABASE_NAME_BYTES: usize = 64;
+/// Most entries in `postgres_databases`: each is a connection pool the host keeps, so the
+/// same bound as the addresses a guest may open itself (thaw-runtime's `postgres` module).
+pub const MAX_POSTGRES_DATABASES: usize = 8;
 
 /// Most entries in `allowed_outbound_hosts`: each outbound request checks them in turn.
 pub const MAX_OUTBOUND_PATTERNS: usize = 256;
@@ -112,6 +115,12 @@ pub struct FunctionSpec {
     /// (see thaw-runtime's `sql` module); Spin's `sqlite_databases`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sqlite_databases: Vec<String>,
+    /// Postgres databases given to the function, by the name its code opens them with, each
+    /// with the secret that holds its URL (`postgres://user:password@host/db`): the URL and
+    /// its credentials live in the host's secrets, never in the spec. Naming one grants it;
+    /// no `allowed_outbound_hosts` entry is needed (see thaw-runtime's `postgres` module).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub postgres_databases: BTreeMap<String, PostgresDatabase>,
     /// What `wasi:config/store` answers: values, and references to secrets the host
     /// resolves (see [`crate::config`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -126,6 +135,20 @@ pub struct FunctionSpec {
     /// A queue whose messages start the function (see [`crate::events::TriggerSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<crate::events::TriggerSpec>,
+}
+
+/// A Postgres database given to a function.
+///
+/// ```toml
+/// [function.postgres_databases]
+/// orders = { secret = "env:ORDERS_DB" }   # the host's THAW_SECRET_ORDERS_DB holds the URL
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresDatabase {
+    /// Where the host reads the database's URL (`env:NAME` or `file:NAME`, as for a
+    /// configuration secret).
+    pub secret: crate::config::SecretRef,
 }
 
 /// A host directory made visible to a function.
@@ -580,7 +603,7 @@ pub enum SpecError {
     /// The configuration table is not usable.
     #[error("{0}")]
     Config(String),
-    /// A `sqlite_databases` entry is not a usable name.
+    /// A `sqlite_databases` or `postgres_databases` entry is not a usable name.
     #[error("invalid database name {0:?}: use 1 to 64 characters of a-z, A-Z, 0-9, '-' and '_'")]
     Database(String),
     /// A field is not usable: its path in the spec (`schedule[0].tz`) and why.
@@ -723,12 +746,21 @@ impl FunctionSpec {
                 self.sqlite_databases.len(),
                 MAX_DATABASES,
             ),
+            (
+                "postgres_databases entries",
+                self.postgres_databases.len(),
+                MAX_POSTGRES_DATABASES,
+            ),
         ] {
             if count > max {
                 return Err(SpecError::TooMany { what, count, max });
             }
         }
-        for name in &self.sqlite_databases {
+        for name in self
+            .sqlite_databases
+            .iter()
+            .chain(self.postgres_databases.keys())
+        {
             validate_database_name(name)?;
         }
         for key in self.env.keys() {

@@ -165,14 +165,14 @@ impl Platform {
         // A secret the host cannot resolve is the deployer's to fix.
         let config = self
             .secrets
-            .resolve_off_workers(spec.config.clone())
+            .resolve_off_workers(spec)
             .await
             .map_err(DeployError::BadRequest)?;
         detect_kind(wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
         // Checked again when the record commits; here so that a taken route costs no compile.
         self.registry
             .check_route(name, &spec.route_or_default(name))?;
-        Ok(Arc::new(crate::guest::config::Resolved::new(config)))
+        Ok(Arc::new(config))
     }
 
     /// A deploy's second phase: the code, pre-initialised (a Wizer snapshot, if the

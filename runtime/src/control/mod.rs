@@ -353,8 +353,8 @@ impl Platform {
         function.attach_sql(Some(&self.sql));
         function.attach_postgres(Some(&self.postgres));
         function.attach_redis(Some(&self.redis));
-        match self.secrets.resolve(&function.record.spec.config) {
-            Ok(config) => function.config = Arc::new(crate::guest::config::Resolved::new(config)),
+        match self.secrets.resolve_spec(&function.record.spec) {
+            Ok(config) => function.config = Arc::new(config),
             // It resolved at deploy: the operator removed or renamed a secret since.
             Err(e) => tracing::error!(
                 function = %function.name,

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::config::{ConfigValue, MAX_SECRET_BYTES, SECRET_ENV_PREFIX, SecretRef};
+use crate::spec::{FunctionSpec, PostgresDatabase};
 
 /// Where the host finds secrets.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +46,8 @@ pub struct Resolved {
     values: std::collections::HashMap<String, String>,
     /// For a CGI function's environment.
     pub env: Vec<(String, String)>,
+    /// The URLs of the function's `postgres_databases`, by name (`spin:postgres`'s `open`).
+    pub postgres: std::collections::HashMap<String, String>,
 }
 
 /// Keys only: a value may be a secret.
@@ -77,6 +80,7 @@ impl Resolved {
                 .collect(),
             values: pairs.into_iter().collect(),
             env,
+            postgres: Default::default(),
         }
     }
 
@@ -124,16 +128,18 @@ pub fn env_name(key: &str) -> String {
 }
 
 impl SecretSources {
-    /// [`SecretSources::resolve`] on a blocking thread, within [`RESOLVE_TIMEOUT`].
-    pub async fn resolve_off_workers(
-        &self,
-        config: BTreeMap<String, ConfigValue>,
-    ) -> Result<Vec<(String, String)>, String> {
-        if config.is_empty() {
-            return Ok(Vec::new());
+    /// [`SecretSources::resolve_spec`] on a blocking thread, within [`RESOLVE_TIMEOUT`].
+    pub async fn resolve_off_workers(&self, spec: &FunctionSpec) -> Result<Resolved, String> {
+        if spec.config.is_empty() && spec.postgres_databases.is_empty() {
+            return Ok(Resolved::default());
         }
-        let sources = self.clone();
-        let resolving = tokio::task::spawn_blocking(move || sources.resolve(&config));
+        let (sources, config, postgres) = (
+            self.clone(),
+            spec.config.clone(),
+            spec.postgres_databases.clone(),
+        );
+        let resolving =
+            tokio::task::spawn_blocking(move || sources.resolve_parts(&config, &postgres));
         match tokio::time::timeout(RESOLVE_TIMEOUT, resolving).await {
             Ok(Ok(resolved)) => resolved,
             Ok(Err(e)) => Err(format!("resolving secrets failed: {e}")),
@@ -142,6 +148,31 @@ impl SecretSources {
                 RESOLVE_TIMEOUT.as_secs()
             )),
         }
+    }
+
+    /// What a function's spec names in the host's secrets, resolved: its configuration and
+    /// its Postgres URLs, or the first reference that cannot be (named, with what is
+    /// missing).
+    pub fn resolve_spec(&self, spec: &FunctionSpec) -> Result<Resolved, String> {
+        self.resolve_parts(&spec.config, &spec.postgres_databases)
+    }
+
+    fn resolve_parts(
+        &self,
+        config: &BTreeMap<String, ConfigValue>,
+        postgres: &BTreeMap<String, PostgresDatabase>,
+    ) -> Result<Resolved, String> {
+        let mut resolved = Resolved::new(self.resolve(config)?);
+        for (name, database) in postgres {
+            let url = self.read(&database.secret).map_err(|why| {
+                format!(
+                    "postgres_databases {name:?}: secret {}: {why}",
+                    database.secret
+                )
+            })?;
+            resolved.postgres.insert(name.clone(), url);
+        }
+        Ok(resolved)
     }
 
     /// A function's configuration with its secrets resolved, or the first reference that

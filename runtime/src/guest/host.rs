@@ -404,6 +404,7 @@ impl ProxyHost {
         super::postgres::PgView {
             table: &mut self.table,
             access: self.postgres.as_ref(),
+            declared: &self.config.postgres,
         }
     }
 

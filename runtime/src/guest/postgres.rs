@@ -6,8 +6,9 @@
 //! integers and of text, dates, times, timestamps, UUIDs, both ways, and NULL. Spin's
 //! `datetime` is UTC without a zone: a `timestamptz` column takes it as that instant and
 //! answers its instants in UTC; `timestamp` (seconds since the epoch) goes to either column.
-//! Decimals, ranges and intervals are not mapped yet: as a parameter they are `bad-parameter`
-//! naming the type;
+//! `decimal` is `numeric` as base-10 text, exact both ways ([`crate::postgres::numeric`]).
+//! Ranges and intervals are not mapped yet: as a parameter they are `bad-parameter` naming
+//! the type;
 //! in a row they are `unsupported` with the value's bytes in Postgres's binary format (Spin's
 //! own fallback). `query-async` runs the query to its end and then streams the rows it holds
 //! (as [`super::sqlite`]'s `execute-async` does), bounded by `sql_max_rows` and
@@ -80,6 +81,8 @@ pub struct PgView<'a> {
     pub table: &'a mut ResourceTable,
     /// The function's access; `None` on a host without it.
     pub access: Option<&'a GuestPostgres>,
+    /// The URLs of its `postgres_databases`, by name.
+    pub declared: &'a std::collections::HashMap<String, String>,
 }
 
 /// The `HasData` marker of the interface.
@@ -111,11 +114,23 @@ fn query_error(error: tokio_postgres::Error) -> Error {
     }
 }
 
+/// What `open` was asked for, resolved against the function's declared databases.
+enum Opening {
+    /// A declared name and its URL.
+    Declared(String, String),
+    /// An address.
+    Address(String),
+}
+
 /// Connects for `access`'s function (no store borrow held across the wait).
-async fn connect(access: GuestPostgres, address: String) -> Result<PgConnection, Error> {
+async fn connect(access: GuestPostgres, opening: Opening) -> Result<PgConnection, Error> {
+    let target = match &opening {
+        Opening::Declared(name, url) => crate::postgres::Target::Declared { name, url },
+        Opening::Address(address) => crate::postgres::Target::Address(address),
+    };
     let client = access
         .host
-        .connect(&access.function, &address, &access.allowed, access.quota)
+        .connect(&access.function, target, &access.allowed, access.quota)
         .await
         .map_err(pg_error)?;
     Ok(PgConnection {
@@ -124,10 +139,23 @@ async fn connect(access: GuestPostgres, address: String) -> Result<PgConnection,
 }
 
 impl PgView<'_> {
-    fn access(&self) -> Result<GuestPostgres, Error> {
-        self.access.cloned().ok_or_else(|| {
+    /// The function's access and what `address` opens: a declared database by name, or an
+    /// address for the allow-list to judge.
+    fn opening(&self, address: String) -> Result<(GuestPostgres, Opening), Error> {
+        let access = self.access.cloned().ok_or_else(|| {
             Error::ConnectionFailed("this host offers the function no Postgres".into())
-        })
+        })?;
+        let opening = match self.declared.get(&address) {
+            Some(url) => Opening::Declared(address, url.clone()),
+            // Neither a URL nor `key=value` settings: a name the spec does not declare.
+            None if !address.contains([':', '=']) => {
+                return Err(Error::ConnectionFailed(format!(
+                    "no Postgres database {address:?} for this function: name it in postgres_databases"
+                )));
+            }
+            None => Opening::Address(address),
+        };
+        Ok((access, opening))
     }
 
     fn client(
@@ -166,6 +194,8 @@ enum Param {
     /// Spin's `timestamp`: seconds since the epoch; a `timestamp` column gets it in UTC.
     Timestamp(jiff::Timestamp),
     Uuid(uuid::Uuid),
+    /// `numeric`'s binary form.
+    Numeric(Vec<u8>),
     Null,
 }
 
@@ -214,6 +244,10 @@ impl ToSql for Param {
             }
             Param::Timestamp(v) => v.to_sql(ty, out),
             Param::Uuid(v) => v.to_sql(ty, out),
+            Param::Numeric(v) => {
+                out.extend_from_slice(v);
+                Ok(IsNull::No)
+            }
             Param::Null => Ok(IsNull::Yes),
         }
     }
@@ -248,6 +282,7 @@ impl ToSql for Param {
                 *ty == Type::TIMESTAMP || *ty == Type::TIMESTAMPTZ
             }
             Param::Uuid(_) => *ty == Type::UUID,
+            Param::Numeric(_) => *ty == Type::NUMERIC,
             Param::Null => true,
         };
         if !accepts {
@@ -306,6 +341,9 @@ fn param(value: ParameterValue) -> Result<Param, Error> {
             uuid::Uuid::parse_str(&text)
                 .map_err(|e| Error::BadParameter(format!("not a UUID ({e}): {text:?}")))?,
         ),
+        ParameterValue::Decimal(text) => {
+            Param::Numeric(crate::postgres::numeric::from_text(&text).map_err(Error::BadParameter)?)
+        }
         ParameterValue::DbNull => Param::Null,
         other => {
             return Err(Error::BadParameter(format!(
@@ -333,7 +371,6 @@ fn parameter_kind(value: &ParameterValue) -> &'static str {
         ParameterValue::Datetime(_) => "datetime",
         ParameterValue::Timestamp(_) => "timestamp",
         ParameterValue::Uuid(_) => "uuid",
-        ParameterValue::Decimal(_) => "decimal",
         ParameterValue::RangeInt32(_)
         | ParameterValue::RangeInt64(_)
         | ParameterValue::RangeDecimal(_) => "range",
@@ -433,6 +470,10 @@ fn cell(row: &tokio_postgres::Row, i: usize) -> Result<DbValue, tokio_postgres::
         Type::UUID => or_null(row.try_get::<_, Option<uuid::Uuid>>(i), |u| {
             DbValue::Uuid(u.hyphenated().to_string())
         }),
+        // The server's own bytes; a form that does not decode is passed on as it is.
+        Type::NUMERIC => or_null(row.try_get::<_, Option<Raw>>(i), |Raw(v)| {
+            crate::postgres::numeric::to_text(&v).map_or(DbValue::Unsupported(v), DbValue::Decimal)
+        }),
         _ if matches!(ty.kind(), Kind::Enum(_)) => {
             or_null(row.try_get::<_, Option<Raw>>(i), |Raw(v)| {
                 DbValue::Str(String::from_utf8_lossy(&v).into_owned())
@@ -458,7 +499,7 @@ fn datetime(d: jiff::civil::DateTime) -> DbValue {
 
 fn value_bytes(value: &DbValue) -> u64 {
     match value {
-        DbValue::Str(s) => s.len() as u64,
+        DbValue::Str(s) | DbValue::Decimal(s) | DbValue::Uuid(s) => s.len() as u64,
         DbValue::Binary(b) | DbValue::Jsonb(b) | DbValue::Unsupported(b) => b.len() as u64,
         DbValue::ArrayStr(v) => v.iter().flatten().map(|s| s.len() as u64 + 8).sum(),
         DbValue::ArrayInt32(v) => 8 * v.len() as u64,
@@ -543,11 +584,11 @@ impl iface::Host for PgView<'_> {}
 
 impl iface::HostConnection for PgView<'_> {
     async fn open(&mut self, address: String) -> Answer<Resource<PgConnection>> {
-        let access = match self.access() {
-            Ok(access) => access,
+        let (access, opening) = match self.opening(address) {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
-        match connect(access, address).await {
+        match connect(access, opening).await {
             Ok(connection) => Ok(Ok(self.table.push(connection)?)),
             Err(e) => Ok(Err(e)),
         }
@@ -607,11 +648,11 @@ impl<T> iface::HostConnectionWithStore<T> for HasPostgres {
         accessor: &Accessor<T, Self>,
         address: String,
     ) -> Answer<Resource<PgConnection>> {
-        let access = match accessor.with(|mut a| a.get().access()) {
-            Ok(access) => access,
+        let (access, opening) = match accessor.with(|mut a| a.get().opening(address)) {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
-        match connect(access, address).await {
+        match connect(access, opening).await {
             Ok(connection) => Ok(Ok(accessor.with(|mut a| a.get().table.push(connection))?)),
             Err(e) => Ok(Err(e)),
         }

@@ -3,11 +3,19 @@
 //! ([`crate::guest::postgres`]).
 //!
 //! # Who may reach what
-//! A guest names a database by its address (`postgres://user:password@host:port/db`, as Spin
-//! apps do, usually from a secret variable). The host connects only where the function's
-//! `allowed_outbound_hosts` allows (`postgres://host[:port]`), and the pool is the
-//! function's own: two functions naming the same address get two pools, and no connection
-//! ever carries one function's session to another.
+//! A guest names a database in one of two ways:
+//! - By a name in its spec's `postgres_databases` (`orders`), each backed by a secret that
+//!   holds the URL. The operator granted exactly that database, so no allow-list entry is
+//!   needed, and the URL (with its password) never passes through the guest or the spec.
+//!   Names have no `:` and URLs do, so the two never collide. thaw's SDKs open databases
+//!   this way.
+//! - By its address (`postgres://user:password@host:port/db`), as Spin apps do, usually
+//!   from a secret variable. The host connects only where the function's
+//!   `allowed_outbound_hosts` allows (`postgres://host[:port]`); `hostaddr` and Unix
+//!   sockets are refused, since the allow-list could not vouch for them.
+//!
+//! Either way the pool is the function's own: two functions naming the same database get
+//! two pools, and no connection ever carries one function's session to another.
 //!
 //! # Pools
 //! `deadpool-postgres` over `tokio-postgres`: at most `pg_max_connections` per function and
@@ -25,6 +33,8 @@
 //! with `sslmode=disable` the connection is plain: libpq's `prefer` would take TLS without
 //! verifying it, which protects against nothing an attacker on the path cannot undo, so thaw
 //! does not pretend to. The trust store is read once, on the first TLS address.
+
+pub mod numeric;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -71,11 +81,33 @@ pub enum PgError {
 /// The host's pools.
 #[derive(Clone, Default)]
 pub struct PgHost {
-    pools: Arc<Mutex<HashMap<PoolKey, (PgQuota, Pool)>>>,
+    pools: Arc<Mutex<HashMap<PoolKey, Pooled>>>,
 }
 
-/// A pool's function and database address.
+/// A pool's function and database URL.
 type PoolKey = (Arc<str>, String);
+
+/// A pool, what it was made with, and whether its database was declared (only the others
+/// count against [`MAX_POOLS_PER_FUNCTION`]).
+struct Pooled {
+    quota: PgQuota,
+    pool: Pool,
+    declared: bool,
+}
+
+/// What a guest asked to open.
+#[derive(Debug)]
+pub enum Target<'a> {
+    /// A database of the function's `postgres_databases`: its name and its URL.
+    Declared {
+        /// The name the guest opened.
+        name: &'a str,
+        /// The URL from the secret.
+        url: &'a str,
+    },
+    /// An address the guest named, checked against its allow-list.
+    Address(&'a str),
+}
 
 /// The longest address a guest may name.
 pub const MAX_ADDRESS_BYTES: usize = 2048;
@@ -90,11 +122,11 @@ impl PgHost {
     pub async fn connect(
         &self,
         function: &Arc<str>,
-        address: &str,
+        target: Target<'_>,
         allowed: &AllowList,
         quota: PgQuota,
     ) -> Result<deadpool_postgres::Object, PgError> {
-        let pool = self.pool(function, address, allowed, quota)?;
+        let pool = self.pool(function, target, allowed, quota)?;
         pool.get().await.map_err(|e| {
             PgError::Connection(match e {
                 deadpool_postgres::PoolError::Timeout(_) => format!(
@@ -122,41 +154,60 @@ impl PgHost {
     fn pool(
         &self,
         function: &Arc<str>,
-        address: &str,
+        target: Target<'_>,
         allowed: &AllowList,
         quota: PgQuota,
     ) -> Result<Pool, PgError> {
         // Checked on every open, cached pool or not: a redeploy that narrows the allow-list
         // takes effect at the next one.
-        let config = check(address, allowed)?;
-        let key = (function.clone(), address.to_owned());
+        let (config, url, declared) = match target {
+            Target::Declared { name, url } => {
+                // The parser's message names the problem, never the URL's text (which holds
+                // the password).
+                let config = url.parse().map_err(|e| {
+                    PgError::Address(format!(
+                        "postgres_databases {name:?}: its secret is not a Postgres URL: {e}"
+                    ))
+                })?;
+                (config, url, true)
+            }
+            Target::Address(address) => (check(address, allowed)?, address, false),
+        };
+        let key = (function.clone(), url.to_owned());
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((made_with, pool)) = pools.get(&key)
-            && *made_with == quota
+        if let Some(pooled) = pools.get(&key)
+            && pooled.quota == quota
         {
-            return Ok(pool.clone());
+            return Ok(pooled.pool.clone());
         }
         let others = pools
-            .keys()
-            .filter(|(f, a)| f == function && a != address)
+            .iter()
+            .filter(|((f, u), pooled)| f == function && u != url && !pooled.declared)
             .count();
-        if others >= MAX_POOLS_PER_FUNCTION {
+        if !declared && others >= MAX_POOLS_PER_FUNCTION {
             return Err(PgError::Address(format!(
                 "the function already has {MAX_POOLS_PER_FUNCTION} Postgres addresses open"
             )));
         }
         let pool = make_pool(config, quota)?;
-        pools.insert(key, (quota, pool.clone()));
+        pools.insert(
+            key,
+            Pooled {
+                quota,
+                pool: pool.clone(),
+                declared,
+            },
+        );
         Ok(pool)
     }
 
     /// Closes `function`'s pools (on `thaw remove`, and a redeploy with other limits).
     pub fn remove_function(&self, function: &str) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.retain(|(f, _), (_, pool)| {
+        pools.retain(|(f, _), pooled| {
             let keep = &**f != function;
             if !keep {
-                pool.close();
+                pooled.pool.close();
             }
             keep
         });
@@ -327,32 +378,42 @@ mod tests {
         let host = PgHost::default();
         let f: Arc<str> = "f".into();
         let allowed = AllowList::parse(&["postgres://db.internal"]).unwrap();
+        let open = |function: &Arc<str>, address: &str, allowed: &AllowList| {
+            host.pool(function, Target::Address(address), allowed, quota())
+        };
         for n in 0..MAX_POOLS_PER_FUNCTION {
-            host.pool(
-                &f,
-                &format!("postgres://u@db.internal/db{n}"),
-                &allowed,
-                quota(),
-            )
-            .unwrap();
+            open(&f, &format!("postgres://u@db.internal/db{n}"), &allowed).unwrap();
         }
-        let e = host
-            .pool(&f, "postgres://u@db.internal/one-more", &allowed, quota())
+        let e = open(&f, "postgres://u@db.internal/one-more", &allowed)
             .err()
             .unwrap();
         assert!(e.to_string().contains("already has 8"), "{e}");
         // Another function has pools of its own.
+        open(&"g".into(), "postgres://u@db.internal/db0", &allowed).unwrap();
+        let narrower = AllowList::parse(&["postgres://other.internal"]).unwrap();
+        assert!(open(&f, "postgres://u@db.internal/db0", &narrower).is_err());
+        // A declared database needs no allow-list entry, is not counted among the guest's
+        // addresses, and a URL that does not parse is named by its database, never quoted.
+        let nothing = AllowList::default();
+        let declared = |name, url| Target::Declared { name, url };
         host.pool(
-            &"g".into(),
-            "postgres://u@db.internal/db0",
-            &allowed,
+            &f,
+            declared("orders", "postgres://u:pw@elsewhere.internal/orders"),
+            &nothing,
             quota(),
         )
         .unwrap();
-        let narrower = AllowList::parse(&["postgres://other.internal"]).unwrap();
-        assert!(
-            host.pool(&f, "postgres://u@db.internal/db0", &narrower, quota())
-                .is_err()
-        );
+        let e = host
+            .pool(
+                &f,
+                declared("broken", "postgres://u:s3cret@h:port/db"),
+                &nothing,
+                quota(),
+            )
+            .err()
+            .unwrap();
+        let text = e.to_string();
+        assert!(text.contains("postgres_databases \"broken\""), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }
