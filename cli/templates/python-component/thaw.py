@@ -1,31 +1,38 @@
 """Configuration, state, SQL, logs and outbound HTTP for a thaw function, over the interfaces
-the host offers (wasi:config, wasi:keyvalue, spin:sqlite, wasi:http, stderr).
+the host offers (wasi:config, wasi:keyvalue, spin:sqlite, spin:postgres, wasi:http, stderr).
 
-    from thaw import config, http, kv, log, sql, ThawError
+    from thaw import config, http, kv, log, pg, sql, ThawError
 
     greeting = config.get("greeting") or "Hello"
     calls = kv.open("default").increment("calls")
     db = sql.open()  # the function's own SQLite database
     db.execute("INSERT INTO seen (name) VALUES (?)", [name])
     rows = db.query("SELECT name FROM seen WHERE id > ?", [10])  # [{"name": ...}]
+    orders = pg.open("orders")  # a database named in postgres_databases
+    orders.query("SELECT item FROM orders WHERE qty > $1", [1])  # [{"item": ...}]
     answer = http.fetch("https://api.example.com/v1").text()
     log.info("greeted", calls=calls)
     event = Event.from_request(request)  # a schedule's tick, an async invocation, a message
 
 Every failure is a ThawError with a `kind`: "config", "no-such-store", "access-denied",
-"quota" (with `field`, the limit to raise), "kv", "no-such-database", "sql", "denied" (the host is not in
+"quota" (with `field`, the limit to raise), "kv", "no-such-database", "sql", "postgres" (with
+`code`, the SQLSTATE, when the server sent one), "denied" (the host is not in
 allowed_outbound_hosts), "too-many-requests", "dns", "connection-refused", "timeout",
 "response-too-large" or "fetch".
 """
 
+import datetime
+import decimal
 import json
 import sys
+import uuid
 from urllib.parse import urlsplit
 
 from componentize_py_types import Err, Ok
 from wit_world.imports import atomics, outgoing_handler
 from wit_world.imports import wasi_config_store as _config
 from wit_world.imports import wasi_keyvalue_store as _store
+from wit_world.imports import postgres as _pg
 from wit_world.imports import sqlite as _sqlite
 from wit_world.imports import streams as _streams
 from wit_world.imports import types as _http
@@ -240,6 +247,112 @@ class sql:
             return Database(_sqlite.Connection.open(name), name)
         except Err as e:
             raise _sql_error(e.value, name)
+
+
+def _pg_error(error) -> ThawError:
+    if isinstance(error, _pg.Error_QueryFailed):
+        if isinstance(error.value, _pg.QueryError_DbError):
+            db = error.value.value
+            failure = ThawError("postgres", f"Postgres: {db.message}")
+            failure.code = db.code
+            return failure
+        return ThawError("postgres", f"Postgres: {error.value.value}")
+    return ThawError("postgres", f"Postgres ({type(error).__name__[6:]}): {error.value}")
+
+
+def _pg_value(v):
+    """A Python value as a Postgres parameter: int (fitted by the host to the column's integer
+    type), float, bool, str, bytes, Decimal, UUID, date, time, datetime (naive is UTC), dict
+    or list as JSON, None."""
+    if v is None:
+        return _pg.ParameterValue_DbNull()
+    if isinstance(v, bool):
+        return _pg.ParameterValue_Boolean(v)
+    if isinstance(v, int):
+        if not -(2**63) <= v < 2**63:
+            raise ThawError("postgres", f"a Postgres integer is 64 bits; {v} is not")
+        return _pg.ParameterValue_Int64(v)
+    if isinstance(v, float):
+        return _pg.ParameterValue_Floating64(v)
+    if isinstance(v, str):
+        return _pg.ParameterValue_Str(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return _pg.ParameterValue_Binary(bytes(v))
+    if isinstance(v, (dict, list)):
+        return _pg.ParameterValue_Jsonb(json.dumps(v).encode())
+    if isinstance(v, datetime.datetime):
+        if v.tzinfo is not None:
+            v = v.astimezone(datetime.timezone.utc)
+        return _pg.ParameterValue_Datetime(
+            (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond * 1000)
+        )
+    if isinstance(v, datetime.date):
+        return _pg.ParameterValue_Date((v.year, v.month, v.day))
+    if isinstance(v, datetime.time):
+        return _pg.ParameterValue_Time((v.hour, v.minute, v.second, v.microsecond * 1000))
+    if isinstance(v, decimal.Decimal):
+        return _pg.ParameterValue_Decimal(str(v))
+    if isinstance(v, uuid.UUID):
+        return _pg.ParameterValue_Uuid(str(v))
+    raise ThawError("postgres", f"{type(v).__name__} is not a Postgres parameter")
+
+
+def _pg_py(v):
+    """A Postgres value as Python: numeric a Decimal, jsonb parsed, dates and times as
+    `datetime` objects (a timestamp in UTC), uuid a string."""
+    if isinstance(v, _pg.DbValue_DbNull):
+        return None
+    if isinstance(v, _pg.DbValue_Decimal):
+        return decimal.Decimal(v.value)
+    if isinstance(v, _pg.DbValue_Jsonb):
+        return json.loads(bytes(v.value))
+    if isinstance(v, _pg.DbValue_Date):
+        return datetime.date(*v.value)
+    if isinstance(v, _pg.DbValue_Time):
+        h, m, s, ns = v.value
+        return datetime.time(h, m, s, ns // 1000)
+    if isinstance(v, _pg.DbValue_Datetime):
+        y, mo, d, h, mi, s, ns = v.value
+        return datetime.datetime(y, mo, d, h, mi, s, ns // 1000, tzinfo=datetime.timezone.utc)
+    if isinstance(v, _pg.DbValue_Timestamp):
+        return datetime.datetime.fromtimestamp(v.value, datetime.timezone.utc)
+    return v.value
+
+
+class PgDatabase:
+    """A Postgres connection from the host's pool: see `pg.open`."""
+
+    def __init__(self, connection):
+        self._connection = connection
+
+    def query(self, statement: str, params=()) -> list:
+        """The rows of a statement with `$1`, `$2`, ... parameters, each a dict by column."""
+        try:
+            result = self._connection.query(statement, [_pg_value(p) for p in params])
+        except Err as e:
+            raise _pg_error(e.value)
+        columns = [c.name for c in result.columns]
+        return [{c: _pg_py(v) for c, v in zip(columns, row)} for row in result.rows]
+
+    def execute(self, statement: str, params=()) -> int:
+        """Runs a statement with `$1`, `$2`, ... parameters; how many rows it changed."""
+        try:
+            return self._connection.execute(statement, [_pg_value(p) for p in params])
+        except Err as e:
+            raise _pg_error(e.value)
+
+
+class pg:
+    """Postgres databases, through the host's pools."""
+
+    @staticmethod
+    def open(database: str) -> PgDatabase:
+        """Opens a database: a name from the function's postgres_databases (its URL is the
+        host's secret), or a postgres:// address that allowed_outbound_hosts allows."""
+        try:
+            return PgDatabase(_pg.Connection.open(database))
+        except Err as e:
+            raise _pg_error(e.value)
 
 
 def _write(level: str, msg, fields: dict) -> None:

@@ -143,9 +143,19 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
     for file in ["js.wasm", "python.wasm"] {
         std::os::unix::fs::symlink(built.join(file), engines.path().join(file)).unwrap();
     }
-    let mut server = TestServer::start_with(&["--engines", engines.path().to_str().unwrap()]);
+    // Postgres for `pg` (started here so that one server, which compiles the engines once,
+    // runs every case); `None` is reported skipped unless services are required.
+    let postgres = thaw_harness::Postgres::start();
+    let url = postgres.as_ref().map_or("", |pg| pg.url.as_str());
+    let mut server = TestServer::start_with_env(
+        &["--engines", engines.path().to_str().unwrap()],
+        &[("THAW_SECRET_ORDERS_DB", url)],
+    );
     modules_settings_and_state_answer(&server).await;
     sql_answers_from_both_languages(&server).await;
+    if postgres.is_some() {
+        postgres_answers_from_both_languages(&server).await;
+    }
     an_exception_costs_its_request_only(&server).await;
     bad_source_is_refused_and_changes_nothing(&server).await;
     a_hundred_per_language_answer_after_a_kill(&mut server).await;
@@ -333,6 +343,115 @@ async fn sql_answers_from_both_languages(server: &TestServer) {
             "{name}: {text}"
         );
         assert!(text.contains("sqlite_databases"), "{name}: {text}");
+        server.admin().remove(name).await.unwrap();
+    }
+}
+
+const JS_PG: &str = r#"import { pg } from "thaw";
+
+export default {
+  async fetch(request) {
+    const url = new URL(request.url);
+    try {
+      const db = pg.open(url.searchParams.get("db"));
+      db.execute("CREATE TABLE IF NOT EXISTS js (id serial PRIMARY KEY, item text, qty int, price numeric, meta jsonb, at timestamptz, day date DEFAULT '2024-02-29')");
+      const n = db.execute("INSERT INTO js (item, qty, price, meta, at) VALUES ($1, $2, $3, $4, $5)", [
+        "tea", 2, 1.25, { k: [1] }, new Date(Date.UTC(2024, 1, 29, 12, 30)),
+      ]);
+      if (url.searchParams.has("bad")) db.query("SELECT * FROM nope");
+      const rows = db.query("SELECT id, item, qty, price, meta, at, day, NULL AS none FROM js WHERE qty >= $1 ORDER BY id", [2]);
+      const shown = rows.map((r) => [r.id, r.item, r.qty, r.price, JSON.stringify(r.meta), r.at.toISOString(), r.day, r.none].join(":"));
+      return new Response(`${n} ${shown.join(",")}\n`);
+    } catch (e) {
+      return new Response(`${e.kind} ${e.code}: ${e.message}\n`);
+    }
+  },
+};
+"#;
+
+const PY_PG: &str = r#"import datetime
+import decimal
+import json
+
+from thaw import ThawError, pg
+from thaw_http import Response
+
+
+def handle(request):
+    try:
+        db = pg.open(request.query.get("db"))
+        db.execute("CREATE TABLE IF NOT EXISTS py (id serial PRIMARY KEY, item text, qty int, price numeric, meta jsonb, at timestamptz, day date DEFAULT '2024-02-29')")
+        at = datetime.datetime(2024, 2, 29, 12, 30, tzinfo=datetime.timezone.utc)
+        n = db.execute(
+            "INSERT INTO py (item, qty, price, meta, at) VALUES ($1, $2, $3, $4, $5)",
+            ["tea", 2, decimal.Decimal("1.25"), {"k": [1]}, at],
+        )
+        if "bad" in request.query:
+            db.query("SELECT * FROM nope")
+        rows = db.query("SELECT id, item, qty, price, meta, at, day, NULL AS none FROM py WHERE qty >= $1 ORDER BY id", [2])
+        shown = [
+            ":".join([str(r["id"]), r["item"], str(r["qty"]), str(r["price"]), json.dumps(r["meta"], separators=(",", ":")), r["at"].isoformat(), r["day"].isoformat(), str(r["none"])])
+            for r in rows
+        ]
+        return Response(body=f"{n} {','.join(shown)}\n".encode())
+    except ThawError as e:
+        return Response(body=f"{e.kind} {getattr(e, 'code', None)}: {e}\n".encode())
+"#;
+
+/// `pg` of the "thaw" module in both languages, on a database the deploy names
+/// (`--postgres-database orders=env:ORDERS_DB`): parameters of each kind (a language's one
+/// number type fitted to `int` and `numeric` columns, JSON, a timestamp) written and read back
+/// by column name; the server's error with its SQLSTATE; a name the function was not given
+/// refused, naming the setting.
+async fn postgres_answers_from_both_languages(server: &TestServer) {
+    let js = project(&[("index.js", JS_PG)]);
+    let py = project(&[("app.py", PY_PG)]);
+    for (name, dir, row, none) in [
+        (
+            "pg-js",
+            &js,
+            "tea:2:1.25:{\"k\":[1]}:2024-02-29T12:30:00.000Z:2024-02-29",
+            ":",
+        ),
+        (
+            "pg-py",
+            &py,
+            "tea:2:1.25:{\"k\":[1]}:2024-02-29T12:30:00+00:00:2024-02-29",
+            ":None",
+        ),
+    ] {
+        let (ok, text) = deploy(
+            server,
+            dir.path(),
+            &[
+                "--name",
+                name,
+                "--postgres-database",
+                "orders=env:ORDERS_DB",
+            ],
+        );
+        assert!(ok, "{name}: {text}");
+        for want in [
+            format!("1 1:{row}{none}\n"),
+            format!("1 1:{row}{none},2:{row}{none}\n"),
+        ] {
+            let response = server.get(&format!("/{name}?db=orders")).await;
+            assert_eq!(response.status(), 200, "{name}");
+            assert_eq!(response.text().await.unwrap(), want, "{name}");
+        }
+        let response = server.get(&format!("/{name}?db=orders&bad=1")).await;
+        let text = response.text().await.unwrap();
+        assert!(
+            text.starts_with("postgres 42P01: Postgres: relation \"nope\" does not exist"),
+            "{name}: {text}"
+        );
+        let response = server.get(&format!("/{name}?db=other")).await;
+        let text = response.text().await.unwrap();
+        assert!(
+            text.starts_with("postgres ") && text.contains("no Postgres database \"other\""),
+            "{name}: {text}"
+        );
+        assert!(text.contains("postgres_databases"), "{name}: {text}");
         server.admin().remove(name).await.unwrap();
     }
 }

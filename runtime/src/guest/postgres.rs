@@ -20,6 +20,8 @@
 
 use std::sync::Arc;
 
+use crate::postgres::numeric;
+
 use tokio_postgres::types::{IsNull, Kind, ToSql, Type};
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
@@ -205,6 +207,19 @@ impl std::fmt::Debug for Param {
     }
 }
 
+impl Param {
+    /// The value of an integer parameter.
+    fn integer(&self) -> Option<i64> {
+        match *self {
+            Param::I8(v) => Some(i64::from(v)),
+            Param::I16(v) => Some(i64::from(v)),
+            Param::I32(v) => Some(i64::from(v)),
+            Param::I64(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 impl ToSql for Param {
     fn to_sql(
         &self,
@@ -262,6 +277,40 @@ impl ToSql for Param {
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // An integer goes to any integer column it fits, and to `numeric`; a number to
+        // `numeric` and a `real` to `double precision`: what a guest whose language has one
+        // number type (JavaScript, Python) means, with nothing rounded. Postgres's own rule
+        // (the parameter's type is the column's) stays for everything else.
+        if let Some(n) = self.integer() {
+            let narrow = |what| format!("{n} is out of range for the column's {what}");
+            match *ty {
+                Type::INT2 => {
+                    return i16::try_from(n)
+                        .map_err(|_| narrow("smallint"))?
+                        .to_sql(ty, out);
+                }
+                Type::INT4 => {
+                    return i32::try_from(n)
+                        .map_err(|_| narrow("integer"))?
+                        .to_sql(ty, out);
+                }
+                Type::INT8 => return n.to_sql(ty, out),
+                Type::NUMERIC => {
+                    return Param::Numeric(numeric::from_text(&n.to_string())?).to_sql(ty, out);
+                }
+                _ => {}
+            }
+        }
+        match (self, ty) {
+            (Param::F32(v), &Type::FLOAT8) => return f64::from(*v).to_sql(ty, out),
+            (Param::F32(v), &Type::NUMERIC) if v.is_finite() => {
+                return Param::Numeric(numeric::from_text(&v.to_string())?).to_sql(ty, out);
+            }
+            (Param::F64(v), &Type::NUMERIC) if v.is_finite() => {
+                return Param::Numeric(numeric::from_text(&v.to_string())?).to_sql(ty, out);
+            }
+            _ => {}
+        }
         let accepts = match self {
             Param::Bool(_) => <bool as ToSql>::accepts(ty),
             Param::I8(_) => <i8 as ToSql>::accepts(ty),
@@ -342,7 +391,7 @@ fn param(value: ParameterValue) -> Result<Param, Error> {
                 .map_err(|e| Error::BadParameter(format!("not a UUID ({e}): {text:?}")))?,
         ),
         ParameterValue::Decimal(text) => {
-            Param::Numeric(crate::postgres::numeric::from_text(&text).map_err(Error::BadParameter)?)
+            Param::Numeric(numeric::from_text(&text).map_err(Error::BadParameter)?)
         }
         ParameterValue::DbNull => Param::Null,
         other => {
@@ -472,7 +521,7 @@ fn cell(row: &tokio_postgres::Row, i: usize) -> Result<DbValue, tokio_postgres::
         }),
         // The server's own bytes; a form that does not decode is passed on as it is.
         Type::NUMERIC => or_null(row.try_get::<_, Option<Raw>>(i), |Raw(v)| {
-            crate::postgres::numeric::to_text(&v).map_or(DbValue::Unsupported(v), DbValue::Decimal)
+            numeric::to_text(&v).map_or(DbValue::Unsupported(v), DbValue::Decimal)
         }),
         _ if matches!(ty.kind(), Kind::Enum(_)) => {
             or_null(row.try_get::<_, Option<Raw>>(i), |Raw(v)| {

@@ -1,25 +1,29 @@
 // thaw.js: configuration, state, SQL and logs for a thaw function, over the interfaces the
-// host offers (wasi:config, wasi:keyvalue, spin:sqlite, wasi:http, stderr). The global `fetch` works as
+// host offers (wasi:config, wasi:keyvalue, spin:sqlite, spin:postgres, wasi:http, stderr). The global `fetch` works as
 // ever; `fetch` here sends over wasi:http itself so that a failure says why (a refused host
 // names the setting to change).
 //
-//   import { config, kv, sql, log, fetch, Event, ThawError } from "./thaw.js";
+//   import { config, kv, sql, pg, log, fetch, Event, ThawError } from "./thaw.js";
 //   const greeting = config.get("greeting") ?? "Hello";
 //   const calls = kv.open("default").increment("calls");
 //   const db = sql.open(); // the function's own SQLite database
 //   db.execute("INSERT INTO seen (name) VALUES (?)", [name]);
 //   const rows = db.query("SELECT name FROM seen WHERE id > ?", [10]); // [{ name: ... }]
+//   const orders = pg.open("orders"); // a database named in postgres_databases
+//   orders.query("SELECT item FROM orders WHERE qty > $1", [1]); // [{ item: ... }]
 //   log.info("greeted", { calls });
 //   const event = Event.from(request); // a schedule's tick, an async invocation, a message
 //
 // Every failure is a ThawError with a `kind`: "config", "no-such-store", "access-denied",
-// "quota" (with `field`, the limit to raise), "kv", "no-such-database", "sql", "denied" (the host is not in
+// "quota" (with `field`, the limit to raise), "kv", "no-such-database", "sql", "postgres" (with
+// `code`, the SQLSTATE, when the server sent one), "denied" (the host is not in
 // allowed_outbound_hosts), "too-many-requests", "dns", "connection-refused", "timeout",
 // "response-too-large" or "fetch".
 import { get as configGet, getAll as configGetAll } from "wasi:config/store@0.2.0-rc.1";
 import { open as openBucket } from "wasi:keyvalue/store@0.2.0-draft";
 import { increment as atomicIncrement } from "wasi:keyvalue/atomics@0.2.0-draft";
 import { Connection as SqlConnection } from "spin:sqlite/sqlite@3.0.0";
+import { Connection as PgConnection } from "spin:postgres/postgres@4.2.0";
 import { handle as handleOutgoing } from "wasi:http/outgoing-handler@0.2.10";
 import { Fields, OutgoingBody, OutgoingRequest } from "wasi:http/types@0.2.10";
 
@@ -249,6 +253,125 @@ export const sql = {
       return new Database(SqlConnection.open(name), name);
     } catch (e) {
       throw sqlError(e, name);
+    }
+  },
+};
+
+function pgError(e) {
+  const { tag, val } = variant(e);
+  if (tag === "query-failed") {
+    const error = new ThawError("postgres", `Postgres: ${val.tag === "db-error" ? val.val.message : val.val}`);
+    if (val.tag === "db-error") error.code = val.val.code;
+    return error;
+  }
+  return new ThawError("postgres", `Postgres (${tag}): ${val}`);
+}
+
+const two = (n) => String(n).padStart(2, "0");
+
+// A JavaScript value as a Postgres parameter: integers (number or BigInt, which the host fits
+// to the column's integer type), other numbers, booleans, strings, bytes, a Date (a
+// timestamp, to the millisecond), other objects as JSON, null.
+function pgValue(v) {
+  if (v === null || v === undefined) return { tag: "db-null" };
+  switch (typeof v) {
+    case "boolean":
+      return { tag: "boolean", val: v };
+    case "bigint":
+      if (v < -(2n ** 63n) || v >= 2n ** 63n) throw new ThawError("postgres", `a Postgres integer is 64 bits; ${v} is not`);
+      return { tag: "int64", val: v };
+    case "number":
+      return Number.isSafeInteger(v) ? { tag: "int64", val: BigInt(v) } : { tag: "floating64", val: v };
+    case "string":
+      return { tag: "str", val: v };
+  }
+  if (v instanceof Uint8Array) return { tag: "binary", val: v };
+  if (v instanceof ArrayBuffer) return { tag: "binary", val: new Uint8Array(v) };
+  if (v instanceof Date) {
+    return {
+      tag: "datetime",
+      val: [v.getUTCFullYear(), v.getUTCMonth() + 1, v.getUTCDate(), v.getUTCHours(), v.getUTCMinutes(), v.getUTCSeconds(), v.getUTCMilliseconds() * 1e6],
+    };
+  }
+  return { tag: "jsonb", val: encoder.encode(JSON.stringify(v)) };
+}
+
+// A Postgres value as JavaScript: integers as numbers (a bigint column's BigInt when it does
+// not fit one exactly), jsonb parsed, a date "YYYY-MM-DD", a time "HH:MM:SS.nnnnnnnnn", a
+// timestamp a Date (to the millisecond), numeric and uuid as strings.
+function pgJs(v) {
+  switch (v.tag) {
+    case "int64":
+      return v.val >= BigInt(Number.MIN_SAFE_INTEGER) && v.val <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v.val) : v.val;
+    case "db-null":
+      return null;
+    case "jsonb":
+      return JSON.parse(decoder.decode(v.val));
+    case "date": {
+      const [y, m, d] = v.val;
+      return `${String(y).padStart(4, "0")}-${two(m)}-${two(d)}`;
+    }
+    case "time": {
+      const [h, m, s, ns] = v.val;
+      return `${two(h)}:${two(m)}:${two(s)}.${String(ns).padStart(9, "0")}`;
+    }
+    case "datetime": {
+      const [y, mo, d, h, mi, s, ns] = v.val;
+      return new Date(Date.UTC(y, mo - 1, d, h, mi, s, Math.floor(ns / 1e6)));
+    }
+    case "timestamp":
+      return new Date(Number(v.val) * 1000);
+    default:
+      return v.val;
+  }
+}
+
+class PgDatabase {
+  #connection;
+
+  constructor(connection) {
+    this.#connection = connection;
+  }
+
+  /** The rows of a statement with `$1`, `$2`, ... parameters, each an object by column name. */
+  query(statement, params = []) {
+    let result;
+    try {
+      result = this.#connection.query(statement, params.map(pgValue));
+    } catch (e) {
+      throw pgError(e);
+    }
+    const columns = result.columns.map((c) => c.name);
+    return result.rows.map((row) => {
+      const out = {};
+      row.forEach((v, i) =>
+        Object.defineProperty(out, columns[i], { value: pgJs(v), enumerable: true, writable: true, configurable: true }),
+      );
+      return out;
+    });
+  }
+
+  /** Runs a statement with `$1`, `$2`, ... parameters; how many rows it changed. */
+  execute(statement, params = []) {
+    try {
+      return Number(this.#connection.execute(statement, params.map(pgValue)));
+    } catch (e) {
+      throw pgError(e);
+    }
+  }
+}
+
+export const pg = {
+  /**
+   * Opens a Postgres database: a name from the function's postgres_databases (its URL is the
+   * host's secret), or a postgres:// address that allowed_outbound_hosts allows. The
+   * connection comes from the host's pool and goes back when the request ends.
+   */
+  open(database) {
+    try {
+      return new PgDatabase(PgConnection.open(database));
+    } catch (e) {
+      throw pgError(e);
     }
   },
 };
