@@ -36,7 +36,8 @@
 //! ```
 //!
 //! An `async fn` handler runs on the SDK's executor and can call out, read its settings,
-//! keep state and log ([`http`], [`config`], [`kv`], [`log`], [`future`]):
+//! keep state, query databases and log ([`http`], [`config`], [`kv`], [`sql`], [`pg`], [`log`],
+//! [`future`]):
 //!
 //! ```no_run
 //! use thaw_sdk::{Request, handler, http, kv, log};
