@@ -139,6 +139,24 @@ async fn a_spin_manifest_thaw_cannot_honour_is_refused_before_anything_is_deploy
         assert!(!out.status.success());
         assert!(stderr.contains(names), "{names}: {stderr}");
     }
+    // A component variable that refers to an application variable the manifest does not
+    // declare: named, before anything is sent (the wasm is there this time).
+    std::fs::copy(thaw_test_functions::SPIN_APP, dir.path().join("users.wasm")).unwrap();
+    std::fs::write(
+        &manifest,
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n\
+         [variables]\ngreeting = { default = \"hi\" }\n\
+         [[trigger.http]]\nroute = \"/users/...\"\ncomponent = \"users\"\n\
+         [component.users]\nsource = \"users.wasm\"\n\
+         [component.users.variables]\ntoken = \"{{ api_tokn }}\"\n",
+    )
+    .unwrap();
+    let out = thaw_command(&server, &["deploy", manifest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("api_tokn"), "{stderr}");
     assert!(server.admin().list().await.unwrap().is_empty());
 }
 
