@@ -98,6 +98,23 @@ pub struct HostSettings {
     /// Address for function traffic [default: 127.0.0.1:8080; port 0 picks a free port]
     #[arg(long, env = "THAW_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Serve function traffic over TLS with this certificate (PEM, its chain after it),
+    /// with --tls-key; reloaded when the files change [default: plain HTTP]
+    #[arg(long, env = "THAW_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, env = "THAW_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve function traffic over TLS with the certificates in DIR (each NAME.crt with its
+    /// NAME.key), chosen by SNI among the names each certificate holds; reloaded when the
+    /// files change [default: plain HTTP]
+    #[arg(
+        long,
+        env = "THAW_TLS_DIR",
+        value_name = "DIR",
+        conflicts_with = "tls_cert"
+    )]
+    pub tls_dir: Option<PathBuf>,
     /// Address for the admin API [default: 127.0.0.1:8081]; every request needs the admin
     /// token
     #[arg(long, env = "THAW_ADMIN_LISTEN", value_name = "ADDR")]
@@ -332,6 +349,8 @@ pub struct ServeConfig {
     pub platform: PlatformConfig,
     /// Drain time at shutdown.
     pub drain_timeout: Duration,
+    /// The data plane's TLS, if any.
+    pub tls: Option<thaw_runtime::http::tls::TlsSource>,
     /// Time a client gets to send its request headers.
     pub header_read_timeout: Duration,
     /// Time a client may leave a response unread before its connection is closed.
@@ -426,6 +445,7 @@ impl ServeArgs {
                 .checked_mul(1 << shift)
                 .with_context(|| format!("{what} = {value} is too large"))
         };
+        let tls = tls_source(&s)?;
         let data_dir = s.data_dir.unwrap_or_else(default_data_dir);
         let fuel_metering = s.fuel_metering.unwrap_or(false);
         let max_memory_mib = s.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB);
@@ -486,6 +506,7 @@ impl ServeArgs {
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),
             },
+            tls,
             header_read_timeout: ms(s.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS),
             send_timeout: ms(s.send_timeout_ms, DEFAULT_SEND_TIMEOUT_MS),
             drain_timeout: Duration::from_secs(
@@ -545,6 +566,22 @@ fn limit_defaults(
 }
 
 /// The cluster settings, checked, if `--cluster` is given.
+/// The data plane's TLS from the settings: a pair, a directory, or none; a pair must be
+/// whole, and both at once is a mistake (a config file can say both; the flags cannot).
+fn tls_source(s: &HostSettings) -> anyhow::Result<Option<thaw_runtime::http::tls::TlsSource>> {
+    use thaw_runtime::http::tls::TlsSource;
+    match (&s.tls_cert, &s.tls_key, &s.tls_dir) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), None) => Ok(Some(TlsSource::Pair {
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        (None, None, Some(dir)) => Ok(Some(TlsSource::Dir(dir.clone()))),
+        (_, _, Some(_)) => anyhow::bail!("tls_dir and tls_cert/tls_key are alternatives: give one"),
+        _ => anyhow::bail!("tls_cert and tls_key go together: give both"),
+    }
+}
+
 fn cluster_options(
     s: &HostSettings,
 ) -> anyhow::Result<Option<thaw_runtime::cluster::ClusterOptions>> {
@@ -744,6 +781,13 @@ mod tests {
     }
 
     /// What `resolve` applied, by setting, as `--help` prints it.
+    fn tls_default(config: &ServeConfig) -> String {
+        match config.tls {
+            None => "plain HTTP".into(),
+            Some(_) => "TLS".into(),
+        }
+    }
+
     fn applied_defaults(
         plain: &ServeConfig,
         clustered: &ServeConfig,
@@ -811,6 +855,9 @@ mod tests {
             ("guest_log_to_host", plain.guest_log_to_host.to_string()),
             ("server_timing", p.server_timing.to_string()),
             ("fuel_metering", p.engine.fuel_metering.to_string()),
+            // Both documented as "plain HTTP": no TLS unless given.
+            ("tls_cert", tls_default(plain)),
+            ("tls_dir", tls_default(plain)),
             (
                 "header_read_timeout_ms",
                 plain.header_read_timeout.as_millis().to_string(),

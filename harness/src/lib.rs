@@ -6,11 +6,13 @@
 //!   needs at run time, re-exported here);
 //! - [`services`]: the real services a user would run beside thaw, from Debian, on loopback:
 //!   etcd, HAProxy, Redis, NATS, Prometheus, and whether CI requires them;
+//! - [`certs`]: a test CA and the server certificates it signs;
 //! - [`collector`]: a loopback endpoint recording what functions report to it;
 //! - [`wait`]: one bounded condition wait, [`wait::eventually`].
 //!
 //! Tests and benchmarks only: never a dependency of the runtime or the CLI.
 
+pub mod certs;
 pub mod collector;
 pub mod process;
 pub mod services;

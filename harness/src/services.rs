@@ -379,28 +379,11 @@ impl Postgres {
     /// `ca.pem` beside the data, and `server.crt`/`server.key` (for `127.0.0.1`, signed by
     /// that CA) in it, owned by the server's user and private, as Postgres requires.
     fn write_certificates(&self) {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "thaw test CA");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca, ca_key);
-        let mut server = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        let server_key = KeyPair::generate().expect("server key");
-        let server_cert = server
-            .signed_by(&server_key, &issuer)
-            .expect("server certificate");
-        std::fs::write(self.dir.path().join("ca.pem"), ca_cert.pem()).expect("ca.pem");
+        let ca = crate::certs::TestCa::new();
+        let issued = ca.issue(&["localhost", "127.0.0.1"], 30);
+        std::fs::write(self.dir.path().join("ca.pem"), &ca.pem).expect("ca.pem");
         let data = self.dir.path().join("data");
-        for (name, pem) in [
-            ("server.crt", server_cert.pem()),
-            ("server.key", server_key.serialize_pem()),
-        ] {
+        for (name, pem) in [("server.crt", issued.cert), ("server.key", issued.key)] {
             let path = data.join(name);
             std::fs::write(&path, pem).expect("certificate file");
             use std::os::unix::fs::PermissionsExt as _;

@@ -42,6 +42,7 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http
 const PEER: fn() -> Peer = || Peer {
     remote: "127.0.0.1:1".parse().unwrap(),
     local: "127.0.0.1:2".parse().unwrap(),
+    tls: false,
 };
 
 fn request(uri: &str) -> http::Request<Body> {

@@ -122,6 +122,14 @@ impl BenchPlatform {
 pub async fn serve_on_loopback(
     platform: Arc<Platform>,
 ) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    serve_on_loopback_with(platform, None).await
+}
+
+/// [`serve_on_loopback`], over TLS when `tls` is given.
+pub async fn serve_on_loopback_with(
+    platform: Arc<Platform>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
     use thaw_runtime::http::server::{ListenerOptions, Shutdown, serve_functions};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -132,6 +140,7 @@ pub async fn serve_on_loopback(
         slow_clients: platform.slow_clients().clone(),
         send_timeout: Duration::from_secs(30),
         stalled_readers: platform.stalled_readers().clone(),
+        tls,
     };
     tokio::spawn(serve_functions(listener, platform, None, shutdown, options));
     (addr, stop)

@@ -16,6 +16,7 @@ use thaw_runtime::history::History;
 use thaw_runtime::http::admin::AdminContext;
 use thaw_runtime::http::auth::{AdminAuth, AdminToken};
 use thaw_runtime::http::server::{self, ListenerOptions, Shutdown};
+use thaw_runtime::http::tls;
 use thaw_runtime::manifest::Manifest;
 
 use crate::config::{ServeArgs, ServeConfig};
@@ -23,6 +24,14 @@ use crate::config::{ServeArgs, ServeConfig};
 /// Runs until SIGINT or SIGTERM, then drains in-flight requests.
 pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    // The data plane's certificates, refused before anything else with the file and the
+    // reason; watched for changes once the host serves.
+    let certificates = config
+        .tls
+        .clone()
+        .map(tls::Certificates::load)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
     // Manifests are read (and built) before anything else, so a typo fails fast.
     let manifests = config
         .deploy
@@ -55,6 +64,7 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
             .as_ref()
             .map(|m| m.local_addr())
             .transpose()?,
+        tls: certificates.is_some(),
     };
     if !config.admin_listen.ip().is_loopback() {
         tracing::warn!(
@@ -107,7 +117,16 @@ pub async fn execute(args: ServeArgs, json_log: bool) -> anyhow::Result<()> {
         None => Arc::new(LocalClaims),
     };
     events.start(claims);
-    serve_until_signal(&config, platform, events, cluster, token, listeners).await
+    serve_until_signal(
+        &config,
+        platform,
+        events,
+        cluster,
+        token,
+        listeners,
+        certificates,
+    )
+    .await
 }
 
 /// The platform, with trace export and the key-value store the configuration asks for.
@@ -256,6 +275,7 @@ async fn serve_until_signal(
     cluster: Option<Arc<Cluster>>,
     token: AdminToken,
     listeners: Listeners,
+    certificates: Option<Arc<tls::Certificates>>,
 ) -> anyhow::Result<()> {
     let (stop, shutdown) = Shutdown::new();
     let listener_options = ListenerOptions {
@@ -264,7 +284,14 @@ async fn serve_until_signal(
         slow_clients: platform.slow_clients().clone(),
         send_timeout: config.send_timeout,
         stalled_readers: platform.stalled_readers().clone(),
+        // The admin API and /metrics stay plain: they listen on loopback by default, and
+        // TLS in front of them is the operator's proxy's (see docs/operating.md).
+        tls: None,
     };
+    let data_tls = certificates.map(|certificates| {
+        tokio::spawn(certificates.clone().watch(shutdown.clone()));
+        certificates.server_config()
+    });
     let exposition = Arc::new(thaw_runtime::metrics::Exposition::with_events(
         events.clone(),
     ));
@@ -308,7 +335,10 @@ async fn serve_until_signal(
         platform,
         Some(events),
         shutdown,
-        listener_options,
+        ListenerOptions {
+            tls: data_tls,
+            ..listener_options
+        },
     ));
 
     wait_for_signal().await?;

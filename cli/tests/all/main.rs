@@ -37,6 +37,7 @@ mod state;
 mod streaming;
 mod support;
 mod templates;
+mod tls;
 mod traces;
 mod triggers;
 mod versions;

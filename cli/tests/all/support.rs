@@ -121,7 +121,11 @@ impl TestServer {
         };
         Self {
             child: Some(child),
-            url: format!("http://{}", ready.functions),
+            url: format!(
+                "{}://{}",
+                if ready.tls { "https" } else { "http" },
+                ready.functions
+            ),
             admin_url: format!("http://{}", ready.admin),
             metrics_url: ready.metrics.map(|addr| format!("http://{addr}/metrics")),
             data_dir: data_dir.to_path_buf(),

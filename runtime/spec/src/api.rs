@@ -664,16 +664,22 @@ pub struct ReadyLine {
     pub admin: SocketAddr,
     /// Where `/metrics` is served without authentication (`--metrics-listen`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Whether functions are served over TLS (`https://`).
+    pub tls: bool,
 }
 
 impl ReadyLine {
-    const PREFIX: &'static str = "thaw: functions on http://";
+    const PREFIX: &'static str = "thaw: functions on ";
     const MIDDLE: &'static str = ", admin on http://";
     const METRICS: &'static str = ", metrics on http://";
 
     /// The line's addresses, if `line` is the ready line.
     pub fn parse(line: &str) -> Option<Self> {
         let rest = line.trim_end().strip_prefix(Self::PREFIX)?;
+        let (tls, rest) = match rest.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, rest.strip_prefix("http://")?),
+        };
         let (functions, rest) = rest.split_once(Self::MIDDLE)?;
         let (admin, metrics) = match rest.split_once(Self::METRICS) {
             Some((admin, metrics)) => (admin, Some(metrics.parse().ok()?)),
@@ -683,15 +689,17 @@ impl ReadyLine {
             functions: functions.parse().ok()?,
             admin: admin.parse().ok()?,
             metrics,
+            tls,
         })
     }
 }
 
 impl std::fmt::Display for ReadyLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         write!(
             f,
-            "{}{}{}{}",
+            "{}{scheme}://{}{}{}",
             Self::PREFIX,
             self.functions,
             Self::MIDDLE,
@@ -714,6 +722,7 @@ mod tests {
             functions: "127.0.0.1:8080".parse().unwrap(),
             admin: "[::1]:8081".parse().unwrap(),
             metrics: None,
+            tls: false,
         };
         let text = line.to_string();
         assert_eq!(
@@ -731,6 +740,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(ReadyLine::parse(&text), Some(with_metrics));
+        let tls = ReadyLine { tls: true, ..line };
+        let text = tls.to_string();
+        assert!(text.starts_with("thaw: functions on https://127.0.0.1:8080, admin on http://"));
+        assert_eq!(ReadyLine::parse(&text), Some(tls));
         assert_eq!(ReadyLine::parse("thaw: something else"), None);
     }
 }

@@ -244,6 +244,11 @@ pub struct CgiRequest<'a> {
     /// (`GET http://host/path`): RFC 9112 §3.2.2 says it wins over `Host`, so it is
     /// `HTTP_HOST`, as the `wasi:http` executors take it for the request's authority.
     pub authority: Option<&'a str>,
+    /// The request's HTTP version (`SERVER_PROTOCOL`).
+    pub version: http::Version,
+    /// Whether the connection is TLS: `HTTPS=on` and `REQUEST_SCHEME=https`, as Apache and
+    /// nginx set them.
+    pub https: bool,
 }
 
 /// The RFC 3875 meta-variables for a request, appended to `env`.
@@ -263,7 +268,18 @@ pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) -> usi
         "SERVER_SOFTWARE",
         concat!("thaw/", env!("CARGO_PKG_VERSION")),
     );
-    push("SERVER_PROTOCOL", "HTTP/1.1");
+    push(
+        "SERVER_PROTOCOL",
+        match req.version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            _ => "HTTP/1.1",
+        },
+    );
+    if req.https {
+        push("HTTPS", "on");
+    }
+    push("REQUEST_SCHEME", if req.https { "https" } else { "http" });
     push("SERVER_NAME", &req.server_addr.ip().to_string());
     push("SERVER_PORT", &req.server_addr.port().to_string());
     push("REMOTE_ADDR", &req.remote_addr.ip().to_string());
@@ -459,6 +475,8 @@ mod tests {
                 remote_addr: "127.0.0.1:5000".parse().unwrap(),
                 server_addr: "127.0.0.1:8080".parse().unwrap(),
                 authority: None,
+                version: http::Version::HTTP_11,
+                https: false,
             },
             &mut env,
         );
@@ -495,6 +513,8 @@ mod tests {
                 remote_addr: "127.0.0.1:5000".parse().unwrap(),
                 server_addr: "127.0.0.1:8080".parse().unwrap(),
                 authority: Some("from-target:81"),
+                version: http::Version::HTTP_11,
+                https: false,
             },
             &mut env,
         );

@@ -362,6 +362,7 @@ impl Outcome {
 pub const EVENT_PEER: Peer = Peer {
     remote: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
     local: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+    tls: false,
 };
 
 /// How many of a function's events are delivered at once: its `max_concurrency`, else

@@ -62,7 +62,7 @@ impl std::fmt::Debug for Resolved {
 impl Resolved {
     /// From resolved `(key, value)` pairs. A key whose variable name is a CGI
     /// meta-variable (RFC 3875's, `HTTP_*`, and the common extensions `REQUEST_URI`,
-    /// `REMOTE_PORT`, `HTTPS`) is not exported: the request's variables are the host's to
+    /// `REMOTE_PORT`, `HTTPS`, `REQUEST_SCHEME`) is not exported: the request's variables are the host's to
     /// set, and a setting must never stand in for one a request did not send. Of two keys
     /// with the same variable name (`api-url`, `api_url`), the first in key order is kept.
     pub fn new(pairs: Vec<(String, String)>) -> Self {
@@ -113,6 +113,7 @@ pub fn is_cgi_variable(name: &str) -> bool {
         "REQUEST_URI",
         "REMOTE_PORT",
         "HTTPS",
+        "REQUEST_SCHEME",
     ];
     name.starts_with("HTTP_") || META.contains(&name)
 }

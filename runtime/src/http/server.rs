@@ -1,7 +1,14 @@
 //! The HTTP listeners: the data plane (functions) and the admin API, with graceful shutdown.
 //!
-//! Both are plain hyper 1 HTTP/1.1 servers on tokio, one task per connection. Shutdown stops
-//! accepting, lets every in-flight request finish (up to a drain timeout), then returns.
+//! Both are hyper 1 servers on tokio, one task per connection, speaking HTTP/1.1 and HTTP/2:
+//! on a plain listener a connection that opens with HTTP/2's preface is HTTP/2 (h2c by prior
+//! knowledge, as gRPC clients and proxies speak to backends), any other HTTP/1.1. On a TLS
+//! listener ([`super::tls`]) ALPN decides: `h2` is HTTP/2 only (a client that then speaks
+//! HTTP/1.1 gets a protocol error and the connection closes), `http/1.1` HTTP/1.1 only, and
+//! no ALPN either, by the preface. Every request, an HTTP/2 stream as much as an HTTP/1.1
+//! request, goes through the same handler, so limits, timeouts and body rules hold per
+//! stream. Shutdown stops accepting, lets every in-flight request finish (up to a drain
+//! timeout), then returns.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,8 +19,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -45,6 +52,8 @@ pub struct ListenerOptions {
     pub send_timeout: Duration,
     /// Connections closed by `send_timeout`, for the status API.
     pub stalled_readers: Arc<AtomicU64>,
+    /// TLS (see [`super::tls`]); `None`: plain.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A signal every listener watches; `true` means "stop accepting and drain".
@@ -58,7 +67,7 @@ impl Shutdown {
         (tx, Self(rx))
     }
 
-    async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 }
@@ -312,6 +321,8 @@ where
 {
     let local = listener.local_addr()?;
     let graceful = GracefulShutdown::new();
+    let protocols = Protocols::new(&options);
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -326,30 +337,68 @@ where
             () = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let peer = Peer { remote, local };
+        let peer = Peer {
+            remote,
+            local,
+            tls: tls.is_some(),
+        };
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
             let response = handler(req, peer);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(options.header_read_timeout)
-            .keep_alive(true)
-            .serve_connection(
-                TokioIo::new(SendTimeout::new(
-                    stream,
-                    options.send_timeout,
-                    options.stalled_readers.clone(),
-                    remote,
-                )),
-                service,
-            );
-        let conn = graceful.watch(conn);
-        let slow_clients = options.slow_clients.clone();
+        let stream = SendTimeout::new(
+            stream,
+            options.send_timeout,
+            options.stalled_readers.clone(),
+            remote,
+        );
+        // Taken now, so that a connection still in its TLS handshake at shutdown is waited
+        // for as well.
+        let (graceful, protocols, tls) = (graceful.watcher(), protocols.clone(), tls.clone());
+        let (slow_clients, handshake_timeout) =
+            (options.slow_clients.clone(), options.header_read_timeout);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
+            let served = match tls {
+                None => {
+                    let conn = protocols
+                        .any
+                        .serve_connection(TokioIo::new(stream), service);
+                    graceful.watch(conn).await
+                }
+                Some(acceptor) => {
+                    // The handshake is bounded as the headers are: a client that opens a
+                    // connection and says nothing costs a socket until then, nothing more.
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            slow_clients.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%remote, "closed a connection that did not finish its TLS handshake in time");
+                            return;
+                        }
+                    };
+                    let builder = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => &protocols.h2,
+                        Some(b"http/1.1") => &protocols.h1,
+                        _ => &protocols.any,
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    graceful.watch(conn).await
+                }
+            };
+            if let Err(e) = served {
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout)
+                {
                     slow_clients.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%remote, "closed a connection that sent its headers too slowly");
                     return;
@@ -368,6 +417,40 @@ where
         }
     }
     Ok(())
+}
+
+/// The connection builders of a listener: either protocol by the preface, and each alone
+/// (for a TLS connection whose ALPN chose it).
+#[derive(Clone)]
+struct Protocols {
+    any: Arc<auto::Builder<TokioExecutor>>,
+    h1: Arc<auto::Builder<TokioExecutor>>,
+    h2: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Protocols {
+    fn new(options: &ListenerOptions) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .keep_alive(true);
+        // HTTP/2's own defaults (hyper's): 200 streams at once per connection, flow-control
+        // windows of 1 MiB per connection and stream, and h2's bounds on reset streams (the
+        // rapid-reset attack). A ping every 20 s finds dead connections, which HTTP/2
+        // clients keep open for a long time.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Self {
+            h1: Arc::new(builder.clone().http1_only()),
+            h2: Arc::new(builder.clone().http2_only()),
+            any: Arc::new(builder),
+        }
+    }
 }
 
 /// A connection whose writes fail once the client has accepted nothing for a while.

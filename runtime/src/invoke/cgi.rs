@@ -124,6 +124,8 @@ fn environment(
             remote_addr: peer.remote,
             server_addr: peer.local,
             authority: parts.uri.authority().map(|a| a.as_str()),
+            version: parts.version,
+            https: peer.tls,
         },
         &mut env,
     );

@@ -69,6 +69,8 @@ pub struct Peer {
     pub remote: SocketAddr,
     /// The listener's address.
     pub local: SocketAddr,
+    /// Whether the connection is TLS (the request's scheme is `https`).
+    pub tls: bool,
 }
 
 /// What a request body must be: hyper's `Incoming` on the server, anything with the same shape
@@ -163,6 +165,8 @@ pub(super) struct Call<'a> {
     /// When the request had its place.
     admitted: Instant,
     trace: Option<&'a RequestTrace>,
+    /// Whether the request came over TLS (its scheme is `https`).
+    tls: bool,
 }
 
 impl Call<'_> {
@@ -293,6 +297,7 @@ async fn try_invoke<B: RequestBody>(
         load,
         admitted,
         trace,
+        tls: peer.tls,
     };
     match (&loaded.code, cgi_body) {
         (code @ (Code::Proxy(_) | Code::Source(_)), Ok(body)) => {

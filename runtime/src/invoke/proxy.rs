@@ -48,7 +48,7 @@ pub(super) async fn call<B: RequestBody>(
     let start = call.start(kind, instantiate, call.admitted.elapsed());
 
     let state = Arc::new(CallState::default());
-    let (req, out, responded) = hand_over(&mut instance, function, req, &state)?;
+    let (req, out, responded) = hand_over(&mut instance, function, req, call.tls, &state)?;
     let call_started = Instant::now();
     let task = tokio::spawn(run(
         function.clone(),
@@ -95,6 +95,7 @@ fn hand_over<B: RequestBody>(
     instance: &mut WarmInstance,
     function: &Function,
     req: Request<B>,
+    tls: bool,
     state: &Arc<CallState>,
 ) -> Result<(GuestRequest, Outparam, Answer), InvokeError> {
     let (mut parts, body) = req.into_parts();
@@ -107,7 +108,7 @@ fn hand_over<B: RequestBody>(
     let http = instance.store.data_mut();
     let req = http
         .http()
-        .new_incoming_request(Scheme::Http, req)
+        .new_incoming_request(if tls { Scheme::Https } else { Scheme::Http }, req)
         .map_err(|e| InvokeError::BadRequest(format!("{e:#}")))?;
     // Remember whether the guest answered: a failure after that (while it streams the body)
     // reaches the client only as a cut-off body, so the task must log it itself.

@@ -649,7 +649,11 @@ async fn attempt_once(
 ) -> anyhow::Result<Outcome> {
     let request = event_request(record, body, &function.name)?;
     let peer = match record.peer {
-        Some((remote, local)) => crate::invoke::Peer { remote, local },
+        Some((remote, local)) => crate::invoke::Peer {
+            remote,
+            local,
+            tls: false,
+        },
         None => super::EVENT_PEER,
     };
     Ok(super::deliver(
