@@ -98,6 +98,7 @@ impl Host {
         let peer = Peer {
             remote: "127.0.0.1:1".parse().unwrap(),
             local: "127.0.0.1:2".parse().unwrap(),
+            tls: false,
         };
         let response = invoke(&self.cx, function.clone(), request, peer).await;
         let status = response.status().as_u16();
