@@ -285,7 +285,7 @@ async fn serve_until_signal(
         send_timeout: config.send_timeout,
         stalled_readers: platform.stalled_readers().clone(),
         // The admin API and /metrics stay plain: they listen on loopback by default, and
-        // TLS in front of them is the operator's proxy's (see docs/operating.md).
+        // TLS in front of them is the operator's proxy's (see docs/operations.md).
         tls: None,
     };
     let data_tls = certificates.map(|certificates| {
