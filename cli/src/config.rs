@@ -115,6 +115,11 @@ pub struct HostSettings {
         conflicts_with = "tls_cert"
     )]
     pub tls_dir: Option<PathBuf>,
+    /// Proxies whose X-Forwarded-For / Forwarded headers name the client (for functions'
+    /// client_rate_per_s): addresses or CIDR blocks, comma-separated, e.g. the HAProxy in
+    /// front of a cluster [default: none; the socket's peer is the client]
+    #[arg(long, env = "THAW_TRUSTED_PROXIES", value_name = "ADDRS")]
+    pub trusted_proxies: Option<String>,
     /// Address for the admin API [default: 127.0.0.1:8081]; every request needs the admin
     /// token
     #[arg(long, env = "THAW_ADMIN_LISTEN", value_name = "ADDR")]
@@ -505,6 +510,12 @@ impl ServeArgs {
                 queue_timeout: Duration::from_millis(
                     s.queue_timeout_ms.unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
                 ),
+                trusted_proxies: s
+                    .trusted_proxies
+                    .as_deref()
+                    .unwrap_or("")
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?,
             },
             tls,
             header_read_timeout: ms(s.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS),
@@ -855,6 +866,15 @@ mod tests {
             ("guest_log_to_host", plain.guest_log_to_host.to_string()),
             ("server_timing", p.server_timing.to_string()),
             ("fuel_metering", p.engine.fuel_metering.to_string()),
+            (
+                "trusted_proxies",
+                if p.trusted_proxies.is_empty() {
+                    "none"
+                } else {
+                    "some"
+                }
+                .into(),
+            ),
             // Both documented as "plain HTTP": no TLS unless given.
             ("tls_cert", tls_default(plain)),
             ("tls_dir", tls_default(plain)),

@@ -193,7 +193,7 @@ impl HaProxy {
         let config = format!(
             "global\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  \
-             retries 3\n  option redispatch\n  retry-on conn-failure empty-response\n\
+             retries 3\n  option redispatch\n  retry-on conn-failure empty-response\n  option forwardfor\n\
              frontend functions\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
              backend nodes\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri /readyz\n  \
              default-server inter 200ms fall 2 rise 1\n{servers}"

@@ -13,6 +13,7 @@
 //! - [`sql`]: functions' SQL databases, embedded SQLite per function, confined and under quota;
 //! - [`postgres`]: functions' Postgres, through pools the host holds per function and address;
 //! - [`outbound_redis`]: functions' Redis, one shared connection per function and address;
+//! - [`rate`]: rate limits per function and per client address (governor's limiters);
 //! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
 //!   pre-initialisation snapshots;
 //! - [`guest`]: a guest's store and host state, built from a plain config; linkers; the
@@ -35,7 +36,8 @@
 //!
 //! The parsers of untrusted bytes and the admin API's wire types live in `thaw-spec` (no
 //! wasmtime there, so fuzzing is cheap) and keep their paths here: [`spec`], [`manifest`],
-//! [`cgi`], [`config`], [`outbound`], [`route`], [`traffic`], [`api`], [`event_spec`]. The CLI (`thaw-cli`) and the cold-start suite
+//! [`cgi`], [`config`], [`outbound`], [`route`], [`traffic`], [`forwarded`], [`api`],
+//! [`event_spec`]. The CLI (`thaw-cli`) and the cold-start suite
 //! (`thaw-bench`) are crates of their own.
 
 #![deny(missing_docs)]
@@ -44,7 +46,7 @@
 // they keep their paths here.
 /// A function's schedules and asynchronous delivery policy, as its spec says them.
 pub use thaw_spec::events as event_spec;
-pub use thaw_spec::{api, cgi, config, manifest, outbound, route, spec, traffic};
+pub use thaw_spec::{api, cgi, config, forwarded, manifest, outbound, route, spec, traffic};
 
 pub mod cluster;
 pub mod control;
@@ -61,6 +63,7 @@ pub mod keyvalue;
 pub mod metrics;
 pub mod outbound_redis;
 pub mod postgres;
+pub mod rate;
 pub mod source;
 pub mod sql;
 pub mod telemetry;

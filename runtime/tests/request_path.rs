@@ -52,6 +52,7 @@ impl Host {
                 loader: None,
                 queue_waits: Default::default(),
                 traces: None,
+                trusted_proxies: Default::default(),
             },
             defaults: LimitDefaults {
                 fuel_metering,

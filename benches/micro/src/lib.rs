@@ -89,6 +89,7 @@ impl BenchPlatform {
             secrets: Default::default(),
             keyvalue,
             engines: None,
+            trusted_proxies: Default::default(),
         })
         .expect("opening the platform");
         Self {

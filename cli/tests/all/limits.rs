@@ -481,3 +481,190 @@ async fn a_100_mib_body_is_refused() {
         .await;
     assert_healthy(&server).await;
 }
+
+/// `rate_per_s` with `burst`, and `client_rate_per_s` per client address: over the limit is a
+/// 429 with `Retry-After` before any instance starts, counted as `rate`; a client behind a
+/// trusted proxy is the address the proxy forwarded, and a client that is not behind one is
+/// its socket's address whatever it claims; a rate of 0 is refused at deploy, naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_answer_429_before_any_instance_starts() {
+    let server = TestServer::start_with(&["--trusted-proxies", "127.0.0.1"]);
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    let rated = |route: &str, limits| FunctionSpec {
+        route: Some(route.into()),
+        limits,
+        ..Default::default()
+    };
+    server
+        .deploy(
+            "rated",
+            wasm::HELLO,
+            rated(
+                "/rated",
+                LimitsSpec {
+                    rate_per_s: Some(1),
+                    burst: Some(3),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+
+    // The bucket holds 3 and refills at 1/s: of 40 requests sent one after another, at least
+    // the 3 pass, and at most 3 more than the seconds they took.
+    let http = client();
+    let started = std::time::Instant::now();
+    let (mut passed, mut limited) = (0u64, 0u64);
+    for _ in 0..40 {
+        let r = http
+            .get(format!("{}/rated", server.url))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => passed += 1,
+            429 => {
+                limited += 1;
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&retry), "Retry-After: {retry}");
+                assert!(r.text().await.unwrap().contains("too many requests"));
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    let seconds = started.elapsed().as_secs();
+    assert!(
+        (3..=4 + seconds).contains(&passed),
+        "{passed} passed in {seconds} s"
+    );
+    let rated_info = server.admin().get("rated").await.unwrap();
+    assert_eq!(hits(&rated_info, "rate"), limited);
+    // The guest never started for a refused request: every start is a request that passed.
+    let starts: u64 = rated_info["starts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(starts, passed, "{rated_info}");
+
+    // Per client: each forwarded address has its bucket (1 request, then 429).
+    server
+        .deploy(
+            "per-client",
+            wasm::HELLO,
+            rated(
+                "/per-client",
+                LimitsSpec {
+                    client_rate_per_s: Some(1),
+                    client_burst: Some(1),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+    let from = |client: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/per-client", server.url);
+        async move {
+            http.get(url)
+                .header("x-forwarded-for", client)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // The client wrote the left one itself; the trusted proxy appended the right one.
+    assert_eq!(from("1.1.1.1, 203.0.113.1").await, 200);
+    assert_eq!(from("2.2.2.2, 203.0.113.1").await, 429, "same client");
+    assert_eq!(from("203.0.113.2").await, 200, "another client");
+    assert_healthy(&server).await;
+
+    // Without --trusted-proxies the socket's peer is the client, whatever it claims.
+    let plain = TestServer::start();
+    plain
+        .deploy(
+            "per-client",
+            wasm::HELLO,
+            rated(
+                "/per-client",
+                LimitsSpec {
+                    client_rate_per_s: Some(1),
+                    client_burst: Some(1),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+    let claims = |client: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/per-client", plain.url);
+        async move {
+            http.get(url)
+                .header("x-forwarded-for", client)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(claims("203.0.113.1").await, 200);
+    assert_eq!(
+        claims("203.0.113.2").await,
+        429,
+        "a claim is not an address"
+    );
+
+    // A rate of 0, or a bucket without a rate: 400 naming the field, nothing deployed.
+    for (limits, field) in [
+        (
+            LimitsSpec {
+                rate_per_s: Some(0),
+                ..Default::default()
+            },
+            "rate_per_s",
+        ),
+        (
+            LimitsSpec {
+                client_burst: Some(5),
+                ..Default::default()
+            },
+            "client_burst",
+        ),
+    ] {
+        let e = server
+            .admin()
+            .typed()
+            .deploy(
+                "zero",
+                &rated("/zero", limits),
+                thaw_test_functions::read(wasm::HELLO).into(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{e}");
+        assert!(e.to_string().contains(field), "{e}");
+    }
+    // A negative rate does not parse: the same 400, naming the field.
+    let response = crate::support::deploy_multipart(
+        &server,
+        "zero",
+        r#"{"route": "/zero", "limits": {"rate_per_s": -5}}"#,
+        wasm::HELLO,
+    )
+    .await;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("rate_per_s"), "{body}");
+    assert!(server.admin().get("zero").await.is_err());
+}

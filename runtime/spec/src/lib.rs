@@ -9,6 +9,7 @@
 //! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list;
 //! - [`source`]: a function deployed as source (JavaScript, Python) in place of wasm;
 //! - [`traffic`]: a function's traffic split between its versions (`v4=80 v5=20`);
+//! - [`forwarded`]: the client behind a trusted proxy (`Forwarded`, `X-Forwarded-For`);
 //! - [`api`]: the admin API's wire types, shared by server, CLI and tests.
 //!
 //! This crate is apart from `thaw-runtime` for one reason: it does not link wasmtime, so the
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cgi;
 pub mod config;
 pub mod events;
+pub mod forwarded;
 pub mod manifest;
 pub mod outbound;
 pub mod route;

@@ -315,6 +315,25 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_host_resources: Option<u32>,
+    /// Requests per second the function takes on this host; more are 429 with Retry-After,
+    /// before any instance starts [default: the host's, unlimited]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub rate_per_s: Option<u32>,
+    /// Requests the function takes at once above `rate_per_s` after a quiet spell (the
+    /// bucket's size) [default: the host's, rate_per_s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub burst: Option<u32>,
+    /// Requests per second one client address may send the function on this host (an IPv6
+    /// client counts by its /64) [default: the host's, unlimited]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub client_rate_per_s: Option<u32>,
+    /// The bucket of `client_rate_per_s` [default: the host's, client_rate_per_s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub client_burst: Option<u32>,
 }
 
 /// The host-wide defaults for [`LimitsSpec`].
@@ -363,6 +382,14 @@ pub struct LimitDefaults {
     pub pg_acquire_ms: u64,
     /// See [`LimitsSpec::max_host_resources`].
     pub max_host_resources: u32,
+    /// See [`LimitsSpec::rate_per_s`]; `None` is unlimited.
+    pub rate_per_s: Option<u32>,
+    /// See [`LimitsSpec::burst`].
+    pub burst: Option<u32>,
+    /// See [`LimitsSpec::client_rate_per_s`]; `None` is unlimited.
+    pub client_rate_per_s: Option<u32>,
+    /// See [`LimitsSpec::client_burst`].
+    pub client_burst: Option<u32>,
     /// Whether the host counts fuel at all (`--fuel-metering`); the platform sets it from its
     /// engine, it is not a key of the config file's `[limits]`.
     #[serde(skip)]
@@ -393,6 +420,10 @@ impl Default for LimitDefaults {
             pg_max_connections: DEFAULT_PG_MAX_CONNECTIONS,
             pg_acquire_ms: DEFAULT_PG_ACQUIRE_MS,
             max_host_resources: DEFAULT_MAX_HOST_RESOURCES,
+            rate_per_s: None,
+            burst: None,
+            client_rate_per_s: None,
+            client_burst: None,
             fuel_metering: false,
         }
     }
@@ -464,6 +495,30 @@ pub struct Limits {
     /// Most host resources one instance holds at once.
     #[serde(default = "default_host_resources")]
     pub max_host_resources: u32,
+    /// The function's request rate on this host, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// Each client address's request rate to the function on this host, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_rate: Option<Rate>,
+}
+
+/// A rate limit: a bucket of `burst` requests that refills at `per_s` a second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    /// Requests per second, sustained.
+    pub per_s: u32,
+    /// Requests at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl Rate {
+    fn of(per_s: Option<u32>, burst: Option<u32>) -> Option<Self> {
+        per_s.map(|per_s| Rate {
+            per_s,
+            burst: burst.unwrap_or(per_s),
+        })
+    }
 }
 
 fn default_host_resources() -> u32 {
@@ -559,6 +614,14 @@ impl LimitsSpec {
             max_host_resources: self
                 .max_host_resources
                 .unwrap_or(defaults.max_host_resources),
+            rate: Rate::of(
+                self.rate_per_s.or(defaults.rate_per_s),
+                self.burst.or(defaults.burst),
+            ),
+            client_rate: Rate::of(
+                self.client_rate_per_s.or(defaults.client_rate_per_s),
+                self.client_burst.or(defaults.client_burst),
+            ),
             outbound_timeout: Duration::from_millis(
                 self.outbound_timeout_ms
                     .unwrap_or(defaults.outbound_timeout_ms),
@@ -885,11 +948,36 @@ impl LimitsSpec {
                 100,
             ),
             ("pg_acquire_ms", l.pg_acquire_ms, MAX_TIMEOUT_MS),
+            // A token bucket's numbers; beyond a million a second the limit is the host.
+            ("rate_per_s", l.rate_per_s.map(u64::from), 1_000_000),
+            ("burst", l.burst.map(u64::from), 1_000_000),
+            (
+                "client_rate_per_s",
+                l.client_rate_per_s.map(u64::from),
+                1_000_000,
+            ),
+            ("client_burst", l.client_burst.map(u64::from), 1_000_000),
         ] {
             if let Some(v) = value
                 && !(1..=max).contains(&v)
             {
                 return Err(SpecError::Limit(field, v, format!("must be 1..={max}")));
+            }
+        }
+        for (burst, rate, value) in [
+            ("burst", "rate_per_s", (l.burst, l.rate_per_s)),
+            (
+                "client_burst",
+                "client_rate_per_s",
+                (l.client_burst, l.client_rate_per_s),
+            ),
+        ] {
+            if let (Some(b), None) = value {
+                return Err(SpecError::Limit(
+                    burst,
+                    u64::from(b),
+                    format!("needs {rate}: a bucket without a rate limits nothing"),
+                ));
             }
         }
         // A guest needs a few dozen for one request (its stdio, the request, the response,

@@ -53,6 +53,8 @@ pub struct PlatformConfig {
     pub defaults: LimitDefaults,
     /// How long a request may wait for a free instance slot before it gets 503.
     pub queue_timeout: Duration,
+    /// Proxies whose `Forwarded`/`X-Forwarded-For` name the client (for client rate limits).
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
     /// When deployed functions are loaded at start-up.
     pub load: LoadMode,
     /// Warm pool settings.
@@ -264,6 +266,7 @@ impl Platform {
                 loader: Some(loader.clone()),
                 queue_waits: Default::default(),
                 traces,
+                trusted_proxies: config.trusted_proxies,
             },
             loader,
             registry: Registry::new(),

@@ -56,6 +56,7 @@ fn open(dir: tempfile::TempDir, keep_versions: usize) -> Host {
         secrets: Default::default(),
         keyvalue: KeyValueBackend::Off,
         engines: None,
+        trusted_proxies: Default::default(),
     })
     .expect("opening the platform");
     Host {

@@ -217,6 +217,8 @@ pub struct Function {
     pub stats: Arc<FunctionStats>,
     /// The concurrency limit, if the function has one.
     pub gate: Option<ConcurrencyGate>,
+    /// Its rate limits (none unless its limits set a rate).
+    pub rate: crate::rate::RateLimits,
     /// Parsed outbound allow-list.
     pub outbound: Arc<AllowList>,
     /// How requests got their instances, and how long that and the handler took; shared
@@ -286,6 +288,7 @@ impl Function {
             deadline_ticks: ThawEngine::ticks_for(limits.timeout),
             reuse: record.spec.reuse.as_ref().map(ReuseSpec::resolve),
             gate: ConcurrencyGate::new(&limits),
+            rate: crate::rate::RateLimits::new(&limits),
             // Validated at deploy; a record edited by hand to something invalid denies all.
             outbound: Arc::new(
                 AllowList::parse(&record.spec.allowed_outbound_hosts).unwrap_or_default(),

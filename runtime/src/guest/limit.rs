@@ -39,11 +39,14 @@ pub enum Limit {
     HostResources,
     /// `async.max_queued`: asynchronous invocations queued at once.
     AsyncQueue,
+    /// `rate_per_s` or `client_rate_per_s`: requests over the function's or its client's
+    /// rate.
+    Rate,
 }
 
 impl Limit {
     /// Every limit, in reporting order.
-    pub const ALL: [Limit; 15] = [
+    pub const ALL: [Limit; 16] = [
         Limit::Timeout,
         Limit::Fuel,
         Limit::Memory,
@@ -59,6 +62,7 @@ impl Limit {
         Limit::KvBytes,
         Limit::HostResources,
         Limit::AsyncQueue,
+        Limit::Rate,
     ];
 
     /// The name in logs and in the admin API.
@@ -79,6 +83,7 @@ impl Limit {
             Limit::KvBytes => "kv_bytes",
             Limit::HostResources => "host_resources",
             Limit::AsyncQueue => "async_queue",
+            Limit::Rate => "rate",
         }
     }
 }

@@ -1327,10 +1327,10 @@ async fn read_multipart(
                     }
                     bytes.extend_from_slice(&chunk);
                 }
-                spec = Some(
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| DeployError::BadRequest(format!("invalid spec: {e}")))?,
-                );
+                let json = &mut serde_json::Deserializer::from_slice(&bytes);
+                spec = Some(serde_path_to_error::deserialize(json).map_err(|e| {
+                    DeployError::BadRequest(format!("invalid spec: {}: {}", e.path(), e.inner()))
+                })?);
             }
             Some("wasm") => wasm = Some(field.bytes().await.map_err(bad)?),
             other => {

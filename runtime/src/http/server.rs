@@ -125,6 +125,11 @@ pub async fn serve_functions(
                 },
             };
             drop(set);
+            if let Some(refused) =
+                crate::invoke::check_rate(platform.invoke_context(), &function, req.headers(), peer)
+            {
+                return refused;
+            }
             let mut req = req;
             // RFC 9112 §3.2.2: an absolute-form target's host is the request's, and `Host` is
             // ignored. The guest gets the one the request was routed by, so that a `Host`

@@ -18,6 +18,10 @@ pub enum InvokeError {
     /// No route matches the path.
     #[error("no function serves this path")]
     NotFound,
+    /// Over the function's rate (`rate_per_s`) or its client's (`client_rate_per_s`); the
+    /// wait before a request would be taken.
+    #[error("over the function's rate limit; room again in {0:?}")]
+    RateLimited(std::time::Duration),
     /// The request pins a version (`x-thaw-version`) that its function's split does not
     /// list, or that is not a version at all.
     #[error("the pinned version is not one this function serves")]
@@ -111,7 +115,9 @@ impl InvokeError {
             | InvokeError::ConcurrencyLimit(_)
             | InvokeError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            InvokeError::TooManyQueued(_) => StatusCode::TOO_MANY_REQUESTS,
+            InvokeError::TooManyQueued(_) | InvokeError::RateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             InvokeError::Timeout | InvokeError::OutOfFuel => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::Trap(_)
             | InvokeError::NoResponse
@@ -132,6 +138,7 @@ impl InvokeError {
     fn public_message(&self) -> &'static str {
         match self {
             InvokeError::NotFound => "no function serves this path\n",
+            InvokeError::RateLimited(_) => "too many requests, retry after Retry-After seconds\n",
             InvokeError::NoSuchVersion => "this function serves no such version (x-thaw-version)\n",
             InvokeError::BodyTooLarge(_) => "request body too large\n",
             InvokeError::BodyTooSlow { .. } => "request body too slow\n",
@@ -173,6 +180,7 @@ impl InvokeError {
             InvokeError::BodyTooSlow { .. } => Limit::SlowRequestBody,
             InvokeError::HeadersTooLarge(_) => Limit::Headers,
             InvokeError::TooManyQueued(_) => Limit::AsyncQueue,
+            InvokeError::RateLimited(_) => Limit::Rate,
             InvokeError::ResponseTooLarge(_) => Limit::ResponseBody,
             InvokeError::NotFound
             | InvokeError::NoSuchVersion
@@ -196,6 +204,11 @@ impl InvokeError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let InvokeError::RateLimited(wait) = self {
+            // Whole seconds, rounded up: a client that waits that long finds room.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
         if matches!(
             self,
             InvokeError::Overloaded

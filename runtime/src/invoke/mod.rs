@@ -60,6 +60,8 @@ pub struct InvokeContext {
     pub queue_waits: Arc<AtomicU64>,
     /// Traces, when they are exported (`None`: the request path does nothing for them).
     pub traces: Option<Arc<Tracing>>,
+    /// Proxies whose forwarding headers name the client (see [`crate::forwarded`]).
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 /// Where a request came from and arrived on (CGI passes both to the guest).
@@ -120,6 +122,32 @@ pub async fn invoke<B: RequestBody>(
         trace.finish(response.status());
     }
     response
+}
+
+/// A client request's rate limits ([`crate::rate`]), checked at the edge before it is
+/// dispatched: `Some` is the 429 to send, counted as a request and a limit hit; the guest never
+/// starts. Events (schedules, queue messages, asynchronous retries) are not rate limited:
+/// they have their own bounds, and no client to slow down. The client's address is found
+/// only when a client rate applies.
+pub fn check_rate(
+    cx: &InvokeContext,
+    function: &Function,
+    headers: &http::HeaderMap,
+    peer: Peer,
+) -> Option<Response<ResponseBody>> {
+    let wait = function
+        .rate
+        .check(|| crate::forwarded::client_address(peer.remote.ip(), headers, &cx.trusted_proxies))
+        .err()?;
+    let error = InvokeError::RateLimited(wait);
+    let stats = &function.stats;
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    stats.failures.fetch_add(1, Ordering::Relaxed);
+    stats.limit_hits.count(crate::guest::limit::Limit::Rate);
+    stats.record_response(error.status(), Duration::ZERO);
+    // Hit by the thousand under a flood: counted, and logged at debug only.
+    tracing::debug!(function = %function.name, limit = "rate", "limit hit: {error}");
+    Some(error.into_response())
 }
 
 async fn respond<B: RequestBody>(
