@@ -183,6 +183,20 @@ impl AdminClient {
         wasm: Bytes,
         params: DeployParams,
     ) -> Result<FunctionInfo> {
+        self.deploy_with_assets(name, spec, wasm, None, params)
+            .await
+    }
+
+    /// [`AdminClient::deploy_with`] with the function's static assets: a tar archive of
+    /// its files (see `thaw_spec::assets`).
+    pub async fn deploy_with_assets(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        wasm: Bytes,
+        assets: Option<Bytes>,
+        params: DeployParams,
+    ) -> Result<FunctionInfo> {
         let DeployParams {
             canary,
             wait,
@@ -198,6 +212,13 @@ impl AdminClient {
                 "wasm",
                 reqwest::multipart::Part::stream(wasm).mime_str("application/wasm")?,
             );
+        let form = match assets {
+            Some(assets) => form.part(
+                "assets",
+                reqwest::multipart::Part::stream(assets).mime_str("application/x-tar")?,
+            ),
+            None => form,
+        };
         let query = DeployQuery {
             canary,
             keep_pinned: keep_pinned && canary.is_some(),

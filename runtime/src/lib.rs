@@ -14,6 +14,7 @@
 //! - [`postgres`]: functions' Postgres, through pools the host holds per function and address;
 //! - [`outbound_redis`]: functions' Redis, one shared connection per function and address;
 //! - [`rate`]: rate limits per function and per client address (governor's limiters);
+//! - [`assets`]: functions' static files, served from memory without a guest;
 //! - [`engine`]: the one wasmtime configuration and epoch ticker, the artifact cache,
 //!   pre-initialisation snapshots;
 //! - [`guest`]: a guest's store and host state, built from a plain config; linkers; the
@@ -46,8 +47,11 @@
 // they keep their paths here.
 /// A function's schedules and asynchronous delivery policy, as its spec says them.
 pub use thaw_spec::events as event_spec;
-pub use thaw_spec::{api, cgi, config, forwarded, manifest, outbound, route, spec, traffic};
+pub use thaw_spec::{
+    api, assets as asset_spec, cgi, config, forwarded, manifest, outbound, route, spec, traffic,
+};
 
+pub mod assets;
 pub mod cluster;
 pub mod control;
 pub mod datadir;

@@ -61,6 +61,19 @@ pub struct DeployArgs {
     /// A SQL database the function may open besides `default` (always its own); repeatable
     #[arg(long = "sqlite-database", value_name = "NAME")]
     pub sqlite_databases: Vec<String>,
+    /// A directory of static files the host serves under the function's route without
+    /// starting it (HTML, CSS, images; `x.br`/`x.gz` beside `x` are its compressed forms),
+    /// uploaded with the deploy
+    #[arg(long, value_name = "DIR")]
+    pub assets: Option<PathBuf>,
+    /// With --assets: a single-page app, a navigation to a path that is no file gets
+    /// index.html
+    #[arg(long, requires = "assets")]
+    pub spa: bool,
+    /// With --assets: the function answers first, and assets answer only its 404s to GET and
+    /// HEAD
+    #[arg(long, requires = "assets")]
+    pub run_function_first: bool,
     /// A Postgres database the function opens by NAME, its URL in a host secret (env:NAME for
     /// the host's THAW_SECRET_NAME, or file:NAME in its --secrets-dir); repeatable
     #[arg(long = "postgres-database", value_name = "NAME=PROVIDER:NAME", value_parser = parse_secret)]
@@ -147,8 +160,19 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         }
         for function in &manifest.functions {
             let wasm = read_code(&manifest.code_path(function))?;
+            let assets = function
+                .assets
+                .as_ref()
+                .map(|a| pack_assets(&manifest.base.join(&a.dir)))
+                .transpose()?;
             let deployed = client
-                .deploy_with(&function.name, &function.spec(), wasm.into(), params(&args))
+                .deploy_with_assets(
+                    &function.name,
+                    &function.spec(),
+                    wasm.into(),
+                    assets.map(Into::into),
+                    params(&args),
+                )
                 .await
                 .with_context(|| format!("deploying {}", function.name))?;
             print_deployed(&deployed);
@@ -211,10 +235,25 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         schedule: args.schedules.clone(),
         async_policy: async_policy(&args),
         trigger: None,
+        assets: args
+            .assets
+            .as_ref()
+            .map(|_| thaw_runtime::asset_spec::AssetsSpec {
+                spa: args.spa,
+                run_function_first: args.run_function_first,
+                digest: None,
+            }),
     };
     let wasm = read_code(&args.path)?;
+    let assets = args.assets.as_deref().map(pack_assets).transpose()?;
     let deployed = client
-        .deploy_with(&name, &spec, wasm.into(), params(&args))
+        .deploy_with_assets(
+            &name,
+            &spec,
+            wasm.into(),
+            assets.map(Into::into),
+            params(&args),
+        )
         .await
         .with_context(|| format!("deploying {name}"))?;
     print_deployed(&deployed);
@@ -345,6 +384,47 @@ fn async_policy(args: &DeployArgs) -> Option<thaw_runtime::event_spec::AsyncSpec
         max_queued: args.async_max_queued,
     };
     (policy != Default::default()).then_some(policy)
+}
+
+/// `dir` packed as an assets bundle: a tar archive of its regular files, in path order, with
+/// their modification times. A symbolic link, or anything else that is not a file or a
+/// directory, is refused naming it (a link could reach outside the directory); the host
+/// checks the archive again and bounds its size.
+pub fn pack_assets(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading the assets directory {}", dir.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(root, &path, out)?;
+            } else if kind.is_file() {
+                out.push(path);
+            } else {
+                anyhow::bail!(
+                    "assets: {} is not a regular file (a symbolic link could reach outside {}; copy the file in)",
+                    path.display(),
+                    root.display()
+                );
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    let mut archive = tar::Builder::new(Vec::new());
+    for path in files {
+        let name = path.strip_prefix(dir).expect("walked from dir");
+        let mut file = std::fs::File::open(&path)
+            .with_context(|| format!("assets: reading {}", path.display()))?;
+        archive
+            .append_file(name, &mut file)
+            .with_context(|| format!("assets: packing {}", path.display()))?;
+    }
+    Ok(archive.into_inner()?)
 }
 
 /// The deploy's traffic options, as the client sends them.

@@ -195,11 +195,23 @@ async fn build_and_deploy(
                 return None;
             }
         };
+        let assets = match function
+            .assets
+            .as_ref()
+            .map(|a| crate::commands::deploy::pack_assets(&manifest.base.join(&a.dir)))
+        {
+            Some(Err(e)) => {
+                eprintln!("thaw dev: {e:#}");
+                return None;
+            }
+            packed => packed.and_then(Result::ok).map(Into::into),
+        };
         match client
-            .deploy_with(
+            .deploy_with_assets(
                 &function.name,
                 &function.spec(),
                 wasm.into(),
+                assets,
                 Default::default(),
             )
             .await

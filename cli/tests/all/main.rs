@@ -6,6 +6,7 @@
 
 mod admin_api;
 mod adversary;
+mod assets;
 mod auth;
 mod bench;
 mod cli;

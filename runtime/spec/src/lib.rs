@@ -8,6 +8,7 @@
 //! - [`route`]: which route prefix serves a request path;
 //! - [`outbound`]: the `scheme://host:port` patterns of a function's outbound allow-list;
 //! - [`source`]: a function deployed as source (JavaScript, Python) in place of wasm;
+//! - [`assets`]: a function's static assets and the bundle they are uploaded in;
 //! - [`traffic`]: a function's traffic split between its versions (`v4=80 v5=20`);
 //! - [`forwarded`]: the client behind a trusted proxy (`Forwarded`, `X-Forwarded-For`);
 //! - [`api`]: the admin API's wire types, shared by server, CLI and tests.
@@ -19,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod assets;
 pub mod cgi;
 pub mod config;
 pub mod events;

@@ -13,6 +13,7 @@
 //! reuse = { max_requests = 100 }                    # optional, see thaw-runtime's pool
 //! allowed_outbound_hosts = ["https://api.example.com"]  # optional, see crate::outbound
 //! dirs = [{ host = "/srv/static", guest = "/static" }]  # optional, read-only unless writable
+//! assets = { dir = "public", spa = false }          # optional, files served without the guest
 //! postgres_databases = { orders = { secret = "env:ORDERS_DB" } }  # optional, URL in a secret
 //! ```
 
@@ -98,6 +99,23 @@ pub struct ManifestFunction {
     /// A queue whose messages start the function.
     #[serde(default)]
     pub trigger: Option<crate::events::TriggerSpec>,
+    /// Static files served without starting the function.
+    #[serde(default)]
+    pub assets: Option<ManifestAssets>,
+}
+
+/// `assets = { dir = "public", spa = true, run_function_first = false }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestAssets {
+    /// The directory, relative to the manifest; packed and uploaded with the deploy.
+    pub dir: PathBuf,
+    /// See [`crate::assets::AssetsSpec::spa`].
+    #[serde(default)]
+    pub spa: bool,
+    /// See [`crate::assets::AssetsSpec::run_function_first`].
+    #[serde(default)]
+    pub run_function_first: bool,
 }
 
 impl ManifestFunction {
@@ -127,6 +145,7 @@ impl ManifestFunction {
             schedule: spec.schedule,
             async_policy: spec.async_policy,
             trigger: spec.trigger,
+            assets: None,
         }
     }
 
@@ -146,6 +165,11 @@ impl ManifestFunction {
             schedule: self.schedule.clone(),
             async_policy: self.async_policy.clone(),
             trigger: self.trigger.clone(),
+            assets: self.assets.as_ref().map(|a| crate::assets::AssetsSpec {
+                spa: a.spa,
+                run_function_first: a.run_function_first,
+                digest: None,
+            }),
         }
     }
 }

@@ -135,6 +135,10 @@ pub struct FunctionSpec {
     /// A queue whose messages start the function (see [`crate::events::TriggerSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<crate::events::TriggerSpec>,
+    /// Static files the host serves for the function without starting it (see
+    /// [`crate::assets`]); uploaded with the deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assets: Option<crate::assets::AssetsSpec>,
 }
 
 /// A Postgres database given to a function.

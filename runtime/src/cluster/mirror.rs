@@ -274,10 +274,17 @@ impl Cluster {
             // A source function's engine too: a node without it (no --engines, another
             // build) runs the function on the engine it was deployed with.
             let engine = version.engine.as_deref();
+            // Static assets travel as a blob of their own, by digest, like the code.
+            let assets = version
+                .spec
+                .assets
+                .as_ref()
+                .and_then(|a| a.digest.as_deref());
             for digest in [
                 Some(version.digest.as_str()),
                 Some(version.code_digest()),
                 engine,
+                assets,
             ]
             .into_iter()
             .flatten()

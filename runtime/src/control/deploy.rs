@@ -109,7 +109,21 @@ impl Platform {
         wasm: Bytes,
         options: DeployOptions,
     ) -> Result<Deployed, DeployError> {
-        let result = self.try_deploy(name, spec, wasm, options).await;
+        self.deploy_with_assets(name, spec, wasm, None, options)
+            .await
+    }
+
+    /// [`Platform::deploy_with`] with the function's static assets (a tar archive, see
+    /// [`crate::assets`]), stored content-addressed beside the wasm.
+    pub async fn deploy_with_assets(
+        self: &Arc<Self>,
+        name: &str,
+        spec: FunctionSpec,
+        wasm: Bytes,
+        assets: Option<Bytes>,
+        options: DeployOptions,
+    ) -> Result<Deployed, DeployError> {
+        let result = self.try_deploy(name, spec, wasm, assets, options).await;
         let outcome = usize::from(result.is_err());
         self.deploys[outcome].fetch_add(1, Ordering::Relaxed);
         result
@@ -118,17 +132,20 @@ impl Platform {
     async fn try_deploy(
         self: &Arc<Self>,
         name: &str,
-        spec: FunctionSpec,
+        mut spec: FunctionSpec,
         wasm: Bytes,
+        assets: Option<Bytes>,
         options: DeployOptions,
     ) -> Result<Deployed, DeployError> {
         let config = self.validate(name, &spec, &wasm, options).await?;
         // `claim` keeps the new code from the collector until the record that needs it is
         // committed (or this deploy fails).
         let mut claim = self.garbage.claims.claim();
+        let assets = self.store_assets(&mut spec, assets, &mut claim).await?;
         let prepared = self.prepare_code(name, spec, wasm, &mut claim).await?;
         let mut function = prepared.function;
         function.config = config;
+        function.assets = assets;
         function.attach_keyvalue(self.keyvalue.as_ref());
         function.attach_sql(Some(&self.sql));
         function.attach_postgres(Some(&self.postgres));
@@ -142,6 +159,58 @@ impl Platform {
             tokio::spawn(self.clone().tier_up(deployed.version.clone(), code_wasm));
         }
         Ok(deployed)
+    }
+
+    /// A deploy's static assets: the bundle checked (a 400 naming what is wrong), stored by
+    /// its sha256 and claimed, its digest written into the spec, and its index built.
+    async fn store_assets(
+        &self,
+        spec: &mut FunctionSpec,
+        bundle: Option<Bytes>,
+        claim: &mut garbage::Claim,
+    ) -> Result<Option<crate::assets::FunctionAssets>, DeployError> {
+        let bundle = match (&spec.assets, bundle) {
+            (None, None) => return Ok(None),
+            (Some(assets), _) if assets.digest.is_some() => {
+                return Err(DeployError::BadRequest(
+                    "assets.digest is the host's to set: send the files as the `assets` part"
+                        .into(),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(DeployError::BadRequest(
+                    "the spec has `assets` but the deploy carries no files (the `assets` part)"
+                        .into(),
+                ));
+            }
+            (_, Some(bundle)) => bundle,
+        };
+        let (digest, index) = {
+            let bundle = bundle.clone();
+            tokio::task::spawn_blocking(move || {
+                let index = crate::assets::AssetIndex::from_bundle(bundle.clone())
+                    .map_err(|e| DeployError::BadRequest(format!("{e:#}")))?;
+                Ok::<_, DeployError>((sha256_hex(&bundle), index))
+            })
+            .await
+            .map_err(|e| DeployError::Internal(anyhow::anyhow!("assets task: {e}")))??
+        };
+        claim.add(&digest);
+        if !self.has_wasm(&digest) {
+            let (data, path) = (self.data.clone(), self.data.wasm(&digest));
+            tokio::task::spawn_blocking(move || data.write_atomic(&path, &bundle))
+                .await
+                .map_err(|e| DeployError::Internal(anyhow::anyhow!("assets task: {e}")))?
+                .map_err(DeployError::Internal)?;
+        }
+        let settings = spec.assets.get_or_insert_with(Default::default);
+        settings.digest = Some(digest);
+        let index = Arc::new(index);
+        Ok(Some(crate::assets::FunctionAssets {
+            index,
+            spa: settings.spa,
+            run_function_first: settings.run_function_first,
+        }))
     }
 
     /// A deploy's first phase: everything that can be checked before any work, so that a

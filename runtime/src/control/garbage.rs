@@ -112,6 +112,14 @@ impl Collector {
                 keep.insert(function.record.digest.clone());
                 keep.insert(function.record.code_digest().to_owned());
                 keep.extend(function.record.engine.clone());
+                keep.extend(
+                    function
+                        .record
+                        .spec
+                        .assets
+                        .as_ref()
+                        .and_then(|a| a.digest.clone()),
+                );
             }
         }
         keep.extend(self.engines.iter().cloned());

@@ -355,6 +355,24 @@ impl Platform {
         function.attach_keyvalue(self.keyvalue.as_ref());
         function.attach_sql(Some(&self.sql));
         function.attach_postgres(Some(&self.postgres));
+        if let Some(spec) = &function.record.spec.assets {
+            let read = |digest: &str| {
+                let path = self.data.wasm(digest);
+                std::fs::read(&path)
+                    .map(bytes::Bytes::from)
+                    .with_context(|| format!("reading {}", path.display()))
+            };
+            match crate::assets::FunctionAssets::load(spec, read) {
+                Ok(assets) => function.assets = assets,
+                // The bundle was checked at deploy: gone or damaged since (a cluster node
+                // fetches it with the code, checked against its digest).
+                Err(e) => tracing::error!(
+                    function = %function.name,
+                    version = function.record.generation,
+                    "serving without its assets: {e:#}"
+                ),
+            }
+        }
         function.attach_redis(Some(&self.redis));
         match self.secrets.resolve_spec(&function.record.spec) {
             Ok(config) => function.config = Arc::new(config),

@@ -154,6 +154,7 @@ impl VersionsRecord {
                     Some(v.digest.as_str()),
                     Some(v.code_digest()),
                     v.engine.as_deref(),
+                    v.spec.assets.as_ref().and_then(|a| a.digest.as_deref()),
                 ]
             })
             .flatten()

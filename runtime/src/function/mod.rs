@@ -219,6 +219,8 @@ pub struct Function {
     pub gate: Option<ConcurrencyGate>,
     /// Its rate limits (none unless its limits set a rate).
     pub rate: crate::rate::RateLimits,
+    /// Its static assets, if it has any (see [`crate::assets`]).
+    pub assets: Option<crate::assets::FunctionAssets>,
     /// Parsed outbound allow-list.
     pub outbound: Arc<AllowList>,
     /// How requests got their instances, and how long that and the handler took; shared
@@ -289,6 +291,7 @@ impl Function {
             reuse: record.spec.reuse.as_ref().map(ReuseSpec::resolve),
             gate: ConcurrencyGate::new(&limits),
             rate: crate::rate::RateLimits::new(&limits),
+            assets: None,
             // Validated at deploy; a record edited by hand to something invalid denies all.
             outbound: Arc::new(
                 AllowList::parse(&record.spec.allowed_outbound_hosts).unwrap_or_default(),

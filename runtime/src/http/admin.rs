@@ -1238,10 +1238,10 @@ async fn read_upload(
         })?
         .to_bytes();
 
-    let (spec, wasm) = if content_type.starts_with("multipart/form-data") {
+    let (spec, wasm, assets) = if content_type.starts_with("multipart/form-data") {
         read_multipart(&content_type, body).await?
     } else {
-        (FunctionSpec::default(), body)
+        (FunctionSpec::default(), body, None)
     };
     // A queue trigger's broker and stream are checked here, where the events are: a
     // trigger this host cannot consume is refused before anything changes.
@@ -1256,7 +1256,9 @@ async fn read_upload(
             .await
             .map_err(DeployError::BadRequest)?;
     }
-    platform.deploy_with(name, spec, wasm, options).await
+    platform
+        .deploy_with_assets(name, spec, wasm, assets, options)
+        .await
 }
 
 /// A peer endpoint: a node's code, for another node of its cluster, by sha256 (the caller
@@ -1306,15 +1308,17 @@ async fn peer(call: Call, blob: Blob) -> Response<ResponseBody> {
 /// bound, `--max-upload-mib`).
 pub const MAX_SPEC_BYTES: usize = 1 << 20;
 
+/// A multipart deploy's parts: `spec` (JSON), `wasm`, and `assets` (a tar archive of the
+/// function's static files, see [`crate::asset_spec`]).
 async fn read_multipart(
     content_type: &str,
     body: Bytes,
-) -> Result<(FunctionSpec, Bytes), DeployError> {
+) -> Result<(FunctionSpec, Bytes, Option<Bytes>), DeployError> {
     let bad = |e: multer::Error| DeployError::BadRequest(format!("malformed multipart body: {e}"));
     let boundary = multer::parse_boundary(content_type).map_err(bad)?;
     let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
-    let (mut spec, mut wasm) = (None, None);
+    let (mut spec, mut wasm, mut assets) = (None, None, None);
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         match field.name() {
             Some("spec") => {
@@ -1333,16 +1337,17 @@ async fn read_multipart(
                 })?);
             }
             Some("wasm") => wasm = Some(field.bytes().await.map_err(bad)?),
+            Some("assets") => assets = Some(field.bytes().await.map_err(bad)?),
             other => {
                 return Err(DeployError::BadRequest(format!(
-                    "unexpected multipart field {other:?}; expected `wasm` and optionally `spec`"
+                    "unexpected multipart field {other:?}; expected `wasm` and optionally `spec` and `assets`"
                 )));
             }
         }
     }
     let wasm = wasm
         .ok_or_else(|| DeployError::BadRequest("the multipart body has no `wasm` field".into()))?;
-    Ok((spec.unwrap_or_default(), wasm))
+    Ok((spec.unwrap_or_default(), wasm, assets))
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {

@@ -145,12 +145,45 @@ pub async fn serve_functions(
             super::auth::strip_session_cookie(req.headers_mut());
             crate::events::strip_forged_events(req.headers_mut());
             let version = function.version_header.clone();
+            // Static assets first, unless the function answers first (then they answer
+            // what it does not: a 404 to a GET or HEAD).
+            let assets = function.assets.clone();
+            fn below<'p>(path: &'p str, route: &str) -> &'p str {
+                let prefix = thaw_spec::route::split(route).1;
+                match path.strip_prefix(prefix) {
+                    Some(rest) if prefix != "/" => rest,
+                    _ => path,
+                }
+            }
+            let mut asked = None;
+            if let Some(assets) = &assets {
+                if !assets.run_function_first {
+                    let path = below(req.uri().path(), &function.route);
+                    if let Some(found) = assets.serve(req.method(), path, req.headers()) {
+                        let mut response = found.map(crate::invoke::body::full);
+                        response.headers_mut().insert(VERSION, version);
+                        return response;
+                    }
+                } else if matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+                    asked = Some((
+                        req.method().clone(),
+                        below(req.uri().path(), &function.route).to_owned(),
+                        req.headers().clone(),
+                    ));
+                }
+            }
             let mut response = match &events {
                 Some(events) if invocations::wants_async(req.headers()) => {
                     invocations::accept(events, &function, req, peer).await
                 }
                 _ => invoke(platform.invoke_context(), function, req, peer).await,
             };
+            if response.status() == http::StatusCode::NOT_FOUND
+                && let (Some(assets), Some((method, path, headers))) = (&assets, &asked)
+                && let Some(found) = assets.serve(method, path, headers)
+            {
+                response = found.map(crate::invoke::body::full);
+            }
             super::auth::drop_session_set_cookie(response.headers_mut());
             response.headers_mut().insert(VERSION, version);
             response
