@@ -32,6 +32,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/site"
 head -c 4096 /dev/urandom > "$work/site/4k.bin"
 head -c 1048576 /dev/urandom > "$work/site/1m.bin"
+# nginx's workers run as another user when it is started as root: they must read the files.
+chmod -R a+rX "$work"
 
 wait_port() { for _ in $(seq 1 200); do curl -sf -o /dev/null "http://127.0.0.1:$port$1" && return 0; sleep 0.05; done; return 1; }
 
