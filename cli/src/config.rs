@@ -120,6 +120,11 @@ pub struct HostSettings {
     /// front of a cluster [default: none; the socket's peer is the client]
     #[arg(long, env = "THAW_TRUSTED_PROXIES", value_name = "ADDRS")]
     pub trusted_proxies: Option<String>,
+    /// The header --trusted-proxies write the client's address in: x-forwarded-for or
+    /// forwarded (RFC 7239); the other is never read, since a client can write it
+    /// [default: x-forwarded-for]
+    #[arg(long, env = "THAW_FORWARDED_HEADER", value_name = "HEADER")]
+    pub forwarded_header: Option<String>,
     /// Address for the admin API [default: 127.0.0.1:8081]; every request needs the admin
     /// token
     #[arg(long, env = "THAW_ADMIN_LISTEN", value_name = "ADDR")]
@@ -514,8 +519,15 @@ impl ServeArgs {
                     .trusted_proxies
                     .as_deref()
                     .unwrap_or("")
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?,
+                    .parse::<thaw_runtime::forwarded::TrustedProxies>()
+                    .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?
+                    .with_header(
+                        s.forwarded_header
+                            .as_deref()
+                            .unwrap_or("x-forwarded-for")
+                            .parse()
+                            .map_err(|e| anyhow::anyhow!("forwarded_header: {e}"))?,
+                    ),
             },
             tls,
             header_read_timeout: ms(s.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS),
@@ -866,6 +878,7 @@ mod tests {
             ("guest_log_to_host", plain.guest_log_to_host.to_string()),
             ("server_timing", p.server_timing.to_string()),
             ("fuel_metering", p.engine.fuel_metering.to_string()),
+            ("forwarded_header", "x-forwarded-for".into()),
             (
                 "trusted_proxies",
                 if p.trusted_proxies.is_empty() {

@@ -42,7 +42,9 @@ struct Asset {
     br: Option<Representation>,
     gzip: Option<Representation>,
     content_type: HeaderValue,
-    last_modified: HeaderValue,
+    /// `None` for a file whose archive time means nothing (0 or 1: reproducible builds set
+    /// that on every file, and `If-Modified-Since` would then call changed files unchanged).
+    last_modified: Option<HeaderValue>,
     modified: u64,
 }
 
@@ -79,18 +81,7 @@ impl FunctionAssets {
         let Some(digest) = &spec.digest else {
             return Ok(None);
         };
-        static SHARED: Mutex<Option<HashMap<String, Weak<AssetIndex>>>> = Mutex::new(None);
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        let shared = shared.get_or_insert_with(HashMap::new);
-        let index = match shared.get(digest).and_then(Weak::upgrade) {
-            Some(index) => index,
-            None => {
-                let index = Arc::new(AssetIndex::from_bundle(read(digest)?)?);
-                shared.retain(|_, weak| weak.strong_count() > 0);
-                shared.insert(digest.clone(), Arc::downgrade(&index));
-                index
-            }
-        };
+        let index = shared(digest, || AssetIndex::from_bundle(read(digest)?))?;
         Ok(Some(Self {
             index,
             spa: spec.spa,
@@ -112,13 +103,44 @@ impl FunctionAssets {
         let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
             .decode_utf8()
             .ok()?;
-        let asset = self.index.find(&decoded).or_else(|| {
-            (self.spa && method == Method::GET && accepts_html(headers))
-                .then(|| self.index.files.get("index.html"))
-                .flatten()
-        })?;
-        Some(respond(asset, method, headers))
+        if let Some(asset) = self.index.find(&decoded) {
+            return Some(respond(asset, method, headers));
+        }
+        // The SPA's page, for a navigation: chosen by `Accept`, so caches must know.
+        if self.spa && accepts_html(headers) {
+            let mut response = respond(self.index.files.get("index.html")?, method, headers);
+            response
+                .headers_mut()
+                .append(header::VARY, HeaderValue::from_static("accept"));
+            return Some(response);
+        }
+        None
     }
+}
+
+/// The index of the bundle `digest`: the one a live version holds, or `make`'s.
+pub fn shared(
+    digest: &str,
+    make: impl FnOnce() -> anyhow::Result<AssetIndex>,
+) -> anyhow::Result<Arc<AssetIndex>> {
+    static SHARED: Mutex<Option<HashMap<String, Weak<AssetIndex>>>> = Mutex::new(None);
+    if let Some(index) = SHARED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(digest)
+        .and_then(Weak::upgrade)
+    {
+        return Ok(index);
+    }
+    // Built outside the lock (up to 64 MiB hashed): two builders of one digest both build,
+    // and the second's is kept.
+    let index = Arc::new(make()?);
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = shared.get_or_insert_with(HashMap::new);
+    shared.retain(|_, weak| weak.strong_count() > 0);
+    shared.insert(digest.to_owned(), Arc::downgrade(&index));
+    Ok(index)
 }
 
 impl AssetIndex {
@@ -148,8 +170,10 @@ impl AssetIndex {
                     br: None,
                     gzip: None,
                     content_type,
-                    last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(when))
-                        .expect("an HTTP date is a valid header"),
+                    last_modified: (file.mtime > 1).then(|| {
+                        HeaderValue::from_str(&httpdate::fmt_http_date(when))
+                            .expect("an HTTP date is a valid header")
+                    }),
                     modified: file.mtime,
                 },
             );
@@ -241,7 +265,9 @@ fn respond(asset: &Asset, method: &Method, headers: &HeaderMap) -> Response<Byte
     let mut response = Response::new(Bytes::new());
     let out = response.headers_mut();
     out.insert(header::ETAG, chosen.etag.clone());
-    out.insert(header::LAST_MODIFIED, asset.last_modified.clone());
+    if let Some(last_modified) = &asset.last_modified {
+        out.insert(header::LAST_MODIFIED, last_modified.clone());
+    }
     out.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=0, must-revalidate"),
@@ -249,7 +275,11 @@ fn respond(asset: &Asset, method: &Method, headers: &HeaderMap) -> Response<Byte
     if asset.br.is_some() || asset.gzip.is_some() {
         out.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
-    if not_modified(headers, &chosen.etag, asset.modified) {
+    if not_modified(
+        headers,
+        &chosen.etag,
+        asset.last_modified.is_some().then_some(asset.modified),
+    ) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return response;
     }
@@ -286,6 +316,7 @@ fn respond(asset: &Asset, method: &Method, headers: &HeaderMap) -> Response<Byte
                 HeaderValue::from_str(&format!("bytes */{len}")).expect("digits"),
             );
             out.remove(header::CONTENT_ENCODING);
+            out.remove(header::CONTENT_TYPE);
             Bytes::new()
         }
         Some(Range::Whole) | None => chosen.body.clone(),
@@ -301,7 +332,7 @@ fn respond(asset: &Asset, method: &Method, headers: &HeaderMap) -> Response<Byte
 
 /// RFC 9110 §13.1.2 and §13.1.3: `If-None-Match` decides when present, else
 /// `If-Modified-Since`.
-fn not_modified(headers: &HeaderMap, etag: &HeaderValue, modified: u64) -> bool {
+fn not_modified(headers: &HeaderMap, etag: &HeaderValue, modified: Option<u64>) -> bool {
     let etag = etag.as_bytes();
     let mut matches = headers.get_all(header::IF_NONE_MATCH).iter().peekable();
     if matches.peek().is_some() {
@@ -316,7 +347,7 @@ fn not_modified(headers: &HeaderMap, etag: &HeaderValue, modified: u64) -> bool 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .and_then(|since| since.duration_since(UNIX_EPOCH).ok())
-        .is_some_and(|since| modified <= since.as_secs())
+        .is_some_and(|since| modified.is_some_and(|m| m <= since.as_secs()))
 }
 
 #[derive(Debug, PartialEq)]

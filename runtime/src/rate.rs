@@ -9,10 +9,11 @@
 //! Clients are told apart by address ([`crate::forwarded::client_address`]: the socket's
 //! peer, or what a trusted proxy forwarded). An IPv6 client counts by its /64: one host is
 //! handed a /64 and can choose any address in it, so a per-address limit would be no limit.
-//! The keyed limiter holds one entry per client seen; when it passes [`MAX_CLIENTS`] entries
-//! the ones back to a full bucket (indistinguishable from new) are dropped, and if that is not
-//! enough (more distinct clients within one refill than the bound) the table is cleared: the
-//! host's memory is bounded, at the price of forgetting who was throttled.
+//! The keyed limiter holds one entry per client seen; past [`MAX_CLIENTS`] entries the ones
+//! back to a full bucket (indistinguishable from new) are dropped, at most once a second (a
+//! scan of the table), and past twice that (more distinct clients within one refill than the
+//! bound) the table is cleared: the host's memory is bounded, at the price of forgetting who
+//! was throttled.
 //!
 //! # Scope
 //! Limits are per host: in a cluster behind a load balancer, each node allows the rate, so a
@@ -42,6 +43,8 @@ pub struct RateLimits {
     function: Option<Direct>,
     /// Swapped whole for an empty one when the table overflows (governor cannot clear one).
     clients: Option<(arc_swap::ArcSwap<Keyed>, Quota)>,
+    /// The second (Unix time) the client table was last trimmed in.
+    trimmed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -70,6 +73,7 @@ impl RateLimits {
                     quota,
                 )
             }),
+            trimmed: Default::default(),
         }
     }
 
@@ -87,16 +91,24 @@ impl RateLimits {
             if let Err(not_until) = clients.check_key(&key) {
                 return Err(not_until.wait_time_from(DefaultClock::default().now()));
             }
+            // Trimmed when over the bound, at most once a second (a scan of the table):
+            // new clients between trims only add to it, up to twice the bound, where it is
+            // replaced whole.
             if clients.len() > MAX_CLIENTS {
-                clients.retain_recent();
-                if clients.len() > MAX_CLIENTS {
+                let second = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs());
+                if self
+                    .trimmed
+                    .swap(second, std::sync::atomic::Ordering::Relaxed)
+                    != second
+                {
+                    clients.retain_recent();
+                }
+                if clients.len() > 2 * MAX_CLIENTS {
                     tracing::warn!(
                         clients = clients.len(),
                         "more clients within one refill than the rate limiter keeps; forgetting them all"
                     );
                     table.store(std::sync::Arc::new(RateLimiter::dashmap(*quota)));
-                } else {
-                    clients.shrink_to_fit();
                 }
             }
         }
@@ -179,6 +191,6 @@ mod tests {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             let _ = limits.check(|| ip);
         }
-        assert!(limits.clients.as_ref().unwrap().0.load().len() <= MAX_CLIENTS + 1);
+        assert!(limits.clients.as_ref().unwrap().0.load().len() <= 2 * MAX_CLIENTS + 1);
     }
 }

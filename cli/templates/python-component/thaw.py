@@ -291,7 +291,8 @@ def _pg_value(v):
     if isinstance(v, datetime.time):
         return _pg.ParameterValue_Time((v.hour, v.minute, v.second, v.microsecond * 1000))
     if isinstance(v, decimal.Decimal):
-        return _pg.ParameterValue_Decimal(str(v))
+        # Fixed-point text: str() writes exponents (1E-7), which numeric's text is not.
+        return _pg.ParameterValue_Decimal(format(v, "f"))
     if isinstance(v, uuid.UUID):
         return _pg.ParameterValue_Uuid(str(v))
     raise ThawError("postgres", f"{type(v).__name__} is not a Postgres parameter")

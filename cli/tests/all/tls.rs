@@ -264,13 +264,32 @@ async fn a_directory_of_certificates_is_chosen_by_sni() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn h2c_by_prior_knowledge_on_a_plain_listener() {
+async fn h2c_by_prior_knowledge_on_a_plain_listener_and_silence_is_closed() {
     if clients().is_none() {
         return;
     }
-    let server = TestServer::start();
+    let server = TestServer::start_with(&["--header-read-timeout-ms", "1000"]);
     server.deploy("hello", wasm::HELLO, route("/hello")).await;
     let none = Path::new("/dev/null");
+    // A connection that sends nothing (so neither protocol is known) is closed at the header
+    // read timeout, and counted with the slow clients.
+    let port = server.url.rsplit(':').next().unwrap();
+    let mut silent = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
+    )
+    .await
+    .expect("the server closes a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let status = server.admin().status().await.unwrap();
+    assert!(
+        status["slow_clients_closed"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
     for (flag, version) in [("--http2-prior-knowledge", "2"), ("--http1.1", "1.1")] {
         let answer = curl(&server, none, "127.0.0.1", "/hello", &[flag]);
         assert!(

@@ -94,7 +94,9 @@ pub fn parse_bundle(archive: &[u8]) -> Result<Vec<BundleFile>, String> {
             .checked_add(size as usize)
             .filter(|end| *end <= archive.len())
             .ok_or_else(|| format!("asset {name:?}: the archive ends inside it"))?;
-        let mtime = entry.header().mtime().unwrap_or(0);
+        // At most the last second of year 9999: an archive's time is a u64 (base-256 in GNU
+        // headers), and an HTTP date has four digits of year.
+        let mtime = entry.header().mtime().unwrap_or(0).min(253_402_300_799);
         files.push(BundleFile {
             path,
             range: start..end,

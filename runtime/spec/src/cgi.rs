@@ -314,9 +314,15 @@ pub fn request_env(req: &CgiRequest<'_>, env: &mut Vec<(String, String)>) -> usi
             '-' => '_',
             c => c.to_ascii_uppercase(),
         }));
-        // Repeated headers are joined as RFC 3875 §4.1.18 describes.
+        // Repeated headers are joined as RFC 3875 §4.1.18 describes; `Cookie` with "; ", its
+        // own separator (HTTP/2 clients may send each cookie as a field of its own, RFC 9113
+        // §8.2.3, and cookie parsers split on ';').
         if let Some((_, existing)) = env.iter_mut().find(|(k, _)| *k == key) {
-            existing.push_str(", ");
+            existing.push_str(if name == http::header::COOKIE {
+                "; "
+            } else {
+                ", "
+            });
             existing.push_str(value);
         } else {
             env.push((key, value.to_owned()));
@@ -461,6 +467,8 @@ mod tests {
         headers.insert("proxy", "http://evil".parse().unwrap());
         headers.append("accept", "a".parse().unwrap());
         headers.append("accept", "b".parse().unwrap());
+        headers.append("cookie", "a=1".parse().unwrap());
+        headers.append("cookie", "b=2".parse().unwrap());
         headers.insert("x-forwarded-user", "alice".parse().unwrap());
         headers.insert("x_forwarded_user", "admin".parse().unwrap());
         let mut env = Vec::new();
@@ -493,6 +501,7 @@ mod tests {
         assert_eq!(get("CONTENT_LENGTH"), Some("3"));
         assert_eq!(get("HTTP_X_REQUEST_ID"), Some("abc"));
         assert_eq!(get("HTTP_ACCEPT"), Some("a, b"));
+        assert_eq!(get("HTTP_COOKIE"), Some("a=1; b=2"));
         assert_eq!(get("HTTP_AUTHORIZATION"), None);
         assert_eq!(get("HTTP_PROXY"), None);
         assert_eq!(get("HTTP_CONTENT_TYPE"), None);

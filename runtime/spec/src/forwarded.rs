@@ -1,33 +1,66 @@
 //! Who the client is: the socket's peer, or, when that peer is a proxy the host trusts
-//! (`--trusted-proxies`), the address it forwarded in `Forwarded` (RFC 7239) or
-//! `X-Forwarded-For`.
+//! (`--trusted-proxies`), the address it forwarded in `X-Forwarded-For` (what HAProxy's
+//! `option forwardfor` and nginx's `proxy_add_x_forwarded_for` append) or, when the operator
+//! says the proxies write it (`--forwarded-header forwarded`), in `Forwarded` (RFC 7239).
 //!
-//! Each proxy appends the address it received the request from, so the list is read from
-//! the right: past every trusted proxy, the first address is the client. Everything to its
-//! left was written by the client itself and is not believed. A request with both headers is
-//! read by `Forwarded`, the standard one. A value that does not parse ends the walk at the
-//! last address believed: a proxy that writes garbage must not let a client pick its own
-//! address, and the proxy itself is then the client (rate limits it as one).
+//! Only the header the proxies write is read: the other one arrives as the client wrote it,
+//! and reading it would let a client pick its address. Each proxy appends the address it
+//! received the request from, so the list is read from the right: past every trusted proxy,
+//! the first address is the client. Everything to its left was written by the client itself
+//! and is not believed. An address may carry a port (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+//! A value that does not parse ends the walk at the last address believed: a proxy that
+//! writes garbage must not let a client pick its own address, and the proxy itself is then
+//! the client (rate limits it as one).
 
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use ipnet::IpNet;
 
-/// The proxies whose forwarding headers are believed.
+/// The proxies whose forwarding header is believed, and which header that is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: ForwardedHeader,
+}
+
+/// The header trusted proxies write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (HAProxy, nginx, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            other => Err(format!("{other:?} is not x-forwarded-for or forwarded")),
+        }
+    }
+}
 
 impl TrustedProxies {
     /// Whether `ip` is one of them.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0.iter().any(|net| net.contains(&ip))
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
     /// Whether there are none (the socket's peer is always the client).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.nets.is_empty()
+    }
+
+    /// These proxies, writing `header`.
+    pub fn with_header(self, header: ForwardedHeader) -> Self {
+        Self { header, ..self }
     }
 }
 
@@ -47,7 +80,10 @@ impl std::str::FromStr for TrustedProxies {
             };
             nets.push(net.trunc());
         }
-        Ok(Self(nets))
+        Ok(Self {
+            nets,
+            header: ForwardedHeader::default(),
+        })
     }
 }
 
@@ -57,23 +93,25 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxie
     if !trusted.contains(peer) {
         return peer;
     }
-    let forwarded = headers.get_all(http::header::FORWARDED);
-    let hops: Vec<Option<IpAddr>> = if forwarded.iter().next().is_some() {
-        forwarded
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
-            .map(forwarded_for)
-            .collect()
-    } else {
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
-            .map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .collect()
+    let (name, parse): (_, fn(&str) -> Option<IpAddr>) = match trusted.header {
+        ForwardedHeader::XForwardedFor => ("x-forwarded-for", address),
+        ForwardedHeader::Forwarded => ("forwarded", forwarded_for),
     };
+    // Header lines and their comma-separated hops, last first. (Collected: a header map's
+    // values do not iterate backwards; only a request from a trusted proxy to a function with
+    // a client rate gets here.)
+    let lines: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .collect();
+    let hops = lines
+        .iter()
+        .rev()
+        .flat_map(|line| line.rsplit(','))
+        .map(parse);
     let mut client = peer;
-    for hop in hops.into_iter().rev() {
+    for hop in hops {
         match hop {
             Some(ip) => {
                 client = canonical(ip);
@@ -87,6 +125,20 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxie
     client
 }
 
+/// An address with or without a port: `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`,
+/// `[2001:db8::1]:80`.
+fn address(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    hop.parse().ok().or_else(|| {
+        let (host, port) = hop.rsplit_once(':')?;
+        port.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+        host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    })
+}
+
 /// The `for=` address of one `Forwarded` element (`for=192.0.2.1;proto=https`,
 /// `for="[2001:db8::1]:4711"`); `None` for an obfuscated or unknown one.
 fn forwarded_for(element: &str) -> Option<IpAddr> {
@@ -96,16 +148,7 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
             .eq_ignore_ascii_case("for")
             .then_some(value.trim())
     })?;
-    let value = value.trim_matches('"');
-    if let Some(rest) = value.strip_prefix('[') {
-        return rest.split_once(']')?.0.parse().ok();
-    }
-    let host = match value.rsplit_once(':') {
-        // An IPv4 address with a port; a bare IPv6 address is not valid here unquoted.
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => value,
-    };
-    host.parse().ok()
+    address(value)
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
@@ -168,9 +211,30 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_is_read_before_x_forwarded_for() {
-        let trusted: TrustedProxies = "127.0.0.0/8".parse().unwrap();
+    fn only_the_header_the_proxies_write_is_read() {
+        let xff: TrustedProxies = "127.0.0.0/8".parse().unwrap();
         let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        // The default: X-Forwarded-For; a Forwarded the client wrote is not read.
+        let both = headers(&[
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-for", "192.0.2.9"),
+        ]);
+        assert_eq!(client_address(proxy, &both, &xff).to_string(), "192.0.2.9");
+        // Ports on X-Forwarded-For hops.
+        for (value, client) in [
+            ("192.0.2.1:4711", "192.0.2.1"),
+            ("[2001:db8::1]:4711", "2001:db8::1"),
+            ("2001:db8::2", "2001:db8::2"),
+        ] {
+            let map = headers(&[("x-forwarded-for", value)]);
+            assert_eq!(
+                client_address(proxy, &map, &xff).to_string(),
+                client,
+                "{value}"
+            );
+        }
+        // Proxies that write Forwarded: that header, and X-Forwarded-For is not read.
+        let forwarded = xff.clone().with_header(ForwardedHeader::Forwarded);
         for (value, client) in [
             ("for=192.0.2.60;proto=http;by=203.0.113.43", "192.0.2.60"),
             ("for=\"[2001:db8:cafe::17]:4711\"", "2001:db8:cafe::17"),
@@ -179,13 +243,15 @@ mod tests {
         ] {
             let map = headers(&[("forwarded", value), ("x-forwarded-for", "9.9.9.9")]);
             assert_eq!(
-                client_address(proxy, &map, &trusted).to_string(),
+                client_address(proxy, &map, &forwarded).to_string(),
                 client,
                 "{value}"
             );
         }
-        let unknown = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(client_address(proxy, &unknown, &trusted), proxy);
+        let unknown = headers(&[("forwarded", "for=unknown"), ("x-forwarded-for", "9.9.9.9")]);
+        assert_eq!(client_address(proxy, &unknown, &forwarded), proxy);
+        assert!("Forwarded".parse::<ForwardedHeader>().is_ok());
+        assert!("via".parse::<ForwardedHeader>().is_err());
     }
 
     #[test]

@@ -188,9 +188,12 @@ impl Platform {
         let (digest, index) = {
             let bundle = bundle.clone();
             tokio::task::spawn_blocking(move || {
-                let index = crate::assets::AssetIndex::from_bundle(bundle.clone())
-                    .map_err(|e| DeployError::BadRequest(format!("{e:#}")))?;
-                Ok::<_, DeployError>((sha256_hex(&bundle), index))
+                let digest = sha256_hex(&bundle);
+                let index = crate::assets::shared(&digest, || {
+                    crate::assets::AssetIndex::from_bundle(bundle)
+                })
+                .map_err(|e| DeployError::BadRequest(format!("{e:#}")))?;
+                Ok::<_, DeployError>((digest, index))
             })
             .await
             .map_err(|e| DeployError::Internal(anyhow::anyhow!("assets task: {e}")))??
@@ -205,7 +208,6 @@ impl Platform {
         }
         let settings = spec.assets.get_or_insert_with(Default::default);
         settings.digest = Some(digest);
-        let index = Arc::new(index);
         Ok(Some(crate::assets::FunctionAssets {
             index,
             spa: settings.spa,

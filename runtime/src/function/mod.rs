@@ -217,8 +217,9 @@ pub struct Function {
     pub stats: Arc<FunctionStats>,
     /// The concurrency limit, if the function has one.
     pub gate: Option<ConcurrencyGate>,
-    /// Its rate limits (none unless its limits set a rate).
-    pub rate: crate::rate::RateLimits,
+    /// Its rate limits (none unless its limits set a rate); shared by the version's copies
+    /// (a tier-up, a reload), so they share buckets.
+    pub rate: Arc<crate::rate::RateLimits>,
     /// Its static assets, if it has any (see [`crate::assets`]).
     pub assets: Option<crate::assets::FunctionAssets>,
     /// Parsed outbound allow-list.
@@ -290,7 +291,7 @@ impl Function {
             deadline_ticks: ThawEngine::ticks_for(limits.timeout),
             reuse: record.spec.reuse.as_ref().map(ReuseSpec::resolve),
             gate: ConcurrencyGate::new(&limits),
-            rate: crate::rate::RateLimits::new(&limits),
+            rate: Arc::new(crate::rate::RateLimits::new(&limits)),
             assets: None,
             // Validated at deploy; a record edited by hand to something invalid denies all.
             outbound: Arc::new(
@@ -359,7 +360,7 @@ impl Function {
 
     /// This function with what belongs to the version rather than to its code taken from
     /// `other` (the same version, loaded differently): its log, its resolved configuration,
-    /// its key-value access and its counters.
+    /// its key-value access, its counters, its rate limiters' buckets and its assets.
     pub fn with_state_of(mut self, other: &Function) -> Self {
         self.log = other.log.clone();
         self.config = other.config.clone();
@@ -370,6 +371,8 @@ impl Function {
         self.sql = other.sql.clone();
         self.postgres = other.postgres.clone();
         self.redis = other.redis.clone();
+        self.rate = other.rate.clone();
+        self.assets = other.assets.clone();
         self
     }
 

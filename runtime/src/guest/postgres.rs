@@ -277,7 +277,8 @@ impl ToSql for Param {
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        // An integer goes to any integer column it fits, and to `numeric`; a number to
+        // An integer goes to any integer column it fits, to `numeric`, and to a float column
+        // where it is exact; a number to
         // `numeric` and a `real` to `double precision`: what a guest whose language has one
         // number type (JavaScript, Python) means, with nothing rounded. Postgres's own rule
         // (the parameter's type is the column's) stays for everything else.
@@ -295,6 +296,12 @@ impl ToSql for Param {
                         .to_sql(ty, out);
                 }
                 Type::INT8 => return n.to_sql(ty, out),
+                // Exactly, or not at all: 2^53 and 2^24 are where the floats' integers end.
+                Type::FLOAT8 if n.unsigned_abs() <= 1 << 53 => return (n as f64).to_sql(ty, out),
+                Type::FLOAT4 if n.unsigned_abs() <= 1 << 24 => return (n as f32).to_sql(ty, out),
+                Type::FLOAT8 | Type::FLOAT4 => {
+                    return Err(format!("{n} has no exact value in the column's {ty}").into());
+                }
                 Type::NUMERIC => {
                     return Param::Numeric(numeric::from_text(&n.to_string())?).to_sql(ty, out);
                 }

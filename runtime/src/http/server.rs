@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -399,10 +399,28 @@ where
         tokio::spawn(async move {
             let served = match tls {
                 None => {
-                    let conn = protocols
-                        .any
-                        .serve_connection(TokioIo::new(stream), service);
-                    graceful.watch(conn).await
+                    // The protocol by the connection's first bytes, read within the header
+                    // timeout: a client that sends nothing costs a socket until then.
+                    let mut stream = stream;
+                    let start =
+                        tokio::time::timeout(handshake_timeout, Prefixed::read_start(&mut stream));
+                    match start.await {
+                        Ok(Ok(start)) => {
+                            let h2 = start.is_h2();
+                            protocols
+                                .serve(start.into_io(stream), h2, service, graceful)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, "connection ended before a request: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            slow_clients.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%remote, "closed a connection that sent nothing in time");
+                            return;
+                        }
+                    }
                 }
                 Some(acceptor) => {
                     // The handshake is bounded as the headers are: a client that opens a
@@ -424,19 +442,16 @@ where
                             return;
                         }
                     };
-                    let builder = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => &protocols.h2,
-                        Some(b"http/1.1") => &protocols.h1,
-                        _ => &protocols.any,
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    graceful.watch(conn).await
+                    // HTTP/2 over TLS is chosen by ALPN only (RFC 9113 §3.2); anything else
+                    // is HTTP/1.1.
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    protocols
+                        .serve(TokioIo::new(stream), h2, service, graceful)
+                        .await
                 }
             };
             if let Err(e) = served {
-                if e.downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_timeout)
-                {
+                if e.is_timeout() {
                     slow_clients.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%remote, "closed a connection that sent its headers too slowly");
                     return;
@@ -457,37 +472,161 @@ where
     Ok(())
 }
 
-/// The connection builders of a listener: either protocol by the preface, and each alone
-/// (for a TLS connection whose ALPN chose it).
+/// The connection builders of a listener, one per protocol.
 #[derive(Clone)]
 struct Protocols {
-    any: Arc<auto::Builder<TokioExecutor>>,
-    h1: Arc<auto::Builder<TokioExecutor>>,
-    h2: Arc<auto::Builder<TokioExecutor>>,
+    h1: Arc<http1::Builder>,
+    h2: Arc<http2::Builder<TokioExecutor>>,
 }
 
 impl Protocols {
     fn new(options: &ListenerOptions) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout)
             .keep_alive(true);
         // HTTP/2's own defaults (hyper's): 200 streams at once per connection, flow-control
         // windows of 1 MiB per connection and stream, and h2's bounds on reset streams (the
         // rapid-reset attack). A ping every 20 s finds dead connections, which HTTP/2
         // clients keep open for a long time.
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(20));
         Self {
-            h1: Arc::new(builder.clone().http1_only()),
-            h2: Arc::new(builder.clone().http2_only()),
-            any: Arc::new(builder),
+            h1: Arc::new(h1),
+            h2: Arc::new(h2),
         }
+    }
+
+    /// Serves one connection with the protocol chosen, until it ends or shutdown drains it.
+    async fn serve<I, S>(
+        &self,
+        io: I,
+        h2: bool,
+        service: S,
+        graceful: hyper_util::server::graceful::Watcher,
+    ) -> Result<(), hyper::Error>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = ResponseBody> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if h2 {
+            graceful.watch(self.h2.serve_connection(io, service)).await
+        } else {
+            graceful.watch(self.h1.serve_connection(io, service)).await
+        }
+    }
+}
+
+/// HTTP/2's connection preface (RFC 9113 §3.4): what a client that speaks it by prior
+/// knowledge sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection's first bytes, read to tell HTTP/2's preface from HTTP/1.1, and handed back
+/// to the protocol that reads the rest ([`Prefixed::into_io`]). hyper-util's `auto` builder
+/// does the same, but with no bound on how long the first bytes may take: a client that sent
+/// nothing would keep its socket.
+struct Prefixed {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl Prefixed {
+    /// Reads until the bytes are no prefix of HTTP/2's preface, or are all of it.
+    async fn read_start<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Self> {
+        use tokio::io::AsyncReadExt as _;
+        let mut start = Prefixed {
+            buf: [0; 24],
+            len: 0,
+        };
+        while start.len < H2_PREFACE.len() {
+            let n = stream.read(&mut start.buf[start.len..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            start.len += n;
+            if start.buf[..start.len] != H2_PREFACE[..start.len] {
+                break;
+            }
+        }
+        Ok(start)
+    }
+
+    fn is_h2(&self) -> bool {
+        self.buf[..self.len] == H2_PREFACE[..]
+    }
+
+    /// `stream` with these bytes in front of what it reads next.
+    fn into_io<S>(self, stream: S) -> TokioIo<PrefixedStream<S>> {
+        TokioIo::new(PrefixedStream {
+            start: self,
+            read: 0,
+            inner: stream,
+        })
+    }
+}
+
+/// A stream whose first bytes were already read (see [`Prefixed`]).
+struct PrefixedStream<S> {
+    start: Prefixed,
+    read: usize,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for PrefixedStream<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.start.len {
+            let rest = &this.start.buf[this.read..this.start.len];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PrefixedStream<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -7,7 +7,8 @@
 //! - **A directory** (`--tls-dir DIR`): every `NAME.crt` with its `NAME.key` beside it. A
 //!   certificate is served for the DNS names it holds (its subject alternative names,
 //!   wildcards included), whatever its files are called, so the directory can be filled by
-//!   any ACME client. A client whose SNI matches none (or that sends none) fails the
+//!   any ACME client. A pair that does not load is logged and skipped (one expired
+//!   certificate must not keep the others' renewals out); none loading is an error. A client whose SNI matches none (or that sends none) fails the
 //!   handshake with `unrecognized_name`: there is no certificate that could be right for it.
 //!
 //! # Checked at load
@@ -211,9 +212,19 @@ fn load(source: &TlsSource) -> Result<Loaded, String> {
                     dir.display()
                 ));
             }
+            // A pair that does not load (expired, its key missing or another's) is logged and
+            // skipped: one stale certificate must not stop the others' renewals from loading.
+            let mut refused = Vec::new();
             for cert in certs {
                 let key = cert.with_extension("key");
-                let (certified, names) = certified_key(&cert, &key)?;
+                let (certified, names) = match certified_key(&cert, &key) {
+                    Ok(loaded) => loaded,
+                    Err(why) => {
+                        tracing::warn!("TLS: skipping a certificate of --tls-dir: {why}");
+                        refused.push(why);
+                        continue;
+                    }
+                };
                 let certified = Arc::new(certified);
                 for name in names {
                     match name.strip_prefix("*.") {
@@ -223,6 +234,13 @@ fn load(source: &TlsSource) -> Result<Loaded, String> {
                         None => loaded.exact.insert(name, certified.clone()),
                     };
                 }
+            }
+            if loaded.exact.is_empty() && loaded.wildcard.is_empty() {
+                return Err(format!(
+                    "--tls-dir {}: no certificate loads ({})",
+                    dir.display(),
+                    refused.join("; ")
+                ));
             }
         }
     }
@@ -358,7 +376,13 @@ mod tests {
         assert!(loaded.exact.contains_key("api.example.com"));
         assert!(loaded.exact.contains_key("example.org"));
         assert!(loaded.wildcard.contains_key("example.org"));
+        // A pair that does not load is skipped; the others serve.
         std::fs::remove_file(dir.path().join("two.key")).unwrap();
+        let loaded = load(&TlsSource::Dir(dir.path().to_owned())).unwrap();
+        assert!(loaded.exact.contains_key("api.example.com"));
+        assert!(!loaded.exact.contains_key("example.org"));
+        // None that loads: an error naming why.
+        std::fs::remove_file(dir.path().join("one.key")).unwrap();
         let e = load(&TlsSource::Dir(dir.path().to_owned())).unwrap_err();
         assert!(e.contains("two.key: not a PEM private key file"), "{e}");
     }

@@ -95,8 +95,7 @@ struct Pooled {
     declared: bool,
 }
 
-/// What a guest asked to open.
-#[derive(Debug)]
+/// What a guest asked to open. Not `Debug`: a declared database's URL holds its password.
 pub enum Target<'a> {
     /// A database of the function's `postgres_databases`: its name and its URL.
     Declared {

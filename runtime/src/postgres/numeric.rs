@@ -119,10 +119,9 @@ pub fn from_text(text: &str) -> Result<Vec<u8>, String> {
         .collect();
     let mut weight = i32::try_from((left + integer.len()) / 4).map_err(|_| bad())? - 1;
     // Postgres stores no leading or trailing zero groups (and zero as no digits).
-    while groups.first() == Some(&0) {
-        groups.remove(0);
-        weight -= 1;
-    }
+    let leading = groups.iter().take_while(|&&g| g == 0).count();
+    groups.drain(..leading);
+    weight -= i32::try_from(leading).map_err(|_| bad())?;
     while groups.last() == Some(&0) {
         groups.pop();
     }
