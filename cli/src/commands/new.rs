@@ -95,9 +95,11 @@ pub const TEMPLATES: &[Template] = &[
 const WIT_DEPS: &[File] = files!("wit/deps": "cli.wit", "clocks.wit", "filesystem.wit", "http.wit", "io.wit", "random.wit", "sockets.wit");
 
 /// The configuration and key-value interfaces at the versions thaw (and wasmtime 48) link,
-/// and SQL (`spin:sqlite@3.0.0`, which thaw links and wasmtime serve does not): their own
-/// versions, untouched by the WASI 0.2.x rewrite.
-const WIT_EXTRA: &[File] = files!("wit/deps": "config.wit", "keyvalue.wit", "sqlite.wit");
+/// and SQL (`spin:sqlite@3.0.0` and the synchronous part of `spin:postgres@4.2.0`, which thaw
+/// links and wasmtime serve does not): their own versions, untouched by the WASI 0.2.x
+/// rewrite.
+const WIT_EXTRA: &[File] =
+    files!("wit/deps": "config.wit", "keyvalue.wit", "sqlite.wit", "postgres.wit");
 
 /// Creates the project, or lists the templates.
 pub fn execute(args: NewArgs) -> anyhow::Result<()> {

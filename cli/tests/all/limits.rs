@@ -555,71 +555,52 @@ async fn rate_limits_answer_429_before_any_instance_starts() {
     assert_eq!(starts, passed, "{rated_info}");
 
     // Per client: each forwarded address has its bucket (1 request, then 429).
-    server
-        .deploy(
-            "per-client",
-            wasm::HELLO,
-            rated(
-                "/per-client",
-                LimitsSpec {
-                    client_rate_per_s: Some(1),
-                    client_burst: Some(1),
-                    ..Default::default()
-                },
-            ),
+    let one_per_client = || {
+        rated(
+            "/per-client",
+            LimitsSpec {
+                client_rate_per_s: Some(1),
+                client_burst: Some(1),
+                ..Default::default()
+            },
         )
-        .await;
-    let from = |client: &'static str| {
-        let http = http.clone();
-        let url = format!("{}/per-client", server.url);
-        async move {
-            http.get(url)
-                .header("x-forwarded-for", client)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
     };
+    server
+        .deploy("per-client", wasm::HELLO, one_per_client())
+        .await;
+    // The status of a request to `/per-client` on `server` whose X-Forwarded-For says `client`.
+    async fn claiming(server: &TestServer, client: &str) -> u16 {
+        crate::support::client()
+            .get(format!("{}/per-client", server.url))
+            .header("x-forwarded-for", client)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
     // The client wrote the left one itself; the trusted proxy appended the right one.
-    assert_eq!(from("1.1.1.1, 203.0.113.1").await, 200);
-    assert_eq!(from("2.2.2.2, 203.0.113.1").await, 429, "same client");
-    assert_eq!(from("203.0.113.2").await, 200, "another client");
+    assert_eq!(claiming(&server, "1.1.1.1, 203.0.113.1").await, 200);
+    assert_eq!(
+        claiming(&server, "2.2.2.2, 203.0.113.1").await,
+        429,
+        "same client"
+    );
+    assert_eq!(
+        claiming(&server, "203.0.113.2").await,
+        200,
+        "another client"
+    );
     assert_healthy(&server).await;
 
     // Without --trusted-proxies the socket's peer is the client, whatever it claims.
     let plain = TestServer::start();
     plain
-        .deploy(
-            "per-client",
-            wasm::HELLO,
-            rated(
-                "/per-client",
-                LimitsSpec {
-                    client_rate_per_s: Some(1),
-                    client_burst: Some(1),
-                    ..Default::default()
-                },
-            ),
-        )
+        .deploy("per-client", wasm::HELLO, one_per_client())
         .await;
-    let claims = |client: &'static str| {
-        let http = http.clone();
-        let url = format!("{}/per-client", plain.url);
-        async move {
-            http.get(url)
-                .header("x-forwarded-for", client)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(claims("203.0.113.1").await, 200);
+    assert_eq!(claiming(&plain, "203.0.113.1").await, 200);
     assert_eq!(
-        claims("203.0.113.2").await,
+        claiming(&plain, "203.0.113.2").await,
         429,
         "a claim is not an address"
     );

@@ -68,6 +68,28 @@ fn served_name(server: &TestServer, sni: &str) -> Option<String> {
     Some(subject.rsplit("CN = ").next()?.trim().to_owned())
 }
 
+/// A connection that sends nothing is closed by the server (within a bound for a hung test),
+/// and counted with the slow clients.
+async fn a_silent_connection_is_closed(server: &TestServer) {
+    let port = server.url.rsplit(':').next().unwrap();
+    let mut silent = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
+    )
+    .await
+    .expect("the server closes a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let status = server.admin().status().await.unwrap();
+    assert!(
+        status["slow_clients_closed"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_with_http2_serves_reloads_and_refuses_what_it_cannot_trust() {
     if clients().is_none() {
@@ -187,22 +209,7 @@ async fn tls_with_http2_serves_reloads_and_refuses_what_it_cannot_trust() {
 
     // A client that connects and never starts its handshake is closed at the header read
     // timeout, and counted with the slow clients.
-    let mut silent = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
-    )
-    .await
-    .expect("the server closes a silent connection");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    let status = server.admin().status().await.unwrap();
-    assert!(
-        status["slow_clients_closed"].as_u64().unwrap() >= 1,
-        "{status}"
-    );
+    a_silent_connection_is_closed(&server).await;
 
     // A new certificate in the same files is served without a restart.
     let renewed = ca.issue(&["localhost", "renewed.test"], 60);
@@ -273,23 +280,7 @@ async fn h2c_by_prior_knowledge_on_a_plain_listener_and_silence_is_closed() {
     let none = Path::new("/dev/null");
     // A connection that sends nothing (so neither protocol is known) is closed at the header
     // read timeout, and counted with the slow clients.
-    let port = server.url.rsplit(':').next().unwrap();
-    let mut silent = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
-    )
-    .await
-    .expect("the server closes a silent connection");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    let status = server.admin().status().await.unwrap();
-    assert!(
-        status["slow_clients_closed"].as_u64().unwrap() >= 1,
-        "{status}"
-    );
+    a_silent_connection_is_closed(&server).await;
     for (flag, version) in [("--http2-prior-knowledge", "2"), ("--http1.1", "1.1")] {
         let answer = curl(&server, none, "127.0.0.1", "/hello", &[flag]);
         assert!(
