@@ -372,6 +372,20 @@ fn encode_function_resources(
     )?;
     family(
         e,
+        "thaw_asset_responses",
+        "Requests a function's static assets answered, without the guest",
+        None,
+        MetricType::Counter,
+        functions,
+        |m, f| {
+            counter(
+                &mut m.encode_family(&labels(f))?,
+                f.stats.asset_responses.load(Ordering::Relaxed),
+            )
+        },
+    )?;
+    family(
+        e,
         "thaw_function_cpu",
         "Guest CPU time of the function's requests (the polling thread's CPU clock around each guest call; WASIp3 functions are not metered)",
         Some(&Unit::Seconds),

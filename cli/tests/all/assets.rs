@@ -181,9 +181,28 @@ async fn assets_are_served_without_the_guest_and_never_outside_their_root() {
         "Hello, world!\n",
         "POST is the function's"
     );
-    // No instance ever started for an asset: the function counted only its own requests.
+    // No instance ever started for an asset: the function counted only its own requests,
+    // and the assets theirs (in /metrics).
     let info = server.admin().get("site").await.unwrap();
     assert_eq!(info["requests"], 2, "{info}");
+    let metrics = client()
+        .get(format!("{}/metrics", server.admin_url))
+        .bearer_auth(server.token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let served: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"thaw_asset_responses_total{function="site""#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no asset counter in {metrics}"));
+    assert_eq!(
+        served, 16,
+        "every asset answer above, 304s and 416 included"
+    );
 
     // No way out of the root: dot segments, encoded ones, backslashes.
     for target in [

@@ -168,6 +168,8 @@ pub struct FunctionStats {
     /// Outbound requests the guest sent (allowed ones; denied ones are limit hits). Shared
     /// with the stores' outbound hook.
     pub outbound_requests: Arc<AtomicU64>,
+    /// Requests its static assets answered (no guest started; not in `requests`).
+    pub asset_responses: AtomicU64,
 }
 
 impl FunctionStats {

@@ -160,6 +160,10 @@ pub async fn serve_functions(
                 if !assets.run_function_first {
                     let path = below(req.uri().path(), &function.route);
                     if let Some(found) = assets.serve(req.method(), path, req.headers()) {
+                        function
+                            .stats
+                            .asset_responses
+                            .fetch_add(1, Ordering::Relaxed);
                         let mut response = found.map(crate::invoke::body::full);
                         response.headers_mut().insert(VERSION, version);
                         return response;
@@ -169,6 +173,7 @@ pub async fn serve_functions(
                         req.method().clone(),
                         below(req.uri().path(), &function.route).to_owned(),
                         req.headers().clone(),
+                        function.stats.clone(),
                     ));
                 }
             }
@@ -179,9 +184,10 @@ pub async fn serve_functions(
                 _ => invoke(platform.invoke_context(), function, req, peer).await,
             };
             if response.status() == http::StatusCode::NOT_FOUND
-                && let (Some(assets), Some((method, path, headers))) = (&assets, &asked)
+                && let (Some(assets), Some((method, path, headers, stats))) = (&assets, &asked)
                 && let Some(found) = assets.serve(method, path, headers)
             {
+                stats.asset_responses.fetch_add(1, Ordering::Relaxed);
                 response = found.map(crate::invoke::body::full);
             }
             super::auth::drop_session_set_cookie(response.headers_mut());
