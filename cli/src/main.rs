@@ -37,6 +37,9 @@ enum Command {
     /// Deploy a function (a .wasm file, JavaScript or Python source) or every function of a
     /// thaw.toml manifest
     Deploy(commands::deploy::DeployArgs),
+    /// Publish a function's component to an OCI registry: `thaw push thaw.toml
+    /// oci://HOST/REPO:TAG`
+    Push(commands::push::PushArgs),
     /// List deployed functions
     List(commands::list::ListArgs),
     /// List the language engines of source functions and the functions on each
@@ -107,6 +110,7 @@ fn main() {
                 match cli.command {
                     Command::Serve(args) => commands::serve::execute(args, json_log).await,
                     Command::Deploy(args) => commands::deploy::execute(args).await,
+                    Command::Push(args) => commands::push::execute(args).await,
                     Command::List(args) => commands::list::execute(args).await,
                     Command::Engines(args) => commands::engines::execute(args).await,
                     Command::Cluster(args) => commands::cluster::execute(args).await,

@@ -20,5 +20,7 @@ pub mod wait;
 
 pub use collector::Collector;
 pub use process::{Killed, free_port, wait_port};
-pub use services::{Etcd, HaProxy, Nats, Postgres, Prometheus, Redis, required, service_binaries};
+pub use services::{
+    Etcd, HaProxy, Nats, Postgres, Prometheus, Redis, Registry, required, service_binaries,
+};
 pub use wait::{eventually, eventually_some};

@@ -171,6 +171,85 @@ fn blocking_get(url: &str) -> std::io::Result<String> {
     Ok(body)
 }
 
+/// An OCI registry (Debian's `docker-registry`, the CNCF distribution registry) on loopback,
+/// storing on disk in its own directory, with one user by HTTP basic authentication
+/// (`htpasswd`, bcrypt, from Debian's `apache2-utils`): plain HTTP, as a registry on loopback
+/// is spoken to.
+pub struct Registry {
+    // First: the server goes before its directory.
+    _process: Killed,
+    dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+}
+
+impl Registry {
+    /// Starts the registry with `user` and `password` as its only account, and waits until it
+    /// answers; `None` if it is not installed.
+    pub fn start(user: &str, password: &str) -> Option<Self> {
+        let [registry, htpasswd] = service_binaries(
+            ["docker-registry", "htpasswd"],
+            "docker-registry apache2-utils",
+        )?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let users = Command::new(htpasswd)
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("running htpasswd");
+        assert!(users.status.success(), "htpasswd failed");
+        std::fs::write(dir.path().join("htpasswd"), users.stdout).expect("writing htpasswd");
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {root}\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: thaw-tests\n\
+             auth:\n  htpasswd:\n    realm: thaw-tests\n    path: {users}\n",
+            root = dir.path().join("data").display(),
+            users = dir.path().join("htpasswd").display(),
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("writing the registry's config");
+        let child = Command::new(registry)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("its log"))
+            .spawn()
+            .expect("starting docker-registry");
+        let process = Killed(child);
+        let address = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + START_BOUND;
+        // Up when /v2/ answers, which it does with a 401 asking for credentials.
+        while !blocking_get(&format!("http://{address}/v2/"))
+            .is_ok_and(|r| r.starts_with("HTTP/1."))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not answer; log:\n{}",
+                std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self {
+            _process: process,
+            dir,
+            address,
+        })
+    }
+
+    /// The file the registry keeps a blob in (`sha256:HEX`), to tamper with it.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
 /// HAProxy in front of thaw nodes, as a cluster's operator would run it: round robin,
 /// health checks on `/readyz`, a refused connection retried on another node.
 pub struct HaProxy {

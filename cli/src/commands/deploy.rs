@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::commands::Target;
+use crate::registry::OciRef;
 use thaw_runtime::config::{ConfigValue, SecretRef};
 use thaw_runtime::manifest::Manifest;
 use thaw_runtime::source::{Bundle, Language};
@@ -15,10 +16,12 @@ use thaw_runtime::spec::{DirGrant, FunctionSpec, LimitsSpec};
 #[derive(clap::Args, Debug)]
 pub struct DeployArgs {
     /// A .wasm file (a wasi:http component or a WASI preview1 command), a thaw.toml manifest,
-    /// or source: a .js, .mjs or .py file alone, or a directory whose index.js, handler.js,
-    /// app.py or main.py imports the .js or .py files under it
+    /// source (a .js, .mjs or .py file alone, or a directory whose index.js, handler.js,
+    /// app.py or main.py imports the .js or .py files under it), or a component in an OCI
+    /// registry: oci://HOST/REPO:TAG or oci://HOST/REPO@sha256:DIGEST
     pub path: PathBuf,
-    /// Function name [default: the wasm file's stem]; not used with a manifest
+    /// Function name [default: the wasm file's stem, or the repository's last segment];
+    /// not used with a manifest
     #[arg(long)]
     pub name: Option<String>,
     /// Route prefix the function serves [default: /NAME]
@@ -117,6 +120,9 @@ pub struct DeployArgs {
     pub build: bool,
     #[allow(missing_docs)] // flattened: its own fields carry the help text
     #[command(flatten)]
+    pub registry: crate::registry::RegistryArgs,
+    #[allow(missing_docs)] // flattened: its own fields carry the help text
+    #[command(flatten)]
     pub target: Target,
 }
 
@@ -179,8 +185,22 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let pulled = match args.path.to_str().and_then(OciRef::parse) {
+        Some(reference) => {
+            let reference = reference?;
+            let pulled = crate::registry::pull(&reference, &args.registry).await?;
+            eprintln!(
+                "thaw: pulled {} ({} bytes)",
+                pulled.pinned,
+                pulled.wasm.len()
+            );
+            Some((reference, pulled))
+        }
+        None => None,
+    };
     let name = match &args.name {
         Some(name) => name.clone(),
+        None if let Some((reference, _)) = &pulled => reference.default_name(),
         None if args.path.is_dir() => std::fs::canonicalize(&args.path)?
             .file_name()
             .and_then(|s| s.to_str())
@@ -243,8 +263,12 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
                 run_function_first: args.run_function_first,
                 digest: None,
             }),
+        origin: pulled.as_ref().map(|(_, p)| p.pinned.clone()),
     };
-    let wasm = read_code(&args.path)?;
+    let wasm = match pulled {
+        Some((_, pulled)) => pulled.wasm,
+        None => read_code(&args.path)?,
+    };
     let assets = args.assets.as_deref().map(pack_assets).transpose()?;
     let deployed = client
         .deploy_with_assets(

@@ -11,6 +11,7 @@ pub mod kv;
 pub mod list;
 pub mod logs;
 pub mod new;
+pub mod push;
 pub mod remove;
 pub mod serve;
 pub mod sql;

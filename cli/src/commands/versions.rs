@@ -132,6 +132,9 @@ fn print_versions(info: &VersionsInfo) {
             if v.loaded { "yes" } else { "no" },
             v.requests,
         );
+        if let Some(origin) = &v.origin {
+            println!("{:<8} from {origin}", "");
+        }
     }
 }
 

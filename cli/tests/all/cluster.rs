@@ -112,6 +112,7 @@ async fn a_deploy_through_one_node_serves_on_all_and_a_split_holds_everywhere() 
     a_waiting_deploy_serves_on_every_node(&nodes).await;
     a_split_holds_on_every_node(&nodes).await;
     one_of_two_deploys_takes_a_route_everywhere(&nodes).await;
+    a_component_from_a_registry_serves_on_every_node(&nodes).await;
     the_persisted_records_agree(&nodes);
 }
 
@@ -240,6 +241,53 @@ async fn a_waiting_deploy_serves_on_every_node(nodes: &[TestServer]) {
     );
     for n in nodes {
         assert_eq!(serving(n, "/hello").await.as_deref(), Some("v2"));
+    }
+}
+
+/// A component pushed to a registry (Debian's docker-registry) and deployed through one node
+/// by its tag: the CLI pulls it, the other nodes fetch it from their peers as any code, and
+/// every node's version records the registry reference pinned to its digest.
+async fn a_component_from_a_registry_serves_on_every_node(nodes: &[TestServer]) {
+    let Some(registry) = thaw_harness::Registry::start("ci", "registry-password") else {
+        return;
+    };
+    let reference = format!("oci://{}/fns/hello:v1", registry.address);
+    let cli = |node: &TestServer, args: &[&str]| {
+        let out = crate::support::thaw_command(node, args)
+            .args(["--registry-user", "ci"])
+            .env("THAW_REGISTRY_PASSWORD", "registry-password")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said
+    };
+    let pushed = cli(&nodes[0], &["push", wasm::HELLO, &reference]);
+    let pinned = pushed
+        .trim()
+        .rsplit_once('(')
+        .unwrap()
+        .1
+        .trim_end_matches(')');
+    cli(
+        &nodes[2],
+        &[
+            "deploy",
+            &reference,
+            "--name",
+            "from-registry",
+            "--wait",
+            "3",
+        ],
+    );
+    for n in nodes {
+        assert_eq!(serving(n, "/from-registry").await.as_deref(), Some("v1"));
+        let versions = n.admin().typed().versions("from-registry").await.unwrap();
+        assert_eq!(versions.versions[0].origin.as_deref(), Some(pinned));
     }
 }
 

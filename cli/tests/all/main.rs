@@ -28,6 +28,7 @@ mod p3;
 mod packaging;
 mod probes;
 mod redeploy;
+mod registry;
 mod restart;
 mod sdk;
 mod shutdown;

@@ -129,6 +129,9 @@ pub struct VersionInfo {
     /// Of them, answered with an error produced by thaw.
     #[serde(default)]
     pub failures: u64,
+    /// Where its code came from, if not the deployer's disk (`oci://HOST/REPO@sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// `GET /v1/history`: the host's counters sampled at a fixed interval over the last

@@ -170,6 +170,7 @@ impl ManifestFunction {
                 run_function_first: a.run_function_first,
                 digest: None,
             }),
+            origin: None,
         }
     }
 }
@@ -234,21 +235,26 @@ impl Manifest {
     pub fn build(&self) -> anyhow::Result<()> {
         let mut done = std::collections::HashSet::new();
         for command in self.functions.iter().filter_map(|f| f.build.as_deref()) {
-            if !done.insert(command) {
-                continue;
+            if done.insert(command) {
+                self.run_build(command)?;
             }
-            eprintln!("thaw: building: {command}");
-            let status = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(command)
-                .current_dir(&self.base)
-                .status()
-                .with_context(|| format!("running build command `{command}`"))?;
-            anyhow::ensure!(
-                status.success(),
-                "build command `{command}` failed with {status}"
-            );
         }
+        Ok(())
+    }
+
+    /// Runs one build command in the manifest's directory.
+    pub fn run_build(&self, command: &str) -> anyhow::Result<()> {
+        eprintln!("thaw: building: {command}");
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&self.base)
+            .status()
+            .with_context(|| format!("running build command `{command}`"))?;
+        anyhow::ensure!(
+            status.success(),
+            "build command `{command}` failed with {status}"
+        );
         Ok(())
     }
 }

@@ -139,6 +139,12 @@ pub struct FunctionSpec {
     /// [`crate::assets`]); uploaded with the deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assets: Option<crate::assets::AssetsSpec>,
+    /// Where the code came from, when not from the deployer's disk: the registry reference
+    /// pinned to its manifest's digest (`oci://HOST/REPO@sha256:…`), recorded by the CLI
+    /// that pulled it and shown with the version. Informational: the host keeps the code
+    /// by its own digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// A Postgres database given to a function.
@@ -676,6 +682,9 @@ pub enum SpecError {
     /// A field is not usable: its path in the spec (`schedule[0].tz`) and why.
     #[error(transparent)]
     Field(#[from] crate::events::FieldError),
+    /// `origin` is not a short printable reference.
+    #[error("invalid origin {0:?}: at most 512 printable ASCII characters without spaces")]
+    Origin(String),
 }
 
 /// Checks a function name.
@@ -792,6 +801,11 @@ impl FunctionSpec {
         }
         if let Some(trigger) = &self.trigger {
             trigger.validate()?;
+        }
+        if let Some(origin) = &self.origin
+            && (origin.len() > 512 || !origin.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(SpecError::Origin(origin.clone()));
         }
         self.validate_dirs()
     }

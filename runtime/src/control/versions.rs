@@ -344,6 +344,7 @@ impl VersionSet {
                     loaded: f.loaded().is_some(),
                     requests: f.stats.requests.load(Ordering::Relaxed),
                     failures: f.stats.failures.load(Ordering::Relaxed),
+                    origin: f.record.spec.origin.clone(),
                 })
                 .collect(),
             traffic: self.traffic.clone(),
