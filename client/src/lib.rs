@@ -183,7 +183,7 @@ impl AdminClient {
         wasm: Bytes,
         params: DeployParams,
     ) -> Result<FunctionInfo> {
-        self.deploy_with_assets(name, spec, wasm, None, params)
+        self.deploy_with_assets(name, spec, Some(wasm), None, params)
             .await
     }
 
@@ -193,7 +193,7 @@ impl AdminClient {
         &self,
         name: &str,
         spec: &FunctionSpec,
-        wasm: Bytes,
+        wasm: Option<Bytes>,
         assets: Option<Bytes>,
         params: DeployParams,
     ) -> Result<FunctionInfo> {
@@ -203,15 +203,18 @@ impl AdminClient {
             keep_pinned,
         } = params;
         let spec = serde_json::to_string(spec).map_err(|e| Error::Decode(e.to_string()))?;
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "spec",
-                reqwest::multipart::Part::text(spec).mime_str("application/json")?,
-            )
-            .part(
+        let form = reqwest::multipart::Form::new().part(
+            "spec",
+            reqwest::multipart::Part::text(spec).mime_str("application/json")?,
+        );
+        // No code: a function of its static files only.
+        let form = match wasm {
+            Some(wasm) => form.part(
                 "wasm",
                 reqwest::multipart::Part::stream(wasm).mime_str("application/wasm")?,
-            );
+            ),
+            None => form,
+        };
         let form = match assets {
             Some(assets) => form.part(
                 "assets",

@@ -69,6 +69,9 @@ pub struct FunctionAssets {
     pub spa: bool,
     /// See [`AssetsSpec::run_function_first`].
     pub run_function_first: bool,
+    /// The function is only these files ([`thaw_spec::assets::ASSETS_ONLY_WASM`]): a path
+    /// that is no asset is the host's 404, never a guest's.
+    pub only: bool,
 }
 
 impl FunctionAssets {
@@ -76,6 +79,7 @@ impl FunctionAssets {
     /// unless another version holds that bundle's index already.
     pub fn load(
         spec: &AssetsSpec,
+        code_digest: &str,
         read: impl FnOnce(&str) -> anyhow::Result<Bytes>,
     ) -> anyhow::Result<Option<Self>> {
         let Some(digest) = &spec.digest else {
@@ -86,6 +90,7 @@ impl FunctionAssets {
             index,
             spa: spec.spa,
             run_function_first: spec.run_function_first,
+            only: code_digest == thaw_spec::assets::ASSETS_ONLY_DIGEST,
         }))
     }
 

@@ -18,8 +18,10 @@ pub struct DeployArgs {
     /// A .wasm file (a wasi:http component or a WASI preview1 command), a thaw.toml manifest,
     /// source (a .js, .mjs or .py file alone, or a directory whose index.js, handler.js,
     /// app.py or main.py imports the .js or .py files under it), or a component in an OCI
-    /// registry: oci://HOST/REPO:TAG or oci://HOST/REPO@sha256:DIGEST
-    pub path: PathBuf,
+    /// registry: oci://HOST/REPO:TAG or oci://HOST/REPO@sha256:DIGEST. Without it, --assets
+    /// deploys a function of static files only
+    #[arg(required_unless_present = "assets")]
+    pub path: Option<PathBuf>,
     /// Function name [default: the wasm file's stem, or the repository's last segment];
     /// not used with a manifest
     #[arg(long)]
@@ -156,26 +158,23 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 /// Deploys and prints what the host answered.
 pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
     let client = args.target.client()?;
-    if args.path.extension().is_some_and(|e| e == "toml") {
-        let manifest = Manifest::load(&args.path)?;
+    if let Some(path) = &args.path
+        && path.extension().is_some_and(|e| e == "toml")
+    {
+        let manifest = Manifest::load(path)?;
         for note in &manifest.notes {
-            eprintln!("thaw: {}: {note}", args.path.display());
+            eprintln!("thaw: {}: {note}", path.display());
         }
         if args.build {
             manifest.build()?;
         }
         for function in &manifest.functions {
-            let wasm = read_code(&manifest.code_path(function))?;
-            let assets = function
-                .assets
-                .as_ref()
-                .map(|a| pack_assets(&manifest.base.join(&a.dir)))
-                .transpose()?;
+            let (wasm, assets) = manifest_upload(&manifest, function)?;
             let deployed = client
                 .deploy_with_assets(
                     &function.name,
                     &function.spec(),
-                    wasm.into(),
+                    wasm.map(Into::into),
                     assets.map(Into::into),
                     params(&args),
                 )
@@ -185,7 +184,12 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let pulled = match args.path.to_str().and_then(OciRef::parse) {
+    let pulled = match args
+        .path
+        .as_deref()
+        .and_then(Path::to_str)
+        .and_then(OciRef::parse)
+    {
         Some(reference) => {
             let reference = reference?;
             let pulled = crate::registry::pull(&reference, &args.registry).await?;
@@ -198,20 +202,22 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let name = match &args.name {
-        Some(name) => name.clone(),
-        None if let Some((reference, _)) = &pulled => reference.default_name(),
-        None if args.path.is_dir() => std::fs::canonicalize(&args.path)?
-            .file_name()
-            .and_then(|s| s.to_str())
-            .map(|s| s.replace('.', "-").to_lowercase())
-            .context("cannot derive a name from the directory; pass --name")?,
-        None => args
-            .path
+    // Named after the repository, the directory, the file, or (static files only) the
+    // asset directory.
+    let name = match (&args.name, &pulled, &args.path, &args.assets) {
+        (Some(name), ..) => name.clone(),
+        (None, Some((reference, _)), ..) => reference.default_name(),
+        (None, None, Some(path), _) if !path.is_dir() => path
             .file_stem()
             .and_then(|s| s.to_str())
             .map(|s| s.replace('.', "-").to_lowercase())
             .context("cannot derive a name from the file; pass --name")?,
+        (None, None, Some(dir), _) | (None, None, None, Some(dir)) => std::fs::canonicalize(dir)?
+            .file_name()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('.', "-").to_lowercase())
+            .context("cannot derive a name from the directory; pass --name")?,
+        (None, None, None, None) => unreachable!("clap requires a path or --assets"),
     };
     let spec = FunctionSpec {
         route: args.route.clone(),
@@ -265,16 +271,17 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
             }),
         origin: pulled.as_ref().map(|(_, p)| p.pinned.clone()),
     };
-    let wasm = match pulled {
-        Some((_, pulled)) => pulled.wasm,
-        None => read_code(&args.path)?,
+    let wasm = match (pulled, &args.path) {
+        (Some((_, pulled)), _) => Some(pulled.wasm),
+        (None, Some(path)) => Some(read_code(path)?),
+        (None, None) => None,
     };
     let assets = args.assets.as_deref().map(pack_assets).transpose()?;
     let deployed = client
         .deploy_with_assets(
             &name,
             &spec,
-            wasm.into(),
+            wasm.map(Into::into),
             assets.map(Into::into),
             params(&args),
         )
@@ -282,6 +289,24 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         .with_context(|| format!("deploying {name}"))?;
     print_deployed(&deployed);
     Ok(())
+}
+
+/// What a deploy of a manifest's function uploads: its code (`None` for static assets
+/// only) and its packed assets.
+pub fn manifest_upload(
+    manifest: &Manifest,
+    function: &thaw_runtime::manifest::ManifestFunction,
+) -> anyhow::Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    let wasm = manifest
+        .code_path(function)
+        .map(|path| read_code(&path))
+        .transpose()?;
+    let assets = function
+        .assets
+        .as_ref()
+        .map(|a| pack_assets(&manifest.base.join(&a.dir)))
+        .transpose()?;
+    Ok((wasm, assets))
 }
 
 /// What a deploy of `path` uploads: a wasm file's bytes, or the source bundle of a .js, .mjs
@@ -395,8 +420,20 @@ fn source_bundle(path: &Path) -> anyhow::Result<Option<Bundle>> {
 fn print_deployed(f: &thaw_runtime::api::FunctionInfo) {
     println!(
         "deployed {} ({}) at {}, traffic {}",
-        f.name, f.kind, f.route, f.traffic,
+        f.name,
+        kind_of(f),
+        f.route,
+        f.traffic,
     );
+}
+
+/// A function's kind as people read it: `assets` for static files only.
+pub fn kind_of(f: &thaw_runtime::api::FunctionInfo) -> String {
+    if f.digest == thaw_runtime::asset_spec::ASSETS_ONLY_DIGEST {
+        "assets".to_owned()
+    } else {
+        f.kind.to_string()
+    }
 }
 
 /// The `async` table the flags give, if any flag is given.

@@ -187,31 +187,19 @@ async fn build_and_deploy(
     let built = started.elapsed();
     let mut names = Vec::new();
     for function in &manifest.functions {
-        let path = manifest.code_path(function);
-        let wasm = match crate::commands::deploy::read_code(&path) {
-            Ok(wasm) => wasm,
+        let (wasm, assets) = match crate::commands::deploy::manifest_upload(&manifest, function) {
+            Ok(upload) => upload,
             Err(e) => {
                 eprintln!("thaw dev: {e:#}");
                 return None;
             }
         };
-        let assets = match function
-            .assets
-            .as_ref()
-            .map(|a| crate::commands::deploy::pack_assets(&manifest.base.join(&a.dir)))
-        {
-            Some(Err(e)) => {
-                eprintln!("thaw dev: {e:#}");
-                return None;
-            }
-            packed => packed.and_then(Result::ok).map(Into::into),
-        };
         match client
             .deploy_with_assets(
                 &function.name,
                 &function.spec(),
-                wasm.into(),
-                assets,
+                wasm.map(Into::into),
+                assets.map(Into::into),
                 Default::default(),
             )
             .await

@@ -45,7 +45,7 @@ pub async fn execute(args: ListArgs) -> anyhow::Result<()> {
         println!(
             "{:<20} {:<9} {:<20} {:<13} {:>9} {:>6} {:>4} {:>23} {:>15} {:>15} {:>13} {:>10} {:>15}",
             f.name,
-            f.kind.to_string(),
+            crate::commands::deploy::kind_of(f),
             f.route,
             match f.traffic.shares() {
                 [only] => format!("v{}", only.version),

@@ -56,18 +56,19 @@ pub async fn execute(args: PushArgs) -> anyhow::Result<()> {
                     .join(", ")
             ),
         };
-        anyhow::ensure!(
-            function.wasm.is_some(),
-            "function {:?} is source, not a component: a registry holds components (deploy the \
-             source itself with `thaw deploy`)",
-            function.name
-        );
+        let Some(wasm) = &function.wasm else {
+            anyhow::bail!(
+                "function {:?} has no component (it is source, or static files only): a registry \
+                 holds components; deploy it with `thaw deploy`",
+                function.name
+            );
+        };
         if args.build
             && let Some(command) = &function.build
         {
             manifest.run_build(command)?;
         }
-        (manifest.code_path(function), function.name.clone())
+        (manifest.base.join(wasm), function.name.clone())
     } else {
         let title = args
             .path

@@ -221,20 +221,37 @@ async fn join_cluster(
 async fn deploy_manifests(platform: &Arc<Platform>, manifests: &[Manifest]) -> anyhow::Result<()> {
     for manifest in manifests {
         for function in &manifest.functions {
-            let path = manifest.code_path(function);
-            let wasm = crate::commands::deploy::read_code(&path)
+            let (wasm, assets) = crate::commands::deploy::manifest_upload(manifest, function)
                 .with_context(|| format!("reading the code of function {}", function.name))?;
+            let wasm = wasm.unwrap_or_else(|| thaw_runtime::asset_spec::ASSETS_ONLY_WASM.to_vec());
             let spec = function.spec();
+            // The spec as the host stores it: with the digest of the assets it was sent.
+            let mut stored = spec.clone();
+            if let (Some(settings), Some(bundle)) = (&mut stored.assets, &assets) {
+                settings.digest = Some(sha256_hex(bundle));
+            }
             if let Some(existing) = platform.registry().get(&function.name)
                 && existing.newest().record.digest == sha256_hex(&wasm)
-                && existing.newest().record.spec == spec
+                && existing.newest().record.spec == stored
             {
                 continue;
             }
             platform
-                .deploy(&function.name, spec, wasm.into())
+                .deploy_with_assets(
+                    &function.name,
+                    spec,
+                    wasm.into(),
+                    assets.map(Into::into),
+                    Default::default(),
+                )
                 .await
-                .with_context(|| format!("deploying {} from {}", function.name, path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "deploying {} from {}",
+                        function.name,
+                        manifest.base.display()
+                    )
+                })?;
         }
     }
     Ok(())

@@ -373,3 +373,95 @@ async fn with_run_function_first_assets_answer_only_the_functions_404s() {
         (404, "no such path".into())
     );
 }
+
+/// A function of static files only: deployed with no wasm (`thaw deploy --assets DIR`, or a
+/// manifest's `assets` alone, also at start-up with `thaw serve --deploy`), it serves its
+/// files, answers every other path 404 itself, and never starts an instance; what would run
+/// code is refused naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_of_static_files_only_never_starts_a_guest() {
+    let site = tempfile::tempdir().unwrap();
+    write(site.path(), "index.html", b"<h1>only files</h1>");
+    write(site.path(), "app.js", b"console.log(1)");
+    let manifest = site.path().join("thaw.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[function]]\nname = \"docs\"\nroute = \"/docs\"\nassets = {{ dir = {:?} }}\n",
+            site.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_with(&["--deploy", manifest.to_str().unwrap()]);
+    let dir = site.path().to_str().unwrap();
+    let output = thaw_command(
+        &server,
+        &[
+            "deploy", "--assets", dir, "--name", "site", "--route", "/site", "--spa",
+        ],
+    )
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("deployed site (assets) at /site"), "{said}");
+
+    for prefix in ["/site", "/docs"] {
+        let r = get(&server, &format!("{prefix}/app.js"), &[]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "console.log(1)");
+        let r = get(&server, &format!("{prefix}/"), &[]).await;
+        assert_eq!(r.text().await.unwrap(), "<h1>only files</h1>");
+        // No file, no guest: the host's own 404, to any method.
+        let r = get(&server, &format!("{prefix}/missing.css"), &[]).await;
+        assert_eq!(r.status(), 404);
+        let r = client()
+            .post(format!("{}{prefix}/form", server.url))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    // The SPA's page for a navigation.
+    let r = get(&server, "/site/some/page", &[("accept", "text/html")]).await;
+    assert_eq!(r.text().await.unwrap(), "<h1>only files</h1>");
+
+    // Not one request reached an instance, and none was started or kept warm.
+    for name in ["site", "docs"] {
+        let f = server.admin().get(name).await.unwrap();
+        assert_eq!(f["requests"], 0, "{f}");
+        assert_eq!(f["warm_instances"], 0, "{f}");
+    }
+    let list = thaw_command(&server, &["list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("site ") && l.contains(" assets ")),
+        "{list}"
+    );
+
+    // What would run the (absent) code is refused, naming the field; nothing changes.
+    for (flag, field) in [
+        (&["--run-function-first"][..], "assets.run_function_first"),
+        (&["--schedule", "* * * * *"][..], "schedule"),
+    ] {
+        let mut args = vec![
+            "deploy", "--assets", dir, "--name", "site", "--route", "/site",
+        ];
+        args.extend_from_slice(flag);
+        let output = thaw_command(&server, &args).output().unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            said.contains(&format!("{field}: a function of static assets only")),
+            "{said}"
+        );
+    }
+    let versions = server.admin().typed().versions("site").await.unwrap();
+    assert_eq!(versions.versions.len(), 1);
+}

@@ -21,6 +21,27 @@ pub const MAX_FILES: usize = 10_000;
 /// Longest path of one asset.
 pub const MAX_PATH_BYTES: usize = 1024;
 
+/// The code of a function that is only static assets, deployed with no wasm:
+/// `(module (func (export "_start")))`, a WASI command that does nothing.
+///
+/// Why a placeholder rather than a kind of function without code: a version's lifecycle
+/// (records, rollbacks and splits, the cluster's fetch by digest, garbage collection) is
+/// keyed by its code's digest, and 36 bytes of it buy all of that unchanged. The host never
+/// runs it: a request for a path that is no asset is answered 404 by the host itself (see
+/// thaw-runtime's `assets` module), and the deploy refuses what would start it (schedules,
+/// triggers, `run_function_first`).
+pub const ASSETS_ONLY_WASM: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // types: () -> ()
+    0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export _start
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: an empty body
+];
+
+/// sha256 of [`ASSETS_ONLY_WASM`], hex: a version whose digest this is is assets only.
+pub const ASSETS_ONLY_DIGEST: &str =
+    "5647c39a1d25d8728350f9619025292a62e78a602068a2ad9b6f075751c93d99";
+
 /// How a function's assets are served (`assets = { dir = "public", spa = true }` in a
 /// manifest; the directory itself is the deployer's, uploaded as a bundle).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@
 //! allowed_outbound_hosts = ["https://api.example.com"]  # optional, see crate::outbound
 //! dirs = [{ host = "/srv/static", guest = "/static" }]  # optional, read-only unless writable
 //! assets = { dir = "public", spa = false }          # optional, files served without the guest
+//!                                                   # (with no wasm or source: a site of files)
 //! postgres_databases = { orders = { secret = "env:ORDERS_DB" } }  # optional, URL in a secret
 //! ```
 
@@ -210,9 +211,10 @@ impl Manifest {
                 f.name
             );
             anyhow::ensure!(
-                f.wasm.is_some() != f.source.is_some(),
+                !(f.wasm.is_some() && f.source.is_some())
+                    && (f.wasm.is_some() || f.source.is_some() || f.assets.is_some()),
                 "function {:?} needs one of `wasm` (a component or module) and `source` (a \
-                 .js or .py file, or a directory)",
+                 .js or .py file, or a directory), or `assets` alone for static files only",
                 f.name
             );
             f.spec().validate(&f.name, u64::MAX)?;
@@ -224,11 +226,11 @@ impl Manifest {
         })
     }
 
-    /// The absolute path of a function's code: its wasm, or its source.
-    pub fn code_path(&self, function: &ManifestFunction) -> PathBuf {
-        let path = function.wasm.as_ref().or(function.source.as_ref());
-        self.base
-            .join(path.expect("a parsed manifest's function has wasm or source"))
+    /// The absolute path of a function's code: its wasm, or its source; `None` for a function
+    /// of static assets only.
+    pub fn code_path(&self, function: &ManifestFunction) -> Option<PathBuf> {
+        let path = function.wasm.as_ref().or(function.source.as_ref())?;
+        Some(self.base.join(path))
     }
 
     /// Runs each distinct build command once, in order.
@@ -281,7 +283,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.functions.len(), 2);
-        assert_eq!(m.code_path(&m.functions[0]), Path::new("/m/a.wasm"));
+        assert_eq!(
+            m.code_path(&m.functions[0]).unwrap(),
+            Path::new("/m/a.wasm")
+        );
         let spec = m.functions[1].spec();
         assert_eq!(spec.route.as_deref(), Some("/api/b"));
         assert_eq!(spec.limits.timeout_ms, Some(5));
@@ -301,6 +306,9 @@ mod tests {
         assert!(Manifest::parse(neither, Path::new(".")).is_err());
         let source = "[[function]]\nname='a'\nsource='src'\n";
         let m = Manifest::parse(source, Path::new("/m")).unwrap();
-        assert_eq!(m.code_path(&m.functions[0]), Path::new("/m/src"));
+        assert_eq!(m.code_path(&m.functions[0]).unwrap(), Path::new("/m/src"));
+        let site = "[[function]]\nname='a'\nassets={dir='public'}\n";
+        let m = Manifest::parse(site, Path::new("/m")).unwrap();
+        assert_eq!(m.code_path(&m.functions[0]), None);
     }
 }

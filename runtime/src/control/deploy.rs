@@ -141,7 +141,10 @@ impl Platform {
         // `claim` keeps the new code from the collector until the record that needs it is
         // committed (or this deploy fails).
         let mut claim = self.garbage.claims.claim();
-        let assets = self.store_assets(&mut spec, assets, &mut claim).await?;
+        let only = *wasm == *thaw_spec::assets::ASSETS_ONLY_WASM;
+        let assets = self
+            .store_assets(&mut spec, assets, only, &mut claim)
+            .await?;
         let prepared = self.prepare_code(name, spec, wasm, &mut claim).await?;
         let mut function = prepared.function;
         function.config = config;
@@ -167,6 +170,7 @@ impl Platform {
         &self,
         spec: &mut FunctionSpec,
         bundle: Option<Bytes>,
+        only: bool,
         claim: &mut garbage::Claim,
     ) -> Result<Option<crate::assets::FunctionAssets>, DeployError> {
         let bundle = match (&spec.assets, bundle) {
@@ -212,6 +216,7 @@ impl Platform {
             index,
             spa: settings.spa,
             run_function_first: settings.run_function_first,
+            only,
         }))
     }
 
@@ -240,6 +245,9 @@ impl Platform {
             .await
             .map_err(DeployError::BadRequest)?;
         detect_kind(wasm).map_err(|e| DeployError::InvalidModule(e.into()))?;
+        if *wasm == *thaw_spec::assets::ASSETS_ONLY_WASM {
+            check_assets_only(spec).map_err(DeployError::BadRequest)?;
+        }
         // Checked again when the record commits; here so that a taken route costs no compile.
         self.registry
             .check_route(name, &spec.route_or_default(name))?;
@@ -1065,4 +1073,26 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a function of static assets only (deployed with no code) may not ask for: anything
+/// that would run its code, which is a placeholder ([`thaw_spec::assets::ASSETS_ONLY_WASM`]).
+fn check_assets_only(spec: &FunctionSpec) -> Result<(), String> {
+    let Some(assets) = &spec.assets else {
+        return Err("a deploy with no code must carry assets (the `assets` part)".into());
+    };
+    let refused = [
+        (assets.run_function_first, "assets.run_function_first"),
+        (!spec.schedule.is_empty(), "schedule"),
+        (spec.trigger.is_some(), "trigger"),
+        (spec.async_policy.is_some(), "async"),
+        (spec.reuse.is_some(), "reuse"),
+    ];
+    match refused.iter().find(|(set, _)| *set) {
+        Some((_, field)) => Err(format!(
+            "{field}: a function of static assets only has no code to run; deploy a function \
+             with them"
+        )),
+        None => Ok(()),
+    }
 }

@@ -362,7 +362,7 @@ impl Platform {
                     .map(bytes::Bytes::from)
                     .with_context(|| format!("reading {}", path.display()))
             };
-            match crate::assets::FunctionAssets::load(spec, read) {
+            match crate::assets::FunctionAssets::load(spec, &function.record.digest, read) {
                 Ok(assets) => function.assets = assets,
                 // The bundle was checked at deploy: gone or damaged since (a cluster node
                 // fetches it with the code, checked against its digest).

@@ -1309,7 +1309,8 @@ async fn peer(call: Call, blob: Blob) -> Response<ResponseBody> {
 pub const MAX_SPEC_BYTES: usize = 1 << 20;
 
 /// A multipart deploy's parts: `spec` (JSON), `wasm`, and `assets` (a tar archive of the
-/// function's static files, see [`crate::asset_spec`]).
+/// function's static files, see [`crate::asset_spec`]). With `assets` and no `wasm`, the
+/// function is its files only.
 async fn read_multipart(
     content_type: &str,
     body: Bytes,
@@ -1345,8 +1346,18 @@ async fn read_multipart(
             }
         }
     }
-    let wasm = wasm
-        .ok_or_else(|| DeployError::BadRequest("the multipart body has no `wasm` field".into()))?;
+    let wasm = match (wasm, &assets) {
+        (Some(wasm), _) => wasm,
+        // A function of static assets only (see `thaw_spec::assets::ASSETS_ONLY_WASM`).
+        (None, Some(_)) => Bytes::from_static(thaw_spec::assets::ASSETS_ONLY_WASM),
+        (None, None) => {
+            return Err(DeployError::BadRequest(
+                "the multipart body has no `wasm` field (nor `assets`, for a function of \
+                 static files only)"
+                    .into(),
+            ));
+        }
+    };
     Ok((spec.unwrap_or_default(), wasm, assets))
 }
 

@@ -159,12 +159,17 @@ pub async fn serve_functions(
             if let Some(assets) = &assets {
                 if !assets.run_function_first {
                     let path = below(req.uri().path(), &function.route);
-                    if let Some(found) = assets.serve(req.method(), path, req.headers()) {
+                    let found = assets.serve(req.method(), path, req.headers());
+                    if found.is_some() || assets.only {
                         function
                             .stats
                             .asset_responses
                             .fetch_add(1, Ordering::Relaxed);
-                        let mut response = found.map(crate::invoke::body::full);
+                        let mut response = match found {
+                            Some(found) => found.map(crate::invoke::body::full),
+                            // Assets only: no guest to ask.
+                            None => InvokeError::NotFound.into_response(),
+                        };
                         response.headers_mut().insert(VERSION, version);
                         return response;
                     }
