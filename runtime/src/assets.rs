@@ -393,6 +393,19 @@ fn byte_range(value: &str, len: u64) -> Range {
 mod tests {
     use super::*;
 
+    /// The placeholder of a function of files only is the module its docs say, and its
+    /// digest the constant the host recognises it by.
+    #[test]
+    fn the_assets_only_placeholder_is_the_documented_module() {
+        use thaw_spec::assets::{ASSETS_ONLY_DIGEST, ASSETS_ONLY_WASM};
+        let expected = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+        assert_eq!(ASSETS_ONLY_WASM, expected.as_slice());
+        assert_eq!(
+            crate::engine::artifact::sha256_hex(ASSETS_ONLY_WASM),
+            ASSETS_ONLY_DIGEST
+        );
+    }
+
     #[test]
     fn ranges_follow_rfc_9110() {
         assert_eq!(byte_range("bytes=0-9", 100), Range::Satisfiable(0, 9));
