@@ -10,7 +10,8 @@
 # one line per point: round, server, file, requests/s, p50, p99.
 #
 # Servers:
-#   thaw            `thaw deploy hello.wasm --assets DIR` at its defaults (from memory)
+#   thaw            `thaw deploy --assets DIR` (a function of files only) at its defaults
+#                   (from memory)
 #   nginx           nginx with `sendfile on` and `access_log off`, two workers (one per core)
 #   nginx-cached    the same with `open_file_cache` (no open/stat per request): its best
 set -euo pipefail
@@ -24,8 +25,6 @@ port=18480
 admin=18481
 [ -x "$thaw" ] || { echo "build thaw first: cargo build --release -p thaw-cli" >&2; exit 1; }
 [ -x "$nginx" ] || { echo "no nginx (scripts/install-services installs it)" >&2; exit 1; }
-(cd functions && cargo build --quiet --release --target wasm32-wasip2 -p hello --target-dir ../target/guests)
-hello=target/guests/wasm32-wasip2/release/hello.wasm
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -53,7 +52,7 @@ run_thaw() {
   local pid=$!
   for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$admin/" && break; sleep 0.05; done
   THAW_ADMIN_URL="http://127.0.0.1:$admin" THAW_DATA_DIR="$work/data" \
-    "$thaw" deploy "$hello" --name site --route /s --assets "$work/site" >/dev/null
+    "$thaw" deploy --name site --route /s --assets "$work/site" >/dev/null
   wait_port /s/4k.bin
   point thaw /s/4k.bin
   point thaw /s/1m.bin

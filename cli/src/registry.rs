@@ -27,7 +27,7 @@
 //! plain HTTP as Docker does (a registry started beside the tests, or a local mirror).
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
+use std::io::{BufRead as _, Read as _};
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
@@ -46,6 +46,9 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 pub const LAYER_MEDIA_TYPE: &str = "application/wasm";
 /// Spin's layer media type for a component, accepted on pull.
 pub const SPIN_LAYER_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+wasm";
+/// The config media type of a Spin application (`spin registry push`): its locked manifest,
+/// with routes, variables and grants that a component alone would lose.
+pub const SPIN_APP_CONFIG_MEDIA_TYPE: &str = "application/vnd.fermyon.spin.application.v1+config";
 
 /// The most a pulled component may weigh: a host's default upload limit, which refuses
 /// anything larger anyway.
@@ -72,11 +75,22 @@ impl OciRef {
     /// Parses `oci://…`; `None` if `s` is not an OCI reference at all (a path).
     pub fn parse(s: &str) -> Option<anyhow::Result<Self>> {
         let rest = s.strip_prefix("oci://")?;
-        Some(
-            rest.parse::<Reference>()
-                .map(OciRef)
-                .with_context(|| format!("{s:?} is not an OCI reference (oci://HOST/REPO:TAG or oci://HOST/REPO@sha256:DIGEST)")),
-        )
+        let usage = || {
+            format!(
+                "{s:?} is not an OCI reference (oci://HOST/REPO:TAG or \
+                 oci://HOST/REPO@sha256:DIGEST)"
+            )
+        };
+        // The registry is always named: `oci://team/app` would otherwise mean Docker Hub's
+        // `team/app`, which is rarely what a deployer of functions means.
+        let host = rest.split('/').next().unwrap_or_default();
+        if !rest.contains('/') || !(host.contains(['.', ':']) || host == "localhost") {
+            return Some(Err(anyhow::anyhow!(
+                "{}: name the registry's host first (oci://registry.example.com/REPO:TAG)",
+                usage()
+            )));
+        }
+        Some(rest.parse::<Reference>().map(OciRef).with_context(usage))
     }
 
     /// The registry's host (and port), as written.
@@ -140,6 +154,9 @@ fn client(reference: &OciRef, args: &RegistryArgs) -> anyhow::Result<(Client, Re
     };
     let client = Client::new(ClientConfig {
         protocol,
+        // A stalled registry fails the command rather than hanging it.
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
         ..Default::default()
     });
     Ok((client, credentials(&registry, args)?))
@@ -147,10 +164,8 @@ fn client(reference: &OciRef, args: &RegistryArgs) -> anyhow::Result<(Client, Re
 
 /// Whether `registry` (`host[:port]`) is a loopback address or `localhost`.
 fn is_loopback(registry: &str) -> bool {
-    let host = match registry.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
-    };
+    // oci-spec's references have no bracketed IPv6 hosts: `host` or `host:port`.
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -162,11 +177,15 @@ fn credentials(registry: &str, args: &RegistryArgs) -> anyhow::Result<RegistryAu
     if let Some(user) = &args.registry_user {
         let password = if args.registry_password_stdin {
             let mut line = String::new();
-            std::io::stdin()
-                .take(64 << 10)
-                .read_to_string(&mut line)
+            std::io::BufReader::new(std::io::stdin().take(64 << 10))
+                .read_line(&mut line)
                 .context("reading the registry password from stdin")?;
-            line.lines().next().unwrap_or_default().to_owned()
+            let password = line.trim_end_matches(['\r', '\n']).to_owned();
+            anyhow::ensure!(
+                !password.is_empty(),
+                "--registry-password-stdin: stdin gave no password"
+            );
+            password
         } else {
             std::env::var("THAW_REGISTRY_PASSWORD").context(
                 "--registry-user needs a password: --registry-password-stdin or THAW_REGISTRY_PASSWORD",
@@ -187,35 +206,58 @@ fn credentials(registry: &str, args: &RegistryArgs) -> anyhow::Result<RegistryAu
             "the Docker config holds an identity token for {registry}, which thaw cannot use; \
              pass --registry-user"
         ),
-        // No config, no entry for this registry: anonymous, as `docker pull` would be.
-        Err(_) => Ok(RegistryAuth::Anonymous),
+        // No config, no entry for this registry, or a credential store that has none for it:
+        // anonymous, as `docker pull` would be.
+        Err(
+            docker_credential::CredentialRetrievalError::ConfigNotFound
+            | docker_credential::CredentialRetrievalError::NoCredentialConfigured
+            | docker_credential::CredentialRetrievalError::HelperFailure { .. },
+        ) => Ok(RegistryAuth::Anonymous),
+        // A config that is there but unusable: said, so that a refusal is not a mystery.
+        Err(e) => {
+            eprintln!(
+                "thaw: warning: the Docker config's credentials for {registry} could not be \
+                 read ({e}); trying without"
+            );
+            Ok(RegistryAuth::Anonymous)
+        }
     }
 }
 
 /// `error` in words a deployer can act on: refused credentials and missing references
 /// named as such, the rest as the client gave it.
 fn explain(error: OciDistributionError, reference: &OciRef, auth: &RegistryAuth) -> anyhow::Error {
-    let refused = match &error {
-        OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::UnauthorizedError { .. } => true,
-        OciDistributionError::ServerError { code, .. } => matches!(code, 401 | 403),
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
-        _ => false,
+    let status = match &error {
+        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        _ => None,
     };
-    let missing = match &error {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            matches!(
-                e.code,
-                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
-            )
-        }),
-        _ => false,
-    };
+    let refused = matches!(status, Some(401 | 403))
+        || match &error {
+            OciDistributionError::AuthenticationFailure(_)
+            | OciDistributionError::UnauthorizedError { .. } => true,
+            OciDistributionError::RegistryError { envelope, .. } => envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+            _ => false,
+        };
+    // (Not `ImageManifestNotFoundError`: oci-client raises it for an image index with no
+    // entry for its platform, which is no missing reference.)
+    let missing = status == Some(404)
+        || match &error {
+            OciDistributionError::RegistryError { envelope, .. } => {
+                envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::NotFound
+                    )
+                })
+            }
+            _ => false,
+        };
     let registry = reference.registry();
     if refused {
         let context = match auth {
@@ -306,6 +348,12 @@ fn component_layer<'m>(
     manifest: &'m OciImageManifest,
     reference: &OciRef,
 ) -> anyhow::Result<&'m OciDescriptor> {
+    anyhow::ensure!(
+        manifest.config.media_type != SPIN_APP_CONFIG_MEDIA_TYPE,
+        "{reference} is a Spin application (`spin registry push`), whose routes, variables \
+         and grants are in its locked manifest, not in a component: deploy it from its \
+         spin.toml with `thaw deploy spin.toml`"
+    );
     let wasm_layers: Vec<_> = manifest
         .layers
         .iter()
@@ -366,19 +414,40 @@ pub async fn push(
     let layers = [layer];
     let mut manifest = OciImageManifest::build(&layers, &config, Some(annotations));
     manifest.media_type = Some(MANIFEST_MEDIA_TYPE.to_owned());
+    // The manifest's bytes are ours, so its digest is known, not asked for afterwards (when
+    // another push to the tag may have moved it).
+    let body = serde_json::to_vec(&manifest)?;
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
+    );
+    let image = &reference.0;
+    let explained = |e| explain(e, reference, &auth);
     client
-        .push(&reference.0, &layers, config, &auth, Some(manifest))
+        .auth(image, &auth, oci_client::RegistryOperation::Push)
         .await
-        .map_err(|e| explain(e, reference, &auth))?;
-    // The registry's word for the manifest's digest (oci-client serialises it canonically).
-    let digest = client
-        .fetch_manifest_digest(&reference.0, &auth)
+        .map_err(explained)?;
+    for (data, blob_digest) in [
+        (&layers[0].data[..], layers[0].sha256_digest()),
+        (&config.data[..], config.sha256_digest()),
+    ] {
+        client
+            .push_blob(image, data, &blob_digest)
+            .await
+            .map_err(explained)?;
+    }
+    client
+        .push_manifest_raw(
+            image,
+            body,
+            http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE),
+        )
         .await
-        .map_err(|e| explain(e, reference, &auth))?;
+        .map_err(explained)?;
     Ok(format!(
         "oci://{}/{}@{digest}",
         reference.registry(),
-        reference.0.repository()
+        image.repository()
     ))
 }
 

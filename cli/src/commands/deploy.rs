@@ -292,11 +292,14 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
 }
 
 /// What a deploy of a manifest's function uploads: its code (`None` for static assets
-/// only) and its packed assets.
+/// only), then its packed assets.
+pub type Upload = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A manifest function's [`Upload`].
 pub fn manifest_upload(
     manifest: &Manifest,
     function: &thaw_runtime::manifest::ManifestFunction,
-) -> anyhow::Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+) -> anyhow::Result<Upload> {
     let wasm = manifest
         .code_path(function)
         .map(|path| read_code(&path))

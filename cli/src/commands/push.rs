@@ -63,6 +63,13 @@ pub async fn execute(args: PushArgs) -> anyhow::Result<()> {
                 function.name
             );
         };
+        if function.assets.is_some() {
+            eprintln!(
+                "thaw: warning: {}'s assets are not published; a registry artifact holds its \
+                 component only",
+                function.name
+            );
+        }
         if args.build
             && let Some(command) = &function.build
         {

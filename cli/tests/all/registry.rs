@@ -285,18 +285,15 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("does not exist"), "{}", text(&out));
-    let out = thaw(
-        &server,
-        &["deploy", "oci://", "--name", "bad"],
-        &docker_env,
-        "",
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("is not an OCI reference"),
-        "{}",
-        text(&out)
-    );
+    for bad in ["oci://", "oci://fns/hello:v1"] {
+        let out = thaw(&server, &["deploy", bad, "--name", "bad"], &docker_env, "");
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains("is not an OCI reference"),
+            "{}",
+            text(&out)
+        );
+    }
 
     // A bare .wasm pushed, then its layer tampered with in the registry's storage (one byte,
     // same length): the pull is refused naming both digests, and nothing is deployed.
@@ -391,6 +388,29 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
     assert!(!out.status.success());
     assert!(
         text(&out).contains("is not a single Wasm component"),
+        "{}",
+        text(&out)
+    );
+
+    // A Spin application's artifact: its component alone would lose the app's routes,
+    // variables and grants, so it is refused, pointing at its spin.toml.
+    push_raw(
+        &registry,
+        "fns/spin-app",
+        "v1",
+        ("application/vnd.fermyon.spin.application.v1+config", b"{}"),
+        &[("application/vnd.wasm.content.layer.v1+wasm", &hello)],
+    )
+    .await;
+    let out = thaw(
+        &server,
+        &["deploy", &at("fns/spin-app:v1")],
+        &docker_env,
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("is a Spin application"),
         "{}",
         text(&out)
     );
