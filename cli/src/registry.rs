@@ -145,7 +145,7 @@ struct ComponentInfo {
 }
 
 /// A client for `reference`'s registry, and the credentials to use there.
-fn client(reference: &OciRef, args: &RegistryArgs) -> anyhow::Result<(Client, RegistryAuth)> {
+fn client(reference: &OciRef, args: &RegistryArgs) -> anyhow::Result<(Client, Credentials)> {
     let registry = reference.registry().to_owned();
     let protocol = if is_loopback(&registry) {
         ClientProtocol::Http
@@ -172,8 +172,14 @@ fn is_loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Credentials for a registry, and where they came from (for a refusal's message).
+struct Credentials {
+    auth: RegistryAuth,
+    from: String,
+}
+
 /// The flags' credentials, else Docker's, else anonymous.
-fn credentials(registry: &str, args: &RegistryArgs) -> anyhow::Result<RegistryAuth> {
+fn credentials(registry: &str, args: &RegistryArgs) -> anyhow::Result<Credentials> {
     if let Some(user) = &args.registry_user {
         let password = if args.registry_password_stdin {
             let mut line = String::new();
@@ -191,42 +197,72 @@ fn credentials(registry: &str, args: &RegistryArgs) -> anyhow::Result<RegistryAu
                 "--registry-user needs a password: --registry-password-stdin or THAW_REGISTRY_PASSWORD",
             )?
         };
-        return Ok(RegistryAuth::Basic(user.clone(), password));
+        return Ok(Credentials {
+            auth: RegistryAuth::Basic(user.clone(), password),
+            from: "--registry-user".into(),
+        });
     }
+    if std::env::var_os("THAW_REGISTRY_PASSWORD").is_some() {
+        eprintln!("thaw: warning: THAW_REGISTRY_PASSWORD is used only with --registry-user");
+    }
+    let anonymous = |from: &str| Credentials {
+        auth: RegistryAuth::Anonymous,
+        from: from.to_owned(),
+    };
     // Docker keys Docker Hub's entry by its old v1 URL.
     let server = match registry {
         "index.docker.io" | "docker.io" => "https://index.docker.io/v1/",
         other => other,
     };
-    match docker_credential::get_credential(server) {
+    // Docker's own lookup: $DOCKER_CONFIG/config.json, else ~/.docker/config.json. No file
+    // is no credentials, as for `docker pull`.
+    let Some(path) = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".docker"))
+        })
+        .map(|dir| dir.join("config.json"))
+        .filter(|path| path.is_file())
+    else {
+        return Ok(anonymous("no credentials"));
+    };
+    let from = format!("the Docker config {}", path.display());
+    let read = std::fs::File::open(&path)
+        .map_err(|_| docker_credential::CredentialRetrievalError::ConfigReadError)
+        .and_then(|file| {
+            docker_credential::get_credential_from_reader(std::io::BufReader::new(file), server)
+        });
+    match read {
         Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => {
-            Ok(RegistryAuth::Basic(user, password))
+            Ok(Credentials {
+                auth: RegistryAuth::Basic(user, password),
+                from,
+            })
         }
         Ok(docker_credential::DockerCredential::IdentityToken(_)) => anyhow::bail!(
-            "the Docker config holds an identity token for {registry}, which thaw cannot use; \
-             pass --registry-user"
+            "{from} holds an identity token for {registry}, which thaw cannot use; pass \
+             --registry-user"
         ),
-        // No config, no entry for this registry, or a credential store that has none for it:
+        // No entry for this registry, or a credential store that has none for it:
         // anonymous, as `docker pull` would be.
         Err(
-            docker_credential::CredentialRetrievalError::ConfigNotFound
-            | docker_credential::CredentialRetrievalError::NoCredentialConfigured
+            docker_credential::CredentialRetrievalError::NoCredentialConfigured
             | docker_credential::CredentialRetrievalError::HelperFailure { .. },
-        ) => Ok(RegistryAuth::Anonymous),
+        ) => Ok(anonymous("no credentials")),
         // A config that is there but unusable: said, so that a refusal is not a mystery.
         Err(e) => {
             eprintln!(
-                "thaw: warning: the Docker config's credentials for {registry} could not be \
-                 read ({e}); trying without"
+                "thaw: warning: {from} could not be read for {registry} ({e}); trying without \
+                 credentials"
             );
-            Ok(RegistryAuth::Anonymous)
+            Ok(anonymous("no credentials"))
         }
     }
 }
 
 /// `error` in words a deployer can act on: refused credentials and missing references
 /// named as such, the rest as the client gave it.
-fn explain(error: OciDistributionError, reference: &OciRef, auth: &RegistryAuth) -> anyhow::Error {
+fn explain(error: OciDistributionError, reference: &OciRef, creds: &Credentials) -> anyhow::Error {
     let status = match &error {
         OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
         OciDistributionError::ServerError { code, .. } => Some(*code),
@@ -260,12 +296,12 @@ fn explain(error: OciDistributionError, reference: &OciRef, auth: &RegistryAuth)
         };
     let registry = reference.registry();
     if refused {
-        let context = match auth {
-            RegistryAuth::Basic(user, _) => {
-                format!(
-                    "the registry {registry} refused the credentials of {user:?} for {reference}"
-                )
-            }
+        let context = match &creds.auth {
+            RegistryAuth::Basic(user, _) => format!(
+                "the registry {registry} refused the credentials of {user:?} (from {}) for \
+                 {reference}",
+                creds.from
+            ),
             _ => format!(
                 "the registry {registry} wants credentials for {reference}: pass \
                  --registry-user, or `docker login {registry}`"
@@ -289,12 +325,12 @@ fn explain(error: OciDistributionError, reference: &OciRef, auth: &RegistryAuth)
 
 /// Pulls the component `reference` names and verifies it.
 pub async fn pull(reference: &OciRef, args: &RegistryArgs) -> anyhow::Result<Pulled> {
-    let (client, auth) = client(reference, args)?;
+    let (client, creds) = client(reference, args)?;
     let image = &reference.0;
     let (manifest, digest) = client
-        .pull_image_manifest(image, &auth)
+        .pull_image_manifest(image, &creds.auth)
         .await
-        .map_err(|e| explain(e, reference, &auth))?;
+        .map_err(|e| explain(e, reference, &creds))?;
     let layer = component_layer(&manifest, reference)?;
     anyhow::ensure!(
         u64::try_from(layer.size).is_ok_and(|size| size <= MAX_COMPONENT_BYTES),
@@ -304,7 +340,7 @@ pub async fn pull(reference: &OciRef, args: &RegistryArgs) -> anyhow::Result<Pul
     let mut stream = client
         .pull_blob_stream(image, layer)
         .await
-        .map_err(|e| explain(e, reference, &auth))?;
+        .map_err(|e| explain(e, reference, &creds))?;
     let mut wasm = Vec::with_capacity(layer.size as usize);
     while let Some(chunk) = stream.try_next().await.map_err(|e| {
         // The verifying stream reports a digest mismatch as an I/O error wrapping it.
@@ -385,7 +421,7 @@ pub async fn push(
     wasm: Vec<u8>,
     title: &str,
 ) -> anyhow::Result<String> {
-    let (client, auth) = client(reference, args)?;
+    let (client, creds) = client(reference, args)?;
     let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let layer = ImageLayer::new(wasm, LAYER_MEDIA_TYPE.to_owned(), None);
     let is_component = wasmparser::Parser::is_component(&layer.data);
@@ -422,9 +458,9 @@ pub async fn push(
         hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
     );
     let image = &reference.0;
-    let explained = |e| explain(e, reference, &auth);
+    let explained = |e| explain(e, reference, &creds);
     client
-        .auth(image, &auth, oci_client::RegistryOperation::Push)
+        .auth(image, &creds.auth, oci_client::RegistryOperation::Push)
         .await
         .map_err(explained)?;
     for (data, blob_digest) in [

@@ -184,6 +184,12 @@ pub async fn execute(args: DeployArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(path) = args.path.as_deref().and_then(Path::to_str)
+        && path.starts_with("oci:")
+        && !path.starts_with("oci://")
+    {
+        anyhow::bail!("{path:?}: an OCI reference is written oci://HOST/REPO:TAG");
+    }
     let pulled = match args
         .path
         .as_deref()

@@ -419,6 +419,7 @@ async fn a_function_of_static_files_only_never_starts_a_guest() {
         // No file, no guest: the host's own 404, to any method.
         let r = get(&server, &format!("{prefix}/missing.css"), &[]).await;
         assert_eq!(r.status(), 404);
+        assert_eq!(r.text().await.unwrap(), "no such file\n");
         let r = client()
             .post(format!("{}{prefix}/form", server.url))
             .body("x")

@@ -160,6 +160,8 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
         "",
     );
     assert!(!out.status.success());
+    // No Docker config is no credentials, said without a warning.
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
             "the registry {} wants credentials",
@@ -264,6 +266,29 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
         "",
     );
     assert!(out.status.success(), "{}", text(&out));
+    // A wrong password there is refused naming where it came from.
+    let stale = tempfile::tempdir().unwrap();
+    let wrong = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{USER}:stale"),
+    );
+    std::fs::write(
+        stale.path().join("config.json"),
+        serde_json::json!({ "auths": { registry.address.clone(): { "auth": wrong } } }).to_string(),
+    )
+    .unwrap();
+    let out = thaw(
+        &server,
+        &["deploy", &pushed, "--name", "stale"],
+        &[("DOCKER_CONFIG", stale.path().to_str().unwrap())],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("(from the Docker config"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         body(&server, "/pinned").await,
         (200, "Hello, world!\n".into())
@@ -285,11 +310,16 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("does not exist"), "{}", text(&out));
-    for bad in ["oci://", "oci://fns/hello:v1"] {
+    for bad in [
+        "oci://",
+        "oci://fns/hello:v1",
+        "oci:/127.0.0.1/fns/hello:v1",
+    ] {
         let out = thaw(&server, &["deploy", bad, "--name", "bad"], &docker_env, "");
         assert!(!out.status.success());
         assert!(
-            text(&out).contains("is not an OCI reference"),
+            text(&out).contains("is not an OCI reference")
+                || text(&out).contains("an OCI reference is written oci://"),
             "{}",
             text(&out)
         );

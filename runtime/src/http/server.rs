@@ -168,7 +168,13 @@ pub async fn serve_functions(
                         let mut response = match found {
                             Some(found) => found.map(crate::invoke::body::full),
                             // Assets only: no guest to ask.
-                            None => InvokeError::NotFound.into_response(),
+                            None => Response::builder()
+                                .status(http::StatusCode::NOT_FOUND)
+                                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                                .body(crate::invoke::body::full(bytes::Bytes::from_static(
+                                    b"no such file\n",
+                                )))
+                                .expect("static response parts are valid"),
                         };
                         response.headers_mut().insert(VERSION, version);
                         return response;
