@@ -418,3 +418,68 @@ async fn a_warm_pool_shrinks_back_to_the_traffic_after_a_spike() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(traffic.await.unwrap() > 0);
 }
+
+/// Kilobytes of `pid`'s resident set in its read-only mappings of the file named `file`:
+/// the compiled image (a writable one is an instance's linear memory, mapped copy-on-write
+/// from the file's data).
+fn resident_kib_of(pid: u32, file: &str) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_file = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        // A mapping's header: `start-end perms offset dev inode [path]`; its fields follow.
+        let is_header = line.split_once(' ').is_some_and(|(range, _)| {
+            range.contains('-') && range.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit())
+        });
+        if is_header {
+            in_file = line.ends_with(file) && !line.contains(" rw-p ");
+        } else if in_file && let Some(rest) = line.strip_prefix("Rss:") {
+            kib += rest.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
+        }
+    }
+    kib
+}
+
+/// A function loaded from its artifact that goes idle (its warm pool drained) gives its code
+/// pages back (`function::trim`), and serves correctly when called again, from the same
+/// mapping, as often as that happens.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_function_gives_its_code_pages_back_and_still_serves() {
+    let mut server = TestServer::start_with(&["--warm-idle-secs", "1"]);
+    let deployed = server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    let digest = deployed["digest"].as_str().unwrap().to_owned();
+    // Code compiled at deploy lives in anonymous memory; after a restart it runs from the
+    // artifact's mapping, which is what is given back.
+    server.kill_and_restart(1);
+    server
+        .wait_for(Some("hello"), "the function loaded", |f| {
+            f["loaded_from"] == "artifact"
+        })
+        .await;
+    let file = format!("{digest}.cwasm");
+    for round in 0..2 {
+        let r = server.get("/hello").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
+        let resident = resident_kib_of(server.pid(), &file);
+        assert!(
+            resident > 0,
+            "round {round}: the code is not mapped from {file}"
+        );
+        // Given back, all but a page or so that housekeeping reads afterwards.
+        crate::support::eventually(
+            "the idle function's code pages given back",
+            Duration::from_secs(20),
+            || {
+                let pid = server.pid();
+                let file = file.clone();
+                async move { resident_kib_of(pid, &file) * 10 <= resident }
+            },
+        )
+        .await;
+    }
+    let r = server.get("/hello").await;
+    assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
+}

@@ -465,6 +465,7 @@ impl Platform {
             .stats()
             .unchecked
             .store(count, Ordering::Relaxed);
+        runtime.spawn(Self::trim_idle_images(Arc::downgrade(self)));
         let platform = self.clone();
         runtime.spawn(async move {
             let started = Instant::now();
@@ -512,6 +513,40 @@ impl Platform {
             );
             platform.started.store(true, Ordering::Release);
         });
+    }
+
+    /// Gives back the code pages of each serving version idle for the pools' idle timeout
+    /// (when its warm pool drains to zero; see [`crate::function::trim`]), looking every
+    /// half of that timeout (at most every [`trim::MAX_TRIM_INTERVAL`]); ends with the
+    /// platform.
+    async fn trim_idle_images(platform: std::sync::Weak<Self>) {
+        use crate::function::trim;
+        // At least a second: a host with warm pools off (an idle timeout of 0) would otherwise
+        // trim a busy function between two of its requests.
+        let Some(idle) = platform
+            .upgrade()
+            .map(|p| p.invoke.pool.idle_timeout.max(Duration::from_secs(1)))
+        else {
+            return;
+        };
+        let mut tick = tokio::time::interval(
+            (idle / 2).clamp(Duration::from_millis(100), trim::MAX_TRIM_INTERVAL),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(platform) = platform.upgrade() else {
+                return;
+            };
+            let trimmed = platform
+                .serving()
+                .iter()
+                .filter(|f| f.trim_if_idle(idle))
+                .count();
+            if trimmed > 0 {
+                tracing::debug!(trimmed, "idle functions' code pages given back");
+            }
+        }
     }
 
     /// Whether the host is ready for traffic (`GET /readyz`): its registry is loaded (at

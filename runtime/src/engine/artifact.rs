@@ -120,6 +120,17 @@ pub enum Compiled {
     Module(Module),
 }
 
+impl Compiled {
+    /// Where wasmtime keeps the compiled image in memory (for an artifact loaded from disk,
+    /// its mapping of the file).
+    pub fn image_range(&self) -> std::ops::Range<*const u8> {
+        match self {
+            Compiled::Component(component) => component.image_range(),
+            Compiled::Module(module) => module.image_range(),
+        }
+    }
+}
+
 /// Where a loaded function's code came from (shown in logs and counted in [`CacheStats`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod pool;
 pub mod service;
 pub mod timing;
+pub mod trim;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,6 +188,9 @@ pub struct Loaded {
     pub code: Code,
     /// Whether it came from an artifact or a compilation.
     pub origin: Origin,
+    /// The artifact's mapping, when the code runs from one: trimmed while the function is
+    /// idle (see [`trim`]).
+    pub image: Option<trim::Image>,
 }
 
 /// A deployed function, shared as `Arc<Function>` by the registry and the requests running on
@@ -387,7 +391,13 @@ impl Function {
         origin: Origin,
     ) -> Self {
         let function = Self::unloaded(record, defaults);
-        function.set_loaded(Loaded { code, origin });
+        // Compiled at deploy, or linked from a cached artifact: either way not known to be
+        // a file mapping, so never trimmed (see `trim`).
+        function.set_loaded(Loaded {
+            code,
+            origin,
+            image: None,
+        });
         function
     }
 
@@ -442,6 +452,20 @@ impl Function {
     /// The loaded state, if loaded.
     pub fn loaded(&self) -> Option<&Loaded> {
         self.loaded.get()
+    }
+
+    /// Trims the function's image (see [`trim`]) if it is loaded from an artifact, has had no
+    /// request for `idle` and its warm pool has drained (dropping an instance reads the
+    /// image's metadata), unless it was trimmed with no request since. Returns whether it
+    /// trimmed.
+    pub fn trim_if_idle(&self, idle: Duration) -> bool {
+        let Some(image) = self.loaded().and_then(|l| l.image.as_ref()) else {
+            return false;
+        };
+        if self.pool.in_flight() > 0 || !self.pool.is_empty() || self.pool.idle_for() < idle {
+            return false;
+        }
+        image.trim(self.stats.requests.load(Ordering::Relaxed))
     }
 
     /// Loads the code with `load` unless it is loaded; concurrent callers share one load.
@@ -640,12 +664,21 @@ impl Loader {
             return Ok(Loaded {
                 code,
                 origin: Origin::Artifact,
+                // The engine's image is shared by every function on it.
+                image: None,
             });
         }
         let (compiled, origin) = self.cache.load(record.kind, record.code_digest())?;
+        // Only an artifact deserialized from its file runs from a file mapping.
+        let image = (origin == Origin::Artifact)
+            .then(|| trim::Image::from_artifact(compiled.image_range()));
         let code = self.linking.link(compiled)?;
         tracing::info!(function = %function.name, from = ?origin, "loaded");
-        Ok(Loaded { code, origin })
+        Ok(Loaded {
+            code,
+            origin,
+            image,
+        })
     }
 
     /// The function's code, loading it on a blocking thread if needed (concurrent callers

@@ -187,7 +187,8 @@ impl WarmPool {
         self.len() == 0
     }
 
-    fn idle_for(&self) -> Duration {
+    /// How long since the last request began (or since the pool was made).
+    pub fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_request.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
     }
