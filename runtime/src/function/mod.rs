@@ -391,8 +391,8 @@ impl Function {
         origin: Origin,
     ) -> Self {
         let function = Self::unloaded(record, defaults);
-        // Compiled at deploy, or linked from a cached artifact: either way not known to be
-        // a file mapping, so never trimmed (see `trim`).
+        // Compiled at deploy (anonymous memory), or an artifact a deploy found in the cache:
+        // not marked as a file mapping, so not trimmed until a restart loads it (see `trim`).
         function.set_loaded(Loaded {
             code,
             origin,
@@ -454,18 +454,15 @@ impl Function {
         self.loaded.get()
     }
 
-    /// Trims the function's image (see [`trim`]) if it is loaded from an artifact, has had no
-    /// request for `idle` and its warm pool has drained (dropping an instance reads the
-    /// image's metadata), unless it was trimmed with no request since. Returns whether it
-    /// trimmed.
+    /// One look of the trim task (see [`trim`]): trims the function's image if it is loaded
+    /// from an artifact and has been idle for `idle`, its warm pool drained (an instance
+    /// reads the image). Returns whether it trimmed.
     pub fn trim_if_idle(&self, idle: Duration) -> bool {
         let Some(image) = self.loaded().and_then(|l| l.image.as_ref()) else {
             return false;
         };
-        if self.pool.in_flight() > 0 || !self.pool.is_empty() || self.pool.idle_for() < idle {
-            return false;
-        }
-        image.trim(self.stats.requests.load(Ordering::Relaxed))
+        let busy = self.pool.in_flight() > 0 || !self.pool.is_empty();
+        image.look(self.stats.requests.load(Ordering::Relaxed), busy, idle)
     }
 
     /// Loads the code with `load` unless it is loaded; concurrent callers share one load.

@@ -187,8 +187,7 @@ impl WarmPool {
         self.len() == 0
     }
 
-    /// How long since the last request began (or since the pool was made).
-    pub fn idle_for(&self) -> Duration {
+    fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_request.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
     }

@@ -9,8 +9,8 @@
 //! 419 KB Rust hello). A host with thousands of loaded functions, most of them idle, holds
 //! all of that.
 //!
-//! So once a function has had no request for the warm pools' idle timeout (`--warm-idle-secs`,
-//! when its pool drains to zero), its image is dropped from this process's page tables with
+//! So once a function has had no request for the warm pools' idle timeout (`--warm-idle-secs`)
+//! and its pool has drained, its image is dropped from this process's page tables with
 //! `MADV_DONTNEED`. For a private file mapping that was never
 //! written, that loses nothing: the next access maps the same bytes again from the page cache
 //! (a minor fault per fault-around window; a major one only if the kernel has evicted the
@@ -25,19 +25,33 @@
 //! is its language's engine, shared by every function on it, and is not trimmed either.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The longest time between two looks for idle functions to trim.
 pub const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A loaded function's artifact image: where it is mapped, and the request count it was last
-/// trimmed at.
+/// Trims per idle stretch: the first when the function is found idle, one more at the next
+/// look for pages faulted in afterwards (an instance dropped outside the pool's lock reads
+/// the image), then none until a request comes.
+const TRIMS_PER_IDLE: u8 = 2;
+
+/// A loaded function's artifact image: where it is mapped, and what the trim task has seen
+/// of the function's requests.
 #[derive(Debug)]
 pub struct Image {
     range: Range<usize>,
-    /// [`super::pool::WarmPool::requests`] when last trimmed, plus one; 0: never trimmed.
-    trimmed_at: AtomicU64,
+    watch: Mutex<Watch>,
+}
+
+/// Idleness as the trim task sees it at its looks: a function is idle once its request
+/// count has not moved (and nothing was in flight) for the idle time. Counting requests
+/// covers every kind of function, CGI modules included, which keep no pool.
+#[derive(Debug)]
+struct Watch {
+    requests: Option<u64>,
+    since: Instant,
+    trims_left: u8,
 }
 
 impl Image {
@@ -46,19 +60,42 @@ impl Image {
     pub fn from_artifact(range: Range<*const u8>) -> Self {
         Self {
             range: range.start as usize..range.end as usize,
-            trimmed_at: AtomicU64::new(0),
+            watch: Mutex::new(Watch {
+                requests: None,
+                since: Instant::now(),
+                trims_left: TRIMS_PER_IDLE,
+            }),
         }
     }
 
-    /// Drops the image's pages from this process unless they were dropped already with no
-    /// request since (`requests` is the function's request count). Returns whether it did.
-    pub fn trim(&self, requests: u64) -> bool {
-        if self.trimmed_at.swap(requests + 1, Ordering::AcqRel) == requests + 1 {
-            return false;
+    /// One look of the trim task: `requests` is the function's request count, `busy` whether
+    /// it has requests in flight or warm instances. Trims if the function has been idle for
+    /// `idle`; returns whether it did.
+    pub fn look(&self, requests: u64, busy: bool, idle: Duration) -> bool {
+        {
+            let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if busy || watch.requests != Some(requests) {
+                *watch = Watch {
+                    requests: Some(requests),
+                    since: now,
+                    trims_left: TRIMS_PER_IDLE,
+                };
+                return false;
+            }
+            if now.duration_since(watch.since) < idle || watch.trims_left == 0 {
+                return false;
+            }
+            watch.trims_left -= 1;
         }
+        self.trim()
+    }
+
+    /// Drops the image's pages from this process.
+    fn trim(&self) -> bool {
         let page = page_size();
-        // The image starts page-aligned (an mmap); its end is rounded down, so a partial
-        // last page (which no other mapping shares) is left alone.
+        // An mmap starts page-aligned; the end is rounded down, leaving a partial last page
+        // (of this same mapping) resident.
         let start = self.range.start.next_multiple_of(page);
         let end = self.range.end - self.range.end % page;
         if end <= start {
