@@ -8,8 +8,10 @@
 //! a component, `wasip1` for a module), the layer's digest and the component's imports and
 //! exports. So a component `wkg` publishes deploys on thaw, and one thaw publishes pulls with
 //! `wkg oci pull`. A single-layer artifact whose layer is Spin's
-//! `application/vnd.wasm.content.layer.v1+wasm` is accepted too; a whole Spin application
-//! (many layers and a locked manifest) is not a function, and is refused naming its layers.
+//! `application/vnd.wasm.content.layer.v1+wasm` is accepted too. A Spin application's artifact
+//! (`spin registry push`: its locked manifest as the config) is refused, pointing at its
+//! spin.toml, since its routes, variables and grants would be lost; any other artifact that is
+//! not one Wasm layer is refused naming its layers.
 //!
 //! **Who pulls.** The CLI, not the host: the credentials stay on the deployer's machine (as
 //! `docker login` left them, or given as flags), the host needs no route to the registry, and
