@@ -2,18 +2,20 @@
 # What idle loaded functions cost: N copies of the Rust hello (each made distinct by a custom
 # section, so each has its own artifact), deployed, then the host restarted with
 # `--load background` (the default). Prints the host's resident set from
-# /proc/PID/smaps_rollup at three points: idle with no functions, right after the background
-# load, and after the functions have been idle past `--warm-idle-secs` (their code pages
-# given back, see runtime/src/function/trim.rs). Also the first request to a function after
-# that, against a second request to it (curl's time to first byte).
+# /proc/PID/smaps_rollup at four points: idle with no functions, right after the background
+# load, after the functions have been idle past `--warm-idle-secs` (their code pages given
+# back, see runtime/src/function/trim.rs), and past `--unload-idle-secs` (their code
+# unloaded). After each of the last two, the first request to five functions against a
+# second request to each (curl's time to first byte).
 #
-#   benches/density.sh [N] [WARM_IDLE_SECS]      (defaults: 300, 10)
+#   benches/density.sh [N] [WARM_IDLE_SECS] [UNLOAD_IDLE_SECS]      (defaults: 300, 10, 40)
 #
 # Needs: a release thaw (cargo build --release -p thaw-cli), python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-300}
 idle=${2:-10}
+unload=${3:-40}
 thaw=target/release/thaw
 port=18680
 admin=18681
@@ -39,7 +41,7 @@ for i in range(n):
 PY
 serve() {
   "$thaw" serve --data-dir "$work/data" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --admin-token "$token" --warm-idle-secs "$idle" 2>>"$work/log" &
+    --admin-token "$token" --warm-idle-secs "$idle" --unload-idle-secs "$unload" 2>>"$work/log" &
   server=$!
   for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && return 0; sleep 0.1; done
   echo "host not ready" >&2; exit 1
@@ -55,10 +57,17 @@ done
 kill "$server"; wait "$server" 2>/dev/null || true
 serve
 rss "$n loaded"
+started=$(date +%s)
+firsts() { # label first-function
+  for i in $(seq "$2" $(($2 + 4))); do
+    first=$(curl -s -o /dev/null -w '%{time_starttransfer}' "http://127.0.0.1:$port/h$i")
+    second=$(curl -s -o /dev/null -w '%{time_starttransfer}' "http://127.0.0.1:$port/h$i")
+    echo "h$i first $1 ${first}s, second ${second}s"
+  done
+}
 sleep $((idle * 2 + 2))
 rss "$n loaded, idle ${idle}s+"
-for i in 1 2 3 4 5; do
-  first=$(curl -s -o /dev/null -w '%{time_starttransfer}' "http://127.0.0.1:$port/h$i")
-  second=$(curl -s -o /dev/null -w '%{time_starttransfer}' "http://127.0.0.1:$port/h$i")
-  echo "h$i first after idle ${first}s, second ${second}s"
-done
+firsts "after idle" 1
+sleep $((unload + 12 - ($(date +%s) - started)))
+rss "$n idle past ${unload}s"
+firsts "after unload" 10

@@ -40,6 +40,8 @@ pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_WARM_MAX: usize = 4;
 /// Default idle time after which a function's warm pool drains to zero.
 pub const DEFAULT_WARM_IDLE_SECS: u64 = 30;
+/// Default idle time after which a function's code is unloaded (`--unload-idle-secs`).
+pub const DEFAULT_UNLOAD_IDLE_SECS: u64 = 900;
 /// Default time a client gets to send its request headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default time a client may leave response bytes unread: nginx's `send_timeout` is 60 s;
@@ -184,6 +186,11 @@ pub struct HostSettings {
     /// [default: 30]
     #[arg(long, env = "THAW_WARM_IDLE_SECS", value_name = "SECS")]
     pub warm_idle_secs: Option<u64>,
+    /// A function idle this long has its code unloaded: its next request loads it from its
+    /// artifact (a cold start from disk); 0 keeps code loaded for good, in seconds
+    /// [default: 900]
+    #[arg(long, env = "THAW_UNLOAD_IDLE_SECS", value_name = "SECS")]
+    pub unload_idle_secs: Option<u64>,
     /// Answer deploys with code from Winch, the baseline compiler (compiles several times
     /// faster, runs slower), and switch to Cranelift's code when it is ready in the
     /// background [default: false]
@@ -498,6 +505,10 @@ impl ServeArgs {
                     idle_timeout: Duration::from_secs(
                         s.warm_idle_secs.unwrap_or(DEFAULT_WARM_IDLE_SECS),
                     ),
+                    unload_after: match s.unload_idle_secs.unwrap_or(DEFAULT_UNLOAD_IDLE_SECS) {
+                        0 => None,
+                        secs => Some(Duration::from_secs(secs)),
+                    },
                 },
                 server_timing: s.server_timing.unwrap_or(true),
                 fast_deploy: s.fast_deploy.unwrap_or(false),
@@ -847,6 +858,10 @@ mod tests {
             ("load", load.as_str().unwrap().to_owned()),
             ("warm_max", p.pool.max_per_function.to_string()),
             ("warm_idle_secs", p.pool.idle_timeout.as_secs().to_string()),
+            (
+                "unload_idle_secs",
+                p.pool.unload_after.map_or(0, |d| d.as_secs()).to_string(),
+            ),
             ("fast_deploy", p.fast_deploy.to_string()),
             ("compile_cache", p.compile_cache.to_string()),
             ("keep_versions", p.keep_versions.to_string()),

@@ -47,6 +47,7 @@ impl Host {
                     max_per_function: 0,
                     reserve_slots: 1,
                     idle_timeout: Duration::from_secs(30),
+                    unload_after: None,
                 },
                 server_timing: true,
                 loader: None,

@@ -80,6 +80,7 @@ impl BenchPlatform {
                 max_per_function: setup.warm,
                 reserve_slots: 0,
                 idle_timeout: Duration::from_secs(600),
+                unload_after: None,
             },
             server_timing: setup.server_timing,
             fast_deploy: setup.fast_deploy,

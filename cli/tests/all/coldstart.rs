@@ -483,3 +483,27 @@ async fn an_idle_function_gives_its_code_pages_back_and_still_serves() {
     let r = server.get("/hello").await;
     assert_eq!(r.text().await.unwrap(), "Hello, world!\n");
 }
+
+/// A function idle past `--unload-idle-secs` has its code unloaded (its warm pool first, its
+/// code pages with it), keeps its counters, and its next request loads it from its artifact
+/// (a start from disk) and is answered as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_function_is_unloaded_and_its_next_request_loads_it() {
+    let server = TestServer::start_with(&["--warm-idle-secs", "1", "--unload-idle-secs", "2"]);
+    server
+        .deploy("hello", wasm::HELLO, Default::default())
+        .await;
+    let first = server.get("/hello").await;
+    assert_eq!(first.text().await.unwrap(), "Hello, world!\n");
+    server
+        .wait_for(Some("hello"), "the idle function unloaded", |f| {
+            f["loaded_from"].is_null()
+        })
+        .await;
+    let again = server.get("/hello").await;
+    assert_eq!(start_kind(&again), "disk");
+    assert_eq!(again.text().await.unwrap(), "Hello, world!\n");
+    let f = server.admin().get("hello").await.unwrap();
+    assert_eq!(f["requests"], 2, "{f}");
+    assert_eq!(f["loaded_from"], "artifact", "{f}");
+}

@@ -47,6 +47,7 @@ fn open(dir: tempfile::TempDir, keep_versions: usize) -> Host {
             max_per_function: 0,
             reserve_slots: 0,
             idle_timeout: Duration::from_secs(60),
+            unload_after: None,
         },
         server_timing: false,
         fast_deploy: false,

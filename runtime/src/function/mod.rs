@@ -182,6 +182,17 @@ impl FunctionStats {
     }
 }
 
+/// What the idle task did or asks for, for one function (see [`Function::look_idle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Nothing: in use, not idle long enough, or done already.
+    No,
+    /// Its code pages were given back.
+    Trimmed,
+    /// Idle past the unload time: its code should be unloaded.
+    Unload,
+}
+
 /// Loaded code: linked and ready to instantiate.
 pub struct Loaded {
     /// The pre-instantiated code.
@@ -216,6 +227,8 @@ pub struct Function {
     /// Epoch ticks for the timeout.
     pub deadline_ticks: u64,
     loaded: tokio::sync::OnceCell<Loaded>,
+    /// How long it has been idle, as the idle task sees it (see [`trim::IdleWatch`]).
+    idle: trim::IdleWatch,
     /// Warm instances (components only).
     pub pool: WarmPool,
     /// Request counters; shared by the copies of one version (a tier-up, an unload), so
@@ -305,6 +318,7 @@ impl Function {
             ),
             limits,
             loaded: tokio::sync::OnceCell::new(),
+            idle: trim::IdleWatch::default(),
             pool: WarmPool::default(),
             version_header: version_header(record.generation),
             record,
@@ -454,15 +468,34 @@ impl Function {
         self.loaded.get()
     }
 
-    /// One look of the trim task (see [`trim`]): trims the function's image if it is loaded
-    /// from an artifact and has been idle for `idle`, its warm pool drained (an instance
-    /// reads the image). Returns whether it trimmed.
-    pub fn trim_if_idle(&self, idle: Duration) -> bool {
-        let Some(image) = self.loaded().and_then(|l| l.image.as_ref()) else {
-            return false;
+    /// One look of the idle task at a loaded function: after `trim_after` idle (its warm
+    /// pool drained: an instance reads the image), its image is trimmed (see [`trim`]); after
+    /// `unload_after`, the answer asks for its code to be unloaded.
+    pub fn look_idle(&self, trim_after: Duration, unload_after: Option<Duration>) -> Idle {
+        let Some(loaded) = self.loaded() else {
+            return Idle::No;
         };
         let busy = self.pool.in_flight() > 0 || !self.pool.is_empty();
-        image.look(self.stats.requests.load(Ordering::Relaxed), busy, idle)
+        let idle = self
+            .idle
+            .look(self.stats.requests.load(Ordering::Relaxed), busy);
+        if idle.is_zero() {
+            if let Some(image) = &loaded.image {
+                image.rearm();
+            }
+            return Idle::No;
+        }
+        // Code from the fast tier has no artifact yet to load again.
+        if loaded.origin != Origin::FastTier && unload_after.is_some_and(|after| idle >= after) {
+            return Idle::Unload;
+        }
+        if idle >= trim_after
+            && let Some(image) = &loaded.image
+            && image.trim_once()
+        {
+            return Idle::Trimmed;
+        }
+        Idle::No
     }
 
     /// Loads the code with `load` unless it is loaded; concurrent callers share one load.

@@ -62,6 +62,9 @@ pub struct PoolOptions {
     pub reserve_slots: usize,
     /// A function idle this long drains its pool to zero.
     pub idle_timeout: Duration,
+    /// A function idle this long has its code unloaded (see `control`'s idle task); `None`
+    /// keeps loaded code for good.
+    pub unload_after: Option<Duration>,
 }
 
 /// A ready-to-call instance.

@@ -26,6 +26,7 @@
 
 use std::ops::Range;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest time between two looks for idle functions to trim.
@@ -36,22 +37,41 @@ pub const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// the image), then none until a request comes.
 const TRIMS_PER_IDLE: u8 = 2;
 
-/// A loaded function's artifact image: where it is mapped, and what the trim task has seen
-/// of the function's requests.
+/// How long a function has been idle, as the idle task sees it at its looks: idle since the
+/// first look at which its request count had stopped moving and nothing was in flight or
+/// warm. Counting requests covers every kind of function, CGI modules included, which keep
+/// no pool.
+#[derive(Debug)]
+pub struct IdleWatch(Mutex<Option<(u64, Instant)>>);
+
+impl Default for IdleWatch {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl IdleWatch {
+    /// One look: `requests` is the function's request count, `busy` whether it has requests
+    /// in flight or warm instances. Returns how long it has been idle (zero when it was not).
+    pub fn look(&self, requests: u64, busy: bool) -> Duration {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match *seen {
+            Some((count, since)) if !busy && count == requests => now.duration_since(since),
+            _ => {
+                *seen = Some((requests, now));
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+/// A loaded function's artifact image: where it is mapped, and the trims left in the
+/// current idle stretch.
 #[derive(Debug)]
 pub struct Image {
     range: Range<usize>,
-    watch: Mutex<Watch>,
-}
-
-/// Idleness as the trim task sees it at its looks: a function is idle once its request
-/// count has not moved (and nothing was in flight) for the idle time. Counting requests
-/// covers every kind of function, CGI modules included, which keep no pool.
-#[derive(Debug)]
-struct Watch {
-    requests: Option<u64>,
-    since: Instant,
-    trims_left: u8,
+    trims_left: AtomicU8,
 }
 
 impl Image {
@@ -60,34 +80,22 @@ impl Image {
     pub fn from_artifact(range: Range<*const u8>) -> Self {
         Self {
             range: range.start as usize..range.end as usize,
-            watch: Mutex::new(Watch {
-                requests: None,
-                since: Instant::now(),
-                trims_left: TRIMS_PER_IDLE,
-            }),
+            trims_left: AtomicU8::new(TRIMS_PER_IDLE),
         }
     }
 
-    /// One look of the trim task: `requests` is the function's request count, `busy` whether
-    /// it has requests in flight or warm instances. Trims if the function has been idle for
-    /// `idle`; returns whether it did.
-    pub fn look(&self, requests: u64, busy: bool, idle: Duration) -> bool {
-        {
-            let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            if busy || watch.requests != Some(requests) {
-                *watch = Watch {
-                    requests: Some(requests),
-                    since: now,
-                    trims_left: TRIMS_PER_IDLE,
-                };
-                return false;
-            }
-            if now.duration_since(watch.since) < idle || watch.trims_left == 0 {
-                return false;
-            }
-            watch.trims_left -= 1;
+    /// A request came: the next idle stretch may trim again.
+    pub fn rearm(&self) {
+        self.trims_left.store(TRIMS_PER_IDLE, Ordering::Relaxed);
+    }
+
+    /// Trims unless this idle stretch has had its trims; returns whether it did.
+    pub fn trim_once(&self) -> bool {
+        let left = self.trims_left.load(Ordering::Relaxed);
+        if left == 0 {
+            return false;
         }
+        self.trims_left.store(left - 1, Ordering::Relaxed);
         self.trim()
     }
 
