@@ -567,6 +567,11 @@ impl Platform {
         let guard = self.write_lock.lock().await;
         let mut unloaded = 0usize;
         for function in functions {
+            // Held only by the registry's set and this batch: no request is running on it
+            // now (a request holds its version), and none can start without the registry.
+            if Arc::strong_count(&function) > 2 {
+                continue;
+            }
             let copy = Function::unloaded(function.record.clone(), &self.defaults)
                 .with_state_of(&function);
             let Some(set) = self
