@@ -100,6 +100,11 @@ impl OciRef {
         self.0.resolve_registry()
     }
 
+    /// The same repository pinned to a manifest `digest`: `oci://HOST/REPO@sha256:…`.
+    pub fn pinned(&self, digest: &str) -> String {
+        format!("oci://{}/{}@{digest}", self.registry(), self.0.repository())
+    }
+
     /// A function name for it: the repository's last segment.
     pub fn default_name(&self) -> String {
         let repo = self.0.repository();
@@ -315,10 +320,7 @@ fn explain(error: OciDistributionError, reference: &OciRef, creds: &Credentials)
         return anyhow::anyhow!(error).context(format!("{reference} does not exist"));
     }
     if let OciDistributionError::DigestError(e) = &error {
-        return anyhow::anyhow!("{e}").context(format!(
-            "refused {reference}: what the registry sent does not match its digest (a tampered \
-             or corrupt blob); nothing was deployed"
-        ));
+        return digest_mismatch(reference, e);
     }
     anyhow::anyhow!(error).context(format!(
         "talking to the registry {registry} about {reference}"
@@ -348,13 +350,9 @@ pub async fn pull(reference: &OciRef, args: &RegistryArgs) -> anyhow::Result<Pul
         // The verifying stream reports a digest mismatch as an I/O error wrapping it.
         let digest_error = e
             .get_ref()
-            .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
-            .map(|d| d.to_string());
+            .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>());
         match digest_error {
-            Some(d) => anyhow::anyhow!("{d}").context(format!(
-                "refused {reference}: what the registry sent does not match its digest (a \
-                 tampered or corrupt blob); nothing was deployed"
-            )),
+            Some(d) => digest_mismatch(reference, d),
             None => anyhow::anyhow!(e).context(format!("pulling {reference}")),
         }
     })? {
@@ -373,12 +371,16 @@ pub async fn pull(reference: &OciRef, args: &RegistryArgs) -> anyhow::Result<Pul
     );
     Ok(Pulled {
         wasm,
-        pinned: format!(
-            "oci://{}/{}@{digest}",
-            reference.registry(),
-            reference.0.repository()
-        ),
+        pinned: reference.pinned(&digest),
     })
+}
+
+/// A blob or manifest whose bytes do not match their digest: refused, naming both.
+fn digest_mismatch(reference: &OciRef, error: &oci_client::errors::DigestError) -> anyhow::Error {
+    anyhow::anyhow!("{error}").context(format!(
+        "refused {reference}: what the registry sent does not match its digest (a tampered or \
+         corrupt blob); nothing was deployed"
+    ))
 }
 
 /// The one layer of a Wasm artifact, or an error naming what the artifact holds instead.
@@ -482,11 +484,7 @@ pub async fn push(
         )
         .await
         .map_err(explained)?;
-    Ok(format!(
-        "oci://{}/{}@{digest}",
-        reference.registry(),
-        image.repository()
-    ))
+    Ok(reference.pinned(&digest))
 }
 
 /// A component's top-level imports and exports, by name (`wasi:http/incoming-handler@0.2.0`),

@@ -43,6 +43,12 @@ fn thaw(server: &TestServer, args: &[&str], env: &[(&str, &str)], stdin: &str) -
     child.wait_with_output().unwrap()
 }
 
+/// Asserts that the command failed, saying `says`.
+fn refused(output: &Output, says: &str) {
+    assert!(!output.status.success(), "{}", text(output));
+    assert!(text(output).contains(says), "{}", text(output));
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -182,20 +188,14 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
         &[("THAW_REGISTRY_PASSWORD", "wrong")],
         "",
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("refused the credentials of \"alice\""),
-        "{}",
-        text(&out)
-    );
+    refused(&out, "refused the credentials of \"alice\"");
     let out = thaw(
         &server,
         &["deploy", &at("fns/hello:v1"), "--registry-user", USER],
         &password,
         "",
     );
-    assert!(!out.status.success());
-    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+    refused(&out, "does not exist");
 
     // A manifest's function, pushed by tag (password from the environment).
     let project = tempfile::tempdir().unwrap();
@@ -283,12 +283,7 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
         &[("DOCKER_CONFIG", stale.path().to_str().unwrap())],
         "",
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("(from the Docker config"),
-        "{}",
-        text(&out)
-    );
+    refused(&out, "(from the Docker config");
     assert_eq!(
         body(&server, "/pinned").await,
         (200, "Hello, world!\n".into())
@@ -308,8 +303,7 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
         &docker_env,
         "",
     );
-    assert!(!out.status.success());
-    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+    refused(&out, "does not exist");
     for bad in [
         "oci://",
         "oci://fns/hello:v1",
@@ -374,12 +368,7 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
         &[("THAW_REGISTRY_PASSWORD", "wrong")],
         "",
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("refused the credentials of \"alice\""),
-        "{}",
-        text(&out)
-    );
+    refused(&out, "refused the credentials of \"alice\"");
 
     // Spin's layer media type for a component, in a single-layer artifact: deployed. A
     // container-like artifact of two layers: refused, naming what it holds.
@@ -415,12 +404,7 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
     )
     .await;
     let out = thaw(&server, &["deploy", &at("fns/image:v1")], &docker_env, "");
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("is not a single Wasm component"),
-        "{}",
-        text(&out)
-    );
+    refused(&out, "is not a single Wasm component");
 
     // A Spin application's artifact: its component alone would lose the app's routes,
     // variables and grants, so it is refused, pointing at its spin.toml.
@@ -438,12 +422,7 @@ async fn components_are_pushed_to_and_deployed_from_an_oci_registry() {
         &docker_env,
         "",
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("is a Spin application"),
-        "{}",
-        text(&out)
-    );
+    refused(&out, "is a Spin application");
 
     let mut names = function_names(&server).await;
     names.sort();
