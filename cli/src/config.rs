@@ -40,13 +40,13 @@ pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_WARM_MAX: usize = 4;
 /// Default idle time after which a function's warm pool drains to zero.
 pub const DEFAULT_WARM_IDLE_SECS: u64 = 30;
-/// Default idle time after which a function's code is unloaded (`--unload-idle-secs`): 0,
-/// never, until three gaps a review found are closed. Unloading many functions at once
-/// rebuilds the route table once per function under the write lock; a cluster node's
-/// re-announcement withdraws the readiness of versions it unloaded; and a version's
-/// concurrency gate is not shared with its unloaded copy (a response still streaming from
-/// the old one is not counted by the new one).
-pub const DEFAULT_UNLOAD_IDLE_SECS: u64 = 0;
+/// Default idle time after which a function's code is unloaded (`--unload-idle-secs`): ten
+/// minutes. The trade: a loaded idle function costs about three times what an unloaded one
+/// does (wasmtime's metadata of its code), and an unloaded one's next request pays a load
+/// from its artifact (a `disk` start, about a millisecond for a small function, a few for a
+/// language runtime). Ten minutes keeps a function with traffic every few minutes loaded,
+/// as a container platform keeps its instance warm for about as long after a request.
+pub const DEFAULT_UNLOAD_IDLE_SECS: u64 = 600;
 /// Default time a client gets to send its request headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default time a client may leave response bytes unread: nginx's `send_timeout` is 60 s;
@@ -193,7 +193,7 @@ pub struct HostSettings {
     pub warm_idle_secs: Option<u64>,
     /// A function idle this long has its code unloaded: its next request loads it from its
     /// artifact (a cold start from disk); 0 keeps code loaded for good, in seconds
-    /// [default: 0]
+    /// [default: 600]
     #[arg(long, env = "THAW_UNLOAD_IDLE_SECS", value_name = "SECS")]
     pub unload_idle_secs: Option<u64>,
     /// Answer deploys with code from Winch, the baseline compiler (compiles several times

@@ -11,8 +11,9 @@
 //!   etcd, the second computed on top of the first, never lost.
 //! - `members/<node>`: a node's address, capacity and engine compatibility key, under the
 //!   node's lease; a node that dies leaves the list when its lease expires (`--cluster-ttl`).
-//! - `ready/<name>/v<version>/<node>`: the node can serve that version (its code is loaded),
-//!   under the node's lease. `thaw deploy --wait N` waits for N of them.
+//! - `ready/<name>/v<version>/<node>`: the node can serve that version (its code is loaded, or
+//!   was and was unloaded for idleness), under the node's lease. `thaw deploy --wait N` waits
+//!   for N of them.
 //! - `artifacts/<engine key>/<digest>`: the sha256 of the compiled artifact of that code,
 //!   published by the node that compiled it before the record that needs it is committed.
 //!
@@ -400,7 +401,7 @@ impl Cluster {
             for version in set.versions() {
                 let generation = version.record.generation;
                 let serving = set.traffic().percent(generation).is_some_and(|p| p > 0);
-                if serving && version.loaded().is_some() {
+                if serving && version.ready() {
                     ready.push((
                         self.ready_key(name, generation),
                         version.record.digest.clone(),

@@ -562,30 +562,33 @@ impl Platform {
         }
     }
 
-    /// Replaces each of `functions` by an unloaded copy, if it is still in the registry.
-    async fn unload_idle(&self, functions: Vec<Arc<Function>>) {
+    /// Replaces each of `functions` by an unloaded copy, if it is still in the registry, in
+    /// one change of the registry.
+    async fn unload_idle(&self, mut functions: Vec<Arc<Function>>) {
+        // Held only by the registry's set and this batch: no request is running on it now (a
+        // request holds its version). One that starts before the swap keeps the loaded copy
+        // it was given. Judged before any new set is built, since a set holds its versions.
+        functions.retain(|function| Arc::strong_count(function) <= 2);
         let guard = self.write_lock.lock().await;
-        let mut unloaded = 0usize;
+        // A function's new set, built on the last one for the same name: two idle versions of
+        // one split are both replaced.
+        let mut sets: HashMap<Arc<str>, VersionSet> = HashMap::new();
         for function in functions {
-            // Held only by the registry's set and this batch: no request is running on it
-            // now (a request holds its version), and none can start without the registry.
-            if Arc::strong_count(&function) > 2 {
-                continue;
-            }
-            let copy = Function::unloaded(function.record.clone(), &self.defaults)
+            let mut copy = Function::unloaded(function.record.clone(), &self.defaults)
                 .with_state_of(&function);
-            let Some(set) = self
-                .registry
-                .get(&function.name)
-                .and_then(|set| set.with_replaced(&function, Arc::new(copy)))
-            else {
-                continue;
+            copy.unloaded_when_idle = true;
+            let replaced = match sets.get(&function.name) {
+                Some(set) => set.with_replaced(&function, Arc::new(copy)),
+                None => self
+                    .registry
+                    .get(&function.name)
+                    .and_then(|set| set.with_replaced(&function, Arc::new(copy))),
             };
-            match self.registry.insert(Arc::new(set)) {
-                Ok(_) => unloaded += 1,
-                Err(e) => tracing::warn!(function = %function.name, "could not unload: {e}"),
+            if let Some(set) = replaced {
+                sets.insert(function.name.clone(), set);
             }
         }
+        let unloaded = self.registry.replace_all(sets.into_values().map(Arc::new));
         drop(guard);
         if unloaded > 0 {
             tracing::info!(unloaded, "idle functions' code unloaded");

@@ -453,3 +453,91 @@ async fn an_older_revision_changes_nothing() {
         .expect("answers what serves");
     assert_eq!(set.traffic(), &TrafficSplit::single(2));
 }
+
+/// Idle versions are unloaded in one change of the registry: every version of a split, each
+/// keeping its counters and its concurrency gate, still routed and still announced as ready;
+/// a version a request holds is left loaded.
+#[tokio::test]
+async fn idle_versions_are_unloaded_together_keeping_their_state() {
+    let host = host();
+    let mut gated = on("/f");
+    gated.limits.max_concurrency = Some(2);
+    host.platform
+        .deploy("f", gated.clone(), code("one"))
+        .await
+        .expect("deploys");
+    host.platform
+        .deploy("f", gated, code("two"))
+        .await
+        .expect("redeploys");
+    host.platform
+        .set_traffic("f", split(&[(1, 50), (2, 50)]))
+        .await
+        .expect("splits");
+    host.deploy("g", "/g", "three").await;
+    host.deploy("busy", "/busy", "four").await;
+
+    let before = host.platform.versions("f").expect("deployed");
+    assert!(before.versions().iter().all(|v| v.loaded().is_some()));
+    // What the versions' copies must share, held apart from the versions themselves (a
+    // version held by anything but the registry and the batch is not unloaded).
+    let shared: Vec<_> = before
+        .versions()
+        .iter()
+        .map(|v| (v.stats.clone(), v.gate.clone().expect("a gate")))
+        .collect();
+    let mut idle: Vec<_> = before.versions().to_vec();
+    drop(before);
+    idle.push(
+        host.platform
+            .versions("g")
+            .expect("deployed")
+            .primary()
+            .clone(),
+    );
+    // As a request running on it holds its version.
+    let running = host
+        .platform
+        .versions("busy")
+        .expect("deployed")
+        .primary()
+        .clone();
+    idle.push(running.clone());
+    host.platform.unload_idle(idle).await;
+
+    let after = host.platform.versions("f").expect("still deployed");
+    assert_eq!(host.served("f").1, split(&[(1, 50), (2, 50)]));
+    for (new, (stats, gate)) in after.versions().iter().zip(&shared) {
+        assert!(
+            new.loaded().is_none(),
+            "v{} unloaded",
+            new.record.generation
+        );
+        assert!(new.ready(), "an idle-unloaded version is still ready");
+        assert!(Arc::ptr_eq(stats, &new.stats), "one set of counters");
+        assert!(
+            Arc::ptr_eq(gate, new.gate.as_ref().unwrap()),
+            "one concurrency gate"
+        );
+    }
+    assert!(
+        host.platform
+            .versions("g")
+            .unwrap()
+            .primary()
+            .loaded()
+            .is_none()
+    );
+    let busy = host.platform.versions("busy").unwrap();
+    assert!(
+        Arc::ptr_eq(busy.primary(), &running),
+        "a held version stays"
+    );
+    // The route table was rebuilt with the new sets.
+    let routed = host.platform.registry().route(None, "/f").expect("routed");
+    assert!(Arc::ptr_eq(&routed, &after));
+    // A version that was never loaded is not ready.
+    let record = after.versions()[0].record.clone();
+    let fresh = crate::function::Function::unloaded(record, &LimitDefaults::default());
+    assert!(!fresh.ready());
+}

@@ -234,8 +234,10 @@ pub struct Function {
     /// Request counters; shared by the copies of one version (a tier-up, an unload), so
     /// they count the version, not one loading of its code.
     pub stats: Arc<FunctionStats>,
-    /// The concurrency limit, if the function has one.
-    pub gate: Option<ConcurrencyGate>,
+    /// The concurrency limit, if the function has one; shared by the version's copies (a
+    /// tier-up, an unload), so a response still streaming from the old copy holds its
+    /// place against the new one's requests.
+    pub gate: Option<Arc<ConcurrencyGate>>,
     /// Its rate limits (none unless its limits set a rate); shared by the version's copies
     /// (a tier-up, a reload), so they share buckets.
     pub rate: Arc<crate::rate::RateLimits>,
@@ -267,6 +269,9 @@ pub struct Function {
     pub redis: Option<crate::guest::redis::GuestRedis>,
     /// A WASIp3 function's workers, made by its first request (see [`service`]).
     pub service: std::sync::OnceLock<service::ServiceHandler>,
+    /// Its code was loaded here and unloaded for idleness (see [`Function::look_idle`]): the
+    /// host has shown it can load it, and its next request does so again.
+    pub unloaded_when_idle: bool,
     /// Cancelled when this function is dropped (removed, replaced, unloaded, and its last
     /// request done): its idle WASIp3 workers end then, giving back their instance slots.
     pub retired: tokio_util::sync::CancellationToken,
@@ -309,7 +314,7 @@ impl Function {
                 .collect(),
             deadline_ticks: ThawEngine::ticks_for(limits.timeout),
             reuse: record.spec.reuse.as_ref().map(ReuseSpec::resolve),
-            gate: ConcurrencyGate::new(&limits),
+            gate: ConcurrencyGate::new(&limits).map(Arc::new),
             rate: Arc::new(crate::rate::RateLimits::new(&limits)),
             assets: None,
             // Validated at deploy; a record edited by hand to something invalid denies all.
@@ -332,6 +337,7 @@ impl Function {
             postgres: None,
             redis: None,
             service: std::sync::OnceLock::new(),
+            unloaded_when_idle: false,
             retired: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -380,7 +386,8 @@ impl Function {
 
     /// This function with what belongs to the version rather than to its code taken from
     /// `other` (the same version, loaded differently): its log, its resolved configuration,
-    /// its key-value access, its counters, its rate limiters' buckets and its assets.
+    /// its key-value access, its counters, its concurrency gate, its rate limiters' buckets
+    /// and its assets.
     pub fn with_state_of(mut self, other: &Function) -> Self {
         self.log = other.log.clone();
         self.config = other.config.clone();
@@ -391,6 +398,7 @@ impl Function {
         self.sql = other.sql.clone();
         self.postgres = other.postgres.clone();
         self.redis = other.redis.clone();
+        self.gate = other.gate.clone();
         self.rate = other.rate.clone();
         self.assets = other.assets.clone();
         self
@@ -468,6 +476,13 @@ impl Function {
         self.loaded.get()
     }
 
+    /// Whether this host is ready to serve the function without first proving it can load
+    /// its code: it is loaded, or it was and was unloaded only for idleness. What a cluster
+    /// node announces as ready.
+    pub fn ready(&self) -> bool {
+        self.unloaded_when_idle || self.loaded().is_some()
+    }
+
     /// One look of the idle task at a loaded function: after `trim_after` idle (its warm
     /// pool drained: an instance reads the image), its image is trimmed (see [`trim`]); after
     /// `unload_after`, the answer asks for its code to be unloaded.
@@ -532,8 +547,8 @@ impl Function {
             requests: self.stats.requests.load(Ordering::Relaxed),
             failures: self.stats.failures.load(Ordering::Relaxed),
             limit_hits: self.stats.limit_hits.by_name(),
-            running: self.gate.as_ref().map(ConcurrencyGate::running),
-            queued: self.gate.as_ref().map(ConcurrencyGate::waiting),
+            running: self.gate.as_deref().map(ConcurrencyGate::running),
+            queued: self.gate.as_deref().map(ConcurrencyGate::waiting),
             starts: self.starts.by_kind(),
             start_us,
             handler_us,
