@@ -201,6 +201,12 @@ pub struct HostSettings {
     /// background [default: false]
     #[arg(long, env = "THAW_FAST_DEPLOY", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
     pub fast_deploy: Option<bool>,
+    /// Move a source function that serves 5 requests a second or more onto its snapshot
+    /// (its engine with its program loaded, compiled in the background; seconds of CPU and
+    /// tens of MB of disk per function), so that its instances start without loading it
+    /// [default: true]
+    #[arg(long, env = "THAW_SOURCE_SNAPSHOTS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub source_snapshots: Option<bool>,
     /// Keep Cranelift's incremental compilation cache in the data directory
     /// (compile-cache.redb): a function that shares most of its code with one compiled
     /// before (the same JS or Python runtime) compiles mostly from it [default: true]
@@ -517,6 +523,7 @@ impl ServeArgs {
                 },
                 server_timing: s.server_timing.unwrap_or(true),
                 fast_deploy: s.fast_deploy.unwrap_or(false),
+                source_snapshots: s.source_snapshots.unwrap_or(true),
                 compile_cache: s.compile_cache.unwrap_or(true),
                 traces: None,
                 keep_versions: s
@@ -868,6 +875,7 @@ mod tests {
                 p.pool.unload_after.map_or(0, |d| d.as_secs()).to_string(),
             ),
             ("fast_deploy", p.fast_deploy.to_string()),
+            ("source_snapshots", p.source_snapshots.to_string()),
             ("compile_cache", p.compile_cache.to_string()),
             ("keep_versions", p.keep_versions.to_string()),
             (

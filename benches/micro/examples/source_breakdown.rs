@@ -1,7 +1,10 @@
 //! Where a source function's start goes, phase by phase, in-process: the deploy's
 //! validation (`prepare`: parse, rewrite, evaluate), then per instance the engine's
 //! instantiation and the program's `load`, and, beside them, the instantiation of a component
-//! built from the same language (the component path's only per-instance phase).
+//! built from the same language (the component path's only per-instance phase). Then the
+//! snapshot a source function could tier up to ([`thaw_runtime::source::snapshot`]): what
+//! taking it costs (on the baseline compiler's engine, and on Cranelift's), what compiling
+//! the result costs, and what instantiating it costs per instance.
 //!
 //! `cargo run --release -p thaw-benches --example source_breakdown -- ENGINE.wasm SOURCE [COMPONENT.wasm [ROUNDS]]`
 //!
@@ -30,6 +33,9 @@ struct Subject<'a> {
     language_engine: &'a LanguageEngine,
     bundle: &'a Bundle,
     peer: Option<&'a ProxyPre<ProxyHost>>,
+    /// The engine's wasm, for the snapshot.
+    engine_wasm: &'a [u8],
+    linkers: &'a Linkers,
 }
 
 fn main() {
@@ -68,6 +74,8 @@ fn main() {
         language_engine: &language_engine,
         bundle: &bundle,
         peer: peer.as_ref().map(|(_, pre)| pre),
+        engine_wasm: &std::fs::read(&engine_path).expect("the engine's wasm"),
+        linkers: &linkers,
     };
     let phases = measure(&subject, rounds);
     report(&source_path, &bundle, rounds, phases);
@@ -110,6 +118,8 @@ fn measure(subject: &Subject<'_>, rounds: usize) -> Phases {
         language_engine,
         bundle,
         peer,
+        engine_wasm,
+        linkers,
     } = subject;
     let store = || thaw_runtime::guest::proxy_store(engine.engine(), &function.guest());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -155,6 +165,49 @@ fn measure(subject: &Subject<'_>, rounds: usize) -> Phases {
                 peer.instantiate_async(&mut s).await.expect("instantiate");
                 time("component: instantiation", started.elapsed());
             }
+        }
+        // The snapshot: a few rounds, each some seconds.
+        let fast = ThawEngine::new_fast_tier(&thaw_benches::engine_options(true)).expect("winch");
+        let memory = function.limits.memory_bytes;
+        let mut snapshot = Vec::new();
+        for (name, on) in [
+            ("tier-up: snapshot on Winch's engine", &fast),
+            ("tier-up: snapshot on Cranelift's engine", *engine),
+        ] {
+            for _ in 0..3 {
+                let started = Instant::now();
+                snapshot = thaw_runtime::source::snapshot::snapshot(
+                    on.engine(),
+                    engine_wasm,
+                    &program,
+                    &function.env,
+                    function.limits.timeout,
+                    memory,
+                )
+                .await
+                .expect("snapshot");
+                time(name, started.elapsed());
+            }
+        }
+        println!(
+            "snapshot: {} bytes (the engine: {} bytes)",
+            snapshot.len(),
+            engine_wasm.len()
+        );
+        let mut component = None;
+        for _ in 0..3 {
+            let started = Instant::now();
+            component = Some(Component::new(engine.engine(), &snapshot).expect("compile"));
+            time("tier-up: compile the snapshot", started.elapsed());
+        }
+        let component = component.expect("compiled");
+        let pre = ProxyPre::new(linkers.proxy.instantiate_pre(&component).expect("link"))
+            .expect("a proxy");
+        for _ in 0..rounds {
+            let mut s = store();
+            let started = Instant::now();
+            pre.instantiate_async(&mut s).await.expect("instantiate");
+            time("snapshot: instantiation", started.elapsed());
         }
     });
     phases

@@ -84,6 +84,7 @@ impl BenchPlatform {
             },
             server_timing: setup.server_timing,
             fast_deploy: setup.fast_deploy,
+            source_snapshots: false,
             compile_cache: false,
             traces: None,
             keep_versions: thaw_runtime::control::DEFAULT_KEEP_VERSIONS,

@@ -396,6 +396,11 @@ async fn source_setups(
     }
 }
 
+/// The host flag of a source function's rows on its engine: without it, traffic moves the
+/// function onto its snapshot (`--source-snapshots`, on by default), and the rows measure
+/// that.
+const ENGINE_ONLY: &str = "--source-snapshots=false";
+
 /// One source language's rows: their prefix, the template, and its engine's file.
 struct SourceRows {
     prefix: &'static str,
@@ -430,18 +435,27 @@ async fn source_start_rows(
     let (prefix, language, files) = (*prefix, *language, *files);
     let missing = || rows.missing();
     let engines = env.engines.display().to_string();
-    let engine_args = ["--engines", engines.as_str()];
+    let engine_args = ["--engines", engines.as_str(), ENGINE_ONLY];
+    let snapshot_args = ["--engines", engines.as_str()];
     let bundle = source::bundle(language, files, "fn");
-    for (setup, loaded, start) in [
+    for (setup, loaded, start, args) in [
         (
             "thaw, cold from disk",
             false,
             "the request (source on disk, engine loaded, function not)",
+            &engine_args[..],
         ),
         (
             "thaw, first request after start",
             true,
             "the request (program loaded at start, no instance yet)",
+            &engine_args[..],
+        ),
+        (
+            "thaw, cold from disk on its snapshot",
+            false,
+            "the request (its snapshot's artifact on disk, after its tier-up)",
+            &snapshot_args[..],
         ),
     ] {
         let name = format!("{prefix}: {setup}");
@@ -450,17 +464,8 @@ async fn source_start_rows(
         }
         let result = if built.is_file() {
             let bar = progress(&name, counts.thaw);
-            let scratch = format!("source-{language}-{loaded}");
-            let result = thaw_cold(
-                env,
-                &bundle,
-                &scratch,
-                counts.thaw,
-                loaded,
-                &engine_args,
-                &bar,
-            )
-            .await;
+            let scratch = format!("source-{language}-{loaded}-{}", args.len());
+            let result = thaw_cold(env, &bundle, &scratch, counts.thaw, loaded, args, &bar).await;
             bar.finish_and_clear();
             result
         } else {
@@ -505,7 +510,8 @@ async fn source_warm_rows(
 ) {
     let (prefix, language, built) = (rows.prefix, rows.language, &rows.built);
     let engines = env.engines.display().to_string();
-    let engine_args = ["--engines", engines.as_str()];
+    let engine_args = ["--engines", engines.as_str(), ENGINE_ONLY];
+    let snapshot_args = ["--engines", engines.as_str()];
     let bundle = source::bundle(language, rows.files, "fn");
     let missing = || rows.missing();
     let component = source::component_prefix(language);
@@ -515,6 +521,11 @@ async fn source_warm_rows(
             format!("{prefix}: thaw, warm (pool hit)"),
             built.is_file().then(|| bundle.clone()).ok_or_else(missing),
             &engine_args[..],
+        ),
+        (
+            format!("{prefix}: thaw, warm (pool hit) on its snapshot"),
+            built.is_file().then(|| bundle.clone()).ok_or_else(missing),
+            &snapshot_args[..],
         ),
         (
             format!("{component}: thaw, warm (pool hit)"),
@@ -784,6 +795,9 @@ async fn thaw_cold(
     // A source function's engine is the host's, not the function's: it is loaded (by a first
     // request to another function) before the samples, which measure the function's start.
     let source = host_args.contains(&"--engines");
+    // A source function's rows on its snapshot: the host's default, where traffic moves it
+    // there; the rows on its engine turn that off.
+    let snapshot = source && !host_args.contains(&ENGINE_ONLY);
     let batch = n.clamp(1, 50);
     let data = env.scratch.join(scratch);
     let mut args: Vec<&str> = host_args.to_vec();
@@ -801,6 +815,11 @@ async fn thaw_cold(
         host.admin
             .deploy("engine", &at("engine"), wasm.to_vec().into())
             .await?;
+    }
+    if snapshot {
+        // Every function of the batch runs the same program on the same engine: one
+        // snapshot, which each loads from the artifact cache after the restarts.
+        host.wait_for_snapshot("cold-0").await?;
     }
     let mut samples = Vec::with_capacity(n);
     while samples.len() < n {
@@ -908,6 +927,9 @@ async fn thaw_warm(
         .await?;
     for _ in 0..20 {
         host.get("/hello")?;
+    }
+    if host_args.contains(&"--engines") && !host_args.contains(&ENGINE_ONLY) {
+        host.wait_for_snapshot("hello").await?;
     }
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
@@ -1404,7 +1426,10 @@ async fn language_servers(env: &Env) -> Vec<(String, anyhow::Result<LoadTarget>)
         ));
     }
 
-    for (prefix, language, files) in source::SOURCES {
+    for ((prefix, language, files), snapshot) in
+        source::SOURCES.iter().flat_map(|s| [(s, false), (s, true)])
+    {
+        let (prefix, language, files) = (*prefix, *language, *files);
         let started = async {
             let built = env.engines.join(format!("{language}.wasm"));
             anyhow::ensure!(
@@ -1413,11 +1438,20 @@ async fn language_servers(env: &Env) -> Vec<(String, anyhow::Result<LoadTarget>)
                 built.display()
             );
             let engines = env.engines.display().to_string();
-            let data = env.scratch.join(format!("throughput-source-{language}"));
-            let host = ThawHost::start(&env.thaw, &data, &["--engines", &engines])?;
+            let data = env
+                .scratch
+                .join(format!("throughput-source-{language}-{snapshot}"));
+            let mut args = vec!["--engines", engines.as_str()];
+            if !snapshot {
+                args.push(ENGINE_ONLY);
+            }
+            let host = ThawHost::start(&env.thaw, &data, &args)?;
             host.admin
                 .deploy("f", &at("f"), source::bundle(language, files, "f").into())
                 .await?;
+            if snapshot {
+                host.wait_for_snapshot("f").await?;
+            }
             let url = format!("http://{}/f", host.addr);
             Ok(LoadTarget {
                 _host: Some(host),
@@ -1426,7 +1460,12 @@ async fn language_servers(env: &Env) -> Vec<(String, anyhow::Result<LoadTarget>)
             })
         }
         .await;
-        language_servers.push((format!("{prefix}: thaw"), started));
+        let row = if snapshot {
+            format!("{prefix}: thaw, on its snapshot")
+        } else {
+            format!("{prefix}: thaw")
+        };
+        language_servers.push((row, started));
     }
     language_servers
 }

@@ -166,6 +166,21 @@ impl ThawHost {
         anyhow::bail!("{functions} functions were not loaded within 120 s")
     }
 
+    /// Sends `GET /name` about 50 times a second (a source function's tier-up needs 5) until
+    /// function `name` serves its snapshot (bounded at 300 s: taking and compiling one is
+    /// seconds of CPU).
+    pub async fn wait_for_snapshot(&self, name: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline {
+            self.get(&format!("/{name}"))?;
+            if self.admin.get(name).await?.loaded_from.as_deref() == Some("snapshot") {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("{name} did not tier up to its snapshot within 300 s")
+    }
+
     /// A timed `GET path` on a fresh connection.
     pub fn get(&self, path: &str) -> anyhow::Result<Sample> {
         let start = Instant::now();

@@ -152,6 +152,7 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
         &[("THAW_SECRET_ORDERS_DB", url)],
     );
     modules_settings_and_state_answer(&server).await;
+    a_busy_function_tiers_up_to_its_snapshot(&server).await;
     sql_answers_from_both_languages(&server).await;
     if postgres.is_some() {
         postgres_answers_from_both_languages(&server).await;
@@ -209,6 +210,54 @@ async fn an_engine_upgrade_moves_only_what_is_redeployed(
     assert!(old[0]["language"].is_null(), "{engines:?}");
     // hello-js and js-0..js-99 but js-7's new version (its v1 is kept, on the old engine).
     assert_eq!(functions(old[0]), 101, "{engines:?}");
+}
+
+/// A source function under steady traffic moves onto its snapshot (its engine with its
+/// program loaded, compiled for it), in the background, and answers as before: the same
+/// text, its state where it was, its counters kept. A restart loads the snapshot (checked in
+/// `a_hundred_per_language_answer_after_a_kill`).
+async fn a_busy_function_tiers_up_to_its_snapshot(server: &TestServer) {
+    let before = server.admin().get("hello-js").await.unwrap();
+    assert_eq!(before["loaded_from"], "artifact", "on its engine: {before}");
+    let requests_before = before["requests"].as_u64().unwrap();
+    let mut calls = 2;
+    let started = std::time::Instant::now();
+    loop {
+        // Steady traffic, above the tier-up's rate (5 a second), light enough to leave the
+        // snapshot's compile the CPU.
+        calls += 1;
+        let response = server.get("/hello-js?name=busy").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.text().await.unwrap(),
+            format!("Hi, busy! ({calls}, !)\n"),
+            "the same answer on the engine and on the snapshot"
+        );
+        let info = server.admin().get("hello-js").await.unwrap();
+        if info["loaded_from"] == "snapshot" {
+            assert_eq!(info["kind"], "source", "{info}");
+            assert_eq!(
+                info["requests"].as_u64().unwrap(),
+                requests_before + calls - 2,
+                "its counters are kept: {info}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no tier-up after {calls} requests: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // On the snapshot: the same answers, state carried on.
+    for _ in 0..3 {
+        calls += 1;
+        let response = server.get("/hello-js?name=busy").await;
+        assert_eq!(
+            response.text().await.unwrap(),
+            format!("Hi, busy! ({calls}, !)\n")
+        );
+    }
 }
 
 /// A JS project of two modules and a Python package, with a setting and state.
@@ -628,6 +677,11 @@ async fn a_hundred_per_language_answer_after_a_kill(server: &mut TestServer) {
         assert_eq!(response.status(), 200, "{name}");
         assert_eq!(response.text().await.unwrap(), format!("{name}\n"));
     }
+    // The function that tiered up starts from its snapshot's artifact after the restart.
+    let response = server.get("/hello-js?name=again").await;
+    assert_eq!(response.status(), 200);
+    let info = server.admin().get("hello-js").await.unwrap();
+    assert_eq!(info["loaded_from"], "snapshot", "{info}");
     let status = server.admin().status().await.unwrap();
     assert_eq!(
         status["compilations"], 0,

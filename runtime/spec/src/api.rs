@@ -253,6 +253,13 @@ pub struct HostStatus {
     pub fast_deploy: bool,
     /// Fast-tier functions still waiting for Cranelift's code.
     pub tier_ups_pending: usize,
+    /// Source functions moved onto their snapshots since start-up.
+    #[serde(default)]
+    pub source_snapshots: u64,
+    /// Source functions' snapshots that failed since start-up (their functions stay on
+    /// their engines; the log says why).
+    #[serde(default)]
+    pub source_snapshot_failures: u64,
     /// Whether guests are fuel-metered.
     pub fuel_metering: bool,
     /// Connections closed for sending their headers too slowly.

@@ -112,6 +112,9 @@ impl Collector {
                 keep.insert(function.record.digest.clone());
                 keep.insert(function.record.code_digest().to_owned());
                 keep.extend(function.record.engine.clone());
+                // A source version's snapshot, which no record names (each host takes its
+                // own, see `crate::source::snapshot`).
+                keep.extend(function.record.snapshot_key());
                 keep.extend(
                     function
                         .record
@@ -144,7 +147,15 @@ impl Collector {
                 .ok()
                 .and_then(|bytes| VersionsRecord::from_json(&bytes).ok());
             match record {
-                Some(record) => keep.extend(record.digests().map(str::to_owned)),
+                Some(record) => {
+                    keep.extend(record.digests().map(str::to_owned));
+                    keep.extend(
+                        record
+                            .versions
+                            .iter()
+                            .filter_map(crate::function::FunctionRecord::snapshot_key),
+                    );
+                }
                 None => {
                     tracing::warn!(path = %path.display(), "not collecting unreferenced code: a function record cannot be read");
                     return Ok(None);

@@ -1,9 +1,10 @@
 //! The control plane: what is deployed and how it changes. [`Platform`] composes the engine,
 //! the artifact cache, the [`registry`], the data directory and the request path's
 //! [`InvokeContext`]; [`deploy`] changes what is served (deploy, rollback, traffic splits,
-//! promotion, tier-up, removal, garbage collection); [`versions`] is what a function is: its
-//! kept versions and the split between them. The listeners in [`crate::http`] are thin layers over this type, and tests
-//! and benchmarks drive it directly.
+//! promotion, tier-up, removal, garbage collection); [`source_tier`] moves source functions
+//! with traffic onto their snapshots; [`versions`] is what a function is: its kept versions
+//! and the split between them. The listeners in [`crate::http`] are thin layers over this
+//! type, and tests and benchmarks drive it directly.
 
 pub mod coordinator;
 pub mod deploy;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod garbage;
 pub mod local;
 pub mod registry;
+pub mod source_tier;
 pub mod versions;
 
 #[cfg(test)]
@@ -64,6 +66,8 @@ pub struct PlatformConfig {
     /// Answer deploys with code from the fast tier (Winch) and swap in Cranelift's code in
     /// the background.
     pub fast_deploy: bool,
+    /// Move source functions with traffic onto their snapshots (see [`source_tier`]).
+    pub source_snapshots: bool,
     /// Keep Cranelift's incremental compilation cache in the data directory (see
     /// [`crate::engine::compile_cache`]).
     pub compile_cache: bool,
@@ -142,6 +146,8 @@ pub struct Platform {
     fast: Option<Linking>,
     /// Fast-tier functions whose Cranelift code is still being compiled.
     tier_ups_pending: AtomicUsize,
+    /// Source functions' tier-up to their snapshots.
+    source_tier: source_tier::SourceTier,
     registry: Registry,
     data: DataDir,
     defaults: LimitDefaults,
@@ -222,11 +228,10 @@ impl Platform {
             crate::source::Engines::open(config.engines.as_deref(), &data)
                 .context("opening the language engines")?,
         );
-        let loader = Arc::new(Loader::new(
-            Linking::new(engine.clone())?,
-            cache,
-            engines.clone(),
-        ));
+        let loader = Arc::new(
+            Loader::new(Linking::new(engine.clone())?, cache, engines.clone())
+                .with_source_snapshots(config.source_snapshots),
+        );
         let garbage = garbage::Collector {
             records: data.functions_dir(),
             wasm: data.wasm_dir(),
@@ -255,6 +260,7 @@ impl Platform {
         let mut platform = Self {
             fast,
             tier_ups_pending: AtomicUsize::new(0),
+            source_tier: source_tier::SourceTier::new(config.source_snapshots),
             slow_clients: Default::default(),
             stalled_readers: Default::default(),
             garbage,
@@ -455,6 +461,13 @@ impl Platform {
                 _ => Some(f.record.code_digest().to_owned()),
             })
             .chain(engines.iter().cloned())
+            // Snapshots this host took (only those on disk: most source functions have none).
+            .chain(
+                self.serving()
+                    .iter()
+                    .filter_map(|f| f.record.snapshot_key())
+                    .filter(|key| self.cache().has_artifact(key)),
+            )
             .collect();
         digests.sort();
         digests.dedup();
@@ -521,7 +534,8 @@ impl Platform {
     /// `--unload-idle-secs` has its code unloaded (an unloaded copy, same record and state,
     /// takes its place, as for a version that leaves a split), so that it costs its record
     /// and counters, not wasmtime's metadata of its code; its next request loads it from
-    /// its artifact. Ends with the platform.
+    /// its artifact. The same look starts the tier-up of a source function that has become
+    /// busy ([`source_tier`]). Ends with the platform.
     async fn watch_idle(platform: std::sync::Weak<Self>) {
         use crate::function::{Idle, trim};
         // At least a second: a host with warm pools off (an idle timeout of 0) would otherwise
@@ -547,6 +561,7 @@ impl Platform {
             let mut trimmed = 0;
             let mut unload = Vec::new();
             for function in platform.serving() {
+                platform.consider_source_tier_up(&function);
                 match function.look_idle(idle, unload_after) {
                     Idle::No => {}
                     Idle::Trimmed => trimmed += 1,
@@ -565,11 +580,12 @@ impl Platform {
     /// Replaces each of `functions` by an unloaded copy, if it is still in the registry, in
     /// one change of the registry.
     async fn unload_idle(&self, mut functions: Vec<Arc<Function>>) {
+        let guard = self.write_lock.lock().await;
         // Held only by the registry's set and this batch: no request is running on it now (a
         // request holds its version). One that starts before the swap keeps the loaded copy
-        // it was given. Judged before any new set is built, since a set holds its versions.
+        // it was given. Judged under the lock (a deploy may have held it a while) and before
+        // any new set is built, since a set holds its versions.
         functions.retain(|function| Arc::strong_count(function) <= 2);
-        let guard = self.write_lock.lock().await;
         // A function's new set, built on the last one for the same name: two idle versions of
         // one split are both replaced.
         let mut sets: HashMap<Arc<str>, VersionSet> = HashMap::new();
@@ -723,6 +739,8 @@ impl Platform {
                 .map(|c| c.stats().misses.load(Ordering::Relaxed)),
             fast_deploy: self.fast.is_some(),
             tier_ups_pending: self.tier_ups_pending.load(Ordering::Relaxed),
+            source_snapshots: self.source_tier.done.load(Ordering::Relaxed),
+            source_snapshot_failures: self.source_tier.failures.load(Ordering::Relaxed),
             fuel_metering: engine.options().fuel_metering,
             slow_clients_closed: self.slow_clients.load(Ordering::Relaxed),
             stalled_readers_closed: self.stalled_readers.load(Ordering::Relaxed),

@@ -51,6 +51,7 @@ fn open(dir: tempfile::TempDir, keep_versions: usize) -> Host {
         },
         server_timing: false,
         fast_deploy: false,
+        source_snapshots: false,
         compile_cache: false,
         traces: None,
         keep_versions,

@@ -142,6 +142,9 @@ pub enum Origin {
     /// Compiled by the fast tier (Winch) at deploy, not persisted; replaced by Cranelift's
     /// code in the background (`--fast-deploy`).
     FastTier,
+    /// A source function's snapshot (its engine with its program loaded, see
+    /// [`crate::source::snapshot`]), deserialized from its artifact on disk.
+    Snapshot,
 }
 
 impl Origin {
@@ -151,6 +154,7 @@ impl Origin {
             Origin::Artifact => "artifact",
             Origin::Compiled => "compiled",
             Origin::FastTier => "fast_tier",
+            Origin::Snapshot => "snapshot",
         }
     }
 }
@@ -205,6 +209,11 @@ impl ArtifactCache {
     /// The cache's counters.
     pub fn stats(&self) -> &CacheStats {
         &self.stats
+    }
+
+    /// Whether an artifact for `digest` is on disk (checked or not).
+    pub fn has_artifact(&self, digest: &str) -> bool {
+        self.artifact_path(digest).is_file()
     }
 
     fn artifact_path(&self, digest: &str) -> PathBuf {

@@ -71,6 +71,21 @@ impl FunctionRecord {
     pub fn code_digest(&self) -> &str {
         self.code_digest.as_deref().unwrap_or(&self.digest)
     }
+
+    /// A source version's snapshot key ([`crate::source::snapshot::key`]); `None` for any
+    /// other kind.
+    pub fn snapshot_key(&self) -> Option<String> {
+        let engine = self
+            .engine
+            .as_deref()
+            .filter(|_| self.kind == Kind::Source)?;
+        Some(crate::source::snapshot::key(
+            engine,
+            self.code_digest(),
+            &self.spec.env,
+            self.spec.limits.memory_mib,
+        ))
+    }
 }
 
 /// The pre-instantiated form of a function's code: everything but the store.
@@ -269,6 +284,8 @@ pub struct Function {
     pub redis: Option<crate::guest::redis::GuestRedis>,
     /// A WASIp3 function's workers, made by its first request (see [`service`]).
     pub service: std::sync::OnceLock<service::ServiceHandler>,
+    /// How busy it has been, for a source function's tier-up to its snapshot.
+    pub heat: crate::source::snapshot::Heat,
     /// Its code was loaded here and unloaded for idleness (see [`Function::look_idle`]): the
     /// host has shown it can load it, and its next request does so again.
     pub unloaded_when_idle: bool,
@@ -337,6 +354,7 @@ impl Function {
             postgres: None,
             redis: None,
             service: std::sync::OnceLock::new(),
+            heat: Default::default(),
             unloaded_when_idle: false,
             retired: tokio_util::sync::CancellationToken::new(),
         }
@@ -644,6 +662,8 @@ pub struct Loader {
     linking: Linking,
     cache: Arc<ArtifactCache>,
     engines: Arc<Engines>,
+    /// Whether source functions load their snapshots (`--source-snapshots`).
+    source_snapshots: bool,
 }
 
 impl Loader {
@@ -653,7 +673,14 @@ impl Loader {
             linking,
             cache,
             engines,
+            source_snapshots: true,
         }
+    }
+
+    /// This loader, loading source functions' snapshots or not.
+    pub fn with_source_snapshots(mut self, on: bool) -> Self {
+        self.source_snapshots = on;
+        self
     }
 
     /// The host's language engines.
@@ -698,6 +725,30 @@ impl Loader {
                 .engine
                 .as_deref()
                 .ok_or_else(|| anyhow::anyhow!("a source function's record names no engine"))?;
+            // The function's snapshot, if its traffic made this host take one: an instance
+            // of it starts with the program loaded (see `crate::source::snapshot`).
+            let snapshot = record.snapshot_key().filter(|_| self.source_snapshots);
+            let found =
+                snapshot.and_then(|key| self.cache.load_existing(Kind::Component, &key).ok());
+            if let Some((compiled, _)) = found {
+                let image = trim::Image::from_artifact(compiled.image_range());
+                match self.linking.link(compiled) {
+                    Ok(code @ Code::Proxy(_)) => {
+                        tracing::info!(function = %function.name, "loaded its snapshot");
+                        return Ok(Loaded {
+                            code,
+                            origin: Origin::Snapshot,
+                            image: Some(image),
+                        });
+                    }
+                    Ok(_) => {
+                        tracing::warn!(function = %function.name, "its snapshot is not a wasi:http proxy; loading the source")
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %function.name, "its snapshot does not link ({e}); loading the source")
+                    }
+                }
+            }
             let engine = self.engine(engine)?;
             let program = std::fs::read_to_string(self.cache.data().wasm(record.code_digest()))
                 .context("reading the function's program")?;
@@ -750,7 +801,7 @@ impl Loader {
             })
             .await?;
         let kind = match loaded.origin {
-            Origin::Artifact => StartKind::Disk,
+            Origin::Artifact | Origin::Snapshot => StartKind::Disk,
             Origin::Compiled | Origin::FastTier => StartKind::Compile,
         };
         Ok((loaded, waited.then(|| (kind, started.elapsed()))))

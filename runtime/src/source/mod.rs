@@ -19,14 +19,18 @@
 //! per host and its code shared (one `Component`, one `InstancePre`); a deploy is a parse and
 //! an evaluation, and a function costs the host its source and the instances it runs.
 //!
-//! Why not a per-function snapshot (Wizer) of the initialised engine: it would make each
-//! function a component of its own again, compiled per deploy. Loading a program into a fresh
-//! engine instance costs about a millisecond for a small function (the bench has the rows);
-//! a snapshot could only win that back by paying a compile per function.
+//! Why not a per-function snapshot (Wizer) of the initialised engine at deploy: it makes the
+//! function a component of its own again, seconds of compile and tens of MB of code per
+//! function. Loading a program into a fresh engine instance costs about a millisecond; an
+//! instance of a snapshot starts in a tenth of that. So the trade is made per function, from
+//! its traffic: a function that becomes busy gets its [`snapshot`] in the background and
+//! moves onto it (`crate::control::source_tier`); the rest stay on the shared engine.
 //!
 //! A host upgrade that brings a new engine does not move existing functions: their records
 //! name the engine they were deployed with, whose wasm the data directory keeps. A redeploy
 //! moves a function to the host's current engine.
+
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
