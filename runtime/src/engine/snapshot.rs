@@ -58,6 +58,22 @@ pub fn exports_init(wasm: &[u8]) -> bool {
     false
 }
 
+/// A store for the run a snapshot is taken of: its memory bounded by `memory_bytes` and its
+/// time by `budget` (epoch deadline), as for a request. Shared with a source function's
+/// snapshot ([`crate::source::snapshot`]).
+pub fn snapshot_store(engine: &Engine, budget: Duration, memory_bytes: u64) -> Store<StoreLimits> {
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(memory_bytes as usize)
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store: Store<StoreLimits> = Store::new(engine, limits);
+    store.limiter(|limits| limits);
+    store.set_epoch_deadline(ThawEngine::ticks_for(budget));
+    // On a fuel-metering engine the run needs fuel; its bound is the deadline.
+    let _ = store.set_fuel(u64::MAX);
+    store
+}
+
 /// Runs the component's init function and returns the pre-initialised component.
 ///
 /// `budget` bounds the init function's run time (epoch deadline) and `memory_bytes` its
@@ -68,15 +84,7 @@ pub async fn snapshot(
     budget: Duration,
     memory_bytes: u64,
 ) -> anyhow::Result<Vec<u8>> {
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(memory_bytes as usize)
-        .trap_on_grow_failure(true)
-        .build();
-    let mut store: Store<StoreLimits> = Store::new(engine, limits);
-    store.limiter(|limits| limits);
-    store.set_epoch_deadline(ThawEngine::ticks_for(budget));
-    // On a fuel-metering engine the init function needs fuel; its bound is the deadline.
-    let _ = store.set_fuel(u64::MAX);
+    let mut store = snapshot_store(engine, budget, memory_bytes);
     let mut wizer = wasmtime_wizer::Wizer::new();
     // Keep the init export: Wizer 48's component rewrite otherwise removes it from the core
     // module while the component still exports it, and the result does not validate. Calling

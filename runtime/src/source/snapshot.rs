@@ -38,12 +38,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wizer::{WasmtimeWizerComponent, Wizer};
 
 use super::PROGRAM_INTERFACE;
-use crate::engine::ThawEngine;
 
 /// The traffic that makes a source function worth its snapshot: about a second of CPU a
 /// minute spent loading its program into new instances, so that the snapshot (seconds of CPU,
@@ -136,14 +135,7 @@ pub async fn snapshot(
     let component = Component::new(engine, &instrumented)
         .map_err(|e| anyhow::anyhow!("{e:?}"))
         .context("compiling the instrumented engine")?;
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(memory_bytes as usize)
-        .trap_on_grow_failure(true)
-        .build();
-    let mut store: Store<StoreLimits> = Store::new(engine, limits);
-    store.limiter(|limits| limits);
-    store.set_epoch_deadline(ThawEngine::ticks_for(budget));
-    let _ = store.set_fuel(u64::MAX);
+    let mut store = crate::engine::snapshot::snapshot_store(engine, budget, memory_bytes);
     // Nothing of the host is reachable but the monotonic clock: every other import traps,
     // with its name in the error.
     let mut linker = Linker::new(engine);
