@@ -25,7 +25,7 @@ use super::{Platform, garbage};
 use crate::datadir::remove_durable;
 use crate::engine::artifact::{CompileError, Compiled, Kind, Origin, detect_kind, sha256_hex};
 use crate::engine::{ThawEngine, snapshot};
-use crate::function::{Code, Function, FunctionRecord};
+use crate::function::{Code, Function, FunctionRecord, Loaded};
 use crate::source::{Bundle, PrepareError, SourceCode};
 use crate::spec::FunctionSpec;
 use crate::traffic::TrafficSplit;
@@ -883,21 +883,12 @@ impl Platform {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let code = self.loader.linking().link(compiled)?;
-            let _guard = self.write_lock.lock().await;
-            let upgraded = Function::loaded_with(record.clone(), &self.defaults, code, origin)
-                .with_state_of(&fast);
-            // The record does not change (same version, same code digest): nothing to persist.
-            match self
-                .registry
-                .get(&fast.name)
-                .and_then(|current| current.with_replaced(&fast, Arc::new(upgraded)))
-            {
-                Some(set) => {
-                    self.registry.insert(Arc::new(set))?;
-                    Ok(true)
-                }
-                None => Ok::<_, anyhow::Error>(false),
-            }
+            let loaded = Loaded {
+                code,
+                origin,
+                image: None,
+            };
+            Ok::<_, anyhow::Error>(self.swap_code(&fast, loaded).await)
         }
         .await;
         match result {
@@ -915,6 +906,24 @@ impl Platform {
             ),
         }
         self.tier_ups_pending.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Serves `loaded` in place of `old`'s code, keeping everything of the version (a
+    /// tier-up: from the fast tier to Cranelift, from a source function's engine to its
+    /// snapshot). The record does not change, so nothing is persisted. Returns false if
+    /// `old` is no longer in its set (replaced or removed meanwhile).
+    pub(super) async fn swap_code(&self, old: &Arc<Function>, loaded: Loaded) -> bool {
+        let _guard = self.write_lock.lock().await;
+        let new = Function::unloaded(old.record.clone(), &self.defaults).with_state_of(old);
+        new.set_loaded(loaded);
+        let Some(set) = self
+            .registry
+            .get(&old.name)
+            .and_then(|current| current.with_replaced(old, Arc::new(new)))
+        else {
+            return false;
+        };
+        self.registry.replace_all([Arc::new(set)]) == 1
     }
 
     /// Removes function `name`; returns whether it existed. Requests already running on it

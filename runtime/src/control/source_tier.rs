@@ -32,8 +32,8 @@ use anyhow::Context as _;
 
 use super::Platform;
 use crate::engine::ThawEngine;
-use crate::engine::artifact::{Compiled, Kind, Origin};
-use crate::function::{Code, Function, Loaded, trim};
+use crate::engine::artifact::Kind;
+use crate::function::{Code, Function, Loaded};
 use crate::source::Language;
 pub use crate::source::snapshot::HOT_REQUESTS_PER_SEC;
 
@@ -134,7 +134,7 @@ impl Platform {
                 .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))
                 .and_then(|r| r);
         let result = match loaded {
-            Ok(loaded) => self.swap_in(&function, loaded).await,
+            Ok(loaded) => Ok(self.swap_code(&function, loaded).await),
             Err(e) => Err(e),
         };
         let engine = function.record.engine.as_deref().unwrap_or_default();
@@ -172,7 +172,7 @@ impl Platform {
         let cache = self.cache();
         // Taken before (by another function of the same program, or before a restart).
         if let Ok((compiled, _)) = cache.load_existing(Kind::Component, key) {
-            return self.snapshot_loaded(compiled);
+            return self.loader.link_snapshot(compiled);
         }
         let engine_wasm = std::fs::read(cache.data().wasm(&source.engine.digest))
             .context("reading the engine's wasm")?;
@@ -192,38 +192,7 @@ impl Platform {
             .map_err(|e| anyhow::anyhow!("compiling the snapshot: {e}"))?;
         drop(snapshot);
         let (compiled, _) = cache.load_existing(Kind::Component, key)?;
-        self.snapshot_loaded(compiled)
-    }
-
-    /// A snapshot's artifact, linked.
-    fn snapshot_loaded(&self, compiled: Compiled) -> anyhow::Result<Loaded> {
-        let image = trim::Image::from_artifact(compiled.image_range());
-        let code = self.loader.linking().link(compiled)?;
-        anyhow::ensure!(
-            matches!(code, Code::Proxy(_)),
-            "the snapshot is not a wasi:http proxy"
-        );
-        Ok(Loaded {
-            code,
-            origin: Origin::Snapshot,
-            image: Some(image),
-        })
-    }
-
-    /// Serves `loaded` in place of `function`'s code if `function` is still in its set.
-    async fn swap_in(&self, function: &Arc<Function>, loaded: Loaded) -> anyhow::Result<bool> {
-        let _guard = self.write_lock.lock().await;
-        let upgraded =
-            Function::unloaded(function.record.clone(), &self.defaults).with_state_of(function);
-        upgraded.set_loaded(loaded);
-        let Some(set) = self
-            .registry
-            .get(&function.name)
-            .and_then(|current| current.with_replaced(function, Arc::new(upgraded)))
-        else {
-            return Ok(false);
-        };
-        Ok(self.registry.replace_all([Arc::new(set)]) == 1)
+        self.loader.link_snapshot(compiled)
     }
 }
 

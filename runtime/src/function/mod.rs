@@ -731,21 +731,13 @@ impl Loader {
             let found =
                 snapshot.and_then(|key| self.cache.load_existing(Kind::Component, &key).ok());
             if let Some((compiled, _)) = found {
-                let image = trim::Image::from_artifact(compiled.image_range());
-                match self.linking.link(compiled) {
-                    Ok(code @ Code::Proxy(_)) => {
+                match self.link_snapshot(compiled) {
+                    Ok(loaded) => {
                         tracing::info!(function = %function.name, "loaded its snapshot");
-                        return Ok(Loaded {
-                            code,
-                            origin: Origin::Snapshot,
-                            image: Some(image),
-                        });
-                    }
-                    Ok(_) => {
-                        tracing::warn!(function = %function.name, "its snapshot is not a wasi:http proxy; loading the source")
+                        return Ok(loaded);
                     }
                     Err(e) => {
-                        tracing::warn!(function = %function.name, "its snapshot does not link ({e}); loading the source")
+                        tracing::warn!(function = %function.name, "its snapshot cannot serve ({e:#}); loading the source")
                     }
                 }
             }
@@ -774,6 +766,22 @@ impl Loader {
             code,
             origin,
             image,
+        })
+    }
+
+    /// A source function's snapshot, from its artifact, linked as the `wasi:http` proxy it
+    /// must be.
+    pub fn link_snapshot(&self, compiled: Compiled) -> anyhow::Result<Loaded> {
+        let image = trim::Image::from_artifact(compiled.image_range());
+        let code = self.linking.link(compiled)?;
+        anyhow::ensure!(
+            matches!(code, Code::Proxy(_)),
+            "the snapshot is not a wasi:http proxy"
+        );
+        Ok(Loaded {
+            code,
+            origin: Origin::Snapshot,
+            image: Some(image),
         })
     }
 
