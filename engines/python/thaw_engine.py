@@ -20,6 +20,7 @@ import importlib.abc
 import importlib.util
 import json
 import marshal
+import random
 import sys
 import traceback
 
@@ -109,9 +110,20 @@ class Program(exports.Program):
         _handler = handle
 
 
+_reseed = True
+
+
 def _dispatch(request):
     # An exception here is printed with its traceback (thaw logs has it) and traps the
     # instance: the client gets a 500, and the instance is not used again.
+    global _reseed
+    if _reseed:
+        # componentize-py's runtime seeds `random` on an instance's first entry, but an
+        # instance of a function's snapshot (runtime/src/source/snapshot.rs) had its first
+        # entry when the snapshot was taken: its seed is the snapshot's. Every instance draws
+        # its own here, on its first request (this flag is never cleared before one).
+        _reseed = False
+        random.seed()
     if _handler is None:
         raise RuntimeError("no program loaded")
     return _handler(request)

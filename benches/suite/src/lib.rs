@@ -459,8 +459,7 @@ async fn source_start_rows(
         ),
     ] {
         let name = format!("{prefix}: {setup}");
-        // Only JavaScript functions tier up (the Python engine cannot be snapshotted).
-        if !wanted(&name) || (args == snapshot_args && language != Language::Js) {
+        if !wanted(&name) {
             continue;
         }
         let result = if built.is_file() {
@@ -534,8 +533,7 @@ async fn source_warm_rows(
             &[][..],
         ),
     ] {
-        // Only JavaScript functions tier up (the Python engine cannot be snapshotted).
-        if !wanted(&row) || (args == snapshot_args && language != Language::Js) {
+        if !wanted(&row) {
             continue;
         }
         let result = match code {
@@ -1432,10 +1430,6 @@ async fn language_servers(env: &Env) -> Vec<(String, anyhow::Result<LoadTarget>)
         source::SOURCES.iter().flat_map(|s| [(s, false), (s, true)])
     {
         let (prefix, language, files) = (*prefix, *language, *files);
-        // Only JavaScript functions tier up (the Python engine cannot be snapshotted).
-        if snapshot && language != Language::Js {
-            continue;
-        }
         let started = async {
             let built = env.engines.join(format!("{language}.wasm"));
             anyhow::ensure!(

@@ -111,7 +111,9 @@ export function greet(name, greeting) {
 }
 "#;
 
-const PY_APP: &str = r#"from thaw import config, kv, log
+const PY_APP: &str = r#"import random
+
+from thaw import config, kv, log
 from thaw_http import Response
 
 from greeting.words import greet
@@ -120,6 +122,8 @@ from greeting.words import greet
 def handle(request):
     if "fail" in request.query:
         explode()
+    if "random" in request.query:
+        return Response(body=repr(random.random()).encode())
     calls = kv.open("default").increment("calls")
     log.info("greeted", calls=calls)
     text = greet(request.query.get("name", "world"), config.get("greeting"))
@@ -152,7 +156,7 @@ async fn source_functions_deploy_without_toolchains_refuse_bad_source_and_surviv
         &[("THAW_SECRET_ORDERS_DB", url)],
     );
     modules_settings_and_state_answer(&server).await;
-    a_busy_function_tiers_up_to_its_snapshot(&server).await;
+    busy_functions_tier_up_to_their_snapshots(&server).await;
     sql_answers_from_both_languages(&server).await;
     if postgres.is_some() {
         postgres_answers_from_both_languages(&server).await;
@@ -212,52 +216,77 @@ async fn an_engine_upgrade_moves_only_what_is_redeployed(
     assert_eq!(functions(old[0]), 101, "{engines:?}");
 }
 
-/// A source function under steady traffic moves onto its snapshot (its engine with its
-/// program loaded, compiled for it), in the background, and answers as before: the same
-/// text, its state where it was, its counters kept. A restart loads the snapshot (checked in
+/// Source functions under steady traffic move onto their snapshots (the engine with the
+/// program loaded, compiled for it), in the background, one at a time, and answer as before:
+/// the same text, their state where it was, their counters kept. Each Python instance of the
+/// snapshot draws its own random seed (the engine's first entry, which seeds it, happened
+/// when the snapshot was taken). A restart loads the snapshots (checked in
 /// `a_hundred_per_language_answer_after_a_kill`).
-async fn a_busy_function_tiers_up_to_its_snapshot(server: &TestServer) {
-    let before = server.admin().get("hello-js").await.unwrap();
-    assert_eq!(before["loaded_from"], "artifact", "on its engine: {before}");
-    let requests_before = before["requests"].as_u64().unwrap();
-    let mut calls = 2;
+async fn busy_functions_tier_up_to_their_snapshots(server: &TestServer) {
+    // (name, what follows the count in its answer, requests so far, requests before).
+    let mut functions = Vec::new();
+    for (name, suffix) in [("hello-js", ", !)"), ("hello-py", ")")] {
+        let before = server.admin().get(name).await.unwrap();
+        assert_eq!(before["loaded_from"], "artifact", "on its engine: {before}");
+        functions.push((name, suffix, 2, before["requests"].as_u64().unwrap()));
+    }
     let started = std::time::Instant::now();
-    loop {
+    let mut waiting = functions.len();
+    while waiting > 0 {
         // Steady traffic, above the tier-up's rate (5 a second), light enough to leave the
-        // snapshot's compile the CPU.
-        calls += 1;
-        let response = server.get("/hello-js?name=busy").await;
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.text().await.unwrap(),
-            format!("Hi, busy! ({calls}, !)\n"),
-            "the same answer on the engine and on the snapshot"
-        );
-        let info = server.admin().get("hello-js").await.unwrap();
-        if info["loaded_from"] == "snapshot" {
+        // snapshots' compiles the CPU.
+        waiting = 0;
+        for (name, suffix, calls, requests_before) in &mut functions {
+            *calls += 1;
+            let response = server.get(&format!("/{name}?name=busy")).await;
+            assert_eq!(response.status(), 200, "{name}");
+            assert_eq!(
+                response.text().await.unwrap(),
+                format!("Hi, busy! ({calls}{suffix}\n"),
+                "{name}: the same answer on the engine and on the snapshot"
+            );
+            let info = server.admin().get(name).await.unwrap();
+            if info["loaded_from"] != "snapshot" {
+                waiting += 1;
+                assert!(
+                    started.elapsed() < Duration::from_secs(400),
+                    "{name}: no tier-up after {calls} requests: {info}"
+                );
+                continue;
+            }
             assert_eq!(info["kind"], "source", "{info}");
             assert_eq!(
                 info["requests"].as_u64().unwrap(),
-                requests_before + calls - 2,
-                "its counters are kept: {info}"
+                *requests_before + *calls - 2,
+                "{name}: its counters are kept: {info}"
             );
-            break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no tier-up after {calls} requests: {info}"
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // On the snapshot: the same answers, state carried on.
-    for _ in 0..3 {
-        calls += 1;
-        let response = server.get("/hello-js?name=busy").await;
-        assert_eq!(
-            response.text().await.unwrap(),
-            format!("Hi, busy! ({calls}, !)\n")
-        );
+    // On the snapshots: the same answers, state carried on.
+    for (name, suffix, calls, _) in &mut functions {
+        for _ in 0..3 {
+            *calls += 1;
+            let response = server.get(&format!("/{name}?name=busy")).await;
+            assert_eq!(
+                response.text().await.unwrap(),
+                format!("Hi, busy! ({calls}{suffix}\n"),
+                "{name}"
+            );
+        }
     }
+    // A fresh instance per request (the default), each seeded on its own.
+    let mut draws = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let response = server.get("/hello-py?random").await;
+        assert_eq!(response.status(), 200);
+        draws.insert(response.text().await.unwrap());
+    }
+    assert_eq!(
+        draws.len(),
+        4,
+        "instances of the snapshot share a seed: {draws:?}"
+    );
 }
 
 /// A JS project of two modules and a Python package, with a setting and state.
@@ -509,7 +538,7 @@ async fn postgres_answers_from_both_languages(server: &TestServer) {
 async fn an_exception_costs_its_request_only(server: &TestServer) {
     for (name, frame) in [
         ("hello-js", "explode@index.js:19:9"),
-        ("hello-py", "File \"app.py\", line 17, in explode"),
+        ("hello-py", "File \"app.py\", line 21, in explode"),
     ] {
         assert_eq!(server.get(&format!("/{name}?fail=1")).await.status(), 500);
         let response = server.get(&format!("/{name}?name=again")).await;
@@ -677,11 +706,13 @@ async fn a_hundred_per_language_answer_after_a_kill(server: &mut TestServer) {
         assert_eq!(response.status(), 200, "{name}");
         assert_eq!(response.text().await.unwrap(), format!("{name}\n"));
     }
-    // The function that tiered up starts from its snapshot's artifact after the restart.
-    let response = server.get("/hello-js?name=again").await;
-    assert_eq!(response.status(), 200);
-    let info = server.admin().get("hello-js").await.unwrap();
-    assert_eq!(info["loaded_from"], "snapshot", "{info}");
+    // The functions that tiered up start from their snapshots' artifacts after the restart.
+    for name in ["hello-js", "hello-py"] {
+        let response = server.get(&format!("/{name}?name=again")).await;
+        assert_eq!(response.status(), 200);
+        let info = server.admin().get(name).await.unwrap();
+        assert_eq!(info["loaded_from"], "snapshot", "{info}");
+    }
     let status = server.admin().status().await.unwrap();
     assert_eq!(
         status["compilations"], 0,

@@ -60,9 +60,8 @@ pub struct SourceTier {
     /// Snapshot keys that failed: not tried again while this process runs.
     failed: Mutex<HashSet<String>>,
     /// Per engine, snapshots that failed while none succeeded: an engine whose own start
-    /// calls the host (as the Python engine's does) fails for every program, and after
-    /// [`ENGINE_ATTEMPTS`] it is not tried again (engines of earlier upgrades, whose
-    /// language the host no longer knows).
+    /// cannot be snapshotted fails for every program, and after [`ENGINE_ATTEMPTS`] it is
+    /// not tried again (engines of earlier upgrades, built before their start could be).
     engines: Mutex<HashMap<String, EngineRecord>>,
     /// Functions that tiered up, and tier-ups that failed, since start-up.
     pub done: AtomicU64,
@@ -95,19 +94,16 @@ impl Platform {
         tokio::spawn(self.clone().tier_up_source(Arc::downgrade(function), key));
     }
 
-    /// Whether `function`'s snapshot `key` is worth trying: not the Python engine's (its
-    /// start draws random seeds, which a snapshot refuses), not a key that failed, and not
-    /// an engine whose snapshots all failed. The current JavaScript engine is never given up
-    /// on: its own start calls only the clock, so its failures are its programs'.
+    /// Whether `function`'s snapshot `key` is worth trying: not a key that failed, and not
+    /// an older engine whose snapshots all failed. The host's current engines are never
+    /// given up on: their own start is snapshotted (engines/), so their failures are their
+    /// programs'.
     fn worth_a_snapshot(&self, function: &Function, key: &str) -> bool {
         let engine = function.record.engine.as_deref().unwrap_or_default();
-        let current = |language| self.loader.engines().current(language).ok() == Some(engine);
-        if current(Language::Python) {
-            return false;
-        }
-        !self
-            .source_tier
-            .failed_before(key, engine, current(Language::Js))
+        let current = [Language::Js, Language::Python]
+            .into_iter()
+            .any(|language| self.loader.engines().current(language).ok() == Some(engine));
+        !self.source_tier.failed_before(key, engine, current)
     }
 
     /// Takes `function`'s snapshot, compiles it into the artifact cache and serves it.

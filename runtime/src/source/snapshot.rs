@@ -24,6 +24,18 @@
 //! variables, which every instance of this version gets (no arguments, no working
 //! directory, as for a request).
 //!
+//! # The engine's own first entry
+//! An engine may do work on its first entry that is not the program's: componentize-py's
+//! runtime, on the first call into any export, copies the environment into `os.environ`
+//! and reseeds Python's `random` module from the host's random source (so that instances of
+//! its own build-time snapshot do not share a seed). That draw would trap like any other, so
+//! before `load`, the snapshot run enters the engine once with `prepare` of no files (which
+//! evaluates nothing of the program), and the random source answers during that call only.
+//! The seed it draws is frozen into the snapshot, so the Python engine reseeds `random` once
+//! more on each instance's first request (engines/python/thaw_engine.py); the JavaScript
+//! engine draws nothing on entry. During `load` the random source traps again: a program
+//! whose top level draws a random value would get the same one in every instance.
+//!
 //! # Cost
 //! Instrumenting and compiling the 13-19 MB engine once more, running `load`, and rewriting
 //! the component; then the result is compiled as any component (see
@@ -33,8 +45,8 @@
 //!
 //! [Wizer]: https://github.com/bytecodealliance/wasmtime/tree/main/crates/wizer
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -112,6 +124,17 @@ pub fn key<'a>(
     hex::encode(hash.finalize())
 }
 
+/// Fills `bytes` from the host's random source while the engine is `waking`; traps after.
+fn draw(waking: &AtomicBool, bytes: &mut [u8]) -> wasmtime::Result<()> {
+    if !waking.load(Ordering::Relaxed) {
+        return Err(wasmtime::Error::msg(
+            "the program draws a random value while it loads: frozen into a snapshot, every \
+             instance would get the same one",
+        ));
+    }
+    getrandom::getrandom(bytes).map_err(|e| wasmtime::Error::msg(format!("random source: {e}")))
+}
+
 /// How much larger than its engine a snapshot may be: a program that builds a large heap at
 /// its top level would otherwise cost that much disk per busy function.
 pub const MAX_HEAP_GROWTH: usize = 32 << 20;
@@ -136,10 +159,38 @@ pub async fn snapshot(
         .map_err(|e| anyhow::anyhow!("{e:?}"))
         .context("compiling the instrumented engine")?;
     let mut store = crate::engine::snapshot::snapshot_store(engine, budget, memory_bytes);
-    // Nothing of the host is reachable but the monotonic clock: every other import traps,
+    // Nothing of the host is reachable but the monotonic clock, the function's environment
+    // and, while the engine is first entered, the random source: every other import traps,
     // with its name in the error.
+    let waking = Arc::new(AtomicBool::new(true));
     let mut linker = Linker::new(engine);
     for (name, _) in component.component_type().imports(engine) {
+        if name.starts_with("wasi:random/random@0.2") {
+            let mut random = linker
+                .instance(name)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let during = waking.clone();
+            random
+                .func_wrap("get-random-bytes", move |_, (len,): (u64,)| {
+                    if len > 1 << 16 {
+                        return Err(wasmtime::Error::msg(format!(
+                            "{len} random bytes asked for at once"
+                        )));
+                    }
+                    let mut bytes = vec![0; len as usize];
+                    draw(&during, &mut bytes)?;
+                    Ok((bytes,))
+                })
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let during = waking.clone();
+            random
+                .func_wrap("get-random-u64", move |_, ()| {
+                    let mut bytes = [0; 8];
+                    draw(&during, &mut bytes)?;
+                    Ok((u64::from_le_bytes(bytes),))
+                })
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
         if name.starts_with("wasi:cli/environment@0.2") {
             let mut environment = linker
                 .instance(name)
@@ -178,6 +229,21 @@ pub async fn snapshot(
     let (_, interface) = component
         .get_export(None, PROGRAM_INTERFACE)
         .with_context(|| format!("the engine does not export {PROGRAM_INTERFACE}"))?;
+    // The engine's own first entry (see the module's docs): `prepare` of nothing, which
+    // refuses the missing entry without evaluating anything.
+    let prepare = component
+        .get_export_index(Some(&interface), "prepare")
+        .context("the engine has no `prepare`")?;
+    let prepare = instance
+        .get_typed_func::<(&[(&str, &str)], &str), (Result<String, String>,)>(&mut store, &prepare)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // Its answer (a refusal: there is no entry) does not matter, only that it returns.
+    let (_refused,) = prepare
+        .call_async(&mut store, (&[], ""))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .context("entering the engine before its load")?;
+    waking.store(false, Ordering::Relaxed);
     let load = component
         .get_export_index(Some(&interface), "load")
         .context("the engine has no `load`")?;
