@@ -238,3 +238,61 @@ async fn a_full_pool_queues_then_answers_503() {
         "the slot came back"
     );
 }
+
+/// The server's minor page faults so far (`/proc/PID/stat`, field 10).
+fn minor_faults(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(7).unwrap().parse().unwrap()
+}
+
+/// Page faults per request of `/faults/scatter` (256 written pages, each apart from the
+/// next), after the pool's slots have each held the function once.
+async fn scatter_faults_per_request(server: &TestServer) -> u64 {
+    for _ in 0..40 {
+        let response = server.get("/faults/scatter").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "wrote 256 pages\n");
+    }
+    let before = minor_faults(server.pid());
+    for _ in 0..50 {
+        assert_eq!(server.get("/faults/scatter").await.status(), 200);
+    }
+    (minor_faults(server.pid()) - before) / 50
+}
+
+/// A guest whose working set is in hundreds of pieces, as a JavaScript or Python engine's
+/// heap is, keeps it resident between instances at the defaults: a freed slot's reset
+/// restores each page it dirtied instead of giving it back, so the next instance takes no
+/// page fault (nor, in a VM, a TLB-shootdown IPI) for them. Upstream wasmtime 48 stops its
+/// dirty-page scan after 32 pieces and gives back the rest (vendor/README.md), which cost
+/// such a guest a fault per page per request. The control: with 64 KiB kept resident, the
+/// same requests fault on nearly every page, so the count sees the difference.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_working_set_in_pieces_stays_resident_between_instances() {
+    if !thaw_runtime::engine::pagemap_scan_available() {
+        eprintln!("skipped: this kernel has no PAGEMAP_SCAN (Linux 6.7+), so 64 KiB is kept");
+        return;
+    }
+    let kept = TestServer::start();
+    kept.deploy("faults", wasm::FAULTS, Default::default())
+        .await;
+    let per_request = scatter_faults_per_request(&kept).await;
+    assert!(
+        per_request < 64,
+        "{per_request} page faults per request for 256 pages written: given back, not kept"
+    );
+    drop(kept);
+
+    let given_back = TestServer::start_with(&["--keep-resident-kib", "64"]);
+    given_back
+        .deploy("faults", wasm::FAULTS, Default::default())
+        .await;
+    let control = scatter_faults_per_request(&given_back).await;
+    eprintln!("page faults per request: {per_request} kept, {control} with 64 KiB kept");
+    assert!(
+        control >= 200,
+        "{control} page faults per request with 64 KiB kept: the count cannot tell"
+    );
+}

@@ -28,11 +28,15 @@
 //!   test program does, then a control-character line that would forge a host log line
 //! - `/faults/socket?port=N`: tries a raw `wasi:sockets` TCP connection to 127.0.0.1:N and a
 //!   name lookup, and reports what happened
+//! - `/faults/scatter?pages=N`: writes one byte on every other 4 KiB page of a static buffer,
+//!   N pages (default and most 256): a working set in N pieces, as a JavaScript or Python
+//!   engine's heap is, for the pool's memory reset
 //!
 //! Every path but `endless`, `switch` and `error-code` goes through the SDK's handler; those two need
 //! the raw `wasi:http` types, so this crate exports the handler itself and delegates.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use thaw_sdk::{Request, query};
 use wasi::http::types::{
@@ -173,6 +177,14 @@ fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
             println!("\r[thaw] forged \u{1b}[31mred\u{1b}[0m\u{7}");
             "printed\n".into()
         }
+        "scatter" => {
+            let pages: usize = number(&req, "pages")?.unwrap_or(SCATTER_PAGES);
+            let pages = pages.min(SCATTER_PAGES);
+            for page in 0..pages {
+                SCATTERED[page * 2 * 4096].fetch_add(1, Ordering::Relaxed);
+            }
+            format!("wrote {pages} pages\n")
+        }
         "sleep" => {
             let ms: u64 = number(&req, "ms")?.unwrap_or(100);
             wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
@@ -181,6 +193,13 @@ fn fault(req: Request) -> Result<String, thaw_sdk::Error> {
         _ => "ok\n".into(),
     })
 }
+
+/// The most pages `/faults/scatter` writes.
+const SCATTER_PAGES: usize = 256;
+
+/// Zeroed at start (not part of the memory image): one written page, one not, and so on.
+static SCATTERED: [AtomicU8; SCATTER_PAGES * 2 * 4096] =
+    [const { AtomicU8::new(0) }; SCATTER_PAGES * 2 * 4096];
 
 fn number<T: std::str::FromStr>(req: &Request, key: &str) -> Result<Option<T>, thaw_sdk::Error> {
     query(req, key)

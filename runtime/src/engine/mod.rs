@@ -67,6 +67,8 @@ const TABLES_PER_SLOT: u32 = 8;
 /// guest that dirties 100 KiB keeps 100 KiB, and a JavaScript or Python guest keeps the
 /// few MiB its requests touch and takes no page fault (and, in a VM, no TLB-shootdown IPI)
 /// for them on the next instance. That is the per-function sizing the kernel does for us.
+/// (It needs the vendored wasmtime's fix, vendor/README.md: upstream 48 kept only the first
+/// 32 runs of dirty pages, where these engines' heaps have hundreds.)
 /// Measured side by side (benches/results/2026-12-03-issue-25-keep-resident, two rounds for
 /// JS and Python, five for the hello): 8 MiB against 64 KiB made the JS template's component
 /// 1.5-1.9x and the Python one 1.1-1.2x faster at 32 connections; the Rust hello within the
