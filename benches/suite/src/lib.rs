@@ -257,6 +257,7 @@ impl Results {
         for m in &mut self.measured {
             let language = LANGUAGES
                 .iter()
+                .chain(&PEER_LANGUAGES)
                 .map(|(l, _)| format!("{l}: "))
                 .find(|prefix| m.name.starts_with(prefix.as_str()))
                 .unwrap_or_default();
@@ -317,7 +318,7 @@ async fn language_setups(
     wanted: &dyn Fn(&str) -> bool,
     results: &mut Results,
 ) {
-    for (language, file) in LANGUAGES {
+    for (language, file) in LANGUAGES.into_iter().chain(PEER_LANGUAGES) {
         for (setup, loaded, start) in [
             (
                 "thaw, cold from disk",
@@ -352,7 +353,8 @@ async fn language_setups(
         // incremental cache has every function. A real second function differs in a few
         // (its own code; for JS and Python mostly in data, the pre-initialised heap).
         let name = format!("{language}: thaw, deploy of a second function");
-        if wanted(&name) {
+        // Not for the wasi:http-only builds: a deploy is the same work as the template's.
+        if wanted(&name) && !PEER_LANGUAGES.iter().any(|(l, _)| *l == language) {
             let deploys = counts.deploys.min(5);
             let result = match language_wasm(env, file).and_then(|p| Ok(std::fs::read(p)?)) {
                 Ok(wasm) => {
@@ -729,6 +731,15 @@ const LANGUAGES: [(&str, &str); 3] = [
     ("Go", "go.wasm"),
 ];
 
+/// The JS and Python templates' handlers built with wasi:http/proxy as their only world
+/// (benches/baselines/lang-proxy, by scripts/setup-bench): what both thaw and `wasmtime
+/// serve` can serve, for the rows side by side. The templates themselves import thaw's
+/// configuration, key-value and SQL interfaces, which `wasmtime serve` refuses to link.
+const PEER_LANGUAGES: [(&str, &str); 2] = [
+    ("JS (wasi:http only)", "js-proxy.wasm"),
+    ("Python (wasi:http only)", "python-proxy.wasm"),
+];
+
 /// `wasmtime serve`'s settings that made it fastest under load here (WASMTIME-48-NOTES):
 /// the pooling allocator, PAGEMAP_SCAN, 64 MiB kept resident per slot.
 const WASMTIME_BEST: &str =
@@ -1044,10 +1055,10 @@ fn peer_setups(env: &Env) -> Vec<Planned> {
         }),
     ));
 
-    // The peer on the templates' JS and Python components: precompiled, at its defaults and
-    // at its best settings for throughput (the pooling allocator reserves its slots at start,
-    // which may cost a cold start something; both are shown).
-    for (language, file) in &LANGUAGES[..2] {
+    // The peer on the JS and Python handlers built for wasi:http alone: precompiled, at its
+    // defaults and at its best settings for throughput (the pooling allocator reserves its
+    // slots at start, which may cost a cold start something; both are shown).
+    for (language, file) in &PEER_LANGUAGES {
         let compiled = language_wasm(env, file)
             .and_then(|wasm| wasmtime_precompiled(env, &wasm, file))
             .map(|(wasmtime, cwasm)| (wasmtime, cwasm.display().to_string()));
@@ -1375,55 +1386,60 @@ async fn hello_servers(env: &Env, wasm: &[u8]) -> Vec<(&'static str, anyhow::Res
 }
 
 /// JS and Python at 32 connections: thaw at its default and with 64 KiB kept resident per
-/// slot, and `wasmtime serve` at its best settings, on the templates' components.
+/// slot on the templates' components; thaw and `wasmtime serve` (at its defaults and at its
+/// best settings) on the same handlers built for wasi:http alone; and the source rows.
 async fn language_servers(env: &Env) -> Vec<(String, anyhow::Result<LoadTarget>)> {
     let mut language_servers: Vec<(String, anyhow::Result<LoadTarget>)> = Vec::new();
+    let thaw_on = |file: &str, args: &'static [&'static str]| {
+        let path = language_wasm(env, file);
+        let data = env.scratch.join(format!("throughput-{file}{}", args.len()));
+        async move {
+            let wasm = std::fs::read(path?)?;
+            let host = ThawHost::start(&env.thaw, &data, args)?;
+            host.admin.deploy("f", &at("f"), wasm.into()).await?;
+            let url = format!("http://{}/f", host.addr);
+            Ok(LoadTarget {
+                _host: Some(host),
+                _group: None,
+                url,
+            })
+        }
+    };
     for (language, file) in &LANGUAGES[..2] {
-        let Ok(path) = language_wasm(env, file) else {
-            continue;
-        };
         for (variant, args) in [
             ("", &[][..]),
             // The default keeps 8 MiB where the kernel has PAGEMAP_SCAN; 64 KiB shows what
             // that default is worth (it was the default before).
             (", keep-resident 64 KiB", &["--keep-resident-kib", "64"][..]),
         ] {
-            let started = async {
-                let wasm = std::fs::read(&path)?;
-                let data = env.scratch.join(format!("throughput-{file}{}", args.len()));
-                let host = ThawHost::start(&env.thaw, &data, args)?;
-                host.admin.deploy("f", &at("f"), wasm.into()).await?;
-                let url = format!("http://{}/f", host.addr);
-                Ok(LoadTarget {
-                    _host: Some(host),
-                    _group: None,
-                    url,
-                })
-            }
-            .await;
+            let started = thaw_on(file, args).await;
             language_servers.push((format!("{language}: thaw{variant}"), started));
         }
-        let peer = wasmtime_precompiled(env, &path, file).and_then(|(wasmtime, cwasm)| {
-            spawn_server(
-                &wasmtime,
-                [
-                    "serve",
-                    "-Scli",
-                    "-O",
-                    WASMTIME_BEST,
-                    "--allow-precompiled",
-                    "--addr",
-                    "127.0.0.1:{port}",
-                    &cwasm.display().to_string(),
-                ]
-                .map(String::from)
-                .to_vec(),
-            )
-        });
-        language_servers.push((
-            format!("{language}: wasmtime serve (pooling + pagemap)"),
-            peer,
-        ));
+    }
+    // The same handlers without thaw's interfaces, on thaw and on the peer at its defaults
+    // and at its best settings.
+    for (language, file) in &PEER_LANGUAGES {
+        let started = thaw_on(file, &[]).await;
+        language_servers.push((format!("{language}: thaw"), started));
+        let compiled =
+            language_wasm(env, file).and_then(|path| wasmtime_precompiled(env, &path, file));
+        for (variant, options) in [("", None), (" (pooling + pagemap)", Some(WASMTIME_BEST))] {
+            let peer = compiled
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .and_then(|(wasmtime, cwasm)| {
+                    let mut args = vec!["serve".to_owned(), "-Scli".to_owned()];
+                    if let Some(options) = options {
+                        args.extend(["-O".to_owned(), options.to_owned()]);
+                    }
+                    args.extend(
+                        ["--allow-precompiled", "--addr", "127.0.0.1:{port}"].map(String::from),
+                    );
+                    args.push(cwasm.display().to_string());
+                    spawn_server(wasmtime, args)
+                });
+            language_servers.push((format!("{language}: wasmtime serve{variant}"), peer));
+        }
     }
 
     for ((prefix, language, files), snapshot) in
