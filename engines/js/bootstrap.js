@@ -331,6 +331,9 @@ export const program = {
       throw describe(e);
     }
   },
+  // The engine's first entry draws nothing from the host; a program's top-level draw calls
+  // the host (Math.random seeds lazily), which the snapshot's run refuses on its own.
+  snapshotStart() {},
 };
 
 // ---- requests --------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from wit_world import exports
 
 _handler = None
 _files = {}
+# The state of `random` when a snapshot's run started (see `snapshot_start`); None otherwise.
+_random_at_start = None
 
 
 def _module_name(path: str) -> str:
@@ -85,6 +87,13 @@ class Program(exports.Program):
             code[path] = base64.b64encode(marshal.dumps(compiled)).decode("ascii")
         return json.dumps({"entry": entry, "files": code})
 
+    def snapshot_start(self):
+        # componentize-py's first entry (just before this) seeded `random` from the host;
+        # remember its state, so that `load` can refuse a program whose top level draws from
+        # it: frozen into the snapshot, every instance would draw the same values.
+        global _random_at_start
+        _random_at_start = random.getstate()
+
     def load(self, program):
         global _handler, _files
         data = json.loads(program)
@@ -101,6 +110,11 @@ class Program(exports.Program):
             spec.loader.exec_module(module)
         except BaseException as e:  # a syntax error, a missing module, a raise at the top
             raise Err(_user_traceback(e))
+        if _random_at_start is not None and random.getstate() != _random_at_start:
+            raise Err(
+                f"{entry}: the program draws from `random` while it loads, which a snapshot "
+                "would freeze for every instance"
+            )
         handle = getattr(module, "handle", None)
         if not callable(handle):
             raise Err(

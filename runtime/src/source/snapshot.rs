@@ -29,12 +29,14 @@
 //! runtime, on the first call into any export, copies the environment into `os.environ`
 //! and reseeds Python's `random` module from the host's random source (so that instances of
 //! its own build-time snapshot do not share a seed). That draw would trap like any other, so
-//! before `load`, the snapshot run enters the engine once with `prepare` of no files (which
-//! evaluates nothing of the program), and the random source answers during that call only.
-//! The seed it draws is frozen into the snapshot, so the Python engine reseeds `random` once
-//! more on each instance's first request (engines/python/thaw_engine.py); the JavaScript
-//! engine draws nothing on entry. During `load` the random source traps again: a program
-//! whose top level draws a random value would get the same one in every instance.
+//! before `load`, the snapshot run calls the engine's `snapshot-start` (engines/wit), and the
+//! random source answers during that call only. The seed it draws is frozen into the
+//! snapshot, so the Python engine reseeds `random` once more on each instance's first request
+//! (engines/python/thaw_engine.py); the JavaScript engine draws nothing on entry. During
+//! `load` the random source traps again, and the Python engine refuses a program whose top
+//! level drew from the generator seeded before it (no host call, but the same values in
+//! every instance). An engine without `snapshot-start` (built before it) gets no such call:
+//! a Python one then fails at its first entry, as it always did, and stays on its engine.
 //!
 //! # Cost
 //! Instrumenting and compiling the 13-19 MB engine once more, running `load`, and rewriting
@@ -229,20 +231,18 @@ pub async fn snapshot(
     let (_, interface) = component
         .get_export(None, PROGRAM_INTERFACE)
         .with_context(|| format!("the engine does not export {PROGRAM_INTERFACE}"))?;
-    // The engine's own first entry (see the module's docs): `prepare` of nothing, which
-    // refuses the missing entry without evaluating anything.
-    let prepare = component
-        .get_export_index(Some(&interface), "prepare")
-        .context("the engine has no `prepare`")?;
-    let prepare = instance
-        .get_typed_func::<(&[(&str, &str)], &str), (Result<String, String>,)>(&mut store, &prepare)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    // Its answer (a refusal: there is no entry) does not matter, only that it returns.
-    let (_refused,) = prepare
-        .call_async(&mut store, (&[], ""))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
-        .context("entering the engine before its load")?;
+    // The engine's own first entry (see the module's docs), where it has one: engines built
+    // before `snapshot-start` existed get none, and their first entry's draw traps in `load`.
+    if let Some(start) = component.get_export_index(Some(&interface), "snapshot-start") {
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, &start)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        start
+            .call_async(&mut store, ())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+            .context("entering the engine before its load")?;
+    }
     waking.store(false, Ordering::Relaxed);
     let load = component
         .get_export_index(Some(&interface), "load")
