@@ -10,7 +10,8 @@
 //!
 //! ENGINE is `target/engines/js.wasm` or `python.wasm`; SOURCE a `.js` or `.py` file (its
 //! language picks the entry's name). The engine and the component are compiled once, not
-//! timed. Prints the median and p90 of each phase.
+//! timed. Prints the median and p90 of each phase. With `SNAPSHOT_OUT=PATH` it also writes
+//! the snapshot's wasm there (`cold_breakdown PATH` then times its start from disk).
 
 use std::time::{Duration, Instant};
 
@@ -194,6 +195,10 @@ fn measure(subject: &Subject<'_>, rounds: usize) -> Phases {
             snapshot.len(),
             engine_wasm.len()
         );
+        if let Some(path) = std::env::var_os("SNAPSHOT_OUT") {
+            // For `cold_breakdown SNAPSHOT.wasm`: where a start of the snapshot from disk goes.
+            std::fs::write(&path, &snapshot).expect("writing SNAPSHOT_OUT");
+        }
         let mut component = None;
         for _ in 0..3 {
             let started = Instant::now();

@@ -456,7 +456,7 @@ async fn source_start_rows(
         (
             "thaw, cold from disk on its snapshot",
             false,
-            "the request (its snapshot's artifact on disk, after its tier-up)",
+            "the request (after its tier-up: its snapshot on disk, its engine in memory; it starts on the engine while the snapshot loads behind it)",
             &snapshot_args[..],
         ),
     ] {
@@ -803,8 +803,8 @@ async fn thaw_cold(
     host_args: &[&str],
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<Sample>> {
-    // A source function's engine is the host's, not the function's: it is loaded (by a first
-    // request to another function) before the samples, which measure the function's start.
+    // A source function's engine is the host's, not the function's: the host loads it at
+    // start-up, and the samples wait for that; they measure the function's start.
     let source = host_args.contains(&"--engines");
     // A source function's rows on its snapshot: the host's default, where traffic moves it
     // there; the rows on its engine turn that off.
@@ -840,6 +840,9 @@ async fn thaw_cold(
             host.wait_for_loading(batch + usize::from(source)).await?;
         }
         if source {
+            // As a host is a moment after its start: its engines loaded. A function with a
+            // snapshot on disk then starts on its engine while the snapshot loads behind it.
+            host.wait_for_engines().await?;
             host.get("/engine")?;
         }
         for i in 0..batch.min(n - samples.len()) {

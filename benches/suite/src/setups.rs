@@ -166,6 +166,19 @@ impl ThawHost {
         anyhow::bail!("{functions} functions were not loaded within 120 s")
     }
 
+    /// Waits until the host's current language engines are loaded, as they are a moment after
+    /// any start-up (bounded at 120 s).
+    pub async fn wait_for_engines(&self) -> anyhow::Result<()> {
+        for _ in 0..12_000 {
+            let engines = self.admin.engines().await?;
+            if engines.iter().filter(|e| e.current).all(|e| e.loaded) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::bail!("the engines were not loaded within 120 s")
+    }
+
     /// Sends `GET /name` about 50 times a second (a source function's tier-up needs 5) until
     /// function `name` serves its snapshot (bounded at 300 s: taking and compiling one is
     /// seconds of CPU).

@@ -713,18 +713,43 @@ async fn a_hundred_per_language_answer_after_a_kill(server: &mut TestServer) {
             names.push(name);
         }
     }
-    server.kill_and_restart(1);
+    // Each function loads on its first request (`--load lazy`), once the host has loaded
+    // its engines (as it does at start-up in any load mode).
+    server.kill_and_restart_with(1, &["--load", "lazy"]);
+    let admin = server.admin();
+    thaw_harness::wait::eventually(
+        "the engines are loaded",
+        Duration::from_secs(60),
+        || async {
+            let engines = admin.typed().engines().await.unwrap();
+            engines.iter().filter(|e| e.current).all(|e| e.loaded)
+        },
+    )
+    .await;
     for name in &names {
         let response = server.get(&format!("/{name}")).await;
         assert_eq!(response.status(), 200, "{name}");
         assert_eq!(response.text().await.unwrap(), format!("{name}\n"));
     }
-    // The functions that tiered up start from their snapshots' artifacts after the restart.
+    // The functions that tiered up start on their engine, in memory, instead of waiting for
+    // their snapshots' artifacts, which follow in the background: two swaps, each counted.
     for name in ["hello-js", "hello-py"] {
         let response = server.get(&format!("/{name}?name=again")).await;
         assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(text.starts_with("Hi, again! ("), "{name}: {text}");
+    }
+    let status = server
+        .wait_for(None, "both snapshots loaded", |s| {
+            s["source_snapshots"].as_u64() == Some(2)
+        })
+        .await;
+    assert_eq!(status["source_snapshot_failures"], 0, "{status}");
+    for name in ["hello-js", "hello-py"] {
         let info = server.admin().get(name).await.unwrap();
         assert_eq!(info["loaded_from"], "snapshot", "{info}");
+        let response = server.get(&format!("/{name}?name=again")).await;
+        assert_eq!(response.status(), 200, "{name} on its snapshot");
     }
     let status = server.admin().status().await.unwrap();
     assert_eq!(

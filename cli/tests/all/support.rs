@@ -139,15 +139,22 @@ impl TestServer {
     /// SIGKILLs the server (no drain, no cleanup) and starts a new one on the same data
     /// directory and flags.
     pub fn kill_and_restart(&mut self, generation: usize) {
+        self.kill_and_restart_with(generation, &[]);
+    }
+
+    /// [`TestServer::kill_and_restart`] with `more` flags for this start only.
+    pub fn kill_and_restart_with(&mut self, generation: usize, more: &[&str]) {
         self.kill9();
+        let args = self.extra_args.iter().cloned();
         let mut next = Self::spawn_limited(
             &self.data_dir,
-            self.extra_args.clone(),
+            args.chain(more.iter().map(|s| s.to_string())).collect(),
             self.extra_env.clone(),
             generation,
             None,
         );
         next._tmp = self._tmp.take();
+        next.extra_args = std::mem::take(&mut self.extra_args);
         *self = next;
     }
 

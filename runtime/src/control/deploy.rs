@@ -25,7 +25,7 @@ use super::{Platform, garbage};
 use crate::datadir::remove_durable;
 use crate::engine::artifact::{CompileError, Compiled, Kind, Origin, detect_kind, sha256_hex};
 use crate::engine::{ThawEngine, snapshot};
-use crate::function::{Code, Function, FunctionRecord, Loaded};
+use crate::function::{Code, Function, FunctionRecord, LoadFor, Loaded};
 use crate::source::{Bundle, PrepareError, SourceCode};
 use crate::spec::FunctionSpec;
 use crate::traffic::TrafficSplit;
@@ -577,9 +577,14 @@ impl Platform {
     async fn load_serving(&self, set: &VersionSet) -> Result<(), DeployError> {
         for share in set.traffic().shares().iter().filter(|s| s.percent > 0) {
             let version = set.version(share.version).expect("checked by the set");
-            self.loader.ensure_loaded(version).await.map_err(|e| {
-                DeployError::Internal(e.context(format!("loading {} v{}", set.name, share.version)))
-            })?;
+            self.loader
+                .ensure_loaded(version, LoadFor::Serving)
+                .await
+                .map_err(|e| {
+                    DeployError::Internal(
+                        e.context(format!("loading {} v{}", set.name, share.version)),
+                    )
+                })?;
         }
         Ok(())
     }

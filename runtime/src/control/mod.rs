@@ -32,7 +32,7 @@ use crate::engine::artifact::{ArtifactCache, Kind};
 use crate::engine::compile_cache::CompileCache;
 use crate::engine::{Allocator, EngineOptions, ThawEngine};
 use crate::function::pool::PoolOptions;
-use crate::function::{Function, Linking, Loader};
+use crate::function::{Function, Linking, LoadFor, Loader};
 use crate::guest::config::SecretSources;
 use crate::invoke::InvokeContext;
 use crate::keyvalue::KeyValue;
@@ -479,6 +479,9 @@ impl Platform {
             .unchecked
             .store(count, Ordering::Relaxed);
         runtime.spawn(Self::watch_idle(Arc::downgrade(self)));
+        let (later, snapshots) = tokio::sync::mpsc::unbounded_channel();
+        self.loader.send_snapshots_later(later);
+        runtime.spawn(Self::load_snapshots_later(Arc::downgrade(self), snapshots));
         let platform = self.clone();
         runtime.spawn(async move {
             let started = Instant::now();
@@ -514,7 +517,11 @@ impl Platform {
                 if function.loaded().is_some() {
                     continue;
                 }
-                match platform.loader.ensure_loaded(&function).await {
+                match platform
+                    .loader
+                    .ensure_loaded(&function, LoadFor::Serving)
+                    .await
+                {
                     Ok(_) => loaded += 1,
                     Err(e) => tracing::error!(function = %function.name, "cannot load: {e:#}"),
                 }

@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use super::Platform;
 use crate::engine::ThawEngine;
 use crate::engine::artifact::Kind;
-use crate::function::{Code, Function, Loaded};
+use crate::function::{Code, Function, Loaded, SnapshotLater};
 use crate::source::Language;
 pub use crate::source::snapshot::HOT_REQUESTS_PER_SEC;
 
@@ -106,9 +106,32 @@ impl Platform {
         !self.source_tier.failed_before(key, engine, current)
     }
 
-    /// Takes `function`'s snapshot, compiles it into the artifact cache and serves it.
+    /// Source functions that a request started on their engine while their snapshot waited
+    /// on disk (see [`crate::function::Loader::ensure_loaded`]): each loads its snapshot in
+    /// the background and serves it. Ends with the platform.
+    pub(super) async fn load_snapshots_later(
+        platform: Weak<Self>,
+        mut functions: tokio::sync::mpsc::UnboundedReceiver<SnapshotLater>,
+    ) {
+        while let Some(SnapshotLater { function, key }) = functions.recv().await {
+            let Some(platform) = platform.upgrade() else {
+                return;
+            };
+            if platform.source_tier.enabled {
+                tokio::spawn(platform.tier_up_source(function, key));
+            }
+        }
+    }
+
+    /// Takes `function`'s snapshot, compiles it into the artifact cache and serves it; or,
+    /// when it is on disk already (taken before a restart or an idle unload), loads it.
     async fn tier_up_source(self: Arc<Self>, function: Weak<Function>, key: String) {
-        let _one = self.source_tier.one_at_a_time.lock().await;
+        // Only a snapshot to take waits its turn: loading one is what any load does.
+        let _one = if self.cache().has_artifact(&key) {
+            None
+        } else {
+            Some(self.source_tier.one_at_a_time.lock().await)
+        };
         // Still served, and still worth it (an attempt queued before it may have failed).
         let Some(function) = function.upgrade().filter(|f| {
             self.registry

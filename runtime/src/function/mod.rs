@@ -664,6 +664,30 @@ pub struct Loader {
     engines: Arc<Engines>,
     /// Whether source functions load their snapshots (`--source-snapshots`).
     source_snapshots: bool,
+    /// Where a source function that a waiting request started on its engine is sent, its
+    /// snapshot still on disk ([`Loader::ensure_loaded`]); unset, such a function loads its
+    /// snapshot at once.
+    snapshots_later: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<SnapshotLater>>,
+}
+
+/// A source function started on its engine while its snapshot waits on disk: the control
+/// plane loads the snapshot in the background and swaps it in.
+pub struct SnapshotLater {
+    /// The function (held weakly: one replaced meanwhile is not kept alive).
+    pub function: std::sync::Weak<Function>,
+    /// Its snapshot's key in the artifact cache.
+    pub key: String,
+}
+
+/// What a function's load is for; it decides where a source function whose snapshot is on
+/// disk starts (see [`Loader::ensure_loaded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadFor {
+    /// A request waits for it: the quickest start.
+    Request,
+    /// Start-up's background loading, or a deploy (whose version is not routed yet): the
+    /// code the function will serve with.
+    Serving,
 }
 
 impl Loader {
@@ -674,7 +698,14 @@ impl Loader {
             cache,
             engines,
             source_snapshots: true,
+            snapshots_later: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends source functions that a request started on their engine, their snapshot
+    /// waiting on disk, to `to` (the control plane, which swaps the snapshot in). Set once.
+    pub fn send_snapshots_later(&self, to: tokio::sync::mpsc::UnboundedSender<SnapshotLater>) {
+        let _ = self.snapshots_later.set(to);
     }
 
     /// This loader, loading source functions' snapshots or not.
@@ -719,6 +750,17 @@ impl Loader {
 
     /// Loads a function's code. Blocking (file reads, possibly a compile).
     pub fn load(&self, function: &Function) -> anyhow::Result<Loaded> {
+        self.load_for(function, LoadFor::Serving)
+            .map(|(loaded, _)| loaded)
+    }
+
+    /// [`Loader::load`], for `load_for`; also returns the key of a snapshot this load left on
+    /// disk for later (see [`Loader::ensure_loaded`]).
+    fn load_for(
+        &self,
+        function: &Function,
+        load_for: LoadFor,
+    ) -> anyhow::Result<(Loaded, Option<String>)> {
         let record = &function.record;
         if record.kind == Kind::Source {
             let engine = record
@@ -728,13 +770,26 @@ impl Loader {
             // The function's snapshot, if its traffic made this host take one: an instance
             // of it starts with the program loaded (see `crate::source::snapshot`).
             let snapshot = record.snapshot_key().filter(|_| self.source_snapshots);
+            // Someone waits and the engine is in memory: starting there costs an instance
+            // and the program's load, where the snapshot would first be deserialized from
+            // its own artifact (tens of MB for Python, and its code pages faulted in). The
+            // snapshot follows in the background.
+            if load_for == LoadFor::Request
+                && let Some(key) = &snapshot
+                && self.snapshots_later.get().is_some()
+                && let Some(on) = self.engines.loaded(engine)
+                && self.cache.has_artifact(key)
+            {
+                let loaded = self.source_loaded(function, on)?;
+                return Ok((loaded, snapshot));
+            }
             let found =
                 snapshot.and_then(|key| self.cache.load_existing(Kind::Component, &key).ok());
             if let Some((compiled, _)) = found {
                 match self.link_snapshot(compiled) {
                     Ok(loaded) => {
                         tracing::info!(function = %function.name, "loaded its snapshot");
-                        return Ok(loaded);
+                        return Ok((loaded, None));
                     }
                     Err(e) => {
                         tracing::warn!(function = %function.name, "its snapshot cannot serve ({e:#}); loading the source")
@@ -742,19 +797,7 @@ impl Loader {
                 }
             }
             let engine = self.engine(engine)?;
-            let program = std::fs::read_to_string(self.cache.data().wasm(record.code_digest()))
-                .context("reading the function's program")?;
-            let code = Code::Source(SourceCode {
-                engine,
-                program: program.into(),
-            });
-            tracing::info!(function = %function.name, "loaded");
-            return Ok(Loaded {
-                code,
-                origin: Origin::Artifact,
-                // The engine's image is shared by every function on it.
-                image: None,
-            });
+            return Ok((self.source_loaded(function, engine)?, None));
         }
         let (compiled, origin) = self.cache.load(record.kind, record.code_digest())?;
         // Only an artifact deserialized from its file runs from a file mapping.
@@ -762,10 +805,33 @@ impl Loader {
             .then(|| trim::Image::from_artifact(compiled.image_range()));
         let code = self.linking.link(compiled)?;
         tracing::info!(function = %function.name, from = ?origin, "loaded");
+        Ok((
+            Loaded {
+                code,
+                origin,
+                image,
+            },
+            None,
+        ))
+    }
+
+    /// A source function on `engine`: its program, read from the data directory.
+    fn source_loaded(
+        &self,
+        function: &Function,
+        engine: Arc<LanguageEngine>,
+    ) -> anyhow::Result<Loaded> {
+        let path = self.cache.data().wasm(function.record.code_digest());
+        let program = std::fs::read_to_string(path).context("reading the function's program")?;
+        tracing::info!(function = %function.name, "loaded");
         Ok(Loaded {
-            code,
-            origin,
-            image,
+            code: Code::Source(SourceCode {
+                engine,
+                program: program.into(),
+            }),
+            origin: Origin::Artifact,
+            // The engine's image is shared by every function on it.
+            image: None,
         })
     }
 
@@ -789,25 +855,43 @@ impl Loader {
     /// share one load). Returns, when this call had to wait for a load, how the request's
     /// start is classified (from disk, or a compile when the artifact had to be rebuilt) and
     /// how long the wait took.
+    ///
+    /// A source function whose snapshot is on disk starts, for a request, on its engine when
+    /// the engine is in memory (as it is once the host has started), and its snapshot is
+    /// loaded in the background (see [`Loader::send_snapshots_later`]): the request does not
+    /// wait for the snapshot's artifact. For [`LoadFor::Serving`] it loads the snapshot.
     pub async fn ensure_loaded<'f>(
         self: &Arc<Self>,
         function: &'f Arc<Function>,
+        load_for: LoadFor,
     ) -> anyhow::Result<(&'f Loaded, Option<(StartKind, Duration)>)> {
         if let Some(loaded) = function.loaded() {
             return Ok((loaded, None));
         }
         let started = Instant::now();
+        let mut later = None;
         let (loaded, waited) = function
             .load_once(|| {
                 let loader = self.clone();
                 let function = function.clone();
+                let later = &mut later;
                 async move {
-                    tokio::task::spawn_blocking(move || loader.load(&function))
-                        .await
-                        .map_err(|e| anyhow::anyhow!("load task failed: {e}"))?
+                    let (loaded, key) =
+                        tokio::task::spawn_blocking(move || loader.load_for(&function, load_for))
+                            .await
+                            .map_err(|e| anyhow::anyhow!("load task failed: {e}"))??;
+                    *later = key;
+                    Ok(loaded)
                 }
             })
             .await?;
+        if let Some((key, to)) = later.zip(self.snapshots_later.get()) {
+            // Sent once the function is loaded: the swap replaces code that is there.
+            let _ = to.send(SnapshotLater {
+                function: Arc::downgrade(function),
+                key,
+            });
+        }
         let kind = match loaded.origin {
             Origin::Artifact | Origin::Snapshot => StartKind::Disk,
             Origin::Compiled | Origin::FastTier => StartKind::Compile,

@@ -34,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::function::pool::PoolOptions;
 use crate::function::timing::{StartKind, server_timing};
-use crate::function::{Code, Function, Loader};
+use crate::function::{Code, Function, LoadFor, Loader};
 use crate::spec::{Kind, Limits};
 use crate::telemetry::{RequestTrace, Tracing};
 use body::ResponseBody;
@@ -310,7 +310,7 @@ async fn try_invoke<B: RequestBody>(
     let admitted = Instant::now();
     let (loaded, load) = match &cx.loader {
         Some(loader) => loader
-            .ensure_loaded(function)
+            .ensure_loaded(function, LoadFor::Request)
             .await
             .map_err(|e| InvokeError::Internal(format!("the function cannot be loaded: {e:#}")))?,
         None => match function.loaded() {
