@@ -86,6 +86,29 @@ pub fn default_keep_resident_bytes() -> u64 {
     }
 }
 
+/// How much of a freed slot's tables is kept resident and reset with `memset`: 1 MiB where
+/// the kernel has PAGEMAP_SCAN, 16 KiB elsewhere.
+///
+/// A JavaScript or Python engine's function table has tens of thousands of entries,
+/// initialised lazily: each request's instance writes entries spread over the table, a page
+/// fault (and a TLB-shootdown IPI when the slot's reset gave the page back) per page it
+/// touches. With PAGEMAP_SCAN the reset `memset`s only the pages the instance dirtied and
+/// keeps them, so the size is a ceiling, not a cost per slot: 1 MiB is above any whole table
+/// (the pool's limit is 20,000 pointer-sized entries, 160 KiB), so the worst case at 256 slots
+/// of 8 tables is 320 MiB, and a JS instance keeps about ten pages. Measured side by side (benches/results/
+/// 2026-12-04-issue-25-table-keep-resident, two rounds each, 32 connections): the JS
+/// template's component went from 10 page faults and 17 TLB flushes per request to 0.3 and
+/// 0.4, and from 1,398-1,420 to 1,710-1,749 requests/s; Python from 8-9 faults to 1; the
+/// Rust hello, which has no such table, did not move. Without PAGEMAP_SCAN every reset would
+/// `memset` the whole kept size: hence 16 KiB there.
+fn table_keep_resident_bytes() -> usize {
+    if pagemap_scan_available() {
+        1 << 20
+    } else {
+        16 << 10
+    }
+}
+
 /// Whether this kernel has the PAGEMAP_SCAN ioctl (Linux 6.7+), which the pool uses to reset
 /// only the pages an instance dirtied.
 pub fn pagemap_scan_available() -> bool {
@@ -292,7 +315,7 @@ fn pooling_engine(options: &EngineOptions, mut config: Config) -> anyhow::Result
         // ioctl (Linux 6.7 and later; `Auto` leaves it off elsewhere) instead of all of the
         // kept region: what makes a large keep-resident size cheap for small guests.
         .pagemap_scan(wasmtime::Enabled::Auto)
-        .table_keep_resident(16 << 10);
+        .table_keep_resident(table_keep_resident_bytes());
 
     // Probe: each memory slot reserves `memory_reservation` plus a guard. Refuse early, with
     // a readable reason, if an address-space rlimit would make the reservation fail.
