@@ -134,10 +134,13 @@ def _dispatch(request):
     if _reseed:
         # componentize-py's runtime seeds `random` on an instance's first entry, but an
         # instance of a function's snapshot (runtime/src/source/snapshot.rs) had its first
-        # entry when the snapshot was taken: its seed is the snapshot's. Every instance draws
-        # its own here, on its first request (this flag is never cleared before one).
+        # entry when the snapshot was taken: its seed is the snapshot's. Every instance of a
+        # snapshot (the only place `snapshot_start` ran, setting `_random_at_start`) draws its
+        # own here, on its first request (this flag is never cleared before one). An
+        # instance of the engine itself was seeded by that first entry moments ago.
         _reseed = False
-        random.seed()
+        if _random_at_start is not None:
+            random.seed()
     if _handler is None:
         raise RuntimeError("no program loaded")
     return _handler(request)

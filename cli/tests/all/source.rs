@@ -351,6 +351,20 @@ async fn modules_settings_and_state_answer(server: &TestServer) {
             "{engine}"
         );
     }
+    // On the engine, each fresh instance is seeded by its own first entry (componentize-py's
+    // runtime, at the program's load), which the engine relies on since it reseeds only the
+    // instances of a snapshot (`busy_functions_tier_up_to_their_snapshots` checks those).
+    let mut draws = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let response = server.get("/hello-py?random=1").await;
+        assert_eq!(response.status(), 200);
+        draws.insert(response.text().await.unwrap());
+    }
+    assert_eq!(
+        draws.len(),
+        4,
+        "instances of the engine share a seed: {draws:?}"
+    );
 }
 
 const JS_SQL: &str = r#"import { sql, ThawError } from "thaw";
