@@ -21,7 +21,8 @@
 //! core with the requests it is meant to speed up: the price of a tier-up, paid once per busy
 //! function, which is why the rate that triggers it is a sustained one. A failure (a program
 //! whose load calls the host, a snapshot too large, a full disk) is remembered for the
-//! snapshot's key until the process restarts.
+//! snapshot's key until the process restarts. Loading a snapshot that is on disk takes no
+//! turn, and a snapshot on disk that cannot be loaded (a damaged file) is taken again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,38 +124,58 @@ impl Platform {
         }
     }
 
-    /// Takes `function`'s snapshot, compiles it into the artifact cache and serves it; or,
-    /// when it is on disk already (taken before a restart or an idle unload), loads it.
+    /// Serves `function`'s snapshot: loaded from its artifact when it is on disk (taken
+    /// before a restart or an idle unload, or by another function of the same program), else
+    /// taken, compiled into the artifact cache and loaded, one at a time per host.
     async fn tier_up_source(self: Arc<Self>, function: Weak<Function>, key: String) {
-        // Only a snapshot to take waits its turn: loading one is what any load does.
-        let _one = if self.cache().has_artifact(&key) {
-            None
-        } else {
-            Some(self.source_tier.one_at_a_time.lock().await)
-        };
-        // Still served, and still worth it (an attempt queued before it may have failed).
-        let Some(function) = function.upgrade().filter(|f| {
-            self.registry
-                .get(&f.name)
-                .is_some_and(|set| set.versions().iter().any(|v| Arc::ptr_eq(v, f)))
-        }) else {
-            return;
-        };
-        if !self.worth_a_snapshot(&function, &key) {
-            return;
-        }
         let started = Instant::now();
+        let Some(served) = self.still_served(&function) else {
+            return;
+        };
+        // Loading a snapshot is what any load does: no turn to wait for, and a failure to load
+        // one (a damaged file) is not a failure to take one. It is taken again.
         let platform = self.clone();
-        let source = function.clone();
-        let snapshot_key = key.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || platform.snapshot_blocking(&source, &snapshot_key))
+        let on_disk = key.clone();
+        let existing = tokio::task::spawn_blocking(move || platform.existing_snapshot(&on_disk))
+            .await
+            .unwrap_or_else(|e| Some(Err(anyhow::anyhow!("the load task failed: {e}"))));
+        drop(served);
+        let (function, result, taken) = match existing {
+            Some(Ok(loaded)) => {
+                let Some(function) = self.still_served(&function) else {
+                    return;
+                };
+                let swapped = self.swap_code(&function, loaded).await;
+                (function, Ok(swapped), false)
+            }
+            existing => {
+                if let Some(Err(e)) = existing {
+                    tracing::warn!(snapshot = %key, "a snapshot on disk cannot serve ({e:#}); taking it again");
+                }
+                let _one = self.source_tier.one_at_a_time.lock().await;
+                // Still served, and still worth it (an attempt queued before it may have
+                // failed).
+                let Some(function) = self
+                    .still_served(&function)
+                    .filter(|f| self.worth_a_snapshot(f, &key))
+                else {
+                    return;
+                };
+                let platform = self.clone();
+                let source = function.clone();
+                let snapshot_key = key.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    platform.snapshot_blocking(&source, &snapshot_key)
+                })
                 .await
                 .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))
                 .and_then(|r| r);
-        let result = match loaded {
-            Ok(loaded) => Ok(self.swap_code(&function, loaded).await),
-            Err(e) => Err(e),
+                let result = match loaded {
+                    Ok(loaded) => Ok(self.swap_code(&function, loaded).await),
+                    Err(e) => Err(e),
+                };
+                (function, result, true)
+            }
         };
         let engine = function.record.engine.as_deref().unwrap_or_default();
         match result {
@@ -172,13 +193,35 @@ impl Platform {
             }
             Err(e) => {
                 self.source_tier.failures.fetch_add(1, Ordering::Relaxed);
-                self.source_tier.record(key, engine, false);
+                // Only a snapshot that could not be taken is not tried again.
+                if taken {
+                    self.source_tier.record(key, engine, false);
+                }
                 tracing::warn!(
                     function = %function.name,
                     "tier-up failed; the function stays on its engine: {e:#}"
                 );
             }
         }
+    }
+
+    /// `function`, if it is still one of the versions its name serves.
+    fn still_served(&self, function: &Weak<Function>) -> Option<Arc<Function>> {
+        function.upgrade().filter(|f| {
+            self.registry
+                .get(&f.name)
+                .is_some_and(|set| set.versions().iter().any(|v| Arc::ptr_eq(v, f)))
+        })
+    }
+
+    /// The snapshot `key` loaded from its artifact, or `None` when there is none on disk.
+    /// Blocking.
+    fn existing_snapshot(&self, key: &str) -> Option<anyhow::Result<Loaded>> {
+        let cache = self.cache();
+        cache.has_artifact(key).then(|| {
+            let (compiled, _) = cache.load_existing(Kind::Component, key)?;
+            self.loader.link_snapshot(compiled)
+        })
     }
 
     /// The snapshot of `function`'s program on its engine, compiled, stored under `key` and
@@ -189,9 +232,9 @@ impl Platform {
             anyhow::bail!("not a source function on its engine");
         };
         let cache = self.cache();
-        // Taken before (by another function of the same program, or before a restart).
-        if let Ok((compiled, _)) = cache.load_existing(Kind::Component, key) {
-            return self.loader.link_snapshot(compiled);
+        // Taken by another function of the same program while this one waited its turn.
+        if let Some(Ok(loaded)) = self.existing_snapshot(key) {
+            return Ok(loaded);
         }
         let engine_wasm = std::fs::read(cache.data().wasm(&source.engine.digest))
             .context("reading the engine's wasm")?;
