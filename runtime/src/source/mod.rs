@@ -30,6 +30,7 @@
 //! name the engine they were deployed with, whose wasm the data directory keeps. A redeploy
 //! moves a function to the host's current engine.
 
+mod compact;
 pub mod snapshot;
 
 use std::collections::HashMap;

@@ -40,7 +40,7 @@
 //!
 //! # Cost
 //! Instrumenting and compiling the 13-19 MB engine once more, running `load`, and rewriting
-//! the component; then the result is compiled as any component (see
+//! the component (without the data segments the rewrite emptied: [`super::compact`]); then the result is compiled as any component (see
 //! [`crate::engine::artifact`]). That is seconds of CPU, which is why it is not the deploy's
 //! path (a deploy answers in milliseconds on the shared engine) and runs only for functions
 //! whose traffic pays for it.
@@ -111,7 +111,9 @@ pub fn key<'a>(
 ) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
-    hash.update(b"thaw source snapshot\n");
+    // "2": snapshots without the segments they emptied (`super::compact`); an upgrade takes
+    // the snapshots of busy functions again rather than keep serving the slower ones.
+    hash.update(b"thaw source snapshot 2\n");
     for part in [engine, program] {
         hash.update((part.len() as u64).to_le_bytes());
         hash.update(part.as_bytes());
@@ -267,6 +269,8 @@ pub async fn snapshot(
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))
         .context("taking the snapshot")?;
+    let snapshot = super::compact::drop_emptied_segments(snapshot)
+        .context("dropping the segments the snapshot emptied")?;
     anyhow::ensure!(
         snapshot.len() <= engine_wasm.len() + MAX_HEAP_GROWTH,
         "the program's heap after its load is {} MiB over the engine's own: too large to keep \
