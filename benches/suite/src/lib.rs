@@ -944,6 +944,9 @@ async fn thaw_warm(
     }
     if host_args.contains(&"--engines") && !host_args.contains(&ENGINE_ONLY) {
         host.wait_for_snapshot("hello").await?;
+        // The swapped-in snapshot's pool fills from its first request, which the last one
+        // before the swap may not have been.
+        host.get("/hello")?;
     }
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
