@@ -12,10 +12,13 @@
 //! the host's CPU serving a snapshot, against 0.07% for the same engine's own build
 //! (`perf`, benches/results/2026-12-04-issues-24-25-rerun).
 //!
-//! An empty passive segment can only be seen by `memory.init` and `data.drop`, which name a
-//! segment by index. So a core module whose code has neither (checked, operator by operator,
-//! only where a data-count section allows them at all) loses its empty passive segments and
-//! the others keep their order; one that uses them is left as it is.
+//! An empty passive segment can only be seen by the instructions that name a segment by
+//! index: `memory.init`, `data.drop`, and the GC proposal's `array.new_data` and
+//! `array.init_data`. So a core module whose code has none of them (checked, operator by
+//! operator, only where a data-count section allows them at all) loses its empty passive
+//! segments and the others keep their order; one that uses them is left as it is. (The name
+//! section's names of data segments, if any, keep their old indices: nothing but tools that
+//! print them reads those.)
 
 use std::ops::Range;
 
@@ -29,7 +32,10 @@ use wasmparser::{Chunk, DataKind, Encoding, Operator, Parser, Payload};
 pub fn drop_emptied_segments(component: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     let mut compacted = Vec::new();
     for range in top_level_modules(&component)? {
-        if let Some(module) = compact_module(&component[range.clone()])? {
+        let module = component
+            .get(range.clone())
+            .context("a module past the end")?;
+        if let Some(module) = compact_module(module)? {
             compacted.push((range, module));
         }
     }
@@ -60,12 +66,12 @@ pub fn drop_emptied_segments(component: Vec<u8>) -> anyhow::Result<Vec<u8>> {
                 } = &payload
                 {
                     // Nested items are copied whole, not parsed on.
-                    rest = &rest[unchecked_range.len()..];
+                    rest = skip(rest, unchecked_range.len())?;
                 }
-                let data = compacted
-                    .iter()
-                    .find(|(at, _)| *at == range)
-                    .map_or(&component[range], |(_, module)| &module[..]);
+                let data = match compacted.iter().find(|(at, _)| *at == range) {
+                    Some((_, module)) => &module[..],
+                    None => component.get(range).context("a section past the end")?,
+                };
                 out.section(&wasm_encoder::RawSection { id, data });
             }
         }
@@ -92,16 +98,21 @@ fn top_level_modules(component: &[u8]) -> anyhow::Result<Vec<Range<usize>>> {
             Payload::ModuleSection {
                 unchecked_range, ..
             } => {
-                rest = &rest[unchecked_range.len()..];
+                rest = skip(rest, unchecked_range.len())?;
                 modules.push(unchecked_range);
             }
             Payload::ComponentSection {
                 unchecked_range, ..
-            } => rest = &rest[unchecked_range.len()..],
+            } => rest = skip(rest, unchecked_range.len())?,
             Payload::End(_) => return Ok(modules),
             _ => {}
         }
     }
+}
+
+/// `rest` past a nested module or component of `len` bytes.
+fn skip(rest: &[u8], len: usize) -> anyhow::Result<&[u8]> {
+    rest.get(len..).context("a nested module past the end")
 }
 
 /// `module` without its empty passive data segments, or `None` when it has none or its
@@ -112,10 +123,17 @@ fn compact_module(module: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
     for payload in Parser::new(0).parse_all(module) {
         match payload.context("parsing a core module")? {
             Payload::DataCountSection { .. } => data_count = true,
-            // Validation allows `memory.init` and `data.drop` only after a data-count section.
+            // Validation allows an instruction naming a data segment only after a data-count
+            // section.
             Payload::CodeSectionEntry(body) if data_count => {
                 for op in body.get_operators_reader()? {
-                    if matches!(op?, Operator::MemoryInit { .. } | Operator::DataDrop { .. }) {
+                    if matches!(
+                        op?,
+                        Operator::MemoryInit { .. }
+                            | Operator::DataDrop { .. }
+                            | Operator::ArrayNewData { .. }
+                            | Operator::ArrayInitData { .. }
+                    ) {
                         return Ok(None);
                     }
                 }
@@ -174,31 +192,59 @@ fn compact_module(module: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
 mod tests {
     use super::*;
 
-    /// A component of one core module: `wat` with `body` as its function's code.
-    fn component_of(body: &str) -> Vec<u8> {
-        let module = wat::parse_str(format!(
+    const EMPTIED: &str = r#"(data "")"#;
+
+    /// A component holding one core module built from `wat` (with `{body}` as its one
+    /// function's code and `{emptied}` for each empty passive segment), a data-count section
+    /// of `data_count` inserted before its code when given, and a custom section after it.
+    fn component_of(body: &str, emptied: &str, data_count: Option<u32>) -> Vec<u8> {
+        // The GC proposal's array type only where the body uses it.
+        let types = if body.contains("array") {
+            "(type $bytes (array i8))"
+        } else {
+            ""
+        };
+        let text = format!(
             r#"(module
+                {types}
                 (memory 1)
                 (func (export "f") {body})
-                (data "")
+                {emptied}
                 (data (i32.const 16) "kept")
-                (data "")
+                {emptied}
                 (data "passive"))"#
-        ))
-        .unwrap();
+        );
+        let wasm = wat::parse_str(text).unwrap();
+        let mut module = wasm_encoder::Module::new();
+        for payload in Parser::new(0).parse_all(&wasm) {
+            let payload = payload.unwrap();
+            let Some((id, range)) = payload.as_section() else {
+                continue;
+            };
+            if let (Payload::CodeSectionStart { .. }, Some(count)) = (&payload, data_count) {
+                module.section(&wasm_encoder::DataCountSection { count });
+            }
+            module.section(&wasm_encoder::RawSection {
+                id,
+                data: &wasm[range],
+            });
+        }
+        let module = module.finish();
         let mut component = wasm_encoder::Component::new();
         component.section(&wasm_encoder::RawSection {
             id: wasm_encoder::ComponentSectionId::CoreModule as u8,
             data: &module,
         });
+        component.section(&wasm_encoder::CustomSection {
+            name: "kept too".into(),
+            data: b"\x00\x01".into(),
+        });
         component.finish()
     }
 
-    /// The data segments of the component's one core module: (passive, bytes), and
-    /// whether it has a data-count section.
+    /// The data segments of the component's one core module as (passive, bytes), and its
+    /// data-count section's count.
     fn segments(component: &[u8]) -> (Vec<(bool, Vec<u8>)>, Option<u32>) {
-        // Valid as wasmtime sees it.
-        wasmtime::component::Component::new(&wasmtime::Engine::default(), component).unwrap();
         let range = top_level_modules(component).unwrap().remove(0);
         let (mut segments, mut count) = (Vec::new(), None);
         for payload in Parser::new(0).parse_all(&component[range]) {
@@ -216,15 +262,30 @@ mod tests {
         (segments, count)
     }
 
+    /// Compiles `component` as wasmtime would serve it.
+    fn compiles(component: &[u8]) {
+        wasmtime::component::Component::new(&wasmtime::Engine::default(), component).unwrap();
+    }
+
     #[test]
     fn empty_passive_segments_go_when_no_code_names_a_segment() {
-        let before = component_of("");
-        let after = drop_emptied_segments(before.clone()).unwrap();
-        assert_ne!(after, before);
-        assert_eq!(
-            segments(&after).0,
-            [(false, b"kept".to_vec()), (true, b"passive".to_vec())]
-        );
+        for data_count in [None, Some(4)] {
+            let before = component_of("", EMPTIED, data_count);
+            compiles(&before);
+            let after = drop_emptied_segments(before).unwrap();
+            compiles(&after);
+            // Exactly what the same module without them encodes to, every other section and
+            // the component's custom section included.
+            let expected = component_of("", "", data_count.map(|_| 2));
+            assert_eq!(after, expected, "data count {data_count:?}");
+            assert_eq!(
+                segments(&after),
+                (
+                    vec![(false, b"kept".to_vec()), (true, b"passive".to_vec())],
+                    data_count.map(|_| 2)
+                )
+            );
+        }
     }
 
     #[test]
@@ -232,11 +293,21 @@ mod tests {
         for body in [
             "(memory.init 3 (i32.const 0) (i32.const 0) (i32.const 7))",
             "(data.drop 0)",
+            "(drop (array.new_data $bytes 3 (i32.const 0) (i32.const 1)))",
+            "(array.init_data $bytes 3 (array.new_default $bytes (i32.const 1)) (i32.const 0) (i32.const 0) (i32.const 1))",
         ] {
-            let before = component_of(body);
+            // wat adds the data-count section these need.
+            let before = component_of(body, EMPTIED, None);
             assert_eq!(segments(&before).1, Some(4), "{body}");
             let after = drop_emptied_segments(before.clone()).unwrap();
             assert_eq!(after, before, "{body}");
         }
+    }
+
+    #[test]
+    fn a_core_module_is_refused() {
+        let module = wat::parse_str("(module)").unwrap();
+        let e = drop_emptied_segments(module).unwrap_err().to_string();
+        assert!(e.contains("not a component"), "{e}");
     }
 }
