@@ -288,6 +288,12 @@ async fn busy_functions_tier_up_to_their_snapshots(server: &TestServer) {
         }
     }
     // A fresh instance per request (the default), each seeded on its own.
+    assert_fresh_instances_draw_apart(server, "snapshot").await;
+}
+
+/// Four requests to hello-py's `random.random()`, each on a fresh instance of `what` (the
+/// default), give four different values: no two instances share a seed.
+async fn assert_fresh_instances_draw_apart(server: &TestServer, what: &str) {
     let mut draws = std::collections::HashSet::new();
     for _ in 0..4 {
         // A value: thaw_http's query drops a bare `?random`.
@@ -298,7 +304,7 @@ async fn busy_functions_tier_up_to_their_snapshots(server: &TestServer) {
     assert_eq!(
         draws.len(),
         4,
-        "instances of the snapshot share a seed: {draws:?}"
+        "instances of the {what} share a seed: {draws:?}"
     );
 }
 
@@ -354,17 +360,7 @@ async fn modules_settings_and_state_answer(server: &TestServer) {
     // On the engine, each fresh instance is seeded by its own first entry (componentize-py's
     // runtime, at the program's load), which the engine relies on since it reseeds only the
     // instances of a snapshot (`busy_functions_tier_up_to_their_snapshots` checks those).
-    let mut draws = std::collections::HashSet::new();
-    for _ in 0..4 {
-        let response = server.get("/hello-py?random=1").await;
-        assert_eq!(response.status(), 200);
-        draws.insert(response.text().await.unwrap());
-    }
-    assert_eq!(
-        draws.len(),
-        4,
-        "instances of the engine share a seed: {draws:?}"
-    );
+    assert_fresh_instances_draw_apart(server, "engine").await;
 }
 
 const JS_SQL: &str = r#"import { sql, ThawError } from "thaw";

@@ -43,45 +43,40 @@ pub fn drop_emptied_segments(component: Vec<u8>) -> anyhow::Result<Vec<u8>> {
         return Ok(component);
     }
     let mut out = wasm_encoder::Component::new();
-    let mut parser = Parser::new(0);
-    let mut rest = &component[..];
-    loop {
-        let (payload, consumed) = match parser.parse(rest, true)? {
-            Chunk::Parsed { payload, consumed } => (payload, consumed),
-            Chunk::NeedMoreData(_) => anyhow::bail!("the component ends early"),
-        };
-        rest = &rest[consumed..];
-        match payload {
-            Payload::Version { .. } => {}
-            Payload::End(_) => break,
-            payload => {
-                let Some((id, range)) = payload.as_section() else {
-                    continue;
-                };
-                if let Payload::ModuleSection {
-                    unchecked_range, ..
-                }
-                | Payload::ComponentSection {
-                    unchecked_range, ..
-                } = &payload
-                {
-                    // Nested items are copied whole, not parsed on.
-                    rest = skip(rest, unchecked_range.len())?;
-                }
-                let data = match compacted.iter().find(|(at, _)| *at == range) {
-                    Some((_, module)) => &module[..],
-                    None => component.get(range).context("a section past the end")?,
-                };
-                out.section(&wasm_encoder::RawSection { id, data });
-            }
+    for_each_top_level(&component, |payload| {
+        if let Some((id, range)) = payload.as_section() {
+            let data = match compacted.iter().find(|(at, _)| *at == range) {
+                Some((_, module)) => &module[..],
+                None => component.get(range).context("a section past the end")?,
+            };
+            out.section(&wasm_encoder::RawSection { id, data });
         }
-    }
+        Ok(())
+    })?;
     Ok(out.finish())
 }
 
 /// Where each top-level core module of `component` lies.
 fn top_level_modules(component: &[u8]) -> anyhow::Result<Vec<Range<usize>>> {
     let mut modules = Vec::new();
+    for_each_top_level(component, |payload| {
+        if let Payload::ModuleSection {
+            unchecked_range, ..
+        } = payload
+        {
+            modules.push(unchecked_range.clone());
+        }
+        Ok(())
+    })?;
+    Ok(modules)
+}
+
+/// Calls `f` with each top-level payload of `component` up to its end; a nested module or
+/// component is one payload, its contents skipped (copied whole, never parsed on).
+fn for_each_top_level<'a>(
+    component: &'a [u8],
+    mut f: impl FnMut(&Payload<'a>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut parser = Parser::new(0);
     let mut rest = component;
     loop {
@@ -90,29 +85,26 @@ fn top_level_modules(component: &[u8]) -> anyhow::Result<Vec<Range<usize>>> {
             Chunk::NeedMoreData(_) => anyhow::bail!("the component ends early"),
         };
         rest = &rest[consumed..];
-        match payload {
+        match &payload {
             Payload::Version {
                 encoding: Encoding::Module,
                 ..
             } => anyhow::bail!("a core module, not a component"),
+            Payload::End(_) => return Ok(()),
             Payload::ModuleSection {
                 unchecked_range, ..
-            } => {
-                rest = skip(rest, unchecked_range.len())?;
-                modules.push(unchecked_range);
             }
-            Payload::ComponentSection {
+            | Payload::ComponentSection {
                 unchecked_range, ..
-            } => rest = skip(rest, unchecked_range.len())?,
-            Payload::End(_) => return Ok(modules),
+            } => {
+                rest = rest
+                    .get(unchecked_range.len()..)
+                    .context("a nested module past the end")?;
+            }
             _ => {}
         }
+        f(&payload)?;
     }
-}
-
-/// `rest` past a nested module or component of `len` bytes.
-fn skip(rest: &[u8], len: usize) -> anyhow::Result<&[u8]> {
-    rest.get(len..).context("a nested module past the end")
 }
 
 /// `module` without its empty passive data segments, or `None` when it has none or its
