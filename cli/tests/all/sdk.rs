@@ -9,7 +9,7 @@ use std::time::Duration;
 use thaw_runtime::config::ConfigValue;
 use thaw_runtime::spec::{FunctionSpec, LimitsSpec};
 use thaw_test_functions as wasm;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::{TestServer, black_hole, client, read_head, thaw_command};
 
@@ -60,6 +60,15 @@ async fn upstream() -> u16 {
                 );
                 let _ = socket.write_all(head.as_bytes()).await;
                 let _ = socket.write_all(&body).await;
+                // Read what is left of the request (the end of a body may arrive after its
+                // head) until the caller closes: a socket closed with unread bytes is reset,
+                // and a caller still sending would see the reset instead of this answer.
+                let _ = socket.shutdown().await;
+                let mut rest = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+                })
+                .await;
             });
         }
     });
