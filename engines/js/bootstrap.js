@@ -16,6 +16,21 @@
 // The rewrite keeps every line where it was, so line numbers in errors and stacks are the
 // source's. Imports are not live bindings and cycles see a partly filled module; top-level
 // await and import.meta are refused at deploy.
+//
+// Compiled ahead, in a snapshot: SpiderMonkey compiles a function's bytecode on its first
+// call. StarlingMonkey compiles its own script with every function compiled up front
+// (setForceFullParse), so a componentized function's handler is bytecode in its snapshot;
+// `eval`, the only compiler open to JavaScript at run time, leaves functions lazy, so every
+// instance of a source function's snapshot parsed and compiled its handler again on its
+// first request (perf, debug build: SpiderMonkey's parser and emitter per request, none in
+// the component's). The rewrite therefore starts the body of each module-level function
+// and each method of a module-level object literal with a guard, `if (__thaw_warm.on)
+// return;`, and the snapshot's run calls each of them once with the guard on: the call
+// compiles the function and returns before any of its code runs. Only functions whose
+// parameters are plain names are guarded (a default value or a pattern would run code
+// before the guard), and a function is called only if its own text carries the guard. An
+// instance pays one property read per call of a guarded function; functions nested in
+// others are still compiled on their first call.
 import { Parser } from "./acorn.mjs";
 import * as thaw from "./thaw.js";
 import * as wasiConfig from "wasi:config/store@0.2.0-rc.1";
@@ -141,6 +156,7 @@ function rewrite(path, text) {
       }
     }
   }
+  const warmed = warmable(ast, text, edits);
   // An await outside any function: the parser accepts it in a module, a function body not.
   if (containsTopLevelAwait(ast)) {
     throw new DeployError(`${path}: top-level await is not supported in a source function; await inside the handler`);
@@ -150,8 +166,103 @@ function rewrite(path, text) {
     out = out.slice(0, start) + code + out.slice(end);
   }
   const exported = getters.map(([e, l]) => `${JSON.stringify(e)}: () => ${l}`).join(", ");
-  // On the first line, so that every other line keeps its number.
-  return `"use strict"; __thaw_define({ ${exported} }); ${out}`;
+  // On the first line, so that every other line keeps its number; the warm-up's list after
+  // the last.
+  const warm = warmed.length ? `\n;__thaw_warm.add(() => [${warmed.join(", ")}]);` : "";
+  return `"use strict"; __thaw_define({ ${exported} }); ${out}${warm}`;
+}
+
+// The guard a snapshot's warm-up finds in a function's text (see the top of this file).
+const GUARD = "if (__thaw_warm.on) return;";
+
+// Whether a function can be guarded: a block body, and parameters that are plain names (a
+// default or a pattern would run code before the guard).
+function guardable(fn) {
+  return (
+    fn.body.type === "BlockStatement" &&
+    fn.params.every((p) => p.type === "Identifier" || (p.type === "RestElement" && p.argument.type === "Identifier"))
+  );
+}
+
+// Adds a guard to the module-level functions of `ast` and the methods of its module-level
+// object literals (into `edits`), and returns the expressions that reach them at the end of
+// the module: binding names, and `__thaw_exports.default` for a default export.
+function warmable(ast, text, edits) {
+  const reached = [];
+  const guard = (fn) => {
+    if (!guardable(fn)) return false;
+    // After the body's directives ("use strict"), which must stay first.
+    const directives = fn.body.body.filter((st) => st.directive !== undefined);
+    const at = directives.length ? directives[directives.length - 1].end : fn.body.start + 1;
+    edits.push([at, at, ` ${GUARD}`]);
+    return true;
+  };
+  const isFunction = (node) => node && /^(FunctionExpression|ArrowFunctionExpression)$/.test(node.type);
+  const methods = (object) => {
+    let any = false;
+    for (const p of object.properties) {
+      if (p.type === "Property" && p.kind === "init" && isFunction(p.value)) any = guard(p.value) || any;
+    }
+    return any;
+  };
+  for (const top of ast.body) {
+    const node = /^Export(Named|Default)Declaration$/.test(top.type) && top.declaration ? top.declaration : top;
+    if (node.type === "FunctionDeclaration" && node.id) {
+      if (guard(node)) reached.push(node.id.name);
+    } else if (node.type === "VariableDeclaration") {
+      for (const d of node.declarations) {
+        if (d.id.type !== "Identifier" || !d.init) continue;
+        if (isFunction(d.init) ? guard(d.init) : node.kind === "const" && d.init.type === "ObjectExpression" && methods(d.init)) {
+          reached.push(d.id.name);
+        }
+      }
+    } else if (top.type === "ExportDefaultDeclaration") {
+      if (isFunction(node) || node.type === "FunctionDeclaration" ? guard(node) : node.type === "ObjectExpression" && methods(node)) {
+        reached.push("__thaw_exports.default");
+      }
+    }
+  }
+  return reached;
+}
+
+// A snapshot's warm-up: calls each guarded function reached by the modules' lists with the
+// guard on, compiling it without running it.
+function compileAhead(lists) {
+  const seen = new Set();
+  const call = (fn) => {
+    if (typeof fn !== "function" || seen.has(fn)) return;
+    seen.add(fn);
+    let text;
+    try {
+      text = Function.prototype.toString.call(fn);
+    } catch {
+      return;
+    }
+    if (!text.includes(GUARD)) return;
+    warm.on = true;
+    try {
+      fn();
+    } catch {
+      // Nothing ran: a class constructor refuses the call, that is all.
+    } finally {
+      warm.on = false;
+    }
+  };
+  for (const list of lists) {
+    let values;
+    try {
+      values = list();
+    } catch {
+      continue;
+    }
+    for (const value of values) {
+      if (typeof value === "function") call(value);
+      else if (value !== null && typeof value === "object") {
+        // A module-level object literal: its own data properties (no getter is called).
+        for (const d of Object.values(Object.getOwnPropertyDescriptors(value))) if ("value" in d) call(d.value);
+      }
+    }
+  }
 }
 
 // The first node anywhere in `ast` for which `test` holds, or null.
@@ -202,6 +313,14 @@ function prepare(files, entry) {
 // ---- load: evaluate the program -------------------------------------------------------
 
 let handler = null;
+// The guards' switch and the modules' lists of guarded functions (kept only in a snapshot's run).
+const warm = {
+  on: false,
+  lists: null,
+  add(list) {
+    if (this.lists) this.lists.push(list);
+  },
+};
 
 function dirname(path) {
   const i = path.lastIndexOf("/");
@@ -267,13 +386,13 @@ function evaluate(program) {
     // starts two lines before the body: here the body starts on the header's line, so the
     // module's frames in a stack carry the file's own line numbers.
     const body = (0, eval)(
-      `(function (__thaw_import, __thaw_exports, __thaw_define, __thaw_reexport, addEventListener) {${modules[path]}\n})\n//# sourceURL=${path}`,
+      `(function (__thaw_import, __thaw_exports, __thaw_define, __thaw_reexport, addEventListener, __thaw_warm) {${modules[path]}\n})\n//# sourceURL=${path}`,
     );
     const importFrom = (specifier) => {
       const found = resolve(path, specifier);
       return found.builtin ?? load(found.path);
     };
-    body(importFrom, exports, define, reexport, addEventListenerShim);
+    body(importFrom, exports, define, reexport, addEventListenerShim, warm);
     return exports;
   }
 
@@ -330,24 +449,45 @@ export const program = {
     } catch (e) {
       throw describe(e);
     }
+    if (warm.lists) {
+      compileAhead(warm.lists);
+      warm.lists = null;
+    }
   },
-  // The engine's first entry draws nothing from the host; a program's top-level draw calls
-  // the host (Math.random seeds lazily), which the snapshot's run refuses on its own.
-  snapshotStart() {},
+  // Called only in a snapshot's run, before `load`: the program's functions are then
+  // compiled ahead (see the top of this file). The engine's first entry draws nothing from
+  // the host; a program's top-level draw calls the host (Math.random seeds lazily), which the
+  // snapshot's run refuses on its own.
+  snapshotStart() {
+    warm.lists = [];
+  },
 };
 
 // ---- requests --------------------------------------------------------------------------
 
 // A handler's exception is not caught: the engine logs it with its stack (thaw logs has
-// it) and the request fails with a 500.
-async function dispatch(request) {
-  if (!handler) return new Response("function failed (no program loaded)\n", { status: 500 });
-  const response = await handler(request);
+// it) and the request fails with a 500. The handler's own promise goes to respondWith with
+// one check chained, not through an async wrapper of ours (a promise and an await more per
+// request, measured in benches/results).
+function checked(response) {
   if (!(response instanceof Response)) throw new TypeError("the handler's fetch did not return a Response");
   return response;
 }
 
-addEventListener("fetch", (event) => event.respondWith(dispatch(event.request)));
+addEventListener("fetch", (event) => {
+  if (!handler) {
+    event.respondWith(new Response("function failed (no program loaded)\n", { status: 500 }));
+    return;
+  }
+  let result;
+  try {
+    result = handler(event.request);
+  } catch (e) {
+    event.respondWith(Promise.reject(e));
+    return;
+  }
+  event.respondWith(result instanceof Response ? result : Promise.resolve(result).then(checked));
+});
 
 // ---- build-time warm-up ----------------------------------------------------------------
 

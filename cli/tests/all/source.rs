@@ -93,6 +93,9 @@ export default {
     if (url.searchParams.has("fail")) {
       explode();
     }
+    if (url.searchParams.has("ran")) {
+      return new Response(`${ran} ${touch(1)} ${api.bump()} ${defaulted()}\n`);
+    }
     const calls = kv.open("default").increment("calls");
     log.info("greeted", { calls });
     const text = greet(url.searchParams.get("name") ?? "world", config.get("greeting"));
@@ -103,6 +106,25 @@ export default {
 function explode() {
   throw new TypeError("request boom");
 }
+
+// State no code may touch before a request: a snapshot's run compiles the functions below
+// ahead without running them (the getter and the default value are never evaluated).
+let ran = 0;
+function touch(n) {
+  ran += n;
+  return ran;
+}
+const api = {
+  bump() {
+    ran += 10;
+    return ran;
+  },
+  get seen() {
+    ran += 100;
+    return ran;
+  },
+};
+const defaulted = (n = (ran += 1000)) => n;
 "#;
 
 const JS_GREET: &str = r#"export const PUNCTUATION = "!";
@@ -287,6 +309,10 @@ async fn busy_functions_tier_up_to_their_snapshots(server: &TestServer) {
             );
         }
     }
+    // The snapshot's run compiled hello-js's module-level functions without running any: a
+    // fresh instance finds the module's state as its top level left it.
+    let response = server.get("/hello-js?ran").await;
+    assert_eq!(response.text().await.unwrap(), "0 1 11 1011\n");
     // A fresh instance per request (the default), each seeded on its own.
     assert_fresh_instances_draw_apart(server, "snapshot").await;
 }
@@ -560,7 +586,7 @@ async fn postgres_answers_from_both_languages(server: &TestServer) {
 /// A request's exception: a 500, its stack in the function's log, the next request served.
 async fn an_exception_costs_its_request_only(server: &TestServer) {
     for (name, frame) in [
-        ("hello-js", "explode@index.js:19:9"),
+        ("hello-js", "explode@index.js:22:9"),
         ("hello-py", "File \"app.py\", line 21, in explode"),
     ] {
         assert_eq!(server.get(&format!("/{name}?fail=1")).await.status(), 500);
