@@ -24,13 +24,18 @@
 // instance of a source function's snapshot parsed and compiled its handler again on its
 // first request (perf, debug build: SpiderMonkey's parser and emitter per request, none in
 // the component's). The rewrite therefore starts the body of each module-level function
-// and each method of a module-level object literal with a guard, `if (__thaw_warm.on)
-// return;`, and the snapshot's run calls each of them once with the guard on: the call
-// compiles the function and returns before any of its code runs. Only functions whose
-// parameters are plain names are guarded (a default value or a pattern would run code
-// before the guard), and a function is called only if its own text carries the guard. An
-// instance pays one property read per call of a guarded function; functions nested in
-// others are still compiled on their first call.
+// and each method of a module-level object literal with a guard (`GUARD` below), and the
+// snapshot's run calls each of them once with the guard on: the call compiles the function
+// and returns before any of its code runs. Only functions whose parameters are plain names
+// are guarded (a default value or a pattern would run code before the guard), and a
+// function is called only if its own text carries the guard; the warm-up uses only
+// built-ins taken when this file loaded, so a program that replaces one (toString, Set,
+// Promise) runs none of its code there. Trade-offs: an instance pays a typeof and a property
+// read per call of a guarded function; a guarded function's text (`toString`) shows the
+// guard, which is harmless where the text is evaluated again (the typeof); functions nested
+// in others are still compiled on their first call; and the warm-up stops after
+// `COMPILE_AHEAD_CHARS` of function text, so that a large bundle's snapshot does not grow by
+// the bytecode of functions a request may never call.
 import { Parser } from "./acorn.mjs";
 import * as thaw from "./thaw.js";
 import * as wasiConfig from "wasi:config/store@0.2.0-rc.1";
@@ -173,7 +178,10 @@ function rewrite(path, text) {
 }
 
 // The guard a snapshot's warm-up finds in a function's text (see the top of this file).
-const GUARD = "if (__thaw_warm.on) return;";
+const GUARD = 'if (typeof __thaw_warm === "object" && __thaw_warm.on) return;';
+
+// How much function text a snapshot's warm-up compiles at most (characters).
+const COMPILE_AHEAD_CHARS = 1 << 20;
 
 // Whether a function can be guarded: a block body, and parameters that are plain names (a
 // default or a pattern would run code before the guard).
@@ -194,7 +202,8 @@ function warmable(ast, text, edits) {
     // After the body's directives ("use strict"), which must stay first.
     const directives = fn.body.body.filter((st) => st.directive !== undefined);
     const at = directives.length ? directives[directives.length - 1].end : fn.body.start + 1;
-    edits.push([at, at, ` ${GUARD}`]);
+    // The `;` ends a directive written without one.
+    edits.push([at, at, `; ${GUARD}`]);
     return true;
   };
   const isFunction = (node) => node && /^(FunctionExpression|ArrowFunctionExpression)$/.test(node.type);
@@ -225,41 +234,58 @@ function warmable(ast, text, edits) {
   return reached;
 }
 
+// The built-ins the warm-up and the fetch listener use, taken before any program runs.
+const { apply, ownKeys, getOwnPropertyDescriptor } = Reflect;
+const { hasOwn } = Object;
+const functionText = Function.prototype.toString;
+const stringIncludes = String.prototype.includes;
+const promiseResolve = Promise.resolve.bind(Promise);
+const promiseReject = Promise.reject.bind(Promise);
+const promiseThen = Promise.prototype.then;
+
 // A snapshot's warm-up: calls each guarded function reached by the modules' lists with the
-// guard on, compiling it without running it.
+// guard on, compiling it without running it, until COMPILE_AHEAD_CHARS of text.
 function compileAhead(lists) {
-  const seen = new Set();
+  const seen = [];
+  let budget = COMPILE_AHEAD_CHARS;
   const call = (fn) => {
-    if (typeof fn !== "function" || seen.has(fn)) return;
-    seen.add(fn);
+    if (typeof fn !== "function" || budget <= 0) return;
+    for (let i = 0; i < seen.length; i++) if (seen[i] === fn) return;
+    seen[seen.length] = fn;
     let text;
     try {
-      text = Function.prototype.toString.call(fn);
+      text = apply(functionText, fn, []);
     } catch {
       return;
     }
-    if (!text.includes(GUARD)) return;
+    if (typeof text !== "string" || !apply(stringIncludes, text, [GUARD])) return;
+    budget -= text.length;
     warm.on = true;
     try {
-      fn();
+      apply(fn, undefined, []);
     } catch {
       // Nothing ran: a class constructor refuses the call, that is all.
     } finally {
       warm.on = false;
     }
   };
-  for (const list of lists) {
+  for (let l = 0; l < lists.length; l++) {
     let values;
     try {
-      values = list();
+      values = lists[l]();
     } catch {
       continue;
     }
-    for (const value of values) {
+    for (let v = 0; v < values.length; v++) {
+      const value = values[v];
       if (typeof value === "function") call(value);
       else if (value !== null && typeof value === "object") {
         // A module-level object literal: its own data properties (no getter is called).
-        for (const d of Object.values(Object.getOwnPropertyDescriptors(value))) if ("value" in d) call(d.value);
+        const keys = ownKeys(value);
+        for (let k = 0; k < keys.length; k++) {
+          const d = getOwnPropertyDescriptor(value, keys[k]);
+          if (hasOwn(d, "value")) call(d.value);
+        }
       }
     }
   }
@@ -450,7 +476,11 @@ export const program = {
       throw describe(e);
     }
     if (warm.lists) {
-      compileAhead(warm.lists);
+      try {
+        compileAhead(warm.lists);
+      } catch {
+        // Compiling ahead is only faster: the snapshot is right without it.
+      }
       warm.lists = null;
     }
   },
@@ -479,14 +509,14 @@ addEventListener("fetch", (event) => {
     event.respondWith(new Response("function failed (no program loaded)\n", { status: 500 }));
     return;
   }
-  let result;
+  let response;
   try {
-    result = handler(event.request);
+    const result = handler(event.request);
+    response = result instanceof Response ? result : apply(promiseThen, promiseResolve(result), [checked]);
   } catch (e) {
-    event.respondWith(Promise.reject(e));
-    return;
+    response = promiseReject(e);
   }
-  event.respondWith(result instanceof Response ? result : Promise.resolve(result).then(checked));
+  event.respondWith(response);
 });
 
 // ---- build-time warm-up ----------------------------------------------------------------
