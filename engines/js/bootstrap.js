@@ -161,7 +161,7 @@ function rewrite(path, text) {
       }
     }
   }
-  const warmed = warmable(ast, text, edits);
+  const warmed = warmable(ast, edits);
   // An await outside any function: the parser accepts it in a module, a function body not.
   if (containsTopLevelAwait(ast)) {
     throw new DeployError(`${path}: top-level await is not supported in a source function; await inside the handler`);
@@ -195,7 +195,7 @@ function guardable(fn) {
 // Adds a guard to the module-level functions of `ast` and the methods of its module-level
 // object literals (into `edits`), and returns the expressions that reach them at the end of
 // the module: binding names, and `__thaw_exports.default` for a default export.
-function warmable(ast, text, edits) {
+function warmable(ast, edits) {
   const reached = [];
   const guard = (fn) => {
     if (!guardable(fn)) return false;

@@ -95,12 +95,12 @@ pub fn default_keep_resident_bytes() -> u64 {
 /// touches. With PAGEMAP_SCAN the reset `memset`s only the pages the instance dirtied and
 /// keeps them, so the size is a ceiling, not a cost per slot: 1 MiB is above any whole table
 /// (the pool's limit is 20,000 pointer-sized entries, 160 KiB), so the worst case at 256 slots
-/// of 8 tables is 320 MiB, and a JS instance keeps about ten pages. Measured side by side (benches/results/
-/// 2026-12-04-issue-25-table-keep-resident, two rounds each, 32 connections): the JS
-/// template's component went from 10 page faults and 17 TLB flushes per request to 0.3 and
-/// 0.4, and from 1,398-1,420 to 1,710-1,749 requests/s; Python from 8-9 faults to 1; the
-/// Rust hello, which has no such table, did not move. Without PAGEMAP_SCAN every reset would
-/// `memset` the whole kept size: hence 16 KiB there.
+/// of 8 tables is 320 MiB, and a JS instance keeps about ten pages. Measured side by side
+/// (benches/results/2026-12-04-issue-25-table-keep-resident, two rounds each, 32
+/// connections): the JS template's component went from 10 page faults and 17 TLB flushes
+/// per request to 0.3 and 0.4, and from 1,398-1,420 to 1,710-1,749 requests/s; Python from
+/// 8-9 faults to 1; the Rust hello, which has no such table, did not move. Without
+/// PAGEMAP_SCAN every reset would `memset` the whole kept size: hence 16 KiB there.
 fn table_keep_resident_bytes() -> usize {
     if pagemap_scan_available() {
         1 << 20

@@ -40,10 +40,10 @@
 //!
 //! # Cost
 //! Instrumenting and compiling the 13-19 MB engine once more, running `load`, and rewriting
-//! the component (without the data segments the rewrite emptied: [`super::compact`]); then the result is compiled as any component (see
-//! [`crate::engine::artifact`]). That is seconds of CPU, which is why it is not the deploy's
-//! path (a deploy answers in milliseconds on the shared engine) and runs only for functions
-//! whose traffic pays for it.
+//! the component (without the data segments the rewrite emptied: [`super::compact`]); then
+//! the result is compiled as any component (see [`crate::engine::artifact`]). That is
+//! seconds of CPU, which is why it is not the deploy's path (a deploy answers in
+//! milliseconds on the shared engine) and runs only for functions whose traffic pays for it.
 //!
 //! [Wizer]: https://github.com/bytecodealliance/wasmtime/tree/main/crates/wizer
 

@@ -1,6 +1,7 @@
 #!/bin/bash
-# One host: JS template as a component and as source tiered up to its snapshot; wrk c=32 on
-# each in turn, perf stat counts per request.
+# One host: the JS and Python templates as components and as source tiered up to their
+# snapshots; wrk c=32 on each of FNS in turn (one-host-js.txt: the default, jscomp jssrc;
+# one-host-py.txt: FNS="pycomp pysrc"), perf stat counts per request.
 set -u
 cd "$(dirname "$0")/../../.."
 T=target/release/thaw; port=18780; admin=18781
@@ -20,7 +21,7 @@ for i in $(seq 1 120); do
   [ "$n" = 2 ] && break
 done
 $T list --json | python3 -c 'import json,sys; [print(f["name"], f.get("loaded_from")) for f in json.load(sys.stdin)]'
-for round in 1 2 3; do for f in jscomp jssrc; do
+for round in 1 2 3; do for f in ${FNS:-jscomp jssrc}; do
   wrk -t2 -c32 -d2s http://127.0.0.1:$port/$f >/dev/null
   perf stat -e task-clock,page-faults,tlb:tlb_flush,context-switches -p $pid -o $work/stat -- sleep 6 & sp=$!
   wrk -t2 -c32 -d6s http://127.0.0.1:$port/$f > $work/wrk; wait $sp
