@@ -24,6 +24,15 @@ use wasmtime_environ::{
 };
 mod registry;
 
+/// thaw patch: text-section offsets of one escaping defined function's entry points.
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct FuncRefCode {
+    /// The array-to-wasm trampoline (`VMFuncRef::array_call`).
+    pub(crate) array_call: u32,
+    /// The wasm body (`VMFuncRef::wasm_call`).
+    pub(crate) wasm_call: u32,
+}
+
 pub use registry::*;
 
 /// A compiled WebAssembly module, ready to be instantiated.
@@ -150,6 +159,13 @@ struct ModuleInner {
     /// improves memory usage for modules that are created but may not ever be
     /// instantiated.
     memory_images: OnceLock<Option<ModuleMemoryImages>>,
+
+    /// thaw patch (vendor/README.md): the text-section offsets of each escaping defined
+    /// function's array-to-wasm trampoline and wasm body, indexed by `FuncRefIndex`, built on
+    /// the first `VMFuncRef` this module's instances need. Without it every `ref.func` searches
+    /// the compiled-functions table twice; a dynamically linked component's start-up runs one
+    /// `ref.func` per element of each table segment (thousands for CPython) in every instance.
+    func_ref_code: OnceLock<Box<[FuncRefCode]>>,
 
     /// Flag indicating whether this module can be serialized or not.
     #[cfg(any(feature = "cranelift", feature = "winch"))]
@@ -553,6 +569,7 @@ impl Module {
                 engine: engine.clone(),
                 code,
                 memory_images: OnceLock::new(),
+                func_ref_code: OnceLock::new(),
                 module,
                 #[cfg(any(feature = "cranelift", feature = "winch"))]
                 serializable,
@@ -1168,6 +1185,35 @@ impl Module {
             .cast::<VMWasmCallFunction>()
             .cast_mut();
         Some(NonNull::new(ptr).unwrap())
+    }
+
+    /// thaw patch: where the code of the escaping defined function `func_ref` starts, as
+    /// offsets in the text section, from a table built once per module (see `func_ref_code`).
+    #[inline]
+    pub(crate) fn func_ref_code(&self, func_ref: wasmtime_environ::FuncRefIndex) -> FuncRefCode {
+        let table = self.inner.func_ref_code.get_or_init(|| {
+            let module = self.env_module();
+            let compiled = self.compiled_module();
+            let mut table = vec![FuncRefCode::default(); module.num_escaped_funcs];
+            for (index, func) in module.functions.iter() {
+                let Some(def_index) = module.defined_func_index(index) else {
+                    continue;
+                };
+                if !func.is_escaping() {
+                    continue;
+                }
+                let offset = |key| u32::try_from(compiled.function_range(key).start).unwrap();
+                table[func.func_ref.as_u32() as usize] = FuncRefCode {
+                    array_call: offset(FuncKey::ArrayToWasmTrampoline(
+                        module.module_index,
+                        def_index,
+                    )),
+                    wasm_call: offset(FuncKey::DefinedWasmFunction(module.module_index, def_index)),
+                };
+            }
+            table.into_boxed_slice()
+        });
+        table[func_ref.as_u32() as usize]
     }
 
     pub(crate) fn memory_images(&self) -> Result<Option<&ModuleMemoryImages>> {

@@ -144,6 +144,11 @@ pub struct Instance {
     /// cross-thread stuff used in `InstancePre`)
     store: Option<VMStoreRawPtr>,
 
+    /// thaw patch (vendor/README.md): the start of this instance's module's text section in
+    /// its store, found on the first `VMFuncRef` built for a defined function and kept, so
+    /// that later ones skip the store's code-registry lookup.
+    func_ref_text: Option<SendSyncPtr<[u8]>>,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
@@ -209,6 +214,7 @@ impl Instance {
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
+            func_ref_text: None,
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -870,29 +876,72 @@ impl Instance {
 
     /// Initializes a defined function's `VMFuncRef` in-place and then returns a
     /// pointer to that location.
+    ///
+    /// thaw patch (vendor/README.md): the code pointers come from the module's table of
+    /// entry-point offsets (`Module::func_ref_code`) and the text section this instance
+    /// found once (`func_ref_text`), not from a registry lookup and two searches of the
+    /// compiled-functions table per call, as `initialize_and_return_funcref` does. The
+    /// `VMFuncRef` written is the same.
     fn initialize_defined_funcref(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         registry: &ModuleRegistry,
         def_index: DefinedFuncIndex,
     ) -> Option<NonNull<VMFuncRef>> {
+        let text = self.as_mut().func_ref_text(registry);
         let module = self.env_module();
         let index = module.func_index(def_index);
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
-        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
-        let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // SAFETY: the type/offset/keys here are all valid for the defined
-        // function at `def_index`.
-        unsafe {
-            self.initialize_and_return_funcref(
-                registry,
-                type_index,
-                vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
+        let code = self
+            .runtime_module()
+            .expect("funcref impossible in fake module")
+            .func_ref_code(func.func_ref);
+        debug_assert!(
+            code.array_call as usize <= text.len() && code.wasm_call as usize <= text.len()
+        );
+        let text = text.as_non_null().cast::<u8>();
+        // SAFETY: both offsets are starts of functions in this module's text section (they
+        // come from its compiled-functions table), which `text` spans.
+        let (array_call, wasm_call) = unsafe {
+            (
+                text.add(code.array_call as usize),
+                text.add(code.wasm_call as usize),
             )
+        };
+        let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
+        // SAFETY: the offset calculated here should be correct with `self.offsets`, and the
+        // pointer is within our `VMContext` area.
+        unsafe {
+            let func_ref_ptr = self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset);
+            func_ref_ptr.write(VMFuncRef {
+                array_call: VmPtr::from(array_call.cast()),
+                wasm_call: Some(VmPtr::from(wasm_call.cast::<VMWasmCallFunction>())),
+                vmctx,
+                type_index,
+            });
+            Some(func_ref_ptr)
         }
+    }
+
+    /// thaw patch: this instance's module's text section in its store, looked up in the
+    /// store's code registry the first time and kept (it lives as long as the store).
+    fn func_ref_text(self: Pin<&mut Self>, registry: &ModuleRegistry) -> SendSyncPtr<[u8]> {
+        if let Some(text) = self.func_ref_text {
+            return text;
+        }
+        let module = self
+            .runtime_module()
+            .expect("funcref impossible in fake module");
+        let text = SendSyncPtr::from(
+            registry
+                .store_code(module.engine_code())
+                .expect("module not in store")
+                .text(),
+        );
+        // SAFETY: not moving data out of `self`.
+        unsafe { self.get_unchecked_mut() }.func_ref_text = Some(text);
+        text
     }
 
     fn get_start_func_ref(
