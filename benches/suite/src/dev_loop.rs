@@ -190,12 +190,20 @@ async fn measure(
             elapsed: started.elapsed(),
             start_kind: None,
         });
-        // thaw dev prints `built in N ms` before the deploy that made the edit live.
-        let times = built_times(&log_path);
-        let built = times
-            .get(builds_before..)
-            .and_then(|t| t.last().copied())
-            .context("thaw dev reported no build for the edit")?;
+        // thaw dev prints `built in N ms` when the deploy that made the edit live has
+        // returned, which can be after the host answered with the edit: wait for the line.
+        let deadline = Instant::now() + SAMPLE_TIMEOUT;
+        let built = loop {
+            let times = built_times(&log_path);
+            if let Some(&built) = times.get(builds_before..).and_then(|t| t.last()) {
+                break built;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "thaw dev reported no build for the edit within {SAMPLE_TIMEOUT:?}"
+            );
+            std::thread::sleep(POLL);
+        };
         builds.push(Sample {
             elapsed: built,
             start_kind: None,
