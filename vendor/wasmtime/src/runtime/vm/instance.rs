@@ -898,7 +898,7 @@ impl Instance {
             .expect("funcref impossible in fake module")
             .func_ref_code(func.func_ref);
         debug_assert!(
-            code.array_call as usize <= text.len() && code.wasm_call as usize <= text.len()
+            (code.array_call as usize) < text.len() && (code.wasm_call as usize) < text.len()
         );
         let text = text.as_non_null().cast::<u8>();
         // SAFETY: both offsets are starts of functions in this module's text section (they
@@ -928,6 +928,16 @@ impl Instance {
     /// store's code registry the first time and kept (it lives as long as the store).
     fn func_ref_text(self: Pin<&mut Self>, registry: &ModuleRegistry) -> SendSyncPtr<[u8]> {
         if let Some(text) = self.func_ref_text {
+            // The store never moves or replaces a registered module's code in 48 (guest
+            // debugging patches it in place); checked here in case a later version does.
+            debug_assert_eq!(
+                text.as_ptr().cast::<u8>().cast_const(),
+                registry
+                    .store_code(self.runtime_module().unwrap().engine_code())
+                    .unwrap()
+                    .text()
+                    .as_ptr()
+            );
             return text;
         }
         let module = self
