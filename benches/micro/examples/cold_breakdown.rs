@@ -1,6 +1,6 @@
 //! Where a cold start from disk spends its time, phase by phase, in-process.
 //!
-//! `cargo run --release -p thaw-benches --example cold_breakdown [COMPONENT.wasm [ROUNDS]]`
+//! `cargo run --release -p thaw-benches --example cold_breakdown [WASM [ROUNDS [same-file]]]`
 //!
 //! It compiles `hello` (or the component given) once and writes the artifact to a new file per round (so each round
 //! loads its own mapping, as a host loading many functions does), then times what thaw does on the first request to a function on
@@ -10,6 +10,10 @@
 //! registration), `instantiate_pre` (type-checking the imports against the linker),
 //! `ProxyPre::new`, the first instantiation (which builds the module's copy-on-write memory
 //! image) and, for comparison, a second one. Prints the median of each phase.
+//!
+//! With `same-file`, the artifact is written once and every round maps that file again (no
+//! checksum, no writes): the rounds are then nothing but loads and instantiations, for a
+//! profiler (`perf record --call-graph dwarf`).
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +34,11 @@ fn main() {
         .next()
         .unwrap_or_else(|| thaw_test_functions::HELLO.to_owned());
     let rounds: usize = args.next().map_or(ROUNDS, |n| n.parse().expect("ROUNDS"));
+    let same_file = match args.next().as_deref() {
+        None => false,
+        Some("same-file") => true,
+        Some(other) => panic!("unknown argument {other:?} (expected `same-file`)"),
+    };
     let wasm = std::fs::read(&path).expect("the component");
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -64,12 +73,17 @@ fn main() {
     );
     let mut artifact_bytes = 0;
     for round in 0..rounds {
-        let path = dir.path().join(format!("{round}.cwasm"));
-        std::fs::write(&path, &artifact).expect("write");
-
-        let start = Instant::now();
-        file_checksum(&path).expect("checksum");
-        time("scrub's checksum (off path)", start.elapsed());
+        let path = dir
+            .path()
+            .join(format!("{}.cwasm", if same_file { 0 } else { round }));
+        if !same_file || round == 0 {
+            std::fs::write(&path, &artifact).expect("write");
+        }
+        if !same_file {
+            let start = Instant::now();
+            file_checksum(&path).expect("checksum");
+            time("scrub's checksum (off path)", start.elapsed());
+        }
 
         let start = Instant::now();
         artifact_bytes = std::fs::metadata(&path).expect("stat").len() as usize;

@@ -15,12 +15,14 @@ use alloc::sync::Arc;
 use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "std")]
 use std::{fs::File, path::Path};
 use wasmparser::{Parser, ValidPayload, Validator};
 use wasmtime_environ::{
-    CompiledFunctionsTable, CompiledModuleInfo, EntityIndex, FuncKey, HostPtr, ModuleTypes,
-    ObjectKind, StaticModuleIndex, TypeTrace, VMOffsets, VMSharedTypeIndex, WasmChecksum,
+    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityIndex, FuncKey, HostPtr,
+    ModuleTypes, ObjectKind, StaticModuleIndex, TypeTrace, VMOffsets, VMSharedTypeIndex,
+    WasmChecksum,
 };
 mod registry;
 
@@ -31,6 +33,21 @@ pub(crate) struct FuncRefCode {
     pub(crate) array_call: u32,
     /// The wasm body (`VMFuncRef::wasm_call`).
     pub(crate) wasm_call: u32,
+}
+
+impl FuncRefCode {
+    /// One word: never 0, since the trampoline and the body are two functions at two
+    /// different offsets (so 0 can mean "not looked up yet").
+    fn pack(self) -> u64 {
+        (u64::from(self.array_call) << 32) | u64::from(self.wasm_call)
+    }
+
+    fn unpack(word: u64) -> Option<Self> {
+        (word != 0).then(|| FuncRefCode {
+            array_call: (word >> 32) as u32,
+            wasm_call: word as u32,
+        })
+    }
 }
 
 pub use registry::*;
@@ -161,11 +178,14 @@ struct ModuleInner {
     memory_images: OnceLock<Option<ModuleMemoryImages>>,
 
     /// thaw patch (vendor/README.md): the text-section offsets of each escaping defined
-    /// function's array-to-wasm trampoline and wasm body, indexed by `FuncRefIndex`, built on
-    /// the first `VMFuncRef` this module's instances need. Without it every `ref.func` searches
-    /// the compiled-functions table twice; a dynamically linked component's start-up runs one
-    /// `ref.func` per element of each table segment (thousands for CPython) in every instance.
-    func_ref_code: OnceLock<Box<[FuncRefCode]>>,
+    /// function's array-to-wasm trampoline and wasm body, indexed by `FuncRefIndex`, packed
+    /// in one word (`FuncRefCode::pack`; 0 until first asked for). Without it every
+    /// `ref.func` searches the compiled-functions table twice; a dynamically linked
+    /// component's start-up runs one `ref.func` per element of each table segment (thousands
+    /// for CPython) in every instance. Entries are filled one by one as instances ask, not all
+    /// at once: SpiderMonkey has 12,700 escaping functions, of which an instance's start-up
+    /// asks for few, and searching for all of them cost its first instance ~200 µs.
+    func_ref_code: OnceLock<Box<[AtomicU64]>>,
 
     /// Flag indicating whether this module can be serialized or not.
     #[cfg(any(feature = "cranelift", feature = "winch"))]
@@ -1187,33 +1207,35 @@ impl Module {
         Some(NonNull::new(ptr).unwrap())
     }
 
-    /// thaw patch: where the code of the escaping defined function `func_ref` starts, as
-    /// offsets in the text section, from a table built once per module (see `func_ref_code`).
+    /// thaw patch: where the code of the escaping defined function `def_index` (whose
+    /// `FuncRefIndex` is `func_ref`) starts, as offsets in the text section: searched for in
+    /// the compiled-functions table the first time any instance of this module asks, then
+    /// read from `func_ref_code`.
     #[inline]
-    pub(crate) fn func_ref_code(&self, func_ref: wasmtime_environ::FuncRefIndex) -> FuncRefCode {
+    pub(crate) fn func_ref_code(
+        &self,
+        func_ref: wasmtime_environ::FuncRefIndex,
+        def_index: DefinedFuncIndex,
+    ) -> FuncRefCode {
         let table = self.inner.func_ref_code.get_or_init(|| {
-            let module = self.env_module();
-            let compiled = self.compiled_module();
-            let mut table = vec![FuncRefCode::default(); module.num_escaped_funcs];
-            for (index, func) in module.functions.iter() {
-                let Some(def_index) = module.defined_func_index(index) else {
-                    continue;
-                };
-                if !func.is_escaping() {
-                    continue;
-                }
-                let offset = |key| u32::try_from(compiled.function_range(key).start).unwrap();
-                table[func.func_ref.as_u32() as usize] = FuncRefCode {
-                    array_call: offset(FuncKey::ArrayToWasmTrampoline(
-                        module.module_index,
-                        def_index,
-                    )),
-                    wasm_call: offset(FuncKey::DefinedWasmFunction(module.module_index, def_index)),
-                };
-            }
-            table.into_boxed_slice()
+            (0..self.env_module().num_escaped_funcs)
+                .map(|_| AtomicU64::new(0))
+                .collect()
         });
-        table[func_ref.as_u32() as usize]
+        let slot = &table[func_ref.as_u32() as usize];
+        // Relaxed: a slot holds a value computed from immutable data, so two threads filling
+        // it race only to store the same word.
+        if let Some(code) = FuncRefCode::unpack(slot.load(Ordering::Relaxed)) {
+            return code;
+        }
+        let module_index = self.env_module().module_index;
+        let offset = |key| u32::try_from(self.compiled_module().function_range(key).start).unwrap();
+        let code = FuncRefCode {
+            array_call: offset(FuncKey::ArrayToWasmTrampoline(module_index, def_index)),
+            wasm_call: offset(FuncKey::DefinedWasmFunction(module_index, def_index)),
+        };
+        slot.store(code.pack(), Ordering::Relaxed);
+        code
     }
 
     pub(crate) fn memory_images(&self) -> Result<Option<&ModuleMemoryImages>> {

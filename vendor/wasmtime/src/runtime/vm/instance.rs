@@ -896,7 +896,7 @@ impl Instance {
         let code = self
             .runtime_module()
             .expect("funcref impossible in fake module")
-            .func_ref_code(func.func_ref);
+            .func_ref_code(func.func_ref, def_index);
         debug_assert!(
             (code.array_call as usize) < text.len() && (code.wasm_call as usize) < text.len()
         );
