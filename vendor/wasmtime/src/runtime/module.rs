@@ -27,7 +27,7 @@ use wasmtime_environ::{
 mod registry;
 
 /// thaw patch: text-section offsets of one escaping defined function's entry points.
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FuncRefCode {
     /// The array-to-wasm trampoline (`VMFuncRef::array_call`).
     pub(crate) array_call: u32,
@@ -36,8 +36,10 @@ pub(crate) struct FuncRefCode {
 }
 
 impl FuncRefCode {
-    /// One word: never 0, since the trampoline and the body are two functions at two
-    /// different offsets (so 0 can mean "not looked up yet").
+    /// One word, never 0, so 0 can mean "not looked up yet": the compiled-functions table
+    /// gives only functions of non-zero length, and its builder asserts that each starts at
+    /// or after the end of the one before, so the trampoline and the body never both start
+    /// at offset 0.
     fn pack(self) -> u64 {
         (u64::from(self.array_call) << 32) | u64::from(self.wasm_call)
     }
@@ -184,7 +186,9 @@ struct ModuleInner {
     /// component's start-up runs one `ref.func` per element of each table segment (thousands
     /// for CPython) in every instance. Entries are filled one by one as instances ask, not all
     /// at once: SpiderMonkey has 12,700 escaping functions, of which an instance's start-up
-    /// asks for few, and searching for all of them cost its first instance ~200 µs.
+    /// asks for few, and searching for all of them made its first instantiation several
+    /// times slower (vendor/README.md). `AtomicU64` where upstream avoids it for targets
+    /// without 64-bit atomics: thaw runs on 64-bit Linux only.
     func_ref_code: OnceLock<Box<[AtomicU64]>>,
 
     /// Flag indicating whether this module can be serialized or not.
@@ -1209,8 +1213,8 @@ impl Module {
 
     /// thaw patch: where the code of the escaping defined function `def_index` (whose
     /// `FuncRefIndex` is `func_ref`) starts, as offsets in the text section: searched for in
-    /// the compiled-functions table the first time any instance of this module asks, then
-    /// read from `func_ref_code`.
+    /// the compiled-functions table until an instance of this module has filled its entry in
+    /// `func_ref_code` (threads racing on an empty entry each search once), then read there.
     #[inline]
     pub(crate) fn func_ref_code(
         &self,
@@ -1226,16 +1230,23 @@ impl Module {
         // Relaxed: a slot holds a value computed from immutable data, so two threads filling
         // it race only to store the same word.
         if let Some(code) = FuncRefCode::unpack(slot.load(Ordering::Relaxed)) {
+            debug_assert_eq!(code, self.search_func_ref_code(def_index));
             return code;
         }
-        let module_index = self.env_module().module_index;
-        let offset = |key| u32::try_from(self.compiled_module().function_range(key).start).unwrap();
-        let code = FuncRefCode {
-            array_call: offset(FuncKey::ArrayToWasmTrampoline(module_index, def_index)),
-            wasm_call: offset(FuncKey::DefinedWasmFunction(module_index, def_index)),
-        };
+        let code = self.search_func_ref_code(def_index);
         slot.store(code.pack(), Ordering::Relaxed);
         code
+    }
+
+    /// thaw patch: `func_ref_code`'s search, as upstream's `initialize_and_return_funcref`
+    /// does it for every `VMFuncRef`.
+    fn search_func_ref_code(&self, def_index: DefinedFuncIndex) -> FuncRefCode {
+        let module_index = self.env_module().module_index;
+        let offset = |key| u32::try_from(self.compiled_module().function_range(key).start).unwrap();
+        FuncRefCode {
+            array_call: offset(FuncKey::ArrayToWasmTrampoline(module_index, def_index)),
+            wasm_call: offset(FuncKey::DefinedWasmFunction(module_index, def_index)),
+        }
     }
 
     pub(crate) fn memory_images(&self) -> Result<Option<&ModuleMemoryImages>> {
