@@ -1,6 +1,6 @@
 //! Where a cold start from disk spends its time, phase by phase, in-process.
 //!
-//! `cargo run --release -p thaw-benches --example cold_breakdown [WASM [ROUNDS [same-file]]]`
+//! `cargo run --release -p thaw-benches --example cold_breakdown [WASM [ROUNDS [same-file] [keep] [thread] [idle] [evict]]]`
 //!
 //! It compiles `hello` (or the component given) once and writes the artifact to a new file per round (so each round
 //! loads its own mapping, as a host loading many functions does), then times what thaw does on the first request to a function on
@@ -14,6 +14,14 @@
 //! With `same-file`, the artifact is written once and every round maps that file again (no
 //! checksum, no writes): the rounds are then nothing but loads and instantiations, for a
 //! profiler (`perf record --call-graph dwarf`).
+//!
+//! With `keep`, every round's component and linked instance stay alive to the end, as in a host
+//! with many functions loaded: each load then takes memory never used before, where without it
+//! a round reuses what the round before freed. With `thread`, the rounds run on a thread other
+//! than `main`, as a host's loads run on a blocking-pool thread: glibc gives such a thread its
+//! own arena, which grows differently from the main thread's heap. `idle` sleeps 20 ms before
+//! each round and `evict` first writes 64 MiB elsewhere: a host's load comes after the core idled
+//! or ran other work, with its caches cold, where back-to-back rounds find them warm.
 
 use std::time::{Duration, Instant};
 
@@ -28,18 +36,54 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 const ROUNDS: usize = 30;
 
 fn main() {
-    let engine = ThawEngine::new(thaw_benches::engine_options(false)).expect("engine");
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
         .unwrap_or_else(|| thaw_test_functions::HELLO.to_owned());
     let rounds: usize = args.next().map_or(ROUNDS, |n| n.parse().expect("ROUNDS"));
-    let same_file = match args.next().as_deref() {
-        None => false,
-        Some("same-file") => true,
-        Some(other) => panic!("unknown argument {other:?} (expected `same-file`)"),
-    };
-    let wasm = std::fs::read(&path).expect("the component");
+    let mut modes = Modes::default();
+    for mode in args {
+        match mode.as_str() {
+            "same-file" => modes.same_file = true,
+            "keep" => modes.keep = true,
+            "thread" => modes.thread = true,
+            "idle" => modes.idle = true,
+            "evict" => modes.evict = true,
+            other => panic!(
+                "unknown argument {other:?} (expected same-file, keep, thread, idle or evict)"
+            ),
+        }
+    }
+    if modes.thread {
+        std::thread::spawn(move || run(&path, rounds, modes))
+            .join()
+            .expect("the rounds' thread");
+    } else {
+        run(&path, rounds, modes);
+    }
+}
+
+/// How the rounds run (see the module's docs).
+#[derive(Clone, Copy, Default)]
+struct Modes {
+    same_file: bool,
+    keep: bool,
+    thread: bool,
+    idle: bool,
+    evict: bool,
+}
+
+fn run(path: &str, rounds: usize, modes: Modes) {
+    let Modes {
+        same_file,
+        keep,
+        idle,
+        evict,
+        ..
+    } = modes;
+    let mut elsewhere = vec![0u8; if evict { 64 << 20 } else { 0 }];
+    let engine = ThawEngine::new(thaw_benches::engine_options(false)).expect("engine");
+    let wasm = std::fs::read(path).expect("the component");
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let record = FunctionRecord {
@@ -72,7 +116,18 @@ fn main() {
         start.elapsed().as_secs_f64() * 1e3
     );
     let mut artifact_bytes = 0;
+    let mut kept = Vec::new();
     for round in 0..rounds {
+        if idle {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if evict {
+            // One write per cache line, a different value each round.
+            for line in elsewhere.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(1);
+            }
+            std::hint::black_box(&elsewhere);
+        }
         let path = dir
             .path()
             .join(format!("{}.cwasm", if same_file { 0 } else { round }));
@@ -115,6 +170,9 @@ fn main() {
                 time(name, start.elapsed());
             }
         });
+        if keep {
+            kept.push((component, pre));
+        }
     }
     println!(
         "{path}: {} KB wasm, {} KB artifact, {rounds} rounds",
