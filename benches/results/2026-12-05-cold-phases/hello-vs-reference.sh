@@ -1,8 +1,9 @@
 #!/bin/bash
 # The Rust hello's rows, this build beside the reference run's (0052d2e, the build of
 # 2026-11-27-languages-suite: cold 734 us, warm 360 us, 21k requests/s at 32 connections),
-# each with the hello it was built with, interleaved REF, HEAD, HEAD, REF; the peer
-# (`wasmtime serve`) in every throughput run. REF is a release build of 0052d2e in a worktree
+# each with the hello it was built with, interleaved REF, HEAD, HEAD, REF. The peer
+# (`wasmtime serve`) runs in HEAD's throughput runs only: the reference build's bench looks for
+# the wasmtime CLI beside its own target directory. REF is a release build of 0052d2e in a worktree
 # (`git worktree add /work/ref 0052d2e`, then scripts/setup-bench's cargo build there).
 set -eu
 cd "$(dirname "$0")"

@@ -51,7 +51,8 @@ def line():
     ms = lambda a, b: f"{(b - a) * 1000:.3f}" if a is not None and b is not None else "nan"
     server = ms(0, (li - t0) + (wr - ac)) if None not in (t0, li, ac, wr) else "nan"
     print(" ".join([
-        # execve -> ServeCommand::execute: the kernel's exec, ld.so, Rust's start, clap
+        # exec (the kernel has loaded the binary) -> ServeCommand::execute: ld.so, Rust's
+        # start, clap
         "process_start=" + ms(t0, ex),
         # execute -> the first Config::new: logging, the tokio runtime (its worker threads)
         "runtime=" + ms(ex, first("config")),
@@ -61,12 +62,13 @@ def line():
         "config=" + ms(co, en),
         "engine_new=" + ms(en, er),
         # serve's engine built -> the file's precompiled header read: the linker filled with
-        # WASI (wasi_to_linker) and wasi:http
+        # WASI (wasi_to_linker) and wasi:http, then load_module opening and mapping the file
         "linker=" + ms(er, first("detect")),
         "wasi_to_linker=" + ms(first("wasi_linker"), first("wasi_linker_ret")),
-        # the header checked (load_module mapped the file before it)
+        # the precompiled header checked
         "open_file=" + ms(first("detect"), de),
         "deserialize=" + ms(de, dr),
+        # from deserialize_file's return (what lies between is a match on its result)
         "instantiate_pre=" + ms(dr, ip),
         # ProxyPre (tries p3, then p2), the shutdown task, bind, listen
         "to_listen=" + ms(ip, li),

@@ -4,16 +4,28 @@
 # Component::deserialize_file, Linking::link, wasmtime's Instantiator::new) and syscall
 # tracepoints, read from ftrace. The shape of thaw bench's cold rows: K names of one artifact
 # (WASM), the host (--load lazy) restarted R times, each name's first request once per restart.
+# Knobs: THAW (the binary), WASM, K (names, 20), R (restarts, 3).
 # Usage (root): thaw-probes.sh; one `phases.py thaw` line per request (first of a restart: first=1),
 # followed by that request's Server-Timing (`*_st`: thaw's own phases, which split instance from
 # handler).
 set -eu
 cd "$(dirname "$0")/../../.."
 here=benches/results/2026-12-05-cold-phases
-B=${T:-target/release/thaw}; port=18790; admin=18791
+B=${THAW:-target/release/thaw}; port=18790; admin=18791
 Tr=/sys/kernel/tracing
-off() { local a; a=0x$(nm -C "$B" | grep -E " [tT] $1\$" | head -1 | cut -d' ' -f1); printf '0x%x' $((a - 0x1000)); }
-cleanup() { echo 0 > $Tr/tracing_on; echo 0 > $Tr/events/enable; echo > $Tr/uprobe_events; kill $pid 2>/dev/null || true; rm -rf "$work"; }
+# (nm's line: 16 hex digits, the type, then the name, which must match exactly.)
+off() {
+  local a
+  a=0x$(nm -C "$B" | awk -v s="$1" 'substr($0, 20) == s { print $1; exit }')
+  [ "$a" != 0x ] || { echo "no symbol $1" >&2; exit 1; }
+  printf '0x%x' $((a - 0x1000))
+}
+cleanup() {
+  echo 0 > $Tr/tracing_on; echo 0 > $Tr/events/enable; echo > $Tr/uprobe_events
+  for f in $Tr/events/syscalls/sys_enter_*/filter; do echo 0 > "$f"; done
+  echo local > $Tr/trace_clock; echo 1408 > $Tr/buffer_size_kb
+  kill $pid 2>/dev/null || true; rm -rf "$work"
+}
 work=$(mktemp -d); pid=
 trap cleanup EXIT
 echo 0 > $Tr/tracing_on; echo 0 > $Tr/events/enable; echo > $Tr/uprobe_events
@@ -45,12 +57,12 @@ start() {
   for i in $(seq 1 200); do curl -s -o /dev/null 127.0.0.1:$admin/ && break; sleep 0.05; done
 }
 start
-for k in $(seq 1 ${K:-10}); do $B deploy ${WASM:-target/baselines/lang/js-proxy.wasm} --name fn$k >/dev/null; done
+for k in $(seq 1 ${K:-20}); do $B deploy ${WASM:-target/baselines/lang/js-proxy.wasm} --name fn$k >/dev/null; done
 for r in $(seq 1 ${R:-3}); do
   kill $pid; wait $pid 2>/dev/null || true; start; sleep 1
   # One client process for the restart's K requests, back to back as thaw bench sends them,
   # each on a new connection; the trace is split per request at each accept.
-  urls=(); for k in $(seq 1 ${K:-10}); do urls+=(-o /dev/null http://127.0.0.1:$port/fn$k); done
+  urls=(); for k in $(seq 1 ${K:-20}); do urls+=(-o /dev/null http://127.0.0.1:$port/fn$k); done
   echo > $Tr/trace; echo 1 > $Tr/tracing_on
   curl -s -D $work/headers -H 'Connection: close' "${urls[@]}"
   echo 0 > $Tr/tracing_on
