@@ -10,27 +10,16 @@ set -eu
 W=${W:-/work/main/target/tools/pip/wasmtime_cli/wasmtime}
 cwasm=$1; n=${2:-10}; shift; [ $# -gt 0 ] && shift
 here=$(cd "$(dirname "$0")" && pwd)
-T=/sys/kernel/tracing
-# Symbol (or 0xADDR) -> file offset: this binary's text segment is mapped at offset + 0x1000.
-# (nm's line: 16 hex digits, the type, then the name, which must match exactly.)
-off() {
-  local a=$1
-   [[ $a == 0x* ]] || a=0x$(nm -C "$W" | awk -v s="$1" 'substr($0, 20) == s { print $1; exit }')
-  [ "$a" != 0x ] || { echo "no symbol $1" >&2; exit 1; }
-  printf '0x%x' $((a - 0x1000))
-}
+. "$here/ftrace.sh"
+T=$TRACEFS
 pid=
 cleanup() {
-  echo 0 > $T/tracing_on; echo 0 > $T/events/enable; echo > $T/uprobe_events
-  for f in $T/events/syscalls/sys_enter_*/filter $T/events/sched/sched_process_exec/filter; do
-    echo 0 > "$f"
-  done
-  echo local > $T/trace_clock; echo 1408 > $T/buffer_size_kb
+  ftrace_reset
   [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
 }
 trap cleanup EXIT
-echo 0 > $T/tracing_on; echo 0 > $T/events/enable; echo > $T/uprobe_events
-add() { echo "$1:peer/$2 $W:$(off "$3")" >> $T/uprobe_events; }
+ftrace_reset
+add() { add_probe peer "$W" "$@"; }
 add p exec '<wasmtime_cli::commands::serve::ServeCommand>::execute'
 add p config '<wasmtime::config::Config>::new'
 add p cache '<wasmtime_internal_cache::Cache>::from_file'

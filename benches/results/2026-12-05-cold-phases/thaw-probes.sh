@@ -12,24 +12,16 @@ set -eu
 cd "$(dirname "$0")/../../.."
 here=benches/results/2026-12-05-cold-phases
 B=${THAW:-target/release/thaw}; port=18790; admin=18791
-Tr=/sys/kernel/tracing
-# (nm's line: 16 hex digits, the type, then the name, which must match exactly.)
-off() {
-  local a
-  a=0x$(nm -C "$B" | awk -v s="$1" 'substr($0, 20) == s { print $1; exit }')
-  [ "$a" != 0x ] || { echo "no symbol $1" >&2; exit 1; }
-  printf '0x%x' $((a - 0x1000))
-}
+. "$here/ftrace.sh"
+Tr=$TRACEFS
 cleanup() {
-  echo 0 > $Tr/tracing_on; echo 0 > $Tr/events/enable; echo > $Tr/uprobe_events
-  for f in $Tr/events/syscalls/sys_enter_*/filter; do echo 0 > "$f"; done
-  echo local > $Tr/trace_clock; echo 1408 > $Tr/buffer_size_kb
+  ftrace_reset
   kill $pid 2>/dev/null || true; rm -rf "$work"
 }
 work=$(mktemp -d); pid=
 trap cleanup EXIT
-echo 0 > $Tr/tracing_on; echo 0 > $Tr/events/enable; echo > $Tr/uprobe_events
-add() { echo "$1:thaw/$2 $(realpath $B):$(off "$3")" >> $Tr/uprobe_events; }
+ftrace_reset
+add() { add_probe thaw "$B" "$@"; }
 # The load's hand-off to tokio's blocking pool, then the load on a pool thread
 add p spawn 'tokio::runtime::blocking::pool::Spawner::spawn_task'
 add p load 'thaw_runtime::function::Loader::load_for'
