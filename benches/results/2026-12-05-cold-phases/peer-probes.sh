@@ -1,8 +1,8 @@
 #!/bin/bash
 # Where a `wasmtime serve` cold start goes, phase by phase. The peer ships with symbols, so
-# uprobes on its own functions (ServeCommand::execute, Config::new, the cache's config,
-# Engine::new, Component::deserialize_file, Linker::instantiate_pre, InstancePre's
-# instantiate_async) and a few syscall tracepoints mark the phases. ftrace, not `perf record`:
+# uprobes on its own functions (ServeCommand::execute, Config::new, Engine::new,
+# Component::deserialize_file, Linker::instantiate_pre, InstancePre's instantiate_async)
+# and a few syscall tracepoints mark the phases. ftrace, not `perf record`:
 # perf's per-thread events made every thread the peer starts cost milliseconds more.
 # Usage (root): peer-probes.sh <cwasm> [N] [serve options...]; one line per sample, from
 # `phases.py line`; `phases.py sum` summarises the lines.
@@ -22,8 +22,6 @@ ftrace_reset
 add() { add_probe peer "$W" "$@"; }
 add p exec '<wasmtime_cli::commands::serve::ServeCommand>::execute'
 add p config '<wasmtime::config::Config>::new'
-add p cache '<wasmtime_internal_cache::Cache>::from_file'
-add r cache_ret '<wasmtime_internal_cache::Cache>::from_file'
 add p engine '<wasmtime::engine::Engine>::new'
 add r engine_ret '<wasmtime::engine::Engine>::new'
 add p wasi_linker '<wasmtime_cli::common::RunCommon>::add_wasmtime_wasi_to_linker::<wasmtime_cli::commands::serve::Host>'
@@ -33,7 +31,6 @@ add p deser '<wasmtime::runtime::component::component::Component>::deserialize_f
 add r deser_ret '<wasmtime::runtime::component::component::Component>::deserialize_file::<&std::path::Path>'
 add p deser2 '<wasmtime::runtime::component::component::Component>::deserialize_file::<&std::path::PathBuf>'
 add r deser2_ret '<wasmtime::runtime::component::component::Component>::deserialize_file::<&std::path::PathBuf>'
-add p ipre '<wasmtime::runtime::component::linker::Linker<wasmtime_cli::commands::serve::Host>>::instantiate_pre'
 add r ipre_ret '<wasmtime::runtime::component::linker::Linker<wasmtime_cli::commands::serve::Host>>::instantiate_pre'
 # InstancePre<serve::Host>::instantiate_async's future (two monomorphic copies): first poll in,
 # last poll out.

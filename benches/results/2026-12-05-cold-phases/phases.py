@@ -21,11 +21,21 @@ def read():
     return ev
 
 
+def first_in(ev, name, after=0.0):
+    """The time of the first `name` event at or after `after`, or None."""
+    return next((t for t, n in ev if n == name and t >= after), None)
+
+
+def ms(a, b):
+    """b - a in ms, or "nan" when either end is missing."""
+    return f"{(b - a) * 1000:.3f}" if a is not None and b is not None else "nan"
+
+
 def line():
     ev = read()
 
     def first(name, after=0.0):
-        return next((t for t, n in ev if n == name and t >= after), None)
+        return first_in(ev, name, after)
 
     def last(name, before):
         ts = [t for t, n in ev if n == name and t <= (before or 0)]
@@ -48,7 +58,6 @@ def line():
     # (`use_pooling_allocator_by_default`).
     en, er = last("engine", de), last("engine_ret", de)
     co = last("config", en)
-    ms = lambda a, b: f"{(b - a) * 1000:.3f}" if a is not None and b is not None else "nan"
     server = ms(0, (li - t0) + (wr - ac)) if None not in (t0, li, ac, wr) else "nan"
     print(" ".join([
         # exec (the kernel has loaded the binary) -> ServeCommand::execute: ld.so, Rust's
@@ -95,14 +104,13 @@ def thaw():
 
 def one_request(ev, first_of_batch):
     def first(name, after=0.0):
-        return next((t for t, n in ev if n == name and t >= after), None)
+        return first_in(ev, name, after)
 
     ac = ev[0][0]
     rv = first("sys_recvfrom", ac)
     # The request's instance is the first after the load; the warm pool's refills follow it.
     i0 = first("inst", first("load_ret") or 0)
     wr = next((t for t, n in ev if n in ("sys_writev", "sys_sendto") and t >= (i0 or 1e18)), None)
-    ms = lambda a, b: f"{(b - a) * 1000:.3f}" if a is not None and b is not None else "nan"
     sp = first("spawn", rv or 0)
     print(" ".join([
         f"first={int(first_of_batch)}",
