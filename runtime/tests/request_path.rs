@@ -38,7 +38,7 @@ impl Host {
         })
         .expect("engine");
         Self {
-            linking: Linking::new(Arc::new(engine)).expect("linkers"),
+            linking: Linking::single(Arc::new(engine)).expect("linkers"),
             cx: InvokeContext {
                 admission: Arc::new(tokio::sync::Semaphore::new(8)),
                 queue_timeout: Duration::from_secs(5),

@@ -146,3 +146,48 @@ async fn the_start_up_scrub_checks_once_and_a_later_rewrite_is_still_caught() {
     assert_eq!(status["compilations"], 1);
     assert!(server.log().contains("is corrupt"), "{}", server.log());
 }
+
+/// A WASIp3 component compiles on the engine with the component model's concurrency, a
+/// WASIp2 component and a CGI module on the one without (see `engine::concurrency`); the
+/// artifact's name says which, so a restart loads each on its engine without compiling.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_artifact_restarts_on_the_engine_that_compiled_it() {
+    let mut server = TestServer::start();
+    let digest = |f: &serde_json::Value| f["digest"].as_str().unwrap().to_owned();
+    let hello = digest(
+        &server
+            .deploy("hello", wasm::HELLO, Default::default())
+            .await,
+    );
+    let p3 = digest(&server.deploy("p3", wasm::P3, route("/p3")).await);
+    let wc = digest(&server.deploy("wc", wasm::WORDCOUNT, route("/cgi/wc")).await);
+    let dir = artifact_dir(&server);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    names.sort();
+    let mut expected = vec![
+        format!("{hello}.cwasm"),
+        format!("{p3}.concurrent.cwasm"),
+        format!("{wc}.cwasm"),
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
+
+    server.kill_and_restart(1);
+    assert_eq!(
+        server.get("/hello").await.text().await.unwrap(),
+        "Hello, world!\n"
+    );
+    assert_eq!(
+        server.get("/p3/hello").await.text().await.unwrap(),
+        "Hello, WASI!"
+    );
+    assert_eq!(server.get("/cgi/wc").await.status(), 200);
+    let status = server.admin().status().await.unwrap();
+    assert_eq!(status["compilations"], 0, "a restart compiles nothing");
+    assert_eq!(status["artifact_loads"], 3);
+    assert_eq!(status["artifact_rebuilds"], 0);
+}

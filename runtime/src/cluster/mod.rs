@@ -181,7 +181,7 @@ impl Cluster {
             functions,
             admin,
             instance_slots: engine.options().instance_slots,
-            engine: engine.compatibility_key(),
+            engine: platform.cache().engines().compatibility_key(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let cluster = Arc::new(Self {

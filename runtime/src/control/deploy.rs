@@ -812,7 +812,13 @@ impl Platform {
 
     async fn snapshot(&self, spec: &FunctionSpec, wasm: Bytes) -> Result<Bytes, DeployError> {
         let limits = spec.limits.resolve(&self.defaults);
-        let engine = self.engine().engine().clone();
+        // The engine the component compiles on: the snapshot runs it there.
+        let engine = self
+            .cache()
+            .engines()
+            .for_code(Kind::Component, &wasm)
+            .engine()
+            .clone();
         let permit = self.instance_slot("pre-initialising the function").await?;
         let started = Instant::now();
         let snapshot = tokio::task::spawn_blocking(move || {

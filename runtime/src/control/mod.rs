@@ -30,7 +30,7 @@ use crate::api::HostStatus;
 use crate::datadir::DataDir;
 use crate::engine::artifact::{ArtifactCache, Kind};
 use crate::engine::compile_cache::CompileCache;
-use crate::engine::{Allocator, EngineOptions, ThawEngine};
+use crate::engine::{Allocator, EngineOptions, HostEngines, ThawEngine};
 use crate::function::pool::PoolOptions;
 use crate::function::{Function, Linking, LoadFor, Loader};
 use crate::guest::config::SecretSources;
@@ -219,29 +219,27 @@ impl Platform {
         } else {
             None
         };
-        let engine = Arc::new(match compile_cache {
-            Some(cache) => ThawEngine::with_compile_cache(config.engine.clone(), cache)?,
-            None => ThawEngine::new(config.engine.clone())?,
-        });
-        let cache = Arc::new(ArtifactCache::new(data.clone(), engine.clone())?);
+        let host_engines = Arc::new(HostEngines::new(config.engine.clone(), compile_cache)?);
+        let engine = host_engines.main().clone();
+        let cache = Arc::new(ArtifactCache::new(data.clone(), host_engines.clone())?);
         let engines = Arc::new(
             crate::source::Engines::open(config.engines.as_deref(), &data)
                 .context("opening the language engines")?,
         );
         let loader = Arc::new(
-            Loader::new(Linking::new(engine.clone())?, cache, engines.clone())
+            Loader::new(Linking::new(&host_engines)?, cache, engines.clone())
                 .with_source_snapshots(config.source_snapshots),
         );
         let garbage = garbage::Collector {
             records: data.functions_dir(),
             wasm: data.wasm_dir(),
-            artifacts: data.artifacts(&engine.compatibility_key()),
+            artifacts: data.artifacts(&host_engines.compatibility_key()),
             claims: Default::default(),
             retired: Default::default(),
             engines: engines.current_all().map(|(_, d)| d.to_owned()).collect(),
         };
         let fast = if config.fast_deploy {
-            Some(Linking::new(Arc::new(ThawEngine::new_fast_tier(
+            Some(Linking::single(Arc::new(ThawEngine::new_fast_tier(
                 &config.engine,
             )?))?)
         } else {

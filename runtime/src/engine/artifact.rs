@@ -5,9 +5,13 @@
 //! has the numbers). So thaw compiles once, at deploy, and every later start (a restart, a new
 //! node pointed at the same data directory) loads the artifact.
 //!
-//! Artifacts are keyed by the sha256 of the wasm **and** the engine's compatibility key
-//! ([`ThawEngine::compatibility_key`]): an upgrade of wasmtime or a change of engine settings
-//! gets a fresh directory instead of a refused (or worse, misread) artifact.
+//! Artifacts are keyed by the sha256 of the wasm **and** the engines' compatibility key
+//! ([`HostEngines::compatibility_key`]): an upgrade of wasmtime or a change of engine settings
+//! gets a fresh directory instead of a refused (or worse, misread) artifact. Within it, the
+//! file name says which of the two engines made it ([`crate::engine::concurrency`]):
+//! `<sha256>.cwasm` the engine without the component model's concurrency,
+//! `<sha256>.concurrent.cwasm` the one with it. A load looks for the first, then the second:
+//! no parse of the wasm, one more `stat` for a WASIp3 function.
 //!
 //! # Trust
 //! `deserialize_file` is `unsafe` because an artifact is native code. thaw only ever
@@ -51,7 +55,7 @@ use wasmtime::Module;
 use wasmtime::component::Component;
 
 use crate::datadir::DataDir;
-use crate::engine::ThawEngine;
+use crate::engine::{Concurrency, HostEngines};
 use crate::histogram::Histogram;
 
 pub use crate::spec::{Kind, detect_kind};
@@ -177,10 +181,10 @@ pub struct CacheStats {
     pub compile_time: Histogram,
 }
 
-/// The artifact cache of one data directory and one engine.
+/// The artifact cache of one data directory and the host's engines.
 pub struct ArtifactCache {
     data: DataDir,
-    engine: Arc<ThawEngine>,
+    engines: Arc<HostEngines>,
     dir: PathBuf,
     stats: CacheStats,
     /// Artifacts whose checksum matched in this process, with the file's stamp then.
@@ -188,13 +192,13 @@ pub struct ArtifactCache {
 }
 
 impl ArtifactCache {
-    /// The cache for `engine` under `data`.
-    pub fn new(data: DataDir, engine: Arc<ThawEngine>) -> anyhow::Result<Self> {
-        let dir = data.artifacts(&engine.compatibility_key());
+    /// The cache for `engines` under `data`.
+    pub fn new(data: DataDir, engines: Arc<HostEngines>) -> anyhow::Result<Self> {
+        let dir = data.artifacts(&engines.compatibility_key());
         crate::datadir::create_private_dir(&dir)?;
         Ok(Self {
             data,
-            engine,
+            engines,
             dir,
             stats: CacheStats::default(),
             checked: DashMap::new(),
@@ -206,6 +210,11 @@ impl ArtifactCache {
         &self.data
     }
 
+    /// The engines the cache compiles for.
+    pub fn engines(&self) -> &Arc<HostEngines> {
+        &self.engines
+    }
+
     /// The cache's counters.
     pub fn stats(&self) -> &CacheStats {
         &self.stats
@@ -213,18 +222,40 @@ impl ArtifactCache {
 
     /// Whether an artifact for `digest` is on disk (checked or not).
     pub fn has_artifact(&self, digest: &str) -> bool {
-        self.artifact_path(digest).is_file()
+        self.locate(digest).is_ok()
     }
 
-    fn artifact_path(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{digest}.cwasm"))
+    fn artifact_path(&self, digest: &str, concurrency: Concurrency) -> PathBuf {
+        self.dir.join(match concurrency {
+            Concurrency::Off => format!("{digest}.cwasm"),
+            Concurrency::On => format!("{digest}.concurrent.cwasm"),
+        })
     }
 
-    fn sidecar_path(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{digest}.cwasm.xxh3"))
+    /// The checksum sidecar of the artifact at `path`.
+    fn sidecar_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".xxh3");
+        PathBuf::from(name)
     }
 
-    /// Compiles `wasm` with Cranelift and stores the artifact. CPU-heavy: call it from a
+    /// The artifact of `digest` on disk: which engine made it, its path and metadata.
+    fn locate(&self, digest: &str) -> std::io::Result<(Concurrency, PathBuf, std::fs::Metadata)> {
+        let mut missing = None;
+        for concurrency in [Concurrency::Off, Concurrency::On] {
+            let path = self.artifact_path(digest, concurrency);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => return Ok((concurrency, path, meta)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(missing.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
+    }
+
+    /// Compiles `wasm` with Cranelift, on the engine it needs
+    /// ([`crate::engine::concurrency`]), and stores the artifact. CPU-heavy: call it from a
     /// blocking thread. Compile errors are the user's (invalid wasm) and are returned as is.
     pub fn compile_and_store(
         &self,
@@ -233,8 +264,20 @@ impl ArtifactCache {
         wasm: &[u8],
     ) -> Result<Compiled, CompileError> {
         let started = std::time::Instant::now();
-        let compiled = compile(self.engine.engine(), kind, wasm);
-        if let Some(cache) = self.engine.compile_cache() {
+        let mut concurrency = crate::engine::concurrency::needed(kind, wasm);
+        let mut compiled = compile(self.engines.get(concurrency).engine(), kind, wasm);
+        // Concurrency that the scan does not see (see `engine::concurrency`): a component
+        // the engine without it refuses may still be valid on the other.
+        if kind == Kind::Component
+            && concurrency == Concurrency::Off
+            && matches!(compiled, Err(CompileError::Invalid(_)))
+            && let Ok(on) = compile(self.engines.get(Concurrency::On).engine(), kind, wasm)
+        {
+            concurrency = Concurrency::On;
+            compiled = Ok(on);
+        }
+        let engine = self.engines.get(concurrency);
+        if let Some(cache) = engine.compile_cache() {
             cache.flush();
         }
         let compiled = compiled?;
@@ -244,22 +287,36 @@ impl ArtifactCache {
             Compiled::Module(m) => m.serialize(),
         }
         .map_err(|e| CompileError::Host(anyhow::Error::from(e).context("serializing")))?;
-        // Artifact first, digest second: if we crash in between, the digest does not match
-        // and the next load rebuilds.
-        let path = self.artifact_path(digest);
-        self.data
-            .write_atomic(&path, &bytes)
-            .and_then(|()| {
-                self.data
-                    .write_atomic(&self.sidecar_path(digest), checksum(&bytes).as_bytes())
-            })
+        self.write(digest, concurrency, &bytes)
             .map_err(CompileError::Host)?;
         self.stats.compile_time.record(started.elapsed());
-        // The bytes were hashed as written; remember the file as checked.
+        Ok(compiled)
+    }
+
+    /// Writes the artifact of `digest` made by the engine with `concurrency`, with its
+    /// sidecar, and remembers it as checked (its bytes were hashed as written). One made by
+    /// the other engine, if any, is removed: a load would find it first.
+    fn write(&self, digest: &str, concurrency: Concurrency, bytes: &[u8]) -> anyhow::Result<()> {
+        let other = match concurrency {
+            Concurrency::Off => Concurrency::On,
+            Concurrency::On => Concurrency::Off,
+        };
+        let other = self.artifact_path(digest, other);
+        if other.exists() {
+            std::fs::remove_file(&other)
+                .with_context(|| format!("removing {}", other.display()))?;
+            let _ = std::fs::remove_file(Self::sidecar_path(&other));
+        }
+        // Artifact first, checksum second: if we crash in between, the checksum does not
+        // match and the next load rebuilds.
+        let path = self.artifact_path(digest, concurrency);
+        self.data.write_atomic(&path, bytes)?;
+        self.data
+            .write_atomic(&Self::sidecar_path(&path), checksum(bytes).as_bytes())?;
         if let Ok(meta) = std::fs::metadata(&path) {
             self.checked.insert(digest.to_owned(), FileStamp::of(&meta));
         }
-        Ok(compiled)
+        Ok(())
     }
 
     /// Loads the artifact for `digest`, rebuilding it from the stored wasm when it is missing,
@@ -301,16 +358,25 @@ impl ArtifactCache {
     /// Checks the artifact of `digest` against its checksum unless this process already did
     /// and the file is unchanged since (see the module docs). Blocking.
     pub fn check(&self, digest: &str) -> anyhow::Result<()> {
-        let path = self.artifact_path(digest);
-        let stamp = match std::fs::metadata(&path) {
-            Ok(meta) => FileStamp::of(&meta),
+        self.checked_path(digest).map(drop)
+    }
+
+    /// [`ArtifactCache::check`], returning which engine made the artifact and its path.
+    fn checked_path(&self, digest: &str) -> anyhow::Result<(Concurrency, PathBuf)> {
+        let (concurrency, path, meta) = match self.locate(digest) {
+            Ok(found) => found,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("is missing"),
             Err(e) => return Err(e).context("cannot be read"),
         };
-        if self.checked.get(digest).is_some_and(|seen| *seen == stamp) {
-            return Ok(());
+        if self
+            .checked
+            .get(digest)
+            .is_some_and(|seen| *seen == FileStamp::of(&meta))
+        {
+            return Ok((concurrency, path));
         }
-        self.check_file(digest, &path)
+        self.check_file(digest, &path)?;
+        Ok((concurrency, path))
     }
 
     fn check_file(&self, digest: &str, path: &Path) -> anyhow::Result<()> {
@@ -321,7 +387,7 @@ impl ArtifactCache {
         };
         // The stamp of the file that is hashed, not of whatever is at the path later.
         let stamp = FileStamp::of(&file.metadata().context("cannot be read")?);
-        let expected = std::fs::read_to_string(self.sidecar_path(digest)).unwrap_or_default();
+        let expected = std::fs::read_to_string(Self::sidecar_path(path)).unwrap_or_default();
         let actual = checksum_of(&mut file).context("cannot be read")?;
         self.stats.checks.fetch_add(1, Ordering::Relaxed);
         anyhow::ensure!(
@@ -336,25 +402,24 @@ impl ArtifactCache {
     /// artifact is never handed out): what a cluster peer fetches instead of compiling (see
     /// [`crate::cluster`]). Blocking; reads the whole file (never on the request path).
     pub fn artifact_bytes(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
-        self.check(digest)?;
-        let path = self.artifact_path(digest);
+        let (_, path) = self.checked_path(digest)?;
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
-    /// Stores an artifact made elsewhere (a cluster peer with the same engine compatibility
-    /// key), with its checksum sidecar, as [`ArtifactCache::compile_and_store`] does. The
-    /// caller has verified the bytes (see [`crate::cluster`]: against the sha256 the
-    /// compiling node published); this engine still refuses them at load if they were made
-    /// by another engine. Blocking.
+    /// Stores an artifact made elsewhere (a cluster peer with the same engines' compatibility
+    /// key), with its checksum sidecar, as [`ArtifactCache::compile_and_store`] does, under
+    /// the engine the stored wasm of `digest` needs (the peer's choice, by the same rule).
+    /// The caller has verified the bytes (see [`crate::cluster`]: against the sha256 the
+    /// compiling node published); the engine still refuses them at load if another engine
+    /// made them. Blocking; reads the stored wasm.
     pub fn store_artifact(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let path = self.artifact_path(digest);
-        self.data.write_atomic(&path, bytes)?;
-        self.data
-            .write_atomic(&self.sidecar_path(digest), checksum(bytes).as_bytes())?;
-        if let Ok(meta) = std::fs::metadata(&path) {
-            self.checked.insert(digest.to_owned(), FileStamp::of(&meta));
-        }
-        Ok(())
+        let wasm_path = self.data.wasm(digest);
+        let wasm = std::fs::read(&wasm_path)
+            .with_context(|| format!("reading the stored wasm {}", wasm_path.display()))?;
+        let kind = detect_kind(&wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let concurrency = crate::engine::concurrency::needed(kind, &wasm);
+        drop(wasm);
+        self.write(digest, concurrency, bytes)
     }
 
     /// Checks the artifacts of `digests` one at a time (the start-up scrub), skipping those
@@ -374,9 +439,8 @@ impl ArtifactCache {
     }
 
     fn try_load(&self, kind: Kind, digest: &str) -> anyhow::Result<Compiled> {
-        self.check(digest)?;
-        let path = self.artifact_path(digest);
-        let engine = self.engine.engine();
+        let (concurrency, path) = self.checked_path(digest)?;
+        let engine = self.engines.get(concurrency).engine();
         // SAFETY: the file is an artifact this cache serialized itself (see the module docs)
         // and its checksum was checked just above (or earlier, with the same stamp).
         let compiled = unsafe {

@@ -10,6 +10,12 @@
 //! # What thaw turns on, and why
 //! - **Component model + async**: `wasi:http` is async in wasmtime-wasi-http; a linker must be
 //!   all-async, so the CGI linker is async too (one calling convention on the request path).
+//! - **Two engines, one per calling convention** ([`HostEngines`], [`concurrency`]): the
+//!   component model's concurrency (WASIp3: async exports, streams, futures, concurrent host
+//!   functions) only on the engine of the components that use it. With it on, wasmtime runs
+//!   every export call through its task scheduler and records a host task for every call
+//!   from the guest into the host, whether the component uses any of it or not; that cost a
+//!   WASIp2 hello a third of its throughput at 32 connections (see [`concurrency`]).
 //! - **Pooling allocator with copy-on-write memory images**: instantiation becomes a few
 //!   `madvise`/`mmap` calls into pre-reserved slots instead of fresh mappings, and each call's
 //!   fiber stack comes from the pool rather than a new `mmap` (measured in
@@ -37,6 +43,7 @@
 
 pub mod artifact;
 pub mod compile_cache;
+pub mod concurrency;
 pub mod snapshot;
 
 use std::sync::Arc;
@@ -44,6 +51,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
+
+use crate::spec::Kind;
 
 /// How often the epoch ticker advances the engine's epoch. Timeouts are rounded up to it.
 /// 10 ms keeps the ticker's own cost invisible (100 wake-ups a second) while a timeout of a
@@ -164,18 +173,39 @@ impl std::fmt::Display for Allocator {
     }
 }
 
+/// Whether an engine runs the component model's concurrency (see [`concurrency`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// WASIp2 components and core modules: no task scheduler, no host tasks.
+    Off,
+    /// WASIp3 components and those importing concurrent host functions.
+    On,
+}
+
 /// The wasmtime engine with thaw's configuration, its linkers and its epoch ticker.
 pub struct ThawEngine {
     engine: Engine,
     allocator: Allocator,
     options: EngineOptions,
+    concurrency: Concurrency,
     compile_cache: Option<Arc<compile_cache::CompileCache>>,
 }
 
 impl ThawEngine {
-    /// Builds the engine, preferring the pooling allocator, and starts the epoch ticker.
+    /// Builds the engine for WASIp2 components and core modules ([`Concurrency::Off`]),
+    /// preferring the pooling allocator, and starts the epoch ticker.
     pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
-        Self::build(options, Strategy::Cranelift, None)
+        Self::build(options, Strategy::Cranelift, Concurrency::Off, None)
+    }
+
+    /// Builds an engine with `concurrency`, with Cranelift's incremental compilation cache
+    /// in `cache` if given.
+    pub fn with(
+        options: EngineOptions,
+        concurrency: Concurrency,
+        cache: Option<Arc<compile_cache::CompileCache>>,
+    ) -> anyhow::Result<Self> {
+        Self::build(options, Strategy::Cranelift, concurrency, cache)
     }
 
     /// [`ThawEngine::new`] with Cranelift's incremental compilation cache in `cache`.
@@ -183,19 +213,21 @@ impl ThawEngine {
         options: EngineOptions,
         cache: Arc<compile_cache::CompileCache>,
     ) -> anyhow::Result<Self> {
-        Self::build(options, Strategy::Cranelift, Some(cache))
+        Self::with(options, Concurrency::Off, Some(cache))
     }
 
     /// The fast tier: Winch, the baseline compiler, which compiles in a fraction of
     /// Cranelift's time and runs slower. Used by `--fast-deploy` until Cranelift's code is
-    /// ready.
+    /// ready. One engine for every kind of code, so with concurrency on: its code serves
+    /// only until Cranelift's replaces it.
     pub fn new_fast_tier(options: &EngineOptions) -> anyhow::Result<Self> {
-        Self::build(options.fast_tier(), Strategy::Winch, None)
+        Self::build(options.fast_tier(), Strategy::Winch, Concurrency::On, None)
     }
 
     fn build(
         options: EngineOptions,
         strategy: Strategy,
+        concurrency: Concurrency,
         compile_cache: Option<Arc<compile_cache::CompileCache>>,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -203,7 +235,7 @@ impl ThawEngine {
             "instance slots must be at least 1"
         );
         let base_config = || -> anyhow::Result<Config> {
-            let mut config = base_config();
+            let mut config = base_config(concurrency);
             config.strategy(strategy);
             config.consume_fuel(options.fuel_metering);
             if let Some(cache) = &compile_cache {
@@ -232,8 +264,14 @@ impl ThawEngine {
             engine,
             allocator,
             options,
+            concurrency,
             compile_cache,
         })
+    }
+
+    /// Whether this engine runs the component model's concurrency.
+    pub fn concurrency(&self) -> Concurrency {
+        self.concurrency
     }
 
     /// The incremental compilation cache, if this engine has one.
@@ -284,12 +322,77 @@ impl ThawEngine {
     }
 }
 
-fn base_config() -> Config {
+/// The host's two engines ([`Concurrency::Off`] and [`Concurrency::On`]), built with the
+/// same options, and which one a piece of code compiles on (see [`concurrency`]).
+///
+/// Both have a pool of `instance_slots`: the admission semaphore in front of them bounds the
+/// instances of both together, so a host with only WASIp2 functions may use all its slots
+/// for them, and one with only WASIp3 functions as well. The price is address space (each
+/// pool reserves its own, none of it resident) and a second epoch ticker.
+pub struct HostEngines {
+    off: Arc<ThawEngine>,
+    on: Arc<ThawEngine>,
+}
+
+impl HostEngines {
+    /// Builds both engines, sharing `cache` (Cranelift's incremental cache keys its entries
+    /// by the compiler's settings, so the two engines' entries do not mix).
+    pub fn new(
+        options: EngineOptions,
+        cache: Option<Arc<compile_cache::CompileCache>>,
+    ) -> anyhow::Result<Self> {
+        let off = ThawEngine::with(options.clone(), Concurrency::Off, cache.clone())?;
+        let on = ThawEngine::with(options, Concurrency::On, cache)?;
+        Ok(Self {
+            off: Arc::new(off),
+            on: Arc::new(on),
+        })
+    }
+
+    /// The engine with `concurrency`.
+    pub fn get(&self, concurrency: Concurrency) -> &Arc<ThawEngine> {
+        match concurrency {
+            Concurrency::Off => &self.off,
+            Concurrency::On => &self.on,
+        }
+    }
+
+    /// The engine of WASIp2 components and core modules, whose options and allocator are
+    /// the host's.
+    pub fn main(&self) -> &Arc<ThawEngine> {
+        &self.off
+    }
+
+    /// Both engines.
+    pub fn all(&self) -> [&Arc<ThawEngine>; 2] {
+        [&self.off, &self.on]
+    }
+
+    /// Which engine compiles `wasm` of `kind` (see [`concurrency::needed`]).
+    pub fn for_code(&self, kind: Kind, wasm: &[u8]) -> &Arc<ThawEngine> {
+        self.get(concurrency::needed(kind, wasm))
+    }
+
+    /// The two engines' compatibility keys in one: what names the artifact directory and
+    /// what a cluster's nodes compare.
+    pub fn compatibility_key(&self) -> String {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        for engine in self.all() {
+            hasher.update(engine.compatibility_key().as_bytes());
+        }
+        hex::encode(&hasher.finalize()[..16])
+    }
+}
+
+fn base_config(concurrency: Concurrency) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
-    // WASIp3 components (async exports, streams, futures). It changes nothing for p2
-    // components and core modules, which use none of it.
-    config.wasm_component_model_async(true);
+    // WASIp3 components (async exports, streams, futures) on the concurrent engine only:
+    // see [`concurrency`] for what it costs the others.
+    let concurrent = concurrency == Concurrency::On;
+    config.concurrency_support(concurrent);
+    config.wasm_component_model_async(concurrent);
     config.epoch_interruption(true);
     // Copy-on-write images of each module's initial memory: instantiating maps the image
     // instead of copying data segments, which matters most for large pre-initialised heaps.
@@ -321,8 +424,11 @@ fn pooling_engine(options: &EngineOptions, mut config: Config) -> anyhow::Result
     // a readable reason, if an address-space rlimit would make the reservation fail.
     // wasmtime's defaults on 64-bit hosts: a 4 GiB reservation per linear memory (so
     // Cranelift can elide bounds checks) plus a 32 MiB guard region.
+    // The host has two such pools, one per engine ([`HostEngines`]), so the check is for both.
     let per_memory: u64 = (4u64 << 30) + (32u64 << 20);
-    let needed = per_memory.saturating_mul(u64::from(slots.saturating_mul(MEMORIES_PER_SLOT)));
+    let needed = per_memory
+        .saturating_mul(u64::from(slots.saturating_mul(MEMORIES_PER_SLOT)))
+        .saturating_mul(2);
     if let Some(limit) = address_space_limit()
         && needed > limit
     {

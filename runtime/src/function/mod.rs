@@ -25,8 +25,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::api::{FunctionInfo, Percentiles};
-use crate::engine::ThawEngine;
 use crate::engine::artifact::{ArtifactCache, Compiled, Kind, Origin};
+use crate::engine::{HostEngines, ThawEngine};
 use crate::guest::host::{CgiHost, ProxyHost};
 use crate::guest::limit::LimitHits;
 use crate::guest::log::FunctionLog;
@@ -583,22 +583,44 @@ impl Function {
     }
 }
 
-/// An engine and the linkers built for it: what turns compiled code into [`Code`].
+/// The host's engines and the linkers built for each: what turns compiled code into
+/// [`Code`].
 pub struct Linking {
-    engine: Arc<ThawEngine>,
-    linkers: Linkers,
+    /// Each engine with its linkers; the first is the host's main engine.
+    linked: Vec<(Arc<ThawEngine>, Linkers)>,
 }
 
 impl Linking {
-    /// Builds the linkers for `engine`.
-    pub fn new(engine: Arc<ThawEngine>) -> anyhow::Result<Self> {
-        let linkers = Linkers::new(engine.engine())?;
-        Ok(Self { engine, linkers })
+    /// Builds the linkers for both of the host's engines.
+    pub fn new(engines: &HostEngines) -> anyhow::Result<Self> {
+        let linked = engines
+            .all()
+            .into_iter()
+            .map(|engine| Ok((engine.clone(), Linkers::new(engine.engine())?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { linked })
     }
 
-    /// The engine.
+    /// Builds the linkers for one engine (the fast tier's, which compiles everything).
+    pub fn single(engine: Arc<ThawEngine>) -> anyhow::Result<Self> {
+        let linkers = Linkers::new(engine.engine())?;
+        Ok(Self {
+            linked: vec![(engine, linkers)],
+        })
+    }
+
+    /// The main engine: its options and allocator are the host's.
     pub fn engine(&self) -> &Arc<ThawEngine> {
-        &self.engine
+        &self.linked[0].0
+    }
+
+    /// The linkers of the engine that compiled `engine`'s code.
+    fn linkers(&self, engine: &wasmtime::Engine) -> Result<&Linkers, LinkError> {
+        self.linked
+            .iter()
+            .find(|(e, _)| wasmtime::Engine::same(e.engine(), engine))
+            .map(|(_, linkers)| linkers)
+            .ok_or_else(|| LinkError::Imports("code compiled by another engine".into()))
     }
 
     /// Links compiled code against thaw's WASI. Done once per load, never per request.
@@ -606,7 +628,7 @@ impl Linking {
         Ok(match compiled {
             Compiled::Component(component) => {
                 let pre = self
-                    .linkers
+                    .linkers(component.engine())?
                     .proxy
                     .instantiate_pre(&component)
                     .map_err(|e| imports_error(format!("{e:#}")))?;
@@ -626,7 +648,7 @@ impl Linking {
                     return Err(LinkError::NotACommand);
                 }
                 Code::Cgi(
-                    self.linkers
+                    self.linkers(module.engine())?
                         .cgi
                         .instantiate_pre(&module)
                         .map_err(|e| LinkError::Imports(format!("{e:#}")))?,

@@ -81,9 +81,11 @@ pub const MAX_PATH_BYTES: usize = 8 << 10;
 /// a bound (an outgoing request's method, authority, path), for WASIp2 and WASIp3: each
 /// shadows the linker's own function and calls it once the length is within
 /// [`MAX_METHOD_BYTES`], [`MAX_AUTHORITY_BYTES`] or [`MAX_PATH_BYTES`]; a longer string is
-/// the setter's own error (`Err(())`), as for a malformed one.
+/// the setter's own error (`Err(())`), as for a malformed one. The WASIp3 ones only when
+/// `p3_linked` (the concurrent engine's linker).
 pub(crate) fn cap_request_strings(
     linker: &mut wasmtime::component::Linker<ProxyHost>,
+    p3_linked: bool,
 ) -> wasmtime::Result<()> {
     use wasmtime::StoreContextMut;
     use wasmtime::component::Resource;
@@ -132,6 +134,10 @@ pub(crate) fn cap_request_strings(
             )?,))
         },
     )?;
+    if !p3_linked {
+        linker.allow_shadowing(false);
+        return Ok(());
+    }
     let mut types = linker.instance("wasi:http/types@0.3.0")?;
     type P3Request = Resource<wasmtime_wasi_http::p3::Request>;
     types.func_wrap(

@@ -228,7 +228,9 @@ pub fn arm_fuel<T: 'static>(store: &mut Store<T>, limits: &Limits) {
 }
 
 /// The two linkers, built once per engine: one for `wasi:http` components, one for WASI
-/// preview1 (CGI) modules.
+/// preview1 (CGI) modules. What needs the component model's concurrency (WASIp3, the
+/// `spin:` interfaces) is linked only on the engine that has it (see
+/// [`crate::engine::concurrency`]); a component that imports it compiles on that engine.
 pub struct Linkers {
     /// For components: the interfaces `wasmtime serve -Scli` offers.
     pub proxy: wasmtime::component::Linker<ProxyHost>,
@@ -239,6 +241,7 @@ pub struct Linkers {
 impl Linkers {
     /// Builds both linkers for `engine`.
     pub fn new(engine: &Engine) -> anyhow::Result<Self> {
+        let concurrent = engine.get_concurrency_support();
         let mut proxy = wasmtime::component::Linker::new(engine);
         // The interfaces `wasmtime serve -Scli -Sconfig -Skeyvalue` offers: all of WASI p2
         // (cli, clocks, filesystem, random, io, sockets) plus wasi:http, wasi:config and
@@ -253,12 +256,14 @@ impl Linkers {
         // And what `-Sp3` adds: WASIp3's interfaces (wasi:*@0.3.0), for components that
         // export `wasi:http/handler@0.3.0`. The same store data serves both: a component
         // imports one version or the other, and a p2 component never touches the p3 ones.
-        wasmtime_wasi::p3::add_to_linker(&mut proxy)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI p3")?;
-        wasmtime_wasi_http::p3::add_to_linker(&mut proxy)
-            .map_err(anyhow::Error::from)
-            .context("linking wasi:http p3")?;
+        if concurrent {
+            wasmtime_wasi::p3::add_to_linker(&mut proxy)
+                .map_err(anyhow::Error::from)
+                .context("linking WASI p3")?;
+            wasmtime_wasi_http::p3::add_to_linker(&mut proxy)
+                .map_err(anyhow::Error::from)
+                .context("linking wasi:http p3")?;
+        }
         // What `wasmtime serve -Sconfig` adds. A function without configuration gets an
         // empty store: every `get` is `none`, as for a key that is not set.
         wasmtime_wasi_config::add_to_linker(&mut proxy, ProxyHost::config)
@@ -267,19 +272,22 @@ impl Linkers {
         keyvalue::add_to_linker(&mut proxy, ProxyHost::keyvalue)
             .map_err(anyhow::Error::from)
             .context("linking wasi:keyvalue")?;
-        sqlite::add_to_linker(&mut proxy, ProxyHost::sqlite)
-            .map_err(anyhow::Error::from)
-            .context("linking spin:sqlite")?;
-        spin::add_to_linker(&mut proxy, ProxyHost::spin)
-            .map_err(anyhow::Error::from)
-            .context("linking spin:variables and spin:key-value")?;
-        postgres::add_to_linker(&mut proxy, ProxyHost::postgres)
-            .map_err(anyhow::Error::from)
-            .context("linking spin:postgres")?;
-        redis::add_to_linker(&mut proxy, ProxyHost::redis)
-            .map_err(anyhow::Error::from)
-            .context("linking spin:redis")?;
-        host::cap_request_strings(&mut proxy)
+        // Spin's interfaces are async in their WIT: concurrent host functions.
+        if concurrent {
+            sqlite::add_to_linker(&mut proxy, ProxyHost::sqlite)
+                .map_err(anyhow::Error::from)
+                .context("linking spin:sqlite")?;
+            spin::add_to_linker(&mut proxy, ProxyHost::spin)
+                .map_err(anyhow::Error::from)
+                .context("linking spin:variables and spin:key-value")?;
+            postgres::add_to_linker(&mut proxy, ProxyHost::postgres)
+                .map_err(anyhow::Error::from)
+                .context("linking spin:postgres")?;
+            redis::add_to_linker(&mut proxy, ProxyHost::redis)
+                .map_err(anyhow::Error::from)
+                .context("linking spin:redis")?;
+        }
+        host::cap_request_strings(&mut proxy, concurrent)
             .map_err(anyhow::Error::from)
             .context("capping wasi:http's request strings")?;
         let mut cgi = wasmtime::Linker::new(engine);
