@@ -248,6 +248,11 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
         () = wake.notified() => {}
         () = tokio::time::sleep(SIZING_INTERVAL) => {}
     }
+    // One timer for the loop, moved to the next sizing when one is done: under load the task
+    // wakes once per request, and a fresh `sleep` each time would register and cancel a timer
+    // (two trips to the runtime's timer wheel) per request.
+    let next_sizing = tokio::time::sleep_until((sized + SIZING_INTERVAL).into());
+    tokio::pin!(next_sizing);
     loop {
         let Some(f) = function.upgrade() else { return };
         let pool = &f.pool;
@@ -278,7 +283,8 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
         }
         // The target follows the peak concurrency of the last interval; in between, a wake-up
         // (a request took an instance) only tops the pool up to the current target.
-        if sized.elapsed() >= SIZING_INTERVAL {
+        // (Also whenever the timer has fired, so that a fired timer is never awaited again.)
+        if sized.elapsed() >= SIZING_INTERVAL || next_sizing.is_elapsed() {
             let in_flight = pool.in_flight.load(Ordering::Relaxed);
             // A reused WASIp3 instance takes several requests at once: fewer are needed.
             let per_instance = match (f.code(), &f.reuse) {
@@ -291,6 +297,7 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
                 .div_ceil(per_instance)
                 .clamp(1, options.max_per_function);
             sized = Instant::now();
+            next_sizing.as_mut().reset((sized + SIZING_INTERVAL).into());
         }
         while pool.len() < target {
             if admission.available_permits() <= options.reserve_slots {
@@ -319,7 +326,7 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
         let wake = pool.wake.clone();
         drop(f);
         tokio::select! {
-            () = tokio::time::sleep(SIZING_INTERVAL) => {}
+            () = &mut next_sizing => {}
             () = wake.notified() => {}
         }
     }
