@@ -12,13 +12,15 @@
 //! The target size follows the function's recent concurrency: every [`SIZING_INTERVAL`] the
 //! refill task reads the peak number of requests in flight since the last look and keeps that
 //! many instances ready: at least one while the function is active, at most
-//! [`PoolOptions::max_per_function`]. A request that looked for an instance wakes the task when
-//! its response is ready, so the instance is replaced right after it, not at the next look and
-//! not beside it: an instantiation that overlaps the request competes with it for the cores
-//! (on a two-core host, with the client on one of them, it slows the very request whose
-//! instance it replaces), and a source function's instance runs its program's top level when
-//! it is made, a millisecond where a component's instantiation takes tens of microseconds.
-//! Under sustained load the same work happens, one response later. Warm instances hold real slots of the pooling
+//! [`PoolOptions::max_per_function`]. The instance a request took (or lacked) is replaced
+//! right after its response, not at the next look and not beside it: an instantiation that
+//! overlaps the request competes with it for the cores (on a two-core host, with the client on
+//! one of them, it slows the very request whose instance it replaces), and a source
+//! function's instance runs its program's top level when it is made, a millisecond where a
+//! component's instantiation takes tens of microseconds. Under sustained load the same work
+//! happens, one response later. A WASIp2 request's own task does it, after yielding once so
+//! that its response is written first ([`WarmPool::top_up`]); a WASIp3 request wakes the
+//! refill task when its response is ready. Warm instances hold real slots of the pooling
 //! allocator, so they may only take slots while more than [`PoolOptions::reserve_slots`] are
 //! free: a burst for another function still finds fresh capacity. A function that sees no
 //! request for [`PoolOptions::idle_timeout`] drops all its warm instances (their memory and
@@ -97,6 +99,8 @@ pub struct WarmPool {
     /// A request looked for an instance since the last wake-up: the next request to end
     /// wakes the refill task.
     wanted: AtomicBool,
+    /// The size the refill task last chose ([`WarmPool::top_up`] fills to it).
+    target: AtomicUsize,
     epoch: Instant,
 }
 
@@ -111,6 +115,7 @@ impl Default for WarmPool {
             wake: Arc::new(Notify::new()),
             asleep: Arc::new(AtomicBool::new(false)),
             wanted: AtomicBool::new(false),
+            target: AtomicUsize::new(1),
             epoch: Instant::now(),
         }
     }
@@ -167,6 +172,34 @@ impl WarmPool {
         let taken = self.ready().pop();
         self.wanted.store(true, Ordering::Release);
         taken
+    }
+
+    /// A warm instance, if one is waiting, for a request whose own task replaces it after
+    /// the response ([`WarmPool::top_up`]): the refill task is not woken.
+    pub fn take_to_replace(&self) -> Option<WarmInstance> {
+        self.ready().pop()
+    }
+
+    /// Adds one instance to `function`'s pool if it is below the refill task's target and a
+    /// slot is free beyond the reserve: what the refill task does on a request's wake-up,
+    /// done by the request's own task (see [`WarmPool::take_to_replace`]). Under load that
+    /// saves a wake-up of another task per request, and its futex and context switch.
+    pub async fn top_up(function: &Function, admission: &Arc<Semaphore>, options: &PoolOptions) {
+        let pool = &function.pool;
+        if options.max_per_function == 0
+            || pool.len() >= pool.target.load(Ordering::Relaxed)
+            || admission.available_permits() <= options.reserve_slots
+        {
+            return;
+        }
+        let Ok(permit) = admission.clone().try_acquire_owned() else {
+            return;
+        };
+        match instantiate(function, permit).await {
+            Ok(Some(instance)) => pool.ready().push(instance),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(function = %function.name, "warm instantiation failed: {e:#}"),
+        }
     }
 
     /// Returns a reused instance to the pool (see the module docs on reuse).
@@ -296,6 +329,7 @@ async fn refill(function: Weak<Function>, admission: Arc<Semaphore>, options: Po
                 .swap(in_flight, Ordering::Relaxed)
                 .div_ceil(per_instance)
                 .clamp(1, options.max_per_function);
+            pool.target.store(target, Ordering::Relaxed);
             sized = Instant::now();
             next_sizing.as_mut().reset((sized + SIZING_INTERVAL).into());
         }

@@ -45,6 +45,7 @@ pub(super) async fn call<B: RequestBody>(
     let outbound = call.trace.map(RequestTrace::outbound);
     let (mut instance, kind, instantiate) =
         acquire(cx, function, code, next_request_id(), outbound).await?;
+    // (The call's task replaces what it took: see `run`.)
     let start = call.start(kind, instantiate, call.admitted.elapsed());
 
     let state = Arc::new(CallState::default());
@@ -57,6 +58,10 @@ pub(super) async fn call<B: RequestBody>(
         out,
         state.clone(),
         call.place.take(),
+        Replace {
+            admission: cx.admission.clone(),
+            options: cx.pool.clone(),
+        },
     ));
     let response = match responded.await {
         Ok(Ok(response)) => match check_head(response, function, &state) {
@@ -173,7 +178,7 @@ async fn acquire(
 ) -> Result<(WarmInstance, StartKind, Duration), InvokeError> {
     // The code's own engine: Cranelift's, or the fast tier's right after a fast deploy.
     let engine = code.engine();
-    Ok(match function.pool.take() {
+    Ok(match function.pool.take_to_replace() {
         Some(mut warm) => {
             warm.uses += 1;
             // Its budgets were spent (or partly spent) on instantiation or earlier requests.
@@ -202,16 +207,42 @@ async fn acquire(
     })
 }
 
+/// What the call's task needs to replace the warm instance the request took.
+struct Replace {
+    admission: Arc<tokio::sync::Semaphore>,
+    options: crate::function::pool::PoolOptions,
+}
+
 /// The guest's side of a call, in its own task: after the guest sets the response it may
 /// keep writing the body, which the client reads while this runs. The task owns the instance
 /// and its slot; both are released (or, with reuse, returned to the pool) when the guest is
-/// done or stopped.
+/// done or stopped. Then, its response on its way, the task tops the function's warm pool up
+/// ([`WarmPool::top_up`]): the request replaces the instance it took (or the one it lacked)
+/// where it already runs, rather than waking the pool's refill task to do it.
 async fn run(
     function: Arc<Function>,
-    mut instance: WarmInstance,
+    instance: WarmInstance,
     req: GuestRequest,
     out: Outparam,
     state: Arc<CallState>,
+    place: Option<OwnedSemaphorePermit>,
+    replace: Replace,
+) -> Result<(), InvokeError> {
+    let result = run_guest(&function, instance, req, out, &state, place).await;
+    // Let the connection's task (woken by the response) write it first: a replacement made
+    // now would hold up the response on this thread.
+    tokio::task::yield_now().await;
+    WarmPool::top_up(&function, &replace.admission, &replace.options).await;
+    result
+}
+
+/// [`run`]'s guest call, up to the instance's release.
+async fn run_guest(
+    function: &Arc<Function>,
+    mut instance: WarmInstance,
+    req: GuestRequest,
+    out: Outparam,
+    state: &Arc<CallState>,
     place: Option<OwnedSemaphorePermit>,
 ) -> Result<(), InvokeError> {
     // The function's concurrency place is held for as long as the guest runs.
