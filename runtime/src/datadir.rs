@@ -4,8 +4,9 @@
 //! <data-dir>/
 //!   functions/<name>.json          one record per deployed function (the commit point)
 //!   wasm/<sha256>.wasm              the uploaded bytes, content-addressed
-//!   artifacts/<engine-key>/<sha256>.cwasm         compiled code, see the engine's artifact cache
-//!   artifacts/<engine-key>/<sha256>.cwasm.xxh3    checksum of the .cwasm, checked on load
+//!   artifacts/<engines-key>/<sha256>.cwasm         compiled code, see the engine's artifact cache
+//!   artifacts/<engines-key>/<sha256>.concurrent.cwasm   the same, by the concurrent engine
+//!   artifacts/<engines-key>/<sha256>.cwasm.xxh3    checksum of the .cwasm, checked on load
 //!   tmp/                            temp files; emptied at start-up
 //!   keyvalue.redb                   functions' wasi:keyvalue state (embedded store)
 //!   compile-cache.redb              Cranelift's incremental compilation cache

@@ -147,7 +147,7 @@ fn benches(c: &mut Criterion) {
     let artifact = pooling
         .platform
         .data_dir()
-        .artifacts(&pooling.platform.engine().compatibility_key())
+        .artifacts(&pooling.platform.cache().engines().compatibility_key())
         .join(format!("{}.cwasm", pooled.record.code_digest()));
     group.bench_function("compile", |b| {
         first_request(b, "compile", &|| std::fs::remove_file(&artifact).unwrap())

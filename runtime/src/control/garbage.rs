@@ -1,6 +1,7 @@
 //! Garbage collection of code: stored wasm and artifacts that no version refers to.
 //!
-//! Code is content-addressed (`wasm/<sha256>.wasm`, `artifacts/<key>/<sha256>.cwasm`), so a
+//! Code is content-addressed (`wasm/<sha256>.wasm`, `artifacts/<key>/<sha256>.cwasm` or
+//! `<sha256>.concurrent.cwasm`), so a
 //! redeploy or a removal leaves the old version's files behind, and a crash between writing
 //! an upload and its record leaves an orphan. A collection removes every such file whose
 //! digest nothing needs any more, where "needed" is the union of:

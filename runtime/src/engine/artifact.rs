@@ -297,11 +297,7 @@ impl ArtifactCache {
     /// sidecar, and remembers it as checked (its bytes were hashed as written). One made by
     /// the other engine, if any, is removed: a load would find it first.
     fn write(&self, digest: &str, concurrency: Concurrency, bytes: &[u8]) -> anyhow::Result<()> {
-        let other = match concurrency {
-            Concurrency::Off => Concurrency::On,
-            Concurrency::On => Concurrency::Off,
-        };
-        let other = self.artifact_path(digest, other);
+        let other = self.artifact_path(digest, concurrency.other());
         if other.exists() {
             std::fs::remove_file(&other)
                 .with_context(|| format!("removing {}", other.display()))?;
@@ -440,19 +436,32 @@ impl ArtifactCache {
 
     fn try_load(&self, kind: Kind, digest: &str) -> anyhow::Result<Compiled> {
         let (concurrency, path) = self.checked_path(digest)?;
-        let engine = self.engines.get(concurrency).engine();
-        // SAFETY: the file is an artifact this cache serialized itself (see the module docs)
-        // and its checksum was checked just above (or earlier, with the same stamp).
-        let compiled = unsafe {
-            match kind {
-                Kind::Component => {
-                    Component::deserialize_file(engine, &path).map(Compiled::Component)
+        let deserialize = |concurrency: Concurrency| {
+            let engine = self.engines.get(concurrency).engine();
+            // SAFETY: the file is an artifact this cache serialized itself, or one a cluster
+            // peer made and whose sha256 was verified (see the module docs), and its checksum
+            // was checked just above (or earlier, with the same stamp). An engine refuses an
+            // artifact another engine made: it checks the engine section first.
+            unsafe {
+                match kind {
+                    Kind::Component => Component::deserialize_file(engine, &path)
+                        .map(Compiled::Component)
+                        .map_err(anyhow::Error::from),
+                    Kind::Cgi => Module::deserialize_file(engine, &path)
+                        .map(Compiled::Module)
+                        .map_err(anyhow::Error::from),
+                    Kind::Source => anyhow::bail!("source is not compiled (its engine is)"),
                 }
-                Kind::Cgi => Module::deserialize_file(engine, &path).map(Compiled::Module),
-                Kind::Source => anyhow::bail!("source is not compiled (its engine is)"),
             }
         };
-        compiled.map_err(|e| anyhow::anyhow!("is incompatible with this engine: {e}"))
+        deserialize(concurrency)
+            .or_else(|first| {
+                // Filed under the other engine's name: a cluster peer's artifact of a
+                // component the scan misjudges, which the peer compiled on the concurrent
+                // engine by the compile's fallback (`store_artifact` names it by the scan).
+                deserialize(concurrency.other()).map_err(|_| first)
+            })
+            .map_err(|e| anyhow::anyhow!("is incompatible with this engine: {e}"))
     }
 }
 

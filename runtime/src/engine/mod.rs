@@ -25,7 +25,7 @@
 //!   engine is created (terabytes of it, none resident). Under `ulimit -v` or in a small address
 //!   space that fails, so thaw checks `RLIMIT_AS` first, then tries, and falls back to on-demand
 //!   allocation with a logged reason instead of refusing to start.
-//! - **Epoch interruption** with one ticker thread (holding only a weak reference to the engine)
+//! - **Epoch interruption** with one ticker thread per engine (holding only a weak reference)
 //!   is how a CPU-bound guest is stopped: each store gets a deadline in ticks. A tokio timeout
 //!   alone cannot preempt a guest that never yields.
 //!
@@ -182,6 +182,16 @@ pub enum Concurrency {
     On,
 }
 
+impl Concurrency {
+    /// The other engine's.
+    pub fn other(self) -> Self {
+        match self {
+            Concurrency::Off => Concurrency::On,
+            Concurrency::On => Concurrency::Off,
+        }
+    }
+}
+
 /// The wasmtime engine with thaw's configuration, its linkers and its epoch ticker.
 pub struct ThawEngine {
     engine: Engine,
@@ -328,7 +338,9 @@ impl ThawEngine {
 /// Both have a pool of `instance_slots`: the admission semaphore in front of them bounds the
 /// instances of both together, so a host with only WASIp2 functions may use all its slots
 /// for them, and one with only WASIp3 functions as well. The price is address space (each
-/// pool reserves its own, none of it resident) and a second epoch ticker.
+/// pool reserves its own), a second epoch ticker, and, on a host serving both kinds, each
+/// pool's kept-resident pages ([`EngineOptions::keep_resident_bytes`]) for the slots its
+/// instances used.
 pub struct HostEngines {
     off: Arc<ThawEngine>,
     on: Arc<ThawEngine>,

@@ -93,8 +93,9 @@ pub struct WarmPool {
     wake: Arc<Notify>,
     /// The refill task sleeps until a request comes (scaled to zero): only then does a
     /// request mark the pool `wanted`, and its end wake the task. Otherwise the task wakes on
-    /// its own every [`SIZING_INTERVAL`] and when a request that looked for an instance ends;
-    /// a request that did not (a WASIp3 instance serving several) wakes nothing.
+    /// its own every [`SIZING_INTERVAL`] and when a WASIp3 request that looked for an
+    /// instance ends (a WASIp2 request replaces its instance itself: [`WarmPool::top_up`]);
+    /// a request that did not look (a WASIp3 instance serving several) wakes nothing.
     asleep: Arc<AtomicBool>,
     /// A request looked for an instance since the last wake-up: the next request to end
     /// wakes the refill task.
@@ -183,7 +184,12 @@ impl WarmPool {
     /// Adds one instance to `function`'s pool if it is below the refill task's target and a
     /// slot is free beyond the reserve: what the refill task does on a request's wake-up,
     /// done by the request's own task (see [`WarmPool::take_to_replace`]). Under load that
-    /// saves a wake-up of another task per request, and its futex and context switch.
+    /// saves a wake-up of another task per request, and its futex and context switch. Two
+    /// requests (or one and the refill task) may both see room and both add: the surplus
+    /// goes at the next sizing.
+    ///
+    /// The replacement comes when the guest's call ends: for most functions right after the
+    /// response head, for one that streams its body after the body.
     pub async fn top_up(function: &Function, admission: &Arc<Semaphore>, options: &PoolOptions) {
         let pool = &function.pool;
         if options.max_per_function == 0
@@ -200,6 +206,12 @@ impl WarmPool {
             Ok(None) => {}
             Err(e) => tracing::warn!(function = %function.name, "warm instantiation failed: {e:#}"),
         }
+    }
+
+    /// Wakes the refill task to top the pool up, for a request that took an instance to
+    /// replace but cannot (its guest failed before answering, see `invoke::proxy`).
+    pub fn want_refill(&self) {
+        self.wake.notify_one();
     }
 
     /// Returns a reused instance to the pool (see the module docs on reuse).

@@ -49,7 +49,14 @@ pub(super) async fn call<B: RequestBody>(
     let start = call.start(kind, instantiate, call.admitted.elapsed());
 
     let state = Arc::new(CallState::default());
-    let (req, out, responded) = hand_over(&mut instance, function, req, call.tls, &state)?;
+    let (req, out, responded) = match hand_over(&mut instance, function, req, call.tls, &state) {
+        Ok(handed) => handed,
+        Err(e) => {
+            // No call's task to replace the instance: the refill task does.
+            function.pool.want_refill();
+            return Err(e);
+        }
+    };
     let call_started = Instant::now();
     let task = tokio::spawn(run(
         function.clone(),
@@ -229,6 +236,12 @@ async fn run(
     replace: Replace,
 ) -> Result<(), InvokeError> {
     let result = run_guest(&function, instance, req, out, &state, place).await;
+    if !state.responded.load(Ordering::Acquire) {
+        // The request path waits for this result (there is no response): it must not wait
+        // for an instantiation too. The refill task replaces the instance.
+        function.pool.want_refill();
+        return result;
+    }
     // Let the connection's task (woken by the response) write it first: a replacement made
     // now would hold up the response on this thread.
     tokio::task::yield_now().await;
