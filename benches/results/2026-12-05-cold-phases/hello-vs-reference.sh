@@ -5,14 +5,17 @@
 # (`wasmtime serve`) runs in HEAD's throughput runs only: the reference build's bench looks for
 # the wasmtime CLI beside its own target directory. REF is a release build of 0052d2e in a worktree
 # (`git worktree add /work/ref 0052d2e`, then scripts/setup-bench's cargo build there).
+# usage: hello-vs-reference.sh [OUT] (default: hello-vs-reference beside this script; a
+# relative OUT is taken from this script's directory too)
 set -eu
 cd "$(dirname "$0")"
-REF=${REF:-/work/ref/target/release/thaw}; HEAD=${HEAD:-../../../target/release/thaw}
-mkdir -p /tmp/nolang
+REF=${REF:-/work/ref/target/release/thaw}; HEAD=${HEAD:-$PWD/../../../target/release/thaw}
+OUT=${1:-hello-vs-reference}
+mkdir -p /tmp/nolang "$OUT"
 n=0
 for t in REF HEAD HEAD REF; do
   n=$((n + 1)); bin=${!t}
   "$bin" bench --only "thaw, cold from disk" --only "thaw, warm (pool hit)" --only throughput \
-    --thaw-samples 200 --languages /tmp/nolang --out "hello-vs-reference/$n-$t" > /dev/null 2>&1
-  echo "$n $t: $(ls "hello-vs-reference/$n-$t")"
+    --thaw-samples 200 --languages /tmp/nolang --out "$OUT/$n-$t" > /dev/null 2>&1
+  echo "$n $t: $(ls "$OUT/$n-$t")"
 done

@@ -197,7 +197,6 @@ pub struct ThawEngine {
     engine: Engine,
     allocator: Allocator,
     options: EngineOptions,
-    concurrency: Concurrency,
     compile_cache: Option<Arc<compile_cache::CompileCache>>,
 }
 
@@ -274,14 +273,8 @@ impl ThawEngine {
             engine,
             allocator,
             options,
-            concurrency,
             compile_cache,
         })
-    }
-
-    /// Whether this engine runs the component model's concurrency.
-    pub fn concurrency(&self) -> Concurrency {
-        self.concurrency
     }
 
     /// The incremental compilation cache, if this engine has one.
