@@ -105,19 +105,28 @@ pub fn server_timing(
     cpu: Option<Duration>,
 ) -> String {
     use std::fmt::Write as _;
+    // Milliseconds with three decimals, from whole microseconds (rounded half up): integer
+    // formatting, where `{:.3}` of an `f64` runs the float formatter on every request.
+    struct Ms(Duration);
+    impl std::fmt::Display for Ms {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let us = (self.0.as_nanos() + 500) / 1000;
+            write!(f, "{}.{:03}", us / 1000, us % 1000)
+        }
+    }
     let mut value = String::with_capacity(128); // the longest value, with load and cpu, fits
     let _ = write!(value, "start;desc=\"{}\"", kind.as_str());
     if let Some(load) = load {
-        let _ = write!(value, ", load;dur={:.3}", load.as_secs_f64() * 1e3);
+        let _ = write!(value, ", load;dur={}", Ms(load));
     }
     let _ = write!(
         value,
-        ", instantiate;dur={:.3}, handler;dur={:.3}",
-        instantiate.as_secs_f64() * 1e3,
-        handler.as_secs_f64() * 1e3
+        ", instantiate;dur={}, handler;dur={}",
+        Ms(instantiate),
+        Ms(handler)
     );
     if let Some(cpu) = cpu {
-        let _ = write!(value, ", cpu;dur={:.3}", cpu.as_secs_f64() * 1e3);
+        let _ = write!(value, ", cpu;dur={}", Ms(cpu));
     }
     value
 }
@@ -138,6 +147,18 @@ mod tests {
         assert_eq!(
             v,
             "start;desc=\"disk\", load;dur=0.120, instantiate;dur=0.013, handler;dur=0.040, cpu;dur=0.031"
+        );
+        // Rounded to the microsecond, half up; seconds and more carry into the integer part.
+        let v = server_timing(
+            StartKind::PoolHit,
+            None,
+            Duration::from_nanos(1_499),
+            Duration::from_nanos(2_345_500),
+            None,
+        );
+        assert_eq!(
+            v,
+            "start;desc=\"pool-hit\", instantiate;dur=0.001, handler;dur=2.346"
         );
     }
 }
