@@ -59,20 +59,14 @@ pub fn thread_cpu() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
-/// Monotonic nanoseconds since the first call in this process, at least 1 (a vDSO read).
-fn monotonic_ns() -> u64 {
-    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(std::time::Instant::now);
-    (base.elapsed().as_nanos() as u64).max(1)
-}
-
 /// One call's CPU time, shared between the task that polls the guest and the request path
 /// that reads it at the response head.
 #[derive(Debug, Default)]
 pub struct CpuMeter {
     /// CPU time of the polls that have ended, ns.
     done_ns: AtomicU64,
-    /// The monotonic clock when the running poll began ([`monotonic_ns`]); 0 between polls.
+    /// The monotonic clock when the running poll began ([`crate::guest::clock_nanos`], at
+    /// least 1); 0 between polls.
     poll_began_ns: AtomicU64,
 }
 
@@ -86,7 +80,7 @@ impl CpuMeter {
         let running = if began == 0 {
             0
         } else {
-            monotonic_ns().saturating_sub(began)
+            crate::guest::clock_nanos().saturating_sub(began)
         };
         Duration::from_nanos(done + running)
     }
@@ -101,7 +95,9 @@ impl CpuMeter {
 pub async fn metered<F: Future>(call: F, meter: &CpuMeter) -> F::Output {
     let mut call = std::pin::pin!(call);
     std::future::poll_fn(|cx| {
-        meter.poll_began_ns.store(monotonic_ns(), Ordering::Relaxed);
+        meter
+            .poll_began_ns
+            .store(crate::guest::clock_nanos().max(1), Ordering::Relaxed);
         let began = thread_cpu().as_nanos() as u64;
         let polled = call.as_mut().poll(cx);
         let spent = (thread_cpu().as_nanos() as u64).saturating_sub(began);
