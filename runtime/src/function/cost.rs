@@ -10,10 +10,15 @@
 //! host does for the guest inside a poll (a host call, a key-value write's encoding) is the
 //! guest's cost too; what it does in other tasks (the response body's trip to the client) is
 //! not (nor file I/O, which wasmtime-wasi runs on blocking threads). Two clock reads per
-//! poll are the price: a system call each on Linux (the thread's clock has no vDSO path),
-//! about 0.6 µs on a 2-vCPU VM (`benches/results/2026-12-03-issue-25-cost`), and more than
-//! that in context switches: reading the running thread's clock updates the scheduler's
-//! accounting, a point where it may preempt (`benches/results/2026-12-05-two-engines`).
+//! poll, and one more at the response head, are the price: a system call each on Linux
+//! (the thread's clock has no vDSO path), about 0.6 µs on a 2-vCPU VM
+//! (`benches/results/2026-12-03-issue-25-cost`), and more than that in context switches:
+//! reading the running thread's clock updates the scheduler's accounting, a point where it
+//! may preempt (`benches/results/2026-12-05-two-engines`). The head's read stays a read of
+//! the thread's clock: the monotonic clock (a vDSO read) was tried there and let the head's
+//! figure count time the thread was preempted, so the heads could add up to more than the
+//! function's total (which `metrics::each_request_reports_the_cpu_and_memory_it_cost`
+//! checks, and which a loaded host broke).
 //!
 //! Only the call is metered: a component's instantiation (for a source function, its
 //! program's top level) happens before the request, in the warm pool, and is not part of any
@@ -22,11 +27,8 @@
 //!
 //! The `Server-Timing` value is the CPU until the response head, like `handler;dur=`: the
 //! response arrives through a callback inside a poll, so [`CpuMeter::until_now`] adds the
-//! running poll's part so far. That part is read from the monotonic clock (a vDSO read, no
-//! system call), not from a third read of the thread's: a poll runs without yielding, so the
-//! two differ only by time the thread was preempted within it. The per-function total counts
-//! the whole call, thread CPU time throughout, including a body the guest writes after its
-//! head.
+//! running poll's part so far, read on the same thread. The per-function total counts the
+//! whole call, including a body the guest writes after its head.
 //!
 //! # Memory: the limiter's view
 //! Every linear memory an instance creates or grows passes through its limiter
@@ -65,22 +67,20 @@ pub fn thread_cpu() -> Duration {
 pub struct CpuMeter {
     /// CPU time of the polls that have ended, ns.
     done_ns: AtomicU64,
-    /// The monotonic clock when the running poll began ([`crate::guest::clock_nanos`], at
-    /// least 1); 0 between polls.
+    /// The thread CPU clock when the running poll began, ns; 0 between polls.
     poll_began_ns: AtomicU64,
 }
 
 impl CpuMeter {
-    /// The CPU time of the whole call so far, for a caller inside a poll (as the response
-    /// callback is) or between polls: the ended polls' CPU time and the running poll's
-    /// monotonic time so far (see the module docs).
+    /// The CPU time of the whole call so far, for a caller on the polling thread (inside a
+    /// poll, as the response callback is) or between polls.
     pub fn until_now(&self) -> Duration {
         let done = self.done_ns.load(Ordering::Relaxed);
         let began = self.poll_began_ns.load(Ordering::Relaxed);
         let running = if began == 0 {
             0
         } else {
-            crate::guest::clock_nanos().saturating_sub(began)
+            (thread_cpu().as_nanos() as u64).saturating_sub(began)
         };
         Duration::from_nanos(done + running)
     }
@@ -95,10 +95,8 @@ impl CpuMeter {
 pub async fn metered<F: Future>(call: F, meter: &CpuMeter) -> F::Output {
     let mut call = std::pin::pin!(call);
     std::future::poll_fn(|cx| {
-        meter
-            .poll_began_ns
-            .store(crate::guest::clock_nanos().max(1), Ordering::Relaxed);
-        let began = thread_cpu().as_nanos() as u64;
+        let began = (thread_cpu().as_nanos() as u64).max(1);
+        meter.poll_began_ns.store(began, Ordering::Relaxed);
         let polled = call.as_mut().poll(cx);
         let spent = (thread_cpu().as_nanos() as u64).saturating_sub(began);
         meter.poll_began_ns.store(0, Ordering::Relaxed);

@@ -212,8 +212,8 @@ pub fn deadline_after(timeout: std::time::Duration) -> u64 {
     clock_nanos().saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Monotonic nanoseconds since the first call in this process (a vDSO read).
-pub(crate) fn clock_nanos() -> u64 {
+/// Monotonic nanoseconds since the first call in this process.
+fn clock_nanos() -> u64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let base = *BASE.get_or_init(std::time::Instant::now);
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
