@@ -10,25 +10,28 @@
 //! host does for the guest inside a poll (a host call, a key-value write's encoding) is the
 //! guest's cost too; what it does in other tasks (the response body's trip to the client) is
 //! not (nor file I/O, which wasmtime-wasi runs on blocking threads). Two clock reads per
-//! poll, and one more at the response head, are the price: a system call each on Linux
-//! (the thread's clock has no vDSO path), about 0.6 µs on a 2-vCPU VM
-//! (`benches/results/2026-12-03-issue-25-cost`), and more than that in context switches:
-//! reading the running thread's clock updates the scheduler's accounting, a point where it
-//! may preempt (`benches/results/2026-12-05-two-engines`). The head's read stays a read of
-//! the thread's clock: the monotonic clock (a vDSO read) was tried there and let the head's
-//! figure count time the thread was preempted, so the heads could add up to more than the
-//! function's total (which `metrics::each_request_reports_the_cpu_and_memory_it_cost`
-//! checks, and which a loaded host broke).
+//! poll are the price: a system call each on Linux (the thread's clock has no vDSO path),
+//! about 0.6 µs on a 2-vCPU VM (`benches/results/2026-12-03-issue-25-cost`), and more than
+//! that in context switches: reading the running thread's clock updates the scheduler's
+//! accounting, a point where it may preempt (`benches/results/2026-12-05-two-engines`).
 //!
 //! Only the call is metered: a component's instantiation (for a source function, its
 //! program's top level) happens before the request, in the warm pool, and is not part of any
 //! request's cost. A CGI module's is: it is instantiated for its request, so its `cpu` can
 //! exceed its `handler` time.
 //!
-//! The `Server-Timing` value is the CPU until the response head, like `handler;dur=`: the
-//! response arrives through a callback inside a poll, so [`CpuMeter::until_now`] adds the
-//! running poll's part so far, read on the same thread. The per-function total counts the
-//! whole call, including a body the guest writes after its head.
+//! The `Server-Timing` value is the CPU the call has spent when the request path sends the
+//! response head ([`CpuMeter::at_head`]), like `handler;dur=` its wall time. Usually the
+//! guest's poll that set the response has ended by then (the request's task runs after it
+//! on the same worker), and the figure is the sum of the ended polls, read without a clock.
+//! If a poll still runs, on another worker, its part so far is read from that thread's CPU
+//! clock (`pthread_getcpuclockid`). Either way the figure never exceeds the call's total:
+//! it is never taken from a clock that counts time the thread was preempted (the monotonic
+//! clock was tried for it, and the heads then added up to more than the function's total,
+//! which `metrics::each_request_reports_the_cpu_and_memory_it_cost` checks). Reading in the
+//! guest's response callback instead, as thaw first did, took a third system call on every
+//! request. The per-function total counts the whole call, including a body the guest writes
+//! after its head.
 //!
 //! # Memory: the limiter's view
 //! Every linear memory an instance creates or grows passes through its limiter
@@ -44,21 +47,36 @@
 //! default, where each instance serves one; one per instance with reuse). CGI modules are metered like components, from instantiation on (a CGI
 //! response is complete only when the module exits).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::histogram::Histogram;
 
-/// The calling thread's CPU time so far.
-pub fn thread_cpu() -> Duration {
+/// The calling thread's CPU time so far, ns.
+fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// The CPU clock of the calling thread, which other threads of the process can read too.
+fn this_thread_clock() -> libc::clockid_t {
+    let mut clock: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
+    // SAFETY: `pthread_self` is the calling thread, alive for the call; glibc computes the
+    // id from the thread's kernel id without a system call. On failure `clock` keeps
+    // CLOCK_THREAD_CPUTIME_ID, which is only right for a reader on this thread: see `at_head`.
+    unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    clock
+}
+
+/// `clock`'s time so far, ns.
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant the kernel
-    // has always supported. A failure leaves zeros, which only under-counts.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    // SAFETY: `now` is a valid, writable timespec. A failure (the thread is gone) leaves
+    // zeros, which only under-counts.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// One call's CPU time, shared between the task that polls the guest and the request path
@@ -67,27 +85,37 @@ pub fn thread_cpu() -> Duration {
 pub struct CpuMeter {
     /// CPU time of the polls that have ended, ns.
     done_ns: AtomicU64,
-    /// The thread CPU clock when the running poll began, ns; 0 between polls.
+    /// The polling thread's CPU clock when the running poll began, ns; 0 between polls.
     poll_began_ns: AtomicU64,
+    /// The running poll's thread's CPU clock (a `clockid_t`).
+    poll_clock: AtomicI32,
 }
 
 impl CpuMeter {
-    /// The CPU time of the whole call so far, for a caller on the polling thread (inside a
-    /// poll, as the response callback is) or between polls.
-    pub fn until_now(&self) -> Duration {
-        let done = self.done_ns.load(Ordering::Relaxed);
-        let began = self.poll_began_ns.load(Ordering::Relaxed);
-        let running = if began == 0 {
-            0
-        } else {
-            (thread_cpu().as_nanos() as u64).saturating_sub(began)
-        };
-        Duration::from_nanos(done + running)
+    /// The CPU time of the whole call so far, for a caller on any thread: the ended polls,
+    /// and the running poll's part so far, read from its thread's clock (a system call,
+    /// only while a poll runs). Never more than [`CpuMeter::total`] will be.
+    pub fn at_head(&self) -> Duration {
+        loop {
+            let began = self.poll_began_ns.load(Ordering::Acquire);
+            if began == 0 {
+                // Between polls (a poll ending just now may not be in `done` yet: under).
+                return Duration::from_nanos(self.done_ns.load(Ordering::Acquire));
+            }
+            let running = clock_ns(self.poll_clock.load(Ordering::Relaxed)).saturating_sub(began);
+            let done = self.done_ns.load(Ordering::Acquire);
+            // If the poll had ended before `done` was read, its end (which clears
+            // `poll_began_ns` before adding to `done`, see `metered`) is visible now, and
+            // its time would be counted twice: read again.
+            if self.poll_began_ns.load(Ordering::Acquire) == began {
+                return Duration::from_nanos(done + running);
+            }
+        }
     }
 
     /// The CPU time of the polls that have ended.
     pub fn total(&self) -> Duration {
-        Duration::from_nanos(self.done_ns.load(Ordering::Relaxed))
+        Duration::from_nanos(self.done_ns.load(Ordering::Acquire))
     }
 }
 
@@ -95,12 +123,16 @@ impl CpuMeter {
 pub async fn metered<F: Future>(call: F, meter: &CpuMeter) -> F::Output {
     let mut call = std::pin::pin!(call);
     std::future::poll_fn(|cx| {
-        let began = (thread_cpu().as_nanos() as u64).max(1);
-        meter.poll_began_ns.store(began, Ordering::Relaxed);
+        let began = thread_cpu_ns().max(1);
+        meter
+            .poll_clock
+            .store(this_thread_clock(), Ordering::Relaxed);
+        meter.poll_began_ns.store(began, Ordering::Release);
         let polled = call.as_mut().poll(cx);
-        let spent = (thread_cpu().as_nanos() as u64).saturating_sub(began);
+        let spent = thread_cpu_ns().saturating_sub(began);
         meter.poll_began_ns.store(0, Ordering::Relaxed);
-        meter.done_ns.fetch_add(spent, Ordering::Relaxed);
+        // Release: a reader that sees this sum sees the poll ended (see `at_head`).
+        meter.done_ns.fetch_add(spent, Ordering::Release);
         polled
     })
     .await
@@ -144,6 +176,10 @@ impl CostStats {
 mod tests {
     use super::*;
 
+    fn thread_cpu() -> Duration {
+        Duration::from_nanos(thread_cpu_ns())
+    }
+
     #[test]
     fn a_busy_poll_is_counted_and_a_waiting_one_is_not() {
         let meter = CpuMeter::default();
@@ -166,7 +202,46 @@ mod tests {
         assert!(total >= Duration::from_millis(20), "{total:?}");
         // The sleep is not CPU: far less than the 70 ms the call took on the wall clock.
         assert!(total < Duration::from_millis(45), "{total:?}");
-        assert_eq!(meter.until_now(), total, "between polls, no running part");
+        assert_eq!(meter.at_head(), total, "between polls, no running part");
+    }
+
+    #[test]
+    fn a_running_poll_is_read_from_its_own_thread() {
+        let meter = std::sync::Arc::new(CpuMeter::default());
+        let (running, is_running) = std::sync::mpsc::channel();
+        let (finish, may_finish) = std::sync::mpsc::channel::<()>();
+        let poller = std::thread::spawn({
+            let meter = meter.clone();
+            move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(metered(
+                    async move {
+                        // One poll: 20 ms of this thread's CPU, then busy until told to end.
+                        let start = thread_cpu();
+                        while thread_cpu() - start < Duration::from_millis(20) {
+                            std::hint::black_box(0u64);
+                        }
+                        running.send(()).unwrap();
+                        while may_finish.try_recv().is_err() {
+                            std::hint::black_box(0u64);
+                        }
+                    },
+                    &meter,
+                ));
+            }
+        });
+        is_running.recv().unwrap();
+        // Read from this thread while the poll runs on the other: its part so far, from
+        // its thread's clock, not this thread's (which has spent almost nothing).
+        let head = meter.at_head();
+        assert_eq!(meter.total(), Duration::ZERO, "the poll has not ended");
+        finish.send(()).unwrap();
+        poller.join().unwrap();
+        assert!(head >= Duration::from_millis(20), "{head:?}");
+        assert!(head <= meter.total(), "{head:?} > {:?}", meter.total());
+        assert_eq!(meter.at_head(), meter.total());
     }
 
     #[test]

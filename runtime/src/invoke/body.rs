@@ -40,9 +40,6 @@ pub struct CallState {
     pub stop: tokio::sync::Notify,
     /// The guest's CPU time (see [`crate::function::cost`]).
     pub cpu: crate::function::cost::CpuMeter,
-    /// The guest's CPU time until it sent its response head, ns (set by the response
-    /// callback, on the polling thread).
-    pub cpu_at_head_ns: std::sync::atomic::AtomicU64,
 }
 
 /// A byte allowance: what the two body wrappers below count against their limit.

@@ -91,7 +91,8 @@ pub(super) async fn call<B: RequestBody>(
         return refuse(&state, function, InvokeError::BodyTooLarge(limit));
     }
     let mut response = response?;
-    let cpu = Duration::from_nanos(state.cpu_at_head_ns.load(Ordering::Relaxed));
+    // The CPU first: read after the wall clock, it could include time past that reading.
+    let cpu = state.cpu.at_head();
     call.record(
         &start,
         call_started.elapsed(),
@@ -129,8 +130,6 @@ fn hand_over<B: RequestBody>(
         .new_response_outparam_from_callback({
             let state = state.clone();
             move |result| {
-                let cpu = state.cpu.until_now().as_nanos() as u64;
-                state.cpu_at_head_ns.store(cpu, Ordering::Relaxed);
                 state.responded.store(true, Ordering::Release);
                 let _ = sender.send(result);
             }
