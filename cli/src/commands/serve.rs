@@ -151,7 +151,7 @@ async fn open_platform(config: &ServeConfig) -> anyhow::Result<Arc<Platform>> {
     let platform = tokio::task::spawn_blocking(move || Platform::open(platform_config))
         .await
         .context("start-up task failed")??;
-    match platform.engine().allocator() {
+    match platform.cache().engines().allocator() {
         Allocator::Pooling => tracing::info!(
             slots = platform.engine().options().instance_slots,
             "instance allocator: pooling with copy-on-write memory images"

@@ -715,10 +715,11 @@ impl Platform {
         let warm: usize = functions.iter().map(|f| f.pool.len()).sum();
         let slots = engine.options().instance_slots;
         let in_use = slots as usize - self.invoke.admission.available_permits();
+        let allocator = self.cache().engines().allocator();
         HostStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            allocator: engine.allocator().to_string(),
-            allocator_reason: match engine.allocator() {
+            allocator: allocator.to_string(),
+            allocator_reason: match &allocator {
                 Allocator::OnDemand(reason) => Some(reason.clone()),
                 Allocator::Pooling => None,
             },

@@ -173,6 +173,19 @@ impl std::fmt::Display for Allocator {
     }
 }
 
+impl Allocator {
+    /// The host's allocator from its two engines' (see [`HostEngines::allocator`]).
+    fn of_host(main: &Allocator, concurrent: &Allocator) -> Allocator {
+        match (main, concurrent) {
+            (Allocator::Pooling, Allocator::Pooling) => Allocator::Pooling,
+            (Allocator::OnDemand(reason), _) => Allocator::OnDemand(reason.clone()),
+            (Allocator::Pooling, Allocator::OnDemand(reason)) => Allocator::OnDemand(format!(
+                "the WASIp3 engine's pool: {reason} (WASIp2 components and CGI modules keep theirs)"
+            )),
+        }
+    }
+}
+
 /// Whether an engine runs the component model's concurrency (see [`concurrency`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Concurrency {
@@ -368,6 +381,13 @@ impl HostEngines {
         &self.off
     }
 
+    /// The host's allocator: the pool only if both engines have theirs. The concurrent
+    /// engine reserves its own pool after the main one, so on a host short of address space
+    /// it alone may fall back to on-demand; the reason then says which engine.
+    pub fn allocator(&self) -> Allocator {
+        Allocator::of_host(self.off.allocator(), self.on.allocator())
+    }
+
     /// Both engines.
     pub fn all(&self) -> [&Arc<ThawEngine>; 2] {
         [&self.off, &self.on]
@@ -475,4 +495,28 @@ fn spawn_epoch_ticker(engine: wasmtime::EngineWeak) {
             }
         })
         .expect("spawning the epoch ticker thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Allocator;
+
+    #[test]
+    fn the_host_reports_a_pool_only_if_both_engines_have_one() {
+        let pool = Allocator::Pooling;
+        let none = |why: &str| Allocator::OnDemand(why.into());
+        assert_eq!(Allocator::of_host(&pool, &pool), pool);
+        assert_eq!(
+            Allocator::of_host(&none("disabled"), &none("disabled")),
+            none("disabled")
+        );
+        let Allocator::OnDemand(reason) = Allocator::of_host(&pool, &none("no address space"))
+        else {
+            panic!("a host whose WASIp3 engine has no pool reported the pool");
+        };
+        assert!(
+            reason.contains("WASIp3") && reason.contains("no address space"),
+            "{reason}"
+        );
+    }
 }
