@@ -79,3 +79,49 @@ fn an_artifact_under_the_other_engines_name_loads_without_a_rebuild() {
     assert_eq!(cache.stats().rebuilds.load(Ordering::Relaxed), 0);
     assert_eq!(cache.stats().compilations.load(Ordering::Relaxed), 0);
 }
+
+/// A component whose init the engine without concurrency refuses to compile (it declares a
+/// `stream` type, which the scan does not look for): the deploy's snapshot is taken on the
+/// concurrent engine instead of failing (`Platform::snapshot`), as its compile would be.
+#[tokio::test]
+async fn a_snapshot_the_engine_without_concurrency_refuses_is_taken_on_the_other() {
+    use thaw_runtime::engine::snapshot::{SnapshotError, snapshot};
+    let wasm = wat::parse_str(
+        r#"(component
+            (type $bytes (stream u8))
+            (core module $m
+                (memory (export "memory") 1)
+                (func (export "init") (i32.store (i32.const 0) (i32.const 42))))
+            (core instance $i (instantiate $m))
+            (func $init (canon lift (core func $i "init")))
+            (export "wizer-initialize" (func $init)))"#,
+    )
+    .unwrap();
+    assert_eq!(
+        concurrency::needed(Kind::Component, &wasm),
+        Concurrency::Off,
+        "the scan does not see types"
+    );
+    let engines = HostEngines::new(options(), None).unwrap();
+    let budget = std::time::Duration::from_secs(10);
+    let off = snapshot(
+        engines.get(Concurrency::Off).engine(),
+        &wasm,
+        budget,
+        64 << 20,
+    )
+    .await;
+    assert!(
+        matches!(off, Err(SnapshotError::Refused(_))),
+        "refused before init ran: {off:?}"
+    );
+    let on = snapshot(
+        engines.get(Concurrency::On).engine(),
+        &wasm,
+        budget,
+        64 << 20,
+    )
+    .await
+    .expect("taken on the concurrent engine");
+    assert!(wasmparser::Parser::is_component(&on));
+}

@@ -74,6 +74,25 @@ pub fn snapshot_store(engine: &Engine, budget: Duration, memory_bytes: u64) -> S
     store
 }
 
+/// Why no snapshot was taken.
+#[derive(Debug)]
+pub enum SnapshotError {
+    /// The engine refused the (instrumented) component before anything ran: another engine
+    /// (the one with concurrency, see [`crate::engine::concurrency`]) may take it.
+    Refused(anyhow::Error),
+    /// The component was instantiated and its init failed (or the rewrite did).
+    Failed(anyhow::Error),
+}
+
+impl SnapshotError {
+    /// The error, whichever it is.
+    pub fn into_inner(self) -> anyhow::Error {
+        match self {
+            SnapshotError::Refused(e) | SnapshotError::Failed(e) => e,
+        }
+    }
+}
+
 /// Runs the component's init function and returns the pre-initialised component.
 ///
 /// `budget` bounds the init function's run time (epoch deadline) and `memory_bytes` its
@@ -83,15 +102,19 @@ pub async fn snapshot(
     wasm: &[u8],
     budget: Duration,
     memory_bytes: u64,
-) -> anyhow::Result<Vec<u8>> {
+) -> Result<Vec<u8>, SnapshotError> {
     let mut store = snapshot_store(engine, budget, memory_bytes);
     let mut wizer = wasmtime_wizer::Wizer::new();
     // Keep the init export: Wizer 48's component rewrite otherwise removes it from the core
     // module while the component still exports it, and the result does not validate. Calling
     // it again later would only redo (idempotent, `OnceLock`-guarded) work.
     wizer.keep_init_func(true);
-    let (snapshot, _) = wizer
+    // Wizer calls this once the engine has compiled the instrumented component: a failure
+    // before it is the engine's refusal, not the init's.
+    let mut compiled = false;
+    let result = wizer
         .run_component(&mut store, wasm, async |store, component| {
+            compiled = true;
             // Nothing of the host is reachable during init: every import traps, with its
             // name in the error.
             let mut linker = Linker::new(store.engine());
@@ -104,8 +127,12 @@ pub async fn snapshot(
             "pre-initialisation (the `wizer-initialize` export, #[thaw_sdk::init]) failed; init may not \
              call the host (clocks, random numbers, environment variables, I/O cannot be captured \
              in a snapshot)",
-        )?;
-    Ok(snapshot)
+        );
+    match result {
+        Ok((snapshot, _)) => Ok(snapshot),
+        Err(e) if compiled => Err(SnapshotError::Failed(e)),
+        Err(e) => Err(SnapshotError::Refused(e)),
+    }
 }
 
 #[cfg(test)]
