@@ -28,8 +28,9 @@
 //! A component that needs concurrency in some other way (a `stream` in a synchronous
 //! function's type, say) fails validation on the engine without it; the compile then tries
 //! the concurrent engine before calling the wasm invalid (see
-//! [`crate::engine::artifact::ArtifactCache::compile_and_store`]). Core modules (CGI) never
-//! need it.
+//! [`crate::engine::artifact::ArtifactCache::compile_and_store`]), and so does a deploy's
+//! pre-initialisation snapshot when the engine refuses the component before its init runs
+//! ([`crate::engine::snapshot::SnapshotError::Refused`]). Core modules (CGI) never need it.
 //!
 //! An artifact records which engine made it in its file name (see
 //! [`crate::engine::artifact`]), so a load never parses the wasm again.
