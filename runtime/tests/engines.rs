@@ -81,22 +81,27 @@ fn an_artifact_under_the_other_engines_name_loads_without_a_rebuild() {
 }
 
 /// A component whose init the engine without concurrency refuses to compile (it declares a
-/// `stream` type, which the scan does not look for): the deploy's snapshot is taken on the
-/// concurrent engine instead of failing (`Platform::snapshot`), as its compile would be.
+/// `stream` type, which the scan does not look for): the deploy's snapshot
+/// (`snapshot_for`, which `Platform::snapshot` calls) is taken on the concurrent engine
+/// instead of failing, as its compile would be. An init that traps is a failure of the init,
+/// not a refusal, and is reported as such.
 #[tokio::test]
 async fn a_snapshot_the_engine_without_concurrency_refuses_is_taken_on_the_other() {
-    use thaw_runtime::engine::snapshot::{SnapshotError, snapshot};
-    let wasm = wat::parse_str(
-        r#"(component
-            (type $bytes (stream u8))
-            (core module $m
-                (memory (export "memory") 1)
-                (func (export "init") (i32.store (i32.const 0) (i32.const 42))))
-            (core instance $i (instantiate $m))
-            (func $init (canon lift (core func $i "init")))
-            (export "wizer-initialize" (func $init)))"#,
-    )
-    .unwrap();
+    use thaw_runtime::engine::snapshot::{SnapshotError, snapshot, snapshot_for};
+    let component = |init: &str| {
+        wat::parse_str(format!(
+            r#"(component
+                (type $bytes (stream u8))
+                (core module $m
+                    (memory (export "memory") 1)
+                    (func (export "init") {init}))
+                (core instance $i (instantiate $m))
+                (func $init (canon lift (core func $i "init")))
+                (export "wizer-initialize" (func $init)))"#
+        ))
+        .unwrap()
+    };
+    let wasm = component("(i32.store (i32.const 0) (i32.const 42))");
     assert_eq!(
         concurrency::needed(Kind::Component, &wasm),
         Concurrency::Off,
@@ -115,13 +120,25 @@ async fn a_snapshot_the_engine_without_concurrency_refuses_is_taken_on_the_other
         matches!(off, Err(SnapshotError::Refused(_))),
         "refused before init ran: {off:?}"
     );
+    let taken = snapshot_for(&engines, &wasm, budget, 64 << 20)
+        .await
+        .expect("taken on the concurrent engine");
+    assert!(wasmparser::Parser::is_component(&taken));
+
+    let trapping = component("unreachable");
     let on = snapshot(
         engines.get(Concurrency::On).engine(),
-        &wasm,
+        &trapping,
         budget,
         64 << 20,
     )
-    .await
-    .expect("taken on the concurrent engine");
-    assert!(wasmparser::Parser::is_component(&on));
+    .await;
+    assert!(
+        matches!(on, Err(SnapshotError::Failed(_))),
+        "an init that ran and trapped failed: {on:?}"
+    );
+    let error = snapshot_for(&engines, &trapping, budget, 64 << 20)
+        .await
+        .expect_err("a trapping init is no snapshot");
+    assert!(format!("{error:#}").contains("unreachable"), "{error:#}");
 }

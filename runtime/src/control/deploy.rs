@@ -812,35 +812,17 @@ impl Platform {
 
     async fn snapshot(&self, spec: &FunctionSpec, wasm: Bytes) -> Result<Bytes, DeployError> {
         let limits = spec.limits.resolve(&self.defaults);
-        // The engine the component compiles on: the snapshot runs it there. As the compile
-        // does (ArtifactCache::compile_and_store), a component the engine without
-        // concurrency refuses is tried on the other, whose artifact it then becomes.
+        // On the engine the component compiles on, or the other if that one refuses it.
         let engines = self.cache().engines().clone();
-        let concurrency = crate::engine::concurrency::needed(Kind::Component, &wasm);
         let permit = self.instance_slot("pre-initialising the function").await?;
         let started = Instant::now();
         let snapshot = tokio::task::spawn_blocking(move || {
-            let take = |concurrency| {
-                tokio::runtime::Handle::current().block_on(snapshot::snapshot(
-                    engines.get(concurrency).engine(),
-                    &wasm,
-                    INIT_BUDGET,
-                    limits.memory_bytes,
-                ))
-            };
-            match take(concurrency) {
-                Err(snapshot::SnapshotError::Refused(refused))
-                    if concurrency == crate::engine::Concurrency::Off =>
-                {
-                    // Refused by both: the first engine's reason; run and failed on the
-                    // second: its init's failure, which is the user's to fix.
-                    take(crate::engine::Concurrency::On).map_err(|e| match e {
-                        snapshot::SnapshotError::Refused(_) => refused,
-                        snapshot::SnapshotError::Failed(failed) => failed,
-                    })
-                }
-                taken => taken.map_err(snapshot::SnapshotError::into_inner),
-            }
+            tokio::runtime::Handle::current().block_on(snapshot::snapshot_for(
+                &engines,
+                &wasm,
+                INIT_BUDGET,
+                limits.memory_bytes,
+            ))
         })
         .await
         .map_err(|e| DeployError::Internal(anyhow::anyhow!("snapshot task failed: {e}")))?

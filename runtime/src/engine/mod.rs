@@ -375,8 +375,8 @@ impl HostEngines {
         }
     }
 
-    /// The engine of WASIp2 components and core modules, whose options and allocator are
-    /// the host's.
+    /// The engine of WASIp2 components and core modules, whose options are the host's (its
+    /// allocator too, unless only the other's fell back: see [`HostEngines::allocator`]).
     pub fn main(&self) -> &Arc<ThawEngine> {
         &self.off
     }

@@ -30,7 +30,8 @@ use anyhow::Context as _;
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
-use crate::engine::ThawEngine;
+use crate::engine::{Concurrency, HostEngines, ThawEngine};
+use crate::spec::Kind;
 
 /// The export a component offers to be pre-initialised (Wizer's default name).
 pub const INIT_EXPORT: &str = "wizer-initialize";
@@ -132,6 +133,37 @@ pub async fn snapshot(
         Ok((snapshot, _)) => Ok(snapshot),
         Err(e) if compiled => Err(SnapshotError::Failed(e)),
         Err(e) => Err(SnapshotError::Refused(e)),
+    }
+}
+
+/// [`snapshot`] on the engine the component compiles on ([`crate::engine::concurrency`]);
+/// if the engine without concurrency refuses it before its init runs (a component the scan
+/// misjudges), on the concurrent one, as its compile would
+/// ([`crate::engine::artifact::ArtifactCache::compile_and_store`]). An init that ran and
+/// failed is not run again.
+pub async fn snapshot_for(
+    engines: &HostEngines,
+    wasm: &[u8],
+    budget: Duration,
+    memory_bytes: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let concurrency = crate::engine::concurrency::needed(Kind::Component, wasm);
+    let on = |concurrency| {
+        snapshot(
+            engines.get(concurrency).engine(),
+            wasm,
+            budget,
+            memory_bytes,
+        )
+    };
+    match on(concurrency).await {
+        Ok(snapshot) => Ok(snapshot),
+        // The concurrent engine takes everything the other does: if it refuses too, its
+        // reason is the one that is left to fix.
+        Err(SnapshotError::Refused(_)) if concurrency == Concurrency::Off => {
+            on(Concurrency::On).await.map_err(SnapshotError::into_inner)
+        }
+        Err(failed) => Err(failed.into_inner()),
     }
 }
 

@@ -57,14 +57,14 @@ fn thread_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
-/// The CPU clock of the calling thread, which other threads of the process can read too.
-fn this_thread_clock() -> libc::clockid_t {
-    let mut clock: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
+/// The CPU clock of the calling thread, which other threads of the process can read too;
+/// `None` if glibc cannot name it.
+fn this_thread_clock() -> Option<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
     // SAFETY: `pthread_self` is the calling thread, alive for the call; glibc computes the
-    // id from the thread's kernel id without a system call. On failure `clock` keeps
-    // CLOCK_THREAD_CPUTIME_ID, which is only right for a reader on this thread: see `at_head`.
-    unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
-    clock
+    // id from the thread's kernel id without a system call, into `clock`, a valid place.
+    let failed = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    (failed == 0).then_some(clock)
 }
 
 /// `clock`'s time so far, ns.
@@ -79,35 +79,55 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// [`CpuMeter::poll_clock`] when the polling thread's clock has no id: readers elsewhere
+/// count only the ended polls.
+const NO_CLOCK: i32 = i32::MIN;
+
 /// One call's CPU time, shared between the task that polls the guest and the request path
 /// that reads it at the response head.
+///
+/// The running poll's start and clock are published like a sequence lock's data: `polls`
+/// is odd while a poll runs, and a reader on another thread that saw it odd keeps what it
+/// read only if `polls` has not moved meanwhile (see [`CpuMeter::at_head`]).
 #[derive(Debug, Default)]
 pub struct CpuMeter {
     /// CPU time of the polls that have ended, ns.
     done_ns: AtomicU64,
-    /// The polling thread's CPU clock when the running poll began, ns; 0 between polls.
+    /// Twice the polls begun, plus one while one runs.
+    polls: AtomicU64,
+    /// The polling thread's CPU clock when the running poll began, ns.
     poll_began_ns: AtomicU64,
-    /// The running poll's thread's CPU clock (a `clockid_t`).
+    /// The running poll's thread's CPU clock (a `clockid_t`), or [`NO_CLOCK`].
     poll_clock: AtomicI32,
 }
 
 impl CpuMeter {
     /// The CPU time of the whole call so far, for a caller on any thread: the ended polls,
     /// and the running poll's part so far, read from its thread's clock (a system call,
-    /// only while a poll runs). Never more than [`CpuMeter::total`] will be.
+    /// only while a poll runs). Never more than [`CpuMeter::total`] will be: a poll is
+    /// marked ended before its end is read from the clock, so a part read while it still
+    /// runs is no more than the whole poll.
     pub fn at_head(&self) -> Duration {
         loop {
-            let began = self.poll_began_ns.load(Ordering::Acquire);
-            if began == 0 {
+            let polls = self.polls.load(Ordering::SeqCst);
+            if polls.is_multiple_of(2) {
                 // Between polls (a poll ending just now may not be in `done` yet: under).
-                return Duration::from_nanos(self.done_ns.load(Ordering::Acquire));
+                return Duration::from_nanos(self.done_ns.load(Ordering::SeqCst));
             }
-            let running = clock_ns(self.poll_clock.load(Ordering::Relaxed)).saturating_sub(began);
-            let done = self.done_ns.load(Ordering::Acquire);
-            // If the poll had ended before `done` was read, its end (which clears
-            // `poll_began_ns` before adding to `done`, see `metered`) is visible now, and
-            // its time would be counted twice: read again.
-            if self.poll_began_ns.load(Ordering::Acquire) == began {
+            // Acquire: these values' stores (Release) come after the mark of any later
+            // poll, which the check below then sees.
+            let began = self.poll_began_ns.load(Ordering::Acquire);
+            let clock = self.poll_clock.load(Ordering::Acquire);
+            let running = match clock {
+                NO_CLOCK => 0,
+                clock => clock_ns(clock).saturating_sub(began),
+            };
+            let done = self.done_ns.load(Ordering::SeqCst);
+            // The clock read above happens before the check below.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            // Still the same poll, still running: `done` cannot hold it yet (its sum is
+            // added after its end is marked), and `running` is part of it.
+            if self.polls.load(Ordering::SeqCst) == polls {
                 return Duration::from_nanos(done + running);
             }
         }
@@ -115,7 +135,35 @@ impl CpuMeter {
 
     /// The CPU time of the polls that have ended.
     pub fn total(&self) -> Duration {
-        Duration::from_nanos(self.done_ns.load(Ordering::Acquire))
+        Duration::from_nanos(self.done_ns.load(Ordering::SeqCst))
+    }
+}
+
+/// One poll of a metered call, from its start to its end, which the drop records (also
+/// when the poll panics).
+struct Poll<'a> {
+    meter: &'a CpuMeter,
+    began: u64,
+}
+
+impl<'a> Poll<'a> {
+    fn begin(meter: &'a CpuMeter) -> Self {
+        let began = thread_cpu_ns();
+        meter.poll_began_ns.store(began, Ordering::Release);
+        meter
+            .poll_clock
+            .store(this_thread_clock().unwrap_or(NO_CLOCK), Ordering::Release);
+        meter.polls.fetch_add(1, Ordering::SeqCst);
+        Self { meter, began }
+    }
+}
+
+impl Drop for Poll<'_> {
+    fn drop(&mut self) {
+        // Ended first, then read: see `CpuMeter::at_head`.
+        self.meter.polls.fetch_add(1, Ordering::SeqCst);
+        let spent = thread_cpu_ns().saturating_sub(self.began);
+        self.meter.done_ns.fetch_add(spent, Ordering::SeqCst);
     }
 }
 
@@ -123,17 +171,8 @@ impl CpuMeter {
 pub async fn metered<F: Future>(call: F, meter: &CpuMeter) -> F::Output {
     let mut call = std::pin::pin!(call);
     std::future::poll_fn(|cx| {
-        let began = thread_cpu_ns().max(1);
-        meter
-            .poll_clock
-            .store(this_thread_clock(), Ordering::Relaxed);
-        meter.poll_began_ns.store(began, Ordering::Release);
-        let polled = call.as_mut().poll(cx);
-        let spent = thread_cpu_ns().saturating_sub(began);
-        meter.poll_began_ns.store(0, Ordering::Relaxed);
-        // Release: a reader that sees this sum sees the poll ended (see `at_head`).
-        meter.done_ns.fetch_add(spent, Ordering::Release);
-        polled
+        let _poll = Poll::begin(meter);
+        call.as_mut().poll(cx)
     })
     .await
 }
