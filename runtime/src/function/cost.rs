@@ -114,8 +114,8 @@ impl CpuMeter {
                 // Between polls (a poll ending just now may not be in `done` yet: under).
                 return Duration::from_nanos(self.done_ns.load(Ordering::SeqCst));
             }
-            // Acquire: these values' stores (Release) come after the mark of any later
-            // poll, which the check below then sees.
+            // Acquire: a later poll stores its values (Release) after the end of this one
+            // is marked, so reading one of them makes the check below see that mark.
             let began = self.poll_began_ns.load(Ordering::Acquire);
             let clock = self.poll_clock.load(Ordering::Acquire);
             let running = match clock {
