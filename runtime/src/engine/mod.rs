@@ -52,8 +52,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
-use crate::spec::Kind;
-
 /// How often the epoch ticker advances the engine's epoch. Timeouts are rounded up to it.
 /// 10 ms keeps the ticker's own cost invisible (100 wake-ups a second) while a timeout of a
 /// few seconds is accurate to 1%.
@@ -391,11 +389,6 @@ impl HostEngines {
     /// Both engines.
     pub fn all(&self) -> [&Arc<ThawEngine>; 2] {
         [&self.off, &self.on]
-    }
-
-    /// Which engine compiles `wasm` of `kind` (see [`concurrency::needed`]).
-    pub fn for_code(&self, kind: Kind, wasm: &[u8]) -> &Arc<ThawEngine> {
-        self.get(concurrency::needed(kind, wasm))
     }
 
     /// The two engines' compatibility keys in one: what names the artifact directory and
