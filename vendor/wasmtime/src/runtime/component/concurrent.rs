@@ -1835,11 +1835,19 @@ impl StoreOpaque {
     /// relatively expensive table manipulations. This would ideally be
     /// optimized to avoid the full allocation of a `HostTask` in at least some
     /// situations.
+    #[inline]
     pub(crate) fn host_task_create(&mut self) -> Result<EnteredHostTask> {
         if !self.concurrency_support() {
             self.enter_call_not_concurrent()?;
             return Ok(None);
         }
+        self.host_task_create_concurrent()
+    }
+
+    /// `host_task_create` with concurrency support: out of line, so that the
+    /// check above inlines into every host call of a store without it.
+    #[inline(never)]
+    fn host_task_create_concurrent(&mut self) -> Result<EnteredHostTask> {
         let caller = self.current_guest_thread()?;
         let state = self.concurrent_state_mut()?;
         let task = state.push(HostTask::new(caller.task, HostTaskState::CalleeStarted))?;
@@ -1854,6 +1862,7 @@ impl StoreOpaque {
     /// Note that this isn't invoked when the host is invoked asynchronously and
     /// the host isn't complete yet. In that situation the host task persists
     /// and will be cleaned up separately in `subtask_drop`
+    #[inline]
     pub(crate) fn host_task_delete(&mut self, task: EnteredHostTask) -> Result<()> {
         match task {
             Some((task, caller)) => {
@@ -2011,10 +2020,16 @@ impl StoreOpaque {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn check_blocking(&mut self) -> Result<()> {
         if !self.concurrency_support() {
             return Ok(());
         }
+        self.check_blocking_concurrent()
+    }
+
+    #[inline(never)]
+    fn check_blocking_concurrent(&mut self) -> Result<()> {
         let task = self.current_guest_thread()?.task;
         let state = self.concurrent_state_mut()?;
         let instance = state.get_mut(task)?.instance.instance;
@@ -2418,10 +2433,16 @@ impl StoreOpaque {
 
     /// Used by `ResourceTables` to record the scope of a borrow to get undone
     /// in the future.
+    #[inline]
     pub(crate) fn current_scope_id(&mut self) -> Result<Option<u32>> {
         if !self.concurrency_support() {
             return self.current_scope_id_not_concurrent();
         }
+        self.current_scope_id_concurrent()
+    }
+
+    #[inline(never)]
+    fn current_scope_id_concurrent(&mut self) -> Result<Option<u32>> {
         let (bits, is_host) = match self.current_thread()? {
             CurrentThread::Guest(id) => (id.task.rep(), false),
             CurrentThread::GuestTask(id) => (id.rep(), false),

@@ -462,23 +462,33 @@ impl StoreOpaque {
         ))
     }
 
+    #[inline]
     pub(crate) fn enter_call_not_concurrent(&mut self) -> Result<()> {
         let state = match &mut self.component_data_mut().task_state {
             ComponentTaskState::NotConcurrent(state) => state,
             #[cfg(feature = "component-model-async")]
             ComponentTaskState::Concurrent(_) => unreachable!(),
         };
-        state.scopes.push(CallContext::default())?;
+        // A scope left by an earlier call is reused, with its `lenders` allocation: a host
+        // call taking a borrow of an owned resource (every method call) no longer
+        // allocates one.
+        match state.scopes.get_mut(state.depth) {
+            Some(spare) => spare.reset(),
+            None => state.scopes.push(CallContext::default())?,
+        }
+        state.depth += 1;
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn exit_call_not_concurrent(&mut self) {
         let state = match &mut self.component_data_mut().task_state {
             ComponentTaskState::NotConcurrent(state) => state,
             #[cfg(feature = "component-model-async")]
             ComponentTaskState::Concurrent(_) => unreachable!(),
         };
-        state.scopes.pop();
+        // Kept for the next call (see above).
+        state.depth -= 1;
     }
 
     pub(crate) fn hostcall_fuel(&self) -> usize {
@@ -509,9 +519,10 @@ impl StoreOpaque {
         }
     }
 
+    #[inline]
     pub(crate) fn current_scope_id_not_concurrent(&mut self) -> Result<Option<u32>> {
         match &mut self.component_data_mut().task_state {
-            ComponentTaskState::NotConcurrent(state) => match state.scopes.len().checked_sub(1) {
+            ComponentTaskState::NotConcurrent(state) => match state.depth.checked_sub(1) {
                 Some(i) => Ok(Some(u32::try_from(i)?)),
                 None => Ok(None),
             },
@@ -631,7 +642,9 @@ impl<T> StoreContextMut<'_, T> {
 
 #[derive(Default)]
 pub struct ComponentTasksNotConcurrent {
+    /// The active scopes, `depth` of them, then spare ones kept for reuse.
     scopes: TryVec<CallContext>,
+    depth: usize,
 }
 
 impl ComponentTaskState {

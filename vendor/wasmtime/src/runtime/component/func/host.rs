@@ -352,6 +352,7 @@ where
 
     /// "Rust" entrypoint after panic-handling infrastructure is set up and raw
     /// arguments are translated to Rust types.
+    #[inline]
     fn entrypoint(
         &self,
         mut store: StoreContextMut<'_, T>,
@@ -392,6 +393,7 @@ where
     /// the `async` option when lowered. Note that the host function itself
     /// can still be async, in which case this will block here waiting for it
     /// to finish.
+    #[inline]
     fn call_sync_lower(
         &self,
         mut store: StoreContextMut<'_, T>,
@@ -520,6 +522,7 @@ where
     ///
     /// This will internally decide the ABI source of the parameters and use
     /// `storage` appropriately.
+    #[inline]
     fn load_params<'a>(
         &self,
         lift: &mut LiftContext<'_>,
@@ -625,10 +628,12 @@ where
         Ok(())
     }
 
+    #[inline]
     fn run(&self, store: StoreContextMut<'_, T>, params: P) -> HostResult<R> {
         (self.0)(store, params)
     }
 
+    #[inline]
     fn lift_params(cx: &mut LiftContext<'_>, ty: TypeFuncIndex, src: Source<'_>) -> Result<P> {
         let ty = InterfaceType::Tuple(cx.types[ty].params);
         match src {

@@ -182,6 +182,14 @@ pub struct CallContext {
     borrow_count: u32,
 }
 
+impl CallContext {
+    /// Empties this context for a new call, keeping its allocation.
+    pub(crate) fn reset(&mut self) {
+        self.lenders.clear();
+        self.borrow_count = 0;
+    }
+}
+
 impl ResourceTables<'_> {
     fn table_for_resource(
         &mut self,
@@ -333,17 +341,22 @@ impl ResourceTables<'_> {
     /// resources that were originally passed in.
     #[inline]
     pub fn validate_scope_exit(&mut self) -> Result<()> {
-        let cx = self.task_state.call_context(self.current_scope_id()?)?;
+        let scope = self.current_scope_id()?;
+        let cx = self.task_state.call_context(scope)?;
         if cx.borrow_count > 0 {
             bail!("borrow handles still remain at the end of the call")
         }
-        for lender in mem::take(&mut cx.lenders) {
+        let mut lenders = mem::take(&mut cx.lenders);
+        for lender in lenders.drain(..) {
             // Note the panics here which should never get triggered in theory
             // due to the dynamic tracking of borrows and such employed for
             // resources.
             let (table, counter) = self.table_for_index(&lender);
             table.resource_undo_lend(counter, lender).unwrap();
         }
+        // The allocation goes back to the scope, which a store without
+        // concurrency support reuses for its next call.
+        self.task_state.call_context(scope)?.lenders = lenders;
         Ok(())
     }
 }
