@@ -650,7 +650,14 @@ pub struct ComponentTasksNotConcurrent {
 impl ComponentTaskState {
     pub fn call_context(&mut self, id: u32) -> Result<&mut CallContext> {
         match self {
-            ComponentTaskState::NotConcurrent(state) => Ok(&mut state.scopes[id as usize]),
+            ComponentTaskState::NotConcurrent(state) => {
+                // Only the active scopes: the spares above `depth` are no call's (upstream
+                // indexed a list that held only the active ones, and panicked past them).
+                if id as usize >= state.depth {
+                    crate::bail_bug!("call scope {id} is not active");
+                }
+                Ok(&mut state.scopes[id as usize])
+            }
             #[cfg(feature = "component-model-async")]
             ComponentTaskState::Concurrent(state) => state.call_context(id),
         }
