@@ -487,8 +487,9 @@ impl StoreOpaque {
             #[cfg(feature = "component-model-async")]
             ComponentTaskState::Concurrent(_) => unreachable!(),
         };
-        // Kept for the next call (see above).
-        state.depth -= 1;
+        // Kept for the next call (see above). Saturating, as upstream's `pop` of an empty
+        // list did nothing.
+        state.depth = state.depth.saturating_sub(1);
     }
 
     pub(crate) fn hostcall_fuel(&self) -> usize {
